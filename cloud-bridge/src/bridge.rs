@@ -1,0 +1,617 @@
+//! The Kafka forwarder: drains the outbox into signed FHIR bundles on a topic.
+//!
+//! Owns: [`BridgeActor`] (an actix actor wrapping one forwarding loop), its [`BridgeConfig`],
+//! the shared [`BridgeStats`] / [`BridgeState`], the [`Wake`] hint, and the pure cycle planning
+//! in [`plan`].
+//!
+//! Guarantees:
+//! - **Nothing leaves the outbox before Kafka has it.** A range is marked sent only after the
+//!   delivery report of its record (idempotent producer, `acks=all`). Per device, marking stops at
+//!   the first failed record, so the outbox never has a hole behind a sent record; later records
+//!   of that device are re-sent (same `(gateway, device, seq)` key, deduplicated downstream).
+//! - **One cycle at a time.** A single loop runs cycles; a [`Wake`] only shortens the idle wait
+//!   between healthy cycles (it never cuts a backoff short), so losing one is harmless.
+//! - **Visible failure.** Unreachable brokers and a missing topic set [`BridgeState::Offline`] /
+//!   [`BridgeState::TopicMissing`], are logged once per state change naming the brokers and the
+//!   topic, and are retried with exponential backoff up to `max_backoff`.
+//! - **The actor never blocks.** Outbox calls and Kafka metadata requests run on
+//!   `tokio::task::spawn_blocking`.
+
+pub mod plan;
+mod stats;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, AsyncContext, Context, Handler};
+use base64::Engine as _;
+use futures::future::join_all;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaRespErr;
+use tokio::sync::Notify;
+use tracing::{debug, error, info, warn};
+
+pub use self::stats::{BridgeState, BridgeStats};
+use crate::error::BridgeError;
+use crate::fhir::observation_bundle;
+use crate::headers;
+use crate::outbox::Outbox;
+use crate::signing::GatewayKey;
+use crate::Terminology;
+use plan::{markable, plan_bundles, PlannedBundle};
+
+/// Compression codecs librdkafka accepts for `compression.type`.
+const COMPRESSIONS: &[&str] = &["none", "gzip", "snappy", "lz4", "zstd"];
+/// Longest wait for a metadata answer.
+const MAX_METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// First backoff after a failed cycle.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
+/// Bound of the remembered skipped records (used only to log each one once).
+const SKIP_MEMORY: usize = 10_000;
+
+/// Settings of the bridge (the gateway builds this from its validated config).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BridgeConfig {
+    /// This gateway's id (header `icu-gateway-id`, FHIR identifier systems).
+    pub gateway_id: String,
+    /// Kafka bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// Topic for observation bundles (default `icu.observations`). It must exist.
+    pub topic_observations: String,
+    /// Most outbox records read per cycle (default 2000).
+    pub fetch_limit: usize,
+    /// Most observations per Kafka record (default 100).
+    pub max_per_bundle: usize,
+    /// How long librdkafka keeps trying to deliver one record (default 30000 ms).
+    pub message_timeout_ms: u64,
+    /// Idle wait between cycles when there is nothing to send (default 200 ms).
+    pub poll_interval: Duration,
+    /// Upper bound of the retry backoff after a failure (default 10 s).
+    pub max_backoff: Duration,
+    /// `compression.type`: none, gzip, snappy, lz4 (default) or zstd.
+    pub compression: String,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        Self {
+            gateway_id: String::new(),
+            brokers: String::new(),
+            topic_observations: "icu.observations".into(),
+            fetch_limit: 2000,
+            max_per_bundle: 100,
+            message_timeout_ms: 30_000,
+            poll_interval: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+            compression: "lz4".into(),
+        }
+    }
+}
+
+impl BridgeConfig {
+    /// Checks every field; reports the first problem with its field name.
+    pub fn validate(&self) -> Result<(), BridgeError> {
+        let bad = |field, reason: &str| {
+            Err(BridgeError::Config {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.gateway_id.trim().is_empty() {
+            return bad("gateway_id", "must not be empty");
+        }
+        if self.brokers.trim().is_empty() {
+            return bad("brokers", "must list at least one host:port");
+        }
+        if self.topic_observations.trim().is_empty() {
+            return bad("topic_observations", "must not be empty");
+        }
+        if self.fetch_limit == 0 {
+            return bad("fetch_limit", "must be at least 1");
+        }
+        if self.max_per_bundle == 0 {
+            return bad("max_per_bundle", "must be at least 1");
+        }
+        if self.message_timeout_ms == 0 || self.message_timeout_ms > i32::MAX as u64 {
+            return bad("message_timeout_ms", "must be between 1 and 2147483647");
+        }
+        if self.poll_interval.is_zero() {
+            return bad("poll_interval", "must be greater than zero");
+        }
+        if self.max_backoff.is_zero() {
+            return bad("max_backoff", "must be greater than zero");
+        }
+        if !COMPRESSIONS.contains(&self.compression.as_str()) {
+            return Err(BridgeError::Config {
+                field: "compression",
+                reason: format!(
+                    "unknown codec {:?}; use one of {}",
+                    self.compression,
+                    COMPRESSIONS.join(", ")
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn metadata_timeout(&self) -> Duration {
+        Duration::from_millis(self.message_timeout_ms).clamp(Duration::from_secs(1), MAX_METADATA_TIMEOUT)
+    }
+}
+
+/// Hint from the store after a commit: there may be something to send.
+#[derive(Debug, Clone, Copy, actix::Message)]
+#[rtype(result = "()")]
+pub struct Wake;
+
+/// The actix actor that runs the forwarding loop.
+pub struct BridgeActor {
+    wake: Arc<Notify>,
+    worker: Option<Worker>,
+}
+
+impl BridgeActor {
+    /// Validates the config and creates the Kafka producer (no network I/O yet).
+    pub fn new(
+        config: BridgeConfig,
+        outbox: Arc<dyn Outbox>,
+        key: GatewayKey,
+        terminology: Arc<Terminology>,
+        stats: Arc<BridgeStats>,
+    ) -> Result<Self, BridgeError> {
+        config.validate()?;
+        let producer = create_producer(&config)?;
+        Ok(Self {
+            wake: Arc::new(Notify::new()),
+            worker: Some(Worker {
+                config,
+                outbox,
+                key: Arc::new(key),
+                terminology,
+                stats,
+                producer,
+                topic_known: false,
+                skipped_logged: BTreeSet::new(),
+            }),
+        })
+    }
+}
+
+impl Actor for BridgeActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Wakes are hints; a full mailbox drops them (try_send) and the poll covers it.
+        ctx.set_mailbox_capacity(16);
+        if let Some(worker) = self.worker.take() {
+            ctx.spawn(actix::fut::wrap_future(worker.run(self.wake.clone())));
+        }
+    }
+}
+
+impl Handler<Wake> for BridgeActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Wake, _: &mut Self::Context) {
+        self.wake.notify_one();
+    }
+}
+
+fn create_producer(config: &BridgeConfig) -> Result<FutureProducer, BridgeError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("client.id", format!("icu-gateway-{}", config.gateway_id))
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("compression.type", &config.compression)
+        .set("message.timeout.ms", config.message_timeout_ms.to_string())
+        // Topics are provisioned by the central team; never create one by producing to it.
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .map_err(|source| BridgeError::Kafka {
+            operation: "create producer",
+            brokers: config.brokers.clone(),
+            source,
+        })
+}
+
+/// Why a cycle failed; decides the state.
+enum CycleError {
+    Offline(String),
+    TopicMissing,
+}
+
+/// Outcome of a successful cycle.
+struct CycleDone {
+    /// The fetch was full: run the next cycle right away.
+    more_pending: bool,
+}
+
+/// The forwarding loop's state, owned by one future.
+struct Worker {
+    config: BridgeConfig,
+    outbox: Arc<dyn Outbox>,
+    key: Arc<GatewayKey>,
+    terminology: Arc<Terminology>,
+    stats: Arc<BridgeStats>,
+    producer: FutureProducer,
+    /// Positive metadata answer for the topic (cached; reset on an unknown-topic error).
+    topic_known: bool,
+    skipped_logged: BTreeSet<(String, u64)>,
+}
+
+impl Worker {
+    async fn run(mut self, wake: Arc<Notify>) {
+        info!(
+            brokers = %self.config.brokers,
+            topic = %self.config.topic_observations,
+            key_id = %self.key.key_id(),
+            "cloud bridge starting"
+        );
+        self.stats.set_state(BridgeState::Connecting);
+        let mut backoff = Duration::ZERO;
+        loop {
+            self.stats.add_cycle();
+            match self.cycle().await {
+                Ok(done) => {
+                    backoff = Duration::ZERO;
+                    if let Some(previous) = self.stats.set_state(BridgeState::Online) {
+                        info!(
+                            brokers = %self.config.brokers,
+                            topic = %self.config.topic_observations,
+                            previous = ?previous,
+                            "cloud bridge online"
+                        );
+                    }
+                    if done.more_pending {
+                        continue;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.config.poll_interval) => {}
+                        _ = wake.notified() => {}
+                    }
+                }
+                Err(err) => {
+                    self.enter_failure_state(err);
+                    backoff = next_backoff(backoff, self.config.max_backoff);
+                    debug!(backoff_ms = backoff.as_millis() as u64, "cloud bridge backing off");
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
+    }
+
+    fn enter_failure_state(&mut self, err: CycleError) {
+        let brokers = &self.config.brokers;
+        let topic = &self.config.topic_observations;
+        match err {
+            CycleError::TopicMissing => {
+                self.topic_known = false;
+                let state = BridgeState::TopicMissing {
+                    topic: topic.clone(),
+                };
+                if self.stats.set_state(state).is_some() {
+                    error!(
+                        %topic,
+                        %brokers,
+                        "kafka topic does not exist; create it, records stay in the outbox until then"
+                    );
+                }
+            }
+            CycleError::Offline(reason) => {
+                let state = BridgeState::Offline {
+                    reason: reason.clone(),
+                };
+                if self.stats.set_state(state).is_some() {
+                    error!(%brokers, %topic, %reason, "cloud bridge offline; records stay in the outbox and are retried");
+                }
+            }
+        }
+    }
+
+    /// One fetch → produce → mark round.
+    async fn cycle(&mut self) -> Result<CycleDone, CycleError> {
+        self.ensure_topic().await?;
+
+        let outbox = self.outbox.clone();
+        let limit = self.config.fetch_limit;
+        let records = match tokio::task::spawn_blocking(move || outbox.fetch_unsent(limit)).await {
+            Ok(Ok(records)) => records,
+            Ok(Err(e)) => return Err(self.outbox_failure(e.to_string())),
+            Err(e) => return Err(self.outbox_failure(format!("outbox fetch task failed: {e}"))),
+        };
+        let fetched = records.len();
+        let plan = plan_bundles(records, self.config.max_per_bundle);
+        self.note_skipped(&plan.skipped, fetched);
+        if plan.bundles.is_empty() {
+            return Ok(CycleDone { more_pending: false });
+        }
+
+        let delivered = self.produce(&plan.bundles).await;
+        let failed = delivered.iter().filter(|r| r.is_err()).count();
+        let ok: Vec<bool> = delivered.iter().map(Result::is_ok).collect();
+
+        let mut first_error: Option<CycleError> = None;
+        let mut blocked_devices: BTreeSet<&str> = BTreeSet::new();
+        for i in markable(&plan.bundles, &ok) {
+            let bundle = &plan.bundles[i];
+            if blocked_devices.contains(bundle.device_id.as_str()) {
+                continue;
+            }
+            if let Err(reason) = self.mark_sent(bundle).await {
+                blocked_devices.insert(bundle.device_id.as_str());
+                first_error.get_or_insert(self.outbox_failure(reason));
+                continue;
+            }
+            self.stats
+                .add_forwarded(1, bundle.observations.len() as u64);
+        }
+
+        if failed > 0 {
+            self.stats.add_delivery_errors(failed as u64);
+            let (i, err) = delivered
+                .iter()
+                .enumerate()
+                .find_map(|(i, r)| r.as_ref().err().map(|e| (i, e)))
+                .expect("failed > 0");
+            let bundle = &plan.bundles[i];
+            warn!(
+                device_id = %bundle.device_id,
+                seq_first = bundle.first_seq,
+                seq_last = bundle.last_seq,
+                failed,
+                error = %err.reason,
+                "kafka delivery failed; the records stay in the outbox"
+            );
+            self.recreate_producer_if_fatal();
+            let unknown_topic = delivered.iter().any(|r| {
+                r.as_ref().err().is_some_and(|e| e.unknown_topic)
+            });
+            return Err(if unknown_topic {
+                CycleError::TopicMissing
+            } else {
+                CycleError::Offline(format!(
+                    "{failed} of {} kafka records not delivered to {}: {}",
+                    plan.bundles.len(),
+                    self.config.brokers,
+                    err.reason
+                ))
+            });
+        }
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok(CycleDone {
+                more_pending: fetched >= limit,
+            }),
+        }
+    }
+
+    fn outbox_failure(&self, reason: String) -> CycleError {
+        self.stats.add_outbox_error();
+        error!(%reason, "outbox call failed");
+        CycleError::Offline(format!("outbox: {reason}"))
+    }
+
+    /// Logs each skipped record once (bounded memory) and warns when they stall the outbox.
+    fn note_skipped(&mut self, skipped: &[plan::SkippedRecord], fetched: usize) {
+        self.stats.set_skipped(skipped.len() as u64);
+        let mut new = skipped
+            .iter()
+            .filter(|s| !self.skipped_logged.contains(&(s.device_id.clone(), s.seq)))
+            .peekable();
+        if let Some(first) = new.peek() {
+            let (device_id, seq, kind) = (first.device_id.clone(), first.seq, first.kind);
+            let count = new.count();
+            warn!(
+                count,
+                %device_id,
+                seq,
+                kind,
+                "leaving records that are not observations in the outbox; this bridge forwards observations only"
+            );
+            if self.skipped_logged.len() + count > SKIP_MEMORY {
+                self.skipped_logged.clear();
+            }
+            self.skipped_logged
+                .extend(skipped.iter().map(|s| (s.device_id.clone(), s.seq)));
+            if fetched >= self.config.fetch_limit && skipped.len() == fetched {
+                error!(
+                    fetched,
+                    "every record at the head of the outbox is a non-observation record; forwarding is stalled until they are handled"
+                );
+            }
+        }
+    }
+
+    /// Checks (once, then cached) that the topic exists.
+    async fn ensure_topic(&mut self) -> Result<(), CycleError> {
+        if self.topic_known {
+            return Ok(());
+        }
+        let producer = self.producer.clone();
+        let topic = self.config.topic_observations.clone();
+        let timeout = self.config.metadata_timeout();
+        let answer = tokio::task::spawn_blocking(move || {
+            let metadata = producer.client().fetch_metadata(Some(&topic), timeout)?;
+            Ok::<_, KafkaError>(
+                metadata
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .map(|t| (t.error(), t.partitions().len())),
+            )
+        })
+        .await;
+        let result = match answer {
+            Ok(Ok(found)) => topic_check(found),
+            Ok(Err(e)) => Err(CycleError::Offline(format!(
+                "cannot reach kafka brokers {}: {e}",
+                self.config.brokers
+            ))),
+            Err(e) => Err(CycleError::Offline(format!("metadata task failed: {e}"))),
+        };
+        match result {
+            Ok(()) => {
+                self.topic_known = true;
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.add_broker_error();
+                Err(e)
+            }
+        }
+    }
+
+    /// Maps, signs and produces every bundle, then awaits every delivery report.
+    async fn produce(&self, bundles: &[PlannedBundle]) -> Vec<Result<(), DeliveryError>> {
+        let mut pending = Vec::with_capacity(bundles.len());
+        for bundle in bundles {
+            pending.push(self.enqueue(bundle));
+        }
+        let in_flight = pending.iter().filter(|p| p.is_ok()).count() as u64;
+        self.stats.add_in_flight(in_flight);
+        let results = join_all(pending.into_iter().map(|p| async move {
+            match p {
+                Err(e) => Err(e),
+                Ok(future) => match future.await {
+                    Ok(Ok(_delivery)) => Ok(()),
+                    Ok(Err((e, _message))) => Err(DeliveryError::from_kafka(&e)),
+                    Err(_canceled) => Err(DeliveryError {
+                        reason: "delivery report lost (producer shut down)".into(),
+                        unknown_topic: false,
+                    }),
+                },
+            }
+        }))
+        .await;
+        self.stats.sub_in_flight(in_flight);
+        results
+    }
+
+    fn enqueue(
+        &self,
+        bundle: &PlannedBundle,
+    ) -> Result<rdkafka::producer::DeliveryFuture, DeliveryError> {
+        let value = observation_bundle(
+            &self.config.gateway_id,
+            &bundle.device_id,
+            &bundle.observations,
+            &self.terminology,
+        )
+        .map_err(|e| {
+            error!(device_id = %bundle.device_id, seq_first = bundle.first_seq, error = %e, "cannot map bundle to fhir");
+            DeliveryError {
+                reason: e.to_string(),
+                unknown_topic: false,
+            }
+        })?;
+        let signature = base64::engine::general_purpose::STANDARD.encode(self.key.sign(&value));
+        let first = bundle.first_seq.to_string();
+        let last = bundle.last_seq.to_string();
+        let header = |key, value: &str| Header {
+            key,
+            value: Some(value),
+        };
+        let record_headers = OwnedHeaders::new_with_capacity(9)
+            .insert(header(headers::SIGNATURE, &signature))
+            .insert(header(headers::SIGNATURE_ALG, headers::SIGNATURE_ALG_ED25519))
+            .insert(header(headers::KEY_ID, self.key.key_id()))
+            .insert(header(headers::GATEWAY_ID, &self.config.gateway_id))
+            .insert(header(headers::DEVICE_ID, &bundle.device_id))
+            .insert(header(headers::SEQ_FIRST, &first))
+            .insert(header(headers::SEQ_LAST, &last))
+            .insert(header(headers::CONTENT_TYPE, headers::CONTENT_TYPE_FHIR_JSON))
+            .insert(header(headers::BED, &bundle.bed));
+        // No patient association yet: the key is the device id.
+        let record = FutureRecord::to(&self.config.topic_observations)
+            .key(bundle.device_id.as_str())
+            .payload(value.as_slice())
+            .headers(record_headers);
+        self.producer
+            .send_result(record)
+            .map_err(|(e, _record)| DeliveryError::from_kafka(&e))
+    }
+
+    async fn mark_sent(&self, bundle: &PlannedBundle) -> Result<(), String> {
+        let outbox = self.outbox.clone();
+        let device_id = bundle.device_id.clone();
+        let (first, last) = (bundle.first_seq, bundle.last_seq);
+        match tokio::task::spawn_blocking(move || outbox.mark_sent(&device_id, first, last)).await {
+            Ok(Ok(())) => {
+                debug!(device_id = %bundle.device_id, seq_first = first, seq_last = last, "bundle delivered and marked sent");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("outbox mark_sent task failed: {e}")),
+        }
+    }
+
+    /// A fatal idempotent-producer error makes the producer unusable: start a fresh one.
+    fn recreate_producer_if_fatal(&mut self) {
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            error!(?code, %reason, "kafka producer hit a fatal error; creating a new producer");
+            match create_producer(&self.config) {
+                Ok(producer) => {
+                    self.producer = producer;
+                    self.topic_known = false;
+                }
+                Err(e) => error!(error = %e, "cannot recreate the kafka producer"),
+            }
+        }
+    }
+}
+
+/// Why one record was not delivered.
+#[derive(Debug, Clone)]
+struct DeliveryError {
+    reason: String,
+    unknown_topic: bool,
+}
+
+impl DeliveryError {
+    fn from_kafka(e: &KafkaError) -> Self {
+        let unknown_topic = matches!(
+            e.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+        );
+        Self {
+            reason: e.to_string(),
+            unknown_topic,
+        }
+    }
+}
+
+/// Decides from a metadata answer whether the topic is usable.
+fn topic_check(found: Option<(Option<RDKafkaRespErr>, usize)>) -> Result<(), CycleError> {
+    match found {
+        None => Err(CycleError::TopicMissing),
+        Some((Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART), _))
+        | Some((Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC), _)) => {
+            Err(CycleError::TopicMissing)
+        }
+        Some((Some(err), _)) => Err(CycleError::Offline(format!(
+            "topic metadata error: {}",
+            RDKafkaErrorCode::from(err)
+        ))),
+        Some((None, 0)) => Err(CycleError::TopicMissing),
+        Some((None, _)) => Ok(()),
+    }
+}
+
+/// Doubles the backoff (starting at 250 ms), capped at `max`.
+fn next_backoff(current: Duration, max: Duration) -> Duration {
+    let next = if current.is_zero() {
+        INITIAL_BACKOFF
+    } else {
+        current.saturating_mul(2)
+    };
+    next.min(max)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,238 @@
+//! Pure planning of one forwarding cycle: which records go into which Kafka record, and which
+//! delivered ranges may be marked sent. No I/O, no runtime.
+
+use std::collections::BTreeMap;
+
+use icu_protos::v1::{stored_record::Body, Observation};
+
+use crate::outbox::OutboxRecord;
+
+/// One Kafka record to produce: consecutive seqs of one device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedBundle {
+    pub device_id: String,
+    pub bed: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// In seq order; `last_seq - first_seq + 1 == observations.len()`.
+    pub observations: Vec<Observation>,
+}
+
+/// A record left in the outbox because this bridge does not forward its kind yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedRecord {
+    pub device_id: String,
+    pub seq: u64,
+    /// "alarm", "device_status", "adt_event" or "empty".
+    pub kind: &'static str,
+}
+
+/// The result of [`plan_bundles`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// Ordered by device id, then seq.
+    pub bundles: Vec<PlannedBundle>,
+    pub skipped: Vec<SkippedRecord>,
+}
+
+/// Groups records into bundles of at most `max_per_bundle` consecutive seqs of one device.
+///
+/// A bundle ends at a device change, a seq gap (including a skipped non-observation record), a
+/// bed change, or when full. Input order does not matter; duplicates of a `(device, seq)` are
+/// dropped. Each observation gets the record's device id and seq (and bed when it has none), so
+/// the bundle content and its headers always agree.
+pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Plan {
+    let max_per_bundle = max_per_bundle.max(1);
+    records.sort_by(|a, b| (&a.device_id, a.seq).cmp(&(&b.device_id, b.seq)));
+    records.dedup_by(|b, a| a.device_id == b.device_id && a.seq == b.seq);
+
+    let mut plan = Plan::default();
+    for rec in records {
+        let mut obs = match rec.record.body {
+            Some(Body::Observation(obs)) => obs,
+            other => {
+                let kind = match other {
+                    Some(Body::Alarm(_)) => "alarm",
+                    Some(Body::DeviceStatus(_)) => "device_status",
+                    Some(Body::AdtEvent(_)) => "adt_event",
+                    Some(Body::Observation(_)) | None => "empty",
+                };
+                plan.skipped.push(SkippedRecord {
+                    device_id: rec.device_id,
+                    seq: rec.seq,
+                    kind,
+                });
+                continue;
+            }
+        };
+        obs.device_id.clone_from(&rec.device_id);
+        obs.seq = rec.seq;
+        if obs.bed.is_empty() {
+            obs.bed.clone_from(&rec.bed);
+        }
+        let extends = plan.bundles.last().is_some_and(|b| {
+            b.device_id == rec.device_id
+                && b.bed == rec.bed
+                && b.last_seq.checked_add(1) == Some(rec.seq)
+                && b.observations.len() < max_per_bundle
+        });
+        match plan.bundles.last_mut() {
+            Some(bundle) if extends => {
+                bundle.last_seq = rec.seq;
+                bundle.observations.push(obs);
+            }
+            _ => plan.bundles.push(PlannedBundle {
+                device_id: rec.device_id,
+                bed: rec.bed,
+                first_seq: rec.seq,
+                last_seq: rec.seq,
+                observations: vec![obs],
+            }),
+        }
+    }
+    plan
+}
+
+/// Which bundles may be marked sent, given which were delivered.
+///
+/// Per device, in bundle order, up to (not including) its first undelivered bundle: a later
+/// bundle of that device stays unsent even if delivered, and is re-sent (a duplicate with the
+/// same `(gateway, device, seq)` key, deduplicated downstream), so the outbox never has a hole
+/// behind a sent record. Returns bundle indices in order.
+pub fn markable(bundles: &[PlannedBundle], delivered: &[bool]) -> Vec<usize> {
+    let mut blocked: BTreeMap<&str, bool> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (i, bundle) in bundles.iter().enumerate() {
+        let stopped = blocked.entry(bundle.device_id.as_str()).or_insert(false);
+        if *stopped {
+            continue;
+        }
+        if delivered.get(i).copied().unwrap_or(false) {
+            out.push(i);
+        } else {
+            *stopped = true;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use icu_protos::v1::{Alarm, StoredRecord};
+
+    fn obs_rec(device: &str, seq: u64) -> OutboxRecord {
+        OutboxRecord {
+            device_id: device.into(),
+            seq,
+            bed: "bed-1".into(),
+            record: StoredRecord {
+                gateway_id: "gw".into(),
+                device_id: device.into(),
+                seq,
+                body: Some(Body::Observation(Observation {
+                    mdc_code: 150456,
+                    value: Some(97.0),
+                    ..Default::default()
+                })),
+            },
+        }
+    }
+
+    fn ranges(plan: &Plan) -> Vec<(&str, u64, u64)> {
+        plan.bundles
+            .iter()
+            .map(|b| (b.device_id.as_str(), b.first_seq, b.last_seq))
+            .collect()
+    }
+
+    #[test]
+    fn groups_consecutive_seqs_per_device_in_order() {
+        let records = vec![
+            obs_rec("mon-2", 1),
+            obs_rec("mon-1", 3),
+            obs_rec("mon-1", 1),
+            obs_rec("mon-1", 2),
+            obs_rec("mon-1", 5),
+            obs_rec("mon-2", 2),
+            obs_rec("mon-1", 2),
+        ];
+        let plan = plan_bundles(records, 100);
+        assert_eq!(
+            ranges(&plan),
+            [("mon-1", 1, 3), ("mon-1", 5, 5), ("mon-2", 1, 2)]
+        );
+        let b = &plan.bundles[0];
+        assert_eq!(b.observations.len(), 3, "duplicate seq 2 dropped");
+        let seqs: Vec<u64> = b.observations.iter().map(|o| o.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        assert!(b.observations.iter().all(|o| o.device_id == "mon-1" && o.bed == "bed-1"));
+    }
+
+    #[test]
+    fn splits_at_max_size() {
+        let records = (1..=250).map(|s| obs_rec("mon-1", s)).collect();
+        let plan = plan_bundles(records, 100);
+        assert_eq!(
+            ranges(&plan),
+            [("mon-1", 1, 100), ("mon-1", 101, 200), ("mon-1", 201, 250)]
+        );
+        for b in &plan.bundles {
+            assert_eq!(b.observations.len() as u64, b.last_seq - b.first_seq + 1);
+        }
+        let plan = plan_bundles((1..=3).map(|s| obs_rec("d", s)).collect(), 0);
+        assert_eq!(plan.bundles.len(), 3, "max 0 is treated as 1");
+    }
+
+    #[test]
+    fn non_observations_are_skipped_and_split_the_run() {
+        let mut alarm = obs_rec("mon-1", 3);
+        alarm.record.body = Some(Body::Alarm(Alarm::default()));
+        let mut empty = obs_rec("mon-1", 6);
+        empty.record.body = None;
+        let records = vec![
+            obs_rec("mon-1", 1),
+            obs_rec("mon-1", 2),
+            alarm,
+            obs_rec("mon-1", 4),
+            obs_rec("mon-1", 5),
+            empty,
+        ];
+        let plan = plan_bundles(records, 100);
+        assert_eq!(ranges(&plan), [("mon-1", 1, 2), ("mon-1", 4, 5)]);
+        assert_eq!(
+            plan.skipped,
+            [
+                SkippedRecord { device_id: "mon-1".into(), seq: 3, kind: "alarm" },
+                SkippedRecord { device_id: "mon-1".into(), seq: 6, kind: "empty" },
+            ]
+        );
+    }
+
+    #[test]
+    fn bed_change_starts_a_new_bundle() {
+        let mut moved = obs_rec("mon-1", 3);
+        moved.bed = "bed-2".into();
+        let plan = plan_bundles(vec![obs_rec("mon-1", 1), obs_rec("mon-1", 2), moved], 100);
+        assert_eq!(ranges(&plan), [("mon-1", 1, 2), ("mon-1", 3, 3)]);
+        assert_eq!(plan.bundles[1].observations[0].bed, "bed-2");
+    }
+
+    #[test]
+    fn marks_stop_at_each_devices_first_failure() {
+        let plan = plan_bundles(
+            (1..=6)
+                .map(|s| obs_rec("a", s))
+                .chain((1..=4).map(|s| obs_rec("b", s)))
+                .collect(),
+            2,
+        );
+        // a: [1-2] ok, [3-4] failed, [5-6] ok (must not be marked); b: [1-2] ok, [3-4] ok.
+        assert_eq!(plan.bundles.len(), 5);
+        let delivered = [true, false, true, true, true];
+        assert_eq!(markable(&plan.bundles, &delivered), [0, 3, 4]);
+        assert_eq!(markable(&plan.bundles, &[false; 5]), Vec::<usize>::new());
+        assert_eq!(markable(&plan.bundles, &[true; 5]), [0, 1, 2, 3, 4]);
+        assert_eq!(markable(&plan.bundles, &[true]), [0], "missing outcome = failed");
+    }
+}

@@ -1,0 +1,189 @@
+//! Observable state and counters of the bridge, shared with the gateway's HTTP API and metrics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+/// Where the bridge stands, as shown on the local page and in `/api` (`{"state": "online"}`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum BridgeState {
+    /// No Kafka configured (or the bridge was not started).
+    Disabled,
+    /// Started, no cycle finished yet.
+    Connecting,
+    /// The last cycle forwarded everything it fetched.
+    Online,
+    /// The last cycle failed; records stay in the outbox and are retried with backoff.
+    Offline { reason: String },
+    /// The topic does not exist on the brokers; records stay in the outbox.
+    TopicMissing { topic: String },
+}
+
+/// Counters and state of one bridge. Cheap to read from any thread.
+#[derive(Debug)]
+pub struct BridgeStats {
+    forwarded_records: AtomicU64,
+    forwarded_observations: AtomicU64,
+    delivery_errors: AtomicU64,
+    broker_errors: AtomicU64,
+    outbox_errors: AtomicU64,
+    in_flight: AtomicU64,
+    skipped_records: AtomicU64,
+    cycles: AtomicU64,
+    state: Mutex<BridgeState>,
+}
+
+impl BridgeStats {
+    /// Fresh stats in state [`BridgeState::Disabled`].
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            forwarded_records: AtomicU64::new(0),
+            forwarded_observations: AtomicU64::new(0),
+            delivery_errors: AtomicU64::new(0),
+            broker_errors: AtomicU64::new(0),
+            outbox_errors: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            skipped_records: AtomicU64::new(0),
+            cycles: AtomicU64::new(0),
+            state: Mutex::new(BridgeState::Disabled),
+        })
+    }
+
+    /// Current state.
+    pub fn state(&self) -> BridgeState {
+        self.lock_state().clone()
+    }
+
+    /// Kafka records (bundles) delivered and marked sent.
+    pub fn forwarded_records(&self) -> u64 {
+        self.forwarded_records.load(Ordering::Relaxed)
+    }
+
+    /// Observations in those records.
+    pub fn forwarded_observations(&self) -> u64 {
+        self.forwarded_observations.load(Ordering::Relaxed)
+    }
+
+    /// Kafka records whose delivery failed (or could not be enqueued, or mapped).
+    pub fn delivery_errors(&self) -> u64 {
+        self.delivery_errors.load(Ordering::Relaxed)
+    }
+
+    /// Cycles that failed before producing: brokers unreachable or topic missing.
+    pub fn broker_errors(&self) -> u64 {
+        self.broker_errors.load(Ordering::Relaxed)
+    }
+
+    /// Failed outbox calls (fetch or mark sent).
+    pub fn outbox_errors(&self) -> u64 {
+        self.outbox_errors.load(Ordering::Relaxed)
+    }
+
+    /// Kafka records produced and awaiting their delivery report.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Records of the last fetch left in the outbox because their kind is not forwarded yet.
+    pub fn skipped_records(&self) -> u64 {
+        self.skipped_records.load(Ordering::Relaxed)
+    }
+
+    /// Forwarding cycles run (successful or not).
+    pub fn cycles(&self) -> u64 {
+        self.cycles.load(Ordering::Relaxed)
+    }
+
+    /// All counters and the state as JSON.
+    pub fn snapshot(&self) -> serde_json::Value {
+        serde_json::json!({
+            "state": self.state(),
+            "forwarded_records": self.forwarded_records(),
+            "forwarded_observations": self.forwarded_observations(),
+            "delivery_errors": self.delivery_errors(),
+            "broker_errors": self.broker_errors(),
+            "outbox_errors": self.outbox_errors(),
+            "in_flight": self.in_flight(),
+            "skipped_records": self.skipped_records(),
+            "cycles": self.cycles(),
+        })
+    }
+
+    /// Sets the state; returns the previous one when it changed.
+    pub(crate) fn set_state(&self, state: BridgeState) -> Option<BridgeState> {
+        let mut current = self.lock_state();
+        if *current == state {
+            None
+        } else {
+            Some(std::mem::replace(&mut *current, state))
+        }
+    }
+
+    pub(crate) fn add_forwarded(&self, records: u64, observations: u64) {
+        self.forwarded_records.fetch_add(records, Ordering::Relaxed);
+        self.forwarded_observations
+            .fetch_add(observations, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_delivery_errors(&self, n: u64) {
+        self.delivery_errors.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_broker_error(&self) {
+        self.broker_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_outbox_error(&self) {
+        self.outbox_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_in_flight(&self, n: u64) {
+        self.in_flight.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sub_in_flight(&self, n: u64) {
+        self.in_flight.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_skipped(&self, n: u64) {
+        self.skipped_records.store(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_cycle(&self) {
+        self.cycles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, BridgeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_serializes_tagged_and_snapshot_has_every_counter() {
+        let stats = BridgeStats::new();
+        assert_eq!(stats.state(), BridgeState::Disabled);
+        assert_eq!(
+            stats.set_state(BridgeState::TopicMissing { topic: "t".into() }),
+            Some(BridgeState::Disabled)
+        );
+        assert_eq!(stats.set_state(BridgeState::TopicMissing { topic: "t".into() }), None);
+        stats.add_forwarded(2, 150);
+        stats.add_delivery_errors(1);
+        let snap = stats.snapshot();
+        assert_eq!(snap["state"], serde_json::json!({"state": "topic_missing", "topic": "t"}));
+        assert_eq!(snap["forwarded_records"], 2);
+        assert_eq!(snap["forwarded_observations"], 150);
+        assert_eq!(snap["delivery_errors"], 1);
+        for key in ["in_flight", "broker_errors", "outbox_errors", "skipped_records", "cycles"] {
+            assert_eq!(snap[key], 0, "{key}");
+        }
+        let offline = serde_json::to_value(BridgeState::Offline { reason: "x".into() }).unwrap();
+        assert_eq!(offline, serde_json::json!({"state": "offline", "reason": "x"}));
+    }
+}

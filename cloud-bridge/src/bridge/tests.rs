@@ -1,0 +1,144 @@
+use std::time::Instant;
+
+use icu_protos::v1::{stored_record::Body, Observation, StoredRecord};
+
+use super::*;
+use crate::outbox::{MemoryOutbox, OutboxRecord};
+
+fn obs_record(device: &str, seq: u64) -> OutboxRecord {
+    OutboxRecord {
+        device_id: device.into(),
+        seq,
+        bed: "bed-1".into(),
+        record: StoredRecord {
+            gateway_id: "gw-test".into(),
+            device_id: device.into(),
+            seq,
+            body: Some(Body::Observation(Observation {
+                device_id: device.into(),
+                seq,
+                mdc_code: 150456,
+                value: Some(97.0),
+                unit_ucum: "%".into(),
+                receive_time_us: 1_700_000_000_000_000,
+                ..Default::default()
+            })),
+        },
+    }
+}
+
+fn quick_config(brokers: &str) -> BridgeConfig {
+    BridgeConfig {
+        gateway_id: "gw-test".into(),
+        brokers: brokers.into(),
+        message_timeout_ms: 1000,
+        poll_interval: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(200),
+        ..BridgeConfig::default()
+    }
+}
+
+#[test]
+fn unreachable_broker_goes_offline_and_marks_nothing() {
+    let outbox = Arc::new(MemoryOutbox::new());
+    for seq in 1..=3 {
+        outbox.push(obs_record("mon-1", seq));
+    }
+    let stats = BridgeStats::new();
+    let actor = BridgeActor::new(
+        quick_config("127.0.0.1:1"),
+        outbox.clone(),
+        GatewayKey::generate(),
+        Terminology::builtin(),
+        stats.clone(),
+    )
+    .unwrap();
+
+    let reason = actix::System::new().block_on({
+        let stats = stats.clone();
+        async move {
+            let addr = actor.start();
+            // A wake is only a hint; sending one must be harmless.
+            addr.try_send(Wake).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let BridgeState::Offline { reason } = stats.state() {
+                    break reason;
+                }
+                assert!(Instant::now() < deadline, "state stuck at {:?}", stats.state());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    assert!(reason.contains("127.0.0.1:1"), "reason names the brokers: {reason}");
+    assert_eq!(outbox.unsent_len(), 3);
+    assert!(outbox.sent_seqs("mon-1").is_empty());
+    assert_eq!(stats.forwarded_records(), 0);
+    assert_eq!(stats.in_flight(), 0);
+    assert!(stats.broker_errors() >= 1);
+    assert!(stats.cycles() >= 1);
+}
+
+#[test]
+fn config_is_validated_with_field_names() {
+    assert!(quick_config("k:9092").validate().is_ok());
+    let cases: Vec<(BridgeConfig, &str)> = vec![
+        (BridgeConfig { gateway_id: " ".into(), ..quick_config("k:9092") }, "gateway_id"),
+        (quick_config(""), "brokers"),
+        (BridgeConfig { fetch_limit: 0, ..quick_config("k:9092") }, "fetch_limit"),
+        (BridgeConfig { max_per_bundle: 0, ..quick_config("k:9092") }, "max_per_bundle"),
+        (BridgeConfig { compression: "brotli".into(), ..quick_config("k:9092") }, "compression"),
+        (BridgeConfig { max_backoff: Duration::ZERO, ..quick_config("k:9092") }, "max_backoff"),
+    ];
+    for (config, field) in cases {
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains(field), "{err}");
+        let err = BridgeActor::new(
+            config,
+            Arc::new(MemoryOutbox::new()),
+            GatewayKey::generate(),
+            Terminology::builtin(),
+            BridgeStats::new(),
+        )
+        .err()
+        .expect("invalid config rejected");
+        assert!(matches!(err, BridgeError::Config { .. }));
+    }
+}
+
+#[test]
+fn default_config_matches_the_documented_defaults() {
+    let c = BridgeConfig::default();
+    assert_eq!(c.topic_observations, "icu.observations");
+    assert_eq!((c.fetch_limit, c.max_per_bundle, c.message_timeout_ms), (2000, 100, 30_000));
+    assert_eq!(c.poll_interval, Duration::from_millis(200));
+    assert_eq!(c.max_backoff, Duration::from_secs(10));
+    assert_eq!(c.compression, "lz4");
+}
+
+#[test]
+fn backoff_doubles_up_to_the_cap() {
+    let max = Duration::from_secs(1);
+    let mut b = Duration::ZERO;
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        b = next_backoff(b, max);
+        seen.push(b.as_millis());
+    }
+    assert_eq!(seen, [250, 500, 1000, 1000, 1000]);
+}
+
+#[test]
+fn topic_check_distinguishes_missing_from_other_errors() {
+    assert!(topic_check(Some((None, 3))).is_ok());
+    assert!(matches!(topic_check(None), Err(CycleError::TopicMissing)));
+    assert!(matches!(topic_check(Some((None, 0))), Err(CycleError::TopicMissing)));
+    assert!(matches!(
+        topic_check(Some((Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART), 0))),
+        Err(CycleError::TopicMissing)
+    ));
+    assert!(matches!(
+        topic_check(Some((Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE), 1))),
+        Err(CycleError::Offline(_))
+    ));
+}

@@ -1,0 +1,168 @@
+use base64::Engine as _;
+use icu_protos::v1::Observation;
+
+use super::*;
+use crate::fhir::observation_bundle;
+use crate::signing::GatewayKey;
+use crate::Terminology;
+
+/// A record as the bridge would produce it for `device` seqs `first..=last`.
+fn signed(key: &GatewayKey, device: &str, first: u64, last: u64, offset: i64) -> ConsumedRecord {
+    let observations: Vec<Observation> = (first..=last)
+        .map(|seq| Observation {
+            device_id: device.into(),
+            seq,
+            mdc_code: 150456,
+            value: Some(96.0),
+            unit_ucum: "%".into(),
+            receive_time_us: 1_700_000_000_000_000,
+            ..Default::default()
+        })
+        .collect();
+    let value = observation_bundle("gw1", device, &observations, &Terminology::builtin()).unwrap();
+    let signature = base64::engine::general_purpose::STANDARD.encode(key.sign(&value));
+    let headers: BTreeMap<String, String> = [
+        (headers::SIGNATURE, signature.as_str()),
+        (headers::SIGNATURE_ALG, "ed25519"),
+        (headers::KEY_ID, key.key_id()),
+        (headers::GATEWAY_ID, "gw1"),
+        (headers::DEVICE_ID, device),
+        (headers::SEQ_FIRST, &first.to_string()),
+        (headers::SEQ_LAST, &last.to_string()),
+        (headers::CONTENT_TYPE, "application/fhir+json"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    ConsumedRecord::new(0, offset, Some(device.into()), headers, value, Some(&key.verifying_key()))
+}
+
+#[test]
+fn clean_stream_has_no_gaps_and_verifies() {
+    let key = GatewayKey::generate();
+    let records = vec![
+        signed(&key, "mon-1", 1, 3, 0),
+        signed(&key, "mon-2", 1, 1, 1),
+        signed(&key, "mon-1", 4, 5, 2),
+    ];
+    assert!(records.iter().all(|r| r.signature_ok == Some(true)));
+    let report = report_from_records(&records, Some(&key.verifying_key()));
+    assert_eq!((report.records, report.signatures_ok, report.signatures_bad), (3, 3, 0));
+    assert_eq!((report.unsigned, report.unparseable), (0, 0));
+    let d = &report.devices["mon-1"];
+    assert_eq!((d.records, d.observations, d.distinct_seqs), (2, 5, 5));
+    assert_eq!((d.first_seq, d.last_seq), (Some(1), Some(5)));
+    assert!(d.gaps.is_empty());
+    assert_eq!(d.duplicate_seqs, 0);
+    assert!(report.is_clean());
+    let summary = render_summary("icu.observations", &report);
+    assert!(summary.contains("device mon-1: 2 records, 5 observations, seq 1..=5, no gaps"), "{summary}");
+    assert!(summary.contains("result: ok"), "{summary}");
+}
+
+#[test]
+fn gaps_and_duplicates_are_counted() {
+    let key = GatewayKey::generate();
+    let records = vec![
+        signed(&key, "mon-1", 1, 3, 0),
+        signed(&key, "mon-1", 3, 4, 1),  // seq 3 again: one duplicate
+        signed(&key, "mon-1", 7, 7, 2),  // 5-6 missing
+        signed(&key, "mon-1", 10, 12, 3), // 8-9 missing
+        signed(&key, "mon-1", 10, 12, 4), // full re-send: three duplicates
+    ];
+    let report = report_from_records(&records, Some(&key.verifying_key()));
+    let d = &report.devices["mon-1"];
+    assert_eq!(d.gaps, [(5, 6), (8, 9)]);
+    assert_eq!(d.duplicate_seqs, 4);
+    assert_eq!(d.distinct_seqs, 8);
+    assert_eq!((d.first_seq, d.last_seq), (Some(1), Some(12)));
+    assert_eq!(d.observations, 12);
+    assert!(!report.is_clean());
+    let summary = render_summary("t", &report);
+    assert!(summary.contains("2 gap(s): 5-6, 8-9") && summary.contains("FAILED"), "{summary}");
+}
+
+#[test]
+fn tampered_wrong_key_and_unsigned_records() {
+    let key = GatewayKey::generate();
+    let other = GatewayKey::generate();
+    let mut tampered = signed(&key, "mon-1", 2, 2, 1);
+    let pos = tampered.value.len() / 2;
+    tampered.value[pos] ^= 0x01;
+    let forged = signed(&other, "mon-1", 3, 3, 2);
+    let mut unsigned = signed(&key, "mon-1", 4, 4, 3);
+    unsigned.headers.remove(headers::SIGNATURE);
+    let records = vec![signed(&key, "mon-1", 1, 1, 0), tampered, forged, unsigned];
+
+    let report = report_from_records(&records, Some(&key.verifying_key()));
+    assert_eq!(report.signatures_ok, 1);
+    assert_eq!(report.signatures_bad, 2);
+    assert_eq!(report.unsigned, 1);
+    // Bad records never fill a gap: seqs 2 and 3 are missing.
+    assert_eq!(report.devices["mon-1"].gaps, [(2, 3)]);
+    assert!(!report.is_clean());
+
+    // Without a key, signed records are neither ok nor bad.
+    let report = report_from_records(&records, None);
+    assert_eq!((report.signatures_ok, report.signatures_bad, report.unsigned), (0, 0, 1));
+}
+
+#[test]
+fn wrong_algorithm_header_fails_and_unparseable_values_are_counted() {
+    let key = GatewayKey::generate();
+    let mut rec = signed(&key, "mon-1", 1, 1, 0);
+    rec.headers.insert(headers::SIGNATURE_ALG.into(), "rsa".into());
+    let garbage = ConsumedRecord::new(
+        0,
+        1,
+        Some("mon-9".into()),
+        BTreeMap::new(),
+        b"not a bundle".to_vec(),
+        Some(&key.verifying_key()),
+    );
+    assert_eq!(garbage.signature_ok, None);
+    let report = report_from_records(&[rec, garbage], Some(&key.verifying_key()));
+    assert_eq!(report.signatures_bad, 1);
+    assert_eq!(report.unparseable, 1);
+    assert_eq!(report.devices["mon-9"].records, 1, "device falls back to the record key");
+    assert_eq!(report.devices["mon-9"].distinct_seqs, 0);
+}
+
+#[test]
+fn missing_seq_headers_fall_back_to_the_bundle_and_huge_ranges_are_ignored() {
+    let key = GatewayKey::generate();
+    let mut rec = signed(&key, "mon-1", 5, 6, 0);
+    rec.seq_first = None;
+    rec.seq_last = None;
+    let mut huge = signed(&key, "mon-1", 7, 7, 1);
+    huge.seq_last = Some(u64::MAX);
+    let report = report_from_records(&[rec, huge], Some(&key.verifying_key()));
+    let d = &report.devices["mon-1"];
+    assert_eq!((d.first_seq, d.last_seq, d.distinct_seqs), (Some(5), Some(7), 3));
+}
+
+#[test]
+fn json_lines_hold_only_verified_records() {
+    let key = GatewayKey::generate();
+    let mut bad = signed(&key, "mon-1", 2, 2, 1);
+    bad.signature_ok = Some(false);
+    let records = vec![signed(&key, "mon-1", 1, 1, 0), bad];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.jsonl");
+    assert_eq!(write_verified_json_lines(&path, &records).unwrap(), 1);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["offset"], 0);
+    assert_eq!(lines[0]["headers"][headers::DEVICE_ID], "mon-1");
+    assert_eq!(lines[0]["value"]["resourceType"], "Bundle");
+}
+
+#[test]
+fn report_serializes_for_json_output() {
+    let key = GatewayKey::generate();
+    let report = report_from_records(&[signed(&key, "mon-1", 1, 2, 0)], Some(&key.verifying_key()));
+    let v = serde_json::to_value(&report).unwrap();
+    assert_eq!(v["devices"]["mon-1"]["last_seq"], 2);
+    assert_eq!(v["devices"]["mon-1"]["gaps"], serde_json::json!([]));
+}

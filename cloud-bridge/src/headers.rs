@@ -1,0 +1,31 @@
+//! Kafka record header names.
+//!
+//! Owns: the names (and fixed values) of the headers on every record the bridge produces.
+//! Guarantees: all header values are UTF-8 strings; [`SIGNATURE`] is the standard base64 of the
+//! 64-byte ed25519 signature over the exact record value bytes, so a consumer verifies a record
+//! with the value, this header and the gateway's public key alone. `(GATEWAY_ID, DEVICE_ID,
+//! SEQ_FIRST..=SEQ_LAST)` is the dedup key downstream.
+
+/// Standard base64 of the 64-byte ed25519 signature over the exact value bytes.
+pub const SIGNATURE: &str = "icu-signature";
+/// Signature algorithm; always [`SIGNATURE_ALG_ED25519`].
+pub const SIGNATURE_ALG: &str = "icu-signature-alg";
+/// Key id of the signing key (see `signing::key_id_of`).
+pub const KEY_ID: &str = "icu-key-id";
+/// Gateway id from config.
+pub const GATEWAY_ID: &str = "icu-gateway-id";
+/// Device id from config.
+pub const DEVICE_ID: &str = "icu-device-id";
+/// First per-device seq in the record (decimal).
+pub const SEQ_FIRST: &str = "icu-seq-first";
+/// Last per-device seq in the record (decimal, inclusive).
+pub const SEQ_LAST: &str = "icu-seq-last";
+/// Media type of the value; [`CONTENT_TYPE_FHIR_JSON`] for FHIR records.
+pub const CONTENT_TYPE: &str = "content-type";
+/// Bed the device is assigned to.
+pub const BED: &str = "icu-bed";
+
+/// Value of [`SIGNATURE_ALG`].
+pub const SIGNATURE_ALG_ED25519: &str = "ed25519";
+/// Value of [`CONTENT_TYPE`] for FHIR JSON.
+pub const CONTENT_TYPE_FHIR_JSON: &str = "application/fhir+json";

@@ -1,0 +1,162 @@
+//! The bridge's view of the gateway store: records waiting to be forwarded.
+//!
+//! Owns: the [`Outbox`] trait the gateway implements over SQLite, the [`OutboxRecord`] it
+//! returns, and [`MemoryOutbox`], an in-memory implementation for tests.
+//! Guarantees (the contract both sides keep):
+//! - `fetch_unsent` returns the oldest unsent records ordered by `(device_id, seq)`;
+//! - the bridge calls `mark_sent` only after Kafka's delivery report for every record of the
+//!   range, so a record leaves the outbox only once it is durable in Kafka;
+//! - both calls may block (SQLite); the bridge runs them on `tokio::task::spawn_blocking`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use icu_protos::v1::StoredRecord;
+
+use crate::error::BridgeError;
+
+/// One stored record waiting to be forwarded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRecord {
+    pub device_id: String,
+    /// Per-device sequence number assigned at commit.
+    pub seq: u64,
+    /// Bed the device is assigned to.
+    pub bed: String,
+    pub record: StoredRecord,
+}
+
+/// Records waiting for Kafka. Implementations may block; they must be thread safe.
+pub trait Outbox: Send + Sync + 'static {
+    /// Oldest unsent records, ordered by (device_id, seq), at most `limit`.
+    fn fetch_unsent(&self, limit: usize) -> Result<Vec<OutboxRecord>, BridgeError>;
+    /// Marks [first_seq, last_seq] of one device as sent (called only after Kafka's delivery report).
+    fn mark_sent(&self, device_id: &str, first_seq: u64, last_seq: u64) -> Result<(), BridgeError>;
+}
+
+/// An in-memory [`Outbox`] for tests (here and in the gateway).
+#[derive(Debug, Default)]
+pub struct MemoryOutbox {
+    records: Mutex<BTreeMap<(String, u64), (OutboxRecord, bool)>>,
+    fail_fetch: AtomicBool,
+    fail_mark: AtomicBool,
+}
+
+impl MemoryOutbox {
+    /// An empty outbox.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) an unsent record.
+    pub fn push(&self, record: OutboxRecord) {
+        let key = (record.device_id.clone(), record.seq);
+        self.lock().insert(key, (record, false));
+    }
+
+    /// Number of records not yet marked sent.
+    pub fn unsent_len(&self) -> usize {
+        self.lock().values().filter(|(_, sent)| !sent).count()
+    }
+
+    /// The seqs of `device_id` marked sent, ascending.
+    pub fn sent_seqs(&self, device_id: &str) -> Vec<u64> {
+        self.lock()
+            .iter()
+            .filter(|((device, _), (_, sent))| device == device_id && *sent)
+            .map(|((_, seq), _)| *seq)
+            .collect()
+    }
+
+    /// Makes `fetch_unsent` fail (to test the bridge's error path).
+    pub fn set_fail_fetch(&self, fail: bool) {
+        self.fail_fetch.store(fail, Ordering::SeqCst);
+    }
+
+    /// Makes `mark_sent` fail (to test the bridge's error path).
+    pub fn set_fail_mark(&self, fail: bool) {
+        self.fail_mark.store(fail, Ordering::SeqCst);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, u64), (OutboxRecord, bool)>> {
+        // A panic while holding the lock cannot leave the map half-updated (single inserts).
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Outbox for MemoryOutbox {
+    fn fetch_unsent(&self, limit: usize) -> Result<Vec<OutboxRecord>, BridgeError> {
+        if self.fail_fetch.load(Ordering::SeqCst) {
+            return Err(BridgeError::Outbox {
+                operation: "fetch_unsent",
+                reason: "injected failure".into(),
+            });
+        }
+        Ok(self
+            .lock()
+            .values()
+            .filter(|(_, sent)| !sent)
+            .take(limit)
+            .map(|(record, _)| record.clone())
+            .collect())
+    }
+
+    fn mark_sent(&self, device_id: &str, first_seq: u64, last_seq: u64) -> Result<(), BridgeError> {
+        if self.fail_mark.load(Ordering::SeqCst) {
+            return Err(BridgeError::Outbox {
+                operation: "mark_sent",
+                reason: "injected failure".into(),
+            });
+        }
+        let mut records = self.lock();
+        let range = (device_id.to_owned(), first_seq)..=(device_id.to_owned(), last_seq);
+        for (_, (_, sent)) in records.range_mut(range) {
+            *sent = true;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(device: &str, seq: u64) -> OutboxRecord {
+        OutboxRecord {
+            device_id: device.into(),
+            seq,
+            bed: "b1".into(),
+            record: StoredRecord {
+                gateway_id: "gw".into(),
+                device_id: device.into(),
+                seq,
+                body: None,
+            },
+        }
+    }
+
+    #[test]
+    fn memory_outbox_orders_limits_and_marks_ranges() {
+        let outbox = MemoryOutbox::new();
+        for (d, s) in [("b", 1), ("a", 2), ("a", 1), ("a", 3), ("b", 2)] {
+            outbox.push(rec(d, s));
+        }
+        let keys: Vec<_> = outbox
+            .fetch_unsent(4)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.device_id, r.seq))
+            .collect();
+        assert_eq!(
+            keys,
+            [("a".into(), 1), ("a".into(), 2), ("a".into(), 3), ("b".into(), 1)]
+        );
+        outbox.mark_sent("a", 1, 2).unwrap();
+        assert_eq!(outbox.sent_seqs("a"), [1, 2]);
+        assert_eq!(outbox.unsent_len(), 3);
+        outbox.set_fail_mark(true);
+        assert!(outbox.mark_sent("a", 3, 3).is_err());
+        assert_eq!(outbox.unsent_len(), 3);
+    }
+}

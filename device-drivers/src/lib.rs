@@ -1,0 +1,2 @@
+//! Device protocol codecs of the ICU edge gateway.
+pub mod mllp;

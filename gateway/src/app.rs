@@ -1,0 +1,246 @@
+//! Wiring: starts every part of the gateway inside the running actix `System`.
+//!
+//! Owns: start-up order and shutdown. Order: store (creates the schema) → outbox reader →
+//! bridge (if Kafka is configured) → live state and one device actor per configured device →
+//! MLLP listener → HTTP server → `endpoints.json`. Shutdown stops the listeners first, so no new
+//! message is accepted, then lets the store finish what it holds before the System stops.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use actix::Addr;
+use anyhow::Context as _;
+use icu_cloud_bridge::bridge::{BridgeActor, BridgeConfig, BridgeStats, Wake};
+use icu_cloud_bridge::signing::GatewayKey;
+use icu_drivers::terminology::Terminology;
+use tokio::sync::watch;
+
+use crate::clock::{now_us, ClockState};
+use crate::config::Config;
+use crate::device::DeviceActor;
+use crate::http::{self, HttpState};
+use crate::live::LiveState;
+use crate::mllp::{self, Ingest, MllpStats, Route};
+use crate::store::{SqliteOutbox, Store, StoreStats};
+
+/// Where a running gateway can be reached (also written to `<data_dir>/endpoints.json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Endpoints {
+    pub mllp: SocketAddr,
+    pub http: SocketAddr,
+}
+
+/// A started gateway; dropping it does not stop it, call [`Running::shutdown`].
+pub struct Running {
+    pub endpoints: Endpoints,
+    pub live: Arc<LiveState>,
+    pub outbox: Arc<SqliteOutbox>,
+    pub bridge: Option<Arc<BridgeStats>>,
+    pub store: Addr<Store>,
+    shutdown: watch::Sender<bool>,
+    http: actix_web::dev::ServerHandle,
+    mllp_task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting input, then stops the HTTP server. The store commits what it holds.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.mllp_task.await;
+        self.http.stop(true).await;
+        tracing::info!("gateway stopped accepting input");
+    }
+}
+
+/// Path of the public key written beside a private key file.
+pub fn public_key_path(private: &Path) -> PathBuf {
+    private.with_extension("pub")
+}
+
+/// Loads the gateway key, telling the engineer how to make one if it is missing.
+pub fn load_key(path: &Path) -> anyhow::Result<GatewayKey> {
+    if !path.exists() {
+        anyhow::bail!(
+            "signing key {} does not exist; create it with `icu-gateway keygen --out {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    GatewayKey::load(path).with_context(|| format!("loading signing key {}", path.display()))
+}
+
+/// Starts the gateway. Must be called inside a running actix `System`.
+pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    let terminology = Terminology::builtin();
+
+    // Bridge address is known only after the store exists (the bridge reads the store's outbox).
+    let bridge_slot: Arc<OnceLock<Addr<BridgeActor>>> = Arc::new(OnceLock::new());
+    let slot = bridge_slot.clone();
+    let on_commit: crate::store::CommitListener = Box::new(move || {
+        if let Some(b) = slot.get() {
+            // A hint only: the bridge also polls, so a full mailbox loses nothing.
+            let _ = b.try_send(Wake);
+        }
+    });
+    let store_stats = Arc::new(StoreStats::default());
+    let store = Store::start(&config.store, &config.gateway_id, store_stats.clone(), Some(on_commit))
+        .with_context(|| format!("opening the store {}", config.store.path.display()))?;
+    let outbox = Arc::new(
+        SqliteOutbox::open(&config.store)
+            .with_context(|| format!("opening the outbox reader on {}", config.store.path.display()))?,
+    );
+
+    let bridge = match &config.kafka {
+        None => {
+            tracing::warn!("no [kafka] configured: readings are stored and wait in the outbox");
+            None
+        }
+        Some(k) => {
+            let key = match key {
+                Some(k) => k,
+                None => load_key(&config.key_file)?,
+            };
+            tracing::info!(key_id = key.key_id(), bootstrap = %k.bootstrap, topic = %k.topic_observations, "forwarding to kafka");
+            let stats = BridgeStats::new();
+            let cfg = BridgeConfig {
+                gateway_id: config.gateway_id.clone(),
+                brokers: k.bootstrap.clone(),
+                topic_observations: k.topic_observations.clone(),
+                fetch_limit: 2000,
+                max_per_bundle: k.max_per_bundle,
+                message_timeout_ms: k.message_timeout_ms,
+                poll_interval: std::time::Duration::from_millis(200),
+                max_backoff: std::time::Duration::from_secs(10),
+                compression: k.compression.clone(),
+            };
+            let actor = BridgeActor::new(cfg, outbox.clone(), key, terminology.clone(), stats.clone())
+                .context("starting the kafka bridge")?;
+            let addr = actix::Actor::start(actor);
+            let _ = bridge_slot.set(addr);
+            Some(stats)
+        }
+    };
+
+    let live = Arc::new(LiveState::new(&config.beds, &config.devices));
+    let clock = Arc::new(ClockState::new(config.clock));
+    let mut routes = HashMap::new();
+    for d in &config.devices {
+        let addr = DeviceActor::start(d.clone(), store.clone(), live.clone(), clock.clone());
+        routes.insert(
+            d.match_id.clone(),
+            Route {
+                device_id: d.id.clone(),
+                addr,
+            },
+        );
+    }
+
+    let mllp_stats = Arc::new(MllpStats::default());
+    let ingest = Arc::new(Ingest::new(
+        routes,
+        store.clone(),
+        live.clone(),
+        terminology,
+        config.mllp.max_frame_bytes,
+        mllp_stats.clone(),
+    ));
+    let mllp_listener = tokio::net::TcpListener::bind(config.mllp.listen)
+        .await
+        .with_context(|| format!("binding the MLLP listener on {} (mllp.listen)", config.mllp.listen))?;
+    let mllp_addr = mllp_listener.local_addr()?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mllp_task = tokio::spawn(mllp::serve(
+        mllp_listener,
+        ingest,
+        config.mllp.max_connections,
+        shutdown_rx,
+    ));
+
+    let http_listener = std::net::TcpListener::bind(config.http_listen)
+        .with_context(|| format!("binding the HTTP listener on {} (http.listen)", config.http_listen))?;
+    let http_addr = http_listener.local_addr()?;
+    let server = http::start(
+        http_listener,
+        HttpState {
+            gateway_id: config.gateway_id.clone(),
+            live: live.clone(),
+            outbox: outbox.clone(),
+            store_stats,
+            mllp_stats,
+            bridge: bridge.clone(),
+            kafka_bootstrap: config.kafka.as_ref().map(|k| k.bootstrap.clone()),
+            started_us: now_us(),
+        },
+    )?;
+    let http_handle = server.handle();
+    actix::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+
+    let endpoints = Endpoints {
+        mllp: mllp_addr,
+        http: http_addr,
+    };
+    let ep_path = config.data_dir.join("endpoints.json");
+    std::fs::write(&ep_path, serde_json::to_vec_pretty(&endpoints)?)
+        .with_context(|| format!("writing {}", ep_path.display()))?;
+    tracing::info!(mllp = %mllp_addr, http = %format!("http://{http_addr}/"), gateway_id = %config.gateway_id,
+        devices = config.devices.len(), "gateway ready");
+
+    Ok(Running {
+        endpoints,
+        live,
+        outbox,
+        bridge,
+        store,
+        shutdown: shutdown_tx,
+        http: http_handle,
+        mllp_task,
+    })
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `icu-gateway run`: starts the gateway and runs until a signal.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let system = actix::System::new();
+    system.block_on(async move {
+        let running = start(config, None).await?;
+        println!(
+            "icu-gateway ready: mllp {} page http://{}/",
+            running.endpoints.mllp, running.endpoints.http
+        );
+        wait_for_signal().await;
+        tracing::info!("stopping");
+        running.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}

@@ -1,0 +1,684 @@
+//! Gateway configuration: one TOML file per ICU.
+//!
+//! Owns: the raw file format ([`RawConfig`], `deny_unknown_fields`) and its one validation step
+//! into the domain type [`Config`]. Guarantees: a `Config` only exists if every field was valid;
+//! [`RawConfig::validate`] reports *every* problem at once, each with its field path, so a
+//! biomedical engineer can fix a file in one pass. Defaults are named functions; the doc comments
+//! of the raw fields are the user documentation of the file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A problem with the configuration file, naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML for this gateway: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path} has {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<FieldProblem>,
+    },
+}
+
+/// One invalid field: where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldProblem {
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// The configuration file as written (see `gateway/gateway.example.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Stable id of this gateway; it is part of every record's dedup key
+    /// `(gateway_id, device_id, seq)`. Letters, digits, `-`, `_` and `.` only.
+    pub gateway_id: String,
+    /// Folder for the store, the dead letters and `endpoints.json`.
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub mllp: RawMllp,
+    #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
+    pub signing: RawSigning,
+    /// The hospital's Kafka backbone; leave out to store only (records wait in the outbox).
+    pub kafka: Option<RawKafka>,
+    /// How the gateway decides whether its clock is synchronised:
+    /// `"auto"` (systemd-timesyncd or chrony state), `"synced"` or `"unsynced"`.
+    #[serde(default = "default_clock")]
+    pub clock: String,
+    /// The beds of this ICU.
+    #[serde(default)]
+    pub beds: Vec<RawBed>,
+    /// The devices of this ICU, each assigned to one bed.
+    #[serde(default)]
+    pub devices: Vec<RawDevice>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// Database file; relative paths are inside `data_dir`.
+    #[serde(default = "default_store_file")]
+    pub file: PathBuf,
+    /// Most disk the store may use (database plus write-ahead log), in MiB. When it is reached
+    /// new readings are refused (senders get AR) rather than half-stored.
+    #[serde(default = "default_disk_budget_mb")]
+    pub disk_budget_mb: u64,
+    /// `"full"`: a reading is acknowledged only once it survives power loss (fsync);
+    /// `"normal"`: it survives a process crash but the last commits may be lost on power loss.
+    #[serde(default = "default_synchronous")]
+    pub synchronous: String,
+    /// Most write requests merged into one commit (group commit).
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Most write requests waiting for the disk before new ones are refused (AR).
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            file: default_store_file(),
+            disk_budget_mb: default_disk_budget_mb(),
+            synchronous: default_synchronous(),
+            max_batch: default_max_batch(),
+            max_pending: default_max_pending(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMllp {
+    /// Address the HL7v2/MLLP listener binds (PCD-01 from monitors). Port 0 picks a free port,
+    /// written to `endpoints.json`.
+    #[serde(default = "default_mllp_listen")]
+    pub listen: String,
+    /// Largest accepted MLLP frame in bytes; larger frames are refused with AR.
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: usize,
+    /// Most open MLLP connections at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for RawMllp {
+    fn default() -> Self {
+        Self {
+            listen: default_mllp_listen(),
+            max_frame_bytes: default_max_frame_bytes(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// Address of the local page and API. Keep it on the ICU network or loopback.
+    #[serde(default = "default_http_listen")]
+    pub listen: String,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        Self {
+            listen: default_http_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSigning {
+    /// The gateway's ed25519 private key (PKCS#8 PEM, made by `icu-gateway keygen`); relative
+    /// paths are inside `data_dir`.
+    #[serde(default = "default_key_file")]
+    pub key_file: PathBuf,
+}
+
+impl Default for RawSigning {
+    fn default() -> Self {
+        Self {
+            key_file: default_key_file(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafka {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub bootstrap: String,
+    /// Topic for FHIR Bundles of Observations.
+    #[serde(default = "default_topic_observations")]
+    pub topic_observations: String,
+    /// How long the producer keeps trying one record before reporting it failed (it is then
+    /// sent again from the store, never dropped).
+    #[serde(default = "default_message_timeout_ms")]
+    pub message_timeout_ms: u64,
+    /// Most observations per Kafka record (one FHIR Bundle).
+    #[serde(default = "default_max_per_bundle")]
+    pub max_per_bundle: usize,
+    /// Producer compression: none, gzip, snappy, lz4 or zstd.
+    #[serde(default = "default_compression")]
+    pub compression: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBed {
+    /// Bed id as used in ADT (PV1-3) and on the page, e.g. `"ICU1-101-A"`.
+    pub id: String,
+    /// Label shown to nurses; defaults to the id.
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDevice {
+    /// Stable device id; part of every record's dedup key.
+    pub id: String,
+    /// The bed this device is at (one of `beds[].id`).
+    pub bed: String,
+    /// The protocol it speaks: `"pcd01"` (IHE PCD-01 over MLLP).
+    pub protocol: String,
+    /// How incoming messages are recognised as this device: its EUI-64 (MSH-3.2 or OBX-18),
+    /// or the sending application namespace (MSH-3.1).
+    #[serde(rename = "match")]
+    pub match_id: String,
+    /// Seconds without data after which the device counts as silent.
+    #[serde(default = "default_silent_after_s")]
+    pub silent_after_s: u64,
+}
+
+fn default_clock() -> String {
+    "auto".into()
+}
+fn default_store_file() -> PathBuf {
+    PathBuf::from("gateway.db")
+}
+fn default_disk_budget_mb() -> u64 {
+    10 * 1024
+}
+fn default_synchronous() -> String {
+    "full".into()
+}
+fn default_max_batch() -> usize {
+    512
+}
+fn default_max_pending() -> usize {
+    20_000
+}
+fn default_mllp_listen() -> String {
+    "0.0.0.0:2575".into()
+}
+fn default_max_frame_bytes() -> usize {
+    icu_drivers::mllp::DEFAULT_MAX_FRAME_BYTES
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_http_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_key_file() -> PathBuf {
+    PathBuf::from("gateway.key")
+}
+fn default_topic_observations() -> String {
+    "icu.observations".into()
+}
+fn default_message_timeout_ms() -> u64 {
+    30_000
+}
+fn default_max_per_bundle() -> usize {
+    100
+}
+fn default_compression() -> String {
+    "lz4".into()
+}
+fn default_silent_after_s() -> u64 {
+    30
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway_id: String,
+    pub data_dir: PathBuf,
+    pub store: StoreConfig,
+    pub mllp: MllpConfig,
+    pub http_listen: SocketAddr,
+    pub key_file: PathBuf,
+    pub kafka: Option<KafkaConfig>,
+    pub clock: ClockPolicy,
+    pub beds: Vec<Bed>,
+    pub devices: Vec<Device>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub disk_budget_bytes: u64,
+    pub synchronous_full: bool,
+    pub max_batch: usize,
+    pub max_pending: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct MllpConfig {
+    pub listen: SocketAddr,
+    pub max_frame_bytes: usize,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub bootstrap: String,
+    pub topic_observations: String,
+    pub message_timeout_ms: u64,
+    pub max_per_bundle: usize,
+    pub compression: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockPolicy {
+    Auto,
+    Synced,
+    Unsynced,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Bed {
+    pub id: String,
+    pub label: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Pcd01,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Device {
+    pub id: String,
+    pub bed: String,
+    pub protocol: Protocol,
+    pub match_id: String,
+    pub silent_after: Duration,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages and to resolve
+    /// relative `data_dir`.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        raw.validate(base).map_err(|problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })
+    }
+
+    /// Devices indexed by every identifier that recognises them.
+    pub fn device_index(&self) -> HashMap<String, usize> {
+        self.devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.match_id.clone(), i))
+            .collect()
+    }
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl RawConfig {
+    /// Turns the raw file into a [`Config`], or lists every problem with its field path.
+    /// Relative `data_dir` is resolved against `base` (the config file's folder).
+    pub fn validate(self, base: &Path) -> Result<Config, Vec<FieldProblem>> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &str, message: String| {
+            problems.push(FieldProblem {
+                field: field.to_owned(),
+                message,
+            })
+        };
+
+        if !valid_id(&self.gateway_id) {
+            problem(
+                "gateway_id",
+                format!(
+                    "'{}' must be 1-64 letters, digits, '-', '_' or '.'",
+                    self.gateway_id
+                ),
+            );
+        }
+        let data_dir = if self.data_dir.is_absolute() {
+            self.data_dir.clone()
+        } else {
+            base.join(&self.data_dir)
+        };
+        let in_data = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                data_dir.join(p)
+            }
+        };
+
+        if self.store.disk_budget_mb == 0 {
+            problem("store.disk_budget_mb", "must be at least 1".into());
+        }
+        let synchronous_full = match self.store.synchronous.as_str() {
+            "full" => true,
+            "normal" => false,
+            other => {
+                problem(
+                    "store.synchronous",
+                    format!("'{other}' is not one of \"full\", \"normal\""),
+                );
+                true
+            }
+        };
+        if self.store.max_batch == 0 {
+            problem("store.max_batch", "must be at least 1".into());
+        }
+        if self.store.max_pending < self.store.max_batch {
+            problem(
+                "store.max_pending",
+                format!("must be at least store.max_batch ({})", self.store.max_batch),
+            );
+        }
+
+        let mut addr = |field: &str, s: &str| -> SocketAddr {
+            match s.parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    problem(
+                        field,
+                        format!("'{s}' is not an address like 127.0.0.1:2575"),
+                    );
+                    SocketAddr::from(([127, 0, 0, 1], 0))
+                }
+            }
+        };
+        let mllp_listen = addr("mllp.listen", &self.mllp.listen);
+        let http_listen = addr("http.listen", &self.http.listen);
+        if self.mllp.max_frame_bytes < 1024 || self.mllp.max_frame_bytes > 64 << 20 {
+            problem(
+                "mllp.max_frame_bytes",
+                format!(
+                    "{} is outside 1024..=67108864",
+                    self.mllp.max_frame_bytes
+                ),
+            );
+        }
+        if self.mllp.max_connections == 0 {
+            problem("mllp.max_connections", "must be at least 1".into());
+        }
+
+        let kafka = self.kafka.as_ref().map(|k| {
+            if k.bootstrap.trim().is_empty() {
+                problem("kafka.bootstrap", "must name at least one host:port".into());
+            }
+            if k.topic_observations.trim().is_empty() {
+                problem("kafka.topic_observations", "must not be empty".into());
+            }
+            if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&k.compression.as_str()) {
+                problem(
+                    "kafka.compression",
+                    format!(
+                        "'{}' is not one of none, gzip, snappy, lz4, zstd",
+                        k.compression
+                    ),
+                );
+            }
+            if k.max_per_bundle == 0 || k.max_per_bundle > 10_000 {
+                problem("kafka.max_per_bundle", "must be within 1..=10000".into());
+            }
+            if k.message_timeout_ms < 1000 {
+                problem("kafka.message_timeout_ms", "must be at least 1000".into());
+            }
+            KafkaConfig {
+                bootstrap: k.bootstrap.clone(),
+                topic_observations: k.topic_observations.clone(),
+                message_timeout_ms: k.message_timeout_ms,
+                max_per_bundle: k.max_per_bundle,
+                compression: k.compression.clone(),
+            }
+        });
+
+        let clock = match self.clock.as_str() {
+            "auto" => ClockPolicy::Auto,
+            "synced" => ClockPolicy::Synced,
+            "unsynced" => ClockPolicy::Unsynced,
+            other => {
+                problem(
+                    "clock",
+                    format!("'{other}' is not one of \"auto\", \"synced\", \"unsynced\""),
+                );
+                ClockPolicy::Auto
+            }
+        };
+
+        let mut beds = Vec::new();
+        let mut bed_ids = BTreeMap::new();
+        for (i, b) in self.beds.iter().enumerate() {
+            if !valid_id(&b.id) {
+                problem(
+                    &format!("beds[{i}].id"),
+                    format!("'{}' must be 1-64 letters, digits, '-', '_' or '.'", b.id),
+                );
+            }
+            if let Some(prev) = bed_ids.insert(b.id.clone(), i) {
+                problem(
+                    &format!("beds[{i}].id"),
+                    format!("'{}' is already used by beds[{prev}]", b.id),
+                );
+            }
+            beds.push(Bed {
+                id: b.id.clone(),
+                label: b.label.clone().unwrap_or_else(|| b.id.clone()),
+            });
+        }
+
+        let mut devices = Vec::new();
+        let mut device_ids = BTreeMap::new();
+        let mut match_ids = BTreeMap::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            if !valid_id(&d.id) {
+                problem(
+                    &format!("devices[{i}].id"),
+                    format!("'{}' must be 1-64 letters, digits, '-', '_' or '.'", d.id),
+                );
+            }
+            if let Some(prev) = device_ids.insert(d.id.clone(), i) {
+                problem(
+                    &format!("devices[{i}].id"),
+                    format!("'{}' is already used by devices[{prev}]", d.id),
+                );
+            }
+            if !bed_ids.contains_key(&d.bed) {
+                problem(
+                    &format!("devices[{i}].bed"),
+                    format!("'{}' is not one of the configured beds", d.bed),
+                );
+            }
+            let protocol = match d.protocol.as_str() {
+                "pcd01" => Protocol::Pcd01,
+                other => {
+                    problem(
+                        &format!("devices[{i}].protocol"),
+                        format!("'{other}' is not a supported protocol (pcd01)"),
+                    );
+                    Protocol::Pcd01
+                }
+            };
+            if d.match_id.trim().is_empty() {
+                problem(&format!("devices[{i}].match"), "must not be empty".into());
+            } else if let Some(prev) = match_ids.insert(d.match_id.clone(), i) {
+                problem(
+                    &format!("devices[{i}].match"),
+                    format!("'{}' already identifies devices[{prev}]", d.match_id),
+                );
+            }
+            if d.silent_after_s == 0 {
+                problem(
+                    &format!("devices[{i}].silent_after_s"),
+                    "must be at least 1".into(),
+                );
+            }
+            devices.push(Device {
+                id: d.id.clone(),
+                bed: d.bed.clone(),
+                protocol,
+                match_id: d.match_id.clone(),
+                silent_after: Duration::from_secs(d.silent_after_s),
+            });
+        }
+
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Config {
+            gateway_id: self.gateway_id,
+            store: StoreConfig {
+                path: in_data(&self.store.file),
+                disk_budget_bytes: self.store.disk_budget_mb.saturating_mul(1 << 20),
+                synchronous_full,
+                max_batch: self.store.max_batch,
+                max_pending: self.store.max_pending,
+            },
+            mllp: MllpConfig {
+                listen: mllp_listen,
+                max_frame_bytes: self.mllp.max_frame_bytes,
+                max_connections: self.mllp.max_connections,
+            },
+            http_listen,
+            key_file: in_data(&self.signing.key_file),
+            kafka,
+            clock,
+            beds,
+            devices,
+            data_dir,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+gateway_id = "icu-a"
+data_dir = "data"
+[mllp]
+listen = "127.0.0.1:0"
+[[beds]]
+id = "bed-1"
+[[devices]]
+id = "mon-1"
+bed = "bed-1"
+protocol = "pcd01"
+match = "0012AB00000000B2"
+"#;
+
+    #[test]
+    fn good_config_validates_with_defaults() {
+        let c = Config::from_toml(GOOD, Path::new("/etc/icu/gateway.toml")).unwrap();
+        assert_eq!(c.gateway_id, "icu-a");
+        assert_eq!(c.data_dir, PathBuf::from("/etc/icu/data"));
+        assert_eq!(c.store.path, PathBuf::from("/etc/icu/data/gateway.db"));
+        assert!(c.store.synchronous_full);
+        assert_eq!(c.beds[0].label, "bed-1");
+        assert_eq!(c.devices[0].protocol, Protocol::Pcd01);
+        assert!(c.kafka.is_none());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let text = r#"
+gateway_id = "icu a"
+data_dir = "d"
+[store]
+synchronous = "sometimes"
+[mllp]
+listen = "nowhere"
+[[beds]]
+id = "bed-1"
+[[devices]]
+id = "mon-1"
+bed = "bed-9"
+protocol = "medibus9"
+match = "x"
+[[devices]]
+id = "mon-1"
+bed = "bed-1"
+protocol = "pcd01"
+match = "x"
+"#;
+        let err = Config::from_toml(text, Path::new("g.toml")).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}");
+        };
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "gateway_id",
+                "store.synchronous",
+                "mllp.listen",
+                "devices[0].bed",
+                "devices[0].protocol",
+                "devices[1].id",
+                "devices[1].match"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let text = format!("{GOOD}\n[kafka]\nbootstrap = \"h:1\"\ntopic = \"x\"\n");
+        let err = Config::from_toml(&text, Path::new("g.toml")).unwrap_err();
+        assert!(err.to_string().contains("unknown field `topic`"), "{err}");
+    }
+}

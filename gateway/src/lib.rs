@@ -1,0 +1,17 @@
+//! The ICU edge gateway service.
+//!
+//! Owns the actix system that reads bedside devices and keeps every reading: the MLLP listener
+//! ([`mllp`]), one actor per device ([`device`]), the durable store with group commit and the
+//! outbox ([`store`]), the live view ([`live`]) and the local page and API ([`http`]); the
+//! bridge to Kafka comes from `icu-cloud-bridge`. [`app`] wires them together and [`config`]
+//! validates the one config file. See ARCHITECTURE.md for one observation's path.
+
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod device;
+pub mod http;
+pub mod live;
+pub mod mllp;
+pub mod store;

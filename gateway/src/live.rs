@@ -1,0 +1,232 @@
+//! Live view of the ICU: latest value per bed and parameter, and per-device counters.
+//!
+//! Owns: the in-memory state behind `/api/beds` and `/api/devices`. It is updated by the device
+//! actors as each message is decoded, before the store commits, so the page (and, in a later
+//! issue, the alarm engine) never waits on the disk or the network. Guarantees: readers get a
+//! consistent snapshot per call; nothing here is durable (the store is).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use icu_protos::v1::{Observation, ObservationStatus};
+use serde::Serialize;
+
+use crate::config::{Bed, Device};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ValueView {
+    pub mdc_code: u32,
+    pub refid: String,
+    pub display: String,
+    pub value: Option<f64>,
+    pub value_text: String,
+    pub unit: String,
+    pub status: String,
+    pub device_id: String,
+    pub device_time: Option<String>,
+    pub receive_time: String,
+    pub receive_time_us: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceView {
+    pub id: String,
+    pub bed: String,
+    pub protocol: crate::config::Protocol,
+    /// `waiting` (never heard from), `online`, or `silent` (nothing for `silent_after`).
+    pub state: String,
+    pub messages: u64,
+    pub observations: u64,
+    pub errors: u64,
+    pub duplicates: u64,
+    pub last_seen: Option<String>,
+    #[serde(skip)]
+    last_seen_us: Option<i64>,
+    #[serde(skip)]
+    silent_after: Duration,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BedView {
+    pub id: String,
+    pub label: String,
+    pub devices: Vec<String>,
+    /// Latest value per parameter, ordered by MDC code.
+    pub values: Vec<ValueView>,
+}
+
+#[derive(Default)]
+struct Inner {
+    beds: BTreeMap<String, (Bed, BTreeMap<u32, ValueView>)>,
+    devices: BTreeMap<String, DeviceView>,
+}
+
+pub struct LiveState {
+    inner: Mutex<Inner>,
+}
+
+fn rfc3339(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+fn status_name(s: i32) -> &'static str {
+    match ObservationStatus::try_from(s).unwrap_or(ObservationStatus::Unspecified) {
+        ObservationStatus::Valid => "valid",
+        ObservationStatus::NotAvailable => "not-available",
+        ObservationStatus::Invalid => "invalid",
+        ObservationStatus::Corrected => "corrected",
+        ObservationStatus::Test => "test",
+        ObservationStatus::Unspecified => "unspecified",
+    }
+}
+
+impl LiveState {
+    pub fn new(beds: &[Bed], devices: &[Device]) -> Self {
+        let mut inner = Inner::default();
+        for b in beds {
+            inner.beds.insert(b.id.clone(), (b.clone(), BTreeMap::new()));
+        }
+        for d in devices {
+            inner.devices.insert(
+                d.id.clone(),
+                DeviceView {
+                    id: d.id.clone(),
+                    bed: d.bed.clone(),
+                    protocol: d.protocol,
+                    state: "waiting".into(),
+                    messages: 0,
+                    observations: 0,
+                    errors: 0,
+                    duplicates: 0,
+                    last_seen: None,
+                    last_seen_us: None,
+                    silent_after: d.silent_after,
+                    last_error: None,
+                },
+            );
+        }
+        Self {
+            inner: Mutex::new(inner),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+
+    /// A decoded message from a device: counts it and records its latest values.
+    pub fn record_message(&self, device_id: &str, bed: &str, obs: &[Observation], now_us: i64) {
+        self.with(|inner| {
+            if let Some(d) = inner.devices.get_mut(device_id) {
+                d.messages += 1;
+                d.observations += obs.len() as u64;
+                d.last_seen_us = Some(now_us);
+            }
+            if let Some((_, values)) = inner.beds.get_mut(bed) {
+                for o in obs {
+                    let newer = values
+                        .get(&o.mdc_code)
+                        .map(|v| {
+                            o.device_time_us.unwrap_or(o.receive_time_us) >= v.receive_time_us
+                                || v.device_id != o.device_id
+                        })
+                        .unwrap_or(true);
+                    if !newer {
+                        continue;
+                    }
+                    values.insert(
+                        o.mdc_code,
+                        ValueView {
+                            mdc_code: o.mdc_code,
+                            refid: o.mdc_refid.clone(),
+                            display: display_name(o),
+                            value: o.value,
+                            value_text: o.value_text.clone(),
+                            unit: o.unit_ucum.clone(),
+                            status: status_name(o.status).into(),
+                            device_id: o.device_id.clone(),
+                            device_time: o.device_time_us.map(rfc3339),
+                            receive_time: rfc3339(o.receive_time_us),
+                            receive_time_us: o.receive_time_us,
+                        },
+                    );
+                }
+            }
+        });
+    }
+
+    pub fn record_error(&self, device_id: &str, error: &str) {
+        self.with(|inner| {
+            if let Some(d) = inner.devices.get_mut(device_id) {
+                d.errors += 1;
+                d.last_error = Some(error.to_owned());
+            }
+        });
+    }
+
+    pub fn record_duplicate(&self, device_id: &str) {
+        self.with(|inner| {
+            if let Some(d) = inner.devices.get_mut(device_id) {
+                d.duplicates += 1;
+            }
+        });
+    }
+
+    pub fn beds(&self) -> Vec<BedView> {
+        self.with(|inner| {
+            inner
+                .beds
+                .values()
+                .map(|(bed, values)| BedView {
+                    id: bed.id.clone(),
+                    label: bed.label.clone(),
+                    devices: inner
+                        .devices
+                        .values()
+                        .filter(|d| d.bed == bed.id)
+                        .map(|d| d.id.clone())
+                        .collect(),
+                    values: values.values().cloned().collect(),
+                })
+                .collect()
+        })
+    }
+
+    pub fn devices(&self, now_us: i64) -> Vec<DeviceView> {
+        self.with(|inner| {
+            inner
+                .devices
+                .values()
+                .map(|d| {
+                    let mut d = d.clone();
+                    d.last_seen = d.last_seen_us.map(rfc3339);
+                    d.state = match d.last_seen_us {
+                        None => "waiting".into(),
+                        Some(t) if now_us - t > d.silent_after.as_micros() as i64 => "silent".into(),
+                        Some(_) => "online".into(),
+                    };
+                    d
+                })
+                .collect()
+        })
+    }
+}
+
+/// Human name of a parameter for the page (terminology display, else the MDC reference id).
+fn display_name(o: &Observation) -> String {
+    icu_drivers::terminology::Terminology::builtin()
+        .by_mdc(o.mdc_code)
+        .map(|t| t.display.clone())
+        .unwrap_or_else(|| {
+            if o.mdc_refid.is_empty() {
+                o.mdc_code.to_string()
+            } else {
+                o.mdc_refid.clone()
+            }
+        })
+}

@@ -1,0 +1,109 @@
+//! `icu-gateway`: thin command-line front of the `icu_gateway` library.
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "icu-gateway", version, about = "ICU edge gateway: bedside devices to a durable store, local page and signed FHIR on Kafka")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with a config file.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the embedded demo: simulated monitors over loopback MLLP, a local store and page.
+    Demo {
+        /// Number of simulated beds.
+        #[arg(long, default_value_t = 4)]
+        beds: usize,
+        /// Address of the local page.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: String,
+        /// Folder for the demo's store and key.
+        #[arg(long, default_value = "icu-demo-data")]
+        data_dir: PathBuf,
+        /// Kafka bootstrap address; without it readings are buffered in the store.
+        #[arg(long)]
+        kafka: Option<String>,
+        /// Messages per second per simulated monitor.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// Print the demo's config file and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+    /// Create the gateway's ed25519 signing key (PKCS#8 PEM) and its public key (.pub, SPKI PEM).
+    Keygen {
+        /// Private key file to create; the public key goes beside it with extension .pub.
+        #[arg(long, default_value = "gateway.key")]
+        out: PathBuf,
+    },
+    /// Validate a config file and print what it declares.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,actix_server=warn,librdkafka=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Run { config } => {
+            let cfg = icu_gateway::config::Config::load(&config)?;
+            icu_gateway::app::run(cfg)
+        }
+        Command::Demo { beds, http, data_dir, kafka, rate, print_config } => {
+            let opts = icu_gateway::demo::DemoOptions { beds, http, data_dir, kafka, rate_hz: rate };
+            if print_config {
+                print!("{}", icu_gateway::demo::demo_config_text(&opts));
+                return Ok(());
+            }
+            icu_gateway::demo::run(opts)
+        }
+        Command::Keygen { out } => {
+            let key = icu_cloud_bridge::signing::GatewayKey::generate();
+            let public = icu_gateway::app::public_key_path(&out);
+            key.write(&out, &public)
+                .with_context(|| format!("writing {} and {}", out.display(), public.display()))?;
+            println!("private key: {} (keep it on this gateway, mode 0600)", out.display());
+            println!("public key:  {} (give it to the central data team)", public.display());
+            println!("key id:      {}", key.key_id());
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            let cfg = icu_gateway::config::Config::load(&config)?;
+            println!("{}: valid", config.display());
+            println!("  gateway_id: {}", cfg.gateway_id);
+            println!("  store:      {} (budget {} MiB, synchronous {})", cfg.store.path.display(),
+                cfg.store.disk_budget_bytes >> 20, if cfg.store.synchronous_full { "full" } else { "normal" });
+            println!("  mllp:       {}", cfg.mllp.listen);
+            println!("  http:       {}", cfg.http_listen);
+            match &cfg.kafka {
+                Some(k) => println!("  kafka:      {} topic {}", k.bootstrap, k.topic_observations),
+                None => println!("  kafka:      none (store only)"),
+            }
+            println!("  beds:       {}", cfg.beds.len());
+            for d in &cfg.devices {
+                println!("  device {} at {} ({:?}, match {})", d.id, d.bed, d.protocol, d.match_id);
+            }
+            if cfg.kafka.is_some() && !cfg.key_file.exists() {
+                anyhow::bail!("signing key {} does not exist; run `icu-gateway keygen --out {}`",
+                    cfg.key_file.display(), cfg.key_file.display());
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! The HL7v2/MLLP listener (PCD-01 from monitors).
+//!
+//! Owns: TCP connections from senders, framing (the shared `icu_drivers::mllp` codec),
+//! routing each decoded message to its device actor, dead-lettering what is rejected, and the
+//! ACK. Guarantees: AA is sent only after the store committed every observation of the message;
+//! every rejected frame or message gets AE/AR with an ERR segment naming the problem, lands in
+//! the dead-letter table, and the connection keeps serving the next frame; one connection's
+//! bad input never affects another's. Connections are bounded (`mllp.max_connections`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix::Addr;
+use futures::{SinkExt, StreamExt};
+use icu_drivers::hl7::{
+    self, build_ack, decode_pcd01, parse_header, AckCode, ErrorCode, Hl7Error, MessageHeader,
+};
+use icu_drivers::mllp::{MllpCodec, MllpEvent};
+use icu_drivers::terminology::Terminology;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_util::codec::Framed;
+
+use crate::clock::now_us;
+use crate::device::{DeviceActor, IngestPcd01};
+use crate::live::LiveState;
+use crate::store::{db::digest, Append, DeadLetter, Store, WriteOutcome, WriteRequest};
+
+/// Most bytes of a rejected input kept in its dead letter.
+const DEAD_LETTER_MAX_RAW: usize = 64 * 1024;
+
+/// Counters of the MLLP transport.
+#[derive(Debug, Default)]
+pub struct MllpStats {
+    pub connections: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub frames: AtomicU64,
+    pub acks_aa: AtomicU64,
+    pub acks_ae: AtomicU64,
+    pub acks_ar: AtomicU64,
+    pub dead_letters: AtomicU64,
+}
+
+impl MllpStats {
+    pub fn snapshot(&self) -> serde_json::Value {
+        serde_json::json!({
+            "connections": self.connections.load(Ordering::Relaxed),
+            "connections_refused": self.connections_refused.load(Ordering::Relaxed),
+            "frames": self.frames.load(Ordering::Relaxed),
+            "acks_aa": self.acks_aa.load(Ordering::Relaxed),
+            "acks_ae": self.acks_ae.load(Ordering::Relaxed),
+            "acks_ar": self.acks_ar.load(Ordering::Relaxed),
+            "dead_letters": self.dead_letters.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// A device as the listener routes to it.
+#[derive(Clone)]
+pub struct Route {
+    pub device_id: String,
+    pub addr: Addr<DeviceActor>,
+}
+
+/// What every connection needs.
+pub struct Ingest {
+    /// Device actors by every identifier that recognises them (`devices[].match`).
+    pub routes: HashMap<String, Route>,
+    pub store: Addr<Store>,
+    pub live: Arc<LiveState>,
+    pub terminology: Arc<Terminology>,
+    pub max_frame_bytes: usize,
+    pub stats: Arc<MllpStats>,
+    ack_counter: AtomicU64,
+}
+
+impl Ingest {
+    pub fn new(
+        routes: HashMap<String, Route>,
+        store: Addr<Store>,
+        live: Arc<LiveState>,
+        terminology: Arc<Terminology>,
+        max_frame_bytes: usize,
+        stats: Arc<MllpStats>,
+    ) -> Self {
+        Self {
+            routes,
+            store,
+            live,
+            terminology,
+            max_frame_bytes,
+            stats,
+            ack_counter: AtomicU64::new(0),
+        }
+    }
+
+    /// Finds the device that sent a message: equipment EUI-64, then MSH-3 components, then MSH-3.
+    fn route(&self, msg_equipment: Option<&str>, header: &MessageHeader) -> Option<&Route> {
+        let msh3 = &header.sending_application;
+        let mut comps = msh3.split('^');
+        let ns = comps.next().unwrap_or_default();
+        let uid = comps.next().unwrap_or_default();
+        [msg_equipment.unwrap_or_default(), uid, ns, msh3.as_str()]
+            .into_iter()
+            .filter(|k| !k.is_empty())
+            .find_map(|k| self.routes.get(k))
+    }
+
+    fn next_ack_id(&self) -> String {
+        format!("GWACK{}", self.ack_counter.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+}
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    ingest: Arc<Ingest>,
+    max_connections: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "mllp accept failed");
+                        continue;
+                    }
+                };
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    ingest.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, max_connections, "mllp connection refused: too many open connections");
+                    continue;
+                };
+                ingest.stats.connections.fetch_add(1, Ordering::Relaxed);
+                let ingest = ingest.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    connection(stream, peer, ingest, shutdown).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+    tracing::info!("mllp listener stopped");
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ingest: Arc<Ingest>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    tracing::info!(%peer, "mllp connection opened");
+    let mut framed = Framed::new(stream, MllpCodec::new(ingest.max_frame_bytes));
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.changed() => break,
+            e = framed.next() => e,
+        };
+        let event = match event {
+            None => break,
+            Some(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "mllp connection failed");
+                break;
+            }
+            Some(Ok(ev)) => ev,
+        };
+        ingest.stats.frames.fetch_add(1, Ordering::Relaxed);
+        let ack = handle_event(&ingest, peer, event).await;
+        if let Err(e) = framed.send(ack.as_bytes()).await {
+            tracing::warn!(%peer, error = %e, "mllp ack could not be written");
+            break;
+        }
+    }
+    tracing::info!(%peer, "mllp connection closed");
+}
+
+/// Handles one framing event and returns the ACK text to send.
+async fn handle_event(ingest: &Ingest, peer: SocketAddr, event: MllpEvent) -> String {
+    let received = now_us();
+    match event {
+        MllpEvent::Frame { offset, payload } => {
+            handle_frame(ingest, peer, offset, &payload, received).await
+        }
+        MllpEvent::Garbage { offset, len, head } => {
+            let err = Hl7Error::new(
+                AckCode::AR,
+                ErrorCode::SegmentSequenceError,
+                None,
+                format!(
+                    "{len} bytes outside an MLLP frame (expected 0x0B) at stream offset {offset} from {peer} were discarded"
+                ),
+            );
+            reject(ingest, peer, None, None, offset, &head, len, &err, received).await
+        }
+        MllpEvent::Oversized { offset, len, head } => {
+            let err = Hl7Error::new(
+                AckCode::AR,
+                ErrorCode::ApplicationInternalError,
+                None,
+                format!(
+                    "MLLP frame of {len} bytes at stream offset {offset} from {peer} exceeds the {} byte limit (mllp.max_frame_bytes)",
+                    ingest.max_frame_bytes
+                ),
+            );
+            reject(ingest, peer, None, None, offset, &head, len, &err, received).await
+        }
+    }
+}
+
+async fn handle_frame(
+    ingest: &Ingest,
+    peer: SocketAddr,
+    offset: u64,
+    payload: &[u8],
+    received: i64,
+) -> String {
+    let header = parse_header(payload).ok();
+    let message = match decode_pcd01(payload, received, &ingest.terminology) {
+        Ok(m) => m,
+        Err(err) => {
+            let device = header
+                .as_ref()
+                .and_then(|h| ingest.route(None, h))
+                .map(|r| r.device_id.clone());
+            if let Some(d) = &device {
+                ingest.live.record_error(d, &err.to_string());
+            }
+            return reject(
+                ingest,
+                peer,
+                header.as_ref(),
+                device,
+                offset,
+                payload,
+                payload.len(),
+                &err,
+                received,
+            )
+            .await;
+        }
+    };
+    let Some(route) = ingest
+        .route(message.equipment_id.as_deref(), &message.header)
+        .cloned()
+    else {
+        let err = Hl7Error::new(
+            AckCode::AR,
+            ErrorCode::UnknownKeyIdentifier,
+            Some(hl7::ErrorLocation {
+                segment: "MSH".into(),
+                sequence: 1,
+                field: Some(3),
+                component: None,
+            }),
+            format!(
+                "device '{}' (equipment {}) is not configured on this gateway; add it to devices[] with its bed",
+                message.header.sending_application,
+                message.equipment_id.as_deref().unwrap_or("unknown")
+            ),
+        );
+        return reject(
+            ingest,
+            peer,
+            Some(&message.header),
+            None,
+            offset,
+            payload,
+            payload.len(),
+            &err,
+            received,
+        )
+        .await;
+    };
+    let header = message.header.clone();
+    let n = message.observations.len();
+    let result = route
+        .addr
+        .send(IngestPcd01 {
+            message,
+            digest: digest(payload),
+            receive_time_us: received,
+        })
+        .await;
+    match result {
+        Ok(Ok(outcome)) => {
+            if let WriteOutcome::Duplicate { first_seq, last_seq } = outcome {
+                tracing::info!(device = %route.device_id, control_id = %header.control_id, first_seq, last_seq,
+                    "repeated message recognised; acknowledged without storing it again");
+            } else {
+                tracing::debug!(device = %route.device_id, observations = n, ?outcome, "message stored");
+            }
+            ack(ingest, Some(&header), AckCode::AA, None)
+        }
+        Ok(Err(err)) => {
+            tracing::error!(device = %route.device_id, %peer, control_id = %header.control_id, error = %err,
+                "message not stored; sender told to resend");
+            ack(ingest, Some(&header), err.ack, Some(&err))
+        }
+        Err(_) => {
+            let err = Hl7Error::internal(format!("device actor for {} is not running", route.device_id));
+            ack(ingest, Some(&header), err.ack, Some(&err))
+        }
+    }
+}
+
+fn ack(ingest: &Ingest, header: Option<&MessageHeader>, code: AckCode, err: Option<&Hl7Error>) -> String {
+    let counter = match code {
+        AckCode::AA => &ingest.stats.acks_aa,
+        AckCode::AE => &ingest.stats.acks_ae,
+        AckCode::AR => &ingest.stats.acks_ar,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    build_ack(header, code, err, &ingest.next_ack_id(), chrono::Utc::now())
+}
+
+/// Dead-letters a rejected input and builds its AE/AR. If even the dead letter cannot be
+/// stored, the answer is still AE/AR (never AA) and the failure is logged.
+#[allow(clippy::too_many_arguments)]
+async fn reject(
+    ingest: &Ingest,
+    peer: SocketAddr,
+    header: Option<&MessageHeader>,
+    device_id: Option<String>,
+    offset: u64,
+    raw: &[u8],
+    raw_len: usize,
+    err: &Hl7Error,
+    received: i64,
+) -> String {
+    tracing::warn!(%peer, device = device_id.as_deref().unwrap_or("unknown"), offset,
+        code = err.code.code(), location = ?err.location.as_ref().map(|l| l.to_string()),
+        reason = %err.message, "mllp input rejected");
+    let letter = DeadLetter {
+        received_us: received,
+        transport: "mllp".into(),
+        peer: peer.to_string(),
+        device_id,
+        stream_offset: offset,
+        ack_code: err.ack.as_str().into(),
+        error_code: err.code.code(),
+        location: err.location.as_ref().map(|l| l.to_string()),
+        reason: err.message.clone(),
+        raw: raw[..raw.len().min(DEAD_LETTER_MAX_RAW)].to_vec(),
+        raw_len,
+    };
+    match ingest.store.send(Append(WriteRequest::DeadLetter(letter))).await {
+        Ok(Ok(_)) => {
+            ingest.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, %peer, "dead letter could not be stored"),
+        Err(_) => tracing::error!(%peer, "dead letter could not be stored: store stopped"),
+    }
+    ack(ingest, header, err.ack, Some(err))
+}

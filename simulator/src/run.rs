@@ -1,0 +1,232 @@
+//! Sends simulated monitors' PCD-01 messages over MLLP/TCP and checks every ACK.
+//!
+//! One TCP connection per bed, one message in flight per connection (as real monitors do). A
+//! message whose ACK does not arrive (timeout, broken connection) is sent again, unchanged, on a
+//! new connection, so the gateway's duplicate recognition is exercised rather than bypassed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::{SinkExt, StreamExt};
+use icu_drivers::mllp::{MllpCodec, MllpEvent};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_util::codec::Framed;
+
+use crate::pcd01::{Monitor, SentObservation};
+use crate::SimBed;
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The gateway's MLLP address, `host:port`.
+    pub target: String,
+    pub beds: Vec<SimBed>,
+    /// Messages per second per bed.
+    pub rate_hz: f64,
+    /// Stop after this many acknowledged-or-given-up messages per bed.
+    pub messages_per_bed: Option<u64>,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    pub seed: u64,
+    pub ack_timeout: Duration,
+    /// How often one message is tried before it counts as unanswered.
+    pub max_attempts: u32,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            target: "127.0.0.1:2575".into(),
+            beds: crate::beds(3),
+            rate_hz: 1.0,
+            messages_per_bed: Some(10),
+            duration: None,
+            seed: 42,
+            ack_timeout: Duration::from_secs(10),
+            max_attempts: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceReport {
+    pub messages: u64,
+    pub aa: u64,
+    pub ae: u64,
+    pub ar: u64,
+    pub unanswered: u64,
+    pub resends: u64,
+    pub observations_accepted: u64,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SimReport {
+    pub devices: BTreeMap<String, DeviceReport>,
+    /// Observations of AA-acknowledged messages, per device in sending order.
+    #[serde(skip)]
+    pub accepted: Vec<SentObservation>,
+    /// The text of every AE/AR received (first 20).
+    pub rejections: Vec<String>,
+}
+
+impl SimReport {
+    pub fn total(&self) -> DeviceReport {
+        let mut t = DeviceReport::default();
+        for d in self.devices.values() {
+            t.messages += d.messages;
+            t.aa += d.aa;
+            t.ae += d.ae;
+            t.ar += d.ar;
+            t.unanswered += d.unanswered;
+            t.resends += d.resends;
+            t.observations_accepted += d.observations_accepted;
+        }
+        t
+    }
+}
+
+/// MSA-1 of an ACK, e.g. "AA".
+pub fn ack_code(ack: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(ack).ok()?;
+    text.split(['\r', '\n'])
+        .find(|s| s.starts_with("MSA|"))
+        .and_then(|s| s.split('|').nth(1))
+        .map(str::to_owned)
+}
+
+async fn send_one(
+    conn: &mut Option<Framed<TcpStream, MllpCodec>>,
+    target: &str,
+    msg: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<u8>> {
+    if conn.is_none() {
+        let s = TcpStream::connect(target)
+            .await
+            .with_context(|| format!("connecting to {target}"))?;
+        s.set_nodelay(true)?;
+        *conn = Some(Framed::new(s, MllpCodec::new(1 << 20)));
+    }
+    let framed = conn.as_mut().context("no connection")?;
+    framed.send(msg.as_bytes()).await?;
+    let reply = tokio::time::timeout(timeout, framed.next())
+        .await
+        .context("no ACK within the timeout")?;
+    match reply {
+        Some(Ok(MllpEvent::Frame { payload, .. })) => Ok(payload.to_vec()),
+        Some(Ok(other)) => anyhow::bail!("unexpected bytes instead of an ACK: {other:?}"),
+        Some(Err(e)) => Err(e.into()),
+        None => anyhow::bail!("connection closed before the ACK"),
+    }
+}
+
+async fn run_bed(
+    opts: RunOptions,
+    bed: SimBed,
+    mut stop: watch::Receiver<bool>,
+) -> (String, DeviceReport, Vec<SentObservation>, Vec<String>) {
+    let device = bed.device_id.clone();
+    let mut monitor = Monitor::new(bed, opts.seed);
+    let mut report = DeviceReport::default();
+    let mut accepted = Vec::new();
+    let mut rejections = Vec::new();
+    let mut conn = None;
+    let period = Duration::from_secs_f64(1.0 / opts.rate_hz.max(0.001));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if let Some(max) = opts.messages_per_bed {
+            if report.messages >= max {
+                break;
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = ticker.tick() => {}
+        }
+        if *stop.borrow() {
+            break;
+        }
+        let (msg, sent) = monitor.next_message(chrono::Utc::now());
+        report.messages += 1;
+        let mut answered = false;
+        for attempt in 0..opts.max_attempts.max(1) {
+            if attempt > 0 {
+                report.resends += 1;
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+            match send_one(&mut conn, &opts.target, &msg, opts.ack_timeout).await {
+                Ok(ack) => {
+                    answered = true;
+                    match ack_code(&ack).as_deref() {
+                        Some("AA") | Some("CA") => {
+                            report.aa += 1;
+                            report.observations_accepted += sent.len() as u64;
+                            accepted.extend(sent.iter().cloned());
+                        }
+                        code => {
+                            if code == Some("AE") || code == Some("CE") {
+                                report.ae += 1;
+                            } else {
+                                report.ar += 1;
+                            }
+                            if rejections.len() < 20 {
+                                rejections.push(String::from_utf8_lossy(&ack).replace('\r', "\n"));
+                            }
+                        }
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(device = %device, attempt, error = %e, "message not acknowledged; reconnecting");
+                    conn = None;
+                }
+            }
+        }
+        if !answered {
+            report.unanswered += 1;
+        }
+    }
+    (device, report, accepted, rejections)
+}
+
+/// Runs every bed until its message count or the duration is reached, or `stop` turns true.
+pub async fn run(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> SimReport {
+    let (own_tx, own_rx) = watch::channel(false);
+    let stop = stop.unwrap_or(own_rx);
+    let mut tasks = Vec::new();
+    for bed in opts.beds.clone() {
+        tasks.push(tokio::spawn(run_bed(opts.clone(), bed, stop.clone())));
+    }
+    let timer = opts.duration.map(|d| {
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            let _ = own_tx.send(true);
+            own_tx
+        })
+    });
+    let mut report = SimReport::default();
+    for t in tasks {
+        if let Ok((device, r, acc, rej)) = t.await {
+            report.devices.insert(device, r);
+            report.accepted.extend(acc);
+            report.rejections.extend(rej);
+        }
+    }
+    if let Some(t) = timer {
+        t.abort();
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_code_reads_msa_1() {
+        assert_eq!(ack_code(b"MSH|^~\\&|A\rMSA|AE|X1\rERR||"), Some("AE".into()));
+        assert_eq!(ack_code(b"garbage"), None);
+    }
+}
