@@ -139,7 +139,8 @@ impl BridgeConfig {
     }
 
     fn metadata_timeout(&self) -> Duration {
-        Duration::from_millis(self.message_timeout_ms).clamp(Duration::from_secs(1), MAX_METADATA_TIMEOUT)
+        Duration::from_millis(self.message_timeout_ms)
+            .clamp(Duration::from_secs(1), MAX_METADATA_TIMEOUT)
     }
 }
 
@@ -279,7 +280,10 @@ impl Worker {
                 Err(err) => {
                     self.enter_failure_state(err);
                     backoff = next_backoff(backoff, self.config.max_backoff);
-                    debug!(backoff_ms = backoff.as_millis() as u64, "cloud bridge backing off");
+                    debug!(
+                        backoff_ms = backoff.as_millis() as u64,
+                        "cloud bridge backing off"
+                    );
                     tokio::time::sleep(backoff).await;
                 }
             }
@@ -329,7 +333,9 @@ impl Worker {
         let plan = plan_bundles(records, self.config.max_per_bundle);
         self.note_skipped(&plan.skipped, fetched);
         if plan.bundles.is_empty() {
-            return Ok(CycleDone { more_pending: false });
+            return Ok(CycleDone {
+                more_pending: false,
+            });
         }
 
         let delivered = self.produce(&plan.bundles).await;
@@ -352,13 +358,12 @@ impl Worker {
                 .add_forwarded(1, bundle.observations.len() as u64);
         }
 
-        if failed > 0 {
+        let first_failure = delivered
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| r.as_ref().err().map(|e| (i, e)));
+        if let Some((i, err)) = first_failure {
             self.stats.add_delivery_errors(failed as u64);
-            let (i, err) = delivered
-                .iter()
-                .enumerate()
-                .find_map(|(i, r)| r.as_ref().err().map(|e| (i, e)))
-                .expect("failed > 0");
             let bundle = &plan.bundles[i];
             warn!(
                 device_id = %bundle.device_id,
@@ -369,9 +374,9 @@ impl Worker {
                 "kafka delivery failed; the records stay in the outbox"
             );
             self.recreate_producer_if_fatal();
-            let unknown_topic = delivered.iter().any(|r| {
-                r.as_ref().err().is_some_and(|e| e.unknown_topic)
-            });
+            let unknown_topic = delivered
+                .iter()
+                .any(|r| r.as_ref().err().is_some_and(|e| e.unknown_topic));
             return Err(if unknown_topic {
                 CycleError::TopicMissing
             } else {
@@ -474,7 +479,8 @@ impl Worker {
             pending.push(self.enqueue(bundle));
         }
         let in_flight = pending.iter().filter(|p| p.is_ok()).count() as u64;
-        self.stats.add_in_flight(in_flight);
+        // Decrements on completion and also if the actor stops while waiting.
+        let _in_flight = InFlight::new(&self.stats, in_flight);
         let results = join_all(pending.into_iter().map(|p| async move {
             match p {
                 Err(e) => Err(e),
@@ -489,7 +495,6 @@ impl Worker {
             }
         }))
         .await;
-        self.stats.sub_in_flight(in_flight);
         results
     }
 
@@ -513,19 +518,21 @@ impl Worker {
         let signature = base64::engine::general_purpose::STANDARD.encode(self.key.sign(&value));
         let first = bundle.first_seq.to_string();
         let last = bundle.last_seq.to_string();
-        let header = |key, value: &str| Header {
-            key,
-            value: Some(value),
-        };
         let record_headers = OwnedHeaders::new_with_capacity(9)
             .insert(header(headers::SIGNATURE, &signature))
-            .insert(header(headers::SIGNATURE_ALG, headers::SIGNATURE_ALG_ED25519))
+            .insert(header(
+                headers::SIGNATURE_ALG,
+                headers::SIGNATURE_ALG_ED25519,
+            ))
             .insert(header(headers::KEY_ID, self.key.key_id()))
             .insert(header(headers::GATEWAY_ID, &self.config.gateway_id))
             .insert(header(headers::DEVICE_ID, &bundle.device_id))
             .insert(header(headers::SEQ_FIRST, &first))
             .insert(header(headers::SEQ_LAST, &last))
-            .insert(header(headers::CONTENT_TYPE, headers::CONTENT_TYPE_FHIR_JSON))
+            .insert(header(
+                headers::CONTENT_TYPE,
+                headers::CONTENT_TYPE_FHIR_JSON,
+            ))
             .insert(header(headers::BED, &bundle.bed));
         // No patient association yet: the key is the device id.
         let record = FutureRecord::to(&self.config.topic_observations)
@@ -563,6 +570,32 @@ impl Worker {
                 Err(e) => error!(error = %e, "cannot recreate the kafka producer"),
             }
         }
+    }
+}
+
+/// Counts records awaiting their delivery report for as long as it lives.
+struct InFlight<'a> {
+    stats: &'a BridgeStats,
+    n: u64,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(stats: &'a BridgeStats, n: u64) -> Self {
+        stats.add_in_flight(n);
+        Self { stats, n }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.stats.sub_in_flight(self.n);
+    }
+}
+
+fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
+    Header {
+        key,
+        value: Some(value),
     }
 }
 

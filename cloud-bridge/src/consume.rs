@@ -162,7 +162,10 @@ pub fn consume(opts: &ConsumeOptions) -> Result<(ConsumeReport, Vec<ConsumedReco
     };
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &opts.brokers)
-        .set("group.id", format!("icu-bridge-verify-{:016x}", rand::random::<u64>()))
+        .set(
+            "group.id",
+            format!("icu-bridge-verify-{:016x}", rand::random::<u64>()),
+        )
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -204,7 +207,9 @@ pub fn consume(opts: &ConsumeOptions) -> Result<(ConsumeReport, Vec<ConsumedReco
             .add_partition_offset(&opts.topic, partition, Offset::Beginning)
             .map_err(kafka("assign partitions"))?;
     }
-    consumer.assign(&assignment).map_err(kafka("assign partitions"))?;
+    consumer
+        .assign(&assignment)
+        .map_err(kafka("assign partitions"))?;
     debug!(topic = %opts.topic, partitions = partitions.len(), ?remaining, "consuming");
 
     let start = Instant::now();
@@ -213,7 +218,10 @@ pub fn consume(opts: &ConsumeOptions) -> Result<(ConsumeReport, Vec<ConsumedReco
     loop {
         if start.elapsed() >= opts.max_wait {
             if !remaining.is_empty() {
-                warn!(?remaining, "max wait reached before every partition was read to its high watermark");
+                warn!(
+                    ?remaining,
+                    "max wait reached before every partition was read to its high watermark"
+                );
             }
             break;
         }
@@ -234,7 +242,9 @@ pub fn consume(opts: &ConsumeOptions) -> Result<(ConsumeReport, Vec<ConsumedReco
                 let record = ConsumedRecord::new(
                     message.partition(),
                     message.offset(),
-                    message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    message
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned()),
                     headers,
                     message.payload().unwrap_or_default().to_vec(),
                     opts.public_key.as_ref(),
@@ -258,7 +268,10 @@ pub fn consume(opts: &ConsumeOptions) -> Result<(ConsumeReport, Vec<ConsumedReco
 ///
 /// With `key`, signatures are verified again from the headers and value; without, signed records
 /// count neither as ok nor bad.
-pub fn report_from_records(records: &[ConsumedRecord], key: Option<&VerifyingKey>) -> ConsumeReport {
+pub fn report_from_records(
+    records: &[ConsumedRecord],
+    key: Option<&VerifyingKey>,
+) -> ConsumeReport {
     let mut report = ConsumeReport::default();
     let mut seqs: BTreeMap<String, BTreeMap<u64, u64>> = BTreeMap::new();
     for record in records {
@@ -334,7 +347,11 @@ pub fn render_summary(topic: &str, report: &ConsumeReport) -> String {
     let _ = writeln!(
         out,
         "topic {topic}: {} records, signatures ok {}, bad {}, unsigned {}, unparseable {}",
-        report.records, report.signatures_ok, report.signatures_bad, report.unsigned, report.unparseable
+        report.records,
+        report.signatures_ok,
+        report.signatures_bad,
+        report.unsigned,
+        report.unparseable
     );
     for (device, d) in &report.devices {
         let range = match (d.first_seq, d.last_seq) {
@@ -347,7 +364,13 @@ pub fn render_summary(topic: &str, report: &ConsumeReport) -> String {
             let list: Vec<String> = d
                 .gaps
                 .iter()
-                .map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+                .map(|(a, b)| {
+                    if a == b {
+                        a.to_string()
+                    } else {
+                        format!("{a}-{b}")
+                    }
+                })
                 .collect();
             format!("{} gap(s): {}", d.gaps.len(), list.join(", "))
         };
@@ -371,7 +394,10 @@ pub fn render_summary(topic: &str, report: &ConsumeReport) -> String {
 
 /// Writes every record whose signature verified as one JSON line (`partition`, `offset`, `key`,
 /// `headers`, `value`; the value as JSON when it parses, else as a string). Returns the count.
-pub fn write_verified_json_lines(path: &Path, records: &[ConsumedRecord]) -> Result<usize, BridgeError> {
+pub fn write_verified_json_lines(
+    path: &Path,
+    records: &[ConsumedRecord],
+) -> Result<usize, BridgeError> {
     let io = |source| BridgeError::Io {
         path: path.to_path_buf(),
         source,
@@ -380,9 +406,10 @@ pub fn write_verified_json_lines(path: &Path, records: &[ConsumedRecord]) -> Res
     let mut out = std::io::BufWriter::new(file);
     let mut written = 0;
     for record in records.iter().filter(|r| r.signature_ok == Some(true)) {
-        let value = serde_json::from_slice::<serde_json::Value>(&record.value).unwrap_or_else(|_| {
-            serde_json::Value::String(String::from_utf8_lossy(&record.value).into_owned())
-        });
+        let value =
+            serde_json::from_slice::<serde_json::Value>(&record.value).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&record.value).into_owned())
+            });
         let line = serde_json::json!({
             "partition": record.partition,
             "offset": record.offset,

@@ -19,8 +19,8 @@
 
 use fhir_sdk::r4b::codes::{BundleType, ObservationStatus as FhirStatus};
 use fhir_sdk::r4b::resources::{
-    Bundle, BundleEntry, Observation as FhirObservation, ObservationEffective, ObservationReferenceRange,
-    ObservationValue, Resource,
+    Bundle, BundleEntry, Observation as FhirObservation, ObservationEffective,
+    ObservationReferenceRange, ObservationValue, Resource,
 };
 use fhir_sdk::r4b::types::{
     CodeableConcept, Coding, Extension, ExtensionValue, Identifier, Meta, Quantity, Reference,
@@ -91,7 +91,8 @@ pub fn observation_bundle(
 
     let mut entries = Vec::with_capacity(observations.len());
     for obs in observations {
-        let resource = map_observation(gateway_id, device_id, obs, terminology).map_err(fail(obs.seq))?;
+        let resource =
+            map_observation(gateway_id, device_id, obs, terminology).map_err(fail(obs.seq))?;
         let full_url = format!(
             "urn:uuid:{}",
             uuid_from(&["observation", gateway_id, device_id, &obs.seq.to_string()])
@@ -133,16 +134,21 @@ fn map_observation(
     let status = ObservationStatus::try_from(obs.status).unwrap_or(ObservationStatus::Unspecified);
 
     // Codes: MDC always, LOINC from the observation or else the terminology.
-    let refid = non_empty(&obs.mdc_refid).or_else(|| term.map(|t| t.refid.as_str()).and_then(non_empty));
+    let refid =
+        non_empty(&obs.mdc_refid).or_else(|| term.map(|t| t.refid.as_str()).and_then(non_empty));
     let mut codings = vec![Some(coding(MDC_SYSTEM, &obs.mdc_code.to_string(), refid)?)];
-    let loinc = non_empty(&obs.loinc).or_else(|| term.and_then(|t| t.loinc.as_deref()).and_then(non_empty));
+    let loinc =
+        non_empty(&obs.loinc).or_else(|| term.and_then(|t| t.loinc.as_deref()).and_then(non_empty));
     if let Some(loinc) = loinc {
         let display = term
             .filter(|t| t.loinc.as_deref() == Some(loinc))
             .and_then(|t| t.loinc_display.as_deref());
         codings.push(Some(coding(LOINC_SYSTEM, loinc, display)?));
     }
-    let code_text = term.map(|t| t.display.as_str()).and_then(non_empty).or(refid);
+    let code_text = term
+        .map(|t| t.display.as_str())
+        .and_then(non_empty)
+        .or(refid);
     let mut code = CodeableConcept::builder().coding(codings);
     if let Some(text) = code_text {
         code = code.text(text.to_owned());
@@ -196,10 +202,7 @@ fn map_observation(
     let meta = meta.build().map_err(|e| e.to_string())?;
 
     let seq = obs.seq.to_string();
-    let mut extensions = vec![ext(
-        "seq",
-        ExtensionValue::String(seq.clone()),
-    )?];
+    let mut extensions = vec![ext("seq", ExtensionValue::String(seq.clone()))?];
     let mut ext_str = |name: &str, text: &str| -> Result<(), String> {
         if let Some(text) = non_empty(text) {
             extensions.push(ext(name, ExtensionValue::String(text.to_owned()))?);
@@ -215,14 +218,30 @@ fn map_observation(
     }
     ext_str("source-message-id", &obs.source_message_id)?;
     if !obs.source_message_id.is_empty() {
-        extensions.push(ext("source-row", ExtensionValue::UnsignedInt(obs.source_row))?);
+        extensions.push(ext(
+            "source-row",
+            ExtensionValue::UnsignedInt(obs.source_row),
+        )?);
     }
     if matches!(status, ObservationStatus::Invalid | ObservationStatus::Test) {
-        let name = if status == ObservationStatus::Invalid { "invalid" } else { "test" };
-        extensions.push(ext("measurement-status", ExtensionValue::Code(name.to_owned()))?);
+        let name = if status == ObservationStatus::Invalid {
+            "invalid"
+        } else {
+            "test"
+        };
+        extensions.push(ext(
+            "measurement-status",
+            ExtensionValue::Code(name.to_owned()),
+        )?);
     }
-    extensions.push(ext("receive-time", ExtensionValue::Instant(receive.clone()))?);
-    extensions.push(ext("clock-synced", ExtensionValue::Boolean(obs.clock_synced))?);
+    extensions.push(ext(
+        "receive-time",
+        ExtensionValue::Instant(receive.clone()),
+    )?);
+    extensions.push(ext(
+        "clock-synced",
+        ExtensionValue::Boolean(obs.clock_synced),
+    )?);
 
     let mut builder = FhirObservation::builder()
         .id(fhir_id(&[device_id, &seq]))
@@ -238,12 +257,18 @@ fn map_observation(
         .status(fhir_status)
         .category(vec![Some(
             CodeableConcept::builder()
-                .coding(vec![Some(coding(CATEGORY_SYSTEM, "vital-signs", Some("Vital Signs"))?)])
+                .coding(vec![Some(coding(
+                    CATEGORY_SYSTEM,
+                    "vital-signs",
+                    Some("Vital Signs"),
+                )?)])
                 .build()
                 .map_err(|e| e.to_string())?,
         )])
         .code(code)
-        .effective(ObservationEffective::DateTime(DateTime::DateTime(effective)))
+        .effective(ObservationEffective::DateTime(DateTime::DateTime(
+            effective,
+        )))
         .issued(receive)
         .device(
             Reference::builder()
@@ -343,7 +368,8 @@ fn ext(name: &str, value: ExtensionValue) -> Result<Extension, String> {
 
 /// Microseconds since the epoch → FHIR instant (UTC), for years 1..=9999 only (RFC 3339 range).
 fn instant_from_us(us: i64) -> Option<Instant> {
-    let dt = fhir_sdk::time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).ok()?;
+    let dt =
+        fhir_sdk::time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).ok()?;
     (1..=9999).contains(&dt.year()).then_some(Instant(dt))
 }
 
@@ -425,7 +451,11 @@ fn parse_observation(obs: &FhirObservation) -> Result<ParsedObservation, BridgeE
         .identifier
         .iter()
         .flatten()
-        .filter(|i| i.system.as_deref().is_some_and(|s| s.starts_with("urn:icu-gateway:")))
+        .filter(|i| {
+            i.system
+                .as_deref()
+                .is_some_and(|s| s.starts_with("urn:icu-gateway:"))
+        })
         .find_map(|i| i.value.as_deref()?.parse::<u64>().ok());
     let from_extension = obs.extension.iter().find_map(|e| {
         if e.url != format!("{EXT_PREFIX}seq") {

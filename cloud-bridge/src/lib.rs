@@ -19,8 +19,7 @@ pub mod headers;
 pub mod outbox;
 pub mod signing;
 
-mod terminology_shim;
-pub(crate) use terminology_shim::Terminology;
+pub(crate) use icu_drivers::terminology::Terminology;
 
 pub use bridge::{BridgeActor, BridgeConfig, BridgeState, BridgeStats, Wake};
 pub use error::BridgeError;

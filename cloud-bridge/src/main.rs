@@ -10,7 +10,11 @@ use icu_cloud_bridge::consume::{self, ConsumeOptions};
 use icu_cloud_bridge::signing::load_public_key;
 
 #[derive(Debug, Parser)]
-#[command(name = "icu-bridge", version, about = "Read and verify ICU gateway Kafka topics")]
+#[command(
+    name = "icu-bridge",
+    version,
+    about = "Read and verify ICU gateway Kafka topics"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -150,7 +150,12 @@ mod tests {
             .collect();
         assert_eq!(
             keys,
-            [("a".into(), 1), ("a".into(), 2), ("a".into(), 3), ("b".into(), 1)]
+            [
+                ("a".into(), 1),
+                ("a".into(), 2),
+                ("a".into(), 3),
+                ("b".into(), 1)
+            ]
         );
         outbox.mark_sent("a", 1, 2).unwrap();
         assert_eq!(outbox.sent_seqs("a"), [1, 2]);

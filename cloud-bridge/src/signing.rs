@@ -17,8 +17,9 @@ use std::fs;
 use std::io::Write as _;
 use std::path::Path;
 
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::spki::{DecodePublicKey, EncodePublicKey};
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
@@ -60,19 +61,22 @@ impl GatewayKey {
             path: private_pem_path.to_path_buf(),
             source,
         })?;
-        let signing =
-            SigningKey::from_pkcs8_pem(&pem).map_err(|e| BridgeError::KeyFormat {
-                path: private_pem_path.to_path_buf(),
-                expected: PRIVATE_EXPECTED,
-                reason: e.to_string(),
-            })?;
+        let signing = SigningKey::from_pkcs8_pem(&pem).map_err(|e| BridgeError::KeyFormat {
+            path: private_pem_path.to_path_buf(),
+            expected: PRIVATE_EXPECTED,
+            reason: e.to_string(),
+        })?;
         Ok(Self::from_signing(signing))
     }
 
     /// Writes the private key (PKCS#8 PEM, mode 0600) and the public key (SPKI PEM).
     ///
     /// Refuses to overwrite either file; checks both before writing anything.
-    pub fn write(&self, private_pem_path: &Path, public_pem_path: &Path) -> Result<(), BridgeError> {
+    pub fn write(
+        &self,
+        private_pem_path: &Path,
+        public_pem_path: &Path,
+    ) -> Result<(), BridgeError> {
         for path in [private_pem_path, public_pem_path] {
             if path.exists() {
                 return Err(BridgeError::KeyExists {
@@ -80,14 +84,14 @@ impl GatewayKey {
                 });
             }
         }
-        let private_pem = self
-            .signing
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| BridgeError::KeyFormat {
-                path: private_pem_path.to_path_buf(),
-                expected: PRIVATE_EXPECTED,
-                reason: e.to_string(),
-            })?;
+        let private_pem =
+            self.signing
+                .to_pkcs8_pem(LineEnding::LF)
+                .map_err(|e| BridgeError::KeyFormat {
+                    path: private_pem_path.to_path_buf(),
+                    expected: PRIVATE_EXPECTED,
+                    reason: e.to_string(),
+                })?;
         let public_pem = self
             .verifying_key()
             .to_public_key_pem(LineEnding::LF)
@@ -222,11 +226,17 @@ mod tests {
         let loaded = GatewayKey::load(&private).unwrap();
         assert_eq!(loaded.key_id(), key.key_id());
         assert_eq!(loaded.verifying_key(), key.verifying_key());
-        assert_eq!(loaded.sign(b"x"), key.sign(b"x"), "ed25519 is deterministic");
+        assert_eq!(
+            loaded.sign(b"x"),
+            key.sign(b"x"),
+            "ed25519 is deterministic"
+        );
         let public_key = load_public_key(&public).unwrap();
         assert_eq!(key_id_of(&public_key), key.key_id());
 
-        let err = key.write(&private, &dir.path().join("other.pub")).unwrap_err();
+        let err = key
+            .write(&private, &dir.path().join("other.pub"))
+            .unwrap_err();
         assert!(matches!(err, BridgeError::KeyExists { .. }), "{err}");
         assert!(!dir.path().join("other.pub").exists());
     }

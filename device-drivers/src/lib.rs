@@ -1,2 +1,19 @@
-//! Device protocol codecs of the ICU edge gateway.
+//! Device protocol codecs of the ICU edge gateway (`icu-drivers`).
+//!
+//! Owns one folder per protocol, each a pure codec over bytes (no I/O, no clock, fuzzable), plus
+//! the terminology tables the codecs use to normalise codes and units:
+//!
+//! - [`mllp`]: MLLP framing of HL7 v2 over TCP (`0x0B … 0x1C 0x0D`), with resync and a frame
+//!   size limit.
+//! - [`hl7`]: the HL7 v2 header, IHE PCD-01 (`ORU^R01`) to [`icu_protos::v1::Observation`], and
+//!   ACK/NAK building.
+//! - [`terminology`]: IEEE 11073-10101 MDC ↔ UCUM ↔ LOINC tables, embedded from
+//!   `terminology/*.tsv`.
+//!
+//! The codecs never touch a socket, a serial port or the clock: the thin transport that feeds a
+//! codec bytes sits beside it and reuses one framing path, so every decoder is tested with
+//! captured bytes and property tests.
+
+pub mod hl7;
 pub mod mllp;
+pub mod terminology;

@@ -87,12 +87,19 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
         }
     });
     let store_stats = Arc::new(StoreStats::default());
-    let store = Store::start(&config.store, &config.gateway_id, store_stats.clone(), Some(on_commit))
-        .with_context(|| format!("opening the store {}", config.store.path.display()))?;
-    let outbox = Arc::new(
-        SqliteOutbox::open(&config.store)
-            .with_context(|| format!("opening the outbox reader on {}", config.store.path.display()))?,
-    );
+    let store = Store::start(
+        &config.store,
+        &config.gateway_id,
+        store_stats.clone(),
+        Some(on_commit),
+    )
+    .with_context(|| format!("opening the store {}", config.store.path.display()))?;
+    let outbox = Arc::new(SqliteOutbox::open(&config.store).with_context(|| {
+        format!(
+            "opening the outbox reader on {}",
+            config.store.path.display()
+        )
+    })?);
 
     let bridge = match &config.kafka {
         None => {
@@ -117,8 +124,9 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
                 max_backoff: std::time::Duration::from_secs(10),
                 compression: k.compression.clone(),
             };
-            let actor = BridgeActor::new(cfg, outbox.clone(), key, terminology.clone(), stats.clone())
-                .context("starting the kafka bridge")?;
+            let actor =
+                BridgeActor::new(cfg, outbox.clone(), key, terminology.clone(), stats.clone())
+                    .context("starting the kafka bridge")?;
             let addr = actix::Actor::start(actor);
             let _ = bridge_slot.set(addr);
             Some(stats)
@@ -150,7 +158,12 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
     ));
     let mllp_listener = tokio::net::TcpListener::bind(config.mllp.listen)
         .await
-        .with_context(|| format!("binding the MLLP listener on {} (mllp.listen)", config.mllp.listen))?;
+        .with_context(|| {
+            format!(
+                "binding the MLLP listener on {} (mllp.listen)",
+                config.mllp.listen
+            )
+        })?;
     let mllp_addr = mllp_listener.local_addr()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mllp_task = tokio::spawn(mllp::serve(
@@ -160,8 +173,12 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
         shutdown_rx,
     ));
 
-    let http_listener = std::net::TcpListener::bind(config.http_listen)
-        .with_context(|| format!("binding the HTTP listener on {} (http.listen)", config.http_listen))?;
+    let http_listener = std::net::TcpListener::bind(config.http_listen).with_context(|| {
+        format!(
+            "binding the HTTP listener on {} (http.listen)",
+            config.http_listen
+        )
+    })?;
     let http_addr = http_listener.local_addr()?;
     let server = http::start(
         http_listener,

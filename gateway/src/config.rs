@@ -425,7 +425,10 @@ impl RawConfig {
         if self.store.max_pending < self.store.max_batch {
             problem(
                 "store.max_pending",
-                format!("must be at least store.max_batch ({})", self.store.max_batch),
+                format!(
+                    "must be at least store.max_batch ({})",
+                    self.store.max_batch
+                ),
             );
         }
 
@@ -446,10 +449,7 @@ impl RawConfig {
         if self.mllp.max_frame_bytes < 1024 || self.mllp.max_frame_bytes > 64 << 20 {
             problem(
                 "mllp.max_frame_bytes",
-                format!(
-                    "{} is outside 1024..=67108864",
-                    self.mllp.max_frame_bytes
-                ),
+                format!("{} is outside 1024..=67108864", self.mllp.max_frame_bytes),
             );
         }
         if self.mllp.max_connections == 0 {

@@ -105,7 +105,10 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
 
 fn running_counts(config: &Config) -> String {
     match crate::store::ReaderDb::open(&config.store.path, false).and_then(|r| r.counts()) {
-        Ok(c) => format!(", {} records in the store, {} waiting to be forwarded", c.records, c.unsent),
+        Ok(c) => format!(
+            ", {} records in the store, {} waiting to be forwarded",
+            c.records, c.unsent
+        ),
         Err(_) => String::new(),
     }
 }

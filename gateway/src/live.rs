@@ -88,7 +88,9 @@ impl LiveState {
     pub fn new(beds: &[Bed], devices: &[Device]) -> Self {
         let mut inner = Inner::default();
         for b in beds {
-            inner.beds.insert(b.id.clone(), (b.clone(), BTreeMap::new()));
+            inner
+                .beds
+                .insert(b.id.clone(), (b.clone(), BTreeMap::new()));
         }
         for d in devices {
             inner.devices.insert(
@@ -207,7 +209,9 @@ impl LiveState {
                     d.last_seen = d.last_seen_us.map(rfc3339);
                     d.state = match d.last_seen_us {
                         None => "waiting".into(),
-                        Some(t) if now_us - t > d.silent_after.as_micros() as i64 => "silent".into(),
+                        Some(t) if now_us - t > d.silent_after.as_micros() as i64 => {
+                            "silent".into()
+                        }
                         Some(_) => "online".into(),
                     };
                     d

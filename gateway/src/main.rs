@@ -5,7 +5,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "icu-gateway", version, about = "ICU edge gateway: bedside devices to a durable store, local page and signed FHIR on Kafka")]
+#[command(
+    name = "icu-gateway",
+    version,
+    about = "ICU edge gateway: bedside devices to a durable store, local page and signed FHIR on Kafka"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -65,8 +69,21 @@ fn main() -> anyhow::Result<()> {
             let cfg = icu_gateway::config::Config::load(&config)?;
             icu_gateway::app::run(cfg)
         }
-        Command::Demo { beds, http, data_dir, kafka, rate, print_config } => {
-            let opts = icu_gateway::demo::DemoOptions { beds, http, data_dir, kafka, rate_hz: rate };
+        Command::Demo {
+            beds,
+            http,
+            data_dir,
+            kafka,
+            rate,
+            print_config,
+        } => {
+            let opts = icu_gateway::demo::DemoOptions {
+                beds,
+                http,
+                data_dir,
+                kafka,
+                rate_hz: rate,
+            };
             if print_config {
                 print!("{}", icu_gateway::demo::demo_config_text(&opts));
                 return Ok(());
@@ -78,8 +95,14 @@ fn main() -> anyhow::Result<()> {
             let public = icu_gateway::app::public_key_path(&out);
             key.write(&out, &public)
                 .with_context(|| format!("writing {} and {}", out.display(), public.display()))?;
-            println!("private key: {} (keep it on this gateway, mode 0600)", out.display());
-            println!("public key:  {} (give it to the central data team)", public.display());
+            println!(
+                "private key: {} (keep it on this gateway, mode 0600)",
+                out.display()
+            );
+            println!(
+                "public key:  {} (give it to the central data team)",
+                public.display()
+            );
             println!("key id:      {}", key.key_id());
             Ok(())
         }
@@ -87,21 +110,38 @@ fn main() -> anyhow::Result<()> {
             let cfg = icu_gateway::config::Config::load(&config)?;
             println!("{}: valid", config.display());
             println!("  gateway_id: {}", cfg.gateway_id);
-            println!("  store:      {} (budget {} MiB, synchronous {})", cfg.store.path.display(),
-                cfg.store.disk_budget_bytes >> 20, if cfg.store.synchronous_full { "full" } else { "normal" });
+            println!(
+                "  store:      {} (budget {} MiB, synchronous {})",
+                cfg.store.path.display(),
+                cfg.store.disk_budget_bytes >> 20,
+                if cfg.store.synchronous_full {
+                    "full"
+                } else {
+                    "normal"
+                }
+            );
             println!("  mllp:       {}", cfg.mllp.listen);
             println!("  http:       {}", cfg.http_listen);
             match &cfg.kafka {
-                Some(k) => println!("  kafka:      {} topic {}", k.bootstrap, k.topic_observations),
+                Some(k) => println!(
+                    "  kafka:      {} topic {}",
+                    k.bootstrap, k.topic_observations
+                ),
                 None => println!("  kafka:      none (store only)"),
             }
             println!("  beds:       {}", cfg.beds.len());
             for d in &cfg.devices {
-                println!("  device {} at {} ({:?}, match {})", d.id, d.bed, d.protocol, d.match_id);
+                println!(
+                    "  device {} at {} ({:?}, match {})",
+                    d.id, d.bed, d.protocol, d.match_id
+                );
             }
             if cfg.kafka.is_some() && !cfg.key_file.exists() {
-                anyhow::bail!("signing key {} does not exist; run `icu-gateway keygen --out {}`",
-                    cfg.key_file.display(), cfg.key_file.display());
+                anyhow::bail!(
+                    "signing key {} does not exist; run `icu-gateway keygen --out {}`",
+                    cfg.key_file.display(),
+                    cfg.key_file.display()
+                );
             }
             Ok(())
         }

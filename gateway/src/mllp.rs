@@ -109,7 +109,10 @@ impl Ingest {
     }
 
     fn next_ack_id(&self) -> String {
-        format!("GWACK{}", self.ack_counter.fetch_add(1, Ordering::Relaxed) + 1)
+        format!(
+            "GWACK{}",
+            self.ack_counter.fetch_add(1, Ordering::Relaxed) + 1
+        )
     }
 }
 
@@ -291,7 +294,11 @@ async fn handle_frame(
         .await;
     match result {
         Ok(Ok(outcome)) => {
-            if let WriteOutcome::Duplicate { first_seq, last_seq } = outcome {
+            if let WriteOutcome::Duplicate {
+                first_seq,
+                last_seq,
+            } = outcome
+            {
                 tracing::info!(device = %route.device_id, control_id = %header.control_id, first_seq, last_seq,
                     "repeated message recognised; acknowledged without storing it again");
             } else {
@@ -305,13 +312,21 @@ async fn handle_frame(
             ack(ingest, Some(&header), err.ack, Some(&err))
         }
         Err(_) => {
-            let err = Hl7Error::internal(format!("device actor for {} is not running", route.device_id));
+            let err = Hl7Error::internal(format!(
+                "device actor for {} is not running",
+                route.device_id
+            ));
             ack(ingest, Some(&header), err.ack, Some(&err))
         }
     }
 }
 
-fn ack(ingest: &Ingest, header: Option<&MessageHeader>, code: AckCode, err: Option<&Hl7Error>) -> String {
+fn ack(
+    ingest: &Ingest,
+    header: Option<&MessageHeader>,
+    code: AckCode,
+    err: Option<&Hl7Error>,
+) -> String {
     let counter = match code {
         AckCode::AA => &ingest.stats.acks_aa,
         AckCode::AE => &ingest.stats.acks_ae,
@@ -351,7 +366,11 @@ async fn reject(
         raw: raw[..raw.len().min(DEAD_LETTER_MAX_RAW)].to_vec(),
         raw_len,
     };
-    match ingest.store.send(Append(WriteRequest::DeadLetter(letter))).await {
+    match ingest
+        .store
+        .send(Append(WriteRequest::DeadLetter(letter)))
+        .await
+    {
         Ok(Ok(_)) => {
             ingest.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
         }

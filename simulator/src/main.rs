@@ -6,7 +6,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "icu-sim", about = "Simulated ICU beds and devices speaking real protocols")]
+#[command(
+    name = "icu-sim",
+    about = "Simulated ICU beds and devices speaking real protocols"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -60,8 +63,21 @@ fn main() -> anyhow::Result<()> {
             print!("{}", icu_sim::gateway_config_blocks(&icu_sim::beds(beds)));
             Ok(())
         }
-        Command::Pcd01 { target, beds, rate, messages, duration_secs, seed, manifest, json } => {
-            let messages = if messages.is_none() && duration_secs.is_none() { Some(10) } else { messages };
+        Command::Pcd01 {
+            target,
+            beds,
+            rate,
+            messages,
+            duration_secs,
+            seed,
+            manifest,
+            json,
+        } => {
+            let messages = if messages.is_none() && duration_secs.is_none() {
+                Some(10)
+            } else {
+                messages
+            };
             let opts = icu_sim::run::RunOptions {
                 target,
                 beds: icu_sim::beds(beds),
@@ -75,7 +91,8 @@ fn main() -> anyhow::Result<()> {
             let report = rt.block_on(icu_sim::run::run(opts, None));
             if let Some(path) = manifest {
                 let mut f = std::io::BufWriter::new(
-                    std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+                    std::fs::File::create(&path)
+                        .with_context(|| format!("creating {}", path.display()))?,
                 );
                 for o in &report.accepted {
                     serde_json::to_writer(&mut f, o)?;

@@ -40,14 +40,78 @@ struct Metric {
     limits: &'static str,
 }
 
-const HR: Metric = Metric { code: 147842, refid: "MDC_ECG_HEART_RATE", unit_code: 264864, unit_refid: "MDC_DIM_BEAT_PER_MIN", ucum: "/min", containment: "1.1.1.1", limits: "50-120" };
-const SPO2: Metric = Metric { code: 150456, refid: "MDC_PULS_OXIM_SAT_O2", unit_code: 262688, unit_refid: "MDC_DIM_PERCENT", ucum: "%", containment: "1.2.1.1", limits: "90-100" };
-const PR: Metric = Metric { code: 149530, refid: "MDC_PULS_OXIM_PULS_RATE", unit_code: 264864, unit_refid: "MDC_DIM_BEAT_PER_MIN", ucum: "/min", containment: "1.2.1.2", limits: "50-120" };
-const RR: Metric = Metric { code: 151562, refid: "MDC_RESP_RATE", unit_code: 264928, unit_refid: "MDC_DIM_RESP_PER_MIN", ucum: "/min", containment: "1.4.1.1", limits: "8-30" };
-const TEMP: Metric = Metric { code: 150364, refid: "MDC_TEMP_BODY", unit_code: 268192, unit_refid: "MDC_DIM_DEGC", ucum: "Cel", containment: "1.5.1.1", limits: "35-39" };
-const SYS: Metric = Metric { code: 150301, refid: "MDC_PRESS_CUFF_SYS", unit_code: 266016, unit_refid: "MDC_DIM_MMHG", ucum: "mm[Hg]", containment: "1.3.1.1", limits: "90-160" };
-const DIA: Metric = Metric { code: 150302, refid: "MDC_PRESS_CUFF_DIA", unit_code: 266016, unit_refid: "MDC_DIM_MMHG", ucum: "mm[Hg]", containment: "1.3.1.2", limits: "50-90" };
-const MEAN: Metric = Metric { code: 150303, refid: "MDC_PRESS_CUFF_MEAN", unit_code: 266016, unit_refid: "MDC_DIM_MMHG", ucum: "mm[Hg]", containment: "1.3.1.3", limits: "60-110" };
+const HR: Metric = Metric {
+    code: 147842,
+    refid: "MDC_ECG_HEART_RATE",
+    unit_code: 264864,
+    unit_refid: "MDC_DIM_BEAT_PER_MIN",
+    ucum: "/min",
+    containment: "1.1.1.1",
+    limits: "50-120",
+};
+const SPO2: Metric = Metric {
+    code: 150456,
+    refid: "MDC_PULS_OXIM_SAT_O2",
+    unit_code: 262688,
+    unit_refid: "MDC_DIM_PERCENT",
+    ucum: "%",
+    containment: "1.2.1.1",
+    limits: "90-100",
+};
+const PR: Metric = Metric {
+    code: 149530,
+    refid: "MDC_PULS_OXIM_PULS_RATE",
+    unit_code: 264864,
+    unit_refid: "MDC_DIM_BEAT_PER_MIN",
+    ucum: "/min",
+    containment: "1.2.1.2",
+    limits: "50-120",
+};
+const RR: Metric = Metric {
+    code: 151562,
+    refid: "MDC_RESP_RATE",
+    unit_code: 264928,
+    unit_refid: "MDC_DIM_RESP_PER_MIN",
+    ucum: "/min",
+    containment: "1.4.1.1",
+    limits: "8-30",
+};
+const TEMP: Metric = Metric {
+    code: 150364,
+    refid: "MDC_TEMP_BODY",
+    unit_code: 268192,
+    unit_refid: "MDC_DIM_DEGC",
+    ucum: "Cel",
+    containment: "1.5.1.1",
+    limits: "35-39",
+};
+const SYS: Metric = Metric {
+    code: 150301,
+    refid: "MDC_PRESS_CUFF_SYS",
+    unit_code: 266016,
+    unit_refid: "MDC_DIM_MMHG",
+    ucum: "mm[Hg]",
+    containment: "1.3.1.1",
+    limits: "90-160",
+};
+const DIA: Metric = Metric {
+    code: 150302,
+    refid: "MDC_PRESS_CUFF_DIA",
+    unit_code: 266016,
+    unit_refid: "MDC_DIM_MMHG",
+    ucum: "mm[Hg]",
+    containment: "1.3.1.2",
+    limits: "50-90",
+};
+const MEAN: Metric = Metric {
+    code: 150303,
+    refid: "MDC_PRESS_CUFF_MEAN",
+    unit_code: 266016,
+    unit_refid: "MDC_DIM_MMHG",
+    ucum: "mm[Hg]",
+    containment: "1.3.1.3",
+    limits: "60-110",
+};
 
 fn hl7_time(t: DateTime<Utc>) -> String {
     t.format("%Y%m%d%H%M%S+0000").to_string()
@@ -135,7 +199,9 @@ mod tests {
     #[test]
     fn message_decodes_to_what_the_simulator_says_it_sent() {
         let mut m = Monitor::new(crate::beds(1).remove(0), 42);
-        let now = DateTime::parse_from_rfc3339("2025-01-01T12:00:00Z").unwrap().with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2025-01-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let (msg, sent) = m.next_message(now);
         assert_eq!(sent.len(), 8, "first message carries NIBP too");
         let term = icu_drivers::terminology::Terminology::builtin();

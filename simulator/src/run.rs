@@ -226,7 +226,10 @@ mod tests {
 
     #[test]
     fn ack_code_reads_msa_1() {
-        assert_eq!(ack_code(b"MSH|^~\\&|A\rMSA|AE|X1\rERR||"), Some("AE".into()));
+        assert_eq!(
+            ack_code(b"MSH|^~\\&|A\rMSA|AE|X1\rERR||"),
+            Some("AE".into())
+        );
         assert_eq!(ack_code(b"garbage"), None);
     }
 }

@@ -209,7 +209,7 @@ impl Broker {
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
-            if !out.status.success() && !text.contains("TopicAlreadyExists") {
+            if !out.status.success() && !text.contains("already exists") {
                 bail!(
                     "tansu topic create {topic} --broker {} failed ({}): {}",
                     self.url(),

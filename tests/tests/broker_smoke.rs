@@ -47,6 +47,15 @@ fn consumer_from_start(broker: &Broker, topic: &str) -> anyhow::Result<BaseConsu
     Ok(consumer)
 }
 
+fn headers(pairs: &[(&str, &str)]) -> OwnedHeaders {
+    pairs.iter().fold(OwnedHeaders::new(), |h, (key, value)| {
+        h.insert(Header {
+            key,
+            value: Some(*value),
+        })
+    })
+}
+
 fn header_map<M: Message>(m: &M) -> HashMap<String, String> {
     let mut out = HashMap::new();
     if let Some(h) = m.headers() {
@@ -67,7 +76,11 @@ struct Received {
     headers: HashMap<String, String>,
 }
 
-fn consume(consumer: &BaseConsumer, want: usize, deadline: Duration) -> anyhow::Result<Vec<Received>> {
+fn consume(
+    consumer: &BaseConsumer,
+    want: usize,
+    deadline: Duration,
+) -> anyhow::Result<Vec<Received>> {
     let start = Instant::now();
     let mut got = Vec::new();
     while got.len() < want {
@@ -131,11 +144,12 @@ fn produce_100_idempotent_lz4_records_and_read_them_back_in_order() -> anyhow::R
             let value = serde_json::json!({"resourceType": "Bundle", "seq": i, "key": key});
             let payload = serde_json::to_vec(&value)?;
             let seq = i.to_string();
-            let headers = OwnedHeaders::new()
-                .insert(Header { key: "icu-seq-first", value: Some(&seq) })
-                .insert(Header { key: "icu-seq-last", value: Some(&seq) })
-                .insert(Header { key: "icu-device-id", value: Some(&key) })
-                .insert(Header { key: "content-type", value: Some("application/fhir+json") });
+            let headers = headers(&[
+                ("icu-seq-first", &seq),
+                ("icu-seq-last", &seq),
+                ("icu-device-id", &key),
+                ("content-type", "application/fhir+json"),
+            ]);
             let record = FutureRecord::to(topic)
                 .key(&key)
                 .payload(&payload)
@@ -173,9 +187,17 @@ fn produce_100_idempotent_lz4_records_and_read_them_back_in_order() -> anyhow::R
         assert_eq!(r.headers["icu-seq-last"], seq.to_string());
         assert_eq!(r.headers["icu-device-id"], r.key);
         assert_eq!(r.headers["content-type"], "application/fhir+json");
-        assert_eq!(delivered[seq as usize], (r.partition, r.offset), "delivery report of {seq}");
+        assert_eq!(
+            delivered[seq as usize],
+            (r.partition, r.offset),
+            "delivery report of {seq}"
+        );
         if let Some(prev) = last_offset.insert(r.partition, r.offset) {
-            assert!(r.offset > prev, "offsets increase in partition {}", r.partition);
+            assert!(
+                r.offset > prev,
+                "offsets increase in partition {}",
+                r.partition
+            );
         }
         per_key.entry(r.key.clone()).or_default().push(seq);
     }
@@ -193,7 +215,11 @@ fn base64(bytes: &[u8]) -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
             if i <= chunk.len() {
@@ -238,19 +264,23 @@ fn produce_signed(
     let mut value = serde_json::to_vec(&bundle)?;
     let signature = base64(&key.sign(&value).to_bytes());
     if tamper {
-        let pos = value.iter().position(|b| *b == b'7').context("a digit to alter")?;
+        let pos = value
+            .iter()
+            .position(|b| *b == b'7')
+            .context("a digit to alter")?;
         value[pos] = b'8';
     }
-    let headers = OwnedHeaders::new()
-        .insert(Header { key: "icu-signature", value: Some(&signature) })
-        .insert(Header { key: "icu-signature-alg", value: Some("ed25519") })
-        .insert(Header { key: "icu-key-id", value: Some("test-key-1") })
-        .insert(Header { key: "icu-gateway-id", value: Some("gw-test") })
-        .insert(Header { key: "icu-device-id", value: Some("mon-bed-01") })
-        .insert(Header { key: "icu-bed", value: Some("bed-01") })
-        .insert(Header { key: "icu-seq-first", value: Some("41") })
-        .insert(Header { key: "icu-seq-last", value: Some("42") })
-        .insert(Header { key: "content-type", value: Some("application/fhir+json") });
+    let headers = headers(&[
+        ("icu-signature", &signature),
+        ("icu-signature-alg", "ed25519"),
+        ("icu-key-id", "test-key-1"),
+        ("icu-gateway-id", "gw-test"),
+        ("icu-device-id", "mon-bed-01"),
+        ("icu-bed", "bed-01"),
+        ("icu-seq-first", "41"),
+        ("icu-seq-last", "42"),
+        ("content-type", "application/fhir+json"),
+    ]);
     let producer = producer(broker)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
@@ -304,7 +334,9 @@ fn stock_python_consumer_verifies_the_signature() -> anyhow::Result<()> {
         .as_nanos();
     let mut seed = [0u8; 32];
     for (i, b) in seed.iter_mut().enumerate() {
-        *b = (nanos >> ((i % 16) * 8)) as u8 ^ (i as u8).wrapping_mul(151) ^ std::process::id() as u8;
+        *b = (nanos >> ((i % 16) * 8)) as u8
+            ^ (i as u8).wrapping_mul(151)
+            ^ std::process::id() as u8;
     }
     let key = SigningKey::from_bytes(&seed);
     let dir = tempfile::tempdir()?;
@@ -325,7 +357,9 @@ fn stock_python_consumer_verifies_the_signature() -> anyhow::Result<()> {
     assert!(stdout.contains("seq=41..42"), "{stdout}");
     assert!(stdout.contains("entries=2"), "{stdout}");
     assert!(
-        stdout.lines().any(|l| l == "1 records, 1 signatures ok, 0 bad"),
+        stdout
+            .lines()
+            .any(|l| l == "1 records, 1 signatures ok, 0 bad"),
         "{stdout}"
     );
 
@@ -335,7 +369,9 @@ fn stock_python_consumer_verifies_the_signature() -> anyhow::Result<()> {
     assert_eq!(code, 1, "consumer exit status on a bad signature");
     assert!(stdout.contains("signature=BAD"), "{stdout}");
     assert!(
-        stdout.lines().any(|l| l == "1 records, 0 signatures ok, 1 bad"),
+        stdout
+            .lines()
+            .any(|l| l == "1 records, 0 signatures ok, 1 bad"),
         "{stdout}"
     );
     Ok(())

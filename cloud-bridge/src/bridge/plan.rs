@@ -166,7 +166,10 @@ mod tests {
         assert_eq!(b.observations.len(), 3, "duplicate seq 2 dropped");
         let seqs: Vec<u64> = b.observations.iter().map(|o| o.seq).collect();
         assert_eq!(seqs, [1, 2, 3]);
-        assert!(b.observations.iter().all(|o| o.device_id == "mon-1" && o.bed == "bed-1"));
+        assert!(b
+            .observations
+            .iter()
+            .all(|o| o.device_id == "mon-1" && o.bed == "bed-1"));
     }
 
     #[test]
@@ -203,8 +206,16 @@ mod tests {
         assert_eq!(
             plan.skipped,
             [
-                SkippedRecord { device_id: "mon-1".into(), seq: 3, kind: "alarm" },
-                SkippedRecord { device_id: "mon-1".into(), seq: 6, kind: "empty" },
+                SkippedRecord {
+                    device_id: "mon-1".into(),
+                    seq: 3,
+                    kind: "alarm"
+                },
+                SkippedRecord {
+                    device_id: "mon-1".into(),
+                    seq: 6,
+                    kind: "empty"
+                },
             ]
         );
     }
@@ -233,6 +244,10 @@ mod tests {
         assert_eq!(markable(&plan.bundles, &delivered), [0, 3, 4]);
         assert_eq!(markable(&plan.bundles, &[false; 5]), Vec::<usize>::new());
         assert_eq!(markable(&plan.bundles, &[true; 5]), [0, 1, 2, 3, 4]);
-        assert_eq!(markable(&plan.bundles, &[true]), [0], "missing outcome = failed");
+        assert_eq!(
+            markable(&plan.bundles, &[true]),
+            [0],
+            "missing outcome = failed"
+        );
     }
 }

@@ -172,18 +172,33 @@ mod tests {
             stats.set_state(BridgeState::TopicMissing { topic: "t".into() }),
             Some(BridgeState::Disabled)
         );
-        assert_eq!(stats.set_state(BridgeState::TopicMissing { topic: "t".into() }), None);
+        assert_eq!(
+            stats.set_state(BridgeState::TopicMissing { topic: "t".into() }),
+            None
+        );
         stats.add_forwarded(2, 150);
         stats.add_delivery_errors(1);
         let snap = stats.snapshot();
-        assert_eq!(snap["state"], serde_json::json!({"state": "topic_missing", "topic": "t"}));
+        assert_eq!(
+            snap["state"],
+            serde_json::json!({"state": "topic_missing", "topic": "t"})
+        );
         assert_eq!(snap["forwarded_records"], 2);
         assert_eq!(snap["forwarded_observations"], 150);
         assert_eq!(snap["delivery_errors"], 1);
-        for key in ["in_flight", "broker_errors", "outbox_errors", "skipped_records", "cycles"] {
+        for key in [
+            "in_flight",
+            "broker_errors",
+            "outbox_errors",
+            "skipped_records",
+            "cycles",
+        ] {
             assert_eq!(snap[key], 0, "{key}");
         }
         let offline = serde_json::to_value(BridgeState::Offline { reason: "x".into() }).unwrap();
-        assert_eq!(offline, serde_json::json!({"state": "offline", "reason": "x"}));
+        assert_eq!(
+            offline,
+            serde_json::json!({"state": "offline", "reason": "x"})
+        );
     }
 }

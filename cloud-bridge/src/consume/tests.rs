@@ -34,7 +34,14 @@ fn signed(key: &GatewayKey, device: &str, first: u64, last: u64, offset: i64) ->
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    ConsumedRecord::new(0, offset, Some(device.into()), headers, value, Some(&key.verifying_key()))
+    ConsumedRecord::new(
+        0,
+        offset,
+        Some(device.into()),
+        headers,
+        value,
+        Some(&key.verifying_key()),
+    )
 }
 
 #[test]
@@ -47,7 +54,10 @@ fn clean_stream_has_no_gaps_and_verifies() {
     ];
     assert!(records.iter().all(|r| r.signature_ok == Some(true)));
     let report = report_from_records(&records, Some(&key.verifying_key()));
-    assert_eq!((report.records, report.signatures_ok, report.signatures_bad), (3, 3, 0));
+    assert_eq!(
+        (report.records, report.signatures_ok, report.signatures_bad),
+        (3, 3, 0)
+    );
     assert_eq!((report.unsigned, report.unparseable), (0, 0));
     let d = &report.devices["mon-1"];
     assert_eq!((d.records, d.observations, d.distinct_seqs), (2, 5, 5));
@@ -56,7 +66,10 @@ fn clean_stream_has_no_gaps_and_verifies() {
     assert_eq!(d.duplicate_seqs, 0);
     assert!(report.is_clean());
     let summary = render_summary("icu.observations", &report);
-    assert!(summary.contains("device mon-1: 2 records, 5 observations, seq 1..=5, no gaps"), "{summary}");
+    assert!(
+        summary.contains("device mon-1: 2 records, 5 observations, seq 1..=5, no gaps"),
+        "{summary}"
+    );
     assert!(summary.contains("result: ok"), "{summary}");
 }
 
@@ -65,8 +78,8 @@ fn gaps_and_duplicates_are_counted() {
     let key = GatewayKey::generate();
     let records = vec![
         signed(&key, "mon-1", 1, 3, 0),
-        signed(&key, "mon-1", 3, 4, 1),  // seq 3 again: one duplicate
-        signed(&key, "mon-1", 7, 7, 2),  // 5-6 missing
+        signed(&key, "mon-1", 3, 4, 1),   // seq 3 again: one duplicate
+        signed(&key, "mon-1", 7, 7, 2),   // 5-6 missing
         signed(&key, "mon-1", 10, 12, 3), // 8-9 missing
         signed(&key, "mon-1", 10, 12, 4), // full re-send: three duplicates
     ];
@@ -79,7 +92,10 @@ fn gaps_and_duplicates_are_counted() {
     assert_eq!(d.observations, 12);
     assert!(!report.is_clean());
     let summary = render_summary("t", &report);
-    assert!(summary.contains("2 gap(s): 5-6, 8-9") && summary.contains("FAILED"), "{summary}");
+    assert!(
+        summary.contains("2 gap(s): 5-6, 8-9") && summary.contains("FAILED"),
+        "{summary}"
+    );
 }
 
 #[test]
@@ -104,14 +120,18 @@ fn tampered_wrong_key_and_unsigned_records() {
 
     // Without a key, signed records are neither ok nor bad.
     let report = report_from_records(&records, None);
-    assert_eq!((report.signatures_ok, report.signatures_bad, report.unsigned), (0, 0, 1));
+    assert_eq!(
+        (report.signatures_ok, report.signatures_bad, report.unsigned),
+        (0, 0, 1)
+    );
 }
 
 #[test]
 fn wrong_algorithm_header_fails_and_unparseable_values_are_counted() {
     let key = GatewayKey::generate();
     let mut rec = signed(&key, "mon-1", 1, 1, 0);
-    rec.headers.insert(headers::SIGNATURE_ALG.into(), "rsa".into());
+    rec.headers
+        .insert(headers::SIGNATURE_ALG.into(), "rsa".into());
     let garbage = ConsumedRecord::new(
         0,
         1,
@@ -124,7 +144,10 @@ fn wrong_algorithm_header_fails_and_unparseable_values_are_counted() {
     let report = report_from_records(&[rec, garbage], Some(&key.verifying_key()));
     assert_eq!(report.signatures_bad, 1);
     assert_eq!(report.unparseable, 1);
-    assert_eq!(report.devices["mon-9"].records, 1, "device falls back to the record key");
+    assert_eq!(
+        report.devices["mon-9"].records, 1,
+        "device falls back to the record key"
+    );
     assert_eq!(report.devices["mon-9"].distinct_seqs, 0);
 }
 
@@ -138,7 +161,10 @@ fn missing_seq_headers_fall_back_to_the_bundle_and_huge_ranges_are_ignored() {
     huge.seq_last = Some(u64::MAX);
     let report = report_from_records(&[rec, huge], Some(&key.verifying_key()));
     let d = &report.devices["mon-1"];
-    assert_eq!((d.first_seq, d.last_seq, d.distinct_seqs), (Some(5), Some(7), 3));
+    assert_eq!(
+        (d.first_seq, d.last_seq, d.distinct_seqs),
+        (Some(5), Some(7), 3)
+    );
 }
 
 #[test]
@@ -151,7 +177,10 @@ fn json_lines_hold_only_verified_records() {
     let path = dir.path().join("out.jsonl");
     assert_eq!(write_verified_json_lines(&path, &records).unwrap(), 1);
     let text = std::fs::read_to_string(&path).unwrap();
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["offset"], 0);
     assert_eq!(lines[0]["headers"][headers::DEVICE_ID], "mon-1");
@@ -161,7 +190,10 @@ fn json_lines_hold_only_verified_records() {
 #[test]
 fn report_serializes_for_json_output() {
     let key = GatewayKey::generate();
-    let report = report_from_records(&[signed(&key, "mon-1", 1, 2, 0)], Some(&key.verifying_key()));
+    let report = report_from_records(
+        &[signed(&key, "mon-1", 1, 2, 0)],
+        Some(&key.verifying_key()),
+    );
     let v = serde_json::to_value(&report).unwrap();
     assert_eq!(v["devices"]["mon-1"]["last_seq"], 2);
     assert_eq!(v["devices"]["mon-1"]["gaps"], serde_json::json!([]));

@@ -62,7 +62,11 @@ fn bundle_envelope_is_a_deterministic_collection() {
         b["identifier"],
         json!({"system": "urn:icu-gateway:gw1:mon-1", "value": "7-8"})
     );
-    assert_eq!(micros_of(b["timestamp"].as_str().unwrap()), RECEIVE_US + 8, "newest receive time");
+    assert_eq!(
+        micros_of(b["timestamp"].as_str().unwrap()),
+        RECEIVE_US + 8,
+        "newest receive time"
+    );
     let entries = b["entry"].as_array().unwrap();
     assert_eq!(entries.len(), 2);
     let url = entries[0]["fullUrl"].as_str().unwrap();
@@ -114,7 +118,10 @@ fn observation_golden_fields() {
         json!({"value": 97.0, "unit": "%", "system": UCUM_SYSTEM, "code": "%"})
     );
     assert!(o.get("dataAbsentReason").is_none());
-    assert_eq!(micros_of(o["effectiveDateTime"].as_str().unwrap()), DEVICE_US + 7);
+    assert_eq!(
+        micros_of(o["effectiveDateTime"].as_str().unwrap()),
+        DEVICE_US + 7
+    );
     assert_eq!(micros_of(o["issued"].as_str().unwrap()), RECEIVE_US + 7);
     assert_eq!(o["device"]["reference"], "Device/mon-1");
     assert_eq!(o["referenceRange"][0]["low"]["value"], 90.0);
@@ -132,12 +139,23 @@ fn observation_golden_fields() {
 
     assert_eq!(extension(o, "seq").unwrap()["valueString"], "7");
     assert_eq!(extension(o, "bed").unwrap()["valueString"], "bed-3");
-    assert_eq!(extension(o, "containment-id").unwrap()["valueString"], "1.2.1.1");
-    assert_eq!(extension(o, "equipment-id").unwrap()["valueString"], "0123456789ABCDEF");
+    assert_eq!(
+        extension(o, "containment-id").unwrap()["valueString"],
+        "1.2.1.1"
+    );
+    assert_eq!(
+        extension(o, "equipment-id").unwrap()["valueString"],
+        "0123456789ABCDEF"
+    );
     assert_eq!(extension(o, "clock-synced").unwrap()["valueBoolean"], true);
-    assert_eq!(extension(o, "source-message-id").unwrap()["valueString"], "MSG0001");
+    assert_eq!(
+        extension(o, "source-message-id").unwrap()["valueString"],
+        "MSG0001"
+    );
     assert_eq!(extension(o, "source-row").unwrap()["valueUnsignedInt"], 2);
-    let receive = extension(o, "receive-time").unwrap()["valueInstant"].as_str().unwrap();
+    let receive = extension(o, "receive-time").unwrap()["valueInstant"]
+        .as_str()
+        .unwrap();
     assert_eq!(micros_of(receive), RECEIVE_US + 7);
 }
 
@@ -190,22 +208,34 @@ fn absent_text_and_corrected_values() {
     assert_eq!(o(2)["valueQuantity"]["value"], 97.0);
 
     let inv = o(3);
-    assert!(inv.get("valueQuantity").is_none(), "an invalid value is not reported as a value");
+    assert!(
+        inv.get("valueQuantity").is_none(),
+        "an invalid value is not reported as a value"
+    );
     assert_eq!(absent(&inv), "error");
     assert_eq!(extension(&inv, "value-text").unwrap()["valueString"], "12");
-    assert_eq!(extension(&inv, "measurement-status").unwrap()["valueCode"], "invalid");
+    assert_eq!(
+        extension(&inv, "measurement-status").unwrap()["valueCode"],
+        "invalid"
+    );
 
     assert_eq!(absent(&o(4)), "not-a-number");
     assert!(o(4).get("valueQuantity").is_none());
 
     let nd = o(5);
-    assert_eq!(micros_of(nd["effectiveDateTime"].as_str().unwrap()), RECEIVE_US + 6);
+    assert_eq!(
+        micros_of(nd["effectiveDateTime"].as_str().unwrap()),
+        RECEIVE_US + 6
+    );
 }
 
 #[test]
 fn terminology_fills_missing_refid_unit_and_loinc() {
     let t = Terminology::builtin();
-    let term = t.by_mdc(147842).expect("builtin has MDC_ECG_HEART_RATE").clone();
+    let term = t
+        .by_mdc(147842)
+        .expect("builtin has MDC_ECG_HEART_RATE")
+        .clone();
     let bare = Observation {
         mdc_code: 147842,
         mdc_refid: String::new(),
@@ -215,7 +245,7 @@ fn terminology_fills_missing_refid_unit_and_loinc() {
         value: Some(72.0),
         ..spo2(1)
     };
-    let b = bundle_json(&[bare.clone()]);
+    let b = bundle_json(std::slice::from_ref(&bare));
     let o = &b["entry"][0]["resource"];
     assert_eq!(o["code"]["coding"][0]["display"], term.refid.as_str());
     assert_eq!(o["valueQuantity"]["code"], term.ucum.as_str());
@@ -228,7 +258,10 @@ fn terminology_fills_missing_refid_unit_and_loinc() {
         ..bare
     };
     let b = bundle_json(&[own]);
-    assert_eq!(b["entry"][0]["resource"]["code"]["coding"][1]["code"], "76282-3");
+    assert_eq!(
+        b["entry"][0]["resource"]["code"]["coding"][1]["code"],
+        "76282-3"
+    );
 }
 
 #[test]
@@ -253,7 +286,9 @@ fn ids_stay_valid_for_any_device_id() {
     let valid = |id: &str| {
         !id.is_empty()
             && id.len() <= 64
-            && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
+            && id
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
     };
     assert!(valid(b["id"].as_str().unwrap()), "{}", b["id"]);
     let o = &b["entry"][0]["resource"];
@@ -272,7 +307,10 @@ fn empty_input_and_out_of_range_times_are_errors() {
         ..spo2(9)
     };
     let err = observation_bundle("gw1", "mon-1", &[bad], &t).unwrap_err();
-    assert!(matches!(err, BridgeError::FhirMapping { seq: 9, .. }), "{err}");
+    assert!(
+        matches!(err, BridgeError::FhirMapping { seq: 9, .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -303,6 +341,9 @@ fn parses_back_with_fhir_sdk_types() {
     assert_eq!(micros_of(p.effective.as_deref().unwrap()), DEVICE_US + 7);
     assert_eq!((parsed[1].seq, parsed[1].value), (8, None));
 
-    assert!(matches!(parse_bundle(b"{\"resourceType\":\"Patient\"}"), Err(BridgeError::FhirParse { .. })));
+    assert!(matches!(
+        parse_bundle(b"{\"resourceType\":\"Patient\"}"),
+        Err(BridgeError::FhirParse { .. })
+    ));
     assert!(observations_of(b"not json").is_err());
 }

@@ -42,12 +42,20 @@ pub enum MllpEvent {
     ///
     /// This also reports a partial frame cut short by a new `0x0B` or by the end of the stream
     /// (then `head` starts with the `0x0B`).
-    Garbage { offset: u64, len: usize, head: Bytes },
+    Garbage {
+        offset: u64,
+        len: usize,
+        head: Bytes,
+    },
     /// A frame longer than max_frame_bytes: discarded up to its end marker (never buffered beyond the limit); emitted once.
     ///
     /// `len` counts every discarded byte, start and end markers included; `head` is the first
     /// <=256 bytes of the frame, starting with its `0x0B`.
-    Oversized { offset: u64, len: usize, head: Bytes },
+    Oversized {
+        offset: u64,
+        len: usize,
+        head: Bytes,
+    },
 }
 
 /// A pending run of garbage (bytes before a start-of-block).
@@ -81,7 +89,11 @@ enum State {
     /// `buf[0]` is the `0x0B` of a frame; bytes `1..scanned` hold no end marker and no `0x0B`.
     InFrame { scanned: usize },
     /// Dropping an oversized frame that started at `offset`; `len` bytes are already dropped.
-    Discarding { offset: u64, len: usize, head: Bytes },
+    Discarding {
+        offset: u64,
+        len: usize,
+        head: Vec<u8>,
+    },
 }
 
 /// Decoder of MLLP blocks into [`MllpEvent`]s and encoder of payloads into blocks.
@@ -205,7 +217,7 @@ impl MllpCodec {
         if j > last_end {
             // Every acceptable end position has been seen without an end marker: oversized.
             let offset = self.offset;
-            let head = Self::head_of(buf);
+            let head = buf[..j.min(HEAD_BYTES)].to_vec();
             self.skip(buf, j);
             self.state = State::Discarding {
                 offset,
@@ -220,52 +232,43 @@ impl MllpCodec {
 
     /// Dropping an oversized frame until its end marker or the next `0x0B`.
     fn decode_discarding(&mut self, buf: &mut BytesMut) -> Option<MllpEvent> {
-        let State::Discarding { offset, len, head } =
-            std::mem::replace(&mut self.state, State::Idle { run: None })
+        let State::Discarding {
+            offset,
+            mut len,
+            mut head,
+        } = std::mem::replace(&mut self.state, State::Idle { run: None })
         else {
             return None;
         };
+        // (bytes to drop, state after the frame if it ended here)
         let mut k = 0;
-        while k < buf.len() {
+        let (dropped, next) = loop {
+            if k >= buf.len() {
+                break (k, None);
+            }
             match buf[k] {
-                START_BLOCK => {
-                    self.skip(buf, k);
-                    self.state = State::InFrame { scanned: 1 };
-                    return Some(MllpEvent::Oversized {
-                        offset,
-                        len: len + k,
-                        head,
-                    });
-                }
-                END_BLOCK if k + 1 == buf.len() => {
-                    // Keep the 0x1C: the 0x0D may be in the next read.
-                    self.skip(buf, k);
-                    self.state = State::Discarding {
-                        offset,
-                        len: len + k,
-                        head,
-                    };
-                    return None;
-                }
+                START_BLOCK => break (k, Some(State::InFrame { scanned: 1 })),
+                // Keep a trailing 0x1C: its 0x0D may come with the next read.
+                END_BLOCK if k + 1 == buf.len() => break (k, None),
                 END_BLOCK if buf[k + 1] == CARRIAGE_RETURN => {
-                    self.skip(buf, k + 2);
-                    self.state = State::Idle { run: None };
-                    return Some(MllpEvent::Oversized {
-                        offset,
-                        len: len + k + 2,
-                        head,
-                    });
+                    break (k + 2, Some(State::Idle { run: None }))
                 }
                 _ => k += 1,
             }
-        }
-        let n = buf.len();
-        self.skip(buf, n);
-        self.state = State::Discarding {
-            offset,
-            len: len + n,
-            head,
         };
+        let room = HEAD_BYTES.saturating_sub(head.len());
+        head.extend_from_slice(&buf[..dropped.min(room)]);
+        len += dropped;
+        self.skip(buf, dropped);
+        if let Some(next) = next {
+            self.state = next;
+            return Some(MllpEvent::Oversized {
+                offset,
+                len,
+                head: Bytes::from(head),
+            });
+        }
+        self.state = State::Discarding { offset, len, head };
         None
     }
 }
@@ -318,13 +321,19 @@ impl Decoder for MllpCodec {
                     head: Self::head_of(&partial),
                 })
             }
-            State::Discarding { offset, len, head } => {
+            State::Discarding {
+                offset,
+                len,
+                mut head,
+            } => {
                 let n = buf.len();
+                let room = HEAD_BYTES.saturating_sub(head.len());
+                head.extend_from_slice(&buf[..n.min(room)]);
                 self.skip(buf, n);
                 Some(MllpEvent::Oversized {
                     offset,
                     len: len + n,
-                    head,
+                    head: Bytes::from(head),
                 })
             }
         };

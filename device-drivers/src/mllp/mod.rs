@@ -16,7 +16,9 @@
 
 mod codec;
 
-pub use codec::{encode_frame, MllpCodec, MllpEvent, DEFAULT_MAX_FRAME_BYTES, GARBAGE_REPORT_BYTES};
+pub use codec::{
+    encode_frame, MllpCodec, MllpEvent, DEFAULT_MAX_FRAME_BYTES, GARBAGE_REPORT_BYTES,
+};
 
 /// Start-of-block byte (`<VT>`).
 pub const START_BLOCK: u8 = 0x0B;

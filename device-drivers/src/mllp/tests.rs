@@ -53,7 +53,10 @@ fn assert_tiles(events: &[MllpEvent], stream_len: usize) {
                 (*offset, *len)
             }
         };
-        assert_eq!(offset, next, "event {ev:?} does not start where the last ended");
+        assert_eq!(
+            offset, next,
+            "event {ev:?} does not start where the last ended"
+        );
         next = offset + len as u64;
     }
     assert_eq!(next, stream_len as u64, "events do not cover the stream");
@@ -181,7 +184,10 @@ fn memory_never_exceeds_the_limit_between_reads() {
         assert!(buf.len() <= max + 2, "buffered {} bytes", buf.len());
     }
     assert_eq!(events.len(), 2);
-    assert!(matches!(events[0], MllpEvent::Oversized { len: 100_003, .. }));
+    assert!(matches!(
+        events[0],
+        MllpEvent::Oversized { len: 100_003, .. }
+    ));
     assert_eq!(events[1], frame(100_003, b"fine"));
 }
 
@@ -272,7 +278,10 @@ fn encoder_wraps_and_refuses_framing_bytes() {
 }
 
 fn payload_strategy() -> impl Strategy<Value = Vec<u8>> {
-    proptest::collection::vec(any::<u8>().prop_filter("no framing bytes", |b| *b != 0x0b && *b != 0x1c), 0..200)
+    proptest::collection::vec(
+        any::<u8>().prop_filter("no framing bytes", |b| *b != 0x0b && *b != 0x1c),
+        0..200,
+    )
 }
 
 /// Splits `stream` at the given (sorted, deduplicated) cut points.
@@ -304,7 +313,10 @@ fn model(items: &[Item], max: usize) -> Vec<MllpEvent> {
     let mut run_start = 0u64;
     let flush = |run: &mut Vec<u8>, run_start: u64, events: &mut Vec<MllpEvent>| {
         for (i, piece) in run.chunks(GARBAGE_REPORT_BYTES).enumerate() {
-            events.push(garbage(run_start + (i * GARBAGE_REPORT_BYTES) as u64, piece));
+            events.push(garbage(
+                run_start + (i * GARBAGE_REPORT_BYTES) as u64,
+                piece,
+            ));
         }
         run.clear();
     };
@@ -400,4 +412,30 @@ proptest! {
         prop_assert_eq!(&events, &whole);
         assert_tiles(&events, stream.len());
     }
+}
+
+#[tokio::test]
+async fn works_through_framed_read_and_write() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_util::codec::{FramedRead, FramedWrite};
+
+    let mut wire = Vec::new();
+    {
+        let mut writer = FramedWrite::new(&mut wire, MllpCodec::default());
+        writer.send(&b"MSH|one"[..]).await.unwrap();
+        writer.send(&b"MSH|two"[..]).await.unwrap();
+    }
+    wire.extend_from_slice(b"\x0bMSH|cut");
+    let events: Vec<MllpEvent> = FramedRead::new(&wire[..], MllpCodec::default())
+        .map(|r| r.expect("no io error"))
+        .collect()
+        .await;
+    assert_eq!(
+        events,
+        vec![
+            frame(0, b"MSH|one"),
+            frame(10, b"MSH|two"),
+            garbage(20, b"\x0bMSH|cut"),
+        ]
+    );
 }

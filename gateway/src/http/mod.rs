@@ -58,7 +58,9 @@ async fn status(state: web::Data<HttpState>) -> HttpResponse {
         Err(e) => serde_json::json!({ "error": e.to_string() }),
     };
     let backbone = match &state.bridge {
-        None => serde_json::json!({ "state": "disabled", "reason": "no [kafka] configured: readings are kept in the outbox" }),
+        None => {
+            serde_json::json!({ "state": "disabled", "reason": "no [kafka] configured: readings are kept in the outbox" })
+        }
         Some(b) => {
             let mut v = b.snapshot();
             if let Some(obj) = v.as_object_mut() {

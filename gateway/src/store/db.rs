@@ -25,7 +25,9 @@ pub const KIND_OBSERVATION: i64 = 1;
 pub enum StoreError {
     #[error("store write failed ({path}): {message}")]
     Sqlite { path: String, message: String },
-    #[error("store disk budget reached: {used_mib} MiB used of {budget_mib} MiB; reading not stored")]
+    #[error(
+        "store disk budget reached: {used_mib} MiB used of {budget_mib} MiB; reading not stored"
+    )]
     BudgetExceeded { used_mib: u64, budget_mib: u64 },
     #[error("store overloaded: {pending} writes already waiting for the disk; reading not stored")]
     Overloaded { pending: usize },
@@ -68,10 +70,18 @@ pub enum WriteRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOutcome {
     /// Stored under seqs `first..=last` (empty when the message held no readings: first > last).
-    Stored { first_seq: u64, last_seq: u64 },
+    Stored {
+        first_seq: u64,
+        last_seq: u64,
+    },
     /// The same message was stored before under these seqs; nothing new was written.
-    Duplicate { first_seq: u64, last_seq: u64 },
-    DeadLettered { id: i64 },
+    Duplicate {
+        first_seq: u64,
+        last_seq: u64,
+    },
+    DeadLettered {
+        id: i64,
+    },
 }
 
 /// Writer connection: the only one that inserts.
@@ -132,7 +142,8 @@ impl StoreDb {
         budget_bytes: u64,
     ) -> Result<Self, StoreError> {
         let conn = open_connection(path, synchronous_full)?;
-        conn.execute_batch(SCHEMA).map_err(|e| sqlite_err(path, e))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| sqlite_err(path, e))?;
         Ok(Self {
             conn,
             path: path.to_owned(),
@@ -154,7 +165,10 @@ impl StoreDb {
     }
 
     /// Applies a batch in one transaction; returns one result per request, in order.
-    pub fn commit_batch(&mut self, requests: &[WriteRequest]) -> Vec<Result<WriteOutcome, StoreError>> {
+    pub fn commit_batch(
+        &mut self,
+        requests: &[WriteRequest],
+    ) -> Vec<Result<WriteOutcome, StoreError>> {
         let used = self.disk_usage();
         if used >= self.budget_bytes {
             let e = StoreError::BudgetExceeded {
@@ -254,7 +268,11 @@ fn insert_observations(
         params![b.device_id, seq],
     )?;
     if let Some((control_id, digest)) = &b.dedup {
-        let received = b.observations.first().map(|o| o.receive_time_us).unwrap_or(0);
+        let received = b
+            .observations
+            .first()
+            .map(|o| o.receive_time_us)
+            .unwrap_or(0);
         tx.execute(
             "INSERT OR REPLACE INTO messages (device_id, control_id, digest, first_seq, last_seq, received_us)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -267,7 +285,10 @@ fn insert_observations(
     })
 }
 
-fn insert_dead_letter(tx: &rusqlite::Savepoint<'_>, d: &DeadLetter) -> rusqlite::Result<WriteOutcome> {
+fn insert_dead_letter(
+    tx: &rusqlite::Savepoint<'_>,
+    d: &DeadLetter,
+) -> rusqlite::Result<WriteOutcome> {
     tx.execute(
         "INSERT INTO dead_letters (received_us, transport, peer, device_id, stream_offset, ack_code, error_code, location, reason, raw, raw_len)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -309,7 +330,8 @@ pub struct ReaderDb {
 impl ReaderDb {
     pub fn open(path: &Path, synchronous_full: bool) -> Result<Self, StoreError> {
         let conn = open_connection(path, synchronous_full)?;
-        conn.execute_batch(SCHEMA).map_err(|e| sqlite_err(path, e))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| sqlite_err(path, e))?;
         Ok(Self {
             conn,
             path: path.to_owned(),
@@ -321,15 +343,16 @@ impl ReaderDb {
     }
 
     /// Oldest unsent records, fair across devices, ordered by (device_id, seq).
-    pub fn fetch_unsent(&self, limit: usize) -> Result<Vec<(String, u64, String, Vec<u8>)>, StoreError> {
+    pub fn fetch_unsent(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(String, u64, String, Vec<u8>)>, StoreError> {
         let devices: Vec<String> = {
             let mut stmt = self
                 .conn
                 .prepare_cached("SELECT DISTINCT device_id FROM records WHERE sent = 0")
                 .map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map([], |r| r.get(0))
-                .map_err(|e| self.err(e))?;
+            let rows = stmt.query_map([], |r| r.get(0)).map_err(|e| self.err(e))?;
             rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
         };
         if devices.is_empty() {
@@ -346,7 +369,12 @@ impl ReaderDb {
         for d in devices {
             let rows = stmt
                 .query_map(params![d, per_device as i64], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?, r.get(3)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get(2)?,
+                        r.get(3)?,
+                    ))
                 })
                 .map_err(|e| self.err(e))?;
             for row in rows {
@@ -437,14 +465,42 @@ mod tests {
     fn seqs_are_gapless_per_device_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let (mut db, _) = open(dir.path());
-        let r = db.commit_batch(&[batch("a", Some("m1"), 3), batch("b", Some("m1"), 2), batch("a", Some("m2"), 2)]);
-        assert_eq!(r[0].as_ref().unwrap(), &WriteOutcome::Stored { first_seq: 1, last_seq: 3 });
-        assert_eq!(r[1].as_ref().unwrap(), &WriteOutcome::Stored { first_seq: 1, last_seq: 2 });
-        assert_eq!(r[2].as_ref().unwrap(), &WriteOutcome::Stored { first_seq: 4, last_seq: 5 });
+        let r = db.commit_batch(&[
+            batch("a", Some("m1"), 3),
+            batch("b", Some("m1"), 2),
+            batch("a", Some("m2"), 2),
+        ]);
+        assert_eq!(
+            r[0].as_ref().unwrap(),
+            &WriteOutcome::Stored {
+                first_seq: 1,
+                last_seq: 3
+            }
+        );
+        assert_eq!(
+            r[1].as_ref().unwrap(),
+            &WriteOutcome::Stored {
+                first_seq: 1,
+                last_seq: 2
+            }
+        );
+        assert_eq!(
+            r[2].as_ref().unwrap(),
+            &WriteOutcome::Stored {
+                first_seq: 4,
+                last_seq: 5
+            }
+        );
         drop(db);
         let (mut db, reader) = open(dir.path());
         let r = db.commit_batch(&[batch("a", Some("m3"), 1)]);
-        assert_eq!(r[0].as_ref().unwrap(), &WriteOutcome::Stored { first_seq: 6, last_seq: 6 });
+        assert_eq!(
+            r[0].as_ref().unwrap(),
+            &WriteOutcome::Stored {
+                first_seq: 6,
+                last_seq: 6
+            }
+        );
         let unsent = reader.fetch_unsent(100).unwrap();
         let a: Vec<u64> = unsent.iter().filter(|r| r.0 == "a").map(|r| r.1).collect();
         assert_eq!(a, vec![1, 2, 3, 4, 5, 6]);
@@ -459,7 +515,13 @@ mod tests {
         let (mut db, reader) = open(dir.path());
         db.commit_batch(&[batch("a", Some("m1"), 3)]);
         let r = db.commit_batch(&[batch("a", Some("m1"), 3)]);
-        assert_eq!(r[0].as_ref().unwrap(), &WriteOutcome::Duplicate { first_seq: 1, last_seq: 3 });
+        assert_eq!(
+            r[0].as_ref().unwrap(),
+            &WriteOutcome::Duplicate {
+                first_seq: 1,
+                last_seq: 3
+            }
+        );
         assert_eq!(reader.counts().unwrap().records, 3);
     }
 
@@ -478,13 +540,28 @@ mod tests {
             .unwrap();
         let r = db.commit_batch(&[batch("a", Some("m2"), 3), batch("b", None, 1)]);
         assert!(matches!(r[0], Err(StoreError::Sqlite { .. })), "{r:?}");
-        assert_eq!(r[1].as_ref().unwrap(), &WriteOutcome::Stored { first_seq: 1, last_seq: 1 });
+        assert_eq!(
+            r[1].as_ref().unwrap(),
+            &WriteOutcome::Stored {
+                first_seq: 1,
+                last_seq: 1
+            }
+        );
         let c = reader.counts().unwrap();
-        assert_eq!(c.records, 3, "device a keeps only its first 2 rows, b has 1");
+        assert_eq!(
+            c.records, 3,
+            "device a keeps only its first 2 rows, b has 1"
+        );
         assert_eq!(c.per_device_next_seq["a"], 3);
         reader.conn.execute_batch("DROP TRIGGER fail").unwrap();
         let r = db.commit_batch(&[batch("a", Some("m2"), 3)]);
-        assert_eq!(r[0].as_ref().unwrap(), &WriteOutcome::Stored { first_seq: 3, last_seq: 5 });
+        assert_eq!(
+            r[0].as_ref().unwrap(),
+            &WriteOutcome::Stored {
+                first_seq: 3,
+                last_seq: 5
+            }
+        );
     }
 
     #[test]
@@ -504,7 +581,12 @@ mod tests {
         let (mut db, reader) = open(dir.path());
         db.commit_batch(&[batch("a", None, 5)]);
         assert_eq!(reader.mark_sent("a", 1, 3).unwrap(), 3);
-        let seqs: Vec<u64> = reader.fetch_unsent(10).unwrap().iter().map(|r| r.1).collect();
+        let seqs: Vec<u64> = reader
+            .fetch_unsent(10)
+            .unwrap()
+            .iter()
+            .map(|r| r.1)
+            .collect();
         assert_eq!(seqs, vec![4, 5]);
         assert_eq!(reader.counts().unwrap().unsent, 2);
     }

@@ -24,7 +24,9 @@ use icu_protos::v1::StoredRecord;
 use icu_protos::Message as _;
 use tokio::sync::oneshot;
 
-pub use db::{DeadLetter, ObservationBatch, ReaderDb, StoreDb, StoreError, WriteOutcome, WriteRequest};
+pub use db::{
+    DeadLetter, ObservationBatch, ReaderDb, StoreDb, StoreError, WriteOutcome, WriteRequest,
+};
 
 /// Counters of the store, shared with the API.
 #[derive(Debug, Default)]
@@ -80,7 +82,10 @@ pub struct Append(pub WriteRequest);
 /// Who gets told after a commit (the bridge, so it forwards at once instead of at its next poll).
 pub type CommitListener = Box<dyn Fn() + Send>;
 
-type Pending = (WriteRequest, oneshot::Sender<Result<WriteOutcome, StoreError>>);
+type Pending = (
+    WriteRequest,
+    oneshot::Sender<Result<WriteOutcome, StoreError>>,
+);
 
 /// The async front of the store (see the module docs).
 pub struct Store {
@@ -102,7 +107,12 @@ impl Store {
         stats: Arc<StoreStats>,
         on_commit: Option<CommitListener>,
     ) -> Result<Addr<Store>, StoreError> {
-        let db = StoreDb::open(&cfg.path, gateway_id, cfg.synchronous_full, cfg.disk_budget_bytes)?;
+        let db = StoreDb::open(
+            &cfg.path,
+            gateway_id,
+            cfg.synchronous_full,
+            cfg.disk_budget_bytes,
+        )?;
         let cell = Mutex::new(Some(db));
         let writer = SyncArbiter::start(1, move || StoreWriter {
             db: cell
@@ -144,7 +154,8 @@ impl Store {
             .into_actor(self)
             .map(move |res, act, ctx| {
                 act.busy = false;
-                let results = res.unwrap_or_else(|_| (0..n).map(|_| Err(StoreError::Closed)).collect());
+                let results =
+                    res.unwrap_or_else(|_| (0..n).map(|_| Err(StoreError::Closed)).collect());
                 act.stats.commits.fetch_add(1, Ordering::Relaxed);
                 let mut any_stored = false;
                 for (reply, result) in replies.into_iter().zip(results) {
@@ -211,22 +222,30 @@ impl SqliteOutbox {
     }
 }
 
-fn bridge_err(e: StoreError) -> icu_cloud_bridge::error::BridgeError {
-    icu_cloud_bridge::error::BridgeError::Outbox(e.to_string())
+fn outbox_err(
+    operation: &'static str,
+) -> impl Fn(StoreError) -> icu_cloud_bridge::error::BridgeError {
+    move |e| icu_cloud_bridge::error::BridgeError::Outbox {
+        operation,
+        reason: e.to_string(),
+    }
 }
 
 impl Outbox for SqliteOutbox {
-    fn fetch_unsent(&self, limit: usize) -> Result<Vec<OutboxRecord>, icu_cloud_bridge::error::BridgeError> {
+    fn fetch_unsent(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<OutboxRecord>, icu_cloud_bridge::error::BridgeError> {
         let rows = self
             .reader
             .lock()
-            .map_err(|_| bridge_err(StoreError::Closed))?
+            .map_err(|_| outbox_err("fetch_unsent")(StoreError::Closed))?
             .fetch_unsent(limit)
-            .map_err(bridge_err)?;
+            .map_err(outbox_err("fetch_unsent"))?;
         rows.into_iter()
             .map(|(device_id, seq, bed, payload)| {
                 let record = StoredRecord::decode(payload.as_slice()).map_err(|e| {
-                    bridge_err(StoreError::Sqlite {
+                    outbox_err("fetch_unsent")(StoreError::Sqlite {
                         path: format!("records({device_id}, {seq})"),
                         message: format!("stored record does not decode: {e}"),
                     })
@@ -249,9 +268,9 @@ impl Outbox for SqliteOutbox {
     ) -> Result<(), icu_cloud_bridge::error::BridgeError> {
         self.reader
             .lock()
-            .map_err(|_| bridge_err(StoreError::Closed))?
+            .map_err(|_| outbox_err("mark_sent")(StoreError::Closed))?
             .mark_sent(device_id, first_seq, last_seq)
             .map(|_| ())
-            .map_err(bridge_err)
+            .map_err(outbox_err("mark_sent"))
     }
 }

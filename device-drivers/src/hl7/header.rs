@@ -1,0 +1,126 @@
+//! The MSH segment: who sent a message, what it is, and its control id.
+//!
+//! [`parse_header`] reads only the first segment (with hl7-parser), so an ACK (even an AE/AR one) can be addressed
+//! and correlated when the rest of the message is broken.
+
+use super::error::{ErrorCode, ErrorLocation, Hl7Error};
+use super::message::{self, Delimiters};
+
+/// The fields of MSH that routing and acknowledging need.
+///
+/// Values are kept as written (escape sequences not decoded, components not split) except that a
+/// sender's non-standard delimiters are re-encoded as `|^~\&`, so each value can be echoed
+/// verbatim into an ACK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageHeader {
+    /// MSH-3, e.g. `ICU_GW^0012AB00000000A1^EUI-64`.
+    pub sending_application: String,
+    /// MSH-4.
+    pub sending_facility: String,
+    /// MSH-5.
+    pub receiving_application: String,
+    /// MSH-6.
+    pub receiving_facility: String,
+    /// MSH-7 as written (DTM).
+    pub message_time: String,
+    /// MSH-9.1, e.g. `ORU`.
+    pub message_type: String,
+    /// MSH-9.2, e.g. `R01`.
+    pub trigger_event: String,
+    /// MSH-10, echoed in MSA-2.
+    pub control_id: String,
+    /// MSH-11.1, `P` production, `D` debugging/demo, `T` training.
+    pub processing_id: String,
+    /// MSH-12.1, e.g. `2.6`.
+    pub version: String,
+}
+
+/// Reads the MSH segment of an HL7 v2 message.
+///
+/// Errors (all AR): the payload is empty, does not start with `MSH`, its first segment is not
+/// UTF-8, or MSH-1/MSH-2 do not declare usable delimiters. A leading byte-order mark and leading
+/// blank lines are tolerated.
+pub fn parse_header(payload: &[u8]) -> Result<MessageHeader, Hl7Error> {
+    let (line, d) = msh_line(payload)?;
+    // The MSH line alone, so the header is readable whatever follows it. `msh_line` has checked
+    // the delimiters, which is all hl7-parser needs to read an MSH segment.
+    let parsed = hl7_parser::Message::parse(line).map_err(|_| not_hl7(payload))?;
+    let Some(msh) = parsed.segments.first() else {
+        return Err(not_hl7(payload));
+    };
+    // hl7-parser takes MSH-2 as exactly four characters: a v2.7 truncation character comes back
+    // as an extra field before MSH-3.
+    let shift = usize::from(d.truncation.is_some());
+    let field = |n: usize| msh.field(n + shift);
+    let raw = |n: usize| {
+        message::to_standard_delimiters(field(n).map_or("", |f| f.raw_value()), &d).into_owned()
+    };
+    let comp = |n: usize, c: usize| {
+        message::to_standard_delimiters(message::component(field(n), c), &d)
+            .trim()
+            .to_owned()
+    };
+    Ok(MessageHeader {
+        sending_application: raw(3),
+        sending_facility: raw(4),
+        receiving_application: raw(5),
+        receiving_facility: raw(6),
+        message_time: raw(7),
+        message_type: comp(9, 1),
+        trigger_event: comp(9, 2),
+        control_id: raw(10).trim().to_owned(),
+        processing_id: comp(11, 1),
+        version: comp(12, 1),
+    })
+}
+
+/// The MSH line of a payload (as text) and its delimiters.
+pub(crate) fn msh_line(payload: &[u8]) -> Result<(&str, Delimiters), Hl7Error> {
+    let start = leading_noise(payload);
+    let body = &payload[start..];
+    if !body.starts_with(b"MSH") {
+        return Err(not_hl7(payload));
+    }
+    let end = body
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(body.len());
+    let line = std::str::from_utf8(&body[..end]).map_err(|e| {
+        Hl7Error::reject(
+            ErrorCode::DataTypeError,
+            Some(ErrorLocation::field("MSH", 1, 1)),
+            format!(
+                "the MSH segment is not valid UTF-8 (bad byte at offset {}); configure the device to send UTF-8 or ASCII",
+                start + e.valid_up_to()
+            ),
+        )
+    })?;
+    let d = Delimiters::from_msh(line)?;
+    Ok((line, d))
+}
+
+/// Bytes to skip before `MSH`: a UTF-8 byte-order mark and ASCII whitespace.
+pub(crate) fn leading_noise(payload: &[u8]) -> usize {
+    let bom = if payload.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        3
+    } else {
+        0
+    };
+    bom + payload[bom..]
+        .iter()
+        .take_while(|b| b.is_ascii_whitespace())
+        .count()
+}
+
+fn not_hl7(payload: &[u8]) -> Hl7Error {
+    let shown = String::from_utf8_lossy(&payload[..payload.len().min(20)]).into_owned();
+    let message = if payload.is_empty() {
+        "the message is empty: expected an HL7 v2 message starting with MSH".to_owned()
+    } else {
+        format!(
+            "this is not an HL7 v2 message: it must start with 'MSH' but starts with '{}'; check that the device sends HL7 over MLLP to this port",
+            message::quote(&shown)
+        )
+    };
+    Hl7Error::reject(ErrorCode::SegmentSequenceError, None, message)
+}

@@ -1,0 +1,669 @@
+use chrono::{TimeZone, Utc};
+use icu_protos::v1::{Observation, ObservationStatus};
+use proptest::prelude::*;
+
+use super::*;
+use crate::terminology::Terminology;
+
+/// protocols.md §4.3, constructed PCD-01 example.
+const EXAMPLE: &[&str] = &[
+    "MSH|^~\\&|ICU_GW^0012AB00000000A1^EUI-64|ICU_GW|CIS|HOSP|20250101120000+0000||ORU^R01^ORU_R01|MSG000123|P|2.6|||AL|NE||UNICODE UTF-8|||IHE_PCD_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO",
+    "PID|||123456^^^HOSP^MR||DOE^JOHN^^^^^L",
+    "PV1||I|ICU1^101^A^HOSP",
+    "OBR|1|MSG000123^ICU_GW^0012AB00000000A1^EUI-64|MSG000123^ICU_GW^0012AB00000000A1^EUI-64|182777000^monitoring of patient^SCT|||20250101120000+0000",
+    "OBX|1||69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|1.0.0.0|||||||X|||||||0012AB00000000B2^^0012AB00000000B2^EUI-64",
+    "OBX|2|NM|147842^MDC_ECG_HEART_RATE^MDC|1.1.1.1|72|264864^MDC_DIM_BEAT_PER_MIN^MDC|50-120||||R||||||AMEAS^auto-measurement^MDC",
+    "OBX|3|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.2.1.1|97|262688^MDC_DIM_PERCENT^MDC|90-100||||R||||||AMEAS^auto-measurement^MDC",
+    "OBX|4|NM|150301^MDC_PRESS_CUFF_SYS^MDC|1.3.1.1|128|266016^MDC_DIM_MMHG^MDC|90-160||||R|||20250101115500+0000|||AMEAS^auto-measurement^MDC",
+    "OBX|5|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.2.1.2||262688^MDC_DIM_PERCENT^MDC||NAV|||X",
+];
+
+const RECEIVED_US: i64 = 1_735_732_800_500_000;
+
+fn example() -> String {
+    EXAMPLE.join("\r")
+}
+
+/// The example with segment `index` replaced.
+fn with_segment(index: usize, segment: &str) -> String {
+    let mut segs: Vec<&str> = EXAMPLE.to_vec();
+    segs[index] = segment;
+    segs.join("\r")
+}
+
+fn decode(text: &str) -> Result<Pcd01Message, Hl7Error> {
+    decode_pcd01(text.as_bytes(), RECEIVED_US, &Terminology::builtin())
+}
+
+fn us(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {
+    Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
+        .single()
+        .map(|t| t.timestamp_micros())
+        .unwrap_or_default()
+}
+
+fn loc(s: &str) -> Option<String> {
+    Some(s.to_owned())
+}
+
+fn err_loc(e: &Hl7Error) -> Option<String> {
+    e.location.as_ref().map(ToString::to_string)
+}
+
+#[test]
+fn constructed_example_decodes_to_four_observations() {
+    let msg = decode(&example()).expect("example decodes");
+    assert_eq!(
+        msg.header,
+        MessageHeader {
+            sending_application: "ICU_GW^0012AB00000000A1^EUI-64".into(),
+            sending_facility: "ICU_GW".into(),
+            receiving_application: "CIS".into(),
+            receiving_facility: "HOSP".into(),
+            message_time: "20250101120000+0000".into(),
+            message_type: "ORU".into(),
+            trigger_event: "R01".into(),
+            control_id: "MSG000123".into(),
+            processing_id: "P".into(),
+            version: "2.6".into(),
+        }
+    );
+    assert_eq!(msg.equipment_id, loc("0012AB00000000B2"));
+    assert_eq!(msg.patient_id, loc("123456"));
+    assert_eq!(msg.location, loc("ICU1^101^A^HOSP"));
+    assert_eq!(msg.observations.len(), 4);
+
+    let obr_time = us(2025, 1, 1, 12, 0, 0);
+    let common = Observation {
+        receive_time_us: RECEIVED_US,
+        equipment_id: "0012AB00000000B2".into(),
+        reported_patient_id: "123456".into(),
+        source_message_id: "MSG000123".into(),
+        status: ObservationStatus::Valid as i32,
+        device_time_us: Some(obr_time),
+        ..Default::default()
+    };
+    let hr = Observation {
+        mdc_code: 147842,
+        mdc_refid: "MDC_ECG_HEART_RATE".into(),
+        value: Some(72.0),
+        value_text: "72".into(),
+        unit_ucum: "/min".into(),
+        unit_mdc_code: 264864,
+        containment_id: "1.1.1.1".into(),
+        limit_low: Some(50.0),
+        limit_high: Some(120.0),
+        loinc: "8867-4".into(),
+        source_row: 2,
+        ..common.clone()
+    };
+    let spo2 = Observation {
+        mdc_code: 150456,
+        mdc_refid: "MDC_PULS_OXIM_SAT_O2".into(),
+        value: Some(97.0),
+        value_text: "97".into(),
+        unit_ucum: "%".into(),
+        unit_mdc_code: 262688,
+        containment_id: "1.2.1.1".into(),
+        limit_low: Some(90.0),
+        limit_high: Some(100.0),
+        loinc: "59408-5".into(),
+        source_row: 3,
+        ..common.clone()
+    };
+    let nibp = Observation {
+        mdc_code: 150301,
+        mdc_refid: "MDC_PRESS_CUFF_SYS".into(),
+        value: Some(128.0),
+        value_text: "128".into(),
+        unit_ucum: "mm[Hg]".into(),
+        unit_mdc_code: 266016,
+        containment_id: "1.3.1.1".into(),
+        limit_low: Some(90.0),
+        limit_high: Some(160.0),
+        loinc: "8480-6".into(),
+        source_row: 4,
+        device_time_us: Some(us(2025, 1, 1, 11, 55, 0)),
+        ..common.clone()
+    };
+    let spo2_nav = Observation {
+        mdc_code: 150456,
+        mdc_refid: "MDC_PULS_OXIM_SAT_O2".into(),
+        value: None,
+        value_text: String::new(),
+        unit_ucum: "%".into(),
+        unit_mdc_code: 262688,
+        containment_id: "1.2.1.2".into(),
+        abnormal_flags: "NAV".into(),
+        status: ObservationStatus::NotAvailable as i32,
+        loinc: "59408-5".into(),
+        source_row: 5,
+        ..common.clone()
+    };
+    assert_eq!(msg.observations, vec![hr, spo2, nibp, spo2_nav]);
+    // Left for the gateway.
+    for o in &msg.observations {
+        assert!(o.device_id.is_empty() && o.bed.is_empty() && o.seq == 0 && !o.clock_synced);
+    }
+}
+
+#[test]
+fn segment_separators_are_lenient() {
+    let reference = decode(&example()).unwrap();
+    for sep in ["\n", "\r\n", "\r\r", "\n\n"] {
+        let text = EXAMPLE.join(sep);
+        assert_eq!(decode(&text).unwrap(), reference, "separator {sep:?}");
+        assert_eq!(decode(&format!("{text}{sep}")).unwrap(), reference);
+    }
+    let with_bom = format!("\u{feff}{}\r", example());
+    assert_eq!(decode(&with_bom).unwrap(), reference);
+}
+
+#[test]
+fn non_numeric_nm_rejects_the_whole_message() {
+    let text = with_segment(
+        6,
+        "OBX|3|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.2.1.1|abc|262688^MDC_DIM_PERCENT^MDC|90-100||||R",
+    );
+    let err = decode(&text).unwrap_err();
+    assert_eq!(err.ack, AckCode::AE);
+    assert_eq!(err.code, ErrorCode::DataTypeError);
+    assert_eq!(err_loc(&err), loc("OBX^3^5"));
+    assert_eq!(err.message, "OBX-5 'abc' is not numeric");
+    assert_eq!(err.to_string(), "OBX-5 'abc' is not numeric");
+}
+
+#[test]
+fn wrong_message_type_event_and_version_are_rejected() {
+    let msh = |msh9: &str, version: &str| {
+        with_segment(
+            0,
+            &format!(
+                "MSH|^~\\&|ADT_SYS|HOSP|ICU_GW|ICU|20250101080000||{msh9}|ADT0001|P|{version}"
+            ),
+        )
+    };
+    let err = decode(&msh("ADT^A01^ADT_A01", "2.5")).unwrap_err();
+    assert_eq!(
+        (err.ack, err.code),
+        (AckCode::AR, ErrorCode::UnsupportedMessageType)
+    );
+    assert_eq!(err_loc(&err), loc("MSH^1^9"));
+    assert!(err.message.contains("'ADT^A01'"), "{}", err.message);
+
+    let err = decode(&msh("ORU^R40^ORU_R40", "2.6")).unwrap_err();
+    assert_eq!(
+        (err.ack, err.code),
+        (AckCode::AR, ErrorCode::UnsupportedEventCode)
+    );
+    assert_eq!(err_loc(&err), loc("MSH^1^9"));
+
+    let err = decode(&msh("ORU^R01", "3.0")).unwrap_err();
+    assert_eq!(
+        (err.ack, err.code),
+        (AckCode::AR, ErrorCode::UnsupportedVersionId)
+    );
+    assert_eq!(err_loc(&err), loc("MSH^1^12"));
+
+    assert!(decode(&msh("ORU^R01", "2.3.1")).is_ok());
+}
+
+#[test]
+fn missing_control_id_is_ae_101() {
+    let text = with_segment(
+        0,
+        "MSH|^~\\&|ICU_GW|ICU_GW|CIS|HOSP|20250101120000+0000||ORU^R01^ORU_R01||P|2.6",
+    );
+    let err = decode(&text).unwrap_err();
+    assert_eq!(
+        (err.ack, err.code),
+        (AckCode::AE, ErrorCode::RequiredFieldMissing)
+    );
+    assert_eq!(err_loc(&err), loc("MSH^1^10"));
+}
+
+#[test]
+fn payload_that_is_not_hl7_is_rejected() {
+    let t = Terminology::builtin();
+    for payload in [
+        &b""[..],
+        b"hello world",
+        b"GET / HTTP/1.1\r\n",
+        b"MSX|^~\\&|",
+    ] {
+        let err = decode_pcd01(payload, 0, &t).unwrap_err();
+        assert_eq!(err.ack, AckCode::AR, "{payload:?}");
+        assert_eq!(err.code, ErrorCode::SegmentSequenceError);
+        assert!(parse_header(payload).is_err());
+    }
+    let err = decode_pcd01(b"MSH|^~\\&|\xff\xfe|X", 0, &t).unwrap_err();
+    assert_eq!((err.ack, err.code), (AckCode::AR, ErrorCode::DataTypeError));
+    assert!(err.message.contains("UTF-8"), "{}", err.message);
+
+    let err = decode_pcd01(b"MSH|^^\\&|A", 0, &t).unwrap_err();
+    assert_eq!((err.ack, err.code), (AckCode::AR, ErrorCode::DataTypeError));
+    assert_eq!(err_loc(&err), loc("MSH^1^2"));
+
+    let mut broken_later = example().into_bytes();
+    broken_later.extend_from_slice(b"\rOBX|6|NM|\xff\xfe");
+    let err = decode_pcd01(&broken_later, 0, &t).unwrap_err();
+    assert_eq!((err.ack, err.code), (AckCode::AR, ErrorCode::DataTypeError));
+}
+
+#[test]
+fn header_is_read_even_when_later_segments_are_broken() {
+    let mut payload = EXAMPLE[0].as_bytes().to_vec();
+    payload.extend_from_slice(b"\r\xff\xfe not a segment \x00\rOBX|x");
+    let h = parse_header(&payload).unwrap();
+    assert_eq!(h.control_id, "MSG000123");
+    assert_eq!(
+        (h.message_type.as_str(), h.trigger_event.as_str()),
+        ("ORU", "R01")
+    );
+    assert_eq!(h.version, "2.6");
+}
+
+#[test]
+fn required_and_typed_fields_have_locations() {
+    let cases = [
+        (
+            "OBX|2|NM||1.1.1.1|72|264864^MDC_DIM_BEAT_PER_MIN^MDC",
+            ErrorCode::RequiredFieldMissing,
+            "OBX^2^3",
+        ),
+        (
+            "OBX|2|NM|HR^MDC_ECG_HEART_RATE^MDC|1.1.1.1|72",
+            ErrorCode::DataTypeError,
+            "OBX^2^3^1",
+        ),
+        (
+            "OBX|2|NM|^MDC_ECG_HEART_RATE^MDC|1.1.1.1|72",
+            ErrorCode::RequiredFieldMissing,
+            "OBX^2^3^1",
+        ),
+        (
+            "OBX|2|NM|147842^MDC_ECG_HEART_RATE^MDC|1.1.1.1|72||||||R|||2025-01-01",
+            ErrorCode::DataTypeError,
+            "OBX^2^14",
+        ),
+        (
+            "OBX|2|NM|147842^MDC_ECG_HEART_RATE^MDC|1.1.1.1|1e3",
+            ErrorCode::DataTypeError,
+            "OBX^2^5",
+        ),
+    ];
+    for (segment, code, location) in cases {
+        let err = decode(&with_segment(5, segment)).unwrap_err();
+        assert_eq!((err.ack, err.code), (AckCode::AE, code), "{segment}: {err}");
+        assert_eq!(err_loc(&err), loc(location), "{segment}");
+    }
+    let err = decode(&with_segment(3, "OBR|1|||x|||20251301")).unwrap_err();
+    assert_eq!((err.ack, err.code), (AckCode::AE, ErrorCode::DataTypeError));
+    assert_eq!(err_loc(&err), loc("OBR^1^7"));
+    assert!(
+        err.message.starts_with("OBR-7 '20251301'"),
+        "{}",
+        err.message
+    );
+
+    let err = decode(&with_segment(2, "not a segment")).unwrap_err();
+    assert_eq!(
+        (err.ack, err.code),
+        (AckCode::AE, ErrorCode::SegmentSequenceError)
+    );
+
+    let err = decode(&format!("{}\r{}", example(), EXAMPLE[0])).unwrap_err();
+    assert_eq!(err.code, ErrorCode::SegmentSequenceError);
+    assert_eq!(err_loc(&err), loc("MSH^2"));
+}
+
+fn one_row(obx: &str) -> Observation {
+    let text = [EXAMPLE[0], EXAMPLE[3], obx].join("\r");
+    let mut msg = decode(&text).unwrap_or_else(|e| panic!("{obx}: {e}"));
+    assert_eq!(msg.observations.len(), 1, "{obx}");
+    msg.observations.remove(0)
+}
+
+#[test]
+fn status_follows_obx8_and_obx11() {
+    let status = |obx: &str| one_row(obx).status;
+    let row = |flags: &str, obx11: &str| {
+        format!("OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC|1.1.1.1|72|264864^^MDC||{flags}|||{obx11}")
+    };
+    use ObservationStatus as S;
+    assert_eq!(status(&row("", "R")), S::Valid as i32);
+    assert_eq!(status(&row("", "F")), S::Valid as i32);
+    assert_eq!(status(&row("", "C")), S::Corrected as i32);
+    assert_eq!(status(&row("", "X")), S::NotAvailable as i32);
+    assert_eq!(status(&row("H~INV", "R")), S::Invalid as i32);
+    assert_eq!(status(&row("QUES", "R")), S::Invalid as i32);
+    assert_eq!(status(&row("DEMO", "R")), S::Test as i32);
+    assert_eq!(status(&row("CAL", "R")), S::Test as i32);
+    assert_eq!(status(&row("TEST~INV", "R")), S::Test as i32);
+    assert_eq!(status(&row("OFF", "R")), S::NotAvailable as i32);
+    assert_eq!(status(&row("NI", "R")), S::NotAvailable as i32);
+    assert_eq!(one_row(&row("H~HH", "R")).abnormal_flags, "H~HH");
+
+    // MSH-11 D (demo/service mode per SDPI) marks everything as test data.
+    let demo = [
+        "MSH|^~\\&|DEV|X|CIS|HOSP|20250101120000||ORU^R01|M1|D|2.6",
+        &row("", "R"),
+    ]
+    .join("\r");
+    let msg = decode(&demo).unwrap();
+    assert_eq!(msg.observations[0].status, S::Test as i32);
+    assert_eq!(msg.observations[0].device_time_us, None);
+}
+
+#[test]
+fn text_rows_keep_text_and_decode_escapes() {
+    let o = one_row("OBX|1|ST|184514^MDC_DRUG_NAME_LABEL^MDC|1.1.1.2|Noradrenalin \\T\\ Co\\F\\4\\S\\x \\E\\ \\X41\\||||||R");
+    assert_eq!(o.value, None);
+    assert_eq!(o.value_text, "Noradrenalin & Co|4^x \\ A");
+    assert_eq!(o.status, ObservationStatus::Valid as i32);
+
+    let o =
+        one_row("OBX|1|CWE|196616^MDC_EVT_ALARM^MDC|1.1.1.1|196882^MDC_EVT_LEADS_OFF^MDC||||||R");
+    assert_eq!(o.value_text, "196882^MDC_EVT_LEADS_OFF^MDC");
+    assert_eq!(o.value, None);
+
+    let o = one_row("OBX|1|ST|184514^MDC_DRUG_NAME_LABEL^MDC|1.1.1.2|caf\\XC3A9\\ \\Q\\ \\H\\bold\\N\\ line\\.br\\two \\X4\\ open\\F||||||R");
+    assert_eq!(o.value_text, "café \\Q\\ bold line\ntwo \\X4\\ open\\F");
+
+    // LOINC-coded row (patient sex, SDPI).
+    let o = one_row("OBX|1|ST|46098-0^Sex^LN|1.0.0.3|M||||||R");
+    assert_eq!(
+        (o.mdc_code, o.loinc.as_str(), o.value_text.as_str()),
+        (0, "46098-0", "M")
+    );
+}
+
+#[test]
+fn units_prefer_ucum_alternate_then_the_table() {
+    let unit = |obx6: &str| {
+        let o = one_row(&format!(
+            "OBX|1|NM|157784^MDC_FLOW_FLUID_PUMP^MDC|1.1.1.1|5.5|{obx6}||||||R"
+        ));
+        (o.unit_mdc_code, o.unit_ucum)
+    };
+    assert_eq!(
+        unit("265266^MDC_DIM_MILLI_L_PER_HR^MDC^mL/h^mL/h^UCUM"),
+        (265266, "mL/h".to_owned())
+    );
+    assert_eq!(
+        unit("265266^MDC_DIM_MILLI_L_PER_HR^MDC"),
+        (265266, "mL/h".to_owned())
+    );
+    assert_eq!(unit("999999^MDC_DIM_UNKNOWN^MDC"), (999999, String::new()));
+    assert_eq!(unit(""), (0, String::new()));
+    assert_eq!(unit("mL/h^mL/h^UCUM"), (0, "mL/h".to_owned()));
+}
+
+#[test]
+fn refid_and_loinc_are_filled_from_the_terminology() {
+    let o = one_row("OBX|1|NM|150364|1.1.1.1|37.2|268192||||||R");
+    assert_eq!(o.mdc_refid, "MDC_TEMP_BODY");
+    assert_eq!(o.loinc, "8310-5");
+    assert_eq!(o.unit_ucum, "Cel");
+    assert_eq!(o.value, Some(37.2));
+    assert_eq!(o.value_text, "37.2");
+    // Unknown code: kept, nothing invented.
+    let o = one_row("OBX|1|NM|4242^MDC_X^MDC|1.1.1.1|-1.5||||||R");
+    assert_eq!(
+        (o.mdc_refid.as_str(), o.loinc.as_str(), o.value),
+        ("MDC_X", "", Some(-1.5))
+    );
+}
+
+#[test]
+fn missing_value_type_is_inferred() {
+    let o = one_row("OBX|1||147842^MDC_ECG_HEART_RATE^MDC|1.1.1.1|72||||||R");
+    assert_eq!(o.value, Some(72.0));
+    let o = one_row("OBX|1||147842^MDC_ECG_HEART_RATE^MDC|1.1.1.1|---||||||R");
+    assert_eq!((o.value, o.value_text.as_str()), (None, "---"));
+}
+
+#[test]
+fn equipment_id_is_the_nearest_obx18_in_the_same_mds() {
+    let text = [
+        "MSH|^~\\&|GW^00AA00000000000A^EUI-64|X|CIS|HOSP|20250101120000||ORU^R01|M1|P|2.6",
+        "OBR|1||||||20250101120000",
+        "OBX|1|NM|147842^^MDC|1.1.1.1|60||||||R",
+        "OBX|2||69965^^MDC|1.0.0.0|||||||X|||||||MON1^^00AA00000000000B^EUI-64",
+        "OBX|3|NM|147842^^MDC|1.1.1.2|61||||||R",
+        "OBX|4||70053^^MDC|2.0.0.0|||||||X|||||||PUMP-7",
+        "OBX|5||70054^^MDC|2.1.0.0|||||||X|||||||^^00AA00000000000C^EUI-64",
+        "OBX|6|NM|157784^^MDC|2.1.1.1|5||||||R",
+        "OBX|7|NM|157784^^MDC|3.1.1.1|6||||||R",
+    ]
+    .join("\r");
+    let msg = decode(&text).unwrap();
+    assert_eq!(msg.equipment_id, loc("00AA00000000000B"));
+    let eq: Vec<&str> = msg
+        .observations
+        .iter()
+        .map(|o| o.equipment_id.as_str())
+        .collect();
+    // Row 1 precedes any OBX-18 of its MDS: message-level id. Row 7 is in an MDS without OBX-18.
+    assert_eq!(
+        eq,
+        [
+            "00AA00000000000B",
+            "00AA00000000000B",
+            "00AA00000000000C",
+            "00AA00000000000B"
+        ]
+    );
+
+    let no_obx18 = [EXAMPLE[0], "OBX|1|NM|147842^^MDC|1.1.1.1|60||||||R"].join("\r");
+    let msg = decode(&no_obx18).unwrap();
+    assert_eq!(msg.equipment_id, loc("0012AB00000000A1"));
+    assert_eq!(msg.observations[0].equipment_id, "0012AB00000000A1");
+    assert_eq!(msg.patient_id, None);
+    assert_eq!(msg.location, None);
+}
+
+#[test]
+fn messages_without_metric_rows_are_valid() {
+    let text = EXAMPLE[..5].join("\r");
+    let msg = decode(&text).unwrap();
+    assert!(msg.observations.is_empty());
+    assert_eq!(msg.equipment_id, loc("0012AB00000000B2"));
+    assert!(decode(EXAMPLE[0]).unwrap().observations.is_empty());
+}
+
+#[test]
+fn non_standard_delimiters_are_understood_and_normalised() {
+    let text = [
+        "MSH#$~!&#DEV$00AA00000000000D$EUI-64#X#CIS#HOSP#20250101120000##ORU$R01#M^1#P#2.6",
+        "OBX#1#ST#184514$MDC_DRUG_NAME_LABEL$MDC#1.1.1.1#a!S!b|c",
+    ]
+    .join("\r");
+    let msg = decode(&text).unwrap();
+    assert_eq!(
+        msg.header.sending_application,
+        "DEV^00AA00000000000D^EUI-64"
+    );
+    assert_eq!(msg.header.control_id, "M\\S\\1");
+    assert_eq!(msg.equipment_id, loc("00AA00000000000D"));
+    assert_eq!(msg.observations[0].value_text, "a$b|c");
+    assert_eq!(msg.observations[0].mdc_code, 184514);
+}
+
+fn ack_time() -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 1)
+        .single()
+        .unwrap_or_default()
+}
+
+#[test]
+fn ack_strings_match_protocols_md() {
+    let header = parse_header(example().as_bytes()).unwrap();
+    assert_eq!(
+        build_ack(Some(&header), AckCode::AA, None, "ACK000987", ack_time()),
+        "MSH|^~\\&|CIS|HOSP|ICU_GW^0012AB00000000A1^EUI-64|ICU_GW|20250101120001+0000||ACK^R01^ACK|ACK000987|P|2.6|||NE|NE\rMSA|AA|MSG000123"
+    );
+    let error = Hl7Error::new(
+        AckCode::AE,
+        ErrorCode::DataTypeError,
+        Some(ErrorLocation::field("OBX", 3, 5)),
+        "OBX-5 is not numeric",
+    );
+    assert_eq!(
+        build_ack(Some(&header), AckCode::AE, Some(&error), "ACK000988", ack_time()),
+        "MSH|^~\\&|CIS|HOSP|ICU_GW^0012AB00000000A1^EUI-64|ICU_GW|20250101120001+0000||ACK^R01^ACK|ACK000988|P|2.6|||NE|NE\rMSA|AE|MSG000123\rERR||OBX^3^5|102^Data type error^HL70357|E||||OBX-5 is not numeric"
+    );
+}
+
+#[test]
+fn ack_for_a_decode_error_round_trips_through_hl7_parser() {
+    let text = with_segment(
+        6,
+        "OBX|3|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.2.1.1|9|7||||R",
+    );
+    let text = text.replace("|9|7|", "|9^7|x|");
+    let err = decode(&text).unwrap_err();
+    let header = parse_header(text.as_bytes()).unwrap();
+    let ack = build_ack(Some(&header), err.ack, Some(&err), "A1", ack_time());
+    let parsed = hl7_parser::Message::parse(&ack).expect("ACK is valid HL7");
+    let err_seg = parsed.segment("ERR").expect("ERR segment");
+    assert_eq!(err_seg.field(2).unwrap().raw_value(), "OBX^3^5");
+    assert_eq!(
+        err_seg.field(3).unwrap().raw_value(),
+        "102^Data type error^HL70357"
+    );
+    let user_message = err_seg.field(8).unwrap();
+    assert_eq!(
+        user_message.display(&parsed.separators).to_string(),
+        "OBX-5 '9^7' is not numeric"
+    );
+    assert_eq!(
+        parsed.segment("MSA").unwrap().field(2).unwrap().raw_value(),
+        "MSG000123"
+    );
+}
+
+#[test]
+fn ack_without_header_and_with_hostile_text() {
+    let err = decode_pcd01(b"garbage", 0, &Terminology::builtin()).unwrap_err();
+    let ack = build_ack(None, err.ack, Some(&err), "ACK1", ack_time());
+    assert!(ack.starts_with(
+        "MSH|^~\\&|ICU_GW||||20250101120001+0000||ACK|ACK1|P|2.6|||NE|NE\rMSA|AR|\rERR||"
+    ));
+    assert!(
+        ack.contains("|100^Segment sequence error^HL70357|E||||"),
+        "{ack}"
+    );
+
+    let hostile = Hl7Error::new(
+        AckCode::AE,
+        ErrorCode::DataTypeError,
+        None,
+        "a|b^c~d\\e&f\r\nERR|inject\x0b\x1c",
+    );
+    let ack = build_ack(None, AckCode::AE, Some(&hostile), "X|Y", ack_time());
+    let segments: Vec<&str> = ack.split('\r').collect();
+    assert_eq!(segments.len(), 3, "{ack:?}");
+    assert!(segments[2].ends_with("|E||||a\\F\\b\\S\\c\\R\\d\\E\\e\\T\\f  ERR\\F\\inject  "));
+    assert!(segments[0].contains("|X\\F\\Y|"));
+    assert!(!ack.chars().any(|c| c.is_control() && c != '\r'));
+}
+
+#[test]
+fn error_helpers() {
+    let e = Hl7Error::internal("store unavailable");
+    assert_eq!(
+        (e.ack, e.code, e.location.clone()),
+        (AckCode::AR, ErrorCode::ApplicationInternalError, None)
+    );
+    let e = Hl7Error::unknown_device("0012AB00000000B2");
+    assert_eq!(
+        (e.ack, e.code),
+        (AckCode::AR, ErrorCode::UnknownKeyIdentifier)
+    );
+    assert!(e.message.contains("0012AB00000000B2"));
+    assert_eq!(ErrorCode::DataTypeError.code(), 102);
+    assert_eq!(ErrorCode::ApplicationInternalError.code(), 207);
+    assert_eq!(
+        ErrorCode::UnsupportedVersionId.text(),
+        "Unsupported version id"
+    );
+    assert_eq!(AckCode::AR.as_str(), "AR");
+    assert_eq!(
+        ErrorLocation::component("OBX", 3, 5, 1).to_string(),
+        "OBX^3^5^1"
+    );
+    assert_eq!(ErrorLocation::field("OBX", 3, 5).to_string(), "OBX^3^5");
+}
+
+fn example_mutations() -> impl Strategy<Value = Vec<u8>> {
+    let base = example().into_bytes();
+    let len = base.len();
+    let special = prop_oneof![
+        Just(b'|'),
+        Just(b'^'),
+        Just(b'~'),
+        Just(b'\\'),
+        Just(b'&'),
+        Just(b'\r'),
+        Just(b'\n'),
+        Just(b'-'),
+        Just(b'.'),
+        any::<u8>(),
+    ];
+    proptest::collection::vec((0..len, special, 0u8..3), 1..12).prop_map(move |edits| {
+        let mut bytes = base.clone();
+        for (pos, byte, op) in edits {
+            let pos = pos.min(bytes.len().saturating_sub(1));
+            match op {
+                0 if !bytes.is_empty() => bytes[pos] = byte,
+                1 => bytes.insert(pos, byte),
+                _ if !bytes.is_empty() => {
+                    bytes.remove(pos);
+                }
+                _ => {}
+            }
+        }
+        bytes
+    })
+}
+
+proptest! {
+    #[test]
+    fn decode_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let t = Terminology::builtin();
+        let _ = parse_header(&bytes);
+        let mut with_msh = b"MSH|^~\\&|".to_vec();
+        with_msh.extend_from_slice(&bytes);
+        for payload in [&bytes, &with_msh] {
+            match decode_pcd01(payload, 0, &t) {
+                Ok(msg) => prop_assert!(msg.observations.iter().all(|o| o.source_message_id == msg.header.control_id)),
+                Err(e) => {
+                    let header = parse_header(payload).ok();
+                    let ack = build_ack(header.as_ref(), e.ack, Some(&e), "A", ack_time());
+                    prop_assert!(!ack.chars().any(|c| c.is_control() && c != '\r'));
+                    prop_assert_eq!(ack.split('\r').count(), 3);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decode_never_panics_on_mutated_examples(bytes in example_mutations()) {
+        let t = Terminology::builtin();
+        match decode_pcd01(&bytes, 0, &t) {
+            Ok(msg) => {
+                prop_assert!(msg.observations.len() <= 8);
+                for o in &msg.observations {
+                    prop_assert!(o.value.is_none_or(f64::is_finite));
+                }
+            }
+            Err(e) => {
+                let header = parse_header(&bytes).ok();
+                let ack = build_ack(header.as_ref(), e.ack, Some(&e), "A", ack_time());
+                prop_assert_eq!(ack.split('\r').count(), 3);
+                prop_assert!(!ack.chars().any(|c| c.is_control() && c != '\r'));
+            }
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Running the real `icu-gateway` and `icu-sim` binaries for the end-to-end tests.
+#![allow(dead_code)]
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use icu_tests::{bin_path, wait_for};
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Endpoints {
+    pub mllp: SocketAddr,
+    pub http: SocketAddr,
+}
+
+/// A gateway process with its own data folder.
+pub struct GatewayProc {
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub endpoints: Endpoints,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// Config text for a gateway serving the simulator's `beds` monitors.
+pub fn config_text(dir: &Path, beds: usize, kafka: Option<&str>, extra_store: &str) -> String {
+    let mut s = format!(
+        "gateway_id = \"test-gw\"\ndata_dir = \"{}\"\nclock = \"synced\"\n\n[mllp]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[store]\nsynchronous = \"normal\"\n{extra_store}\n\n",
+        dir.display()
+    );
+    if let Some(k) = kafka {
+        s.push_str(&format!(
+            "[kafka]\nbootstrap = \"{k}\"\nmessage_timeout_ms = 5000\n\n"
+        ));
+    }
+    s.push_str(&icu_sim::gateway_config_blocks(&icu_sim::beds(beds)));
+    s
+}
+
+/// `icu-gateway keygen` into `dir`; returns the public key path.
+pub fn keygen(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let key = dir.join("gateway.key");
+    let out = Command::new(bin_path("icu-gateway"))
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .expect("running icu-gateway keygen");
+    assert!(out.status.success(), "keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+    dir.join("gateway.pub")
+}
+
+impl GatewayProc {
+    pub fn start(dir: &Path, config: &str) -> GatewayProc {
+        std::fs::create_dir_all(dir).unwrap();
+        let config_path = dir.join("gateway.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut g = GatewayProc {
+            dir: dir.to_owned(),
+            config_path,
+            endpoints: Endpoints {
+                mllp: "127.0.0.1:1".parse().unwrap(),
+                http: "127.0.0.1:1".parse().unwrap(),
+            },
+            child: None,
+            log: dir.join("gateway.log"),
+        };
+        g.spawn();
+        g
+    }
+
+    fn spawn(&mut self) {
+        let ep = self.dir.join("endpoints.json");
+        let _ = std::fs::remove_file(&ep);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(bin_path("icu-gateway"))
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info,icu_gateway=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting icu-gateway");
+        self.child = Some(child);
+        let endpoints: Endpoints = wait_for(Duration::from_secs(60), "gateway endpoints.json", || {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("gateway exited with {status}; log:\n{}", self.log_text());
+                }
+            }
+            let text = std::fs::read_to_string(&ep).ok()?;
+            serde_json::from_str(&text).ok()
+        })
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", self.log_text()));
+        self.endpoints = endpoints;
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET a JSON document from the gateway's HTTP API.
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        http_get_json(self.endpoints.http, path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// Graceful stop (SIGTERM) and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.join("gateway.db")
+    }
+}
+
+impl Drop for GatewayProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Minimal HTTP/1.1 GET over a real TCP socket.
+pub fn http_get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP body"))?;
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "status: {head}");
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok(serde_json::from_str(&body)?)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Result of one `icu-sim pcd01` run.
+pub struct SimRun {
+    pub ok: bool,
+    pub stdout: String,
+    pub accepted: Vec<icu_sim::pcd01::SentObservation>,
+}
+
+/// Runs the real `icu-sim pcd01` binary against `mllp` and reads its manifest.
+pub fn run_sim(mllp: SocketAddr, beds: usize, messages: u64, rate: f64, manifest: &Path) -> SimRun {
+    let out = Command::new(bin_path("icu-sim"))
+        .args(["pcd01", "--target", &mllp.to_string()])
+        .args(["--beds", &beds.to_string(), "--messages", &messages.to_string()])
+        .args(["--rate", &rate.to_string(), "--manifest"])
+        .arg(manifest)
+        .output()
+        .expect("running icu-sim");
+    let accepted = std::fs::read_to_string(manifest)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("manifest line"))
+        .collect();
+    SimRun {
+        ok: out.status.success(),
+        stdout: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        accepted,
+    }
+}
