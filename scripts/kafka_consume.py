@@ -49,10 +49,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def load_key(path: str) -> Ed25519PublicKey:
-    with open(path, "rb") as f:
-        key = load_pem_public_key(f.read())
+    try:
+        with open(path, "rb") as f:
+            key = load_pem_public_key(f.read())
+    except (OSError, ValueError) as e:
+        print(f"kafka_consume: cannot load public key {path}: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
     if not isinstance(key, Ed25519PublicKey):
-        raise SystemExit(f"{path}: not an ed25519 public key")
+        print(f"kafka_consume: {path}: not an ed25519 public key", file=sys.stderr)
+        raise SystemExit(2)
     return key
 
 
@@ -115,7 +120,8 @@ def partitions_of(consumer: Consumer, topic: str, deadline: float) -> list[int]:
             return sorted(t.partitions)
         last_err = str(t.error) if t is not None and t.error else "topic has no partitions"
         time.sleep(0.2)
-    raise SystemExit(f"kafka_consume: topic {topic!r} not available: {last_err}")
+    print(f"kafka_consume: topic {topic!r} not available: {last_err}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main(argv: list[str]) -> int:

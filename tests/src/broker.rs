@@ -57,7 +57,7 @@ impl Broker {
         for _ in 0..3 {
             match Broker::start_on(free_port()) {
                 Ok(b) => return Ok(b),
-                Err(e) if format!("{e:#}").contains("in use") => last = Some(e),
+                Err(e) if format!("{e:#}").contains("already in use") => last = Some(e),
                 Err(e) => return Err(e),
             }
         }
@@ -116,6 +116,12 @@ impl Broker {
         let res = wait_for(START_DEADLINE, "the broker to answer metadata", || {
             if let Some(status) = self.child.as_mut().and_then(ChildGuard::exited) {
                 last_error = format!("tansu exited early ({status})");
+                return Some(false);
+            }
+            // tansu logs the bind error but may keep running; fail fast so
+            // start() can retry on another port.
+            if std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains("AddrInUse")) {
+                last_error = format!("port {} already in use", self.port);
                 return Some(false);
             }
             if let Err(e) = TcpStream::connect_timeout(&sock, Duration::from_millis(200)) {

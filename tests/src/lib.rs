@@ -16,7 +16,9 @@
 //! - `ICU_CACHE_DIR`: that cache (default `$HOME/.cache/icu-gateway`);
 //! - `ICU_PYTHON`: a Python with `confluent-kafka` and `cryptography`, for the
 //!   stock-client tests (`scripts/test` sets it up);
-//! - `CARGO_TARGET_DIR`: where the workspace binaries are.
+//! - `CARGO_TARGET_DIR`: where the workspace binaries are;
+//! - `ICU_TANSU_LOG`: the broker's `RUST_LOG` (default `warn`; its log file is
+//!   in the broker's temp dir, and its tail is in every start-up error).
 
 mod broker;
 mod process;

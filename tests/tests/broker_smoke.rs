@@ -129,6 +129,22 @@ fn broker_starts_and_lists_the_topics() -> anyhow::Result<()> {
 }
 
 #[test]
+fn a_taken_port_fails_fast_with_the_reason() -> anyhow::Result<()> {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = holder.local_addr()?.port();
+    let start = Instant::now();
+    let err = Broker::start_on(port).expect_err("the port is taken");
+    let text = format!("{err:#}");
+    assert!(text.contains("already in use"), "{text}");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    Ok(())
+}
+
+#[test]
 fn produce_100_idempotent_lz4_records_and_read_them_back_in_order() -> anyhow::Result<()> {
     let broker = Broker::start()?;
     broker.create_topics(TOPICS)?;

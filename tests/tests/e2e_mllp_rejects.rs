@@ -101,15 +101,20 @@ fn bad_input_gets_ae_or_ar_with_err_and_lands_in_dead_letters() {
     });
 
     let mut s = Sender::connect(gw.endpoints.mllp);
-    // 1. garbage bytes before a frame
-    let ack = s.send_raw(b"hello, this is not MLLP\r\n");
+    // 1. garbage bytes before a frame: AR for the garbage, then the frame behind it is taken.
+    let mut bytes = b"hello, this is not MLLP\r\n".to_vec();
+    bytes.extend(encode_frame(pcd01("AFTER-GARBAGE", "71", "ORU^R01^ORU_R01").as_bytes()));
+    let ack = s.send_raw(&bytes);
     let (code, err) = msa(&ack);
     assert_eq!(code, "AR", "{ack}");
     let err = err.expect("ERR segment");
     assert!(err.contains("outside an MLLP frame") && err.contains("offset 0"), "{err}");
+    let ack = s.read_ack();
+    assert_eq!(msa(&ack).0, "AA", "the frame after the garbage: {ack}");
     // 2. oversized frame
     let big = format!("MSH|^~\\&|X|Y|||||ORU^R01^ORU_R01|BIG|P|2.6\r{}", "Z".repeat(10_000));
-    let (code, err) = msa(&s.send(&big).clone()).clone();
+    let ack = s.send(&big);
+    let (code, err) = msa(&ack);
     assert_eq!(code, "AR");
     assert!(err.unwrap().contains("exceeds the 4096 byte limit"));
     // 3. a non-HL7 payload inside a valid frame
@@ -144,8 +149,8 @@ fn bad_input_gets_ae_or_ar_with_err_and_lands_in_dead_letters() {
 
     let other = other.join().unwrap();
     assert!(other.ok, "the other devices were never disturbed:\n{}", other.stdout);
-    // Rejected messages stored nothing: only the good message (2 values) and the sim's values.
-    assert_eq!(stored_records(&gw.db_path()), 2 + other.accepted.len() as i64);
+    // Rejected messages stored nothing: only the 2 good messages (2 values each) and the sim's.
+    assert_eq!(stored_records(&gw.db_path()), 4 + other.accepted.len() as i64);
 
     let devices = gw.get_json("/api/devices");
     let mon1 = devices["devices"].as_array().unwrap().iter().find(|d| d["id"] == "mon-01").unwrap().clone();

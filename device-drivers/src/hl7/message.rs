@@ -115,7 +115,9 @@ pub(crate) fn component<'m>(field: Option<&Field<'m>>, n: usize) -> &'m str {
 pub(crate) fn repetitions<'a, 'm: 'a>(
     field: Option<&'a Field<'m>>,
 ) -> impl Iterator<Item = &'m str> + 'a {
-    field.into_iter().flat_map(|f| f.repeats().map(|r| r.raw_value()))
+    field
+        .into_iter()
+        .flat_map(|f| f.repeats().map(|r| r.raw_value()))
 }
 
 /// Parses a whole message (starting at `MSH`, already valid UTF-8) with hl7-parser.
@@ -199,9 +201,11 @@ pub(crate) fn check_all_segments_returned(
     parsed: &[hl7_parser::message::Segment<'_>],
 ) -> Result<(), Hl7Error> {
     let id = |line: &str| line.get(..3).unwrap_or(line).to_owned();
-    let Some(missing) = (0..lines.len())
-        .find(|&i| parsed.get(i).is_none_or(|seg| Some(seg.name) != lines[i].get(..3)))
-    else {
+    let Some(missing) = (0..lines.len()).find(|&i| {
+        parsed
+            .get(i)
+            .is_none_or(|seg| Some(seg.name) != lines[i].get(..3))
+    }) else {
         return Ok(());
     };
     let line = lines[missing];

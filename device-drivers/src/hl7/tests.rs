@@ -667,3 +667,124 @@ proptest! {
         }
     }
 }
+
+/// The example's MSH, OBR and first three OBX rows with `gap` between OBX 1 and OBX 2.
+fn with_gap_after_obx1(gap: &str) -> String {
+    [
+        EXAMPLE[0], EXAMPLE[3], EXAMPLE[4], gap, EXAMPLE[5], EXAMPLE[6],
+    ]
+    .join("\r")
+}
+
+/// Proof of hl7-parser 0.3's flaw: a line it cannot read as a segment (a blank line, a segment
+/// id without a field separator) ends the message for it. It returns `Ok` with the segments
+/// before that line and silently drops the rest. If this test fails, a new version has fixed
+/// it and the pre-processing and guard in `message::parse` can be revisited.
+#[test]
+fn hl7_parser_drops_segments_after_an_unparseable_one() {
+    fn names<'m>(m: &hl7_parser::Message<'m>) -> Vec<&'m str> {
+        m.segments().map(|s| s.name).collect()
+    }
+    for gap in ["", "PV1"] {
+        let text = with_gap_after_obx1(gap);
+        for lenient in [true, false] {
+            let parsed = hl7_parser::Message::parse_with_lenient_newlines(&text, lenient)
+                .expect("hl7-parser reports no error");
+            assert_eq!(names(&parsed), ["MSH", "OBR", "OBX"], "{gap:?} {lenient}");
+            assert_eq!(
+                parsed.segment_n("OBX", 1).map(|s| s.raw_value()),
+                Some(EXAMPLE[4])
+            );
+            assert_eq!(parsed.segment_count("OBX"), 1, "OBX 2 and 3 are gone");
+            assert_eq!(
+                parsed.raw_value(),
+                [EXAMPLE[0], EXAMPLE[3], EXAMPLE[4]].join("\r"),
+                "{gap:?} {lenient}"
+            );
+        }
+    }
+    // The same with LF separators: a blank line is two LFs.
+    let text = [EXAMPLE[0], EXAMPLE[3], EXAMPLE[4], "", EXAMPLE[5]].join("\n");
+    let parsed = hl7_parser::Message::parse_with_lenient_newlines(&text, true).unwrap();
+    assert_eq!(names(&parsed), ["MSH", "OBR", "OBX"]);
+}
+
+#[test]
+fn decode_never_half_accepts_what_hl7_parser_would_truncate() {
+    // Blank lines and bare segment ids are removed or completed before hl7-parser sees the
+    // text, so the whole message decodes, as it did before hl7-parser was used.
+    let full =
+        decode(&[EXAMPLE[0], EXAMPLE[3], EXAMPLE[4], EXAMPLE[5], EXAMPLE[6]].join("\r")).unwrap();
+    assert_eq!(full.observations.len(), 2);
+    for gap in ["", "   ", "\n", "PV1"] {
+        let msg = decode(&with_gap_after_obx1(gap)).unwrap();
+        assert_eq!(msg.observations, full.observations, "{gap:?}");
+    }
+
+    // Whatever hl7-parser still drops is refused as a whole: the guard, fed the truncated
+    // result hl7-parser really returns for such a message.
+    let text = with_gap_after_obx1("");
+    let lines: Vec<&str> = text.split('\r').filter(|l| !l.is_empty()).collect();
+    let parsed = hl7_parser::Message::parse(&text).unwrap();
+    let err = super::message::check_all_segments_returned(&lines, &parsed.segments).unwrap_err();
+    assert_eq!(
+        (err.ack, err.code),
+        (AckCode::AE, ErrorCode::SegmentSequenceError)
+    );
+    assert_eq!(err.code.code(), 100);
+    assert_eq!(err_loc(&err), loc("OBX^2"));
+    assert_eq!(
+        err.message,
+        "segment 4 ('OBX|2|NM|147842^MDC_ECG_HEART_RATE^MDC|1…') could not be parsed; message refused, nothing stored"
+    );
+    let joined = lines.join("\r");
+    let all = hl7_parser::Message::parse(&joined).unwrap();
+    assert_eq!(
+        super::message::check_all_segments_returned(&lines, &all.segments),
+        Ok(())
+    );
+    // hl7-parser failing outright (no segments at all) is refused at the MSH.
+    let err = super::message::check_all_segments_returned(&lines, &[]).unwrap_err();
+    assert_eq!(err_loc(&err), loc("MSH^1"));
+}
+
+/// Why text values are unescaped by `message::unescape` and not hl7-parser's
+/// `Separators::decode`: it turns `\XC3A9\` into `XC3A9`, keeps the letters of `\H\`, `\N\` and
+/// unknown escapes, writes `\.br\` as CR, drops an unterminated escape, and panics when
+/// multi-byte text precedes an escape (it slices by char index).
+#[test]
+fn hl7_parser_unescape_is_not_usable() {
+    let separators = hl7_parser::message::Separators::default();
+    let d = super::message::Delimiters::default();
+    let text = "caf\\XC3A9\\ \\Q\\ \\H\\bold\\N\\ line\\.br\\two \\X4\\ open\\F";
+    assert_eq!(
+        separators.decode(text).to_string(),
+        "cafXC3A9 Q HboldN line\rtwo X4 open"
+    );
+    assert_eq!(
+        super::message::unescape(text, &d),
+        "café \\Q\\ bold line\ntwo \\X4\\ open\\F"
+    );
+    assert_eq!(separators.decode("é\\F\\x").to_string(), "é\\x");
+    assert!(std::panic::catch_unwind(|| separators.decode("éé\\F\\x").to_string()).is_err());
+    assert_eq!(super::message::unescape("éé\\F\\x", &d), "éé|x");
+}
+
+#[test]
+fn truncation_character_of_v2_7_does_not_shift_msh_fields() {
+    let text = [
+        "MSH|^~\\&#|DEV^00AA00000000000D^EUI-64|X|CIS|HOSP|20250101120000||ORU^R01|M1|P|2.7",
+        "OBX|1|NM|147842^^MDC|1.1.1.1|60||||||R",
+    ]
+    .join("\r");
+    let msg = decode(&text).unwrap();
+    assert_eq!(
+        msg.header.sending_application,
+        "DEV^00AA00000000000D^EUI-64"
+    );
+    assert_eq!(
+        (msg.header.control_id.as_str(), msg.header.version.as_str()),
+        ("M1", "2.7")
+    );
+    assert_eq!(msg.observations[0].value, Some(60.0));
+}
