@@ -373,7 +373,7 @@ impl Worker {
                 error = %err.reason,
                 "kafka delivery failed; the records stay in the outbox"
             );
-            self.recreate_producer_if_fatal();
+            self.reset_producer();
             let unknown_topic = delivered
                 .iter()
                 .any(|r| r.as_ref().err().is_some_and(|e| e.unknown_topic));
@@ -558,17 +558,25 @@ impl Worker {
         }
     }
 
-    /// A fatal idempotent-producer error makes the producer unusable: start a fresh one.
-    fn recreate_producer_if_fatal(&mut self) {
+    /// After failed deliveries, starts a fresh producer and re-checks the topic next cycle.
+    ///
+    /// Every delivery report was awaited, so nothing is in flight in the old producer. A fresh
+    /// producer gets a new producer id, which clears both a fatal idempotence error and a broker
+    /// that lost this producer's state (it answers UnknownProducerId until messages time out).
+    /// The records were not marked sent, so they are simply produced again.
+    fn reset_producer(&mut self) {
         if let Some((code, reason)) = self.producer.client().fatal_error() {
-            error!(?code, %reason, "kafka producer hit a fatal error; creating a new producer");
-            match create_producer(&self.config) {
-                Ok(producer) => {
-                    self.producer = producer;
-                    self.topic_known = false;
-                }
-                Err(e) => error!(error = %e, "cannot recreate the kafka producer"),
+            error!(?code, %reason, "kafka producer hit a fatal error");
+        }
+        self.topic_known = false;
+        match create_producer(&self.config) {
+            Ok(producer) => {
+                let old = std::mem::replace(&mut self.producer, producer);
+                // Dropping a producer joins its polling thread and flushes: keep it off the actor.
+                drop(tokio::task::spawn_blocking(move || drop(old)));
+                debug!("kafka producer recreated after failed deliveries");
             }
+            Err(e) => error!(error = %e, "cannot recreate the kafka producer"),
         }
     }
 }

@@ -121,6 +121,18 @@ async fn send_one(
     }
 }
 
+/// Resolves once `stop` turns true; never if its sender is gone without saying so.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 async fn run_bed(
     opts: RunOptions,
     bed: SimBed,
@@ -142,7 +154,7 @@ async fn run_bed(
             }
         }
         tokio::select! {
-            _ = stop.changed() => break,
+            _ = stopped(&mut stop) => break,
             _ = ticker.tick() => {}
         }
         if *stop.borrow() {
@@ -192,18 +204,25 @@ async fn run_bed(
 }
 
 /// Runs every bed until its message count or the duration is reached, or `stop` turns true.
-pub async fn run(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> SimReport {
-    let (own_tx, own_rx) = watch::channel(false);
-    let stop = stop.unwrap_or(own_rx);
+pub async fn run(opts: RunOptions, external_stop: Option<watch::Receiver<bool>>) -> SimReport {
+    let (own_tx, stop_rx) = watch::channel(false);
+    if let Some(mut external) = external_stop {
+        let tx = own_tx.clone();
+        tokio::spawn(async move {
+            stopped(&mut external).await;
+            let _ = tx.send(true);
+        });
+    }
+    let stop = stop_rx;
     let mut tasks = Vec::new();
     for bed in opts.beds.clone() {
         tasks.push(tokio::spawn(run_bed(opts.clone(), bed, stop.clone())));
     }
     let timer = opts.duration.map(|d| {
+        let own_tx = own_tx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(d).await;
             let _ = own_tx.send(true);
-            own_tx
         })
     });
     let mut report = SimReport::default();
@@ -217,6 +236,7 @@ pub async fn run(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> SimRe
     if let Some(t) = timer {
         t.abort();
     }
+    drop(own_tx);
     report
 }
 

@@ -151,6 +151,7 @@ fn broker_down_keeps_acking_and_forwards_everything_when_it_returns() {
     // No broker at all: the gateway still answers AA and stores.
     let sim = run_sim(gw.endpoints.mllp, 3, 8, 20.0, &dir.path().join("manifest.jsonl"));
     assert!(sim.ok, "AA while the broker is down:\n{}", sim.stdout);
+    assert_eq!(sim.accepted.len(), 3 * (8 * 5 + 2 * 3), "{}", sim.stdout);
     let status = gw.get_json("/api/status");
     assert_eq!(
         status["store"]["unsent"].as_u64(),

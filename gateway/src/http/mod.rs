@@ -65,6 +65,10 @@ async fn status(state: web::Data<HttpState>) -> HttpResponse {
             let mut v = b.snapshot();
             if let Some(obj) = v.as_object_mut() {
                 obj.insert("bootstrap".into(), state.kafka_bootstrap.clone().into());
+                // Flatten {"state": {"state": "offline", "reason": ..}} for the page and scripts.
+                if let Some(serde_json::Value::Object(inner)) = obj.remove("state") {
+                    obj.extend(inner);
+                }
             }
             v
         }
