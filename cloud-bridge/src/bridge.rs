@@ -18,6 +18,7 @@
 //!   `tokio::task::spawn_blocking`.
 
 pub mod plan;
+mod quiet;
 mod stats;
 
 use std::collections::BTreeSet;
@@ -27,6 +28,7 @@ use std::time::Duration;
 use actix::{Actor, AsyncContext, Context, Handler};
 use base64::Engine as _;
 use futures::future::join_all;
+use quiet::QuietContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -202,7 +204,7 @@ impl Handler<Wake> for BridgeActor {
     }
 }
 
-fn create_producer(config: &BridgeConfig) -> Result<FutureProducer, BridgeError> {
+fn create_producer(config: &BridgeConfig) -> Result<FutureProducer<QuietContext>, BridgeError> {
     ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
         .set("client.id", format!("icu-gateway-{}", config.gateway_id))
@@ -213,7 +215,7 @@ fn create_producer(config: &BridgeConfig) -> Result<FutureProducer, BridgeError>
         .set("message.timeout.ms", config.message_timeout_ms.to_string())
         // Topics are provisioned by the central team; never create one by producing to it.
         .set("allow.auto.create.topics", "false")
-        .create()
+        .create_with_context(QuietContext::default())
         .map_err(|source| BridgeError::Kafka {
             operation: "create producer",
             brokers: config.brokers.clone(),
@@ -240,7 +242,7 @@ struct Worker {
     key: Arc<GatewayKey>,
     terminology: Arc<Terminology>,
     stats: Arc<BridgeStats>,
-    producer: FutureProducer,
+    producer: FutureProducer<QuietContext>,
     /// Positive metadata answer for the topic (cached; reset on an unknown-topic error).
     topic_known: bool,
     skipped_logged: BTreeSet<(String, u64)>,

@@ -15,7 +15,16 @@ fn demo_serves_live_beds_and_stops_on_ctrl_c() {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let log = dir.path().join("demo.log");
     let mut child = Command::new(bin_path("icu-gateway"))
-        .args(["demo", "--beds", "3", "--rate", "5", "--http", &addr.to_string(), "--data-dir"])
+        .args([
+            "demo",
+            "--beds",
+            "3",
+            "--rate",
+            "5",
+            "--http",
+            &addr.to_string(),
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&log).unwrap())
@@ -28,14 +37,20 @@ fn demo_serves_live_beds_and_stops_on_ctrl_c() {
         let beds = v["beds"].as_array()?.clone();
         let live = beds.iter().filter(|b| {
             b["values"].as_array().is_some_and(|vals| {
-                vals.iter().any(|x| x["mdc_code"] == 147842 && x["value"].as_f64().is_some())
+                vals.iter()
+                    .any(|x| x["mdc_code"] == 147842 && x["value"].as_f64().is_some())
             })
         });
         (live.count() == 3).then_some(beds)
     })
     .unwrap();
     assert_eq!(beds[0]["id"], "bed-01");
-    let spo2 = beds[0]["values"].as_array().unwrap().iter().find(|x| x["mdc_code"] == 150456).unwrap();
+    let spo2 = beds[0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["mdc_code"] == 150456)
+        .unwrap();
     assert_eq!(spo2["unit"], "%");
 
     // The page itself.
@@ -44,13 +59,25 @@ fn demo_serves_live_beds_and_stops_on_ctrl_c() {
     write!(s, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut page = String::new();
     s.read_to_string(&mut page).unwrap();
-    assert!(page.starts_with("HTTP/1.1 200") && page.contains("/api/beds"), "{page}");
+    assert!(
+        page.starts_with("HTTP/1.1 200") && page.contains("/api/beds"),
+        "{page}"
+    );
 
     // Ctrl-C.
-    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    let status = wait_for(Duration::from_secs(20), "demo exit after SIGINT", || child.try_wait().ok().flatten()).unwrap();
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = wait_for(Duration::from_secs(20), "demo exit after SIGINT", || {
+        child.try_wait().ok().flatten()
+    })
+    .unwrap();
     let out = std::fs::read_to_string(&log).unwrap();
-    assert!(status.success(), "demo exit status {status}; stdout:\n{out}");
+    assert!(
+        status.success(),
+        "demo exit status {status}; stdout:\n{out}"
+    );
     assert!(out.contains("demo stopped:"), "{out}");
     assert!(out.contains("http://"), "{out}");
 }

@@ -37,7 +37,10 @@ impl Sender {
         loop {
             if let Some(end) = self.buf.windows(2).position(|w| w == [0x1C, 0x0D]) {
                 let frame: Vec<u8> = self.buf.drain(..end + 2).collect();
-                let start = frame.iter().position(|b| *b == 0x0B).expect("ACK starts with 0x0B");
+                let start = frame
+                    .iter()
+                    .position(|b| *b == 0x0B)
+                    .expect("ACK starts with 0x0B");
                 return String::from_utf8(frame[start + 1..frame.len() - 2].to_vec()).unwrap();
             }
             let mut chunk = [0u8; 4096];
@@ -49,7 +52,11 @@ impl Sender {
 }
 
 fn msa(ack: &str) -> (&str, Option<&str>) {
-    let code = ack.split('\r').find(|s| s.starts_with("MSA|")).and_then(|s| s.split('|').nth(1)).unwrap();
+    let code = ack
+        .split('\r')
+        .find(|s| s.starts_with("MSA|"))
+        .and_then(|s| s.split('|').nth(1))
+        .unwrap();
     (code, ack.split('\r').find(|s| s.starts_with("ERR|")))
 }
 
@@ -72,15 +79,18 @@ fn dead_letters(db: &std::path::Path) -> Vec<(String, i64, Option<String>, Strin
     let mut st = c
         .prepare("SELECT ack_code, error_code, location, reason, stream_offset FROM dead_letters ORDER BY id")
         .unwrap();
-    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+    st.query_map([], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
 }
 
 fn stored_records(db: &std::path::Path) -> i64 {
     let c = rusqlite::Connection::open(db).unwrap();
-    c.query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0)).unwrap()
+    c.query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
+        .unwrap()
 }
 
 #[test]
@@ -103,16 +113,24 @@ fn bad_input_gets_ae_or_ar_with_err_and_lands_in_dead_letters() {
     let mut s = Sender::connect(gw.endpoints.mllp);
     // 1. garbage bytes before a frame: AR for the garbage, then the frame behind it is taken.
     let mut bytes = b"hello, this is not MLLP\r\n".to_vec();
-    bytes.extend(encode_frame(pcd01("AFTER-GARBAGE", "71", "ORU^R01^ORU_R01").as_bytes()));
+    bytes.extend(encode_frame(
+        pcd01("AFTER-GARBAGE", "71", "ORU^R01^ORU_R01").as_bytes(),
+    ));
     let ack = s.send_raw(&bytes);
     let (code, err) = msa(&ack);
     assert_eq!(code, "AR", "{ack}");
     let err = err.expect("ERR segment");
-    assert!(err.contains("outside an MLLP frame") && err.contains("offset 0"), "{err}");
+    assert!(
+        err.contains("outside an MLLP frame") && err.contains("offset 0"),
+        "{err}"
+    );
     let ack = s.read_ack();
     assert_eq!(msa(&ack).0, "AA", "the frame after the garbage: {ack}");
     // 2. oversized frame
-    let big = format!("MSH|^~\\&|X|Y|||||ORU^R01^ORU_R01|BIG|P|2.6\r{}", "Z".repeat(10_000));
+    let big = format!(
+        "MSH|^~\\&|X|Y|||||ORU^R01^ORU_R01|BIG|P|2.6\r{}",
+        "Z".repeat(10_000)
+    );
     let ack = s.send(&big);
     let (code, err) = msa(&ack);
     assert_eq!(code, "AR");
@@ -128,7 +146,10 @@ fn bad_input_gets_ae_or_ar_with_err_and_lands_in_dead_letters() {
     assert_eq!(code, "AE", "{ack}");
     let err = err.unwrap();
     assert!(err.contains("OBX^2^5") && err.contains("102^"), "{err}");
-    assert!(ack.contains("MSA|AE|BAD-NM"), "MSA-2 echoes the control id: {ack}");
+    assert!(
+        ack.contains("MSA|AE|BAD-NM"),
+        "MSA-2 echoes the control id: {ack}"
+    );
     // 5. wrong message type
     let ack = s.send(&pcd01("WRONG-TYPE", "70", "ADT^A01^ADT_A01"));
     let (code, err) = msa(&ack);
@@ -144,16 +165,35 @@ fn bad_input_gets_ae_or_ar_with_err_and_lands_in_dead_letters() {
     assert_eq!(codes[3], ("AE", 102));
     assert_eq!(codes[4], ("AR", 200));
     assert_eq!(letters[3].2.as_deref(), Some("OBX^2^5"));
-    assert!(letters.iter().all(|l| !l.3.is_empty()), "every dead letter says why");
-    assert!(letters[1].4 > 0, "the oversized frame's stream offset is recorded");
+    assert!(
+        letters.iter().all(|l| !l.3.is_empty()),
+        "every dead letter says why"
+    );
+    assert!(
+        letters[1].4 > 0,
+        "the oversized frame's stream offset is recorded"
+    );
 
     let other = other.join().unwrap();
-    assert!(other.ok, "the other devices were never disturbed:\n{}", other.stdout);
+    assert!(
+        other.ok,
+        "the other devices were never disturbed:\n{}",
+        other.stdout
+    );
     // Rejected messages stored nothing: only the 2 good messages (2 values each) and the sim's.
-    assert_eq!(stored_records(&gw.db_path()), 4 + other.accepted.len() as i64);
+    assert_eq!(
+        stored_records(&gw.db_path()),
+        4 + other.accepted.len() as i64
+    );
 
     let devices = gw.get_json("/api/devices");
-    let mon1 = devices["devices"].as_array().unwrap().iter().find(|d| d["id"] == "mon-01").unwrap().clone();
+    let mon1 = devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == "mon-01")
+        .unwrap()
+        .clone();
     assert!(mon1["errors"].as_u64().unwrap() >= 1, "{mon1}");
 }
 
@@ -188,11 +228,19 @@ fn store_over_budget_answers_ar_never_aa_and_stores_nothing_half() {
             other => panic!("unexpected {other}"),
         }
     }
-    assert!(refused >= 5, "the 1 MiB budget was reached ({} stored)", aa.len());
+    assert!(
+        refused >= 5,
+        "the 1 MiB budget was reached ({} stored)",
+        aa.len()
+    );
     // Exactly the acknowledged messages are stored, whole: 2 values each.
     let c = rusqlite::Connection::open(gw.db_path()).unwrap();
-    let records: i64 = c.query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0)).unwrap();
+    let records: i64 = c
+        .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(records, 2 * aa.len() as i64);
-    let messages: i64 = c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0)).unwrap();
+    let messages: i64 = c
+        .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(messages, aa.len() as i64);
 }

@@ -36,11 +36,15 @@ fn read_until(
     key: &ed25519_dalek::VerifyingKey,
     expected: u64,
 ) -> (ConsumeReport, Vec<ConsumedRecord>) {
-    wait_for(Duration::from_secs(90), "all observations on the topic", || {
-        let (report, records) = read_topic(broker, key);
-        let distinct: u64 = report.devices.values().map(|d| d.distinct_seqs).sum();
-        (distinct >= expected).then_some((report, records))
-    })
+    wait_for(
+        Duration::from_secs(90),
+        "all observations on the topic",
+        || {
+            let (report, records) = read_topic(broker, key);
+            let distinct: u64 = report.devices.values().map(|d| d.distinct_seqs).sum();
+            (distinct >= expected).then_some((report, records))
+        },
+    )
     .expect("observations reached kafka")
 }
 
@@ -66,11 +70,18 @@ fn assert_exactly_what_was_sent(
     for r in records {
         let device = r.device_id.clone().expect("icu-device-id header");
         assert_eq!(r.signature_ok, Some(true));
-        assert_eq!(r.key.as_deref(), Some(device.as_str()), "unassociated records are keyed by device");
+        assert_eq!(
+            r.key.as_deref(),
+            Some(device.as_str()),
+            "unassociated records are keyed by device"
+        );
         let first = r.seq_first.unwrap();
         // Records of one device arrive in seq order (one partition per key, idempotent producer).
         if let Some(prev) = last_seq_per_device.insert(device.clone(), r.seq_last.unwrap()) {
-            assert!(first > prev, "device {device}: record starting at {first} after {prev}");
+            assert!(
+                first > prev,
+                "device {device}: record starting at {first} after {prev}"
+            );
         }
         let obs = observations_of(&r.value).expect("value parses as a FHIR Bundle");
         assert_eq!(obs.len() as u64, r.seq_last.unwrap() - first + 1);
@@ -89,10 +100,20 @@ fn assert_exactly_what_was_sent(
             assert_eq!(*seq, i as u64 + 1, "{device}: seqs are 1..=n in order");
             assert_eq!(o.mdc_code, s.mdc_code, "{device} seq {seq}: code");
             assert_eq!(o.value, Some(s.value), "{device} seq {seq}: value");
-            assert_eq!(o.unit.as_deref(), Some(s.ucum.as_str()), "{device} seq {seq}: unit");
-            let t = chrono::DateTime::parse_from_rfc3339(o.effective.as_deref().expect("effective time"))
-                .expect("effective is RFC 3339");
-            assert_eq!(t.timestamp_micros(), s.device_time_us, "{device} seq {seq}: time");
+            assert_eq!(
+                o.unit.as_deref(),
+                Some(s.ucum.as_str()),
+                "{device} seq {seq}: unit"
+            );
+            let t = chrono::DateTime::parse_from_rfc3339(
+                o.effective.as_deref().expect("effective time"),
+            )
+            .expect("effective is RFC 3339");
+            assert_eq!(
+                t.timestamp_micros(),
+                s.device_time_us,
+                "{device} seq {seq}: time"
+            );
         }
     }
 }
@@ -104,19 +125,38 @@ fn three_beds_reach_kafka_signed_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let public = keygen(dir.path());
     let key = load_public_key(&public).unwrap();
-    let gw = GatewayProc::start(dir.path(), &config_text(dir.path(), 3, Some(&broker.addr), ""));
+    let gw = GatewayProc::start(
+        dir.path(),
+        &config_text(dir.path(), 3, Some(&broker.addr), ""),
+    );
 
-    let sim = run_sim(gw.endpoints.mllp, 3, 12, 20.0, &dir.path().join("manifest.jsonl"));
+    let sim = run_sim(
+        gw.endpoints.mllp,
+        3,
+        12,
+        20.0,
+        &dir.path().join("manifest.jsonl"),
+    );
     assert!(sim.ok, "every message acknowledged AA:\n{}", sim.stdout);
-    assert_eq!(sim.accepted.len(), 3 * (12 * 5 + 3 * 3), "5 periodic values per message, NIBP every 5th");
+    assert_eq!(
+        sim.accepted.len(),
+        3 * (12 * 5 + 3 * 3),
+        "5 periodic values per message, NIBP every 5th"
+    );
 
     let (report, records) = read_until(&broker.addr, &key, sim.accepted.len() as u64);
     assert_exactly_what_was_sent(&report, &records, &sim.accepted);
 
     // A LOINC coding rides along where the terminology has one (heart rate 8867-4).
-    let any = records.iter().find(|r| r.device_id.as_deref() == Some("mon-01")).unwrap();
+    let any = records
+        .iter()
+        .find(|r| r.device_id.as_deref() == Some("mon-01"))
+        .unwrap();
     let text = String::from_utf8_lossy(&any.value);
-    assert!(text.contains("\"8867-4\""), "LOINC for heart rate in {text}");
+    assert!(
+        text.contains("\"8867-4\""),
+        "LOINC for heart rate in {text}"
+    );
     assert!(text.contains("urn:iso:std:iso:11073:10101"));
 
     // The same topic with a stock client (confluent-kafka + cryptography), as the README shows.
@@ -128,7 +168,11 @@ fn three_beds_reach_kafka_signed_exactly_once() {
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "stock consumer failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "stock consumer failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let n = records.len();
         assert!(
             stdout.contains(&format!("{n} records, {n} signatures ok, 0 bad")),
@@ -149,7 +193,13 @@ fn broker_down_keeps_acking_and_forwards_everything_when_it_returns() {
     let gw = GatewayProc::start(dir.path(), &config_text(dir.path(), 3, Some(&addr), ""));
 
     // No broker at all: the gateway still answers AA and stores.
-    let sim = run_sim(gw.endpoints.mllp, 3, 8, 20.0, &dir.path().join("manifest.jsonl"));
+    let sim = run_sim(
+        gw.endpoints.mllp,
+        3,
+        8,
+        20.0,
+        &dir.path().join("manifest.jsonl"),
+    );
     assert!(sim.ok, "AA while the broker is down:\n{}", sim.stdout);
     assert_eq!(sim.accepted.len(), 3 * (8 * 5 + 2 * 3), "{}", sim.stdout);
     let status = gw.get_json("/api/status");
@@ -167,7 +217,8 @@ fn broker_down_keeps_acking_and_forwards_everything_when_it_returns() {
     assert_exactly_what_was_sent(&report, &records, &sim.accepted);
     wait_for(Duration::from_secs(30), "outbox drained", || {
         let s = gw.get_json("/api/status");
-        (s["store"]["unsent"].as_u64() == Some(0) && s["backbone"]["state"] == "online").then_some(())
+        (s["store"]["unsent"].as_u64() == Some(0) && s["backbone"]["state"] == "online")
+            .then_some(())
     })
     .unwrap();
 }

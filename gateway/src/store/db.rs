@@ -321,6 +321,16 @@ pub struct StoreCounts {
     pub per_device_next_seq: HashMap<String, u64>,
 }
 
+/// One unsent record as the outbox reads it.
+#[derive(Debug, Clone)]
+pub struct UnsentRow {
+    pub device_id: String,
+    pub seq: u64,
+    pub bed: String,
+    /// Encoded `icu.v1.StoredRecord`.
+    pub payload: Vec<u8>,
+}
+
 /// Read-mostly connection used by the bridge (outbox) and the API.
 pub struct ReaderDb {
     conn: Connection,
@@ -343,10 +353,7 @@ impl ReaderDb {
     }
 
     /// Oldest unsent records, fair across devices, ordered by (device_id, seq).
-    pub fn fetch_unsent(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<(String, u64, String, Vec<u8>)>, StoreError> {
+    pub fn fetch_unsent(&self, limit: usize) -> Result<Vec<UnsentRow>, StoreError> {
         let devices: Vec<String> = {
             let mut stmt = self
                 .conn
@@ -369,12 +376,12 @@ impl ReaderDb {
         for d in devices {
             let rows = stmt
                 .query_map(params![d, per_device as i64], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)? as u64,
-                        r.get(2)?,
-                        r.get(3)?,
-                    ))
+                    Ok(UnsentRow {
+                        device_id: r.get(0)?,
+                        seq: r.get::<_, i64>(1)? as u64,
+                        bed: r.get(2)?,
+                        payload: r.get(3)?,
+                    })
                 })
                 .map_err(|e| self.err(e))?;
             for row in rows {
@@ -502,9 +509,13 @@ mod tests {
             }
         );
         let unsent = reader.fetch_unsent(100).unwrap();
-        let a: Vec<u64> = unsent.iter().filter(|r| r.0 == "a").map(|r| r.1).collect();
+        let a: Vec<u64> = unsent
+            .iter()
+            .filter(|r| r.device_id == "a")
+            .map(|r| r.seq)
+            .collect();
         assert_eq!(a, vec![1, 2, 3, 4, 5, 6]);
-        let rec = StoredRecord::decode(unsent[0].3.as_slice()).unwrap();
+        let rec = StoredRecord::decode(unsent[0].payload.as_slice()).unwrap();
         assert_eq!(rec.seq, 1);
         assert_eq!(rec.gateway_id, "gw");
     }
@@ -585,7 +596,7 @@ mod tests {
             .fetch_unsent(10)
             .unwrap()
             .iter()
-            .map(|r| r.1)
+            .map(|r| r.seq)
             .collect();
         assert_eq!(seqs, vec![4, 5]);
         assert_eq!(reader.counts().unwrap().unsent, 2);

@@ -243,7 +243,13 @@ impl Outbox for SqliteOutbox {
             .fetch_unsent(limit)
             .map_err(outbox_err("fetch_unsent"))?;
         rows.into_iter()
-            .map(|(device_id, seq, bed, payload)| {
+            .map(|row| {
+                let db::UnsentRow {
+                    device_id,
+                    seq,
+                    bed,
+                    payload,
+                } = row;
                 let record = StoredRecord::decode(payload.as_slice()).map_err(|e| {
                     outbox_err("fetch_unsent")(StoreError::Sqlite {
                         path: format!("records({device_id}, {seq})"),

@@ -48,7 +48,11 @@ pub fn keygen(dir: &Path) -> PathBuf {
         .arg(&key)
         .output()
         .expect("running icu-gateway keygen");
-    assert!(out.status.success(), "keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "keygen failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     dir.join("gateway.pub")
 }
 
@@ -89,16 +93,17 @@ impl GatewayProc {
             .spawn()
             .expect("starting icu-gateway");
         self.child = Some(child);
-        let endpoints: Endpoints = wait_for(Duration::from_secs(60), "gateway endpoints.json", || {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("gateway exited with {status}; log:\n{}", self.log_text());
+        let endpoints: Endpoints =
+            wait_for(Duration::from_secs(60), "gateway endpoints.json", || {
+                if let Some(c) = self.child.as_mut() {
+                    if let Ok(Some(status)) = c.try_wait() {
+                        panic!("gateway exited with {status}; log:\n{}", self.log_text());
+                    }
                 }
-            }
-            let text = std::fs::read_to_string(&ep).ok()?;
-            serde_json::from_str(&text).ok()
-        })
-        .unwrap_or_else(|e| panic!("{e}; log:\n{}", self.log_text()));
+                let text = std::fs::read_to_string(&ep).ok()?;
+                serde_json::from_str(&text).ok()
+            })
+            .unwrap_or_else(|e| panic!("{e}; log:\n{}", self.log_text()));
         self.endpoints = endpoints;
     }
 
@@ -114,7 +119,10 @@ impl GatewayProc {
     /// Graceful stop (SIGTERM) and wait.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
             loop {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -149,7 +157,10 @@ pub fn http_get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json:
     use std::io::Read as _;
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf);
@@ -157,7 +168,10 @@ pub fn http_get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json:
         .split_once("\r\n\r\n")
         .ok_or_else(|| anyhow::anyhow!("no HTTP body"))?;
     anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "status: {head}");
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_owned()
@@ -189,7 +203,12 @@ pub struct SimRun {
 pub fn run_sim(mllp: SocketAddr, beds: usize, messages: u64, rate: f64, manifest: &Path) -> SimRun {
     let out = Command::new(bin_path("icu-sim"))
         .args(["pcd01", "--target", &mllp.to_string()])
-        .args(["--beds", &beds.to_string(), "--messages", &messages.to_string()])
+        .args([
+            "--beds",
+            &beds.to_string(),
+            "--messages",
+            &messages.to_string(),
+        ])
         .args(["--rate", &rate.to_string(), "--manifest"])
         .arg(manifest)
         .output()
