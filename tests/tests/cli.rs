@@ -1,0 +1,73 @@
+//! The gateway's command line as an engineer uses it: check-config and keygen.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use icu_tests::{bin_path, workspace_root};
+
+#[test]
+fn check_config_names_every_bad_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "gateway_id = \"icu north\"\ndata_dir = \"d\"\n[mllp]\nlisten = \"nowhere\"\n\
+         [[beds]]\nid = \"bed-1\"\n[[devices]]\nid = \"mon-1\"\nbed = \"bed-9\"\nprotocol = \"pcd01\"\nmatch = \"X\"\n",
+    )
+    .unwrap();
+    let out = Command::new(bin_path("icu-gateway"))
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for field in ["gateway_id:", "mllp.listen:", "devices[0].bed:"] {
+        assert!(err.contains(field), "{field} missing in:\n{err}");
+    }
+}
+
+#[test]
+fn example_config_is_valid_apart_from_the_missing_key() {
+    let out = Command::new(bin_path("icu-gateway"))
+        .args(["check-config", "--config"])
+        .arg(workspace_root().join("gateway/gateway.example.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("valid") && stdout.contains("device mon-02 at bed-02"),
+        "{stdout}{stderr}"
+    );
+    assert!(stderr.contains("icu-gateway keygen"), "{stderr}");
+}
+
+#[test]
+fn keygen_writes_a_private_key_only_root_reads_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("gw.key");
+    let run = || {
+        Command::new(bin_path("icu-gateway"))
+            .args(["keygen", "--out"])
+            .arg(&key)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let public = std::fs::read_to_string(dir.path().join("gw.pub")).unwrap();
+    assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"), "{public}");
+    let first = std::fs::read(&key).unwrap();
+    assert!(
+        !run().status.success(),
+        "a second keygen must refuse to overwrite"
+    );
+    assert_eq!(std::fs::read(&key).unwrap(), first);
+}
