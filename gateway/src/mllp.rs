@@ -15,7 +15,8 @@ use std::sync::Arc;
 use actix::Addr;
 use futures::{SinkExt, StreamExt};
 use icu_drivers::hl7::{
-    self, build_ack, decode_pcd01, parse_header, AckCode, ErrorCode, Hl7Error, MessageHeader,
+    build_ack, decode_pcd01, parse_header, AckCode, ErrorCode, Hl7Error, MessageHeader,
+    Pcd01Message,
 };
 use icu_drivers::mllp::{MllpCodec, MllpEvent};
 use icu_drivers::terminology::Terminology;
@@ -225,14 +226,14 @@ async fn handle_frame(
     payload: &[u8],
     received: i64,
 ) -> String {
-    let header = parse_header(payload).ok();
-    let message = match decode_pcd01(payload, received, &ingest.terminology) {
-        Ok(m) => m,
-        Err(err) => {
-            let device = header
-                .as_ref()
-                .and_then(|h| ingest.route(None, h))
-                .map(|r| r.device_id.clone());
+    let (message, route) = match decode_and_route(ingest, payload, received) {
+        Ok(found) => found,
+        Err(refused) => {
+            let Refused {
+                err,
+                header,
+                device,
+            } = *refused;
             if let Some(d) = &device {
                 ingest.live.record_error(d, &err.to_string());
             }
@@ -249,38 +250,6 @@ async fn handle_frame(
             )
             .await;
         }
-    };
-    let Some(route) = ingest
-        .route(message.equipment_id.as_deref(), &message.header)
-        .cloned()
-    else {
-        let err = Hl7Error::new(
-            AckCode::AR,
-            ErrorCode::UnknownKeyIdentifier,
-            Some(hl7::ErrorLocation {
-                segment: "MSH".into(),
-                sequence: 1,
-                field: Some(3),
-                component: None,
-            }),
-            format!(
-                "device '{}' (equipment {}) is not configured on this gateway; add it to devices[] with its bed",
-                message.header.sending_application,
-                message.equipment_id.as_deref().unwrap_or("unknown")
-            ),
-        );
-        return reject(
-            ingest,
-            peer,
-            Some(&message.header),
-            None,
-            offset,
-            payload,
-            payload.len(),
-            &err,
-            received,
-        )
-        .await;
     };
     let header = message.header.clone();
     let n = message.observations.len();
@@ -334,6 +303,48 @@ fn ack(
     };
     counter.fetch_add(1, Ordering::Relaxed);
     build_ack(header, code, err, &ingest.next_ack_id(), chrono::Utc::now())
+}
+
+/// A refused frame, with whatever could be learned of its sender.
+struct Refused {
+    err: Hl7Error,
+    header: Option<MessageHeader>,
+    /// The configured device, if the header names one.
+    device: Option<String>,
+}
+
+/// Decodes a frame and finds its device.
+fn decode_and_route(
+    ingest: &Ingest,
+    payload: &[u8],
+    received: i64,
+) -> Result<(Pcd01Message, Route), Box<Refused>> {
+    let message = decode_pcd01(payload, received, &ingest.terminology).map_err(|err| {
+        let header = parse_header(payload).ok();
+        let device = header
+            .as_ref()
+            .and_then(|h| ingest.route(None, h))
+            .map(|r| r.device_id.clone());
+        Box::new(Refused {
+            err,
+            header,
+            device,
+        })
+    })?;
+    match ingest.route(message.equipment_id.as_deref(), &message.header) {
+        Some(route) => Ok((message, route.clone())),
+        None => {
+            let id = message
+                .equipment_id
+                .clone()
+                .unwrap_or_else(|| message.header.sending_application.clone());
+            Err(Box::new(Refused {
+                err: Hl7Error::unknown_device(id),
+                header: Some(message.header),
+                device: None,
+            }))
+        }
+    }
 }
 
 /// Dead-letters a rejected input and builds its AE/AR. If even the dead letter cannot be

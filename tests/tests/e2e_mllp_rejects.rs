@@ -155,15 +155,26 @@ fn bad_input_gets_ae_or_ar_with_err_and_lands_in_dead_letters() {
     let (code, err) = msa(&ack);
     assert_eq!(code, "AR", "{ack}");
     assert!(err.unwrap().contains("200^"), "{ack}");
+    // 6. a device that is not in the config: AR 204, never stored under a guessed device
+    let ack =
+        s.send(&pcd01("UNKNOWN-DEV", "70", "ORU^R01^ORU_R01").replace(EUI, "00FFFF0000000099"));
+    let (code, err) = msa(&ack);
+    assert_eq!(code, "AR", "{ack}");
+    let err = err.unwrap();
+    assert!(
+        err.contains("204^") && err.contains("00FFFF0000000099"),
+        "{err}"
+    );
     // ... and the same connection still takes a good message.
     let ack = s.send(&pcd01("GOOD-1", "72", "ORU^R01^ORU_R01"));
     assert_eq!(msa(&ack).0, "AA", "{ack}");
 
     let letters = dead_letters(&gw.db_path());
-    assert_eq!(letters.len(), 5, "{letters:?}");
+    assert_eq!(letters.len(), 6, "{letters:?}");
     let codes: Vec<(&str, i64)> = letters.iter().map(|l| (l.0.as_str(), l.1)).collect();
     assert_eq!(codes[3], ("AE", 102));
     assert_eq!(codes[4], ("AR", 200));
+    assert_eq!(codes[5], ("AR", 204));
     assert_eq!(letters[3].2.as_deref(), Some("OBX^2^5"));
     assert!(
         letters.iter().all(|l| !l.3.is_empty()),
