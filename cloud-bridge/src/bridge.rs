@@ -39,9 +39,10 @@ use tracing::{debug, error, info, warn};
 
 pub use self::stats::{BridgeState, BridgeStats};
 use crate::error::BridgeError;
-use crate::fhir::observation_bundle;
+use crate::fhir::{alarm_observation, observation_bundle};
 use crate::headers;
 use crate::outbox::Outbox;
+use crate::outbox::Stream;
 use crate::signing::GatewayKey;
 use crate::Terminology;
 use plan::{markable, plan_bundles, PlannedBundle};
@@ -64,6 +65,8 @@ pub struct BridgeConfig {
     pub brokers: String,
     /// Topic for observation bundles (default `icu.observations`). It must exist.
     pub topic_observations: String,
+    /// Topic for alarm state changes (default `icu.alarms`). It must exist.
+    pub topic_alarms: String,
     /// Most outbox records read per cycle (default 2000).
     pub fetch_limit: usize,
     /// Most observations per Kafka record (default 100).
@@ -84,6 +87,7 @@ impl Default for BridgeConfig {
             gateway_id: String::new(),
             brokers: String::new(),
             topic_observations: "icu.observations".into(),
+            topic_alarms: "icu.alarms".into(),
             fetch_limit: 2000,
             max_per_bundle: 100,
             message_timeout_ms: 30_000,
@@ -95,6 +99,14 @@ impl Default for BridgeConfig {
 }
 
 impl BridgeConfig {
+    /// The topic a stream goes to.
+    pub fn topic(&self, stream: Stream) -> &str {
+        match stream {
+            Stream::Observations => &self.topic_observations,
+            Stream::Alarms => &self.topic_alarms,
+        }
+    }
+
     /// Checks every field; reports the first problem with its field name.
     pub fn validate(&self) -> Result<(), BridgeError> {
         let bad = |field, reason: &str| {
@@ -111,6 +123,9 @@ impl BridgeConfig {
         }
         if self.topic_observations.trim().is_empty() {
             return bad("topic_observations", "must not be empty");
+        }
+        if self.topic_alarms.trim().is_empty() {
+            return bad("topic_alarms", "must not be empty");
         }
         if self.fetch_limit == 0 {
             return bad("fetch_limit", "must be at least 1");
@@ -226,7 +241,7 @@ fn create_producer(config: &BridgeConfig) -> Result<FutureProducer<QuietContext>
 /// Why a cycle failed; decides the state.
 enum CycleError {
     Offline(String),
-    TopicMissing,
+    TopicMissing(String),
 }
 
 /// Outcome of a successful cycle.
@@ -294,9 +309,8 @@ impl Worker {
 
     fn enter_failure_state(&mut self, err: CycleError) {
         let brokers = &self.config.brokers;
-        let topic = &self.config.topic_observations;
         match err {
-            CycleError::TopicMissing => {
+            CycleError::TopicMissing(topic) => {
                 self.topic_known = false;
                 let state = BridgeState::TopicMissing {
                     topic: topic.clone(),
@@ -314,6 +328,7 @@ impl Worker {
                     reason: reason.clone(),
                 };
                 if self.stats.set_state(state).is_some() {
+                    let topic = &self.config.topic_observations;
                     error!(%brokers, %topic, %reason, "cloud bridge offline; records stay in the outbox and are retried");
                 }
             }
@@ -378,9 +393,11 @@ impl Worker {
             self.reset_producer();
             let unknown_topic = delivered
                 .iter()
-                .any(|r| r.as_ref().err().is_some_and(|e| e.unknown_topic));
-            return Err(if unknown_topic {
-                CycleError::TopicMissing
+                .zip(&plan.bundles)
+                .find(|(r, _)| r.as_ref().err().is_some_and(|e| e.unknown_topic))
+                .map(|(_, b)| self.config.topic(b.stream).to_owned());
+            return Err(if let Some(topic) = unknown_topic {
+                CycleError::TopicMissing(topic)
             } else {
                 CycleError::Offline(format!(
                     "{failed} of {} kafka records not delivered to {}: {}",
@@ -435,43 +452,42 @@ impl Worker {
         }
     }
 
-    /// Checks (once, then cached) that the topic exists.
+    /// Checks (once, then cached) that every topic the bridge writes to exists.
     async fn ensure_topic(&mut self) -> Result<(), CycleError> {
         if self.topic_known {
             return Ok(());
         }
-        let producer = self.producer.clone();
-        let topic = self.config.topic_observations.clone();
-        let timeout = self.config.metadata_timeout();
-        let answer = tokio::task::spawn_blocking(move || {
-            let metadata = producer.client().fetch_metadata(Some(&topic), timeout)?;
-            Ok::<_, KafkaError>(
-                metadata
-                    .topics()
-                    .iter()
-                    .find(|t| t.name() == topic)
-                    .map(|t| (t.error(), t.partitions().len())),
-            )
-        })
-        .await;
-        let result = match answer {
-            Ok(Ok(found)) => topic_check(found),
-            Ok(Err(e)) => Err(CycleError::Offline(format!(
-                "cannot reach kafka brokers {}: {e}",
-                self.config.brokers
-            ))),
-            Err(e) => Err(CycleError::Offline(format!("metadata task failed: {e}"))),
-        };
-        match result {
-            Ok(()) => {
-                self.topic_known = true;
-                Ok(())
-            }
-            Err(e) => {
+        for stream in [Stream::Alarms, Stream::Observations] {
+            let producer = self.producer.clone();
+            let topic = self.config.topic(stream).to_owned();
+            let timeout = self.config.metadata_timeout();
+            let wanted = topic.clone();
+            let answer = tokio::task::spawn_blocking(move || {
+                let metadata = producer.client().fetch_metadata(Some(&wanted), timeout)?;
+                Ok::<_, KafkaError>(
+                    metadata
+                        .topics()
+                        .iter()
+                        .find(|t| t.name() == wanted)
+                        .map(|t| (t.error(), t.partitions().len())),
+                )
+            })
+            .await;
+            let result = match answer {
+                Ok(Ok(found)) => topic_check(&topic, found),
+                Ok(Err(e)) => Err(CycleError::Offline(format!(
+                    "cannot reach kafka brokers {}: {e}",
+                    self.config.brokers
+                ))),
+                Err(e) => Err(CycleError::Offline(format!("metadata task failed: {e}"))),
+            };
+            if let Err(e) = result {
                 self.stats.add_broker_error();
-                Err(e)
+                return Err(e);
             }
         }
+        self.topic_known = true;
+        Ok(())
     }
 
     /// Maps, signs and produces every bundle, then awaits every delivery report.
@@ -504,14 +520,19 @@ impl Worker {
         &self,
         bundle: &PlannedBundle,
     ) -> Result<rdkafka::producer::DeliveryFuture, DeliveryError> {
-        let value = observation_bundle(
-            &self.config.gateway_id,
-            &bundle.device_id,
-            &bundle.observations,
-            &self.terminology,
-        )
+        let value = match (bundle.stream, &bundle.alarm) {
+            (Stream::Alarms, Some(alarm)) => {
+                alarm_observation(&self.config.gateway_id, &bundle.device_id, alarm)
+            }
+            _ => observation_bundle(
+                &self.config.gateway_id,
+                &bundle.device_id,
+                &bundle.observations,
+                &self.terminology,
+            ),
+        }
         .map_err(|e| {
-            error!(device_id = %bundle.device_id, seq_first = bundle.first_seq, error = %e, "cannot map bundle to fhir");
+            error!(device_id = %bundle.device_id, seq_first = bundle.first_seq, error = %e, "cannot map record to fhir");
             DeliveryError {
                 reason: e.to_string(),
                 unknown_topic: false,
@@ -537,7 +558,7 @@ impl Worker {
             ))
             .insert(header(headers::BED, &bundle.bed));
         // No patient association yet: the key is the device id.
-        let record = FutureRecord::to(&self.config.topic_observations)
+        let record = FutureRecord::to(self.config.topic(bundle.stream))
             .key(bundle.device_id.as_str())
             .payload(value.as_slice())
             .headers(record_headers);
@@ -549,8 +570,10 @@ impl Worker {
     async fn mark_sent(&self, bundle: &PlannedBundle) -> Result<(), String> {
         let outbox = self.outbox.clone();
         let device_id = bundle.device_id.clone();
-        let (first, last) = (bundle.first_seq, bundle.last_seq);
-        match tokio::task::spawn_blocking(move || outbox.mark_sent(&device_id, first, last)).await {
+        let (first, last, stream) = (bundle.first_seq, bundle.last_seq, bundle.stream);
+        match tokio::task::spawn_blocking(move || outbox.mark_sent(stream, &device_id, first, last))
+            .await
+        {
             Ok(Ok(())) => {
                 debug!(device_id = %bundle.device_id, seq_first = first, seq_last = last, "bundle delivered and marked sent");
                 Ok(())
@@ -630,18 +653,20 @@ impl DeliveryError {
 }
 
 /// Decides from a metadata answer whether the topic is usable.
-fn topic_check(found: Option<(Option<RDKafkaRespErr>, usize)>) -> Result<(), CycleError> {
+fn topic_check(
+    topic: &str,
+    found: Option<(Option<RDKafkaRespErr>, usize)>,
+) -> Result<(), CycleError> {
+    let missing = || Err(CycleError::TopicMissing(topic.to_owned()));
     match found {
-        None => Err(CycleError::TopicMissing),
+        None => missing(),
         Some((Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART), _))
-        | Some((Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC), _)) => {
-            Err(CycleError::TopicMissing)
-        }
+        | Some((Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC), _)) => missing(),
         Some((Some(err), _)) => Err(CycleError::Offline(format!(
             "topic metadata error: {}",
             RDKafkaErrorCode::from(err)
         ))),
-        Some((None, 0)) => Err(CycleError::TopicMissing),
+        Some((None, 0)) => missing(),
         Some((None, _)) => Ok(()),
     }
 }

@@ -508,5 +508,8 @@ fn parse_observation(obs: &FhirObservation) -> Result<ParsedObservation, BridgeE
     })
 }
 
+mod alarm;
+pub use alarm::{alarm_identifier_system, alarm_observation};
+
 #[cfg(test)]
 mod tests;

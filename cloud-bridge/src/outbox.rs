@@ -16,9 +16,45 @@ use icu_protos::v1::StoredRecord;
 
 use crate::error::BridgeError;
 
+/// A stream of records: each has its own per-device seq and its own Kafka topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    /// Alarm state changes (`icu.alarms`). Ordered first: after an outage alarms drain first.
+    Alarms,
+    /// Observations (`icu.observations`).
+    Observations,
+}
+
+impl Stream {
+    /// The number the gateway store keeps in `records.kind`.
+    pub fn code(self) -> i64 {
+        match self {
+            Stream::Observations => 1,
+            Stream::Alarms => 2,
+        }
+    }
+
+    pub fn from_code(code: i64) -> Option<Stream> {
+        match code {
+            1 => Some(Stream::Observations),
+            2 => Some(Stream::Alarms),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Observations => "observations",
+            Stream::Alarms => "alarms",
+        }
+    }
+}
+
 /// One stored record waiting to be forwarded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxRecord {
+    pub stream: Stream,
     pub device_id: String,
     /// Per-device sequence number assigned at commit.
     pub seq: u64,
@@ -29,16 +65,23 @@ pub struct OutboxRecord {
 
 /// Records waiting for Kafka. Implementations may block; they must be thread safe.
 pub trait Outbox: Send + Sync + 'static {
-    /// Oldest unsent records, ordered by (device_id, seq), at most `limit`.
+    /// Oldest unsent records, ordered by (stream, device_id, seq), at most `limit`.
     fn fetch_unsent(&self, limit: usize) -> Result<Vec<OutboxRecord>, BridgeError>;
-    /// Marks [first_seq, last_seq] of one device as sent (called only after Kafka's delivery report).
-    fn mark_sent(&self, device_id: &str, first_seq: u64, last_seq: u64) -> Result<(), BridgeError>;
+    /// Marks [first_seq, last_seq] of one device's stream as sent (called only after Kafka's
+    /// delivery report).
+    fn mark_sent(
+        &self,
+        stream: Stream,
+        device_id: &str,
+        first_seq: u64,
+        last_seq: u64,
+    ) -> Result<(), BridgeError>;
 }
 
 /// An in-memory [`Outbox`] for tests (here and in the gateway).
 #[derive(Debug, Default)]
 pub struct MemoryOutbox {
-    records: Mutex<BTreeMap<(String, u64), (OutboxRecord, bool)>>,
+    records: Mutex<BTreeMap<(Stream, String, u64), (OutboxRecord, bool)>>,
     fail_fetch: AtomicBool,
     fail_mark: AtomicBool,
 }
@@ -51,7 +94,7 @@ impl MemoryOutbox {
 
     /// Adds (or replaces) an unsent record.
     pub fn push(&self, record: OutboxRecord) {
-        let key = (record.device_id.clone(), record.seq);
+        let key = (record.stream, record.device_id.clone(), record.seq);
         self.lock().insert(key, (record, false));
     }
 
@@ -64,8 +107,8 @@ impl MemoryOutbox {
     pub fn sent_seqs(&self, device_id: &str) -> Vec<u64> {
         self.lock()
             .iter()
-            .filter(|((device, _), (_, sent))| device == device_id && *sent)
-            .map(|((_, seq), _)| *seq)
+            .filter(|((_, device, _), (_, sent))| device == device_id && *sent)
+            .map(|((_, _, seq), _)| *seq)
             .collect()
     }
 
@@ -79,7 +122,10 @@ impl MemoryOutbox {
         self.fail_mark.store(fail, Ordering::SeqCst);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, u64), (OutboxRecord, bool)>> {
+    #[allow(clippy::type_complexity)]
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<(Stream, String, u64), (OutboxRecord, bool)>> {
         // A panic while holding the lock cannot leave the map half-updated (single inserts).
         self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -102,7 +148,13 @@ impl Outbox for MemoryOutbox {
             .collect())
     }
 
-    fn mark_sent(&self, device_id: &str, first_seq: u64, last_seq: u64) -> Result<(), BridgeError> {
+    fn mark_sent(
+        &self,
+        stream: Stream,
+        device_id: &str,
+        first_seq: u64,
+        last_seq: u64,
+    ) -> Result<(), BridgeError> {
         if self.fail_mark.load(Ordering::SeqCst) {
             return Err(BridgeError::Outbox {
                 operation: "mark_sent",
@@ -110,7 +162,8 @@ impl Outbox for MemoryOutbox {
             });
         }
         let mut records = self.lock();
-        let range = (device_id.to_owned(), first_seq)..=(device_id.to_owned(), last_seq);
+        let range =
+            (stream, device_id.to_owned(), first_seq)..=(stream, device_id.to_owned(), last_seq);
         for (_, (_, sent)) in records.range_mut(range) {
             *sent = true;
         }
@@ -124,6 +177,7 @@ mod tests {
 
     fn rec(device: &str, seq: u64) -> OutboxRecord {
         OutboxRecord {
+            stream: Stream::Observations,
             device_id: device.into(),
             seq,
             bed: "b1".into(),
@@ -157,11 +211,11 @@ mod tests {
                 ("b".into(), 1)
             ]
         );
-        outbox.mark_sent("a", 1, 2).unwrap();
+        outbox.mark_sent(Stream::Observations, "a", 1, 2).unwrap();
         assert_eq!(outbox.sent_seqs("a"), [1, 2]);
         assert_eq!(outbox.unsent_len(), 3);
         outbox.set_fail_mark(true);
-        assert!(outbox.mark_sent("a", 3, 3).is_err());
+        assert!(outbox.mark_sent(Stream::Observations, "a", 3, 3).is_err());
         assert_eq!(outbox.unsent_len(), 3);
     }
 }

@@ -117,6 +117,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
                 gateway_id: config.gateway_id.clone(),
                 brokers: k.bootstrap.clone(),
                 topic_observations: k.topic_observations.clone(),
+                topic_alarms: k.topic_alarms.clone(),
                 fetch_limit: 2000,
                 max_per_bundle: k.max_per_bundle,
                 message_timeout_ms: k.message_timeout_ms,
@@ -135,16 +136,30 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
 
     let live = Arc::new(LiveState::new(&config.beds, &config.devices));
     let clock = Arc::new(ClockState::new(config.clock));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut routes = HashMap::new();
     for d in &config.devices {
         let addr = DeviceActor::start(d.clone(), store.clone(), live.clone(), clock.clone());
-        routes.insert(
-            d.match_id.clone(),
-            Route {
-                device_id: d.id.clone(),
+        if let Some(m) = &d.match_id {
+            routes.insert(
+                m.clone(),
+                Route {
+                    device_id: d.id.clone(),
+                    addr: addr.clone(),
+                },
+            );
+        }
+        if let Some(settings) = &d.serial {
+            let protocol = crate::serial_protocols::for_device(d, terminology.clone());
+            tokio::spawn(crate::serial::run(
+                d.id.clone(),
+                settings.clone(),
+                protocol,
                 addr,
-            },
-        );
+                store.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
     }
 
     let mllp_stats = Arc::new(MllpStats::default());
@@ -165,7 +180,6 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
             )
         })?;
     let mllp_addr = mllp_listener.local_addr()?;
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mllp_task = tokio::spawn(mllp::serve(
         mllp_listener,
         ingest,

@@ -174,6 +174,9 @@ pub struct RawKafka {
     /// Topic for FHIR Bundles of Observations.
     #[serde(default = "default_topic_observations")]
     pub topic_observations: String,
+    /// Topic for alarm state changes (one FHIR Observation each, PCD-04 attributes).
+    #[serde(default = "default_topic_alarms")]
+    pub topic_alarms: String,
     /// How long the producer keeps trying one record before reporting it failed (it is then
     /// sent again from the store, never dropped).
     #[serde(default = "default_message_timeout_ms")]
@@ -202,15 +205,34 @@ pub struct RawDevice {
     pub id: String,
     /// The bed this device is at (one of `beds[].id`).
     pub bed: String,
-    /// The protocol it speaks: `"pcd01"` (IHE PCD-01 over MLLP).
+    /// The protocol it speaks: `"pcd01"` (IHE PCD-01 over MLLP), `"masimo"` (Masimo ASCII 1 over
+    /// a serial line) or `"medibus"` (Dräger MEDIBUS over a serial line).
     pub protocol: String,
-    /// How incoming messages are recognised as this device: its EUI-64 (MSH-3.2 or OBX-18),
-    /// or the sending application namespace (MSH-3.1).
+    /// For `pcd01`: how incoming messages are recognised as this device: its EUI-64 (MSH-3.2 or
+    /// OBX-18), or the sending application namespace (MSH-3.1).
     #[serde(rename = "match")]
-    pub match_id: String,
+    pub match_id: Option<String>,
+    /// For serial protocols: the port and its line settings.
+    pub serial: Option<RawSerial>,
     /// Seconds without data after which the device counts as silent.
     #[serde(default = "default_silent_after_s")]
     pub silent_after_s: u64,
+}
+
+/// A serial port. Defaults are the protocol's usual settings (Masimo 9600 8N1, MEDIBUS 19200 8E1);
+/// set them to what the device's COM-port menu says.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSerial {
+    /// Device path, e.g. `/dev/ttyUSB0` or a stable `/dev/serial/by-id/...` link.
+    pub port: PathBuf,
+    pub baud: Option<u32>,
+    /// 7 or 8.
+    pub data_bits: Option<u8>,
+    /// `"none"`, `"even"` or `"odd"`.
+    pub parity: Option<String>,
+    /// 1 or 2.
+    pub stop_bits: Option<u8>,
 }
 
 fn default_clock() -> String {
@@ -248,6 +270,9 @@ fn default_key_file() -> PathBuf {
 }
 fn default_topic_observations() -> String {
     "icu.observations".into()
+}
+fn default_topic_alarms() -> String {
+    "icu.alarms".into()
 }
 fn default_message_timeout_ms() -> u64 {
     30_000
@@ -297,6 +322,7 @@ pub struct MllpConfig {
 pub struct KafkaConfig {
     pub bootstrap: String,
     pub topic_observations: String,
+    pub topic_alarms: String,
     pub message_timeout_ms: u64,
     pub max_per_bundle: usize,
     pub compression: String,
@@ -319,6 +345,14 @@ pub struct Bed {
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Pcd01,
+    Masimo,
+    Medibus,
+}
+
+impl Protocol {
+    fn is_serial(self) -> bool {
+        matches!(self, Protocol::Masimo | Protocol::Medibus)
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -326,7 +360,10 @@ pub struct Device {
     pub id: String,
     pub bed: String,
     pub protocol: Protocol,
-    pub match_id: String,
+    /// Set for message-based protocols (pcd01).
+    pub match_id: Option<String>,
+    #[serde(skip)]
+    pub serial: Option<crate::serial::SerialSettings>,
     pub silent_after: Duration,
 }
 
@@ -359,7 +396,7 @@ impl Config {
         self.devices
             .iter()
             .enumerate()
-            .map(|(i, d)| (d.match_id.clone(), i))
+            .filter_map(|(i, d)| d.match_id.clone().map(|m| (m, i)))
             .collect()
     }
 }
@@ -463,6 +500,9 @@ impl RawConfig {
             if k.topic_observations.trim().is_empty() {
                 problem("kafka.topic_observations", "must not be empty".into());
             }
+            if k.topic_alarms.trim().is_empty() {
+                problem("kafka.topic_alarms", "must not be empty".into());
+            }
             if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&k.compression.as_str()) {
                 problem(
                     "kafka.compression",
@@ -481,6 +521,7 @@ impl RawConfig {
             KafkaConfig {
                 bootstrap: k.bootstrap.clone(),
                 topic_observations: k.topic_observations.clone(),
+                topic_alarms: k.topic_alarms.clone(),
                 message_timeout_ms: k.message_timeout_ms,
                 max_per_bundle: k.max_per_bundle,
                 compression: k.compression.clone(),
@@ -524,6 +565,7 @@ impl RawConfig {
         let mut devices = Vec::new();
         let mut device_ids = BTreeMap::new();
         let mut match_ids = BTreeMap::new();
+        let mut ports = BTreeMap::new();
         for (i, d) in self.devices.iter().enumerate() {
             if !valid_id(&d.id) {
                 problem(
@@ -545,22 +587,99 @@ impl RawConfig {
             }
             let protocol = match d.protocol.as_str() {
                 "pcd01" => Protocol::Pcd01,
+                "masimo" => Protocol::Masimo,
+                "medibus" => Protocol::Medibus,
                 other => {
                     problem(
                         &format!("devices[{i}].protocol"),
-                        format!("'{other}' is not a supported protocol (pcd01)"),
+                        format!("'{other}' is not a supported protocol (pcd01, masimo, medibus)"),
                     );
                     Protocol::Pcd01
                 }
             };
-            if d.match_id.trim().is_empty() {
-                problem(&format!("devices[{i}].match"), "must not be empty".into());
-            } else if let Some(prev) = match_ids.insert(d.match_id.clone(), i) {
-                problem(
+            match (&d.match_id, protocol.is_serial()) {
+                (None, false) => problem(
                     &format!("devices[{i}].match"),
-                    format!("'{}' already identifies devices[{prev}]", d.match_id),
-                );
+                    "is required for pcd01 devices (the EUI-64 or MSH-3.1 that identifies them)"
+                        .into(),
+                ),
+                (Some(m), false) if m.trim().is_empty() => {
+                    problem(&format!("devices[{i}].match"), "must not be empty".into())
+                }
+                (Some(m), false) => {
+                    if let Some(prev) = match_ids.insert(m.clone(), i) {
+                        problem(
+                            &format!("devices[{i}].match"),
+                            format!("'{m}' already identifies devices[{prev}]"),
+                        );
+                    }
+                }
+                (Some(_), true) => problem(
+                    &format!("devices[{i}].match"),
+                    "is only for pcd01 devices; serial devices are identified by their port".into(),
+                ),
+                (None, true) => {}
             }
+            let serial = match (&d.serial, protocol.is_serial()) {
+                (None, true) => {
+                    problem(
+                        &format!("devices[{i}].serial"),
+                        format!(
+                            "is required for {} devices (port and line settings)",
+                            d.protocol
+                        ),
+                    );
+                    None
+                }
+                (Some(_), false) => {
+                    problem(
+                        &format!("devices[{i}].serial"),
+                        "is only for serial devices (masimo, medibus)".into(),
+                    );
+                    None
+                }
+                (None, false) => None,
+                (Some(sp), true) => {
+                    let (baud, parity) = match protocol {
+                        Protocol::Medibus => (19200, "even"),
+                        _ => (9600, "none"),
+                    };
+                    let parity = sp.parity.clone().unwrap_or_else(|| parity.to_owned());
+                    if !["none", "even", "odd"].contains(&parity.as_str()) {
+                        problem(
+                            &format!("devices[{i}].serial.parity"),
+                            format!("'{parity}' is not one of none, even, odd"),
+                        );
+                    }
+                    let data_bits = sp.data_bits.unwrap_or(8);
+                    if !(7..=8).contains(&data_bits) {
+                        problem(
+                            &format!("devices[{i}].serial.data_bits"),
+                            "must be 7 or 8".into(),
+                        );
+                    }
+                    let stop_bits = sp.stop_bits.unwrap_or(1);
+                    if !(1..=2).contains(&stop_bits) {
+                        problem(
+                            &format!("devices[{i}].serial.stop_bits"),
+                            "must be 1 or 2".into(),
+                        );
+                    }
+                    if let Some(prev) = ports.insert(sp.port.clone(), i) {
+                        problem(
+                            &format!("devices[{i}].serial.port"),
+                            format!("{} is already used by devices[{prev}]", sp.port.display()),
+                        );
+                    }
+                    Some(crate::serial::SerialSettings {
+                        port: sp.port.clone(),
+                        baud: sp.baud.unwrap_or(baud),
+                        data_bits,
+                        parity,
+                        stop_bits,
+                    })
+                }
+            };
             if d.silent_after_s == 0 {
                 problem(
                     &format!("devices[{i}].silent_after_s"),
@@ -572,6 +691,7 @@ impl RawConfig {
                 bed: d.bed.clone(),
                 protocol,
                 match_id: d.match_id.clone(),
+                serial,
                 silent_after: Duration::from_secs(d.silent_after_s),
             });
         }

@@ -7,24 +7,87 @@
 //! transport acknowledges only what is durable. The mailbox is bounded: a transport that sends
 //! faster than the disk takes is slowed down (`send().await` waits), never dropped.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use icu_drivers::hl7::{AckCode, ErrorCode, Hl7Error, Pcd01Message};
+use icu_protos::v1::Alarm;
 
-use crate::clock::ClockState;
+use crate::clock::{now_us, ClockState};
 use crate::config::Device;
 use crate::live::LiveState;
-use crate::store::{Append, ObservationBatch, Store, StoreError, WriteOutcome, WriteRequest};
+use crate::store::{
+    AlarmWrite, Append, ObservationBatch, Store, StoreError, WriteOutcome, WriteRequest,
+};
 
 /// Most messages waiting in one device's mailbox.
 pub const DEVICE_MAILBOX: usize = 64;
+
+/// How often the actor checks whether its feed went silent.
+const SILENCE_CHECK: Duration = Duration::from_secs(1);
+
+/// MDC_EVT_ALARM: the generic technical alarm event code (PCD-04).
+pub const MDC_EVT_ALARM: u32 = 196616;
+
+/// What the transport knows about the link to the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    /// Opening the port / waiting for the device's first answer.
+    Connecting,
+    /// The link is up.
+    Up,
+    /// The link was lost; the transport retries with backoff.
+    Reconnecting,
+    /// The transport gave up (e.g. the port does not exist); it still retries slowly.
+    Failed,
+}
+
+/// A transport's report about the link.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Link {
+    pub state: LinkState,
+    pub reason: Option<String>,
+}
+
+/// Decoded observations from this device (any transport).
+#[derive(Message)]
+#[rtype(result = "Result<WriteOutcome, StoreError>")]
+pub struct IngestObservations {
+    pub observations: Vec<icu_protos::v1::Observation>,
+    /// `(message id, digest of its bytes)` when the protocol has message ids, to recognise a
+    /// sender's retry.
+    pub dedup: Option<(String, i64)>,
+    pub receive_time_us: i64,
+}
+
+/// A condition the device itself reports (e.g. Masimo EXC "sensor off"), raised or cleared.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct DeviceCondition {
+    /// Stable id of the condition on this device, e.g. `masimo:exc:0x000020`.
+    pub id: String,
+    pub text: String,
+    /// PH, PM or PL.
+    pub priority: String,
+    /// SP physiological, ST technical.
+    pub alert_type: String,
+    pub active: bool,
+    pub time_us: i64,
+}
 
 pub struct DeviceActor {
     device: Device,
     store: Addr<Store>,
     live: Arc<LiveState>,
     clock: Arc<ClockState>,
+    started_us: i64,
+    last_seen_us: Option<i64>,
+    /// Active alarms raised by this actor, by condition id, with their start time.
+    active: HashMap<String, i64>,
 }
 
 impl DeviceActor {
@@ -41,16 +104,201 @@ impl DeviceActor {
                 store,
                 live,
                 clock,
+                started_us: now_us(),
+                last_seen_us: None,
+                active: HashMap::new(),
             }
         })
     }
+
+    /// Stamps identity, updates the live view, and hands the readings to the store.
+    fn ingest(
+        &mut self,
+        mut observations: Vec<icu_protos::v1::Observation>,
+        dedup: Option<(String, i64)>,
+        receive_time_us: i64,
+        ctx: &mut Context<Self>,
+    ) -> impl std::future::Future<Output = Result<WriteOutcome, StoreError>> + 'static {
+        let synced = self.clock.is_synced(receive_time_us);
+        for o in &mut observations {
+            o.device_id = self.device.id.clone();
+            o.bed = self.device.bed.clone();
+            o.clock_synced = synced;
+        }
+        // Live view (and later the alarm engine) first: it never waits for the disk.
+        self.live.record_message(
+            &self.device.id,
+            &self.device.bed,
+            &observations,
+            receive_time_us,
+        );
+        self.last_seen_us = Some(receive_time_us);
+        if self.active.contains_key(STALE_FEED) {
+            self.raise(
+                ctx,
+                STALE_FEED,
+                "data flows again".into(),
+                "PM",
+                "ST",
+                false,
+                receive_time_us,
+            );
+        }
+        let request = WriteRequest::Observations(ObservationBatch {
+            device_id: self.device.id.clone(),
+            bed: self.device.bed.clone(),
+            dedup,
+            observations,
+        });
+        let stored = self.store.send(Append(request));
+        let live = self.live.clone();
+        let device_id = self.device.id.clone();
+        async move {
+            match stored.await {
+                Ok(Ok(outcome)) => {
+                    if matches!(outcome, WriteOutcome::Duplicate { .. }) {
+                        live.record_duplicate(&device_id);
+                    }
+                    Ok(outcome)
+                }
+                Ok(Err(e)) => {
+                    live.record_error(&device_id, &e.to_string());
+                    Err(e)
+                }
+                Err(_) => Err(StoreError::Closed),
+            }
+        }
+    }
+
+    /// Starts (`active`) or ends an alarm of this device and stores the state change; it is
+    /// forwarded to `icu.alarms`. Repeated starts or ends of the same condition are ignored.
+    #[allow(clippy::too_many_arguments)]
+    fn raise(
+        &mut self,
+        ctx: &mut Context<Self>,
+        id: &str,
+        text: String,
+        priority: &str,
+        alert_type: &str,
+        active: bool,
+        time_us: i64,
+    ) {
+        let started = match (active, self.active.get(id).copied()) {
+            (true, Some(_)) | (false, None) => return,
+            (true, None) => {
+                self.active.insert(id.to_owned(), time_us);
+                time_us
+            }
+            (false, Some(start)) => {
+                self.active.remove(id);
+                start
+            }
+        };
+        let alarm = Alarm {
+            device_id: self.device.id.clone(),
+            seq: 0,
+            bed: self.device.bed.clone(),
+            alarm_id: format!("{}:{id}:{started}", self.device.id),
+            mdc_code: MDC_EVT_ALARM,
+            text,
+            priority: priority.to_owned(),
+            phase: if active { "start" } else { "end" }.into(),
+            state: if active { "active" } else { "inactive" }.into(),
+            event_time_us: time_us,
+            alert_type: alert_type.to_owned(),
+            source: id.to_owned(),
+            patient_id: String::new(),
+        };
+        if active {
+            tracing::warn!(device = %self.device.id, bed = %self.device.bed, condition = id, text = %alarm.text, "technical alarm raised");
+        } else {
+            tracing::info!(device = %self.device.id, bed = %self.device.bed, condition = id, "technical alarm ended");
+        }
+        self.live.record_alarm(&self.device.id, &alarm);
+        let request = WriteRequest::Alarm(AlarmWrite {
+            device_id: self.device.id.clone(),
+            bed: self.device.bed.clone(),
+            alarm,
+        });
+        let device_id = self.device.id.clone();
+        ctx.spawn(
+            self.store
+                .send(Append(request))
+                .into_actor(self)
+                .map(move |res, _, _| match res {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(device = %device_id, error = %e, "alarm state change not stored")
+                    }
+                    Err(_) => tracing::error!(device = %device_id, "alarm state change not stored: store stopped"),
+                }),
+        );
+    }
+
+    fn check_silence(&mut self, ctx: &mut Context<Self>) {
+        let now = now_us();
+        let since = self.last_seen_us.unwrap_or(self.started_us);
+        let silent_for = now.saturating_sub(since);
+        if silent_for > self.device.silent_after.as_micros() as i64 {
+            let text = match self.last_seen_us {
+                Some(_) => format!(
+                    "no data from {} at {} for {} s",
+                    self.device.id,
+                    self.device.bed,
+                    silent_for / 1_000_000
+                ),
+                None => format!(
+                    "{} at {} has not sent data since the gateway started",
+                    self.device.id, self.device.bed
+                ),
+            };
+            self.raise(ctx, STALE_FEED, text, "PM", "ST", true, now);
+        }
+    }
 }
+
+/// Condition id of the stale-feed technical alarm.
+pub const STALE_FEED: &str = "gateway:stale-feed";
 
 impl Actor for DeviceActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
         tracing::info!(device = %self.device.id, bed = %self.device.bed, "device actor started");
+        ctx.run_interval(SILENCE_CHECK, |act, ctx| act.check_silence(ctx));
+    }
+}
+
+impl Handler<Link> for DeviceActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Link, _: &mut Self::Context) {
+        tracing::info!(device = %self.device.id, state = ?msg.state, reason = msg.reason.as_deref().unwrap_or(""), "device link");
+        self.live.set_link(&self.device.id, msg.state, msg.reason);
+    }
+}
+
+impl Handler<DeviceCondition> for DeviceActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeviceCondition, ctx: &mut Self::Context) {
+        self.raise(
+            ctx,
+            &msg.id,
+            msg.text,
+            &msg.priority,
+            &msg.alert_type,
+            msg.active,
+            msg.time_us,
+        );
+    }
+}
+
+impl Handler<IngestObservations> for DeviceActor {
+    type Result = ResponseFuture<Result<WriteOutcome, StoreError>>;
+
+    fn handle(&mut self, msg: IngestObservations, ctx: &mut Self::Context) -> Self::Result {
+        Box::pin(self.ingest(msg.observations, msg.dedup, msg.receive_time_us, ctx))
     }
 }
 
@@ -77,44 +325,9 @@ pub fn store_error_to_hl7(e: &StoreError) -> Hl7Error {
 impl Handler<IngestPcd01> for DeviceActor {
     type Result = ResponseFuture<Result<WriteOutcome, Hl7Error>>;
 
-    fn handle(&mut self, msg: IngestPcd01, _: &mut Self::Context) -> Self::Result {
-        let synced = self.clock.is_synced(msg.receive_time_us);
-        let mut observations = msg.message.observations;
-        for o in &mut observations {
-            o.device_id = self.device.id.clone();
-            o.bed = self.device.bed.clone();
-            o.clock_synced = synced;
-        }
-        // Live view (and later the alarm engine) first: it never waits for the disk.
-        self.live.record_message(
-            &self.device.id,
-            &self.device.bed,
-            &observations,
-            msg.receive_time_us,
-        );
-        let request = WriteRequest::Observations(ObservationBatch {
-            device_id: self.device.id.clone(),
-            bed: self.device.bed.clone(),
-            dedup: Some((msg.message.header.control_id.clone(), msg.digest)),
-            observations,
-        });
-        let stored = self.store.send(Append(request));
-        let live = self.live.clone();
-        let device_id = self.device.id.clone();
-        Box::pin(async move {
-            match stored.await {
-                Ok(Ok(outcome)) => {
-                    if matches!(outcome, WriteOutcome::Duplicate { .. }) {
-                        live.record_duplicate(&device_id);
-                    }
-                    Ok(outcome)
-                }
-                Ok(Err(e)) => {
-                    live.record_error(&device_id, &e.to_string());
-                    Err(store_error_to_hl7(&e))
-                }
-                Err(_) => Err(store_error_to_hl7(&StoreError::Closed)),
-            }
-        })
+    fn handle(&mut self, msg: IngestPcd01, ctx: &mut Self::Context) -> Self::Result {
+        let dedup = Some((msg.message.header.control_id.clone(), msg.digest));
+        let stored = self.ingest(msg.message.observations, dedup, msg.receive_time_us, ctx);
+        Box::pin(async move { stored.await.map_err(|e| store_error_to_hl7(&e)) })
     }
 }

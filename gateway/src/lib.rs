@@ -7,6 +7,7 @@
 //! validates the one config file. See ARCHITECTURE.md for one observation's path.
 
 pub mod app;
+pub mod census;
 pub mod clock;
 pub mod config;
 pub mod demo;
@@ -14,4 +15,6 @@ pub mod device;
 pub mod http;
 pub mod live;
 pub mod mllp;
+pub mod serial;
+pub mod serial_protocols;
 pub mod store;

@@ -29,13 +29,30 @@ pub struct ValueView {
     pub receive_time_us: i64,
 }
 
+/// An active alarm as the page shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlarmView {
+    pub alarm_id: String,
+    pub device_id: String,
+    pub condition: String,
+    pub text: String,
+    pub priority: String,
+    pub alert_type: String,
+    pub since: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceView {
     pub id: String,
     pub bed: String,
     pub protocol: crate::config::Protocol,
-    /// `waiting` (never heard from), `online`, or `silent` (nothing for `silent_after`).
+    /// `waiting` (never heard from), `connecting`, `online`, `silent` (nothing for
+    /// `silent_after`), `reconnecting` (link lost, retrying) or `failed`.
     pub state: String,
+    /// What the transport last said about the link.
+    pub link: Option<crate::device::LinkState>,
+    pub link_reason: Option<String>,
+    pub active_alarms: Vec<AlarmView>,
     pub messages: u64,
     pub observations: u64,
     pub errors: u64,
@@ -55,6 +72,8 @@ pub struct BedView {
     pub devices: Vec<String>,
     /// Latest value per parameter, ordered by MDC code.
     pub values: Vec<ValueView>,
+    /// Active alarms of the bed's devices, highest priority first.
+    pub alarms: Vec<AlarmView>,
 }
 
 #[derive(Default)]
@@ -100,6 +119,9 @@ impl LiveState {
                     bed: d.bed.clone(),
                     protocol: d.protocol,
                     state: "waiting".into(),
+                    link: None,
+                    link_reason: None,
+                    active_alarms: Vec::new(),
                     messages: 0,
                     observations: 0,
                     errors: 0,
@@ -171,6 +193,40 @@ impl LiveState {
         });
     }
 
+    pub fn set_link(
+        &self,
+        device_id: &str,
+        state: crate::device::LinkState,
+        reason: Option<String>,
+    ) {
+        self.with(|inner| {
+            if let Some(d) = inner.devices.get_mut(device_id) {
+                d.link = Some(state);
+                d.link_reason = reason;
+            }
+        });
+    }
+
+    /// An alarm state change of a device: adds it to, or removes it from, the active list.
+    pub fn record_alarm(&self, device_id: &str, alarm: &icu_protos::v1::Alarm) {
+        self.with(|inner| {
+            if let Some(d) = inner.devices.get_mut(device_id) {
+                d.active_alarms.retain(|a| a.condition != alarm.source);
+                if alarm.state == "active" {
+                    d.active_alarms.push(AlarmView {
+                        alarm_id: alarm.alarm_id.clone(),
+                        device_id: device_id.to_owned(),
+                        condition: alarm.source.clone(),
+                        text: alarm.text.clone(),
+                        priority: alarm.priority.clone(),
+                        alert_type: alarm.alert_type.clone(),
+                        since: rfc3339(alarm.event_time_us),
+                    });
+                }
+            }
+        });
+    }
+
     pub fn record_duplicate(&self, device_id: &str) {
         self.with(|inner| {
             if let Some(d) = inner.devices.get_mut(device_id) {
@@ -194,6 +250,16 @@ impl LiveState {
                         .map(|d| d.id.clone())
                         .collect(),
                     values: values.values().cloned().collect(),
+                    alarms: {
+                        let mut a: Vec<AlarmView> = inner
+                            .devices
+                            .values()
+                            .filter(|d| d.bed == bed.id)
+                            .flat_map(|d| d.active_alarms.iter().cloned())
+                            .collect();
+                        a.sort_by_key(|x| priority_rank(&x.priority));
+                        a
+                    },
                 })
                 .collect()
         })
@@ -218,6 +284,15 @@ impl LiveState {
                 })
                 .collect()
         })
+    }
+}
+
+fn priority_rank(p: &str) -> u8 {
+    match p {
+        "PH" => 0,
+        "PM" => 1,
+        "PL" => 2,
+        _ => 3,
     }
 }
 

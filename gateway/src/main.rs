@@ -131,10 +131,19 @@ fn main() -> anyhow::Result<()> {
             }
             println!("  beds:       {}", cfg.beds.len());
             for d in &cfg.devices {
-                println!(
-                    "  device {} at {} ({:?}, match {})",
-                    d.id, d.bed, d.protocol, d.match_id
-                );
+                let how = match (&d.match_id, &d.serial) {
+                    (Some(m), _) => format!("match {m}"),
+                    (None, Some(s)) => format!(
+                        "port {} {} baud {}{}{}",
+                        s.port.display(),
+                        s.baud,
+                        s.data_bits,
+                        s.parity.chars().next().unwrap_or('n').to_ascii_uppercase(),
+                        s.stop_bits
+                    ),
+                    (None, None) => String::new(),
+                };
+                println!("  device {} at {} ({:?}, {how})", d.id, d.bed, d.protocol);
             }
             if cfg.kafka.is_some() && !cfg.key_file.exists() {
                 anyhow::bail!(

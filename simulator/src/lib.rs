@@ -9,6 +9,7 @@
 pub mod pcd01;
 pub mod physiology;
 pub mod run;
+pub mod serial;
 
 /// One simulated bed with its monitor.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

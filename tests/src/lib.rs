@@ -21,6 +21,7 @@
 //!   in the broker's temp dir, and its tail is in every start-up error).
 
 mod broker;
+pub mod mosquitto;
 mod process;
 
 pub use broker::{Broker, PARTITIONS};

@@ -3,24 +3,42 @@
 
 use std::collections::BTreeMap;
 
-use icu_protos::v1::{stored_record::Body, Observation};
+use icu_protos::v1::{stored_record::Body, Alarm, Observation};
 
-use crate::outbox::OutboxRecord;
+use crate::outbox::{OutboxRecord, Stream};
 
-/// One Kafka record to produce: consecutive seqs of one device.
+/// One Kafka record to produce: consecutive seqs of one device's stream.
+///
+/// An observations bundle holds up to `max_per_bundle` observations (one FHIR Bundle); an
+/// alarms bundle holds exactly one alarm state change (one FHIR Observation).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedBundle {
+    pub stream: Stream,
     pub device_id: String,
     pub bed: String,
     pub first_seq: u64,
     pub last_seq: u64,
-    /// In seq order; `last_seq - first_seq + 1 == observations.len()`.
+    /// In seq order; `last_seq - first_seq + 1 == observations.len()` (observations stream).
     pub observations: Vec<Observation>,
+    /// The alarm (alarms stream).
+    pub alarm: Option<Alarm>,
+}
+
+impl PlannedBundle {
+    /// Records (observations or alarms) this bundle carries.
+    pub fn len(&self) -> usize {
+        (self.last_seq - self.first_seq + 1) as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
 }
 
 /// A record left in the outbox because this bridge does not forward its kind yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkippedRecord {
+    pub stream: Stream,
     pub device_id: String,
     pub seq: u64,
     /// "alarm", "device_status", "adt_event" or "empty".
@@ -35,29 +53,47 @@ pub struct Plan {
     pub skipped: Vec<SkippedRecord>,
 }
 
-/// Groups records into bundles of at most `max_per_bundle` consecutive seqs of one device.
+/// Groups records into bundles of at most `max_per_bundle` consecutive seqs of one device's
+/// stream (alarms: one per bundle).
 ///
-/// A bundle ends at a device change, a seq gap (including a skipped non-observation record), a
-/// bed change, or when full. Input order does not matter; duplicates of a `(device, seq)` are
-/// dropped. Each observation gets the record's device id and seq (and bed when it has none), so
-/// the bundle content and its headers always agree.
+/// A bundle ends at a stream or device change, a seq gap (including a skipped record whose body
+/// does not belong to its stream), a bed change, or when full. Input order does not matter;
+/// duplicates of a `(stream, device, seq)` are dropped. Each observation gets the record's device
+/// id and seq (and bed when it has none), so the bundle content and its headers always agree.
 pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Plan {
     let max_per_bundle = max_per_bundle.max(1);
-    records.sort_by(|a, b| (&a.device_id, a.seq).cmp(&(&b.device_id, b.seq)));
-    records.dedup_by(|b, a| a.device_id == b.device_id && a.seq == b.seq);
+    records.sort_by(|a, b| (a.stream, &a.device_id, a.seq).cmp(&(b.stream, &b.device_id, b.seq)));
+    records.dedup_by(|b, a| a.stream == b.stream && a.device_id == b.device_id && a.seq == b.seq);
 
     let mut plan = Plan::default();
     for rec in records {
-        let mut obs = match rec.record.body {
-            Some(Body::Observation(obs)) => obs,
-            other => {
+        let (obs, alarm) = match (rec.stream, rec.record.body) {
+            (Stream::Observations, Some(Body::Observation(mut obs))) => {
+                obs.device_id.clone_from(&rec.device_id);
+                obs.seq = rec.seq;
+                if obs.bed.is_empty() {
+                    obs.bed.clone_from(&rec.bed);
+                }
+                (Some(obs), None)
+            }
+            (Stream::Alarms, Some(Body::Alarm(mut alarm))) => {
+                alarm.device_id.clone_from(&rec.device_id);
+                alarm.seq = rec.seq;
+                if alarm.bed.is_empty() {
+                    alarm.bed.clone_from(&rec.bed);
+                }
+                (None, Some(alarm))
+            }
+            (stream, other) => {
                 let kind = match other {
+                    Some(Body::Observation(_)) => "observation",
                     Some(Body::Alarm(_)) => "alarm",
                     Some(Body::DeviceStatus(_)) => "device_status",
                     Some(Body::AdtEvent(_)) => "adt_event",
-                    Some(Body::Observation(_)) | None => "empty",
+                    None => "empty",
                 };
                 plan.skipped.push(SkippedRecord {
+                    stream,
                     device_id: rec.device_id,
                     seq: rec.seq,
                     kind,
@@ -65,28 +101,30 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
                 continue;
             }
         };
-        obs.device_id.clone_from(&rec.device_id);
-        obs.seq = rec.seq;
-        if obs.bed.is_empty() {
-            obs.bed.clone_from(&rec.bed);
-        }
+        let limit = match rec.stream {
+            Stream::Observations => max_per_bundle,
+            Stream::Alarms => 1,
+        };
         let extends = plan.bundles.last().is_some_and(|b| {
-            b.device_id == rec.device_id
+            b.stream == rec.stream
+                && b.device_id == rec.device_id
                 && b.bed == rec.bed
                 && b.last_seq.checked_add(1) == Some(rec.seq)
-                && b.observations.len() < max_per_bundle
+                && b.len() < limit
         });
         match plan.bundles.last_mut() {
             Some(bundle) if extends => {
                 bundle.last_seq = rec.seq;
-                bundle.observations.push(obs);
+                bundle.observations.extend(obs);
             }
             _ => plan.bundles.push(PlannedBundle {
+                stream: rec.stream,
                 device_id: rec.device_id,
                 bed: rec.bed,
                 first_seq: rec.seq,
                 last_seq: rec.seq,
-                observations: vec![obs],
+                observations: obs.into_iter().collect(),
+                alarm,
             }),
         }
     }
@@ -100,10 +138,12 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
 /// same `(gateway, device, seq)` key, deduplicated downstream), so the outbox never has a hole
 /// behind a sent record. Returns bundle indices in order.
 pub fn markable(bundles: &[PlannedBundle], delivered: &[bool]) -> Vec<usize> {
-    let mut blocked: BTreeMap<&str, bool> = BTreeMap::new();
+    let mut blocked: BTreeMap<(Stream, &str), bool> = BTreeMap::new();
     let mut out = Vec::new();
     for (i, bundle) in bundles.iter().enumerate() {
-        let stopped = blocked.entry(bundle.device_id.as_str()).or_insert(false);
+        let stopped = blocked
+            .entry((bundle.stream, bundle.device_id.as_str()))
+            .or_insert(false);
         if *stopped {
             continue;
         }
@@ -123,6 +163,7 @@ mod tests {
 
     fn obs_rec(device: &str, seq: u64) -> OutboxRecord {
         OutboxRecord {
+            stream: Stream::Observations,
             device_id: device.into(),
             seq,
             bed: "bed-1".into(),
@@ -207,11 +248,13 @@ mod tests {
             plan.skipped,
             [
                 SkippedRecord {
+                    stream: Stream::Observations,
                     device_id: "mon-1".into(),
                     seq: 3,
                     kind: "alarm"
                 },
                 SkippedRecord {
+                    stream: Stream::Observations,
                     device_id: "mon-1".into(),
                     seq: 6,
                     kind: "empty"

@@ -7,6 +7,7 @@ use crate::outbox::{MemoryOutbox, OutboxRecord};
 
 fn obs_record(device: &str, seq: u64) -> OutboxRecord {
     OutboxRecord {
+        stream: crate::outbox::Stream::Observations,
         device_id: device.into(),
         seq,
         bed: "bed-1".into(),
@@ -170,24 +171,33 @@ fn backoff_doubles_up_to_the_cap() {
 
 #[test]
 fn topic_check_distinguishes_missing_from_other_errors() {
-    assert!(topic_check(Some((None, 3))).is_ok());
-    assert!(matches!(topic_check(None), Err(CycleError::TopicMissing)));
+    assert!(topic_check("t", Some((None, 3))).is_ok());
     assert!(matches!(
-        topic_check(Some((None, 0))),
-        Err(CycleError::TopicMissing)
+        topic_check("t", None),
+        Err(CycleError::TopicMissing(_))
     ));
     assert!(matches!(
-        topic_check(Some((
-            Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART),
-            0
-        ))),
-        Err(CycleError::TopicMissing)
+        topic_check("t", Some((None, 0))),
+        Err(CycleError::TopicMissing(_))
     ));
     assert!(matches!(
-        topic_check(Some((
-            Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE),
-            1
-        ))),
+        topic_check(
+            "t",
+            Some((
+                Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART),
+                0
+            ))
+        ),
+        Err(CycleError::TopicMissing(_))
+    ));
+    assert!(matches!(
+        topic_check(
+            "t",
+            Some((
+                Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE),
+                1
+            ))
+        ),
         Err(CycleError::Offline(_))
     ));
 }

@@ -18,6 +18,7 @@
 //! store committed the observations, and [`Hl7Error::internal`] (AR 207) when the store failed.
 
 mod ack;
+mod adt;
 mod error;
 mod header;
 mod message;
@@ -25,6 +26,7 @@ mod pcd01;
 mod time;
 
 pub use ack::{build_ack, GATEWAY_APPLICATION};
+pub use adt::{decode_adt, AdtEventKind, AdtLocation, AdtMessage, AdtPatient};
 pub use error::{AckCode, ErrorCode, ErrorLocation, Hl7Error};
 pub use header::{parse_header, MessageHeader};
 pub use pcd01::{decode_pcd01, Pcd01Message};

@@ -20,6 +20,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
+mod native;
+
+pub use native::{
+    NativeTerm, BUILTIN_NATIVE_MASIMO_TSV, BUILTIN_NATIVE_MEDIBUS_TSV, BUILTIN_NATIVE_TSV,
+};
+
 /// The embedded parameter table.
 pub const BUILTIN_TERMS_TSV: &str = include_str!("../../terminology/terminology.tsv");
 /// The embedded unit table.
@@ -103,6 +109,39 @@ pub enum TerminologyError {
         ucum: String,
         expected: String,
     },
+    #[error(
+        "{file} line {line}: MDC code {code} is not in {TERMS_FILE}; add the term there first"
+    )]
+    UnknownMdc {
+        file: &'static str,
+        line: usize,
+        code: u32,
+    },
+    #[error(
+        "{file} line {line}: ucum '{ucum}' is neither the term's default unit nor in {UNITS_FILE}"
+    )]
+    UnknownUcum {
+        file: &'static str,
+        line: usize,
+        ucum: String,
+    },
+    #[error(
+        "{file} line {line}: column 'scale' must be a finite non-zero number, found '{value}'"
+    )]
+    BadScale {
+        file: &'static str,
+        line: usize,
+        value: String,
+    },
+    #[error(
+        "{file} line {line}: native code '{native_code}' of driver '{driver}' is defined twice"
+    )]
+    DuplicateNative {
+        file: &'static str,
+        line: usize,
+        driver: String,
+        native_code: String,
+    },
 }
 
 /// The lookup tables. Cheap to share: use [`Terminology::builtin`] for the embedded one.
@@ -110,17 +149,24 @@ pub enum TerminologyError {
 pub struct Terminology {
     terms: HashMap<u32, Term>,
     units: HashMap<u32, Unit>,
+    /// Native device codes by driver, then by native code (see [`NativeTerm`]).
+    native: HashMap<String, HashMap<String, NativeTerm>>,
 }
 
 impl Terminology {
-    /// The embedded tables, parsed once per process.
+    /// The embedded tables (parameters, units and the native-code tables of every driver, see
+    /// [`Terminology::native`]), parsed once per process.
     pub fn builtin() -> Arc<Terminology> {
         static BUILTIN: OnceLock<Arc<Terminology>> = OnceLock::new();
         BUILTIN
             .get_or_init(|| {
                 // The embedded files are fixed at compile time and checked by a unit test.
-                let t = Terminology::from_tsv(BUILTIN_TERMS_TSV, BUILTIN_UNITS_TSV)
+                let mut t = Terminology::from_tsv(BUILTIN_TERMS_TSV, BUILTIN_UNITS_TSV)
                     .expect("embedded terminology files are valid (see terminology tests)");
+                for (file, text) in BUILTIN_NATIVE_TSV {
+                    t.load_native(file, text)
+                        .expect("embedded native-code files are valid (see native tests)");
+                }
                 Arc::new(t)
             })
             .clone()
@@ -200,6 +246,7 @@ impl Terminology {
         Ok(Self {
             terms: term_map.into_iter().map(|(k, (t, _))| (k, t)).collect(),
             units: unit_map.into_iter().map(|(k, (u, _))| (k, u)).collect(),
+            native: HashMap::new(),
         })
     }
 

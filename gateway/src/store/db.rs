@@ -11,14 +11,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use icu_protos::v1::{stored_record, Observation, StoredRecord};
+use icu_cloud_bridge::outbox::Stream;
+use icu_protos::v1::{stored_record, Alarm, Observation, StoredRecord};
 use icu_protos::Message;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 const SCHEMA: &str = include_str!("schema.sql");
-
-/// Kinds of stored records (`records.kind`).
-pub const KIND_OBSERVATION: i64 = 1;
 
 /// Why a write was refused. Every variant means: nothing of that request was stored.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -61,9 +59,18 @@ pub struct DeadLetter {
     pub raw_len: usize,
 }
 
+/// One alarm state change of a device (its own stream, `icu.alarms`).
+#[derive(Debug, Clone)]
+pub struct AlarmWrite {
+    pub device_id: String,
+    pub bed: String,
+    pub alarm: Alarm,
+}
+
 #[derive(Debug, Clone)]
 pub enum WriteRequest {
     Observations(ObservationBatch),
+    Alarm(AlarmWrite),
     DeadLetter(DeadLetter),
 }
 
@@ -193,6 +200,21 @@ impl StoreDb {
                 let sp = tx.savepoint()?;
                 let out = match req {
                     WriteRequest::Observations(b) => insert_observations(&sp, &gateway_id, b)?,
+                    WriteRequest::Alarm(a) => {
+                        let body = stored_record::Body::Alarm(a.alarm.clone());
+                        let (first, last) = insert_records(
+                            &sp,
+                            &gateway_id,
+                            Stream::Alarms,
+                            &a.device_id,
+                            &a.bed,
+                            vec![(a.alarm.event_time_us, body)],
+                        )?;
+                        WriteOutcome::Stored {
+                            first_seq: first,
+                            last_seq: last,
+                        }
+                    }
                     WriteRequest::DeadLetter(d) => insert_dead_letter(&sp, d)?,
                 };
                 sp.commit()?;
@@ -229,44 +251,25 @@ fn insert_observations(
             }
         }
     }
-    let next: i64 = tx
-        .query_row(
-            "SELECT next_seq FROM devices WHERE device_id = ?1",
-            params![b.device_id],
-            |r| r.get(0),
-        )
-        .optional()?
-        .unwrap_or(1);
-    let mut seq = next;
-    {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO records (device_id, seq, kind, bed, received_us, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        for o in &b.observations {
-            let mut o = o.clone();
-            o.seq = seq as u64;
-            let rec = StoredRecord {
-                gateway_id: gateway_id.to_owned(),
-                device_id: b.device_id.clone(),
-                seq: seq as u64,
-                body: Some(stored_record::Body::Observation(o.clone())),
-            };
-            stmt.execute(params![
-                b.device_id,
-                seq,
-                KIND_OBSERVATION,
-                b.bed,
+    let bodies = b
+        .observations
+        .iter()
+        .map(|o| {
+            (
                 o.receive_time_us,
-                rec.encode_to_vec()
-            ])?;
-            seq += 1;
-        }
-    }
-    tx.execute(
-        "INSERT INTO devices (device_id, next_seq) VALUES (?1, ?2)
-         ON CONFLICT(device_id) DO UPDATE SET next_seq = excluded.next_seq",
-        params![b.device_id, seq],
+                stored_record::Body::Observation(o.clone()),
+            )
+        })
+        .collect();
+    let (first, last) = insert_records(
+        tx,
+        gateway_id,
+        Stream::Observations,
+        &b.device_id,
+        &b.bed,
+        bodies,
     )?;
+    let (next, seq) = (first as i64, last as i64 + 1);
     if let Some((control_id, digest)) = &b.dedup {
         let received = b
             .observations
@@ -283,6 +286,61 @@ fn insert_observations(
         first_seq: next as u64,
         last_seq: (seq - 1) as u64,
     })
+}
+
+/// Appends records to one device's stream under its next seqs; returns `(first, last)` (first >
+/// last when `bodies` is empty). Runs inside the caller's savepoint.
+fn insert_records(
+    tx: &rusqlite::Savepoint<'_>,
+    gateway_id: &str,
+    stream: Stream,
+    device_id: &str,
+    bed: &str,
+    bodies: Vec<(i64, stored_record::Body)>,
+) -> rusqlite::Result<(u64, u64)> {
+    let kind = stream.code();
+    let next: i64 = tx
+        .query_row(
+            "SELECT next_seq FROM devices WHERE device_id = ?1 AND kind = ?2",
+            params![device_id, kind],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(1);
+    let mut seq = next;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO records (device_id, seq, kind, bed, received_us, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for (received_us, mut body) in bodies {
+            match &mut body {
+                stored_record::Body::Observation(o) => o.seq = seq as u64,
+                stored_record::Body::Alarm(a) => a.seq = seq as u64,
+                _ => {}
+            }
+            let rec = StoredRecord {
+                gateway_id: gateway_id.to_owned(),
+                device_id: device_id.to_owned(),
+                seq: seq as u64,
+                body: Some(body),
+            };
+            stmt.execute(params![
+                device_id,
+                seq,
+                kind,
+                bed,
+                received_us,
+                rec.encode_to_vec()
+            ])?;
+            seq += 1;
+        }
+    }
+    tx.execute(
+        "INSERT INTO devices (device_id, kind, next_seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT(device_id, kind) DO UPDATE SET next_seq = excluded.next_seq",
+        params![device_id, kind, seq],
+    )?;
+    Ok((next as u64, (seq - 1) as u64))
 }
 
 fn insert_dead_letter(
@@ -324,6 +382,7 @@ pub struct StoreCounts {
 /// One unsent record as the outbox reads it.
 #[derive(Debug, Clone)]
 pub struct UnsentRow {
+    pub stream: Stream,
     pub device_id: String,
     pub seq: u64,
     pub bed: String,
@@ -352,31 +411,40 @@ impl ReaderDb {
         sqlite_err(&self.path, e)
     }
 
-    /// Oldest unsent records, fair across devices, ordered by (device_id, seq).
+    /// Oldest unsent records: alarms first, then observations, fair across devices, ordered by
+    /// (stream, device_id, seq).
     pub fn fetch_unsent(&self, limit: usize) -> Result<Vec<UnsentRow>, StoreError> {
-        let devices: Vec<String> = {
+        let streams: Vec<(i64, String)> = {
             let mut stmt = self
                 .conn
-                .prepare_cached("SELECT DISTINCT device_id FROM records WHERE sent = 0")
+                .prepare_cached(
+                    "SELECT DISTINCT kind, device_id FROM records WHERE sent = 0 ORDER BY kind DESC, device_id",
+                )
                 .map_err(|e| self.err(e))?;
-            let rows = stmt.query_map([], |r| r.get(0)).map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(|e| self.err(e))?;
             rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
         };
-        if devices.is_empty() {
+        if streams.is_empty() {
             return Ok(Vec::new());
         }
-        let per_device = (limit / devices.len()).max(1);
+        let per_stream = (limit / streams.len()).max(1);
         let mut out = Vec::new();
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT device_id, seq, bed, payload FROM records WHERE sent = 0 AND device_id = ?1 ORDER BY seq LIMIT ?2",
+                "SELECT device_id, seq, bed, payload FROM records WHERE sent = 0 AND kind = ?1 AND device_id = ?2 ORDER BY seq LIMIT ?3",
             )
             .map_err(|e| self.err(e))?;
-        for d in devices {
+        for (kind, device) in streams {
+            let Some(stream) = Stream::from_code(kind) else {
+                continue;
+            };
             let rows = stmt
-                .query_map(params![d, per_device as i64], |r| {
+                .query_map(params![kind, device, per_stream as i64], |r| {
                     Ok(UnsentRow {
+                        stream,
                         device_id: r.get(0)?,
                         seq: r.get::<_, i64>(1)? as u64,
                         bed: r.get(2)?,
@@ -391,11 +459,17 @@ impl ReaderDb {
         Ok(out)
     }
 
-    pub fn mark_sent(&self, device_id: &str, first: u64, last: u64) -> Result<usize, StoreError> {
+    pub fn mark_sent(
+        &self,
+        stream: Stream,
+        device_id: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<usize, StoreError> {
         self.conn
             .execute(
-                "UPDATE records SET sent = 1 WHERE device_id = ?1 AND seq BETWEEN ?2 AND ?3 AND sent = 0",
-                params![device_id, first as i64, last as i64],
+                "UPDATE records SET sent = 1 WHERE kind = ?1 AND device_id = ?2 AND seq BETWEEN ?3 AND ?4 AND sent = 0",
+                params![stream.code(), device_id, first as i64, last as i64],
             )
             .map_err(|e| self.err(e))
     }
@@ -418,7 +492,7 @@ impl ReaderDb {
         let mut per_device = HashMap::new();
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT device_id, next_seq FROM devices")
+            .prepare_cached("SELECT device_id, next_seq FROM devices WHERE kind = 1")
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
@@ -591,7 +665,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut db, reader) = open(dir.path());
         db.commit_batch(&[batch("a", None, 5)]);
-        assert_eq!(reader.mark_sent("a", 1, 3).unwrap(), 3);
+        assert_eq!(
+            reader.mark_sent(Stream::Observations, "a", 1, 3).unwrap(),
+            3
+        );
         let seqs: Vec<u64> = reader
             .fetch_unsent(10)
             .unwrap()

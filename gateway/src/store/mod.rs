@@ -25,7 +25,8 @@ use icu_protos::Message as _;
 use tokio::sync::oneshot;
 
 pub use db::{
-    DeadLetter, ObservationBatch, ReaderDb, StoreDb, StoreError, WriteOutcome, WriteRequest,
+    AlarmWrite, DeadLetter, ObservationBatch, ReaderDb, StoreDb, StoreError, WriteOutcome,
+    WriteRequest,
 };
 
 /// Counters of the store, shared with the API.
@@ -245,6 +246,7 @@ impl Outbox for SqliteOutbox {
         rows.into_iter()
             .map(|row| {
                 let db::UnsentRow {
+                    stream,
                     device_id,
                     seq,
                     bed,
@@ -257,6 +259,7 @@ impl Outbox for SqliteOutbox {
                     })
                 })?;
                 Ok(OutboxRecord {
+                    stream,
                     device_id,
                     seq,
                     bed,
@@ -268,6 +271,7 @@ impl Outbox for SqliteOutbox {
 
     fn mark_sent(
         &self,
+        stream: icu_cloud_bridge::outbox::Stream,
         device_id: &str,
         first_seq: u64,
         last_seq: u64,
@@ -275,7 +279,7 @@ impl Outbox for SqliteOutbox {
         self.reader
             .lock()
             .map_err(|_| outbox_err("mark_sent")(StoreError::Closed))?
-            .mark_sent(device_id, first_seq, last_seq)
+            .mark_sent(stream, device_id, first_seq, last_seq)
             .map(|_| ())
             .map_err(outbox_err("mark_sent"))
     }

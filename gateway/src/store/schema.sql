@@ -1,22 +1,26 @@
 -- Store schema of the ICU edge gateway (SQLite, WAL).
--- records: every stored record, one row per (device_id, seq); the outbox is the rows with sent = 0.
+-- records: every stored record, one row per (kind, device_id, seq); the outbox is the rows with
+-- sent = 0. Each kind is its own stream with its own per-device seq (it goes to its own topic), so
+-- a consumer sees gapless seqs on every topic.
 CREATE TABLE IF NOT EXISTS devices (
-    device_id   TEXT PRIMARY KEY,
-    next_seq    INTEGER NOT NULL
+    device_id   TEXT    NOT NULL,
+    kind        INTEGER NOT NULL,
+    next_seq    INTEGER NOT NULL,
+    PRIMARY KEY (device_id, kind)
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS records (
     device_id    TEXT    NOT NULL,
     seq          INTEGER NOT NULL,
-    kind         INTEGER NOT NULL,       -- 1 observation, 2 alarm, 3 device status, 4 adt
+    kind         INTEGER NOT NULL,       -- 1 observation, 2 alarm (see outbox::Stream)
     bed          TEXT    NOT NULL,
     received_us  INTEGER NOT NULL,
     payload      BLOB    NOT NULL,       -- icu.v1.StoredRecord (protobuf)
     sent         INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (device_id, seq)
+    PRIMARY KEY (kind, device_id, seq)
 ) WITHOUT ROWID;
 
-CREATE INDEX IF NOT EXISTS records_unsent ON records (device_id, seq) WHERE sent = 0;
+CREATE INDEX IF NOT EXISTS records_unsent ON records (kind, device_id, seq) WHERE sent = 0;
 
 -- HL7 messages already stored, so a sender's retry after a lost ACK is answered AA without
 -- storing the same readings twice under new seqs.

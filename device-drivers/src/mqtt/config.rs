@@ -1,0 +1,155 @@
+//! `[mqtt]` configuration of the gateway: which broker, which gateway id, which limits.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::codec::DEFAULT_MAX_PAYLOAD_BYTES;
+use super::topic::check_level;
+
+/// The MQTT subscriber of one gateway. The field comments are the user documentation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Host name or IP address of the MQTT broker (MQTT 3.1.1, plain TCP).
+    #[serde(default = "default_broker_host")]
+    pub broker_host: String,
+    /// TCP port of the broker.
+    #[serde(default = "default_broker_port")]
+    pub broker_port: u16,
+    /// Client id the gateway connects with. It must be stable across restarts: the broker keeps
+    /// the gateway's session (subscription and unacknowledged messages) under this id.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// This gateway's id: the second level of every observation topic it subscribes to
+    /// (`icu/<gateway_id>/bed/+/device/+/obs/#`).
+    pub gateway_id: String,
+    /// Seconds between keep-alive pings; the broker drops the gateway after 1.5 times this
+    /// without traffic.
+    #[serde(default = "default_keep_alive_s")]
+    pub keep_alive_s: u16,
+    /// Largest payload accepted, in bytes. A bigger payload is refused (and acknowledged, so the
+    /// broker does not resend it). Set the broker's `message_size_limit` to at most this plus the
+    /// topic length: a packet above `max_payload_bytes + 64 KiB` drops the connection.
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+    /// Upper bound of the wait between reconnection attempts, in milliseconds. The wait starts
+    /// at 100 ms and doubles after each failed attempt up to this bound.
+    #[serde(default = "default_reconnect_max_backoff_ms")]
+    pub reconnect_max_backoff_ms: u64,
+    /// Username for the broker, if it requires one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for the broker (only with `username`).
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// `127.0.0.1`.
+pub fn default_broker_host() -> String {
+    "127.0.0.1".into()
+}
+/// `1883`, the IANA MQTT port.
+pub fn default_broker_port() -> u16 {
+    1883
+}
+/// `icu-gateway`.
+pub fn default_client_id() -> String {
+    "icu-gateway".into()
+}
+/// `30` seconds.
+pub fn default_keep_alive_s() -> u16 {
+    30
+}
+/// 256 KiB.
+pub fn default_max_payload_bytes() -> usize {
+    DEFAULT_MAX_PAYLOAD_BYTES
+}
+/// `30000` ms.
+pub fn default_reconnect_max_backoff_ms() -> u64 {
+    30_000
+}
+
+impl MqttConfig {
+    /// A config with every default and this gateway id.
+    pub fn new(gateway_id: impl Into<String>) -> Self {
+        Self {
+            broker_host: default_broker_host(),
+            broker_port: default_broker_port(),
+            client_id: default_client_id(),
+            gateway_id: gateway_id.into(),
+            keep_alive_s: default_keep_alive_s(),
+            max_payload_bytes: default_max_payload_bytes(),
+            reconnect_max_backoff_ms: default_reconnect_max_backoff_ms(),
+            username: None,
+            password: None,
+        }
+    }
+
+    /// Checks every field and reports every problem, each with its field path under `mqtt.`.
+    pub fn validate(&self) -> Result<(), MqttConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &str, msg: String| problems.push(format!("mqtt.{field}: {msg}"));
+        if self.broker_host.trim().is_empty() {
+            problem("broker_host", "must not be empty".into());
+        }
+        if self.broker_port == 0 {
+            problem("broker_port", "must be between 1 and 65535".into());
+        }
+        if self.client_id.is_empty() || self.client_id.len() > 23 * 8 {
+            problem(
+                "client_id",
+                "must be 1 to 184 characters (brokers may limit it to 23)".into(),
+            );
+        }
+        if let Err(e) = check_level("gateway id", &self.gateway_id) {
+            problem("gateway_id", e.to_string());
+        }
+        if self.keep_alive_s < 5 {
+            problem(
+                "keep_alive_s",
+                format!("{} is below the minimum of 5 seconds", self.keep_alive_s),
+            );
+        }
+        if self.max_payload_bytes == 0 || self.max_payload_bytes > 16 * 1024 * 1024 {
+            problem(
+                "max_payload_bytes",
+                format!("{} is outside 1 byte to 16 MiB", self.max_payload_bytes),
+            );
+        }
+        if self.reconnect_max_backoff_ms < 100 {
+            problem(
+                "reconnect_max_backoff_ms",
+                format!(
+                    "{} is below the initial wait of 100 ms",
+                    self.reconnect_max_backoff_ms
+                ),
+            );
+        }
+        if self.password.is_some() && self.username.is_none() {
+            problem("password", "is set but username is not".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(MqttConfigError { problems })
+        }
+    }
+
+    /// The keep-alive interval.
+    pub fn keep_alive(&self) -> Duration {
+        Duration::from_secs(u64::from(self.keep_alive_s))
+    }
+
+    /// The reconnection backoff cap.
+    pub fn reconnect_max_backoff(&self) -> Duration {
+        Duration::from_millis(self.reconnect_max_backoff_ms)
+    }
+}
+
+/// Every problem found in an `[mqtt]` section, one per line with its field path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid MQTT configuration: {}", problems.join("; "))]
+pub struct MqttConfigError {
+    pub problems: Vec<String>,
+}

@@ -1,0 +1,434 @@
+//! The thin MQTT transport: one rumqttc connection, manual acknowledgements, reconnection.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::{
+    AsyncClient, ClientError, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Request,
+    Subscribe,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::codec::{encode_payload, MqttBatch};
+use super::config::{MqttConfig, MqttConfigError};
+use super::topic::{subscription_filter, ObsTopic};
+
+/// First wait after a failed connection attempt; doubles up to `reconnect_max_backoff_ms`.
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Capacity of rumqttc's request channel (acks and subscriptions to the event loop).
+const REQUEST_CHANNEL: usize = 64;
+
+/// Room for the topic and the MQTT header above `max_payload_bytes` in one packet.
+const PACKET_OVERHEAD: usize = 64 * 1024;
+
+/// One received PUBLISH, as handed to the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttMessage {
+    pub topic: String,
+    pub payload: Bytes,
+    /// The MQTT packet id (0 for QoS 0).
+    pub pkid: u16,
+    /// Set by the broker on a redelivery (the gateway had not acknowledged it).
+    pub dup: bool,
+    /// The delivery QoS (0, 1 or 2; 2 is downgraded to 1 by the subscription).
+    pub qos: u8,
+}
+
+/// What became of a message; decides whether the transport acknowledges it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Durably stored: acknowledged.
+    Stored,
+    /// Refused (bad payload, unknown device) and kept as a dead letter: acknowledged, so the
+    /// broker does not resend it; counted in `rejected`.
+    Rejected(String),
+    /// Could not be stored (e.g. the store failed): NOT acknowledged; the broker resends it after
+    /// the next reconnection. Counted in `store_failures`.
+    NotStored(String),
+}
+
+/// The acknowledgement handle of one delivery. Complete it once the message is durably stored
+/// (or rejected); dropping it unused counts as [`Disposition::NotStored`].
+#[derive(Debug)]
+pub struct AckHandle {
+    tx: oneshot::Sender<Disposition>,
+}
+
+impl AckHandle {
+    /// Report what became of the message; the transport acknowledges it (in arrival order) when
+    /// `disposition` is `Stored` or `Rejected`.
+    pub fn complete(self, disposition: Disposition) {
+        // The transport may have shut down: nothing left to acknowledge then.
+        let _ = self.tx.send(disposition);
+    }
+}
+
+/// A message and the handle that acknowledges it.
+#[derive(Debug)]
+pub struct Delivery {
+    pub message: MqttMessage,
+    pub ack: AckHandle,
+}
+
+/// Counters of one subscriber; read them with `load(Ordering::Relaxed)` or [`Self::snapshot`].
+#[derive(Debug, Default)]
+pub struct MqttCounters {
+    /// PUBLISH packets received (redeliveries included).
+    pub messages: AtomicU64,
+    /// PUBACKs handed to the connection (QoS 1 messages Stored or Rejected).
+    pub acked: AtomicU64,
+    /// Messages the caller rejected (also acknowledged).
+    pub rejected: AtomicU64,
+    /// Messages the caller could not store (not acknowledged; redelivered later).
+    pub store_failures: AtomicU64,
+    /// Acknowledgements not sent because the connection that carried the message is gone (the
+    /// broker redelivers it on the new connection, which is acknowledged instead).
+    pub stale_acks: AtomicU64,
+    /// SUBACKs received (one per connection once subscribed).
+    pub subscribed: AtomicU64,
+    /// Successful connections after the first.
+    pub reconnects: AtomicU64,
+    /// Failed connection attempts and dropped connections.
+    pub connection_errors: AtomicU64,
+}
+
+/// A copy of [`MqttCounters`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MqttCountersSnapshot {
+    pub messages: u64,
+    pub acked: u64,
+    pub rejected: u64,
+    pub store_failures: u64,
+    pub stale_acks: u64,
+    pub subscribed: u64,
+    pub reconnects: u64,
+    pub connection_errors: u64,
+}
+
+impl MqttCounters {
+    pub fn snapshot(&self) -> MqttCountersSnapshot {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        MqttCountersSnapshot {
+            messages: l(&self.messages),
+            acked: l(&self.acked),
+            rejected: l(&self.rejected),
+            store_failures: l(&self.store_failures),
+            stale_acks: l(&self.stale_acks),
+            subscribed: l(&self.subscribed),
+            reconnects: l(&self.reconnects),
+            connection_errors: l(&self.connection_errors),
+        }
+    }
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A received message waiting for its disposition, in arrival order.
+struct PendingAck {
+    publish: Publish,
+    generation: u64,
+    rx: oneshot::Receiver<Disposition>,
+}
+
+/// The gateway's MQTT subscriber. Needs a tokio runtime; stops on [`Self::shutdown`] or drop.
+#[derive(Debug)]
+pub struct MqttSubscriber {
+    client: AsyncClient,
+    counters: Arc<MqttCounters>,
+    connected: Arc<AtomicBool>,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// The rumqttc options of a validated config: manual acks, persistent session, packet bound.
+pub fn mqtt_options(config: &MqttConfig) -> MqttOptions {
+    let mut opts = MqttOptions::new(
+        config.client_id.clone(),
+        config.broker_host.clone(),
+        config.broker_port,
+    );
+    opts.set_keep_alive(config.keep_alive())
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_max_packet_size(
+            config.max_payload_bytes.saturating_add(PACKET_OVERHEAD),
+            config.max_payload_bytes.saturating_add(PACKET_OVERHEAD),
+        );
+    if let Some(user) = &config.username {
+        opts.set_credentials(user.clone(), config.password.clone().unwrap_or_default());
+    }
+    opts
+}
+
+impl MqttSubscriber {
+    /// Connects (in the background) and subscribes to this gateway's observation topics.
+    /// Deliveries arrive in order on the returned channel (`capacity` deep); the transport
+    /// acknowledges each, in arrival order, once its [`AckHandle`] is completed with `Stored` or
+    /// `Rejected`.
+    pub fn start(
+        config: &MqttConfig,
+        capacity: usize,
+    ) -> Result<(MqttSubscriber, mpsc::Receiver<Delivery>), MqttConfigError> {
+        config.validate()?;
+        let (client, eventloop) = AsyncClient::new(mqtt_options(config), REQUEST_CHANNEL);
+        let counters = Arc::new(MqttCounters::default());
+        let connected = Arc::new(AtomicBool::new(false));
+        let generation = Arc::new(AtomicU64::new(0));
+        let cancel = CancellationToken::new();
+        let (deliveries_tx, deliveries_rx) = mpsc::channel(capacity.max(1));
+        // Unbounded, yet bounded in practice: QoS 1 messages stay unacknowledged until the
+        // caller completes them, so the broker's in-flight window (mosquitto:
+        // max_inflight_messages) bounds this queue. It must never block the event loop, which
+        // is what sends the acknowledgements this queue waits for.
+        let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+
+        let event_loop = EventLoopTask {
+            eventloop,
+            filter: subscription_filter(&config.gateway_id),
+            deliveries: deliveries_tx,
+            acks: acks_tx,
+            counters: counters.clone(),
+            connected: connected.clone(),
+            generation: generation.clone(),
+            max_backoff: config.reconnect_max_backoff(),
+            cancel: cancel.clone(),
+        };
+        let acker = AckTask {
+            client: client.clone(),
+            acks: acks_rx,
+            counters: counters.clone(),
+            generation,
+        };
+        let tasks = vec![tokio::spawn(event_loop.run()), tokio::spawn(acker.run())];
+        Ok((
+            MqttSubscriber {
+                client,
+                counters,
+                connected,
+                cancel,
+                tasks,
+            },
+            deliveries_rx,
+        ))
+    }
+
+    /// As [`Self::start`], with `handler` called for each message in arrival order, one at a
+    /// time; the message is acknowledged after the handler's future resolves to `Stored` or
+    /// `Rejected`.
+    pub fn start_with_handler<F, Fut>(
+        config: &MqttConfig,
+        mut handler: F,
+    ) -> Result<MqttSubscriber, MqttConfigError>
+    where
+        F: FnMut(MqttMessage) -> Fut + Send + 'static,
+        Fut: Future<Output = Disposition> + Send + 'static,
+    {
+        let (mut subscriber, mut rx) = Self::start(config, 1)?;
+        subscriber.tasks.push(tokio::spawn(async move {
+            while let Some(Delivery { message, ack }) = rx.recv().await {
+                ack.complete(handler(message).await);
+            }
+        }));
+        Ok(subscriber)
+    }
+
+    /// The counters (shared; they keep counting until shutdown).
+    pub fn counters(&self) -> Arc<MqttCounters> {
+        self.counters.clone()
+    }
+
+    /// Whether the broker connection is up (a CONNACK was received and no error since).
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// The rumqttc client of this connection (e.g. to publish alarms on the same session).
+    pub fn client(&self) -> &AsyncClient {
+        &self.client
+    }
+
+    /// Disconnects and stops the background tasks. Messages not yet acknowledged stay with the
+    /// broker, which redelivers them to the next session with the same client id.
+    pub async fn shutdown(mut self) {
+        let _ = self.client.try_disconnect();
+        self.cancel.cancel();
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for MqttSubscriber {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+struct EventLoopTask {
+    eventloop: EventLoop,
+    filter: String,
+    deliveries: mpsc::Sender<Delivery>,
+    acks: mpsc::UnboundedSender<PendingAck>,
+    counters: Arc<MqttCounters>,
+    connected: Arc<AtomicBool>,
+    generation: Arc<AtomicU64>,
+    max_backoff: Duration,
+    cancel: CancellationToken,
+}
+
+impl EventLoopTask {
+    async fn run(mut self) {
+        let mut backoff = INITIAL_BACKOFF;
+        loop {
+            let event = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                event = self.eventloop.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                    let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+                    if generation > 1 {
+                        bump(&self.counters.reconnects);
+                    }
+                    self.connected.store(true, Ordering::Relaxed);
+                    backoff = INITIAL_BACKOFF;
+                    tracing::info!(
+                        filter = %self.filter,
+                        session_present = connack.session_present,
+                        "mqtt connected, subscribing"
+                    );
+                    // Every time: the broker may have lost the session. Queued on the event
+                    // loop itself (sent before any other request) so this task never waits on
+                    // the request channel.
+                    self.eventloop
+                        .pending
+                        .push_front(Request::Subscribe(Subscribe::new(
+                            self.filter.clone(),
+                            QoS::AtLeastOnce,
+                        )));
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    bump(&self.counters.messages);
+                    let (tx, rx) = oneshot::channel();
+                    let message = MqttMessage {
+                        topic: publish.topic.clone(),
+                        payload: publish.payload.clone(),
+                        pkid: publish.pkid,
+                        dup: publish.dup,
+                        qos: publish.qos as u8,
+                    };
+                    let pending = PendingAck {
+                        publish,
+                        generation: self.generation.load(Ordering::SeqCst),
+                        rx,
+                    };
+                    if self.acks.send(pending).is_err() {
+                        return;
+                    }
+                    let delivery = Delivery {
+                        message,
+                        ack: AckHandle { tx },
+                    };
+                    // Back-pressure: a slow consumer stops the reading here.
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return,
+                        sent = self.deliveries.send(delivery) => if sent.is_err() {
+                            tracing::info!("mqtt consumer gone, stopping the subscriber");
+                            return;
+                        },
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(suback))) => {
+                    bump(&self.counters.subscribed);
+                    tracing::debug!(codes = ?suback.return_codes, "mqtt subscribed");
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    self.connected.store(false, Ordering::Relaxed);
+                    bump(&self.counters.connection_errors);
+                    tracing::warn!(
+                        %error,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "mqtt connection failed"
+                    );
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(self.max_backoff);
+                }
+            }
+        }
+    }
+}
+
+struct AckTask {
+    client: AsyncClient,
+    acks: mpsc::UnboundedReceiver<PendingAck>,
+    counters: Arc<MqttCounters>,
+    generation: Arc<AtomicU64>,
+}
+
+impl AckTask {
+    /// Acknowledges in arrival order (MQTT 3.1.1 §4.6), each after its disposition arrived.
+    async fn run(mut self) {
+        while let Some(p) = self.acks.recv().await {
+            let disposition = p.rx.await.unwrap_or_else(|_| {
+                Disposition::NotStored("the delivery was dropped without a disposition".into())
+            });
+            let topic = &p.publish.topic;
+            match disposition {
+                Disposition::NotStored(reason) => {
+                    bump(&self.counters.store_failures);
+                    tracing::warn!(%topic, pkid = p.publish.pkid, %reason,
+                        "mqtt message not stored, not acknowledged (the broker resends it after reconnecting)");
+                    continue;
+                }
+                Disposition::Rejected(reason) => {
+                    bump(&self.counters.rejected);
+                    tracing::warn!(%topic, pkid = p.publish.pkid, %reason, "mqtt message rejected");
+                }
+                Disposition::Stored => {}
+            }
+            if p.publish.qos == QoS::AtMostOnce {
+                continue;
+            }
+            // A packet id belongs to one connection: after a reconnection the broker resends
+            // the message (same content, possibly another id) and that copy gets acknowledged.
+            if self.generation.load(Ordering::SeqCst) != p.generation {
+                bump(&self.counters.stale_acks);
+                tracing::debug!(%topic, pkid = p.publish.pkid, "mqtt ack skipped: connection changed");
+                continue;
+            }
+            if self.client.ack(&p.publish).await.is_err() {
+                return;
+            }
+            bump(&self.counters.acked);
+        }
+    }
+}
+
+/// Publishes `batch` to `topic`, encoded as the topic's format says (`.../obs/json` or
+/// `.../obs/pb`). For the simulator and tests. Returns once the request is queued on the
+/// client; the PUBACK is seen on the publisher's own event loop.
+pub async fn publish_observations(
+    client: &AsyncClient,
+    topic: &ObsTopic,
+    batch: &MqttBatch,
+    qos: QoS,
+) -> Result<(), ClientError> {
+    let payload = encode_payload(topic.format, batch);
+    client.publish(topic.to_string(), qos, false, payload).await
+}

@@ -1,0 +1,1158 @@
+//! The census: which patient is in which configured bed, over time, from the ADT feed.
+//!
+//! Owns the `stays`, `patients` and `adt_events` tables (`schema.sql`, created if absent in the
+//! store's database file, beside the store's own connections in WAL mode) and an in-memory copy
+//! of the timeline that answers [`CensusReader::patient_at`] for every reading without touching
+//! the disk.
+//!
+//! Guarantees (DESIGN.md, "Patient association"):
+//! - **Never guess.** A reading is associated with a patient only if a stay of that patient in
+//!   that bed covers the reading's time (`start ≤ t < end`). Before the admission, after the
+//!   discharge or transfer, or in a bed whose ADT location maps to no configured bed, there is no
+//!   patient.
+//! - Stays of one bed never overlap, nor do stays of one patient. An event that would break that
+//!   (a transfer timed before the admission, a discharge before the stay began) is refused
+//!   ([`CensusError::Rejected`]) and changes nothing.
+//! - An ADT message is applied whole in one SQLite transaction, and the in-memory timeline
+//!   changes only after the `COMMIT` returned; so the HL7 ACK sent after [`Census::apply`]
+//!   returned `Ok` is for a durable change, and a restart ([`Census::open`]) gives the same
+//!   answers.
+//! - Every message, applied or refused, is kept in `adt_events`; a resent message (same sender,
+//!   control id, event, patient and time) is recognised and not applied twice.
+//!
+//! Events: A01/A04 admit (A04 only when it names a location), A02 transfer, A03 discharge, A08
+//! update (demographics only; never moves a patient), A11/A12/A13 undo the patient's latest
+//! admit/transfer/discharge when it is still the latest change and undoing it conflicts with no
+//! later stay. An admit or transfer into a bed held by another patient ends that patient's stay
+//! at the event time ([`ApplyOutcome::Displaced`]). An admit or transfer to a location that maps
+//! to no configured bed ends the patient's stay here, if any ([`ApplyOutcome::UnknownBed`]).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use icu_drivers::hl7::Hl7Error;
+use icu_drivers::hl7::{AckCode, AdtEventKind, AdtLocation, AdtMessage, ErrorCode, ErrorLocation};
+use icu_protos::v1::AdtEvent;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+#[cfg(test)]
+mod tests;
+
+const SCHEMA: &str = include_str!("schema.sql");
+
+/// ADT location → configured bed id. Keys are `point_of_care^room^bed` (PV1-3 components 1-3,
+/// as [`AdtLocation::key`]) or, as a fallback, the bare bed component (PV1-3.3).
+pub type BedMap = HashMap<String, String>;
+
+/// The configured bed an ADT location maps to: by `point_of_care^room^bed`, else by the bare bed
+/// component.
+pub fn resolve_bed<'a>(bed_map: &'a BedMap, location: &AdtLocation) -> Option<&'a str> {
+    bed_map
+        .get(&location.key())
+        .or_else(|| {
+            Some(&location.bed)
+                .filter(|b| !b.is_empty())
+                .and_then(|b| bed_map.get(b))
+        })
+        .map(String::as_str)
+}
+
+/// The ADT event for the store and the `icu.adt` topic. `bed`/`prior_bed` are the configured bed
+/// ids when PV1-3/PV1-6 map to one, else the location key as written (`ICU9^1^A`), else empty;
+/// `event_time_us` is 0 when the message carries no time at all.
+pub fn to_adt_event(msg: &AdtMessage, bed_map: &BedMap) -> AdtEvent {
+    let bed_of = |l: &Option<AdtLocation>| {
+        l.as_ref()
+            .map(|l| resolve_bed(bed_map, l).map_or_else(|| l.key(), str::to_owned))
+            .unwrap_or_default()
+    };
+    AdtEvent {
+        event: msg.event.code().to_owned(),
+        patient_id: msg.patient.id.clone(),
+        bed: bed_of(&msg.location),
+        prior_bed: bed_of(&msg.prior_location),
+        event_time_us: msg.event_time_us.unwrap_or_default(),
+        family_name: msg.patient.family.clone(),
+        given_name: msg.patient.given.clone(),
+    }
+}
+
+/// The patient associated with a bed at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatientRef {
+    pub patient_id: String,
+    pub family: String,
+    pub given: String,
+    /// When the stay in this bed began (µs since the Unix epoch).
+    pub stay_start_us: i64,
+}
+
+/// What [`Census::apply`] did with an ADT message. Every variant was committed (or needed no
+/// change); the gateway answers AA except for [`ApplyOutcome::UnknownBed`] (see
+/// [`ApplyOutcome::hl7_error`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// A01/A04: a stay opened in `bed`.
+    Admitted { patient_id: String, bed: String },
+    /// A01/A02 into a bed another patient held: their stay ended at the event time and the
+    /// patient's stay opened.
+    Displaced {
+        patient_id: String,
+        bed: String,
+        displaced_patient_id: String,
+    },
+    /// A02: the stay in `from_bed` (if the patient had one here) ended and one in `to_bed` opened.
+    Transferred {
+        patient_id: String,
+        from_bed: Option<String>,
+        to_bed: String,
+    },
+    /// A01/A02/A04 naming the bed the patient already occupies: nothing changed.
+    AlreadyInBed { patient_id: String, bed: String },
+    /// A03: the stay in `bed` ended.
+    Discharged { patient_id: String, bed: String },
+    /// A08 (or A04 without a location): demographics recorded.
+    DemographicsUpdated { patient_id: String },
+    /// A08 whose location is not where the census has the patient: demographics recorded, the
+    /// patient not moved (only A02 moves a patient).
+    LocationMismatch {
+        patient_id: String,
+        census_bed: Option<String>,
+        location: String,
+    },
+    /// A11/A12/A13: the patient's latest admit/transfer/discharge was undone.
+    Cancelled {
+        patient_id: String,
+        cancelled_event: String,
+        cancelled_message_id: String,
+    },
+    /// A01/A02/A04 to a location that maps to no configured bed: recorded; no reading is
+    /// associated; if the patient had a stay here it ended (`left_bed`).
+    UnknownBed {
+        location: String,
+        left_bed: Option<String>,
+    },
+    /// A03/A11/A12/A13 for a patient the census has never had in a bed: recorded, nothing to do.
+    NotInCensus { patient_id: String },
+    /// The same message (sender, control id, event, patient, time) was applied before.
+    Duplicate { message_id: String },
+}
+
+impl ApplyOutcome {
+    /// Short name kept in `adt_events.outcome`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApplyOutcome::Admitted { .. } => "admitted",
+            ApplyOutcome::Displaced { .. } => "displaced",
+            ApplyOutcome::Transferred { .. } => "transferred",
+            ApplyOutcome::AlreadyInBed { .. } => "already_in_bed",
+            ApplyOutcome::Discharged { .. } => "discharged",
+            ApplyOutcome::DemographicsUpdated { .. } => "demographics_updated",
+            ApplyOutcome::LocationMismatch { .. } => "location_mismatch",
+            ApplyOutcome::Cancelled { .. } => "cancelled",
+            ApplyOutcome::UnknownBed { .. } => "unknown_bed",
+            ApplyOutcome::NotInCensus { .. } => "not_in_census",
+            ApplyOutcome::Duplicate { .. } => "duplicate",
+        }
+    }
+
+    /// The error to put in the ACK, if any: AE 103 at `PV1^1^3` for an unknown bed; `None` (AA)
+    /// otherwise.
+    pub fn hl7_error(&self) -> Option<Hl7Error> {
+        match self {
+            ApplyOutcome::UnknownBed { .. } => Some(Hl7Error::new(
+                AckCode::AE,
+                ErrorCode::TableValueNotFound,
+                Some(ErrorLocation::field("PV1", 1, 3)),
+                self.to_string(),
+            )),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ApplyOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApplyOutcome::Admitted { patient_id, bed } => {
+                write!(f, "patient {patient_id} admitted to bed {bed}")
+            }
+            ApplyOutcome::Displaced {
+                patient_id,
+                bed,
+                displaced_patient_id,
+            } => write!(
+                f,
+                "patient {patient_id} placed in bed {bed}, which patient {displaced_patient_id} held: their stay there ended"
+            ),
+            ApplyOutcome::Transferred {
+                patient_id,
+                from_bed,
+                to_bed,
+            } => write!(
+                f,
+                "patient {patient_id} transferred from {} to bed {to_bed}",
+                from_bed
+                    .as_deref()
+                    .map_or_else(|| "outside this unit".to_owned(), |b| format!("bed {b}"))
+            ),
+            ApplyOutcome::AlreadyInBed { patient_id, bed } => {
+                write!(f, "patient {patient_id} is already in bed {bed}; nothing changed")
+            }
+            ApplyOutcome::Discharged { patient_id, bed } => {
+                write!(f, "patient {patient_id} discharged from bed {bed}")
+            }
+            ApplyOutcome::DemographicsUpdated { patient_id } => {
+                write!(f, "demographics of patient {patient_id} updated")
+            }
+            ApplyOutcome::LocationMismatch {
+                patient_id,
+                census_bed,
+                location,
+            } => write!(
+                f,
+                "update for patient {patient_id} gives location '{location}' but the census has them in {}; patient not moved (send A02 to transfer)",
+                census_bed
+                    .as_deref()
+                    .map_or_else(|| "no bed".to_owned(), |b| format!("bed {b}"))
+            ),
+            ApplyOutcome::Cancelled {
+                patient_id,
+                cancelled_event,
+                cancelled_message_id,
+            } => write!(
+                f,
+                "{cancelled_event} {cancelled_message_id} of patient {patient_id} cancelled"
+            ),
+            ApplyOutcome::UnknownBed { location, left_bed } => {
+                write!(
+                    f,
+                    "location '{location}' (PV1-3) maps to no configured bed: recorded, no readings are associated"
+                )?;
+                if let Some(bed) = left_bed {
+                    write!(f, "; the patient's stay in bed {bed} ended")?;
+                }
+                Ok(())
+            }
+            ApplyOutcome::NotInCensus { patient_id } => {
+                write!(f, "patient {patient_id} has no stay in this unit; nothing to do")
+            }
+            ApplyOutcome::Duplicate { message_id } => {
+                write!(f, "message {message_id} was already applied; nothing changed")
+            }
+        }
+    }
+}
+
+/// Why an ADT message was refused by the census.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectKind {
+    /// The event time contradicts the timeline (e.g. a transfer timed before the admission).
+    OutOfOrder,
+    /// A cancel whose target is not the patient's latest change, or whose undo conflicts.
+    CannotCancel,
+    /// An admit/transfer without a location (only possible for hand-built messages).
+    NoLocation,
+}
+
+/// Why [`Census::apply`] or [`Census::open`] failed. After any error nothing of that message
+/// changed (an `adt_events` row records a rejection).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CensusError {
+    #[error("census database error ({path}): {message}")]
+    Database { path: String, message: String },
+    #[error("{event} {message_id} for patient {patient_id} refused: {reason}")]
+    Rejected {
+        kind: RejectKind,
+        event: String,
+        message_id: String,
+        patient_id: String,
+        reason: String,
+    },
+}
+
+impl CensusError {
+    /// The error for the ACK: AR 207 (resend later) for a database failure, AE 207 with the
+    /// reason for a refused event (resending it unchanged fails again).
+    pub fn to_hl7_error(&self) -> Hl7Error {
+        match self {
+            CensusError::Database { .. } => Hl7Error::internal(self.to_string()),
+            CensusError::Rejected { .. } => Hl7Error::new(
+                AckCode::AE,
+                ErrorCode::ApplicationInternalError,
+                None,
+                self.to_string(),
+            ),
+        }
+    }
+}
+
+/// One stay of the timeline.
+#[derive(Debug, Clone)]
+struct Stay {
+    id: i64,
+    patient_id: String,
+    bed: String,
+    start_us: i64,
+    end_us: Option<i64>,
+    source_event: String,
+    message_id: String,
+    opened_by: i64,
+    end_event: Option<String>,
+    end_message_id: Option<String>,
+    closed_by: Option<i64>,
+}
+
+impl Stay {
+    fn covers(&self, t: i64) -> bool {
+        self.start_us <= t && self.end_us.is_none_or(|end| t < end)
+    }
+
+    /// Whether the stay reaches past `t` (`end > t`, or open).
+    fn extends_past(&self, t: i64) -> bool {
+        self.end_us.is_none_or(|end| end > t)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Demographics {
+    family: String,
+    given: String,
+    updated_us: i64,
+}
+
+/// The in-memory timeline: stays per bed sorted by `(start_us, id)`, and names.
+#[derive(Debug, Default)]
+struct Index {
+    by_bed: HashMap<String, Vec<Stay>>,
+    names: HashMap<String, Demographics>,
+}
+
+impl Index {
+    fn stays(&self) -> impl Iterator<Item = &Stay> {
+        self.by_bed.values().flatten()
+    }
+
+    fn open_stay_of(&self, patient_id: &str) -> Option<&Stay> {
+        self.stays()
+            .find(|s| s.end_us.is_none() && s.patient_id == patient_id)
+    }
+
+    fn open_stay_in(&self, bed: &str) -> Option<&Stay> {
+        self.by_bed
+            .get(bed)
+            .and_then(|v| v.iter().find(|s| s.end_us.is_none()))
+    }
+
+    fn patient_ref(&self, stay: &Stay) -> PatientRef {
+        let names = self
+            .names
+            .get(&stay.patient_id)
+            .cloned()
+            .unwrap_or_default();
+        PatientRef {
+            patient_id: stay.patient_id.clone(),
+            family: names.family,
+            given: names.given,
+            stay_start_us: stay.start_us,
+        }
+    }
+
+    fn patient_at(&self, bed: &str, time_us: i64) -> Option<PatientRef> {
+        let stays = self.by_bed.get(bed)?;
+        // Stays of a bed do not overlap: only the last one starting at or before t can cover it.
+        let n = stays.partition_point(|s| s.start_us <= time_us);
+        let stay = stays[..n].last().filter(|s| s.covers(time_us))?;
+        Some(self.patient_ref(stay))
+    }
+
+    fn current(&self) -> Vec<(String, PatientRef)> {
+        let mut out: Vec<_> = self
+            .by_bed
+            .iter()
+            .filter_map(|(bed, v)| {
+                v.iter()
+                    .find(|s| s.end_us.is_none())
+                    .map(|s| (bed.clone(), self.patient_ref(s)))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    fn find_mut(&mut self, id: i64) -> Option<&mut Stay> {
+        self.by_bed.values_mut().flatten().find(|s| s.id == id)
+    }
+
+    fn insert(&mut self, stay: Stay) {
+        let v = self.by_bed.entry(stay.bed.clone()).or_default();
+        let at = v.partition_point(|s| (s.start_us, s.id) < (stay.start_us, stay.id));
+        v.insert(at, stay);
+    }
+
+    fn remove(&mut self, id: i64) {
+        for v in self.by_bed.values_mut() {
+            v.retain(|s| s.id != id);
+        }
+    }
+}
+
+/// A cheap, cloneable, thread-safe read handle on the census timeline (for device actors and the
+/// API). It sees every change once [`Census::apply`] has committed it.
+#[derive(Debug, Clone)]
+pub struct CensusReader {
+    index: Arc<RwLock<Index>>,
+}
+
+impl CensusReader {
+    /// The patient whose stay in `bed` covers `time_us` (`start ≤ t < end`), if any. In memory.
+    pub fn patient_at(&self, bed: &str, time_us: i64) -> Option<PatientRef> {
+        self.read().patient_at(bed, time_us)
+    }
+
+    /// The open stays, by bed id.
+    pub fn current(&self) -> Vec<(String, PatientRef)> {
+        self.read().current()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A change to the timeline, planned against memory, then written, then applied to memory.
+#[derive(Debug)]
+enum Op {
+    Open {
+        patient_id: String,
+        bed: String,
+        start_us: i64,
+        visit: Option<String>,
+    },
+    Close {
+        id: i64,
+        end_us: i64,
+    },
+    Cancel {
+        id: i64,
+    },
+    Reopen {
+        id: i64,
+    },
+}
+
+struct Plan {
+    ops: Vec<Op>,
+    outcome: ApplyOutcome,
+    demographics: bool,
+}
+
+struct Reject {
+    kind: RejectKind,
+    reason: String,
+}
+
+fn out_of_order(reason: String) -> Reject {
+    Reject {
+        kind: RejectKind::OutOfOrder,
+        reason,
+    }
+}
+
+/// The bed → patient census over its own SQLite connection. See the module docs.
+pub struct Census {
+    conn: Connection,
+    path: PathBuf,
+    index: Arc<RwLock<Index>>,
+}
+
+impl fmt::Debug for Census {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Census").field("path", &self.path).finish()
+    }
+}
+
+impl Census {
+    /// Opens (creating if needed) the census tables in the database at `path` (the store's file)
+    /// and loads the timeline into memory.
+    pub fn open(path: &Path) -> Result<Census, CensusError> {
+        let db_err = |e: rusqlite::Error| CensusError::Database {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| CensusError::Database {
+                path: dir.display().to_string(),
+                message: e.to_string(),
+            })?;
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db_err)?;
+        // FULL: an ADT change is acknowledged only once it survives a power cut.
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+        )
+        .map_err(db_err)?;
+        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        let index = load(&conn).map_err(db_err)?;
+        Ok(Census {
+            conn,
+            path: path.to_owned(),
+            index: Arc::new(RwLock::new(index)),
+        })
+    }
+
+    /// A read handle that follows this census.
+    pub fn reader(&self) -> CensusReader {
+        CensusReader {
+            index: Arc::clone(&self.index),
+        }
+    }
+
+    /// See [`CensusReader::patient_at`].
+    pub fn patient_at(&self, bed: &str, time_us: i64) -> Option<PatientRef> {
+        self.reader().patient_at(bed, time_us)
+    }
+
+    /// See [`CensusReader::current`].
+    pub fn current(&self) -> Vec<(String, PatientRef)> {
+        self.reader().current()
+    }
+
+    /// Applies one decoded ADT message at its event time (EVN-6/EVN-2/MSH-7, else
+    /// `received_us`). `Ok` only after the change is committed; see the module docs.
+    pub fn apply(
+        &mut self,
+        msg: &AdtMessage,
+        bed_map: &BedMap,
+        received_us: i64,
+    ) -> Result<ApplyOutcome, CensusError> {
+        let t = msg.event_time_us.unwrap_or(received_us);
+        if self.already_applied(msg, t)? {
+            return Ok(ApplyOutcome::Duplicate {
+                message_id: msg.header.control_id.clone(),
+            });
+        }
+        let bed = msg
+            .location
+            .as_ref()
+            .and_then(|l| resolve_bed(bed_map, l))
+            .map(str::to_owned);
+        let plan = {
+            let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
+            plan(&index, msg, bed.as_deref(), t)
+        };
+        match plan {
+            Ok(plan) => {
+                let ids = self.commit(msg, t, received_us, bed.as_deref(), &plan)?;
+                self.apply_to_memory(msg, t, &plan, ids);
+                Ok(plan.outcome)
+            }
+            Err(reject) => {
+                let event = EventRow {
+                    msg,
+                    t,
+                    received_us,
+                    bed: bed.as_deref(),
+                    accepted: false,
+                    outcome: "rejected",
+                    detail: &reject.reason,
+                };
+                let path = &self.path;
+                let tx = self.conn.transaction().map_err(|e| db_error(path, e))?;
+                insert_event(&tx, &event).map_err(|e| db_error(path, e))?;
+                tx.commit().map_err(|e| db_error(path, e))?;
+                Err(CensusError::Rejected {
+                    kind: reject.kind,
+                    event: msg.event.code().to_owned(),
+                    message_id: msg.header.control_id.clone(),
+                    patient_id: msg.patient.id.clone(),
+                    reason: reject.reason,
+                })
+            }
+        }
+    }
+
+    fn db_err(&self, e: rusqlite::Error) -> CensusError {
+        db_error(&self.path, e)
+    }
+
+    fn already_applied(&self, msg: &AdtMessage, t: i64) -> Result<bool, CensusError> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM adt_events WHERE sender = ?1 AND message_id = ?2 AND event = ?3
+                   AND patient_id = ?4 AND event_time_us = ?5 AND accepted = 1 LIMIT 1",
+                params![
+                    sender(msg),
+                    msg.header.control_id,
+                    msg.event.code(),
+                    msg.patient.id,
+                    t
+                ],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Writes the event, the stay changes and the demographics in one transaction; returns the
+    /// `adt_events` id and the ids of the stays opened, in plan order.
+    fn commit(
+        &mut self,
+        msg: &AdtMessage,
+        t: i64,
+        received_us: i64,
+        bed: Option<&str>,
+        plan: &Plan,
+    ) -> Result<(i64, Vec<i64>), CensusError> {
+        let path = self.path.display().to_string();
+        let db_err = |e: rusqlite::Error| CensusError::Database {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let detail = plan.outcome.to_string();
+        let event_id = insert_event(
+            &tx,
+            &EventRow {
+                msg,
+                t,
+                received_us,
+                bed,
+                accepted: true,
+                outcome: plan.outcome.kind(),
+                detail: &detail,
+            },
+        )
+        .map_err(db_err)?;
+        let code = msg.event.code();
+        let mut opened = Vec::new();
+        for op in &plan.ops {
+            match op {
+                Op::Open {
+                    patient_id,
+                    bed,
+                    start_us,
+                    visit,
+                } => {
+                    tx.execute(
+                        "INSERT INTO stays (patient_id, bed, start_us, visit, source_event, message_id, opened_by)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        params![patient_id, bed, start_us, visit, code, msg.header.control_id, event_id],
+                    )
+                    .map_err(db_err)?;
+                    opened.push(tx.last_insert_rowid());
+                }
+                Op::Close { id, end_us } => {
+                    tx.execute(
+                        "UPDATE stays SET end_us = ?2, end_event = ?3, end_message_id = ?4, closed_by = ?5
+                         WHERE id = ?1",
+                        params![id, end_us, code, msg.header.control_id, event_id],
+                    )
+                    .map_err(db_err)?;
+                }
+                Op::Cancel { id } => {
+                    tx.execute(
+                        "UPDATE stays SET cancelled_by = ?2 WHERE id = ?1",
+                        params![id, event_id],
+                    )
+                    .map_err(db_err)?;
+                }
+                Op::Reopen { id } => {
+                    tx.execute(
+                        "UPDATE stays SET end_us = NULL, end_event = NULL, end_message_id = NULL,
+                           closed_by = NULL WHERE id = ?1",
+                        params![id],
+                    )
+                    .map_err(db_err)?;
+                }
+            }
+        }
+        if plan.demographics {
+            let p = &msg.patient;
+            tx.execute(
+                "INSERT INTO patients (patient_id, family, given, birth_date, sex, updated_us)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (patient_id) DO UPDATE SET
+                   family = COALESCE(NULLIF(excluded.family, ''), family),
+                   given = COALESCE(NULLIF(excluded.given, ''), given),
+                   birth_date = COALESCE(NULLIF(excluded.birth_date, ''), birth_date),
+                   sex = COALESCE(NULLIF(excluded.sex, ''), sex),
+                   updated_us = excluded.updated_us
+                 WHERE excluded.updated_us >= patients.updated_us",
+                params![p.id, p.family, p.given, p.birth_date, p.sex, t],
+            )
+            .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok((event_id, opened))
+    }
+
+    fn apply_to_memory(&mut self, msg: &AdtMessage, t: i64, plan: &Plan, ids: (i64, Vec<i64>)) {
+        let (event_id, opened) = ids;
+        let code = msg.event.code().to_owned();
+        let message_id = msg.header.control_id.clone();
+        let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
+        let mut opened = opened.into_iter();
+        for op in &plan.ops {
+            match op {
+                Op::Open {
+                    patient_id,
+                    bed,
+                    start_us,
+                    ..
+                } => {
+                    let Some(id) = opened.next() else { continue };
+                    index.insert(Stay {
+                        id,
+                        patient_id: patient_id.clone(),
+                        bed: bed.clone(),
+                        start_us: *start_us,
+                        end_us: None,
+                        source_event: code.clone(),
+                        message_id: message_id.clone(),
+                        opened_by: event_id,
+                        end_event: None,
+                        end_message_id: None,
+                        closed_by: None,
+                    });
+                }
+                Op::Close { id, end_us } => {
+                    if let Some(s) = index.find_mut(*id) {
+                        s.end_us = Some(*end_us);
+                        s.end_event = Some(code.clone());
+                        s.end_message_id = Some(message_id.clone());
+                        s.closed_by = Some(event_id);
+                    }
+                }
+                Op::Cancel { id } => index.remove(*id),
+                Op::Reopen { id } => {
+                    if let Some(s) = index.find_mut(*id) {
+                        s.end_us = None;
+                        s.end_event = None;
+                        s.end_message_id = None;
+                        s.closed_by = None;
+                    }
+                }
+            }
+        }
+        if plan.demographics {
+            let p = &msg.patient;
+            // The rule of the SQL upsert in `commit`: the latest event time wins, empty values
+            // do not erase.
+            let entry = index
+                .names
+                .entry(p.id.clone())
+                .or_insert_with(|| Demographics {
+                    updated_us: i64::MIN,
+                    ..Demographics::default()
+                });
+            if t >= entry.updated_us {
+                if !p.family.is_empty() {
+                    entry.family.clone_from(&p.family);
+                }
+                if !p.given.is_empty() {
+                    entry.given.clone_from(&p.given);
+                }
+                entry.updated_us = t;
+            }
+        }
+    }
+}
+
+fn db_error(path: &Path, e: rusqlite::Error) -> CensusError {
+    CensusError::Database {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// `MSH-3|MSH-4`, identifying the sender for duplicate detection.
+fn sender(msg: &AdtMessage) -> String {
+    format!(
+        "{}|{}",
+        msg.header.sending_application, msg.header.sending_facility
+    )
+}
+
+struct EventRow<'a> {
+    msg: &'a AdtMessage,
+    t: i64,
+    received_us: i64,
+    bed: Option<&'a str>,
+    accepted: bool,
+    outcome: &'a str,
+    detail: &'a str,
+}
+
+fn insert_event(conn: &Connection, e: &EventRow<'_>) -> Result<i64, rusqlite::Error> {
+    conn.execute(
+        "INSERT INTO adt_events (received_us, sender, message_id, event, patient_id, event_time_us,
+           location, prior_location, bed, accepted, outcome, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            e.received_us,
+            sender(e.msg),
+            e.msg.header.control_id,
+            e.msg.event.code(),
+            e.msg.patient.id,
+            e.t,
+            e.msg.location.as_ref().map(|l| l.raw.as_str()),
+            e.msg.prior_location.as_ref().map(|l| l.raw.as_str()),
+            e.bed,
+            e.accepted,
+            e.outcome,
+            e.detail,
+        ],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+fn load(conn: &Connection) -> Result<Index, rusqlite::Error> {
+    let mut index = Index::default();
+    let mut stmt = conn.prepare(
+        "SELECT id, patient_id, bed, start_us, end_us, source_event, message_id, opened_by,
+                end_event, end_message_id, closed_by
+         FROM stays WHERE cancelled_by IS NULL ORDER BY start_us, id",
+    )?;
+    let stays = stmt.query_map([], |r| {
+        Ok(Stay {
+            id: r.get(0)?,
+            patient_id: r.get(1)?,
+            bed: r.get(2)?,
+            start_us: r.get(3)?,
+            end_us: r.get(4)?,
+            source_event: r.get(5)?,
+            message_id: r.get(6)?,
+            opened_by: r.get(7)?,
+            end_event: r.get(8)?,
+            end_message_id: r.get(9)?,
+            closed_by: r.get(10)?,
+        })
+    })?;
+    for stay in stays {
+        let stay = stay?;
+        index.by_bed.entry(stay.bed.clone()).or_default().push(stay);
+    }
+    let mut stmt = conn.prepare("SELECT patient_id, family, given, updated_us FROM patients")?;
+    let names = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            Demographics {
+                family: r.get(1)?,
+                given: r.get(2)?,
+                updated_us: r.get(3)?,
+            },
+        ))
+    })?;
+    for row in names {
+        let (id, d) = row?;
+        index.names.insert(id, d);
+    }
+    Ok(index)
+}
+
+/// What an ADT message means for the timeline, decided against memory only.
+fn plan(index: &Index, msg: &AdtMessage, bed: Option<&str>, t: i64) -> Result<Plan, Reject> {
+    let patient_id = msg.patient.id.clone();
+    let demographics = |ops, outcome| Plan {
+        ops,
+        outcome,
+        demographics: true,
+    };
+    match msg.event {
+        AdtEventKind::Admit | AdtEventKind::Register | AdtEventKind::Transfer => {
+            let Some(location) = &msg.location else {
+                if msg.event == AdtEventKind::Register {
+                    return Ok(demographics(
+                        Vec::new(),
+                        ApplyOutcome::DemographicsUpdated { patient_id },
+                    ));
+                }
+                return Err(Reject {
+                    kind: RejectKind::NoLocation,
+                    reason: "no PV1-3 location: an admit or transfer must name the bed".into(),
+                });
+            };
+            let Some(bed) = bed else {
+                // Somewhere this gateway does not monitor: the patient is no longer in our beds.
+                let mut ops = Vec::new();
+                let left_bed = match index.open_stay_of(&patient_id) {
+                    Some(open) => {
+                        ops.push(close_at(open, t)?);
+                        Some(open.bed.clone())
+                    }
+                    None => None,
+                };
+                return Ok(demographics(
+                    ops,
+                    ApplyOutcome::UnknownBed {
+                        location: location.key(),
+                        left_bed,
+                    },
+                ));
+            };
+            let placed = place(index, &patient_id, bed, t, msg.visit_number.clone())?;
+            let bed = bed.to_owned();
+            let (ops, outcome) = match placed {
+                Placed::Already => (Vec::new(), ApplyOutcome::AlreadyInBed { patient_id, bed }),
+                Placed::Moved {
+                    ops,
+                    displaced: Some(displaced_patient_id),
+                    ..
+                } => (
+                    ops,
+                    ApplyOutcome::Displaced {
+                        patient_id,
+                        bed,
+                        displaced_patient_id,
+                    },
+                ),
+                Placed::Moved { ops, from_bed, .. } if msg.event == AdtEventKind::Transfer => (
+                    ops,
+                    ApplyOutcome::Transferred {
+                        patient_id,
+                        from_bed,
+                        to_bed: bed,
+                    },
+                ),
+                Placed::Moved { ops, .. } => (ops, ApplyOutcome::Admitted { patient_id, bed }),
+            };
+            Ok(demographics(ops, outcome))
+        }
+        AdtEventKind::Discharge => match index.open_stay_of(&patient_id) {
+            Some(open) => {
+                let op = close_at(open, t)?;
+                Ok(demographics(
+                    vec![op],
+                    ApplyOutcome::Discharged {
+                        patient_id,
+                        bed: open.bed.clone(),
+                    },
+                ))
+            }
+            None => Ok(demographics(
+                Vec::new(),
+                ApplyOutcome::NotInCensus { patient_id },
+            )),
+        },
+        AdtEventKind::Update => {
+            let census_bed = index.open_stay_of(&patient_id).map(|s| s.bed.clone());
+            let outcome = match &msg.location {
+                Some(location)
+                    if bed != census_bed.as_deref() && (bed.is_some() || census_bed.is_some()) =>
+                {
+                    ApplyOutcome::LocationMismatch {
+                        patient_id,
+                        census_bed,
+                        location: location.key(),
+                    }
+                }
+                _ => ApplyOutcome::DemographicsUpdated { patient_id },
+            };
+            Ok(demographics(Vec::new(), outcome))
+        }
+        AdtEventKind::CancelAdmit
+        | AdtEventKind::CancelTransfer
+        | AdtEventKind::CancelDischarge => {
+            let targets: &[&str] = match msg.event {
+                AdtEventKind::CancelAdmit => &["A01", "A04"],
+                AdtEventKind::CancelTransfer => &["A02"],
+                _ => &["A03"],
+            };
+            let (ops, outcome) = cancel(index, &patient_id, msg.event, targets)?;
+            Ok(Plan {
+                ops,
+                outcome,
+                demographics: false,
+            })
+        }
+    }
+}
+
+fn close_at(stay: &Stay, t: i64) -> Result<Op, Reject> {
+    if stay.start_us > t {
+        return Err(out_of_order(format!(
+            "the event time ({}) is before the start of patient {}'s stay in bed {} ({}); events must arrive in time order",
+            show_time(t),
+            stay.patient_id,
+            stay.bed,
+            show_time(stay.start_us)
+        )));
+    }
+    Ok(Op::Close {
+        id: stay.id,
+        end_us: t,
+    })
+}
+
+enum Placed {
+    Already,
+    Moved {
+        ops: Vec<Op>,
+        from_bed: Option<String>,
+        displaced: Option<String>,
+    },
+}
+
+/// Plans "patient is in `bed` from `t` on": ends their open stay elsewhere and the stay of
+/// whoever holds the bed, both at `t`, and refuses anything that would overlap the timeline.
+fn place(
+    index: &Index,
+    patient_id: &str,
+    bed: &str,
+    t: i64,
+    visit: Option<String>,
+) -> Result<Placed, Reject> {
+    let mut ops = Vec::new();
+    let own = index.open_stay_of(patient_id);
+    if let Some(open) = own {
+        if open.bed == bed && open.start_us <= t {
+            return Ok(Placed::Already);
+        }
+        ops.push(close_at(open, t)?);
+    }
+    if let Some(later) = index
+        .stays()
+        .find(|s| s.patient_id == patient_id && s.end_us.is_some() && s.extends_past(t))
+    {
+        return Err(out_of_order(format!(
+            "the event time ({}) is before the end of patient {patient_id}'s stay in bed {} ({}); events must arrive in time order",
+            show_time(t),
+            later.bed,
+            show_time(later.end_us.unwrap_or(later.start_us)),
+        )));
+    }
+    let mut displaced = None;
+    if let Some(occupant) = index
+        .open_stay_in(bed)
+        .filter(|s| s.patient_id != patient_id)
+    {
+        ops.push(close_at(occupant, t)?);
+        displaced = Some(occupant.patient_id.clone());
+    }
+    if let Some(later) = index
+        .by_bed
+        .get(bed)
+        .and_then(|v| v.iter().find(|s| s.end_us.is_some() && s.extends_past(t)))
+    {
+        return Err(out_of_order(format!(
+            "bed {bed} was held by patient {} until {}, after this event's time ({}); events must arrive in time order",
+            later.patient_id,
+            show_time(later.end_us.unwrap_or(later.start_us)),
+            show_time(t)
+        )));
+    }
+    ops.push(Op::Open {
+        patient_id: patient_id.to_owned(),
+        bed: bed.to_owned(),
+        start_us: t,
+        visit,
+    });
+    Ok(Placed::Moved {
+        ops,
+        from_bed: own.map(|s| s.bed.clone()),
+        displaced,
+    })
+}
+
+/// Plans undoing the patient's latest change when it is one of `targets` (event codes).
+fn cancel(
+    index: &Index,
+    patient_id: &str,
+    event: AdtEventKind,
+    targets: &[&str],
+) -> Result<(Vec<Op>, ApplyOutcome), Reject> {
+    let cannot = |reason: String| Reject {
+        kind: RejectKind::CannotCancel,
+        reason,
+    };
+    // The patient's changes: (event id, code, message id), from the stays they touched.
+    let mut changes: Vec<(i64, &str, &str)> = Vec::new();
+    for s in index.stays().filter(|s| s.patient_id == patient_id) {
+        changes.push((s.opened_by, &s.source_event, &s.message_id));
+        if let (Some(id), Some(code), Some(m)) = (s.closed_by, &s.end_event, &s.end_message_id) {
+            changes.push((id, code, m));
+        }
+    }
+    let Some(&(latest, code, message_id)) = changes.iter().max_by_key(|c| c.0) else {
+        return Ok((
+            Vec::new(),
+            ApplyOutcome::NotInCensus {
+                patient_id: patient_id.to_owned(),
+            },
+        ));
+    };
+    if let Some(other) = index
+        .stays()
+        .find(|s| s.opened_by == latest && s.patient_id != patient_id)
+    {
+        return Err(cannot(format!(
+            "the latest census change for patient {patient_id} is {code} {message_id} of patient {}, which ended their stay in bed {}; only a patient's own latest change can be cancelled",
+            other.patient_id, other.bed
+        )));
+    }
+    if !targets.contains(&code) {
+        return Err(cannot(format!(
+            "{event} cancels {}, but the latest census change for patient {patient_id} is {code} {message_id}; only the latest change can be cancelled",
+            targets.join("/")
+        )));
+    }
+    let undone: HashSet<i64> = index
+        .stays()
+        .filter(|s| s.opened_by == latest)
+        .map(|s| s.id)
+        .collect();
+    let reopened: Vec<&Stay> = index
+        .stays()
+        .filter(|s| s.closed_by == Some(latest))
+        .collect();
+    for r in &reopened {
+        if let Some(conflict) = index.stays().find(|o| {
+            o.id != r.id
+                && !undone.contains(&o.id)
+                && (o.bed == r.bed || o.patient_id == r.patient_id)
+                && o.extends_past(r.start_us)
+        }) {
+            return Err(cannot(format!(
+                "undoing {code} {message_id} would give patient {} bed {} again, but patient {} has been in bed {} since {}",
+                r.patient_id,
+                r.bed,
+                conflict.patient_id,
+                conflict.bed,
+                show_time(conflict.start_us)
+            )));
+        }
+    }
+    let mut ops: Vec<Op> = undone.iter().map(|&id| Op::Cancel { id }).collect();
+    ops.extend(reopened.iter().map(|s| Op::Reopen { id: s.id }));
+    Ok((
+        ops,
+        ApplyOutcome::Cancelled {
+            patient_id: patient_id.to_owned(),
+            cancelled_event: code.to_owned(),
+            cancelled_message_id: message_id.to_owned(),
+        },
+    ))
+}
+
+/// A time for a log line: RFC 3339 UTC.
+fn show_time(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us).map_or_else(
+        || format!("{us} µs"),
+        |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    )
+}

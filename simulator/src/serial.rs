@@ -1,0 +1,172 @@
+//! Simulated serial devices on pseudo-terminals.
+//!
+//! A pty is a real tty: the gateway opens the slave side exactly as it would open /dev/ttyUSB0.
+//! Each simulated device owns a pty pair, sets the line to raw mode, and publishes the slave's
+//! path under a stable name (a symlink such as `<dir>/spo2-01`) that the gateway config names.
+//! A "cable pull" closes the pair (the gateway's reads fail with EIO); "plugging it back" opens a
+//! new pair and points the symlink at it, and the gateway reopens the same configured path.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use nix::pty::openpty;
+use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+
+use crate::physiology::Patient;
+
+/// One pty pair with its published path.
+pub struct Pty {
+    pub master: File,
+    /// Kept open so the line stays up while the gateway reopens it.
+    _slave: OwnedFd,
+    pub slave_path: PathBuf,
+    pub link: PathBuf,
+}
+
+/// Opens a pty pair in raw mode and points `link` at its slave.
+pub fn open_pty(link: &Path) -> anyhow::Result<Pty> {
+    let pair = openpty(None, None).context("openpty")?;
+    let mut t = tcgetattr(&pair.slave).context("tcgetattr")?;
+    cfmakeraw(&mut t);
+    tcsetattr(&pair.slave, SetArg::TCSANOW, &t).context("tcsetattr")?;
+    let slave_path = nix::unistd::ttyname(&pair.slave).context("ttyname")?;
+    let tmp = link.with_extension("tmp-link");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&slave_path, &tmp)
+        .with_context(|| format!("symlink {}", tmp.display()))?;
+    std::fs::rename(&tmp, link).with_context(|| format!("publishing {}", link.display()))?;
+    Ok(Pty {
+        master: File::from(pair.master),
+        _slave: pair.slave,
+        slave_path,
+        link: link.to_owned(),
+    })
+}
+
+/// Controls of a running simulated serial device.
+#[derive(Default)]
+pub struct SerialControl {
+    /// While true the cable is pulled: the pty is closed and nothing is sent.
+    pub unplugged: AtomicBool,
+    pub stop: AtomicBool,
+    /// Lines (records) written so far.
+    pub records: AtomicU64,
+    /// Bytes of garbage to inject before the next record (0 = none).
+    pub garbage: AtomicU64,
+}
+
+/// One Masimo ASCII 1 line for the given values (dashes for a missing value, as the device does).
+pub fn masimo_line(
+    time: chrono::DateTime<chrono::Utc>,
+    serial: &str,
+    spo2: Option<f64>,
+    bpm: Option<f64>,
+    pi: Option<f64>,
+    exc: u32,
+) -> String {
+    let spo2 = spo2.map_or("---".to_string(), |v| format!("{:03}", v as i64));
+    let bpm = bpm.map_or("---".to_string(), |v| format!("{:03}", v as i64));
+    let pi = pi.map_or("--.--".to_string(), |v| format!("{v:05.2}"));
+    format!(
+        "{} SN={serial} SPO2={spo2}% BPM={bpm} PI={pi}% SPCO=--.-% SPMET=--.-% DESAT=-- PIDELTA=+-- PVI=--- ALARM=0000 EXC={exc:06X}\r\n",
+        time.format("%m/%d/%y %H:%M:%S")
+    )
+}
+
+/// Runs a simulated Masimo oximeter on a pty at `link`, one line per `period`, until stopped.
+/// Every value written is reported through `on_record` (time, spo2, bpm, pi) for accounting.
+pub fn run_masimo(
+    link: PathBuf,
+    serial: String,
+    seed: u64,
+    period: Duration,
+    control: Arc<SerialControl>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let mut pty = Some(open_pty(&link)?);
+    Ok(std::thread::spawn(move || {
+        let mut patient = Patient::new(seed);
+        while !control.stop.load(Ordering::Relaxed) {
+            if control.unplugged.load(Ordering::Relaxed) {
+                pty = None;
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            if pty.is_none() {
+                match open_pty(&link) {
+                    Ok(p) => pty = Some(p),
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(200));
+                        continue;
+                    }
+                }
+            }
+            let Some(p) = pty.as_mut() else { continue };
+            let garbage = control.garbage.swap(0, Ordering::Relaxed);
+            if garbage > 0 {
+                let junk: Vec<u8> = (0..garbage).map(|i| b"\x07#~?"[i as usize % 4]).collect();
+                let _ = p.master.write_all(&junk);
+                let _ = p.master.write_all(b"\r\n");
+            }
+            let v = patient.step();
+            let line = masimo_line(
+                chrono::Utc::now(),
+                &serial,
+                Some(v.spo2),
+                Some(v.heart_rate),
+                Some(2.5),
+                0x000800,
+            );
+            if p.master.write_all(line.as_bytes()).is_ok() {
+                control.records.fetch_add(1, Ordering::Relaxed);
+            }
+            std::thread::sleep(period);
+        }
+        drop(pty);
+    }))
+}
+
+/// Reads whatever the gateway wrote (keeps the pty's buffer from filling); returns bytes read.
+pub fn drain(master: &mut File) -> usize {
+    let mut buf = [0u8; 4096];
+    master.read(&mut buf).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masimo_line_has_the_documented_shape() {
+        let t = chrono::DateTime::parse_from_rfc3339("2025-01-15T10:22:07Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(
+            masimo_line(t, "0000012345", Some(97.0), Some(72.0), Some(2.45), 0x800),
+            "01/15/25 10:22:07 SN=0000012345 SPO2=097% BPM=072 PI=02.45% SPCO=--.-% SPMET=--.-% DESAT=-- PIDELTA=+-- PVI=--- ALARM=0000 EXC=000800\r\n"
+        );
+        assert!(masimo_line(t, "1", None, None, None, 1).contains("SPO2=---% BPM=--- PI=--.--%"));
+    }
+
+    #[test]
+    fn pty_link_points_at_a_real_tty() {
+        let dir = tempfile_dir();
+        let link = dir.join("dev0");
+        let pty = open_pty(&link).unwrap();
+        let target = std::fs::read_link(&link).unwrap();
+        assert_eq!(target, pty.slave_path);
+        assert!(target.starts_with("/dev/pts/"), "{}", target.display());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("icu-sim-test-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}

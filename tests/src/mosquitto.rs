@@ -1,0 +1,259 @@
+//! A real MQTT broker (Eclipse Mosquitto) per test.
+//!
+//! Each [`Mosquitto`] runs `/usr/sbin/mosquitto` (or `ICU_MOSQUITTO_BIN`) with its own config
+//! file in its own temporary folder, listening on 127.0.0.1 only, anonymous clients allowed, its
+//! log in that folder. It is stopped (and waited for) on drop and cannot outlive the test
+//! process (see [`ChildGuard::spawn_tied`]). `scripts/test` installs the Debian package and
+//! stops the system service it may start; no test uses the system broker or port 1883.
+//!
+//! [`Mosquitto::start`] keeps nothing across restarts (`persistence false`), so a restart loses
+//! every session: subscribers must subscribe again. [`Mosquitto::start_persistent`] saves its
+//! sessions and unacknowledged messages in its folder on stop and reloads them on
+//! [`Mosquitto::restart`], as a production broker would.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tempfile::TempDir;
+
+use crate::free_port;
+use crate::process::{wait_for, ChildGuard};
+
+/// Where the Debian package puts the broker.
+pub const MOSQUITTO_BIN: &str = "/usr/sbin/mosquitto";
+
+/// How long a broker may take to accept connections after being spawned.
+const START_DEADLINE: Duration = Duration::from_secs(15);
+
+/// The broker binary: `ICU_MOSQUITTO_BIN`, else [`MOSQUITTO_BIN`].
+pub fn mosquitto_bin() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("ICU_MOSQUITTO_BIN")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(MOSQUITTO_BIN));
+    if !path.is_file() {
+        bail!(
+            "MQTT broker {} not found: run scripts/test, it installs mosquitto \
+             (or `apt-get install mosquitto`, or set ICU_MOSQUITTO_BIN)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A mosquitto broker on 127.0.0.1.
+#[derive(Debug)]
+pub struct Mosquitto {
+    /// The port it listens on.
+    pub port: u16,
+    persistent: bool,
+    child: Option<ChildGuard>,
+    log: PathBuf,
+    // Declared last: removed after the child is stopped.
+    dir: TempDir,
+}
+
+impl Mosquitto {
+    /// Start a broker without persistence on a free port and wait until it accepts
+    /// connections. Retries on a fresh port if the chosen one was taken in the meantime.
+    pub fn start() -> anyhow::Result<Mosquitto> {
+        Self::start_retrying(false)
+    }
+
+    /// As [`Mosquitto::start`], with persistence: sessions, subscriptions and unacknowledged
+    /// QoS 1 messages survive [`Mosquitto::stop`] + [`Mosquitto::restart`].
+    pub fn start_persistent() -> anyhow::Result<Mosquitto> {
+        Self::start_retrying(true)
+    }
+
+    /// Start a broker without persistence on `port` (e.g. a new broker on the address of one
+    /// that was stopped) and wait until it accepts connections.
+    pub fn start_on(port: u16) -> anyhow::Result<Mosquitto> {
+        Self::start_in(port, false)
+    }
+
+    fn start_retrying(persistent: bool) -> anyhow::Result<Mosquitto> {
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::start_in(free_port(), persistent) {
+                Ok(m) => return Ok(m),
+                Err(e) if format!("{e:#}").contains("already in use") => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("three attempts were made"))
+    }
+
+    fn start_in(port: u16, persistent: bool) -> anyhow::Result<Mosquitto> {
+        mosquitto_bin()?;
+        let dir = tempfile::Builder::new()
+            .prefix("icu-mosquitto-")
+            .tempdir()
+            .context("temp dir for mosquitto")?;
+        let log = dir.path().join("mosquitto.log");
+        let mut conf = format!(
+            "# written by icu-tests (tests/src/mosquitto.rs)\n\
+             listener {port} 127.0.0.1\n\
+             allow_anonymous true\n\
+             # stay the user the test runs as (root would otherwise switch to 'mosquitto',\n\
+             # which cannot write to this folder); ignored when not started as root\n\
+             user root\n\
+             log_dest stderr\n\
+             # every packet, so tests can see when the broker got a PUBACK\n\
+             log_type all\n\
+             connection_messages true\n"
+        );
+        if persistent {
+            conf.push_str(&format!(
+                "persistence true\npersistence_location {}/\nautosave_interval 0\n",
+                dir.path().display()
+            ));
+        } else {
+            conf.push_str("persistence false\n");
+        }
+        let conf_path = dir.path().join("mosquitto.conf");
+        std::fs::write(&conf_path, conf)
+            .with_context(|| format!("write {}", conf_path.display()))?;
+
+        let mut broker = Mosquitto {
+            port,
+            persistent,
+            child: None,
+            log,
+            dir,
+        };
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let bin = mosquitto_bin()?;
+        // Appending: a restart keeps the earlier log above.
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("open {}", self.log.display()))?;
+        let err = out.try_clone()?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("-c")
+            .arg(self.conf_path())
+            .current_dir(self.dir.path());
+        let child = ChildGuard::spawn_tied(&cmd, Stdio::from(out), Stdio::from(err))
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        self.child = Some(child);
+        self.wait_ready()
+            .with_context(|| format!("mosquitto on 127.0.0.1:{}", self.port))
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let sock = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let mut last_error = String::from("no answer yet");
+        let res = wait_for(START_DEADLINE, "mosquitto to accept connections", || {
+            if let Some(status) = self.child.as_mut().and_then(ChildGuard::exited) {
+                last_error = if self.log_tail(20).contains("in use") {
+                    format!("port {} already in use", self.port)
+                } else {
+                    format!("mosquitto exited early ({status})")
+                };
+                return Some(false);
+            }
+            match TcpStream::connect_timeout(&sock, Duration::from_millis(200)) {
+                Ok(_) => Some(true),
+                Err(e) => {
+                    last_error = format!("connect: {e}");
+                    None
+                }
+            }
+        });
+        match res {
+            Ok(true) => Ok(()),
+            Ok(false) | Err(_) => {
+                let timeout = res.err().map(|e| format!("{e}; ")).unwrap_or_default();
+                self.stop();
+                bail!(
+                    "{timeout}{last_error}\n--- {} (tail) ---\n{}",
+                    self.log.display(),
+                    self.log_tail(40)
+                )
+            }
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Whether it keeps sessions across restarts.
+    pub fn is_persistent(&self) -> bool {
+        self.persistent
+    }
+
+    /// Its config file.
+    pub fn conf_path(&self) -> PathBuf {
+        self.dir.path().join("mosquitto.conf")
+    }
+
+    /// Its log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Its whole log (every packet: `log_type all`), e.g. to check that a PUBACK arrived.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        log_tail(&self.log, lines)
+    }
+
+    /// Stop the broker (SIGTERM: a persistent one saves its sessions) and wait until it has
+    /// exited; its port is then free. Idempotent.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.shutdown(Duration::from_secs(10));
+        }
+    }
+
+    /// Start it again on the same port with the same config and folder (a persistent broker
+    /// reloads its sessions). Stops it first if it is running.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
+    /// Whether the broker process is running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.exited().is_none(),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn log_tail(path: &Path, lines: usize) -> String {
+    let Ok(mut f) = File::open(path) else {
+        return String::from("(no log)");
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
