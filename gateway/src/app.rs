@@ -154,6 +154,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
             tokio::spawn(crate::serial::run(
                 d.id.clone(),
                 settings.clone(),
+                d.silent_after,
                 protocol,
                 addr,
                 store.clone(),

@@ -108,9 +108,15 @@ fn open(settings: &SerialSettings) -> Result<tokio_serial::SerialStream, String>
 }
 
 /// Runs one serial device until `shutdown` turns true: open, read, reopen on loss.
+///
+/// A serial line has no connection: a pulled RS-232 cable or a powered-off device is only
+/// silence (a vanished USB adapter or a closed pty gives a read error). So the port is also
+/// closed and reopened after `reopen_after` without a byte, which recovers adapters that were
+/// replugged under the same name.
 pub async fn run(
     device_id: String,
     settings: SerialSettings,
+    reopen_after: Duration,
     mut protocol: Box<dyn SerialProtocol>,
     actor: Addr<DeviceActor>,
     store: Addr<Store>,
@@ -149,6 +155,7 @@ pub async fn run(
         tracing::info!(device = %device_id, port = %settings.port.display(), baud = settings.baud, protocol = protocol.name(), "serial port open");
         let mut buf = BytesMut::with_capacity(4096);
         let mut up = false;
+        let mut last_rx = tokio::time::Instant::now();
         let mut ticker = tokio::time::interval(protocol.tick());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let actions = protocol.on_open(now_us());
@@ -170,10 +177,14 @@ pub async fn run(
                 _ = ticker.tick() => {
                     let actions = protocol.on_tick(now_us());
                     lost = apply(&device_id, protocol.name(), actions, &mut port, &actor, &store, &mut up, &mut backoff).await;
+                    if lost.is_none() && last_rx.elapsed() > reopen_after {
+                        lost = Some(format!("no data for {} s", reopen_after.as_secs()));
+                    }
                 }
                 read = port.read(&mut chunk) => match read {
                     Ok(0) => lost = Some("end of stream (line closed)".to_string()),
                     Ok(n) => {
+                        last_rx = tokio::time::Instant::now();
                         offset += n as u64;
                         buf.extend_from_slice(&chunk[..n]);
                         let actions = protocol.on_bytes(&mut buf, now_us());

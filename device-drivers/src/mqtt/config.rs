@@ -1,5 +1,6 @@
 //! `[mqtt]` configuration of the gateway: which broker, which gateway id, which limits.
 
+use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -8,7 +9,8 @@ use super::codec::DEFAULT_MAX_PAYLOAD_BYTES;
 use super::topic::check_level;
 
 /// The MQTT subscriber of one gateway. The field comments are the user documentation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `Debug` shows the password as `***`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     /// Host name or IP address of the MQTT broker (MQTT 3.1.1, plain TCP).
@@ -43,6 +45,22 @@ pub struct MqttConfig {
     /// Password for the broker (only with `username`).
     #[serde(default)]
     pub password: Option<String>,
+}
+
+impl fmt::Debug for MqttConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MqttConfig")
+            .field("broker_host", &self.broker_host)
+            .field("broker_port", &self.broker_port)
+            .field("client_id", &self.client_id)
+            .field("gateway_id", &self.gateway_id)
+            .field("keep_alive_s", &self.keep_alive_s)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("reconnect_max_backoff_ms", &self.reconnect_max_backoff_ms)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// `127.0.0.1`.

@@ -73,8 +73,11 @@
 //! PUBACK is sent only after the caller reports [`Disposition::Stored`] (committed) or
 //! [`Disposition::Rejected`] (kept as a dead letter), in arrival order. A message whose
 //! disposition is `NotStored`, or is still pending when the connection drops, is not
-//! acknowledged and the broker redelivers it (with the DUP flag) on the next connection; the
-//! store deduplicates by `msg_id`.
+//! acknowledged and the broker redelivers it (with the DUP flag) on the next connection, so
+//! the gateway may see a message twice ([`MqttMessage::dup`], and the device's `msg_id`, tell
+//! it so). An acknowledgement is never sent on a connection other than the one that delivered
+//! the message (a packet id means nothing on a new connection); the copy delivered on the new
+//! connection is acknowledged instead (counted in `stale_acks`).
 //!
 //! After a dropped connection the subscriber reconnects with exponential backoff (100 ms,
 //! doubling, capped at `reconnect_max_backoff_ms`) and subscribes again after every CONNACK.

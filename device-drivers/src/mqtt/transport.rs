@@ -173,6 +173,9 @@ impl MqttSubscriber {
     /// Deliveries arrive in order on the returned channel (`capacity` deep); the transport
     /// acknowledges each, in arrival order, once its [`AckHandle`] is completed with `Stored` or
     /// `Rejected`.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (it spawns its tasks there).
     pub fn start(
         config: &MqttConfig,
         capacity: usize,

@@ -520,12 +520,16 @@ impl Census {
 
     /// See [`CensusReader::patient_at`].
     pub fn patient_at(&self, bed: &str, time_us: i64) -> Option<PatientRef> {
-        self.reader().patient_at(bed, time_us)
+        self.read().patient_at(bed, time_us)
     }
 
     /// See [`CensusReader::current`].
     pub fn current(&self) -> Vec<(String, PatientRef)> {
-        self.reader().current()
+        self.read().current()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Applies one decoded ADT message at its event time (EVN-6/EVN-2/MSH-7, else

@@ -460,10 +460,9 @@ fn adt_event_for_the_store_and_kafka() {
 fn works_beside_the_store_in_one_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("gw.db");
-    let mut store = crate::store::StoreDb::open(&path, "gw", true, 1 << 30).expect("store");
+    let _store = crate::store::StoreDb::open(&path, "gw", true, 1 << 30).expect("store");
     let mut c = open(&path);
     c.apply(&msg(A01), &beds(), RECEIVED).expect("A01");
-    let _ = &mut store;
     let n: i64 = c
         .conn
         .query_row("SELECT COUNT(*) FROM adt_events", [], |r| r.get(0))

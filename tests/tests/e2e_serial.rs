@@ -1,0 +1,190 @@
+//! Serial devices over real pseudo-terminals (a pty is a real tty: the gateway opens it exactly
+//! like /dev/ttyUSB0): a simulated Masimo oximeter → `icu-gateway` → a real Kafka-protocol broker.
+//! Also the cable pull: the line drops, the device goes silent, a technical alarm is stored and
+//! forwarded, and the gateway reconnects by itself when the line returns.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use icu_cloud_bridge::consume::{consume, ConsumeOptions};
+use icu_cloud_bridge::fhir::observations_of;
+use icu_cloud_bridge::signing::load_public_key;
+use icu_sim::serial::{run_masimo, SerialControl};
+use icu_tests::{wait_for, Broker, TOPICS};
+use support::{keygen, GatewayProc};
+
+fn config(dir: &std::path::Path, broker: &str, port: &std::path::Path) -> String {
+    format!(
+        r#"gateway_id = "test-gw"
+data_dir = "{dir}"
+clock = "synced"
+[mllp]
+listen = "127.0.0.1:0"
+[http]
+listen = "127.0.0.1:0"
+[store]
+synchronous = "normal"
+[kafka]
+bootstrap = "{broker}"
+message_timeout_ms = 5000
+[[beds]]
+id = "bed-01"
+[[devices]]
+id = "spo2-01"
+bed = "bed-01"
+protocol = "masimo"
+silent_after_s = 2
+[devices.serial]
+port = "{port}"
+"#,
+        dir = dir.display(),
+        port = port.display()
+    )
+}
+
+fn device(gw: &GatewayProc, id: &str) -> serde_json::Value {
+    let v = gw.get_json("/api/devices");
+    v["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == id)
+        .cloned()
+        .unwrap()
+}
+
+#[test]
+fn masimo_over_a_pty_reaches_kafka_and_survives_a_cable_pull() {
+    let broker = Broker::start().expect("broker");
+    broker.create_topics(TOPICS).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = load_public_key(&keygen(dir.path())).unwrap();
+    let port = dir.path().join("spo2-01");
+    let control = Arc::new(SerialControl::default());
+    let sim = run_masimo(
+        port.clone(),
+        "0000012345".into(),
+        7,
+        Duration::from_millis(200),
+        control.clone(),
+    )
+    .expect("simulated oximeter on a pty");
+    let gw = GatewayProc::start(dir.path(), &config(dir.path(), &broker.addr, &port));
+
+    let read = |topic: &str| {
+        consume(&ConsumeOptions {
+            brokers: broker.addr.clone(),
+            topic: topic.into(),
+            public_key: Some(key),
+            idle_timeout: Duration::from_millis(300),
+            max_wait: Duration::from_secs(20),
+        })
+        .expect("consume")
+    };
+
+    // Readings reach Kafka with the same MDC/UCUM/LOINC codes a PCD-01 monitor would use.
+    let (report, records) = wait_for(Duration::from_secs(60), "masimo readings on kafka", || {
+        let (r, recs) = read("icu.observations");
+        (r.devices
+            .get("spo2-01")
+            .is_some_and(|d| d.distinct_seqs >= 9))
+        .then_some((r, recs))
+    })
+    .unwrap();
+    assert_eq!(report.signatures_bad, 0);
+    let obs: Vec<_> = records
+        .iter()
+        .flat_map(|r| observations_of(&r.value).unwrap())
+        .collect();
+    let spo2 = obs.iter().find(|o| o.mdc_code == 150456).expect("SpO2");
+    assert_eq!(spo2.unit.as_deref(), Some("%"));
+    assert!(spo2.loinc.is_some(), "SpO2 carries its LOINC code");
+    assert!(spo2.value.unwrap() > 80.0);
+    let pulse = obs
+        .iter()
+        .find(|o| o.mdc_code == 149530)
+        .expect("pulse rate from SpO2");
+    assert_eq!(pulse.unit.as_deref(), Some("/min"));
+    assert!(records
+        .iter()
+        .all(|r| r.headers.get("icu-bed").map(String::as_str) == Some("bed-01")));
+    assert!(report.devices["spo2-01"].gaps.is_empty());
+
+    // Garbage on the line lands in dead letters; the device keeps going.
+    control.garbage.store(40, Ordering::Relaxed);
+    wait_for(Duration::from_secs(20), "a serial dead letter", || {
+        let c = rusqlite::Connection::open(gw.db_path()).ok()?;
+        let n: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM dead_letters WHERE transport = 'serial:masimo'",
+                [],
+                |r| r.get(0),
+            )
+            .ok()?;
+        (n >= 1).then_some(())
+    })
+    .unwrap();
+    assert_eq!(device(&gw, "spo2-01")["state"], "online");
+
+    // Cable pull: the line drops, the device goes silent and raises a technical alarm.
+    control.unplugged.store(true, Ordering::Relaxed);
+    let d = wait_for(
+        Duration::from_secs(30),
+        "stale-feed technical alarm",
+        || {
+            let d = device(&gw, "spo2-01");
+            d["active_alarms"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+                .then_some(d)
+        },
+    )
+    .unwrap();
+    assert_ne!(d["state"], "online", "{d}");
+    let alarm = &d["active_alarms"][0];
+    assert_eq!(alarm["condition"], "gateway:stale-feed");
+    assert_eq!(alarm["alert_type"], "ST");
+
+    // The line returns: the gateway reconnects by itself and data flows again; the alarm ends.
+    control.unplugged.store(false, Ordering::Relaxed);
+    wait_for(
+        Duration::from_secs(40),
+        "device back online without its alarm",
+        || {
+            let d = device(&gw, "spo2-01");
+            (d["state"] == "online" && d["active_alarms"].as_array().is_some_and(|a| a.is_empty()))
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}\nlog:\n{}", device(&gw, "spo2-01"), gw.log_text()));
+
+    // Both alarm state changes (start, end) reach icu.alarms, signed.
+    let (alarms, recs) = wait_for(
+        Duration::from_secs(30),
+        "alarm start and end on icu.alarms",
+        || {
+            let (r, recs) = read("icu.alarms");
+            (r.records >= 2).then_some((r, recs))
+        },
+    )
+    .unwrap();
+    assert_eq!(alarms.signatures_bad, 0);
+    let phases: Vec<String> = recs
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            let comp = v["component"].as_array().unwrap();
+            comp.iter()
+                .find(|c| c["code"]["coding"][0]["code"] == "68481")
+                .map(|c| c["valueString"].as_str().unwrap().to_owned())
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(phases, ["start", "end"]);
+
+    control.stop.store(true, Ordering::Relaxed);
+    let _ = sim.join();
+}
