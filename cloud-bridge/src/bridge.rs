@@ -1,4 +1,5 @@
-//! The Kafka forwarder: drains the outbox into signed FHIR bundles on a topic.
+//! The Kafka forwarder: drains the outbox into signed FHIR records on one topic per stream
+//! (observations, alarms, ADT events).
 //!
 //! Owns: [`BridgeActor`] (an actix actor wrapping one forwarding loop), its [`BridgeConfig`],
 //! the shared [`BridgeStats`] / [`BridgeState`], the [`Wake`] hint, and the pure cycle planning
@@ -9,6 +10,9 @@
 //!   delivery report of its record (idempotent producer, `acks=all`). Per device, marking stops at
 //!   the first failed record, so the outbox never has a hole behind a sent record; later records
 //!   of that device are re-sent (same `(gateway, device, seq)` key, deduplicated downstream).
+//! - **The right key, never a guessed patient.** A Kafka record holds one patient's records (or
+//!   only unassociated ones); its key is that patient id (also in header `icu-patient-id`), else
+//!   the device id. ADT records are keyed by their patient id.
 //! - **One cycle at a time.** A single loop runs cycles; a [`Wake`] only shortens the idle wait
 //!   between healthy cycles (it never cuts a backoff short), so losing one is harmless.
 //! - **Visible failure.** Unreachable brokers and a missing topic set [`BridgeState::Offline`] /
@@ -39,7 +43,7 @@ use tracing::{debug, error, info, warn};
 
 pub use self::stats::{BridgeState, BridgeStats};
 use crate::error::BridgeError;
-use crate::fhir::{alarm_observation, observation_bundle};
+use crate::fhir::{adt_bundle, alarm_observation, observation_bundle};
 use crate::headers;
 use crate::outbox::Outbox;
 use crate::outbox::Stream;
@@ -67,6 +71,8 @@ pub struct BridgeConfig {
     pub topic_observations: String,
     /// Topic for alarm state changes (default `icu.alarms`). It must exist.
     pub topic_alarms: String,
+    /// Topic for ADT events as FHIR Patient + Encounter (default `icu.adt`). It must exist.
+    pub topic_adt: String,
     /// Most outbox records read per cycle (default 2000).
     pub fetch_limit: usize,
     /// Most observations per Kafka record (default 100).
@@ -88,6 +94,7 @@ impl Default for BridgeConfig {
             brokers: String::new(),
             topic_observations: "icu.observations".into(),
             topic_alarms: "icu.alarms".into(),
+            topic_adt: "icu.adt".into(),
             fetch_limit: 2000,
             max_per_bundle: 100,
             message_timeout_ms: 30_000,
@@ -104,6 +111,7 @@ impl BridgeConfig {
         match stream {
             Stream::Observations => &self.topic_observations,
             Stream::Alarms => &self.topic_alarms,
+            Stream::Adt => &self.topic_adt,
         }
     }
 
@@ -126,6 +134,9 @@ impl BridgeConfig {
         }
         if self.topic_alarms.trim().is_empty() {
             return bad("topic_alarms", "must not be empty");
+        }
+        if self.topic_adt.trim().is_empty() {
+            return bad("topic_adt", "must not be empty");
         }
         if self.fetch_limit == 0 {
             return bad("fetch_limit", "must be at least 1");
@@ -268,6 +279,8 @@ impl Worker {
         info!(
             brokers = %self.config.brokers,
             topic = %self.config.topic_observations,
+            topic_alarms = %self.config.topic_alarms,
+            topic_adt = %self.config.topic_adt,
             key_id = %self.key.key_id(),
             "cloud bridge starting"
         );
@@ -436,7 +449,7 @@ impl Worker {
                 %device_id,
                 seq,
                 kind,
-                "leaving records that are not observations in the outbox; this bridge forwards observations only"
+                "leaving records whose body does not belong to their stream in the outbox"
             );
             if self.skipped_logged.len() + count > SKIP_MEMORY {
                 self.skipped_logged.clear();
@@ -446,7 +459,7 @@ impl Worker {
             if fetched >= self.config.fetch_limit && skipped.len() == fetched {
                 error!(
                     fetched,
-                    "every record at the head of the outbox is a non-observation record; forwarding is stalled until they are handled"
+                    "every record at the head of the outbox is one the bridge cannot forward; forwarding is stalled until they are handled"
                 );
             }
         }
@@ -457,7 +470,7 @@ impl Worker {
         if self.topic_known {
             return Ok(());
         }
-        for stream in [Stream::Alarms, Stream::Observations] {
+        for stream in Stream::ALL {
             let producer = self.producer.clone();
             let topic = self.config.topic(stream).to_owned();
             let timeout = self.config.metadata_timeout();
@@ -520,10 +533,16 @@ impl Worker {
         &self,
         bundle: &PlannedBundle,
     ) -> Result<rdkafka::producer::DeliveryFuture, DeliveryError> {
-        let value = match (bundle.stream, &bundle.alarm) {
-            (Stream::Alarms, Some(alarm)) => {
+        let value = match (bundle.stream, &bundle.alarm, &bundle.adt) {
+            (Stream::Alarms, Some(alarm), _) => {
                 alarm_observation(&self.config.gateway_id, &bundle.device_id, alarm)
             }
+            (Stream::Adt, _, Some(adt)) => adt_bundle(
+                &self.config.gateway_id,
+                &bundle.device_id,
+                bundle.first_seq,
+                adt,
+            ),
             _ => observation_bundle(
                 &self.config.gateway_id,
                 &bundle.device_id,
@@ -541,7 +560,7 @@ impl Worker {
         let signature = base64::engine::general_purpose::STANDARD.encode(self.key.sign(&value));
         let first = bundle.first_seq.to_string();
         let last = bundle.last_seq.to_string();
-        let record_headers = OwnedHeaders::new_with_capacity(9)
+        let record_headers = OwnedHeaders::new_with_capacity(10)
             .insert(header(headers::SIGNATURE, &signature))
             .insert(header(
                 headers::SIGNATURE_ALG,
@@ -557,9 +576,14 @@ impl Worker {
                 headers::CONTENT_TYPE_FHIR_JSON,
             ))
             .insert(header(headers::BED, &bundle.bed));
-        // No patient association yet: the key is the device id.
+        let record_headers = match record_key(bundle) {
+            RecordKey::Patient(patient) => {
+                record_headers.insert(header(headers::PATIENT_ID, patient))
+            }
+            RecordKey::Device(_) => record_headers,
+        };
         let record = FutureRecord::to(self.config.topic(bundle.stream))
-            .key(bundle.device_id.as_str())
+            .key(record_key(bundle).as_str())
             .payload(value.as_slice())
             .headers(record_headers);
         self.producer
@@ -622,6 +646,29 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.stats.sub_in_flight(self.n);
+    }
+}
+
+/// The Kafka key of a bundle: its patient when associated, else its device (DESIGN: "patient id,
+/// or device id when unassociated").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecordKey<'a> {
+    Patient(&'a str),
+    Device(&'a str),
+}
+
+impl<'a> RecordKey<'a> {
+    fn as_str(self) -> &'a str {
+        match self {
+            RecordKey::Patient(id) | RecordKey::Device(id) => id,
+        }
+    }
+}
+
+fn record_key(bundle: &PlannedBundle) -> RecordKey<'_> {
+    match bundle.patient_id.trim() {
+        "" => RecordKey::Device(&bundle.device_id),
+        patient => RecordKey::Patient(patient),
     }
 }
 

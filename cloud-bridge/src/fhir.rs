@@ -1,15 +1,20 @@
-//! FHIR R4 mapping of canonical observations (fhir-sdk R4B types, serialized with serde_json).
+//! FHIR R4 mapping of canonical records (fhir-sdk R4B types, serialized with serde_json).
 //!
-//! Owns: [`observation_bundle`] (one device's consecutive observations → one `collection`
-//! Bundle of PoCD-style Observations), [`parse_bundle`] and [`observations_of`] for readers.
+//! Owns: [`observation_bundle`] (one device's consecutive observations of one patient → one
+//! `collection` Bundle of PoCD-style Observations), [`alarm_observation`] (one alarm state change
+//! → one Observation, in `alarm`), [`adt_bundle`] (one ADT event → one `collection` Bundle of a
+//! Patient and an Encounter, in `adt`), and [`parse_bundle`] and [`observations_of`] for readers.
 //!
 //! Guarantees:
 //! - **Deterministic bytes.** The output depends only on the inputs: no wall clock, no random
 //!   ids. The Bundle timestamp is the newest receive time, ids are derived from
 //!   `(gateway, device, seq)`. A re-send of the same records produces identical bytes, so a
 //!   duplicate downstream is byte-identical and carries the same signature.
-//! - **Never a guessed patient.** `subject` is absent and `meta.tag` carries
-//!   `urn:icu-gateway:association|unassociated` until the census provides a patient.
+//! - **Never a guessed patient.** The patient comes only from the record's `patient_id` (set by
+//!   the gateway from the ADT census at the reading's time). When it is set, `subject` is
+//!   `Patient/<id>` with `identifier.value` = the patient id; when it is empty, `subject` is
+//!   absent and `meta.tag` carries `urn:icu-gateway:association|unassociated`. A patient id the
+//!   device itself reported (`reported_patient_id`) is never used.
 //! - **Codes.** `code.coding` holds the MDC code (`urn:iso:std:iso:11073:10101`) and, when the
 //!   observation or the terminology has one, the LOINC code. Units are UCUM.
 //! - **No fake values.** A value the device did not give (not available, invalid, NaN) is never a
@@ -189,9 +194,11 @@ fn map_observation(
         .and_then(instant_from_us)
         .unwrap_or_else(|| receive.clone());
 
-    let mut tags = vec![Some(coding(ASSOCIATION_SYSTEM, UNASSOCIATED, None)?)];
-    tags.shrink_to_fit();
-    let mut meta = Meta::builder().tag(tags);
+    let patient = non_empty(&obs.patient_id);
+    let mut meta = Meta::builder();
+    if patient.is_none() {
+        meta = meta.tag(vec![Some(coding(ASSOCIATION_SYSTEM, UNASSOCIATED, None)?)]);
+    }
     if status == ObservationStatus::Test {
         meta = meta.security(vec![Some(coding(
             ACT_REASON_SYSTEM,
@@ -199,7 +206,12 @@ fn map_observation(
             Some("test health data"),
         )?)]);
     }
-    let meta = meta.build().map_err(|e| e.to_string())?;
+    // An associated, non-test observation has nothing in meta: leave it out (no empty `{}`).
+    let meta = if patient.is_none() || status == ObservationStatus::Test {
+        Some(meta.build().map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
 
     let seq = obs.seq.to_string();
     let mut extensions = vec![ext("seq", ExtensionValue::String(seq.clone()))?];
@@ -245,7 +257,6 @@ fn map_observation(
 
     let mut builder = FhirObservation::builder()
         .id(fhir_id(&[device_id, &seq]))
-        .meta(meta)
         .extension(extensions)
         .identifier(vec![Some(
             Identifier::builder()
@@ -277,6 +288,12 @@ fn map_observation(
                 .build()
                 .map_err(|e| e.to_string())?,
         );
+    if let Some(meta) = meta {
+        builder = builder.meta(meta);
+    }
+    if let Some(patient) = patient {
+        builder = builder.subject(patient_reference(patient)?);
+    }
     if let Some(value) = value {
         builder = builder.value(value);
     }
@@ -315,6 +332,25 @@ fn map_observation(
         builder = builder.reference_range(vec![Some(range.build().map_err(|e| e.to_string())?)]);
     }
     builder.build().map_err(|e| e.to_string())
+}
+
+/// The FHIR id of a census patient's Patient resource (the same in every topic).
+pub fn patient_fhir_id(patient_id: &str) -> String {
+    fhir_id(&[patient_id])
+}
+
+/// `subject` of a record of a census patient: `Patient/<id>` plus the patient id itself.
+fn patient_reference(patient_id: &str) -> Result<Reference, String> {
+    Reference::builder()
+        .reference(format!("Patient/{}", patient_fhir_id(patient_id)))
+        .identifier(
+            Identifier::builder()
+                .value(patient_id.to_owned())
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// The OBX-8 flags that are result interpretations (v3 ObservationInterpretation codes), in
@@ -508,7 +544,9 @@ fn parse_observation(obs: &FhirObservation) -> Result<ParsedObservation, BridgeE
     })
 }
 
+mod adt;
 mod alarm;
+pub use adt::{adt_bundle, encounter_status};
 pub use alarm::{alarm_identifier_system, alarm_observation};
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ pub const SEQ_LAST: &str = "icu-seq-last";
 pub const CONTENT_TYPE: &str = "content-type";
 /// Bed the device is assigned to.
 pub const BED: &str = "icu-bed";
+/// The census patient the record belongs to (also the record key); absent when unassociated.
+pub const PATIENT_ID: &str = "icu-patient-id";
 
 /// Value of [`SIGNATURE_ALG`].
 pub const SIGNATURE_ALG_ED25519: &str = "ed25519";

@@ -1,7 +1,8 @@
 //! The bridge's view of the gateway store: records waiting to be forwarded.
 //!
-//! Owns: the [`Outbox`] trait the gateway implements over SQLite, the [`OutboxRecord`] it
-//! returns, and [`MemoryOutbox`], an in-memory implementation for tests.
+//! Owns: the [`Stream`]s the bridge forwards (observations, alarms, ADT events), the [`Outbox`]
+//! trait the gateway implements over SQLite, the [`OutboxRecord`] it returns, and
+//! [`MemoryOutbox`], an in-memory implementation for tests.
 //! Guarantees (the contract both sides keep):
 //! - `fetch_unsent` returns the oldest unsent records ordered by `(device_id, seq)`;
 //! - the bridge calls `mark_sent` only after Kafka's delivery report for every record of the
@@ -22,16 +23,23 @@ use crate::error::BridgeError;
 pub enum Stream {
     /// Alarm state changes (`icu.alarms`). Ordered first: after an outage alarms drain first.
     Alarms,
+    /// ADT events (`icu.adt`), one Patient + Encounter per event. Ordered before observations,
+    /// so after an outage the census reaches the cloud before the readings that refer to it.
+    Adt,
     /// Observations (`icu.observations`).
     Observations,
 }
 
 impl Stream {
+    /// Every stream, in drain order.
+    pub const ALL: [Stream; 3] = [Stream::Alarms, Stream::Adt, Stream::Observations];
+
     /// The number the gateway store keeps in `records.kind`.
     pub fn code(self) -> i64 {
         match self {
             Stream::Observations => 1,
             Stream::Alarms => 2,
+            Stream::Adt => 3,
         }
     }
 
@@ -39,6 +47,7 @@ impl Stream {
         match code {
             1 => Some(Stream::Observations),
             2 => Some(Stream::Alarms),
+            3 => Some(Stream::Adt),
             _ => None,
         }
     }
@@ -47,6 +56,7 @@ impl Stream {
         match self {
             Stream::Observations => "observations",
             Stream::Alarms => "alarms",
+            Stream::Adt => "adt",
         }
     }
 }
@@ -78,10 +88,13 @@ pub trait Outbox: Send + Sync + 'static {
     ) -> Result<(), BridgeError>;
 }
 
+/// The records of a [`MemoryOutbox`] by `(stream, device, seq)`, with their sent flag.
+type MemoryRecords = BTreeMap<(Stream, String, u64), (OutboxRecord, bool)>;
+
 /// An in-memory [`Outbox`] for tests (here and in the gateway).
 #[derive(Debug, Default)]
 pub struct MemoryOutbox {
-    records: Mutex<BTreeMap<(Stream, String, u64), (OutboxRecord, bool)>>,
+    records: Mutex<MemoryRecords>,
     fail_fetch: AtomicBool,
     fail_mark: AtomicBool,
 }
@@ -122,10 +135,7 @@ impl MemoryOutbox {
         self.fail_mark.store(fail, Ordering::SeqCst);
     }
 
-    #[allow(clippy::type_complexity)]
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, BTreeMap<(Stream, String, u64), (OutboxRecord, bool)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryRecords> {
         // A panic while holding the lock cannot leave the map half-updated (single inserts).
         self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -217,5 +227,39 @@ mod tests {
         outbox.set_fail_mark(true);
         assert!(outbox.mark_sent(Stream::Observations, "a", 3, 3).is_err());
         assert_eq!(outbox.unsent_len(), 3);
+    }
+
+    #[test]
+    fn stream_codes_round_trip_and_adt_drains_before_observations() {
+        for stream in Stream::ALL {
+            assert_eq!(Stream::from_code(stream.code()), Some(stream));
+        }
+        assert_eq!(
+            Stream::ALL.map(Stream::code),
+            [2, 3, 1],
+            "codes are stored in the gateway database; never renumber"
+        );
+        assert_eq!(
+            Stream::ALL.map(Stream::as_str),
+            ["alarms", "adt", "observations"]
+        );
+        assert_eq!(Stream::from_code(0), None);
+        let mut sorted = [Stream::Observations, Stream::Adt, Stream::Alarms];
+        sorted.sort();
+        assert_eq!(sorted, Stream::ALL);
+
+        let outbox = MemoryOutbox::new();
+        outbox.push(rec("a", 1));
+        outbox.push(OutboxRecord {
+            stream: Stream::Adt,
+            ..rec("adt", 1)
+        });
+        let streams: Vec<Stream> = outbox
+            .fetch_unsent(10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.stream)
+            .collect();
+        assert_eq!(streams, [Stream::Adt, Stream::Observations]);
     }
 }

@@ -42,6 +42,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     http: actix_web::dev::ServerHandle,
     mllp_task: tokio::task::JoinHandle<()>,
+    mqtt: Option<icu_drivers::mqtt::MqttSubscriber>,
 }
 
 impl Running {
@@ -49,6 +50,9 @@ impl Running {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.mllp_task.await;
+        if let Some(m) = self.mqtt {
+            m.shutdown().await;
+        }
         self.http.stop(true).await;
         tracing::info!("gateway stopped accepting input");
     }
@@ -118,6 +122,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
                 brokers: k.bootstrap.clone(),
                 topic_observations: k.topic_observations.clone(),
                 topic_alarms: k.topic_alarms.clone(),
+                topic_adt: k.topic_adt.clone(),
                 fetch_limit: 2000,
                 max_per_bundle: k.max_per_bundle,
                 message_timeout_ms: k.message_timeout_ms,
@@ -134,12 +139,25 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
         }
     };
 
+    let census = crate::census::Census::open(&config.store.path)
+        .with_context(|| format!("opening the ADT census in {}", config.store.path.display()))?;
+    let census_reader = census.reader();
+    let census_addr = crate::census::actor::CensusActor::start(census, config.bed_map());
+
     let live = Arc::new(LiveState::new(&config.beds, &config.devices));
     let clock = Arc::new(ClockState::new(config.clock));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut routes = HashMap::new();
+    let mut device_addrs = HashMap::new();
     for d in &config.devices {
-        let addr = DeviceActor::start(d.clone(), store.clone(), live.clone(), clock.clone());
+        let addr = DeviceActor::start(
+            d.clone(),
+            store.clone(),
+            live.clone(),
+            clock.clone(),
+            census_reader.clone(),
+        );
+        device_addrs.insert(d.id.clone(), addr.clone());
         if let Some(m) = &d.match_id {
             routes.insert(
                 m.clone(),
@@ -163,6 +181,45 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
         }
     }
 
+    let mqtt = match &config.mqtt {
+        None => None,
+        Some(mcfg) => {
+            let routes: HashMap<String, crate::mqtt::MqttRoute> = config
+                .devices
+                .iter()
+                .filter(|d| d.protocol == crate::config::Protocol::Mqtt)
+                .filter_map(|d| {
+                    device_addrs.get(&d.id).map(|addr| {
+                        (
+                            d.id.clone(),
+                            crate::mqtt::MqttRoute {
+                                bed: d.bed.clone(),
+                                addr: addr.clone(),
+                            },
+                        )
+                    })
+                })
+                .collect();
+            let router = Arc::new(crate::mqtt::MqttRouter {
+                gateway_id: config.gateway_id.clone(),
+                routes,
+                store: store.clone(),
+                live: live.clone(),
+                terminology: terminology.clone(),
+                max_payload_bytes: mcfg.max_payload_bytes,
+            });
+            let subscriber =
+                icu_drivers::mqtt::MqttSubscriber::start_with_handler(mcfg, move |msg| {
+                    let router = router.clone();
+                    async move { router.handle(msg).await }
+                })
+                .map_err(|e| anyhow::anyhow!("mqtt: {e:?}"))?;
+            tracing::info!(broker = %format!("{}:{}", mcfg.broker_host, mcfg.broker_port),
+                filter = %icu_drivers::mqtt::subscription_filter(&config.gateway_id), "mqtt subscriber started");
+            Some(subscriber)
+        }
+    };
+
     let mllp_stats = Arc::new(MllpStats::default());
     let ingest = Arc::new(Ingest::new(
         routes,
@@ -171,6 +228,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
         terminology,
         config.mllp.max_frame_bytes,
         mllp_stats.clone(),
+        census_addr,
     ));
     let mllp_listener = tokio::net::TcpListener::bind(config.mllp.listen)
         .await
@@ -205,6 +263,8 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
             mllp_stats,
             bridge: bridge.clone(),
             kafka_bootstrap: config.kafka.as_ref().map(|k| k.bootstrap.clone()),
+            census: census_reader,
+            mqtt: mqtt.as_ref().map(|m| m.counters()),
             started_us: now_us(),
         },
     )?;
@@ -234,6 +294,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
         shutdown: shutdown_tx,
         http: http_handle,
         mllp_task,
+        mqtt,
     })
 }
 

@@ -62,6 +62,8 @@ pub struct RawConfig {
     pub signing: RawSigning,
     /// The hospital's Kafka backbone; leave out to store only (records wait in the outbox).
     pub kafka: Option<RawKafka>,
+    /// The MQTT broker that pumps and wearables publish to; needed for `protocol = "mqtt"`.
+    pub mqtt: Option<RawMqtt>,
     /// How the gateway decides whether its clock is synchronised:
     /// `"auto"` (systemd-timesyncd or chrony state), `"synced"` or `"unsynced"`.
     #[serde(default = "default_clock")]
@@ -177,6 +179,9 @@ pub struct RawKafka {
     /// Topic for alarm state changes (one FHIR Observation each, PCD-04 attributes).
     #[serde(default = "default_topic_alarms")]
     pub topic_alarms: String,
+    /// Topic for ADT events (FHIR Patient + Encounter).
+    #[serde(default = "default_topic_adt")]
+    pub topic_adt: String,
     /// How long the producer keeps trying one record before reporting it failed (it is then
     /// sent again from the store, never dropped).
     #[serde(default = "default_message_timeout_ms")]
@@ -191,11 +196,43 @@ pub struct RawKafka {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawMqtt {
+    /// Broker host name or address (MQTT 3.1.1, plain TCP).
+    #[serde(default = "default_mqtt_host")]
+    pub broker_host: String,
+    #[serde(default = "default_mqtt_port")]
+    pub broker_port: u16,
+    /// Stable client id (the broker keeps the gateway's session under it); default
+    /// `icu-gateway-<gateway_id>`.
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Largest accepted payload in bytes.
+    #[serde(default = "default_mqtt_max_payload")]
+    pub max_payload_bytes: usize,
+}
+
+fn default_mqtt_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_mqtt_port() -> u16 {
+    1883
+}
+fn default_mqtt_max_payload() -> usize {
+    256 * 1024
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawBed {
     /// Bed id as used in ADT (PV1-3) and on the page, e.g. `"ICU1-101-A"`.
     pub id: String,
     /// Label shown to nurses; defaults to the id.
     pub label: Option<String>,
+    /// The bed as the ADT system names it in PV1-3, `PointOfCare^Room^Bed` (e.g.
+    /// `"ICU1^101^A"`). Without it, an ADT location whose bed component equals this bed's id
+    /// matches.
+    pub adt_location: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -274,6 +311,9 @@ fn default_topic_observations() -> String {
 fn default_topic_alarms() -> String {
     "icu.alarms".into()
 }
+fn default_topic_adt() -> String {
+    "icu.adt".into()
+}
 fn default_message_timeout_ms() -> u64 {
     30_000
 }
@@ -297,6 +337,7 @@ pub struct Config {
     pub http_listen: SocketAddr,
     pub key_file: PathBuf,
     pub kafka: Option<KafkaConfig>,
+    pub mqtt: Option<icu_drivers::mqtt::MqttConfig>,
     pub clock: ClockPolicy,
     pub beds: Vec<Bed>,
     pub devices: Vec<Device>,
@@ -323,6 +364,7 @@ pub struct KafkaConfig {
     pub bootstrap: String,
     pub topic_observations: String,
     pub topic_alarms: String,
+    pub topic_adt: String,
     pub message_timeout_ms: u64,
     pub max_per_bundle: usize,
     pub compression: String,
@@ -339,6 +381,7 @@ pub enum ClockPolicy {
 pub struct Bed {
     pub id: String,
     pub label: String,
+    pub adt_location: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -347,6 +390,7 @@ pub enum Protocol {
     Pcd01,
     Masimo,
     Medibus,
+    Mqtt,
 }
 
 impl Protocol {
@@ -389,6 +433,18 @@ impl Config {
             path: path.to_owned(),
             problems,
         })
+    }
+
+    /// ADT locations (PV1-3 `PointOfCare^Room^Bed`, or a bare bed component) → bed id.
+    pub fn bed_map(&self) -> crate::census::BedMap {
+        let mut map = crate::census::BedMap::new();
+        for b in &self.beds {
+            map.insert(b.id.clone(), b.id.clone());
+            if let Some(loc) = &b.adt_location {
+                map.insert(loc.clone(), b.id.clone());
+            }
+        }
+        map
     }
 
     /// Devices indexed by every identifier that recognises them.
@@ -503,6 +559,9 @@ impl RawConfig {
             if k.topic_alarms.trim().is_empty() {
                 problem("kafka.topic_alarms", "must not be empty".into());
             }
+            if k.topic_adt.trim().is_empty() {
+                problem("kafka.topic_adt", "must not be empty".into());
+            }
             if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&k.compression.as_str()) {
                 problem(
                     "kafka.compression",
@@ -522,10 +581,32 @@ impl RawConfig {
                 bootstrap: k.bootstrap.clone(),
                 topic_observations: k.topic_observations.clone(),
                 topic_alarms: k.topic_alarms.clone(),
+                topic_adt: k.topic_adt.clone(),
                 message_timeout_ms: k.message_timeout_ms,
                 max_per_bundle: k.max_per_bundle,
                 compression: k.compression.clone(),
             }
+        });
+
+        let mqtt = self.mqtt.as_ref().map(|m| {
+            let cfg = icu_drivers::mqtt::MqttConfig {
+                broker_host: m.broker_host.clone(),
+                broker_port: m.broker_port,
+                client_id: m
+                    .client_id
+                    .clone()
+                    .unwrap_or_else(|| format!("icu-gateway-{}", self.gateway_id)),
+                gateway_id: self.gateway_id.clone(),
+                keep_alive_s: 30,
+                max_payload_bytes: m.max_payload_bytes,
+                reconnect_max_backoff_ms: 5_000,
+                username: m.username.clone(),
+                password: m.password.clone(),
+            };
+            if let Err(e) = cfg.validate() {
+                problem("mqtt", e.to_string());
+            }
+            cfg
         });
 
         let clock = match self.clock.as_str() {
@@ -556,9 +637,18 @@ impl RawConfig {
                     format!("'{}' is already used by beds[{prev}]", b.id),
                 );
             }
+            if let Some(loc) = &b.adt_location {
+                if loc.split('^').count() != 3 || loc.split('^').any(str::is_empty) {
+                    problem(
+                        &format!("beds[{i}].adt_location"),
+                        format!("'{loc}' is not PointOfCare^Room^Bed as in PV1-3, e.g. ICU1^101^A"),
+                    );
+                }
+            }
             beds.push(Bed {
                 id: b.id.clone(),
                 label: b.label.clone().unwrap_or_else(|| b.id.clone()),
+                adt_location: b.adt_location.clone(),
             });
         }
 
@@ -589,19 +679,34 @@ impl RawConfig {
                 "pcd01" => Protocol::Pcd01,
                 "masimo" => Protocol::Masimo,
                 "medibus" => Protocol::Medibus,
+                "mqtt" => Protocol::Mqtt,
                 other => {
                     problem(
                         &format!("devices[{i}].protocol"),
-                        format!("'{other}' is not a supported protocol (pcd01, masimo, medibus)"),
+                        format!(
+                            "'{other}' is not a supported protocol (pcd01, masimo, medibus, mqtt)"
+                        ),
                     );
                     Protocol::Pcd01
                 }
             };
+            let needs_match = protocol == Protocol::Pcd01;
+            if protocol == Protocol::Mqtt && self.mqtt.is_none() {
+                problem(
+                    &format!("devices[{i}].protocol"),
+                    "mqtt devices need an [mqtt] section naming the broker".into(),
+                );
+            }
             match (&d.match_id, protocol.is_serial()) {
-                (None, false) => problem(
+                (None, false) if needs_match => problem(
                     &format!("devices[{i}].match"),
                     "is required for pcd01 devices (the EUI-64 or MSH-3.1 that identifies them)"
                         .into(),
+                ),
+                (None, false) => {}
+                (Some(_), false) if !needs_match => problem(
+                    &format!("devices[{i}].match"),
+                    "is only for pcd01 devices; mqtt devices are identified by their topic".into(),
                 ),
                 (Some(m), false) if m.trim().is_empty() => {
                     problem(&format!("devices[{i}].match"), "must not be empty".into())
@@ -716,6 +821,7 @@ impl RawConfig {
             http_listen,
             key_file: in_data(&self.signing.key_file),
             kafka,
+            mqtt,
             clock,
             beds,
             devices,

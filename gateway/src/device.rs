@@ -15,6 +15,7 @@ use actix::prelude::*;
 use icu_drivers::hl7::{AckCode, ErrorCode, Hl7Error, Pcd01Message};
 use icu_protos::v1::Alarm;
 
+use crate::census::CensusReader;
 use crate::clock::{now_us, ClockState};
 use crate::config::Device;
 use crate::live::LiveState;
@@ -84,6 +85,7 @@ pub struct DeviceActor {
     store: Addr<Store>,
     live: Arc<LiveState>,
     clock: Arc<ClockState>,
+    census: CensusReader,
     started_us: i64,
     last_seen_us: Option<i64>,
     /// Active alarms raised by this actor, by condition id, with their start time.
@@ -96,6 +98,7 @@ impl DeviceActor {
         store: Addr<Store>,
         live: Arc<LiveState>,
         clock: Arc<ClockState>,
+        census: CensusReader,
     ) -> Addr<Self> {
         DeviceActor::create(|ctx| {
             ctx.set_mailbox_capacity(DEVICE_MAILBOX);
@@ -104,6 +107,7 @@ impl DeviceActor {
                 store,
                 live,
                 clock,
+                census,
                 started_us: now_us(),
                 last_seen_us: None,
                 active: HashMap::new(),
@@ -124,6 +128,13 @@ impl DeviceActor {
             o.device_id = self.device.id.clone();
             o.bed = self.device.bed.clone();
             o.clock_synced = synced;
+            // The patient in this bed at the reading's own time (never a guess: none → empty).
+            let at = o.device_time_us.unwrap_or(o.receive_time_us);
+            o.patient_id = self
+                .census
+                .patient_at(&self.device.bed, at)
+                .map(|p| p.patient_id)
+                .unwrap_or_default();
         }
         // Live view (and later the alarm engine) first: it never waits for the disk.
         self.live.record_message(
@@ -207,7 +218,11 @@ impl DeviceActor {
             event_time_us: time_us,
             alert_type: alert_type.to_owned(),
             source: id.to_owned(),
-            patient_id: String::new(),
+            patient_id: self
+                .census
+                .patient_at(&self.device.bed, time_us)
+                .map(|p| p.patient_id)
+                .unwrap_or_default(),
         };
         if active {
             tracing::warn!(device = %self.device.id, bed = %self.device.bed, condition = id, text = %alarm.text, "technical alarm raised");

@@ -15,6 +15,7 @@ pub mod device;
 pub mod http;
 pub mod live;
 pub mod mllp;
+pub mod mqtt;
 pub mod serial;
 pub mod serial_protocols;
 pub mod store;

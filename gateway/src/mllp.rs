@@ -15,7 +15,7 @@ use std::sync::Arc;
 use actix::Addr;
 use futures::{SinkExt, StreamExt};
 use icu_drivers::hl7::{
-    build_ack, decode_pcd01, parse_header, AckCode, ErrorCode, Hl7Error, MessageHeader,
+    build_ack, decode_adt, decode_pcd01, parse_header, AckCode, ErrorCode, Hl7Error, MessageHeader,
     Pcd01Message,
 };
 use icu_drivers::mllp::{MllpCodec, MllpEvent};
@@ -24,6 +24,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::codec::Framed;
 
+use crate::census::actor::{ApplyAdt, CensusActor};
+use crate::census::ApplyOutcome;
 use crate::clock::now_us;
 use crate::device::{DeviceActor, IngestPcd01};
 use crate::live::LiveState;
@@ -74,6 +76,8 @@ pub struct Ingest {
     pub terminology: Arc<Terminology>,
     pub max_frame_bytes: usize,
     pub stats: Arc<MllpStats>,
+    /// The ADT census (ADT messages arrive on the same listener).
+    pub census: Addr<CensusActor>,
     ack_counter: AtomicU64,
 }
 
@@ -85,6 +89,7 @@ impl Ingest {
         terminology: Arc<Terminology>,
         max_frame_bytes: usize,
         stats: Arc<MllpStats>,
+        census: Addr<CensusActor>,
     ) -> Self {
         Self {
             routes,
@@ -93,6 +98,7 @@ impl Ingest {
             terminology,
             max_frame_bytes,
             stats,
+            census,
             ack_counter: AtomicU64::new(0),
         }
     }
@@ -226,6 +232,9 @@ async fn handle_frame(
     payload: &[u8],
     received: i64,
 ) -> String {
+    if parse_header(payload).is_ok_and(|h| h.message_type == "ADT") {
+        return handle_adt(ingest, peer, offset, payload, received).await;
+    }
     let (message, route) = match decode_and_route(ingest, payload, received) {
         Ok(found) => found,
         Err(refused) => {
@@ -303,6 +312,87 @@ fn ack(
     };
     counter.fetch_add(1, Ordering::Relaxed);
     build_ack(header, code, err, &ingest.next_ack_id(), chrono::Utc::now())
+}
+
+/// An ADT message: census first (its own transaction), then the event for `icu.adt` in the
+/// store; AA only when both committed.
+async fn handle_adt(
+    ingest: &Ingest,
+    peer: SocketAddr,
+    offset: u64,
+    payload: &[u8],
+    received: i64,
+) -> String {
+    let message = match decode_adt(payload) {
+        Ok(m) => m,
+        Err(err) => {
+            let header = parse_header(payload).ok();
+            return reject(
+                ingest,
+                peer,
+                header.as_ref(),
+                None,
+                offset,
+                payload,
+                payload.len(),
+                &err,
+                received,
+            )
+            .await;
+        }
+    };
+    let header = message.header.clone();
+    let applied = ingest
+        .census
+        .send(ApplyAdt {
+            message,
+            received_us: received,
+        })
+        .await;
+    let (outcome, event) = match applied {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => {
+            let err = e.to_hl7_error();
+            return reject(
+                ingest,
+                peer,
+                Some(&header),
+                None,
+                offset,
+                payload,
+                payload.len(),
+                &err,
+                received,
+            )
+            .await;
+        }
+        Err(_) => {
+            let err = Hl7Error::internal("the ADT census is not running");
+            return ack(ingest, Some(&header), err.ack, Some(&err));
+        }
+    };
+    tracing::info!(%peer, control_id = %header.control_id, outcome = %outcome, "adt applied");
+    if !matches!(outcome, ApplyOutcome::Duplicate { .. }) {
+        let stored = ingest.store.send(Append(WriteRequest::Adt(event))).await;
+        match stored {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                let err = crate::device::store_error_to_hl7(&e);
+                return ack(ingest, Some(&header), err.ack, Some(&err));
+            }
+            Err(_) => {
+                let err = crate::device::store_error_to_hl7(&crate::store::StoreError::Closed);
+                return ack(ingest, Some(&header), err.ack, Some(&err));
+            }
+        }
+    }
+    match outcome.hl7_error() {
+        Some(err) => {
+            tracing::warn!(%peer, control_id = %header.control_id, reason = %err.message, "adt accepted with an error");
+            ack(ingest, Some(&header), err.ack, Some(&err))
+        }
+        None => ack(ingest, Some(&header), AckCode::AA, None),
+    }
 }
 
 /// A refused frame, with whatever could be learned of its sender.

@@ -131,6 +131,122 @@ pub fn run_masimo(
     }))
 }
 
+/// Measured values a simulated ventilator reports (MEDIBUS CP1 codes), from the patient.
+pub fn ventilator_values(v: &crate::physiology::Vitals) -> Vec<icu_drivers::medibus::MedibusValue> {
+    use icu_drivers::medibus::MedibusValue as V;
+    vec![
+        V::number(0x7D, 22.0),
+        V::number(0x78, 5.0),
+        V::number(0x88, 480.0),
+        V::number(0xB9, 7.7),
+        V::number(0xD6, v.resp_rate),
+        V::number(0xF0, 40.0),
+        V::number(0xEB, v.spo2),
+        V::number(0xE1, v.heart_rate),
+    ]
+}
+
+/// Runs a simulated Dräger ventilator on a pty at `link`: answers the gateway's MEDIBUS polls
+/// (ICC, identification, measured data, limits, alarms, settings, NOP) until stopped. Measured
+/// values follow the patient, updated every `period`; `records` counts measured-data answers.
+pub fn run_medibus(
+    link: PathBuf,
+    seed: u64,
+    period: Duration,
+    control: Arc<SerialControl>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    use bytes::BytesMut;
+    use icu_drivers::medibus::{
+        DeviceIdentity, MedibusCodec, MedibusDevice, MedibusEvent, MedibusValue,
+    };
+    use tokio_util::codec::Decoder;
+
+    let mut pty = Some(open_pty(&link)?);
+    Ok(std::thread::spawn(move || {
+        let mut patient = Patient::new(seed);
+        let mut device = MedibusDevice::new(DeviceIdentity {
+            device_id: "0161".into(),
+            name: "EvitaXL".into(),
+            revision: "04.03".into(),
+        });
+        device.low_limits = vec![
+            MedibusValue::number(0x7D, 10.0),
+            MedibusValue::number(0xD6, 8.0),
+        ];
+        device.high_limits = vec![
+            MedibusValue::number(0x7D, 40.0),
+            MedibusValue::number(0xD6, 30.0),
+        ];
+        device.date_time = "12:00:00 01-JAN-25".into();
+        let mut codec = MedibusCodec::new(icu_drivers::medibus::DEFAULT_MAX_FRAME_BYTES);
+        let mut buf = BytesMut::new();
+        let mut next_update = std::time::Instant::now();
+        while !control.stop.load(Ordering::Relaxed) {
+            if control.unplugged.load(Ordering::Relaxed) {
+                pty = None;
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            if pty.is_none() {
+                match open_pty(&link) {
+                    Ok(p) => {
+                        pty = Some(p);
+                        codec = MedibusCodec::new(icu_drivers::medibus::DEFAULT_MAX_FRAME_BYTES);
+                        buf.clear();
+                    }
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(200));
+                        continue;
+                    }
+                }
+            }
+            if std::time::Instant::now() >= next_update {
+                device.measured = ventilator_values(&patient.step());
+                next_update = std::time::Instant::now() + period;
+            }
+            let Some(p) = pty.as_mut() else { continue };
+            let n = drain_into(&mut p.master, &mut buf);
+            if n == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            while let Ok(Some(event)) = codec.decode(&mut buf) {
+                if let MedibusEvent::Frame(frame) = event {
+                    if frame.code == b'$' {
+                        control.records.fetch_add(1, Ordering::Relaxed);
+                    }
+                    for answer in device.on_frame(&frame) {
+                        let _ = p.master.write_all(&answer);
+                    }
+                }
+            }
+        }
+        drop(pty);
+    }))
+}
+
+/// Non-blocking read of what the gateway wrote into `buf`; returns bytes read (0 if none).
+fn drain_into(master: &mut File, buf: &mut bytes::BytesMut) -> usize {
+    use std::os::fd::AsFd;
+    let mut fds = [nix::poll::PollFd::new(
+        master.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(20u8)) {
+        Ok(n) if n > 0 => {
+            let mut chunk = [0u8; 1024];
+            match master.read(&mut chunk) {
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    n
+                }
+                Err(_) => 0,
+            }
+        }
+        _ => 0,
+    }
+}
+
 /// Reads whatever the gateway wrote (keeps the pty's buffer from filling); returns bytes read.
 pub fn drain(master: &mut File) -> usize {
     let mut buf = [0u8; 4096];

@@ -4,52 +4,8 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
-
 use icu_drivers::mllp::encode_frame;
-use support::{config_text, run_sim, GatewayProc};
-
-/// A sender on one TCP connection that reads one MLLP-framed ACK per request.
-struct Sender {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Sender {
-    fn connect(addr: SocketAddr) -> Self {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-        Self { s, buf: Vec::new() }
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) -> String {
-        self.s.write_all(bytes).unwrap();
-        self.read_ack()
-    }
-
-    fn send(&mut self, msg: &str) -> String {
-        self.send_raw(&encode_frame(msg.as_bytes()))
-    }
-
-    fn read_ack(&mut self) -> String {
-        loop {
-            if let Some(end) = self.buf.windows(2).position(|w| w == [0x1C, 0x0D]) {
-                let frame: Vec<u8> = self.buf.drain(..end + 2).collect();
-                let start = frame
-                    .iter()
-                    .position(|b| *b == 0x0B)
-                    .expect("ACK starts with 0x0B");
-                return String::from_utf8(frame[start + 1..frame.len() - 2].to_vec()).unwrap();
-            }
-            let mut chunk = [0u8; 4096];
-            let n = self.s.read(&mut chunk).expect("reading the ACK");
-            assert!(n > 0, "connection closed without an ACK");
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-}
+use support::{config_text, run_sim, GatewayProc, Sender};
 
 fn msa(ack: &str) -> (&str, Option<&str>) {
     let code = ack
@@ -151,7 +107,7 @@ fn bad_input_gets_ae_or_ar_with_err_and_lands_in_dead_letters() {
         "MSA-2 echoes the control id: {ack}"
     );
     // 5. wrong message type
-    let ack = s.send(&pcd01("WRONG-TYPE", "70", "ADT^A01^ADT_A01"));
+    let ack = s.send(&pcd01("WRONG-TYPE", "70", "ORM^O01^ORM_O01"));
     let (code, err) = msa(&ack);
     assert_eq!(code, "AR", "{ack}");
     assert!(err.unwrap().contains("200^"), "{ack}");

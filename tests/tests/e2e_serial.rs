@@ -188,3 +188,73 @@ fn masimo_over_a_pty_reaches_kafka_and_survives_a_cable_pull() {
     control.stop.store(true, Ordering::Relaxed);
     let _ = sim.join();
 }
+
+#[test]
+fn medibus_ventilator_over_a_pty_is_polled_and_reaches_kafka() {
+    let broker = Broker::start().expect("broker");
+    broker.create_topics(TOPICS).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = load_public_key(&keygen(dir.path())).unwrap();
+    let port = dir.path().join("vent-01");
+    let control = Arc::new(SerialControl::default());
+    let sim =
+        icu_sim::serial::run_medibus(port.clone(), 3, Duration::from_millis(500), control.clone())
+            .expect("simulated ventilator on a pty");
+    let cfg = config(dir.path(), &broker.addr, &port)
+        .replace("id = \"spo2-01\"", "id = \"vent-01\"")
+        .replace("protocol = \"masimo\"", "protocol = \"medibus\"")
+        .replace("silent_after_s = 2", "silent_after_s = 5");
+    let gw = GatewayProc::start(dir.path(), &cfg);
+
+    let (report, records) = wait_for(
+        Duration::from_secs(60),
+        "ventilator readings on kafka",
+        || {
+            let (r, recs) = consume(&ConsumeOptions {
+                brokers: broker.addr.clone(),
+                topic: "icu.observations".into(),
+                public_key: Some(key),
+                idle_timeout: Duration::from_millis(300),
+                max_wait: Duration::from_secs(20),
+            })
+            .ok()?;
+            (r.devices
+                .get("vent-01")
+                .is_some_and(|d| d.distinct_seqs >= 16))
+            .then_some((r, recs))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_text()));
+    assert_eq!(report.signatures_bad, 0);
+    assert!(report.devices["vent-01"].gaps.is_empty());
+    let obs: Vec<_> = records
+        .iter()
+        .flat_map(|r| observations_of(&r.value).unwrap())
+        .collect();
+    let ppeak = obs.iter().find(|o| o.mdc_code == 151817).expect("Ppeak");
+    assert_eq!(
+        (ppeak.value, ppeak.unit.as_deref()),
+        (Some(22.0), Some("mbar"))
+    );
+    let rr = obs
+        .iter()
+        .find(|o| o.mdc_code == 151562)
+        .expect("respiratory rate");
+    assert_eq!(rr.unit.as_deref(), Some("/min"));
+    let fio2 = obs.iter().find(|o| o.mdc_code == 152196).expect("FiO2");
+    assert_eq!(fio2.value, Some(40.0));
+    // The limits polled from the ventilator ride along as the reference range.
+    let text = records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+        .collect::<String>();
+    assert!(text.contains("referenceRange"), "limits reach FHIR");
+    assert_eq!(device(&gw, "vent-01")["state"], "online");
+    assert!(
+        control.records.load(Ordering::Relaxed) >= 2,
+        "the gateway polls measured data"
+    );
+
+    control.stop.store(true, Ordering::Relaxed);
+    let _ = sim.join();
+}

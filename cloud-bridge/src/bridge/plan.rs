@@ -3,29 +3,35 @@
 
 use std::collections::BTreeMap;
 
-use icu_protos::v1::{stored_record::Body, Alarm, Observation};
+use icu_protos::v1::{stored_record::Body, AdtEvent, Alarm, Observation};
 
 use crate::outbox::{OutboxRecord, Stream};
 
-/// One Kafka record to produce: consecutive seqs of one device's stream.
+/// One Kafka record to produce: consecutive seqs of one device's stream, all of one patient.
 ///
 /// An observations bundle holds up to `max_per_bundle` observations (one FHIR Bundle); an
-/// alarms bundle holds exactly one alarm state change (one FHIR Observation).
+/// alarms bundle holds exactly one alarm state change (one FHIR Observation); an ADT bundle holds
+/// exactly one ADT event (one FHIR Bundle with a Patient and an Encounter).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedBundle {
     pub stream: Stream,
     pub device_id: String,
     pub bed: String,
+    /// The census patient of every record in the bundle (trimmed); empty when unassociated.
+    /// It is the Kafka key when non-empty.
+    pub patient_id: String,
     pub first_seq: u64,
     pub last_seq: u64,
     /// In seq order; `last_seq - first_seq + 1 == observations.len()` (observations stream).
     pub observations: Vec<Observation>,
     /// The alarm (alarms stream).
     pub alarm: Option<Alarm>,
+    /// The ADT event (ADT stream).
+    pub adt: Option<AdtEvent>,
 }
 
 impl PlannedBundle {
-    /// Records (observations or alarms) this bundle carries.
+    /// Records (observations, alarms or ADT events) this bundle carries.
     pub fn len(&self) -> usize {
         (self.last_seq - self.first_seq + 1) as usize
     }
@@ -35,31 +41,40 @@ impl PlannedBundle {
     }
 }
 
-/// A record left in the outbox because this bridge does not forward its kind yet.
+/// A record left in the outbox because its body does not belong to its stream (or it has none).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkippedRecord {
     pub stream: Stream,
     pub device_id: String,
     pub seq: u64,
-    /// "alarm", "device_status", "adt_event" or "empty".
+    /// The body found: "observation", "alarm", "device_status", "adt_event" or "empty".
     pub kind: &'static str,
 }
 
 /// The result of [`plan_bundles`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
-    /// Ordered by device id, then seq.
+    /// Ordered by stream, device id, then seq.
     pub bundles: Vec<PlannedBundle>,
     pub skipped: Vec<SkippedRecord>,
 }
 
+/// The content of one record once matched to its stream.
+enum Content {
+    Observation(Observation),
+    Alarm(Alarm),
+    Adt(AdtEvent),
+}
+
 /// Groups records into bundles of at most `max_per_bundle` consecutive seqs of one device's
-/// stream (alarms: one per bundle).
+/// stream (alarms and ADT events: one per bundle).
 ///
 /// A bundle ends at a stream or device change, a seq gap (including a skipped record whose body
-/// does not belong to its stream), a bed change, or when full. Input order does not matter;
-/// duplicates of a `(stream, device, seq)` are dropped. Each observation gets the record's device
-/// id and seq (and bed when it has none), so the bundle content and its headers always agree.
+/// does not belong to its stream), a bed change, a patient change (a bundle never mixes
+/// patients, nor associated with unassociated readings), or when full. Input order does not
+/// matter; duplicates of a `(stream, device, seq)` are dropped. Each observation and alarm gets
+/// the record's device id and seq (and bed when it has none) and its patient id trimmed, so the
+/// bundle content, its key and its headers always agree.
 pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Plan {
     let max_per_bundle = max_per_bundle.max(1);
     records.sort_by(|a, b| (a.stream, &a.device_id, a.seq).cmp(&(b.stream, &b.device_id, b.seq)));
@@ -67,14 +82,15 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
 
     let mut plan = Plan::default();
     for rec in records {
-        let (obs, alarm) = match (rec.stream, rec.record.body) {
+        let content = match (rec.stream, rec.record.body) {
             (Stream::Observations, Some(Body::Observation(mut obs))) => {
                 obs.device_id.clone_from(&rec.device_id);
                 obs.seq = rec.seq;
                 if obs.bed.is_empty() {
                     obs.bed.clone_from(&rec.bed);
                 }
-                (Some(obs), None)
+                trim_in_place(&mut obs.patient_id);
+                Content::Observation(obs)
             }
             (Stream::Alarms, Some(Body::Alarm(mut alarm))) => {
                 alarm.device_id.clone_from(&rec.device_id);
@@ -82,7 +98,12 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
                 if alarm.bed.is_empty() {
                     alarm.bed.clone_from(&rec.bed);
                 }
-                (None, Some(alarm))
+                trim_in_place(&mut alarm.patient_id);
+                Content::Alarm(alarm)
+            }
+            (Stream::Adt, Some(Body::AdtEvent(mut adt))) => {
+                trim_in_place(&mut adt.patient_id);
+                Content::Adt(adt)
             }
             (stream, other) => {
                 let kind = match other {
@@ -101,34 +122,52 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
                 continue;
             }
         };
-        let limit = match rec.stream {
-            Stream::Observations => max_per_bundle,
-            Stream::Alarms => 1,
+        let (limit, patient_id) = match &content {
+            Content::Observation(obs) => (max_per_bundle, obs.patient_id.clone()),
+            Content::Alarm(alarm) => (1, alarm.patient_id.clone()),
+            Content::Adt(adt) => (1, adt.patient_id.clone()),
         };
         let extends = plan.bundles.last().is_some_and(|b| {
             b.stream == rec.stream
                 && b.device_id == rec.device_id
                 && b.bed == rec.bed
+                && b.patient_id == patient_id
                 && b.last_seq.checked_add(1) == Some(rec.seq)
                 && b.len() < limit
         });
-        match plan.bundles.last_mut() {
-            Some(bundle) if extends => {
+        match (plan.bundles.last_mut(), content) {
+            (Some(bundle), Content::Observation(obs)) if extends => {
                 bundle.last_seq = rec.seq;
-                bundle.observations.extend(obs);
+                bundle.observations.push(obs);
             }
-            _ => plan.bundles.push(PlannedBundle {
-                stream: rec.stream,
-                device_id: rec.device_id,
-                bed: rec.bed,
-                first_seq: rec.seq,
-                last_seq: rec.seq,
-                observations: obs.into_iter().collect(),
-                alarm,
-            }),
+            (_, content) => {
+                let (observations, alarm, adt) = match content {
+                    Content::Observation(obs) => (vec![obs], None, None),
+                    Content::Alarm(alarm) => (Vec::new(), Some(alarm), None),
+                    Content::Adt(adt) => (Vec::new(), None, Some(adt)),
+                };
+                plan.bundles.push(PlannedBundle {
+                    stream: rec.stream,
+                    device_id: rec.device_id,
+                    bed: rec.bed,
+                    patient_id,
+                    first_seq: rec.seq,
+                    last_seq: rec.seq,
+                    observations,
+                    alarm,
+                    adt,
+                });
+            }
         }
     }
     plan
+}
+
+fn trim_in_place(s: &mut String) {
+    let trimmed = s.trim();
+    if trimmed.len() != s.len() {
+        *s = trimmed.to_owned();
+    }
 }
 
 /// Which bundles may be marked sent, given which were delivered.
@@ -159,7 +198,7 @@ pub fn markable(bundles: &[PlannedBundle], delivered: &[bool]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use icu_protos::v1::{Alarm, StoredRecord};
+    use icu_protos::v1::{AdtEvent, Alarm, StoredRecord};
 
     fn obs_rec(device: &str, seq: u64) -> OutboxRecord {
         OutboxRecord {
@@ -174,6 +213,34 @@ mod tests {
                 body: Some(Body::Observation(Observation {
                     mdc_code: 150456,
                     value: Some(97.0),
+                    ..Default::default()
+                })),
+            },
+        }
+    }
+
+    fn obs_for(device: &str, seq: u64, patient: &str) -> OutboxRecord {
+        let mut rec = obs_rec(device, seq);
+        if let Some(Body::Observation(obs)) = &mut rec.record.body {
+            obs.patient_id = patient.into();
+        }
+        rec
+    }
+
+    fn adt_rec(seq: u64, event: &str, patient: &str) -> OutboxRecord {
+        OutboxRecord {
+            stream: Stream::Adt,
+            device_id: "adt".into(),
+            seq,
+            bed: "bed-1".into(),
+            record: StoredRecord {
+                gateway_id: "gw".into(),
+                device_id: "adt".into(),
+                seq,
+                body: Some(Body::AdtEvent(AdtEvent {
+                    event: event.into(),
+                    patient_id: patient.into(),
+                    bed: "bed-1".into(),
                     ..Default::default()
                 })),
             },
@@ -291,6 +358,109 @@ mod tests {
             markable(&plan.bundles, &[true]),
             [0],
             "missing outcome = failed"
+        );
+    }
+
+    #[test]
+    fn a_bundle_never_mixes_patients() {
+        let records = vec![
+            obs_for("mon-1", 1, ""),
+            obs_for("mon-1", 2, ""),
+            obs_for("mon-1", 3, "P1"),
+            obs_for("mon-1", 4, " P1 "),
+            obs_for("mon-1", 5, "P2"),
+            obs_for("mon-1", 6, ""),
+            obs_for("mon-1", 7, "P2"),
+        ];
+        let plan = plan_bundles(records, 100);
+        let split: Vec<(u64, u64, &str)> = plan
+            .bundles
+            .iter()
+            .map(|b| (b.first_seq, b.last_seq, b.patient_id.as_str()))
+            .collect();
+        assert_eq!(
+            split,
+            [
+                (1, 2, ""),
+                (3, 4, "P1"),
+                (5, 5, "P2"),
+                (6, 6, ""),
+                (7, 7, "P2")
+            ]
+        );
+        for b in &plan.bundles {
+            assert!(
+                b.observations.iter().all(|o| o.patient_id == b.patient_id),
+                "content and key agree: {b:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn alarms_and_adt_events_are_one_per_bundle_with_their_patient() {
+        let alarm = |seq: u64, patient: &str| OutboxRecord {
+            stream: Stream::Alarms,
+            device_id: "mon-1".into(),
+            seq,
+            bed: "bed-1".into(),
+            record: StoredRecord {
+                gateway_id: "gw".into(),
+                device_id: "mon-1".into(),
+                seq,
+                body: Some(Body::Alarm(Alarm {
+                    patient_id: patient.into(),
+                    ..Alarm::default()
+                })),
+            },
+        };
+        let mut adt_wrong_body = adt_rec(3, "A01", "P9");
+        adt_wrong_body.record.body = Some(Body::Observation(Observation::default()));
+        let records = vec![
+            obs_for("mon-1", 1, "P1"),
+            adt_rec(2, "A02", "P1"),
+            alarm(1, "P1"),
+            alarm(2, ""),
+            adt_rec(1, "A01", "P1"),
+            adt_wrong_body,
+            adt_rec(4, "A03", "P2"),
+        ];
+        let plan = plan_bundles(records, 100);
+        let summary: Vec<(Stream, &str, u64, &str)> = plan
+            .bundles
+            .iter()
+            .map(|b| {
+                (
+                    b.stream,
+                    b.device_id.as_str(),
+                    b.first_seq,
+                    b.patient_id.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Stream::Alarms, "mon-1", 1, "P1"),
+                (Stream::Alarms, "mon-1", 2, ""),
+                (Stream::Adt, "adt", 1, "P1"),
+                (Stream::Adt, "adt", 2, "P1"),
+                (Stream::Adt, "adt", 4, "P2"),
+                (Stream::Observations, "mon-1", 1, "P1"),
+            ],
+            "alarms, then ADT, then observations; one alarm / ADT event per bundle"
+        );
+        assert!(plan.bundles.iter().all(|b| b.len() == 1));
+        assert_eq!(plan.bundles[0].alarm.as_ref().unwrap().seq, 1);
+        assert_eq!(plan.bundles[3].adt.as_ref().unwrap().event, "A02");
+        assert!(plan.bundles[3].alarm.is_none() && plan.bundles[3].observations.is_empty());
+        assert_eq!(
+            plan.skipped,
+            [SkippedRecord {
+                stream: Stream::Adt,
+                device_id: "adt".into(),
+                seq: 3,
+                kind: "observation"
+            }]
         );
     }
 }

@@ -4,6 +4,7 @@ use icu_protos::v1::{stored_record::Body, Observation, StoredRecord};
 
 use super::*;
 use crate::outbox::{MemoryOutbox, OutboxRecord};
+use icu_protos::v1::AdtEvent;
 
 fn obs_record(device: &str, seq: u64) -> OutboxRecord {
     OutboxRecord {
@@ -115,6 +116,20 @@ fn config_is_validated_with_field_names() {
         ),
         (
             BridgeConfig {
+                topic_adt: "  ".into(),
+                ..quick_config("k:9092")
+            },
+            "topic_adt",
+        ),
+        (
+            BridgeConfig {
+                topic_alarms: String::new(),
+                ..quick_config("k:9092")
+            },
+            "topic_alarms",
+        ),
+        (
+            BridgeConfig {
                 compression: "brotli".into(),
                 ..quick_config("k:9092")
             },
@@ -148,6 +163,9 @@ fn config_is_validated_with_field_names() {
 fn default_config_matches_the_documented_defaults() {
     let c = BridgeConfig::default();
     assert_eq!(c.topic_observations, "icu.observations");
+    assert_eq!(c.topic(Stream::Observations), "icu.observations");
+    assert_eq!(c.topic(Stream::Alarms), "icu.alarms");
+    assert_eq!(c.topic(Stream::Adt), "icu.adt");
     assert_eq!(
         (c.fetch_limit, c.max_per_bundle, c.message_timeout_ms),
         (2000, 100, 30_000)
@@ -200,4 +218,41 @@ fn topic_check_distinguishes_missing_from_other_errors() {
         ),
         Err(CycleError::Offline(_))
     ));
+}
+
+#[test]
+fn key_is_the_patient_when_associated_else_the_device() {
+    let mut with_patient = obs_record("mon-1", 1);
+    if let Some(Body::Observation(obs)) = &mut with_patient.record.body {
+        obs.patient_id = "MRN123".into();
+    }
+    let adt = OutboxRecord {
+        stream: Stream::Adt,
+        device_id: "adt".into(),
+        seq: 1,
+        bed: "bed-1".into(),
+        record: StoredRecord {
+            gateway_id: "gw-test".into(),
+            device_id: "adt".into(),
+            seq: 1,
+            body: Some(Body::AdtEvent(AdtEvent {
+                event: "A01".into(),
+                patient_id: "MRN9".into(),
+                event_time_us: 1_700_000_000_000_000,
+                ..Default::default()
+            })),
+        },
+    };
+    let plan = plan::plan_bundles(vec![with_patient, obs_record("mon-1", 2), adt], 100);
+    let keys: Vec<RecordKey> = plan.bundles.iter().map(record_key).collect();
+    assert_eq!(
+        keys,
+        [
+            RecordKey::Patient("MRN9"),
+            RecordKey::Patient("MRN123"),
+            RecordKey::Device("mon-1")
+        ]
+    );
+    assert_eq!(keys[0].as_str(), "MRN9");
+    assert_eq!(keys[2].as_str(), "mon-1");
 }

@@ -198,3 +198,67 @@ fn report_serializes_for_json_output() {
     assert_eq!(v["devices"]["mon-1"]["last_seq"], 2);
     assert_eq!(v["devices"]["mon-1"]["gaps"], serde_json::json!([]));
 }
+
+#[test]
+fn adt_and_alarm_records_are_accounted_by_their_seq_headers() {
+    use icu_protos::v1::{AdtEvent, Alarm};
+
+    let key = GatewayKey::generate();
+    let with_value = |device: &str, seq: u64, key_str: &str, value: Vec<u8>| {
+        let signature = base64::engine::general_purpose::STANDARD.encode(key.sign(&value));
+        let headers: BTreeMap<String, String> = [
+            (headers::SIGNATURE, signature.as_str()),
+            (headers::SIGNATURE_ALG, "ed25519"),
+            (headers::GATEWAY_ID, "gw1"),
+            (headers::DEVICE_ID, device),
+            (headers::SEQ_FIRST, &seq.to_string()),
+            (headers::SEQ_LAST, &seq.to_string()),
+            (headers::PATIENT_ID, key_str),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        ConsumedRecord::new(
+            0,
+            seq as i64,
+            Some(key_str.into()),
+            headers,
+            value,
+            Some(&key.verifying_key()),
+        )
+    };
+    let adt = |seq: u64| {
+        let event = AdtEvent {
+            event: "A01".into(),
+            patient_id: "MRN1".into(),
+            event_time_us: 1_700_000_000_000_000,
+            ..Default::default()
+        };
+        with_value(
+            "adt",
+            seq,
+            "MRN1",
+            crate::fhir::adt_bundle("gw1", "adt", seq, &event).unwrap(),
+        )
+    };
+    let alarm = Alarm {
+        seq: 1,
+        event_time_us: 1_700_000_000_000_000,
+        patient_id: "MRN1".into(),
+        ..Default::default()
+    };
+    let alarm_value = crate::fhir::alarm_observation("gw1", "mon-1", &alarm).unwrap();
+    let records = vec![
+        adt(1),
+        adt(2),
+        adt(4),
+        with_value("mon-1", 1, "MRN1", alarm_value),
+    ];
+    let report = report_from_records(&records, Some(&key.verifying_key()));
+    assert_eq!((report.records, report.signatures_ok), (4, 4));
+    let d = &report.devices["adt"];
+    assert_eq!((d.records, d.observations, d.distinct_seqs), (3, 0, 3));
+    assert_eq!(d.gaps, [(3, 3)], "the device header, not the patient key");
+    assert_eq!(report.devices["mon-1"].distinct_seqs, 1);
+    assert!(!report.devices.contains_key("MRN1"));
+}

@@ -3,7 +3,8 @@
 //! One Observation per state change, deterministic bytes like the observation bundles. `code` is
 //! the alarm's MDC event code, `valueString` its text, and the PCD-04 alert attributes are
 //! components: event phase (68481), alarm state (68482), priority (68484) and alert type (68485).
-//! The patient is never guessed: `subject` is set only when the alarm carries a census patient.
+//! The patient is never guessed: `subject` (`Patient/<id>` + the patient id) is set only when the
+//! alarm carries a census patient; otherwise `meta.tag` says `unassociated`.
 
 use fhir_sdk::r4b::codes::ObservationStatus as FhirStatus;
 use fhir_sdk::r4b::resources::{
@@ -15,7 +16,8 @@ use fhir_sdk::DateTime;
 use icu_protos::v1::Alarm;
 
 use super::{
-    coding, ext, fhir_id, instant_from_us, non_empty, ASSOCIATION_SYSTEM, MDC_SYSTEM, UNASSOCIATED,
+    coding, ext, fhir_id, instant_from_us, non_empty, patient_reference, ASSOCIATION_SYSTEM,
+    MDC_SYSTEM, UNASSOCIATED,
 };
 use crate::error::BridgeError;
 
@@ -85,13 +87,9 @@ pub fn alarm_observation(
                 extensions.push(ext(name, ExtensionValue::String(v.to_owned()))?);
             }
         }
-        let mut meta = Meta::builder();
-        if alarm.patient_id.is_empty() {
-            meta = meta.tag(vec![Some(coding(ASSOCIATION_SYSTEM, UNASSOCIATED, None)?)]);
-        }
+        let patient = non_empty(&alarm.patient_id);
         let mut builder = FhirObservation::builder()
             .id(fhir_id(&[device_id, "alarm", &seq]))
-            .meta(meta.build().map_err(|e| e.to_string())?)
             .extension(extensions)
             .identifier(vec![Some(
                 Identifier::builder()
@@ -115,13 +113,16 @@ pub fn alarm_observation(
                     .build()
                     .map_err(|e| e.to_string())?,
             );
-        if !alarm.patient_id.is_empty() {
-            builder = builder.subject(
-                Reference::builder()
-                    .reference(format!("Patient/{}", fhir_id(&[&alarm.patient_id])))
-                    .build()
-                    .map_err(|e| e.to_string())?,
-            );
+        match patient {
+            Some(patient) => builder = builder.subject(patient_reference(patient)?),
+            None => {
+                builder = builder.meta(
+                    Meta::builder()
+                        .tag(vec![Some(coding(ASSOCIATION_SYSTEM, UNASSOCIATED, None)?)])
+                        .build()
+                        .map_err(|e| e.to_string())?,
+                )
+            }
         }
         builder.build().map_err(|e| e.to_string())
     };
@@ -173,5 +174,22 @@ mod tests {
             "urn:icu-gateway:gw:spo2-01:alarms"
         );
         assert_eq!(v["effectiveDateTime"], "2023-11-14T22:13:20Z");
+        assert!(v.get("subject").is_none());
+
+        let associated = Alarm {
+            patient_id: "P1".into(),
+            ..alarm
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&alarm_observation("gw", "spo2-01", &associated).unwrap())
+                .unwrap();
+        assert_eq!(
+            v["subject"],
+            serde_json::json!({"reference": "Patient/P1", "identifier": {"value": "P1"}})
+        );
+        assert!(
+            v.get("meta").is_none(),
+            "no unassociated tag, no empty meta"
+        );
     }
 }

@@ -30,6 +30,7 @@ fn spo2(seq: u64) -> Observation {
         loinc: String::new(),
         source_message_id: "MSG0001".into(),
         source_row: 2,
+        patient_id: String::new(),
     }
 }
 
@@ -346,4 +347,80 @@ fn parses_back_with_fhir_sdk_types() {
         Err(BridgeError::FhirParse { .. })
     ));
     assert!(observations_of(b"not json").is_err());
+}
+
+#[test]
+fn census_patient_becomes_the_subject_and_drops_the_unassociated_tag() {
+    let associated = Observation {
+        patient_id: "MRN123".into(),
+        ..spo2(1)
+    };
+    let b = bundle_json(&[associated, spo2(2)]);
+    let with = &b["entry"][0]["resource"];
+    assert_eq!(
+        with["subject"],
+        json!({"reference": "Patient/MRN123", "identifier": {"value": "MRN123"}})
+    );
+    assert!(
+        with.get("meta").is_none(),
+        "no association tag and no empty meta: {with}"
+    );
+    assert!(!with.to_string().contains("should-not-appear"));
+
+    let without = &b["entry"][1]["resource"];
+    assert!(without.get("subject").is_none());
+    assert_eq!(
+        without["meta"]["tag"],
+        json!([{"system": ASSOCIATION_SYSTEM, "code": UNASSOCIATED}])
+    );
+
+    // Whitespace is not a patient; a device-reported patient id alone is never used.
+    for patient_id in ["", "  "] {
+        let b = bundle_json(&[Observation {
+            patient_id: patient_id.into(),
+            ..spo2(3)
+        }]);
+        let o = &b["entry"][0]["resource"];
+        assert!(o.get("subject").is_none(), "{patient_id:?}");
+        assert_eq!(o["meta"]["tag"][0]["code"], UNASSOCIATED);
+    }
+
+    // A test observation of a patient keeps its security label, without the tag.
+    let test = Observation {
+        patient_id: "MRN123".into(),
+        status: ObservationStatus::Test as i32,
+        ..spo2(4)
+    };
+    let b = bundle_json(&[test]);
+    let o = &b["entry"][0]["resource"];
+    assert!(o["meta"].get("tag").is_none());
+    assert_eq!(o["meta"]["security"][0]["code"], "HTEST");
+    assert_eq!(o["subject"]["reference"], "Patient/MRN123");
+
+    // Ids that are not valid FHIR ids are hashed, the same way as the ADT Patient's id.
+    let odd = Observation {
+        patient_id: "p 1/ä".into(),
+        ..spo2(5)
+    };
+    let b = bundle_json(&[odd]);
+    let o = &b["entry"][0]["resource"];
+    assert_eq!(
+        o["subject"]["reference"],
+        format!("Patient/{}", patient_fhir_id("p 1/ä"))
+    );
+    assert_eq!(o["subject"]["identifier"]["value"], "p 1/ä");
+
+    // Parses back with fhir-sdk.
+    let bytes = observation_bundle(
+        "gw1",
+        "mon-1",
+        &[Observation {
+            patient_id: "MRN123".into(),
+            ..spo2(6)
+        }],
+        &Terminology::builtin(),
+    )
+    .unwrap();
+    let bundle = parse_bundle(&bytes).unwrap();
+    assert_eq!(serde_json::to_vec(&bundle).unwrap(), bytes);
 }

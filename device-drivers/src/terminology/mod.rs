@@ -2,7 +2,9 @@
 //!
 //! Owns: the parameter table `device-drivers/terminology/terminology.tsv` and the unit table
 //! `device-drivers/terminology/units.tsv` (both under version control, filled from
-//! protocols.md §5.2–5.3), embedded in the binary with `include_str!`, and their loader.
+//! protocols.md §5.2–5.3), embedded in the binary with `include_str!`, and their loader; plus
+//! the per-driver native-code tables `native-<driver>.tsv` (MEDIBUS data codes, Masimo keys →
+//! MDC code and device unit), see [`Terminology::native`] and the `native` module.
 //!
 //! Guarantees:
 //! - [`Terminology::builtin`] parses the embedded files once per process; a unit test proves they

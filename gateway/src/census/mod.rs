@@ -37,6 +37,8 @@ use icu_drivers::hl7::{AckCode, AdtEventKind, AdtLocation, AdtMessage, ErrorCode
 use icu_protos::v1::AdtEvent;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
+pub mod actor;
+
 #[cfg(test)]
 mod tests;
 
@@ -76,6 +78,13 @@ pub fn to_adt_event(msg: &AdtMessage, bed_map: &BedMap) -> AdtEvent {
         event_time_us: msg.event_time_us.unwrap_or_default(),
         family_name: msg.patient.family.clone(),
         given_name: msg.patient.given.clone(),
+        visit_number: msg.visit_number.clone().unwrap_or_default(),
+        birth_date: msg.patient.birth_date.clone(),
+        sex: msg.patient.sex.clone(),
+        admit_time_us: msg.admit_time_us,
+        discharge_time_us: msg.discharge_time_us,
+        assigning_authority: msg.patient.assigning_authority.clone(),
+        message_id: msg.header.control_id.clone(),
     }
 }
 

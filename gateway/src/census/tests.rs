@@ -447,6 +447,13 @@ fn adt_event_for_the_store_and_kafka() {
             event_time_us: us(2, 9, 0),
             family_name: "DOE".into(),
             given_name: "JOHN".into(),
+            visit_number: "V0001".into(),
+            birth_date: "19600101".into(),
+            sex: "M".into(),
+            admit_time_us: Some(us(1, 8, 0)),
+            discharge_time_us: None,
+            assigning_authority: "HOSP".into(),
+            message_id: "ADT0002".into(),
         }
     );
     let unmapped = to_adt_event(&msg(A02), &BedMap::new());

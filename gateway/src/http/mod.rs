@@ -25,6 +25,8 @@ pub struct HttpState {
     pub mllp_stats: Arc<MllpStats>,
     pub bridge: Option<Arc<BridgeStats>>,
     pub kafka_bootstrap: Option<String>,
+    pub census: crate::census::CensusReader,
+    pub mqtt: Option<Arc<icu_drivers::mqtt::MqttCounters>>,
     pub started_us: i64,
 }
 
@@ -35,10 +37,32 @@ async fn page() -> HttpResponse {
 }
 
 async fn beds(state: web::Data<HttpState>) -> HttpResponse {
+    let patients: std::collections::HashMap<String, crate::census::PatientRef> =
+        state.census.current().into_iter().collect();
+    let beds: Vec<serde_json::Value> = state
+        .live
+        .beds()
+        .into_iter()
+        .map(|b| {
+            let patient = patients.get(&b.id).map(|p| {
+                serde_json::json!({
+                    "id": p.patient_id,
+                    "family": p.family,
+                    "given": p.given,
+                    "since_us": p.stay_start_us,
+                })
+            });
+            let mut v = serde_json::to_value(b).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("patient".into(), patient.unwrap_or(serde_json::Value::Null));
+            }
+            v
+        })
+        .collect();
     HttpResponse::Ok().json(serde_json::json!({
         "gateway_id": state.gateway_id,
         "generated_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "beds": state.live.beds(),
+        "beds": beds,
     }))
 }
 
@@ -79,6 +103,18 @@ async fn status(state: web::Data<HttpState>) -> HttpResponse {
         "store": store,
         "store_writes": state.store_stats.snapshot(),
         "mllp": state.mllp_stats.snapshot(),
+        "mqtt": state.mqtt.as_ref().map(|m| {
+            let c = m.snapshot();
+            serde_json::json!({
+                "messages": c.messages,
+                "acked": c.acked,
+                "rejected": c.rejected,
+                "store_failures": c.store_failures,
+                "subscribed": c.subscribed,
+                "reconnects": c.reconnects,
+                "connection_errors": c.connection_errors,
+            })
+        }),
         "backbone": backbone,
     }))
 }

@@ -71,8 +71,13 @@ pub struct AlarmWrite {
 pub enum WriteRequest {
     Observations(ObservationBatch),
     Alarm(AlarmWrite),
+    /// An ADT event as applied to the census (for `icu.adt`), under the source id `adt`.
+    Adt(icu_protos::v1::AdtEvent),
     DeadLetter(DeadLetter),
 }
+
+/// The outbox source id of ADT events.
+pub const ADT_SOURCE: &str = "adt";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -215,6 +220,23 @@ impl StoreDb {
                             last_seq: last,
                         }
                     }
+                    WriteRequest::Adt(event) => {
+                        let (first, last) = insert_records(
+                            &sp,
+                            &gateway_id,
+                            Stream::Adt,
+                            ADT_SOURCE,
+                            &event.bed,
+                            vec![(
+                                event.event_time_us,
+                                stored_record::Body::AdtEvent(event.clone()),
+                            )],
+                        )?;
+                        WriteOutcome::Stored {
+                            first_seq: first,
+                            last_seq: last,
+                        }
+                    }
                     WriteRequest::DeadLetter(d) => insert_dead_letter(&sp, d)?,
                 };
                 sp.commit()?;
@@ -316,7 +338,7 @@ fn insert_records(
             match &mut body {
                 stored_record::Body::Observation(o) => o.seq = seq as u64,
                 stored_record::Body::Alarm(a) => a.seq = seq as u64,
-                _ => {}
+                stored_record::Body::AdtEvent(_) | stored_record::Body::DeviceStatus(_) => {}
             }
             let rec = StoredRecord {
                 gateway_id: gateway_id.to_owned(),
