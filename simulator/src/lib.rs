@@ -6,6 +6,7 @@
 //! sent is accounted for in the report as AA, AE, AR or unanswered, and the observations of
 //! AA-acknowledged messages are listed exactly, so a test can compare them with what arrived.
 
+pub mod icu;
 pub mod pcd01;
 pub mod physiology;
 pub mod run;

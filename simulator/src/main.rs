@@ -48,6 +48,41 @@ enum Command {
     Config {
         #[arg(long, default_value_t = 3)]
         beds: usize,
+        /// Print the blocks for the whole ICU of `icu-sim icu` (oximeters, ventilators, pumps).
+        #[arg(long)]
+        icu: bool,
+        /// Folder of the simulated serial ports (with --icu).
+        #[arg(long, default_value = "/tmp/icu-sim-serial")]
+        serial_dir: std::path::PathBuf,
+    },
+    /// A whole ICU: a PCD-01 monitor per bed, Masimo oximeters and Dräger ventilators on ptys,
+    /// MQTT infusion pumps, and an ADT feed that admits a patient to every bed.
+    Icu {
+        #[arg(long, default_value_t = 30)]
+        beds: usize,
+        /// The gateway's MLLP address (monitors and ADT).
+        #[arg(long, default_value = "127.0.0.1:2575")]
+        mllp: String,
+        #[arg(long, default_value = "127.0.0.1")]
+        mqtt_host: String,
+        #[arg(long, default_value_t = 1883)]
+        mqtt_port: u16,
+        /// The gateway's id (part of the MQTT topics).
+        #[arg(long)]
+        gateway_id: String,
+        /// Folder where the simulated serial ports appear (the gateway config names them).
+        #[arg(long, default_value = "/tmp/icu-sim-serial")]
+        serial_dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 60)]
+        duration_secs: u64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Monitor messages per second per bed.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// Write the per-device counts as JSON to this file.
+        #[arg(long)]
+        report: Option<std::path::PathBuf>,
     },
 }
 
@@ -59,8 +94,53 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Config { beds } => {
-            print!("{}", icu_sim::gateway_config_blocks(&icu_sim::beds(beds)));
+        Command::Config {
+            beds,
+            icu,
+            serial_dir,
+        } => {
+            if icu {
+                print!(
+                    "{}",
+                    icu_sim::icu::config_blocks(&icu_sim::icu::plan(beds), &serial_dir)
+                );
+            } else {
+                print!("{}", icu_sim::gateway_config_blocks(&icu_sim::beds(beds)));
+            }
+            Ok(())
+        }
+        Command::Icu {
+            beds,
+            mllp,
+            mqtt_host,
+            mqtt_port,
+            gateway_id,
+            serial_dir,
+            duration_secs,
+            seed,
+            rate,
+            report,
+        } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            let r = rt.block_on(icu_sim::icu::run(icu_sim::icu::IcuOptions {
+                beds,
+                mllp,
+                mqtt_host,
+                mqtt_port,
+                gateway_id,
+                serial_dir,
+                duration: Duration::from_secs(duration_secs),
+                seed,
+                rate_hz: rate,
+            }))?;
+            let text = serde_json::to_string_pretty(&r)?;
+            if let Some(path) = report {
+                std::fs::write(&path, &text)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            let total: u64 = r.observations.values().sum();
+            println!("{} devices, {} observations acknowledged, {} monitor messages ({} not accepted), {} ADT messages accepted",
+                r.observations.len(), total, r.monitor_messages, r.monitor_rejected, r.adt_messages_acked);
             Ok(())
         }
         Command::Pcd01 {

@@ -20,13 +20,30 @@ use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
 
 use crate::physiology::Patient;
 
-/// One pty pair with its published path.
+/// One pty pair with its published path. Only the master side stays open here: the line
+/// counts as connected while the gateway holds the slave open (see [`Pty::connected`]).
 pub struct Pty {
     pub master: File,
-    /// Kept open so the line stays up while the gateway reopens it.
-    _slave: OwnedFd,
     pub slave_path: PathBuf,
     pub link: PathBuf,
+}
+
+impl Pty {
+    /// Whether someone (the gateway) has the slave side open: a master reports POLLHUP while
+    /// no slave is open.
+    pub fn connected(&self) -> bool {
+        use std::os::fd::AsFd;
+        let mut fds = [nix::poll::PollFd::new(
+            self.master.as_fd(),
+            nix::poll::PollFlags::empty(),
+        )];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO) {
+            Ok(_) => !fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP)),
+            Err(_) => false,
+        }
+    }
 }
 
 /// Opens a pty pair in raw mode and points `link` at its slave.
@@ -41,9 +58,10 @@ pub fn open_pty(link: &Path) -> anyhow::Result<Pty> {
     std::os::unix::fs::symlink(&slave_path, &tmp)
         .with_context(|| format!("symlink {}", tmp.display()))?;
     std::fs::rename(&tmp, link).with_context(|| format!("publishing {}", link.display()))?;
+    let slave: OwnedFd = pair.slave;
+    drop(slave);
     Ok(Pty {
         master: File::from(pair.master),
-        _slave: pair.slave,
         slave_path,
         link: link.to_owned(),
     })
@@ -91,6 +109,7 @@ pub fn run_masimo(
     let mut pty = Some(open_pty(&link)?);
     Ok(std::thread::spawn(move || {
         let mut patient = Patient::new(seed);
+        let mut connected_since: Option<std::time::Instant> = None;
         while !control.stop.load(Ordering::Relaxed) {
             if control.unplugged.load(Ordering::Relaxed) {
                 pty = None;
@@ -107,6 +126,18 @@ pub fn run_masimo(
                 }
             }
             let Some(p) = pty.as_mut() else { continue };
+            // A device writes into a cable nobody listens to only as lost bytes; and the
+            // gateway's port open flushes the line: start once it has been open a moment.
+            if !p.connected() {
+                connected_since = None;
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            let since = *connected_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() < Duration::from_millis(300) {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
             let garbage = control.garbage.swap(0, Ordering::Relaxed);
             if garbage > 0 {
                 let junk: Vec<u8> = (0..garbage).map(|i| b"\x07#~?"[i as usize % 4]).collect();

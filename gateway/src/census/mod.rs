@@ -581,7 +581,10 @@ impl Census {
                     detail: &reject.reason,
                 };
                 let path = &self.path;
-                let tx = self.conn.transaction().map_err(|e| db_error(path, e))?;
+                let tx = self
+                    .conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(|e| db_error(path, e))?;
                 insert_event(&tx, &event).map_err(|e| db_error(path, e))?;
                 tx.commit().map_err(|e| db_error(path, e))?;
                 Err(CensusError::Rejected {

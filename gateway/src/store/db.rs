@@ -195,7 +195,14 @@ impl StoreDb {
             let err = sqlite_err(&path, e);
             requests.iter().map(|_| Err(err.clone())).collect()
         };
-        let mut tx = match self.conn.transaction() {
+        // IMMEDIATE: take the write lock up front. A deferred transaction that first reads
+        // (dedup lookup) and then writes fails at once with SQLITE_BUSY (snapshot) when another
+        // connection (the bridge marking records sent, the census) committed in between; the
+        // busy timeout does not cover that case.
+        let mut tx = match self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        {
             Ok(tx) => tx,
             Err(e) => return fail_all(e),
         };

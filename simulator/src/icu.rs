@@ -1,0 +1,324 @@
+//! A whole simulated ICU over the real transports.
+//!
+//! Every bed has a patient monitor (PCD-01 over MLLP). Some beds also have a Masimo oximeter
+//! (ASCII 1 on a pty), a Dräger ventilator (MEDIBUS on a pty, answering the gateway's polls) or
+//! an infusion pump (MQTT, JSON at QoS 1). An ADT feed admits one patient per bed at the start.
+//! Which bed gets what is fixed by the bed number, so the printed gateway config and the run
+//! always agree. Everything the simulator counts is what the gateway acknowledged (AA, PUBACK)
+//! or what went whole down a serial line, per device, so a test compares it with Kafka exactly.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::serial::{run_masimo, run_medibus, SerialControl};
+use crate::{beds, SimBed};
+
+/// Observations per Masimo line (SpO2, pulse rate, PI) and per MEDIBUS measured-data answer.
+pub const MASIMO_OBS_PER_LINE: u64 = 3;
+pub const MEDIBUS_OBS_PER_ANSWER: u64 = 8;
+
+/// What a bed has besides its monitor.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BedDevices {
+    pub bed: SimBed,
+    pub oximeter: Option<String>,
+    pub ventilator: Option<String>,
+    pub pump: Option<String>,
+}
+
+/// The device plan of an ICU of `n` beds.
+pub fn plan(n: usize) -> Vec<BedDevices> {
+    beds(n)
+        .into_iter()
+        .map(|bed| {
+            let i = bed.index;
+            BedDevices {
+                oximeter: (i % 5 == 1).then(|| format!("spo2-{i:02}")),
+                ventilator: (i % 10 == 2).then(|| format!("vent-{i:02}")),
+                pump: (i % 3 == 0).then(|| format!("pump-{i:02}")),
+                bed,
+            }
+        })
+        .collect()
+}
+
+/// ADT location of a simulated bed (PV1-3).
+pub fn adt_location(bed: &SimBed) -> String {
+    format!("ICU^{:03}^A", bed.index)
+}
+
+/// The gateway config blocks (`[[beds]]`, `[[devices]]`) for this ICU; serial ports live in
+/// `serial_dir`.
+pub fn config_blocks(plan: &[BedDevices], serial_dir: &std::path::Path) -> String {
+    let mut s = String::new();
+    for b in plan {
+        s.push_str(&format!(
+            "[[beds]]\nid = \"{}\"\nlabel = \"Bed {}\"\nadt_location = \"{}\"\n\n",
+            b.bed.bed_id,
+            b.bed.index,
+            adt_location(&b.bed)
+        ));
+    }
+    for b in plan {
+        s.push_str(&format!(
+            "[[devices]]\nid = \"{}\"\nbed = \"{}\"\nprotocol = \"pcd01\"\nmatch = \"{}\"\n\n",
+            b.bed.device_id, b.bed.bed_id, b.bed.monitor_eui64
+        ));
+        if let Some(d) = &b.oximeter {
+            s.push_str(&format!(
+                "[[devices]]\nid = \"{d}\"\nbed = \"{}\"\nprotocol = \"masimo\"\n[devices.serial]\nport = \"{}\"\n\n",
+                b.bed.bed_id,
+                serial_dir.join(d).display()
+            ));
+        }
+        if let Some(d) = &b.ventilator {
+            s.push_str(&format!(
+                "[[devices]]\nid = \"{d}\"\nbed = \"{}\"\nprotocol = \"medibus\"\n[devices.serial]\nport = \"{}\"\n\n",
+                b.bed.bed_id,
+                serial_dir.join(d).display()
+            ));
+        }
+        if let Some(d) = &b.pump {
+            s.push_str(&format!(
+                "[[devices]]\nid = \"{d}\"\nbed = \"{}\"\nprotocol = \"mqtt\"\n\n",
+                b.bed.bed_id
+            ));
+        }
+    }
+    s
+}
+
+#[derive(Debug, Clone)]
+pub struct IcuOptions {
+    pub beds: usize,
+    pub mllp: String,
+    pub mqtt_host: String,
+    pub mqtt_port: u16,
+    pub gateway_id: String,
+    pub serial_dir: PathBuf,
+    pub duration: Duration,
+    pub seed: u64,
+    /// Monitor messages per second per bed.
+    pub rate_hz: f64,
+}
+
+/// Per device: what the gateway acknowledged (or received whole over a serial line).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct IcuReport {
+    pub observations: BTreeMap<String, u64>,
+    pub adt_messages_acked: u64,
+    pub monitor_messages: u64,
+    pub monitor_rejected: u64,
+}
+
+fn adt_admit(bed: &SimBed, now: chrono::DateTime<chrono::Utc>) -> String {
+    let ts = now.format("%Y%m%d%H%M%S+0000");
+    [
+        format!(
+            "MSH|^~\\&|ADT_SIM|HOSP|ICU_GW|ICU|{ts}||ADT^A01^ADT_A01|ADT-{:04}|P|2.5",
+            bed.index
+        ),
+        format!("EVN||{ts}"),
+        format!(
+            "PID|1||P{:06}^^^HOSP^MR||PATIENT^BED{}^^^^^L||19600101|F",
+            bed.index, bed.index
+        ),
+        format!(
+            "PV1|1|I|{}||||||||||||||||V{:06}^^^HOSP^VN",
+            adt_location(bed),
+            bed.index
+        ),
+    ]
+    .join("\r")
+}
+
+async fn send_adt(mllp: &str, messages: Vec<String>) -> anyhow::Result<u64> {
+    use futures::{SinkExt, StreamExt};
+    use icu_drivers::mllp::{MllpCodec, MllpEvent};
+    let stream = tokio::net::TcpStream::connect(mllp)
+        .await
+        .with_context(|| format!("connecting to {mllp}"))?;
+    let mut framed = tokio_util::codec::Framed::new(stream, MllpCodec::new(1 << 20));
+    let mut acked = 0;
+    for m in messages {
+        framed.send(m.as_bytes()).await?;
+        match framed.next().await {
+            Some(Ok(MllpEvent::Frame { payload, .. })) => {
+                if crate::run::ack_code(&payload).as_deref() == Some("AA") {
+                    acked += 1;
+                } else {
+                    tracing::warn!(ack = %String::from_utf8_lossy(&payload), "adt message not accepted");
+                }
+            }
+            other => anyhow::bail!("no ACK for an ADT message: {other:?}"),
+        }
+    }
+    Ok(acked)
+}
+
+/// One pump: publishes a batch every second and waits for each PUBACK before the next.
+async fn run_pump(
+    opts: IcuOptions,
+    bed: String,
+    device: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> (String, u64) {
+    use icu_drivers::mqtt::rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    use icu_drivers::mqtt::{encode_payload, MqttBatch, ObsTopic, PayloadFormat};
+    let mut mo = MqttOptions::new(
+        format!("sim-{device}"),
+        opts.mqtt_host.clone(),
+        opts.mqtt_port,
+    );
+    mo.set_keep_alive(Duration::from_secs(10));
+    let (client, mut eventloop) = AsyncClient::new(mo, 16);
+    let Ok(topic) = ObsTopic::new(&opts.gateway_id, &bed, &device, PayloadFormat::Json) else {
+        return (device, 0);
+    };
+    let mut acked_obs = 0u64;
+    let mut counter = 0u64;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        counter += 1;
+        let rate = 5.0 + (counter % 10) as f64 * 0.5;
+        let batch = MqttBatch {
+            msg_id: format!("{device}-{counter}"),
+            observations: vec![icu_protos::v1::Observation {
+                mdc_code: 157784,
+                value: Some(rate),
+                unit_ucum: "mL/h".into(),
+                ..Default::default()
+            }],
+        };
+        let payload = encode_payload(PayloadFormat::Json, &batch);
+        if client
+            .publish(topic.to_string(), QoS::AtLeastOnce, false, payload)
+            .await
+            .is_err()
+        {
+            break;
+        }
+        // Drive the event loop until this publish is acknowledged.
+        let acked = loop {
+            tokio::select! {
+                ev = eventloop.poll() => match ev {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => break true,
+                    Ok(_) => {}
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+                _ = tokio::time::sleep(Duration::from_secs(15)) => break false,
+            }
+        };
+        if acked {
+            acked_obs += 1;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while eventloop.poll().await.is_ok() {}
+    })
+    .await;
+    (device, acked_obs)
+}
+
+/// Runs the whole ICU for `opts.duration`, then stops every device and returns the counts.
+pub async fn run(opts: IcuOptions) -> anyhow::Result<IcuReport> {
+    let plan = plan(opts.beds);
+    std::fs::create_dir_all(&opts.serial_dir)?;
+    let mut report = IcuReport::default();
+
+    // ADT first: a patient in every bed.
+    let now = chrono::Utc::now();
+    report.adt_messages_acked = send_adt(
+        &opts.mllp,
+        plan.iter().map(|b| adt_admit(&b.bed, now)).collect(),
+    )
+    .await?;
+
+    // Serial devices.
+    let mut serial = Vec::new();
+    for b in &plan {
+        if let Some(d) = &b.oximeter {
+            let control = Arc::new(SerialControl::default());
+            let h = run_masimo(
+                opts.serial_dir.join(d),
+                format!("{:010}", b.bed.index),
+                opts.seed + b.bed.index as u64,
+                Duration::from_secs(1),
+                control.clone(),
+            )?;
+            serial.push((d.clone(), control, h, MASIMO_OBS_PER_LINE));
+        }
+        if let Some(d) = &b.ventilator {
+            let control = Arc::new(SerialControl::default());
+            let h = run_medibus(
+                opts.serial_dir.join(d),
+                opts.seed + b.bed.index as u64,
+                Duration::from_secs(1),
+                control.clone(),
+            )?;
+            serial.push((d.clone(), control, h, MEDIBUS_OBS_PER_ANSWER));
+        }
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut pumps = Vec::new();
+    for b in &plan {
+        if let Some(d) = &b.pump {
+            pumps.push(tokio::spawn(run_pump(
+                opts.clone(),
+                b.bed.bed_id.clone(),
+                d.clone(),
+                stop_rx.clone(),
+            )));
+        }
+    }
+    let monitors = crate::run::run(
+        crate::run::RunOptions {
+            target: opts.mllp.clone(),
+            beds: plan.iter().map(|b| b.bed.clone()).collect(),
+            rate_hz: opts.rate_hz,
+            messages_per_bed: None,
+            duration: Some(opts.duration),
+            seed: opts.seed,
+            ack_timeout: Duration::from_secs(10),
+            max_attempts: 5,
+        },
+        None,
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    for (device, control, handle, per) in serial {
+        control.stop.store(true, Ordering::Relaxed);
+        let _ = handle.join();
+        report
+            .observations
+            .insert(device, control.records.load(Ordering::Relaxed) * per);
+    }
+    for p in pumps {
+        if let Ok((device, n)) = p.await {
+            report.observations.insert(device, n);
+        }
+    }
+    for (device, r) in &monitors.devices {
+        report
+            .observations
+            .insert(device.clone(), r.observations_accepted);
+        report.monitor_messages += r.messages;
+        report.monitor_rejected += r.ae + r.ar + r.unanswered;
+    }
+    Ok(report)
+}
