@@ -1,5 +1,5 @@
 //! The Kafka forwarder: drains the outbox into signed FHIR records on one topic per stream
-//! (observations, alarms, ADT events).
+//! (observations, alarms, ADT events) and plain JSON dead letters.
 //!
 //! Owns: [`BridgeActor`] (an actix actor wrapping one forwarding loop), its [`BridgeConfig`],
 //! the shared [`BridgeStats`] / [`BridgeState`], the [`Wake`] hint, and the pure cycle planning
@@ -12,7 +12,7 @@
 //!   of that device are re-sent (same `(gateway, device, seq)` key, deduplicated downstream).
 //! - **The right key, never a guessed patient.** A Kafka record holds one patient's records (or
 //!   only unassociated ones); its key is that patient id (also in header `icu-patient-id`), else
-//!   the device id. ADT records are keyed by their patient id.
+//!   the device id. ADT records are keyed by their patient id, dead letters by their device id.
 //! - **One cycle at a time.** A single loop runs cycles; a [`Wake`] only shortens the idle wait
 //!   between healthy cycles (it never cuts a backoff short), so losing one is harmless.
 //! - **Visible failure.** Unreachable brokers and a missing topic set [`BridgeState::Offline`] /
@@ -42,6 +42,7 @@ use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
 pub use self::stats::{BridgeState, BridgeStats};
+use crate::deadletter::dead_letter_json;
 use crate::error::BridgeError;
 use crate::fhir::{adt_bundle, alarm_observation, observation_bundle};
 use crate::headers;
@@ -73,6 +74,8 @@ pub struct BridgeConfig {
     pub topic_alarms: String,
     /// Topic for ADT events as FHIR Patient + Encounter (default `icu.adt`). It must exist.
     pub topic_adt: String,
+    /// Topic for dead letters as plain JSON (default `icu.deadletter`). It must exist.
+    pub topic_deadletter: String,
     /// Most outbox records read per cycle (default 2000).
     pub fetch_limit: usize,
     /// Most observations per Kafka record (default 100).
@@ -95,6 +98,7 @@ impl Default for BridgeConfig {
             topic_observations: "icu.observations".into(),
             topic_alarms: "icu.alarms".into(),
             topic_adt: "icu.adt".into(),
+            topic_deadletter: "icu.deadletter".into(),
             fetch_limit: 2000,
             max_per_bundle: 100,
             message_timeout_ms: 30_000,
@@ -112,6 +116,7 @@ impl BridgeConfig {
             Stream::Observations => &self.topic_observations,
             Stream::Alarms => &self.topic_alarms,
             Stream::Adt => &self.topic_adt,
+            Stream::DeadLetters => &self.topic_deadletter,
         }
     }
 
@@ -137,6 +142,9 @@ impl BridgeConfig {
         }
         if self.topic_adt.trim().is_empty() {
             return bad("topic_adt", "must not be empty");
+        }
+        if self.topic_deadletter.trim().is_empty() {
+            return bad("topic_deadletter", "must not be empty");
         }
         if self.fetch_limit == 0 {
             return bad("fetch_limit", "must be at least 1");
@@ -281,6 +289,7 @@ impl Worker {
             topic = %self.config.topic_observations,
             topic_alarms = %self.config.topic_alarms,
             topic_adt = %self.config.topic_adt,
+            topic_deadletter = %self.config.topic_deadletter,
             key_id = %self.key.key_id(),
             "cloud bridge starting"
         );
@@ -533,11 +542,17 @@ impl Worker {
         &self,
         bundle: &PlannedBundle,
     ) -> Result<rdkafka::producer::DeliveryFuture, DeliveryError> {
-        let value = match (bundle.stream, &bundle.alarm, &bundle.adt) {
-            (Stream::Alarms, Some(alarm), _) => {
+        let value = match (bundle.stream, &bundle.alarm, &bundle.adt, &bundle.dead_letter) {
+            (Stream::Alarms, Some(alarm), _, _) => {
                 alarm_observation(&self.config.gateway_id, &bundle.device_id, alarm)
             }
-            (Stream::Adt, _, Some(adt)) => adt_bundle(
+            (Stream::DeadLetters, _, _, Some(dl)) => dead_letter_json(
+                &self.config.gateway_id,
+                &bundle.device_id,
+                bundle.first_seq,
+                dl,
+            ),
+            (Stream::Adt, _, Some(adt), _) => adt_bundle(
                 &self.config.gateway_id,
                 &bundle.device_id,
                 bundle.first_seq,
@@ -551,7 +566,7 @@ impl Worker {
             ),
         }
         .map_err(|e| {
-            error!(device_id = %bundle.device_id, seq_first = bundle.first_seq, error = %e, "cannot map record to fhir");
+            error!(device_id = %bundle.device_id, seq_first = bundle.first_seq, error = %e, "cannot map record to its kafka value");
             DeliveryError {
                 reason: e.to_string(),
                 unknown_topic: false,
@@ -571,10 +586,7 @@ impl Worker {
             .insert(header(headers::DEVICE_ID, &bundle.device_id))
             .insert(header(headers::SEQ_FIRST, &first))
             .insert(header(headers::SEQ_LAST, &last))
-            .insert(header(
-                headers::CONTENT_TYPE,
-                headers::CONTENT_TYPE_FHIR_JSON,
-            ))
+            .insert(header(headers::CONTENT_TYPE, content_type(bundle.stream)))
             .insert(header(headers::BED, &bundle.bed));
         let record_headers = match record_key(bundle) {
             RecordKey::Patient(patient) => {
@@ -669,6 +681,14 @@ fn record_key(bundle: &PlannedBundle) -> RecordKey<'_> {
     match bundle.patient_id.trim() {
         "" => RecordKey::Device(&bundle.device_id),
         patient => RecordKey::Patient(patient),
+    }
+}
+
+/// The media type of a stream's values.
+fn content_type(stream: Stream) -> &'static str {
+    match stream {
+        Stream::DeadLetters => headers::CONTENT_TYPE_JSON,
+        Stream::Observations | Stream::Alarms | Stream::Adt => headers::CONTENT_TYPE_FHIR_JSON,
     }
 }
 

@@ -133,7 +133,8 @@ pub struct ConsumeReport {
     pub signatures_ok: u64,
     pub signatures_bad: u64,
     pub unsigned: u64,
-    /// Values that are not a readable FHIR Bundle.
+    /// FHIR values (content-type `application/fhir+json`, or none) that are not a readable FHIR
+    /// Bundle; other content types (dead letters) are not parsed.
     pub unparseable: u64,
     pub devices: BTreeMap<String, DeviceReport>,
 }
@@ -295,12 +296,18 @@ pub fn report_from_records(
             .unwrap_or_else(|| "<unknown>".into());
         let dev = report.devices.entry(device.clone()).or_default();
         dev.records += 1;
-        let parsed = match observations_of(&record.value) {
-            Ok(parsed) => {
+        // Only FHIR values are parsed; plain JSON (dead letters) is neither counted nor faulted.
+        let fhir = record
+            .headers
+            .get(headers::CONTENT_TYPE)
+            .is_none_or(|ct| ct.trim() == headers::CONTENT_TYPE_FHIR_JSON);
+        let parsed = match fhir.then(|| observations_of(&record.value)) {
+            None => None,
+            Some(Ok(parsed)) => {
                 dev.observations += parsed.len() as u64;
                 Some(parsed)
             }
-            Err(_) => {
+            Some(Err(_)) => {
                 report.unparseable += 1;
                 None
             }

@@ -20,7 +20,8 @@ pub const DEVICE_ID: &str = "icu-device-id";
 pub const SEQ_FIRST: &str = "icu-seq-first";
 /// Last per-device seq in the record (decimal, inclusive).
 pub const SEQ_LAST: &str = "icu-seq-last";
-/// Media type of the value; [`CONTENT_TYPE_FHIR_JSON`] for FHIR records.
+/// Media type of the value; [`CONTENT_TYPE_FHIR_JSON`] for FHIR records, [`CONTENT_TYPE_JSON`]
+/// for dead letters.
 pub const CONTENT_TYPE: &str = "content-type";
 /// Bed the device is assigned to.
 pub const BED: &str = "icu-bed";
@@ -31,3 +32,5 @@ pub const PATIENT_ID: &str = "icu-patient-id";
 pub const SIGNATURE_ALG_ED25519: &str = "ed25519";
 /// Value of [`CONTENT_TYPE`] for FHIR JSON.
 pub const CONTENT_TYPE_FHIR_JSON: &str = "application/fhir+json";
+/// Value of [`CONTENT_TYPE`] for plain JSON (dead letters, `icu.deadletter`).
+pub const CONTENT_TYPE_JSON: &str = "application/json";

@@ -13,6 +13,7 @@
 
 pub mod bridge;
 pub mod consume;
+pub mod deadletter;
 pub mod error;
 pub mod fhir;
 pub mod headers;

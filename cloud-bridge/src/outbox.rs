@@ -1,6 +1,7 @@
 //! The bridge's view of the gateway store: records waiting to be forwarded.
 //!
-//! Owns: the [`Stream`]s the bridge forwards (observations, alarms, ADT events), the [`Outbox`]
+//! Owns: the [`Stream`]s the bridge forwards (observations, alarms, ADT events, dead letters),
+//! the [`Outbox`]
 //! trait the gateway implements over SQLite, the [`OutboxRecord`] it returns, and
 //! [`MemoryOutbox`], an in-memory implementation for tests.
 //! Guarantees (the contract both sides keep):
@@ -28,11 +29,19 @@ pub enum Stream {
     Adt,
     /// Observations (`icu.observations`).
     Observations,
+    /// Rejected inputs and why (`icu.deadletter`), one per Kafka record, as plain JSON (not
+    /// FHIR). Ordered last: clinical data drains before the diagnostics.
+    DeadLetters,
 }
 
 impl Stream {
     /// Every stream, in drain order.
-    pub const ALL: [Stream; 3] = [Stream::Alarms, Stream::Adt, Stream::Observations];
+    pub const ALL: [Stream; 4] = [
+        Stream::Alarms,
+        Stream::Adt,
+        Stream::Observations,
+        Stream::DeadLetters,
+    ];
 
     /// The number the gateway store keeps in `records.kind`.
     pub fn code(self) -> i64 {
@@ -40,6 +49,7 @@ impl Stream {
             Stream::Observations => 1,
             Stream::Alarms => 2,
             Stream::Adt => 3,
+            Stream::DeadLetters => 4,
         }
     }
 
@@ -48,6 +58,7 @@ impl Stream {
             1 => Some(Stream::Observations),
             2 => Some(Stream::Alarms),
             3 => Some(Stream::Adt),
+            4 => Some(Stream::DeadLetters),
             _ => None,
         }
     }
@@ -57,6 +68,7 @@ impl Stream {
             Stream::Observations => "observations",
             Stream::Alarms => "alarms",
             Stream::Adt => "adt",
+            Stream::DeadLetters => "deadletter",
         }
     }
 }
@@ -230,25 +242,34 @@ mod tests {
     }
 
     #[test]
-    fn stream_codes_round_trip_and_adt_drains_before_observations() {
+    fn stream_codes_round_trip_adt_drains_before_observations_dead_letters_last() {
         for stream in Stream::ALL {
             assert_eq!(Stream::from_code(stream.code()), Some(stream));
         }
         assert_eq!(
             Stream::ALL.map(Stream::code),
-            [2, 3, 1],
+            [2, 3, 1, 4],
             "codes are stored in the gateway database; never renumber"
         );
         assert_eq!(
             Stream::ALL.map(Stream::as_str),
-            ["alarms", "adt", "observations"]
+            ["alarms", "adt", "observations", "deadletter"]
         );
         assert_eq!(Stream::from_code(0), None);
-        let mut sorted = [Stream::Observations, Stream::Adt, Stream::Alarms];
+        let mut sorted = [
+            Stream::DeadLetters,
+            Stream::Observations,
+            Stream::Adt,
+            Stream::Alarms,
+        ];
         sorted.sort();
         assert_eq!(sorted, Stream::ALL);
 
         let outbox = MemoryOutbox::new();
+        outbox.push(OutboxRecord {
+            stream: Stream::DeadLetters,
+            ..rec("a", 1)
+        });
         outbox.push(rec("a", 1));
         outbox.push(OutboxRecord {
             stream: Stream::Adt,
@@ -260,6 +281,9 @@ mod tests {
             .into_iter()
             .map(|r| r.stream)
             .collect();
-        assert_eq!(streams, [Stream::Adt, Stream::Observations]);
+        assert_eq!(
+            streams,
+            [Stream::Adt, Stream::Observations, Stream::DeadLetters]
+        );
     }
 }

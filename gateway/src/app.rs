@@ -123,6 +123,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
                 topic_observations: k.topic_observations.clone(),
                 topic_alarms: k.topic_alarms.clone(),
                 topic_adt: k.topic_adt.clone(),
+                topic_deadletter: k.topic_deadletter.clone(),
                 fetch_limit: 2000,
                 max_per_bundle: k.max_per_bundle,
                 message_timeout_ms: k.message_timeout_ms,

@@ -182,6 +182,9 @@ pub struct RawKafka {
     /// Topic for ADT events (FHIR Patient + Encounter).
     #[serde(default = "default_topic_adt")]
     pub topic_adt: String,
+    /// Topic for rejected input (JSON: what, from where, at which offset, why).
+    #[serde(default = "default_topic_deadletter")]
+    pub topic_deadletter: String,
     /// How long the producer keeps trying one record before reporting it failed (it is then
     /// sent again from the store, never dropped).
     #[serde(default = "default_message_timeout_ms")]
@@ -314,6 +317,9 @@ fn default_topic_alarms() -> String {
 fn default_topic_adt() -> String {
     "icu.adt".into()
 }
+fn default_topic_deadletter() -> String {
+    "icu.deadletter".into()
+}
 fn default_message_timeout_ms() -> u64 {
     30_000
 }
@@ -365,6 +371,7 @@ pub struct KafkaConfig {
     pub topic_observations: String,
     pub topic_alarms: String,
     pub topic_adt: String,
+    pub topic_deadletter: String,
     pub message_timeout_ms: u64,
     pub max_per_bundle: usize,
     pub compression: String,
@@ -562,6 +569,9 @@ impl RawConfig {
             if k.topic_adt.trim().is_empty() {
                 problem("kafka.topic_adt", "must not be empty".into());
             }
+            if k.topic_deadletter.trim().is_empty() {
+                problem("kafka.topic_deadletter", "must not be empty".into());
+            }
             if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&k.compression.as_str()) {
                 problem(
                     "kafka.compression",
@@ -582,6 +592,7 @@ impl RawConfig {
                 topic_observations: k.topic_observations.clone(),
                 topic_alarms: k.topic_alarms.clone(),
                 topic_adt: k.topic_adt.clone(),
+                topic_deadletter: k.topic_deadletter.clone(),
                 message_timeout_ms: k.message_timeout_ms,
                 max_per_bundle: k.max_per_bundle,
                 compression: k.compression.clone(),

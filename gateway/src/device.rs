@@ -100,7 +100,9 @@ impl DeviceActor {
         clock: Arc<ClockState>,
         census: CensusReader,
     ) -> Addr<Self> {
-        DeviceActor::create(|ctx| {
+        // Supervised: if the actor stops (a failed handler), it is restarted behind the same
+        // address, so transports and routes keep working without re-wiring.
+        actix::Supervisor::start(|ctx: &mut Context<DeviceActor>| {
             ctx.set_mailbox_capacity(DEVICE_MAILBOX);
             DeviceActor {
                 device,
@@ -281,6 +283,14 @@ impl Actor for DeviceActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         tracing::info!(device = %self.device.id, bed = %self.device.bed, "device actor started");
         ctx.run_interval(SILENCE_CHECK, |act, ctx| act.check_silence(ctx));
+    }
+}
+
+impl actix::Supervised for DeviceActor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        tracing::warn!(device = %self.device.id, "device actor restarting");
+        self.live
+            .record_error(&self.device.id, "device actor restarted");
     }
 }
 

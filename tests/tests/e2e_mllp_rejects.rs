@@ -45,8 +45,10 @@ fn dead_letters(db: &std::path::Path) -> Vec<(String, i64, Option<String>, Strin
 
 fn stored_records(db: &std::path::Path) -> i64 {
     let c = rusqlite::Connection::open(db).unwrap();
-    c.query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
-        .unwrap()
+    c.query_row("SELECT COUNT(*) FROM records WHERE kind = 1", [], |r| {
+        r.get(0)
+    })
+    .unwrap()
 }
 
 #[test]
@@ -147,10 +149,21 @@ fn bad_input_gets_ae_or_ar_with_err_and_lands_in_dead_letters() {
         "the other devices were never disturbed:\n{}",
         other.stdout
     );
-    // Rejected messages stored nothing: only the 2 good messages (2 values each) and the sim's.
+    // Rejected messages stored no observation: only the 2 good messages (2 values each) and the
+    // sim's; each rejection is one record on the dead-letter stream instead.
     assert_eq!(
         stored_records(&gw.db_path()),
         4 + other.accepted.len() as i64
+    );
+    let c = rusqlite::Connection::open(gw.db_path()).unwrap();
+    let outbox_letters: i64 = c
+        .query_row("SELECT COUNT(*) FROM records WHERE kind = 4", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(
+        outbox_letters, 6,
+        "every dead letter waits for icu.deadletter"
     );
 
     let devices = gw.get_json("/api/devices");
@@ -203,7 +216,9 @@ fn store_over_budget_answers_ar_never_aa_and_stores_nothing_half() {
     // Exactly the acknowledged messages are stored, whole: 2 values each.
     let c = rusqlite::Connection::open(gw.db_path()).unwrap();
     let records: i64 = c
-        .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
+        .query_row("SELECT COUNT(*) FROM records WHERE kind = 1", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(records, 2 * aa.len() as i64);
     let messages: i64 = c

@@ -128,6 +128,18 @@ fn masimo_over_a_pty_reaches_kafka_and_survives_a_cable_pull() {
     })
     .unwrap();
     assert_eq!(device(&gw, "spo2-01")["state"], "online");
+    // ... and on icu.deadletter: what, from which device, at which offset, and why.
+    let letter = wait_for(Duration::from_secs(30), "the dead letter on kafka", || {
+        let (r, recs) = read("icu.deadletter");
+        (r.records >= 1).then(|| recs[0].clone())
+    })
+    .unwrap();
+    assert_eq!(letter.signature_ok, Some(true));
+    assert_eq!(letter.key.as_deref(), Some("spo2-01"));
+    let v: serde_json::Value = serde_json::from_slice(&letter.value).unwrap();
+    assert_eq!(v["transport"], "serial:masimo");
+    assert!(v["stream_offset"].as_u64().unwrap() > 0);
+    assert!(!v["reason"].as_str().unwrap().is_empty());
 
     // Cable pull: the line drops, the device goes silent and raises a technical alarm.
     control.unplugged.store(true, Ordering::Relaxed);

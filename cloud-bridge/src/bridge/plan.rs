@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use icu_protos::v1::{stored_record::Body, AdtEvent, Alarm, Observation};
+use icu_protos::v1::{stored_record::Body, AdtEvent, Alarm, DeadLetter, Observation};
 
 use crate::outbox::{OutboxRecord, Stream};
 
@@ -11,7 +11,8 @@ use crate::outbox::{OutboxRecord, Stream};
 ///
 /// An observations bundle holds up to `max_per_bundle` observations (one FHIR Bundle); an
 /// alarms bundle holds exactly one alarm state change (one FHIR Observation); an ADT bundle holds
-/// exactly one ADT event (one FHIR Bundle with a Patient and an Encounter).
+/// exactly one ADT event (one FHIR Bundle with a Patient and an Encounter); a dead-letter bundle
+/// holds exactly one dead letter (one plain JSON object).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedBundle {
     pub stream: Stream,
@@ -28,10 +29,12 @@ pub struct PlannedBundle {
     pub alarm: Option<Alarm>,
     /// The ADT event (ADT stream).
     pub adt: Option<AdtEvent>,
+    /// The dead letter (dead-letter stream).
+    pub dead_letter: Option<DeadLetter>,
 }
 
 impl PlannedBundle {
-    /// Records (observations, alarms or ADT events) this bundle carries.
+    /// Records (observations, alarms, ADT events or dead letters) this bundle carries.
     pub fn len(&self) -> usize {
         (self.last_seq - self.first_seq + 1) as usize
     }
@@ -47,7 +50,8 @@ pub struct SkippedRecord {
     pub stream: Stream,
     pub device_id: String,
     pub seq: u64,
-    /// The body found: "observation", "alarm", "device_status", "adt_event" or "empty".
+    /// The body found: "observation", "alarm", "device_status", "adt_event", "dead_letter" or
+    /// "empty".
     pub kind: &'static str,
 }
 
@@ -64,10 +68,11 @@ enum Content {
     Observation(Observation),
     Alarm(Alarm),
     Adt(AdtEvent),
+    DeadLetter(DeadLetter),
 }
 
 /// Groups records into bundles of at most `max_per_bundle` consecutive seqs of one device's
-/// stream (alarms and ADT events: one per bundle).
+/// stream (alarms, ADT events and dead letters: one per bundle).
 ///
 /// A bundle ends at a stream or device change, a seq gap (including a skipped record whose body
 /// does not belong to its stream), a bed change, a patient change (a bundle never mixes
@@ -105,12 +110,14 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
                 trim_in_place(&mut adt.patient_id);
                 Content::Adt(adt)
             }
+            (Stream::DeadLetters, Some(Body::DeadLetter(dl))) => Content::DeadLetter(dl),
             (stream, other) => {
                 let kind = match other {
                     Some(Body::Observation(_)) => "observation",
                     Some(Body::Alarm(_)) => "alarm",
                     Some(Body::DeviceStatus(_)) => "device_status",
                     Some(Body::AdtEvent(_)) => "adt_event",
+                    Some(Body::DeadLetter(_)) => "dead_letter",
                     None => "empty",
                 };
                 plan.skipped.push(SkippedRecord {
@@ -126,6 +133,8 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
             Content::Observation(obs) => (max_per_bundle, obs.patient_id.clone()),
             Content::Alarm(alarm) => (1, alarm.patient_id.clone()),
             Content::Adt(adt) => (1, adt.patient_id.clone()),
+            // Never a patient: the key is the device id.
+            Content::DeadLetter(_) => (1, String::new()),
         };
         let extends = plan.bundles.last().is_some_and(|b| {
             b.stream == rec.stream
@@ -141,11 +150,14 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
                 bundle.observations.push(obs);
             }
             (_, content) => {
-                let (observations, alarm, adt) = match content {
-                    Content::Observation(obs) => (vec![obs], None, None),
-                    Content::Alarm(alarm) => (Vec::new(), Some(alarm), None),
-                    Content::Adt(adt) => (Vec::new(), None, Some(adt)),
-                };
+                let (mut observations, mut alarm, mut adt, mut dead_letter) =
+                    (Vec::new(), None, None, None);
+                match content {
+                    Content::Observation(obs) => observations.push(obs),
+                    Content::Alarm(a) => alarm = Some(a),
+                    Content::Adt(a) => adt = Some(a),
+                    Content::DeadLetter(dl) => dead_letter = Some(dl),
+                }
                 plan.bundles.push(PlannedBundle {
                     stream: rec.stream,
                     device_id: rec.device_id,
@@ -156,6 +168,7 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
                     observations,
                     alarm,
                     adt,
+                    dead_letter,
                 });
             }
         }
@@ -198,7 +211,7 @@ pub fn markable(bundles: &[PlannedBundle], delivered: &[bool]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use icu_protos::v1::{AdtEvent, Alarm, StoredRecord};
+    use icu_protos::v1::{AdtEvent, Alarm, DeadLetter, StoredRecord};
 
     fn obs_rec(device: &str, seq: u64) -> OutboxRecord {
         OutboxRecord {
@@ -461,6 +474,94 @@ mod tests {
                 seq: 3,
                 kind: "observation"
             }]
+        );
+    }
+
+    fn dl_rec(device: &str, seq: u64, reason: &str) -> OutboxRecord {
+        OutboxRecord {
+            stream: Stream::DeadLetters,
+            device_id: device.into(),
+            seq,
+            bed: "bed-1".into(),
+            record: StoredRecord {
+                gateway_id: "gw".into(),
+                device_id: device.into(),
+                seq,
+                body: Some(Body::DeadLetter(DeadLetter {
+                    reason: reason.into(),
+                    ..Default::default()
+                })),
+            },
+        }
+    }
+
+    #[test]
+    fn dead_letters_are_one_per_bundle_keyed_by_device_and_drained_last() {
+        let mut wrong_body = dl_rec("mllp", 3, "x");
+        wrong_body.record.body = Some(Body::Observation(Observation::default()));
+        let mut dl_in_obs_stream = obs_rec("mon-1", 2);
+        dl_in_obs_stream.record.body = dl_rec("mon-1", 2, "misfiled").record.body;
+        let records = vec![
+            dl_rec("mllp", 2, "second"),
+            obs_for("mon-1", 1, "P1"),
+            dl_rec("mllp", 1, "first"),
+            wrong_body,
+            dl_rec("mllp", 4, "fourth"),
+            dl_rec("mon-1", 1, "other device"),
+            adt_rec(1, "A01", "P1"),
+            dl_in_obs_stream,
+        ];
+        let plan = plan_bundles(records, 100);
+        let summary: Vec<(Stream, &str, u64, u64, &str)> = plan
+            .bundles
+            .iter()
+            .map(|b| {
+                (
+                    b.stream,
+                    b.device_id.as_str(),
+                    b.first_seq,
+                    b.last_seq,
+                    b.patient_id.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Stream::Adt, "adt", 1, 1, "P1"),
+                (Stream::Observations, "mon-1", 1, 1, "P1"),
+                (Stream::DeadLetters, "mllp", 1, 1, ""),
+                (Stream::DeadLetters, "mllp", 2, 2, ""),
+                (Stream::DeadLetters, "mllp", 4, 4, ""),
+                (Stream::DeadLetters, "mon-1", 1, 1, ""),
+            ],
+            "dead letters last, one per bundle, never a patient"
+        );
+        let reasons: Vec<&str> = plan.bundles[2..]
+            .iter()
+            .map(|b| b.dead_letter.as_ref().unwrap().reason.as_str())
+            .collect();
+        assert_eq!(reasons, ["first", "second", "fourth", "other device"]);
+        assert!(plan.bundles[2..]
+            .iter()
+            .all(|b| b.observations.is_empty() && b.alarm.is_none() && b.adt.is_none()));
+        assert!(plan.bundles[..2].iter().all(|b| b.dead_letter.is_none()));
+        assert_eq!(
+            plan.skipped,
+            [
+                SkippedRecord {
+                    stream: Stream::Observations,
+                    device_id: "mon-1".into(),
+                    seq: 2,
+                    kind: "dead_letter"
+                },
+                SkippedRecord {
+                    stream: Stream::DeadLetters,
+                    device_id: "mllp".into(),
+                    seq: 3,
+                    kind: "observation"
+                },
+            ]
         );
     }
 }

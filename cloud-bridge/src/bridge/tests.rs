@@ -4,7 +4,7 @@ use icu_protos::v1::{stored_record::Body, Observation, StoredRecord};
 
 use super::*;
 use crate::outbox::{MemoryOutbox, OutboxRecord};
-use icu_protos::v1::AdtEvent;
+use icu_protos::v1::{AdtEvent, DeadLetter};
 
 fn obs_record(device: &str, seq: u64) -> OutboxRecord {
     OutboxRecord {
@@ -123,6 +123,13 @@ fn config_is_validated_with_field_names() {
         ),
         (
             BridgeConfig {
+                topic_deadletter: " ".into(),
+                ..quick_config("k:9092")
+            },
+            "topic_deadletter",
+        ),
+        (
+            BridgeConfig {
                 topic_alarms: String::new(),
                 ..quick_config("k:9092")
             },
@@ -166,6 +173,10 @@ fn default_config_matches_the_documented_defaults() {
     assert_eq!(c.topic(Stream::Observations), "icu.observations");
     assert_eq!(c.topic(Stream::Alarms), "icu.alarms");
     assert_eq!(c.topic(Stream::Adt), "icu.adt");
+    assert_eq!(c.topic_deadletter, "icu.deadletter");
+    assert_eq!(c.topic(Stream::DeadLetters), "icu.deadletter");
+    let topics: BTreeSet<&str> = Stream::ALL.iter().map(|s| c.topic(*s)).collect();
+    assert_eq!(topics.len(), Stream::ALL.len(), "one topic per stream");
     assert_eq!(
         (c.fetch_limit, c.max_per_bundle, c.message_timeout_ms),
         (2000, 100, 30_000)
@@ -243,14 +254,48 @@ fn key_is_the_patient_when_associated_else_the_device() {
             })),
         },
     };
-    let plan = plan::plan_bundles(vec![with_patient, obs_record("mon-1", 2), adt], 100);
+    let dead_letter = OutboxRecord {
+        stream: Stream::DeadLetters,
+        device_id: "mon-2".into(),
+        seq: 1,
+        bed: "bed-2".into(),
+        record: StoredRecord {
+            gateway_id: "gw-test".into(),
+            device_id: "mon-2".into(),
+            seq: 1,
+            body: Some(Body::DeadLetter(DeadLetter {
+                device_id: "mon-2".into(),
+                reason: "bad checksum".into(),
+                ..Default::default()
+            })),
+        },
+    };
+    let plan = plan::plan_bundles(
+        vec![with_patient, obs_record("mon-1", 2), adt, dead_letter],
+        100,
+    );
     let keys: Vec<RecordKey> = plan.bundles.iter().map(record_key).collect();
     assert_eq!(
         keys,
         [
             RecordKey::Patient("MRN9"),
             RecordKey::Patient("MRN123"),
-            RecordKey::Device("mon-1")
+            RecordKey::Device("mon-1"),
+            RecordKey::Device("mon-2")
+        ]
+    );
+    let content_types: Vec<&str> = plan
+        .bundles
+        .iter()
+        .map(|b| content_type(b.stream))
+        .collect();
+    assert_eq!(
+        content_types,
+        [
+            headers::CONTENT_TYPE_FHIR_JSON,
+            headers::CONTENT_TYPE_FHIR_JSON,
+            headers::CONTENT_TYPE_FHIR_JSON,
+            headers::CONTENT_TYPE_JSON
         ]
     );
     assert_eq!(keys[0].as_str(), "MRN9");

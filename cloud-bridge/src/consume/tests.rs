@@ -262,3 +262,45 @@ fn adt_and_alarm_records_are_accounted_by_their_seq_headers() {
     assert_eq!(report.devices["mon-1"].distinct_seqs, 1);
     assert!(!report.devices.contains_key("MRN1"));
 }
+
+#[test]
+fn dead_letter_json_is_not_unparseable_and_counts_its_seqs() {
+    let key = GatewayKey::generate();
+    let dl = icu_protos::v1::DeadLetter {
+        transport: "mllp".into(),
+        reason: "bad segment".into(),
+        raw: b"MSH|".to_vec(),
+        raw_len: 4,
+        ..Default::default()
+    };
+    let dead_letter = |seq: u64, offset: i64| {
+        let value = crate::deadletter::dead_letter_json("gw1", "mon-1", seq, &dl).unwrap();
+        let signature = base64::engine::general_purpose::STANDARD.encode(key.sign(&value));
+        let headers: BTreeMap<String, String> = [
+            (headers::SIGNATURE, signature.as_str()),
+            (headers::SIGNATURE_ALG, "ed25519"),
+            (headers::KEY_ID, key.key_id()),
+            (headers::DEVICE_ID, "mon-1"),
+            (headers::SEQ_FIRST, &seq.to_string()),
+            (headers::SEQ_LAST, &seq.to_string()),
+            (headers::CONTENT_TYPE, headers::CONTENT_TYPE_JSON),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        ConsumedRecord::new(
+            0,
+            offset,
+            Some("mon-1".into()),
+            headers,
+            value,
+            Some(&key.verifying_key()),
+        )
+    };
+    let records = vec![dead_letter(1, 0), dead_letter(3, 1)];
+    let report = report_from_records(&records, Some(&key.verifying_key()));
+    assert_eq!((report.signatures_ok, report.unparseable), (2, 0));
+    let dev = &report.devices["mon-1"];
+    assert_eq!((dev.records, dev.observations), (2, 0));
+    assert_eq!(dev.gaps, [(2, 2)]);
+}

@@ -78,6 +78,8 @@ pub enum WriteRequest {
 
 /// The outbox source id of ADT events.
 pub const ADT_SOURCE: &str = "adt";
+/// The outbox device id of dead letters that no configured device can be blamed for.
+pub const UNATTRIBUTED: &str = "unattributed";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -244,7 +246,33 @@ impl StoreDb {
                             last_seq: last,
                         }
                     }
-                    WriteRequest::DeadLetter(d) => insert_dead_letter(&sp, d)?,
+                    WriteRequest::DeadLetter(d) => {
+                        let out = insert_dead_letter(&sp, d)?;
+                        // Also into the outbox, for icu.deadletter.
+                        let device = d.device_id.clone().unwrap_or_else(|| UNATTRIBUTED.into());
+                        let body = stored_record::Body::DeadLetter(icu_protos::v1::DeadLetter {
+                            received_us: d.received_us,
+                            transport: d.transport.clone(),
+                            peer: d.peer.clone(),
+                            device_id: d.device_id.clone().unwrap_or_default(),
+                            stream_offset: d.stream_offset,
+                            ack_code: d.ack_code.clone(),
+                            error_code: u32::from(d.error_code),
+                            location: d.location.clone().unwrap_or_default(),
+                            reason: d.reason.clone(),
+                            raw: d.raw.clone(),
+                            raw_len: d.raw_len as u64,
+                        });
+                        insert_records(
+                            &sp,
+                            &gateway_id,
+                            Stream::DeadLetters,
+                            &device,
+                            "",
+                            vec![(d.received_us, body)],
+                        )?;
+                        out
+                    }
                 };
                 sp.commit()?;
                 Ok::<_, rusqlite::Error>(out)
@@ -345,7 +373,9 @@ fn insert_records(
             match &mut body {
                 stored_record::Body::Observation(o) => o.seq = seq as u64,
                 stored_record::Body::Alarm(a) => a.seq = seq as u64,
-                stored_record::Body::AdtEvent(_) | stored_record::Body::DeviceStatus(_) => {}
+                stored_record::Body::AdtEvent(_)
+                | stored_record::Body::DeviceStatus(_)
+                | stored_record::Body::DeadLetter(_) => {}
             }
             let rec = StoredRecord {
                 gateway_id: gateway_id.to_owned(),
