@@ -236,6 +236,10 @@ pub fn run_medibus(
                 next_update = std::time::Instant::now() + period;
             }
             let Some(p) = pty.as_mut() else { continue };
+            if control.garbage.swap(0, Ordering::Relaxed) > 0 {
+                // A response with a corrupt checksum, as line noise would make it.
+                let _ = p.master.write_all(b"\x01$7D  22 00\r");
+            }
             let n = drain_into(&mut p.master, &mut buf);
             if n == 0 {
                 std::thread::sleep(Duration::from_millis(5));

@@ -33,6 +33,11 @@ message_timeout_ms = 5000
 [[beds]]
 id = "bed-01"
 [[devices]]
+id = "mon-01"
+bed = "bed-01"
+protocol = "pcd01"
+match = "0012AB0000000001"
+[[devices]]
 id = "spo2-01"
 bed = "bed-01"
 protocol = "masimo"
@@ -141,7 +146,11 @@ fn masimo_over_a_pty_reaches_kafka_and_survives_a_cable_pull() {
     assert!(v["stream_offset"].as_u64().unwrap() > 0);
     assert!(!v["reason"].as_str().unwrap().is_empty());
 
-    // Cable pull: the line drops, the device goes silent and raises a technical alarm.
+    // Cable pull: the line drops, the device goes silent and raises a technical alarm, while
+    // the bed's monitor keeps sending over MLLP and misses nothing.
+    let mllp = gw.endpoints.mllp;
+    let manifest = dir.path().join("monitor.jsonl");
+    let monitor = std::thread::spawn(move || support::run_sim(mllp, 1, 40, 3.0, &manifest));
     control.unplugged.store(true, Ordering::Relaxed);
     let d = wait_for(
         Duration::from_secs(30),
@@ -172,6 +181,22 @@ fn masimo_over_a_pty_reaches_kafka_and_survives_a_cable_pull() {
         },
     )
     .unwrap_or_else(|e| panic!("{e}: {}\nlog:\n{}", device(&gw, "spo2-01"), gw.log_text()));
+
+    let monitor = monitor.join().unwrap();
+    assert!(monitor.ok, "{}", monitor.stdout);
+    wait_for(
+        Duration::from_secs(30),
+        "every monitor reading on kafka",
+        || {
+            let (r, _) = read("icu.observations");
+            let d = r.devices.get("mon-01")?;
+            (d.distinct_seqs == monitor.accepted.len() as u64
+                && d.gaps.is_empty()
+                && d.duplicate_seqs == 0)
+                .then_some(())
+        },
+    )
+    .unwrap();
 
     // Both alarm state changes (start, end) reach icu.alarms, signed.
     let (alarms, recs) = wait_for(
@@ -266,6 +291,28 @@ fn medibus_ventilator_over_a_pty_is_polled_and_reaches_kafka() {
         control.records.load(Ordering::Relaxed) >= 2,
         "the gateway polls measured data"
     );
+
+    // A frame with a corrupt checksum: dead-lettered, the session re-initialises, data goes on.
+    let before = control.records.load(Ordering::Relaxed);
+    control.garbage.store(1, Ordering::Relaxed);
+    wait_for(Duration::from_secs(20), "a medibus dead letter", || {
+        let c = rusqlite::Connection::open(gw.db_path()).ok()?;
+        let n: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM dead_letters WHERE transport = 'serial:medibus'",
+                [],
+                |r| r.get(0),
+            )
+            .ok()?;
+        (n >= 1).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_text()));
+    wait_for(Duration::from_secs(20), "polling resumed", || {
+        (control.records.load(Ordering::Relaxed) >= before + 3
+            && device(&gw, "vent-01")["state"] == "online")
+            .then_some(())
+    })
+    .unwrap();
 
     control.stop.store(true, Ordering::Relaxed);
     let _ = sim.join();
