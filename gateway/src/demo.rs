@@ -84,6 +84,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
                 seed: 42,
                 ack_timeout: Duration::from_secs(10),
                 max_attempts: 3,
+                scenario: None,
             },
             Some(stop_rx),
         ));

@@ -27,6 +27,8 @@ pub struct ValueView {
     pub device_time: Option<String>,
     pub receive_time: String,
     pub receive_time_us: i64,
+    #[serde(skip)]
+    event_time_us: i64,
 }
 
 /// An active alarm as the page shows it.
@@ -153,12 +155,12 @@ impl LiveState {
             }
             if let Some((_, values)) = inner.beds.get_mut(bed) {
                 for o in obs {
+                    // Latest by the value's own time: a late (out-of-order) value does not
+                    // replace a newer one.
+                    let at = o.device_time_us.unwrap_or(o.receive_time_us);
                     let newer = values
                         .get(&o.mdc_code)
-                        .map(|v| {
-                            o.device_time_us.unwrap_or(o.receive_time_us) >= v.receive_time_us
-                                || v.device_id != o.device_id
-                        })
+                        .map(|v| at >= v.event_time_us || v.device_id != o.device_id)
                         .unwrap_or(true);
                     if !newer {
                         continue;
@@ -177,6 +179,7 @@ impl LiveState {
                             device_time: o.device_time_us.map(rfc3339),
                             receive_time: rfc3339(o.receive_time_us),
                             receive_time_us: o.receive_time_us,
+                            event_time_us: at,
                         },
                     );
                 }

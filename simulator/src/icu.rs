@@ -105,6 +105,8 @@ pub struct IcuOptions {
     pub seed: u64,
     /// Monitor messages per second per bed.
     pub rate_hz: f64,
+    /// A scripted scenario for one bed's monitor.
+    pub scenario: Option<crate::run::Scenario>,
 }
 
 /// Per device: what the gateway acknowledged (or received whole over a serial line).
@@ -296,6 +298,7 @@ pub async fn run(opts: IcuOptions) -> anyhow::Result<IcuReport> {
             seed: opts.seed,
             ack_timeout: Duration::from_secs(10),
             max_attempts: 5,
+            scenario: opts.scenario,
         },
         None,
     )

@@ -40,6 +40,11 @@ enum Command {
         /// Write every accepted observation as JSON lines to this file.
         #[arg(long)]
         manifest: Option<std::path::PathBuf>,
+        /// A scripted scenario for one bed: NAME[:BED[:AFTER_MESSAGES]] with NAME one of
+        /// deterioration, desaturation, apnea, clock-skew=SECONDS, out-of-order, duplicates,
+        /// garbage. E.g. `desaturation:2:10`.
+        #[arg(long, value_parser = icu_sim::run::Scenario::parse)]
+        scenario: Option<icu_sim::run::Scenario>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -83,6 +88,9 @@ enum Command {
         /// Write the per-device counts as JSON to this file.
         #[arg(long)]
         report: Option<std::path::PathBuf>,
+        /// A scripted scenario for one bed's monitor (see `icu-sim pcd01 --help`).
+        #[arg(long, value_parser = icu_sim::run::Scenario::parse)]
+        scenario: Option<icu_sim::run::Scenario>,
     },
 }
 
@@ -120,6 +128,7 @@ fn main() -> anyhow::Result<()> {
             seed,
             rate,
             report,
+            scenario,
         } => {
             let rt = tokio::runtime::Runtime::new()?;
             let r = rt.block_on(icu_sim::icu::run(icu_sim::icu::IcuOptions {
@@ -132,6 +141,7 @@ fn main() -> anyhow::Result<()> {
                 duration: Duration::from_secs(duration_secs),
                 seed,
                 rate_hz: rate,
+                scenario,
             }))?;
             let text = serde_json::to_string_pretty(&r)?;
             if let Some(path) = report {
@@ -152,6 +162,7 @@ fn main() -> anyhow::Result<()> {
             seed,
             manifest,
             json,
+            scenario,
         } => {
             let messages = if messages.is_none() && duration_secs.is_none() {
                 Some(10)
@@ -165,6 +176,7 @@ fn main() -> anyhow::Result<()> {
                 messages_per_bed: messages,
                 duration: duration_secs.map(Duration::from_secs),
                 seed,
+                scenario,
                 ..Default::default()
             };
             let rt = tokio::runtime::Runtime::new()?;

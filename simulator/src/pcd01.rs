@@ -26,8 +26,10 @@ pub struct SentObservation {
 /// A simulated monitor at one bed.
 pub struct Monitor {
     pub bed: SimBed,
-    patient: Patient,
+    pub patient: Patient,
     counter: u64,
+    /// Seconds added to every timestamp the monitor writes (a monitor with a wrong clock).
+    pub clock_skew_s: i64,
 }
 
 struct Metric {
@@ -132,12 +134,14 @@ impl Monitor {
             bed,
             patient,
             counter: 0,
+            clock_skew_s: 0,
         }
     }
 
     /// Builds the next message (segments joined by `\r`) and what it carries.
     pub fn next_message(&mut self, now: DateTime<Utc>) -> (String, Vec<SentObservation>) {
         self.counter += 1;
+        let now = now + chrono::Duration::seconds(self.clock_skew_s);
         let v: Vitals = self.patient.step();
         let control_id = format!("{}-{:08}", self.bed.device_id.to_uppercase(), self.counter);
         let eui = &self.bed.monitor_eui64;

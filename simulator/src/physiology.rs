@@ -24,10 +24,24 @@ impl Vitals {
     }
 }
 
+/// A clinical course applied to a patient from a given step on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Course {
+    /// Sepsis-like: heart and respiratory rate rise, blood pressure falls, fever.
+    Deterioration,
+    /// SpO2 falls by about one point per step down to about 80 %.
+    Desaturation,
+    /// Breathing stops: respiratory rate 0, SpO2 falls.
+    Apnea,
+}
+
 pub struct Patient {
     rng: StdRng,
     baseline: Vitals,
     now: Vitals,
+    step: u64,
+    course: Option<(Course, u64)>,
 }
 
 impl Patient {
@@ -45,7 +59,39 @@ impl Patient {
             rng,
             now: baseline.clone(),
             baseline,
+            step: 0,
+            course: None,
         }
+    }
+
+    /// Starts `course` at step `from` (0 = the next step).
+    pub fn set_course(&mut self, course: Course, from: u64) {
+        self.course = Some((course, from));
+    }
+
+    /// The baseline the vitals drift back to, shifted by the course.
+    fn target(&self) -> Vitals {
+        let mut t = self.baseline.clone();
+        if let Some((course, from)) = self.course {
+            let k = self.step.saturating_sub(from) as f64;
+            if self.step >= from {
+                match course {
+                    Course::Deterioration => {
+                        t.heart_rate += (k * 1.0).min(45.0);
+                        t.resp_rate += (k * 0.4).min(16.0);
+                        t.nibp_sys -= (k * 1.0).min(45.0);
+                        t.nibp_dia -= (k * 0.5).min(25.0);
+                        t.temp_c += (k * 0.05).min(2.0);
+                    }
+                    Course::Desaturation => t.spo2 = (t.spo2 - k).max(80.0),
+                    Course::Apnea => {
+                        t.resp_rate = 0.0;
+                        t.spo2 = (t.spo2 - k * 0.7).max(75.0);
+                    }
+                }
+            }
+        }
+        t
     }
 
     /// Advances one step and returns the rounded values a monitor would display.
@@ -53,13 +99,18 @@ impl Patient {
         let walk = |rng: &mut StdRng, v: f64, base: f64, sd: f64| -> f64 {
             v + 0.2 * (base - v) + rng.gen_range(-sd..sd)
         };
+        let target = self.target();
+        self.step += 1;
         let r = &mut self.rng;
-        self.now.heart_rate = walk(r, self.now.heart_rate, self.baseline.heart_rate, 2.0);
-        self.now.spo2 = walk(r, self.now.spo2, self.baseline.spo2, 0.6).min(100.0);
-        self.now.resp_rate = walk(r, self.now.resp_rate, self.baseline.resp_rate, 1.0);
-        self.now.temp_c = walk(r, self.now.temp_c, self.baseline.temp_c, 0.05);
-        self.now.nibp_sys = walk(r, self.now.nibp_sys, self.baseline.nibp_sys, 3.0);
-        self.now.nibp_dia = walk(r, self.now.nibp_dia, self.baseline.nibp_dia, 2.0);
+        self.now.heart_rate = walk(r, self.now.heart_rate, target.heart_rate, 2.0);
+        self.now.spo2 = walk(r, self.now.spo2, target.spo2, 0.6).min(100.0);
+        self.now.resp_rate = walk(r, self.now.resp_rate, target.resp_rate, 1.0).max(0.0);
+        if target.resp_rate == 0.0 {
+            self.now.resp_rate = 0.0;
+        }
+        self.now.temp_c = walk(r, self.now.temp_c, target.temp_c, 0.05);
+        self.now.nibp_sys = walk(r, self.now.nibp_sys, target.nibp_sys, 3.0);
+        self.now.nibp_dia = walk(r, self.now.nibp_dia, target.nibp_dia, 2.0);
         Vitals {
             heart_rate: self.now.heart_rate.round(),
             spo2: self.now.spo2.round(),
@@ -74,6 +125,30 @@ impl Patient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn courses_move_the_vitals_the_way_they_should() {
+        let run = |course: Option<Course>| {
+            let mut p = Patient::new(11);
+            if let Some(c) = course {
+                p.set_course(c, 10);
+            }
+            (0..80).map(|_| p.step()).last().unwrap()
+        };
+        let calm = run(None);
+        let septic = run(Some(Course::Deterioration));
+        assert!(
+            septic.heart_rate > calm.heart_rate + 25.0,
+            "{septic:?} vs {calm:?}"
+        );
+        assert!(septic.resp_rate > calm.resp_rate + 8.0);
+        assert!(septic.nibp_sys < calm.nibp_sys - 25.0);
+        let desat = run(Some(Course::Desaturation));
+        assert!(desat.spo2 <= 84.0, "{desat:?}");
+        let apnea = run(Some(Course::Apnea));
+        assert_eq!(apnea.resp_rate, 0.0);
+        assert!(apnea.spo2 < calm.spo2 - 10.0);
+    }
 
     #[test]
     fn same_seed_same_values_and_plausible_ranges() {

@@ -15,7 +15,67 @@ use tokio::sync::watch;
 use tokio_util::codec::Framed;
 
 use crate::pcd01::{Monitor, SentObservation};
+use crate::physiology::Course;
 use crate::SimBed;
+
+/// A scripted scenario for one bed's monitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum ScenarioKind {
+    /// A clinical course (deterioration, desaturation, apnea).
+    Course(Course),
+    /// The monitor's clock is off by this many seconds.
+    ClockSkew(i64),
+    /// Pairs of messages arrive newest first.
+    OutOfOrder,
+    /// Every message is sent twice (as after a lost ACK); the gateway must store it once.
+    Duplicates,
+    /// Garbage bytes on the line before every message.
+    Garbage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Scenario {
+    pub kind: ScenarioKind,
+    /// 1-based bed number.
+    pub bed: usize,
+    /// Messages sent normally before the scenario starts.
+    pub after_messages: u64,
+}
+
+impl Scenario {
+    /// Parses `NAME[:BED[:AFTER]]`, e.g. `desaturation:2:10` or `clock-skew=-300:1`.
+    pub fn parse(s: &str) -> Result<Scenario, String> {
+        let mut parts = s.split(':');
+        let name = parts.next().unwrap_or_default();
+        let bed = parts
+            .next()
+            .map_or(Ok(1), |b| b.parse().map_err(|_| format!("bad bed '{b}'")))?;
+        let after = parts
+            .next()
+            .map_or(Ok(0), |a| a.parse().map_err(|_| format!("bad start '{a}'")))?;
+        let kind = match name.split_once('=') {
+            Some(("clock-skew", secs)) => ScenarioKind::ClockSkew(
+                secs.parse().map_err(|_| format!("bad clock skew '{secs}'"))?,
+            ),
+            _ => match name {
+                "deterioration" => ScenarioKind::Course(Course::Deterioration),
+                "desaturation" => ScenarioKind::Course(Course::Desaturation),
+                "apnea" => ScenarioKind::Course(Course::Apnea),
+                "out-of-order" => ScenarioKind::OutOfOrder,
+                "duplicates" => ScenarioKind::Duplicates,
+                "garbage" => ScenarioKind::Garbage,
+                other => return Err(format!(
+                    "unknown scenario '{other}' (deterioration, desaturation, apnea, clock-skew=SECONDS, out-of-order, duplicates, garbage)"
+                )),
+            },
+        };
+        Ok(Scenario {
+            kind,
+            bed,
+            after_messages: after,
+        })
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -32,6 +92,7 @@ pub struct RunOptions {
     pub ack_timeout: Duration,
     /// How often one message is tried before it counts as unanswered.
     pub max_attempts: u32,
+    pub scenario: Option<Scenario>,
 }
 
 impl Default for RunOptions {
@@ -45,6 +106,7 @@ impl Default for RunOptions {
             seed: 42,
             ack_timeout: Duration::from_secs(10),
             max_attempts: 5,
+            scenario: None,
         }
     }
 }
@@ -99,6 +161,7 @@ async fn send_one(
     conn: &mut Option<Framed<TcpStream, MllpCodec>>,
     target: &str,
     msg: &str,
+    garbage: bool,
     timeout: Duration,
 ) -> anyhow::Result<Vec<u8>> {
     if conn.is_none() {
@@ -109,16 +172,45 @@ async fn send_one(
         *conn = Some(Framed::new(s, MllpCodec::new(1 << 20)));
     }
     let framed = conn.as_mut().context("no connection")?;
-    framed.send(msg.as_bytes()).await?;
-    let reply = tokio::time::timeout(timeout, framed.next())
-        .await
-        .context("no ACK within the timeout")?;
-    match reply {
-        Some(Ok(MllpEvent::Frame { payload, .. })) => Ok(payload.to_vec()),
-        Some(Ok(other)) => anyhow::bail!("unexpected bytes instead of an ACK: {other:?}"),
-        Some(Err(e)) => Err(e.into()),
-        None => anyhow::bail!("connection closed before the ACK"),
+    if garbage {
+        // Line noise before the frame: the gateway answers it with its own AR first.
+        use tokio::io::AsyncWriteExt;
+        framed.get_mut().write_all(b"\x07noise\xff\xfe").await?;
     }
+    framed.send(msg.as_bytes()).await?;
+    loop {
+        let reply = tokio::time::timeout(timeout, framed.next())
+            .await
+            .context("no ACK within the timeout")?;
+        match reply {
+            Some(Ok(MllpEvent::Frame { payload, .. })) => {
+                if garbage
+                    && ack_code(&payload).as_deref() == Some("AR")
+                    && !acks_control_id(&payload, msg)
+                {
+                    continue; // the answer to the noise
+                }
+                return Ok(payload.to_vec());
+            }
+            Some(Ok(other)) => anyhow::bail!("unexpected bytes instead of an ACK: {other:?}"),
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("connection closed before the ACK"),
+        }
+    }
+}
+
+/// Whether an ACK's MSA-2 is the control id (MSH-10) of `msg`.
+fn acks_control_id(ack: &[u8], msg: &str) -> bool {
+    let control = msg
+        .split('\r')
+        .next()
+        .and_then(|msh| msh.split('|').nth(9))
+        .unwrap_or("");
+    let text = String::from_utf8_lossy(ack);
+    text.split(['\r', '\n'])
+        .find(|s| s.starts_with("MSA|"))
+        .and_then(|s| s.split('|').nth(2))
+        == Some(control)
 }
 
 /// Resolves once `stop` turns true; never if its sender is gone without saying so.
@@ -139,7 +231,13 @@ async fn run_bed(
     mut stop: watch::Receiver<bool>,
 ) -> (String, DeviceReport, Vec<SentObservation>, Vec<String>) {
     let device = bed.device_id.clone();
+    let scenario = opts.scenario.filter(|s| s.bed == bed.index);
     let mut monitor = Monitor::new(bed, opts.seed);
+    match scenario.map(|s| (s.kind, s.after_messages)) {
+        Some((ScenarioKind::Course(c), after)) => monitor.patient.set_course(c, after),
+        Some((ScenarioKind::ClockSkew(secs), _)) => monitor.clock_skew_s = secs,
+        _ => {}
+    }
     let mut report = DeviceReport::default();
     let mut accepted = Vec::new();
     let mut rejections = Vec::new();
@@ -160,44 +258,60 @@ async fn run_bed(
         if *stop.borrow() {
             break;
         }
-        let (msg, sent) = monitor.next_message(chrono::Utc::now());
-        report.messages += 1;
-        let mut answered = false;
-        for attempt in 0..opts.max_attempts.max(1) {
-            if attempt > 0 {
-                report.resends += 1;
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-            }
-            match send_one(&mut conn, &opts.target, &msg, opts.ack_timeout).await {
-                Ok(ack) => {
-                    answered = true;
-                    match ack_code(&ack).as_deref() {
-                        Some("AA") | Some("CA") => {
-                            report.aa += 1;
-                            report.observations_accepted += sent.len() as u64;
-                            accepted.extend(sent.iter().cloned());
-                        }
-                        code => {
-                            if code == Some("AE") || code == Some("CE") {
-                                report.ae += 1;
-                            } else {
-                                report.ar += 1;
-                            }
-                            if rejections.len() < 20 {
-                                rejections.push(String::from_utf8_lossy(&ack).replace('\r', "\n"));
-                            }
-                        }
-                    }
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(device = %device, attempt, error = %e, "message not acknowledged; reconnecting");
-                    conn = None;
-                }
-            }
+        let active = scenario
+            .filter(|s| report.messages >= s.after_messages)
+            .map(|s| s.kind);
+        let now = chrono::Utc::now();
+        let mut batch = vec![monitor.next_message(now)];
+        if active == Some(ScenarioKind::OutOfOrder) {
+            // A second, newer message goes out before the first.
+            batch.insert(0, monitor.next_message(now + chrono::Duration::seconds(1)));
         }
-        if !answered {
-            report.unanswered += 1;
+        if active == Some(ScenarioKind::Duplicates) {
+            let again = batch[0].clone();
+            batch.push((again.0, Vec::new()));
+        }
+        for (msg, sent) in batch {
+            report.messages += 1;
+            let mut answered = false;
+            for attempt in 0..opts.max_attempts.max(1) {
+                if attempt > 0 {
+                    report.resends += 1;
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                }
+                let garbage = active == Some(ScenarioKind::Garbage);
+                match send_one(&mut conn, &opts.target, &msg, garbage, opts.ack_timeout).await {
+                    Ok(ack) => {
+                        answered = true;
+                        match ack_code(&ack).as_deref() {
+                            Some("AA") | Some("CA") => {
+                                report.aa += 1;
+                                report.observations_accepted += sent.len() as u64;
+                                accepted.extend(sent.iter().cloned());
+                            }
+                            code => {
+                                if code == Some("AE") || code == Some("CE") {
+                                    report.ae += 1;
+                                } else {
+                                    report.ar += 1;
+                                }
+                                if rejections.len() < 20 {
+                                    rejections
+                                        .push(String::from_utf8_lossy(&ack).replace('\r', "\n"));
+                                }
+                            }
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(device = %device, attempt, error = %e, "message not acknowledged; reconnecting");
+                        conn = None;
+                    }
+                }
+            }
+            if !answered {
+                report.unanswered += 1;
+            }
         }
     }
     (device, report, accepted, rejections)

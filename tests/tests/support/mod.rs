@@ -201,8 +201,21 @@ pub struct SimRun {
 
 /// Runs the real `icu-sim pcd01` binary against `mllp` and reads its manifest.
 pub fn run_sim(mllp: SocketAddr, beds: usize, messages: u64, rate: f64, manifest: &Path) -> SimRun {
+    run_sim_with(mllp, beds, messages, rate, manifest, &[])
+}
+
+/// As [`run_sim`], with extra `icu-sim pcd01` arguments (e.g. `--scenario`).
+pub fn run_sim_with(
+    mllp: SocketAddr,
+    beds: usize,
+    messages: u64,
+    rate: f64,
+    manifest: &Path,
+    extra: &[&str],
+) -> SimRun {
     let out = Command::new(bin_path("icu-sim"))
         .args(["pcd01", "--target", &mllp.to_string()])
+        .args(extra)
         .args([
             "--beds",
             &beds.to_string(),
