@@ -53,7 +53,8 @@ pub fn adt_location(bed: &SimBed) -> String {
 }
 
 /// The gateway config blocks (`[[beds]]`, `[[devices]]`) for this ICU; serial ports live in
-/// `serial_dir`.
+/// `serial_dir`. The ADT feed admits a patient to every bed at the start, discharges bed 1's
+/// patient a third into the run and transfers bed 2's patient into bed 1 at two thirds.
 pub fn config_blocks(plan: &[BedDevices], serial_dir: &std::path::Path) -> String {
     let mut s = String::new();
     for b in plan {
@@ -137,6 +138,62 @@ fn adt_admit(bed: &SimBed, now: chrono::DateTime<chrono::Utc>) -> String {
         ),
     ]
     .join("\r")
+}
+
+fn adt_move(
+    kind: &str,
+    patient_bed: &SimBed,
+    to: Option<&SimBed>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
+    let ts = now.format("%Y%m%d%H%M%S+0000");
+    let structure = match kind {
+        "A02" => "ADT_A02",
+        "A03" => "ADT_A03",
+        _ => "ADT_A01",
+    };
+    let (loc, prior) = match to {
+        Some(b) => (adt_location(b), adt_location(patient_bed)),
+        None => (adt_location(patient_bed), String::new()),
+    };
+    let discharge = if kind == "A03" {
+        ts.to_string()
+    } else {
+        String::new()
+    };
+    [
+        format!(
+            "MSH|^~\\&|ADT_SIM|HOSP|ICU_GW|ICU|{ts}||ADT^{kind}^{structure}|ADT-{kind}-{:04}|P|2.5",
+            patient_bed.index
+        ),
+        format!("EVN||{ts}"),
+        format!(
+            "PID|1||P{:06}^^^HOSP^MR||PATIENT^BED{}^^^^^L||19600101|F",
+            patient_bed.index, patient_bed.index
+        ),
+        format!(
+            "PV1|1|I|{loc}|||{prior}|||||||||||||V{:06}^^^HOSP^VN||||||||||||||||||||||||||{discharge}",
+            patient_bed.index
+        ),
+    ]
+    .join("\r")
+}
+
+/// Mid-run ADT traffic: the patient of bed 1 is discharged at a third of the run, and the
+/// patient of bed 2 is transferred into bed 1 at two thirds. Returns the messages acknowledged.
+async fn adt_course(opts: IcuOptions, plan: Vec<BedDevices>) -> u64 {
+    if plan.len() < 2 {
+        return 0;
+    }
+    let third = opts.duration / 3;
+    let mut acked = 0;
+    tokio::time::sleep(third).await;
+    let msg = adt_move("A03", &plan[0].bed, None, chrono::Utc::now());
+    acked += send_adt(&opts.mllp, vec![msg]).await.unwrap_or(0);
+    tokio::time::sleep(third).await;
+    let msg = adt_move("A02", &plan[1].bed, Some(&plan[0].bed), chrono::Utc::now());
+    acked += send_adt(&opts.mllp, vec![msg]).await.unwrap_or(0);
+    acked
 }
 
 async fn send_adt(mllp: &str, messages: Vec<String>) -> anyhow::Result<u64> {
@@ -276,6 +333,7 @@ pub async fn run(opts: IcuOptions) -> anyhow::Result<IcuReport> {
         }
     }
 
+    let adt = tokio::spawn(adt_course(opts.clone(), plan.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut pumps = Vec::new();
     for b in &plan {
@@ -304,6 +362,7 @@ pub async fn run(opts: IcuOptions) -> anyhow::Result<IcuReport> {
     )
     .await;
     let _ = stop_tx.send(true);
+    report.adt_messages_acked += adt.await.unwrap_or(0);
     for (device, control, handle, per) in serial {
         control.stop.store(true, Ordering::Relaxed);
         let _ = handle.join();
@@ -324,4 +383,29 @@ pub async fn run(opts: IcuOptions) -> anyhow::Result<IcuReport> {
         report.monitor_rejected += r.ae + r.ar + r.unanswered;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adt_feed_messages_decode_as_the_census_needs_them() {
+        let plan = plan(3);
+        let now = chrono::Utc::now();
+        let admit = icu_drivers::hl7::decode_adt(adt_admit(&plan[0].bed, now).as_bytes()).unwrap();
+        assert_eq!(admit.patient.id, "P000001");
+        assert_eq!(admit.location.unwrap().key(), "ICU^001^A");
+        let discharge =
+            icu_drivers::hl7::decode_adt(adt_move("A03", &plan[0].bed, None, now).as_bytes())
+                .unwrap();
+        assert!(discharge.discharge_time_us.is_some());
+        let transfer = icu_drivers::hl7::decode_adt(
+            adt_move("A02", &plan[1].bed, Some(&plan[0].bed), now).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(transfer.location.unwrap().key(), "ICU^001^A");
+        assert_eq!(transfer.prior_location.unwrap().key(), "ICU^002^A");
+        assert_eq!(plan.iter().filter(|b| b.oximeter.is_some()).count(), 1);
+    }
 }

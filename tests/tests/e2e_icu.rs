@@ -61,7 +61,11 @@ fn thirty_beds_for_sixty_seconds_arrive_exactly() {
     );
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
-    assert_eq!(report["adt_messages_acked"], BEDS as u64, "{stdout}");
+    assert_eq!(
+        report["adt_messages_acked"],
+        BEDS as u64 + 2,
+        "admissions, a discharge and a transfer: {stdout}"
+    );
     assert_eq!(report["monitor_rejected"], 0, "{stdout}");
     let expected: BTreeMap<String, u64> = report["observations"]
         .as_object()
