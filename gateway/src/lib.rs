@@ -6,6 +6,7 @@
 //! bridge to Kafka comes from `icu-cloud-bridge`. [`app`] wires them together and [`config`]
 //! validates the one config file. See ARCHITECTURE.md for one observation's path.
 
+pub mod alarm;
 pub mod app;
 pub mod census;
 pub mod clock;

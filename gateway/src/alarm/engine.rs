@@ -1,0 +1,1030 @@
+//! The alarm engine: rules and the alarm lifecycle, per bed, in event time.
+//!
+//! Owns: per-bed state (latest values, sustain timers, rate windows, clinician limit overrides,
+//! open alarm occurrences) and the lifecycle of each occurrence. Guarantees:
+//! - no I/O, no runtime, no wall clock: every entry point takes `now_us`, and rule evaluation
+//!   uses the reading's event time (device time, else receive time);
+//! - every state change is returned as exactly one [`Alarm`] record, in a deterministic order;
+//! - one open occurrence per (bed, condition); its `alarm_id` `<bed>:<condition>:<start_us>`
+//!   never changes from `start` to `end`;
+//! - a reading older than the last one applied for its bed and parameter never drives a rule;
+//!   beyond the allowed lateness it is counted in `late_readings`.
+//!
+//! Lifecycle (phases and states as in IHE PCD-04):
+//! - `start` (state `active`) when a condition begins (limit rules: after `sustain_s`);
+//! - `escalate` / `deescalate` when its priority changes; escalation clears an acknowledgement
+//!   and a silence, so the alarm sounds again;
+//! - `update` for acknowledge (`acknowledged`), silence (`silenced`), silence expiry, a latch
+//!   (`latched`) and a latched condition returning (`active`);
+//! - `end` (state `inactive`) when the condition clears, except that an alarm that was high
+//!   priority and not acknowledged since latches (as high) and ends only when acknowledged.
+//!
+//! No `continue` records are emitted: the page reads current texts with [`Engine::active`].
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use icu_protos::v1::{Alarm, Observation, ObservationStatus};
+use serde::Serialize;
+
+use super::config::{check_limits, AlarmConfig, Direction, LimitRule, Priority, RateRule};
+use super::news2::{self, News2Inputs, News2Param};
+use crate::config::FieldProblem;
+
+/// MDC_EVT_ALARM: the event code of technical alarms (and of NEWS2, which has no metric code).
+pub const MDC_EVT_ALARM: u32 = 196616;
+/// Source of the stale-feed technical alarm.
+pub const STALE_FEED_SOURCE: &str = "gateway:stale-feed";
+/// Source of the NEWS2 alarm.
+pub const NEWS2_SOURCE: &str = "news2";
+
+const US_PER_S: i64 = 1_000_000;
+
+/// PCD-04 event phase of one alarm record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Start,
+    Update,
+    Escalate,
+    Deescalate,
+    End,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Start => "start",
+            Phase::Update => "update",
+            Phase::Escalate => "escalate",
+            Phase::Deescalate => "deescalate",
+            Phase::End => "end",
+        }
+    }
+}
+
+/// State of an alarm occurrence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlarmState {
+    /// The condition holds and nobody has responded.
+    Active,
+    /// The condition ended but the (high-priority) alarm waits for acknowledgement.
+    Latched,
+    /// Acknowledged; the condition still holds.
+    Acknowledged,
+    /// Audio paused until a deadline.
+    Silenced,
+    /// Ended.
+    Inactive,
+}
+
+impl AlarmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlarmState::Active => "active",
+            AlarmState::Latched => "latched",
+            AlarmState::Acknowledged => "acknowledged",
+            AlarmState::Silenced => "silenced",
+            AlarmState::Inactive => "inactive",
+        }
+    }
+}
+
+/// PCD-04 alert type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum AlertType {
+    /// Physiological (`SP`).
+    #[serde(rename = "SP")]
+    Physiological,
+    /// Technical (`ST`).
+    #[serde(rename = "ST")]
+    Technical,
+}
+
+impl AlertType {
+    pub fn code(self) -> &'static str {
+        match self {
+            AlertType::Physiological => "SP",
+            AlertType::Technical => "ST",
+        }
+    }
+}
+
+/// An open alarm as the nurse's page shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlarmView {
+    pub alarm_id: String,
+    pub bed: String,
+    /// The rule or condition that raised it, e.g. `limit:spo2`.
+    pub source: String,
+    pub mdc_code: u32,
+    pub alert_type: AlertType,
+    /// Latest text, e.g. "SpO2 84 < 90".
+    pub text: String,
+    pub priority: Priority,
+    pub state: AlarmState,
+    /// Event time the occurrence started, µs since the Unix epoch.
+    pub since_us: i64,
+    pub device_id: String,
+    pub patient_id: String,
+    pub acknowledged_by: Option<String>,
+    pub silenced_by: Option<String>,
+    pub silenced_until_us: Option<i64>,
+}
+
+/// Counters, each also exposed as a metric by the gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EngineStats {
+    /// Readings that drove the rules.
+    pub readings: u64,
+    /// Readings without an alarmable value (status other than valid/corrected, no number).
+    pub ignored_readings: u64,
+    /// Readings older than the allowed lateness, not alarmed on.
+    pub late_readings: u64,
+    /// Readings out of order but within the allowed lateness, not alarmed on.
+    pub out_of_order_readings: u64,
+    pub alarms_started: u64,
+    pub alarms_ended: u64,
+    pub escalations: u64,
+    /// Alarm records emitted (every phase).
+    pub state_changes: u64,
+    /// `late_readings` per bed.
+    pub late_readings_by_bed: BTreeMap<String, u64>,
+}
+
+/// An action the engine refuses.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AlarmError {
+    #[error("bed {bed} has no open alarm {alarm_id}")]
+    UnknownAlarm { bed: String, alarm_id: String },
+    #[error("limits for MDC code {mdc_code} at bed {bed} rejected: {message}")]
+    InvalidLimits {
+        bed: String,
+        mdc_code: u32,
+        message: String,
+    },
+    #[error("silence duration must be at least 1 s")]
+    InvalidSilence,
+}
+
+/// Effective low/high limits of one parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Limits {
+    pub low: Option<f64>,
+    pub high: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Low,
+    High,
+}
+
+#[derive(Debug)]
+struct Occurrence {
+    alarm_id: String,
+    source: String,
+    mdc_code: u32,
+    alert_type: AlertType,
+    device_id: String,
+    patient_id: String,
+    priority: Priority,
+    text: String,
+    since_us: i64,
+    condition_present: bool,
+    /// It was high priority at some point and has not been acknowledged since: it latches.
+    latch_pending: bool,
+    acknowledged_by: Option<String>,
+    silenced_by: Option<String>,
+    silenced_until_us: Option<i64>,
+}
+
+impl Occurrence {
+    fn state(&self) -> AlarmState {
+        if self.silenced_until_us.is_some() {
+            AlarmState::Silenced
+        } else if !self.condition_present {
+            AlarmState::Latched
+        } else if self.acknowledged_by.is_some() {
+            AlarmState::Acknowledged
+        } else {
+            AlarmState::Active
+        }
+    }
+
+    fn record(&self, bed: &str, phase: Phase, state: AlarmState, event_time_us: i64) -> Alarm {
+        Alarm {
+            device_id: self.device_id.clone(),
+            seq: 0,
+            bed: bed.to_string(),
+            alarm_id: self.alarm_id.clone(),
+            mdc_code: self.mdc_code,
+            text: self.text.clone(),
+            priority: self.priority.code().to_string(),
+            phase: phase.as_str().to_string(),
+            state: state.as_str().to_string(),
+            event_time_us,
+            alert_type: self.alert_type.code().to_string(),
+            source: self.source.clone(),
+            patient_id: self.patient_id.clone(),
+        }
+    }
+
+    fn view(&self, bed: &str) -> AlarmView {
+        AlarmView {
+            alarm_id: self.alarm_id.clone(),
+            bed: bed.to_string(),
+            source: self.source.clone(),
+            mdc_code: self.mdc_code,
+            alert_type: self.alert_type,
+            text: self.text.clone(),
+            priority: self.priority,
+            state: self.state(),
+            since_us: self.since_us,
+            device_id: self.device_id.clone(),
+            patient_id: self.patient_id.clone(),
+            acknowledged_by: self.acknowledged_by.clone(),
+            silenced_by: self.silenced_by.clone(),
+            silenced_until_us: self.silenced_until_us,
+        }
+    }
+}
+
+/// What a rule reports while its condition holds.
+struct Raise {
+    source: String,
+    mdc_code: u32,
+    alert_type: AlertType,
+    device_id: String,
+    patient_id: String,
+    priority: Priority,
+    text: String,
+}
+
+#[derive(Debug, Default)]
+struct Condition {
+    /// Limit rules: event time and side of the first reading of the current excursion.
+    pending: Option<(i64, Side)>,
+    occ: Option<Occurrence>,
+}
+
+/// Emits records and counts them.
+struct Out<'a> {
+    bed: &'a str,
+    alarms: &'a mut Vec<Alarm>,
+    stats: &'a mut EngineStats,
+}
+
+impl Out<'_> {
+    fn emit(&mut self, occ: &Occurrence, phase: Phase, state: AlarmState, t: i64) {
+        self.stats.state_changes += 1;
+        match phase {
+            Phase::Start => self.stats.alarms_started += 1,
+            Phase::End => self.stats.alarms_ended += 1,
+            Phase::Escalate => self.stats.escalations += 1,
+            _ => {}
+        }
+        self.alarms.push(occ.record(self.bed, phase, state, t));
+    }
+}
+
+impl Condition {
+    fn is_present(&self) -> bool {
+        self.occ.as_ref().is_some_and(|o| o.condition_present)
+    }
+
+    /// The condition holds at event time `t` with the priority and text in `r`.
+    fn raise(&mut self, key: &str, r: Raise, t: i64, out: &mut Out<'_>) {
+        let Some(occ) = self.occ.as_mut() else {
+            let occ = Occurrence {
+                alarm_id: format!("{}:{key}:{t}", out.bed),
+                source: r.source,
+                mdc_code: r.mdc_code,
+                alert_type: r.alert_type,
+                device_id: r.device_id,
+                patient_id: r.patient_id,
+                priority: r.priority,
+                text: r.text,
+                since_us: t,
+                condition_present: true,
+                latch_pending: r.priority == Priority::High,
+                acknowledged_by: None,
+                silenced_by: None,
+                silenced_until_us: None,
+            };
+            out.emit(&occ, Phase::Start, AlarmState::Active, t);
+            self.occ = Some(occ);
+            return;
+        };
+        let was_present = occ.condition_present;
+        occ.condition_present = true;
+        occ.text = r.text;
+        if r.priority > occ.priority {
+            occ.priority = r.priority;
+            occ.latch_pending |= r.priority == Priority::High;
+            occ.acknowledged_by = None;
+            occ.silenced_by = None;
+            occ.silenced_until_us = None;
+            out.emit(occ, Phase::Escalate, occ.state(), t);
+        } else if r.priority < occ.priority && was_present {
+            occ.priority = r.priority;
+            out.emit(occ, Phase::Deescalate, occ.state(), t);
+        } else if !was_present {
+            // A latched alarm whose condition returns: active again, keeping its priority.
+            out.emit(occ, Phase::Update, occ.state(), t);
+        }
+    }
+
+    /// The condition no longer holds at time `t`.
+    fn clear(&mut self, t: i64, out: &mut Out<'_>) {
+        let Some(occ) = self.occ.as_mut() else { return };
+        if !occ.condition_present {
+            return;
+        }
+        occ.condition_present = false;
+        if occ.latch_pending {
+            // A latched alarm shows the priority that demanded acknowledgement.
+            occ.priority = Priority::High;
+            out.emit(occ, Phase::Update, occ.state(), t);
+        } else {
+            out.emit(occ, Phase::End, AlarmState::Inactive, t);
+            self.occ = None;
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct ParamState {
+    /// Event time of the last reading applied (the newest seen).
+    last_us: Option<i64>,
+    /// Recent (event time, value) for rate rules, oldest first.
+    window: VecDeque<(i64, f64)>,
+}
+
+#[derive(Debug, Default)]
+struct BedState {
+    patient_id: String,
+    params: HashMap<u32, ParamState>,
+    overrides: HashMap<u32, Limits>,
+    conditions: BTreeMap<String, Condition>,
+    /// Latest (event time, value) per [`News2Param`].
+    news2: [Option<(i64, f64)>; 5],
+}
+
+/// The alarm engine for all beds of one gateway. See the module docs for its guarantees.
+#[derive(Debug)]
+pub struct Engine {
+    config: AlarmConfig,
+    /// MDC code → index of the limit rule watching it.
+    limit_by_code: HashMap<u32, usize>,
+    /// MDC code → indexes of the rate rules watching it.
+    rates_by_code: HashMap<u32, Vec<usize>>,
+    beds: BTreeMap<String, BedState>,
+    stats: EngineStats,
+}
+
+fn fmt_value(v: f64) -> String {
+    let r = (v * 100.0).round() / 100.0;
+    format!("{r}")
+}
+
+impl Engine {
+    /// An engine applying `config`; every problem in it is reported with a path under `alarms`.
+    pub fn new(config: AlarmConfig) -> Result<Engine, Vec<FieldProblem>> {
+        let problems = config.validate("alarms");
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let mut limit_by_code = HashMap::new();
+        for (i, rule) in config.limits.iter().enumerate() {
+            for code in &rule.mdc_codes {
+                limit_by_code.insert(*code, i);
+            }
+        }
+        let mut rates_by_code: HashMap<u32, Vec<usize>> = HashMap::new();
+        for (i, rule) in config.rates.iter().enumerate() {
+            rates_by_code.entry(rule.mdc_code).or_default().push(i);
+        }
+        Ok(Engine {
+            config,
+            limit_by_code,
+            rates_by_code,
+            beds: BTreeMap::new(),
+            stats: EngineStats::default(),
+        })
+    }
+
+    pub fn config(&self) -> &AlarmConfig {
+        &self.config
+    }
+
+    /// Applies one decoded reading; returns the alarm state changes it causes.
+    pub fn on_observation(&mut self, obs: &Observation, now_us: i64) -> Vec<Alarm> {
+        let mut alarms = Vec::new();
+        let status = obs.status;
+        let alarmable = status == ObservationStatus::Valid as i32
+            || status == ObservationStatus::Corrected as i32;
+        let value = match obs.value {
+            Some(v) if alarmable && v.is_finite() => v,
+            _ => {
+                self.stats.ignored_readings += 1;
+                return alarms;
+            }
+        };
+        let t = obs.device_time_us.unwrap_or(obs.receive_time_us);
+        let code = obs.mdc_code;
+        let lateness_us = i64::from(self.config.allowed_lateness_s) * US_PER_S;
+
+        let Engine {
+            config,
+            limit_by_code,
+            rates_by_code,
+            beds,
+            stats,
+        } = self;
+        let bed = beds.entry(obs.bed.clone()).or_default();
+        expire_silences(&obs.bed, bed, now_us, &mut alarms, stats);
+
+        let param = bed.params.entry(code).or_default();
+        if let Some(last) = param.last_us {
+            if t < last.saturating_sub(lateness_us) {
+                stats.late_readings += 1;
+                *stats
+                    .late_readings_by_bed
+                    .entry(obs.bed.clone())
+                    .or_default() += 1;
+                return alarms;
+            }
+            if t < last {
+                stats.out_of_order_readings += 1;
+                return alarms;
+            }
+        }
+        param.last_us = Some(t);
+        stats.readings += 1;
+        bed.patient_id.clone_from(&obs.patient_id);
+
+        let mut out = Out {
+            bed: &obs.bed,
+            alarms: &mut alarms,
+            stats,
+        };
+
+        // Limit rule: from config, or ad hoc when a clinician set limits on an unwatched code.
+        let overrides = bed.overrides.get(&code).copied();
+        let adhoc;
+        let rule = match (limit_by_code.get(&code), overrides) {
+            (Some(&i), _) => Some(&config.limits[i]),
+            (None, Some(_)) => {
+                adhoc = adhoc_rule(code, &obs.mdc_refid);
+                Some(&adhoc)
+            }
+            (None, None) => None,
+        };
+        if let Some(rule) = rule {
+            let limits = overrides.unwrap_or(Limits {
+                low: rule.low,
+                high: rule.high,
+            });
+            eval_limit(bed, rule, limits, obs, value, t, &mut out);
+        }
+
+        if let Some(indexes) = rates_by_code.get(&code) {
+            let max_window_us = indexes
+                .iter()
+                .map(|&i| i64::from(config.rates[i].within_s) * US_PER_S)
+                .max()
+                .unwrap_or(0);
+            let param = bed.params.get_mut(&code).expect("inserted above");
+            while param
+                .window
+                .front()
+                .is_some_and(|&(ts, _)| ts < t - max_window_us)
+            {
+                param.window.pop_front();
+            }
+            param.window.push_back((t, value));
+            let window: Vec<(i64, f64)> = param.window.iter().copied().collect();
+            for &i in indexes {
+                eval_rate(bed, &config.rates[i], &window, obs, value, t, &mut out);
+            }
+        }
+
+        if config.news2.enabled {
+            if let Some(p) = News2Param::for_code(code) {
+                bed.news2[p.index()] = Some((t, value));
+                eval_news2(bed, config, obs, t, &mut out);
+            }
+        }
+        alarms
+    }
+
+    /// Expires silences; call about once a second with the current time.
+    pub fn tick(&mut self, now_us: i64) -> Vec<Alarm> {
+        let mut alarms = Vec::new();
+        for (name, bed) in &mut self.beds {
+            expire_silences(name, bed, now_us, &mut alarms, &mut self.stats);
+        }
+        alarms
+    }
+
+    /// The technical alarm for a device whose feed went stale (`active`) or came back.
+    /// Technical alarms start and end at once (the caller already applied its own delay) and
+    /// carry `now_us` as their event time and the bed's latest patient.
+    pub fn stale_feed(
+        &mut self,
+        bed: &str,
+        device_id: &str,
+        active: bool,
+        now_us: i64,
+    ) -> Vec<Alarm> {
+        let priority = self.config.stale_feed_priority;
+        self.technical(
+            bed,
+            format!("stale-feed:{device_id}"),
+            active,
+            now_us,
+            || Raise {
+                source: STALE_FEED_SOURCE.to_string(),
+                mdc_code: MDC_EVT_ALARM,
+                alert_type: AlertType::Technical,
+                device_id: device_id.to_string(),
+                patient_id: String::new(),
+                priority,
+                text: format!("no data from {device_id}"),
+            },
+        )
+    }
+
+    /// A technical condition reported by a device (Masimo EXC bit, MEDIBUS alarm, leads off),
+    /// identified by `id` (the alarm source, e.g. `masimo:EXC:0x000001`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn device_condition(
+        &mut self,
+        bed: &str,
+        device_id: &str,
+        id: &str,
+        text: &str,
+        priority: Priority,
+        active: bool,
+        now_us: i64,
+    ) -> Vec<Alarm> {
+        self.technical(
+            bed,
+            format!("device:{device_id}:{id}"),
+            active,
+            now_us,
+            || Raise {
+                source: id.to_string(),
+                mdc_code: MDC_EVT_ALARM,
+                alert_type: AlertType::Technical,
+                device_id: device_id.to_string(),
+                patient_id: String::new(),
+                priority,
+                text: text.to_string(),
+            },
+        )
+    }
+
+    fn technical(
+        &mut self,
+        bed: &str,
+        key: String,
+        active: bool,
+        now_us: i64,
+        raise: impl FnOnce() -> Raise,
+    ) -> Vec<Alarm> {
+        let mut alarms = Vec::new();
+        let state = self.beds.entry(bed.to_string()).or_default();
+        expire_silences(bed, state, now_us, &mut alarms, &mut self.stats);
+        let mut out = Out {
+            bed,
+            alarms: &mut alarms,
+            stats: &mut self.stats,
+        };
+        if active {
+            let mut r = raise();
+            r.patient_id.clone_from(&state.patient_id);
+            state
+                .conditions
+                .entry(key.clone())
+                .or_default()
+                .raise(&key, r, now_us, &mut out);
+        } else if let Some(c) = state.conditions.get_mut(&key) {
+            c.clear(now_us, &mut out);
+        }
+        alarms
+    }
+
+    /// Acknowledges an open alarm: a latched one ends; an active one becomes `acknowledged`
+    /// (it ends when its condition clears). Acknowledging twice changes nothing.
+    pub fn acknowledge(
+        &mut self,
+        bed: &str,
+        alarm_id: &str,
+        who: &str,
+        now_us: i64,
+    ) -> Result<Vec<Alarm>, AlarmError> {
+        let mut alarms = Vec::new();
+        let (cond, stats) = self.find(bed, alarm_id)?;
+        let mut out = Out {
+            bed,
+            alarms: &mut alarms,
+            stats,
+        };
+        let occ = cond.occ.as_mut().expect("found by id");
+        if !occ.condition_present {
+            occ.acknowledged_by = Some(who.to_string());
+            out.emit(occ, Phase::End, AlarmState::Inactive, now_us);
+            cond.occ = None;
+        } else if occ.acknowledged_by.is_none() {
+            occ.acknowledged_by = Some(who.to_string());
+            occ.latch_pending = false;
+            occ.silenced_by = None;
+            occ.silenced_until_us = None;
+            out.emit(occ, Phase::Update, occ.state(), now_us);
+        }
+        Ok(alarms)
+    }
+
+    /// Pauses an alarm's audio for `duration_s` (cut to `max_silence_s`); [`Engine::tick`]
+    /// ends the silence.
+    pub fn silence(
+        &mut self,
+        bed: &str,
+        alarm_id: &str,
+        duration_s: u32,
+        who: &str,
+        now_us: i64,
+    ) -> Result<Vec<Alarm>, AlarmError> {
+        if duration_s == 0 {
+            return Err(AlarmError::InvalidSilence);
+        }
+        let duration_s = duration_s.min(self.config.max_silence_s);
+        let mut alarms = Vec::new();
+        let (cond, stats) = self.find(bed, alarm_id)?;
+        let mut out = Out {
+            bed,
+            alarms: &mut alarms,
+            stats,
+        };
+        let occ = cond.occ.as_mut().expect("found by id");
+        occ.silenced_by = Some(who.to_string());
+        occ.silenced_until_us = Some(now_us + i64::from(duration_s) * US_PER_S);
+        out.emit(occ, Phase::Update, occ.state(), now_us);
+        Ok(alarms)
+    }
+
+    fn find(
+        &mut self,
+        bed: &str,
+        alarm_id: &str,
+    ) -> Result<(&mut Condition, &mut EngineStats), AlarmError> {
+        let cond = self.beds.get_mut(bed).and_then(|b| {
+            b.conditions
+                .values_mut()
+                .find(|c| c.occ.as_ref().is_some_and(|o| o.alarm_id == alarm_id))
+        });
+        match cond {
+            Some(c) => Ok((c, &mut self.stats)),
+            None => Err(AlarmError::UnknownAlarm {
+                bed: bed.to_string(),
+                alarm_id: alarm_id.to_string(),
+            }),
+        }
+    }
+
+    /// Sets a clinician's limits for one parameter at one bed, replacing the config defaults
+    /// (`None` switches that side off). Applied from the next reading of that parameter.
+    pub fn set_bed_limits(
+        &mut self,
+        bed: &str,
+        mdc_code: u32,
+        low: Option<f64>,
+        high: Option<f64>,
+    ) -> Result<(), AlarmError> {
+        let hysteresis = self
+            .limit_by_code
+            .get(&mdc_code)
+            .map_or(0.0, |&i| self.config.limits[i].hysteresis);
+        check_limits(low, high, hysteresis).map_err(|message| AlarmError::InvalidLimits {
+            bed: bed.to_string(),
+            mdc_code,
+            message,
+        })?;
+        self.beds
+            .entry(bed.to_string())
+            .or_default()
+            .overrides
+            .insert(mdc_code, Limits { low, high });
+        Ok(())
+    }
+
+    /// Returns one parameter at one bed to the config defaults.
+    pub fn clear_bed_limits(&mut self, bed: &str, mdc_code: u32) {
+        if let Some(b) = self.beds.get_mut(bed) {
+            b.overrides.remove(&mdc_code);
+        }
+    }
+
+    /// The limits in force for one parameter at one bed (override, else config), if any.
+    pub fn effective_limits(&self, bed: &str, mdc_code: u32) -> Option<Limits> {
+        let o = self
+            .beds
+            .get(bed)
+            .and_then(|b| b.overrides.get(&mdc_code).copied());
+        o.or_else(|| {
+            self.limit_by_code.get(&mdc_code).map(|&i| Limits {
+                low: self.config.limits[i].low,
+                high: self.config.limits[i].high,
+            })
+        })
+    }
+
+    /// Open alarms of one bed (active, acknowledged, silenced, latched), highest priority first,
+    /// then oldest first.
+    pub fn active(&self, bed: &str) -> Vec<AlarmView> {
+        let mut views: Vec<AlarmView> = self
+            .beds
+            .get(bed)
+            .into_iter()
+            .flat_map(|b| b.conditions.values())
+            .filter_map(|c| c.occ.as_ref().map(|o| o.view(bed)))
+            .collect();
+        sort_views(&mut views);
+        views
+    }
+
+    /// Open alarms of every bed, highest priority first, then oldest first.
+    pub fn active_all(&self) -> Vec<AlarmView> {
+        let mut views: Vec<AlarmView> = self
+            .beds
+            .iter()
+            .flat_map(|(name, b)| {
+                b.conditions
+                    .values()
+                    .filter_map(move |c| c.occ.as_ref().map(|o| o.view(name)))
+            })
+            .collect();
+        sort_views(&mut views);
+        views
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.stats.clone()
+    }
+
+    /// Late readings counted for one bed.
+    pub fn late_readings(&self, bed: &str) -> u64 {
+        self.stats
+            .late_readings_by_bed
+            .get(bed)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+fn sort_views(views: &mut [AlarmView]) {
+    views.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then(a.since_us.cmp(&b.since_us))
+            .then_with(|| a.alarm_id.cmp(&b.alarm_id))
+    });
+}
+
+fn expire_silences(
+    name: &str,
+    bed: &mut BedState,
+    now_us: i64,
+    alarms: &mut Vec<Alarm>,
+    stats: &mut EngineStats,
+) {
+    let mut out = Out {
+        bed: name,
+        alarms,
+        stats,
+    };
+    for cond in bed.conditions.values_mut() {
+        if let Some(occ) = cond.occ.as_mut() {
+            if occ.silenced_until_us.is_some_and(|until| until <= now_us) {
+                occ.silenced_until_us = None;
+                out.emit(occ, Phase::Update, occ.state(), now_us);
+            }
+        }
+    }
+}
+
+fn adhoc_rule(code: u32, refid: &str) -> LimitRule {
+    LimitRule {
+        id: format!("custom-{code}"),
+        label: if refid.is_empty() {
+            code.to_string()
+        } else {
+            refid.to_string()
+        },
+        mdc_codes: vec![code],
+        low: None,
+        high: None,
+        priority: Priority::Medium,
+        sustain_s: 10,
+        hysteresis: 0.0,
+        escalate_below: None,
+        escalate_above: None,
+        escalate_priority: Priority::High,
+    }
+}
+
+fn eval_limit(
+    bed: &mut BedState,
+    rule: &LimitRule,
+    limits: Limits,
+    obs: &Observation,
+    v: f64,
+    t: i64,
+    out: &mut Out<'_>,
+) {
+    let key = format!("limit:{}:{}", rule.id, obs.mdc_code);
+    let cond = bed.conditions.entry(key.clone()).or_default();
+    let h = rule.hysteresis;
+    let violation = match limits {
+        Limits { low: Some(l), .. } if v < l => Some((Side::Low, l)),
+        Limits { high: Some(hi), .. } if v > hi => Some((Side::High, hi)),
+        _ => None,
+    };
+    let Some((side, limit)) = violation else {
+        cond.pending = None;
+        let inside =
+            limits.low.is_none_or(|l| v >= l + h) && limits.high.is_none_or(|hi| v <= hi - h);
+        if inside {
+            cond.clear(t, out);
+        }
+        return;
+    };
+
+    // Escalation, with hysteresis on the way back once escalated.
+    let escalated = cond
+        .occ
+        .as_ref()
+        .is_some_and(|o| o.condition_present && o.priority >= rule.escalate_priority);
+    let margin = if escalated { h } else { 0.0 };
+    let beyond = rule.escalate_below.is_some_and(|e| v < e + margin)
+        || rule.escalate_above.is_some_and(|e| v > e - margin);
+    let priority = if beyond {
+        rule.escalate_priority
+    } else {
+        rule.priority
+    };
+    let op = if side == Side::Low { "<" } else { ">" };
+    let raise = Raise {
+        source: format!("limit:{}", rule.id),
+        mdc_code: obs.mdc_code,
+        alert_type: AlertType::Physiological,
+        device_id: obs.device_id.clone(),
+        patient_id: obs.patient_id.clone(),
+        priority,
+        text: format!(
+            "{} {} {op} {}",
+            rule.display_label(),
+            fmt_value(v),
+            fmt_value(limit)
+        ),
+    };
+
+    if cond.is_present() {
+        cond.raise(&key, raise, t, out);
+        return;
+    }
+    let since = match cond.pending {
+        Some((since, s)) if s == side => since,
+        _ => {
+            cond.pending = Some((t, side));
+            t
+        }
+    };
+    if t - since >= i64::from(rule.sustain_s) * US_PER_S {
+        cond.pending = None;
+        cond.raise(&key, raise, t, out);
+    }
+}
+
+fn eval_rate(
+    bed: &mut BedState,
+    rule: &RateRule,
+    window: &[(i64, f64)],
+    obs: &Observation,
+    v: f64,
+    t: i64,
+    out: &mut Out<'_>,
+) {
+    let from = t - i64::from(rule.within_s) * US_PER_S;
+    let in_window = window
+        .iter()
+        .filter(|&&(ts, _)| ts >= from)
+        .map(|&(_, x)| x);
+    let (change, reference) = match rule.direction {
+        Direction::Drop => {
+            let max = in_window.fold(v, f64::max);
+            (max - v, max)
+        }
+        Direction::Rise => {
+            let min = in_window.fold(v, f64::min);
+            (v - min, min)
+        }
+    };
+    let key = format!("rate:{}:{}", rule.id, obs.mdc_code);
+    if change > rule.amount {
+        let verb = if rule.direction == Direction::Drop {
+            "fell"
+        } else {
+            "rose"
+        };
+        let raise = Raise {
+            source: format!("rate:{}", rule.id),
+            mdc_code: obs.mdc_code,
+            alert_type: AlertType::Physiological,
+            device_id: obs.device_id.clone(),
+            patient_id: obs.patient_id.clone(),
+            priority: rule.priority,
+            text: format!(
+                "{} {verb} {} in {} s ({} to {})",
+                rule.display_label(),
+                fmt_value(change),
+                rule.within_s,
+                fmt_value(reference),
+                fmt_value(v)
+            ),
+        };
+        bed.conditions
+            .entry(key.clone())
+            .or_default()
+            .raise(&key, raise, t, out);
+    } else if change <= rule.amount / 2.0 {
+        if let Some(c) = bed.conditions.get_mut(&key) {
+            c.clear(t, out);
+        }
+    }
+}
+
+fn eval_news2(
+    bed: &mut BedState,
+    config: &AlarmConfig,
+    obs: &Observation,
+    t: i64,
+    out: &mut Out<'_>,
+) {
+    let cfg = &config.news2;
+    let max_age_us = i64::from(cfg.max_age_s) * US_PER_S;
+    let latest = |p: News2Param| {
+        bed.news2[p.index()]
+            .filter(|&(ts, _)| ts >= t - max_age_us)
+            .map(|(_, v)| v)
+    };
+    let inputs = News2Inputs {
+        resp_rate: latest(News2Param::RespRate),
+        spo2: latest(News2Param::Spo2),
+        systolic: latest(News2Param::Systolic),
+        pulse: latest(News2Param::Pulse),
+        temperature: latest(News2Param::Temperature),
+        on_oxygen: false,
+        not_alert: false,
+    };
+    let score = news2::score(&inputs, cfg.spo2_scale);
+    let priority = if score.total >= cfg.high_at {
+        Some(Priority::High)
+    } else if score.total >= cfg.alarm_at || (cfg.single_parameter_alarm && score.max_single >= 3) {
+        Some(Priority::Medium)
+    } else {
+        None
+    };
+    let key = NEWS2_SOURCE.to_string();
+    match priority {
+        Some(priority) => {
+            let mut text = format!("NEWS2 {}", score.total);
+            if score.max_single >= 3 {
+                text.push_str(", a parameter scores 3");
+            }
+            if score.measured < 5 {
+                text.push_str(&format!(" ({} of 5 parameters)", score.measured));
+            }
+            let raise = Raise {
+                source: NEWS2_SOURCE.to_string(),
+                mdc_code: MDC_EVT_ALARM,
+                alert_type: AlertType::Physiological,
+                device_id: obs.device_id.clone(),
+                patient_id: obs.patient_id.clone(),
+                priority,
+                text,
+            };
+            bed.conditions
+                .entry(key.clone())
+                .or_default()
+                .raise(&key, raise, t, out);
+        }
+        None => {
+            if let Some(c) = bed.conditions.get_mut(&key) {
+                c.clear(t, out);
+            }
+        }
+    }
+}

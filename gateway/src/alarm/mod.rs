@@ -1,0 +1,25 @@
+//! Local alarms: the rule engine that raises bedside alarms from the in-memory stream of
+//! decoded observations, with no dependency on the disk, Kafka or any remote service.
+//!
+//! Owns: the alarm rules of the config file ([`AlarmConfig`]), NEWS2 scoring ([`news2`]) and
+//! the runtime-free [`Engine`] that an actor wraps. The engine evaluates, per bed and in event
+//! time, limit rules (sustain and hysteresis), rate-of-change rules, NEWS2 and technical
+//! conditions (stale feed, device-reported conditions), and returns every alarm state change as
+//! an `icu.v1.Alarm` with its IHE PCD-04 phase, state and priority. Persisting clinician limits,
+//! audit, and delivering alarms (page, MQTT, PCD-04, store) are the gateway's job.
+
+mod config;
+mod engine;
+pub mod news2;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{
+    default_limits, default_rates, AlarmConfig, Direction, LimitRule, News2Config, Priority,
+    RateRule,
+};
+pub use engine::{
+    AlarmError, AlarmState, AlarmView, AlertType, Engine, EngineStats, Limits, Phase,
+    MDC_EVT_ALARM, NEWS2_SOURCE, STALE_FEED_SOURCE,
+};
