@@ -145,6 +145,24 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
     let census_reader = census.reader();
     let census_addr = crate::census::actor::CensusActor::start(census, config.bed_map());
 
+    // The alarm engine, with the clinicians' persisted limit overrides applied.
+    let mut engine = crate::alarm::Engine::new(config.alarms.clone())
+        .map_err(|p| anyhow::anyhow!("alarm rules: {p:?}"))?;
+    let limits = crate::alarm::limits_store::LimitsStore::open(&config.store.path)
+        .with_context(|| format!("opening alarm limits in {}", config.store.path.display()))?;
+    for l in limits.all().context("reading persisted alarm limits")? {
+        if let Err(e) = engine.set_bed_limits(&l.bed, l.mdc_code, l.low, l.high) {
+            tracing::error!(bed = %l.bed, mdc_code = l.mdc_code, error = %e, "persisted limit not applied");
+        }
+    }
+    let alarm_stats = Arc::new(crate::alarm::actor::AlarmPathStats::default());
+    let alarm_addr = crate::alarm::actor::AlarmActor::start(
+        engine,
+        store.clone(),
+        alarm_stats.clone(),
+        Vec::new(),
+    );
+
     let live = Arc::new(LiveState::new(&config.beds, &config.devices));
     let clock = Arc::new(ClockState::new(config.clock));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -157,6 +175,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
             live.clone(),
             clock.clone(),
             census_reader.clone(),
+            Some((alarm_addr.clone(), alarm_stats.clone())),
         );
         device_addrs.insert(d.id.clone(), addr.clone());
         if let Some(m) = &d.match_id {
@@ -266,6 +285,9 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
             kafka_bootstrap: config.kafka.as_ref().map(|k| k.bootstrap.clone()),
             census: census_reader,
             mqtt: mqtt.as_ref().map(|m| m.counters()),
+            alarms: alarm_addr,
+            alarm_stats,
+            limits: Arc::new(std::sync::Mutex::new(limits)),
             started_us: now_us(),
         },
     )?;

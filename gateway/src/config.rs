@@ -64,6 +64,9 @@ pub struct RawConfig {
     pub kafka: Option<RawKafka>,
     /// The MQTT broker that pumps and wearables publish to; needed for `protocol = "mqtt"`.
     pub mqtt: Option<RawMqtt>,
+    /// Local alarm rules (limits with sustain and hysteresis, rate of change, NEWS2); the
+    /// defaults apply when the section is absent. Clinicians override limits per bed at run time.
+    pub alarms: Option<crate::alarm::AlarmConfig>,
     /// How the gateway decides whether its clock is synchronised:
     /// `"auto"` (systemd-timesyncd or chrony state), `"synced"` or `"unsynced"`.
     #[serde(default = "default_clock")]
@@ -344,6 +347,7 @@ pub struct Config {
     pub key_file: PathBuf,
     pub kafka: Option<KafkaConfig>,
     pub mqtt: Option<icu_drivers::mqtt::MqttConfig>,
+    pub alarms: crate::alarm::AlarmConfig,
     pub clock: ClockPolicy,
     pub beds: Vec<Bed>,
     pub devices: Vec<Device>,
@@ -620,6 +624,15 @@ impl RawConfig {
             cfg
         });
 
+        let alarms = self.alarms.clone().unwrap_or_default();
+        problems.extend(alarms.validate("alarms"));
+        let mut problem = |field: &str, message: String| {
+            problems.push(FieldProblem {
+                field: field.to_owned(),
+                message,
+            })
+        };
+
         let clock = match self.clock.as_str() {
             "auto" => ClockPolicy::Auto,
             "synced" => ClockPolicy::Synced,
@@ -833,6 +846,7 @@ impl RawConfig {
             key_file: in_data(&self.signing.key_file),
             kafka,
             mqtt,
+            alarms,
             clock,
             beds,
             devices,

@@ -23,6 +23,12 @@ use crate::store::{
     AlarmWrite, Append, ObservationBatch, Store, StoreError, WriteOutcome, WriteRequest,
 };
 
+/// The alarm engine's address and the counters of its input path.
+pub type AlarmPath = Option<(
+    Addr<crate::alarm::actor::AlarmActor>,
+    Arc<crate::alarm::actor::AlarmPathStats>,
+)>;
+
 /// Most messages waiting in one device's mailbox.
 pub const DEVICE_MAILBOX: usize = 64;
 
@@ -86,6 +92,7 @@ pub struct DeviceActor {
     live: Arc<LiveState>,
     clock: Arc<ClockState>,
     census: CensusReader,
+    alarms: AlarmPath,
     started_us: i64,
     last_seen_us: Option<i64>,
     /// Active alarms raised by this actor, by condition id, with their start time.
@@ -99,10 +106,11 @@ impl DeviceActor {
         live: Arc<LiveState>,
         clock: Arc<ClockState>,
         census: CensusReader,
+        alarms: AlarmPath,
     ) -> Addr<Self> {
         // Supervised: if the actor stops (a failed handler), it is restarted behind the same
         // address, so transports and routes keep working without re-wiring.
-        actix::Supervisor::start(|ctx: &mut Context<DeviceActor>| {
+        actix::Supervisor::start(move |ctx: &mut Context<DeviceActor>| {
             ctx.set_mailbox_capacity(DEVICE_MAILBOX);
             DeviceActor {
                 device,
@@ -110,6 +118,7 @@ impl DeviceActor {
                 live,
                 clock,
                 census,
+                alarms,
                 started_us: now_us(),
                 last_seen_us: None,
                 active: HashMap::new(),
@@ -138,7 +147,19 @@ impl DeviceActor {
                 .map(|p| p.patient_id)
                 .unwrap_or_default();
         }
-        // Live view (and later the alarm engine) first: it never waits for the disk.
+        // The alarm engine and the live view first: they never wait for the disk. A full alarm
+        // mailbox is counted and visible, never silent (the readings are still stored).
+        if let Some((engine, stats)) = &self.alarms {
+            if engine
+                .try_send(crate::alarm::actor::Observations(observations.clone()))
+                .is_err()
+            {
+                stats
+                    .dropped_batches
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(device = %self.device.id, "alarm engine mailbox full: batch not evaluated");
+            }
+        }
         self.live.record_message(
             &self.device.id,
             &self.device.bed,

@@ -23,6 +23,7 @@ mod error;
 mod header;
 mod message;
 mod pcd01;
+mod pcd04;
 mod time;
 
 pub use ack::{build_ack, GATEWAY_APPLICATION};
@@ -30,6 +31,10 @@ pub use adt::{decode_adt, AdtEventKind, AdtLocation, AdtMessage, AdtPatient};
 pub use error::{AckCode, ErrorCode, ErrorLocation, Hl7Error};
 pub use header::{parse_header, MessageHeader};
 pub use pcd01::{decode_pcd01, Pcd01Message};
+pub use pcd04::{
+    build_pcd04, MetricRow, Pcd04Context, DEFAULT_METRIC_CONTAINMENT, MDC_EVT_ALARM_CWE,
+    MDC_EVT_HI_CWE, PCD04_PROFILE_DEFAULT,
+};
 pub use time::{parse_dtm, DtmError};
 
 #[cfg(test)]

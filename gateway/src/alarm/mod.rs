@@ -8,9 +8,12 @@
 //! an `icu.v1.Alarm` with its IHE PCD-04 phase, state and priority. Persisting clinician limits,
 //! audit, and delivering alarms (page, MQTT, PCD-04, store) are the gateway's job.
 
+pub mod actor;
 mod config;
 mod engine;
+pub mod limits_store;
 pub mod news2;
+pub mod pcd04_out;
 
 #[cfg(test)]
 mod tests;

@@ -27,6 +27,9 @@ pub struct HttpState {
     pub kafka_bootstrap: Option<String>,
     pub census: crate::census::CensusReader,
     pub mqtt: Option<Arc<icu_drivers::mqtt::MqttCounters>>,
+    pub alarms: actix::Addr<crate::alarm::actor::AlarmActor>,
+    pub alarm_stats: Arc<crate::alarm::actor::AlarmPathStats>,
+    pub limits: Arc<std::sync::Mutex<crate::alarm::limits_store::LimitsStore>>,
     pub started_us: i64,
 }
 
@@ -37,6 +40,12 @@ async fn page() -> HttpResponse {
 }
 
 async fn beds(state: web::Data<HttpState>) -> HttpResponse {
+    let engine_alarms = state
+        .alarms
+        .send(crate::alarm::actor::GetActive)
+        .await
+        .map(|(a, _)| a)
+        .unwrap_or_default();
     let patients: std::collections::HashMap<String, crate::census::PatientRef> =
         state.census.current().into_iter().collect();
     let beds: Vec<serde_json::Value> = state
@@ -52,9 +61,20 @@ async fn beds(state: web::Data<HttpState>) -> HttpResponse {
                     "since_us": p.stay_start_us,
                 })
             });
+            let bed_id = b.id.clone();
             let mut v = serde_json::to_value(b).unwrap_or_default();
             if let Some(o) = v.as_object_mut() {
                 o.insert("patient".into(), patient.unwrap_or(serde_json::Value::Null));
+                // Engine alarms (physiological, NEWS2) first: they are ordered by priority.
+                let mut alarms: Vec<serde_json::Value> = engine_alarms
+                    .iter()
+                    .filter(|a| a.bed == bed_id)
+                    .map(engine_alarm_json)
+                    .collect();
+                if let Some(serde_json::Value::Array(tech)) = o.remove("alarms") {
+                    alarms.extend(tech);
+                }
+                o.insert("alarms".into(), serde_json::Value::Array(alarms));
             }
             v
         })
@@ -119,6 +139,155 @@ async fn status(state: web::Data<HttpState>) -> HttpResponse {
     }))
 }
 
+/// An engine alarm in the shape the page shows (`priority` as PH/PM/PL).
+fn engine_alarm_json(a: &crate::alarm::AlarmView) -> serde_json::Value {
+    let mut v = serde_json::to_value(a).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("priority".into(), a.priority.code().into());
+        o.insert("engine".into(), true.into());
+    }
+    v
+}
+
+async fn alarms(state: web::Data<HttpState>) -> HttpResponse {
+    match state.alarms.send(crate::alarm::actor::GetActive).await {
+        Ok((active, stats)) => HttpResponse::Ok().json(serde_json::json!({
+            "active": active.iter().map(engine_alarm_json).collect::<Vec<_>>(),
+            "stats": stats,
+            "dropped_batches": state.alarm_stats.dropped_batches.load(std::sync::atomic::Ordering::Relaxed),
+            "store_failures": state.alarm_stats.store_failures.load(std::sync::atomic::Ordering::Relaxed),
+        })),
+        Err(_) => HttpResponse::ServiceUnavailable().body("alarm engine not running\n"),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ActionBody {
+    /// Who acted (shown in the alarm record and the log).
+    who: String,
+    /// For silence: how long.
+    seconds: Option<u32>,
+}
+
+async fn alarm_action(
+    state: web::Data<HttpState>,
+    path: web::Path<(String, String, String)>,
+    body: web::Json<ActionBody>,
+) -> HttpResponse {
+    let (bed, alarm_id, action) = path.into_inner();
+    let silence_s = match action.as_str() {
+        "ack" => None,
+        "silence" => Some(body.seconds.unwrap_or(120)),
+        other => return HttpResponse::NotFound().body(format!("unknown action '{other}'\n")),
+    };
+    if body.who.trim().is_empty() {
+        return HttpResponse::BadRequest().body("'who' is required\n");
+    }
+    let msg = crate::alarm::actor::AlarmAction {
+        bed,
+        alarm_id,
+        who: body.who.clone(),
+        silence_s,
+    };
+    match state.alarms.send(msg).await {
+        Ok(Ok(())) => HttpResponse::Ok().json(serde_json::json!({ "ok": true })),
+        Ok(Err(e)) => HttpResponse::BadRequest().body(format!("{e}\n")),
+        Err(_) => HttpResponse::ServiceUnavailable().body("alarm engine not running\n"),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct LimitsBody {
+    low: Option<f64>,
+    high: Option<f64>,
+    who: String,
+}
+
+async fn set_limits(
+    state: web::Data<HttpState>,
+    path: web::Path<(String, u32)>,
+    body: web::Json<LimitsBody>,
+) -> HttpResponse {
+    let (bed, mdc_code) = path.into_inner();
+    if !state.live.beds().iter().any(|b| b.id == bed) {
+        return HttpResponse::NotFound().body(format!("bed '{bed}' is not configured\n"));
+    }
+    if body.who.trim().is_empty() {
+        return HttpResponse::BadRequest().body("'who' is required\n");
+    }
+    if let (Some(l), Some(h)) = (body.low, body.high) {
+        if l.partial_cmp(&h) != Some(std::cmp::Ordering::Less) {
+            return HttpResponse::BadRequest().body(format!("low {l} must be below high {h}\n"));
+        }
+    }
+    if body.low.is_some_and(|v| !v.is_finite()) || body.high.is_some_and(|v| !v.is_finite()) {
+        return HttpResponse::BadRequest().body("limits must be finite numbers\n");
+    }
+    // Applied first (the engine validates), then persisted with its audit record.
+    let applied = state
+        .alarms
+        .send(crate::alarm::actor::SetLimits {
+            bed: bed.clone(),
+            mdc_code,
+            low: body.low,
+            high: body.high,
+        })
+        .await;
+    match applied {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return HttpResponse::BadRequest().body(format!("{e}\n")),
+        Err(_) => return HttpResponse::ServiceUnavailable().body("alarm engine not running\n"),
+    }
+    let limits = state.limits.clone();
+    let (low, high, who) = (body.low, body.high, body.who.clone());
+    let stored = web::block(move || {
+        limits
+            .lock()
+            .map_err(|_| rusqlite::Error::InvalidQuery)?
+            .set(&bed, mdc_code, low, high, &who, now_us())
+    })
+    .await;
+    match stored {
+        Ok(Ok(change)) => {
+            tracing::info!(bed = %change.bed, mdc_code, who = %change.who, old_low = ?change.old_low,
+                old_high = ?change.old_high, new_low = ?change.new_low, new_high = ?change.new_high, "alarm limits changed");
+            HttpResponse::Ok().json(change)
+        }
+        Ok(Err(e)) => HttpResponse::InternalServerError()
+            .body(format!("limits applied but not persisted: {e}\n")),
+        Err(e) => HttpResponse::InternalServerError()
+            .body(format!("limits applied but not persisted: {e}\n")),
+    }
+}
+
+async fn get_limits(state: web::Data<HttpState>, path: web::Path<(String, u32)>) -> HttpResponse {
+    let (bed, mdc_code) = path.into_inner();
+    match state
+        .alarms
+        .send(crate::alarm::actor::GetLimits { bed, mdc_code })
+        .await
+    {
+        Ok(Some(l)) => HttpResponse::Ok().json(serde_json::json!({ "low": l.low, "high": l.high })),
+        Ok(None) => HttpResponse::NotFound().body("no limits for that parameter\n"),
+        Err(_) => HttpResponse::ServiceUnavailable().body("alarm engine not running\n"),
+    }
+}
+
+async fn limit_changes(state: web::Data<HttpState>) -> HttpResponse {
+    let limits = state.limits.clone();
+    match web::block(move || {
+        limits
+            .lock()
+            .map_err(|_| rusqlite::Error::InvalidQuery)?
+            .changes(200)
+    })
+    .await
+    {
+        Ok(Ok(c)) => HttpResponse::Ok().json(c),
+        _ => HttpResponse::InternalServerError().body("cannot read limit changes\n"),
+    }
+}
+
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().body("ok\n")
 }
@@ -134,6 +303,14 @@ pub fn start(listener: TcpListener, state: HttpState) -> std::io::Result<actix_w
             .route("/api/beds", web::get().to(beds))
             .route("/api/devices", web::get().to(devices))
             .route("/api/status", web::get().to(status))
+            .route("/api/alarms", web::get().to(alarms))
+            .route(
+                "/api/alarms/{bed}/{alarm_id}/{action}",
+                web::post().to(alarm_action),
+            )
+            .route("/api/beds/{bed}/limits/{mdc}", web::put().to(set_limits))
+            .route("/api/beds/{bed}/limits/{mdc}", web::get().to(get_limits))
+            .route("/api/limit-changes", web::get().to(limit_changes))
             .route("/healthz", web::get().to(healthz))
     })
     .workers(1)

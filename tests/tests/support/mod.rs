@@ -179,6 +179,54 @@ pub fn http_get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json:
     Ok(serde_json::from_str(&body)?)
 }
 
+/// Minimal HTTP/1.1 request with a JSON body; returns the JSON answer (status 200 only).
+pub fn http_send_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP body"))?;
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "status: {head}\n{rest}");
+    let rest = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    Ok(serde_json::from_str(&rest)?)
+}
+
+pub fn http_post_json(
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<serde_json::Value> {
+    http_send_json(addr, "POST", path, body)
+}
+
+pub fn http_put_json(
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<serde_json::Value> {
+    http_send_json(addr, "PUT", path, body)
+}
+
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {

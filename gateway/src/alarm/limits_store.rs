@@ -1,0 +1,177 @@
+//! Clinician-set alarm limits per bed, persisted in the store's SQLite file, with an audit trail
+//! of every change (who, when, old, new). Called from the HTTP layer on the blocking pool; the
+//! alarm engine gets the new limits by message, so a change applies to the next reading.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS bed_limits (
+    bed       TEXT    NOT NULL,
+    mdc_code  INTEGER NOT NULL,
+    low       REAL,
+    high      REAL,
+    set_by    TEXT    NOT NULL,
+    set_us    INTEGER NOT NULL,
+    PRIMARY KEY (bed, mdc_code)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS limit_changes (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    bed       TEXT    NOT NULL,
+    mdc_code  INTEGER NOT NULL,
+    old_low   REAL,
+    old_high  REAL,
+    new_low   REAL,
+    new_high  REAL,
+    who       TEXT    NOT NULL,
+    at_us     INTEGER NOT NULL
+);";
+
+/// One persisted override.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BedLimit {
+    pub bed: String,
+    pub mdc_code: u32,
+    pub low: Option<f64>,
+    pub high: Option<f64>,
+    pub set_by: String,
+    pub set_us: i64,
+}
+
+/// One audited change.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LimitChange {
+    pub bed: String,
+    pub mdc_code: u32,
+    pub old_low: Option<f64>,
+    pub old_high: Option<f64>,
+    pub new_low: Option<f64>,
+    pub new_high: Option<f64>,
+    pub who: String,
+    pub at_us: i64,
+}
+
+pub struct LimitsStore {
+    conn: Connection,
+}
+
+impl LimitsStore {
+    pub fn open(path: &Path) -> rusqlite::Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch("PRAGMA journal_mode=WAL;")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn })
+    }
+
+    pub fn all(&self) -> rusqlite::Result<Vec<BedLimit>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT bed, mdc_code, low, high, set_by, set_us FROM bed_limits ORDER BY bed, mdc_code")?;
+        let rows = st.query_map([], |r| {
+            Ok(BedLimit {
+                bed: r.get(0)?,
+                mdc_code: r.get::<_, i64>(1)? as u32,
+                low: r.get(2)?,
+                high: r.get(3)?,
+                set_by: r.get(4)?,
+                set_us: r.get(5)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// Stores a new override and its audit record in one transaction; returns the change.
+    pub fn set(
+        &mut self,
+        bed: &str,
+        mdc_code: u32,
+        low: Option<f64>,
+        high: Option<f64>,
+        who: &str,
+        at_us: i64,
+    ) -> rusqlite::Result<LimitChange> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let old: Option<(Option<f64>, Option<f64>)> = tx
+            .query_row(
+                "SELECT low, high FROM bed_limits WHERE bed = ?1 AND mdc_code = ?2",
+                params![bed, mdc_code],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let (old_low, old_high) = old.unwrap_or((None, None));
+        tx.execute(
+            "INSERT INTO bed_limits (bed, mdc_code, low, high, set_by, set_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(bed, mdc_code) DO UPDATE SET low = excluded.low, high = excluded.high,
+             set_by = excluded.set_by, set_us = excluded.set_us",
+            params![bed, mdc_code, low, high, who, at_us],
+        )?;
+        tx.execute(
+            "INSERT INTO limit_changes (bed, mdc_code, old_low, old_high, new_low, new_high, who, at_us)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![bed, mdc_code, old_low, old_high, low, high, who, at_us],
+        )?;
+        tx.commit()?;
+        Ok(LimitChange {
+            bed: bed.to_owned(),
+            mdc_code,
+            old_low,
+            old_high,
+            new_low: low,
+            new_high: high,
+            who: who.to_owned(),
+            at_us,
+        })
+    }
+
+    pub fn changes(&self, limit: usize) -> rusqlite::Result<Vec<LimitChange>> {
+        let mut st = self.conn.prepare(
+            "SELECT bed, mdc_code, old_low, old_high, new_low, new_high, who, at_us FROM limit_changes ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = st.query_map(params![limit as i64], |r| {
+            Ok(LimitChange {
+                bed: r.get(0)?,
+                mdc_code: r.get::<_, i64>(1)? as u32,
+                old_low: r.get(2)?,
+                old_high: r.get(3)?,
+                new_low: r.get(4)?,
+                new_high: r.get(5)?,
+                who: r.get(6)?,
+                at_us: r.get(7)?,
+            })
+        })?;
+        rows.collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_is_persisted_with_its_audit_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.db");
+        let mut s = LimitsStore::open(&p).unwrap();
+        s.set("bed-01", 150456, Some(88.0), None, "nurse.a", 1)
+            .unwrap();
+        let c = s
+            .set("bed-01", 150456, Some(85.0), Some(100.0), "dr.b", 2)
+            .unwrap();
+        assert_eq!(
+            (c.old_low, c.new_low, c.new_high),
+            (Some(88.0), Some(85.0), Some(100.0))
+        );
+        drop(s);
+        let s = LimitsStore::open(&p).unwrap();
+        let all = s.all().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!((all[0].low, all[0].set_by.as_str()), (Some(85.0), "dr.b"));
+        let changes = s.changes(10).unwrap();
+        assert_eq!(changes.len(), 2);
+        assert_eq!(changes[0].who, "dr.b");
+    }
+}

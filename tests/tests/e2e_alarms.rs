@@ -1,0 +1,202 @@
+//! Local alarms with the network down: a desaturation raises the SpO2 alarm on the gateway's API
+//! (the page's source) and in the store while Kafka is unreachable; when the broker returns the
+//! alarm records reach `icu.alarms`. A clinician's per-bed limit applies to the next reading,
+//! is recorded (who, old, new) and survives a restart.
+
+mod support;
+
+use std::time::Duration;
+
+use icu_cloud_bridge::consume::{consume, ConsumeOptions};
+use icu_cloud_bridge::signing::load_public_key;
+use icu_tests::{wait_for, Broker, TOPICS};
+use support::{config_text, keygen, run_sim_with, GatewayProc};
+
+/// Short sustain so the test does not wait 15 s of event time; everything else default.
+const ALARMS: &str = r#"
+[alarms]
+rates = []
+[alarms.news2]
+enabled = false
+[[alarms.limits]]
+id = "spo2"
+label = "SpO2"
+mdc_codes = [150456]
+low = 90.0
+priority = "medium"
+sustain_s = 2
+hysteresis = 1.0
+[[alarms.limits]]
+id = "hr"
+label = "HR"
+mdc_codes = [147842]
+low = 50.0
+high = 120.0
+priority = "medium"
+sustain_s = 0
+hysteresis = 2.0
+"#;
+
+fn with_alarms(cfg: String) -> String {
+    // The [alarms] tables must come before the [[beds]] arrays of the generated config.
+    cfg.replacen("[[beds]]", &format!("{ALARMS}\n[[beds]]"), 1)
+}
+
+fn active(gw: &GatewayProc) -> Vec<serde_json::Value> {
+    gw.get_json("/api/alarms")["active"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn desaturation_alarms_with_kafka_down_and_reaches_icu_alarms_later() {
+    let port = icu_tests::free_port();
+    let kafka = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let key = load_public_key(&keygen(dir.path())).unwrap();
+    let gw = GatewayProc::start(
+        dir.path(),
+        &with_alarms(config_text(dir.path(), 2, Some(&kafka), "")),
+    );
+
+    let m = dir.path().join("m.jsonl");
+    let run = run_sim_with(
+        gw.endpoints.mllp,
+        2,
+        24,
+        2.0,
+        &m,
+        &["--scenario", "desaturation:1:0"],
+    );
+    assert!(run.ok, "{}", run.stdout);
+    let alarm = wait_for(Duration::from_secs(20), "the SpO2 alarm", || {
+        active(&gw)
+            .into_iter()
+            .find(|a| a["source"] == "limit:spo2")
+    })
+    .unwrap();
+    assert_eq!(alarm["bed"], "bed-01");
+    assert_eq!(alarm["priority"], "PM");
+    assert!(alarm["text"].as_str().unwrap().contains("SpO2"), "{alarm}");
+    // On the bed card (the page reads /api/beds).
+    let beds = gw.get_json("/api/beds");
+    assert!(beds["beds"][0]["alarms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["alarm_id"] == alarm["alarm_id"]));
+    assert!(beds["beds"][1]["alarms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["source"] != "limit:spo2"));
+    // In the store, while Kafka is down.
+    let c = rusqlite::Connection::open(gw.db_path()).unwrap();
+    let stored: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM records WHERE kind = 2 AND sent = 0",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(stored >= 1, "alarm records wait in the outbox");
+
+    // Acknowledge it through the API (what the page's button does).
+    let id = alarm["alarm_id"].as_str().unwrap().to_owned();
+    let ack = support::http_post_json(
+        gw.endpoints.http,
+        &format!("/api/alarms/bed-01/{id}/ack"),
+        r#"{"who": "nurse.test"}"#,
+    )
+    .unwrap();
+    assert_eq!(ack["ok"], true);
+
+    // The broker returns: the alarm state changes reach icu.alarms, signed.
+    let broker = Broker::start_on(port).expect("broker");
+    broker.create_topics(TOPICS).unwrap();
+    let recs = wait_for(
+        Duration::from_secs(60),
+        "alarm records on icu.alarms",
+        || {
+            let (r, recs) = consume(&ConsumeOptions {
+                brokers: broker.addr.clone(),
+                topic: "icu.alarms".into(),
+                public_key: Some(key),
+                idle_timeout: Duration::from_millis(300),
+                max_wait: Duration::from_secs(20),
+            })
+            .ok()?;
+            (r.records as i64 > stored && r.signatures_bad == 0).then_some(recs)
+        },
+    )
+    .unwrap();
+    let texts: Vec<String> = recs
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains(&id) && t.contains("\"start\"")),
+        "{texts:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains(&id) && t.contains("\"acknowledged\"")),
+        "{texts:?}"
+    );
+}
+
+#[test]
+fn a_clinician_limit_applies_at_once_is_audited_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = GatewayProc::start(
+        dir.path(),
+        &with_alarms(config_text(dir.path(), 1, None, "")),
+    );
+    let m = dir.path().join("m.jsonl");
+    let run = run_sim_with(gw.endpoints.mllp, 1, 3, 10.0, &m, &["--seed", "5"]);
+    assert!(run.ok);
+    assert!(
+        active(&gw).iter().all(|a| a["source"] != "limit:hr"),
+        "no HR alarm at default limits"
+    );
+
+    // A high limit below the patient's heart rate: the next reading alarms.
+    let change = support::http_put_json(
+        gw.endpoints.http,
+        "/api/beds/bed-01/limits/147842",
+        r#"{"low": 40, "high": 45, "who": "dr.test"}"#,
+    )
+    .unwrap();
+    assert_eq!(change["who"], "dr.test");
+    assert_eq!(
+        (change["old_low"].clone(), change["new_high"].as_f64()),
+        (serde_json::Value::Null, Some(45.0))
+    );
+    let run = run_sim_with(gw.endpoints.mllp, 1, 1, 10.0, &m, &["--seed", "6"]);
+    assert!(run.ok);
+    wait_for(
+        Duration::from_secs(10),
+        "HR alarm after the limit change",
+        || active(&gw).into_iter().find(|a| a["source"] == "limit:hr"),
+    )
+    .unwrap();
+
+    // Restart: the override is still in force, and the change is on record.
+    gw.stop();
+    let gw = GatewayProc::start(
+        dir.path(),
+        &with_alarms(config_text(dir.path(), 1, None, "")),
+    );
+    let limits = gw.get_json("/api/beds/bed-01/limits/147842");
+    assert_eq!(
+        (limits["low"].as_f64(), limits["high"].as_f64()),
+        (Some(40.0), Some(45.0))
+    );
+    let changes = gw.get_json("/api/limit-changes");
+    assert_eq!(changes[0]["who"], "dr.test");
+    assert_eq!(changes[0]["new_high"].as_f64(), Some(45.0));
+}
