@@ -156,11 +156,89 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
         }
     }
     let alarm_stats = Arc::new(crate::alarm::actor::AlarmPathStats::default());
+    let (events_tx, _) = tokio::sync::broadcast::channel::<String>(1024);
+    let mut alarm_outputs: Vec<crate::alarm::actor::AlarmListener> = Vec::new();
+    {
+        // The page (server-sent events): never blocks; a slow page only lags.
+        let tx = events_tx.clone();
+        alarm_outputs.push(Box::new(move |a| {
+            let _ = tx.send(crate::alarm::actor::alarm_json(a).to_string());
+        }));
+    }
+    let mqtt_alarm_client: Arc<std::sync::OnceLock<icu_drivers::mqtt::rumqttc::AsyncClient>> =
+        Arc::new(std::sync::OnceLock::new());
+    {
+        // The MQTT alarm topic for nurse call and pagers (when [mqtt] is configured).
+        let client = mqtt_alarm_client.clone();
+        let gateway_id = config.gateway_id.clone();
+        alarm_outputs.push(Box::new(move |a| {
+            if let Some(c) = client.get() {
+                let topic = format!("icu/{gateway_id}/alarms/{}", a.bed);
+                let payload = crate::alarm::actor::alarm_json(a).to_string();
+                if let Err(e) = c.try_publish(
+                    topic,
+                    icu_drivers::mqtt::rumqttc::QoS::AtLeastOnce,
+                    false,
+                    payload,
+                ) {
+                    tracing::warn!(error = %e, "alarm not published on mqtt (queue full or disconnected)");
+                }
+            }
+        }));
+    }
+    if let Some((target, receiving_app)) = &config.alarm_manager {
+        // IHE PCD-04 to the alarm manager: a bounded queue, never waited on by the alarm path.
+        use icu_drivers::hl7::{MetricRow, Pcd04Context};
+        let base = Pcd04Context {
+            sending_app: format!("ICU_GW^{}", config.gateway_id),
+            receiving_app: receiving_app.clone(),
+            ..Default::default()
+        };
+        let (sender, _stats) = crate::alarm::pcd04_out::Pcd04Sender::start(
+            target.clone(),
+            base,
+            1024,
+            crate::alarm::pcd04_out::RetryPolicy::default(),
+        );
+        let locations: HashMap<String, String> = config
+            .beds
+            .iter()
+            .map(|b| {
+                (
+                    b.id.clone(),
+                    b.adt_location.clone().unwrap_or_else(|| b.id.clone()),
+                )
+            })
+            .collect();
+        let term = terminology.clone();
+        tracing::info!(%target, "pcd-04 alarm output enabled");
+        alarm_outputs.push(Box::new(move |a| {
+            let metric = term.by_mdc(a.mdc_code).map(|t| MetricRow {
+                mdc_code: t.mdc_code,
+                refid: t.refid.clone(),
+                value: None,
+                unit_code: t.unit_mdc_code,
+                unit_refid: String::new(),
+                limits: None,
+                containment: None,
+            });
+            let ctx = Pcd04Context {
+                patient_id: (!a.patient_id.is_empty()).then(|| a.patient_id.clone()),
+                bed_location: locations.get(&a.bed).cloned(),
+                equipment_id: Some(a.device_id.clone()),
+                metric,
+                ..Default::default()
+            };
+            if sender.try_send(a.clone(), ctx).is_err() {
+                tracing::error!(alarm_id = %a.alarm_id, "pcd-04 queue full: alarm not sent to the alarm manager");
+            }
+        }));
+    }
     let alarm_addr = crate::alarm::actor::AlarmActor::start(
         engine,
         store.clone(),
         alarm_stats.clone(),
-        Vec::new(),
+        alarm_outputs,
     );
 
     let live = Arc::new(LiveState::new(&config.beds, &config.devices));
@@ -234,6 +312,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
                     async move { router.handle(msg).await }
                 })
                 .map_err(|e| anyhow::anyhow!("mqtt: {e:?}"))?;
+            let _ = mqtt_alarm_client.set(subscriber.client().clone());
             tracing::info!(broker = %format!("{}:{}", mcfg.broker_host, mcfg.broker_port),
                 filter = %icu_drivers::mqtt::subscription_filter(&config.gateway_id), "mqtt subscriber started");
             Some(subscriber)
@@ -288,6 +367,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
             alarms: alarm_addr,
             alarm_stats,
             limits: Arc::new(std::sync::Mutex::new(limits)),
+            events: events_tx,
             started_us: now_us(),
         },
     )?;

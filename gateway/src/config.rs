@@ -67,6 +67,9 @@ pub struct RawConfig {
     /// Local alarm rules (limits with sustain and hysteresis, rate of change, NEWS2); the
     /// defaults apply when the section is absent. Clinicians override limits per bed at run time.
     pub alarms: Option<crate::alarm::AlarmConfig>,
+    /// An IHE ACM alarm manager that receives every alarm state change as PCD-04 (ORU^R40) over
+    /// MLLP, with retry; leave out when there is none.
+    pub alarm_manager: Option<RawAlarmManager>,
     /// How the gateway decides whether its clock is synchronised:
     /// `"auto"` (systemd-timesyncd or chrony state), `"synced"` or `"unsynced"`.
     #[serde(default = "default_clock")]
@@ -198,6 +201,20 @@ pub struct RawKafka {
     /// Producer compression: none, gzip, snappy, lz4 or zstd.
     #[serde(default = "default_compression")]
     pub compression: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlarmManager {
+    /// `host:port` of the alarm manager's MLLP listener.
+    pub mllp: String,
+    /// MSH-5 receiving application.
+    #[serde(default = "default_alarm_manager_app")]
+    pub receiving_application: String,
+}
+
+fn default_alarm_manager_app() -> String {
+    "ALARM_MANAGER".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -348,6 +365,8 @@ pub struct Config {
     pub kafka: Option<KafkaConfig>,
     pub mqtt: Option<icu_drivers::mqtt::MqttConfig>,
     pub alarms: crate::alarm::AlarmConfig,
+    /// `(host:port, receiving application)` of the PCD-04 alarm manager.
+    pub alarm_manager: Option<(String, String)>,
     pub clock: ClockPolicy,
     pub beds: Vec<Bed>,
     pub devices: Vec<Device>,
@@ -625,6 +644,14 @@ impl RawConfig {
         });
 
         let alarms = self.alarms.clone().unwrap_or_default();
+        if let Some(am) = &self.alarm_manager {
+            if !am.mllp.contains(':') {
+                problems.push(FieldProblem {
+                    field: "alarm_manager.mllp".into(),
+                    message: format!("'{}' is not host:port", am.mllp),
+                });
+            }
+        }
         problems.extend(alarms.validate("alarms"));
         let mut problem = |field: &str, message: String| {
             problems.push(FieldProblem {
@@ -847,6 +874,10 @@ impl RawConfig {
             kafka,
             mqtt,
             alarms,
+            alarm_manager: self
+                .alarm_manager
+                .as_ref()
+                .map(|a| (a.mllp.clone(), a.receiving_application.clone())),
             clock,
             beds,
             devices,

@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use icu_cloud_bridge::consume::{consume, ConsumeOptions};
@@ -49,16 +50,90 @@ fn active(gw: &GatewayProc) -> Vec<serde_json::Value> {
         .clone()
 }
 
+/// A test alarm manager: an MLLP listener that answers AA and keeps every message.
+fn alarm_manager() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let keep = got.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = s.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                while let Some(end) = buf.windows(2).position(|w| w == [0x1C, 0x0D]) {
+                    let frame: Vec<u8> = buf.drain(..end + 2).collect();
+                    let start = frame.iter().position(|b| *b == 0x0B).unwrap_or(0);
+                    let msg =
+                        String::from_utf8_lossy(&frame[start + 1..frame.len() - 2]).into_owned();
+                    let control = msg.split('|').nth(9).unwrap_or("").to_owned();
+                    keep.lock().unwrap().push(msg);
+                    let ack = format!(
+                        "MSH|^~\\&|AM|HOSP|ICU_GW|ICU|20250101000000||ACK^R40^ACK|A1|P|2.6\rMSA|AA|{control}"
+                    );
+                    let _ = s.write_all(&icu_drivers::mllp::encode_frame(ack.as_bytes()));
+                }
+            }
+        }
+    });
+    (addr, got)
+}
+
+/// Collects every message on the gateway's MQTT alarm topics.
+fn mqtt_alarms(port: u16) -> Arc<Mutex<Vec<String>>> {
+    use icu_drivers::mqtt::rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let keep = got.clone();
+    let (client, mut connection) =
+        Client::new(MqttOptions::new("nurse-call", "127.0.0.1", port), 16);
+    client
+        .subscribe("icu/test-gw/alarms/#", QoS::AtLeastOnce)
+        .unwrap();
+    std::thread::spawn(move || {
+        let _client = client;
+        for ev in connection.iter() {
+            match ev {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let text = format!("{} {}", p.topic, String::from_utf8_lossy(&p.payload));
+                    keep.lock().unwrap().push(text);
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    });
+    got
+}
+
 #[test]
 fn desaturation_alarms_with_kafka_down_and_reaches_icu_alarms_later() {
     let port = icu_tests::free_port();
     let kafka = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let key = load_public_key(&keygen(dir.path())).unwrap();
-    let gw = GatewayProc::start(
-        dir.path(),
-        &with_alarms(config_text(dir.path(), 2, Some(&kafka), "")),
+    let mosquitto = icu_tests::mosquitto::Mosquitto::start().expect("mosquitto");
+    let (am_addr, pcd04) = alarm_manager();
+    let nurse_call = mqtt_alarms(mosquitto.port);
+    let outputs = format!(
+        "\n[mqtt]\nbroker_port = {}\n\n[alarm_manager]\nmllp = \"{am_addr}\"\n",
+        mosquitto.port
     );
+    let cfg = with_alarms(config_text(dir.path(), 2, Some(&kafka), "")).replacen(
+        "[[beds]]",
+        &format!("{outputs}\n[[beds]]"),
+        1,
+    );
+    let gw = GatewayProc::start(dir.path(), &cfg);
+    wait_for(Duration::from_secs(20), "mqtt subscription", || {
+        (gw.get_json("/api/status")["mqtt"]["subscribed"].as_u64() >= Some(1)).then_some(())
+    })
+    .unwrap();
 
     let m = dir.path().join("m.jsonl");
     let run = run_sim_with(
@@ -101,6 +176,56 @@ fn desaturation_alarms_with_kafka_down_and_reaches_icu_alarms_later() {
         )
         .unwrap();
     assert!(stored >= 1, "alarm records wait in the outbox");
+
+    // On the MQTT alarm topic for nurse call (the broker is local, not the backbone).
+    wait_for(
+        Duration::from_secs(10),
+        "the alarm on the MQTT alarm topic",
+        || {
+            let got = nurse_call.lock().unwrap();
+            got.iter()
+                .find(|m| m.starts_with("icu/test-gw/alarms/bed-01 ") && m.contains("limit:spo2"))
+                .cloned()
+        },
+    )
+    .unwrap();
+    // And to the alarm manager as IHE PCD-04: the seven alert attribute rows in order.
+    let msg = wait_for(Duration::from_secs(10), "a PCD-04 message", || {
+        pcd04
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|m| m.contains("ORU^R40"))
+            .cloned()
+    })
+    .unwrap();
+    let obx: Vec<Vec<&str>> = msg
+        .split('\r')
+        .filter(|s| s.starts_with("OBX|"))
+        .map(|s| s.split('|').collect())
+        .collect();
+    let attrs = &obx[obx.len() - 7..];
+    for (i, row) in attrs.iter().enumerate() {
+        assert!(
+            row[4].ends_with(&format!(".{}", i + 1)),
+            "sub-id of row {i}: {}",
+            row[4]
+        );
+        assert_eq!(row[11], "R", "OBX-11 of row {i}");
+    }
+    assert!(
+        attrs[1][3].starts_with("150456^"),
+        "the source is the SpO2 metric: {:?}",
+        attrs[1]
+    );
+    let codes: Vec<&str> = attrs[2..]
+        .iter()
+        .map(|r| r[3].split('^').next().unwrap())
+        .collect();
+    assert_eq!(codes, ["68481", "68482", "68483", "68484", "68485"]);
+    assert_eq!(attrs[2][5], "start");
+    assert_eq!(attrs[5][5], "PM");
+    assert_eq!(attrs[6][5], "SP");
 
     // Acknowledge it through the API (what the page's button does).
     let id = alarm["alarm_id"].as_str().unwrap().to_owned();

@@ -30,6 +30,24 @@ pub struct AlarmPathStats {
     pub store_failures: AtomicU64,
 }
 
+/// An alarm state change as JSON (the page's events and the MQTT alarm topic).
+pub fn alarm_json(a: &Alarm) -> serde_json::Value {
+    serde_json::json!({
+        "alarm_id": a.alarm_id,
+        "bed": a.bed,
+        "device_id": a.device_id,
+        "patient_id": a.patient_id,
+        "mdc_code": a.mdc_code,
+        "text": a.text,
+        "priority": a.priority,
+        "phase": a.phase,
+        "state": a.state,
+        "alert_type": a.alert_type,
+        "source": a.source,
+        "event_time_us": a.event_time_us,
+    })
+}
+
 /// Where alarm state changes go besides the store.
 pub type AlarmListener = Box<dyn Fn(&Alarm) + Send>;
 

@@ -30,6 +30,8 @@ pub struct HttpState {
     pub alarms: actix::Addr<crate::alarm::actor::AlarmActor>,
     pub alarm_stats: Arc<crate::alarm::actor::AlarmPathStats>,
     pub limits: Arc<std::sync::Mutex<crate::alarm::limits_store::LimitsStore>>,
+    /// Alarm state changes as JSON, for the page's server-sent events.
+    pub events: tokio::sync::broadcast::Sender<String>,
     pub started_us: i64,
 }
 
@@ -288,6 +290,30 @@ async fn limit_changes(state: web::Data<HttpState>) -> HttpResponse {
     }
 }
 
+/// Server-sent events: every alarm state change as `event: alarm`, and a comment every 15 s to
+/// keep proxies from closing the stream. The page refreshes on each event, so an alarm appears
+/// as soon as the engine raises it (the 1 s poll remains as a fallback).
+async fn events(state: web::Data<HttpState>) -> HttpResponse {
+    let rx = state.events.subscribe();
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let item = tokio::select! {
+            msg = rx.recv() => match msg {
+                Ok(json) => format!("event: alarm\ndata: {json}\n\n"),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    format!("event: lagged\ndata: {n}\n\n")
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            },
+            _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => ": keep-alive\n\n".to_string(),
+        };
+        Some((Ok::<_, actix_web::Error>(bytes::Bytes::from(item)), rx))
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(stream)
+}
+
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().body("ok\n")
 }
@@ -304,6 +330,7 @@ pub fn start(listener: TcpListener, state: HttpState) -> std::io::Result<actix_w
             .route("/api/devices", web::get().to(devices))
             .route("/api/status", web::get().to(status))
             .route("/api/alarms", web::get().to(alarms))
+            .route("/api/events", web::get().to(events))
             .route(
                 "/api/alarms/{bed}/{alarm_id}/{action}",
                 web::post().to(alarm_action),
