@@ -26,6 +26,7 @@ is not used because the driver path is given).
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -82,6 +83,9 @@ def main():
     ap.add_argument("--timeout", type=float, default=60.0,
                     help="seconds to wait for the alarm, and again for the acknowledgement")
     args = ap.parse_args()
+    # The test stops this script with SIGTERM: exit through the `finally` below so that
+    # chromedriver and chromium are shut down too, not left running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
     try:
         from selenium import webdriver
