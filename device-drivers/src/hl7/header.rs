@@ -124,3 +124,43 @@ fn not_hl7(payload: &[u8]) -> Hl7Error {
     };
     Hl7Error::reject(ErrorCode::SegmentSequenceError, None, message)
 }
+
+/// The MSH checks every accepted message type shares: HL7 v2.x (MSH-12), a known processing id
+/// (MSH-11) and a message control id (MSH-10) to acknowledge. `version_example` and `sender`
+/// only shape the messages ("e.g. 2.6"; "the device must number its messages").
+pub(crate) fn check_envelope(
+    h: &MessageHeader,
+    version_example: &str,
+    sender: &str,
+) -> Result<(), Hl7Error> {
+    if !h.version.starts_with("2.") {
+        return Err(Hl7Error::reject(
+            ErrorCode::UnsupportedVersionId,
+            Some(ErrorLocation::field("MSH", 1, 12)),
+            format!(
+                "HL7 version '{}' (MSH-12) is not supported: expected HL7 v2.x, e.g. {version_example}",
+                message::quote(&h.version)
+            ),
+        ));
+    }
+    if !matches!(h.processing_id.as_str(), "" | "P" | "D" | "T") {
+        return Err(Hl7Error::reject(
+            ErrorCode::UnsupportedProcessingId,
+            Some(ErrorLocation::field("MSH", 1, 11)),
+            format!(
+                "processing id '{}' (MSH-11) is not supported: expected P (production), D (debugging/demo) or T (training)",
+                message::quote(&h.processing_id)
+            ),
+        ));
+    }
+    if h.control_id.is_empty() {
+        return Err(Hl7Error::content(
+            ErrorCode::RequiredFieldMissing,
+            ErrorLocation::field("MSH", 1, 10),
+            format!(
+                "MSH-10 (message control id) is empty; {sender} must number its messages so they can be acknowledged"
+            ),
+        ));
+    }
+    Ok(())
+}

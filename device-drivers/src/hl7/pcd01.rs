@@ -171,33 +171,7 @@ fn check_envelope(h: &MessageHeader) -> Result<(), Hl7Error> {
             ),
         ));
     }
-    if !h.version.starts_with("2.") {
-        return Err(Hl7Error::reject(
-            ErrorCode::UnsupportedVersionId,
-            Some(ErrorLocation::field("MSH", 1, 12)),
-            format!(
-                "HL7 version '{}' (MSH-12) is not supported: expected HL7 v2.x, e.g. 2.6",
-                quote(&h.version)
-            ),
-        ));
-    }
-    if !matches!(h.processing_id.as_str(), "" | "P" | "D" | "T") {
-        return Err(Hl7Error::reject(
-            ErrorCode::UnsupportedProcessingId,
-            Some(ErrorLocation::field("MSH", 1, 11)),
-            format!(
-                "processing id '{}' (MSH-11) is not supported: expected P (production), D (debugging/demo) or T (training)",
-                quote(&h.processing_id)
-            ),
-        ));
-    }
-    if h.control_id.is_empty() {
-        return Err(Hl7Error::content(
-            ErrorCode::RequiredFieldMissing,
-            ErrorLocation::field("MSH", 1, 10),
-            "MSH-10 (message control id) is empty; the device must number its messages so they can be acknowledged".into(),
-        ));
-    }
+    super::header::check_envelope(h, "2.6", "the device")?;
     Ok(())
 }
 
