@@ -253,6 +253,27 @@ impl DeviceActor {
             tracing::info!(device = %self.device.id, bed = %self.device.bed, condition = id, "technical alarm ended");
         }
         self.live.record_alarm(&self.device.id, &alarm);
+        // Through the alarm engine when there is one, so technical alarms reach every output
+        // (page events, MQTT, PCD-04, store) with the same lifecycle as physiological ones.
+        if let Some((engine, stats)) = &self.alarms {
+            let msg = crate::alarm::actor::Technical {
+                bed: self.device.bed.clone(),
+                device_id: self.device.id.clone(),
+                condition: id.to_owned(),
+                text: alarm.text.clone(),
+                priority: priority.to_owned(),
+                active,
+                time_us,
+            };
+            if engine.try_send(msg).is_err() {
+                stats
+                    .dropped_batches
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(device = %self.device.id, "alarm engine mailbox full: technical alarm not evaluated");
+            } else {
+                return;
+            }
+        }
         let request = WriteRequest::Alarm(AlarmWrite {
             device_id: self.device.id.clone(),
             bed: self.device.bed.clone(),

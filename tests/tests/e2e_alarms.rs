@@ -118,7 +118,9 @@ fn desaturation_alarms_with_kafka_down_and_reaches_icu_alarms_later() {
     let dir = tempfile::tempdir().unwrap();
     let key = load_public_key(&keygen(dir.path())).unwrap();
     let mosquitto = icu_tests::mosquitto::Mosquitto::start().expect("mosquitto");
-    let (am_addr, pcd04) = alarm_manager();
+    // An alarm manager is configured but unreachable: that output retries on its own and
+    // delays nothing else.
+    let am_addr = format!("127.0.0.1:{}", icu_tests::free_port());
     let nurse_call = mqtt_alarms(mosquitto.port);
     let outputs = format!(
         "\n[mqtt]\nbroker_port = {}\n\n[alarm_manager]\nmllp = \"{am_addr}\"\n",
@@ -189,44 +191,6 @@ fn desaturation_alarms_with_kafka_down_and_reaches_icu_alarms_later() {
         },
     )
     .unwrap();
-    // And to the alarm manager as IHE PCD-04: the seven alert attribute rows in order.
-    let msg = wait_for(Duration::from_secs(10), "a PCD-04 message", || {
-        pcd04
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|m| m.contains("ORU^R40"))
-            .cloned()
-    })
-    .unwrap();
-    let obx: Vec<Vec<&str>> = msg
-        .split('\r')
-        .filter(|s| s.starts_with("OBX|"))
-        .map(|s| s.split('|').collect())
-        .collect();
-    let attrs = &obx[obx.len() - 7..];
-    for (i, row) in attrs.iter().enumerate() {
-        assert!(
-            row[4].ends_with(&format!(".{}", i + 1)),
-            "sub-id of row {i}: {}",
-            row[4]
-        );
-        assert_eq!(row[11], "R", "OBX-11 of row {i}");
-    }
-    assert!(
-        attrs[1][3].starts_with("150456^"),
-        "the source is the SpO2 metric: {:?}",
-        attrs[1]
-    );
-    let codes: Vec<&str> = attrs[2..]
-        .iter()
-        .map(|r| r[3].split('^').next().unwrap())
-        .collect();
-    assert_eq!(codes, ["68481", "68482", "68483", "68484", "68485"]);
-    assert_eq!(attrs[2][5], "start");
-    assert_eq!(attrs[5][5], "PM");
-    assert_eq!(attrs[6][5], "SP");
-
     // Acknowledge it through the API (what the page's button does).
     let id = alarm["alarm_id"].as_str().unwrap().to_owned();
     let ack = support::http_post_json(
@@ -324,4 +288,63 @@ fn a_clinician_limit_applies_at_once_is_audited_and_survives_a_restart() {
     let changes = gw.get_json("/api/limit-changes");
     assert_eq!(changes[0]["who"], "dr.test");
     assert_eq!(changes[0]["new_high"].as_f64(), Some(45.0));
+}
+
+#[test]
+fn pcd04_reaches_the_alarm_manager_with_the_seven_attribute_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (am_addr, pcd04) = alarm_manager();
+    let cfg = with_alarms(config_text(dir.path(), 1, None, "")).replacen(
+        "[[beds]]",
+        &format!("\n[alarm_manager]\nmllp = \"{am_addr}\"\n\n[[beds]]"),
+        1,
+    );
+    let gw = GatewayProc::start(dir.path(), &cfg);
+    let m = dir.path().join("m.jsonl");
+    let run = run_sim_with(
+        gw.endpoints.mllp,
+        1,
+        24,
+        2.0,
+        &m,
+        &["--scenario", "desaturation:1:0"],
+    );
+    assert!(run.ok, "{}", run.stdout);
+    // The alarm manager as IHE PCD-04: the seven alert attribute rows in order.
+    let msg = wait_for(Duration::from_secs(10), "a PCD-04 message", || {
+        pcd04
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|m| m.contains("ORU^R40"))
+            .cloned()
+    })
+    .unwrap();
+    let obx: Vec<Vec<&str>> = msg
+        .split('\r')
+        .filter(|s| s.starts_with("OBX|"))
+        .map(|s| s.split('|').collect())
+        .collect();
+    let attrs = &obx[obx.len() - 7..];
+    for (i, row) in attrs.iter().enumerate() {
+        assert!(
+            row[4].ends_with(&format!(".{}", i + 1)),
+            "sub-id of row {i}: {}",
+            row[4]
+        );
+        assert_eq!(row[11], "R", "OBX-11 of row {i}");
+    }
+    assert!(
+        attrs[1][3].starts_with("150456^"),
+        "the source is the SpO2 metric: {:?}",
+        attrs[1]
+    );
+    let codes: Vec<&str> = attrs[2..]
+        .iter()
+        .map(|r| r[3].split('^').next().unwrap())
+        .collect();
+    assert_eq!(codes, ["68481", "68482", "68483", "68484", "68485"]);
+    assert_eq!(attrs[2][5], "start");
+    assert_eq!(attrs[5][5], "PM");
+    assert_eq!(attrs[6][5], "SP");
 }

@@ -136,6 +136,48 @@ impl Handler<Observations> for AlarmActor {
     }
 }
 
+/// A technical condition from a device actor: its feed went silent (`gateway:stale-feed`) or the
+/// device reports a condition (raised or cleared).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Technical {
+    pub bed: String,
+    pub device_id: String,
+    pub condition: String,
+    pub text: String,
+    /// PH, PM or PL.
+    pub priority: String,
+    pub active: bool,
+    pub time_us: i64,
+}
+
+impl Handler<Technical> for AlarmActor {
+    type Result = ();
+
+    fn handle(&mut self, m: Technical, ctx: &mut Self::Context) {
+        let alarms = if m.condition == super::STALE_FEED_SOURCE {
+            self.engine
+                .stale_feed(&m.bed, &m.device_id, m.active, m.time_us)
+        } else {
+            let priority = match m.priority.as_str() {
+                "PH" => super::Priority::High,
+                "PL" => super::Priority::Low,
+                _ => super::Priority::Medium,
+            };
+            self.engine.device_condition(
+                &m.bed,
+                &m.device_id,
+                &m.condition,
+                &m.text,
+                priority,
+                m.active,
+                m.time_us,
+            )
+        };
+        self.emit(alarms, ctx);
+    }
+}
+
 /// A clinician's limit change for one bed and parameter (`None` switches that side off).
 #[derive(Message)]
 #[rtype(result = "Result<(), AlarmError>")]
