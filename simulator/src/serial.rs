@@ -112,7 +112,11 @@ pub fn run_masimo(
         let mut connected_since: Option<std::time::Instant> = None;
         while !control.stop.load(Ordering::Relaxed) {
             if control.unplugged.load(Ordering::Relaxed) {
-                pty = None;
+                if pty.take().is_some() {
+                    // Unpublish the port: the old /dev/pts number may be reused by another
+                    // program's pty, and a gateway reopening a stale link would read it.
+                    let _ = std::fs::remove_file(&link);
+                }
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
@@ -159,6 +163,7 @@ pub fn run_masimo(
             std::thread::sleep(period);
         }
         drop(pty);
+        let _ = std::fs::remove_file(&link);
     }))
 }
 
@@ -214,7 +219,11 @@ pub fn run_medibus(
         let mut next_update = std::time::Instant::now();
         while !control.stop.load(Ordering::Relaxed) {
             if control.unplugged.load(Ordering::Relaxed) {
-                pty = None;
+                if pty.take().is_some() {
+                    // Unpublish the port: the old /dev/pts number may be reused by another
+                    // program's pty, and a gateway reopening a stale link would read it.
+                    let _ = std::fs::remove_file(&link);
+                }
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
@@ -257,6 +266,7 @@ pub fn run_medibus(
             }
         }
         drop(pty);
+        let _ = std::fs::remove_file(&link);
     }))
 }
 
