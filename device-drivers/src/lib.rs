@@ -23,4 +23,5 @@ pub mod masimo;
 pub mod medibus;
 pub mod mllp;
 pub mod mqtt;
+pub mod serial_line;
 pub mod terminology;

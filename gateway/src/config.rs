@@ -801,25 +801,22 @@ impl RawConfig {
                         _ => (9600, "none"),
                     };
                     let parity = sp.parity.clone().unwrap_or_else(|| parity.to_owned());
-                    if !["none", "even", "odd"].contains(&parity.as_str()) {
-                        problem(
-                            &format!("devices[{i}].serial.parity"),
-                            format!("'{parity}' is not one of none, even, odd"),
-                        );
-                    }
                     let data_bits = sp.data_bits.unwrap_or(8);
-                    if !(7..=8).contains(&data_bits) {
-                        problem(
-                            &format!("devices[{i}].serial.data_bits"),
-                            "must be 7 or 8".into(),
-                        );
-                    }
                     let stop_bits = sp.stop_bits.unwrap_or(1);
-                    if !(1..=2).contains(&stop_bits) {
-                        problem(
-                            &format!("devices[{i}].serial.stop_bits"),
-                            "must be 1 or 2".into(),
-                        );
+                    let baud = sp.baud.unwrap_or(baud);
+                    let usual = match protocol {
+                        Protocol::Medibus => "MEDIBUS: usually 19200",
+                        _ => "Masimo: 9600",
+                    };
+                    for (field, message) in icu_drivers::serial_line::line_problems(
+                        &sp.port.to_string_lossy(),
+                        baud,
+                        data_bits,
+                        &parity,
+                        stop_bits,
+                        usual,
+                    ) {
+                        problem(&format!("devices[{i}].serial.{field}"), message);
                     }
                     if let Some(prev) = ports.insert(sp.port.clone(), i) {
                         problem(
@@ -829,7 +826,7 @@ impl RawConfig {
                     }
                     Some(crate::serial::SerialSettings {
                         port: sp.port.clone(),
-                        baud: sp.baud.unwrap_or(baud),
+                        baud,
                         data_bits,
                         parity,
                         stop_bits,
@@ -955,6 +952,53 @@ match = "x"
                 "devices[1].match"
             ]
         );
+    }
+
+    #[test]
+    fn serial_devices_need_a_valid_line() {
+        let text = r#"
+gateway_id = "icu-a"
+data_dir = "d"
+[[beds]]
+id = "bed-1"
+[[devices]]
+id = "vent-1"
+bed = "bed-1"
+protocol = "medibus"
+[devices.serial]
+port = "/dev/ttyUSB0"
+parity = "mark"
+stop_bits = 3
+[[devices]]
+id = "spo2-1"
+bed = "bed-1"
+protocol = "masimo"
+"#;
+        let ConfigError::Invalid { problems, .. } =
+            Config::from_toml(text, Path::new("g.toml")).unwrap_err()
+        else {
+            panic!("expected Invalid");
+        };
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "devices[0].serial.parity",
+                "devices[0].serial.stop_bits",
+                "devices[1].serial"
+            ]
+        );
+        let ok = text
+            .replace("parity = \"mark\"\nstop_bits = 3\n", "")
+            .replace(
+                "protocol = \"masimo\"\n",
+                "protocol = \"masimo\"\n[devices.serial]\nport = \"/dev/ttyUSB1\"\n",
+            );
+        let c = Config::from_toml(&ok, Path::new("g.toml")).unwrap();
+        let vent = c.devices[0].serial.as_ref().unwrap();
+        assert_eq!((vent.baud, vent.parity.as_str()), (19200, "even"));
+        let spo2 = c.devices[1].serial.as_ref().unwrap();
+        assert_eq!((spo2.baud, spo2.parity.as_str()), (9600, "none"));
     }
 
     #[test]

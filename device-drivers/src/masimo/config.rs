@@ -74,35 +74,15 @@ impl MasimoConfig {
     pub fn validate(&self) -> Result<(), Vec<MasimoConfigError>> {
         let mut problems = Vec::new();
         let mut bad = |field, message: String| problems.push(MasimoConfigError { field, message });
-        if self.port.trim().is_empty() {
-            bad(
-                "port",
-                "must name a serial device, e.g. /dev/ttyUSB0".into(),
-            );
-        }
-        if !(300..=921_600).contains(&self.baud) {
-            bad(
-                "baud",
-                format!("{} is not a serial baud rate (Masimo: 9600)", self.baud),
-            );
-        }
-        if !matches!(self.data_bits, 7 | 8) {
-            bad(
-                "data_bits",
-                format!("must be 7 or 8, found {}", self.data_bits),
-            );
-        }
-        if !matches!(self.parity.as_str(), "none" | "even" | "odd") {
-            bad(
-                "parity",
-                format!("must be none, even or odd, found '{}'", self.parity),
-            );
-        }
-        if !matches!(self.stop_bits, 1 | 2) {
-            bad(
-                "stop_bits",
-                format!("must be 1 or 2, found {}", self.stop_bits),
-            );
+        for (field, message) in crate::serial_line::line_problems(
+            &self.port,
+            self.baud,
+            self.data_bits,
+            &self.parity,
+            self.stop_bits,
+            "Masimo: 9600",
+        ) {
+            bad(field, message);
         }
         if !(-14 * 60..=14 * 60).contains(&self.utc_offset_minutes) {
             bad(

@@ -92,32 +92,15 @@ impl MedibusConfig {
     pub fn validate(&self) -> Result<(), Vec<MedibusConfigError>> {
         let mut problems = Vec::new();
         let mut bad = |field, message: String| problems.push(MedibusConfigError { field, message });
-        if self.port.trim().is_empty() {
-            bad("port", "must name a serial device, e.g. /dev/ttyS0".into());
-        }
-        if !(300..=921_600).contains(&self.baud) {
-            bad(
-                "baud",
-                format!("{} is not a serial baud rate (MEDIBUS: 19200)", self.baud),
-            );
-        }
-        if !matches!(self.data_bits, 7 | 8) {
-            bad(
-                "data_bits",
-                format!("must be 7 or 8, found {}", self.data_bits),
-            );
-        }
-        if !matches!(self.parity.as_str(), "none" | "even" | "odd") {
-            bad(
-                "parity",
-                format!("must be none, even or odd, found '{}'", self.parity),
-            );
-        }
-        if !matches!(self.stop_bits, 1 | 2) {
-            bad(
-                "stop_bits",
-                format!("must be 1 or 2, found {}", self.stop_bits),
-            );
+        for (field, message) in crate::serial_line::line_problems(
+            &self.port,
+            self.baud,
+            self.data_bits,
+            &self.parity,
+            self.stop_bits,
+            "MEDIBUS: 19200",
+        ) {
+            bad(field, message);
         }
         if !(100..=2000).contains(&self.keep_alive_ms) {
             bad(
