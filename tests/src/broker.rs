@@ -1,7 +1,6 @@
 //! A real Kafka-protocol broker (`tansu`, in-memory storage) per test.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,7 +12,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::metadata::Metadata;
 use tempfile::TempDir;
 
-use crate::process::{wait_for, ChildGuard};
+use crate::process::{log_tail, wait_for, ChildGuard};
 use crate::{free_port, tansu_bin};
 
 /// Partitions per topic made by [`Broker::create_topics`] (tansu's default).
@@ -273,17 +272,4 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn log_tail(path: &Path, lines: usize) -> String {
-    let Ok(mut f) = File::open(path) else {
-        return String::from("(no log)");
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -12,7 +12,6 @@
 //! [`Mosquitto::restart`], as a production broker would.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,7 +21,7 @@ use anyhow::{bail, Context};
 use tempfile::TempDir;
 
 use crate::free_port;
-use crate::process::{wait_for, ChildGuard};
+use crate::process::{log_tail, wait_for, ChildGuard};
 
 /// Where the Debian package puts the broker.
 pub const MOSQUITTO_BIN: &str = "/usr/sbin/mosquitto";
@@ -243,17 +242,4 @@ impl Drop for Mosquitto {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn log_tail(path: &Path, lines: usize) -> String {
-    let Ok(mut f) = File::open(path) else {
-        return String::from("(no log)");
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

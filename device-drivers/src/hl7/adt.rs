@@ -184,19 +184,7 @@ pub fn decode_adt(payload: &[u8]) -> Result<AdtMessage, Hl7Error> {
     for seg in &segments {
         match seg.id {
             "MSH" if seg.occurrence > 1 => {
-                return Err(Hl7Error::content(
-                    ErrorCode::SegmentSequenceError,
-                    ErrorLocation {
-                        segment: "MSH".into(),
-                        sequence: seg.occurrence,
-                        field: None,
-                        component: None,
-                    },
-                    format!(
-                        "segment {} is a second MSH: batches are not supported, send one message per MLLP frame",
-                        seg.index
-                    ),
-                ));
+                return Err(super::header::second_msh(seg.occurrence, seg.index));
             }
             "EVN" if seg.occurrence == 1 => {
                 evn_recorded = time_field(seg, 2)?;

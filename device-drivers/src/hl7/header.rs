@@ -164,3 +164,19 @@ pub(crate) fn check_envelope(
     }
     Ok(())
 }
+
+/// The error for a second MSH in one frame: batches are not accepted, one message per frame.
+pub(crate) fn second_msh(occurrence: u32, index: usize) -> Hl7Error {
+    Hl7Error::content(
+        ErrorCode::SegmentSequenceError,
+        ErrorLocation {
+            segment: "MSH".into(),
+            sequence: occurrence,
+            field: None,
+            component: None,
+        },
+        format!(
+            "segment {index} is a second MSH: batches are not supported, send one message per MLLP frame"
+        ),
+    )
+}

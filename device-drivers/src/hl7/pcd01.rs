@@ -89,19 +89,7 @@ pub fn decode_pcd01(
     for seg in &segments {
         match seg.id {
             "MSH" if seg.occurrence > 1 => {
-                return Err(Hl7Error::content(
-                    ErrorCode::SegmentSequenceError,
-                    ErrorLocation {
-                        segment: "MSH".into(),
-                        sequence: seg.occurrence,
-                        field: None,
-                        component: None,
-                    },
-                    format!(
-                        "segment {} is a second MSH: batches are not supported, send one message per MLLP frame",
-                        seg.index
-                    ),
-                ));
+                return Err(super::header::second_msh(seg.occurrence, seg.index));
             }
             "PID" if seg.occurrence == 1 => {
                 let id = unescape(component(seg.field(3), 1), &d);
