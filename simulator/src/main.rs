@@ -48,6 +48,11 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// How often one message is sent before it counts as unanswered (a message whose ACK
+        /// did not come is sent again, unchanged, on a new connection; pauses grow by 200 ms up
+        /// to 1 s). A large value keeps a message knocking while the gateway restarts.
+        #[arg(long, default_value_t = 5)]
+        max_attempts: u32,
     },
     /// Print the gateway config blocks ([[beds]], [[devices]]) for N simulated beds.
     Config {
@@ -163,6 +168,7 @@ fn main() -> anyhow::Result<()> {
             manifest,
             json,
             scenario,
+            max_attempts,
         } => {
             let messages = if messages.is_none() && duration_secs.is_none() {
                 Some(10)
@@ -177,10 +183,20 @@ fn main() -> anyhow::Result<()> {
                 duration: duration_secs.map(Duration::from_secs),
                 seed,
                 scenario,
+                max_attempts,
                 ..Default::default()
             };
             let rt = tokio::runtime::Runtime::new()?;
-            let report = rt.block_on(icu_sim::run::run(opts, None));
+            // SIGINT or SIGTERM ends the run early; the report and manifest are still written,
+            // so a test can run the sender open-ended and stop it when it has seen enough.
+            let report = rt.block_on(async {
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    stop_signal().await;
+                    let _ = stop_tx.send(true);
+                });
+                icu_sim::run::run(opts, Some(stop_rx)).await
+            });
             if let Some(path) = manifest {
                 let mut f = std::io::BufWriter::new(
                     std::fs::File::create(&path)
@@ -216,5 +232,20 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1)
             }
         }
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM (never, if neither handler can be installed).
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
     }
 }

@@ -199,6 +199,12 @@ async fn send_one(
     }
 }
 
+/// The pause before retry number `attempt` (1-based) of one message: 200 ms more per attempt,
+/// at most 1 s, so a sender told to retry many times keeps knocking while a gateway restarts.
+fn retry_pause(attempt: u32) -> Duration {
+    Duration::from_millis((200 * u64::from(attempt)).min(1000))
+}
+
 /// Whether an ACK's MSA-2 is the control id (MSH-10) of `msg`.
 fn acks_control_id(ack: &[u8], msg: &str) -> bool {
     let control = msg
@@ -276,8 +282,15 @@ async fn run_bed(
             let mut answered = false;
             for attempt in 0..opts.max_attempts.max(1) {
                 if attempt > 0 {
+                    if *stop.borrow() {
+                        break; // asked to stop while the gateway is away: give up on it
+                    }
                     report.resends += 1;
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                    let pause = retry_pause(attempt);
+                    tokio::select! {
+                        _ = stopped(&mut stop) => break,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
                 }
                 let garbage = active == Some(ScenarioKind::Garbage);
                 match send_one(&mut conn, &opts.target, &msg, garbage, opts.ack_timeout).await {
@@ -357,6 +370,75 @@ pub async fn run(opts: RunOptions, external_stop: Option<watch::Receiver<bool>>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A gateway that drops the first two connections without answering (as one killed mid-
+    /// message does), then answers AA: the message is sent again, unchanged, and accepted once.
+    #[tokio::test]
+    async fn an_unacknowledged_message_is_sent_again_on_a_new_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let mut received = Vec::new();
+            for conn in 0.. {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    break;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.ends_with(&[0x1C, 0x0D]) {
+                    let n = s.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "the sender closed mid-message");
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                received.push(buf);
+                if conn < 2 {
+                    continue; // dropped without an ACK
+                }
+                let msg = String::from_utf8_lossy(&received[conn]).into_owned();
+                let control = msg.split('|').nth(9).unwrap_or_default().to_owned();
+                let ack =
+                    format!("MSH|^~\\&|GW|X|SIM|X|20250101000000||ACK|A1|P|2.6\rMSA|AA|{control}");
+                let frame = icu_drivers::mllp::encode_frame(ack.as_bytes());
+                s.write_all(&frame).await.unwrap();
+                return received;
+            }
+            received
+        });
+        let report = run(
+            RunOptions {
+                target,
+                beds: crate::beds(1),
+                rate_hz: 50.0,
+                messages_per_bed: Some(1),
+                max_attempts: 10,
+                ..Default::default()
+            },
+            None,
+        )
+        .await;
+        let received = server.await.unwrap();
+        assert_eq!(received.len(), 3, "sent three times");
+        assert!(
+            received.iter().all(|m| *m == received[0]),
+            "resent unchanged"
+        );
+        let d = &report.devices["mon-01"];
+        assert_eq!((d.messages, d.aa, d.resends, d.unanswered), (1, 1, 2, 0));
+        assert_eq!(
+            report.accepted.len(),
+            8,
+            "one message's observations, listed once"
+        );
+    }
+
+    #[test]
+    fn retries_back_off_up_to_one_second() {
+        assert_eq!(retry_pause(1), Duration::from_millis(200));
+        assert_eq!(retry_pause(4), Duration::from_millis(800));
+        assert_eq!(retry_pause(5), Duration::from_secs(1));
+        assert_eq!(retry_pause(500), Duration::from_secs(1));
+    }
 
     #[test]
     fn ack_code_reads_msa_1() {
