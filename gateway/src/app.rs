@@ -43,11 +43,13 @@ pub struct Running {
     http: actix_web::dev::ServerHandle,
     mllp_task: tokio::task::JoinHandle<()>,
     mqtt: Option<icu_drivers::mqtt::MqttSubscriber>,
+    readiness: Arc<crate::metrics::Readiness>,
 }
 
 impl Running {
     /// Stops accepting input, then stops the HTTP server. The store commits what it holds.
     pub async fn shutdown(self) {
+        self.readiness.set_listening(false);
         let _ = self.shutdown.send(true);
         let _ = self.mllp_task.await;
         if let Some(m) = self.mqtt {
@@ -242,6 +244,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
     );
 
     let live = Arc::new(LiveState::new(&config.beds, &config.devices));
+    let ingest_stats = Arc::new(crate::metrics::IngestStats::default());
     let clock = Arc::new(ClockState::new(config.clock));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut routes = HashMap::new();
@@ -254,6 +257,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
             clock.clone(),
             census_reader.clone(),
             Some((alarm_addr.clone(), alarm_stats.clone())),
+            ingest_stats.clone(),
         );
         device_addrs.insert(d.id.clone(), addr.clone());
         if let Some(m) = &d.match_id {
@@ -352,6 +356,16 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
         )
     })?;
     let http_addr = http_listener.local_addr()?;
+    // `/metrics` and `/readyz` read through a connection of their own, not the bridge's.
+    let metrics_db =
+        crate::store::ReaderDb::open(&config.store.path, config.store.synchronous_full)
+            .with_context(|| {
+                format!(
+                    "opening the metrics reader on {}",
+                    config.store.path.display()
+                )
+            })?;
+    let readiness = Arc::new(crate::metrics::Readiness::default());
     let server = http::start(
         http_listener,
         HttpState {
@@ -369,6 +383,15 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
             limits: Arc::new(std::sync::Mutex::new(limits)),
             events: events_tx,
             started_us: now_us(),
+            store: store.clone(),
+            metrics_db: Arc::new(std::sync::Mutex::new(metrics_db)),
+            store_path: config.store.path.clone(),
+            disk_budget_bytes: config.store.disk_budget_bytes,
+            ingest: ingest_stats,
+            forward_rates: bridge
+                .as_ref()
+                .map(|b| crate::metrics::ForwardRates::start(b.clone())),
+            readiness: readiness.clone(),
         },
     )?;
     let http_handle = server.handle();
@@ -385,6 +408,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
     let ep_path = config.data_dir.join("endpoints.json");
     std::fs::write(&ep_path, serde_json::to_vec_pretty(&endpoints)?)
         .with_context(|| format!("writing {}", ep_path.display()))?;
+    readiness.set_listening(true);
     tracing::info!(mllp = %mllp_addr, http = %format!("http://{http_addr}/"), gateway_id = %config.gateway_id,
         devices = config.devices.len(), "gateway ready");
 
@@ -398,6 +422,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
         http: http_handle,
         mllp_task,
         mqtt,
+        readiness,
     })
 }
 

@@ -93,6 +93,9 @@ pub struct DeviceActor {
     clock: Arc<ClockState>,
     census: CensusReader,
     alarms: AlarmPath,
+    /// Ingest counters of `/metrics`, counted here when the store answered: the one place that
+    /// knows both the transport (from the protocol) and the outcome.
+    ingest_stats: Arc<crate::metrics::IngestStats>,
     started_us: i64,
     last_seen_us: Option<i64>,
     /// Active alarms raised by this actor, by condition id, with their start time.
@@ -107,6 +110,7 @@ impl DeviceActor {
         clock: Arc<ClockState>,
         census: CensusReader,
         alarms: AlarmPath,
+        ingest_stats: Arc<crate::metrics::IngestStats>,
     ) -> Addr<Self> {
         // Supervised: if the actor stops (a failed handler), it is restarted behind the same
         // address, so transports and routes keep working without re-wiring.
@@ -119,6 +123,7 @@ impl DeviceActor {
                 clock,
                 census,
                 alarms,
+                ingest_stats,
                 started_us: now_us(),
                 last_seen_us: None,
                 active: HashMap::new(),
@@ -187,19 +192,34 @@ impl DeviceActor {
         let stored = self.store.send(Append(request));
         let live = self.live.clone();
         let device_id = self.device.id.clone();
+        let ingest_stats = self.ingest_stats.clone();
+        let transport = crate::metrics::Transport::of(self.device.protocol);
         async move {
             match stored.await {
                 Ok(Ok(outcome)) => {
-                    if matches!(outcome, WriteOutcome::Duplicate { .. }) {
-                        live.record_duplicate(&device_id);
+                    match &outcome {
+                        WriteOutcome::Stored {
+                            first_seq,
+                            last_seq,
+                        } => ingest_stats
+                            .stored(transport, (last_seq + 1).saturating_sub(*first_seq)),
+                        WriteOutcome::Duplicate { .. } => {
+                            ingest_stats.duplicate(transport);
+                            live.record_duplicate(&device_id);
+                        }
+                        _ => {}
                     }
                     Ok(outcome)
                 }
                 Ok(Err(e)) => {
+                    ingest_stats.refused(transport, &e);
                     live.record_error(&device_id, &e.to_string());
                     Err(e)
                 }
-                Err(_) => Err(StoreError::Closed),
+                Err(_) => {
+                    ingest_stats.refused(transport, &StoreError::Closed);
+                    Err(StoreError::Closed)
+                }
             }
         }
     }

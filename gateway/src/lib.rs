@@ -15,6 +15,7 @@ pub mod demo;
 pub mod device;
 pub mod http;
 pub mod live;
+pub mod metrics;
 pub mod mllp;
 pub mod mqtt;
 pub mod serial;

@@ -1,8 +1,11 @@
 //! The local HTTP surface: the page for nurses and biomedical engineers, and the JSON API.
 //!
-//! Owns: `/` (the page), `/api/beds`, `/api/devices`, `/api/status`, `/healthz`. It reads the
-//! live state in memory and the store's counters through its own read connection (on the
-//! blocking pool), so it never blocks ingest. It is meant for the ICU network or loopback.
+//! Owns: `/` (the page), `/api/beds`, `/api/devices`, `/api/status`, `/metrics` (Prometheus,
+//! see [`crate::metrics`]), `/healthz` (liveness: the HTTP server answers) and `/readyz`
+//! (readiness: listeners bound, store running, readable and under its disk budget; 503 with the
+//! reasons otherwise). It reads the live state in memory and the store's counters through its
+//! own read connections (on the blocking pool), so it never blocks ingest. It is meant for the
+//! ICU network or loopback.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -12,8 +15,9 @@ use icu_cloud_bridge::bridge::BridgeStats;
 
 use crate::clock::now_us;
 use crate::live::LiveState;
+use crate::metrics::{self, BridgeFigures, Figures, StoreFigures, StoreWriteFigures};
 use crate::mllp::MllpStats;
-use crate::store::{SqliteOutbox, StoreStats};
+use crate::store::{ReaderDb, SqliteOutbox, Store, StoreError, StoreStats};
 
 const PAGE: &str = include_str!("page.html");
 
@@ -33,6 +37,15 @@ pub struct HttpState {
     /// Alarm state changes as JSON, for the page's server-sent events.
     pub events: tokio::sync::broadcast::Sender<String>,
     pub started_us: i64,
+    /// The store actor (alive or not, for `/readyz`).
+    pub store: actix::Addr<Store>,
+    /// A read connection of its own for `/metrics` and `/readyz` (not the bridge's).
+    pub metrics_db: Arc<std::sync::Mutex<ReaderDb>>,
+    pub store_path: std::path::PathBuf,
+    pub disk_budget_bytes: u64,
+    pub ingest: Arc<metrics::IngestStats>,
+    pub forward_rates: Option<Arc<metrics::ForwardRates>>,
+    pub readiness: Arc<metrics::Readiness>,
 }
 
 async fn page() -> HttpResponse {
@@ -318,6 +331,87 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().body("ok\n")
 }
 
+/// Runs `read` on the metrics read connection and measures the store's disk usage, on the
+/// blocking pool (never on the actix thread).
+async fn read_store<T: Send + 'static>(
+    state: &HttpState,
+    read: impl FnOnce(&ReaderDb) -> Result<T, StoreError> + Send + 'static,
+) -> (Result<T, StoreError>, u64) {
+    let db = state.metrics_db.clone();
+    let path = state.store_path.clone();
+    web::block(move || {
+        let usage = metrics::store_disk_usage(&path);
+        let result = db
+            .lock()
+            .map_err(|_| StoreError::Closed)
+            .and_then(|db| read(&db));
+        (result, usage)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let e = StoreError::Sqlite {
+            path: state.store_path.display().to_string(),
+            message: format!("blocking pool: {e}"),
+        };
+        (Err(e), 0)
+    })
+}
+
+/// Prometheus text exposition of [`Figures`] (see [`crate::metrics`] for the families).
+async fn metrics_text(state: web::Data<HttpState>) -> HttpResponse {
+    let bridge = match &state.bridge {
+        Some(b) => BridgeFigures::of(b, state.forward_rates.as_deref(), metrics::mono_ms()),
+        None => BridgeFigures::disabled(),
+    };
+    let mut figures = Figures::gather(
+        &state.gateway_id,
+        (now_us() - state.started_us) as f64 / 1e6,
+        &state.ingest,
+        StoreWriteFigures::of(&state.store_stats),
+        state.disk_budget_bytes,
+        bridge,
+    );
+    let (store, usage) = read_store(&state, StoreFigures::read).await;
+    figures.disk_usage_bytes = usage;
+    figures.store = match store {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: the store did not answer");
+            None
+        }
+    };
+    HttpResponse::Ok()
+        .content_type(metrics::CONTENT_TYPE)
+        .body(metrics::render(&figures))
+}
+
+/// Ready to take input: listeners bound (and not shutting down), the store writer running, the
+/// store readable and under its disk budget. 503 with the reasons otherwise.
+async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
+    // A cheap read (page counts), not the full figures: probes come often.
+    let (store, usage) = read_store(&state, ReaderDb::data_bytes).await;
+    let budget = state.disk_budget_bytes;
+    let reasons = metrics::readiness_problems(
+        state.readiness.listening(),
+        state.store.connected(),
+        store.err().map(|e| e.to_string()).as_deref(),
+        usage,
+        budget,
+    );
+    let ready = reasons.is_empty();
+    let body = serde_json::json!({
+        "ready": ready,
+        "reasons": reasons,
+        "disk_usage_bytes": usage,
+        "disk_budget_bytes": budget,
+    });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
 /// Starts the HTTP server on an already bound listener (port 0 works); signals are handled by
 /// the gateway, not by the server.
 pub fn start(listener: TcpListener, state: HttpState) -> std::io::Result<actix_web::dev::Server> {
@@ -339,6 +433,8 @@ pub fn start(listener: TcpListener, state: HttpState) -> std::io::Result<actix_w
             .route("/api/beds/{bed}/limits/{mdc}", web::get().to(get_limits))
             .route("/api/limit-changes", web::get().to(limit_changes))
             .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics_text))
     })
     .workers(1)
     .disable_signals()

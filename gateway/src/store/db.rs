@@ -568,6 +568,37 @@ impl ReaderDb {
             per_device_next_seq: per_device,
         })
     }
+
+    /// Unsent records per stream (outbox depth, for `/metrics`). Read only.
+    pub fn unsent_by_stream(&self) -> Result<Vec<(Stream, u64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT kind, COUNT(*) FROM records WHERE sent = 0 GROUP BY kind")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (kind, n) = row.map_err(|e| self.err(e))?;
+            if let Some(stream) = Stream::from_code(kind) {
+                out.push((stream, n as u64));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bytes of the database pages in use (page count less free pages, times the page size),
+    /// as of the latest commit. Read only; also answers whether the store can be read.
+    pub fn data_bytes(&self) -> Result<u64, StoreError> {
+        let pragma = |name: &str| -> Result<i64, StoreError> {
+            self.conn
+                .query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+                .map_err(|e| self.err(e))
+        };
+        let pages = pragma("page_count")? - pragma("freelist_count")?;
+        Ok((pages.max(0) as u64) * pragma("page_size")? as u64)
+    }
 }
 
 #[cfg(test)]
