@@ -286,3 +286,46 @@ fn metrics_show_ingest_outbox_and_buffer_hours_that_follow_the_budget() {
     );
     gw.stop();
 }
+
+#[test]
+fn metrics_show_the_forward_rate_and_an_empty_outbox_once_kafka_has_everything() {
+    let broker = icu_tests::Broker::start().expect("broker");
+    broker.create_topics(icu_tests::TOPICS).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    support::keygen(dir.path());
+    let gw = GatewayProc::start(
+        dir.path(),
+        &config_text(dir.path(), 2, Some(&broker.addr), ""),
+    );
+    let sent = send(&gw, 20, 3, &dir.path().join("manifest.jsonl"));
+
+    // Everything acknowledged reaches Kafka: the outbox empties and the counters say so.
+    let m = icu_tests::wait_for(Duration::from_secs(90), "observations forwarded", || {
+        let m = scrape(&gw);
+        (m.get("icu_bridge_forwarded_observations_total") >= sent as f64
+            && unsent(&m, "observations") == 0.0)
+            .then_some(m)
+    })
+    .expect("the outbox drains to kafka");
+    assert_eq!(
+        m.get("icu_bridge_forwarded_observations_total"),
+        sent as f64,
+        "each observation forwarded once"
+    );
+    assert!(m.get("icu_bridge_forwarded_records_total") >= 1.0);
+    assert_eq!(m.get("icu_bridge_state{state=\"online\"}"), 1.0);
+    assert_eq!(m.get("icu_bridge_state{state=\"disabled\"}"), 0.0);
+    assert_eq!(m.get("icu_bridge_delivery_errors_total"), 0.0);
+    assert_eq!(m.get("icu_outbox_oldest_unsent_age_seconds"), 0.0);
+    // The sampler runs once a second: wait for it to have seen the forwarded records.
+    let m = icu_tests::wait_for(Duration::from_secs(10), "forward rate", || {
+        let m = scrape(&gw);
+        (m.get("icu_bridge_forwarded_observations_per_second") > 0.0).then_some(m)
+    })
+    .expect("a recent forward rate");
+    assert!(m.get("icu_bridge_forwarded_records_per_second") > 0.0);
+    assert_eq!(
+        m.get("icu_ingest_observations_total{transport=\"mllp\"}"),
+        sent as f64
+    );
+}
