@@ -6,6 +6,16 @@
 //! in [`plan`].
 //!
 //! Guarantees:
+//! - **Alarms first, live before backlog.** Each cycle fetches in the outbox's drain order
+//!   (alarms, ADT events, live observations, backlog observations, dead letters; see
+//!   [`crate::outbox`]) and delivers one stream at a time in that order: every alarm bundle of
+//!   the cycle is produced *and its delivery report awaited* before the first observation bundle
+//!   is produced, so after an outage the alarms reach Kafka before the backlog. An alarm
+//!   committed while a cycle is in flight waits for at most that cycle (`fetch_limit` records).
+//! - **The backlog is rate-limited.** Observations of devices whose oldest unsent record is
+//!   older than `live_window` are *backlog*; they draw from a token bucket of `backlog_rate`
+//!   observations/s (bursting up to one second's worth), so they never take the place of live
+//!   data nor more than that share of the uplink. Live devices are never throttled.
 //! - **Nothing leaves the outbox before Kafka has it.** A range is marked sent only after the
 //!   delivery report of its record (idempotent producer, `acks=all`). Per device, marking stops at
 //!   the first failed record, so the outbox never has a hole behind a sent record; later records
@@ -27,7 +37,7 @@ mod stats;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::{Actor, AsyncContext, Context, Handler};
 use base64::Engine as _;
@@ -46,11 +56,10 @@ use crate::deadletter::dead_letter_json;
 use crate::error::BridgeError;
 use crate::fhir::{adt_bundle, alarm_observation, observation_bundle};
 use crate::headers;
-use crate::outbox::Outbox;
-use crate::outbox::Stream;
+use crate::outbox::{FetchRequest, Outbox, Stream};
 use crate::signing::GatewayKey;
 use crate::Terminology;
-use plan::{markable, plan_bundles, PlannedBundle};
+use plan::{markable, plan_bundles, PlannedBundle, TokenBucket};
 
 /// Compression codecs librdkafka accepts for `compression.type`.
 const COMPRESSIONS: &[&str] = &["none", "gzip", "snappy", "lz4", "zstd"];
@@ -76,8 +85,15 @@ pub struct BridgeConfig {
     pub topic_adt: String,
     /// Topic for dead letters as plain JSON (default `icu.deadletter`). It must exist.
     pub topic_deadletter: String,
-    /// Most outbox records read per cycle (default 2000).
+    /// Most outbox records read per cycle (default 2000). It also bounds how long a new alarm
+    /// can wait behind a cycle already in flight.
     pub fetch_limit: usize,
+    /// A device whose oldest unsent observation is younger than this is live and forwarded in
+    /// full every cycle; older heads are backlog (default 10 s).
+    pub live_window: Duration,
+    /// Backlog observations forwarded per second at most, all backlog devices together, shared
+    /// fairly (default 100000). Must exceed the ingest rate for a backlog to catch up.
+    pub backlog_rate: u64,
     /// Most observations per Kafka record (default 100).
     pub max_per_bundle: usize,
     /// How long librdkafka keeps trying to deliver one record (default 30000 ms).
@@ -100,6 +116,8 @@ impl Default for BridgeConfig {
             topic_adt: "icu.adt".into(),
             topic_deadletter: "icu.deadletter".into(),
             fetch_limit: 2000,
+            live_window: Duration::from_secs(10),
+            backlog_rate: 100_000,
             max_per_bundle: 100,
             message_timeout_ms: 30_000,
             poll_interval: Duration::from_millis(200),
@@ -151,6 +169,12 @@ impl BridgeConfig {
         }
         if self.max_per_bundle == 0 {
             return bad("max_per_bundle", "must be at least 1");
+        }
+        if self.live_window.is_zero() {
+            return bad("live_window", "must be greater than zero");
+        }
+        if self.backlog_rate == 0 {
+            return bad("backlog_rate", "must be at least 1 observation per second");
         }
         if self.message_timeout_ms == 0 || self.message_timeout_ms > i32::MAX as u64 {
             return bad("message_timeout_ms", "must be between 1 and 2147483647");
@@ -205,6 +229,7 @@ impl BridgeActor {
         Ok(Self {
             wake: Arc::new(Notify::new()),
             worker: Some(Worker {
+                backlog: TokenBucket::new(config.backlog_rate, Instant::now()),
                 config,
                 outbox,
                 key: Arc::new(key),
@@ -263,10 +288,15 @@ enum CycleError {
     TopicMissing(String),
 }
 
-/// Outcome of a successful cycle.
-struct CycleDone {
-    /// The fetch was full: run the next cycle right away.
-    more_pending: bool,
+/// When to run the next cycle after a successful one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// The fetch was full: right away.
+    Now,
+    /// The backlog was throttled: when the token bucket holds a batch again (or on a wake).
+    After(Duration),
+    /// Nothing more waiting: after `poll_interval` (or on a wake).
+    Idle,
 }
 
 /// The forwarding loop's state, owned by one future.
@@ -279,6 +309,8 @@ struct Worker {
     producer: FutureProducer<QuietContext>,
     /// Positive metadata answer for the topic (cached; reset on an unknown-topic error).
     topic_known: bool,
+    /// Tokens for backlog observations (`backlog_rate` per second).
+    backlog: TokenBucket,
     skipped_logged: BTreeSet<(String, u64)>,
 }
 
@@ -298,7 +330,7 @@ impl Worker {
         loop {
             self.stats.add_cycle();
             match self.cycle().await {
-                Ok(done) => {
+                Ok(next) => {
                     backoff = Duration::ZERO;
                     if let Some(previous) = self.stats.set_state(BridgeState::Online) {
                         info!(
@@ -308,11 +340,13 @@ impl Worker {
                             "cloud bridge online"
                         );
                     }
-                    if done.more_pending {
-                        continue;
-                    }
+                    let pause = match next {
+                        Next::Now => continue,
+                        Next::After(pause) => pause,
+                        Next::Idle => self.config.poll_interval,
+                    };
                     tokio::select! {
-                        _ = tokio::time::sleep(self.config.poll_interval) => {}
+                        _ = tokio::time::sleep(pause) => {}
                         _ = wake.notified() => {}
                     }
                 }
@@ -357,34 +391,68 @@ impl Worker {
         }
     }
 
-    /// One fetch → produce → mark round.
-    async fn cycle(&mut self) -> Result<CycleDone, CycleError> {
+    /// What this cycle asks of the outbox: `fetch_limit` records, live = received within
+    /// `live_window`, backlog up to the tokens in the bucket.
+    fn fetch_request(&mut self) -> FetchRequest {
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        let limit = self.config.fetch_limit;
+        FetchRequest {
+            limit,
+            live_since_us: now_us.saturating_sub(self.config.live_window.as_micros() as i64),
+            backlog_budget: self.backlog.available(Instant::now()).min(limit),
+        }
+    }
+
+    /// One fetch → produce → mark round, one stream at a time in drain order.
+    async fn cycle(&mut self) -> Result<Next, CycleError> {
         self.ensure_topic().await?;
 
+        let request = self.fetch_request();
         let outbox = self.outbox.clone();
-        let limit = self.config.fetch_limit;
-        let records = match tokio::task::spawn_blocking(move || outbox.fetch_unsent(limit)).await {
-            Ok(Ok(records)) => records,
+        let fetched = match tokio::task::spawn_blocking(move || outbox.fetch_unsent(&request)).await
+        {
+            Ok(Ok(fetched)) => fetched,
             Ok(Err(e)) => return Err(self.outbox_failure(e.to_string())),
             Err(e) => return Err(self.outbox_failure(format!("outbox fetch task failed: {e}"))),
         };
-        let fetched = records.len();
-        let plan = plan_bundles(records, self.config.max_per_bundle);
-        self.note_skipped(&plan.skipped, fetched);
-        if plan.bundles.is_empty() {
-            return Ok(CycleDone {
-                more_pending: false,
-            });
+        self.backlog.take(fetched.backlog);
+        let count = fetched.records.len();
+        let next = if count >= request.limit {
+            Next::Now
+        } else if request.backlog_budget < request.limit
+            && fetched.backlog >= request.backlog_budget
+        {
+            // Throttled: more backlog may be waiting. Come back when a batch's worth of tokens
+            // is in the bucket (a wake, i.e. new live data, comes back sooner).
+            let batch = request.limit.min(self.backlog.capacity());
+            let pause = self.backlog.wait_for(batch, Instant::now());
+            Next::After(pause.clamp(Duration::from_millis(1), self.config.poll_interval))
+        } else {
+            Next::Idle
+        };
+        let plan = plan_bundles(fetched.records, self.config.max_per_bundle);
+        self.note_skipped(&plan.skipped, count);
+        // Bundles are ordered by stream in drain order: alarms are delivered and marked before
+        // the first ADT or observation bundle is produced.
+        for phase in plan.bundles.chunk_by(|a, b| a.stream == b.stream) {
+            self.deliver(phase).await?;
         }
+        Ok(next)
+    }
 
-        let delivered = self.produce(&plan.bundles).await;
+    /// Produces one stream's bundles, awaits every delivery report and marks what may be marked.
+    async fn deliver(&mut self, bundles: &[PlannedBundle]) -> Result<(), CycleError> {
+        let delivered = self.produce(bundles).await;
         let failed = delivered.iter().filter(|r| r.is_err()).count();
         let ok: Vec<bool> = delivered.iter().map(Result::is_ok).collect();
 
         let mut first_error: Option<CycleError> = None;
         let mut blocked_devices: BTreeSet<&str> = BTreeSet::new();
-        for i in markable(&plan.bundles, &ok) {
-            let bundle = &plan.bundles[i];
+        for i in markable(bundles, &ok) {
+            let bundle = &bundles[i];
             if blocked_devices.contains(bundle.device_id.as_str()) {
                 continue;
             }
@@ -403,7 +471,7 @@ impl Worker {
             .find_map(|(i, r)| r.as_ref().err().map(|e| (i, e)));
         if let Some((i, err)) = first_failure {
             self.stats.add_delivery_errors(failed as u64);
-            let bundle = &plan.bundles[i];
+            let bundle = &bundles[i];
             warn!(
                 device_id = %bundle.device_id,
                 seq_first = bundle.first_seq,
@@ -415,7 +483,7 @@ impl Worker {
             self.reset_producer();
             let unknown_topic = delivered
                 .iter()
-                .zip(&plan.bundles)
+                .zip(bundles)
                 .find(|(r, _)| r.as_ref().err().is_some_and(|e| e.unknown_topic))
                 .map(|(_, b)| self.config.topic(b.stream).to_owned());
             return Err(if let Some(topic) = unknown_topic {
@@ -423,7 +491,7 @@ impl Worker {
             } else {
                 CycleError::Offline(format!(
                     "{failed} of {} kafka records not delivered to {}: {}",
-                    plan.bundles.len(),
+                    bundles.len(),
                     self.config.brokers,
                     err.reason
                 ))
@@ -431,9 +499,7 @@ impl Worker {
         }
         match first_error {
             Some(err) => Err(err),
-            None => Ok(CycleDone {
-                more_pending: fetched >= limit,
-            }),
+            None => Ok(()),
         }
     }
 

@@ -1,20 +1,93 @@
 //! The bridge's view of the gateway store: records waiting to be forwarded.
 //!
 //! Owns: the [`Stream`]s the bridge forwards (observations, alarms, ADT events, dead letters),
-//! the [`Outbox`]
-//! trait the gateway implements over SQLite, the [`OutboxRecord`] it returns, and
-//! [`MemoryOutbox`], an in-memory implementation for tests.
-//! Guarantees (the contract both sides keep):
-//! - `fetch_unsent` returns the oldest unsent records ordered by `(device_id, seq)`;
-//! - the bridge calls `mark_sent` only after Kafka's delivery report for every record of the
-//!   range, so a record leaves the outbox only once it is durable in Kafka;
-//! - both calls may block (SQLite); the bridge runs them on `tokio::task::spawn_blocking`.
+//! the [`Outbox`] trait the gateway implements over SQLite, the [`OutboxRecord`] it returns, the
+//! drain policy of one fetch ([`FetchRequest`], [`fetch_in_drain_order`]) shared by every
+//! implementation, and [`MemoryOutbox`], an in-memory implementation for tests.
+//!
+//! # The outbox as a state machine
+//!
+//! Every record is identified by `(stream, device_id, seq)`; with the gateway id that is also its
+//! dedup key in Kafka (`(gateway, device, seq)` headers). A record is in exactly one of three
+//! states:
+//!
+//! ```text
+//!             commit_batch                fetch_unsent + produce            delivery report OK
+//!  (ingest) ──────────────▶ STORED ─────────────────────────────▶ IN FLIGHT ────────────────▶ SENT
+//!                          sent = 0  ◀─────────────────────────────  (bridge    mark_sent     sent = 1
+//!                                     delivery failed / timed out /  memory      (idempotent)
+//!                                     mapping failed / crash /       only)
+//!                                     later record of the device failed
+//! ```
+//!
+//! - **Stored** (`records.sent = 0`): committed by the store's group commit; only now is the
+//!   sender acknowledged (HL7 `AA`, MQTT PUBACK). Survives a crash (and, with
+//!   `synchronous = FULL`, power loss).
+//! - **In flight**: returned by [`Outbox::fetch_unsent`], mapped, signed and handed to the Kafka
+//!   producer; the bridge awaits its delivery report. This state exists only in the bridge's
+//!   memory: nothing is written to the database, so a crash, a restart or a failed cycle returns
+//!   the record to *stored* by doing nothing.
+//! - **Sent** (`records.sent = 1`): Kafka reported the record durable (`acks=all`, idempotent
+//!   producer) and the bridge called [`Outbox::mark_sent`] for its range. Final: a sent record is
+//!   never fetched again. (It may later be pruned to free disk; see the store's budget policy.)
+//!
+//! Transitions: *stored → in flight* (fetch); *in flight → sent* (delivery report OK, then
+//! `mark_sent`); *in flight → stored* (delivery error, `message.timeout.ms` expired, "possibly
+//! persisted", a mapping error, an earlier record of the same device failed, the outbox call
+//! failed, the process died). There is no other transition; in particular no *stored → sent*
+//! without a delivery report and no *sent → stored*.
+//!
+//! Invariants (checked by the gateway's model-based test, `gateway/tests/outbox_model.rs`):
+//!
+//! 1. **Gapless, durable seqs.** Per `(stream, device)`, committed seqs are `1..next_seq` with no
+//!    gap, and a commit that failed consumed none. A crash loses no committed record.
+//! 2. **Sent is a prefix.** Per `(stream, device)`, no unsent record lies behind a sent one: the
+//!    bridge fetches each device from its lowest unsent seq and marks a device's bundles only up
+//!    to its first undelivered one ([`crate::bridge::plan::markable`]). The one exception is a
+//!    record whose body does not belong to its stream (corruption or a foreign writer; never
+//!    written by the store): the bridge cannot forward it, leaves it unsent, counts and logs it.
+//! 3. **Nothing unsent is deleted**, except by the store's documented disk-budget policy (sent
+//!    records first, then the oldest numerics, alarms last), which counts what it drops.
+//! 4. **At least once, same key.** A record that left *in flight* without a delivery report is
+//!    fetched and produced again, with the same `(gateway, device, seq)` key and byte-identical
+//!    value (the mapping is deterministic), so a consumer deduplicates it.
+//! 5. **`mark_sent` is idempotent**: marking a range again, or a range containing sent records,
+//!    changes nothing else.
+//!
+//! # Drain policy (one fetch)
+//!
+//! [`Outbox::fetch_unsent`] takes a [`FetchRequest`] and returns at most `limit` records, each
+//! device's run starting at its lowest unsent seq, in this priority:
+//!
+//! 1. **Alarms**, every device's, before anything else (bounded only by `limit`);
+//! 2. **ADT events**, so the census reaches the cloud before the readings that refer to it;
+//! 3. **live observations**: a device is *live* when its oldest unsent observation was received
+//!    within the live window (`received_us >= live_since_us`); live devices are served first and
+//!    in full (up to `limit`), shared fairly across devices;
+//! 4. **backlog observations**: devices whose oldest unsent observation is older share at most
+//!    `backlog_budget` records (the bridge's token bucket of `backlog_rate` observations/s),
+//!    fairly across devices;
+//! 5. **dead letters**, with what is left of `limit`.
+//!
+//! "Live" is decided per device, by the age of its *head*, never per record: a device's records
+//! always leave in seq order (per-device order, and so per Kafka key), and a device with a
+//! backlog catches up at its share of `backlog_rate` until its head is recent again, when it
+//! becomes live. So a device that never lost contact is not delayed by other devices' backlog
+//! after an outage, and the backlog cannot use more than `backlog_rate` of the uplink. Live
+//! devices are never throttled; a flood of live data beyond what the bridge forwards ages into
+//! backlog by itself. The receive time is the gateway's clock: a clock step only changes which
+//! devices count as live, never order or delivery.
+//!
+//! "Fairly" is water-filling: each device in the class gets `budget / devices` (at least one),
+//! and what devices with less to send leave over is shared again among those that had more.
+//!
+//! Both calls may block (SQLite); the bridge runs them on `tokio::task::spawn_blocking`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use icu_protos::v1::StoredRecord;
+use icu_protos::v1::{stored_record::Body, StoredRecord};
 
 use crate::error::BridgeError;
 
@@ -85,12 +158,150 @@ pub struct OutboxRecord {
     pub record: StoredRecord,
 }
 
+/// What one bridge cycle asks of the outbox (see "Drain policy" in the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchRequest {
+    /// Most records returned, all streams together.
+    pub limit: usize,
+    /// A device whose oldest unsent observation was received at or after this instant (µs since
+    /// the Unix epoch, the store's `received_us`) is live; an older head makes it backlog.
+    pub live_since_us: i64,
+    /// Most observations of backlog devices in this fetch (the bridge's token bucket).
+    pub backlog_budget: usize,
+}
+
+impl FetchRequest {
+    /// Everything up to `limit`, every device counted as live (no throttling): for tools and
+    /// tests that want the plain "oldest unsent first" view.
+    pub fn all(limit: usize) -> Self {
+        Self {
+            limit,
+            live_since_us: i64::MIN,
+            backlog_budget: limit,
+        }
+    }
+}
+
+/// The result of one fetch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fetched<R = OutboxRecord> {
+    /// Ordered by `(stream, device_id, seq)`; each device's run starts at its lowest unsent seq
+    /// and has no hole.
+    pub records: Vec<R>,
+    /// How many of `records` are backlog observations (debited from the bridge's token bucket).
+    pub backlog: usize,
+}
+
+impl<R> Default for Fetched<R> {
+    fn default() -> Self {
+        Self {
+            records: Vec::new(),
+            backlog: 0,
+        }
+    }
+}
+
+/// The oldest unsent record of one device's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub stream: Stream,
+    pub device_id: String,
+    /// Lowest unsent seq.
+    pub seq: u64,
+    /// When the gateway received that record (µs since the Unix epoch).
+    pub received_us: i64,
+}
+
+/// The two cheap reads a fetch is built from; implemented over SQLite by the gateway and over a
+/// map by [`MemoryOutbox`], so both follow [`fetch_in_drain_order`] exactly.
+pub trait FetchSource {
+    type Row;
+    type Error;
+    /// Every `(stream, device)` that has an unsent record, with its head.
+    fn heads(&mut self) -> Result<Vec<Head>, Self::Error>;
+    /// Up to `n` unsent records of one device's stream with `seq >= from_seq`, ascending.
+    fn read(
+        &mut self,
+        stream: Stream,
+        device_id: &str,
+        from_seq: u64,
+        n: usize,
+    ) -> Result<Vec<Self::Row>, Self::Error>;
+    /// The seq of a row `read` returned.
+    fn seq_of(row: &Self::Row) -> u64;
+    /// The `(stream, device_id, seq)` order key of a row.
+    fn key_of(row: &Self::Row) -> (Stream, &str, u64);
+}
+
+/// One fetch following the drain policy of the module docs: alarms, ADT events, live
+/// observations, backlog observations (at most `backlog_budget`), dead letters; at most
+/// `limit` records; each class shared fairly across its devices.
+pub fn fetch_in_drain_order<S: FetchSource>(
+    source: &mut S,
+    request: &FetchRequest,
+) -> Result<Fetched<S::Row>, S::Error> {
+    let mut heads = source.heads()?;
+    heads.sort_by(|a, b| (a.stream, &a.device_id).cmp(&(b.stream, &b.device_id)));
+    let mut out = Fetched::default();
+    let mut remaining = request.limit;
+    for stream in Stream::ALL {
+        let class: Vec<&Head> = heads.iter().filter(|h| h.stream == stream).collect();
+        if stream == Stream::Observations {
+            let (live, backlog): (Vec<&Head>, Vec<&Head>) = class
+                .into_iter()
+                .partition(|h| h.received_us >= request.live_since_us);
+            remaining -= take_fairly(source, &live, remaining, &mut out.records)?;
+            let budget = remaining.min(request.backlog_budget);
+            let taken = take_fairly(source, &backlog, budget, &mut out.records)?;
+            remaining -= taken;
+            out.backlog = taken;
+        } else {
+            remaining -= take_fairly(source, &class, remaining, &mut out.records)?;
+        }
+    }
+    out.records.sort_by(|a, b| S::key_of(a).cmp(&S::key_of(b)));
+    Ok(out)
+}
+
+/// Water-filling: every device gets `budget / devices` (at least 1) from its head; what devices
+/// with less leave over goes round again to those that filled their share. Returns the count.
+fn take_fairly<S: FetchSource>(
+    source: &mut S,
+    heads: &[&Head],
+    mut budget: usize,
+    out: &mut Vec<S::Row>,
+) -> Result<usize, S::Error> {
+    let start = budget;
+    let mut active: Vec<(&Head, u64)> = heads.iter().map(|h| (*h, h.seq)).collect();
+    while budget > 0 && !active.is_empty() {
+        let share = (budget / active.len()).max(1);
+        let mut still = Vec::with_capacity(active.len());
+        for (head, from) in active {
+            if budget == 0 {
+                break;
+            }
+            let n = share.min(budget);
+            let rows = source.read(head.stream, &head.device_id, from, n)?;
+            budget -= rows.len();
+            if rows.len() == n {
+                if let Some(last) = rows.last() {
+                    still.push((head, S::seq_of(last) + 1));
+                }
+            }
+            out.extend(rows);
+        }
+        active = still;
+    }
+    Ok(start - budget)
+}
+
 /// Records waiting for Kafka. Implementations may block; they must be thread safe.
 pub trait Outbox: Send + Sync + 'static {
-    /// Oldest unsent records, ordered by (stream, device_id, seq), at most `limit`.
-    fn fetch_unsent(&self, limit: usize) -> Result<Vec<OutboxRecord>, BridgeError>;
+    /// Unsent records in drain order (see the module docs), at most `request.limit`, ordered by
+    /// `(stream, device_id, seq)`; each device's run starts at its lowest unsent seq.
+    fn fetch_unsent(&self, request: &FetchRequest) -> Result<Fetched, BridgeError>;
     /// Marks [first_seq, last_seq] of one device's stream as sent (called only after Kafka's
-    /// delivery report).
+    /// delivery report). Idempotent.
     fn mark_sent(
         &self,
         stream: Stream,
@@ -103,12 +314,26 @@ pub trait Outbox: Send + Sync + 'static {
 /// The records of a [`MemoryOutbox`] by `(stream, device, seq)`, with their sent flag.
 type MemoryRecords = BTreeMap<(Stream, String, u64), (OutboxRecord, bool)>;
 
-/// An in-memory [`Outbox`] for tests (here and in the gateway).
+/// An in-memory [`Outbox`] for tests (here and in the gateway), with the same drain policy as
+/// the SQLite outbox. A record's receive time (for live vs backlog) is the one the store keeps:
+/// an observation's `receive_time_us`, an alarm's or ADT event's `event_time_us`, a dead
+/// letter's `received_us`.
 #[derive(Debug, Default)]
 pub struct MemoryOutbox {
     records: Mutex<MemoryRecords>,
     fail_fetch: AtomicBool,
     fail_mark: AtomicBool,
+}
+
+/// The receive time the gateway store records for a record (`records.received_us`).
+pub fn received_us(record: &StoredRecord) -> i64 {
+    match &record.body {
+        Some(Body::Observation(o)) => o.receive_time_us,
+        Some(Body::Alarm(a)) => a.event_time_us,
+        Some(Body::AdtEvent(e)) => e.event_time_us,
+        Some(Body::DeadLetter(d)) => d.received_us,
+        Some(Body::DeviceStatus(_)) | None => 0,
+    }
 }
 
 impl MemoryOutbox {
@@ -128,11 +353,20 @@ impl MemoryOutbox {
         self.lock().values().filter(|(_, sent)| !sent).count()
     }
 
-    /// The seqs of `device_id` marked sent, ascending.
+    /// The seqs of `device_id` marked sent, ascending (all streams).
     pub fn sent_seqs(&self, device_id: &str) -> Vec<u64> {
         self.lock()
             .iter()
             .filter(|((_, device, _), (_, sent))| device == device_id && *sent)
+            .map(|((_, _, seq), _)| *seq)
+            .collect()
+    }
+
+    /// The seqs of one device's stream marked sent, ascending.
+    pub fn sent_seqs_of(&self, stream: Stream, device_id: &str) -> Vec<u64> {
+        self.lock()
+            .iter()
+            .filter(|((s, device, _), (_, sent))| *s == stream && device == device_id && *sent)
             .map(|((_, _, seq), _)| *seq)
             .collect()
     }
@@ -153,21 +387,69 @@ impl MemoryOutbox {
     }
 }
 
+/// [`FetchSource`] over a locked [`MemoryRecords`] map.
+struct MemorySource<'a>(&'a MemoryRecords);
+
+impl FetchSource for MemorySource<'_> {
+    type Row = OutboxRecord;
+    type Error = std::convert::Infallible;
+
+    fn heads(&mut self) -> Result<Vec<Head>, Self::Error> {
+        let mut heads: Vec<Head> = Vec::new();
+        for ((stream, device, seq), (record, sent)) in self.0.iter() {
+            let same = heads
+                .last()
+                .is_some_and(|h| h.stream == *stream && h.device_id == *device);
+            if *sent || same {
+                continue;
+            }
+            heads.push(Head {
+                stream: *stream,
+                device_id: device.clone(),
+                seq: *seq,
+                received_us: received_us(&record.record),
+            });
+        }
+        Ok(heads)
+    }
+
+    fn read(
+        &mut self,
+        stream: Stream,
+        device_id: &str,
+        from_seq: u64,
+        n: usize,
+    ) -> Result<Vec<OutboxRecord>, Self::Error> {
+        let device = device_id.to_owned();
+        Ok(self
+            .0
+            .range((stream, device.clone(), from_seq)..=(stream, device, u64::MAX))
+            .filter(|(_, (_, sent))| !sent)
+            .take(n)
+            .map(|(_, (record, _))| record.clone())
+            .collect())
+    }
+
+    fn seq_of(row: &OutboxRecord) -> u64 {
+        row.seq
+    }
+
+    fn key_of(row: &OutboxRecord) -> (Stream, &str, u64) {
+        (row.stream, &row.device_id, row.seq)
+    }
+}
+
 impl Outbox for MemoryOutbox {
-    fn fetch_unsent(&self, limit: usize) -> Result<Vec<OutboxRecord>, BridgeError> {
+    fn fetch_unsent(&self, request: &FetchRequest) -> Result<Fetched, BridgeError> {
         if self.fail_fetch.load(Ordering::SeqCst) {
             return Err(BridgeError::Outbox {
                 operation: "fetch_unsent",
                 reason: "injected failure".into(),
             });
         }
-        Ok(self
-            .lock()
-            .values()
-            .filter(|(_, sent)| !sent)
-            .take(limit)
-            .map(|(record, _)| record.clone())
-            .collect())
+        let records = self.lock();
+        let Ok(fetched) = fetch_in_drain_order(&mut MemorySource(&records), request);
+        Ok(fetched)
     }
 
     fn mark_sent(
@@ -219,8 +501,9 @@ mod tests {
             outbox.push(rec(d, s));
         }
         let keys: Vec<_> = outbox
-            .fetch_unsent(4)
+            .fetch_unsent(&FetchRequest::all(4))
             .unwrap()
+            .records
             .into_iter()
             .map(|r| (r.device_id, r.seq))
             .collect();
@@ -229,9 +512,10 @@ mod tests {
             [
                 ("a".into(), 1),
                 ("a".into(), 2),
-                ("a".into(), 3),
-                ("b".into(), 1)
-            ]
+                ("b".into(), 1),
+                ("b".into(), 2)
+            ],
+            "a fair share each, each from its head, in (device, seq) order"
         );
         outbox.mark_sent(Stream::Observations, "a", 1, 2).unwrap();
         assert_eq!(outbox.sent_seqs("a"), [1, 2]);
@@ -276,8 +560,9 @@ mod tests {
             ..rec("adt", 1)
         });
         let streams: Vec<Stream> = outbox
-            .fetch_unsent(10)
+            .fetch_unsent(&FetchRequest::all(10))
             .unwrap()
+            .records
             .into_iter()
             .map(|r| r.stream)
             .collect();
@@ -285,5 +570,157 @@ mod tests {
             streams,
             [Stream::Adt, Stream::Observations, Stream::DeadLetters]
         );
+    }
+
+    /// An observation of `device` received at `received_us`.
+    fn obs_at(device: &str, seq: u64, received_us: i64) -> OutboxRecord {
+        let mut r = rec(device, seq);
+        r.record.body = Some(Body::Observation(icu_protos::v1::Observation {
+            receive_time_us: received_us,
+            ..Default::default()
+        }));
+        r
+    }
+
+    fn alarm_at(device: &str, seq: u64) -> OutboxRecord {
+        OutboxRecord {
+            stream: Stream::Alarms,
+            record: StoredRecord {
+                body: Some(Body::Alarm(icu_protos::v1::Alarm::default())),
+                ..rec(device, seq).record
+            },
+            ..rec(device, seq)
+        }
+    }
+
+    fn keys(f: &Fetched) -> Vec<(Stream, &str, u64)> {
+        f.records
+            .iter()
+            .map(|r| (r.stream, r.device_id.as_str(), r.seq))
+            .collect()
+    }
+
+    #[test]
+    fn drain_order_alarms_then_live_then_rate_limited_backlog_then_dead_letters() {
+        let outbox = MemoryOutbox::new();
+        // "old": a big backlog (head received at t=1); "new": live (head at t=1000).
+        for seq in 1..=50 {
+            outbox.push(obs_at("old", seq, seq as i64));
+        }
+        for seq in 1..=3 {
+            outbox.push(obs_at("new", seq, 1000 + seq as i64));
+        }
+        outbox.push(alarm_at("old", 1));
+        outbox.push(alarm_at("new", 1));
+        outbox.push(OutboxRecord {
+            stream: Stream::DeadLetters,
+            ..rec("mllp", 1)
+        });
+        let request = FetchRequest {
+            limit: 20,
+            live_since_us: 1000,
+            backlog_budget: 5,
+        };
+        let f = outbox.fetch_unsent(&request).unwrap();
+        assert_eq!(
+            keys(&f),
+            [
+                (Stream::Alarms, "new", 1),
+                (Stream::Alarms, "old", 1),
+                (Stream::Observations, "new", 1),
+                (Stream::Observations, "new", 2),
+                (Stream::Observations, "new", 3),
+                (Stream::Observations, "old", 1),
+                (Stream::Observations, "old", 2),
+                (Stream::Observations, "old", 3),
+                (Stream::Observations, "old", 4),
+                (Stream::Observations, "old", 5),
+                (Stream::DeadLetters, "mllp", 1),
+            ],
+            "every alarm, all of the live device, the backlog only up to its budget"
+        );
+        assert_eq!(f.backlog, 5);
+
+        // A tight limit: alarms first, then live data; backlog and dead letters wait.
+        let f = outbox
+            .fetch_unsent(&FetchRequest {
+                limit: 4,
+                ..request
+            })
+            .unwrap();
+        assert_eq!(
+            keys(&f),
+            [
+                (Stream::Alarms, "new", 1),
+                (Stream::Alarms, "old", 1),
+                (Stream::Observations, "new", 1),
+                (Stream::Observations, "new", 2),
+            ]
+        );
+        assert_eq!(f.backlog, 0);
+
+        // No budget: the backlog waits, the live device does not.
+        let f = outbox
+            .fetch_unsent(&FetchRequest {
+                backlog_budget: 0,
+                ..request
+            })
+            .unwrap();
+        assert!(!keys(&f)
+            .iter()
+            .any(|(s, d, _)| *s == Stream::Observations && *d == "old"));
+        assert_eq!(f.backlog, 0);
+        assert_eq!(f.records.len(), 2 + 3 + 1, "alarms, live, dead letter");
+
+        // Once "old" is sent up to a recent record it is live and served in full.
+        outbox
+            .mark_sent(Stream::Observations, "old", 1, 49)
+            .unwrap();
+        let f = outbox
+            .fetch_unsent(&FetchRequest {
+                live_since_us: 10,
+                backlog_budget: 0,
+                ..request
+            })
+            .unwrap();
+        assert!(keys(&f).contains(&(Stream::Observations, "old", 50)));
+        assert_eq!(f.backlog, 0);
+    }
+
+    #[test]
+    fn fair_share_is_water_filled_and_runs_start_at_the_head() {
+        let outbox = MemoryOutbox::new();
+        for seq in 1..=100 {
+            outbox.push(obs_at("big", seq, 5));
+        }
+        for seq in 1..=2 {
+            outbox.push(obs_at("small", seq, 5));
+        }
+        for seq in 1..=10 {
+            outbox.push(obs_at("mid", seq, 5));
+        }
+        outbox
+            .mark_sent(Stream::Observations, "big", 1, 10)
+            .unwrap();
+        outbox
+            .mark_sent(Stream::Observations, "big", 5, 10)
+            .unwrap();
+        let f = outbox.fetch_unsent(&FetchRequest::all(30)).unwrap();
+        let per = |d: &str| -> Vec<u64> {
+            f.records
+                .iter()
+                .filter(|r| r.device_id == d)
+                .map(|r| r.seq)
+                .collect()
+        };
+        assert_eq!(per("small"), [1, 2]);
+        assert_eq!(per("mid"), (1..=10).collect::<Vec<_>>());
+        assert_eq!(
+            per("big"),
+            (11..=28).collect::<Vec<_>>(),
+            "what small and mid left over goes to big, from its head, without a hole"
+        );
+        assert_eq!(f.records.len(), 30);
+        assert_eq!(outbox.sent_seqs_of(Stream::Observations, "big").len(), 10);
     }
 }

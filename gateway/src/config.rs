@@ -201,6 +201,19 @@ pub struct RawKafka {
     /// Producer compression: none, gzip, snappy, lz4 or zstd.
     #[serde(default = "default_compression")]
     pub compression: String,
+    /// Most outbox records the bridge reads and forwards per cycle (default 2000, 1..=100000).
+    /// A new alarm waits behind at most one such cycle.
+    #[serde(default = "default_fetch_limit")]
+    pub fetch_limit: usize,
+    /// A device whose oldest unforwarded reading is younger than this is "live" and forwarded in
+    /// full every cycle; older means "backlog" (default 10000 ms, 1000..=3600000).
+    #[serde(default = "default_live_window_ms")]
+    pub live_window_ms: u64,
+    /// Backlog observations forwarded per second at most, all backlog devices together, shared
+    /// fairly (default 100000, at least 1). Alarms, ADT events and live devices are never
+    /// throttled. Must exceed the ingest rate for a backlog to catch up.
+    #[serde(default = "default_backlog_rate")]
+    pub backlog_rate: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -349,6 +362,15 @@ fn default_max_per_bundle() -> usize {
 fn default_compression() -> String {
     "lz4".into()
 }
+fn default_fetch_limit() -> usize {
+    2000
+}
+fn default_live_window_ms() -> u64 {
+    10_000
+}
+fn default_backlog_rate() -> u64 {
+    100_000
+}
 fn default_silent_after_s() -> u64 {
     30
 }
@@ -398,6 +420,9 @@ pub struct KafkaConfig {
     pub message_timeout_ms: u64,
     pub max_per_bundle: usize,
     pub compression: String,
+    pub fetch_limit: usize,
+    pub live_window: std::time::Duration,
+    pub backlog_rate: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -610,6 +635,21 @@ impl RawConfig {
             if k.message_timeout_ms < 1000 {
                 problem("kafka.message_timeout_ms", "must be at least 1000".into());
             }
+            if k.fetch_limit == 0 || k.fetch_limit > 100_000 {
+                problem("kafka.fetch_limit", "must be within 1..=100000".into());
+            }
+            if !(1000..=3_600_000).contains(&k.live_window_ms) {
+                problem(
+                    "kafka.live_window_ms",
+                    "must be within 1000..=3600000".into(),
+                );
+            }
+            if k.backlog_rate == 0 {
+                problem(
+                    "kafka.backlog_rate",
+                    "must be at least 1 observation per second".into(),
+                );
+            }
             KafkaConfig {
                 bootstrap: k.bootstrap.clone(),
                 topic_observations: k.topic_observations.clone(),
@@ -619,6 +659,9 @@ impl RawConfig {
                 message_timeout_ms: k.message_timeout_ms,
                 max_per_bundle: k.max_per_bundle,
                 compression: k.compression.clone(),
+                fetch_limit: k.fetch_limit,
+                live_window: std::time::Duration::from_millis(k.live_window_ms),
+                backlog_rate: k.backlog_rate,
             }
         });
 
@@ -1006,5 +1049,30 @@ protocol = "masimo"
         let text = format!("{GOOD}\n[kafka]\nbootstrap = \"h:1\"\ntopic = \"x\"\n");
         let err = Config::from_toml(&text, Path::new("g.toml")).unwrap_err();
         assert!(err.to_string().contains("unknown field `topic`"), "{err}");
+    }
+
+    #[test]
+    fn kafka_drain_knobs_have_documented_defaults_and_are_validated() {
+        let parse = |extra: &str| {
+            let text = format!("{GOOD}\n[kafka]\nbootstrap = \"h:1\"\n{extra}\n");
+            Config::from_toml(&text, Path::new("g.toml")).map(|c| c.kafka.unwrap())
+        };
+        let k = parse("").unwrap();
+        assert_eq!(k.fetch_limit, 2000);
+        assert_eq!(k.live_window, std::time::Duration::from_secs(10));
+        assert_eq!(k.backlog_rate, 100_000);
+        for (line, field) in [
+            ("fetch_limit = 0", "kafka.fetch_limit"),
+            ("live_window_ms = 10", "kafka.live_window_ms"),
+            ("backlog_rate = 0", "kafka.backlog_rate"),
+        ] {
+            let err = parse(line).unwrap_err();
+            assert!(err.to_string().contains(field), "{line}: {err}");
+        }
+        let k = parse("fetch_limit = 500\nlive_window_ms = 2000\nbacklog_rate = 750").unwrap();
+        assert_eq!(
+            (k.fetch_limit, k.live_window.as_millis(), k.backlog_rate),
+            (500, 2000, 750)
+        );
     }
 }

@@ -1,7 +1,9 @@
-//! Pure planning of one forwarding cycle: which records go into which Kafka record, and which
-//! delivered ranges may be marked sent. No I/O, no runtime.
+//! Pure planning of one forwarding cycle: which records go into which Kafka record, which
+//! delivered ranges may be marked sent, and the token bucket that rate-limits the backlog. No
+//! I/O, no runtime.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use icu_protos::v1::{stored_record::Body, AdtEvent, Alarm, DeadLetter, Observation};
 
@@ -208,10 +210,96 @@ pub fn markable(bundles: &[PlannedBundle], delivered: &[bool]) -> Vec<usize> {
     out
 }
 
+/// The rate limit of backlog observations: `rate` tokens per second, holding at most one
+/// second's worth (so after an idle spell the backlog bursts to at most `rate` records, and over
+/// any `T` seconds at most `rate × (T + 1)` leave). Time is passed in, so it is tested without
+/// sleeping.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    capacity: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket of `rate_per_s` tokens (at least 1).
+    pub fn new(rate_per_s: u64, now: Instant) -> Self {
+        let rate = rate_per_s.max(1) as f64;
+        Self {
+            rate,
+            capacity: rate,
+            tokens: rate,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
+        self.last = self.last.max(now);
+    }
+
+    /// Whole tokens available at `now`.
+    pub fn available(&mut self, now: Instant) -> usize {
+        self.refill(now);
+        self.tokens.floor() as usize
+    }
+
+    /// Spends `n` tokens (never below zero).
+    pub fn take(&mut self, n: usize) {
+        self.tokens = (self.tokens - n as f64).max(0.0);
+    }
+
+    /// The most tokens the bucket holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+
+    /// How long until `n` tokens (capped at the capacity) are available.
+    pub fn wait_for(&mut self, n: usize, now: Instant) -> Duration {
+        self.refill(now);
+        let missing = (n as f64).min(self.capacity) - self.tokens;
+        if missing <= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(missing / self.rate)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use icu_protos::v1::{AdtEvent, Alarm, DeadLetter, StoredRecord};
+
+    #[test]
+    fn token_bucket_refills_at_its_rate_and_holds_one_second() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(1000, t0);
+        assert_eq!(bucket.available(t0), 1000, "starts full");
+        bucket.take(1000);
+        assert_eq!(bucket.available(t0), 0);
+        assert_eq!(bucket.wait_for(500, t0), Duration::from_millis(500));
+        assert_eq!(bucket.available(t0 + Duration::from_millis(250)), 250);
+        bucket.take(10_000);
+        assert_eq!(bucket.available(t0 + Duration::from_millis(250)), 0);
+        assert_eq!(
+            bucket.available(t0 + Duration::from_secs(60)),
+            1000,
+            "never more than one second's worth"
+        );
+        assert_eq!(
+            bucket.wait_for(5000, t0 + Duration::from_secs(60)),
+            Duration::ZERO
+        );
+        assert_eq!(bucket.capacity(), 1000);
+        // Time going backwards (a caller's stale instant) never adds tokens.
+        bucket.take(1000);
+        assert_eq!(bucket.available(t0), 0);
+        let mut tiny = TokenBucket::new(0, t0);
+        assert_eq!(tiny.available(t0), 1, "a rate of 0 is treated as 1");
+    }
 
     fn obs_rec(device: &str, seq: u64) -> OutboxRecord {
         OutboxRecord {

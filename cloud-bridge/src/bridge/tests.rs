@@ -149,6 +149,20 @@ fn config_is_validated_with_field_names() {
             },
             "max_backoff",
         ),
+        (
+            BridgeConfig {
+                live_window: Duration::ZERO,
+                ..quick_config("k:9092")
+            },
+            "live_window",
+        ),
+        (
+            BridgeConfig {
+                backlog_rate: 0,
+                ..quick_config("k:9092")
+            },
+            "backlog_rate",
+        ),
     ];
     for (config, field) in cases {
         let err = config.validate().unwrap_err().to_string();
@@ -182,6 +196,8 @@ fn default_config_matches_the_documented_defaults() {
         (2000, 100, 30_000)
     );
     assert_eq!(c.poll_interval, Duration::from_millis(200));
+    assert_eq!(c.live_window, Duration::from_secs(10));
+    assert_eq!(c.backlog_rate, 100_000);
     assert_eq!(c.max_backoff, Duration::from_secs(10));
     assert_eq!(c.compression, "lz4");
 }

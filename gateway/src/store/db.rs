@@ -11,7 +11,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use icu_cloud_bridge::outbox::Stream;
+use icu_cloud_bridge::outbox::{
+    fetch_in_drain_order, FetchRequest, FetchSource, Fetched, Head, Stream,
+};
 use icu_protos::v1::{stored_record, Alarm, Observation, StoredRecord};
 use icu_protos::Message;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -449,6 +451,85 @@ pub struct UnsentRow {
     pub payload: Vec<u8>,
 }
 
+/// The outbox's two reads over SQLite, for [`fetch_in_drain_order`]. Both are index seeks: the
+/// `(stream, device)` pairs come from the small `devices` table, each head from the partial
+/// index `records_unsent`, so a fetch costs O(devices · log n + returned rows) however large the
+/// backlog (no scan of the unsent index).
+struct SqlSource<'a> {
+    conn: &'a Connection,
+}
+
+impl FetchSource for SqlSource<'_> {
+    type Row = UnsentRow;
+    type Error = rusqlite::Error;
+
+    fn heads(&mut self) -> Result<Vec<Head>, rusqlite::Error> {
+        let pairs: Vec<(i64, String)> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT kind, device_id FROM devices")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, received_us FROM records WHERE kind = ?1 AND device_id = ?2 AND sent = 0 ORDER BY seq LIMIT 1",
+        )?;
+        let mut heads = Vec::new();
+        for (kind, device_id) in pairs {
+            let Some(stream) = Stream::from_code(kind) else {
+                continue;
+            };
+            let head = stmt
+                .query_row(params![kind, device_id], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                })
+                .optional()?;
+            if let Some((seq, received_us)) = head {
+                heads.push(Head {
+                    stream,
+                    device_id,
+                    seq: seq as u64,
+                    received_us,
+                });
+            }
+        }
+        Ok(heads)
+    }
+
+    fn read(
+        &mut self,
+        stream: Stream,
+        device_id: &str,
+        from_seq: u64,
+        n: usize,
+    ) -> Result<Vec<UnsentRow>, rusqlite::Error> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, bed, payload FROM records WHERE kind = ?1 AND device_id = ?2 AND seq >= ?3 AND sent = 0 ORDER BY seq LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(
+            params![stream.code(), device_id, from_seq as i64, n as i64],
+            |r| {
+                Ok(UnsentRow {
+                    stream,
+                    device_id: device_id.to_owned(),
+                    seq: r.get::<_, i64>(0)? as u64,
+                    bed: r.get(1)?,
+                    payload: r.get(2)?,
+                })
+            },
+        )?;
+        rows.collect()
+    }
+
+    fn seq_of(row: &UnsentRow) -> u64 {
+        row.seq
+    }
+
+    fn key_of(row: &UnsentRow) -> (Stream, &str, u64) {
+        (row.stream, &row.device_id, row.seq)
+    }
+}
+
 /// Read-mostly connection used by the bridge (outbox) and the API.
 pub struct ReaderDb {
     conn: Connection,
@@ -470,54 +551,25 @@ impl ReaderDb {
         sqlite_err(&self.path, e)
     }
 
-    /// Oldest unsent records: alarms first, then observations, fair across devices, ordered by
-    /// (stream, device_id, seq).
-    pub fn fetch_unsent(&self, limit: usize) -> Result<Vec<UnsentRow>, StoreError> {
-        let streams: Vec<(i64, String)> = {
-            let mut stmt = self
-                .conn
-                .prepare_cached(
-                    "SELECT DISTINCT kind, device_id FROM records WHERE sent = 0 ORDER BY kind DESC, device_id",
-                )
-                .map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(|e| self.err(e))?;
-            rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
-        };
-        if streams.is_empty() {
-            return Ok(Vec::new());
-        }
-        let per_stream = (limit / streams.len()).max(1);
-        let mut out = Vec::new();
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT device_id, seq, bed, payload FROM records WHERE sent = 0 AND kind = ?1 AND device_id = ?2 ORDER BY seq LIMIT ?3",
-            )
-            .map_err(|e| self.err(e))?;
-        for (kind, device) in streams {
-            let Some(stream) = Stream::from_code(kind) else {
-                continue;
-            };
-            let rows = stmt
-                .query_map(params![kind, device, per_stream as i64], |r| {
-                    Ok(UnsentRow {
-                        stream,
-                        device_id: r.get(0)?,
-                        seq: r.get::<_, i64>(1)? as u64,
-                        bed: r.get(2)?,
-                        payload: r.get(3)?,
-                    })
-                })
-                .map_err(|e| self.err(e))?;
-            for row in rows {
-                out.push(row.map_err(|e| self.err(e))?);
-            }
-        }
-        Ok(out)
+    /// One fetch in the outbox's drain order (alarms, ADT, live observations, backlog
+    /// observations up to `backlog_budget`, dead letters; see `icu_cloud_bridge::outbox`), from
+    /// one read snapshot.
+    pub fn fetch(&self, request: &FetchRequest) -> Result<Fetched<UnsentRow>, StoreError> {
+        // One deferred (read) transaction: every head and run comes from the same snapshot.
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let fetched =
+            fetch_in_drain_order(&mut SqlSource { conn: &tx }, request).map_err(|e| self.err(e))?;
+        tx.finish().map_err(|e| self.err(e))?;
+        Ok(fetched)
     }
 
+    /// Oldest unsent records up to `limit`, every device counted as live (`FetchRequest::all`).
+    pub fn fetch_unsent(&self, limit: usize) -> Result<Vec<UnsentRow>, StoreError> {
+        Ok(self.fetch(&FetchRequest::all(limit))?.records)
+    }
+
+    /// Marks `[first, last]` of one device's stream sent; returns how many were unsent before.
+    /// Idempotent: sent records are left alone.
     pub fn mark_sent(
         &self,
         stream: Stream,
@@ -540,14 +592,15 @@ impl ReaderDb {
                 .map(|v| v.unwrap_or(0))
                 .map_err(|e| self.err(e))
         };
-        let oldest: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT MIN(received_us) FROM records WHERE sent = 0",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.err(e))?;
+        // The oldest unsent record is some device's head (a device's receive times grow with
+        // its seqs, barring a clock step): O(devices) index seeks, not a visit of every unsent
+        // row (a backlog can hold millions).
+        let oldest: Option<i64> = SqlSource { conn: &self.conn }
+            .heads()
+            .map_err(|e| self.err(e))?
+            .iter()
+            .map(|h| h.received_us)
+            .min();
         let mut per_device = HashMap::new();
         let mut stmt = self
             .conn

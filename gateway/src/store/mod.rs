@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
-use icu_cloud_bridge::outbox::{Outbox, OutboxRecord};
+use icu_cloud_bridge::outbox::{FetchRequest, Fetched, Outbox, OutboxRecord};
 use icu_protos::v1::StoredRecord;
 use icu_protos::Message as _;
 use tokio::sync::oneshot;
@@ -235,15 +235,17 @@ fn outbox_err(
 impl Outbox for SqliteOutbox {
     fn fetch_unsent(
         &self,
-        limit: usize,
-    ) -> Result<Vec<OutboxRecord>, icu_cloud_bridge::error::BridgeError> {
-        let rows = self
+        request: &FetchRequest,
+    ) -> Result<Fetched, icu_cloud_bridge::error::BridgeError> {
+        let fetched = self
             .reader
             .lock()
             .map_err(|_| outbox_err("fetch_unsent")(StoreError::Closed))?
-            .fetch_unsent(limit)
+            .fetch(request)
             .map_err(outbox_err("fetch_unsent"))?;
-        rows.into_iter()
+        let records = fetched
+            .records
+            .into_iter()
             .map(|row| {
                 let db::UnsentRow {
                     stream,
@@ -266,7 +268,11 @@ impl Outbox for SqliteOutbox {
                     record,
                 })
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok(Fetched {
+            records,
+            backlog: fetched.backlog,
+        })
     }
 
     fn mark_sent(
