@@ -1,4 +1,7 @@
-//! A real Kafka-protocol broker (`tansu`, in-memory storage) per test.
+//! A real Kafka-protocol broker (`tansu`) per test: in-memory storage, or
+//! ([`Broker::start_durable`]) storage that outlives the broker process, so a
+//! test can stop and restart the broker on the same port and find its topics
+//! and records again ([`Broker::restart`]).
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
@@ -43,9 +46,25 @@ pub struct Broker {
     port: u16,
     child: Option<ChildGuard>,
     log: PathBuf,
+    /// The S3 store of a durable broker ([`Broker::start_durable`]); `None`: in memory.
+    store: Option<ObjectStore>,
+    /// Broker processes started so far (each writes its own log file).
+    generation: u32,
     // Declared last: removed after the child is stopped.
     dir: TempDir,
 }
+
+/// An S3 emulator (`moto_server`) holding a durable broker's data, so the
+/// data outlives the broker process.  Stopped on drop, after the broker (the
+/// broker's `Drop` stops the broker first).
+#[derive(Debug)]
+struct ObjectStore {
+    endpoint: String,
+    _child: ChildGuard,
+}
+
+/// The bucket a durable broker keeps its data in.
+const BUCKET: &str = "tansu";
 
 impl Broker {
     /// Start a broker on a free port and wait until it answers a metadata
@@ -67,23 +86,86 @@ impl Broker {
     /// the in-memory storage starts empty) and wait until it answers a
     /// metadata request.
     pub fn start_on(port: u16) -> anyhow::Result<Broker> {
-        let dir = tempfile::Builder::new()
-            .prefix("icu-tansu-")
-            .tempdir()
-            .context("temp dir for the broker")?;
-        let log = dir.path().join("tansu.log");
-        let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        Broker::launch(port, None).map_err(|(e, _)| e)
+    }
+
+    /// Start a broker whose topics and records outlive its process: tansu's
+    /// S3 storage engine on a local S3 emulator (`moto_server`, see
+    /// [`moto_server_bin`]) that lives as long as this `Broker`.  With it,
+    /// [`Broker::stop`] then [`Broker::restart`] is a real broker outage with
+    /// nothing lost on the broker's side.
+    pub fn start_durable() -> anyhow::Result<Broker> {
+        let store = ObjectStore::start()?;
+        let mut store = Some(store);
+        let mut last = None;
+        for _ in 0..3 {
+            match Broker::launch(free_port(), store.take()) {
+                Ok(b) => return Ok(b),
+                Err((e, s)) if format!("{e:#}").contains("already in use") => {
+                    store = s;
+                    last = Some(e);
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+        Err(last.expect("three attempts were made"))
+    }
+
+    fn launch(port: u16, store: Option<ObjectStore>) -> anyhow::Result<Broker, LaunchError> {
+        let dir = match tempfile::Builder::new().prefix("icu-tansu-").tempdir() {
+            Ok(d) => d,
+            Err(e) => {
+                return Err((
+                    anyhow::Error::new(e).context("temp dir for the broker"),
+                    store,
+                ))
+            }
+        };
+        let mut broker = Broker {
+            addr: format!("127.0.0.1:{port}"),
+            port,
+            child: None,
+            log: dir.path().join("tansu.log"),
+            store,
+            generation: 0,
+            dir,
+        };
+        match broker.spawn_ready() {
+            Ok(()) => Ok(broker),
+            Err(e) => {
+                broker.stop();
+                Err((e, broker.store.take()))
+            }
+        }
+    }
+
+    /// Spawn the broker process (log file `tansu.log`, then `tansu-N.log`
+    /// for the N-th restart) and wait until it answers metadata.
+    fn spawn_ready(&mut self) -> anyhow::Result<()> {
+        let name = match self.generation {
+            0 => "tansu.log".to_owned(),
+            n => format!("tansu-{n}.log"),
+        };
+        self.generation += 1;
+        self.log = self.dir.path().join(name);
+        let out =
+            File::create(&self.log).with_context(|| format!("create {}", self.log.display()))?;
         let err = out.try_clone()?;
 
+        let port = self.port;
         let url = format!("tcp://127.0.0.1:{port}");
+        let storage = match &self.store {
+            Some(_) => format!("s3://{BUCKET}/"),
+            None => "memory://tansu/".to_owned(),
+        };
         let mut cmd = Command::new(tansu_bin());
         cmd.arg("broker")
             .args(["--listener-url", &url])
             .args(["--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--storage-engine", &storage])
             .args(["--cluster-id", &format!("icu-test-{port}")])
             // tansu loads a `.env` from its working directory: use an empty one.
-            .current_dir(dir.path())
+            .current_dir(self.dir.path())
             .env(
                 "RUST_LOG",
                 std::env::var("ICU_TANSU_LOG").unwrap_or_else(|_| "warn".into()),
@@ -92,20 +174,48 @@ impl Broker {
         for var in TANSU_ENV {
             cmd.env_remove(var);
         }
+        if let Some(store) = &self.store {
+            cmd.env("AWS_ENDPOINT", &store.endpoint)
+                .env("AWS_ALLOW_HTTP", "true")
+                .env("AWS_ACCESS_KEY_ID", "icu-test")
+                .env("AWS_SECRET_ACCESS_KEY", "icu-test")
+                .env("AWS_DEFAULT_REGION", "us-east-1")
+                .env("AWS_REGION", "us-east-1")
+                .env_remove("AWS_PROFILE")
+                .env_remove("AWS_SESSION_TOKEN");
+        }
         let child = ChildGuard::spawn_tied(&cmd, Stdio::from(out), Stdio::from(err))
             .with_context(|| format!("spawn {}", tansu_bin().display()))?;
+        self.child = Some(child);
+        self.wait_ready()
+            .with_context(|| format!("tansu broker on {} ({storage})", self.addr))
+    }
 
-        let mut broker = Broker {
-            addr: format!("127.0.0.1:{port}"),
-            port,
-            child: Some(child),
-            log,
-            dir,
-        };
-        broker
-            .wait_ready()
-            .with_context(|| format!("tansu broker on {}", broker.addr))?;
-        Ok(broker)
+    /// Start the broker again on the same port (stopping it first if it is
+    /// running) and wait until it answers metadata.  A durable broker
+    /// ([`Broker::start_durable`]) comes back with its topics and records; an
+    /// in-memory one comes back empty.  Retries for a while if the port is not
+    /// free yet.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let mut last = None;
+        for _ in 0..20 {
+            match self.spawn_ready() {
+                Ok(()) => return Ok(()),
+                Err(e) if format!("{e:#}").contains("already in use") => {
+                    self.stop();
+                    last = Some(e);
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("attempts were made"))
+    }
+
+    /// Whether the broker's data outlives its process ([`Broker::start_durable`]).
+    pub fn is_durable(&self) -> bool {
+        self.store.is_some()
     }
 
     fn wait_ready(&mut self) -> anyhow::Result<()> {
@@ -266,6 +376,110 @@ impl Broker {
             None => false,
         }
     }
+}
+
+/// A failed launch, with the object store handed back for another attempt.
+type LaunchError = (anyhow::Error, Option<ObjectStore>);
+
+impl ObjectStore {
+    /// Start `moto_server` on a free port and create the bucket.
+    fn start() -> anyhow::Result<ObjectStore> {
+        let bin = moto_server_bin();
+        let mut last = None;
+        for _ in 0..3 {
+            let port = free_port();
+            let log = std::env::temp_dir().join(format!("icu-moto-{port}.log"));
+            let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+            let err = out.try_clone()?;
+            let mut cmd = Command::new(&bin);
+            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            let mut child = ChildGuard::spawn_tied(&cmd, Stdio::from(out), Stdio::from(err))
+                .with_context(|| format!("spawn {}", bin.display()))?;
+            let endpoint = format!("http://127.0.0.1:{port}");
+            let created = wait_for(START_DEADLINE, "the S3 emulator to create a bucket", || {
+                if child.exited().is_some() {
+                    return Some(false);
+                }
+                http_put(port, &format!("/{BUCKET}")).ok().map(|()| true)
+            });
+            match created {
+                Ok(true) => {
+                    let _ = std::fs::remove_file(&log);
+                    return Ok(ObjectStore {
+                        endpoint,
+                        _child: child,
+                    });
+                }
+                other => {
+                    let _ = child.shutdown(Duration::from_secs(5));
+                    last = Some(anyhow::anyhow!(
+                        "{} on port {port} did not start ({:?})\n--- {} (tail) ---\n{}",
+                        bin.display(),
+                        other.err(),
+                        log.display(),
+                        log_tail(&log, 20)
+                    ));
+                }
+            }
+        }
+        Err(last.expect("three attempts were made"))
+    }
+}
+
+/// `PUT path` with an empty body on 127.0.0.1:`port`; Ok on a 2xx answer.
+fn http_put(port: u16, path: &str) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    let status = answer.split_whitespace().nth(1).unwrap_or_default();
+    if status.starts_with('2') {
+        Ok(())
+    } else {
+        bail!("PUT {path}: {}", answer.lines().next().unwrap_or_default())
+    }
+}
+
+/// The S3 emulator for durable brokers: `ICU_MOTO_SERVER`, else
+/// `moto_server` on `PATH` (pyenv shims skipped), else the newest
+/// `~/.pyenv/versions/*/bin/moto_server` (the Python package `moto[server]`).
+///
+/// # Panics
+/// When none is found.
+pub(crate) fn moto_server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ICU_MOTO_SERVER").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .filter(|d| !d.ends_with("shims"))
+            .map(|d| d.join("moto_server"))
+            .find(|p| p.is_file())
+    });
+    if let Some(p) = on_path {
+        return p;
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    let versions = PathBuf::from(home).join(".pyenv").join("versions");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&versions)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin").join("moto_server"))
+        .filter(|p| p.is_file())
+        .collect();
+    found.sort();
+    found.pop().unwrap_or_else(|| {
+        panic!(
+            "no S3 emulator for a durable broker: install the Python package `moto[server]` \
+             (moto_server on PATH) or set ICU_MOTO_SERVER"
+        )
+    })
 }
 
 impl Drop for Broker {

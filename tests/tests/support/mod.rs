@@ -39,6 +39,25 @@ pub fn config_text(dir: &Path, beds: usize, kafka: Option<&str>, extra_store: &s
     s
 }
 
+/// An `[alarms]` section with only an SpO2 low limit (90 %) sustained 2 s of event time, so a
+/// desaturating bed alarms within seconds and steady beds do not (e2e_alarms.rs and
+/// e2e_page.rs carry the same limit with their own copies). It must come before the generated
+/// `[[beds]]`.
+pub const SPO2_LOW_ALARM: &str = r#"
+[alarms]
+rates = []
+[alarms.news2]
+enabled = false
+[[alarms.limits]]
+id = "spo2"
+label = "SpO2"
+mdc_codes = [150456]
+low = 90.0
+priority = "medium"
+sustain_s = 2
+hysteresis = 1.0
+"#;
+
 /// `icu-gateway keygen` into `dir`; returns the public key path.
 pub fn keygen(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
@@ -140,6 +159,105 @@ impl GatewayProc {
 
     pub fn db_path(&self) -> PathBuf {
         self.dir.join("gateway.db")
+    }
+
+    /// SIGKILL and reap: no shutdown code runs, as in a crash. Idempotent.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start the gateway again on the same data folder and config (so on the same ports when
+    /// the config names them), killing it first if it still runs; waits for its endpoints.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+/// An open-ended `icu-sim pcd01` run in the background (it retries an un-ACKed message up to
+/// `--max-attempts` times, so it rides out gateway restarts); [`SimProc::stop`] ends it with
+/// SIGTERM and reads its manifest of acknowledged observations.
+pub struct SimProc {
+    child: Option<Child>,
+    manifest: PathBuf,
+    out: PathBuf,
+}
+
+impl SimProc {
+    /// `icu-sim pcd01` against `mllp` with `beds` beds at `rate` messages/s per bed, running
+    /// until stopped, with `extra` arguments (e.g. `--scenario`).
+    pub fn start(
+        mllp: SocketAddr,
+        beds: usize,
+        rate: f64,
+        manifest: &Path,
+        extra: &[&str],
+    ) -> SimProc {
+        let out = manifest.with_extension("out");
+        let log = std::fs::File::create(&out).unwrap();
+        let child = Command::new(bin_path("icu-sim"))
+            .args(["pcd01", "--target", &mllp.to_string()])
+            .args(["--beds", &beds.to_string(), "--rate", &rate.to_string()])
+            .args(["--duration-secs", "86400", "--max-attempts", "1000000"])
+            .arg("--manifest")
+            .arg(manifest)
+            .args(extra)
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting icu-sim");
+        SimProc {
+            child: Some(child),
+            manifest: manifest.to_owned(),
+            out,
+        }
+    }
+
+    /// SIGTERM, wait for the sender to finish its report, and read the manifest.
+    pub fn stop(mut self) -> SimRun {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let status = wait_for(Duration::from_secs(60), "icu-sim to stop", || {
+            c.try_wait().ok().flatten()
+        })
+        .unwrap_or_else(|e| {
+            let _ = c.kill();
+            panic!("{e}")
+        });
+        let accepted = std::fs::read_to_string(&self.manifest)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("manifest line"))
+            .collect();
+        SimRun {
+            ok: status.success(),
+            stdout: std::fs::read_to_string(&self.out).unwrap_or_default(),
+            accepted,
+        }
+    }
+}
+
+impl Drop for SimProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
