@@ -472,7 +472,10 @@ impl FetchSource for SqlSource<'_> {
             rows.collect::<Result<_, _>>()?
         };
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, received_us FROM records WHERE kind = ?1 AND device_id = ?2 AND sent = 0 ORDER BY seq LIMIT 1",
+            // INDEXED BY: without statistics the planner walks the primary key from seq 1,
+            // through every forwarded record not yet pruned (37 ms per head behind 400k of
+            // them, against 4 µs through the partial index).
+            "SELECT seq, received_us FROM records INDEXED BY records_unsent WHERE kind = ?1 AND device_id = ?2 AND sent = 0 ORDER BY seq LIMIT 1",
         )?;
         let mut heads = Vec::new();
         for (kind, device_id) in pairs {
