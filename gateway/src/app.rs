@@ -93,11 +93,33 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
         }
     });
     let store_stats = Arc::new(StoreStats::default());
-    let store = Store::start(
+    // The store's disk-budget technical alarm goes through the alarm engine (started later),
+    // so it reaches the page, MQTT and PCD-04 like any other technical alarm.
+    let alarm_slot: Arc<OnceLock<Addr<crate::alarm::actor::AlarmActor>>> =
+        Arc::new(OnceLock::new());
+    let slot = alarm_slot.clone();
+    let on_condition: crate::store::ConditionListener = Box::new(move |c| {
+        let Some(alarms) = slot.get() else {
+            return false;
+        };
+        alarms
+            .try_send(crate::alarm::actor::Technical {
+                bed: crate::store::GATEWAY_SOURCE.into(),
+                device_id: crate::store::GATEWAY_SOURCE.into(),
+                condition: crate::store::STORE_BUDGET_CONDITION.into(),
+                text: c.text.clone(),
+                priority: c.priority.into(),
+                active: c.active,
+                time_us: now_us(),
+            })
+            .is_ok()
+    });
+    let store = Store::start_with(
         &config.store,
         &config.gateway_id,
         store_stats.clone(),
         Some(on_commit),
+        Some(on_condition),
     )
     .with_context(|| format!("opening the store {}", config.store.path.display()))?;
     let outbox = Arc::new(SqliteOutbox::open(&config.store).with_context(|| {
@@ -244,6 +266,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
         alarm_stats.clone(),
         alarm_outputs,
     );
+    let _ = alarm_slot.set(alarm_addr.clone());
 
     let live = Arc::new(LiveState::new(&config.beds, &config.devices));
     let ingest_stats = Arc::new(crate::metrics::IngestStats::default());

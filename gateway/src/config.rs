@@ -88,10 +88,29 @@ pub struct RawStore {
     /// Database file; relative paths are inside `data_dir`.
     #[serde(default = "default_store_file")]
     pub file: PathBuf,
-    /// Most disk the store may use (database plus write-ahead log), in MiB. When it is reached
-    /// new readings are refused (senders get AR) rather than half-stored.
+    /// Most disk the store may use, in MiB, counted as the database pages in use plus the
+    /// write-ahead log (so deleted records count as freed). Near it, forwarded records are
+    /// pruned oldest first; when that is not enough, `on_full` decides. The full policy is in
+    /// the `store` module docs (and the README).
     #[serde(default = "default_disk_budget_mb")]
     pub disk_budget_mb: u64,
+    /// Percent of the budget at which pruning of forwarded records starts (default 90).
+    #[serde(default = "default_high_water_pct")]
+    pub high_water_pct: u8,
+    /// Percent of the budget at which pruning stops and the store's technical alarm clears
+    /// (default 80; below `high_water_pct`).
+    #[serde(default = "default_low_water_pct")]
+    pub low_water_pct: u8,
+    /// Headroom above the budget, in percent of it, that only alarm state changes and ADT
+    /// events may use, so they are still stored while observations are refused (default 2;
+    /// at most 20).
+    #[serde(default = "default_alarm_reserve_pct")]
+    pub alarm_reserve_pct: u8,
+    /// When pruning forwarded records is not enough: `"refuse"` (default) refuses new
+    /// observations (senders get AR) and keeps every acknowledged one; `"drop_oldest_unsent"`
+    /// deletes the oldest unsent observations (counted, logged, high-priority technical alarm).
+    #[serde(default = "default_on_full")]
+    pub on_full: String,
     /// `"full"`: a reading is acknowledged only once it survives power loss (fsync);
     /// `"normal"`: it survives a process crash but the last commits may be lost on power loss.
     #[serde(default = "default_synchronous")]
@@ -109,6 +128,10 @@ impl Default for RawStore {
         Self {
             file: default_store_file(),
             disk_budget_mb: default_disk_budget_mb(),
+            high_water_pct: default_high_water_pct(),
+            low_water_pct: default_low_water_pct(),
+            alarm_reserve_pct: default_alarm_reserve_pct(),
+            on_full: default_on_full(),
             synchronous: default_synchronous(),
             max_batch: default_max_batch(),
             max_pending: default_max_pending(),
@@ -317,6 +340,18 @@ fn default_store_file() -> PathBuf {
 fn default_disk_budget_mb() -> u64 {
     10 * 1024
 }
+fn default_high_water_pct() -> u8 {
+    90
+}
+fn default_low_water_pct() -> u8 {
+    80
+}
+fn default_alarm_reserve_pct() -> u8 {
+    2
+}
+fn default_on_full() -> String {
+    "refuse".into()
+}
 fn default_synchronous() -> String {
     "full".into()
 }
@@ -398,9 +433,26 @@ pub struct Config {
 pub struct StoreConfig {
     pub path: PathBuf,
     pub disk_budget_bytes: u64,
+    pub high_water_pct: u8,
+    pub low_water_pct: u8,
+    pub alarm_reserve_pct: u8,
+    pub on_full: crate::store::OnFull,
     pub synchronous_full: bool,
     pub max_batch: usize,
     pub max_pending: usize,
+}
+
+impl StoreConfig {
+    /// The disk-budget policy of this config.
+    pub fn budget_policy(&self) -> crate::store::BudgetPolicy {
+        crate::store::BudgetPolicy {
+            high_water_pct: self.high_water_pct,
+            low_water_pct: self.low_water_pct,
+            alarm_reserve_pct: self.alarm_reserve_pct,
+            on_full: self.on_full,
+            ..crate::store::BudgetPolicy::with_budget(self.disk_budget_bytes)
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -556,6 +608,38 @@ impl RawConfig {
         if self.store.disk_budget_mb == 0 {
             problem("store.disk_budget_mb", "must be at least 1".into());
         }
+        if !(2..=100).contains(&self.store.high_water_pct) {
+            problem(
+                "store.high_water_pct",
+                format!("{} must be 2-100", self.store.high_water_pct),
+            );
+        }
+        if self.store.low_water_pct == 0 || self.store.low_water_pct >= self.store.high_water_pct {
+            problem(
+                "store.low_water_pct",
+                format!(
+                    "{} must be at least 1 and below store.high_water_pct ({})",
+                    self.store.low_water_pct, self.store.high_water_pct
+                ),
+            );
+        }
+        if self.store.alarm_reserve_pct > 20 {
+            problem(
+                "store.alarm_reserve_pct",
+                format!("{} must be 0-20", self.store.alarm_reserve_pct),
+            );
+        }
+        let on_full = match self.store.on_full.as_str() {
+            "refuse" => crate::store::OnFull::Refuse,
+            "drop_oldest_unsent" => crate::store::OnFull::DropOldestUnsent,
+            other => {
+                problem(
+                    "store.on_full",
+                    format!("'{other}' is not one of \"refuse\", \"drop_oldest_unsent\""),
+                );
+                crate::store::OnFull::Refuse
+            }
+        };
         let synchronous_full = match self.store.synchronous.as_str() {
             "full" => true,
             "normal" => false,
@@ -900,6 +984,10 @@ impl RawConfig {
             store: StoreConfig {
                 path: in_data(&self.store.file),
                 disk_budget_bytes: self.store.disk_budget_mb.saturating_mul(1 << 20),
+                high_water_pct: self.store.high_water_pct,
+                low_water_pct: self.store.low_water_pct,
+                alarm_reserve_pct: self.store.alarm_reserve_pct,
+                on_full,
                 synchronous_full,
                 max_batch: self.store.max_batch,
                 max_pending: self.store.max_pending,
@@ -954,6 +1042,51 @@ match = "0012AB00000000B2"
         assert_eq!(c.beds[0].label, "bed-1");
         assert_eq!(c.devices[0].protocol, Protocol::Pcd01);
         assert!(c.kafka.is_none());
+    }
+
+    #[test]
+    fn store_budget_policy_defaults_and_validation() {
+        let c = Config::from_toml(GOOD, Path::new("/etc/icu/gateway.toml")).unwrap();
+        let p = c.store.budget_policy();
+        assert_eq!(p.budget_bytes, 10 << 30);
+        assert_eq!(
+            (p.high_water_pct, p.low_water_pct, p.alarm_reserve_pct),
+            (90, 80, 2)
+        );
+        assert_eq!(p.on_full, crate::store::OnFull::Refuse);
+        let set = GOOD.replace(
+            "[mllp]",
+            "[store]\ndisk_budget_mb = 64\nhigh_water_pct = 95\nlow_water_pct = 70\nalarm_reserve_pct = 5\non_full = \"drop_oldest_unsent\"\n[mllp]",
+        );
+        let p = Config::from_toml(&set, Path::new("g.toml"))
+            .unwrap()
+            .store
+            .budget_policy();
+        assert_eq!(p.budget_bytes, 64 << 20);
+        assert_eq!(
+            (p.high_water_pct, p.low_water_pct, p.alarm_reserve_pct),
+            (95, 70, 5)
+        );
+        assert_eq!(p.on_full, crate::store::OnFull::DropOldestUnsent);
+        let bad = GOOD.replace(
+            "[mllp]",
+            "[store]\nhigh_water_pct = 80\nlow_water_pct = 85\nalarm_reserve_pct = 50\non_full = \"panic\"\n[mllp]",
+        );
+        let ConfigError::Invalid { problems, .. } =
+            Config::from_toml(&bad, Path::new("g.toml")).unwrap_err()
+        else {
+            panic!("expected Invalid");
+        };
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "store.low_water_pct",
+                "store.alarm_reserve_pct",
+                "store.on_full"
+            ]
+        );
+        assert!(problems[2].message.contains("drop_oldest_unsent"));
     }
 
     #[test]

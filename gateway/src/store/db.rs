@@ -6,7 +6,11 @@
 //! - `seq` is assigned per device inside the same transaction, so committed seqs are gapless
 //!   and strictly increasing, and a failed commit consumes none;
 //! - a retried HL7 message (same device, control id and bytes) is recognised and not stored twice;
-//! - the disk budget is checked before every batch; over budget, the whole batch is refused.
+//! - the disk budget ([`BudgetPolicy`], policy in the `store` module docs) is checked before every
+//!   request of a batch, on the bytes in use (`(page_count - freelist_count) * page_size` plus
+//!   the write-ahead log), so deleted records count as freed; above the high-water mark each
+//!   batch first prunes one bounded chunk (forwarded records oldest first, then, only with
+//!   `on_full = drop_oldest_unsent`, the oldest unsent observations), never a long stall.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -100,12 +104,126 @@ pub enum WriteOutcome {
     },
 }
 
+/// What the store does when forwarded records alone cannot keep it under its budget
+/// (`[store] on_full`; the whole policy is in the `store` module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// Keep every acknowledged reading; refuse new observations (the sender gets AR and keeps
+    /// or resends them) until the bridge has forwarded enough to prune. The default.
+    Refuse,
+    /// Delete the oldest unsent observations (data loss: counted, logged with device ids and
+    /// seq ranges, raised as a high-priority technical alarm) so new readings keep being stored.
+    DropOldestUnsent,
+}
+
+impl OnFull {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnFull::Refuse => "refuse",
+            OnFull::DropOldestUnsent => "drop_oldest_unsent",
+        }
+    }
+}
+
+/// The disk budget and what happens near it (see the `store` module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetPolicy {
+    /// Bytes in use (pages in use plus the write-ahead log) above which observations and dead
+    /// letters are refused.
+    pub budget_bytes: u64,
+    /// Pruning starts when the bytes in use reach this percentage of the budget ...
+    pub high_water_pct: u8,
+    /// ... and stops when they are back at or under this one.
+    pub low_water_pct: u8,
+    /// Headroom above the budget, in percent of it, kept for alarm state changes and ADT events:
+    /// they are stored until `budget * (100 + reserve) / 100`.
+    pub alarm_reserve_pct: u8,
+    pub on_full: OnFull,
+    /// Most records deleted per pruning round (one or, when over the budget itself, a few
+    /// rounds run at the start of a batch).
+    pub prune_chunk: usize,
+}
+
+impl BudgetPolicy {
+    /// The defaults (90 % / 80 %, 2 % headroom, refuse) for a budget.
+    pub fn with_budget(budget_bytes: u64) -> Self {
+        Self {
+            budget_bytes,
+            high_water_pct: 90,
+            low_water_pct: 80,
+            alarm_reserve_pct: 2,
+            on_full: OnFull::Refuse,
+            prune_chunk: 4096,
+        }
+    }
+
+    fn pct(&self, pct: u64) -> u64 {
+        ((u128::from(self.budget_bytes) * u128::from(pct)) / 100).min(u128::from(u64::MAX)) as u64
+    }
+
+    pub fn high_water_bytes(&self) -> u64 {
+        self.pct(u64::from(self.high_water_pct))
+    }
+
+    pub fn low_water_bytes(&self) -> u64 {
+        self.pct(u64::from(self.low_water_pct))
+    }
+
+    /// Alarm state changes and ADT events are stored while the bytes in use are below this.
+    pub fn reserve_limit_bytes(&self) -> u64 {
+        self.pct(100 + u64::from(self.alarm_reserve_pct))
+    }
+
+    /// The write-ahead log allowance: the log is checkpointed and truncated around this size,
+    /// and at least this much is counted as in use (so a checkpoint does not make room appear
+    /// and vanish). 1/16 of the budget, between 64 KiB and SQLite's default 4 MiB.
+    pub fn wal_allowance_bytes(&self) -> u64 {
+        (self.budget_bytes / 16).clamp(64 << 10, 4 << 20)
+    }
+}
+
+/// The disk budget as the writer last measured it, with the store's pruning counters (since
+/// the gateway started).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BudgetStatus {
+    pub budget_bytes: u64,
+    /// `(page_count - freelist_count) * page_size` plus the write-ahead log's allowance.
+    pub used_bytes: u64,
+    /// The write-ahead log file's real size (not counted beyond its allowance).
+    pub wal_bytes: u64,
+    pub high_water_bytes: u64,
+    pub low_water_bytes: u64,
+    pub reserve_limit_bytes: u64,
+    /// Between crossing the high-water mark and getting back to the low-water mark.
+    pub pruning: bool,
+    /// The last batch refused an observation or dead letter for the budget (or the bytes in use
+    /// are at the budget).
+    pub full: bool,
+    /// Forwarded records (every stream) deleted to make room.
+    pub pruned_sent_records: u64,
+    /// Unsent observations deleted to make room (`on_full = drop_oldest_unsent`): data loss.
+    pub pruned_unsent_observations: u64,
+    /// Rows of the dead-letter table deleted once forwarded.
+    pub pruned_dead_letters: u64,
+    /// HL7 dedup rows deleted with the records they named.
+    pub pruned_messages: u64,
+    /// Write requests refused because of the budget.
+    pub refused_requests: u64,
+    /// Pruning rounds run.
+    pub prune_rounds: u64,
+}
+
 /// Writer connection: the only one that inserts.
 pub struct StoreDb {
     conn: Connection,
     path: PathBuf,
     gateway_id: String,
-    budget_bytes: u64,
+    policy: BudgetPolicy,
+    status: BudgetStatus,
+    /// After a pruning round that found nothing to delete, the next one waits until then (the
+    /// bridge has to forward something first; no need to look on every batch).
+    next_prune: Option<std::time::Instant>,
 }
 
 fn sqlite_err(path: &Path, e: rusqlite::Error) -> StoreError {
@@ -151,47 +269,132 @@ pub fn digest(bytes: &[u8]) -> i64 {
 }
 
 impl StoreDb {
+    /// Opens the store with the default [`BudgetPolicy`] for `budget_bytes`.
     pub fn open(
         path: &Path,
         gateway_id: &str,
         synchronous_full: bool,
         budget_bytes: u64,
     ) -> Result<Self, StoreError> {
+        Self::open_with_policy(
+            path,
+            gateway_id,
+            synchronous_full,
+            BudgetPolicy::with_budget(budget_bytes),
+        )
+    }
+
+    pub fn open_with_policy(
+        path: &Path,
+        gateway_id: &str,
+        synchronous_full: bool,
+        policy: BudgetPolicy,
+    ) -> Result<Self, StoreError> {
         let conn = open_connection(path, synchronous_full)?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| sqlite_err(path, e))?;
-        Ok(Self {
+        apply_wal_limits(&conn, &policy).map_err(|e| sqlite_err(path, e))?;
+        let mut db = Self {
             conn,
             path: path.to_owned(),
             gateway_id: gateway_id.to_owned(),
-            budget_bytes,
-        })
+            status: BudgetStatus {
+                budget_bytes: policy.budget_bytes,
+                high_water_bytes: policy.high_water_bytes(),
+                low_water_bytes: policy.low_water_bytes(),
+                reserve_limit_bytes: policy.reserve_limit_bytes(),
+                ..Default::default()
+            },
+            policy,
+            next_prune: None,
+        };
+        let used = db.used_bytes().map_err(|e| sqlite_err(path, e))?;
+        db.status.used_bytes = used;
+        db.status.full = used >= db.policy.budget_bytes;
+        db.status.pruning = used >= db.policy.high_water_bytes();
+        db.status.wal_bytes = file_size(&db.wal_path());
+        Ok(db)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Bytes the store occupies on disk (database plus write-ahead log).
+    pub fn policy(&self) -> &BudgetPolicy {
+        &self.policy
+    }
+
+    /// Replaces the budget policy (taken into account from the next batch).
+    pub fn set_policy(&mut self, policy: BudgetPolicy) {
+        if let Err(e) = apply_wal_limits(&self.conn, &policy) {
+            tracing::warn!(error = %e, "store: write-ahead log limits not applied");
+        }
+        self.status.budget_bytes = policy.budget_bytes;
+        self.status.high_water_bytes = policy.high_water_bytes();
+        self.status.low_water_bytes = policy.low_water_bytes();
+        self.status.reserve_limit_bytes = policy.reserve_limit_bytes();
+        self.policy = policy;
+    }
+
+    /// The budget as last measured, with the pruning counters.
+    pub fn budget_status(&self) -> &BudgetStatus {
+        &self.status
+    }
+
+    /// Bytes the store files occupy on disk (database plus write-ahead log). Freed pages are
+    /// reused, not returned, so this stays at its high-water mark; the budget counts
+    /// [`StoreDb::used_bytes`] instead.
     pub fn disk_usage(&self) -> u64 {
-        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        file_size(&self.path) + file_size(&self.wal_path())
+    }
+
+    fn wal_path(&self) -> PathBuf {
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
-        size(&self.path) + size(Path::new(&wal))
+        PathBuf::from(wal)
+    }
+
+    /// Bytes the budget counts: pages in use (`(page_count - freelist_count) * page_size`, as
+    /// this connection sees them, so inside a transaction its own inserts and deletes count)
+    /// plus the write-ahead log at its allowance ([`BudgetPolicy::wal_allowance_bytes`]: the
+    /// log is checkpointed and truncated at that size, so the files stay within the budget
+    /// except while a long reader holds the log back; the log's real size is in
+    /// [`BudgetStatus::wal_bytes`]).
+    pub fn used_bytes(&self) -> rusqlite::Result<u64> {
+        Ok(pages_in_use_bytes(&self.conn)? + self.policy.wal_allowance_bytes())
     }
 
     /// Applies a batch in one transaction; returns one result per request, in order.
+    ///
+    /// Above the high-water mark it first prunes (see the module docs); each request is then
+    /// admitted against the bytes in use at that moment: observations and dead letters below
+    /// the budget, alarm state changes and ADT events below the budget plus the alarm reserve.
+    /// An empty batch only runs the pruning (the store calls it when idle).
     pub fn commit_batch(
         &mut self,
         requests: &[WriteRequest],
     ) -> Vec<Result<WriteOutcome, StoreError>> {
-        let used = self.disk_usage();
-        if used >= self.budget_bytes {
-            let e = StoreError::BudgetExceeded {
-                used_mib: used >> 20,
-                budget_mib: self.budget_bytes >> 20,
-            };
-            return requests.iter().map(|_| Err(e.clone())).collect();
+        // The log is counted at its allowance (it is checkpointed and truncated at that size):
+        // deleting records cannot shrink a log that a reader keeps from being checkpointed, so
+        // neither pruning nor admission chases its transient excess.
+        let allowance = self.policy.wal_allowance_bytes();
+        self.status.wal_bytes = file_size(&self.wal_path());
+        let data = match pages_in_use_bytes(&self.conn) {
+            Ok(pages) => pages + allowance,
+            Err(e) => {
+                let err = sqlite_err(&self.path, e);
+                return requests.iter().map(|_| Err(err.clone())).collect();
+            }
+        };
+        self.status.used_bytes = data;
+        if data >= self.policy.high_water_bytes() {
+            self.status.pruning = true;
+        } else if data <= self.policy.low_water_bytes() {
+            self.status.pruning = false;
+        }
+        if requests.is_empty() && !self.status.pruning {
+            self.status.full = data >= self.policy.budget_bytes;
+            return Vec::new();
         }
         let path = self.path.clone();
         let gateway_id = self.gateway_id.clone();
@@ -210,8 +413,84 @@ impl StoreDb {
             Ok(tx) => tx,
             Err(e) => return fail_all(e),
         };
+        let policy = &self.policy;
+        let mut data = data;
+        let mut pruned = PruneReport::default();
+        let now = std::time::Instant::now();
+        if self.status.pruning && self.next_prune.is_none_or(|t| now >= t) {
+            self.next_prune = None;
+            // Bounded: one round between the high-water mark and the budget, a few when the
+            // budget itself is reached (a round deletes at most `prune_chunk` records).
+            for round in 0..MAX_PRUNE_ROUNDS {
+                if round > 0 && data < policy.budget_bytes {
+                    break;
+                }
+                let report = (|| {
+                    let sp = tx.savepoint()?;
+                    let report = prune_round(&sp, policy)?;
+                    sp.commit()?;
+                    Ok::<_, rusqlite::Error>(report)
+                })();
+                let report = match report {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // Pruning failing must not stop the writes that still fit.
+                        tracing::error!(error = %e, "store pruning failed");
+                        break;
+                    }
+                };
+                let progress = report.records() > 0;
+                pruned.merge(report);
+                data = match pages_in_use_bytes(&tx) {
+                    Ok(pages) => pages + allowance,
+                    Err(e) => return fail_all(e),
+                };
+                if !progress {
+                    self.next_prune = Some(now + PRUNE_RETRY);
+                    break;
+                }
+                if data <= policy.low_water_bytes() {
+                    break;
+                }
+            }
+        }
+        let mut used = data;
         let mut results = Vec::with_capacity(requests.len());
+        let mut refused = 0u64;
+        let mut full = false;
         for req in requests {
+            // Admission against the bytes in use now (this transaction's inserts and deletes
+            // included): alarms and ADT events may use the reserve above the budget.
+            let limit = match req {
+                WriteRequest::Observations(_) | WriteRequest::DeadLetter(_) => policy.budget_bytes,
+                WriteRequest::Alarm(_) | WriteRequest::Adt(_) => policy.reserve_limit_bytes(),
+            };
+            if used >= limit {
+                // A sender's retry of a message already stored is still answered as stored.
+                if let WriteRequest::Observations(b) = req {
+                    match find_duplicate(&tx, b) {
+                        Ok(Some(dup)) => {
+                            results.push(Ok(dup));
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            results.push(Err(sqlite_err(&path, e)));
+                            continue;
+                        }
+                    }
+                    full = true;
+                }
+                if matches!(req, WriteRequest::DeadLetter(_)) {
+                    full = true;
+                }
+                refused += 1;
+                results.push(Err(StoreError::BudgetExceeded {
+                    used_mib: used >> 20,
+                    budget_mib: policy.budget_bytes >> 20,
+                }));
+                continue;
+            }
             let outcome = (|| {
                 let sp = tx.savepoint()?;
                 let out = match req {
@@ -280,12 +559,382 @@ impl StoreDb {
                 Ok::<_, rusqlite::Error>(out)
             })();
             results.push(outcome.map_err(|e| sqlite_err(&path, e)));
+            if let Ok(pages) = pages_in_use_bytes(&tx) {
+                used = pages + allowance;
+            }
         }
-        match tx.commit() {
-            Ok(()) => results,
-            Err(e) => fail_all(e),
+        if let Err(e) = tx.commit() {
+            return fail_all(e);
+        }
+        self.status.refused_requests += refused;
+        self.account(pruned, full);
+        results
+    }
+
+    /// Publishes what a committed batch pruned and measures again.
+    fn account(&mut self, pruned: PruneReport, full: bool) {
+        let s = &mut self.status;
+        if pruned.rounds > 0 {
+            s.prune_rounds += pruned.rounds;
+            s.pruned_sent_records += pruned.sent;
+            s.pruned_unsent_observations += pruned.unsent;
+            s.pruned_dead_letters += pruned.dead_letters;
+            s.pruned_messages += pruned.messages;
+            tracing::debug!(
+                sent = pruned.sent,
+                unsent = pruned.unsent,
+                dead_letters = pruned.dead_letters,
+                "store pruned to stay under its disk budget"
+            );
+        }
+        for (device, (first, last, n)) in &pruned.lost {
+            tracing::warn!(device = %device, first_seq = first, last_seq = last, count = n,
+                on_full = "drop_oldest_unsent",
+                "store full: deleted unsent observations to make room; they will never reach Kafka");
+        }
+        let allowance = self.policy.wal_allowance_bytes();
+        let data = pages_in_use_bytes(&self.conn)
+            .map(|p| p + allowance)
+            .unwrap_or(self.status.used_bytes);
+        let used = data;
+        let wal = file_size(&self.wal_path());
+        let s = &mut self.status;
+        s.used_bytes = used;
+        s.wal_bytes = wal;
+        s.full = full || used >= self.policy.budget_bytes;
+        let was = s.pruning;
+        if data >= self.policy.high_water_bytes() {
+            s.pruning = true;
+        } else if data <= self.policy.low_water_bytes() {
+            s.pruning = false;
+        }
+        if was != s.pruning {
+            tracing::info!(
+                used_bytes = used,
+                budget_bytes = self.policy.budget_bytes,
+                pruning = s.pruning,
+                "store disk budget: pruning {}",
+                if s.pruning {
+                    "started (above the high-water mark)"
+                } else {
+                    "stopped (back at the low-water mark)"
+                }
+            );
         }
     }
+}
+
+/// Most pruning rounds at the start of one batch (only when the budget itself is reached).
+const MAX_PRUNE_ROUNDS: usize = 8;
+/// After a round that found nothing to prune, the next one waits this long.
+const PRUNE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Most unsent seqs of one stream read from the outbox index to find forwarded records behind
+/// them, per stream and round.
+const UNSENT_SCAN: i64 = 4096;
+
+/// Keeps the write-ahead log near the policy's allowance: checkpoint at that size and truncate
+/// the file back to it after a checkpoint (a small budget must not hold a 4 MiB log).
+fn apply_wal_limits(conn: &Connection, policy: &BudgetPolicy) -> rusqlite::Result<()> {
+    let wal = policy.wal_allowance_bytes();
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let pages = (wal as i64 / page_size.max(512)).max(16);
+    // Both pragmas answer with a row.
+    conn.query_row(&format!("PRAGMA wal_autocheckpoint = {pages}"), [], |_| {
+        Ok(())
+    })?;
+    conn.query_row(
+        &format!("PRAGMA journal_size_limit = {wal}"),
+        [],
+        |_| Ok(()),
+    )?;
+    Ok(())
+}
+
+fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// `(page_count - freelist_count) * page_size` as `conn` sees it.
+fn pages_in_use_bytes(conn: &Connection) -> rusqlite::Result<u64> {
+    let q = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0));
+    let pages = q("PRAGMA page_count")?;
+    let free = q("PRAGMA freelist_count")?;
+    let size = q("PRAGMA page_size")?;
+    Ok((pages - free).max(0) as u64 * size.max(0) as u64)
+}
+
+/// What one or more pruning rounds deleted.
+#[derive(Debug, Default)]
+struct PruneReport {
+    rounds: u64,
+    sent: u64,
+    unsent: u64,
+    dead_letters: u64,
+    messages: u64,
+    /// Unsent observations deleted, per device: (first seq, last seq, count).
+    lost: std::collections::BTreeMap<String, (i64, i64, u64)>,
+}
+
+impl PruneReport {
+    fn records(&self) -> u64 {
+        self.sent + self.unsent + self.dead_letters
+    }
+
+    fn merge(&mut self, o: PruneReport) {
+        self.rounds += o.rounds;
+        self.sent += o.sent;
+        self.unsent += o.unsent;
+        self.dead_letters += o.dead_letters;
+        self.messages += o.messages;
+        for (device, (first, last, n)) in o.lost {
+            let e = self.lost.entry(device).or_insert((first, last, 0));
+            e.0 = e.0.min(first);
+            e.1 = e.1.max(last);
+            e.2 += n;
+        }
+    }
+}
+
+/// One pruning round, at most `policy.prune_chunk` records, in the policy's order: forwarded
+/// observations and dead letters (with the dead-letter table rows already forwarded), then
+/// forwarded alarms and ADT events, then, only if nothing forwarded was left and
+/// `on_full = drop_oldest_unsent`, the oldest unsent observations. Unsent alarms, ADT events
+/// and dead letters are never deleted.
+fn prune_round(conn: &Connection, policy: &BudgetPolicy) -> rusqlite::Result<PruneReport> {
+    let mut report = PruneReport {
+        rounds: 1,
+        ..Default::default()
+    };
+    let streams: Vec<(i64, String)> = {
+        let mut stmt = conn.prepare_cached("SELECT kind, device_id FROM devices")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let of_kinds = |kinds: &[Stream]| -> Vec<(i64, String)> {
+        let codes: Vec<i64> = kinds.iter().map(|k| k.code()).collect();
+        streams
+            .iter()
+            .filter(|(k, _)| codes.contains(k))
+            .cloned()
+            .collect()
+    };
+    let chunk = policy.prune_chunk.max(1) as u64;
+    let first = of_kinds(&[Stream::Observations, Stream::DeadLetters]);
+    prune_sent(conn, &first, chunk, &mut report)?;
+    report.dead_letters += prune_dead_letter_table(conn, chunk)?;
+    if report.sent < chunk {
+        let last = of_kinds(&[Stream::Alarms, Stream::Adt]);
+        let left = chunk - report.sent;
+        prune_sent(conn, &last, left, &mut report)?;
+    }
+    if report.records() == 0 && policy.on_full == OnFull::DropOldestUnsent {
+        prune_unsent_observations(conn, &of_kinds(&[Stream::Observations]), chunk, &mut report)?;
+    }
+    // The HL7 dedup rows whose readings are all gone.
+    for (kind, device) in &first {
+        if *kind == Stream::Observations.code() {
+            let head = match head(conn, *kind, device)? {
+                Some((seq, _)) => seq,
+                None => i64::MAX,
+            };
+            report.messages += conn.execute(
+                "DELETE FROM messages WHERE device_id = ?1 AND last_seq < ?2",
+                params![device, head],
+            )? as u64;
+        }
+    }
+    Ok(report)
+}
+
+/// The oldest record of a stream: (seq, received_us).
+fn head(conn: &Connection, kind: i64, device: &str) -> rusqlite::Result<Option<(i64, i64)>> {
+    conn.prepare_cached(
+        "SELECT seq, received_us FROM records WHERE kind = ?1 AND device_id = ?2 ORDER BY seq LIMIT 1",
+    )?
+    .query_row(params![kind, device], |r| Ok((r.get(0)?, r.get(1)?)))
+    .optional()
+}
+
+/// Seq ranges of one stream, oldest first, that hold only forwarded records (or none), at most
+/// `max` seqs in all. The bridge marks records sent in seq order per stream, so this is
+/// usually the stream's head; forwarded records behind unsent ones are found through the
+/// outbox index (at most [`UNSENT_SCAN`] entries read).
+fn sent_ranges(
+    conn: &Connection,
+    kind: i64,
+    device: &str,
+    max: u64,
+) -> rusqlite::Result<Vec<(i64, i64)>> {
+    let Some((head, _)) = head(conn, kind, device)? else {
+        return Ok(Vec::new());
+    };
+    let tail: i64 = conn
+        .prepare_cached(
+            "SELECT seq FROM records WHERE kind = ?1 AND device_id = ?2 ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row(params![kind, device], |r| r.get(0))?;
+    let mut stmt = conn.prepare_cached(
+        // INDEXED BY: without statistics SQLite may walk the primary key through every
+        // forwarded record instead of the outbox index.
+        "SELECT seq FROM records INDEXED BY records_unsent WHERE sent = 0 AND kind = ?1 AND device_id = ?2 AND seq >= ?3 ORDER BY seq LIMIT ?4",
+    )?;
+    let mut unsent = stmt.query(params![kind, device, head, UNSENT_SCAN])?;
+    let mut out = Vec::new();
+    let mut left = max as i64;
+    let mut next = head;
+    let mut read = 0i64;
+    let mut take = |from: i64, to: i64, left: &mut i64| {
+        let to = to.min(from + *left - 1);
+        out.push((from, to));
+        *left -= to - from + 1;
+    };
+    // Gaps between unsent seqs hold forwarded records (or none); read lazily, stop when enough.
+    while left > 0 {
+        let Some(row) = unsent.next()? else {
+            break;
+        };
+        let u: i64 = row.get(0)?;
+        read += 1;
+        if u > next {
+            take(next, u - 1, &mut left);
+        }
+        next = u + 1;
+    }
+    if left > 0 && read < UNSENT_SCAN && next <= tail {
+        take(next, tail, &mut left);
+    }
+    Ok(out)
+}
+
+/// Deletes up to `max` forwarded records of `streams`, the stream with the oldest record first,
+/// a slice at a time.
+fn prune_sent(
+    conn: &Connection,
+    streams: &[(i64, String)],
+    max: u64,
+    report: &mut PruneReport,
+) -> rusqlite::Result<()> {
+    use std::cmp::Reverse;
+    let slice = (max / 8).max(64);
+    let mut heap = std::collections::BinaryHeap::new();
+    for (i, (kind, device)) in streams.iter().enumerate() {
+        if let Some((_, received)) = head(conn, *kind, device)? {
+            heap.push(Reverse((received, i)));
+        }
+    }
+    let mut deleted = 0u64;
+    while deleted < max {
+        let Some(Reverse((_, i))) = heap.pop() else {
+            break;
+        };
+        let (kind, device) = &streams[i];
+        let mut n = 0u64;
+        for (from, to) in sent_ranges(conn, *kind, device, slice.min(max - deleted))? {
+            n += conn.execute(
+                "DELETE FROM records WHERE kind = ?1 AND device_id = ?2 AND seq BETWEEN ?3 AND ?4 AND sent = 1",
+                params![kind, device, from, to],
+            )? as u64;
+        }
+        if n == 0 {
+            // Nothing forwarded near this stream's head: leave it for this round.
+            continue;
+        }
+        deleted += n;
+        if let Some((_, received)) = head(conn, *kind, device)? {
+            heap.push(Reverse((received, i)));
+        }
+    }
+    report.sent += deleted;
+    Ok(())
+}
+
+/// Deletes up to `max` of the oldest unsent observations, the device with the oldest first,
+/// a slice at a time; data loss, so every range is kept in `report.lost` for the log.
+fn prune_unsent_observations(
+    conn: &Connection,
+    streams: &[(i64, String)],
+    max: u64,
+    report: &mut PruneReport,
+) -> rusqlite::Result<()> {
+    use std::cmp::Reverse;
+    let slice = (max / 8).max(64) as i64;
+    let mut heap = std::collections::BinaryHeap::new();
+    for (i, (kind, device)) in streams.iter().enumerate() {
+        if let Some((seq, received)) = head(conn, *kind, device)? {
+            heap.push(Reverse((received, i, seq)));
+        }
+    }
+    let mut deleted = 0u64;
+    while deleted < max {
+        let Some(Reverse((_, i, from))) = heap.pop() else {
+            break;
+        };
+        let (kind, device) = &streams[i];
+        let to = from + slice.min((max - deleted) as i64) - 1;
+        let (unsent, last): (i64, Option<i64>) = conn
+            .prepare_cached(
+                "SELECT COUNT(*), MAX(seq) FROM records WHERE kind = ?1 AND device_id = ?2 AND seq BETWEEN ?3 AND ?4 AND sent = 0",
+            )?
+            .query_row(params![kind, device, from, to], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let n = conn.execute(
+            "DELETE FROM records WHERE kind = ?1 AND device_id = ?2 AND seq BETWEEN ?3 AND ?4",
+            params![kind, device, from, to],
+        )? as u64;
+        if n == 0 {
+            continue;
+        }
+        deleted += n;
+        report.sent += n - unsent as u64;
+        if unsent > 0 {
+            report.unsent += unsent as u64;
+            let e = report.lost.entry(device.clone()).or_insert((from, from, 0));
+            e.0 = e.0.min(from);
+            e.1 = e.1.max(last.unwrap_or(from));
+            e.2 += unsent as u64;
+        }
+        if let Some((seq, received)) = head(conn, *kind, device)? {
+            heap.push(Reverse((received, i, seq)));
+        }
+    }
+    Ok(())
+}
+
+/// Deletes up to `max` rows of the dead-letter table, oldest first, whose outbox copy is no
+/// longer waiting (older than the oldest unsent dead letter).
+fn prune_dead_letter_table(conn: &Connection, max: u64) -> rusqlite::Result<u64> {
+    let cutoff: Option<i64> = conn
+        .prepare_cached(
+            "SELECT MIN(received_us) FROM records INDEXED BY records_unsent WHERE kind = ?1 AND sent = 0",
+        )?
+        .query_row(params![Stream::DeadLetters.code()], |r| r.get(0))?;
+    Ok(conn.execute(
+        "DELETE FROM dead_letters WHERE id IN
+           (SELECT id FROM dead_letters WHERE received_us < ?1 ORDER BY id LIMIT ?2)",
+        params![cutoff.unwrap_or(i64::MAX), max as i64],
+    )? as u64)
+}
+
+/// The earlier outcome of a sender's retry (same device, control id and bytes), if any.
+fn find_duplicate(
+    conn: &Connection,
+    b: &ObservationBatch,
+) -> rusqlite::Result<Option<WriteOutcome>> {
+    let Some((control_id, digest)) = &b.dedup else {
+        return Ok(None);
+    };
+    let prior: Option<(i64, i64, i64)> = conn
+        .query_row(
+            "SELECT digest, first_seq, last_seq FROM messages WHERE device_id = ?1 AND control_id = ?2",
+            params![b.device_id, control_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    Ok(prior.and_then(|(d, first, last)| {
+        (d == *digest).then_some(WriteOutcome::Duplicate {
+            first_seq: first as u64,
+            last_seq: last as u64,
+        })
+    }))
 }
 
 fn insert_observations(
@@ -293,22 +942,8 @@ fn insert_observations(
     gateway_id: &str,
     b: &ObservationBatch,
 ) -> rusqlite::Result<WriteOutcome> {
-    if let Some((control_id, digest)) = &b.dedup {
-        let prior: Option<(i64, i64, i64)> = tx
-            .query_row(
-                "SELECT digest, first_seq, last_seq FROM messages WHERE device_id = ?1 AND control_id = ?2",
-                params![b.device_id, control_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        if let Some((d, first, last)) = prior {
-            if d == *digest {
-                return Ok(WriteOutcome::Duplicate {
-                    first_seq: first as u64,
-                    last_seq: last as u64,
-                });
-            }
-        }
+    if let Some(dup) = find_duplicate(tx, b)? {
+        return Ok(dup);
     }
     let bodies = b
         .observations
@@ -804,6 +1439,296 @@ mod tests {
         assert!(matches!(r[0], Err(StoreError::BudgetExceeded { .. })));
         let reader = ReaderDb::open(&p, true).unwrap();
         assert_eq!(reader.counts().unwrap().records, 0);
+    }
+
+    /// `n` readings of `device`, received from `t0_us` on, one per millisecond.
+    fn batch_at(device: &str, control: &str, n: usize, t0_us: i64) -> WriteRequest {
+        WriteRequest::Observations(ObservationBatch {
+            device_id: device.into(),
+            bed: "bed-1".into(),
+            dedup: Some((control.to_string(), digest(control.as_bytes()))),
+            observations: (0..n)
+                .map(|i| Observation {
+                    receive_time_us: t0_us + i as i64 * 1000,
+                    ..obs(90.0 + (i % 10) as f64)
+                })
+                .collect(),
+        })
+    }
+
+    fn alarm(device: &str, t: i64) -> WriteRequest {
+        WriteRequest::Alarm(AlarmWrite {
+            device_id: device.into(),
+            bed: "bed-1".into(),
+            alarm: Alarm {
+                alarm_id: format!("bed-1:limit:spo2:{t}"),
+                text: "SpO2 84 < 90".into(),
+                event_time_us: t,
+                ..Default::default()
+            },
+        })
+    }
+
+    /// `messages` batches of 50 readings for `device`, the first received at `t0_us`.
+    fn fill(db: &mut StoreDb, device: &str, messages: usize, t0_us: i64) {
+        for m in 0..messages {
+            let t = t0_us + m as i64 * 50_000;
+            let r = db.commit_batch(&[batch_at(device, &format!("{device}-{m}"), 50, t)]);
+            assert!(r[0].is_ok(), "{r:?}");
+        }
+    }
+
+    fn count(reader: &ReaderDb, sql: &str) -> i64 {
+        reader.conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    fn seqs(reader: &ReaderDb, kind: i64, device: &str) -> Vec<i64> {
+        let mut stmt = reader
+            .conn
+            .prepare("SELECT seq FROM records WHERE kind = ?1 AND device_id = ?2 ORDER BY seq")
+            .unwrap();
+        let rows = stmt.query_map(params![kind, device], |r| r.get(0)).unwrap();
+        rows.map(|r| r.unwrap()).collect()
+    }
+
+    /// Gives `db` a budget that puts the bytes in use at `pct` percent of it (the write-ahead
+    /// log allowance depends on the budget: iterate to the fixed point); returns the bytes in use.
+    fn budget_at(db: &mut StoreDb, pct: u64, on_full: OnFull, chunk: usize) -> u64 {
+        for _ in 0..20 {
+            let used = db.used_bytes().unwrap();
+            db.set_policy(BudgetPolicy {
+                on_full,
+                prune_chunk: chunk,
+                ..BudgetPolicy::with_budget(used * 100 / pct)
+            });
+        }
+        let used = db.used_bytes().unwrap();
+        let budget = db.policy().budget_bytes;
+        assert!(
+            used * 100 / budget == pct || used * 100 / budget + 1 == pct,
+            "{used} of {budget}"
+        );
+        used
+    }
+
+    const T0: i64 = 1_700_000_000_000_000;
+
+    #[test]
+    fn pruning_deletes_forwarded_records_oldest_first_and_keeps_unsent_and_alarms_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut db, reader) = open(dir.path());
+        // Device b's readings are all older than device a's.
+        fill(&mut db, "b", 40, T0);
+        fill(&mut db, "a", 40, T0 + 3_600_000_000);
+        for i in 0..10 {
+            assert!(db.commit_batch(&[alarm("a", T0 + i)])[0].is_ok());
+        }
+        reader
+            .mark_sent(Stream::Observations, "a", 1, 1500)
+            .unwrap();
+        reader.mark_sent(Stream::Observations, "b", 1, 500).unwrap();
+        reader.mark_sent(Stream::Alarms, "a", 1, 10).unwrap();
+        // 95 % of the budget: above the 90 % high-water mark, below the budget: one round.
+        let before = budget_at(&mut db, 95, OnFull::Refuse, 1000);
+        assert!(db.commit_batch(&[]).is_empty());
+        let s = db.budget_status().clone();
+        assert!(s.pruning, "{s:?}");
+        assert_eq!(s.pruned_sent_records, 1000, "one bounded round: {s:?}");
+        assert_eq!(s.pruned_unsent_observations, 0);
+        // The oldest forwarded first: all of b's (older), then a's oldest.
+        assert_eq!(seqs(&reader, 1, "b").first(), Some(&501));
+        assert_eq!(seqs(&reader, 1, "a").first(), Some(&501));
+        assert_eq!(
+            count(&reader, "SELECT COUNT(*) FROM records WHERE kind = 2"),
+            10
+        );
+        assert!(
+            s.used_bytes < before,
+            "deleted records count as freed: {} -> {}",
+            before,
+            s.used_bytes
+        );
+        // The dedup rows of b's first 10 messages (seqs 1..=500) went with their readings.
+        assert_eq!(
+            count(
+                &reader,
+                "SELECT COUNT(*) FROM messages WHERE device_id = 'b'"
+            ),
+            30
+        );
+        // More rounds: the rest of the forwarded readings; that is enough to reach the
+        // low-water mark, so the forwarded alarms are kept (alarms last).
+        for _ in 0..10 {
+            db.commit_batch(&[]);
+        }
+        let s = db.budget_status().clone();
+        assert!(!s.pruning, "{s:?}");
+        assert_eq!(s.pruned_sent_records, 2000, "{s:?}");
+        assert_eq!(
+            count(&reader, "SELECT COUNT(*) FROM records WHERE kind = 2"),
+            10
+        );
+        // Over the high-water mark again with only unsent readings and forwarded alarms: the
+        // alarms go, the unsent readings stay (on_full = refuse).
+        budget_at(&mut db, 95, OnFull::Refuse, 1000);
+        for _ in 0..10 {
+            db.commit_batch(&[]);
+        }
+        let s = db.budget_status().clone();
+        assert!(s.pruning, "{s:?}");
+        assert_eq!(s.pruned_sent_records, 2010, "{s:?}");
+        assert_eq!(
+            count(&reader, "SELECT COUNT(*) FROM records WHERE kind = 2"),
+            0
+        );
+        assert_eq!(
+            count(&reader, "SELECT COUNT(*) FROM records WHERE sent = 1"),
+            0
+        );
+        assert_eq!(seqs(&reader, 1, "a"), (1501..=2000).collect::<Vec<_>>());
+        assert_eq!(seqs(&reader, 1, "b"), (501..=2000).collect::<Vec<_>>());
+        assert_eq!(s.pruned_unsent_observations, 0);
+        // Pruned seqs are never reused.
+        let r = db.commit_batch(&[batch_at("a", "a-new", 1, T0 + 7_200_000_000)]);
+        assert_eq!(
+            r[0].as_ref().unwrap(),
+            &WriteOutcome::Stored {
+                first_seq: 2001,
+                last_seq: 2001
+            }
+        );
+    }
+
+    #[test]
+    fn forwarded_records_behind_unsent_ones_are_found_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut db, reader) = open(dir.path());
+        fill(&mut db, "a", 20, T0);
+        // Live data forwarded before the backlog: seqs 501..=1000 sent, 1..=500 waiting.
+        reader
+            .mark_sent(Stream::Observations, "a", 501, 1000)
+            .unwrap();
+        budget_at(&mut db, 95, OnFull::Refuse, 4096);
+        db.commit_batch(&[]);
+        assert_eq!(db.budget_status().pruned_sent_records, 500);
+        assert_eq!(seqs(&reader, 1, "a"), (1..=500).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn drop_oldest_unsent_deletes_the_oldest_readings_counted_and_never_alarms() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut db, reader) = open(dir.path());
+        fill(&mut db, "b", 20, T0);
+        fill(&mut db, "a", 20, T0 + 3_600_000_000);
+        for i in 0..5 {
+            db.commit_batch(&[alarm("a", T0 + i)]);
+        }
+        db.commit_batch(&[WriteRequest::Adt(icu_protos::v1::AdtEvent {
+            bed: "bed-1".into(),
+            event_time_us: T0,
+            ..Default::default()
+        })]);
+        reader.mark_sent(Stream::Observations, "a", 1, 100).unwrap();
+        // At the budget: forwarded records go first, and make room for the new reading.
+        let used = budget_at(&mut db, 100, OnFull::DropOldestUnsent, 256);
+        let low = db.policy().low_water_bytes();
+        assert!(used > low);
+        let r = db.commit_batch(&[batch_at("a", "a-new", 5, T0 + 7_200_000_000)]);
+        assert!(r[0].is_ok(), "room was made for the new reading: {r:?}");
+        let s = db.budget_status().clone();
+        assert_eq!(s.pruned_sent_records, 100, "{s:?}");
+        assert_eq!(s.pruned_unsent_observations, 0, "{s:?}");
+        // Nothing forwarded is left: the oldest unsent readings (device b's) go, in bounded
+        // rounds of 256, from b's oldest seq on.
+        db.commit_batch(&[]);
+        let s = db.budget_status().clone();
+        let lost = s.pruned_unsent_observations as i64;
+        assert!(lost > 0 && lost % 256 == 0 && lost < 1000, "{s:?}");
+        assert_eq!(seqs(&reader, 1, "b"), (lost + 1..=1000).collect::<Vec<_>>());
+        assert_eq!(seqs(&reader, 1, "a"), (101..=1005).collect::<Vec<_>>());
+        // Keeps going until the low-water mark, then stops.
+        for _ in 0..50 {
+            db.commit_batch(&[]);
+        }
+        let s = db.budget_status().clone();
+        assert!(!s.pruning, "{s:?}");
+        assert!(s.used_bytes <= s.low_water_bytes, "{s:?}");
+        // What is left of each device is its newest readings, without gaps, and the count of
+        // deleted unsent readings is exact.
+        let (a, b) = (seqs(&reader, 1, "a"), seqs(&reader, 1, "b"));
+        assert_eq!(a, (a[0]..=1005).collect::<Vec<_>>());
+        assert_eq!(b, (b[0]..=1000).collect::<Vec<_>>());
+        assert_eq!(
+            s.pruned_unsent_observations,
+            (b[0] - 1 + a[0] - 101) as u64,
+            "{s:?}"
+        );
+        assert!(b[0] > lost + 1);
+        // Unsent alarms and ADT events are never pruned.
+        assert_eq!(
+            count(&reader, "SELECT COUNT(*) FROM records WHERE kind = 2"),
+            5
+        );
+        assert_eq!(
+            count(&reader, "SELECT COUNT(*) FROM records WHERE kind = 3"),
+            1
+        );
+    }
+
+    #[test]
+    fn alarms_and_adt_are_stored_in_the_reserve_while_observations_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut db, reader) = open(dir.path());
+        fill(&mut db, "a", 20, T0);
+        // 102 % of the budget, the reserve up to 110 %.
+        budget_at(&mut db, 102, OnFull::Refuse, 4096);
+        let mut policy = db.policy().clone();
+        policy.alarm_reserve_pct = 10;
+        db.set_policy(policy);
+        let r = db.commit_batch(&[
+            batch_at("a", "a-new", 5, T0 + 1),
+            alarm("a", T0 + 2),
+            WriteRequest::Adt(icu_protos::v1::AdtEvent {
+                bed: "bed-1".into(),
+                event_time_us: T0,
+                ..Default::default()
+            }),
+            // A sender's retry of a stored message is still answered as stored.
+            batch_at("a", "a-3", 50, T0 + 3 * 50_000),
+        ]);
+        assert!(
+            matches!(r[0], Err(StoreError::BudgetExceeded { .. })),
+            "{r:?}"
+        );
+        assert_eq!(
+            r[1].as_ref().unwrap(),
+            &WriteOutcome::Stored {
+                first_seq: 1,
+                last_seq: 1
+            }
+        );
+        assert!(r[2].is_ok(), "{r:?}");
+        assert_eq!(
+            r[3].as_ref().unwrap(),
+            &WriteOutcome::Duplicate {
+                first_seq: 151,
+                last_seq: 200
+            }
+        );
+        let s = db.budget_status();
+        assert!(s.full && s.pruning, "{s:?}");
+        assert_eq!(s.refused_requests, 1);
+        assert_eq!(s.pruned_unsent_observations, 0);
+        assert_eq!(
+            count(&reader, "SELECT COUNT(*) FROM records WHERE kind = 1"),
+            1000
+        );
+        // Past the reserve, alarms are refused too (nothing is ever half-stored).
+        let mut policy = db.policy().clone();
+        policy.alarm_reserve_pct = 0;
+        db.set_policy(policy);
+        let r = db.commit_batch(&[alarm("a", T0 + 3)]);
+        assert!(matches!(r[0], Err(StoreError::BudgetExceeded { .. })));
     }
 
     #[test]

@@ -12,11 +12,69 @@
 //! (the MLLP ACK is sent after that); a request is stored whole or not at all; the number of
 //! requests waiting for the disk is bounded (`store.max_pending`), beyond which requests are
 //! refused (and counted), never dropped silently.
+//!
+//! # Disk budget policy
+//!
+//! `[store] disk_budget_mb` bounds the store. **Bytes in use** are the database pages in use,
+//! `(page_count - freelist_count) * page_size`, plus the write-ahead log counted at its
+//! allowance (1/16 of the budget, between 64 KiB and 4 MiB; the log is checkpointed and
+//! truncated at that size). Deleted records therefore count as freed at once (SQLite reuses
+//! their pages; the file itself does not shrink, it stays at its high-water size).
+//!
+//! 1. **High-water mark** (`high_water_pct`, default 90 % of the budget): pruning starts and
+//!    goes on until the **low-water mark** (`low_water_pct`, default 80 %). Pruning runs in the
+//!    writer, at the start of a batch (and every second when idle), one bounded round of at most
+//!    4096 records per batch (up to 8 rounds when the budget itself is reached), so the write
+//!    path never stalls for long. Each round deletes, in this order:
+//!    1. records already delivered to Kafka (`sent = 1`) of the observation and dead-letter
+//!       streams, oldest first, with the dead-letter table rows already forwarded and the HL7
+//!       dedup rows whose readings are all gone;
+//!    2. only if none of those is left: delivered alarm state changes and ADT events;
+//!    3. only if nothing delivered is left and `on_full = "drop_oldest_unsent"`: the oldest
+//!       **unsent** observations (oldest device first, from its lowest seq, so what remains of
+//!       each device is a gapless run of its newest readings). This is data loss: each range is
+//!       logged as a warning with the device id and seq range, counted
+//!       (`pruned_unsent_observations`), and raised as a high-priority technical alarm.
+//!
+//!    Unsent alarm state changes, ADT events and dead letters are never pruned.
+//! 2. **Budget** (100 %): an observation batch or dead letter that finds the bytes in use at
+//!    or over the budget is refused whole (`StoreError::BudgetExceeded`: the MLLP sender gets
+//!    AR with ERR 207, an MQTT publish gets no PUBACK), counted (`requests_refused_budget`), and
+//!    the store raises its technical alarm. A sender's retry of a message already stored is
+//!    still answered as stored. Nothing acknowledged is ever half-stored or silently lost.
+//! 3. **Alarm reserve** (`alarm_reserve_pct`, default 2 % above the budget): alarm state
+//!    changes and ADT events are still stored until the bytes in use reach
+//!    `budget * (100 + reserve) / 100`, so the `icu.alarms` and `icu.adt` record of the episode
+//!    is kept while observations are refused. The alarm path itself (engine, page events, MQTT
+//!    alarm topic, PCD-04) never waits for or depends on a store write.
+//!
+//! `on_full` (what happens when delivered records alone cannot make room):
+//! - `"refuse"` (**default**): keep every acknowledged reading and refuse new ones. This keeps
+//!   the gateway's promise (every reading acknowledged reaches Kafka); the sender is told at
+//!   once (AR / no PUBACK), so it can buffer, retry or alert, and a refused reading is still
+//!   shown and alarmed on locally. Recovery is automatic: once the bridge has delivered the
+//!   backlog, delivered records are pruned and readings are accepted again.
+//! - `"drop_oldest_unsent"`: keep accepting the newest readings and delete the oldest unsent
+//!   ones (step 1.3). For sites that prefer recent data over a complete record; acknowledged
+//!   readings can then be lost, loudly.
+//!
+//! **Technical alarm** `gateway:store-budget`, raised through the alarm engine on the
+//! pseudo-bed and device `gateway` (so it is on `/api/alarms`, the page's event stream, the
+//! MQTT alarm topic `icu/<gateway>/alarms/gateway`, PCD-04 and `icu.alarms`): medium priority
+//! while observations are refused ("store full: new readings refused ..."), escalated to high
+//! once unsent observations were deleted ("... unsent readings deleted ..."; high-priority
+//! alarms latch until acknowledged). It clears when the bytes in use are back at the low-water
+//! mark. Routine pruning of delivered records is normal operation and raises nothing.
+//!
+//! **Figures** ([`StoreStats`], on `/api/status` under `store_writes.budget`): budget, marks,
+//! bytes in use, `pruning`, `full`, `requests_refused_budget`, `pruned_sent_records`,
+//! `pruned_unsent_observations`, `pruned_dead_letters`, `prune_rounds`.
 
 pub mod db;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use actix::prelude::*;
 use icu_cloud_bridge::outbox::{FetchRequest, Fetched, Outbox, OutboxRecord};
@@ -25,11 +83,11 @@ use icu_protos::Message as _;
 use tokio::sync::oneshot;
 
 pub use db::{
-    AlarmWrite, DeadLetter, ObservationBatch, ReaderDb, StoreDb, StoreError, WriteOutcome,
-    WriteRequest,
+    AlarmWrite, BudgetPolicy, BudgetStatus, DeadLetter, ObservationBatch, OnFull, ReaderDb,
+    StoreDb, StoreError, WriteOutcome, WriteRequest,
 };
 
-/// Counters of the store, shared with the API.
+/// Counters of the store, shared with the API (`/api/status` `store_writes`) and `/metrics`.
 #[derive(Debug, Default)]
 pub struct StoreStats {
     pub commits: AtomicU64,
@@ -37,30 +95,106 @@ pub struct StoreStats {
     pub requests_failed: AtomicU64,
     pub requests_refused_overload: AtomicU64,
     pub largest_batch: AtomicU64,
+    /// The disk budget (`store.disk_budget_mb`) and its marks, in bytes.
+    pub budget_bytes: AtomicU64,
+    pub high_water_bytes: AtomicU64,
+    pub low_water_bytes: AtomicU64,
+    pub reserve_limit_bytes: AtomicU64,
+    /// Bytes in use as the budget counts them (pages in use plus the write-ahead log), as the
+    /// writer last measured them (after every batch, and every second when idle).
+    pub used_bytes: AtomicU64,
+    /// Between the high-water mark and getting back to the low-water mark.
+    pub pruning: AtomicBool,
+    /// New observations are being refused (or would be): the budget is reached.
+    pub full: AtomicBool,
+    /// Write requests refused because of the budget (a subset of `requests_failed`).
+    pub requests_refused_budget: AtomicU64,
+    /// Forwarded records (every stream) deleted to stay under the budget.
+    pub pruned_sent_records: AtomicU64,
+    /// Unsent observations deleted to make room (`on_full = "drop_oldest_unsent"`): data lost.
+    pub pruned_unsent_observations: AtomicU64,
+    /// Forwarded rows of the dead-letter table deleted.
+    pub pruned_dead_letters: AtomicU64,
+    pub prune_rounds: AtomicU64,
 }
 
 impl StoreStats {
     pub fn snapshot(&self) -> serde_json::Value {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         serde_json::json!({
-            "commits": self.commits.load(Ordering::Relaxed),
-            "requests_stored": self.requests_stored.load(Ordering::Relaxed),
-            "requests_failed": self.requests_failed.load(Ordering::Relaxed),
-            "requests_refused_overload": self.requests_refused_overload.load(Ordering::Relaxed),
-            "largest_batch": self.largest_batch.load(Ordering::Relaxed),
+            "commits": n(&self.commits),
+            "requests_stored": n(&self.requests_stored),
+            "requests_failed": n(&self.requests_failed),
+            "requests_refused_overload": n(&self.requests_refused_overload),
+            "largest_batch": n(&self.largest_batch),
+            "budget": {
+                "budget_bytes": n(&self.budget_bytes),
+                "used_bytes": n(&self.used_bytes),
+                "high_water_bytes": n(&self.high_water_bytes),
+                "low_water_bytes": n(&self.low_water_bytes),
+                "reserve_limit_bytes": n(&self.reserve_limit_bytes),
+                "pruning": self.pruning.load(Ordering::Relaxed),
+                "full": self.full.load(Ordering::Relaxed),
+                "requests_refused_budget": n(&self.requests_refused_budget),
+                "pruned_sent_records": n(&self.pruned_sent_records),
+                "pruned_unsent_observations": n(&self.pruned_unsent_observations),
+                "pruned_dead_letters": n(&self.pruned_dead_letters),
+                "prune_rounds": n(&self.prune_rounds),
+            },
         })
+    }
+
+    /// Publishes the writer's latest measurement and counters.
+    pub fn publish(&self, s: &BudgetStatus) {
+        let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        set(&self.budget_bytes, s.budget_bytes);
+        set(&self.high_water_bytes, s.high_water_bytes);
+        set(&self.low_water_bytes, s.low_water_bytes);
+        set(&self.reserve_limit_bytes, s.reserve_limit_bytes);
+        set(&self.used_bytes, s.used_bytes);
+        set(&self.requests_refused_budget, s.refused_requests);
+        set(&self.pruned_sent_records, s.pruned_sent_records);
+        set(
+            &self.pruned_unsent_observations,
+            s.pruned_unsent_observations,
+        );
+        set(&self.pruned_dead_letters, s.pruned_dead_letters);
+        set(&self.prune_rounds, s.prune_rounds);
+        self.pruning.store(s.pruning, Ordering::Relaxed);
+        self.full.store(s.full, Ordering::Relaxed);
     }
 }
 
-/// One batch for the writer thread.
+/// The store's technical condition as the alarm engine should show it (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreCondition {
+    /// Raised (true) or cleared.
+    pub active: bool,
+    /// `PH` once unsent observations were deleted, else `PM`.
+    pub priority: &'static str,
+    pub text: String,
+}
+
+/// The alarm source (technical condition id) of the store's disk-budget alarm.
+pub const STORE_BUDGET_CONDITION: &str = "gateway:store-budget";
+/// The pseudo-bed and device id the gateway's own technical alarms are raised under.
+pub const GATEWAY_SOURCE: &str = "gateway";
+
+/// Told when the store's technical condition changes; returns whether it was delivered (if not,
+/// the store tries again after its next batch or idle check).
+pub type ConditionListener = Box<dyn Fn(&StoreCondition) -> bool + Send>;
+
+/// One batch for the writer thread (empty: only prune and measure).
 struct CommitBatch(Vec<WriteRequest>);
 
 impl actix::Message for CommitBatch {
-    type Result = Vec<Result<WriteOutcome, StoreError>>;
+    type Result = (Vec<Result<WriteOutcome, StoreError>>, BudgetStatus);
 }
 
 /// Owns the writing connection; runs on a `SyncArbiter` thread.
 pub struct StoreWriter {
     db: StoreDb,
+    stats: Arc<StoreStats>,
 }
 
 impl Actor for StoreWriter {
@@ -71,7 +205,10 @@ impl Handler<CommitBatch> for StoreWriter {
     type Result = MessageResult<CommitBatch>;
 
     fn handle(&mut self, msg: CommitBatch, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.db.commit_batch(&msg.0))
+        let results = self.db.commit_batch(&msg.0);
+        let status = self.db.budget_status().clone();
+        self.stats.publish(&status);
+        MessageResult((results, status))
     }
 }
 
@@ -97,7 +234,16 @@ pub struct Store {
     max_pending: usize,
     stats: Arc<StoreStats>,
     on_commit: Option<CommitListener>,
+    on_condition: Option<ConditionListener>,
+    /// The condition as last delivered to the listener.
+    condition: Option<&'static str>,
+    /// Unsent observations pruned when the condition was last evaluated.
+    unsent_pruned_seen: u64,
 }
+
+/// How often an idle store prunes and measures (so the budget alarm clears once the bridge has
+/// forwarded enough, even when no reading arrives).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 impl Store {
     /// Opens the database and starts the writer thread. Fails if the file cannot be opened
@@ -108,19 +254,35 @@ impl Store {
         stats: Arc<StoreStats>,
         on_commit: Option<CommitListener>,
     ) -> Result<Addr<Store>, StoreError> {
-        let db = StoreDb::open(
+        Self::start_with(cfg, gateway_id, stats, on_commit, None)
+    }
+
+    /// As [`Store::start`], telling `on_condition` when the disk-budget technical condition is
+    /// raised, escalated or cleared.
+    pub fn start_with(
+        cfg: &crate::config::StoreConfig,
+        gateway_id: &str,
+        stats: Arc<StoreStats>,
+        on_commit: Option<CommitListener>,
+        on_condition: Option<ConditionListener>,
+    ) -> Result<Addr<Store>, StoreError> {
+        let db = StoreDb::open_with_policy(
             &cfg.path,
             gateway_id,
             cfg.synchronous_full,
-            cfg.disk_budget_bytes,
+            cfg.budget_policy(),
         )?;
+        stats.publish(db.budget_status());
+        let unsent_pruned_seen = db.budget_status().pruned_unsent_observations;
         let cell = Mutex::new(Some(db));
+        let writer_stats = stats.clone();
         let writer = SyncArbiter::start(1, move || StoreWriter {
             db: cell
                 .lock()
                 .expect("store writer cell")
                 .take()
                 .expect("the store writer is started exactly once"),
+            stats: writer_stats.clone(),
         });
         let store = Store {
             writer,
@@ -130,11 +292,89 @@ impl Store {
             max_pending: cfg.max_pending,
             stats,
             on_commit,
+            on_condition,
+            condition: None,
+            unsent_pruned_seen,
         };
         Ok(Store::create(|ctx| {
             ctx.set_mailbox_capacity(cfg.max_pending);
             store
         }))
+    }
+
+    /// Raises, escalates or clears the disk-budget technical condition from the writer's latest
+    /// measurement: `PH` once unsent observations were deleted, `PM` while new observations are
+    /// refused, cleared when the bytes in use are back at the low-water mark.
+    fn evaluate_condition(&mut self, s: &BudgetStatus) {
+        let lost = s.pruned_unsent_observations > self.unsent_pruned_seen;
+        let want = if lost || (self.condition == Some("PH") && s.used_bytes > s.low_water_bytes) {
+            Some("PH")
+        } else if s.full || (self.condition.is_some() && s.used_bytes > s.low_water_bytes) {
+            Some("PM")
+        } else {
+            None
+        };
+        let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+        let text = match want {
+            Some("PH") => format!(
+                "store full: {} unsent readings deleted to make room (oldest first, see the gateway log); {:.1} of {:.1} MiB used",
+                s.pruned_unsent_observations,
+                mib(s.used_bytes),
+                mib(s.budget_bytes)
+            ),
+            Some(_) => format!(
+                "store full: new readings refused until forwarded data can be pruned; {:.1} of {:.1} MiB used",
+                mib(s.used_bytes),
+                mib(s.budget_bytes)
+            ),
+            None => format!(
+                "store back under its low-water mark; {:.1} of {:.1} MiB used",
+                mib(s.used_bytes),
+                mib(s.budget_bytes)
+            ),
+        };
+        if want == self.condition {
+            self.unsent_pruned_seen = s.pruned_unsent_observations;
+            return;
+        }
+        let cond = StoreCondition {
+            active: want.is_some(),
+            priority: want.or(self.condition).unwrap_or("PM"),
+            text,
+        };
+        if cond.active {
+            tracing::error!(priority = cond.priority, text = %cond.text, "store technical alarm raised");
+        } else {
+            tracing::info!(text = %cond.text, "store technical alarm cleared");
+        }
+        let delivered = match &self.on_condition {
+            Some(f) => f(&cond),
+            None => true,
+        };
+        if delivered {
+            self.condition = want;
+            self.unsent_pruned_seen = s.pruned_unsent_observations;
+        }
+    }
+
+    /// When idle: one empty batch, so the writer prunes and measures.
+    fn idle_check(&mut self, ctx: &mut Context<Self>) {
+        if self.busy || !self.pending.is_empty() {
+            return;
+        }
+        self.busy = true;
+        let fut = self
+            .writer
+            .send(CommitBatch(Vec::new()))
+            .into_actor(self)
+            .map(|res, act, ctx| {
+                act.busy = false;
+                if let Ok((_, status)) = res {
+                    act.evaluate_condition(&status);
+                }
+                act.flush(ctx);
+            });
+        ctx.spawn(fut);
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
@@ -155,8 +395,13 @@ impl Store {
             .into_actor(self)
             .map(move |res, act, ctx| {
                 act.busy = false;
-                let results =
-                    res.unwrap_or_else(|_| (0..n).map(|_| Err(StoreError::Closed)).collect());
+                let results = match res {
+                    Ok((results, status)) => {
+                        act.evaluate_condition(&status);
+                        results
+                    }
+                    Err(_) => (0..n).map(|_| Err(StoreError::Closed)).collect(),
+                };
                 act.stats.commits.fetch_add(1, Ordering::Relaxed);
                 let mut any_stored = false;
                 for (reply, result) in replies.into_iter().zip(results) {
@@ -186,6 +431,10 @@ impl Store {
 
 impl Actor for Store {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(IDLE_CHECK, |act, ctx| act.idle_check(ctx));
+    }
 }
 
 impl Handler<Append> for Store {

@@ -34,6 +34,9 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (device_id, control_id)
 ) WITHOUT ROWID;
 
+-- Pruning (disk budget) deletes a device's dedup rows once all their readings are gone.
+CREATE INDEX IF NOT EXISTS messages_by_last_seq ON messages (device_id, last_seq);
+
 -- Rejected input: what, from where, at which stream offset, and why.
 CREATE TABLE IF NOT EXISTS dead_letters (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
