@@ -411,7 +411,6 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
             store: store.clone(),
             metrics_db: Arc::new(std::sync::Mutex::new(metrics_db)),
             store_path: config.store.path.clone(),
-            disk_budget_bytes: config.store.disk_budget_bytes,
             ingest: ingest_stats,
             forward_rates: bridge
                 .as_ref()

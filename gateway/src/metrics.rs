@@ -37,10 +37,19 @@
 //! | `icu_store_refused_overload_total` | counter | | write requests refused because too many were waiting for the disk |
 //! | `icu_store_records` | gauge | | records in the store (sent and unsent, every stream) |
 //! | `icu_dead_letters_stored` | gauge | | rejected inputs kept in the dead-letter table |
-//! | `icu_store_disk_usage_bytes` | gauge | | bytes the store occupies on disk (database plus write-ahead log), as the budget counts them |
+//! | `icu_store_refused_budget_total` | counter | | write requests refused because the disk budget was reached (part of the write failures) |
+//! | `icu_store_pruned_sent_records_total` | counter | | forwarded records deleted to stay under the budget |
+//! | `icu_store_pruned_unsent_observations_total` | counter | | unsent observations deleted to make room (`store.on_full = "drop_oldest_unsent"` only): data lost |
+//! | `icu_store_pruned_dead_letters_total` | counter | | forwarded dead-letter rows deleted to stay under the budget |
+//! | `icu_store_disk_usage_bytes` | gauge | | bytes in use as the disk budget counts them (pages in use plus the write-ahead log) |
+//! | `icu_store_file_bytes` | gauge | | bytes of the store's files (database plus write-ahead log; freed pages are reused, not returned, so it stays at its high-water mark) |
 //! | `icu_store_disk_budget_bytes` | gauge | | the disk budget (`store.disk_budget_mb`) |
+//! | `icu_store_high_water_bytes` | gauge | | above this many bytes in use the store prunes forwarded records |
+//! | `icu_store_budget_full` | gauge | | 1 while the budget is reached and new readings are refused |
+//! | `icu_store_pruning` | gauge | | 1 from crossing the high-water mark until back at the low-water mark |
 //! | `icu_store_bytes_per_record` | gauge | | bytes one stored record takes (pages in use / records; 256 until 1000 records are stored, never below 64) |
-//! | `icu_buffer_hours_left` | gauge | | hours until the budget is full at the current ingest rate: free budget bytes / (observations/s over the last 60 s × bytes per record) / 3600; `+Inf` when nothing is being ingested |
+//! | `icu_store_free_budget_bytes` | gauge | | budget bytes left for unsent readings: budget − bytes in use + forwarded records × bytes per record (the store prunes those to make room), at most the budget |
+//! | `icu_buffer_hours_left` | gauge | | hours until the free budget is full at the current ingest rate: free budget bytes / (observations/s over the last 60 s, all transports × bytes per record) / 3600; `+Inf` when nothing is being ingested, 0 when nothing is free |
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -339,11 +348,13 @@ impl Readiness {
 }
 
 /// Why the gateway is not ready to take input (empty: ready). `store_read` is the error of a
-/// read through the store's connection, if any.
+/// read through the store's connection, if any; `full` is the store writer's own verdict that
+/// the disk budget is reached (new readings are refused).
 pub fn readiness_problems(
     listening: bool,
     store_running: bool,
     store_read: Option<&str>,
+    full: bool,
     used_bytes: u64,
     budget_bytes: u64,
 ) -> Vec<String> {
@@ -357,17 +368,17 @@ pub fn readiness_problems(
     if let Some(e) = store_read {
         problems.push(format!("the store cannot be read: {e}"));
     }
-    if used_bytes >= budget_bytes {
+    if full || used_bytes >= budget_bytes {
         problems.push(format!(
-            "the store is at its disk budget ({used_bytes} of {budget_bytes} bytes used): new readings are refused"
+            "the store has reached its disk budget ({used_bytes} of {budget_bytes} bytes in use): new readings are refused"
         ));
     }
     problems
 }
 
-/// Bytes the store occupies on disk: the database file plus its write-ahead log, as the disk
-/// budget counts them.
-pub fn store_disk_usage(db: &std::path::Path) -> u64 {
+/// Bytes of the store's files: the database plus its write-ahead log. Freed pages are reused,
+/// not returned, so this stays at its high-water mark (the budget counts pages in use instead).
+pub fn store_file_bytes(db: &std::path::Path) -> u64 {
     let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let mut wal = db.as_os_str().to_owned();
     wal.push("-wal");
@@ -383,16 +394,24 @@ pub fn bytes_per_record(data_bytes: u64, records: u64) -> f64 {
     (data_bytes as f64 / records as f64).max(MIN_BYTES_PER_RECORD)
 }
 
-/// Hours until the budget is full: free bytes / (observations per second × bytes per record)
-/// / 3600. `+Inf` when nothing is being ingested; 0 when the budget is already used up.
-pub fn buffer_hours_left(
+/// Budget bytes still available to unsent readings: the budget less the bytes in use, plus the
+/// records already forwarded (the store prunes those, oldest first, to make room), at most the
+/// budget.
+pub fn free_budget_bytes(
     budget_bytes: u64,
     used_bytes: u64,
+    forwarded_records: u64,
     bytes_per_record: f64,
-    observations_per_s: f64,
 ) -> f64 {
     let free = budget_bytes.saturating_sub(used_bytes) as f64;
-    if free <= 0.0 {
+    (free + forwarded_records as f64 * bytes_per_record).min(budget_bytes as f64)
+}
+
+/// Hours until the budget is full: free bytes / (observations per second × bytes per record)
+/// / 3600. `+Inf` when nothing is being ingested; 0 when nothing is free.
+pub fn buffer_hours_left(free_bytes: f64, bytes_per_record: f64, observations_per_s: f64) -> f64 {
+    let free = free_bytes;
+    if free.is_nan() || free <= 0.0 {
         return 0.0;
     }
     let bytes_per_s = observations_per_s * bytes_per_record.max(MIN_BYTES_PER_RECORD);
@@ -484,20 +503,40 @@ impl BridgeFigures {
     }
 }
 
-/// The store writer's counters.
+/// The store writer's counters and its latest disk-budget measurement.
 #[derive(Debug, Clone, Default)]
-pub struct StoreWriteFigures {
+pub struct StoreCounters {
     pub commits: u64,
     pub failed: u64,
     pub refused_overload: u64,
+    pub refused_budget: u64,
+    /// Bytes in use as the budget counts them (pages in use plus the write-ahead log).
+    pub used_bytes: u64,
+    pub budget_bytes: u64,
+    pub high_water_bytes: u64,
+    pub full: bool,
+    pub pruning: bool,
+    pub pruned_sent_records: u64,
+    pub pruned_unsent_observations: u64,
+    pub pruned_dead_letters: u64,
 }
 
-impl StoreWriteFigures {
+impl StoreCounters {
     pub fn of(stats: &crate::store::StoreStats) -> Self {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Self {
-            commits: stats.commits.load(Ordering::Relaxed),
-            failed: stats.requests_failed.load(Ordering::Relaxed),
-            refused_overload: stats.requests_refused_overload.load(Ordering::Relaxed),
+            commits: n(&stats.commits),
+            failed: n(&stats.requests_failed),
+            refused_overload: n(&stats.requests_refused_overload),
+            refused_budget: n(&stats.requests_refused_budget),
+            used_bytes: n(&stats.used_bytes),
+            budget_bytes: n(&stats.budget_bytes),
+            high_water_bytes: n(&stats.high_water_bytes),
+            full: stats.full.load(Ordering::Relaxed),
+            pruning: stats.pruning.load(Ordering::Relaxed),
+            pruned_sent_records: n(&stats.pruned_sent_records),
+            pruned_unsent_observations: n(&stats.pruned_unsent_observations),
+            pruned_dead_letters: n(&stats.pruned_dead_letters),
         }
     }
 }
@@ -510,20 +549,19 @@ pub struct Figures {
     pub now_us: i64,
     pub ingest: Vec<TransportFigures>,
     pub store: Option<StoreFigures>,
-    pub store_writes: StoreWriteFigures,
-    pub disk_usage_bytes: u64,
-    pub disk_budget_bytes: u64,
+    pub store_counters: StoreCounters,
+    /// Bytes of the store's files (see [`store_file_bytes`]).
+    pub file_bytes: u64,
     pub bridge: BridgeFigures,
 }
 
 impl Figures {
-    /// The in-memory part; the store part and the disk usage are filled in by the caller.
+    /// The in-memory part; the store part and the file sizes are filled in by the caller.
     pub fn gather(
         gateway_id: &str,
         uptime_s: f64,
         ingest: &IngestStats,
-        store_writes: StoreWriteFigures,
-        disk_budget_bytes: u64,
+        store_counters: StoreCounters,
         bridge: BridgeFigures,
     ) -> Self {
         Self {
@@ -532,9 +570,8 @@ impl Figures {
             now_us: crate::clock::now_us(),
             ingest: ingest.figures(mono_ms()),
             store: None,
-            store_writes,
-            disk_usage_bytes: 0,
-            disk_budget_bytes,
+            store_counters,
+            file_bytes: 0,
             bridge,
         }
     }
@@ -551,10 +588,27 @@ impl Figures {
             .unwrap_or(DEFAULT_BYTES_PER_RECORD)
     }
 
+    /// See [`free_budget_bytes`]; forwarded records count only when the store answered.
+    pub fn free_budget_bytes(&self) -> f64 {
+        let forwarded = self
+            .store
+            .as_ref()
+            .map(|s| {
+                let unsent: u64 = s.unsent.iter().map(|(_, n)| n).sum();
+                s.records.saturating_sub(unsent)
+            })
+            .unwrap_or(0);
+        free_budget_bytes(
+            self.store_counters.budget_bytes,
+            self.store_counters.used_bytes,
+            forwarded,
+            self.bytes_per_record(),
+        )
+    }
+
     pub fn buffer_hours_left(&self) -> f64 {
         buffer_hours_left(
-            self.disk_budget_bytes,
-            self.disk_usage_bytes,
+            self.free_budget_bytes(),
             self.bytes_per_record(),
             self.ingest_rate(),
         )
@@ -818,37 +872,97 @@ pub fn render(f: &Figures) -> String {
         n(b.outbox_errors),
     );
 
-    // Store writes and the disk.
-    t.single(
-        "icu_store_commits_total",
-        "counter",
-        "Group commits run by the store.",
-        n(f.store_writes.commits),
-    );
-    t.single(
-        "icu_store_write_failures_total",
-        "counter",
-        "Write requests that failed (disk budget, I/O); nothing of them was stored.",
-        n(f.store_writes.failed),
-    );
-    t.single(
-        "icu_store_refused_overload_total",
-        "counter",
-        "Write requests refused because too many were waiting for the disk.",
-        n(f.store_writes.refused_overload),
-    );
-    t.single(
-        "icu_store_disk_usage_bytes",
-        "gauge",
-        "Bytes the store occupies on disk (database plus write-ahead log).",
-        n(f.disk_usage_bytes),
-    );
-    t.single(
-        "icu_store_disk_budget_bytes",
-        "gauge",
-        "The store's disk budget (store.disk_budget_mb).",
-        n(f.disk_budget_bytes),
-    );
+    // Store writes and the disk budget.
+    let c = &f.store_counters;
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    for (name, kind, help, v) in [
+        (
+            "icu_store_commits_total",
+            "counter",
+            "Group commits run by the store.",
+            n(c.commits),
+        ),
+        (
+            "icu_store_write_failures_total",
+            "counter",
+            "Write requests that failed (disk budget, I/O); nothing of them was stored.",
+            n(c.failed),
+        ),
+        (
+            "icu_store_refused_overload_total",
+            "counter",
+            "Write requests refused because too many were waiting for the disk.",
+            n(c.refused_overload),
+        ),
+        (
+            "icu_store_refused_budget_total",
+            "counter",
+            "Write requests refused because the disk budget was reached (part of the write failures).",
+            n(c.refused_budget),
+        ),
+        (
+            "icu_store_pruned_sent_records_total",
+            "counter",
+            "Forwarded records deleted to stay under the disk budget.",
+            n(c.pruned_sent_records),
+        ),
+        (
+            "icu_store_pruned_unsent_observations_total",
+            "counter",
+            "Unsent observations deleted to make room (store.on_full = drop_oldest_unsent): data lost.",
+            n(c.pruned_unsent_observations),
+        ),
+        (
+            "icu_store_pruned_dead_letters_total",
+            "counter",
+            "Forwarded dead-letter rows deleted to stay under the disk budget.",
+            n(c.pruned_dead_letters),
+        ),
+        (
+            "icu_store_disk_usage_bytes",
+            "gauge",
+            "Bytes in use as the disk budget counts them (pages in use plus the write-ahead log).",
+            n(c.used_bytes),
+        ),
+        (
+            "icu_store_file_bytes",
+            "gauge",
+            "Bytes of the store's files (database plus write-ahead log; freed pages are reused, not returned).",
+            n(f.file_bytes),
+        ),
+        (
+            "icu_store_disk_budget_bytes",
+            "gauge",
+            "The store's disk budget (store.disk_budget_mb).",
+            n(c.budget_bytes),
+        ),
+        (
+            "icu_store_high_water_bytes",
+            "gauge",
+            "Above this many bytes in use the store prunes forwarded records.",
+            n(c.high_water_bytes),
+        ),
+        (
+            "icu_store_budget_full",
+            "gauge",
+            "1 while the disk budget is reached and new readings are refused.",
+            flag(c.full),
+        ),
+        (
+            "icu_store_pruning",
+            "gauge",
+            "1 between crossing the high-water mark and getting back to the low-water mark.",
+            flag(c.pruning),
+        ),
+        (
+            "icu_store_free_budget_bytes",
+            "gauge",
+            "Budget bytes left for unsent readings: budget less bytes in use, plus forwarded records (pruned to make room).",
+            f.free_budget_bytes(),
+        ),
+    ] {
+        t.single(name, kind, help, v);
+    }
     t.single(
         "icu_store_bytes_per_record",
         "gauge",
@@ -858,7 +972,7 @@ pub fn render(f: &Figures) -> String {
     t.single(
         "icu_buffer_hours_left",
         "gauge",
-        "Hours until the disk budget is full at the ingest rate of the last 60 s; +Inf when nothing is ingested.",
+        "Hours until the free budget is full at the ingest rate of the last 60 s; +Inf when nothing is ingested.",
         f.buffer_hours_left(),
     );
     t.0
@@ -890,18 +1004,22 @@ mod tests {
             ingest: ingest.figures(119_999),
             store: Some(StoreFigures {
                 records: 10_000,
-                unsent: vec![(Stream::Observations, 40), (Stream::Alarms, 2)],
+                // Nothing forwarded yet: all 10 000 records are unsent.
+                unsent: vec![(Stream::Observations, 9_998), (Stream::Alarms, 2)],
                 dead_letters: 3,
                 oldest_unsent_us: Some(4_000_000),
                 data_bytes: 2_000_000,
             }),
-            store_writes: StoreWriteFigures {
+            store_counters: StoreCounters {
                 commits: 5,
                 failed: 1,
-                refused_overload: 0,
+                refused_budget: 1,
+                used_bytes: used,
+                budget_bytes: budget,
+                high_water_bytes: budget / 10 * 9,
+                ..Default::default()
             },
-            disk_usage_bytes: used,
-            disk_budget_bytes: budget,
+            file_bytes: used + 4096,
             bridge: BridgeFigures::disabled(),
         }
     }
@@ -978,7 +1096,7 @@ mod tests {
             (
                 "icu_outbox_unsent_records",
                 r#"stream="observations""#,
-                "40",
+                "9998",
             ),
             ("icu_outbox_unsent_records", r#"stream="alarms""#, "2"),
             ("icu_outbox_unsent_records", r#"stream="deadletter""#, "0"),
@@ -999,6 +1117,15 @@ mod tests {
             ("icu_bridge_in_flight_records", "", "0"),
             ("icu_store_refused_overload_total", "", "0"),
             ("icu_store_write_failures_total", "", "1"),
+            ("icu_store_refused_budget_total", "", "1"),
+            ("icu_store_pruned_sent_records_total", "", "0"),
+            ("icu_store_pruned_unsent_observations_total", "", "0"),
+            ("icu_store_pruned_dead_letters_total", "", "0"),
+            ("icu_store_disk_usage_bytes", "", "1048576"),
+            ("icu_store_file_bytes", "", "1052672"),
+            ("icu_store_budget_full", "", "0"),
+            ("icu_store_pruning", "", "0"),
+            ("icu_store_free_budget_bytes", "", "1072693248"),
             ("icu_store_disk_budget_bytes", "", "1073741824"),
         ];
         for (name, labels, want) in expected {
@@ -1054,6 +1181,22 @@ mod tests {
         assert_eq!(figures(100, gib, gib).buffer_hours_left(), 0.0, "full");
         assert_eq!(figures(100, gib, 2 * gib).buffer_hours_left(), 0.0);
 
+        // Forwarded records are pruned to make room: 4 000 of them at 200 B free 800 000 B.
+        let mut forwarded = figures(100, gib, gib);
+        forwarded.store.as_mut().unwrap().unsent = vec![(Stream::Observations, 6_000)];
+        assert_eq!(forwarded.free_budget_bytes(), 800_000.0);
+        let hours = forwarded.buffer_hours_left();
+        assert!(
+            (hours - 800_000.0 / 20_000.0 / 3600.0).abs() < 1e-9,
+            "{hours}"
+        );
+        // But never more than the budget.
+        assert_eq!(
+            free_budget_bytes(1000, 0, 1_000_000, 200.0),
+            1000.0,
+            "capped"
+        );
+
         // No ingest at all: +Inf, written as `+Inf`.
         let idle = figures(0, gib, 0);
         assert_eq!(idle.buffer_hours_left(), f64::INFINITY);
@@ -1067,7 +1210,7 @@ mod tests {
         assert_eq!(bytes_per_record(300_000, 1000), 300.0);
         assert_eq!(bytes_per_record(1000, 1000), MIN_BYTES_PER_RECORD);
         assert_eq!(
-            buffer_hours_left(1 << 30, 0, 0.0, 10.0),
+            buffer_hours_left((1u64 << 30) as f64, 0.0, 10.0),
             (1u64 << 30) as f64 / (10.0 * MIN_BYTES_PER_RECORD) / 3600.0
         );
     }
@@ -1104,8 +1247,10 @@ mod tests {
 
     #[test]
     fn readiness_needs_listeners_a_running_readable_store_and_room() {
-        assert!(readiness_problems(true, true, None, 10, 100).is_empty());
-        let all = readiness_problems(false, false, Some("disk I/O error"), 100, 100);
+        assert!(readiness_problems(true, true, None, false, 10, 100).is_empty());
+        let full = readiness_problems(true, true, None, true, 95, 100);
+        assert_eq!(full.len(), 1, "the writer says full: {full:?}");
+        let all = readiness_problems(false, false, Some("disk I/O error"), false, 100, 100);
         assert_eq!(all.len(), 4, "{all:?}");
         assert!(all[0].contains("listeners"));
         assert!(all[1].contains("store writer"));

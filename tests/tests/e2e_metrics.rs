@@ -160,9 +160,18 @@ const FAMILIES: &[&str] = &[
     "icu_store_refused_overload_total",
     "icu_store_records",
     "icu_dead_letters_stored",
+    "icu_store_refused_budget_total",
+    "icu_store_pruned_sent_records_total",
+    "icu_store_pruned_unsent_observations_total",
+    "icu_store_pruned_dead_letters_total",
     "icu_store_disk_usage_bytes",
+    "icu_store_file_bytes",
     "icu_store_disk_budget_bytes",
+    "icu_store_high_water_bytes",
+    "icu_store_budget_full",
+    "icu_store_pruning",
     "icu_store_bytes_per_record",
+    "icu_store_free_budget_bytes",
     "icu_buffer_hours_left",
 ];
 
@@ -247,7 +256,15 @@ fn metrics_show_ingest_outbox_and_buffer_hours_that_follow_the_budget() {
     assert_eq!(m.get("icu_dead_letters_stored"), 0.0);
     assert!(m.get("icu_store_commits_total") >= 1.0);
     assert_eq!(m.get("icu_bridge_forwarded_observations_total"), 0.0);
-    assert!(m.get("icu_store_disk_usage_bytes") > 0.0);
+    let used = m.get("icu_store_disk_usage_bytes");
+    assert!(used > 0.0 && used < 64.0 * MIB, "bytes in use {used}");
+    assert!(m.get("icu_store_file_bytes") > 0.0);
+    assert_eq!(m.get("icu_store_budget_full"), 0.0);
+    assert_eq!(
+        m.get("icu_store_free_budget_bytes"),
+        64.0 * MIB - used,
+        "nothing forwarded: free is the budget less the bytes in use"
+    );
     assert!(m.get("icu_store_bytes_per_record") >= 64.0);
     let small_budget_hours = m.get("icu_buffer_hours_left");
     assert!(
@@ -317,6 +334,11 @@ fn metrics_show_the_forward_rate_and_an_empty_outbox_once_kafka_has_everything()
     assert_eq!(m.get("icu_bridge_state{state=\"disabled\"}"), 0.0);
     assert_eq!(m.get("icu_bridge_delivery_errors_total"), 0.0);
     assert_eq!(m.get("icu_outbox_oldest_unsent_age_seconds"), 0.0);
+    assert!(
+        m.get("icu_store_free_budget_bytes")
+            > m.get("icu_store_disk_budget_bytes") - m.get("icu_store_disk_usage_bytes"),
+        "forwarded records count as room (the store prunes them when it needs it)"
+    );
     // The sampler runs once a second: wait for it to have seen the forwarded records.
     let m = icu_tests::wait_for(Duration::from_secs(10), "forward rate", || {
         let m = scrape(&gw);

@@ -15,7 +15,7 @@ use icu_cloud_bridge::bridge::BridgeStats;
 
 use crate::clock::now_us;
 use crate::live::LiveState;
-use crate::metrics::{self, BridgeFigures, Figures, StoreFigures, StoreWriteFigures};
+use crate::metrics::{self, BridgeFigures, Figures, StoreCounters, StoreFigures};
 use crate::mllp::MllpStats;
 use crate::store::{ReaderDb, SqliteOutbox, Store, StoreError, StoreStats};
 
@@ -42,7 +42,6 @@ pub struct HttpState {
     /// A read connection of its own for `/metrics` and `/readyz` (not the bridge's).
     pub metrics_db: Arc<std::sync::Mutex<ReaderDb>>,
     pub store_path: std::path::PathBuf,
-    pub disk_budget_bytes: u64,
     pub ingest: Arc<metrics::IngestStats>,
     pub forward_rates: Option<Arc<metrics::ForwardRates>>,
     pub readiness: Arc<metrics::Readiness>,
@@ -331,8 +330,8 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().body("ok\n")
 }
 
-/// Runs `read` on the metrics read connection and measures the store's disk usage, on the
-/// blocking pool (never on the actix thread).
+/// Runs `read` on the metrics read connection and measures the store's files, on the blocking
+/// pool (never on the actix thread).
 async fn read_store<T: Send + 'static>(
     state: &HttpState,
     read: impl FnOnce(&ReaderDb) -> Result<T, StoreError> + Send + 'static,
@@ -340,12 +339,12 @@ async fn read_store<T: Send + 'static>(
     let db = state.metrics_db.clone();
     let path = state.store_path.clone();
     web::block(move || {
-        let usage = metrics::store_disk_usage(&path);
+        let file_bytes = metrics::store_file_bytes(&path);
         let result = db
             .lock()
             .map_err(|_| StoreError::Closed)
             .and_then(|db| read(&db));
-        (result, usage)
+        (result, file_bytes)
     })
     .await
     .unwrap_or_else(|e| {
@@ -367,12 +366,11 @@ async fn metrics_text(state: web::Data<HttpState>) -> HttpResponse {
         &state.gateway_id,
         (now_us() - state.started_us) as f64 / 1e6,
         &state.ingest,
-        StoreWriteFigures::of(&state.store_stats),
-        state.disk_budget_bytes,
+        StoreCounters::of(&state.store_stats),
         bridge,
     );
-    let (store, usage) = read_store(&state, StoreFigures::read).await;
-    figures.disk_usage_bytes = usage;
+    let (store, file_bytes) = read_store(&state, StoreFigures::read).await;
+    figures.file_bytes = file_bytes;
     figures.store = match store {
         Ok(s) => Some(s),
         Err(e) => {
@@ -389,21 +387,22 @@ async fn metrics_text(state: web::Data<HttpState>) -> HttpResponse {
 /// store readable and under its disk budget. 503 with the reasons otherwise.
 async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
     // A cheap read (page counts), not the full figures: probes come often.
-    let (store, usage) = read_store(&state, ReaderDb::data_bytes).await;
-    let budget = state.disk_budget_bytes;
+    let (store, _) = read_store(&state, ReaderDb::data_bytes).await;
+    let budget = StoreCounters::of(&state.store_stats);
     let reasons = metrics::readiness_problems(
         state.readiness.listening(),
         state.store.connected(),
         store.err().map(|e| e.to_string()).as_deref(),
-        usage,
-        budget,
+        budget.full,
+        budget.used_bytes,
+        budget.budget_bytes,
     );
     let ready = reasons.is_empty();
     let body = serde_json::json!({
         "ready": ready,
         "reasons": reasons,
-        "disk_usage_bytes": usage,
-        "disk_budget_bytes": budget,
+        "used_bytes": budget.used_bytes,
+        "budget_bytes": budget.budget_bytes,
     });
     if ready {
         HttpResponse::Ok().json(body)

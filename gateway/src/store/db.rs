@@ -1282,13 +1282,7 @@ impl ReaderDb {
     /// Bytes of the database pages in use (page count less free pages, times the page size),
     /// as of the latest commit. Read only; also answers whether the store can be read.
     pub fn data_bytes(&self) -> Result<u64, StoreError> {
-        let pragma = |name: &str| -> Result<i64, StoreError> {
-            self.conn
-                .query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
-                .map_err(|e| self.err(e))
-        };
-        let pages = pragma("page_count")? - pragma("freelist_count")?;
-        Ok((pages.max(0) as u64) * pragma("page_size")? as u64)
+        pages_in_use_bytes(&self.conn).map_err(|e| self.err(e))
     }
 }
 
