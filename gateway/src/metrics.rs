@@ -49,7 +49,7 @@
 //! | `icu_store_pruning` | gauge | | 1 from crossing the high-water mark until back at the low-water mark |
 //! | `icu_store_bytes_per_record` | gauge | | bytes one stored record takes (pages in use / records; 256 until 1000 records are stored, never below 64) |
 //! | `icu_store_free_budget_bytes` | gauge | | budget bytes left for unsent readings: budget − bytes in use + forwarded records × bytes per record (the store prunes those to make room), at most the budget |
-//! | `icu_buffer_hours_left` | gauge | | hours until the free budget is full at the current ingest rate: free budget bytes / (observations/s over the last 60 s, all transports × bytes per record) / 3600; `+Inf` when nothing is being ingested, 0 when nothing is free |
+//! | `icu_buffer_hours_left` | gauge | | hours until the free budget is full at the current ingest rate: free budget bytes / (observations/s of all transports over the last 60 s × bytes per record) / 3600; `+Inf` when nothing is being ingested, 0 when nothing is free |
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
