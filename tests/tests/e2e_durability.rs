@@ -33,7 +33,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use icu_cloud_bridge::consume::{consume, ConsumeOptions, ConsumeReport, ConsumedRecord};
+use icu_cloud_bridge::consume::{
+    consume, report_from_records, ConsumeOptions, ConsumeReport, ConsumedRecord,
+};
 use icu_cloud_bridge::fhir::observations_of;
 use icu_cloud_bridge::headers;
 use icu_cloud_bridge::signing::load_public_key;
@@ -443,7 +445,59 @@ fn stop_drain_and_check(what: &str, sim: SimProc, rig: &Rig, drain: Duration) ->
         arrived.duplicate_seqs,
     );
     println!("{what}: simulator said:\n{}", run.stdout.trim_end());
+    assert_the_checks_catch_loss(&records, key, &run, &arrived);
     (run, arrived)
+}
+
+/// The checks above can fail: an acknowledged observation that is not on the topic, and one
+/// device's stream with a record taken out of its middle, are both caught.
+fn assert_the_checks_catch_loss(
+    records: &[ConsumedRecord],
+    key: &ed25519_dalek::VerifyingKey,
+    run: &SimRun,
+    arrived: &Arrived,
+) {
+    let caught = |f: &mut dyn FnMut()| {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err();
+        std::panic::set_hook(hook);
+        failed
+    };
+    let mut acked = run.accepted.clone();
+    let mut never_sent = acked[0].clone();
+    never_sent.value += 1000.0;
+    acked.push(never_sent);
+    assert!(
+        caught(&mut || check_acknowledged_arrived(arrived, &acked)),
+        "an acknowledged observation missing from the topic goes unnoticed"
+    );
+
+    let device = records[0].device_id.clone();
+    let mut one: Vec<ConsumedRecord> = records
+        .iter()
+        .filter(|r| r.device_id == device)
+        .cloned()
+        .collect();
+    one.sort_by_key(|r| (r.partition, r.offset));
+    // A record in the middle whose seqs no other record repeats.
+    let overlaps = |a: &ConsumedRecord, b: &ConsumedRecord| {
+        a.seq_first <= b.seq_last && b.seq_first <= a.seq_last
+    };
+    let lonely = (1..one.len().saturating_sub(1))
+        .find(|&i| {
+            (0..one.len()).all(|j| j == i || !overlaps(&one[i], &one[j]))
+                && one[i].seq_first > Some(1)
+        })
+        .expect("a record whose seqs are not repeated");
+    one.remove(lonely);
+    let report = report_from_records(&one, Some(key));
+    assert!(
+        caught(&mut || {
+            check_topic(&report, &one);
+        }),
+        "a lost record goes unnoticed"
+    );
 }
 
 /// Waits until the bridge has forwarded at least `n` records in this gateway process.
