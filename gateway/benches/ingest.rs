@@ -1,0 +1,542 @@
+//! Durable ingest: observations per second acknowledged only after the SQLite COMMIT that holds
+//! them, for MLLP (PCD-01) and MQTT input, plus bytes on disk per stored observation and the
+//! gateway's RSS.
+//!
+//! The gateway runs as a child process (`icu-gateway run --config ...`, built by cargo for this
+//! bench) with a store only (no `[kafka]`: the bridge does not run, so every byte of the store is
+//! the backlog's), `synchronous = "full"` unless `--sync` says otherwise.
+//!
+//! * MLLP: one TCP connection per bed, each sending PCD-01 messages with `--obx` metric rows as
+//!   fast as its ACKs come back (`--pipeline` messages in flight per connection; the gateway
+//!   handles one message per connection at a time and sends AA only after the commit). Latency
+//!   = message written → AA read.
+//! * MQTT: one client per bed publishing QoS 1 `MqttBatch`es (`--obx` observations,
+//!   `--mqtt-format json|pb`) to a private mosquitto on `icu/bench/bed/<bed>/device/<dev>/obs/..`;
+//!   the gateway PUBACKs each after its commit. A publisher sends its next message once the
+//!   previous one is committed, seen by polling the store's `devices.next_seq` every 2 ms from
+//!   a read-only connection (the PUBACK mosquitto returns to a publisher says nothing about the
+//!   gateway). Latency = publish → commit visible (±2 ms).
+//!
+//! Counted: only what was acknowledged between the end of the warm-up and the end of the run.
+//! After each case the gateway is stopped (SIGTERM); bytes per observation = (db + wal) / stored
+//! observations, then again after `PRAGMA wal_checkpoint(TRUNCATE)`.
+//!
+//!     cargo bench -p icu-gateway --bench ingest
+//!     cargo bench -p icu-gateway --bench ingest -- --transports mllp --beds 30,300 --sync full,normal --seconds 30
+//!
+//! Options (`--name value`, or env `ICU_BENCH_<NAME>`): `--transports mllp,mqtt`,
+//! `--beds 30,100,300` (MLLP), `--mqtt-beds 30,100`, `--sync full,normal`, `--seconds 15`,
+//! `--warmup 3`, `--obx 15`, `--pipeline 1`, `--mqtt-format json`, `--store-extra 'max_batch = 512'`,
+//! `--perf <file.data>` (perf record of the gateway during the first case's measured window).
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use icu_drivers::mllp::{MllpCodec, MllpEvent};
+use icu_drivers::mqtt::rumqttc::{AsyncClient, MqttOptions, QoS};
+use icu_drivers::mqtt::{publish_observations, MqttBatch, ObsTopic, PayloadFormat};
+use icu_protos::v1::Observation;
+use tokio_util::codec::Framed;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Transport {
+    Mllp,
+    Mqtt,
+}
+
+struct Opts {
+    seconds: u64,
+    warmup: u64,
+    obx: usize,
+    pipeline: usize,
+    mqtt_format: PayloadFormat,
+    store_extra: String,
+    perf: Option<std::path::PathBuf>,
+}
+
+/// One row of the results table.
+struct Row {
+    transport: Transport,
+    sync: String,
+    beds: usize,
+    msgs: u64,
+    obs: u64,
+    secs: f64,
+    committed_obs: u64,
+    errors: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    commits: u64,
+    requests: u64,
+    rss_max_mib: f64,
+    hwm_mib: f64,
+    stored_obs: u64,
+    bytes_per_obs: f64,
+    bytes_per_obs_ckpt: f64,
+}
+
+fn committed_obs(conn: &rusqlite::Connection) -> u64 {
+    conn.query_row(
+        "SELECT COALESCE(SUM(next_seq - 1), 0) FROM devices WHERE kind = 1",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|v| v as u64)
+    .unwrap_or(0)
+}
+
+fn read_only(db: &std::path::Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open_with_flags(
+        db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .expect("read-only store connection");
+    c.busy_timeout(Duration::from_secs(10)).expect("busy");
+    c
+}
+
+/// Client-side tallies of one bed.
+#[derive(Default)]
+struct Tally {
+    msgs: u64,
+    obs: u64,
+    errors: u64,
+    lat_ms: Vec<f64>,
+}
+
+async fn mllp_bed(
+    addr: std::net::SocketAddr,
+    bed: usize,
+    o: Arc<Opts>,
+    t_warm: Instant,
+    t_end: Instant,
+) -> Tally {
+    let mut t = Tally::default();
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("MLLP connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let mut framed = Framed::new(stream, MllpCodec::new(1 << 20));
+    let mut n = 0u64;
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut ts = hl7_now();
+    let mut ts_at = Instant::now();
+    loop {
+        while in_flight.len() < o.pipeline && Instant::now() < t_end {
+            n += 1;
+            if ts_at.elapsed() > Duration::from_millis(100) {
+                ts = hl7_now();
+                ts_at = Instant::now();
+            }
+            let msg = pcd01(bed, n, o.obx, &ts);
+            let t0 = Instant::now();
+            framed.send(msg.as_slice()).await.expect("MLLP send");
+            in_flight.push_back(t0);
+        }
+        let Some(t0) = in_flight.pop_front() else {
+            break;
+        };
+        match framed.next().await {
+            Some(Ok(MllpEvent::Frame { payload, .. })) => {
+                let now = Instant::now();
+                let aa = payload.windows(7).any(|w| w == b"MSA|AA|");
+                if !aa {
+                    t.errors += 1;
+                    if t.errors == 1 {
+                        eprintln!(
+                            "bed {bed}: not AA: {}",
+                            String::from_utf8_lossy(&payload).replace('\r', "\n")
+                        );
+                    }
+                } else if t0 >= t_warm && now <= t_end {
+                    t.msgs += 1;
+                    t.obs += o.obx as u64;
+                    t.lat_ms.push(now.duration_since(t0).as_secs_f64() * 1e3);
+                }
+            }
+            other => panic!("bed {bed}: no ACK: {other:?}"),
+        }
+    }
+    t
+}
+
+fn mqtt_batch(bed: usize, k: u64, obx: usize) -> MqttBatch {
+    let now = chrono::Utc::now().timestamp_micros();
+    MqttBatch {
+        msg_id: format!("m{bed}-{k}"),
+        observations: (0..obx)
+            .map(|i| {
+                let (code, v, _) = METRICS[i % METRICS.len()];
+                Observation {
+                    mdc_code: code,
+                    value: v.parse().ok(),
+                    containment_id: format!("1.1.1.{}", i + 1),
+                    device_time_us: Some(now),
+                    ..Default::default()
+                }
+            })
+            .collect(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn mqtt_bed(
+    port: u16,
+    bed: usize,
+    o: Arc<Opts>,
+    committed: Arc<Vec<AtomicU64>>,
+    mut tick: tokio::sync::watch::Receiver<u64>,
+    t_warm: Instant,
+    t_end: Instant,
+) -> Tally {
+    let mut t = Tally::default();
+    let mut opts = MqttOptions::new(format!("bench-pub-{bed}"), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut el) = AsyncClient::new(opts, 16);
+    let poller = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let topic =
+        ObsTopic::new(GATEWAY_ID, &bed_id(bed), &pump_id(bed), o.mqtt_format).expect("topic");
+    let mut k = 0u64;
+    while Instant::now() < t_end {
+        k += 1;
+        let batch = mqtt_batch(bed, k, o.obx);
+        let t0 = Instant::now();
+        publish_observations(&client, &topic, &batch, QoS::AtLeastOnce)
+            .await
+            .expect("publish");
+        let target = k * o.obx as u64;
+        let give_up = t_end + Duration::from_secs(10);
+        while committed[bed].load(Ordering::Relaxed) < target {
+            if Instant::now() > give_up {
+                t.errors += 1;
+                let _ = client.disconnect().await;
+                poller.abort();
+                return t;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), tick.changed()).await;
+        }
+        let now = Instant::now();
+        if t0 >= t_warm && now <= t_end {
+            t.msgs += 1;
+            t.obs += o.obx as u64;
+            t.lat_ms.push(now.duration_since(t0).as_secs_f64() * 1e3);
+        }
+    }
+    let _ = client.disconnect().await;
+    poller.abort();
+    t
+}
+
+fn run_case(
+    rt: &tokio::runtime::Runtime,
+    transport: Transport,
+    sync: &str,
+    beds: usize,
+    o: &Arc<Opts>,
+    perf: Option<&std::path::Path>,
+) -> Row {
+    let scratch = scratch("ingest-");
+    let mosquitto = (transport == Transport::Mqtt).then(start_mosquitto);
+    let spec = GatewaySpec {
+        dir: scratch.path().join("gw"),
+        synchronous: sync.to_owned(),
+        monitors: if transport == Transport::Mllp {
+            beds
+        } else {
+            0
+        },
+        pumps: if transport == Transport::Mqtt {
+            beds
+        } else {
+            0
+        },
+        mqtt_port: mosquitto.as_ref().map(|m| m.port),
+        kafka: None,
+        store_extra: o.store_extra.clone(),
+    };
+    let mut gw = Gateway::start(&spec);
+    if transport == Transport::Mqtt {
+        // Publish only once the gateway's subscription is in place.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let subscribed = gw
+                .status()
+                .ok()
+                .and_then(|s| s["mqtt"]["subscribed"].as_u64())
+                .unwrap_or(0);
+            if subscribed > 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "gateway never subscribed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let db = gw.db_path();
+    let rss = RssSampler::start(gw.pid());
+    let start = Instant::now() + Duration::from_millis(200);
+    let t_warm = start + Duration::from_secs(o.warmup);
+    let t_end = t_warm + Duration::from_secs(o.seconds);
+
+    // Store-side view: committed observations per device (MQTT flow control) and in total.
+    let committed: Arc<Vec<AtomicU64>> = Arc::new((0..=beds).map(|_| AtomicU64::new(0)).collect());
+    let (tick_tx, tick_rx) = tokio::sync::watch::channel(0u64);
+    let stop_poll = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let totals = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let poller = {
+        let (committed, stop, totals, db) = (
+            committed.clone(),
+            stop_poll.clone(),
+            totals.clone(),
+            db.clone(),
+        );
+        std::thread::spawn(move || {
+            let conn = read_only(&db);
+            let mut at_warm = false;
+            let mut at_end = false;
+            let mut stmt = conn
+                .prepare("SELECT device_id, next_seq FROM devices WHERE kind = 1")
+                .expect("prepare");
+            while !stop.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                if transport == Transport::Mqtt {
+                    let rows = stmt
+                        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                        .expect("poll devices");
+                    for (d, next) in rows.flatten() {
+                        if let Some(b) = d
+                            .strip_prefix("pump-")
+                            .and_then(|n| n.parse::<usize>().ok())
+                        {
+                            if b <= beds {
+                                committed[b].store((next - 1) as u64, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    tick_tx.send_modify(|v| *v += 1);
+                }
+                if !at_warm && now >= t_warm {
+                    at_warm = true;
+                    totals[0].store(committed_obs(&conn), Ordering::Relaxed);
+                }
+                if !at_end && now >= t_end {
+                    at_end = true;
+                    totals[1].store(committed_obs(&conn), Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+
+    let perf_child = perf.map(|p| {
+        // Start recording at the end of the warm-up, for the measured window.
+        let wait = t_warm.saturating_duration_since(Instant::now());
+        let pid = gw.pid();
+        let p = p.to_owned();
+        let secs = o.seconds;
+        std::thread::spawn(move || {
+            std::thread::sleep(wait);
+            if let Some(mut c) = perf_record(&p, pid, secs) {
+                let _ = c.wait();
+            }
+        })
+    });
+
+    let tallies: Vec<Tally> = rt.block_on(async {
+        tokio::time::sleep_until(start.into()).await;
+        let mut tasks = Vec::new();
+        for bed in 1..=beds {
+            let o = o.clone();
+            tasks.push(match transport {
+                Transport::Mllp => tokio::spawn(mllp_bed(gw.endpoints.mllp, bed, o, t_warm, t_end)),
+                Transport::Mqtt => tokio::spawn(mqtt_bed(
+                    mosquitto.as_ref().map(|m| m.port).unwrap_or(0),
+                    bed,
+                    o,
+                    committed.clone(),
+                    tick_rx.clone(),
+                    t_warm,
+                    t_end,
+                )),
+            });
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.expect("bed task"));
+        }
+        out
+    });
+    if let Some(p) = perf_child {
+        let _ = p.join();
+    }
+    stop_poll.store(true, Ordering::Relaxed);
+    let _ = poller.join();
+    let (_, hwm) = gw.memory_kib();
+    let rss_max = rss.max_kib();
+    drop(rss);
+    let status = gw.status().unwrap_or_default();
+    let commits = status["store_writes"]["commits"].as_u64().unwrap_or(0);
+    let requests = status["store_writes"]["requests_stored"]
+        .as_u64()
+        .unwrap_or(0);
+    gw.stop();
+
+    let (d, w) = db_sizes(&db);
+    let (stored_obs, ckpt_size) = {
+        let conn = rusqlite::Connection::open(&db).expect("open store after the run");
+        let stored = committed_obs(&conn);
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .expect("checkpoint");
+        let (d2, w2) = db_sizes(&db);
+        (stored, d2 + w2)
+    };
+    let mut lat: Vec<f64> = Vec::new();
+    let (mut msgs, mut obs, mut errors) = (0, 0, 0);
+    for t in tallies {
+        msgs += t.msgs;
+        obs += t.obs;
+        errors += t.errors;
+        lat.extend(t.lat_ms);
+    }
+    sort(&mut lat);
+    let committed_window = totals[1]
+        .load(Ordering::Relaxed)
+        .saturating_sub(totals[0].load(Ordering::Relaxed));
+    drop(mosquitto);
+    Row {
+        transport,
+        sync: sync.to_owned(),
+        beds,
+        msgs,
+        obs,
+        secs: o.seconds as f64,
+        committed_obs: committed_window,
+        errors,
+        p50_ms: percentile(&lat, 0.50),
+        p99_ms: percentile(&lat, 0.99),
+        commits,
+        requests,
+        rss_max_mib: rss_max as f64 / 1024.0,
+        hwm_mib: hwm as f64 / 1024.0,
+        stored_obs,
+        bytes_per_obs: (d + w) as f64 / stored_obs.max(1) as f64,
+        bytes_per_obs_ckpt: ckpt_size as f64 / stored_obs.max(1) as f64,
+    }
+}
+
+fn header() {
+    println!(
+        "{:<5} {:<6} {:>5} {:>10} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>10} {:>8} {:>8}",
+        "input",
+        "sync",
+        "beds",
+        "obs/s",
+        "msgs/s",
+        "p50 ms",
+        "p99 ms",
+        "req/cmt",
+        "obs/s(db)",
+        "RSS MiB",
+        "HWM MiB",
+        "stored obs",
+        "B/obs",
+        "B/obs*"
+    );
+}
+
+fn print_row(r: &Row) {
+    println!(
+        "{:<5} {:<6} {:>5} {:>10.0} {:>9.0} {:>8.2} {:>8.2} {:>8.1} {:>9.0} {:>7.1} {:>7.1} {:>10} {:>8.1} {:>8.1}{}",
+        match r.transport {
+            Transport::Mllp => "mllp",
+            Transport::Mqtt => "mqtt",
+        },
+        r.sync,
+        r.beds,
+        r.obs as f64 / r.secs,
+        r.msgs as f64 / r.secs,
+        r.p50_ms,
+        r.p99_ms,
+        r.requests as f64 / r.commits.max(1) as f64,
+        r.committed_obs as f64 / r.secs,
+        r.rss_max_mib,
+        r.hwm_mib,
+        r.stored_obs,
+        r.bytes_per_obs,
+        r.bytes_per_obs_ckpt,
+        if r.errors > 0 {
+            format!("  ({} errors)", r.errors)
+        } else {
+            String::new()
+        }
+    );
+}
+
+fn main() {
+    let args = Args::parse();
+    let transports: Vec<String> = args.list("transports", "mllp,mqtt");
+    let mllp_beds: Vec<usize> = args.list("beds", "30,100,300");
+    let mqtt_beds: Vec<usize> = args.list("mqtt-beds", "30,100");
+    let syncs: Vec<String> = args.list("sync", "full,normal");
+    let o = Arc::new(Opts {
+        seconds: args.get("seconds", 15),
+        warmup: args.get("warmup", 3),
+        obx: args.get("obx", 15),
+        pipeline: args.get("pipeline", 1usize).max(1),
+        mqtt_format: match args.get("mqtt-format", "json".to_owned()).as_str() {
+            "pb" => PayloadFormat::Protobuf,
+            _ => PayloadFormat::Json,
+        },
+        store_extra: args.get("store-extra", String::new()),
+        perf: args.opt("perf").map(std::path::PathBuf::from),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "durable ingest: {} s measured after {} s warm-up, {} OBX per message, {} in flight per MLLP connection, MQTT {}; {} CPUs",
+        o.seconds,
+        o.warmup,
+        o.obx,
+        o.pipeline,
+        o.mqtt_format,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    let mut rows = Vec::new();
+    let mut perf = o.perf.clone();
+    for t in &transports {
+        let (transport, beds_list) = match t.as_str() {
+            "mllp" => (Transport::Mllp, &mllp_beds),
+            "mqtt" => (Transport::Mqtt, &mqtt_beds),
+            other => panic!("--transports: unknown '{other}' (mllp, mqtt)"),
+        };
+        for sync in &syncs {
+            for &beds in beds_list {
+                let row = run_case(&rt, transport, sync, beds, &o, perf.take().as_deref());
+                if rows.is_empty() {
+                    header();
+                }
+                print_row(&row);
+                rows.push(row);
+            }
+        }
+    }
+    println!();
+    println!("results (obs/s and msgs/s: acknowledged after commit, measured window only):");
+    header();
+    for r in &rows {
+        print_row(r);
+    }
+    println!(
+        "obs/s(db): observations committed in the window as the store shows them; req/cmt: requests per commit (group commit);\n\
+         B/obs: (db + wal) / stored observations after the run; B/obs*: after wal_checkpoint(TRUNCATE).\n\
+         Targets (issue 5): >= 100000 obs/s durable ingest, <= 150 MiB RSS."
+    );
+}
