@@ -2,7 +2,8 @@
 //!
 //! Owns: [`consume`] (read a whole topic once with a throwaway consumer group), the pure
 //! [`report_from_records`] accounting, and the output helpers of the `icu-bridge consume`
-//! command ([`render_summary`], [`write_verified_json_lines`]).
+//! command ([`render_summary`], [`write_deduplicated_json_lines`], and the older
+//! [`write_verified_json_lines`]).
 //!
 //! Guarantees:
 //! - reading never commits offsets or joins a real group (random group id, manual assignment),
@@ -10,11 +11,25 @@
 //! - a record verifies only if its `icu-signature` is a valid ed25519 signature, under the given
 //!   public key, over the exact value bytes (the algorithm header, when present, must say
 //!   `ed25519`);
-//! - seq accounting expands each record's `[icu-seq-first, icu-seq-last]`; records with a bad
-//!   signature are counted but never used to fill a gap; a gap is a missing range between a
-//!   device's lowest and highest seq, a duplicate is any extra sighting of a seq.
+//! - accounting is per stream, a `(gateway, device)` key taken from the `icu-gateway-id` and
+//!   `icu-device-id` headers (`<unknown>` gateway when the header is missing; the record key,
+//!   then `<unknown>`, when the device header is missing): two gateways that use the same device
+//!   id are never merged;
+//! - seq accounting expands each record's `[icu-seq-first, icu-seq-last]` (or, without those
+//!   headers, the seqs of the Bundle's Observations); records with a bad signature are counted
+//!   but never used to fill a gap; a gap is a missing range between a stream's lowest and
+//!   highest seq; a duplicate is any extra sighting of a `(gateway, device, seq)`;
+//! - every duplicate is compared with the first sighting of its seqs: when both records claim the
+//!   same seq range, by their exact value bytes; otherwise (a re-send batched differently) seq by
+//!   seq, by the bytes of that seq's Observation entry (the mapping is deterministic, so a
+//!   genuine re-send is identical). A duplicate with different content is a *conflict* and makes
+//!   the report unclean;
+//! - [`write_deduplicated_json_lines`] writes each verified `(gateway, device, seq)` once: the
+//!   first verified record that brings a seq is written; a record whose seqs were all written
+//!   before is skipped; a record that partly overlaps is written whole (its signed bytes cannot
+//!   be split) with the already-written seq ranges in `already_written`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
@@ -27,10 +42,11 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 
 use crate::error::BridgeError;
-use crate::fhir::observations_of;
+use crate::fhir::{observations_of, ParsedObservation};
 use crate::headers;
 use crate::signing::verify_base64;
 
@@ -38,6 +54,8 @@ use crate::signing::verify_base64;
 const MAX_RANGE: u64 = 1_000_000;
 /// Timeout of metadata and watermark requests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Stand-in for a missing gateway or device id.
+pub const UNKNOWN: &str = "<unknown>";
 
 /// What to read and how long to wait.
 #[derive(Debug, Clone)]
@@ -61,6 +79,8 @@ pub struct ConsumedRecord {
     /// Header values as UTF-8 (lossy); the last one wins for a repeated name.
     pub headers: BTreeMap<String, String>,
     pub value: Vec<u8>,
+    /// From the `icu-gateway-id` header.
+    pub gateway_id: Option<String>,
     /// From the `icu-device-id` header.
     pub device_id: Option<String>,
     pub seq_first: Option<u64>,
@@ -70,8 +90,8 @@ pub struct ConsumedRecord {
 }
 
 impl ConsumedRecord {
-    /// Builds a record from its parts, deriving device id and seq range from the headers and
-    /// verifying the signature when a key is given.
+    /// Builds a record from its parts, deriving gateway id, device id and seq range from the
+    /// headers and verifying the signature when a key is given.
     pub fn new(
         partition: i32,
         offset: i64,
@@ -87,6 +107,7 @@ impl ConsumedRecord {
             partition,
             offset,
             key,
+            gateway_id: headers.get(headers::GATEWAY_ID).cloned(),
             device_id: headers.get(headers::DEVICE_ID).cloned(),
             headers,
             value,
@@ -94,6 +115,39 @@ impl ConsumedRecord {
             seq_last,
             signature_ok,
         }
+    }
+
+    /// The `(gateway, device)` stream the record belongs to (see the module docs for fallbacks).
+    pub fn stream_key(&self) -> StreamKey {
+        let gateway = self
+            .gateway_id
+            .clone()
+            .or_else(|| self.headers.get(headers::GATEWAY_ID).cloned())
+            .unwrap_or_else(|| UNKNOWN.into());
+        let device = self
+            .device_id
+            .clone()
+            .or_else(|| self.headers.get(headers::DEVICE_ID).cloned())
+            .or_else(|| self.key.clone())
+            .unwrap_or_else(|| UNKNOWN.into());
+        StreamKey { gateway, device }
+    }
+
+    /// The header seq range, when both headers are there and the range is sane.
+    fn header_range(&self) -> Option<(u64, u64)> {
+        match (self.seq_first, self.seq_last) {
+            (Some(first), Some(last)) if first <= last && last - first < MAX_RANGE => {
+                Some((first, last))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the value is to be read as FHIR (content type FHIR JSON, or none).
+    fn is_fhir(&self) -> bool {
+        self.headers
+            .get(headers::CONTENT_TYPE)
+            .is_none_or(|ct| ct.trim() == headers::CONTENT_TYPE_FHIR_JSON)
     }
 }
 
@@ -110,20 +164,58 @@ fn signature_status(
     Some(alg_ok && verify_base64(key, value, signature))
 }
 
-/// Per-device accounting.
+/// The dedup key of a stream: `icu-gateway-id` and `icu-device-id`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct StreamKey {
+    pub gateway: String,
+    pub device: String,
+}
+
+/// Accounting of one `(gateway, device)` stream.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct DeviceReport {
-    /// Kafka records attributed to the device.
+    /// Kafka records attributed to the stream (every sighting, bad signatures included).
     pub records: u64,
-    /// Observations in those records (parsed from the FHIR value).
+    /// Observations in those records (parsed from the FHIR value; re-deliveries counted again).
     pub observations: u64,
     pub distinct_seqs: u64,
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
     /// Missing inclusive ranges between `first_seq` and `last_seq`.
     pub gaps: Vec<(u64, u64)>,
+    /// Seqs in `gaps`.
+    pub missing_seqs: u64,
     /// Extra sightings of a seq (at-least-once delivery makes some normal after a retry).
     pub duplicate_seqs: u64,
+    /// Of `duplicate_seqs`, those whose content is identical to the first sighting.
+    pub identical_duplicate_seqs: u64,
+    /// Of `duplicate_seqs`, those whose content differs from the first sighting: a re-delivery
+    /// with other content under the same key, always an error.
+    pub conflicts: u64,
+    /// Trusted records that brought no seq not seen before.
+    pub duplicate_records: u64,
+    /// Records whose signature did not verify (never used for seq accounting).
+    pub signatures_bad: u64,
+    /// Records without a signature header.
+    pub unsigned: u64,
+}
+
+/// One duplicate sighting: seqs of a record already brought by an earlier one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Duplicate {
+    pub gateway: String,
+    pub device: String,
+    /// The seqs sighted again (inclusive).
+    pub seqs: (u64, u64),
+    /// Where the repeat is.
+    pub partition: i32,
+    pub offset: i64,
+    /// Where the first sighting is.
+    pub first_partition: i32,
+    pub first_offset: i64,
+    /// Whether the content is identical to the first sighting's (exact value bytes when both
+    /// records claim the same seq range, else the bytes of each seq's Observation entry).
+    pub identical: bool,
 }
 
 /// Whole-topic accounting.
@@ -136,15 +228,50 @@ pub struct ConsumeReport {
     /// FHIR values (content-type `application/fhir+json`, or none) that are not a readable FHIR
     /// Bundle; other content types (dead letters) are not parsed.
     pub unparseable: u64,
+    /// Per stream, by device id; when a device id occurs under more than one gateway, each of
+    /// its streams is under `<gateway>/<device>` instead (never merged). Kept for callers that
+    /// look devices up by id; [`Self::gateways`] is the authoritative view.
     pub devices: BTreeMap<String, DeviceReport>,
+    /// Per stream: gateway id → device id → accounting.
+    pub gateways: BTreeMap<String, BTreeMap<String, DeviceReport>>,
+    /// Extra sightings of a seq over all streams.
+    pub duplicate_seqs: u64,
+    /// Duplicate seqs whose content differs from the first sighting, over all streams.
+    pub conflicts: u64,
+    /// Every duplicate sighting, in read order (conflicts are those with `identical: false`).
+    pub duplicates: Vec<Duplicate>,
 }
 
 impl ConsumeReport {
-    /// Every record is signed and verifies, and no device has a gap.
+    /// Every record is signed and verifies, no stream has a gap and no re-delivery conflicts.
     pub fn is_clean(&self) -> bool {
         self.signatures_bad == 0
             && self.unsigned == 0
-            && self.devices.values().all(|d| d.gaps.is_empty())
+            && self.conflicts == 0
+            && self
+                .gateways
+                .values()
+                .flat_map(BTreeMap::values)
+                .all(|d| d.gaps.is_empty())
+    }
+
+    /// The accounting of one `(gateway, device)` stream.
+    pub fn stream(&self, gateway: &str, device: &str) -> Option<&DeviceReport> {
+        self.gateways.get(gateway)?.get(device)
+    }
+
+    /// Every stream with its key, in key order.
+    pub fn streams(&self) -> impl Iterator<Item = (&str, &str, &DeviceReport)> {
+        self.gateways.iter().flat_map(|(gateway, devices)| {
+            devices
+                .iter()
+                .map(move |(device, d)| (gateway.as_str(), device.as_str(), d))
+        })
+    }
+
+    /// The duplicate sightings whose content differs from the first sighting.
+    pub fn conflicting(&self) -> impl Iterator<Item = &Duplicate> {
+        self.duplicates.iter().filter(|d| !d.identical)
     }
 }
 
@@ -265,43 +392,39 @@ pub fn consume(opts: &ConsumeOptions) -> Result<(ConsumeReport, Vec<ConsumedReco
     Ok((report, records))
 }
 
-/// Accounts signatures, observations, seqs, gaps and duplicates (pure).
+/// Accounts signatures, observations, seqs, gaps, duplicates and conflicts per
+/// `(gateway, device)` stream (pure).
 ///
 /// With `key`, signatures are verified again from the headers and value; without, signed records
-/// count neither as ok nor bad.
+/// count neither as ok nor bad (and all records are used for seq accounting). A duplicate's first
+/// sighting is the earliest trusted record, in `records` order, that brought the seq.
 pub fn report_from_records(
     records: &[ConsumedRecord],
     key: Option<&VerifyingKey>,
 ) -> ConsumeReport {
     let mut report = ConsumeReport::default();
-    let mut seqs: BTreeMap<String, BTreeMap<u64, u64>> = BTreeMap::new();
-    for record in records {
+    let mut streams: BTreeMap<StreamKey, (DeviceReport, Sightings)> = BTreeMap::new();
+    let mut digests = EntryDigests::default();
+    for (idx, record) in records.iter().enumerate() {
         report.records += 1;
+        let stream = record.stream_key();
+        let (dev, sightings) = streams.entry(stream.clone()).or_default();
+        dev.records += 1;
         let mut trusted = true;
         if !record.headers.contains_key(headers::SIGNATURE) {
             report.unsigned += 1;
+            dev.unsigned += 1;
         } else if let Some(key) = key {
             if signature_status(&record.headers, &record.value, key) == Some(true) {
                 report.signatures_ok += 1;
             } else {
                 report.signatures_bad += 1;
+                dev.signatures_bad += 1;
                 trusted = false;
             }
         }
-        let device = record
-            .device_id
-            .clone()
-            .or_else(|| record.headers.get(headers::DEVICE_ID).cloned())
-            .or_else(|| record.key.clone())
-            .unwrap_or_else(|| "<unknown>".into());
-        let dev = report.devices.entry(device.clone()).or_default();
-        dev.records += 1;
         // Only FHIR values are parsed; plain JSON (dead letters) is neither counted nor faulted.
-        let fhir = record
-            .headers
-            .get(headers::CONTENT_TYPE)
-            .is_none_or(|ct| ct.trim() == headers::CONTENT_TYPE_FHIR_JSON);
-        let parsed = match fhir.then(|| observations_of(&record.value)) {
+        let parsed = match record.is_fhir().then(|| observations_of(&record.value)) {
             None => None,
             Some(Ok(parsed)) => {
                 dev.observations += parsed.len() as u64;
@@ -315,40 +438,255 @@ pub fn report_from_records(
         if !trusted {
             continue;
         }
-        let counts = seqs.entry(device).or_default();
-        match (record.seq_first, record.seq_last) {
-            (Some(first), Some(last)) if first <= last && last - first < MAX_RANGE => {
-                for seq in first..=last {
-                    *counts.entry(seq).or_default() += 1;
+        let ranges = seq_ranges(record, parsed.as_deref());
+        let mut fresh = 0;
+        for &(first, last) in &ranges {
+            let (seen, new) = sightings.insert(first, last, idx);
+            fresh += new;
+            for (start, end, earlier) in seen {
+                for (a, b, identical) in compare(records, &mut digests, idx, earlier, start, end) {
+                    let n = b - a + 1;
+                    dev.duplicate_seqs += n;
+                    if identical {
+                        dev.identical_duplicate_seqs += n;
+                    } else {
+                        dev.conflicts += n;
+                    }
+                    report.duplicates.push(Duplicate {
+                        gateway: stream.gateway.clone(),
+                        device: stream.device.clone(),
+                        seqs: (a, b),
+                        partition: record.partition,
+                        offset: record.offset,
+                        first_partition: records[earlier].partition,
+                        first_offset: records[earlier].offset,
+                        identical,
+                    });
                 }
             }
-            _ => {
-                for obs in parsed.iter().flatten() {
-                    *counts.entry(obs.seq).or_default() += 1;
-                }
-            }
+        }
+        if !ranges.is_empty() && fresh == 0 {
+            dev.duplicate_records += 1;
         }
     }
-    for (device, counts) in seqs {
-        let dev = report.devices.entry(device).or_default();
-        dev.distinct_seqs = counts.len() as u64;
-        dev.first_seq = counts.keys().next().copied();
-        dev.last_seq = counts.keys().next_back().copied();
-        dev.duplicate_seqs = counts.values().map(|c| c - 1).sum();
-        let mut previous: Option<u64> = None;
-        for &seq in counts.keys() {
-            if let Some(p) = previous {
-                if seq > p + 1 {
-                    dev.gaps.push((p + 1, seq - 1));
-                }
-            }
-            previous = Some(seq);
-        }
+    let mut gateways_of_device: BTreeMap<String, usize> = BTreeMap::new();
+    for key in streams.keys() {
+        *gateways_of_device.entry(key.device.clone()).or_default() += 1;
+    }
+    for (key, (mut dev, sightings)) in streams {
+        sightings.finish(&mut dev);
+        report.duplicate_seqs += dev.duplicate_seqs;
+        report.conflicts += dev.conflicts;
+        let legacy = if gateways_of_device[&key.device] > 1 {
+            format!("{}/{}", key.gateway, key.device)
+        } else {
+            key.device.clone()
+        };
+        report.devices.insert(legacy, dev.clone());
+        report
+            .gateways
+            .entry(key.gateway)
+            .or_default()
+            .insert(key.device, dev);
     }
     report
 }
 
-/// The human summary printed by `icu-bridge consume`.
+/// The seq ranges a record claims: its header range, else the seqs of its Bundle's
+/// Observations (runs of consecutive seqs merged); empty when it has neither.
+fn seq_ranges(record: &ConsumedRecord, parsed: Option<&[ParsedObservation]>) -> Vec<(u64, u64)> {
+    if let Some(range) = record.header_range() {
+        return vec![range];
+    }
+    let mut ranges = Vec::new();
+    for obs in parsed.into_iter().flatten() {
+        push_range(&mut ranges, obs.seq, obs.seq);
+    }
+    ranges
+}
+
+/// Appends `a..=b`, extending the last range when it ends right before `a`.
+fn push_range(ranges: &mut Vec<(u64, u64)>, a: u64, b: u64) {
+    match ranges.last_mut() {
+        Some(last) if last.1.checked_add(1) == Some(a) => last.1 = b,
+        _ => ranges.push((a, b)),
+    }
+}
+
+/// First sightings of one stream's seqs: disjoint inclusive ranges, each with the index of the
+/// record that first brought it.
+#[derive(Debug, Default)]
+struct Sightings {
+    /// Range start → (range end, record index).
+    ranges: BTreeMap<u64, (u64, usize)>,
+}
+
+impl Sightings {
+    /// Marks `first..=last` as sighted by record `idx`. Returns the parts sighted before, as
+    /// `(start, end, earlier record index)` in seq order, and how many seqs are new.
+    fn insert(&mut self, first: u64, last: u64, idx: usize) -> (Vec<(u64, u64, usize)>, u64) {
+        let mut seen = Vec::new();
+        let mut fresh = Vec::new();
+        let from = self
+            .ranges
+            .range(..=first)
+            .next_back()
+            .map_or(first, |(start, _)| *start);
+        // The next seq not accounted yet; `None` once `last` is.
+        let mut cursor = Some(first);
+        for (&start, &(end, earlier)) in self.ranges.range(from..=last) {
+            let Some(next) = cursor else { break };
+            if end < next {
+                continue;
+            }
+            let s = start.max(next);
+            let e = end.min(last);
+            if s > next {
+                fresh.push((next, s - 1));
+            }
+            seen.push((s, e, earlier));
+            cursor = (e < last).then(|| e + 1);
+        }
+        if let Some(next) = cursor {
+            fresh.push((next, last));
+        }
+        let new = fresh.iter().map(|(a, b)| b - a + 1).sum();
+        for (a, b) in fresh {
+            self.ranges.insert(a, (b, idx));
+        }
+        (seen, new)
+    }
+
+    /// Fills the seq figures of `dev`: distinct seqs, first and last, gaps.
+    fn finish(&self, dev: &mut DeviceReport) {
+        dev.first_seq = self.ranges.keys().next().copied();
+        dev.last_seq = self.ranges.values().next_back().map(|(end, _)| *end);
+        let mut previous_end: Option<u64> = None;
+        for (&start, &(end, _)) in &self.ranges {
+            dev.distinct_seqs += end - start + 1;
+            if let Some(p) = previous_end {
+                if start > p + 1 {
+                    dev.gaps.push((p + 1, start - 1));
+                    dev.missing_seqs += start - 1 - p;
+                }
+            }
+            previous_end = Some(end);
+        }
+    }
+}
+
+/// Per record (lazily): SHA-256 of each Observation entry of its Bundle, by seq.
+#[derive(Debug, Default)]
+struct EntryDigests {
+    by_record: HashMap<usize, BTreeMap<u64, [u8; 32]>>,
+}
+
+impl EntryDigests {
+    /// The content digest of `seq` in record `idx`: its Observation entry's, else the whole
+    /// value's (a record that is not an observation Bundle).
+    fn of(&mut self, records: &[ConsumedRecord], idx: usize, seq: u64) -> [u8; 32] {
+        let record = &records[idx];
+        self.by_record
+            .entry(idx)
+            .or_insert_with(|| observation_entry_digests(record))
+            .get(&seq)
+            .copied()
+            .unwrap_or_else(|| Sha256::digest(&record.value).into())
+    }
+}
+
+/// SHA-256 of the JSON of each Observation entry of the record's Bundle, by seq (first entry
+/// wins); empty when the value is not an observation Bundle.
+fn observation_entry_digests(record: &ConsumedRecord) -> BTreeMap<u64, [u8; 32]> {
+    let mut out = BTreeMap::new();
+    if !record.is_fhir() {
+        return out;
+    }
+    let (Ok(parsed), Ok(doc)) = (
+        observations_of(&record.value),
+        serde_json::from_slice::<serde_json::Value>(&record.value),
+    ) else {
+        return out;
+    };
+    // `observations_of` reads the Observation entries in order; pair them with the raw entries.
+    let entries: Vec<&serde_json::Value> = doc
+        .get("entry")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e.pointer("/resource/resourceType")
+                .and_then(serde_json::Value::as_str)
+                == Some("Observation")
+        })
+        .collect();
+    if entries.len() != parsed.len() {
+        return out;
+    }
+    for (obs, entry) in parsed.iter().zip(entries) {
+        let bytes = serde_json::to_vec(entry).unwrap_or_default();
+        out.entry(obs.seq)
+            .or_insert_with(|| Sha256::digest(&bytes).into());
+    }
+    out
+}
+
+/// Compares seqs `start..=end` of record `idx` with their first sighting in record `earlier`;
+/// returns runs `(a, b, identical)`.
+fn compare(
+    records: &[ConsumedRecord],
+    digests: &mut EntryDigests,
+    idx: usize,
+    earlier: usize,
+    start: u64,
+    end: u64,
+) -> Vec<(u64, u64, bool)> {
+    let (record, first) = (&records[idx], &records[earlier]);
+    if record.header_range().is_some() && record.header_range() == first.header_range() {
+        return vec![(start, end, record.value == first.value)];
+    }
+    let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+    for seq in start..=end {
+        let same = digests.of(records, idx, seq) == digests.of(records, earlier, seq);
+        match runs.last_mut() {
+            Some(run) if run.2 == same => run.1 = seq,
+            _ => runs.push((seq, seq, same)),
+        }
+    }
+    runs
+}
+
+/// `a` or `a-b`.
+fn fmt_range(a: u64, b: u64) -> String {
+    if a == b {
+        a.to_string()
+    } else {
+        format!("{a}-{b}")
+    }
+}
+
+/// One line per conflicting duplicate (empty when there is none).
+pub fn render_conflicts(report: &ConsumeReport) -> String {
+    let mut out = String::new();
+    for c in report.conflicting() {
+        let _ = writeln!(
+            out,
+            "  CONFLICT gateway {} device {} seq {}: partition {} offset {} differs from the \
+             first sighting at partition {} offset {}",
+            c.gateway,
+            c.device,
+            fmt_range(c.seqs.0, c.seqs.1),
+            c.partition,
+            c.offset,
+            c.first_partition,
+            c.first_offset
+        );
+    }
+    out
+}
+
+/// The human summary printed by `icu-bridge consume`: one line per `(gateway, device)` stream,
+/// then every conflicting re-delivery, then the verdict.
 pub fn render_summary(topic: &str, report: &ConsumeReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -360,7 +698,7 @@ pub fn render_summary(topic: &str, report: &ConsumeReport) -> String {
         report.unsigned,
         report.unparseable
     );
-    for (device, d) in &report.devices {
+    for (gateway, device, d) in report.streams() {
         let range = match (d.first_seq, d.last_seq) {
             (Some(first), Some(last)) => format!("seq {first}..={last}"),
             _ => "no seqs".into(),
@@ -368,68 +706,499 @@ pub fn render_summary(topic: &str, report: &ConsumeReport) -> String {
         let gaps = if d.gaps.is_empty() {
             "no gaps".to_owned()
         } else {
-            let list: Vec<String> = d
-                .gaps
-                .iter()
-                .map(|(a, b)| {
-                    if a == b {
-                        a.to_string()
-                    } else {
-                        format!("{a}-{b}")
-                    }
-                })
-                .collect();
+            let list: Vec<String> = d.gaps.iter().map(|&(a, b)| fmt_range(a, b)).collect();
             format!("{} gap(s): {}", d.gaps.len(), list.join(", "))
         };
-        let _ = writeln!(
-            out,
-            "  device {device}: {} records, {} observations, {range}, {gaps}, {} duplicate seqs",
+        let mut line = format!(
+            "  gateway {gateway} device {device}: {} records, {} observations, {range}, {gaps}, \
+             {} duplicate seqs",
             d.records, d.observations, d.duplicate_seqs
         );
-    }
-    let _ = writeln!(
-        out,
-        "{}",
-        if report.is_clean() {
-            "result: ok (every record verified, no gaps)"
-        } else {
-            "result: FAILED (unverified records or gaps)"
+        if d.duplicate_seqs > 0 {
+            let _ = write!(
+                line,
+                " ({} identical, {} conflicting)",
+                d.identical_duplicate_seqs, d.conflicts
+            );
         }
-    );
+        if d.signatures_bad > 0 {
+            let _ = write!(line, ", {} bad signatures", d.signatures_bad);
+        }
+        if d.unsigned > 0 {
+            let _ = write!(line, ", {} unsigned", d.unsigned);
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    out.push_str(&render_conflicts(report));
+    if report.is_clean() {
+        out.push_str("result: ok (every record verified, no gaps, no conflicting re-deliveries)\n");
+    } else {
+        let mut reasons = Vec::new();
+        if report.signatures_bad > 0 {
+            reasons.push(format!("{} bad signatures", report.signatures_bad));
+        }
+        if report.unsigned > 0 {
+            reasons.push(format!("{} unsigned", report.unsigned));
+        }
+        let gapped = report
+            .streams()
+            .filter(|(_, _, d)| !d.gaps.is_empty())
+            .count();
+        if gapped > 0 {
+            reasons.push(format!("gaps in {gapped} stream(s)"));
+        }
+        if report.conflicts > 0 {
+            reasons.push(format!(
+                "{} duplicate seqs with conflicting content",
+                report.conflicts
+            ));
+        }
+        let _ = writeln!(out, "result: FAILED ({})", reasons.join(", "));
+    }
     out
 }
 
+/// Maps an I/O error on `path` to [`BridgeError::Io`].
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> BridgeError + '_ {
+    move |source| BridgeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Creates (truncates) `path` for buffered writing.
+fn create_file(path: &Path) -> Result<std::io::BufWriter<std::fs::File>, BridgeError> {
+    let file = std::fs::File::create(path).map_err(io_error(path))?;
+    Ok(std::io::BufWriter::new(file))
+}
+
+/// A record value as JSON when it parses, else as a (lossy UTF-8) string.
+fn value_as_json(value: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(value)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(value).into_owned()))
+}
+
 /// Writes every record whose signature verified as one JSON line (`partition`, `offset`, `key`,
-/// `headers`, `value`; the value as JSON when it parses, else as a string). Returns the count.
+/// `headers`, `value`; the value as JSON when it parses, else as a string), re-deliveries
+/// included. Returns the count. `icu-bridge consume --out` uses
+/// [`write_deduplicated_json_lines`] instead.
 pub fn write_verified_json_lines(
     path: &Path,
     records: &[ConsumedRecord],
 ) -> Result<usize, BridgeError> {
-    let io = |source| BridgeError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = std::fs::File::create(path).map_err(io)?;
-    let mut out = std::io::BufWriter::new(file);
+    let io = io_error(path);
+    let mut out = create_file(path)?;
     let mut written = 0;
     for record in records.iter().filter(|r| r.signature_ok == Some(true)) {
-        let value =
-            serde_json::from_slice::<serde_json::Value>(&record.value).unwrap_or_else(|_| {
-                serde_json::Value::String(String::from_utf8_lossy(&record.value).into_owned())
-            });
         let line = serde_json::json!({
             "partition": record.partition,
             "offset": record.offset,
             "key": record.key,
             "headers": record.headers,
-            "value": value,
+            "value": value_as_json(&record.value),
         });
-        writeln!(out, "{line}").map_err(io)?;
+        writeln!(out, "{line}").map_err(&io)?;
         written += 1;
     }
-    out.flush().map_err(io)?;
+    out.flush().map_err(&io)?;
     Ok(written)
+}
+
+/// What [`write_deduplicated_json_lines`] wrote and left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DedupWrite {
+    /// Lines written.
+    pub written: usize,
+    /// Of `written`, records that also hold seqs written before (listed in `already_written`).
+    pub partial_overlaps: usize,
+    /// Verified records left out: every seq they hold was written before (for a record without
+    /// seqs: a record of the same stream with the same value bytes was).
+    pub skipped_duplicates: usize,
+    /// Records left out because their signature was not verified successfully.
+    pub skipped_unverified: usize,
+}
+
+/// Writes the verified records deduplicated on `(gateway, device, seq)`, as JSON lines, in
+/// `records` order.
+///
+/// A verified record is written when it brings at least one seq of its stream not written
+/// before; a record that partly overlaps is written whole (its signed bytes cannot be split) with
+/// the already-written ranges in `already_written`, so a loader keeps each seq once by dropping
+/// those. Records with all their seqs written before are skipped, identical or not (conflicts are
+/// in the report). Each line: `gateway`, `device`, `seq_first`, `seq_last`, `already_written`
+/// (list of `[a, b]`), `partition`, `offset`, `key`, `headers`, `value` (JSON when it parses,
+/// else a string) and `value_base64` (the exact signed bytes, to check `icu-signature` again).
+pub fn write_deduplicated_json_lines(
+    path: &Path,
+    records: &[ConsumedRecord],
+) -> Result<DedupWrite, BridgeError> {
+    use base64::Engine as _;
+
+    let io = io_error(path);
+    let mut out = create_file(path)?;
+    let mut summary = DedupWrite::default();
+    let mut sightings: HashMap<StreamKey, Sightings> = HashMap::new();
+    let mut seqless: BTreeSet<(StreamKey, [u8; 32])> = BTreeSet::new();
+    for (idx, record) in records.iter().enumerate() {
+        if record.signature_ok != Some(true) {
+            summary.skipped_unverified += 1;
+            continue;
+        }
+        let stream = record.stream_key();
+        let parsed = (record.header_range().is_none() && record.is_fhir())
+            .then(|| observations_of(&record.value).ok())
+            .flatten();
+        let ranges = seq_ranges(record, parsed.as_deref());
+        let mut already = Vec::new();
+        let new = if ranges.is_empty() {
+            seqless.insert((stream.clone(), Sha256::digest(&record.value).into()))
+        } else {
+            let seen_before = sightings.entry(stream.clone()).or_default();
+            let mut fresh = 0;
+            for (first, last) in ranges {
+                let (seen, n) = seen_before.insert(first, last, idx);
+                fresh += n;
+                for (a, b, _) in seen {
+                    push_range(&mut already, a, b);
+                }
+            }
+            fresh > 0
+        };
+        if !new {
+            summary.skipped_duplicates += 1;
+            continue;
+        }
+        if !already.is_empty() {
+            summary.partial_overlaps += 1;
+        }
+        let line = serde_json::json!({
+            "gateway": stream.gateway,
+            "device": stream.device,
+            "seq_first": record.seq_first,
+            "seq_last": record.seq_last,
+            "already_written": already,
+            "partition": record.partition,
+            "offset": record.offset,
+            "key": record.key,
+            "headers": record.headers,
+            "value": value_as_json(&record.value),
+            "value_base64": base64::engine::general_purpose::STANDARD.encode(&record.value),
+        });
+        writeln!(out, "{line}").map_err(&io)?;
+        summary.written += 1;
+    }
+    out.flush().map_err(&io)?;
+    Ok(summary)
+}
+
+/// Writes the report as pretty JSON (the `--report` file of `icu-bridge consume`).
+pub fn write_report_json(path: &Path, report: &ConsumeReport) -> Result<(), BridgeError> {
+    let io = io_error(path);
+    let mut text = serde_json::to_string_pretty(report)
+        .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    text.push('\n');
+    std::fs::write(path, text).map_err(&io)
 }
 
 #[cfg(test)]
 mod tests;
+
+/// Per-(gateway, device) accounting, conflicts and the deduplicated out file.
+#[cfg(test)]
+mod audit_tests {
+    use base64::Engine as _;
+    use icu_protos::v1::Observation;
+
+    use super::*;
+    use crate::fhir::observation_bundle;
+    use crate::signing::GatewayKey;
+    use crate::Terminology;
+
+    /// A record as the bridge produces it for `gateway`/`device` seqs `first..=last`, each
+    /// observation with value `reading`.
+    fn record(
+        key: &GatewayKey,
+        gateway: &str,
+        device: &str,
+        (first, last): (u64, u64),
+        reading: f64,
+        offset: i64,
+    ) -> ConsumedRecord {
+        let observations: Vec<Observation> = (first..=last)
+            .map(|seq| Observation {
+                device_id: device.into(),
+                seq,
+                mdc_code: 150456,
+                value: Some(reading),
+                unit_ucum: "%".into(),
+                receive_time_us: 1_700_000_000_000_000 + seq as i64,
+                ..Default::default()
+            })
+            .collect();
+        let value =
+            observation_bundle(gateway, device, &observations, &Terminology::builtin()).unwrap();
+        let signature = base64::engine::general_purpose::STANDARD.encode(key.sign(&value));
+        let headers: BTreeMap<String, String> = [
+            (headers::SIGNATURE, signature),
+            (headers::SIGNATURE_ALG, "ed25519".into()),
+            (headers::GATEWAY_ID, gateway.into()),
+            (headers::DEVICE_ID, device.into()),
+            (headers::SEQ_FIRST, first.to_string()),
+            (headers::SEQ_LAST, last.to_string()),
+            (
+                headers::CONTENT_TYPE,
+                headers::CONTENT_TYPE_FHIR_JSON.into(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        ConsumedRecord::new(
+            0,
+            offset,
+            Some(device.into()),
+            headers,
+            value,
+            Some(&key.verifying_key()),
+        )
+    }
+
+    fn read_lines(path: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn two_gateways_with_the_same_device_id_are_kept_apart() {
+        let key = GatewayKey::generate();
+        let records = vec![
+            record(&key, "gw-a", "mon-1", (1, 3), 96.0, 0),
+            record(&key, "gw-b", "mon-1", (1, 2), 96.0, 1),
+            record(&key, "gw-b", "mon-1", (5, 5), 96.0, 2),
+            record(&key, "gw-a", "mon-2", (1, 1), 96.0, 3),
+        ];
+        let report = report_from_records(&records, Some(&key.verifying_key()));
+        let a = report.stream("gw-a", "mon-1").unwrap();
+        let b = report.stream("gw-b", "mon-1").unwrap();
+        // Merged, seqs 1-2 of gw-b would look like duplicates of gw-a's and 4 like one gap.
+        assert_eq!((a.records, a.distinct_seqs, a.duplicate_seqs), (1, 3, 0));
+        assert!(a.gaps.is_empty());
+        assert_eq!((b.records, b.distinct_seqs, b.duplicate_seqs), (2, 3, 0));
+        assert_eq!((b.gaps.clone(), b.missing_seqs), (vec![(3, 4)], 2));
+        assert_eq!((report.duplicate_seqs, report.conflicts), (0, 0));
+        // The device-id view qualifies the shared id and keeps the unique one.
+        assert_eq!(report.devices["gw-a/mon-1"], *a);
+        assert_eq!(report.devices["gw-b/mon-1"], *b);
+        assert_eq!(report.devices["mon-2"].distinct_seqs, 1);
+        assert!(!report.devices.contains_key("mon-1"));
+        let summary = render_summary("t", &report);
+        assert!(
+            summary.contains(
+                "gateway gw-a device mon-1: 1 records, 3 observations, seq 1..=3, no gaps"
+            ) && summary.contains(
+                "gateway gw-b device mon-1: 2 records, 3 observations, seq 1..=5, 1 gap(s): 3-4"
+            ) && summary.contains("result: FAILED (gaps in 1 stream(s))"),
+            "{summary}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            json["gateways"]["gw-b"]["mon-1"]["gaps"],
+            serde_json::json!([[3, 4]])
+        );
+        assert_eq!(json["gateways"]["gw-a"]["mon-1"]["last_seq"], 3);
+    }
+
+    #[test]
+    fn identical_duplicates_are_fine_and_conflicting_ones_are_errors() {
+        let key = GatewayKey::generate();
+        let identical = vec![
+            record(&key, "gw1", "mon-1", (1, 3), 96.0, 0),
+            record(&key, "gw1", "mon-1", (1, 3), 96.0, 1), // same record again
+            record(&key, "gw1", "mon-1", (3, 5), 96.0, 2), // re-batched: seq 3 again, same content
+        ];
+        let report = report_from_records(&identical, Some(&key.verifying_key()));
+        let d = report.stream("gw1", "mon-1").unwrap();
+        assert_eq!(
+            (d.duplicate_seqs, d.identical_duplicate_seqs, d.conflicts),
+            (4, 4, 0)
+        );
+        assert_eq!((d.duplicate_records, d.distinct_seqs), (1, 5));
+        assert_eq!(report.duplicates.len(), 2);
+        assert!(report.duplicates.iter().all(|x| x.identical));
+        assert_eq!(
+            (report.duplicates[1].seqs, report.duplicates[1].first_offset),
+            ((3, 3), 0)
+        );
+        assert!(report.is_clean(), "{report:?}");
+
+        let conflicting = vec![
+            record(&key, "gw1", "mon-1", (1, 3), 96.0, 0),
+            record(&key, "gw1", "mon-1", (1, 3), 91.0, 1), // same range, other bytes
+            record(&key, "gw1", "mon-1", (3, 4), 91.0, 2), // seq 3 re-batched with other value
+            record(&key, "gw1", "mon-1", (4, 4), 91.0, 3), // seq 4 re-batched, same value
+        ];
+        let report = report_from_records(&conflicting, Some(&key.verifying_key()));
+        let d = report.stream("gw1", "mon-1").unwrap();
+        assert_eq!(
+            (d.duplicate_seqs, d.identical_duplicate_seqs, d.conflicts),
+            (5, 1, 4)
+        );
+        assert_eq!(report.conflicts, 4);
+        let conflicts: Vec<_> = report
+            .conflicting()
+            .map(|c| (c.seqs, c.offset, c.first_offset))
+            .collect();
+        assert_eq!(conflicts, [((1, 3), 1, 0), ((3, 3), 2, 0)]);
+        assert!(!report.is_clean());
+        let summary = render_summary("t", &report);
+        assert!(
+            summary.contains("5 duplicate seqs (1 identical, 4 conflicting)")
+                && summary.contains(
+                    "CONFLICT gateway gw1 device mon-1 seq 1-3: partition 0 offset 1 differs \
+                     from the first sighting at partition 0 offset 0"
+                )
+                && summary.contains("result: FAILED (4 duplicate seqs with conflicting content)"),
+            "{summary}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["conflicts"], 4);
+        assert_eq!(json["gateways"]["gw1"]["mon-1"]["conflicts"], 4);
+        assert_eq!(json["duplicates"][0]["identical"], false);
+    }
+
+    #[test]
+    fn gaps_are_inclusive_ranges_and_bad_records_fill_none() {
+        let key = GatewayKey::generate();
+        let mut forged = record(&key, "gw1", "mon-1", (4, 6), 96.0, 1);
+        forged.value[10] ^= 1;
+        let records = vec![
+            record(&key, "gw1", "mon-1", (1, 3), 96.0, 0),
+            forged,
+            record(&key, "gw1", "mon-1", (7, 7), 96.0, 2),
+            record(&key, "gw1", "mon-1", (9, 12), 96.0, 3),
+            record(&key, "gw1", "mon-1", (20, 20), 96.0, 4),
+        ];
+        let report = report_from_records(&records, Some(&key.verifying_key()));
+        let d = report.stream("gw1", "mon-1").unwrap();
+        assert_eq!(d.gaps, [(4, 6), (8, 8), (13, 19)]);
+        assert_eq!((d.missing_seqs, d.distinct_seqs), (11, 9));
+        assert_eq!((d.first_seq, d.last_seq), (Some(1), Some(20)));
+        assert_eq!((d.signatures_bad, d.records), (1, 5));
+        assert!(render_summary("t", &report)
+            .contains("3 gap(s): 4-6, 8, 13-19, 0 duplicate seqs, 1 bad signatures"));
+    }
+
+    #[test]
+    fn sightings_split_overlaps_exactly() {
+        let mut s = Sightings::default();
+        assert_eq!(s.insert(5, 7, 0), (vec![], 3));
+        assert_eq!(s.insert(10, 12, 1), (vec![], 3));
+        assert_eq!(
+            s.insert(1, 15, 2),
+            (vec![(5, 7, 0), (10, 12, 1)], 9),
+            "two earlier ranges inside"
+        );
+        assert_eq!(
+            s.insert(6, 11, 3),
+            (vec![(6, 7, 0), (8, 9, 2), (10, 11, 1)], 0)
+        );
+        assert_eq!(s.insert(u64::MAX - 1, u64::MAX, 4), (vec![], 2));
+        assert_eq!(
+            s.insert(u64::MAX, u64::MAX, 5),
+            (vec![(u64::MAX, u64::MAX, 4)], 0)
+        );
+        let mut d = DeviceReport::default();
+        s.finish(&mut d);
+        assert_eq!(
+            (d.first_seq, d.last_seq, d.distinct_seqs),
+            (Some(1), Some(u64::MAX), 17)
+        );
+        assert_eq!(d.gaps, [(16, u64::MAX - 2)]);
+    }
+
+    #[test]
+    fn out_file_holds_each_key_once() {
+        let key = GatewayKey::generate();
+        let mut bad = record(&key, "gw1", "mon-1", (10, 10), 96.0, 5);
+        bad.value[10] ^= 1;
+        bad.signature_ok = Some(false);
+        let records = vec![
+            record(&key, "gw1", "mon-1", (1, 3), 96.0, 0),
+            record(&key, "gw2", "mon-1", (1, 3), 96.0, 1), // other gateway: its own keys
+            record(&key, "gw1", "mon-1", (1, 3), 96.0, 2), // re-delivery: left out
+            record(&key, "gw1", "mon-1", (2, 2), 91.0, 3), // conflicting: left out
+            record(&key, "gw1", "mon-1", (3, 5), 96.0, 4), // partly new: written, 3 noted
+            bad,
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let w = write_deduplicated_json_lines(&path, &records).unwrap();
+        assert_eq!(
+            w,
+            DedupWrite {
+                written: 3,
+                partial_overlaps: 1,
+                skipped_duplicates: 2,
+                skipped_unverified: 1
+            }
+        );
+        let lines = read_lines(&path);
+        let offsets: Vec<i64> = lines
+            .iter()
+            .map(|l| l["offset"].as_i64().unwrap())
+            .collect();
+        assert_eq!(offsets, [0, 1, 4]);
+        assert_eq!(
+            (lines[1]["gateway"].as_str(), lines[1]["device"].as_str()),
+            (Some("gw2"), Some("mon-1"))
+        );
+        assert_eq!(lines[2]["already_written"], serde_json::json!([[3, 3]]));
+        assert_eq!(lines[0]["already_written"], serde_json::json!([]));
+        assert_eq!(
+            (
+                lines[2]["seq_first"].as_u64(),
+                lines[2]["seq_last"].as_u64()
+            ),
+            (Some(3), Some(5))
+        );
+        assert_eq!(lines[0]["value"]["resourceType"], "Bundle");
+        // Each (gateway, device, seq) once, once `already_written` seqs are dropped.
+        let mut keys = BTreeSet::new();
+        for line in &lines {
+            let (first, last) = (
+                line["seq_first"].as_u64().unwrap(),
+                line["seq_last"].as_u64().unwrap(),
+            );
+            let noted: Vec<(u64, u64)> =
+                serde_json::from_value(line["already_written"].clone()).unwrap();
+            for seq in first..=last {
+                if noted.iter().any(|&(a, b)| (a..=b).contains(&seq)) {
+                    continue;
+                }
+                let k = (line["gateway"].to_string(), line["device"].to_string(), seq);
+                assert!(keys.insert(k), "{line}");
+            }
+        }
+        assert_eq!(keys.len(), 8);
+        // The exact signed bytes are there to check the signature again.
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(lines[2]["value_base64"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(raw, records[4].value);
+        let signature = lines[2]["headers"][headers::SIGNATURE].as_str().unwrap();
+        assert!(verify_base64(&key.verifying_key(), &raw, signature));
+
+        // The report written next to it.
+        let report = report_from_records(&records, Some(&key.verifying_key()));
+        let report_path = dir.path().join("report.json");
+        write_report_json(&report_path, &report).unwrap();
+        let archived: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+        assert_eq!(archived, serde_json::to_value(&report).unwrap());
+        assert_eq!(archived["gateways"]["gw1"]["mon-1"]["conflicts"], 1);
+        assert_eq!(archived["gateways"]["gw1"]["mon-1"]["signatures_bad"], 1);
+    }
+}

@@ -22,9 +22,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Read a topic from the beginning, verify every signature and account seqs per device.
+    /// Read a topic from the beginning, verify every signature and account seqs per
+    /// (gateway, device) stream: gaps, duplicates, and duplicates whose content differs from the
+    /// first sighting (conflicts).
     ///
-    /// Exits 0 when every record is signed and verifies and no device has a seq gap, 1 otherwise.
+    /// Exits 0 when every record is signed and verifies, no stream has a seq gap and no
+    /// re-delivery conflicts with its first sighting, 1 otherwise.
     Consume {
         /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT].
         #[arg(long)]
@@ -44,9 +47,16 @@ enum Command {
         /// Print the report as JSON instead of the human summary.
         #[arg(long)]
         json: bool,
-        /// Write every verified record as JSON lines (partition, offset, key, headers, value).
+        /// Write the verified records deduplicated on (gateway, device, seq) as JSON lines: the
+        /// first record bringing each seq; a partly overlapping one whole, with the seq ranges
+        /// written before in `already_written`; the exact signed bytes in `value_base64`.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Write the report (the `--json` document: per-stream records, observations, first and
+        /// last seq, gaps, duplicates, conflicts, bad signatures; every duplicate sighting) to
+        /// this file.
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
 }
 
@@ -78,6 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             max_wait_secs,
             json,
             out,
+            report: report_path,
         } => {
             let key = load_public_key(&public_key)?;
             let opts = ConsumeOptions {
@@ -89,14 +100,28 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             };
             let (report, records) = consume::consume(&opts)?;
             if let Some(path) = out {
-                let written = consume::write_verified_json_lines(&path, &records)?;
-                eprintln!("wrote {written} verified records to {}", path.display());
+                let w = consume::write_deduplicated_json_lines(&path, &records)?;
+                eprintln!(
+                    "wrote {} verified records to {} ({} partly overlapping written whole, {} \
+                     re-deliveries and {} unverified records left out)",
+                    w.written,
+                    path.display(),
+                    w.partial_overlaps,
+                    w.skipped_duplicates,
+                    w.skipped_unverified
+                );
+            }
+            if let Some(path) = report_path {
+                consume::write_report_json(&path, &report)?;
+                eprintln!("wrote the report to {}", path.display());
             }
             if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&report).context("serialize report")?
                 );
+                // Conflicts are also in the JSON; say them where a person looks too.
+                eprint!("{}", consume::render_conflicts(&report));
             } else {
                 print!("{}", consume::render_summary(&topic, &report));
             }
