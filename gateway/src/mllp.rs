@@ -124,12 +124,20 @@ impl Ingest {
 }
 
 /// Accepts connections until `shutdown` turns true.
+///
+/// Connections are spread round-robin over a pool of worker arbiters (one per CPU, at most 8),
+/// so decoding one sender's messages never queues behind another's on a single thread, and
+/// never on the system arbiter that runs the device actors. On shutdown the listener waits (up
+/// to 10 s) for open connections to finish their current message before stopping the pool.
 pub async fn serve(
     listener: TcpListener,
     ingest: Arc<Ingest>,
     max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let pool: Vec<actix::Arbiter> = (0..workers).map(|_| actix::Arbiter::new()).collect();
+    let mut next_worker = 0usize;
     let slots = Arc::new(Semaphore::new(max_connections));
     loop {
         tokio::select! {
@@ -147,15 +155,42 @@ pub async fn serve(
                     tracing::warn!(%peer, max_connections, "mllp connection refused: too many open connections");
                     continue;
                 };
+                // A tokio socket belongs to the reactor that accepted it: hand the worker the OS
+                // socket and let it register the stream with its own reactor.
+                let stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "mllp connection could not be handed to a worker");
+                        continue;
+                    }
+                };
                 ingest.stats.connections.fetch_add(1, Ordering::Relaxed);
                 let ingest = ingest.clone();
                 let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    connection(stream, peer, ingest, shutdown).await;
+                let worker = &pool[next_worker % pool.len()];
+                next_worker = next_worker.wrapping_add(1);
+                let spawned = worker.spawn(async move {
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => connection(stream, peer, ingest, shutdown).await,
+                        Err(e) => tracing::warn!(%peer, error = %e, "mllp connection could not be registered"),
+                    }
                     drop(permit);
                 });
+                if !spawned {
+                    tracing::error!(%peer, "mllp worker stopped: connection closed");
+                }
             }
         }
+    }
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(std::time::Duration::from_secs(10), slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("mllp connections still open after 10 s; closing them");
+    }
+    for worker in pool {
+        worker.stop();
     }
     tracing::info!("mllp listener stopped");
 }

@@ -65,7 +65,11 @@ impl AlarmActor {
         stats: Arc<AlarmPathStats>,
         listeners: Vec<AlarmListener>,
     ) -> Addr<AlarmActor> {
-        AlarmActor::create(|ctx| {
+        // Its own thread: the alarm path never queues behind MLLP parsing, device actors or the
+        // HTTP layer on the system arbiter (measured by `benches/alarm_latency.rs`). The arbiter
+        // stops with the system.
+        let arbiter = Arbiter::new();
+        AlarmActor::start_in_arbiter(&arbiter.handle(), move |ctx| {
             ctx.set_mailbox_capacity(ALARM_MAILBOX);
             AlarmActor {
                 engine,
