@@ -6,7 +6,8 @@
 //! message of a bed alternates its heart rate between 150 (alarm start) and 80 (alarm end).
 //! Runs twice: with a Kafka bootstrap address where nothing listens (backbone down), and with
 //! `synchronous = "full"` (every commit waits for fsync: the slow-disk case) plus the backbone
-//! down. Prints p50 / p99 / max in milliseconds.
+//! down, and with `synchronous = "full"` while another writer on the same file system syncs 64 KiB
+//! writes back to back (the slow, contended disk). Prints p50 / p99 / max in milliseconds.
 //!
 //!     cargo bench -p icu-gateway --bench alarm_latency
 //!
@@ -62,8 +63,37 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-async fn run_case(name: &str, synchronous: &str, beds: usize, seconds: u64, rate: f64) {
+async fn run_case(
+    name: &str,
+    synchronous: &str,
+    slow_disk: bool,
+    beds: usize,
+    seconds: u64,
+    rate: f64,
+) {
     let dir = tempfile::tempdir().expect("temp dir");
+    // The slow disk: another writer on the same file system syncing 64 KiB writes back to back,
+    // so every commit of the store queues behind its flushes.
+    let stop_hog = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hog = slow_disk.then(|| {
+        let path = dir.path().join("disk-hog");
+        let stop = stop_hog.clone();
+        std::thread::spawn(move || {
+            use std::io::{Seek, Write};
+            let mut f = std::fs::File::create(path).expect("hog file");
+            let block = vec![0x5au8; 64 * 1024];
+            let mut syncs = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if syncs.is_multiple_of(256) {
+                    f.rewind().expect("rewind");
+                }
+                f.write_all(&block).expect("hog write");
+                f.sync_data().expect("hog sync");
+                syncs += 1;
+            }
+            syncs
+        })
+    });
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let kafka = dead.local_addr().unwrap();
     drop(dead);
@@ -111,6 +141,11 @@ async fn run_case(name: &str, synchronous: &str, beds: usize, seconds: u64, rate
         l.last().copied().unwrap_or(f64::NAN)
     );
     running.shutdown().await;
+    stop_hog.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(hog) = hog {
+        let syncs = hog.join().expect("hog thread");
+        println!("    (slow disk: the competing writer made {syncs} synced 64 KiB writes)");
+    }
 }
 
 /// Drives `beds` MLLP connections for `seconds` (at `rate` messages/s per bed, 0 = as fast as the
@@ -216,12 +251,21 @@ fn main() {
     let rate = env("ICU_BENCH_RATE").unwrap_or(10.0);
     let system = actix::System::new();
     system.block_on(async move {
-        for (name, synchronous) in [
-            ("backbone down, synchronous=normal", "normal"),
-            ("backbone down, synchronous=full (fsync per commit)", "full"),
+        for (name, synchronous, slow_disk) in [
+            ("backbone down, synchronous=normal", "normal", false),
+            (
+                "backbone down, synchronous=full (fsync per commit)",
+                "full",
+                false,
+            ),
+            (
+                "backbone down, synchronous=full, slow disk (competing synced writer)",
+                "full",
+                true,
+            ),
         ] {
-            run_case(name, synchronous, beds, seconds, rate).await;
-            run_case(name, synchronous, beds, seconds, 0.0).await;
+            run_case(name, synchronous, slow_disk, beds, seconds, rate).await;
+            run_case(name, synchronous, slow_disk, beds, seconds, 0.0).await;
         }
     });
 }
