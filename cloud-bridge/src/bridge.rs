@@ -11,7 +11,8 @@
 //!   [`crate::outbox`]) and delivers one stream at a time in that order: every alarm bundle of
 //!   the cycle is produced *and its delivery report awaited* before the first observation bundle
 //!   is produced, so after an outage the alarms reach Kafka before the backlog. An alarm
-//!   committed while a cycle is in flight waits for at most that cycle (`fetch_limit` records).
+//!   committed while a cycle is in flight waits for at most that cycle and the one prepared
+//!   during it (2 × `fetch_limit` records).
 //! - **The backlog is rate-limited.** Observations of devices whose oldest unsent record is
 //!   older than `live_window` are *backlog*; they draw from a token bucket of `backlog_rate`
 //!   observations/s (bursting up to one second's worth), so they never take the place of live
@@ -20,11 +21,20 @@
 //!   delivery report of its record (idempotent producer, `acks=all`). Per device, marking stops at
 //!   the first failed record, so the outbox never has a hole behind a sent record; later records
 //!   of that device are re-sent (same `(gateway, device, seq)` key, deduplicated downstream).
+//!   The delivered bundles of one stream's phase are marked in one call
+//!   ([`Outbox::mark_sent_many`]: one SQLite transaction, one commit); if it fails, nothing of
+//!   it is counted forwarded and the records are sent again.
 //! - **The right key, never a guessed patient.** A Kafka record holds one patient's records (or
 //!   only unassociated ones); its key is that patient id (also in header `icu-patient-id`), else
 //!   the device id. ADT records are keyed by their patient id, dead letters by their device id.
-//! - **One cycle at a time.** A single loop runs cycles; a [`Wake`] only shortens the idle wait
-//!   between healthy cycles (it never cuts a backoff short), so losing one is harmless.
+//! - **One delivery at a time.** A single loop runs cycles; a [`Wake`] only shortens the idle
+//!   wait between healthy cycles (it never cuts a backoff short), so losing one is harmless.
+//!   While a full cycle (a backlog draining) is delivered, the next one is *prepared* on the
+//!   blocking pool: fetched behind the records in flight ([`Outbox::fetch_unsent_after`]),
+//!   planned, mapped and signed. It is produced only after the current cycle was delivered and
+//!   marked in full, and discarded after any failure, so per device records still leave in seq
+//!   order and sent stays a prefix; the fetch, mapping and signing of one cycle overlap the
+//!   delivery of the other.
 //! - **Visible failure.** Unreachable brokers and a missing topic set [`BridgeState::Offline`] /
 //!   [`BridgeState::TopicMissing`], are logged once per state change naming the brokers and the
 //!   topic, and are retried with exponential backoff up to `max_backoff`.
@@ -56,10 +66,11 @@ use crate::deadletter::dead_letter_json;
 use crate::error::BridgeError;
 use crate::fhir::{adt_bundle, alarm_observation, observation_bundle};
 use crate::headers;
-use crate::outbox::{FetchRequest, Outbox, Stream};
+use crate::outbox::{FetchRequest, InFlightRuns, Outbox, SentRange, Stream};
 use crate::signing::GatewayKey;
 use crate::Terminology;
 use plan::{markable, plan_bundles, PlannedBundle, TokenBucket};
+use tokio::task::JoinHandle;
 
 /// Compression codecs librdkafka accepts for `compression.type`.
 const COMPRESSIONS: &[&str] = &["none", "gzip", "snappy", "lz4", "zstd"];
@@ -85,8 +96,9 @@ pub struct BridgeConfig {
     pub topic_adt: String,
     /// Topic for dead letters as plain JSON (default `icu.deadletter`). It must exist.
     pub topic_deadletter: String,
-    /// Most outbox records read per cycle (default 2000). It also bounds how long a new alarm
-    /// can wait behind a cycle already in flight.
+    /// Most outbox records read per cycle (default 5000: bigger cycles spread the fixed cost of
+    /// a fetch and of the last delivery reports over more records). It also bounds how long a
+    /// new alarm can wait behind the cycles already in flight (two).
     pub fetch_limit: usize,
     /// A device whose oldest unsent observation is younger than this is live and forwarded in
     /// full every cycle; older heads are backlog (default 10 s).
@@ -115,7 +127,7 @@ impl Default for BridgeConfig {
             topic_alarms: "icu.alarms".into(),
             topic_adt: "icu.adt".into(),
             topic_deadletter: "icu.deadletter".into(),
-            fetch_limit: 2000,
+            fetch_limit: 5000,
             live_window: Duration::from_secs(10),
             backlog_rate: 100_000,
             max_per_bundle: 100,
@@ -226,14 +238,20 @@ impl BridgeActor {
     ) -> Result<Self, BridgeError> {
         config.validate()?;
         let producer = create_producer(&config)?;
+        let mapper = Mapper {
+            gateway_id: config.gateway_id.clone(),
+            max_per_bundle: config.max_per_bundle,
+            key: Arc::new(key),
+            terminology,
+        };
         Ok(Self {
             wake: Arc::new(Notify::new()),
             worker: Some(Worker {
                 backlog: TokenBucket::new(config.backlog_rate, Instant::now()),
                 config,
                 outbox,
-                key: Arc::new(key),
-                terminology,
+                mapper,
+                prefetched: None,
                 stats,
                 producer,
                 topic_known: false,
@@ -303,8 +321,10 @@ enum Next {
 struct Worker {
     config: BridgeConfig,
     outbox: Arc<dyn Outbox>,
-    key: Arc<GatewayKey>,
-    terminology: Arc<Terminology>,
+    /// Maps and signs bundles (also on the blocking pool, for a prepared next cycle).
+    mapper: Mapper,
+    /// The next cycle, being prepared while the current one is delivered.
+    prefetched: Option<JoinHandle<Result<Prepared, BridgeError>>>,
     stats: Arc<BridgeStats>,
     producer: FutureProducer<QuietContext>,
     /// Positive metadata answer for the topic (cached; reset on an unknown-topic error).
@@ -322,7 +342,7 @@ impl Worker {
             topic_alarms = %self.config.topic_alarms,
             topic_adt = %self.config.topic_adt,
             topic_deadletter = %self.config.topic_deadletter,
-            key_id = %self.key.key_id(),
+            key_id = %self.mapper.key.key_id(),
             "cloud bridge starting"
         );
         self.stats.set_state(BridgeState::Connecting);
@@ -364,6 +384,8 @@ impl Worker {
     }
 
     fn enter_failure_state(&mut self, err: CycleError) {
+        // After a failure, the next cycle fetches afresh.
+        self.prefetched = None;
         let brokers = &self.config.brokers;
         match err {
             CycleError::TopicMissing(topic) => {
@@ -407,23 +429,37 @@ impl Worker {
     }
 
     /// One fetch → produce → mark round, one stream at a time in drain order.
+    ///
+    /// When the fetch was full (a backlog is draining), the next cycle is prepared (fetched
+    /// behind this cycle's records, planned, mapped and signed, on the blocking pool) while this
+    /// one is produced and its delivery reports are awaited; it is used only if this cycle was
+    /// delivered and marked in full, else discarded (fetched again after the backoff).
     async fn cycle(&mut self) -> Result<Next, CycleError> {
         self.ensure_topic().await?;
 
-        let request = self.fetch_request();
-        let outbox = self.outbox.clone();
-        let fetched = match tokio::task::spawn_blocking(move || outbox.fetch_unsent(&request)).await
-        {
-            Ok(Ok(fetched)) => fetched,
+        let prepared = match self.prefetched.take() {
+            Some(next) => next.await,
+            None => {
+                let request = self.fetch_request();
+                let (outbox, mapper) = (self.outbox.clone(), self.mapper.clone());
+                tokio::task::spawn_blocking(move || {
+                    prepare(&*outbox, &mapper, request, &InFlightRuns::new())
+                })
+                .await
+            }
+        };
+        let prepared = match prepared {
+            Ok(Ok(prepared)) => prepared,
             Ok(Err(e)) => return Err(self.outbox_failure(e.to_string())),
             Err(e) => return Err(self.outbox_failure(format!("outbox fetch task failed: {e}"))),
         };
-        self.backlog.take(fetched.backlog);
-        let count = fetched.records.len();
+        let request = prepared.request;
+        self.backlog.take(prepared.backlog);
+        let count = prepared.count;
         let next = if count >= request.limit {
             Next::Now
         } else if request.backlog_budget < request.limit
-            && fetched.backlog >= request.backlog_budget
+            && prepared.backlog >= request.backlog_budget
         {
             // Throttled: more backlog may be waiting. Come back when a batch's worth of tokens
             // is in the bucket (a wake, i.e. new live data, comes back sooner).
@@ -433,36 +469,65 @@ impl Worker {
         } else {
             Next::Idle
         };
-        let plan = plan_bundles(fetched.records, self.config.max_per_bundle);
-        self.note_skipped(&plan.skipped, count);
+        self.note_skipped(&prepared.skipped, count);
+        if next == Next::Now {
+            let request = self.fetch_request();
+            let (outbox, mapper) = (self.outbox.clone(), self.mapper.clone());
+            let in_flight = prepared.fetched_to.clone();
+            self.prefetched = Some(tokio::task::spawn_blocking(move || {
+                prepare(&*outbox, &mapper, request, &in_flight)
+            }));
+        }
         // Bundles are ordered by stream in drain order: alarms are delivered and marked before
         // the first ADT or observation bundle is produced.
-        for phase in plan.bundles.chunk_by(|a, b| a.stream == b.stream) {
-            self.deliver(phase).await?;
+        let (bundles, values) = (&prepared.bundles, &prepared.values);
+        let mut start = 0;
+        while start < bundles.len() {
+            let stream = bundles[start].stream;
+            let end = start
+                + bundles[start..]
+                    .iter()
+                    .take_while(|b| b.stream == stream)
+                    .count();
+            if let Err(e) = self
+                .deliver(&bundles[start..end], &values[start..end])
+                .await
+            {
+                // The prepared next cycle starts behind records that are not all sent.
+                self.prefetched = None;
+                return Err(e);
+            }
+            start = end;
         }
         Ok(next)
     }
 
     /// Produces one stream's bundles, awaits every delivery report and marks what may be marked.
-    async fn deliver(&mut self, bundles: &[PlannedBundle]) -> Result<(), CycleError> {
-        let delivered = self.produce(bundles).await;
+    async fn deliver(
+        &mut self,
+        bundles: &[PlannedBundle],
+        values: &[Value],
+    ) -> Result<(), CycleError> {
+        let delivered = self.produce(bundles, values).await;
         let failed = delivered.iter().filter(|r| r.is_err()).count();
         let ok: Vec<bool> = delivered.iter().map(Result::is_ok).collect();
 
+        // Every markable bundle of the phase in one outbox call (one SQLite transaction, one
+        // commit), not one commit per bundle.
+        let marked: Vec<&PlannedBundle> = markable(bundles, &ok)
+            .into_iter()
+            .map(|i| &bundles[i])
+            .collect();
         let mut first_error: Option<CycleError> = None;
-        let mut blocked_devices: BTreeSet<&str> = BTreeSet::new();
-        for i in markable(bundles, &ok) {
-            let bundle = &bundles[i];
-            if blocked_devices.contains(bundle.device_id.as_str()) {
-                continue;
+        if !marked.is_empty() {
+            match self.mark_sent(&marked).await {
+                Ok(()) => {
+                    let observations: usize = marked.iter().map(|b| b.observations.len()).sum();
+                    self.stats
+                        .add_forwarded(marked.len() as u64, observations as u64);
+                }
+                Err(reason) => first_error = Some(self.outbox_failure(reason)),
             }
-            if let Err(reason) = self.mark_sent(bundle).await {
-                blocked_devices.insert(bundle.device_id.as_str());
-                first_error.get_or_insert(self.outbox_failure(reason));
-                continue;
-            }
-            self.stats
-                .add_forwarded(1, bundle.observations.len() as u64);
         }
 
         let first_failure = delivered
@@ -578,11 +643,15 @@ impl Worker {
         Ok(())
     }
 
-    /// Maps, signs and produces every bundle, then awaits every delivery report.
-    async fn produce(&self, bundles: &[PlannedBundle]) -> Vec<Result<(), DeliveryError>> {
+    /// Produces every (mapped and signed) bundle, then awaits every delivery report.
+    async fn produce(
+        &self,
+        bundles: &[PlannedBundle],
+        values: &[Value],
+    ) -> Vec<Result<(), DeliveryError>> {
         let mut pending = Vec::with_capacity(bundles.len());
-        for bundle in bundles {
-            pending.push(self.enqueue(bundle));
+        for (bundle, value) in bundles.iter().zip(values) {
+            pending.push(self.enqueue(bundle, value));
         }
         let in_flight = pending.iter().filter(|p| p.is_ok()).count() as u64;
         // Decrements on completion and also if the actor stops while waiting.
@@ -607,47 +676,18 @@ impl Worker {
     fn enqueue(
         &self,
         bundle: &PlannedBundle,
+        value: &Value,
     ) -> Result<rdkafka::producer::DeliveryFuture, DeliveryError> {
-        let value = match (bundle.stream, &bundle.alarm, &bundle.adt, &bundle.dead_letter) {
-            (Stream::Alarms, Some(alarm), _, _) => {
-                alarm_observation(&self.config.gateway_id, &bundle.device_id, alarm)
-            }
-            (Stream::DeadLetters, _, _, Some(dl)) => dead_letter_json(
-                &self.config.gateway_id,
-                &bundle.device_id,
-                bundle.first_seq,
-                dl,
-            ),
-            (Stream::Adt, _, Some(adt), _) => adt_bundle(
-                &self.config.gateway_id,
-                &bundle.device_id,
-                bundle.first_seq,
-                adt,
-            ),
-            _ => observation_bundle(
-                &self.config.gateway_id,
-                &bundle.device_id,
-                &bundle.observations,
-                &self.terminology,
-            ),
-        }
-        .map_err(|e| {
-            error!(device_id = %bundle.device_id, seq_first = bundle.first_seq, error = %e, "cannot map record to its kafka value");
-            DeliveryError {
-                reason: e.to_string(),
-                unknown_topic: false,
-            }
-        })?;
-        let signature = base64::engine::general_purpose::STANDARD.encode(self.key.sign(&value));
+        let (value, signature) = value.as_ref().map_err(Clone::clone)?;
         let first = bundle.first_seq.to_string();
         let last = bundle.last_seq.to_string();
         let record_headers = OwnedHeaders::new_with_capacity(10)
-            .insert(header(headers::SIGNATURE, &signature))
+            .insert(header(headers::SIGNATURE, signature))
             .insert(header(
                 headers::SIGNATURE_ALG,
                 headers::SIGNATURE_ALG_ED25519,
             ))
-            .insert(header(headers::KEY_ID, self.key.key_id()))
+            .insert(header(headers::KEY_ID, self.mapper.key.key_id()))
             .insert(header(headers::GATEWAY_ID, &self.config.gateway_id))
             .insert(header(headers::DEVICE_ID, &bundle.device_id))
             .insert(header(headers::SEQ_FIRST, &first))
@@ -669,15 +709,21 @@ impl Worker {
             .map_err(|(e, _record)| DeliveryError::from_kafka(&e))
     }
 
-    async fn mark_sent(&self, bundle: &PlannedBundle) -> Result<(), String> {
+    /// Marks the delivered bundles of one phase sent, in one outbox call.
+    async fn mark_sent(&self, bundles: &[&PlannedBundle]) -> Result<(), String> {
         let outbox = self.outbox.clone();
-        let device_id = bundle.device_id.clone();
-        let (first, last, stream) = (bundle.first_seq, bundle.last_seq, bundle.stream);
-        match tokio::task::spawn_blocking(move || outbox.mark_sent(stream, &device_id, first, last))
-            .await
-        {
+        let ranges: Vec<SentRange> = bundles
+            .iter()
+            .map(|b| SentRange {
+                stream: b.stream,
+                device_id: b.device_id.clone(),
+                first_seq: b.first_seq,
+                last_seq: b.last_seq,
+            })
+            .collect();
+        match tokio::task::spawn_blocking(move || outbox.mark_sent_many(&ranges)).await {
             Ok(Ok(())) => {
-                debug!(device_id = %bundle.device_id, seq_first = first, seq_last = last, "bundle delivered and marked sent");
+                debug!(bundles = bundles.len(), "bundles delivered and marked sent");
                 Ok(())
             }
             Ok(Err(e)) => Err(e.to_string()),
@@ -706,6 +752,96 @@ impl Worker {
             Err(e) => error!(error = %e, "cannot recreate the kafka producer"),
         }
     }
+}
+
+/// A bundle's Kafka value and its signature (base64), or why it cannot be mapped.
+type Value = Result<(Vec<u8>, String), DeliveryError>;
+
+/// What maps and signs bundles; cloned onto the blocking pool.
+#[derive(Clone)]
+struct Mapper {
+    gateway_id: String,
+    max_per_bundle: usize,
+    key: Arc<GatewayKey>,
+    terminology: Arc<Terminology>,
+}
+
+impl Mapper {
+    fn value(&self, bundle: &PlannedBundle) -> Value {
+        let gateway_id = &self.gateway_id;
+        let value = match (bundle.stream, &bundle.alarm, &bundle.adt, &bundle.dead_letter) {
+            (Stream::Alarms, Some(alarm), _, _) => {
+                alarm_observation(gateway_id, &bundle.device_id, alarm)
+            }
+            (Stream::DeadLetters, _, _, Some(dl)) => {
+                dead_letter_json(gateway_id, &bundle.device_id, bundle.first_seq, dl)
+            }
+            (Stream::Adt, _, Some(adt), _) => {
+                adt_bundle(gateway_id, &bundle.device_id, bundle.first_seq, adt)
+            }
+            _ => observation_bundle(
+                gateway_id,
+                &bundle.device_id,
+                &bundle.observations,
+                &self.terminology,
+            ),
+        }
+        .map_err(|e| {
+            error!(device_id = %bundle.device_id, seq_first = bundle.first_seq, error = %e, "cannot map record to its kafka value");
+            DeliveryError {
+                reason: e.to_string(),
+                unknown_topic: false,
+            }
+        })?;
+        let signature = base64::engine::general_purpose::STANDARD.encode(self.key.sign(&value));
+        Ok((value, signature))
+    }
+}
+
+/// One cycle fetched, planned, mapped and signed, ready to produce.
+struct Prepared {
+    request: FetchRequest,
+    /// Records fetched.
+    count: usize,
+    /// Backlog observations among them (debited from the token bucket).
+    backlog: usize,
+    /// Ordered by stream (drain order), device, seq.
+    bundles: Vec<PlannedBundle>,
+    /// The Kafka value of each bundle.
+    values: Vec<Value>,
+    skipped: Vec<plan::SkippedRecord>,
+    /// Per `(stream, device)` the highest seq fetched: what the next cycle, prepared while this
+    /// one is delivered, starts behind.
+    fetched_to: InFlightRuns,
+}
+
+/// Fetches (behind `in_flight`), plans, maps and signs one cycle. Blocking.
+fn prepare(
+    outbox: &dyn Outbox,
+    mapper: &Mapper,
+    request: FetchRequest,
+    in_flight: &InFlightRuns,
+) -> Result<Prepared, BridgeError> {
+    let fetched = outbox.fetch_unsent_after(&request, in_flight)?;
+    let count = fetched.records.len();
+    let mut fetched_to = InFlightRuns::new();
+    for r in &fetched.records {
+        let to = fetched_to
+            .entry((r.stream, r.device_id.clone()))
+            .or_insert(r.seq);
+        *to = (*to).max(r.seq);
+    }
+    let plan = plan_bundles(fetched.records, mapper.max_per_bundle);
+    let values = plan.bundles.iter().map(|b| mapper.value(b)).collect();
+    Ok(Prepared {
+        request,
+        count,
+        backlog: fetched.backlog,
+        bundles: plan.bundles,
+        values,
+        skipped: plan.skipped,
+        fetched_to,
+    })
 }
 
 /// Counts records awaiting their delivery report for as long as it lives.

@@ -31,6 +31,20 @@
 //!   producer) and the bridge called [`Outbox::mark_sent`] for its range. Final: a sent record is
 //!   never fetched again. (It may later be pruned to free disk; see the store's budget policy.)
 //!
+//! **Durability of the sent mark.** A *stored* record must survive power loss (the writer's
+//! `synchronous = FULL` commit, before the sender's ack); a *sent* mark need not. The SQLite
+//! outbox marks records sent on its own connection with `synchronous = NORMAL` (WAL): a mark
+//! committed there survives a crash of the process at once, and power loss once the log is next
+//! synced (the writer's next `FULL` commit or a checkpoint). A mark lost to power loss returns
+//! its records to *stored*, exactly like a process crash between Kafka's delivery report and
+//! `mark_sent`: they are fetched and produced again under the same `(gateway, device, seq)` keys
+//! with byte-identical observations (invariant 4), and the consumer deduplicates them. What is
+//! lost is always a *suffix* of the marks: the log is replayed in order and stops at the first
+//! frame that did not reach the disk, so *sent is a prefix* holds after recovery, and no record
+//! can be pruned (a later, `FULL` commit of the writer) while the mark that allowed it is lost.
+//! This saves one fsync per mark (20 marks: 106 ms with `FULL`, 4 ms with `NORMAL` on the
+//! benchmark machine) and never weakens the promise.
+//!
 //! Transitions: *stored → in flight* (fetch); *in flight → sent* (delivery report OK, then
 //! `mark_sent`); *in flight → stored* (delivery error, `message.timeout.ms` expired, "possibly
 //! persisted", a mapping error, an earlier record of the same device failed, the outbox call
@@ -52,7 +66,8 @@
 //!    fetched and produced again, with the same `(gateway, device, seq)` key and byte-identical
 //!    value (the mapping is deterministic), so a consumer deduplicates it.
 //! 5. **`mark_sent` is idempotent**: marking a range again, or a range containing sent records,
-//!    changes nothing else.
+//!    changes nothing else. [`Outbox::mark_sent_many`] marks several ranges at once (the SQLite
+//!    outbox in one transaction: all or nothing).
 //!
 //! # Drain policy (one fetch)
 //!
@@ -240,7 +255,27 @@ pub fn fetch_in_drain_order<S: FetchSource>(
     source: &mut S,
     request: &FetchRequest,
 ) -> Result<Fetched<S::Row>, S::Error> {
+    fetch_in_drain_order_after(source, request, &InFlightRuns::new())
+}
+
+/// Per `(stream, device)`, the highest seq already in flight (fetched by a cycle whose delivery
+/// reports are still awaited, see [`Outbox::fetch_unsent_after`]).
+pub type InFlightRuns = BTreeMap<(Stream, String), u64>;
+
+/// [`fetch_in_drain_order`] as if every record of `in_flight` were already sent: a device in
+/// it is read from the seq after its in-flight run instead of from its head. Its class (live or
+/// backlog) is still decided by its head, the oldest unsent record.
+pub fn fetch_in_drain_order_after<S: FetchSource>(
+    source: &mut S,
+    request: &FetchRequest,
+    in_flight: &InFlightRuns,
+) -> Result<Fetched<S::Row>, S::Error> {
     let mut heads = source.heads()?;
+    for head in &mut heads {
+        if let Some(last) = in_flight.get(&(head.stream, head.device_id.clone())) {
+            head.seq = head.seq.max(last.saturating_add(1));
+        }
+    }
     heads.sort_by(|a, b| (a.stream, &a.device_id).cmp(&(b.stream, &b.device_id)));
     let mut out = Fetched::default();
     let mut remaining = request.limit;
@@ -300,6 +335,28 @@ pub trait Outbox: Send + Sync + 'static {
     /// Unsent records in drain order (see the module docs), at most `request.limit`, ordered by
     /// `(stream, device_id, seq)`; each device's run starts at its lowest unsent seq.
     fn fetch_unsent(&self, request: &FetchRequest) -> Result<Fetched, BridgeError>;
+    /// As [`Outbox::fetch_unsent`] while the records of `in_flight` (per device, up to the
+    /// given seq) are still awaiting their delivery reports: each such device's run starts
+    /// after its in-flight records, so the bridge can prepare its next cycle while the current
+    /// one is being delivered. The caller uses the result only once everything in flight was
+    /// delivered and marked sent (else it discards it), so sent stays a prefix.
+    ///
+    /// The default fetches as usual and drops the in-flight records (it may return fewer than
+    /// it could, and `backlog` may count some of the dropped ones).
+    fn fetch_unsent_after(
+        &self,
+        request: &FetchRequest,
+        in_flight: &InFlightRuns,
+    ) -> Result<Fetched, BridgeError> {
+        let mut fetched = self.fetch_unsent(request)?;
+        fetched.records.retain(|r| {
+            in_flight
+                .get(&(r.stream, r.device_id.clone()))
+                .is_none_or(|last| r.seq > *last)
+        });
+        Ok(fetched)
+    }
+
     /// Marks [first_seq, last_seq] of one device's stream as sent (called only after Kafka's
     /// delivery report). Idempotent.
     fn mark_sent(
@@ -309,6 +366,31 @@ pub trait Outbox: Send + Sync + 'static {
         first_seq: u64,
         last_seq: u64,
     ) -> Result<(), BridgeError>;
+
+    /// Marks every range of `ranges` sent (one bridge phase's delivered bundles). The caller
+    /// passes, per `(stream, device)`, only a prefix of that device's in-flight bundles in seq
+    /// order ([`crate::bridge::plan::markable`]), so whatever part of the call takes effect
+    /// keeps *sent is a prefix*.
+    ///
+    /// The default marks range by range and stops at the first error (a per-device prefix may
+    /// then be marked); the SQLite outbox marks all ranges in one transaction (all or nothing,
+    /// one commit instead of one per bundle). Idempotent.
+    fn mark_sent_many(&self, ranges: &[SentRange]) -> Result<(), BridgeError> {
+        for r in ranges {
+            self.mark_sent(r.stream, &r.device_id, r.first_seq, r.last_seq)?;
+        }
+        Ok(())
+    }
+}
+
+/// One delivered range of one device's stream, `[first_seq, last_seq]`, for
+/// [`Outbox::mark_sent_many`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentRange {
+    pub stream: Stream,
+    pub device_id: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
 }
 
 /// The records of a [`MemoryOutbox`] by `(stream, device, seq)`, with their sent flag.
@@ -452,6 +534,23 @@ impl Outbox for MemoryOutbox {
         Ok(fetched)
     }
 
+    fn fetch_unsent_after(
+        &self,
+        request: &FetchRequest,
+        in_flight: &InFlightRuns,
+    ) -> Result<Fetched, BridgeError> {
+        if self.fail_fetch.load(Ordering::SeqCst) {
+            return Err(BridgeError::Outbox {
+                operation: "fetch_unsent",
+                reason: "injected failure".into(),
+            });
+        }
+        let records = self.lock();
+        let Ok(fetched) =
+            fetch_in_drain_order_after(&mut MemorySource(&records), request, in_flight);
+        Ok(fetched)
+    }
+
     fn mark_sent(
         &self,
         stream: Stream,
@@ -470,6 +569,25 @@ impl Outbox for MemoryOutbox {
             (stream, device_id.to_owned(), first_seq)..=(stream, device_id.to_owned(), last_seq);
         for (_, (_, sent)) in records.range_mut(range) {
             *sent = true;
+        }
+        Ok(())
+    }
+
+    /// All ranges under one lock: all or nothing, like the SQLite outbox's one transaction.
+    fn mark_sent_many(&self, ranges: &[SentRange]) -> Result<(), BridgeError> {
+        if self.fail_mark.load(Ordering::SeqCst) {
+            return Err(BridgeError::Outbox {
+                operation: "mark_sent_many",
+                reason: "injected failure".into(),
+            });
+        }
+        let mut records = self.lock();
+        for r in ranges.iter().filter(|r| r.first_seq <= r.last_seq) {
+            let range = (r.stream, r.device_id.clone(), r.first_seq)
+                ..=(r.stream, r.device_id.clone(), r.last_seq);
+            for (_, (_, sent)) in records.range_mut(range) {
+                *sent = true;
+            }
         }
         Ok(())
     }
@@ -685,6 +803,38 @@ mod tests {
             .unwrap();
         assert!(keys(&f).contains(&(Stream::Observations, "old", 50)));
         assert_eq!(f.backlog, 0);
+    }
+
+    #[test]
+    fn a_fetch_after_in_flight_records_starts_behind_them() {
+        let outbox = MemoryOutbox::new();
+        (1..=10)
+            .map(|seq| obs_at("a", seq, 5))
+            .chain((1..=3).map(|seq| obs_at("b", seq, 5)))
+            .for_each(|r| outbox.push(r));
+        let in_flight: InFlightRuns = [
+            ((Stream::Observations, "a".to_owned()), 4),
+            ((Stream::Observations, "b".to_owned()), 3),
+        ]
+        .into();
+        let f = outbox
+            .fetch_unsent_after(&FetchRequest::all(4), &in_flight)
+            .unwrap();
+        let seqs: Vec<(&str, u64)> = f
+            .records
+            .iter()
+            .map(|r| (r.device_id.as_str(), r.seq))
+            .collect();
+        assert_eq!(
+            seqs,
+            [("a", 5), ("a", 6), ("a", 7), ("a", 8)],
+            "b is all in flight; a continues behind its in-flight run, up to the limit"
+        );
+        assert_eq!(outbox.unsent_len(), 13, "nothing marked");
+        let f = outbox
+            .fetch_unsent_after(&FetchRequest::all(4), &InFlightRuns::new())
+            .unwrap();
+        assert_eq!(f.records[0].seq, 1);
     }
 
     #[test]

@@ -224,8 +224,9 @@ pub struct RawKafka {
     /// Producer compression: none, gzip, snappy, lz4 or zstd.
     #[serde(default = "default_compression")]
     pub compression: String,
-    /// Most outbox records the bridge reads and forwards per cycle (default 2000, 1..=100000).
-    /// A new alarm waits behind at most one such cycle.
+    /// Most outbox records the bridge reads and forwards per cycle (default 5000, 1..=100000).
+    /// A new alarm waits behind at most two such cycles (the one being delivered and the one
+    /// prepared meanwhile).
     #[serde(default = "default_fetch_limit")]
     pub fetch_limit: usize,
     /// A device whose oldest unforwarded reading is younger than this is "live" and forwarded in
@@ -398,7 +399,7 @@ fn default_compression() -> String {
     "lz4".into()
 }
 fn default_fetch_limit() -> usize {
-    2000
+    5000
 }
 fn default_live_window_ms() -> u64 {
     10_000
@@ -1191,7 +1192,7 @@ protocol = "masimo"
             Config::from_toml(&text, Path::new("g.toml")).map(|c| c.kafka.unwrap())
         };
         let k = parse("").unwrap();
-        assert_eq!(k.fetch_limit, 2000);
+        assert_eq!(k.fetch_limit, 5000);
         assert_eq!(k.live_window, std::time::Duration::from_secs(10));
         assert_eq!(k.backlog_rate, 100_000);
         for (line, field) in [

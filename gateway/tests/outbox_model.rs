@@ -1,10 +1,13 @@
 //! Model-based property test of the outbox (issue 5, point 7): random sequences of ingest
 //! (group commits of observation batches, alarms, ADT events and dead letters for a few
-//! devices), fetch (with random limits, live windows and backlog budgets), delivery reports
-//! (success or failure per bundle, marked like the bridge marks them), failed cycles, repeated
-//! `mark_sent`, a bridge restart and a crash (both connections dropped with records in flight,
+//! devices), fetch (with random limits, live windows and backlog budgets; or the next cycle
+//! prepared behind the bundles in flight, used only if they are all delivered), delivery
+//! reports (success or failure per bundle, marked like the bridge marks them: one
+//! `mark_sent_many` transaction, or bundle by bundle), failed cycles, repeated `mark_sent` /
+//! `mark_sent_many`, a bridge restart and a crash (both connections dropped with records in flight,
 //! the same file reopened), run against real SQLite files and checked after every step against a
-//! plain in-memory model: `(stream, device, seq) → (received time, sent)`.
+//! plain in-memory model: `(stream, device, seq) → (received time, sent)`, including the cheap
+//! counts (`ReaderDb::counts`, from heads and `next_seq`) against the model and `COUNT(*)`.
 //!
 //! `PROPTEST_CASES` overrides the number of cases (default 64, each of 50 to 100 operations);
 //! `PROPTEST_RNG_SEED` fixes the seed.
@@ -12,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use icu_cloud_bridge::outbox::{FetchRequest, Fetched, Stream};
+use icu_cloud_bridge::outbox::{FetchRequest, Fetched, InFlightRuns, SentRange, Stream};
 use icu_gateway::store::db::UnsentRow;
 use icu_gateway::store::{
     AlarmWrite, DeadLetter, ObservationBatch, ReaderDb, StoreDb, WriteOutcome, WriteRequest,
@@ -36,19 +39,26 @@ enum Write {
 enum Op {
     /// One group commit of these requests.
     Ingest(Vec<Write>),
-    /// A bridge cycle's fetch; its runs become in-flight bundles of `bundle` records.
+    /// A bridge cycle's fetch; its runs become in-flight bundles of `bundle` records. With
+    /// `after` (and bundles in flight) it is the next cycle prepared while those are delivered
+    /// (`fetch_after` behind them): it becomes the in-flight set only if every bundle in flight
+    /// is then delivered, else it is discarded, as the bridge does.
     Fetch {
         limit: usize,
         window: u64,
         budget: usize,
         bundle: usize,
+        after: bool,
     },
-    /// Delivery reports for the in-flight bundles, in order (missing = failed).
-    Report(Vec<bool>),
+    /// Delivery reports for the in-flight bundles, in order (missing = failed); the markable
+    /// ones marked in one `mark_sent_many` call (true, as the bridge does) or one `mark_sent`
+    /// per bundle (false).
+    Report(Vec<bool>, bool),
     /// The cycle failed (broker down, timeout): nothing is marked.
     Fail,
-    /// `mark_sent` again for a range delivered earlier.
-    Remark(usize),
+    /// `mark_sent` again for a range delivered earlier, or (`mark_sent_many`) for it and the
+    /// next few delivered ranges.
+    Remark(usize, usize),
     /// The bridge restarts: its connection is reopened, in-flight records are forgotten.
     RestartBridge,
     /// The gateway dies: both connections dropped with records in flight, file reopened.
@@ -67,10 +77,10 @@ fn write_strategy() -> impl Strategy<Value = Write> {
 fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => prop::collection::vec(write_strategy(), 1..4).prop_map(Op::Ingest),
-        4 => (0usize..25, 0u64..12, 0usize..12, 1usize..5).prop_map(|(limit, window, budget, bundle)| Op::Fetch { limit, window, budget, bundle }),
-        4 => prop::collection::vec(prop::bool::weighted(0.8), 0..12).prop_map(Op::Report),
+        4 => (0usize..25, 0u64..12, 0usize..12, 1usize..5, prop::bool::weighted(0.3)).prop_map(|(limit, window, budget, bundle, after)| Op::Fetch { limit, window, budget, bundle, after }),
+        4 => (prop::collection::vec(prop::bool::weighted(0.8), 0..12), prop::bool::weighted(0.75)).prop_map(|(o, many)| Op::Report(o, many)),
         1 => Just(Op::Fail),
-        1 => (0usize..100).prop_map(Op::Remark),
+        1 => (0usize..100, 0usize..4).prop_map(|(i, n)| Op::Remark(i, n)),
         1 => Just(Op::RestartBridge),
         1 => Just(Op::Crash),
     ]
@@ -112,13 +122,6 @@ impl Model {
         }
         heads
     }
-
-    fn unsent_of(&self, stream: Stream, device: &str) -> usize {
-        self.records
-            .iter()
-            .filter(|((s, d, _), (_, sent))| *s == stream && d == device && !sent)
-            .count()
-    }
 }
 
 /// One bundle awaiting its delivery report (the bridge's memory only).
@@ -137,6 +140,8 @@ struct Harness {
     check: rusqlite::Connection,
     model: Model,
     in_flight: Vec<Bundle>,
+    /// The next cycle, fetched behind `in_flight` while it is delivered.
+    prepared: Option<Vec<Bundle>>,
     delivered: Vec<Bundle>,
     clock: i64,
 }
@@ -162,6 +167,7 @@ impl Harness {
             check,
             model: Model::default(),
             in_flight: Vec::new(),
+            prepared: None,
             delivered: Vec::new(),
             clock: 0,
         }
@@ -177,39 +183,63 @@ impl Harness {
                 window,
                 budget,
                 bundle,
+                after,
             } => {
                 let request = FetchRequest {
                     limit: *limit,
                     live_since_us: now_us - (*window as i64) * 1000,
                     backlog_budget: *budget,
                 };
+                let prepare = *after && !self.in_flight.is_empty();
+                let mut behind = InFlightRuns::new();
+                if prepare {
+                    for b in &self.in_flight {
+                        let to = behind.entry((b.stream, b.device.clone())).or_insert(b.last);
+                        *to = (*to).max(b.last);
+                    }
+                }
                 let fetched = self
                     .reader
-                    .fetch(&request)
+                    .fetch_after(&request, &behind)
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                self.check_fetch(&request, &fetched)?;
-                // A new cycle: whatever the last one left unresolved failed.
-                self.in_flight = bundles(&fetched.records, *bundle);
+                self.check_fetch(&request, &behind, &fetched)?;
+                if prepare {
+                    self.prepared = Some(bundles(&fetched.records, *bundle));
+                } else {
+                    // A new cycle: whatever the last one left unresolved failed.
+                    self.in_flight = bundles(&fetched.records, *bundle);
+                    self.prepared = None;
+                }
             }
-            Op::Report(outcomes) => self.report(outcomes)?,
-            Op::Fail => self.in_flight.clear(),
-            Op::Remark(i) => {
+            Op::Report(outcomes, many) => self.report(outcomes, *many)?,
+            Op::Fail => {
+                self.in_flight.clear();
+                self.prepared = None;
+            }
+            Op::Remark(i, n) => {
                 if !self.delivered.is_empty() {
-                    let b = self.delivered[i % self.delivered.len()].clone();
-                    let changed = self
-                        .reader
-                        .mark_sent(b.stream, &b.device, b.first, b.last)
-                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                    prop_assert_eq!(changed, 0, "mark_sent again changes nothing: {:?}", b);
+                    let start = i % self.delivered.len();
+                    let b = self.delivered[start].clone();
+                    let changed = if *n == 0 {
+                        self.reader.mark_sent(b.stream, &b.device, b.first, b.last)
+                    } else {
+                        let end = (start + n).min(self.delivered.len());
+                        self.reader
+                            .mark_sent_many(&sent_ranges(&self.delivered[start..end]))
+                    }
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    prop_assert_eq!(changed, 0, "marking again changes nothing: {:?}", b);
                 }
             }
             Op::RestartBridge => {
                 self.in_flight.clear();
+                self.prepared = None;
                 self.reader = ReaderDb::open(&self.path, false).expect("reopen reader");
             }
             Op::Crash => {
                 // In-flight records were never marked; the model keeps them unsent.
                 self.in_flight.clear();
+                self.prepared = None;
                 let (store, reader, check) = open_store(&self.path);
                 // Drop the old connections first (assignment drops the old value after the new
                 // one is opened; both orders are valid for SQLite, this one mirrors a restart).
@@ -301,9 +331,11 @@ impl Harness {
     }
 
     /// Delivery reports, marked like the bridge marks them: per (stream, device), in order, up
-    /// to the first failed bundle.
-    fn report(&mut self, outcomes: &[bool]) -> Result<(), TestCaseError> {
+    /// to the first failed bundle; all in one `mark_sent_many` call or bundle by bundle.
+    fn report(&mut self, outcomes: &[bool], many: bool) -> Result<(), TestCaseError> {
         let mut blocked: Vec<(Stream, String)> = Vec::new();
+        let mut markable = Vec::new();
+        let prepared = self.prepared.take();
         for (i, b) in std::mem::take(&mut self.in_flight).into_iter().enumerate() {
             let id = (b.stream, b.device.clone());
             if blocked.contains(&id) {
@@ -313,16 +345,34 @@ impl Harness {
                 blocked.push(id);
                 continue;
             }
+            markable.push(b);
+        }
+        if many {
             let changed = self
                 .reader
-                .mark_sent(b.stream, &b.device, b.first, b.last)
+                .mark_sent_many(&sent_ranges(&markable))
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let expected: u64 = markable.iter().map(|b| b.last - b.first + 1).sum();
             prop_assert_eq!(
                 changed as u64,
-                b.last - b.first + 1,
-                "every record of a delivered bundle was unsent: {:?}",
-                b
+                expected,
+                "every record of the delivered bundles was unsent: {:?}",
+                &markable
             );
+        }
+        for b in markable {
+            if !many {
+                let changed = self
+                    .reader
+                    .mark_sent(b.stream, &b.device, b.first, b.last)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(
+                    changed as u64,
+                    b.last - b.first + 1,
+                    "every record of a delivered bundle was unsent: {:?}",
+                    b
+                );
+            }
             for seq in b.first..=b.last {
                 let rec = self
                     .model
@@ -333,15 +383,25 @@ impl Harness {
             }
             self.delivered.push(b);
         }
+        // The prepared next cycle goes out only if everything in flight was delivered.
+        if blocked.is_empty() {
+            if let Some(next) = prepared {
+                self.in_flight = next;
+            }
+        }
         Ok(())
     }
 
     /// A fetch returns only unsent records, each device's run from its lowest unsent seq without
     /// a hole, in drain order (alarms, ADT, live, backlog up to the budget, dead letters), and
     /// shares each class fairly.
+    ///
+    /// A fetch behind in-flight runs (`behind`) reads each such device from the seq after
+    /// them; its class is still decided by its head.
     fn check_fetch(
         &self,
         request: &FetchRequest,
+        behind: &InFlightRuns,
         fetched: &Fetched<UnsentRow>,
     ) -> Result<(), TestCaseError> {
         let rows = &fetched.records;
@@ -356,6 +416,20 @@ impl Harness {
             keys
         );
         let heads = self.model.heads();
+        // Where each device's run starts: its head, or after its in-flight run.
+        let start = |id: &(Stream, String)| -> u64 {
+            let head = heads[id].0;
+            behind.get(id).map_or(head, |last| head.max(last + 1))
+        };
+        // Unsent records a fetch may return of a device: from its start on.
+        let unsent_from = |id: &(Stream, String)| -> usize {
+            let from = start(id);
+            self.model
+                .records
+                .range((id.0, id.1.clone(), from)..=(id.0, id.1.clone(), u64::MAX))
+                .filter(|(_, (_, sent))| !sent)
+                .count()
+        };
         let mut runs: BTreeMap<(Stream, String), Vec<u64>> = BTreeMap::new();
         for r in rows {
             let state = self
@@ -382,9 +456,14 @@ impl Harness {
                 .push(r.seq);
         }
         for (id, seqs) in &runs {
-            let head = heads[id].0;
+            let head = start(id);
             let expected: Vec<u64> = (head..head + seqs.len() as u64).collect();
-            prop_assert_eq!(seqs, &expected, "{:?} starts at its head, no hole", id);
+            prop_assert_eq!(
+                seqs,
+                &expected,
+                "{:?} starts at its head (or behind its in-flight run), no hole",
+                id
+            );
         }
 
         // Class sizes: each class takes what it has, up to what is left of the limit.
@@ -400,7 +479,7 @@ impl Harness {
         };
         let mut available = [0usize; 5];
         for (stream, device) in heads.keys() {
-            available[class_of(*stream, device)] += self.model.unsent_of(*stream, device);
+            available[class_of(*stream, device)] += unsent_from(&(*stream, device.clone()));
         }
         let mut got = [0usize; 5];
         for r in rows {
@@ -438,7 +517,7 @@ impl Harness {
                     if ga + 1 < gb {
                         prop_assert_eq!(
                             ga,
-                            self.model.unsent_of(a.0, &a.1),
+                            unsent_from(a),
                             "{:?} got {} while {:?} got {}",
                             a,
                             ga,
@@ -503,8 +582,46 @@ impl Harness {
                 prop_assert_eq!(*sent, seq < head, "{:?} {} {}", stream, device, seq);
             }
         }
+        // The cheap counts (index seeks, no COUNT(*)) are exact while the invariants hold.
+        let fail = |e: icu_gateway::store::StoreError| TestCaseError::fail(e.to_string());
+        let counts = self.reader.counts().map_err(fail)?;
+        let unsent = self.model.records.values().filter(|(_, s)| !s).count() as u64;
+        prop_assert_eq!(
+            (counts.records, counts.unsent),
+            (self.model.records.len() as u64, unsent),
+            "counts (records, unsent) from the heads"
+        );
+        prop_assert_eq!(
+            self.reader.exact_counts().map_err(fail)?,
+            (counts.records, counts.unsent)
+        );
+        let mut by_stream: BTreeMap<Stream, u64> = BTreeMap::new();
+        for ((stream, _, _), (_, sent)) in &self.model.records {
+            if !sent {
+                *by_stream.entry(*stream).or_default() += 1;
+            }
+        }
+        let got: BTreeMap<Stream, u64> = self
+            .reader
+            .unsent_by_stream()
+            .map_err(fail)?
+            .into_iter()
+            .collect();
+        prop_assert_eq!(got, by_stream, "unsent per stream");
         Ok(())
     }
+}
+
+fn sent_ranges(bundles: &[Bundle]) -> Vec<SentRange> {
+    bundles
+        .iter()
+        .map(|b| SentRange {
+            stream: b.stream,
+            device_id: b.device.clone(),
+            first_seq: b.first,
+            last_seq: b.last,
+        })
+        .collect()
 }
 
 /// Splits the fetched runs into bundles of at most `size` consecutive seqs of one device.
@@ -554,12 +671,12 @@ proptest! {
         }
         // Drain: with everything delivered, nothing committed is left unsent or lost.
         for _ in 0..1000 {
-            h.apply(&Op::Fetch { limit: 50, window: 0, budget: 50, bundle: 3 })?;
+            h.apply(&Op::Fetch { limit: 50, window: 0, budget: 50, bundle: 3, after: false })?;
             if h.in_flight.is_empty() {
                 break;
             }
             let all = vec![true; h.in_flight.len()];
-            h.apply(&Op::Report(all))?;
+            h.apply(&Op::Report(all, true))?;
         }
         prop_assert!(h.model.records.values().all(|(_, sent)| *sent), "drained");
         prop_assert_eq!(h.reader.counts().map_err(|e| TestCaseError::fail(e.to_string()))?.unsent, 0);

@@ -195,7 +195,7 @@ fn default_config_matches_the_documented_defaults() {
     assert_eq!(topics.len(), Stream::ALL.len(), "one topic per stream");
     assert_eq!(
         (c.fetch_limit, c.max_per_bundle, c.message_timeout_ms),
-        (2000, 100, 30_000)
+        (5000, 100, 30_000)
     );
     assert_eq!(c.poll_interval, Duration::from_millis(200));
     assert_eq!(c.live_window, Duration::from_secs(10));

@@ -77,7 +77,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use icu_cloud_bridge::outbox::{FetchRequest, Fetched, Outbox, OutboxRecord};
+use icu_cloud_bridge::outbox::{FetchRequest, Fetched, InFlightRuns, Outbox, OutboxRecord};
 use icu_protos::v1::StoredRecord;
 use icu_protos::Message as _;
 use tokio::sync::oneshot;
@@ -456,19 +456,30 @@ impl Handler<Append> for Store {
 }
 
 /// The outbox as the cloud bridge sees it, over its own SQLite connection.
+///
+/// That connection (fetch and `mark_sent`) runs with `synchronous = NORMAL` whatever
+/// `store.synchronous` says: a sent mark lost to power loss only means its records are sent
+/// again under the same keys (see "Durability of the sent mark" in `icu_cloud_bridge::outbox`),
+/// and it saves an fsync per mark. The writer, which commits what senders are acknowledged for,
+/// keeps the configured setting. [`SqliteOutbox::counts`] (for `/api/status`) reads through a
+/// second connection, so a status request never holds the bridge's.
 pub struct SqliteOutbox {
     reader: Mutex<ReaderDb>,
+    status: Mutex<ReaderDb>,
 }
 
 impl SqliteOutbox {
     pub fn open(cfg: &crate::config::StoreConfig) -> Result<Self, StoreError> {
         Ok(Self {
-            reader: Mutex::new(ReaderDb::open(&cfg.path, cfg.synchronous_full)?),
+            reader: Mutex::new(ReaderDb::open(&cfg.path, false)?),
+            status: Mutex::new(ReaderDb::open(&cfg.path, false)?),
         })
     }
 
+    /// The store's counts (cheap: index seeks, see [`db::StoreCounts`]), on the status
+    /// connection.
     pub fn counts(&self) -> Result<db::StoreCounts, StoreError> {
-        self.reader.lock().map_err(|_| StoreError::Closed)?.counts()
+        self.status.lock().map_err(|_| StoreError::Closed)?.counts()
     }
 }
 
@@ -486,11 +497,19 @@ impl Outbox for SqliteOutbox {
         &self,
         request: &FetchRequest,
     ) -> Result<Fetched, icu_cloud_bridge::error::BridgeError> {
+        self.fetch_unsent_after(request, &InFlightRuns::new())
+    }
+
+    fn fetch_unsent_after(
+        &self,
+        request: &FetchRequest,
+        in_flight: &InFlightRuns,
+    ) -> Result<Fetched, icu_cloud_bridge::error::BridgeError> {
         let fetched = self
             .reader
             .lock()
             .map_err(|_| outbox_err("fetch_unsent")(StoreError::Closed))?
-            .fetch(request)
+            .fetch_after(request, in_flight)
             .map_err(outbox_err("fetch_unsent"))?;
         let records = fetched
             .records
@@ -537,5 +556,17 @@ impl Outbox for SqliteOutbox {
             .mark_sent(stream, device_id, first_seq, last_seq)
             .map(|_| ())
             .map_err(outbox_err("mark_sent"))
+    }
+
+    fn mark_sent_many(
+        &self,
+        ranges: &[icu_cloud_bridge::outbox::SentRange],
+    ) -> Result<(), icu_cloud_bridge::error::BridgeError> {
+        self.reader
+            .lock()
+            .map_err(|_| outbox_err("mark_sent_many")(StoreError::Closed))?
+            .mark_sent_many(ranges)
+            .map(|_| ())
+            .map_err(outbox_err("mark_sent_many"))
     }
 }
