@@ -335,12 +335,12 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
                 terminology: terminology.clone(),
                 max_payload_bytes: mcfg.max_payload_bytes,
             });
-            let subscriber =
-                icu_drivers::mqtt::MqttSubscriber::start_with_handler(mcfg, move |msg| {
-                    let router = router.clone();
-                    async move { router.handle(msg).await }
-                })
-                .map_err(|e| anyhow::anyhow!("mqtt: {e:?}"))?;
+            let subscriber = icu_drivers::mqtt::MqttSubscriber::start_pipelined(
+                mcfg,
+                crate::mqtt::MAX_IN_FLIGHT,
+                move |msg| router.clone().dispatch(msg),
+            )
+            .map_err(|e| anyhow::anyhow!("mqtt: {e:?}"))?;
             let _ = mqtt_alarm_client.set(subscriber.client().clone());
             tracing::info!(broker = %format!("{}:{}", mcfg.broker_host, mcfg.broker_port),
                 filter = %icu_drivers::mqtt::subscription_filter(&config.gateway_id), "mqtt subscriber started");

@@ -71,6 +71,17 @@ pub struct IngestObservations {
     pub receive_time_us: i64,
 }
 
+/// As [`IngestObservations`], answered in two steps: the `send()` resolves as soon as the actor
+/// handed the readings to the store (so the store sees them in mailbox order), and `reply`
+/// gets the store's answer after the commit. Lets a transport keep many messages of one device
+/// in flight (group commit) while their order into the store stays the order it sent them.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct QueueObservations {
+    pub ingest: IngestObservations,
+    pub reply: tokio::sync::oneshot::Sender<Result<WriteOutcome, StoreError>>,
+}
+
 /// A condition the device itself reports (e.g. Masimo EXC "sensor off"), raised or cleared.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -386,6 +397,24 @@ impl Handler<IngestObservations> for DeviceActor {
 
     fn handle(&mut self, msg: IngestObservations, ctx: &mut Self::Context) -> Self::Result {
         Box::pin(self.ingest(msg.observations, msg.dedup, msg.receive_time_us, ctx))
+    }
+}
+
+impl Handler<QueueObservations> for DeviceActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: QueueObservations, ctx: &mut Self::Context) {
+        let IngestObservations {
+            observations,
+            dedup,
+            receive_time_us,
+        } = msg.ingest;
+        let stored = self.ingest(observations, dedup, receive_time_us, ctx);
+        let reply = msg.reply;
+        // As a `ResponseFuture` is run: beside the next messages, on this arbiter.
+        actix::spawn(async move {
+            let _ = reply.send(stored.await);
+        });
     }
 }
 

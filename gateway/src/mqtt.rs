@@ -11,14 +11,23 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use actix::dev::SendError;
 use actix::Addr;
+use futures::future::BoxFuture;
 use icu_drivers::mqtt::{decode_payload, Disposition, MqttMessage, ObsTopic};
 use icu_drivers::terminology::Terminology;
+use tokio::sync::oneshot;
 
 use crate::clock::now_us;
-use crate::device::{DeviceActor, IngestObservations};
+use crate::device::{DeviceActor, IngestObservations, QueueObservations};
 use crate::live::LiveState;
 use crate::store::{db::digest, Append, DeadLetter, Store, WriteRequest};
+
+/// Most publishes between their arrival and their commit at once (all devices together): they
+/// are handed to their device actors in arrival order and committed together (group commit),
+/// then acknowledged in arrival order. The broker's in-flight window (mosquitto:
+/// `max_inflight_messages`, 20 by default) may bound this further.
+pub const MAX_IN_FLIGHT: usize = 256;
 
 /// An MQTT device as the router sees it.
 #[derive(Clone)]
@@ -68,13 +77,21 @@ impl MqttRouter {
     }
 
     /// Handles one publish; the transport acknowledges according to the answer.
-    pub async fn handle(&self, msg: MqttMessage) -> Disposition {
+    pub async fn handle(self: Arc<Self>, msg: MqttMessage) -> Disposition {
+        self.dispatch(msg).await.await
+    }
+
+    /// Stage 1 of a publish, for [`icu_drivers::mqtt::MqttSubscriber::start_pipelined`]: checks
+    /// and decodes it and puts its readings in the device actor's mailbox (waiting only when
+    /// that mailbox is full), so the publishes of one device reach its actor, and so the store,
+    /// in arrival order. Resolves to stage 2, which waits for the commit (or stores the dead
+    /// letter) and gives the disposition that decides the acknowledgement.
+    pub async fn dispatch(self: Arc<Self>, msg: MqttMessage) -> BoxFuture<'static, Disposition> {
         let topic = match ObsTopic::parse(&msg.topic, &self.gateway_id) {
             Ok(t) => t,
             Err(e) => {
-                return self
-                    .reject(&msg, None, format!("topic '{}': {e}", msg.topic))
-                    .await
+                let reason = format!("topic '{}': {e}", msg.topic);
+                return Box::pin(async move { self.reject(&msg, None, reason).await });
             }
         };
         let Some(route) = self.routes.get(&topic.device_id) else {
@@ -82,14 +99,16 @@ impl MqttRouter {
                 "device '{}' is not configured as an MQTT device on this gateway",
                 topic.device_id
             );
-            return self.reject(&msg, None, reason).await;
+            return Box::pin(async move { self.reject(&msg, None, reason).await });
         };
         if route.bed != topic.bed_id {
             let reason = format!(
                 "topic names bed '{}' but device '{}' is configured at bed '{}'; refused so no reading lands under the wrong bed",
                 topic.bed_id, topic.device_id, route.bed
             );
-            return self.reject(&msg, Some(&topic.device_id), reason).await;
+            return Box::pin(
+                async move { self.reject(&msg, Some(&topic.device_id), reason).await },
+            );
         }
         let received = now_us();
         let batch = match decode_payload(
@@ -101,25 +120,45 @@ impl MqttRouter {
         ) {
             Ok(b) => b,
             Err(e) => {
-                return self
-                    .reject(&msg, Some(&topic.device_id), e.to_string())
-                    .await
+                return Box::pin(async move {
+                    self.reject(&msg, Some(&topic.device_id), e.to_string())
+                        .await
+                })
             }
         };
         let dedup =
             (!batch.msg_id.is_empty()).then(|| (batch.msg_id.clone(), digest(&msg.payload)));
-        match route
-            .addr
-            .send(IngestObservations {
+        let (reply, stored) = oneshot::channel();
+        let queued = QueueObservations {
+            ingest: IngestObservations {
                 observations: batch.observations,
                 dedup,
                 receive_time_us: received,
-            })
-            .await
-        {
-            Ok(Ok(_)) => Disposition::Stored,
-            Ok(Err(e)) => Disposition::NotStored(e.to_string()),
-            Err(_) => Disposition::NotStored("device actor stopped".into()),
+            },
+            reply,
+        };
+        let gone = || -> BoxFuture<'static, Disposition> {
+            Box::pin(std::future::ready(Disposition::NotStored(
+                "device actor stopped".into(),
+            )))
+        };
+        match route.addr.try_send(queued) {
+            Ok(()) => {}
+            // A full mailbox: wait for room (and for the actor to take it), still in order, as
+            // nothing else is dispatched meanwhile.
+            Err(SendError::Full(queued)) => {
+                if route.addr.send(queued).await.is_err() {
+                    return gone();
+                }
+            }
+            Err(SendError::Closed(_)) => return gone(),
         }
+        Box::pin(async move {
+            match stored.await {
+                Ok(Ok(_)) => Disposition::Stored,
+                Ok(Err(e)) => Disposition::NotStored(e.to_string()),
+                Err(_) => Disposition::NotStored("device actor stopped".into()),
+            }
+        })
     }
 }

@@ -354,3 +354,94 @@ async fn resubscribes_by_itself_after_the_broker_comes_back() -> anyhow::Result<
     subscriber.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_handler_overlaps_messages_and_acks_them_in_arrival_order() -> anyhow::Result<()>
+{
+    let broker = blocking(Mosquitto::start)?;
+    let client_id = "icu-sub-pipelined";
+    // Stage 1 records the arrival order and parks each message's stage 2 until the test
+    // releases it: the commits finish in the reverse order of arrival.
+    let arrived = Arc::new(Mutex::new(Vec::<(String, u16)>::new()));
+    let releases = Arc::new(Mutex::new(std::collections::HashMap::new()));
+    let finished = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (log, parked, done) = (arrived.clone(), releases.clone(), finished.clone());
+    let subscriber =
+        MqttSubscriber::start_pipelined(&config(broker.port, client_id), 8, move |msg| {
+            let (release, released) = tokio::sync::oneshot::channel::<()>();
+            let decoded = store(&msg);
+            if let Ok(b) = &decoded {
+                log.lock().unwrap().push((b.msg_id.clone(), msg.pkid));
+                parked.lock().unwrap().insert(b.msg_id.clone(), release);
+            }
+            let done = done.clone();
+            // Stage 1 is done (recorded above); stage 2 waits for the release.
+            std::future::ready(async move {
+                let disposition = match decoded {
+                    Ok(_) => {
+                        let _ = released.await;
+                        Disposition::Stored
+                    }
+                    Err(reason) => Disposition::Rejected(reason),
+                };
+                done.fetch_add(1, Ordering::SeqCst);
+                disposition
+            })
+        })?;
+    let counters = subscriber.counters();
+    wait_until("the subscription", || count(&counters.subscribed) >= 1).await?;
+
+    let publisher = Publisher::connect(broker.port, "icu-pub-pipelined");
+    let ids = ["p1", "p2", "p3", "p4", "p5"];
+    for (i, id) in ids.iter().enumerate() {
+        publisher
+            .send(PayloadFormat::Json, &batch(id, i as f64))
+            .await?;
+    }
+    // All five are in flight at once (none finished): the handler did not wait for a commit.
+    wait_until("every message in stage 1", || {
+        arrived.lock().unwrap().len() == 5
+    })
+    .await?;
+    let arrived: Vec<(String, u16)> = arrived.lock().unwrap().clone();
+    assert_eq!(
+        arrived
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .collect::<Vec<_>>(),
+        ids,
+        "stage 1 runs in arrival order"
+    );
+    assert_eq!(finished.load(Ordering::SeqCst), 0);
+
+    // The later four commit first: nothing may be acknowledged while p1 is not stored.
+    for id in ids[1..].iter().rev() {
+        let release = releases.lock().unwrap().remove(*id).context("parked")?;
+        let _ = release.send(());
+    }
+    wait_until("p2..p5 done", || finished.load(Ordering::SeqCst) == 4).await?;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(count(&counters.acked), 0, "p1 not stored: no PUBACK at all");
+
+    let release = releases.lock().unwrap().remove("p1").context("parked")?;
+    let _ = release.send(());
+    wait_until("every ack", || count(&counters.acked) == 5).await?;
+    wait_until("the broker to receive the PUBACKs", || {
+        arrived
+            .iter()
+            .all(|(_, pkid)| broker_got_puback(&broker, client_id, *pkid))
+    })
+    .await?;
+    // The PUBACKs reached the broker in arrival order.
+    let log = broker.log();
+    let at: Vec<usize> = arrived
+        .iter()
+        .map(|(_, pkid)| {
+            log.find(&format!("Received PUBACK from {client_id} (Mid: {pkid},"))
+                .unwrap_or(usize::MAX)
+        })
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "PUBACK order: {at:?}");
+    subscriber.shutdown().await;
+    Ok(())
+}

@@ -225,7 +225,8 @@ impl MqttSubscriber {
 
     /// As [`Self::start`], with `handler` called for each message in arrival order, one at a
     /// time; the message is acknowledged after the handler's future resolves to `Stored` or
-    /// `Rejected`.
+    /// `Rejected`. One message is handled at a time: see [`Self::start_pipelined`] to overlap
+    /// them (and so let the store commit many in one transaction).
     pub fn start_with_handler<F, Fut>(
         config: &MqttConfig,
         mut handler: F,
@@ -234,11 +235,51 @@ impl MqttSubscriber {
         F: FnMut(MqttMessage) -> Fut + Send + 'static,
         Fut: Future<Output = Disposition> + Send + 'static,
     {
+        Self::start_pipelined(config, 1, move |message| {
+            std::future::ready(handler(message))
+        })
+    }
+
+    /// As [`Self::start`], with each message handled in two stages:
+    ///
+    /// 1. `handler(message)` and the future it returns run one message at a time, in arrival
+    ///    order: the place to hand the message on in order (e.g. into a device's mailbox), so
+    ///    whatever follows sees the messages in the order the broker sent them;
+    /// 2. the future that stage 1 resolves to (e.g. waiting for the commit) runs concurrently
+    ///    with the stage 2 of up to `max_in_flight - 1` earlier messages.
+    ///
+    /// A message is acknowledged after its stage 2 resolves to `Stored` or `Rejected`, and
+    /// PUBACKs still leave in arrival order (a completed message waits for the earlier ones),
+    /// so a crash never leaves an acknowledged message unstored. Stage 1 waiting (or
+    /// `max_in_flight` unfinished messages) stops the reading: back-pressure reaches the
+    /// broker, whose in-flight window bounds what is received but not yet acknowledged.
+    pub fn start_pipelined<F, Fut, Done>(
+        config: &MqttConfig,
+        max_in_flight: usize,
+        mut handler: F,
+    ) -> Result<MqttSubscriber, MqttConfigError>
+    where
+        F: FnMut(MqttMessage) -> Fut + Send + 'static,
+        Fut: Future<Output = Done> + Send + 'static,
+        Done: Future<Output = Disposition> + Send + 'static,
+    {
+        let max_in_flight = max_in_flight.max(1);
         let (mut subscriber, mut rx) = Self::start(config, 1)?;
         subscriber.tasks.push(tokio::spawn(async move {
-            while let Some(Delivery { message, ack }) = rx.recv().await {
-                ack.complete(handler(message).await);
+            // Dropped (and so aborted) with this task when the subscriber stops.
+            let mut in_flight = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                    delivery = rx.recv(), if in_flight.len() < max_in_flight => {
+                        let Some(Delivery { message, ack }) = delivery else { break };
+                        let done = handler(message).await;
+                        in_flight.spawn(async move { ack.complete(done.await) });
+                    }
+                }
             }
+            // The deliveries ended (the event loop stopped): let the last ones finish.
+            while in_flight.join_next().await.is_some() {}
         }));
         Ok(subscriber)
     }
