@@ -50,6 +50,8 @@ pub struct Broker {
     store: Option<ObjectStore>,
     /// Broker processes started so far (each writes its own log file).
     generation: u32,
+    /// How the last stopped broker process ended, and how long the stop took.
+    last_exit: Option<(std::process::ExitStatus, Duration)>,
     // Declared last: removed after the child is stopped.
     dir: TempDir,
 }
@@ -128,6 +130,7 @@ impl Broker {
             log: dir.path().join("tansu.log"),
             store,
             generation: 0,
+            last_exit: None,
             dir,
         };
         match broker.spawn_ready() {
@@ -356,6 +359,17 @@ impl Broker {
         &self.log
     }
 
+    /// The log files of every broker process started so far, oldest first (`tansu.log`,
+    /// `tansu-1.log`, ...).
+    pub fn log_paths(&self) -> Vec<PathBuf> {
+        (0..self.generation)
+            .map(|n| match n {
+                0 => self.dir.path().join("tansu.log"),
+                n => self.dir.path().join(format!("tansu-{n}.log")),
+            })
+            .collect()
+    }
+
     /// The last `lines` lines of the broker's log.
     pub fn log_tail(&self, lines: usize) -> String {
         log_tail(&self.log, lines)
@@ -365,8 +379,17 @@ impl Broker {
     /// Idempotent.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.shutdown(Duration::from_secs(10));
+            let t = std::time::Instant::now();
+            if let Ok(status) = child.shutdown(Duration::from_secs(10)) {
+                self.last_exit = Some((status, t.elapsed()));
+            }
         }
+    }
+
+    /// How the last stopped broker process ended (its exit status: 143 for SIGTERM, 137 for
+    /// the SIGKILL that follows when it does not exit in time) and how long the stop took.
+    pub fn last_exit(&self) -> Option<(std::process::ExitStatus, Duration)> {
+        self.last_exit
     }
 
     /// Whether the broker process is still running.

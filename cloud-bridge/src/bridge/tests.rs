@@ -400,13 +400,9 @@ fn alarm_record(device: &str, seq: u64, event_time_us: i64) -> OutboxRecord {
     }
 }
 
-/// Through the real producer against librdkafka's in-process mock cluster: after an outage the
-/// alarms are confirmed before the first observation bundle, and a live device's new readings
-/// go out within a cycle or two while another device's hour-old backlog drains at
-/// `backlog_rate` (at 500/s the 6000 backlog readings would take 12 s: a live reading held
-/// behind them would wait far longer than the 4 s allowed).
-#[test]
-fn alarms_go_first_and_a_live_device_is_not_held_behind_a_rate_limited_backlog() {
+/// librdkafka's in-process mock cluster (one broker) with the bridge's four topics.
+fn mock_cluster(
+) -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
     let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
     for topic in [
         "icu.observations",
@@ -416,6 +412,17 @@ fn alarms_go_first_and_a_live_device_is_not_held_behind_a_rate_limited_backlog()
     ] {
         cluster.create_topic(topic, 1, 1).unwrap();
     }
+    cluster
+}
+
+/// Through the real producer against librdkafka's in-process mock cluster: after an outage the
+/// alarms are confirmed before the first observation bundle, and a live device's new readings
+/// go out within a cycle or two while another device's hour-old backlog drains at
+/// `backlog_rate` (at 500/s the 6000 backlog readings would take 12 s: a live reading held
+/// behind them would wait far longer than the 4 s allowed).
+#[test]
+fn alarms_go_first_and_a_live_device_is_not_held_behind_a_rate_limited_backlog() {
+    let cluster = mock_cluster();
     let outbox = Arc::new(RecordingOutbox::default());
     let start_us = now_us();
     let hour_ago = start_us - 3_600_000_000;
@@ -523,4 +530,69 @@ fn alarms_go_first_and_a_live_device_is_not_held_behind_a_rate_limited_backlog()
     );
     assert!(outbox.inner.unsent_len() as u64 >= BACKLOG - cap as u64);
     drop(cluster);
+}
+
+/// A retried produce answered DUPLICATE_SEQUENCE_NUMBER (what a broker that recorded the batch's
+/// sequence number but lost the batch itself answers, e.g. tansu's S3 engine killed mid-produce)
+/// is reported by librdkafka as delivered, without an offset. Such a report is no proof: the
+/// bundle is not marked sent but produced again, and every seq marked sent is on the topic.
+#[test]
+fn a_delivery_report_without_an_offset_is_not_marked_sent() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let cluster = mock_cluster();
+    // The first produce request is answered "duplicate" without the broker storing it.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_DUPLICATE_SEQUENCE_NUMBER],
+    );
+    let outbox = Arc::new(RecordingOutbox::default());
+    for seq in 1..=3 {
+        outbox.inner.push(obs_record("mon-1", seq));
+    }
+    let stats = BridgeStats::new();
+    let actor = BridgeActor::new(
+        quick_config(&cluster.bootstrap_servers()),
+        outbox.clone(),
+        GatewayKey::generate(),
+        Terminology::builtin(),
+        stats.clone(),
+    )
+    .unwrap();
+    actix::System::new().block_on({
+        let outbox = outbox.clone();
+        async move {
+            let _addr = actor.start();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while outbox.inner.sent_seqs_of(Stream::Observations, "mon-1") != [1, 2, 3] {
+                assert!(Instant::now() < deadline, "not forwarded");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let (_, records) = crate::consume::consume(&crate::consume::ConsumeOptions {
+        brokers: cluster.bootstrap_servers(),
+        topic: "icu.observations".into(),
+        public_key: None,
+        idle_timeout: Duration::from_secs(1),
+        max_wait: Duration::from_secs(20),
+    })
+    .unwrap();
+    let on_topic: BTreeSet<u64> = records
+        .iter()
+        .flat_map(|r| r.seq_first.unwrap()..=r.seq_last.unwrap())
+        .collect();
+    let marks = outbox.marks.lock().unwrap().clone();
+    for (_, device, first, last, _) in &marks {
+        for seq in *first..=*last {
+            assert!(
+                on_topic.contains(&seq),
+                "{device} seq {seq} marked sent but not on the topic ({on_topic:?}; marks {marks:?})"
+            );
+        }
+    }
+    assert!(
+        stats.delivery_errors() >= 1,
+        "the report without an offset counts as a failed delivery"
+    );
 }

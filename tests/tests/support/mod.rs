@@ -105,7 +105,14 @@ impl GatewayProc {
         let child = Command::new(bin_path("icu-gateway"))
             .args(["run", "--config"])
             .arg(&self.config_path)
-            .env("RUST_LOG", "info,icu_gateway=debug")
+            // ICU_GATEWAY_LOG: another filter, e.g. `info,icu_gateway=debug,icu_cloud_bridge=debug`.
+            .env(
+                "RUST_LOG",
+                std::env::var("ICU_GATEWAY_LOG")
+                    .ok()
+                    .filter(|v| !v.trim().is_empty())
+                    .unwrap_or_else(|| "info,icu_gateway=debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
