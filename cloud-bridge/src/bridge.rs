@@ -18,9 +18,9 @@
 //!   observations/s (bursting up to one second's worth), so they never take the place of live
 //!   data nor more than that share of the uplink. Live devices are never throttled.
 //! - **Nothing leaves the outbox before Kafka has it.** A range is marked sent only after the
-//!   delivery report of its record (idempotent producer, `acks=all`) that carries an offset (a
-//!   "duplicate sequence number" answer, which librdkafka reports as delivered without one, is
-//!   treated as a failure: the broker may have lost the batch). Per device, marking stops at
+//!   delivery report of its record (idempotent producer, `acks=all`); a batch the broker answered
+//!   "duplicate sequence number", which librdkafka reports as delivered (without real offsets),
+//!   counts as failed: the broker may have lost it. Per device, marking stops at
 //!   the first failed record, so the outbox never has a hole behind a sent record; later records
 //!   of that device are re-sent (same `(gateway, device, seq)` key, deduplicated downstream).
 //!   The delivered bundles of one stream's phase are marked in one call
@@ -662,19 +662,7 @@ impl Worker {
             match p {
                 Err(e) => Err(e),
                 Ok(future) => match future.await {
-                    // No offset: librdkafka turns a DUPLICATE_SEQUENCE_NUMBER answer into a
-                    // success without one. A broker that recorded the batch's sequence but
-                    // lost the batch answers so (tansu's S3 engine killed between its writes);
-                    // Kafka answers a retried duplicate with its offset. Not proof: send again.
-                    Ok(Ok(delivery)) if delivery.offset < 0 => Err(DeliveryError {
-                        reason: format!(
-                            "partition {} answered without an offset (duplicate sequence \
-                             number): not proven stored, sent again",
-                            delivery.partition
-                        ),
-                        unknown_topic: false,
-                    }),
-                    Ok(Ok(_delivery)) => Ok(()),
+                    Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
                     Ok(Err((e, _message))) => Err(DeliveryError::from_kafka(&e)),
                     Err(_canceled) => Err(DeliveryError {
                         reason: "delivery report lost (producer shut down)".into(),
@@ -684,7 +672,33 @@ impl Worker {
             }
         }))
         .await;
+        // librdkafka reports a batch answered DUPLICATE_SEQUENCE_NUMBER as delivered, with the
+        // answer's base offset -1 counted up: its first record at -1, the others at 0, 1, ...
+        // A broker that recorded the batch's sequence but lost the batch answers so (tansu's S3
+        // engine killed between its writes; Kafka answers a retried duplicate with its offset).
+        // No proof: every record of this phase on such a partition (a batch never spans phases:
+        // each phase's reports are all awaited) is sent again.
+        let suspect: BTreeSet<i32> = results
+            .iter()
+            .filter_map(|r| match r {
+                Ok((partition, offset)) if *offset < 0 => Some(*partition),
+                _ => None,
+            })
+            .collect();
         results
+            .into_iter()
+            .map(|r| match r {
+                Ok((partition, _)) if suspect.contains(&partition) => Err(DeliveryError {
+                    reason: format!(
+                        "partition {partition} answered a batch \"duplicate sequence number\" \
+                         (reported delivered without an offset): not proven stored, sent again"
+                    ),
+                    unknown_topic: false,
+                }),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            })
+            .collect()
     }
 
     fn enqueue(

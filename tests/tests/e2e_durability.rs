@@ -18,8 +18,8 @@
 //!   engine writes a produce in three steps (the producer's sequence number, the high watermark,
 //!   the batch), so a kill between them leaves a batch that the broker never stored but whose
 //!   sequence it recorded: the producer's retry is then answered DUPLICATE_SEQUENCE_NUMBER, which
-//!   librdkafka reports as delivered, without an offset. What this proves: the bridge marks a
-//!   record sent only on a delivery report with an offset, and sends the rest again, so even a
+//!   librdkafka reports as delivered (its records at offsets -1, 0, 1, ...). What this proves:
+//!   the bridge never marks sent a record of a batch answered so, and sends it again, so even a
 //!   broker that loses a batch this way loses no acknowledged reading (it costs duplicates). On
 //!   a loss the test prints the missing seqs, whether the gateway's store has them marked sent,
 //!   the same after re-reading the topic, offset holes and the broker's error lines, and keeps
