@@ -12,7 +12,7 @@
 //!     cargo bench -p icu-gateway --bench alarm_latency
 //!
 //! Each setting runs twice: every bed paced at its devices' full rate (ICU_BENCH_RATE messages/s
-//! per bed, default 10), and saturated (as fast as the ACKs come back: the latency then includes
+//! per bed, default 10; the beds' phases spread over the period), and saturated (as fast as the ACKs come back: the latency then includes
 //! the queueing of a machine at 100 % load). The clients run on their own thread.
 //!
 //! Options (env): ICU_BENCH_SECONDS (default 20), ICU_BENCH_BEDS (default 30), ICU_BENCH_RATE.
@@ -209,7 +209,10 @@ async fn load(
             let mut framed = Framed::new(stream, MllpCodec::new(1 << 20));
             let mut n = 0u64;
             let period = (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate));
-            let mut next = tokio::time::Instant::now();
+            // Beds are not phase-locked: bed b starts b/beds of a period late, as independent
+            // monitors would (all 30 sending in the same instant is a burst no ICU produces).
+            let mut next = tokio::time::Instant::now()
+                + period.map_or(Duration::ZERO, |p| p.mul_f64(bed as f64 / beds as f64));
             while Instant::now() < deadline {
                 if let Some(period) = period {
                     tokio::time::sleep_until(next).await;
