@@ -11,7 +11,7 @@ use std::time::Duration;
 use icu_cloud_bridge::consume::{consume, ConsumeOptions};
 use icu_cloud_bridge::signing::load_public_key;
 use icu_tests::{wait_for, Broker, TOPICS};
-use support::{config_text, keygen, run_sim_with, GatewayProc};
+use support::{config_text, keygen, mqtt_alarms, run_sim_with, GatewayProc};
 
 /// Short sustain so the test does not wait 15 s of event time; everything else default.
 const ALARMS: &str = r#"
@@ -83,32 +83,6 @@ fn alarm_manager() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
         }
     });
     (addr, got)
-}
-
-/// Collects every message on the gateway's MQTT alarm topics.
-fn mqtt_alarms(port: u16) -> Arc<Mutex<Vec<String>>> {
-    use icu_drivers::mqtt::rumqttc::{Client, Event, MqttOptions, Packet, QoS};
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let keep = got.clone();
-    let (client, mut connection) =
-        Client::new(MqttOptions::new("nurse-call", "127.0.0.1", port), 16);
-    client
-        .subscribe("icu/test-gw/alarms/#", QoS::AtLeastOnce)
-        .unwrap();
-    std::thread::spawn(move || {
-        let _client = client;
-        for ev in connection.iter() {
-            match ev {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let text = format!("{} {}", p.topic, String::from_utf8_lossy(&p.payload));
-                    keep.lock().unwrap().push(text);
-                }
-                Ok(_) => {}
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-    });
-    got
 }
 
 #[test]

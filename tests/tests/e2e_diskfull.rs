@@ -22,7 +22,9 @@ use icu_cloud_bridge::fhir::observations_of;
 use icu_cloud_bridge::signing::load_public_key;
 use icu_sim::pcd01::SentObservation;
 use icu_tests::{wait_for, Broker, TOPICS};
-use support::{config_text, keygen, run_sim, run_sim_with, GatewayProc, SPO2_LOW_ALARM};
+use support::{
+    config_text, keygen, mqtt_alarms, run_sim, run_sim_with, GatewayProc, SPO2_LOW_ALARM,
+};
 
 const BEDS: usize = 2;
 
@@ -52,32 +54,6 @@ fn page_events(http: std::net::SocketAddr) -> Arc<Mutex<Vec<String>>> {
         for line in reader.lines() {
             let Ok(line) = line else { break };
             keep.lock().unwrap().push(line);
-        }
-    });
-    got
-}
-
-/// Every message on the gateway's MQTT alarm topics (as in e2e_alarms.rs).
-fn mqtt_alarms(port: u16) -> Arc<Mutex<Vec<String>>> {
-    use icu_drivers::mqtt::rumqttc::{Client, Event, MqttOptions, Packet, QoS};
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let keep = got.clone();
-    let (client, mut connection) =
-        Client::new(MqttOptions::new("nurse-call", "127.0.0.1", port), 16);
-    client
-        .subscribe("icu/test-gw/alarms/#", QoS::AtLeastOnce)
-        .unwrap();
-    std::thread::spawn(move || {
-        let _client = client;
-        for ev in connection.iter() {
-            match ev {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let text = format!("{} {}", p.topic, String::from_utf8_lossy(&p.payload));
-                    keep.lock().unwrap().push(text);
-                }
-                Ok(_) => {}
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
         }
     });
     got

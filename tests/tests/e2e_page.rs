@@ -16,30 +16,14 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use icu_tests::{wait_for, ChildGuard};
-use support::{config_text, run_sim_with, GatewayProc};
+use support::{config_text, run_sim_with, GatewayProc, SPO2_LOW_ALARM};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
-/// Short sustain so the test does not wait 15 s of event time (as in e2e_alarms.rs).
-const ALARMS: &str = r#"
-[alarms]
-rates = []
-[alarms.news2]
-enabled = false
-[[alarms.limits]]
-id = "spo2"
-label = "SpO2"
-mdc_codes = [150456]
-low = 90.0
-priority = "medium"
-sustain_s = 2
-hysteresis = 1.0
-"#;
-
 fn with_alarms(cfg: String) -> String {
     // The [alarms] tables must come before the [[beds]] arrays of the generated config.
-    cfg.replacen("[[beds]]", &format!("{ALARMS}\n[[beds]]"), 1)
+    cfg.replacen("[[beds]]", &format!("{SPO2_LOW_ALARM}\n[[beds]]"), 1)
 }
 
 /// The pieces the browser test needs, or why it cannot run.
