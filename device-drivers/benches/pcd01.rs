@@ -1,5 +1,7 @@
-//! Decode cost of a realistic ~2 KB IHE PCD-01 message: hl7-parser's `Message::parse` alone
-//! versus the full `decode_pcd01` (header, guard, row rules, terminology).
+//! Decode cost of a realistic ~2 KB IHE PCD-01 message: (a) hl7-parser's `Message::parse`
+//! alone, (c) the zero-copy splitter that replaced it on the decode path (`hl7/message.rs`),
+//! made to visit every field, repetition, component and subcomponent as hl7-parser builds
+//! them, and (b) the full `decode_pcd01` (header, splitting, row rules, terminology).
 //!
 //! Run with `cargo bench -p icu-drivers --bench pcd01`. A plain `main` timed with `Instant`, so
 //! it needs no bench framework; numbers are indicative, not statistically rigorous.
@@ -7,7 +9,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use icu_drivers::hl7::decode_pcd01;
+use icu_drivers::hl7::{decode_pcd01, split_for_bench};
 use icu_drivers::terminology::Terminology;
 
 const N: u32 = 20_000;
@@ -102,6 +104,10 @@ fn main() {
     );
     time("(a) hl7_parser::Message::parse", || {
         let parsed = hl7_parser::Message::parse(black_box(&text)).expect("parses");
+        black_box(parsed);
+    });
+    time("(c) zero-copy splitter, all values", || {
+        let parsed = split_for_bench(black_box(text.as_bytes())).expect("splits");
         black_box(parsed);
     });
     time("(b) decode_pcd01", || {

@@ -26,11 +26,9 @@
 //!   is present (EVN-2, EVN-6, MSH-7, PV1-44, PV1-45) must be a valid DTM, else AE 102 at its
 //!   field; zone-less times are UTC ([`super::parse_dtm`]).
 
-use hl7_parser::message::{Field, Repeat};
-
 use super::error::{AckCode, ErrorCode, ErrorLocation, Hl7Error};
-use super::header::{leading_noise, msh_line, parse_header, MessageHeader};
-use super::message::{self, component, quote, Delimiters, Segment};
+use super::header::{header_and_delimiters, leading_noise, MessageHeader};
+use super::message::{self, component, quote, Delimiters, Field, Repeat, Segment};
 use super::time::parse_dtm;
 
 /// The ADT trigger events this interface takes (MSH-9.2).
@@ -159,9 +157,8 @@ pub struct AdtMessage {
 
 /// Decodes an ADT payload (one MLLP frame, markers excluded). See the module docs for rules.
 pub fn decode_adt(payload: &[u8]) -> Result<AdtMessage, Hl7Error> {
-    let header = parse_header(payload)?;
+    let (header, d) = header_and_delimiters(payload)?;
     let event = check_envelope(&header)?;
-    let (_, d) = msh_line(payload)?;
     let start = leading_noise(payload);
     let text = std::str::from_utf8(&payload[start..]).map_err(|e| {
         Hl7Error::reject(
@@ -173,8 +170,7 @@ pub fn decode_adt(payload: &[u8]) -> Result<AdtMessage, Hl7Error> {
             ),
         )
     })?;
-    let mut normalized = String::new();
-    let segments = message::parse(text, &d, &mut normalized)?;
+    let segments = message::parse(text, &d)?;
 
     let msh_time = msh_time(&header)?;
     let mut evn_recorded = None;
@@ -259,7 +255,7 @@ fn read_patient(seg: &Segment<'_>, d: &Delimiters) -> Result<AdtPatient, Hl7Erro
     let mut ids: Vec<(String, String, bool)> = Vec::new();
     if let Some(field) = seg.field(3) {
         for rep in field.repeats() {
-            let comp = |n: usize| rep_component(rep, n);
+            let comp = |n: usize| rep_component(&rep, n);
             let id = text(comp(1), d);
             if id.is_empty() {
                 continue;
@@ -331,7 +327,7 @@ fn read_visit(seg: &Segment<'_>, d: &Delimiters) -> Result<Visit, Hl7Error> {
 
 /// A PL field; `None` when its first four components are all empty.
 fn location(seg: &Segment<'_>, field: usize, d: &Delimiters) -> Option<AdtLocation> {
-    let f: Option<&Field<'_>> = seg.field(field);
+    let f: Option<Field<'_>> = seg.field(field);
     let loc = AdtLocation {
         point_of_care: text(first_subcomponent(component(f, 1), d), d),
         room: text(first_subcomponent(component(f, 2), d), d),

@@ -393,3 +393,21 @@ proptest! {
         let _ = decode(&text);
     }
 }
+
+#[test]
+fn splitter_matches_hl7_parser_on_the_adt_fixtures() {
+    for text in [A01, A02, A03, A08] {
+        super::super::tests::assert_splits_like_hl7_parser(text);
+        let hash_dollar = text
+            .replacen("MSH|^~\\&|", "MSH#$~\\&#", 1)
+            .replace('|', "#")
+            .replace('^', "$");
+        super::super::tests::assert_splits_like_hl7_parser(&hash_dollar);
+    }
+    let names = with_segment(
+        A01,
+        2,
+        "PID|1||123456^^^HOSP&1.2&ISO^MR~9^^^X^PI||DOE\\S\\X^JOHN~Doe^J^^^^^L",
+    );
+    super::super::tests::assert_splits_like_hl7_parser(&names);
+}

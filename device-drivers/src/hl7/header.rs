@@ -1,6 +1,6 @@
 //! The MSH segment: who sent a message, what it is, and its control id.
 //!
-//! [`parse_header`] reads only the first segment (with hl7-parser), so an ACK (even an AE/AR one) can be addressed
+//! [`parse_header`] reads only the first segment (split with `message::split_msh`), so an ACK (even an AE/AR one) can be addressed
 //! and correlated when the rest of the message is broken.
 
 use super::error::{ErrorCode, ErrorLocation, Hl7Error};
@@ -41,26 +41,22 @@ pub struct MessageHeader {
 /// UTF-8, or MSH-1/MSH-2 do not declare usable delimiters. A leading byte-order mark and leading
 /// blank lines are tolerated.
 pub fn parse_header(payload: &[u8]) -> Result<MessageHeader, Hl7Error> {
+    header_and_delimiters(payload).map(|(header, _)| header)
+}
+
+/// [`parse_header`] and the delimiters the message declares, for the decoders.
+pub(crate) fn header_and_delimiters(
+    payload: &[u8],
+) -> Result<(MessageHeader, Delimiters), Hl7Error> {
     let (line, d) = msh_line(payload)?;
-    // The MSH line alone, so the header is readable whatever follows it. `msh_line` has checked
-    // the delimiters, which is all hl7-parser needs to read an MSH segment.
-    let parsed = hl7_parser::Message::parse(line).map_err(|_| not_hl7(payload))?;
-    let Some(msh) = parsed.segments.first() else {
-        return Err(not_hl7(payload));
-    };
-    // hl7-parser takes MSH-2 as exactly four characters: a v2.7 truncation character comes back
-    // as an extra field before MSH-3.
-    let shift = usize::from(d.truncation.is_some());
-    let field = |n: usize| msh.field(n + shift);
-    let raw = |n: usize| {
-        message::to_standard_delimiters(field(n).map_or("", |f| f.raw_value()), &d).into_owned()
-    };
-    let comp = |n: usize, c: usize| {
-        message::to_standard_delimiters(message::component(field(n), c), &d)
-            .trim()
-            .to_owned()
-    };
-    Ok(MessageHeader {
+    // The MSH line alone, so the header is readable whatever follows it.
+    let msh = message::split_msh(line, &d);
+    // Trimming before re-encoding is the same as after: delimiters are ASCII punctuation and
+    // escape sequences contain no whitespace.
+    let std = |value: &str| message::to_standard_delimiters(value, &d).into_owned();
+    let raw = |n: usize| std(msh.raw(n));
+    let comp = |n: usize, c: usize| std(message::component(msh.field(n), c).trim());
+    let header = MessageHeader {
         sending_application: raw(3),
         sending_facility: raw(4),
         receiving_application: raw(5),
@@ -68,10 +64,11 @@ pub fn parse_header(payload: &[u8]) -> Result<MessageHeader, Hl7Error> {
         message_time: raw(7),
         message_type: comp(9, 1),
         trigger_event: comp(9, 2),
-        control_id: raw(10).trim().to_owned(),
+        control_id: std(msh.raw(10).trim()),
         processing_id: comp(11, 1),
         version: comp(12, 1),
-    })
+    };
+    Ok((header, d))
 }
 
 /// The MSH line of a payload (as text) and its delimiters.

@@ -1,15 +1,38 @@
-//! HL7 v2 structure on top of hl7-parser: delimiter validation, segment access with the guard
-//! against hl7-parser's silent truncation, and escape sequences.
+//! HL7 v2 structure: delimiter validation, a zero-copy splitter (segments, fields, repetitions,
+//! components, subcomponents) and escape sequences.
 //!
-//! Owns what the header parser, the PCD-01 decoder and the ACK builder share. It never
-//! interprets content and never panics on any input. Escape sequences are decoded here, not with
-//! hl7-parser's `Separators::decode`, which misreads `\Xhh\`, `\H\`, `\.br\`, unknown
-//! and unterminated escapes and panics on multi-byte text before an escape
-//! (`hl7_parser_unescape_is_not_usable` in tests.rs).
+//! Owns what the header parser, the PCD-01 and ADT decoders and the ACK builder share. It never
+//! interprets content and never panics on any input.
+//!
+//! The splitter: [`parse`] checks every line of a message (segment separators `\r`, `\n` or
+//! `\r\n`; blank lines skipped; a segment id of 3 upper-case letters or digits followed by the
+//! field separator, else AE 100) and cuts each segment at its field separators into one small
+//! `Vec` of `&str` slices of the text. Repetitions, components and subcomponents are split on
+//! demand ([`Field::repeats`], [`Field::component`], ...), again as slices: no value is copied
+//! and nothing else is allocated. Splitting uses the delimiters the message declares in MSH-1
+//! and MSH-2 ([`Delimiters`]), and numbers MSH fields as hl7-parser does: MSH-1 is the field
+//! separator and MSH-2 the encoding characters, each a single value that is never split. (With
+//! an HL7 v2.7 truncation character, MSH-2 is all five encoding characters; hl7-parser takes
+//! four and returns the fifth as an extra field before MSH-3.) Escape sequences are not
+//! interpreted while splitting (`\F\` is not a field separator), only by [`unescape`].
+//!
+//! Why not hl7-parser (which the product card names, and which stays the reference: the
+//! differential test `splitter_matches_hl7_parser*` in tests.rs checks that for well-formed
+//! messages both return the same segments, fields, repetitions, components and subcomponents):
+//! on the hot path it cost ~13 % of the gateway's CPU plus allocator time in a profile of
+//! durable ingest. It parses with nom one character at a time and allocates a `Vec` per field,
+//! repetition and component: `cargo bench -p icu-drivers --bench pcd01` measured 110–330 µs for
+//! `hl7_parser::Message::parse` of a 2 KB PCD-01 message against a few µs for this splitter
+//! (figures in the bench's output and in the commit that introduced the splitter). It also
+//! silently drops every segment after one it cannot read
+//! (`hl7_parser_drops_segments_after_an_unparseable_one` in tests.rs), which needed a guard
+//! that this splitter does not.
+//!
+//! Escape sequences are decoded here, not with hl7-parser's `Separators::decode`, which misreads
+//! `\Xhh\`, `\H\`, `\.br\`, unknown and unterminated escapes and panics on multi-byte text
+//! before an escape (`hl7_parser_unescape_is_not_usable` in tests.rs).
 
 use std::borrow::Cow;
-
-use hl7_parser::message::Field;
 
 use super::error::{ErrorCode, ErrorLocation, Hl7Error};
 
@@ -78,124 +101,235 @@ impl Delimiters {
     }
 }
 
-/// One segment as hl7-parser read it, with its 1-based occurrence among segments with that id
-/// and its 1-based line number in the message (blank lines not counted).
+/// The separators below the field level, as a field's values are split by them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seps {
+    repetition: char,
+    component: char,
+    subcomponent: char,
+}
+
+impl Seps {
+    fn of(d: &Delimiters) -> Self {
+        Self {
+            repetition: d.repetition,
+            component: d.component,
+            subcomponent: d.subcomponent,
+        }
+    }
+
+    /// For MSH-1 and MSH-2, which are single values: CR never occurs inside a segment (it ends
+    /// one), so splitting by it yields the whole value.
+    const UNSPLIT: Self = Self {
+        repetition: '\r',
+        component: '\r',
+        subcomponent: '\r',
+    };
+}
+
+/// One field as written (a slice of the message text); repetitions, components and
+/// subcomponents are split from it on demand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Field<'m> {
+    raw: &'m str,
+    seps: Seps,
+}
+
+impl<'m> Field<'m> {
+    /// A field value written with the delimiters `d` (e.g. a header value kept as written).
+    pub fn new(raw: &'m str, d: &Delimiters) -> Self {
+        Self {
+            raw,
+            seps: Seps::of(d),
+        }
+    }
+
+    /// The field as written (escape sequences not decoded).
+    pub fn raw_value(&self) -> &'m str {
+        self.raw
+    }
+
+    /// The repetitions of the field (at least one, possibly empty).
+    pub fn repeats(&self) -> impl Iterator<Item = Repeat<'m>> + use<'m> {
+        let seps = self.seps;
+        self.raw
+            .split(seps.repetition)
+            .map(move |raw| Repeat { raw, seps })
+    }
+
+    /// Component `n` (1-based) of the first repetition.
+    pub fn component(&self, n: usize) -> Option<Component<'m>> {
+        self.repeats().next()?.component(n)
+    }
+}
+
+/// One repetition of a field, as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Repeat<'m> {
+    raw: &'m str,
+    seps: Seps,
+}
+
+impl<'m> Repeat<'m> {
+    pub fn raw_value(&self) -> &'m str {
+        self.raw
+    }
+
+    /// The components of the repetition (at least one, possibly empty).
+    pub fn components(&self) -> impl Iterator<Item = Component<'m>> + use<'m> {
+        let seps = self.seps;
+        self.raw
+            .split(seps.component)
+            .map(move |raw| Component { raw, seps })
+    }
+
+    /// Component `n` (1-based).
+    pub fn component(&self, n: usize) -> Option<Component<'m>> {
+        self.components().nth(n.checked_sub(1)?)
+    }
+}
+
+/// One component, as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Component<'m> {
+    raw: &'m str,
+    seps: Seps,
+}
+
+impl<'m> Component<'m> {
+    pub fn raw_value(&self) -> &'m str {
+        self.raw
+    }
+
+    /// The subcomponents as written (at least one, possibly empty).
+    pub fn subcomponents(&self) -> impl Iterator<Item = &'m str> + use<'m> {
+        self.raw.split(self.seps.subcomponent)
+    }
+}
+
+/// One segment: its id, its 1-based occurrence among segments with that id, its 1-based line
+/// number in the message (blank lines not counted) and its fields as slices of the text.
 #[derive(Debug)]
 pub(crate) struct Segment<'m> {
     pub id: &'m str,
     pub occurrence: u32,
     pub index: usize,
-    parsed: hl7_parser::message::Segment<'m>,
+    /// `fields[0]` is field 1.
+    fields: Vec<&'m str>,
+    seps: Seps,
 }
 
 impl<'m> Segment<'m> {
-    /// Field `n` (1-based, HL7 numbering: for MSH, MSH-1 is the field separator).
-    pub fn field(&self, n: usize) -> Option<&Field<'m>> {
-        if n == 0 {
-            return None;
+    /// Splits one segment line that starts with a 3-character id followed by the field
+    /// separator of `d` (or is the id alone). An `MSH` line is numbered as hl7-parser does:
+    /// MSH-1 is the field separator itself and MSH-2 the encoding characters.
+    fn split(line: &'m str, d: &Delimiters, occurrence: u32, index: usize) -> Self {
+        let id = line.get(..3).unwrap_or(line);
+        let rest = line.get(3..).unwrap_or("");
+        let sep = d.field;
+        let mut fields = Vec::new();
+        if let Some(values) = rest.strip_prefix(sep) {
+            fields.reserve(1 + values.matches(sep).count() + usize::from(id == "MSH"));
+            if id == "MSH" {
+                fields.push(&rest[..sep.len_utf8()]);
+            }
+            fields.extend(values.split(sep));
         }
-        self.parsed.field(n)
+        Self {
+            id,
+            occurrence,
+            index,
+            fields,
+            seps: Seps::of(d),
+        }
+    }
+
+    /// Field `n` (1-based, HL7 numbering: for MSH, MSH-1 is the field separator).
+    pub fn field(&self, n: usize) -> Option<Field<'m>> {
+        let raw = *self.fields.get(n.checked_sub(1)?)?;
+        let seps = if self.id == "MSH" && n <= 2 {
+            Seps::UNSPLIT
+        } else {
+            self.seps
+        };
+        Some(Field { raw, seps })
     }
 
     /// Field `n` as written (escape sequences not decoded), "" if absent.
     pub fn raw(&self, n: usize) -> &'m str {
-        self.field(n).map_or("", Field::raw_value)
+        self.field(n).map_or("", |f| f.raw_value())
+    }
+
+    /// The number of fields (for MSH, including MSH-1 and MSH-2).
+    #[cfg(test)]
+    pub fn field_count(&self) -> usize {
+        self.fields.len()
     }
 }
 
+/// Splits the MSH line of a message (as returned by `header::msh_line`, delimiters checked).
+pub(crate) fn split_msh<'m>(line: &'m str, d: &Delimiters) -> Segment<'m> {
+    Segment::split(line, d, 1, 1)
+}
+
 /// Component `n` (1-based) of the first repetition of a field as written, "" if absent.
-pub(crate) fn component<'m>(field: Option<&Field<'m>>, n: usize) -> &'m str {
+pub(crate) fn component<'m>(field: Option<Field<'m>>, n: usize) -> &'m str {
     field
-        .filter(|_| n > 0)
         .and_then(|f| f.component(n))
         .map_or("", |c| c.raw_value())
 }
 
 /// The repetitions of a field as written.
-pub(crate) fn repetitions<'a, 'm: 'a>(
-    field: Option<&'a Field<'m>>,
-) -> impl Iterator<Item = &'m str> + 'a {
+pub(crate) fn repetitions<'m>(field: Option<Field<'m>>) -> impl Iterator<Item = &'m str> {
     field
         .into_iter()
         .flat_map(|f| f.repeats().map(|r| r.raw_value()))
 }
 
-/// Parses a whole message (starting at `MSH`, already valid UTF-8) with hl7-parser.
+/// Splits a whole message (starting at `MSH`, already valid UTF-8) into its segments.
 ///
-/// Segment separators `\r`, `\n` and `\r\n` are all accepted; blank lines are skipped.
-///
-/// hl7-parser 0.3 stops at the first line it cannot read as a segment (a blank line, a segment
-/// id without a field separator, ...) and silently returns only the segments before it
-/// (`hl7_parser_drops_segments_after_an_unparseable_one` in tests.rs). So every line is first
-/// checked here: its id must be 3 upper-case letters or digits followed by the field separator
-/// (else AE 100); blank lines are removed and a bare segment id gets its field separator before
-/// the text goes to hl7-parser; and if hl7-parser still returns fewer segments than the message
-/// has, the whole message is refused (AE 100) rather than half-accepted.
-pub(crate) fn parse<'t>(
-    text: &str,
-    d: &Delimiters,
-    normalized: &'t mut String,
-) -> Result<Vec<Segment<'t>>, Hl7Error> {
-    let lines: Vec<&str> = text
-        .split(['\r', '\n'])
-        .filter(|line| !line.trim().is_empty())
-        .collect();
-    normalized.clear();
-    normalized.reserve(text.len() + lines.len());
-    for (i, line) in lines.iter().enumerate() {
+/// Segment separators `\r`, `\n` and `\r\n` are all accepted; blank lines are skipped. Every
+/// other line must be a segment: a 3-character id of upper-case letters or digits, alone or
+/// followed by the field separator, else the message is refused (AE 100).
+pub(crate) fn parse<'t>(text: &'t str, d: &Delimiters) -> Result<Vec<Segment<'t>>, Hl7Error> {
+    let mut segments: Vec<Segment<'t>> =
+        Vec::with_capacity(1 + text.bytes().filter(|&b| b == b'\r' || b == b'\n').count());
+    let mut seen: Vec<(&str, u32)> = Vec::new();
+    for line in text.split(['\r', '\n']) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let index = segments.len() + 1;
         let id = line.get(..3).filter(|id| {
             id.bytes()
                 .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
         });
-        let rest = id.map(|_| &line[3..]);
-        let (Some(_), Some(rest)) = (id, rest) else {
-            return Err(not_a_segment(i + 1, line));
+        let Some(id) = id else {
+            return Err(not_a_segment(index, line));
         };
+        let rest = &line[3..];
         if !(rest.is_empty() || rest.starts_with(d.field)) {
-            return Err(not_a_segment(i + 1, line));
+            return Err(not_a_segment(index, line));
         }
-        if i > 0 {
-            normalized.push('\r');
-        }
-        normalized.push_str(line);
-        if rest.is_empty() {
-            normalized.push(d.field);
-        }
-    }
-    let parsed = hl7_parser::Message::parse(normalized)
-        .map(|m| m.segments)
-        .unwrap_or_default();
-    check_all_segments_returned(&lines, &parsed)?;
-
-    let mut seen: Vec<(&str, u32)> = Vec::new();
-    let segments = parsed
-        .into_iter()
-        .enumerate()
-        .map(|(i, parsed)| {
-            let occurrence = match seen.iter_mut().find(|(id, _)| *id == parsed.name) {
-                Some((_, n)) => {
-                    *n += 1;
-                    *n
-                }
-                None => {
-                    seen.push((parsed.name, 1));
-                    1
-                }
-            };
-            Segment {
-                id: parsed.name,
-                occurrence,
-                index: i + 1,
-                parsed,
+        let occurrence = match seen.iter_mut().find(|(seen_id, _)| *seen_id == id) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
             }
-        })
-        .collect();
+            None => {
+                seen.push((id, 1));
+                1
+            }
+        };
+        segments.push(Segment::split(line, d, occurrence, index));
+    }
     Ok(segments)
 }
 
-/// The guard against hl7-parser's silent truncation: every non-blank line of the message must
-/// come back as a segment with the same id, in order; otherwise AE 100 at the first segment that
-/// did not.
+/// The guard that `parse` needed while it used hl7-parser, kept for the tests that use
+/// hl7-parser as the reference: every non-blank line of the message must come back as a segment
+/// with the same id, in order; otherwise AE 100 at the first segment that did not.
+#[cfg(test)]
 pub(crate) fn check_all_segments_returned(
     lines: &[&str],
     parsed: &[hl7_parser::message::Segment<'_>],
@@ -366,4 +500,33 @@ pub(crate) fn quote(value: &str) -> String {
         out.push('…');
     }
     out
+}
+
+/// Splits a whole payload and visits every field, repetition, component and subcomponent (the
+/// work `hl7_parser::Message::parse` does eagerly); returns how many subcomponents it saw. For
+/// the pcd01 bench, through `hl7::split_for_bench`.
+pub(crate) fn split_everything(payload: &[u8]) -> Result<usize, Hl7Error> {
+    let (_, d) = super::header::msh_line(payload)?;
+    let start = super::header::leading_noise(payload);
+    let text = std::str::from_utf8(&payload[start..]).map_err(|e| {
+        Hl7Error::reject(
+            ErrorCode::DataTypeError,
+            None,
+            format!(
+                "the message is not valid UTF-8 (bad byte at offset {})",
+                start + e.valid_up_to()
+            ),
+        )
+    })?;
+    let mut count = 0;
+    for seg in parse(text, &d)? {
+        for field in (1..).map_while(|n| seg.field(n)) {
+            for rep in field.repeats() {
+                for comp in rep.components() {
+                    count += comp.subcomponents().count();
+                }
+            }
+        }
+    }
+    Ok(count)
 }

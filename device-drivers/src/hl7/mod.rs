@@ -37,5 +37,13 @@ pub use pcd04::{
 };
 pub use time::{parse_dtm, DtmError};
 
+/// The zero-copy splitter alone, for `benches/pcd01.rs` (next to hl7-parser's
+/// `Message::parse`): splits a payload into segments and fields and visits every repetition,
+/// component and subcomponent; returns the number of subcomponents. Not part of the API.
+#[doc(hidden)]
+pub fn split_for_bench(payload: &[u8]) -> Result<usize, Hl7Error> {
+    message::split_everything(payload)
+}
+
 #[cfg(test)]
 mod tests;

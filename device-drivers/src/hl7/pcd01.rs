@@ -26,12 +26,11 @@
 //! - OBX-7 `low-high` gives the alarm limits (either side may be empty, negative numbers are
 //!   understood); a range that is not of that form is ignored.
 
-use hl7_parser::message::Field;
 use icu_protos::v1::{Observation, ObservationStatus};
 
 use super::error::{AckCode, ErrorCode, ErrorLocation, Hl7Error};
-use super::header::{leading_noise, msh_line, parse_header, MessageHeader};
-use super::message::{self, component, quote, repetitions, unescape, Delimiters, Segment};
+use super::header::{header_and_delimiters, leading_noise, MessageHeader};
+use super::message::{self, component, quote, repetitions, unescape, Delimiters, Field, Segment};
 use super::time::parse_dtm;
 use crate::terminology::Terminology;
 
@@ -55,9 +54,8 @@ pub fn decode_pcd01(
     receive_time_us: i64,
     terminology: &Terminology,
 ) -> Result<Pcd01Message, Hl7Error> {
-    let header = parse_header(payload)?;
+    let (header, d) = header_and_delimiters(payload)?;
     check_envelope(&header)?;
-    let (_, d) = msh_line(payload)?;
     let start = leading_noise(payload);
     let text = std::str::from_utf8(&payload[start..]).map_err(|e| {
         Hl7Error::reject(
@@ -69,8 +67,7 @@ pub fn decode_pcd01(
             ),
         )
     })?;
-    let mut normalized = String::new();
-    let segments = message::parse(text, &d, &mut normalized)?;
+    let segments = message::parse(text, &d)?;
 
     let mut decoder = Decoder {
         d,
@@ -107,10 +104,8 @@ pub fn decode_pcd01(
 
     // The header is stored with the standard delimiters.
     let std = Delimiters::default();
-    let msh3_eui = hl7_parser::parser::parse_field(&header.sending_application)
-        .ok()
-        .map(|f| unescape(component(Some(&f), 2), &std).trim().to_owned())
-        .unwrap_or_default();
+    let msh3 = Field::new(&header.sending_application, &std);
+    let msh3_eui = unescape(component(Some(msh3), 2), &std).trim().to_owned();
     let equipment_id = decoder
         .first_obx18
         .clone()
@@ -365,7 +360,7 @@ fn time_field(seg: &Segment<'_>, field: usize) -> Result<Option<i64>, Hl7Error> 
 }
 
 /// OBX-18 equipment instance id: component 3 (EUI-64/UUID) if present, else component 1.
-fn equipment_of(field: Option<&Field<'_>>, d: &Delimiters) -> Option<String> {
+fn equipment_of(field: Option<Field<'_>>, d: &Delimiters) -> Option<String> {
     let third = unescape(component(field, 3), d).trim().to_owned();
     let id = if third.is_empty() {
         unescape(component(field, 1), d).trim().to_owned()

@@ -788,3 +788,258 @@ fn truncation_character_of_v2_7_does_not_shift_msh_fields() {
     );
     assert_eq!(msg.observations[0].value, Some(60.0));
 }
+
+/// One field as nested raw values: the field, then each repetition, then each component with
+/// its subcomponents.
+type FieldTree<'m> = (&'m str, Vec<(&'m str, Vec<(&'m str, Vec<&'m str>)>)>);
+
+fn reference_field<'m>(f: &hl7_parser::message::Field<'m>) -> FieldTree<'m> {
+    let reps = f
+        .repeats()
+        .map(|r| {
+            let comps = r
+                .components()
+                .map(|c| {
+                    let subs = c.subcomponents().map(|s| s.raw_value()).collect();
+                    (c.raw_value(), subs)
+                })
+                .collect();
+            (r.raw_value(), comps)
+        })
+        .collect();
+    (f.raw_value(), reps)
+}
+
+fn splitter_field(f: super::message::Field<'_>) -> FieldTree<'_> {
+    let reps = f
+        .repeats()
+        .map(|r| {
+            let comps = r
+                .components()
+                .map(|c| (c.raw_value(), c.subcomponents().collect()))
+                .collect();
+            (r.raw_value(), comps)
+        })
+        .collect();
+    (f.raw_value(), reps)
+}
+
+/// The differential check: `message::parse` and hl7-parser (the reference, see message.rs)
+/// return the same segments, fields, repetitions, components and subcomponents for a
+/// well-formed message `text` (segments separated by `\r`, `\n` or `\r\n`, no blank lines, no
+/// bare segment ids: what hl7-parser reads without truncating). With a v2.7 truncation
+/// character, hl7-parser's MSH-2 and extra field are joined to compare with the splitter's
+/// five-character MSH-2. (One more difference, not generated: for an MSH that ends at MSH-2,
+/// hl7-parser returns an empty MSH-3 where the splitter has none; both read as "".)
+pub(super) fn assert_splits_like_hl7_parser(text: &str) {
+    let lenient = text.contains('\n');
+    let reference = hl7_parser::Message::parse_with_lenient_newlines(text, lenient)
+        .unwrap_or_else(|e| panic!("hl7-parser refuses {text:?}: {e}"));
+    let (_, d) = super::header::msh_line(text.as_bytes()).expect("MSH line");
+    let ours = super::message::parse(text, &d).expect("the splitter accepts it");
+    let names: Vec<&str> = ours.iter().map(|s| s.id).collect();
+    let reference_names: Vec<&str> = reference.segments().map(|s| s.name).collect();
+    assert_eq!(names, reference_names, "{text:?}");
+    for (i, (seg, reference_seg)) in ours.iter().zip(reference.segments()).enumerate() {
+        let mut expected: Vec<FieldTree<'_>> =
+            reference_seg.fields().map(reference_field).collect();
+        if i == 0 && d.truncation.is_some() {
+            let msh2 = &text[text.find("MSH").unwrap_or(0) + 4..][..5];
+            expected.splice(1..3, [(msh2, vec![(msh2, vec![(msh2, vec![msh2])])])]);
+        }
+        let got: Vec<FieldTree<'_>> = (1..seg.field_count() + 1)
+            .filter_map(|n| seg.field(n))
+            .map(splitter_field)
+            .collect();
+        assert_eq!(got, expected, "segment {} of {text:?}", i + 1);
+        assert_eq!(seg.field(0), None);
+        assert_eq!(seg.field(seg.field_count() + 1), None);
+    }
+}
+
+#[test]
+fn splitter_matches_hl7_parser_on_the_pcd01_fixtures() {
+    assert_splits_like_hl7_parser(&example());
+    for sep in ["\n", "\r\n"] {
+        assert_splits_like_hl7_parser(&EXAMPLE.join(sep));
+    }
+    for (i, segment) in [
+        (5, "OBX|2|ST|184514^MDC_DRUG_NAME_LABEL^MDC|1.1.1.2|Noradrenalin \\T\\ Co\\F\\4\\S\\x \\E\\ \\X41\\||||||R"),
+        (5, "OBX|2|ST|184514^MDC_DRUG_NAME_LABEL^MDC|1.1.1.2|caf\\XC3A9\\ \\Q\\ \\H\\bold\\N\\ line\\.br\\two \\X4\\ open\\F||||||R"),
+        (5, "OBX|2|CWE|196616^MDC_EVT_ALARM^MDC|1.1.1.1|196882^MDC_EVT_LEADS_OFF^MDC~a&b^c&&d~||NAV~~TEST|||R"),
+        (1, "PID|||123456^^^HOSP&1.2.3&ISO^MR~987^^^OTHER^PI||DOE^JOHN^^^^^L~Doe^J"),
+        (2, "PV1|"),
+        (2, "ZZ9|||||"),
+    ] {
+        assert_splits_like_hl7_parser(&with_segment(i, segment));
+    }
+    assert_splits_like_hl7_parser(
+        &[
+            "MSH#$~!&#DEV$00AA00000000000D$EUI-64#X#CIS#HOSP#20250101120000##ORU$R01#M^1#P#2.6",
+            "OBX#1#ST#184514$MDC_DRUG_NAME_LABEL$MDC#1.1.1.1#a!S!b|c~d&e$f",
+        ]
+        .join("\r"),
+    );
+    assert_splits_like_hl7_parser(
+        &[
+            "MSH|^~\\&#|DEV^00AA00000000000D^EUI-64|X|CIS|HOSP|20250101120000||ORU^R01|M1|P|2.7",
+            "OBX|1|NM|147842^^MDC|1.1.1.1|60||||||R",
+        ]
+        .join("\r"),
+    );
+    assert_splits_like_hl7_parser(&bench_message());
+}
+
+/// The message of `benches/pcd01.rs`, built the same way.
+fn bench_message() -> String {
+    let mut segs: Vec<String> = EXAMPLE[..4].iter().map(|s| (*s).to_owned()).collect();
+    segs.push(EXAMPLE[4].to_owned());
+    segs.push("OBX|2||69710^MDC_DEV_ANALY_PRESS_BLD_VMD^MDC|1.1.0.0|||||||X".to_owned());
+    segs.push("OBX|3||69855^MDC_DEV_METER_PRESS_BLD_CHAN^MDC|1.1.1.0|||||||X".to_owned());
+    let rows = [
+        (
+            "147842^MDC_ECG_HEART_RATE^MDC",
+            "72",
+            "264864^MDC_DIM_BEAT_PER_MIN^MDC",
+            "50-120",
+        ),
+        (
+            "150456^MDC_PULS_OXIM_SAT_O2^MDC",
+            "97",
+            "262688^MDC_DIM_PERCENT^MDC",
+            "90-100",
+        ),
+        (
+            "150301^MDC_PRESS_CUFF_SYS^MDC",
+            "128",
+            "266016^MDC_DIM_MMHG^MDC",
+            "90-160",
+        ),
+        (
+            "150302^MDC_PRESS_CUFF_DIA^MDC",
+            "78",
+            "266016^MDC_DIM_MMHG^MDC",
+            "50-90",
+        ),
+        (
+            "150303^MDC_PRESS_CUFF_MEAN^MDC",
+            "95",
+            "266016^MDC_DIM_MMHG^MDC",
+            "60-110",
+        ),
+        (
+            "151562^MDC_RESP_RATE^MDC",
+            "16",
+            "264928^MDC_DIM_RESP_PER_MIN^MDC",
+            "8-30",
+        ),
+        (
+            "150364^MDC_TEMP_BODY^MDC",
+            "37.2",
+            "268192^MDC_DIM_DEGC^MDC",
+            "35.5-38.5",
+        ),
+    ];
+    for i in 0..12 {
+        let (code, value, unit, range) = rows[i % rows.len()];
+        segs.push(format!(
+            "OBX|{}|NM|{code}|1.1.1.{}|{value}|{unit}|{range}||||R||||||AMEAS^auto-measurement^MDC",
+            i + 4,
+            i + 1
+        ));
+    }
+    segs.join("\r")
+}
+
+/// A generated value: (kind, choice) tokens, see `generated_message`.
+type GenValue = Vec<(u8, usize)>;
+/// A generated repetition: components of subcomponents of values.
+type GenRepeat = Vec<Vec<GenValue>>;
+
+/// A generated well-formed message: random delimiters (optionally with a truncation
+/// character), segment ids, fields, repetitions, components, subcomponents, escape sequences,
+/// multi-byte text and segment separators.
+fn generated_message() -> impl Strategy<Value = String> {
+    const PUNCTUATION: &[char] = &[
+        '|', '^', '~', '\\', '&', '#', '$', '!', '@', '%', '*', '+', '/', ':', ';', '=', '?', '{',
+        '}', '[', ']', '_', '`', '\'', '"', ',', '.', '<', '>', '(', ')', '-',
+    ];
+    let delimiters = (Just(PUNCTUATION.to_vec()).prop_shuffle(), any::<bool>())
+        .prop_map(|(p, truncation)| p[..if truncation { 6 } else { 5 }].to_vec());
+    // A value is built from tokens: 0 text, 1 multi-byte text, 2 escape sequence, 3 other
+    // punctuation (not a delimiter of this message).
+    let value = proptest::collection::vec((0u8..4, 0usize..8), 0..4);
+    let subcomponents = proptest::collection::vec(value, 1..3);
+    let components = proptest::collection::vec(subcomponents, 1..4);
+    let repeats = proptest::collection::vec(components, 1..3);
+    let fields = proptest::collection::vec(repeats, 1..10);
+    let id = prop_oneof![
+        Just("PID".to_owned()),
+        Just("OBX".to_owned()),
+        "[A-Z][A-Z0-9]{2}".prop_filter("not MSH", |id| id != "MSH"),
+    ];
+    let segments = proptest::collection::vec((id, fields.clone()), 0..6);
+    let separator = prop_oneof![Just("\r"), Just("\n"), Just("\r\n")];
+    (delimiters, fields, segments, separator).prop_map(|(d, msh_fields, segments, sep)| {
+        let (fs, cs, rs, es, ss) = (d[0], d[1], d[2], d[3], d[4]);
+        let others: Vec<char> = PUNCTUATION
+            .iter()
+            .copied()
+            .filter(|c| !d.contains(c))
+            .collect();
+        let token = |(kind, n): (u8, usize)| -> String {
+            match kind {
+                0 => ["", "a", "72", "Doe John", "1.2.3", "-5", "x y z", "MDC_X"][n].to_owned(),
+                1 => ["é", "漢字", "ß", "ü1", "→", "Ω", "ñ", "🙂"][n].to_owned(),
+                2 => {
+                    let seq = ["F", "S", "T", "R", "E", "X41", ".br", "H"][n];
+                    format!("{es}{seq}{es}")
+                }
+                _ => others[n % others.len()].to_string(),
+            }
+        };
+        let field = |reps: Vec<GenRepeat>| -> String {
+            let rep = |comps: GenRepeat| {
+                let comp = |subs: Vec<GenValue>| {
+                    let sub = |tokens: GenValue| tokens.into_iter().map(token).collect::<String>();
+                    subs.into_iter()
+                        .map(sub)
+                        .collect::<Vec<_>>()
+                        .join(&ss.to_string())
+                };
+                comps
+                    .into_iter()
+                    .map(comp)
+                    .collect::<Vec<_>>()
+                    .join(&cs.to_string())
+            };
+            reps.into_iter()
+                .map(rep)
+                .collect::<Vec<_>>()
+                .join(&rs.to_string())
+        };
+        let encoding: String = d[1..].iter().collect();
+        let mut msh = format!("MSH{fs}{encoding}");
+        for f in msh_fields {
+            msh.push(fs);
+            msh.push_str(&field(f));
+        }
+        let mut lines = vec![msh];
+        for (id, fields) in segments {
+            let mut line = id;
+            for f in fields {
+                line.push(fs);
+                line.push_str(&field(f));
+            }
+            lines.push(line);
+        }
+        lines.join(sep)
+    })
+}
+
+proptest! {
+    #[test]
+    fn splitter_matches_hl7_parser_on_generated_messages(text in generated_message()) {
+        assert_splits_like_hl7_parser(&text);
+    }
+}
