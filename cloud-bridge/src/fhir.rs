@@ -550,4 +550,6 @@ pub use adt::{adt_bundle, encounter_status};
 pub use alarm::{alarm_identifier_system, alarm_observation};
 
 #[cfg(test)]
+mod golden;
+#[cfg(test)]
 mod tests;

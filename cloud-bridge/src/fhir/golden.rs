@@ -1,0 +1,199 @@
+//! Golden bytes of `observation_bundle`: a set of bundles covering every branch of the mapping
+//! (value, absent reasons, text values, test and corrected status, patient or not, flags,
+//! limits, ids that need hashing, strings that need escaping, odd numbers and times), pinned
+//! byte for byte in `golden_observation_bundles.jsonl` (one bundle per line). A re-send must be
+//! byte-identical to the first send, also across gateway versions: a change here is a change of
+//! the wire format. Regenerate only on purpose: `ICU_BLESS_GOLDEN=1 cargo test -p
+//! icu-cloud-bridge golden`.
+
+use icu_protos::v1::{Observation, ObservationStatus};
+
+use super::observation_bundle;
+use crate::Terminology;
+
+const GOLDEN: &str = include_str!("golden_observation_bundles.jsonl");
+const GOLDEN_PATH: &str = "src/fhir/golden_observation_bundles.jsonl";
+
+fn base(device: &str, seq: u64) -> Observation {
+    Observation {
+        device_id: device.into(),
+        seq,
+        mdc_code: 150456,
+        mdc_refid: "MDC_PULS_OXIM_SAT_O2".into(),
+        value: Some(97.0),
+        value_text: "97".into(),
+        unit_ucum: "%".into(),
+        unit_mdc_code: 262688,
+        containment_id: "1.2.1.1".into(),
+        device_time_us: Some(1_700_000_000_000_000 + seq as i64 * 1_000_000),
+        receive_time_us: 1_700_000_000_123_456 + seq as i64 * 1_000_000,
+        clock_synced: true,
+        status: ObservationStatus::Valid as i32,
+        limit_low: Some(90.0),
+        limit_high: Some(100.0),
+        abnormal_flags: "H".into(),
+        bed: "bed-3".into(),
+        equipment_id: "0123456789ABCDEF".into(),
+        reported_patient_id: "should-not-appear".into(),
+        loinc: String::new(),
+        source_message_id: "MSG0001".into(),
+        source_row: 2,
+        patient_id: String::new(),
+    }
+}
+
+/// `(gateway, device, observations)` of every golden bundle.
+pub(super) fn golden_inputs() -> Vec<(&'static str, String, Vec<Observation>)> {
+    let mut out = Vec::new();
+    // A plain run of one device, unassociated.
+    out.push((
+        "gw1",
+        "mon-1".to_owned(),
+        (7..10).map(|s| base("mon-1", s)).collect(),
+    ));
+    // Associated, every status and value branch, one per observation.
+    let dev = "mon-2";
+    let mut v = Vec::new();
+    let mut seq = 100;
+    let mut next = |f: &dyn Fn(&mut Observation)| {
+        let mut o = base(dev, seq);
+        o.patient_id = "P-0042".into();
+        f(&mut o);
+        seq += 1;
+        o
+    };
+    v.push(next(&|o| o.abnormal_flags = String::new()));
+    v.push(next(&|o| o.status = ObservationStatus::NotAvailable as i32));
+    v.push(next(&|o| {
+        o.status = ObservationStatus::Invalid as i32;
+        o.value_text = "INV?".into();
+    }));
+    v.push(next(&|o| o.value = Some(f64::NAN)));
+    v.push(next(&|o| o.value = Some(f64::INFINITY)));
+    v.push(next(&|o| o.value = Some(f64::NEG_INFINITY)));
+    v.push(next(&|o| o.value = None));
+    v.push(next(&|o| {
+        o.value = None;
+        o.value_text = "  ".into();
+    }));
+    v.push(next(&|o| o.status = ObservationStatus::Test as i32));
+    v.push(next(&|o| o.status = ObservationStatus::Corrected as i32));
+    v.push(next(&|o| o.status = 999));
+    v.push(next(&|o| o.device_time_us = None));
+    v.push(next(&|o| o.device_time_us = Some(i64::MAX)));
+    v.push(next(&|o| {
+        o.receive_time_us = 1_700_000_000_000_000;
+        o.device_time_us = Some(1_700_000_000_100_000);
+    }));
+    v.push(next(&|o| o.device_time_us = Some(-1_000_001)));
+    v.push(next(&|o| {
+        o.mdc_code = 99_999_999;
+        o.mdc_refid = String::new();
+        o.unit_ucum = String::new();
+        o.unit_mdc_code = 0;
+    }));
+    v.push(next(&|o| {
+        o.mdc_code = 147842;
+        o.mdc_refid = String::new();
+        o.unit_ucum = String::new();
+        o.unit_mdc_code = 0;
+        o.loinc = "8867-4".into();
+    }));
+    v.push(next(&|o| {
+        o.mdc_code = 147842;
+        o.mdc_refid = " ".into();
+        o.unit_ucum = String::new();
+        o.unit_mdc_code = 1;
+        o.loinc = "1234-5".into();
+    }));
+    v.push(next(&|o| {
+        o.abnormal_flags = "HH~A,N^<~>~X~HH ,LL,HU,LU,AA,L".into()
+    }));
+    v.push(next(&|o| {
+        o.limit_low = None;
+        o.limit_high = Some(f64::INFINITY);
+    }));
+    v.push(next(&|o| {
+        o.limit_low = Some(-0.5);
+        o.limit_high = None;
+    }));
+    v.push(next(&|o| o.limit_low = Some(f64::NAN)));
+    v.push(next(&|o| o.source_message_id = String::new()));
+    v.push(next(&|o| {
+        o.bed = "bed \"3\" \\ ü € 😀 \u{1}\u{1f}\t\n\r/".into();
+        o.equipment_id = "</script>\u{7f}\u{2028}".into();
+        o.containment_id = String::new();
+        o.source_message_id = "ctl\u{0}id".into();
+        o.source_row = u32::MAX;
+        o.clock_synced = false;
+    }));
+    for (i, x) in [
+        0.0,
+        -0.0,
+        0.1,
+        1e21,
+        1e-7,
+        123456789.123,
+        -42.0,
+        f64::MAX,
+        f64::MIN_POSITIVE,
+        5e-324,
+        1.0 / 3.0,
+        100.25,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        v.push(next(&move |o| {
+            o.value = Some(x);
+            o.limit_low = Some(-x);
+            o.source_row = i as u32;
+        }));
+    }
+    out.push(("gw1", dev.to_owned(), v));
+    // A device id that is no valid FHIR id (hashed ids), a test observation of an unassociated
+    // device, and a gateway id that needs escaping.
+    let odd = "MON 7/ä\"x".to_owned();
+    let mut o = base(&odd, 1);
+    o.status = ObservationStatus::Test as i32;
+    out.push(("gw \"β\"", odd.clone(), vec![o]));
+    let long = "m".repeat(70);
+    out.push((
+        "gw1",
+        long.clone(),
+        vec![base(&long, u64::MAX - 1), base(&long, u64::MAX)],
+    ));
+    // Newest receive time is not the last observation's.
+    let mut a = base("mon-3", 5);
+    a.receive_time_us += 10_000_000;
+    out.push(("gw1", "mon-3".to_owned(), vec![a, base("mon-3", 6)]));
+    out
+}
+
+fn render() -> String {
+    let t = Terminology::builtin();
+    let mut s = String::new();
+    for (gw, dev, obs) in golden_inputs() {
+        let bytes = observation_bundle(gw, &dev, &obs, &t).expect("golden bundle maps");
+        s.push_str(std::str::from_utf8(&bytes).expect("utf-8"));
+        s.push('\n');
+    }
+    s
+}
+
+#[test]
+fn observation_bundles_are_byte_identical_to_the_golden_file() {
+    let now = render();
+    if std::env::var_os("ICU_BLESS_GOLDEN").is_some() {
+        std::fs::write(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(GOLDEN_PATH),
+            &now,
+        )
+        .expect("write the golden file");
+        return;
+    }
+    for (i, (want, got)) in GOLDEN.lines().zip(now.lines()).enumerate() {
+        assert_eq!(got, want, "bundle {i} differs from the golden bytes");
+    }
+    assert_eq!(now, GOLDEN, "golden bundle count or line ends differ");
+}
