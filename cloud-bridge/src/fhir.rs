@@ -22,16 +22,12 @@
 //! - **Traceability.** Extensions `urn:icu-gateway:ext:<name>` carry seq, bed, containment id,
 //!   receive time, clock sync, equipment id, raw flags and the source message id/row.
 
-use fhir_sdk::r4b::codes::{BundleType, ObservationStatus as FhirStatus};
 use fhir_sdk::r4b::resources::{
-    Bundle, BundleEntry, Observation as FhirObservation, ObservationEffective,
-    ObservationReferenceRange, ObservationValue, Resource,
+    Bundle, Observation as FhirObservation, ObservationEffective, ObservationValue, Resource,
 };
-use fhir_sdk::r4b::types::{
-    CodeableConcept, Coding, Extension, ExtensionValue, Identifier, Meta, Quantity, Reference,
-};
-use fhir_sdk::{DateTime, Instant};
-use icu_protos::v1::{Observation, ObservationStatus};
+use fhir_sdk::r4b::types::{Coding, Extension, ExtensionValue, Identifier, Reference};
+use fhir_sdk::Instant;
+use icu_protos::v1::Observation;
 use sha2::{Digest, Sha256};
 
 use crate::error::BridgeError;
@@ -65,6 +61,13 @@ pub fn identifier_system(gateway_id: &str, device_id: &str) -> String {
 ///
 /// `observations` are expected to be one device's, in seq order (the bridge's grouping ensures
 /// it); the Bundle id and identifier use the first and last seq.
+///
+/// The JSON is written directly into one pre-sized buffer (module [`json`]), without building
+/// fhir-sdk values first: the bytes are exactly those the fhir-sdk R4B types serialize to with
+/// serde_json (same field order, string escaping, number and time formats), pinned by a golden
+/// file and compared with the fhir-sdk mapping over generated inputs in the tests. Parts that are
+/// the same for every observation of the device (identifier system, device reference, the
+/// fullUrl hash prefix) are prepared once per bundle.
 pub fn observation_bundle(
     gateway_id: &str,
     device_id: &str,
@@ -94,244 +97,27 @@ pub fn observation_bundle(
         .ok_or_else(|| format!("receive time {newest_receive} us is out of range"))
         .map_err(fail(last.seq))?;
 
-    let mut entries = Vec::with_capacity(observations.len());
-    for obs in observations {
-        let resource =
-            map_observation(gateway_id, device_id, obs, terminology).map_err(fail(obs.seq))?;
-        let full_url = format!(
-            "urn:uuid:{}",
-            uuid_from(&["observation", gateway_id, device_id, &obs.seq.to_string()])
-        );
-        let entry = BundleEntry::builder()
-            .full_url(full_url)
-            .resource(Resource::Observation(resource))
-            .build()
-            .map_err(|e| fail(obs.seq)(e.to_string()))?;
-        entries.push(Some(entry));
-    }
-
+    let mut w = json::BundleWriter::new(gateway_id, device_id);
     let range = format!("{}-{}", first.seq, last.seq);
-    let bundle = Bundle::builder()
-        .id(fhir_id(&[gateway_id, device_id, &range]))
-        .identifier(
-            Identifier::builder()
-                .system(identifier_system(gateway_id, device_id))
-                .value(range)
-                .build()
-                .map_err(|e| fail(first.seq)(e.to_string()))?,
-        )
-        .r#type(BundleType::Collection)
-        .timestamp(timestamp)
-        .entry(entries)
-        .build()
-        .map_err(|e| fail(first.seq)(e.to_string()))?;
-    serde_json::to_vec(&bundle).map_err(|e| fail(first.seq)(e.to_string()))
-}
-
-/// One Observation resource.
-fn map_observation(
-    gateway_id: &str,
-    device_id: &str,
-    obs: &Observation,
-    terminology: &Terminology,
-) -> Result<FhirObservation, String> {
-    let term = terminology.by_mdc(obs.mdc_code);
-    let status = ObservationStatus::try_from(obs.status).unwrap_or(ObservationStatus::Unspecified);
-
-    // Codes: MDC always, LOINC from the observation or else the terminology.
-    let refid =
-        non_empty(&obs.mdc_refid).or_else(|| term.map(|t| t.refid.as_str()).and_then(non_empty));
-    let mut codings = vec![Some(coding(MDC_SYSTEM, &obs.mdc_code.to_string(), refid)?)];
-    let loinc =
-        non_empty(&obs.loinc).or_else(|| term.and_then(|t| t.loinc.as_deref()).and_then(non_empty));
-    if let Some(loinc) = loinc {
-        let display = term
-            .filter(|t| t.loinc.as_deref() == Some(loinc))
-            .and_then(|t| t.loinc_display.as_deref());
-        codings.push(Some(coding(LOINC_SYSTEM, loinc, display)?));
-    }
-    let code_text = term
-        .map(|t| t.display.as_str())
-        .and_then(non_empty)
-        .or(refid);
-    let mut code = CodeableConcept::builder().coding(codings);
-    if let Some(text) = code_text {
-        code = code.text(text.to_owned());
-    }
-    let code = code.build().map_err(|e| e.to_string())?;
-
-    let unit = non_empty(&obs.unit_ucum).or_else(|| {
-        term.filter(|t| obs.unit_mdc_code == 0 || obs.unit_mdc_code == t.unit_mdc_code)
-            .map(|t| t.ucum.as_str())
-            .and_then(non_empty)
-    });
-
-    // Value or the reason it is absent; never both.
-    let mut value = None;
-    let mut absent = None;
-    match (status, obs.value) {
-        (ObservationStatus::NotAvailable, _) => absent = Some("unknown"),
-        (ObservationStatus::Invalid, _) => absent = Some("error"),
-        (_, Some(v)) if v.is_nan() => absent = Some("not-a-number"),
-        (_, Some(v)) if v == f64::INFINITY => absent = Some("positive-infinity"),
-        (_, Some(v)) if v == f64::NEG_INFINITY => absent = Some("negative-infinity"),
-        (_, Some(v)) => value = Some(ObservationValue::Quantity(quantity(v, unit)?)),
-        (_, None) => match non_empty(&obs.value_text) {
-            Some(text) => value = Some(ObservationValue::String(text.to_owned())),
-            None => absent = Some("unknown"),
-        },
-    }
-
-    let fhir_status = match status {
-        ObservationStatus::Corrected => FhirStatus::Amended,
-        _ => FhirStatus::Final,
-    };
-
-    let receive = instant_from_us(obs.receive_time_us)
-        .ok_or_else(|| format!("receive time {} us is out of range", obs.receive_time_us))?;
-    let effective = obs
-        .device_time_us
-        .and_then(instant_from_us)
-        .unwrap_or_else(|| receive.clone());
-
-    let patient = non_empty(&obs.patient_id);
-    let mut meta = Meta::builder();
-    if patient.is_none() {
-        meta = meta.tag(vec![Some(coding(ASSOCIATION_SYSTEM, UNASSOCIATED, None)?)]);
-    }
-    if status == ObservationStatus::Test {
-        meta = meta.security(vec![Some(coding(
-            ACT_REASON_SYSTEM,
-            "HTEST",
-            Some("test health data"),
-        )?)]);
-    }
-    // An associated, non-test observation has nothing in meta: leave it out (no empty `{}`).
-    let meta = if patient.is_none() || status == ObservationStatus::Test {
-        Some(meta.build().map_err(|e| e.to_string())?)
-    } else {
-        None
-    };
-
-    let seq = obs.seq.to_string();
-    let mut extensions = vec![ext("seq", ExtensionValue::String(seq.clone()))?];
-    let mut ext_str = |name: &str, text: &str| -> Result<(), String> {
-        if let Some(text) = non_empty(text) {
-            extensions.push(ext(name, ExtensionValue::String(text.to_owned()))?);
+    w.start_bundle(
+        &fhir_id(&[gateway_id, device_id, &range]),
+        &range,
+        &timestamp,
+    );
+    for (i, obs) in observations.iter().enumerate() {
+        let before = w.len();
+        w.observation_entry(i == 0, obs, terminology)
+            .map_err(fail(obs.seq))?;
+        if i == 0 {
+            // Room for the rest at the size of the first (one allocation, no copies).
+            let each = w.len() - before + 1;
+            w.reserve(
+                each.saturating_mul(observations.len() - 1)
+                    .saturating_add(64),
+            );
         }
-        Ok(())
-    };
-    ext_str("bed", &obs.bed)?;
-    ext_str("containment-id", &obs.containment_id)?;
-    ext_str("equipment-id", &obs.equipment_id)?;
-    ext_str("abnormal-flags", &obs.abnormal_flags)?;
-    if absent.is_some() || value.is_none() {
-        ext_str("value-text", &obs.value_text)?;
     }
-    ext_str("source-message-id", &obs.source_message_id)?;
-    if !obs.source_message_id.is_empty() {
-        extensions.push(ext(
-            "source-row",
-            ExtensionValue::UnsignedInt(obs.source_row),
-        )?);
-    }
-    if matches!(status, ObservationStatus::Invalid | ObservationStatus::Test) {
-        let name = if status == ObservationStatus::Invalid {
-            "invalid"
-        } else {
-            "test"
-        };
-        extensions.push(ext(
-            "measurement-status",
-            ExtensionValue::Code(name.to_owned()),
-        )?);
-    }
-    extensions.push(ext(
-        "receive-time",
-        ExtensionValue::Instant(receive.clone()),
-    )?);
-    extensions.push(ext(
-        "clock-synced",
-        ExtensionValue::Boolean(obs.clock_synced),
-    )?);
-
-    let mut builder = FhirObservation::builder()
-        .id(fhir_id(&[device_id, &seq]))
-        .extension(extensions)
-        .identifier(vec![Some(
-            Identifier::builder()
-                .system(identifier_system(gateway_id, device_id))
-                .value(seq)
-                .build()
-                .map_err(|e| e.to_string())?,
-        )])
-        .status(fhir_status)
-        .category(vec![Some(
-            CodeableConcept::builder()
-                .coding(vec![Some(coding(
-                    CATEGORY_SYSTEM,
-                    "vital-signs",
-                    Some("Vital Signs"),
-                )?)])
-                .build()
-                .map_err(|e| e.to_string())?,
-        )])
-        .code(code)
-        .effective(ObservationEffective::DateTime(DateTime::DateTime(
-            effective,
-        )))
-        .issued(receive)
-        .device(
-            Reference::builder()
-                .reference(format!("Device/{}", fhir_id(&[device_id])))
-                .display(device_id.to_owned())
-                .build()
-                .map_err(|e| e.to_string())?,
-        );
-    if let Some(meta) = meta {
-        builder = builder.meta(meta);
-    }
-    if let Some(patient) = patient {
-        builder = builder.subject(patient_reference(patient)?);
-    }
-    if let Some(value) = value {
-        builder = builder.value(value);
-    }
-    if let Some(reason) = absent {
-        builder = builder.data_absent_reason(
-            CodeableConcept::builder()
-                .coding(vec![Some(coding(DATA_ABSENT_SYSTEM, reason, None)?)])
-                .build()
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    let interpretation = interpretation_codes(&obs.abnormal_flags)
-        .into_iter()
-        .map(|c| {
-            let coding = coding(INTERPRETATION_SYSTEM, c, None)?;
-            CodeableConcept::builder()
-                .coding(vec![Some(coding)])
-                .build()
-                .map(Some)
-                .map_err(|e| e.to_string())
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    if !interpretation.is_empty() {
-        builder = builder.interpretation(interpretation);
-    }
-    let low = obs.limit_low.filter(|v| v.is_finite());
-    let high = obs.limit_high.filter(|v| v.is_finite());
-    if low.is_some() || high.is_some() {
-        let mut range = ObservationReferenceRange::builder();
-        if let Some(low) = low {
-            range = range.low(quantity(low, unit)?);
-        }
-        if let Some(high) = high {
-            range = range.high(quantity(high, unit)?);
-        }
-        builder = builder.reference_range(vec![Some(range.build().map_err(|e| e.to_string())?)]);
-    }
-    builder.build().map_err(|e| e.to_string())
+    Ok(w.finish())
 }
 
 /// The FHIR id of a census patient's Patient resource (the same in every topic).
@@ -383,17 +169,6 @@ fn coding(system: &str, code: &str, display: Option<&str>) -> Result<Coding, Str
     b.build().map_err(|e| e.to_string())
 }
 
-fn quantity(value: f64, ucum: Option<&str>) -> Result<Quantity, String> {
-    let mut b = Quantity::builder().value(value);
-    if let Some(ucum) = ucum {
-        b = b
-            .unit(ucum.to_owned())
-            .system(UCUM_SYSTEM.to_owned())
-            .code(ucum.to_owned());
-    }
-    b.build().map_err(|e| e.to_string())
-}
-
 fn ext(name: &str, value: ExtensionValue) -> Result<Extension, String> {
     Extension::builder()
         .url(format!("{EXT_PREFIX}{name}"))
@@ -430,19 +205,28 @@ fn fhir_id(parts: &[&str]) -> String {
 /// A deterministic RFC 4122 (version 5 style, SHA-256 based) UUID from parts.
 fn uuid_from(parts: &[&str]) -> String {
     let digest = Sha256::digest(parts.join("\u{0}").as_bytes());
+    String::from_utf8_lossy(&uuid_text(&digest)).into_owned()
+}
+
+/// The UUID text (`8-4-4-4-12` lowercase hex) of a SHA-256 digest's first 16 bytes, with the
+/// version (5) and variant bits set.
+fn uuid_text(digest: &[u8]) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut b = [0u8; 16];
     b.copy_from_slice(&digest[..16]);
     b[6] = (b[6] & 0x0f) | 0x50;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    let mut out = [b'-'; 36];
+    let mut at = 0;
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
+        }
+        out[at] = HEX[usize::from(byte >> 4)];
+        out[at + 1] = HEX[usize::from(byte & 0x0f)];
+        at += 2;
+    }
+    out
 }
 
 /// Deserializes a record value as a FHIR R4(B) Bundle with fhir-sdk types.
@@ -546,10 +330,13 @@ fn parse_observation(obs: &FhirObservation) -> Result<ParsedObservation, BridgeE
 
 mod adt;
 mod alarm;
+mod json;
 pub use adt::{adt_bundle, encounter_status};
 pub use alarm::{alarm_identifier_system, alarm_observation};
 
 #[cfg(test)]
 mod golden;
+#[cfg(test)]
+mod reference;
 #[cfg(test)]
 mod tests;
