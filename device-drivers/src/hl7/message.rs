@@ -101,30 +101,72 @@ impl Delimiters {
     }
 }
 
-/// The separators below the field level, as a field's values are split by them.
+/// The separators below the field level, as a field's values are split by them. Delimiters are
+/// ASCII ([`Delimiters::from_msh`] accepts ASCII punctuation only), so values are split by byte
+/// and every cut is on a character boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Seps {
-    repetition: char,
-    component: char,
-    subcomponent: char,
+    repetition: u8,
+    component: u8,
+    subcomponent: u8,
 }
 
 impl Seps {
     fn of(d: &Delimiters) -> Self {
         Self {
-            repetition: d.repetition,
-            component: d.component,
-            subcomponent: d.subcomponent,
+            repetition: ascii(d.repetition),
+            component: ascii(d.component),
+            subcomponent: ascii(d.subcomponent),
         }
     }
 
     /// For MSH-1 and MSH-2, which are single values: CR never occurs inside a segment (it ends
     /// one), so splitting by it yields the whole value.
     const UNSPLIT: Self = Self {
-        repetition: '\r',
-        component: '\r',
-        subcomponent: '\r',
+        repetition: b'\r',
+        component: b'\r',
+        subcomponent: b'\r',
     };
+}
+
+/// A delimiter as a byte; a non-ASCII one (which `from_msh` refuses) would split nothing.
+fn ascii(c: char) -> u8 {
+    u8::try_from(c).ok().filter(u8::is_ascii).unwrap_or(b'\r')
+}
+
+/// The parts of `text` between occurrences of the ASCII byte `sep` (at least one, possibly
+/// empty), as `str::split` would return them, without its per-call searcher setup: values are
+/// short, so a plain byte loop is the fastest search.
+#[derive(Debug, Clone)]
+struct Split<'m> {
+    rest: Option<&'m str>,
+    sep: u8,
+}
+
+fn split(text: &str, sep: u8) -> Split<'_> {
+    Split {
+        rest: Some(text),
+        sep,
+    }
+}
+
+impl<'m> Iterator for Split<'m> {
+    type Item = &'m str;
+
+    fn next(&mut self) -> Option<&'m str> {
+        let rest = self.rest?;
+        match rest.bytes().position(|b| b == self.sep) {
+            // `sep` is ASCII: both slices start and end on character boundaries.
+            Some(i) => {
+                self.rest = rest.get(i + 1..);
+                rest.get(..i)
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+        }
+    }
 }
 
 /// One field as written (a slice of the message text); repetitions, components and
@@ -152,9 +194,7 @@ impl<'m> Field<'m> {
     /// The repetitions of the field (at least one, possibly empty).
     pub fn repeats(&self) -> impl Iterator<Item = Repeat<'m>> + use<'m> {
         let seps = self.seps;
-        self.raw
-            .split(seps.repetition)
-            .map(move |raw| Repeat { raw, seps })
+        split(self.raw, seps.repetition).map(move |raw| Repeat { raw, seps })
     }
 
     /// Component `n` (1-based) of the first repetition.
@@ -178,9 +218,7 @@ impl<'m> Repeat<'m> {
     /// The components of the repetition (at least one, possibly empty).
     pub fn components(&self) -> impl Iterator<Item = Component<'m>> + use<'m> {
         let seps = self.seps;
-        self.raw
-            .split(seps.component)
-            .map(move |raw| Component { raw, seps })
+        split(self.raw, seps.component).map(move |raw| Component { raw, seps })
     }
 
     /// Component `n` (1-based).
@@ -203,7 +241,7 @@ impl<'m> Component<'m> {
 
     /// The subcomponents as written (at least one, possibly empty).
     pub fn subcomponents(&self) -> impl Iterator<Item = &'m str> + use<'m> {
-        self.raw.split(self.seps.subcomponent)
+        split(self.raw, self.seps.subcomponent)
     }
 }
 
@@ -226,14 +264,16 @@ impl<'m> Segment<'m> {
     fn split(line: &'m str, d: &Delimiters, occurrence: u32, index: usize) -> Self {
         let id = line.get(..3).unwrap_or(line);
         let rest = line.get(3..).unwrap_or("");
-        let sep = d.field;
+        let sep = ascii(d.field);
         let mut fields = Vec::new();
-        if let Some(values) = rest.strip_prefix(sep) {
-            fields.reserve(1 + values.matches(sep).count() + usize::from(id == "MSH"));
+        if rest.as_bytes().first() == Some(&sep) {
+            // `sep` is ASCII: one byte.
+            let (msh1, values) = rest.split_at(1);
+            fields.reserve(2 + values.bytes().filter(|&b| b == sep).count());
             if id == "MSH" {
-                fields.push(&rest[..sep.len_utf8()]);
+                fields.push(msh1);
             }
-            fields.extend(values.split(sep));
+            fields.extend(split(values, sep));
         }
         Self {
             id,
@@ -295,7 +335,7 @@ pub(crate) fn parse<'t>(text: &'t str, d: &Delimiters) -> Result<Vec<Segment<'t>
     let mut segments: Vec<Segment<'t>> =
         Vec::with_capacity(1 + text.bytes().filter(|&b| b == b'\r' || b == b'\n').count());
     let mut seen: Vec<(&str, u32)> = Vec::new();
-    for line in text.split(['\r', '\n']) {
+    for line in split(text, b'\r').flat_map(|line| split(line, b'\n')) {
         if line.trim().is_empty() {
             continue;
         }

@@ -79,7 +79,7 @@ pub fn decode_pcd01(
         current_mds: None,
         current_equipment: None,
         first_obx18: None,
-        rows: Vec::new(),
+        rows: Vec::with_capacity(segments.iter().filter(|s| s.id == "OBX").count()),
     };
     let mut patient_id = None;
     let mut location = None;
@@ -110,17 +110,15 @@ pub fn decode_pcd01(
         .first_obx18
         .clone()
         .or(Some(msh3_eui).filter(|s| !s.is_empty()));
-    let observations = decoder
-        .rows
-        .into_iter()
-        .map(|(mut obs, equipment)| {
-            obs.equipment_id = equipment
-                .or_else(|| equipment_id.clone())
-                .unwrap_or_default();
-            obs.reported_patient_id = patient_id.clone().unwrap_or_default();
-            obs
-        })
-        .collect();
+    let mut observations = decoder.rows;
+    for obs in &mut observations {
+        if let (true, Some(id)) = (obs.equipment_id.is_empty(), &equipment_id) {
+            obs.equipment_id.clone_from(id);
+        }
+        if let Some(id) = &patient_id {
+            obs.reported_patient_id.clone_from(id);
+        }
+    }
     Ok(Pcd01Message {
         header,
         equipment_id,
@@ -172,8 +170,9 @@ struct Decoder<'a> {
     current_mds: Option<String>,
     current_equipment: Option<String>,
     first_obx18: Option<String>,
-    /// Observations with the equipment id known so far (None: use the message-level one).
-    rows: Vec<(Observation, Option<String>)>,
+    /// Observations with the equipment id known so far (empty: use the message-level one;
+    /// an OBX-18 equipment id is never empty).
+    rows: Vec<Observation>,
 }
 
 impl Decoder<'_> {
@@ -315,10 +314,10 @@ impl Decoder<'_> {
                 .unwrap_or_default(),
             source_message_id: self.header.control_id.clone(),
             source_row,
+            equipment_id: self.current_equipment.clone().unwrap_or_default(),
             ..Default::default()
         };
-        self.rows
-            .push((observation, self.current_equipment.clone()));
+        self.rows.push(observation);
         Ok(())
     }
 
