@@ -170,7 +170,8 @@ pub fn decode_adt(payload: &[u8]) -> Result<AdtMessage, Hl7Error> {
             ),
         )
     })?;
-    let segments = message::parse(text, &d)?;
+    let mut fields = Vec::new();
+    let segments = message::parse(text, &d, &mut fields)?;
 
     let msh_time = msh_time(&header)?;
     let mut evn_recorded = None;

@@ -50,7 +50,8 @@ pub(crate) fn header_and_delimiters(
 ) -> Result<(MessageHeader, Delimiters), Hl7Error> {
     let (line, d) = msh_line(payload)?;
     // The MSH line alone, so the header is readable whatever follows it.
-    let msh = message::split_msh(line, &d);
+    let mut fields = Vec::new();
+    let msh = message::split_msh(line, &d, &mut fields);
     // Trimming before re-encoding is the same as after: delimiters are ASCII punctuation and
     // escape sequences contain no whitespace.
     let std = |value: &str| message::to_standard_delimiters(value, &d).into_owned();

@@ -247,43 +247,33 @@ impl<'m> Component<'m> {
 
 /// One segment: its id, its 1-based occurrence among segments with that id, its 1-based line
 /// number in the message (blank lines not counted) and its fields as slices of the text.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Segment<'m> {
     pub id: &'m str,
     pub occurrence: u32,
     pub index: usize,
-    /// `fields[0]` is field 1.
-    fields: Vec<&'m str>,
+    /// `fields[0]` is field 1: a range of the message's one field buffer (see [`parse`]).
+    fields: &'m [&'m str],
     seps: Seps,
 }
 
-impl<'m> Segment<'m> {
-    /// Splits one segment line that starts with a 3-character id followed by the field
-    /// separator of `d` (or is the id alone). An `MSH` line is numbered as hl7-parser does:
-    /// MSH-1 is the field separator itself and MSH-2 the encoding characters.
-    fn split(line: &'m str, d: &Delimiters, occurrence: u32, index: usize) -> Self {
-        let id = line.get(..3).unwrap_or(line);
-        let rest = line.get(3..).unwrap_or("");
-        let sep = ascii(d.field);
-        let mut fields = Vec::new();
-        if rest.as_bytes().first() == Some(&sep) {
-            // `sep` is ASCII: one byte.
-            let (msh1, values) = rest.split_at(1);
-            fields.reserve(2 + values.bytes().filter(|&b| b == sep).count());
-            if id == "MSH" {
-                fields.push(msh1);
-            }
-            fields.extend(split(values, sep));
+/// Appends the fields of one segment line (a 3-character id, alone or followed by the field
+/// separator of `d`) to `fields`. An `MSH` line is numbered as hl7-parser does: MSH-1 is the
+/// field separator itself and MSH-2 the encoding characters.
+fn split_fields<'m>(line: &'m str, d: &Delimiters, fields: &mut Vec<&'m str>) {
+    let sep = ascii(d.field);
+    let rest = line.get(3..).unwrap_or("");
+    if rest.as_bytes().first() == Some(&sep) {
+        // `sep` is ASCII: one byte.
+        let (msh1, values) = rest.split_at(1);
+        if line.starts_with("MSH") {
+            fields.push(msh1);
         }
-        Self {
-            id,
-            occurrence,
-            index,
-            fields,
-            seps: Seps::of(d),
-        }
+        fields.extend(split(values, sep));
     }
+}
 
+impl<'m> Segment<'m> {
     /// Field `n` (1-based, HL7 numbering: for MSH, MSH-1 is the field separator).
     pub fn field(&self, n: usize) -> Option<Field<'m>> {
         let raw = *self.fields.get(n.checked_sub(1)?)?;
@@ -307,9 +297,23 @@ impl<'m> Segment<'m> {
     }
 }
 
-/// Splits the MSH line of a message (as returned by `header::msh_line`, delimiters checked).
-pub(crate) fn split_msh<'m>(line: &'m str, d: &Delimiters) -> Segment<'m> {
-    Segment::split(line, d, 1, 1)
+/// Splits the MSH line of a message (as returned by `header::msh_line`, delimiters checked);
+/// `fields` is the buffer its field slices are kept in.
+pub(crate) fn split_msh<'m>(
+    line: &'m str,
+    d: &Delimiters,
+    fields: &'m mut Vec<&'m str>,
+) -> Segment<'m> {
+    fields.clear();
+    fields.reserve(2 + line.bytes().filter(|&b| b == ascii(d.field)).count());
+    split_fields(line, d, fields);
+    Segment {
+        id: line.get(..3).unwrap_or(line),
+        occurrence: 1,
+        index: 1,
+        fields,
+        seps: Seps::of(d),
+    }
 }
 
 /// Component `n` (1-based) of the first repetition of a field as written, "" if absent.
@@ -326,20 +330,35 @@ pub(crate) fn repetitions<'m>(field: Option<Field<'m>>) -> impl Iterator<Item = 
         .flat_map(|f| f.repeats().map(|r| r.raw_value()))
 }
 
-/// Splits a whole message (starting at `MSH`, already valid UTF-8) into its segments.
+/// Splits a whole message (starting at `MSH`, already valid UTF-8) into its segments. The field
+/// slices of all segments are kept in `fields`, one buffer per message (sized by one count of
+/// the separators), so splitting allocates a few vectors per message, none per segment or field.
 ///
 /// Segment separators `\r`, `\n` and `\r\n` are all accepted; blank lines are skipped. Every
 /// other line must be a segment: a 3-character id of upper-case letters or digits, alone or
 /// followed by the field separator, else the message is refused (AE 100).
-pub(crate) fn parse<'t>(text: &'t str, d: &Delimiters) -> Result<Vec<Segment<'t>>, Hl7Error> {
-    let mut segments: Vec<Segment<'t>> =
-        Vec::with_capacity(1 + text.bytes().filter(|&b| b == b'\r' || b == b'\n').count());
+pub(crate) fn parse<'t>(
+    text: &'t str,
+    d: &Delimiters,
+    fields: &'t mut Vec<&'t str>,
+) -> Result<Vec<Segment<'t>>, Hl7Error> {
+    let sep = ascii(d.field);
+    let (mut lines, mut separators) = (1, 1);
+    for b in text.bytes() {
+        lines += usize::from(b == b'\r' || b == b'\n');
+        separators += usize::from(b == sep);
+    }
+    fields.clear();
+    fields.reserve(separators + lines);
+    // First the ids and the end of each segment's fields in the buffer, then the segments,
+    // once the buffer no longer grows.
+    let mut found: Vec<(&'t str, u32, usize)> = Vec::with_capacity(lines);
     let mut seen: Vec<(&str, u32)> = Vec::new();
     for line in split(text, b'\r').flat_map(|line| split(line, b'\n')) {
         if line.trim().is_empty() {
             continue;
         }
-        let index = segments.len() + 1;
+        let index = found.len() + 1;
         let id = line.get(..3).filter(|id| {
             id.bytes()
                 .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
@@ -361,8 +380,27 @@ pub(crate) fn parse<'t>(text: &'t str, d: &Delimiters) -> Result<Vec<Segment<'t>
                 1
             }
         };
-        segments.push(Segment::split(line, d, occurrence, index));
+        split_fields(line, d, fields);
+        found.push((id, occurrence, fields.len()));
     }
+    let fields: &'t [&'t str] = fields;
+    let seps = Seps::of(d);
+    let mut start = 0;
+    let segments = found
+        .into_iter()
+        .enumerate()
+        .map(|(i, (id, occurrence, end))| {
+            let segment = Segment {
+                id,
+                occurrence,
+                index: i + 1,
+                fields: fields.get(start..end).unwrap_or_default(),
+                seps,
+            };
+            start = end;
+            segment
+        })
+        .collect();
     Ok(segments)
 }
 
@@ -559,7 +597,8 @@ pub(crate) fn split_everything(payload: &[u8]) -> Result<usize, Hl7Error> {
         )
     })?;
     let mut count = 0;
-    for seg in parse(text, &d)? {
+    let mut fields = Vec::new();
+    for seg in parse(text, &d, &mut fields)? {
         for field in (1..).map_while(|n| seg.field(n)) {
             for rep in field.repeats() {
                 for comp in rep.components() {

@@ -67,7 +67,8 @@ pub fn decode_pcd01(
             ),
         )
     })?;
-    let segments = message::parse(text, &d)?;
+    let mut fields = Vec::new();
+    let segments = message::parse(text, &d, &mut fields)?;
 
     let mut decoder = Decoder {
         d,
