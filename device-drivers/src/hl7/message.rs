@@ -83,14 +83,25 @@ impl Delimiters {
                 "MSH segment ends before its field separator (MSH-1)".into(),
             ));
         };
-        let encoding: Vec<char> = chars.take_while(|&c| c != field).collect();
-        let mut all = vec![field];
-        all.extend_from_slice(&encoding);
+        // MSH-1 and up to five encoding characters, without allocating (this runs on every
+        // frame); a sixth encoding character makes `len` 7 and the check fail.
+        let mut all = [field; 6];
+        let mut len = 1;
+        for c in chars.take_while(|&c| c != field) {
+            if len == all.len() {
+                len += 1;
+                break;
+            }
+            all[len] = c;
+            len += 1;
+        }
         // hl7-parser reads MSH-1/MSH-2 as five ASCII characters.
-        let usable = |c: &char| c.is_ascii_punctuation();
+        let all = &all[..len.min(6)];
         let distinct = all.iter().enumerate().all(|(i, c)| !all[..i].contains(c));
-        if !(4..=5).contains(&encoding.len()) || !all.iter().all(usable) || !distinct {
-            let shown: String = all.iter().collect();
+        if !(5..=6).contains(&len) || !all.iter().all(char::is_ascii_punctuation) || !distinct {
+            let shown: String = std::iter::once(field)
+                .chain(line.chars().skip(4).take_while(|&c| c != field))
+                .collect();
             return Err(Hl7Error::reject(
                 ErrorCode::DataTypeError,
                 at_msh2(),
@@ -102,11 +113,11 @@ impl Delimiters {
         }
         Ok(Self {
             field,
-            component: encoding[0],
-            repetition: encoding[1],
-            escape: encoding[2],
-            subcomponent: encoding[3],
-            truncation: encoding.get(4).copied(),
+            component: all[1],
+            repetition: all[2],
+            escape: all[3],
+            subcomponent: all[4],
+            truncation: all.get(5).copied(),
         })
     }
 }
