@@ -36,7 +36,8 @@
 //!   planned, mapped and signed. It is produced only after the current cycle was delivered and
 //!   marked in full, and discarded after any failure, so per device records still leave in seq
 //!   order and sent stays a prefix; the fetch, mapping and signing of one cycle overlap the
-//!   delivery of the other.
+//!   delivery of the other. The mapping and signing of a cycle's bundles (most of its CPU) is
+//!   split over up to four scoped threads; the values are the same whichever thread made them.
 //! - **Visible failure.** Unreachable brokers and a missing topic set [`BridgeState::Offline`] /
 //!   [`BridgeState::TopicMissing`], are logged once per state change naming the brokers and the
 //!   topic, and are retried with exponential backoff up to `max_backoff`.
@@ -82,6 +83,10 @@ const MAX_METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
 /// Bound of the remembered skipped records (used only to log each one once).
 const SKIP_MEMORY: usize = 10_000;
+/// Most threads that map and sign one cycle's bundles (see [`map_and_sign`]).
+const MAX_MAP_THREADS: usize = 4;
+/// Fewest bundles worth a thread of their own.
+const MIN_BUNDLES_PER_THREAD: usize = 4;
 
 /// Settings of the bridge (the gateway builds this from its validated config).
 #[derive(Debug, Clone, PartialEq)]
@@ -860,7 +865,7 @@ fn prepare(
         *to = (*to).max(r.seq);
     }
     let plan = plan_bundles(fetched.records, mapper.max_per_bundle);
-    let values = plan.bundles.iter().map(|b| mapper.value(b)).collect();
+    let values = map_and_sign(mapper, &plan.bundles);
     Ok(Prepared {
         request,
         count,
@@ -869,6 +874,37 @@ fn prepare(
         values,
         skipped: plan.skipped,
         fetched_to,
+    })
+}
+
+/// The Kafka values of `bundles`, in order. Signing (two SHA-512 passes over every value) and
+/// mapping are most of a cycle's CPU, so a cycle of many bundles is split over up to
+/// [`MAX_MAP_THREADS`] threads (scoped: all are joined before this returns); the values do not
+/// depend on which thread made them.
+fn map_and_sign(mapper: &Mapper, bundles: &[PlannedBundle]) -> Vec<Value> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_MAP_THREADS)
+        .min(bundles.len() / MIN_BUNDLES_PER_THREAD)
+        .max(1);
+    if threads == 1 {
+        return bundles.iter().map(|b| mapper.value(b)).collect();
+    }
+    let chunk = bundles.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut chunks = bundles.chunks(chunk);
+        let first = chunks.next().unwrap_or_default();
+        let others: Vec<_> = chunks
+            .map(|c| scope.spawn(move || c.iter().map(|b| mapper.value(b)).collect::<Vec<_>>()))
+            .collect();
+        let mut values: Vec<Value> = first.iter().map(|b| mapper.value(b)).collect();
+        for handle in others {
+            match handle.join() {
+                Ok(part) => values.extend(part),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        values
     })
 }
 

@@ -1,4 +1,8 @@
-//! FHIR R4 mapping of canonical records (fhir-sdk R4B types, serialized with serde_json).
+//! FHIR R4 mapping of canonical records. Observation bundles (the hot path of a replay) are
+//! written as JSON directly (module `json`); alarms, ADT events and the readers use the fhir-sdk
+//! R4B types with serde_json. The direct writer produces exactly the bytes the fhir-sdk types
+//! serialize to (golden file, and a byte-for-byte comparison with the fhir-sdk mapping kept as a
+//! test reference), so the wire format did not change with it.
 //!
 //! Owns: [`observation_bundle`] (one device's consecutive observations of one patient → one
 //! `collection` Bundle of PoCD-style Observations), [`alarm_observation`] (one alarm state change

@@ -607,3 +607,41 @@ fn a_delivery_report_without_an_offset_is_not_marked_sent() {
         "the report without an offset counts as a failed delivery"
     );
 }
+
+#[test]
+fn values_mapped_on_several_threads_are_in_bundle_order_and_the_same_as_on_one() {
+    let mapper = Mapper {
+        gateway_id: "gw1".into(),
+        max_per_bundle: 3,
+        key: Arc::new(GatewayKey::generate()),
+        terminology: Terminology::builtin(),
+    };
+    let bundles: Vec<PlannedBundle> = (0..23u64)
+        .map(|i| PlannedBundle {
+            stream: Stream::Observations,
+            device_id: format!("mon-{i}"),
+            bed: "bed-1".into(),
+            patient_id: String::new(),
+            first_seq: 1,
+            last_seq: 1,
+            observations: vec![Observation {
+                device_id: format!("mon-{i}"),
+                seq: 1,
+                mdc_code: 150456,
+                value: Some(i as f64),
+                receive_time_us: 1_700_000_000_000_000,
+                ..Default::default()
+            }],
+            alarm: None,
+            adt: None,
+            dead_letter: None,
+        })
+        .collect();
+    let one: Vec<Value> = bundles.iter().map(|b| mapper.value(b)).collect();
+    let many = map_and_sign(&mapper, &bundles);
+    assert_eq!(one.len(), many.len());
+    for (a, b) in one.iter().zip(&many) {
+        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+        assert_eq!(a, b, "same bytes and signature in the same place");
+    }
+}
