@@ -252,8 +252,13 @@ pub fn open_connection(path: &Path, synchronous_full: bool) -> Result<Connection
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(|e| sqlite_err(path, e))?;
     let sync = if synchronous_full { "FULL" } else { "NORMAL" };
+    // temp_store = MEMORY: every request of a group commit runs in its own savepoint, and SQLite
+    // keeps the before-image of each page a savepoint changes in a statement journal. In a temp
+    // file that was a 4 KiB write(2) per page changed: a third of all bytes the writer wrote
+    // (`cargo bench -p icu-gateway --bench store_commit`: 6.0 KiB written per stored
+    // observation before, 4.2 KiB after). It is bounded by the pages one request touches.
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;"
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;"
     ))
     .map_err(|e| sqlite_err(path, e))?;
     Ok(conn)
@@ -657,7 +662,11 @@ fn file_size(p: &Path) -> u64 {
 
 /// `(page_count - freelist_count) * page_size` as `conn` sees it.
 fn pages_in_use_bytes(conn: &Connection) -> rusqlite::Result<u64> {
-    let q = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0));
+    // Cached: the writer asks after every request of a batch.
+    let q = |sql: &str| {
+        conn.prepare_cached(sql)?
+            .query_row([], |r| r.get::<_, i64>(0))
+    };
     let pages = q("PRAGMA page_count")?;
     let free = q("PRAGMA freelist_count")?;
     let size = q("PRAGMA page_size")?;
@@ -924,11 +933,12 @@ fn find_duplicate(
         return Ok(None);
     };
     let prior: Option<(i64, i64, i64)> = conn
-        .query_row(
+        .prepare_cached(
             "SELECT digest, first_seq, last_seq FROM messages WHERE device_id = ?1 AND control_id = ?2",
-            params![b.device_id, control_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
+        )?
+        .query_row(params![b.device_id, control_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .optional()?;
     Ok(prior.and_then(|(d, first, last)| {
         (d == *digest).then_some(WriteOutcome::Duplicate {
@@ -971,11 +981,11 @@ fn insert_observations(
             .first()
             .map(|o| o.receive_time_us)
             .unwrap_or(0);
-        tx.execute(
+        tx.prepare_cached(
             "INSERT OR REPLACE INTO messages (device_id, control_id, digest, first_seq, last_seq, received_us)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![b.device_id, control_id, digest, next, seq - 1, received],
-        )?;
+        )?
+        .execute(params![b.device_id, control_id, digest, next, seq - 1, received])?;
     }
     Ok(WriteOutcome::Stored {
         first_seq: next as u64,
@@ -995,11 +1005,8 @@ fn insert_records(
 ) -> rusqlite::Result<(u64, u64)> {
     let kind = stream.code();
     let next: i64 = tx
-        .query_row(
-            "SELECT next_seq FROM devices WHERE device_id = ?1 AND kind = ?2",
-            params![device_id, kind],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT next_seq FROM devices WHERE device_id = ?1 AND kind = ?2")?
+        .query_row(params![device_id, kind], |r| r.get(0))
         .optional()?
         .unwrap_or(1);
     let mut seq = next;
@@ -1032,11 +1039,11 @@ fn insert_records(
             seq += 1;
         }
     }
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO devices (device_id, kind, next_seq) VALUES (?1, ?2, ?3)
          ON CONFLICT(device_id, kind) DO UPDATE SET next_seq = excluded.next_seq",
-        params![device_id, kind, seq],
-    )?;
+    )?
+    .execute(params![device_id, kind, seq])?;
     Ok((next as u64, (seq - 1) as u64))
 }
 
