@@ -165,6 +165,8 @@ impl DeviceActor {
         }
         // The alarm engine and the live view first: they never wait for the disk. A full alarm
         // mailbox is counted and visible, never silent (the readings are still stored).
+        // One allocation shared by the alarm actor and the store (no deep copy per reading).
+        let observations: Arc<[icu_protos::v1::Observation]> = observations.into();
         if let Some((engine, stats)) = &self.alarms {
             if engine
                 .try_send(crate::alarm::actor::Observations(observations.clone()))

@@ -125,7 +125,7 @@ impl Actor for AlarmActor {
 /// Decoded observations of one message (sent by device actors with `try_send`).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Observations(pub Vec<Observation>);
+pub struct Observations(pub std::sync::Arc<[Observation]>);
 
 impl Handler<Observations> for AlarmActor {
     type Result = ();
@@ -133,7 +133,7 @@ impl Handler<Observations> for AlarmActor {
     fn handle(&mut self, msg: Observations, ctx: &mut Self::Context) {
         let now = now_us();
         let mut out = Vec::new();
-        for o in &msg.0 {
+        for o in msg.0.iter() {
             out.extend(self.engine.on_observation(o, now));
         }
         self.emit(out, ctx);
