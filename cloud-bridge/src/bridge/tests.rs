@@ -638,10 +638,14 @@ fn values_mapped_on_several_threads_are_in_bundle_order_and_the_same_as_on_one()
         })
         .collect();
     let one: Vec<Value> = bundles.iter().map(|b| mapper.value(b)).collect();
-    let many = map_and_sign(&mapper, &bundles);
-    assert_eq!(one.len(), many.len());
-    for (a, b) in one.iter().zip(&many) {
-        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
-        assert_eq!(a, b, "same bytes and signature in the same place");
+    for threads in [2, 3, MAX_MAP_THREADS] {
+        let many = map_and_sign_on(&mapper, &bundles, threads);
+        assert_eq!(one.len(), many.len());
+        for (a, b) in one.iter().zip(&many) {
+            let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+            assert_eq!(a, b, "same bytes and signature in the same place");
+        }
     }
+    let default = map_and_sign(&mapper, &bundles);
+    assert_eq!(default.len(), one.len());
 }
