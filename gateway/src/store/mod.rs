@@ -17,7 +17,7 @@
 //!
 //! `[store] disk_budget_mb` bounds the store. **Bytes in use** are the database pages in use,
 //! `(page_count - freelist_count) * page_size`, plus the write-ahead log counted at its
-//! allowance (1/16 of the budget, between 64 KiB and 4 MiB; the log is checkpointed and
+//! allowance (1/16 of the budget, between 64 KiB and 64 MiB; the log is checkpointed and
 //! truncated at that size). Deleted records therefore count as freed at once (SQLite reuses
 //! their pages; the file itself does not shrink, it stays at its high-water size).
 //!
