@@ -61,20 +61,12 @@ fn build_backlog(path: &Path, n: u64, beds: usize, obx: usize) {
     let tmp = path.with_extension("building");
     remove_db(&tmp);
     let started = Instant::now();
-    let terminology = icu_drivers::terminology::Terminology::builtin();
     let mut db = StoreDb::open(&tmp, GATEWAY_ID, false, u64::MAX).expect("open backlog store");
     let messages = n.div_ceil(obx as u64);
     let now_us = chrono::Utc::now().timestamp_micros();
     let first_us = now_us - (messages / beds as u64) as i64 * 1_000_000;
     // One decoded message per bed, as the device actor hands it to the store.
-    let templates: Vec<Vec<icu_protos::v1::Observation>> = (1..=beds)
-        .map(|b| {
-            let raw = pcd01(b, 0, obx, "20250101120000+0000");
-            icu_drivers::hl7::decode_pcd01(&raw, now_us, &terminology)
-                .expect("bench message decodes")
-                .observations
-        })
-        .collect();
+    let templates = decoded_templates(beds, obx, now_us);
     println!(
         "building the backlog: {n} observations ({messages} messages of {obx}) for {beds} monitors into {}",
         path.display()

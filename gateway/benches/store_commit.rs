@@ -49,16 +49,8 @@ fn main() {
     let seconds: u64 = args.get("seconds", 10);
     let requests = args.list("requests", "14");
     let syncs: Vec<String> = args.list("sync", "full,normal");
-    let terminology = icu_drivers::terminology::Terminology::builtin();
     let now_us = chrono::Utc::now().timestamp_micros();
-    let templates: Vec<Vec<icu_protos::v1::Observation>> = (1..=beds)
-        .map(|b| {
-            let raw = pcd01(b, 0, obx, "20250101120000+0000");
-            icu_drivers::hl7::decode_pcd01(&raw, now_us, &terminology)
-                .expect("bench message decodes")
-                .observations
-        })
-        .collect();
+    let templates = decoded_templates(beds, obx, now_us);
     println!(
         "store writer alone: {beds} monitors, {obx} observations per message, {seconds} s per case, commit_batch on this thread"
     );

@@ -891,66 +891,10 @@ fn splitter_matches_hl7_parser_on_the_pcd01_fixtures() {
     assert_splits_like_hl7_parser(&bench_message());
 }
 
-/// The message of `benches/pcd01.rs`, built the same way.
-fn bench_message() -> String {
-    let mut segs: Vec<String> = EXAMPLE[..4].iter().map(|s| (*s).to_owned()).collect();
-    segs.push(EXAMPLE[4].to_owned());
-    segs.push("OBX|2||69710^MDC_DEV_ANALY_PRESS_BLD_VMD^MDC|1.1.0.0|||||||X".to_owned());
-    segs.push("OBX|3||69855^MDC_DEV_METER_PRESS_BLD_CHAN^MDC|1.1.1.0|||||||X".to_owned());
-    let rows = [
-        (
-            "147842^MDC_ECG_HEART_RATE^MDC",
-            "72",
-            "264864^MDC_DIM_BEAT_PER_MIN^MDC",
-            "50-120",
-        ),
-        (
-            "150456^MDC_PULS_OXIM_SAT_O2^MDC",
-            "97",
-            "262688^MDC_DIM_PERCENT^MDC",
-            "90-100",
-        ),
-        (
-            "150301^MDC_PRESS_CUFF_SYS^MDC",
-            "128",
-            "266016^MDC_DIM_MMHG^MDC",
-            "90-160",
-        ),
-        (
-            "150302^MDC_PRESS_CUFF_DIA^MDC",
-            "78",
-            "266016^MDC_DIM_MMHG^MDC",
-            "50-90",
-        ),
-        (
-            "150303^MDC_PRESS_CUFF_MEAN^MDC",
-            "95",
-            "266016^MDC_DIM_MMHG^MDC",
-            "60-110",
-        ),
-        (
-            "151562^MDC_RESP_RATE^MDC",
-            "16",
-            "264928^MDC_DIM_RESP_PER_MIN^MDC",
-            "8-30",
-        ),
-        (
-            "150364^MDC_TEMP_BODY^MDC",
-            "37.2",
-            "268192^MDC_DIM_DEGC^MDC",
-            "35.5-38.5",
-        ),
-    ];
-    for i in 0..12 {
-        let (code, value, unit, range) = rows[i % rows.len()];
-        segs.push(format!(
-            "OBX|{}|NM|{code}|1.1.1.{}|{value}|{unit}|{range}||||R||||||AMEAS^auto-measurement^MDC",
-            i + 4,
-            i + 1
-        ));
-    }
-    segs.join("\r")
-}
+/// The message of `benches/pcd01.rs`.
+#[path = "../../benches/support/pcd01_message.rs"]
+mod pcd01_message;
+use pcd01_message::message as bench_message;
 
 /// The bench message decodes to these observations, field by field (the output the
 /// hl7-parser-based decoder gave for it; the same held for every input of the pcd01 fuzz corpus

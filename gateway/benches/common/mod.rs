@@ -632,6 +632,25 @@ pub fn pcd01(bed: usize, n: u64, obx: usize, ts: &str) -> Vec<u8> {
     s.into_bytes()
 }
 
+/// One decoded message per bed (`obx` readings each), as the device actor hands them to the
+/// store: the templates the store benches write from.
+#[allow(dead_code)] // not every bench writes the store directly
+pub fn decoded_templates(
+    beds: usize,
+    obx: usize,
+    now_us: i64,
+) -> Vec<Vec<icu_protos::v1::Observation>> {
+    let terminology = icu_drivers::terminology::Terminology::builtin();
+    (1..=beds)
+        .map(|b| {
+            let raw = pcd01(b, 0, obx, "20250101120000+0000");
+            icu_drivers::hl7::decode_pcd01(&raw, now_us, &terminology)
+                .expect("bench message decodes")
+                .observations
+        })
+        .collect()
+}
+
 /// HL7 timestamp of now (`YYYYMMDDHHMMSS.sss+0000`).
 pub fn hl7_now() -> String {
     chrono::Utc::now()
