@@ -17,28 +17,9 @@ const GOLDEN_PATH: &str = "src/fhir/golden_observation_bundles.jsonl";
 fn base(device: &str, seq: u64) -> Observation {
     Observation {
         device_id: device.into(),
-        seq,
-        mdc_code: 150456,
-        mdc_refid: "MDC_PULS_OXIM_SAT_O2".into(),
-        value: Some(97.0),
-        value_text: "97".into(),
-        unit_ucum: "%".into(),
-        unit_mdc_code: 262688,
-        containment_id: "1.2.1.1".into(),
         device_time_us: Some(1_700_000_000_000_000 + seq as i64 * 1_000_000),
         receive_time_us: 1_700_000_000_123_456 + seq as i64 * 1_000_000,
-        clock_synced: true,
-        status: ObservationStatus::Valid as i32,
-        limit_low: Some(90.0),
-        limit_high: Some(100.0),
-        abnormal_flags: "H".into(),
-        bed: "bed-3".into(),
-        equipment_id: "0123456789ABCDEF".into(),
-        reported_patient_id: "should-not-appear".into(),
-        loinc: String::new(),
-        source_message_id: "MSG0001".into(),
-        source_row: 2,
-        patient_id: String::new(),
+        ..super::tests::spo2(seq)
     }
 }
 

@@ -6,7 +6,8 @@ use super::*;
 const RECEIVE_US: i64 = 1_700_000_000_123_456;
 const DEVICE_US: i64 = 1_700_000_000_000_000;
 
-fn spo2(seq: u64) -> Observation {
+/// A full SpO2 reading of `mon-1` (every field set); also the base of the golden samples.
+pub(super) fn spo2(seq: u64) -> Observation {
     Observation {
         device_id: "mon-1".into(),
         seq,

@@ -1004,10 +1004,10 @@ fn insert_records(
     bed: &str,
     bodies: Vec<(i64, stored_record::Body)>,
 ) -> rusqlite::Result<(u64, u64)> {
-    let mut bodies: Vec<Option<(i64, stored_record::Body)>> =
-        bodies.into_iter().map(Some).collect();
-    insert_rows(tx, stream, device_id, bed, bodies.len(), |i, seq, buf| {
-        let (received_us, mut body) = bodies[i].take().expect("each row is encoded once");
+    let count = bodies.len();
+    let mut bodies = bodies.into_iter();
+    insert_rows(tx, stream, device_id, bed, count, |_, seq, buf| {
+        let (received_us, mut body) = bodies.next().expect("one body per row, in order");
         match &mut body {
             stored_record::Body::Observation(o) => o.seq = seq,
             stored_record::Body::Alarm(a) => a.seq = seq,
