@@ -4,13 +4,13 @@
 //! The backlog is written straight through `StoreDb::commit_batch` (the gateway's own write
 //! path: savepoint per message, per-device seqs, dedup rows, protobuf `StoredRecord`s) in big
 //! batches, for `--backlog-beds` monitors, and cached as
-//! `target/bench-cache/replay-backlog-<N>x<beds>-<obx>obx-v1.db`; every run copies it, so only
+//! `target/bench-cache/replay-backlog-<N>x<beds>-<obx>obx-v2.db`; every run copies it, so only
 //! the first run pays for building it. Then the gateway (child process, `synchronous` per
 //! `--sync`, default full) starts on the copy with `[kafka]` pointing at a fresh tansu, and
 //! `--live-beds` other monitors send `--live-rate` messages per second each over MLLP.
 //!
 //! Measured from the store through a read-only connection every 100 ms (cheap: per device
-//! `MIN(seq)` of the unsent index, since the bridge marks each device's records sent in seq
+//! the first unsent seq of the unsent index, since the bridge marks each device's records sent in seq
 //! order): backlog observations forwarded per second (overall and per 10 s), how long the first
 //! forwarded record took, and for every live message the time from its AA to its last record
 //! being marked sent (live records must not starve behind the backlog). `/api/status` (whose
@@ -44,7 +44,7 @@ use tokio_util::codec::Framed;
 const BUILD_BATCH: usize = 2000;
 
 fn backlog_path(n: u64, beds: usize, obx: usize) -> PathBuf {
-    cache_dir().join(format!("replay-backlog-{n}x{beds}-{obx}obx-v1.db"))
+    cache_dir().join(format!("replay-backlog-{n}x{beds}-{obx}obx-v2.db"))
 }
 
 fn remove_db(p: &Path) {
@@ -217,10 +217,10 @@ impl Progress {
         )
         .expect("read-only store connection");
         conn.busy_timeout(Duration::from_secs(10)).expect("busy");
-        // The partial index of unsent records makes MIN(seq) a single seek; the primary key would
+        // The partial index of unsent records makes the first unsent row a single seek; the primary key would
         // walk every sent row first.
         let indexed = conn
-            .prepare("SELECT MIN(seq) FROM records INDEXED BY records_unsent WHERE sent = 0 AND kind = 1 AND device_id = ?1")
+            .prepare("SELECT MAX(seq, sent_upto + 1) FROM records INDEXED BY records_unsent WHERE sent = 0 AND kind = 1 AND device_id = ?1 ORDER BY seq LIMIT 1")
             .is_ok();
         if !indexed {
             eprintln!("note: index records_unsent not found; progress polling may be slow");
@@ -230,9 +230,9 @@ impl Progress {
 
     fn sent(&self, device: &str) -> u64 {
         let sql = if self.indexed {
-            "SELECT MIN(seq) FROM records INDEXED BY records_unsent WHERE sent = 0 AND kind = 1 AND device_id = ?1"
+            "SELECT MAX(seq, sent_upto + 1) FROM records INDEXED BY records_unsent WHERE sent = 0 AND kind = 1 AND device_id = ?1 ORDER BY seq LIMIT 1"
         } else {
-            "SELECT MIN(seq) FROM records WHERE sent = 0 AND kind = 1 AND device_id = ?1"
+            "SELECT MAX(seq, sent_upto + 1) FROM records WHERE sent = 0 AND kind = 1 AND device_id = ?1 ORDER BY seq LIMIT 1"
         };
         let min_unsent: Option<i64> = self
             .conn

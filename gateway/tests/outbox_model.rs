@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use icu_cloud_bridge::outbox::{FetchRequest, Fetched, InFlightRuns, SentRange, Stream};
-use icu_gateway::store::db::UnsentRow;
+use icu_gateway::store::db::{row_records, UnsentRow, ROW_MAX};
 use icu_gateway::store::{
     AlarmWrite, DeadLetter, ObservationBatch, ReaderDb, StoreDb, WriteOutcome, WriteRequest,
 };
@@ -68,6 +68,8 @@ enum Op {
 fn write_strategy() -> impl Strategy<Value = Write> {
     prop_oneof![
         6 => (0..DEVICES.len(), 0usize..6).prop_map(|(device, n)| Write::Observations { device, n }),
+        // More readings than one row holds (ROW_MAX): the message takes two rows.
+        1 => (0..DEVICES.len(), 60usize..70).prop_map(|(device, n)| Write::Observations { device, n }),
         2 => (0..DEVICES.len()).prop_map(|device| Write::Alarm { device }),
         1 => Just(Write::Adt),
         1 => (0..DEVICES.len()).prop_map(|device| Write::DeadLetter { device }),
@@ -532,29 +534,58 @@ impl Harness {
     }
 
     /// The file holds exactly the model: every committed record (gapless seqs per stream and
-    /// device), with its sent flag, and the next seq of every stream.
+    /// device), with its sent flag, and the next seq of every stream. A row holds the records
+    /// `seq .. seq + n` (each decodes with its own seq); they are sent when the row is, or up
+    /// to `sent_upto` while it is partly sent.
     fn check_store(&self) -> Result<(), TestCaseError> {
         let mut stmt = self
             .check
-            .prepare_cached("SELECT kind, device_id, seq, received_us, sent FROM records")
+            .prepare_cached(
+                "SELECT kind, device_id, seq, n, received_us, sent, sent_upto, payload FROM records",
+            )
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let rows = stmt
             .query_map([], |r| {
                 Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
+                    (
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ),
+                    (
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, i64>(6)?,
+                        r.get::<_, Vec<u8>>(7)?,
+                    ),
                 ))
             })
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let mut stored: BTreeMap<Key, (i64, bool)> = BTreeMap::new();
         for row in rows {
-            let (kind, device, seq, received, sent) =
+            let ((kind, device, seq, n), (received, sent, sent_upto, payload)) =
                 row.map_err(|e| TestCaseError::fail(e.to_string()))?;
             let stream = Stream::from_code(kind).ok_or_else(|| TestCaseError::fail("bad kind"))?;
-            stored.insert((stream, device, seq as u64), (received, sent != 0));
+            prop_assert!(
+                (1..=ROW_MAX as i64).contains(&n),
+                "row {device} {seq} holds {n}"
+            );
+            prop_assert!(
+                sent == 1 || sent_upto < seq + n - 1,
+                "a row sent up to its last record is sent"
+            );
+            let records = row_records(n as usize, &payload).map_err(TestCaseError::fail)?;
+            for (i, record) in records.into_iter().enumerate() {
+                let s = seq + i as i64;
+                let decoded =
+                    StoredRecord::decode(record).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(decoded.seq, s as u64, "record {} of row {}", i, seq);
+                stored.insert(
+                    (stream, device.clone(), s as u64),
+                    (received, sent != 0 || s <= sent_upto),
+                );
+            }
         }
         prop_assert_eq!(&stored, &self.model.records, "store and model agree");
         let mut stmt = self

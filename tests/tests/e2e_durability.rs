@@ -470,7 +470,7 @@ fn store_seqs(db: &Path) -> BTreeMap<String, BTreeMap<u64, bool>> {
         .unwrap_or_else(|e| panic!("open {} read-only: {e}", db.display()));
     c.busy_timeout(Duration::from_secs(10)).unwrap();
     let mut q = c
-        .prepare("SELECT device_id, seq, sent FROM records WHERE kind = 1")
+        .prepare("SELECT device_id, seq, sent FROM record_seqs WHERE kind = 1")
         .unwrap();
     let rows = q
         .query_map([], |r| {
@@ -994,7 +994,7 @@ fn unsent_keys(db: &Path, kind: i64) -> BTreeSet<(String, u64)> {
     let c = rusqlite::Connection::open(db).unwrap();
     c.busy_timeout(Duration::from_secs(10)).unwrap();
     let mut q = c
-        .prepare("SELECT device_id, seq FROM records WHERE kind = ?1 AND sent = 0")
+        .prepare("SELECT device_id, seq FROM record_seqs WHERE kind = ?1 AND sent = 0")
         .unwrap();
     let rows = q
         .query_map([kind], |r| {

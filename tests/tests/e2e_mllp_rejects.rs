@@ -45,7 +45,7 @@ fn dead_letters(db: &std::path::Path) -> Vec<(String, i64, Option<String>, Strin
 
 fn stored_records(db: &std::path::Path) -> i64 {
     let c = rusqlite::Connection::open(db).unwrap();
-    c.query_row("SELECT COUNT(*) FROM records WHERE kind = 1", [], |r| {
+    c.query_row("SELECT COUNT(*) FROM record_seqs WHERE kind = 1", [], |r| {
         r.get(0)
     })
     .unwrap()
@@ -216,7 +216,7 @@ fn store_over_budget_answers_ar_never_aa_and_stores_nothing_half() {
     // Exactly the acknowledged messages are stored, whole: 2 values each.
     let c = rusqlite::Connection::open(gw.db_path()).unwrap();
     let records: i64 = c
-        .query_row("SELECT COUNT(*) FROM records WHERE kind = 1", [], |r| {
+        .query_row("SELECT COUNT(*) FROM record_seqs WHERE kind = 1", [], |r| {
             r.get(0)
         })
         .unwrap();

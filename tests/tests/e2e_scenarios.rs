@@ -60,15 +60,22 @@ fn scripted_scenarios_behave_as_the_gateway_promises() {
     // (and, being older than what the bed showed, it does not replace the live value).
     sim(2, "clock-skew=-3600:4");
     let c = rusqlite::Connection::open(gw.db_path()).unwrap();
-    let payload: Vec<u8> = c
+    // The newest row of mon-04: one record, or a run of them (one row per message).
+    let (n, payload): (i64, Vec<u8>) = c
         .query_row(
-            "SELECT payload FROM records WHERE kind = 1 AND device_id = 'mon-04' ORDER BY seq DESC LIMIT 1",
+            "SELECT n, payload FROM records WHERE kind = 1 AND device_id = 'mon-04' ORDER BY seq DESC LIMIT 1",
             [],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
     use icu_protos::Message as _;
-    let rec = icu_protos::v1::StoredRecord::decode(payload.as_slice()).unwrap();
+    let rec = if n == 1 {
+        icu_protos::v1::StoredRecord::decode(payload.as_slice()).unwrap()
+    } else {
+        let run = icu_protos::v1::StoredRecordRun::decode(payload.as_slice()).unwrap();
+        assert_eq!(run.records.len() as i64, n);
+        run.records.into_iter().last().unwrap()
+    };
     let Some(icu_protos::v1::stored_record::Body::Observation(o)) = rec.body else {
         panic!("not an observation")
     };
@@ -78,12 +85,12 @@ fn scripted_scenarios_behave_as_the_gateway_promises() {
     // Duplicates on bed 5: every message twice, stored once.
     let before = count(
         &gw,
-        "SELECT COUNT(*) FROM records WHERE kind = 1 AND device_id = 'mon-05'",
+        "SELECT COUNT(*) FROM record_seqs WHERE kind = 1 AND device_id = 'mon-05'",
     );
     let run = sim(6, "duplicates:5:0");
     let after = count(
         &gw,
-        "SELECT COUNT(*) FROM records WHERE kind = 1 AND device_id = 'mon-05'",
+        "SELECT COUNT(*) FROM record_seqs WHERE kind = 1 AND device_id = 'mon-05'",
     );
     let sent: usize = run
         .accepted
@@ -104,12 +111,12 @@ fn scripted_scenarios_behave_as_the_gateway_promises() {
     // Out of order on bed 1: both of every pair stored.
     let before = count(
         &gw,
-        "SELECT COUNT(*) FROM records WHERE kind = 1 AND device_id = 'mon-01'",
+        "SELECT COUNT(*) FROM record_seqs WHERE kind = 1 AND device_id = 'mon-01'",
     );
     let run = sim(6, "out-of-order:1:0");
     let after = count(
         &gw,
-        "SELECT COUNT(*) FROM records WHERE kind = 1 AND device_id = 'mon-01'",
+        "SELECT COUNT(*) FROM record_seqs WHERE kind = 1 AND device_id = 'mon-01'",
     );
     let sent = run
         .accepted
@@ -122,12 +129,12 @@ fn scripted_scenarios_behave_as_the_gateway_promises() {
     let letters = count(&gw, "SELECT COUNT(*) FROM dead_letters");
     let before = count(
         &gw,
-        "SELECT COUNT(*) FROM records WHERE kind = 1 AND device_id = 'mon-02'",
+        "SELECT COUNT(*) FROM record_seqs WHERE kind = 1 AND device_id = 'mon-02'",
     );
     let run = sim(4, "garbage:2:0");
     let after = count(
         &gw,
-        "SELECT COUNT(*) FROM records WHERE kind = 1 AND device_id = 'mon-02'",
+        "SELECT COUNT(*) FROM record_seqs WHERE kind = 1 AND device_id = 'mon-02'",
     );
     assert_eq!(
         after - before,

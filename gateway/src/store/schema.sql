@@ -1,7 +1,17 @@
 -- Store schema of the ICU edge gateway (SQLite, WAL).
--- records: every stored record, one row per (kind, device_id, seq); the outbox is the rows with
--- sent = 0. Each kind is its own stream with its own per-device seq (it goes to its own topic), so
--- a consumer sees gapless seqs on every topic.
+-- records: every stored record, by (kind, device_id, seq); the outbox is the rows with sent = 0.
+-- Each kind is its own stream with its own per-device seq (it goes to its own topic), so a
+-- consumer sees gapless seqs on every topic.
+--
+-- One row holds the n consecutive records seq .. seq + n - 1 of one stream (the readings of one
+-- received message: at most 64 per row). n = 1: payload is one icu.v1.StoredRecord; n > 1: an
+-- icu.v1.StoredRecordRun of the n records in seq order. Store files written before rows held
+-- several records get the columns n (1) and sent_upto (0) added when opened.
+--
+-- A row is sent (sent = 1) when all its records are; a row whose first records are sent and the
+-- rest not (a bundle ended inside it) keeps sent = 0 and sent_upto = the last sent seq, so its
+-- first unsent seq is MAX(seq, sent_upto + 1). Rows stay clustered per device in seq order:
+-- pruning a device's forwarded rows frees whole pages.
 CREATE TABLE IF NOT EXISTS devices (
     device_id   TEXT    NOT NULL,
     kind        INTEGER NOT NULL,
@@ -11,12 +21,14 @@ CREATE TABLE IF NOT EXISTS devices (
 
 CREATE TABLE IF NOT EXISTS records (
     device_id    TEXT    NOT NULL,
-    seq          INTEGER NOT NULL,
+    seq          INTEGER NOT NULL,       -- the first seq of the row
     kind         INTEGER NOT NULL,       -- 1 observation, 2 alarm (see outbox::Stream)
-    bed          TEXT    NOT NULL,
-    received_us  INTEGER NOT NULL,
-    payload      BLOB    NOT NULL,       -- icu.v1.StoredRecord (protobuf)
+    n            INTEGER NOT NULL DEFAULT 1,
     sent         INTEGER NOT NULL DEFAULT 0,
+    sent_upto    INTEGER NOT NULL DEFAULT 0,
+    bed          TEXT    NOT NULL,
+    received_us  INTEGER NOT NULL,       -- receive time of the row's first record
+    payload      BLOB    NOT NULL,
     PRIMARY KEY (kind, device_id, seq)
 ) WITHOUT ROWID;
 
