@@ -5,7 +5,8 @@
 //!   batch transaction), and nothing is reported stored before the batch's `COMMIT` returned;
 //! - `seq` is assigned per device inside the same transaction, so committed seqs are gapless
 //!   and strictly increasing, and a failed commit consumes none;
-//! - a retried HL7 message (same device, control id and bytes) is recognised and not stored twice;
+//! - a retried message (same device, control id and bytes) among the device's last
+//!   [`DEDUP_WINDOW`] messages is recognised and not stored twice (see [`Dedup`]);
 //! - the disk budget ([`BudgetPolicy`], policy in the `store` module docs) is checked before every
 //!   request of a batch, on the bytes in use (`(page_count - freelist_count) * page_size` plus
 //!   the write-ahead log), so deleted records count as freed; above the high-water mark each
@@ -245,6 +246,181 @@ pub struct StoreDb {
     /// After a pruning round that found nothing to delete, the next one waits until then (the
     /// bridge has to forward something first; no need to look on every batch).
     next_prune: Option<std::time::Instant>,
+    dedup: Dedup,
+}
+
+/// How many of a device's latest messages a retry is recognised among (per device; after a
+/// restart, from its latest rows in the file).
+pub const DEDUP_WINDOW: usize = 1024;
+
+/// Recognises a sender's retry of a message already stored: same device, same control id
+/// (HL7 MSH-10, the MQTT message id) and same bytes (digest).
+///
+/// Senders retry their latest messages: an MLLP sender resends the one whose ACK it did not
+/// get before it sends the next, an MQTT client redelivers what is in its in-flight window
+/// (at most a few hundred messages), and after a gateway crash both resend what they sent
+/// last. So each device's last [`DEDUP_WINDOW`] messages are kept in memory, loaded from the
+/// device's latest rows (`records.control_id` and `digest`) the first time the device is seen
+/// after a start. This replaced a `messages` table with two b-trees, which was a third of all
+/// pages each group commit wrote (`cargo bench -p icu-gateway --bench store_commit`); store
+/// files that still have rows in it are looked up there as well.
+///
+/// What a batch stores enters the window only once its `COMMIT` returned: a commit that failed
+/// leaves no trace that would answer a retry as stored.
+#[derive(Debug, Default)]
+struct Dedup {
+    devices: HashMap<String, DedupDevice>,
+    /// Stored by the batch being committed, not yet in `devices`: (device, control id, entry).
+    pending: Vec<(String, String, DedupEntry)>,
+    /// The legacy `messages` table has rows (files written before the window).
+    legacy: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DedupEntry {
+    digest: i64,
+    first_seq: u64,
+    last_seq: u64,
+}
+
+#[derive(Debug, Default)]
+struct DedupDevice {
+    by_control: HashMap<String, DedupEntry>,
+    /// Control ids oldest first, with the first seq they were stored under (a control id
+    /// reused with other bytes replaces the earlier entry; evicting the earlier occurrence
+    /// must not remove the later one).
+    order: std::collections::VecDeque<(String, u64)>,
+}
+
+impl DedupDevice {
+    fn insert(&mut self, control_id: String, entry: DedupEntry) {
+        self.order.push_back((control_id.clone(), entry.first_seq));
+        self.by_control.insert(control_id, entry);
+        while self.order.len() > DEDUP_WINDOW {
+            if let Some((old, first)) = self.order.pop_front() {
+                if self
+                    .by_control
+                    .get(&old)
+                    .is_some_and(|e| e.first_seq == first)
+                {
+                    self.by_control.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+impl Dedup {
+    /// The earlier outcome of this message if it is a retry: the batch being committed first,
+    /// then the device's window (loaded from the file on first use), then the legacy table.
+    fn find(
+        &mut self,
+        conn: &Connection,
+        b: &ObservationBatch,
+    ) -> rusqlite::Result<Option<WriteOutcome>> {
+        let Some((control_id, digest)) = &b.dedup else {
+            return Ok(None);
+        };
+        let hit = |e: &DedupEntry| {
+            (e.digest == *digest).then_some(WriteOutcome::Duplicate {
+                first_seq: e.first_seq,
+                last_seq: e.last_seq,
+            })
+        };
+        if let Some((_, _, e)) = self
+            .pending
+            .iter()
+            .rev()
+            .find(|(d, c, _)| *d == b.device_id && c == control_id)
+        {
+            return Ok(hit(e));
+        }
+        if !self.devices.contains_key(&b.device_id) {
+            let window = load_dedup_window(conn, &b.device_id)?;
+            self.devices.insert(b.device_id.clone(), window);
+        }
+        if let Some(e) = self.devices[&b.device_id].by_control.get(control_id) {
+            return Ok(hit(e));
+        }
+        if self.legacy {
+            let prior: Option<(i64, i64, i64)> = conn
+                .prepare_cached(
+                    "SELECT digest, first_seq, last_seq FROM messages WHERE device_id = ?1 AND control_id = ?2",
+                )?
+                .query_row(params![b.device_id, control_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?;
+            return Ok(prior.and_then(|(d, first, last)| {
+                hit(&DedupEntry {
+                    digest: d,
+                    first_seq: first as u64,
+                    last_seq: last as u64,
+                })
+            }));
+        }
+        Ok(None)
+    }
+
+    /// After the batch's `COMMIT`: what it stored enters the windows.
+    fn committed(&mut self) {
+        for (device, control_id, entry) in self.pending.drain(..) {
+            self.devices
+                .entry(device)
+                .or_default()
+                .insert(control_id, entry);
+        }
+    }
+}
+
+/// A device's last [`DEDUP_WINDOW`] messages as its latest rows hold them (the rows of one
+/// message share its control id and digest).
+fn load_dedup_window(conn: &Connection, device_id: &str) -> rusqlite::Result<DedupDevice> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, n, control_id, digest FROM records WHERE kind = ?1 AND device_id = ?2 ORDER BY seq DESC LIMIT ?3",
+    )?;
+    let mut rows = stmt.query(params![
+        Stream::Observations.code(),
+        device_id,
+        DEDUP_WINDOW as i64
+    ])?;
+    // Newest first: merge the rows of one message, then insert oldest first.
+    let mut messages: Vec<(String, DedupEntry)> = Vec::new();
+    let mut read = 0;
+    while let Some(row) = rows.next()? {
+        read += 1;
+        let seq = row.get::<_, i64>(0)?.max(0) as u64;
+        let n = row.get::<_, i64>(1)?.max(1) as u64;
+        let (Some(control_id), Some(digest)) = (
+            row.get::<_, Option<String>>(2)?,
+            row.get::<_, Option<i64>>(3)?,
+        ) else {
+            continue;
+        };
+        match messages.last_mut() {
+            Some((c, e)) if *c == control_id && e.digest == digest && e.first_seq == seq + n => {
+                e.first_seq = seq;
+            }
+            _ => messages.push((
+                control_id,
+                DedupEntry {
+                    digest,
+                    first_seq: seq,
+                    last_seq: seq + n - 1,
+                },
+            )),
+        }
+    }
+    if read == DEDUP_WINDOW {
+        // The oldest message read may have more rows before the limit: a retry of it must not
+        // be answered with part of its seqs.
+        messages.pop();
+    }
+    let mut window = DedupDevice::default();
+    for (control_id, entry) in messages.into_iter().rev() {
+        window.insert(control_id, entry);
+    }
+    Ok(window)
 }
 
 fn sqlite_err(path: &Path, e: rusqlite::Error) -> StoreError {
@@ -335,7 +511,12 @@ impl StoreDb {
             },
             policy,
             next_prune: None,
+            dedup: Dedup::default(),
         };
+        db.dedup.legacy = db
+            .conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM messages)", [], |r| r.get(0))
+            .map_err(|e| sqlite_err(path, e))?;
         let used = db.used_bytes().map_err(|e| sqlite_err(path, e))?;
         db.status.used_bytes = used;
         db.status.full = used >= db.policy.budget_bytes;
@@ -426,6 +607,8 @@ impl StoreDb {
         }
         let path = self.path.clone();
         let gateway_id = self.gateway_id.clone();
+        let dedup = &mut self.dedup;
+        dedup.pending.clear();
         let fail_all = |e: rusqlite::Error| -> Vec<Result<WriteOutcome, StoreError>> {
             let err = sqlite_err(&path, e);
             requests.iter().map(|_| Err(err.clone())).collect()
@@ -496,7 +679,7 @@ impl StoreDb {
             if used >= limit {
                 // A sender's retry of a message already stored is still answered as stored.
                 if let WriteRequest::Observations(b) = req {
-                    match find_duplicate(&tx, b) {
+                    match dedup.find(&tx, b) {
                         Ok(Some(dup)) => {
                             results.push(Ok(dup));
                             continue;
@@ -522,7 +705,32 @@ impl StoreDb {
             let outcome = (|| {
                 let sp = tx.savepoint()?;
                 let out = match req {
-                    WriteRequest::Observations(b) => insert_observations(&sp, &gateway_id, b)?,
+                    WriteRequest::Observations(b) => {
+                        let out = match dedup.find(&sp, b)? {
+                            Some(dup) => dup,
+                            None => insert_observations(&sp, &gateway_id, b)?,
+                        };
+                        sp.commit()?;
+                        if let (
+                            WriteOutcome::Stored {
+                                first_seq,
+                                last_seq,
+                            },
+                            Some((control_id, digest)),
+                        ) = (&out, &b.dedup)
+                        {
+                            dedup.pending.push((
+                                b.device_id.clone(),
+                                control_id.clone(),
+                                DedupEntry {
+                                    digest: *digest,
+                                    first_seq: *first_seq,
+                                    last_seq: *last_seq,
+                                },
+                            ));
+                        }
+                        return Ok(out);
+                    }
                     WriteRequest::Alarm(a) => {
                         let body = stored_record::Body::Alarm(a.alarm.clone());
                         let (first, last) = insert_records(
@@ -592,8 +800,10 @@ impl StoreDb {
             }
         }
         if let Err(e) = tx.commit() {
+            dedup.pending.clear();
             return fail_all(e);
         }
+        dedup.committed();
         self.status.refused_requests += refused;
         self.account(pruned, full);
         results
@@ -955,43 +1165,18 @@ fn prune_dead_letter_table(conn: &Connection, max: u64) -> rusqlite::Result<u64>
     )? as u64)
 }
 
-/// The earlier outcome of a sender's retry (same device, control id and bytes), if any.
-fn find_duplicate(
-    conn: &Connection,
-    b: &ObservationBatch,
-) -> rusqlite::Result<Option<WriteOutcome>> {
-    let Some((control_id, digest)) = &b.dedup else {
-        return Ok(None);
-    };
-    let prior: Option<(i64, i64, i64)> = conn
-        .prepare_cached(
-            "SELECT digest, first_seq, last_seq FROM messages WHERE device_id = ?1 AND control_id = ?2",
-        )?
-        .query_row(params![b.device_id, control_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .optional()?;
-    Ok(prior.and_then(|(d, first, last)| {
-        (d == *digest).then_some(WriteOutcome::Duplicate {
-            first_seq: first as u64,
-            last_seq: last as u64,
-        })
-    }))
-}
-
+/// Stores one message's readings (the caller has checked it is not a retry).
 fn insert_observations(
     tx: &rusqlite::Savepoint<'_>,
     gateway_id: &str,
     b: &ObservationBatch,
 ) -> rusqlite::Result<WriteOutcome> {
-    if let Some(dup) = find_duplicate(tx, b)? {
-        return Ok(dup);
-    }
     let (first, last) = insert_rows(
         tx,
         Stream::Observations,
         &b.device_id,
         &b.bed,
+        b.dedup.as_ref().map(|(c, d)| (c.as_str(), *d)),
         b.observations.len(),
         |i, seq, buf| {
             let o = &b.observations[i];
@@ -999,22 +1184,9 @@ fn insert_observations(
             o.receive_time_us
         },
     )?;
-    let (next, seq) = (first as i64, last as i64 + 1);
-    if let Some((control_id, digest)) = &b.dedup {
-        let received = b
-            .observations
-            .first()
-            .map(|o| o.receive_time_us)
-            .unwrap_or(0);
-        tx.prepare_cached(
-            "INSERT OR REPLACE INTO messages (device_id, control_id, digest, first_seq, last_seq, received_us)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![b.device_id, control_id, digest, next, seq - 1, received])?;
-    }
     Ok(WriteOutcome::Stored {
-        first_seq: next as u64,
-        last_seq: (seq - 1) as u64,
+        first_seq: first,
+        last_seq: last,
     })
 }
 
@@ -1030,7 +1202,7 @@ fn insert_records(
 ) -> rusqlite::Result<(u64, u64)> {
     let count = bodies.len();
     let mut bodies = bodies.into_iter();
-    insert_rows(tx, stream, device_id, bed, count, |_, seq, buf| {
+    insert_rows(tx, stream, device_id, bed, None, count, |_, seq, buf| {
         let (received_us, mut body) = bodies.next().expect("one body per row, in order");
         match &mut body {
             stored_record::Body::Observation(o) => o.seq = seq,
@@ -1121,6 +1293,7 @@ fn insert_rows(
     stream: Stream,
     device_id: &str,
     bed: &str,
+    dedup: Option<(&str, i64)>,
     count: usize,
     mut encode: impl FnMut(usize, u64, &mut Vec<u8>) -> i64,
 ) -> rusqlite::Result<(u64, u64)> {
@@ -1134,7 +1307,7 @@ fn insert_rows(
     let mut seq = next;
     {
         let mut stmt = tx.prepare_cached(
-            "INSERT INTO records (device_id, seq, kind, n, bed, received_us, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO records (device_id, seq, kind, n, bed, received_us, control_id, digest, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
         let mut buf = Vec::with_capacity(if count > 1 { 8192 } else { 512 });
         let mut one = Vec::new();
@@ -1166,6 +1339,8 @@ fn insert_rows(
                 n as i64,
                 bed,
                 received_us,
+                dedup.map(|d| d.0),
+                dedup.map(|d| d.1),
                 &buf[..]
             ])?;
             seq += n as i64;
@@ -1227,21 +1402,35 @@ fn mark_range(
 /// (0), which is what each of their rows is. Idempotent; under the write lock, so the writer's
 /// and the reader's connection opening at once do it once.
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let has_runs = |conn: &Connection| -> rusqlite::Result<bool> {
-        conn.prepare("SELECT 1 FROM pragma_table_info('records') WHERE name = 'n'")?
-            .exists([])
+    const ADDED: [(&str, &str); 4] = [
+        ("n", "INTEGER NOT NULL DEFAULT 1"),
+        ("sent_upto", "INTEGER NOT NULL DEFAULT 0"),
+        ("control_id", "TEXT"),
+        ("digest", "INTEGER"),
+    ];
+    let missing = |conn: &Connection| -> rusqlite::Result<Vec<(&str, &str)>> {
+        let mut stmt =
+            conn.prepare("SELECT 1 FROM pragma_table_info('records') WHERE name = ?1")?;
+        let mut out = Vec::new();
+        for (name, decl) in ADDED {
+            if !stmt.exists([name])? {
+                out.push((name, decl));
+            }
+        }
+        Ok(out)
     };
-    if has_runs(conn)? {
+    if missing(conn)?.is_empty() {
         return Ok(());
     }
     let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
-    if !has_runs(&tx)? {
-        tx.execute_batch(
-            "ALTER TABLE records ADD COLUMN n INTEGER NOT NULL DEFAULT 1;
-             ALTER TABLE records ADD COLUMN sent_upto INTEGER NOT NULL DEFAULT 0;",
-        )?;
+    let columns = missing(&tx)?;
+    for (name, decl) in &columns {
+        tx.execute_batch(&format!("ALTER TABLE records ADD COLUMN {name} {decl}"))?;
+    }
+    if !columns.is_empty() {
         tracing::info!(
-            "store: records table upgraded to rows of several records (its rows hold one each)"
+            columns = ?columns.iter().map(|c| c.0).collect::<Vec<_>>(),
+            "store: records table upgraded (rows of several records, retries recognised from the rows)"
         );
     }
     tx.commit()
@@ -1777,6 +1966,10 @@ mod tests {
                  bed TEXT NOT NULL, received_us INTEGER NOT NULL, payload BLOB NOT NULL,
                  sent INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (kind, device_id, seq)) WITHOUT ROWID;
              CREATE INDEX records_unsent ON records (kind, device_id, seq) WHERE sent = 0;
+             CREATE TABLE messages (device_id TEXT NOT NULL, control_id TEXT NOT NULL, digest INTEGER NOT NULL,
+                 first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, received_us INTEGER NOT NULL,
+                 PRIMARY KEY (device_id, control_id)) WITHOUT ROWID;
+             CREATE INDEX messages_by_last_seq ON messages (device_id, last_seq);
              INSERT INTO devices VALUES ('a', 1, 4);",
         )
         .unwrap();
@@ -1796,6 +1989,12 @@ mod tests {
             )
             .unwrap();
         }
+        // Its last message held seqs 2 and 3.
+        c.execute(
+            "INSERT INTO messages VALUES ('a', 'old-2', ?1, 2, 3, 1)",
+            [digest(b"old-2")],
+        )
+        .unwrap();
     }
 
     #[test]
@@ -1835,6 +2034,23 @@ mod tests {
                 "SELECT COUNT(*) FROM record_seqs WHERE device_id = 'a' AND sent = 0"
             ),
             3
+        );
+        // A retry of a message stored by the older gateway is still recognised (its table),
+        // and so is one stored since.
+        let r = db.commit_batch(&[batch("a", Some("old-2"), 2), batch("a", Some("m9"), 5)]);
+        assert_eq!(
+            r[0].as_ref().unwrap(),
+            &WriteOutcome::Duplicate {
+                first_seq: 2,
+                last_seq: 3
+            }
+        );
+        assert_eq!(
+            r[1].as_ref().unwrap(),
+            &WriteOutcome::Duplicate {
+                first_seq: 4,
+                last_seq: 8
+            }
         );
         // Opening it again changes nothing.
         drop((db, reader));
@@ -1928,6 +2144,92 @@ mod tests {
             }
         );
         assert_eq!(reader.counts().unwrap().records, 3);
+    }
+
+    #[test]
+    fn retries_are_recognised_in_the_same_batch_after_a_restart_and_among_the_last_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut db, reader) = open(dir.path());
+        // The same message twice in one group commit, and one of 70 readings (two rows).
+        let r = db.commit_batch(&[
+            batch("a", Some("m1"), 3),
+            batch("a", Some("m1"), 3),
+            batch("a", Some("big"), 70),
+        ]);
+        assert_eq!(
+            r[1].as_ref().unwrap(),
+            &WriteOutcome::Duplicate {
+                first_seq: 1,
+                last_seq: 3
+            }
+        );
+        assert_eq!(reader.exact_counts().unwrap(), (73, 73));
+        // Same control id, other bytes: a new message.
+        let other = WriteRequest::Observations(ObservationBatch {
+            device_id: "a".into(),
+            bed: "bed-1".into(),
+            dedup: Some(("m1".into(), digest(b"other bytes"))),
+            observations: vec![obs(1.0)].into(),
+        });
+        assert_eq!(
+            db.commit_batch(std::slice::from_ref(&other))[0]
+                .as_ref()
+                .unwrap(),
+            &WriteOutcome::Stored {
+                first_seq: 74,
+                last_seq: 74
+            }
+        );
+        // After a restart the window comes back from the rows.
+        drop(db);
+        let mut db = StoreDb::open(&dir.path().join("s.db"), "gw", true, 1 << 30).unwrap();
+        let r = db.commit_batch(&[batch("a", Some("big"), 70), other.clone()]);
+        assert_eq!(
+            r[0].as_ref().unwrap(),
+            &WriteOutcome::Duplicate {
+                first_seq: 4,
+                last_seq: 73
+            }
+        );
+        assert_eq!(
+            r[1].as_ref().unwrap(),
+            &WriteOutcome::Duplicate {
+                first_seq: 74,
+                last_seq: 74
+            }
+        );
+        // The window holds the device's last DEDUP_WINDOW messages: "big" (the oldest still
+        // recognised after this many) and not the first "m1".
+        let later: Vec<WriteRequest> = (0..DEDUP_WINDOW - 2)
+            .map(|i| batch("a", Some(&format!("n{i}")), 1))
+            .collect();
+        assert!(db
+            .commit_batch(&later)
+            .iter()
+            .all(|r| matches!(r, Ok(WriteOutcome::Stored { .. }))));
+        let r = db.commit_batch(&[batch("a", Some("big"), 70), batch("b", Some("m1"), 3)]);
+        assert!(
+            matches!(r[0], Ok(WriteOutcome::Duplicate { first_seq: 4, .. })),
+            "{r:?}"
+        );
+        assert!(
+            matches!(r[1], Ok(WriteOutcome::Stored { first_seq: 1, .. })),
+            "{r:?}"
+        );
+        // After a restart: the last DEDUP_WINDOW rows, whole messages only.
+        drop(db);
+        let mut db = StoreDb::open(&dir.path().join("s.db"), "gw", true, 1 << 30).unwrap();
+        assert!(matches!(
+            db.commit_batch(&[batch("a", Some("n0"), 1)])[0],
+            Ok(WriteOutcome::Duplicate {
+                first_seq: 75,
+                last_seq: 75
+            })
+        ));
+        assert!(matches!(
+            db.commit_batch(&[batch("a", Some("big"), 70)])[0],
+            Ok(WriteOutcome::Stored { .. })
+        ));
     }
 
     #[test]
@@ -2103,14 +2405,8 @@ mod tests {
             before,
             s.used_bytes
         );
-        // The dedup rows of b's first 10 messages (seqs 1..=500) went with their readings.
-        assert_eq!(
-            count(
-                &reader,
-                "SELECT COUNT(*) FROM messages WHERE device_id = 'b'"
-            ),
-            30
-        );
+        // Retries are recognised from the rows themselves: nothing in the legacy table.
+        assert_eq!(count(&reader, "SELECT COUNT(*) FROM messages"), 0);
         // More rounds: a's forwarded readings, oldest first, until the low-water mark; a's
         // readings alone reach it, so the forwarded alarms are kept (alarms last).
         for _ in 0..10 {

@@ -28,14 +28,17 @@ CREATE TABLE IF NOT EXISTS records (
     sent_upto    INTEGER NOT NULL DEFAULT 0,
     bed          TEXT    NOT NULL,
     received_us  INTEGER NOT NULL,       -- receive time of the row's first record
+    control_id   TEXT,                   -- observations: the message's control id and digest,
+    digest       INTEGER,                --   to recognise a sender's retry after a restart
     payload      BLOB    NOT NULL,
     PRIMARY KEY (kind, device_id, seq)
 ) WITHOUT ROWID;
 
 CREATE INDEX IF NOT EXISTS records_unsent ON records (kind, device_id, seq) WHERE sent = 0;
 
--- HL7 messages already stored, so a sender's retry after a lost ACK is answered AA without
--- storing the same readings twice under new seqs.
+-- Written by gateways before retries were recognised from records.control_id and digest (the
+-- store module's Dedup): still looked up while it has rows, which pruning deletes with the
+-- readings they name. Nothing new is written to it.
 CREATE TABLE IF NOT EXISTS messages (
     device_id    TEXT    NOT NULL,
     control_id   TEXT    NOT NULL,
@@ -46,7 +49,6 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (device_id, control_id)
 ) WITHOUT ROWID;
 
--- Pruning (disk budget) deletes a device's dedup rows once all their readings are gone.
 CREATE INDEX IF NOT EXISTS messages_by_last_seq ON messages (device_id, last_seq);
 
 -- Rejected input: what, from where, at which stream offset, and why.
