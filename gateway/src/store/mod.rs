@@ -23,12 +23,12 @@
 //!
 //! 1. **High-water mark** (`high_water_pct`, default 90 % of the budget): pruning starts and
 //!    goes on until the **low-water mark** (`low_water_pct`, default 80 %). Pruning runs in the
-//!    writer, at the start of a batch (and every second when idle), one bounded round of at most
-//!    4096 records per batch (up to 8 rounds when the budget itself is reached), so the write
+//!    writer, at the start of a batch (and every second when idle), one bounded round of about
+//!    4096 records per batch (whole rows: a slice may end up to 63 records past it) (up to 8 rounds when the budget itself is reached), so the write
 //!    path never stalls for long. Each round deletes, in this order:
 //!    1. records already delivered to Kafka (`sent = 1`) of the observation and dead-letter
-//!       streams, oldest first, with the dead-letter table rows already forwarded and the HL7
-//!       dedup rows whose readings are all gone;
+//!       streams, oldest first, with the dead-letter table rows already forwarded and the
+//!       `messages` dedup rows (left by older gateways) whose readings are all gone;
 //!    2. only if none of those is left: delivered alarm state changes and ADT events;
 //!    3. only if nothing delivered is left and `on_full = "drop_oldest_unsent"`: the oldest
 //!       **unsent** observations (oldest device first, from its lowest seq, so what remains of
@@ -40,8 +40,8 @@
 //! 2. **Budget** (100 %): an observation batch or dead letter that finds the bytes in use at
 //!    or over the budget is refused whole (`StoreError::BudgetExceeded`: the MLLP sender gets
 //!    AR with ERR 207, an MQTT publish gets no PUBACK), counted (`requests_refused_budget`), and
-//!    the store raises its technical alarm. A sender's retry of a message already stored is
-//!    still answered as stored. Nothing acknowledged is ever half-stored or silently lost.
+//!    the store raises its technical alarm. A sender's retry of a message already stored (one
+//!    of the device's last 1024) is still answered as stored. Nothing acknowledged is ever half-stored or silently lost.
 //! 3. **Alarm reserve** (`alarm_reserve_pct`, default 2 % above the budget): alarm state
 //!    changes and ADT events are still stored until the bytes in use reach
 //!    `budget * (100 + reserve) / 100`, so the `icu.alarms` and `icu.adt` record of the episode
