@@ -12,10 +12,12 @@
 //!   = message written → AA read.
 //! * MQTT: one client per bed publishing QoS 1 `MqttBatch`es (`--obx` observations,
 //!   `--mqtt-format json|pb`) to a private mosquitto on `icu/bench/bed/<bed>/device/<dev>/obs/..`;
-//!   the gateway PUBACKs each after its commit. A publisher sends its next message once the
-//!   previous one is committed, seen by polling the store's `devices.next_seq` every 2 ms from
-//!   a read-only connection (the PUBACK mosquitto returns to a publisher says nothing about the
-//!   gateway). Latency = publish → commit visible (±2 ms).
+//!   the gateway PUBACKs each after its commit. A publisher sends its next message once fewer
+//!   than `--pipeline` of its messages wait for their commit, seen by polling the store's
+//!   `devices.next_seq` every 2 ms from a read-only connection (the PUBACK mosquitto returns to
+//!   a publisher says nothing about the gateway). Latency = publish → commit visible (±2 ms).
+//!   With `--pipeline 1` a pump waits for each commit, so at 30 beds the rate is bound by that
+//!   round trip rather than by the gateway; real pumps publish on their own clock, never waiting.
 //!
 //! Counted: only what was acknowledged between the end of the warm-up and the end of the run.
 //! After each case the gateway is stopped (SIGTERM); bytes per observation = (db + wal) / stored
@@ -26,7 +28,7 @@
 //!
 //! Options (`--name value`, or env `ICU_BENCH_<NAME>`): `--transports mllp,mqtt`,
 //! `--beds 30,100,300` (MLLP), `--mqtt-beds 30,100`, `--sync full,normal`, `--seconds 15`,
-//! `--warmup 3`, `--obx 15`, `--pipeline 1`, `--mqtt-format json`, `--store-extra 'max_batch = 512'`,
+//! `--warmup 3`, `--obx 15`, `--pipeline 1` (MLLP and MQTT), `--mqtt-format json`, `--store-extra 'max_batch = 512'`,
 //! `--perf <file.data>` (perf record of the gateway during the first case's measured window).
 
 mod common;
@@ -203,6 +205,8 @@ async fn mqtt_bed(
     let topic =
         ObsTopic::new(GATEWAY_ID, &bed_id(bed), &pump_id(bed), o.mqtt_format).expect("topic");
     let mut k = 0u64;
+    // Published and not yet seen committed: (observations committed once it is, publish time).
+    let mut waiting: std::collections::VecDeque<(u64, Instant)> = Default::default();
     while Instant::now() < t_end {
         k += 1;
         let batch = mqtt_batch(bed, k, o.obx);
@@ -210,22 +214,32 @@ async fn mqtt_bed(
         publish_observations(&client, &topic, &batch, QoS::AtLeastOnce)
             .await
             .expect("publish");
-        let target = k * o.obx as u64;
+        waiting.push_back((k * o.obx as u64, t0));
         let give_up = t_end + Duration::from_secs(10);
-        while committed[bed].load(Ordering::Relaxed) < target {
-            if Instant::now() > give_up {
+        loop {
+            let done = committed[bed].load(Ordering::Relaxed);
+            let now = Instant::now();
+            while let Some(&(target, sent)) = waiting.front() {
+                if done < target {
+                    break;
+                }
+                waiting.pop_front();
+                if sent >= t_warm && now <= t_end {
+                    t.msgs += 1;
+                    t.obs += o.obx as u64;
+                    t.lat_ms.push(now.duration_since(sent).as_secs_f64() * 1e3);
+                }
+            }
+            if waiting.len() < o.pipeline {
+                break;
+            }
+            if now > give_up {
                 t.errors += 1;
                 let _ = client.disconnect().await;
                 poller.abort();
                 return t;
             }
             let _ = tokio::time::timeout(Duration::from_millis(50), tick.changed()).await;
-        }
-        let now = Instant::now();
-        if t0 >= t_warm && now <= t_end {
-            t.msgs += 1;
-            t.obs += o.obx as u64;
-            t.lat_ms.push(now.duration_since(t0).as_secs_f64() * 1e3);
         }
     }
     let _ = client.disconnect().await;
