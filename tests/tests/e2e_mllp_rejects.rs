@@ -221,8 +221,13 @@ fn store_over_budget_answers_ar_never_aa_and_stores_nothing_half() {
         })
         .unwrap();
     assert_eq!(records, 2 * aa.len() as i64);
+    // Each stored message is recognisable as a retry: its control id is on its rows.
     let messages: i64 = c
-        .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+        .query_row(
+            "SELECT COUNT(DISTINCT control_id) FROM records WHERE kind = 1",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(messages, aa.len() as i64);
 }

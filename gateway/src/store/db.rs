@@ -1740,7 +1740,14 @@ impl ReaderDb {
     /// records were unsent before. Consecutive ranges of one device's stream are merged into one
     /// update. Idempotent.
     pub fn mark_sent_many(&self, ranges: &[SentRange]) -> Result<usize, StoreError> {
-        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        // IMMEDIATE: each range is read before it is updated; a deferred transaction whose
+        // snapshot the writer's next commit made stale would fail its first update at once
+        // (SQLITE_BUSY_SNAPSHOT, which the busy timeout does not cover).
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(|e| self.err(e))?;
         let mut changed = 0;
         let mut i = 0;
         while i < ranges.len() {
