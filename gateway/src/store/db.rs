@@ -2682,6 +2682,38 @@ mod tests {
     }
 
     #[test]
+    fn marking_sent_while_the_writer_commits_never_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.db");
+        let mut db = StoreDb::open(&p, "gw", false, 1 << 30).unwrap();
+        let reader = ReaderDb::open(&p, false).unwrap();
+        assert!(db.commit_batch(&[batch("a", None, 64)])[0].is_ok());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for r in db.commit_batch(&[batch("b", None, 5)]) {
+                        r.expect("writer");
+                    }
+                }
+            })
+        };
+        // Each mark reads its rows, then updates them, while commits land in between.
+        let marked: Result<Vec<usize>, StoreError> = (0..64)
+            .map(|i| reader.mark_sent_many(&[range("a", i + 1, i + 1)]))
+            .collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        assert_eq!(marked.unwrap(), vec![1; 64]);
+        assert!(reader
+            .fetch_unsent(100)
+            .unwrap()
+            .iter()
+            .all(|r| r.device_id == "b"));
+    }
+
+    #[test]
     fn mark_sent_many_is_one_transaction_all_or_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (mut db, reader) = open(dir.path());
