@@ -4,7 +4,7 @@
 //! The backlog is written straight through `StoreDb::commit_batch` (the gateway's own write
 //! path: savepoint per message, per-device seqs, dedup rows, protobuf `StoredRecord`s) in big
 //! batches, for `--backlog-beds` monitors, and cached as
-//! `target/bench-cache/replay-backlog-<N>x<beds>-<obx>obx-v2.db`; every run copies it, so only
+//! `target/bench-cache/replay-backlog-<N>x<beds>-<obx>obx-v3.db`; every run copies it, so only
 //! the first run pays for building it. Then the gateway (child process, `synchronous` per
 //! `--sync`, default full) starts on the copy with `[kafka]` pointing at a fresh tansu, and
 //! `--live-beds` other monitors send `--live-rate` messages per second each over MLLP.
@@ -44,7 +44,7 @@ use tokio_util::codec::Framed;
 const BUILD_BATCH: usize = 2000;
 
 fn backlog_path(n: u64, beds: usize, obx: usize) -> PathBuf {
-    cache_dir().join(format!("replay-backlog-{n}x{beds}-{obx}obx-v2.db"))
+    cache_dir().join(format!("replay-backlog-{n}x{beds}-{obx}obx-v3.db"))
 }
 
 fn remove_db(p: &Path) {

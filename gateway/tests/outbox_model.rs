@@ -578,8 +578,8 @@ impl Harness {
             let records = row_records(n as usize, &payload).map_err(TestCaseError::fail)?;
             for (i, record) in records.into_iter().enumerate() {
                 let s = seq + i as i64;
-                let decoded =
-                    StoredRecord::decode(record).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let decoded = StoredRecord::decode(record.as_slice())
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(decoded.seq, s as u64, "record {} of row {}", i, seq);
                 stored.insert(
                     (stream, device.clone(), s as u64),

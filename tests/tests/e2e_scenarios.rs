@@ -69,13 +69,8 @@ fn scripted_scenarios_behave_as_the_gateway_promises() {
         )
         .unwrap();
     use icu_protos::Message as _;
-    let rec = if n == 1 {
-        icu_protos::v1::StoredRecord::decode(payload.as_slice()).unwrap()
-    } else {
-        let run = icu_protos::v1::StoredRecordRun::decode(payload.as_slice()).unwrap();
-        assert_eq!(run.records.len() as i64, n);
-        run.records.into_iter().last().unwrap()
-    };
+    let records = icu_gateway::store::db::row_records(n as usize, &payload).unwrap();
+    let rec = icu_protos::v1::StoredRecord::decode(records.last().unwrap().as_slice()).unwrap();
     let Some(icu_protos::v1::stored_record::Body::Observation(o)) = rec.body else {
         panic!("not an observation")
     };

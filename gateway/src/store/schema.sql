@@ -5,7 +5,8 @@
 --
 -- One row holds the n consecutive records seq .. seq + n - 1 of one stream (the readings of one
 -- received message: at most 64 per row). n = 1: payload is one icu.v1.StoredRecord; n > 1: an
--- icu.v1.StoredRecordRun of the n records in seq order. Store files written before rows held
+-- icu.v1.StoredRecordRun of the n records in seq order, as one zstd frame (store/db.rs
+-- `compress_run`; an uncompressed run, first byte 0x0A, is read as well). Store files written before rows held
 -- several records get the columns n (1) and sent_upto (0) added when opened.
 --
 -- A row is sent (sent = 1) when all its records are; a row whose first records are sent and the
