@@ -251,15 +251,16 @@ pub struct StoreDb {
 
 /// How many of a device's latest messages a retry is recognised among (per device; after a
 /// restart, from its latest rows in the file).
-pub const DEDUP_WINDOW: usize = 1024;
+pub const DEDUP_WINDOW: usize = 256;
 
 /// Recognises a sender's retry of a message already stored: same device, same control id
 /// (HL7 MSH-10, the MQTT message id) and same bytes (digest).
 ///
 /// Senders retry their latest messages: an MLLP sender resends the one whose ACK it did not
-/// get before it sends the next, an MQTT client redelivers what is in its in-flight window
-/// (at most a few hundred messages), and after a gateway crash both resend what they sent
-/// last. So each device's last [`DEDUP_WINDOW`] messages are kept in memory, loaded from the
+/// get before it sends the next; the MQTT broker redelivers to the gateway what was in flight
+/// to it (mosquitto's `max_inflight_messages`, 20 by default); after a gateway crash both
+/// resend what they sent last. So each device's last [`DEDUP_WINDOW`] messages are kept in
+/// memory (about 50 KiB per device), loaded from the
 /// device's latest rows (`records.control_id` and `digest`) the first time the device is seen
 /// after a start. This replaced a `messages` table with two b-trees, which was a third of all
 /// pages each group commit wrote (`cargo bench -p icu-gateway --bench store_commit`); store

@@ -41,7 +41,7 @@
 //!    or over the budget is refused whole (`StoreError::BudgetExceeded`: the MLLP sender gets
 //!    AR with ERR 207, an MQTT publish gets no PUBACK), counted (`requests_refused_budget`), and
 //!    the store raises its technical alarm. A sender's retry of a message already stored (one
-//!    of the device's last 1024) is still answered as stored. Nothing acknowledged is ever half-stored or silently lost.
+//!    of the device's last 256) is still answered as stored. Nothing acknowledged is ever half-stored or silently lost.
 //! 3. **Alarm reserve** (`alarm_reserve_pct`, default 2 % above the budget): alarm state
 //!    changes and ADT events are still stored until the bytes in use reach
 //!    `budget * (100 + reserve) / 100`, so the `icu.alarms` and `icu.adt` record of the episode
