@@ -20,14 +20,15 @@
 //!                                     later record of the device failed
 //! ```
 //!
-//! - **Stored** (`records.sent = 0`): committed by the store's group commit; only now is the
+//! - **Stored** (in the gateway's SQLite store: its row has `sent = 0` and its seq is past the
+//!   row's `sent_upto`; a row holds the records of one message): committed by the store's group commit; only now is the
 //!   sender acknowledged (HL7 `AA`, MQTT PUBACK). Survives a crash (and, with
 //!   `synchronous = FULL`, power loss).
 //! - **In flight**: returned by [`Outbox::fetch_unsent`], mapped, signed and handed to the Kafka
 //!   producer; the bridge awaits its delivery report. This state exists only in the bridge's
 //!   memory: nothing is written to the database, so a crash, a restart or a failed cycle returns
 //!   the record to *stored* by doing nothing.
-//! - **Sent** (`records.sent = 1`): Kafka reported the record durable (`acks=all`, idempotent
+//! - **Sent** (its row has `sent = 1`, or it is at or before the row's `sent_upto`): Kafka reported the record durable (`acks=all`, idempotent
 //!   producer) and the bridge called [`Outbox::mark_sent`] for its range. Final: a sent record is
 //!   never fetched again. (It may later be pruned to free disk; see the store's budget policy.)
 //!
@@ -58,8 +59,12 @@
 //! 2. **Sent is a prefix.** Per `(stream, device)`, no unsent record lies behind a sent one: the
 //!    bridge fetches each device from its lowest unsent seq and marks a device's bundles only up
 //!    to its first undelivered one ([`crate::bridge::plan::markable`]). The one exception is a
-//!    record whose body does not belong to its stream (corruption or a foreign writer; never
-//!    written by the store): the bridge cannot forward it, leaves it unsent, counts and logs it.
+//!    record whose body does not belong to its stream, or that has none (corruption or a foreign
+//!    writer; never written by the store; a stored row that does not decode gives records
+//!    without a body): the bridge cannot forward it, leaves it unsent, counts and logs it. The
+//!    SQLite store records "sent" per row up to a seq, so the records after such a record in
+//!    the same row stay unsent as well and are produced again each cycle (same keys); later
+//!    rows are marked as usual.
 //! 3. **Nothing unsent is deleted**, except by the store's documented disk-budget policy (sent
 //!    records first, then the oldest numerics, alarms last), which counts what it drops.
 //! 4. **At least once, same key.** A record that left *in flight* without a delivery report is

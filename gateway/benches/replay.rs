@@ -2,7 +2,8 @@
 //! stored observations (default 10 million) while live PCD-01 ingest continues.
 //!
 //! The backlog is written straight through `StoreDb::commit_batch` (the gateway's own write
-//! path: savepoint per message, per-device seqs, dedup rows, protobuf `StoredRecord`s) in big
+//! path: savepoint per message, per-device seqs, one compressed row of `StoredRecord`s per
+//! message) in big
 //! batches, for `--backlog-beds` monitors, and cached as
 //! `target/bench-cache/replay-backlog-<N>x<beds>-<obx>obx-v3.db`; every run copies it, so only
 //! the first run pays for building it. Then the gateway (child process, `synchronous` per

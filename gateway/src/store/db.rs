@@ -156,8 +156,9 @@ pub struct BudgetPolicy {
     /// they are stored until `budget * (100 + reserve) / 100`.
     pub alarm_reserve_pct: u8,
     pub on_full: OnFull,
-    /// Most records deleted per pruning round (one or, when over the budget itself, a few
-    /// rounds run at the start of a batch).
+    /// Records deleted per pruning round (one or, when over the budget itself, a few rounds run
+    /// at the start of a batch); rows are deleted whole, so a round may go up to `ROW_MAX - 1`
+    /// records past it per slice.
     pub prune_chunk: usize,
 }
 
@@ -228,7 +229,8 @@ pub struct BudgetStatus {
     pub pruned_unsent_observations: u64,
     /// Rows of the dead-letter table deleted once forwarded.
     pub pruned_dead_letters: u64,
-    /// HL7 dedup rows deleted with the records they named.
+    /// Dedup rows of the `messages` table (kept by older gateways) deleted with the records
+    /// they named.
     pub pruned_messages: u64,
     /// Write requests refused because of the budget.
     pub refused_requests: u64,
@@ -412,9 +414,15 @@ fn load_dedup_window(conn: &Connection, device_id: &str) -> rusqlite::Result<Ded
             )),
         }
     }
-    if read == DEDUP_WINDOW {
-        // The oldest message read may have more rows before the limit: a retry of it must not
-        // be answered with part of its seqs.
+    // The oldest message read may have more rows before the limit, or have lost its first
+    // rows to pruning (it starts the stored stream): a retry of it must not be answered with
+    // part of its seqs.
+    let first_stored = head(conn, Stream::Observations.code(), device_id)?.map(|(seq, _)| seq);
+    if read == DEDUP_WINDOW
+        || messages
+            .last()
+            .is_some_and(|(_, e)| e.first_seq > 1 && Some(e.first_seq as i64) == first_stored)
+    {
         messages.pop();
     }
     let mut window = DedupDevice::default();
@@ -938,7 +946,7 @@ impl PruneReport {
     }
 }
 
-/// One pruning round, at most `policy.prune_chunk` records, in the policy's order: forwarded
+/// One pruning round, about `policy.prune_chunk` records (whole rows), in the policy's order: forwarded
 /// observations and dead letters (with the dead-letter table rows already forwarded), then
 /// forwarded alarms and ADT events, then, only if nothing forwarded was left and
 /// `on_full = drop_oldest_unsent`, the oldest unsent observations. Unsent alarms, ADT events
@@ -1120,12 +1128,17 @@ fn prune_unsent_observations(
         let (kind, device) = &streams[i];
         let to = from + slice.min((max - deleted) as i64) - 1;
         // Rows whose first seq is in [from, to] (the last of them may reach past `to`).
-        let (n, unsent, last): (i64, i64, Option<i64>) = conn
+        // The unsent seqs among them run from the first unsent row's first unsent seq to the
+        // last unsent row's end (sent is a prefix of the stream).
+        let (n, unsent, lost_from, lost_to): (i64, i64, Option<i64>, Option<i64>) = conn
             .prepare_cached(&format!(
-                "SELECT COALESCE(SUM(n), 0), COALESCE(SUM({UNSENT_IN_ROW}), 0), MAX(seq + n - 1) FROM records WHERE kind = ?1 AND device_id = ?2 AND seq BETWEEN ?3 AND ?4"
+                "SELECT COALESCE(SUM(n), 0), COALESCE(SUM({UNSENT_IN_ROW}), 0),
+                        MIN(CASE WHEN sent = 0 THEN MAX(seq, sent_upto + 1) END),
+                        MAX(CASE WHEN sent = 0 THEN seq + n - 1 END)
+                 FROM records WHERE kind = ?1 AND device_id = ?2 AND seq BETWEEN ?3 AND ?4"
             ))?
             .query_row(params![kind, device, from, to], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })?;
         conn.prepare_cached(
             "DELETE FROM records WHERE kind = ?1 AND device_id = ?2 AND seq BETWEEN ?3 AND ?4",
@@ -1139,9 +1152,10 @@ fn prune_unsent_observations(
         report.sent += n - unsent as u64;
         if unsent > 0 {
             report.unsent += unsent as u64;
-            let e = report.lost.entry(device.clone()).or_insert((from, from, 0));
-            e.0 = e.0.min(from);
-            e.1 = e.1.max(last.unwrap_or(from));
+            let (lo, hi) = (lost_from.unwrap_or(from), lost_to.unwrap_or(from));
+            let e = report.lost.entry(device.clone()).or_insert((lo, hi, 0));
+            e.0 = e.0.min(lo);
+            e.1 = e.1.max(hi);
             e.2 += unsent as u64;
         }
         if let Some((seq, received)) = head(conn, *kind, device)? {
@@ -1310,31 +1324,44 @@ fn insert_rows(
         let mut stmt = tx.prepare_cached(
             "INSERT INTO records (device_id, seq, kind, n, bed, received_us, control_id, digest, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
-        let mut buf = Vec::with_capacity(if count > 1 { 8192 } else { 512 });
+        // `run`: the row's records as an icu.v1.StoredRecordRun (field 1, length-delimited,
+        // once per record); a row of one record is stored bare (`run[bare..]`). `one` holds the
+        // record being placed; when it does not fit the row (ROW_MAX records, RUN_BYTES), it
+        // starts the next row as it is.
+        let mut run = Vec::with_capacity(if count > 1 { 8192 } else { 512 });
         let mut one = Vec::new();
         let mut frame = Vec::new();
+        let (mut placed, mut one_received) = (true, 0i64);
         let mut i = 0;
         while i < count {
-            let n = (count - i).min(ROW_MAX);
-            buf.clear();
-            let received_us = if n == 1 {
-                encode(i, seq as u64, &mut buf)
-            } else {
-                // icu.v1.StoredRecordRun: field 1, length-delimited, once per record.
-                let mut first_received = 0;
-                for j in 0..n {
+            run.clear();
+            let (mut n, mut bare, mut received_us) = (0usize, 0usize, 0i64);
+            while i + n < count && n < ROW_MAX {
+                if placed {
                     one.clear();
-                    let received = encode(i + j, (seq + j as i64) as u64, &mut one);
-                    if j == 0 {
-                        first_received = received;
-                    }
-                    encode_key(1, WireType::LengthDelimited, &mut buf);
-                    encode_varint(one.len() as u64, &mut buf);
-                    buf.extend_from_slice(&one);
+                    one_received = encode(i + n, (seq + n as i64) as u64, &mut one);
+                    placed = false;
                 }
-                compress_run(&buf, &mut frame)?;
-                std::mem::swap(&mut buf, &mut frame);
-                first_received
+                if n > 0 && run.len() + one.len() + 2 * 10 > RUN_BYTES {
+                    break;
+                }
+                if n == 0 {
+                    received_us = one_received;
+                }
+                encode_key(1, WireType::LengthDelimited, &mut run);
+                encode_varint(one.len() as u64, &mut run);
+                if n == 0 {
+                    bare = run.len();
+                }
+                run.extend_from_slice(&one);
+                placed = true;
+                n += 1;
+            }
+            let payload: &[u8] = if n == 1 {
+                &run[bare..]
+            } else {
+                compress_run(&run, &mut frame)?;
+                &frame
             };
             stmt.execute(params![
                 device_id,
@@ -1345,7 +1372,7 @@ fn insert_rows(
                 received_us,
                 dedup.map(|d| d.0),
                 dedup.map(|d| d.1),
-                &buf[..]
+                payload
             ])?;
             seq += n as i64;
             i += n;
@@ -1367,9 +1394,10 @@ const UNSENT_IN_ROW: &str = "CASE WHEN sent = 1 THEN 0 ELSE seq + n - MAX(seq, s
 /// A row is changed only when the range starts at or before its first unsent record (so it
 /// stays "sent up to" a seq, never sent with a hole), and reaches it: the whole row becomes
 /// sent when the range covers its last record, else `sent_upto = last`. A range that starts
-/// inside a row's unsent records (never done by the bridge, which marks each device's bundles
-/// in seq order) leaves that row as it was: its records are forwarded again under the same
-/// keys rather than marked sent without a delivery report.
+/// inside a row's unsent records (the bridge marks each device's bundles in seq order; it does
+/// so only after a record it had to skip, see invariant 2 in `icu_cloud_bridge::outbox`)
+/// leaves that row as it was: its records are forwarded again under the same keys rather than
+/// marked sent without a delivery report.
 fn mark_range(
     conn: &Connection,
     kind: i64,
@@ -1403,7 +1431,8 @@ fn mark_range(
 }
 
 /// Opens store files written before rows held several records: adds `n` (1) and `sent_upto`
-/// (0), which is what each of their rows is. Idempotent; under the write lock, so the writer's
+/// (0), which is what each of their rows is, and `control_id` and `digest` (NULL: their
+/// retries are found in the `messages` table they kept). Idempotent; under the write lock, so the writer's
 /// and the reader's connection opening at once do it once.
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     const ADDED: [(&str, &str); 4] = [
@@ -1445,8 +1474,12 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 /// zstd level of run rows: 1, the fastest of the standard levels.
 const ZSTD_LEVEL: i32 = 1;
-/// Most bytes a run row may decompress to (a corrupt frame header must not allocate more).
-const RUN_MAX_BYTES: u64 = ROW_MAX as u64 * 256 * 1024;
+/// Most bytes of records the writer puts in one run row (a longer message takes more rows; one
+/// record longer than this is a row of its own, stored bare).
+const RUN_BYTES: usize = 4 << 20;
+/// Most bytes a run row may decompress to: what the writer stores with room to spare, so a
+/// corrupt frame header cannot make the reader allocate more.
+const RUN_MAX_BYTES: u64 = 4 * RUN_BYTES as u64;
 
 thread_local! {
     static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
@@ -1504,6 +1537,11 @@ fn decompress_run(frame: &[u8]) -> Result<Vec<u8>, String> {
 pub fn row_records(n: usize, payload: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     if n <= 1 {
         return Ok(vec![payload.to_vec()]);
+    }
+    if n > ROW_MAX {
+        return Err(format!(
+            "the row says it holds {n} records, more than {ROW_MAX}"
+        ));
     }
     use prost::encoding::{decode_key, decode_varint, WireType};
     let decompressed;
@@ -1696,18 +1734,13 @@ impl FetchSource for SqlSource<'_> {
             let sent_upto = row.get::<_, i64>(2)?.max(0) as u64;
             let bed: String = row.get(3)?;
             let payload = row.get_ref(4)?.as_blob()?;
-            let records = row_records(count, payload).map_err(|why| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    4,
-                    rusqlite::types::Type::Blob,
-                    format!(
-                        "records({}, {device_id}, {seq}..{}): {why}",
-                        stream.as_str(),
-                        seq + count as u64 - 1
-                    )
-                    .into(),
-                )
-            })?;
+            let records = row_records(count, payload).unwrap_or_else(|why| {
+                // A damaged row must not stop the outbox (alarms, every other device): its
+                // records come out without a body, which the bridge leaves in the outbox,
+                // counts and logs as skipped, and forwards what follows.
+                warn_damaged_row(stream, device_id, seq, count, &why);
+                vec![Vec::new(); count.min(ROW_MAX)]
+            });
             let first = from_seq.max(sent_upto + 1);
             for (i, record) in records.into_iter().enumerate() {
                 let s = seq + i as u64;
@@ -1736,6 +1769,29 @@ impl FetchSource for SqlSource<'_> {
     fn key_of(row: &UnsentRow) -> (Stream, &str, u64) {
         (row.stream, &row.device_id, row.seq)
     }
+}
+
+/// Logs a row that does not decode (at most once a minute: the bridge reads it every cycle).
+fn warn_damaged_row(stream: Stream, device_id: &str, seq: u64, n: usize, why: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = now_secs();
+    let last = LAST.load(Ordering::Relaxed);
+    if now >= last + 60
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::error!(stream = stream.as_str(), device = %device_id, first_seq = seq, records = n,
+            reason = %why,
+            "store: a records row does not decode; its records stay in the outbox as skipped (no body)");
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Read-mostly connection used by the bridge (outbox) and the API.
@@ -2238,6 +2294,65 @@ mod tests {
         assert!(row_records(2, &frame).unwrap_err().contains("row says 2"));
         assert!(row_records(3, &frame[..frame.len() - 4]).is_err());
         assert!(row_records(3, &run[..run.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn long_readings_split_rows_by_size_and_a_damaged_row_never_stops_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut db, reader) = open(dir.path());
+        // Three readings of 1.5 MiB each (a PID-3 nobody bounded): rows stay under RUN_BYTES.
+        let long = WriteRequest::Observations(ObservationBatch {
+            device_id: "a".into(),
+            bed: "bed-1".into(),
+            dedup: None,
+            observations: (0..3)
+                .map(|i| Observation {
+                    reported_patient_id: format!("{i}").repeat(1_500_000),
+                    ..obs(90.0)
+                })
+                .collect(),
+        });
+        assert!(db
+            .commit_batch(&[long, batch("b", None, 5)])
+            .iter()
+            .all(|r| r.is_ok()));
+        assert_eq!(
+            seqs(&reader, 1, "a"),
+            vec![1, 2, 3],
+            "records stay gapless across rows"
+        );
+        assert!(
+            count(
+                &reader,
+                "SELECT COUNT(*) FROM records WHERE device_id = 'a'"
+            ) >= 2
+        );
+        let rows = reader.fetch_unsent(100).unwrap();
+        for r in rows.iter().filter(|r| r.device_id == "a") {
+            let rec = StoredRecord::decode(r.payload.as_slice()).unwrap();
+            let Some(stored_record::Body::Observation(o)) = rec.body else {
+                panic!("not an observation")
+            };
+            assert_eq!(o.reported_patient_id.len(), 1_500_000);
+            assert_eq!(o.seq, r.seq);
+        }
+        // Device b's row damaged on disk: its seqs come out without a body (the bridge skips
+        // them); a's records and everything else are still forwarded.
+        reader
+            .conn
+            .execute(
+                "UPDATE records SET payload = x'28b52ffd0000' WHERE device_id = 'b'",
+                [],
+            )
+            .unwrap();
+        let rows = reader.fetch_unsent(100).unwrap();
+        let b: Vec<(u64, usize)> = rows
+            .iter()
+            .filter(|r| r.device_id == "b")
+            .map(|r| (r.seq, r.payload.len()))
+            .collect();
+        assert_eq!(b, (1..=5).map(|s| (s, 0)).collect::<Vec<_>>());
+        assert_eq!(rows.iter().filter(|r| r.device_id == "a").count(), 3);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 -- received message: at most 64 per row). n = 1: payload is one icu.v1.StoredRecord; n > 1: an
 -- icu.v1.StoredRecordRun of the n records in seq order, as one zstd frame (store/db.rs
 -- `compress_run`; an uncompressed run, first byte 0x0A, is read as well). Store files written before rows held
--- several records get the columns n (1) and sent_upto (0) added when opened.
+-- several records get the columns n (1), sent_upto (0), control_id and digest (NULL) added when
+-- opened.
 --
 -- A row is sent (sent = 1) when all its records are; a row whose first records are sent and the
 -- rest not (a bundle ended inside it) keeps sent = 0 and sent_upto = the last sent seq, so its
