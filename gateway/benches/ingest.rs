@@ -515,7 +515,7 @@ fn main() {
         .build()
         .expect("runtime");
     println!(
-        "durable ingest: {} s measured after {} s warm-up, {} OBX per message, {} in flight per MLLP connection, MQTT {}; {} CPUs",
+        "durable ingest: {} s measured after {} s warm-up, {} OBX per message, {} in flight per MLLP connection or MQTT publisher, MQTT {}; {} CPUs",
         o.seconds,
         o.warmup,
         o.obx,
