@@ -2026,6 +2026,20 @@ mod tests {
         })
     }
 
+    fn stored(first_seq: u64, last_seq: u64) -> WriteOutcome {
+        WriteOutcome::Stored {
+            first_seq,
+            last_seq,
+        }
+    }
+
+    fn duplicate(first_seq: u64, last_seq: u64) -> WriteOutcome {
+        WriteOutcome::Duplicate {
+            first_seq,
+            last_seq,
+        }
+    }
+
     fn open(dir: &Path) -> (StoreDb, ReaderDb) {
         let p = dir.join("s.db");
         (
@@ -2043,37 +2057,13 @@ mod tests {
             batch("b", Some("m1"), 2),
             batch("a", Some("m2"), 2),
         ]);
-        assert_eq!(
-            r[0].as_ref().unwrap(),
-            &WriteOutcome::Stored {
-                first_seq: 1,
-                last_seq: 3
-            }
-        );
-        assert_eq!(
-            r[1].as_ref().unwrap(),
-            &WriteOutcome::Stored {
-                first_seq: 1,
-                last_seq: 2
-            }
-        );
-        assert_eq!(
-            r[2].as_ref().unwrap(),
-            &WriteOutcome::Stored {
-                first_seq: 4,
-                last_seq: 5
-            }
-        );
+        assert_eq!(r[0].as_ref().unwrap(), &stored(1, 3));
+        assert_eq!(r[1].as_ref().unwrap(), &stored(1, 2));
+        assert_eq!(r[2].as_ref().unwrap(), &stored(4, 5));
         drop(db);
         let (mut db, reader) = open(dir.path());
         let r = db.commit_batch(&[batch("a", Some("m3"), 1)]);
-        assert_eq!(
-            r[0].as_ref().unwrap(),
-            &WriteOutcome::Stored {
-                first_seq: 6,
-                last_seq: 6
-            }
-        );
+        assert_eq!(r[0].as_ref().unwrap(), &stored(6, 6));
         let unsent = reader.fetch_unsent(100).unwrap();
         let a: Vec<u64> = unsent
             .iter()
@@ -2138,13 +2128,7 @@ mod tests {
         let seqs_of = |rows: Vec<UnsentRow>| -> Vec<u64> { rows.iter().map(|r| r.seq).collect() };
         assert_eq!(seqs_of(reader.fetch_unsent(100).unwrap()), vec![2, 3]);
         let r = db.commit_batch(&[batch("a", Some("m9"), 5)]);
-        assert_eq!(
-            r[0].as_ref().unwrap(),
-            &WriteOutcome::Stored {
-                first_seq: 4,
-                last_seq: 8
-            }
-        );
+        assert_eq!(r[0].as_ref().unwrap(), &stored(4, 8));
         let rows = reader.fetch_unsent(100).unwrap();
         assert_eq!(seqs_of(rows.clone()), (2..=8).collect::<Vec<_>>());
         for row in &rows {
@@ -2170,20 +2154,8 @@ mod tests {
         // A retry of a message stored by the older gateway is still recognised (its table),
         // and so is one stored since.
         let r = db.commit_batch(&[batch("a", Some("old-2"), 2), batch("a", Some("m9"), 5)]);
-        assert_eq!(
-            r[0].as_ref().unwrap(),
-            &WriteOutcome::Duplicate {
-                first_seq: 2,
-                last_seq: 3
-            }
-        );
-        assert_eq!(
-            r[1].as_ref().unwrap(),
-            &WriteOutcome::Duplicate {
-                first_seq: 4,
-                last_seq: 8
-            }
-        );
+        assert_eq!(r[0].as_ref().unwrap(), &duplicate(2, 3));
+        assert_eq!(r[1].as_ref().unwrap(), &duplicate(4, 8));
         // Opening it again changes nothing.
         drop((db, reader));
         let (_db, reader) = open(dir.path());
@@ -2361,13 +2333,7 @@ mod tests {
         let (mut db, reader) = open(dir.path());
         db.commit_batch(&[batch("a", Some("m1"), 3)]);
         let r = db.commit_batch(&[batch("a", Some("m1"), 3)]);
-        assert_eq!(
-            r[0].as_ref().unwrap(),
-            &WriteOutcome::Duplicate {
-                first_seq: 1,
-                last_seq: 3
-            }
-        );
+        assert_eq!(r[0].as_ref().unwrap(), &duplicate(1, 3));
         assert_eq!(reader.counts().unwrap().records, 3);
     }
 
@@ -2381,13 +2347,7 @@ mod tests {
             batch("a", Some("m1"), 3),
             batch("a", Some("big"), 70),
         ]);
-        assert_eq!(
-            r[1].as_ref().unwrap(),
-            &WriteOutcome::Duplicate {
-                first_seq: 1,
-                last_seq: 3
-            }
-        );
+        assert_eq!(r[1].as_ref().unwrap(), &duplicate(1, 3));
         assert_eq!(reader.exact_counts().unwrap(), (73, 73));
         // Same control id, other bytes: a new message.
         let other = WriteRequest::Observations(ObservationBatch {
@@ -2400,29 +2360,14 @@ mod tests {
             db.commit_batch(std::slice::from_ref(&other))[0]
                 .as_ref()
                 .unwrap(),
-            &WriteOutcome::Stored {
-                first_seq: 74,
-                last_seq: 74
-            }
+            &stored(74, 74)
         );
         // After a restart the window comes back from the rows.
         drop(db);
         let mut db = StoreDb::open(&dir.path().join("s.db"), "gw", true, 1 << 30).unwrap();
         let r = db.commit_batch(&[batch("a", Some("big"), 70), other.clone()]);
-        assert_eq!(
-            r[0].as_ref().unwrap(),
-            &WriteOutcome::Duplicate {
-                first_seq: 4,
-                last_seq: 73
-            }
-        );
-        assert_eq!(
-            r[1].as_ref().unwrap(),
-            &WriteOutcome::Duplicate {
-                first_seq: 74,
-                last_seq: 74
-            }
-        );
+        assert_eq!(r[0].as_ref().unwrap(), &duplicate(4, 73));
+        assert_eq!(r[1].as_ref().unwrap(), &duplicate(74, 74));
         // The window holds the device's last DEDUP_WINDOW messages: "big" (the oldest still
         // recognised after this many) and not the first "m1".
         let later: Vec<WriteRequest> = (0..DEDUP_WINDOW - 2)
@@ -2444,13 +2389,12 @@ mod tests {
         // After a restart: the last DEDUP_WINDOW rows, whole messages only.
         drop(db);
         let mut db = StoreDb::open(&dir.path().join("s.db"), "gw", true, 1 << 30).unwrap();
-        assert!(matches!(
-            db.commit_batch(&[batch("a", Some("n0"), 1)])[0],
-            Ok(WriteOutcome::Duplicate {
-                first_seq: 75,
-                last_seq: 75
-            })
-        ));
+        assert_eq!(
+            db.commit_batch(&[batch("a", Some("n0"), 1)])[0]
+                .as_ref()
+                .unwrap(),
+            &duplicate(75, 75)
+        );
         assert!(matches!(
             db.commit_batch(&[batch("a", Some("big"), 70)])[0],
             Ok(WriteOutcome::Stored { .. })
@@ -2473,13 +2417,7 @@ mod tests {
             .unwrap();
         let r = db.commit_batch(&[batch("a", Some("m2"), 70), batch("b", None, 1)]);
         assert!(matches!(r[0], Err(StoreError::Sqlite { .. })), "{r:?}");
-        assert_eq!(
-            r[1].as_ref().unwrap(),
-            &WriteOutcome::Stored {
-                first_seq: 1,
-                last_seq: 1
-            }
-        );
+        assert_eq!(r[1].as_ref().unwrap(), &stored(1, 1));
         let c = reader.counts().unwrap();
         assert_eq!(
             c.records, 3,
@@ -2489,13 +2427,7 @@ mod tests {
         assert_eq!(reader.exact_counts().unwrap(), (3, 3));
         reader.conn.execute_batch("DROP TRIGGER fail").unwrap();
         let r = db.commit_batch(&[batch("a", Some("m2"), 70)]);
-        assert_eq!(
-            r[0].as_ref().unwrap(),
-            &WriteOutcome::Stored {
-                first_seq: 3,
-                last_seq: 72
-            }
-        );
+        assert_eq!(r[0].as_ref().unwrap(), &stored(3, 72));
         let a: Vec<u64> = reader
             .fetch_unsent(100)
             .unwrap()
@@ -2683,13 +2615,7 @@ mod tests {
         assert_eq!(s.pruned_unsent_observations, 0);
         // Pruned seqs are never reused.
         let r = db.commit_batch(&[batch_at("a", "a-new", 1, T0 + 7_200_000_000)]);
-        assert_eq!(
-            r[0].as_ref().unwrap(),
-            &WriteOutcome::Stored {
-                first_seq: 2001,
-                last_seq: 2001
-            }
-        );
+        assert_eq!(r[0].as_ref().unwrap(), &stored(2001, 2001));
     }
 
     #[test]
@@ -2797,21 +2723,9 @@ mod tests {
             matches!(r[0], Err(StoreError::BudgetExceeded { .. })),
             "{r:?}"
         );
-        assert_eq!(
-            r[1].as_ref().unwrap(),
-            &WriteOutcome::Stored {
-                first_seq: 1,
-                last_seq: 1
-            }
-        );
+        assert_eq!(r[1].as_ref().unwrap(), &stored(1, 1));
         assert!(r[2].is_ok(), "{r:?}");
-        assert_eq!(
-            r[3].as_ref().unwrap(),
-            &WriteOutcome::Duplicate {
-                first_seq: 151,
-                last_seq: 200
-            }
-        );
+        assert_eq!(r[3].as_ref().unwrap(), &duplicate(151, 200));
         let s = db.budget_status();
         assert!(s.full && s.pruning, "{s:?}");
         assert_eq!(s.refused_requests, 1);
