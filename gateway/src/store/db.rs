@@ -365,6 +365,29 @@ impl Dedup {
         Ok(None)
     }
 
+    /// After a request's savepoint was released: the message it stored waits in `pending`
+    /// for the batch's `COMMIT`.
+    fn stored(&mut self, b: &ObservationBatch, out: &WriteOutcome) {
+        if let (
+            WriteOutcome::Stored {
+                first_seq,
+                last_seq,
+            },
+            Some((control_id, digest)),
+        ) = (out, &b.dedup)
+        {
+            self.pending.push((
+                b.device_id.clone(),
+                control_id.clone(),
+                DedupEntry {
+                    digest: *digest,
+                    first_seq: *first_seq,
+                    last_seq: *last_seq,
+                },
+            ));
+        }
+    }
+
     /// After the batch's `COMMIT`: what it stored enters the windows.
     fn committed(&mut self) {
         for (device, control_id, entry) in self.pending.drain(..) {
@@ -647,7 +670,7 @@ impl StoreDb {
                 }
                 let report = (|| {
                     let sp = tx.savepoint()?;
-                    let report = prune_round(&sp, policy)?;
+                    let report = prune_round(&sp, policy, dedup.legacy)?;
                     sp.commit()?;
                     Ok::<_, rusqlite::Error>(report)
                 })();
@@ -714,32 +737,10 @@ impl StoreDb {
             let outcome = (|| {
                 let sp = tx.savepoint()?;
                 let out = match req {
-                    WriteRequest::Observations(b) => {
-                        let out = match dedup.find(&sp, b)? {
-                            Some(dup) => dup,
-                            None => insert_observations(&sp, &gateway_id, b)?,
-                        };
-                        sp.commit()?;
-                        if let (
-                            WriteOutcome::Stored {
-                                first_seq,
-                                last_seq,
-                            },
-                            Some((control_id, digest)),
-                        ) = (&out, &b.dedup)
-                        {
-                            dedup.pending.push((
-                                b.device_id.clone(),
-                                control_id.clone(),
-                                DedupEntry {
-                                    digest: *digest,
-                                    first_seq: *first_seq,
-                                    last_seq: *last_seq,
-                                },
-                            ));
-                        }
-                        return Ok(out);
-                    }
+                    WriteRequest::Observations(b) => match dedup.find(&sp, b)? {
+                        Some(dup) => dup,
+                        None => insert_observations(&sp, &gateway_id, b)?,
+                    },
                     WriteRequest::Alarm(a) => {
                         let body = stored_record::Body::Alarm(a.alarm.clone());
                         let (first, last) = insert_records(
@@ -801,6 +802,9 @@ impl StoreDb {
                     }
                 };
                 sp.commit()?;
+                if let WriteRequest::Observations(b) = req {
+                    dedup.stored(b, &out);
+                }
                 Ok::<_, rusqlite::Error>(out)
             })();
             results.push(outcome.map_err(|e| sqlite_err(&path, e)));
@@ -951,7 +955,11 @@ impl PruneReport {
 /// forwarded alarms and ADT events, then, only if nothing forwarded was left and
 /// `on_full = drop_oldest_unsent`, the oldest unsent observations. Unsent alarms, ADT events
 /// and dead letters are never deleted.
-fn prune_round(conn: &Connection, policy: &BudgetPolicy) -> rusqlite::Result<PruneReport> {
+fn prune_round(
+    conn: &Connection,
+    policy: &BudgetPolicy,
+    legacy_messages: bool,
+) -> rusqlite::Result<PruneReport> {
     let mut report = PruneReport {
         rounds: 1,
         ..Default::default()
@@ -981,8 +989,9 @@ fn prune_round(conn: &Connection, policy: &BudgetPolicy) -> rusqlite::Result<Pru
     if report.records() == 0 && policy.on_full == OnFull::DropOldestUnsent {
         prune_unsent_observations(conn, &of_kinds(&[Stream::Observations]), chunk, &mut report)?;
     }
-    // The HL7 dedup rows whose readings are all gone.
-    for (kind, device) in &first {
+    // The dedup rows older gateways kept in `messages`, once their readings are all gone
+    // (nothing new is written there: skipped when the file had none).
+    for (kind, device) in first.iter().filter(|_| legacy_messages) {
         if *kind == Stream::Observations.code() {
             let head = match head(conn, *kind, device)? {
                 Some((seq, _)) => seq,
@@ -1342,7 +1351,7 @@ fn insert_rows(
                     one_received = encode(i + n, (seq + n as i64) as u64, &mut one);
                     placed = false;
                 }
-                if n > 0 && run.len() + one.len() + 2 * 10 > RUN_BYTES {
+                if n > 0 && run.len() + RUN_PREFIX + one.len() > RUN_BYTES {
                     break;
                 }
                 if n == 0 {
@@ -1385,6 +1394,12 @@ fn insert_rows(
     .execute(params![device_id, kind, seq])?;
     Ok((next as u64, (seq - 1) as u64))
 }
+
+/// SQL: the lowest unsent seq of one stream (`?1` kind, `?2` device) and its row's receive
+/// time. INDEXED BY: without statistics the planner walks the primary key from seq 1, through
+/// every forwarded record not yet pruned (37 ms per head behind 400k of them, against 4 µs
+/// through the partial index).
+const UNSENT_HEAD: &str = "SELECT MAX(seq, sent_upto + 1), received_us FROM records INDEXED BY records_unsent WHERE kind = ?1 AND device_id = ?2 AND sent = 0 ORDER BY seq LIMIT 1";
 
 /// SQL: how many records of a `records` row are unsent (see `schema.sql`).
 const UNSENT_IN_ROW: &str = "CASE WHEN sent = 1 THEN 0 ELSE seq + n - MAX(seq, sent_upto + 1) END";
@@ -1477,6 +1492,9 @@ const ZSTD_LEVEL: i32 = 1;
 /// Most bytes of records the writer puts in one run row (a longer message takes more rows; one
 /// record longer than this is a row of its own, stored bare).
 const RUN_BYTES: usize = 4 << 20;
+/// Most bytes in front of each record of a run: its field key (1) and length (a varint, at most
+/// 10).
+const RUN_PREFIX: usize = 11;
 /// Most bytes a run row may decompress to: what the writer stores with room to spare, so a
 /// corrupt frame header cannot make the reader allocate more.
 const RUN_MAX_BYTES: u64 = 4 * RUN_BYTES as u64;
@@ -1677,12 +1695,7 @@ impl FetchSource for SqlSource<'_> {
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<Result<_, _>>()?
         };
-        let mut stmt = self.conn.prepare_cached(
-            // INDEXED BY: without statistics the planner walks the primary key from seq 1,
-            // through every forwarded record not yet pruned (37 ms per head behind 400k of
-            // them, against 4 µs through the partial index).
-            "SELECT MAX(seq, sent_upto + 1), received_us FROM records INDEXED BY records_unsent WHERE kind = ?1 AND device_id = ?2 AND sent = 0 ORDER BY seq LIMIT 1",
-        )?;
+        let mut stmt = self.conn.prepare_cached(UNSENT_HEAD)?;
         let mut heads = Vec::new();
         for (kind, device_id) in pairs {
             let Some(stream) = Stream::from_code(kind) else {
@@ -1775,7 +1788,7 @@ impl FetchSource for SqlSource<'_> {
 fn warn_damaged_row(stream: Stream, device_id: &str, seq: u64, n: usize, why: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = now_secs();
+    let now = (crate::clock::now_us() / 1_000_000).max(0) as u64;
     let last = LAST.load(Ordering::Relaxed);
     if now >= last + 60
         && LAST
@@ -1786,12 +1799,6 @@ fn warn_damaged_row(stream: Stream, device_id: &str, seq: u64, n: usize, why: &s
             reason = %why,
             "store: a records row does not decode; its records stay in the outbox as skipped (no body)");
     }
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Read-mostly connection used by the bridge (outbox) and the API.
@@ -1908,10 +1915,7 @@ impl ReaderDb {
                 let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                 rows.collect::<Result<_, _>>()?
             };
-            let mut unsent_head = tx.prepare_cached(
-                // INDEXED BY: see `SqlSource::heads`.
-                "SELECT MAX(seq, sent_upto + 1), received_us FROM records INDEXED BY records_unsent WHERE kind = ?1 AND device_id = ?2 AND sent = 0 ORDER BY seq LIMIT 1",
-            )?;
+            let mut unsent_head = tx.prepare_cached(UNSENT_HEAD)?;
             let mut out = Vec::with_capacity(streams.len());
             for (kind, device_id, next_seq) in streams {
                 let Some(stream) = Stream::from_code(kind) else {
