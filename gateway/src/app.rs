@@ -177,22 +177,55 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
     let limits = crate::alarm::limits_store::LimitsStore::open(&config.store.path)
         .with_context(|| format!("opening alarm limits in {}", config.store.path.display()))?;
     for l in limits.all().context("reading persisted alarm limits")? {
-        if let Err(e) = engine.set_bed_limits(&l.bed, l.mdc_code, l.low, l.high) {
-            tracing::error!(bed = %l.bed, mdc_code = l.mdc_code, error = %e, "persisted limit not applied");
+        let change = crate::alarm::LimitChange {
+            low: l.low,
+            high: l.high,
+            reason: l.reason.clone(),
+            who: l.set_by.clone(),
+            at_us: l.set_us,
+        };
+        // Checked against today's config: a persisted limit outside the hard bounds (the
+        // bounds changed since) is not applied; the config default is in force instead.
+        if let Err(e) = engine.set_bed_limits(&l.bed, l.mdc_code, &change) {
+            tracing::error!(bed = %l.bed, mdc_code = l.mdc_code, error = %e, "persisted limit not applied: the config default is in force");
         }
     }
     let alarm_stats = Arc::new(crate::alarm::actor::AlarmPathStats::default());
     let (events_tx, _) = tokio::sync::broadcast::channel::<String>(1024);
     let mut alarm_outputs: Vec<crate::alarm::actor::AlarmListener> = Vec::new();
+    // Outputs watched for the `gateway:alarm-output` technical alarm.
+    let mut watched: Vec<crate::alarm::actor::WatchedOutput> = Vec::new();
+    let event_stream = Arc::new(crate::http::EventStreamHealth::default());
     {
         // The page (server-sent events): never blocks; a slow page only lags.
         let tx = events_tx.clone();
         alarm_outputs.push(Box::new(move |a| {
             let _ = tx.send(crate::alarm::actor::alarm_json(a).to_string());
         }));
+        let tx = events_tx.clone();
+        let health = event_stream.clone();
+        let required = config.alarms.outputs.page_clients_required;
+        watched.push(crate::alarm::actor::WatchedOutput {
+            name: "page event stream".into(),
+            probe: Box::new(move || health.failing(tx.receiver_count(), required, now_us())),
+        });
     }
     let mqtt_alarm_client: Arc<std::sync::OnceLock<icu_drivers::mqtt::rumqttc::AsyncClient>> =
         Arc::new(std::sync::OnceLock::new());
+    let mqtt_connected: Arc<OnceLock<Arc<std::sync::atomic::AtomicBool>>> =
+        Arc::new(OnceLock::new());
+    if let Some(m) = &config.mqtt {
+        let flag = mqtt_connected.clone();
+        let broker = format!("{}:{}", m.broker_host, m.broker_port);
+        watched.push(crate::alarm::actor::WatchedOutput {
+            name: format!("mqtt alarm broker {broker}"),
+            probe: Box::new(move || match flag.get() {
+                Some(f) if f.load(std::sync::atomic::Ordering::Relaxed) => None,
+                Some(_) => Some("not connected to the broker".into()),
+                None => Some("mqtt not started".into()),
+            }),
+        });
+    }
     {
         // The MQTT alarm topic for nurse call and pagers (when [mqtt] is configured).
         let client = mqtt_alarm_client.clone();
@@ -220,12 +253,19 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
             receiving_app: receiving_app.clone(),
             ..Default::default()
         };
-        let (sender, _stats) = crate::alarm::pcd04_out::Pcd04Sender::start(
+        let (sender, pcd04_stats) = crate::alarm::pcd04_out::Pcd04Sender::start(
             target.clone(),
             base,
             1024,
             crate::alarm::pcd04_out::RetryPolicy::default(),
         );
+        watched.push(crate::alarm::actor::WatchedOutput {
+            name: format!("pcd04 alarm manager {target}"),
+            probe: Box::new(move || {
+                let s = pcd04_stats.snapshot();
+                (!s.connected).then(|| s.last_error.unwrap_or_else(|| "not connected".into()))
+            }),
+        });
         let locations: HashMap<String, String> = config
             .beds
             .iter()
@@ -265,10 +305,14 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
         store.clone(),
         alarm_stats.clone(),
         alarm_outputs,
+        watched,
     );
     let _ = alarm_slot.set(alarm_addr.clone());
 
-    let live = Arc::new(LiveState::new(&config.beds, &config.devices));
+    let live = Arc::new(
+        LiveState::new(&config.beds, &config.devices)
+            .with_clock_settle_s(config.alarms.device_clock.settle_s),
+    );
     let ingest_stats = Arc::new(crate::metrics::IngestStats::default());
     let clock = Arc::new(ClockState::new(config.clock));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -282,6 +326,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
             clock.clone(),
             census_reader.clone(),
             Some((alarm_addr.clone(), alarm_stats.clone())),
+            config.alarms.device_clock.clone(),
             ingest_stats.clone(),
         );
         device_addrs.insert(d.id.clone(), addr.clone());
@@ -342,6 +387,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
             )
             .map_err(|e| anyhow::anyhow!("mqtt: {e:?}"))?;
             let _ = mqtt_alarm_client.set(subscriber.client().clone());
+            let _ = mqtt_connected.set(subscriber.connected_flag());
             tracing::info!(broker = %format!("{}:{}", mcfg.broker_host, mcfg.broker_port),
                 filter = %icu_drivers::mqtt::subscription_filter(&config.gateway_id), "mqtt subscriber started");
             Some(subscriber)
@@ -397,6 +443,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
             gateway_id: config.gateway_id.clone(),
             live: live.clone(),
             outbox: outbox.clone(),
+            event_stream,
             store_stats,
             mllp_stats,
             bridge: bridge.clone(),

@@ -104,6 +104,8 @@ pub struct DeviceActor {
     clock: Arc<ClockState>,
     census: CensusReader,
     alarms: AlarmPath,
+    /// Bounds of trust in the device's own clock (`alarms.device_clock`).
+    device_clock: crate::alarm::DeviceClockConfig,
     /// Ingest counters of `/metrics`, counted here when the store answered: the one place that
     /// knows both the transport (from the protocol) and the outcome.
     ingest_stats: Arc<crate::metrics::IngestStats>,
@@ -121,6 +123,7 @@ impl DeviceActor {
         clock: Arc<ClockState>,
         census: CensusReader,
         alarms: AlarmPath,
+        device_clock: crate::alarm::DeviceClockConfig,
         ingest_stats: Arc<crate::metrics::IngestStats>,
     ) -> Addr<Self> {
         // Supervised: if the actor stops (a failed handler), it is restarted behind the same
@@ -134,6 +137,7 @@ impl DeviceActor {
                 clock,
                 census,
                 alarms,
+                device_clock: device_clock.clone(),
                 ingest_stats,
                 started_us: now_us(),
                 last_seen_us: None,
@@ -155,8 +159,17 @@ impl DeviceActor {
             o.device_id = self.device.id.clone();
             o.bed = self.device.bed.clone();
             o.clock_synced = synced;
-            // The patient in this bed at the reading's own time (never a guess: none → empty).
-            let at = o.device_time_us.unwrap_or(o.receive_time_us);
+            // Device time is trusted only within bounds (the same rule as the alarm engine's):
+            // outside them the reading is flagged and placed at its receive time.
+            let checked = crate::alarm::checked_time(
+                o.device_time_us,
+                o.receive_time_us,
+                &self.device_clock,
+            );
+            o.device_time_untrusted = checked.untrusted_offset_us.is_some();
+            // The patient in this bed at the reading's own (checked) time (never a guess:
+            // none → empty).
+            let at = checked.t_us;
             o.patient_id = self
                 .census
                 .patient_at(&self.device.bed, at)

@@ -60,6 +60,13 @@ pub struct DeviceView {
     pub errors: u64,
     pub duplicates: u64,
     pub last_seen: Option<String>,
+    /// `ok`, or `unsynced` while its device times lie outside the bounds of trust
+    /// (`alarms.device_clock`; its readings are then alarmed on at receive time).
+    pub device_clock: &'static str,
+    /// Device time minus receive time of its last untrusted reading, in seconds.
+    pub device_clock_offset_s: Option<i64>,
+    #[serde(skip)]
+    clock_untrusted_us: Option<i64>,
     #[serde(skip)]
     last_seen_us: Option<i64>,
     #[serde(skip)]
@@ -86,6 +93,8 @@ struct Inner {
 
 pub struct LiveState {
     inner: Mutex<Inner>,
+    /// How long a device stays `unsynced` after its last untrusted device time.
+    clock_settle_us: i64,
 }
 
 fn rfc3339(us: i64) -> String {
@@ -129,6 +138,9 @@ impl LiveState {
                     errors: 0,
                     duplicates: 0,
                     last_seen: None,
+                    device_clock: "ok",
+                    device_clock_offset_s: None,
+                    clock_untrusted_us: None,
                     last_seen_us: None,
                     silent_after: d.silent_after,
                     last_error: None,
@@ -137,7 +149,15 @@ impl LiveState {
         }
         Self {
             inner: Mutex::new(inner),
+            clock_settle_us: 30_000_000,
         }
+    }
+
+    /// Sets how long a device stays `unsynced` after its last untrusted device time
+    /// (`alarms.device_clock.settle_s`).
+    pub fn with_clock_settle_s(mut self, settle_s: u32) -> Self {
+        self.clock_settle_us = i64::from(settle_s) * 1_000_000;
+        self
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
@@ -152,12 +172,23 @@ impl LiveState {
                 d.messages += 1;
                 d.observations += obs.len() as u64;
                 d.last_seen_us = Some(now_us);
+                if let Some(o) = obs.iter().find(|o| o.device_time_untrusted) {
+                    d.clock_untrusted_us = Some(now_us);
+                    d.device_clock_offset_s = o
+                        .device_time_us
+                        .map(|t| t.saturating_sub(o.receive_time_us) / 1_000_000);
+                }
             }
             if let Some((_, values)) = inner.beds.get_mut(bed) {
                 for o in obs {
-                    // Latest by the value's own time: a late (out-of-order) value does not
-                    // replace a newer one.
-                    let at = o.device_time_us.unwrap_or(o.receive_time_us);
+                    // Latest by the value's own (checked) time: a late (out-of-order) value does
+                    // not replace a newer one, and an untrusted device time counts as its
+                    // receive time (a reading dated 2099 never pins the card).
+                    let at = if o.device_time_untrusted {
+                        o.receive_time_us
+                    } else {
+                        o.device_time_us.unwrap_or(o.receive_time_us)
+                    };
                     let newer = values
                         .get(&o.mdc_code)
                         .map(|v| at >= v.event_time_us || v.device_id != o.device_id)
@@ -276,6 +307,10 @@ impl LiveState {
                 .map(|d| {
                     let mut d = d.clone();
                     d.last_seen = d.last_seen_us.map(rfc3339);
+                    let unsynced = d
+                        .clock_untrusted_us
+                        .is_some_and(|t| now_us - t < self.clock_settle_us);
+                    d.device_clock = if unsynced { "unsynced" } else { "ok" };
                     d.state = match d.last_seen_us {
                         None => "waiting".into(),
                         Some(t) if now_us - t > d.silent_after.as_micros() as i64 => {

@@ -294,6 +294,12 @@ impl MqttSubscriber {
         self.connected.load(Ordering::Relaxed)
     }
 
+    /// The connection flag itself, for a watcher that outlives borrows of the subscriber (the
+    /// gateway's alarm-output technical alarm).
+    pub fn connected_flag(&self) -> Arc<AtomicBool> {
+        self.connected.clone()
+    }
+
     /// The rumqttc client of this connection (e.g. to publish alarms on the same session).
     pub fn client(&self) -> &AsyncClient {
         &self.client

@@ -51,11 +51,29 @@ pub fn alarm_json(a: &Alarm) -> serde_json::Value {
 /// Where alarm state changes go besides the store.
 pub type AlarmListener = Box<dyn Fn(&Alarm) + Send>;
 
+/// Whether an alarm output can deliver now: `None` when it can, else why it cannot.
+pub type OutputProbe = Box<dyn Fn() -> Option<String> + Send>;
+
+/// One alarm output watched for the `gateway:alarm-output` technical alarm.
+pub struct WatchedOutput {
+    /// Short name shown in the alarm, e.g. `pcd04 alarm manager 10.1.2.3:2575`.
+    pub name: String,
+    pub probe: OutputProbe,
+}
+
+/// An output seen down: since when, and whether the technical alarm is raised.
+struct Down {
+    since_us: i64,
+    raised: bool,
+}
+
 pub struct AlarmActor {
     engine: Engine,
     store: Addr<Store>,
     stats: Arc<AlarmPathStats>,
     listeners: Vec<AlarmListener>,
+    outputs: Vec<WatchedOutput>,
+    down: std::collections::HashMap<String, Down>,
 }
 
 impl AlarmActor {
@@ -64,6 +82,7 @@ impl AlarmActor {
         store: Addr<Store>,
         stats: Arc<AlarmPathStats>,
         listeners: Vec<AlarmListener>,
+        outputs: Vec<WatchedOutput>,
     ) -> Addr<AlarmActor> {
         // Its own thread: the alarm path never queues behind MLLP parsing, device actors or the
         // HTTP layer on the system arbiter (measured by `benches/alarm_latency.rs`). The arbiter
@@ -76,8 +95,48 @@ impl AlarmActor {
                 store,
                 stats,
                 listeners,
+                outputs,
+                down: Default::default(),
             }
         })
+    }
+
+    /// Raises the `gateway:alarm-output` technical alarm for an output that has been down for
+    /// `alarms.outputs.down_after_s`, and ends it when the output delivers again.
+    fn watch_outputs(&mut self, now: i64) -> Vec<Alarm> {
+        let after_us = i64::from(self.engine.config().outputs.down_after_s) * 1_000_000;
+        let mut alarms = Vec::new();
+        for output in &self.outputs {
+            match (output.probe)() {
+                Some(why) => {
+                    let down = self.down.entry(output.name.clone()).or_insert(Down {
+                        since_us: now,
+                        raised: false,
+                    });
+                    let for_s = (now - down.since_us) / 1_000_000;
+                    if now - down.since_us >= after_us {
+                        let text = format!(
+                            "alarm output {} down for {for_s} s: {why}; alarms are not reaching it",
+                            output.name
+                        );
+                        if !down.raised {
+                            tracing::error!(output = %output.name, %why, "alarm output down: technical alarm raised");
+                        }
+                        down.raised = true;
+                        alarms.extend(self.engine.output_down(&output.name, &text, true, now));
+                    }
+                }
+                None => {
+                    if let Some(down) = self.down.remove(&output.name) {
+                        if down.raised {
+                            tracing::info!(output = %output.name, "alarm output delivers again");
+                            alarms.extend(self.engine.output_down(&output.name, "", false, now));
+                        }
+                    }
+                }
+            }
+        }
+        alarms
     }
 
     fn emit(&mut self, alarms: Vec<Alarm>, ctx: &mut Context<Self>) {
@@ -116,7 +175,9 @@ impl Actor for AlarmActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(Duration::from_secs(1), |act, ctx| {
-            let alarms = act.engine.tick(now_us());
+            let now = now_us();
+            let mut alarms = act.engine.tick(now);
+            alarms.extend(act.watch_outputs(now));
             act.emit(alarms, ctx);
         });
     }
@@ -182,22 +243,53 @@ impl Handler<Technical> for AlarmActor {
     }
 }
 
-/// A clinician's limit change for one bed and parameter (`None` switches that side off).
+/// A clinician's limit change for one bed and parameter (`None` switches that side off),
+/// applied after it was persisted.
 #[derive(Message)]
 #[rtype(result = "Result<(), AlarmError>")]
 pub struct SetLimits {
     pub bed: String,
     pub mdc_code: u32,
-    pub low: Option<f64>,
-    pub high: Option<f64>,
+    pub change: super::LimitChange,
 }
 
 impl Handler<SetLimits> for AlarmActor {
     type Result = Result<(), AlarmError>;
 
     fn handle(&mut self, m: SetLimits, _: &mut Self::Context) -> Self::Result {
-        self.engine
-            .set_bed_limits(&m.bed, m.mdc_code, m.low, m.high)
+        self.engine.set_bed_limits(&m.bed, m.mdc_code, &m.change)
+    }
+}
+
+/// Checks a limit change without applying it (before it is persisted); answers the sides it
+/// switches off.
+#[derive(Message)]
+#[rtype(result = "Result<Option<String>, AlarmError>")]
+pub struct CheckLimits {
+    pub bed: String,
+    pub mdc_code: u32,
+    pub change: super::LimitChange,
+}
+
+impl Handler<CheckLimits> for AlarmActor {
+    type Result = Result<Option<String>, AlarmError>;
+
+    fn handle(&mut self, m: CheckLimits, _: &mut Self::Context) -> Self::Result {
+        self.engine.check_bed_limits(&m.bed, m.mdc_code, &m.change)
+    }
+}
+
+/// Limits switched off at the bedside and the trust state of device clocks, for the bed cards
+/// and `/api/devices`.
+#[derive(Message)]
+#[rtype(result = "(Vec<super::LimitOff>, Vec<super::DeviceClockView>)")]
+pub struct GetCaveats;
+
+impl Handler<GetCaveats> for AlarmActor {
+    type Result = MessageResult<GetCaveats>;
+
+    fn handle(&mut self, _: GetCaveats, _: &mut Self::Context) -> Self::Result {
+        MessageResult((self.engine.limits_off(), self.engine.device_clocks()))
     }
 }
 
@@ -216,9 +308,19 @@ impl Handler<AlarmAction> for AlarmActor {
 
     fn handle(&mut self, m: AlarmAction, ctx: &mut Self::Context) -> Self::Result {
         let now = now_us();
-        let alarms = match m.silence_s {
-            None => self.engine.acknowledge(&m.bed, &m.alarm_id, &m.who, now)?,
-            Some(s) => self.engine.silence(&m.bed, &m.alarm_id, s, &m.who, now)?,
+        let done = match m.silence_s {
+            None => self.engine.acknowledge(&m.bed, &m.alarm_id, &m.who, now),
+            Some(s) => self.engine.silence(&m.bed, &m.alarm_id, s, &m.who, now),
+        };
+        let alarms = match done {
+            Ok(alarms) => alarms,
+            Err(mut e) => {
+                if let AlarmError::SilenceCapReached { reannounce, .. } = &mut e {
+                    tracing::warn!(bed = %m.bed, alarm_id = %m.alarm_id, who = %m.who, "silence refused: cap reached; the alarm sounds again");
+                    self.emit(std::mem::take(reannounce), ctx);
+                }
+                return Err(e);
+            }
         };
         tracing::info!(bed = %m.bed, alarm_id = %m.alarm_id, who = %m.who, silence_s = ?m.silence_s, "alarm action");
         self.emit(alarms, ctx);

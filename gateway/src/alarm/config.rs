@@ -71,6 +71,123 @@ pub struct AlarmConfig {
     /// this.
     #[serde(default = "default_max_silence_s")]
     pub max_silence_s: u32,
+    /// How often one alarm occurrence may be silenced again after its first silence. The next
+    /// request is refused and the alarm sounds again (re-announces itself).
+    #[serde(default = "default_max_silence_renewals")]
+    pub max_silence_renewals: u32,
+    /// Most seconds one alarm occurrence may spend silenced in all; a silence is cut to what is
+    /// left, and a request with nothing left is refused and the alarm sounds again.
+    #[serde(default = "default_max_silence_total_s")]
+    pub max_silence_total_s: u32,
+    /// How far a device's own clock is trusted (device time against receive time).
+    #[serde(default)]
+    pub device_clock: DeviceClockConfig,
+    /// When an alarm output (PCD-04 alarm manager, MQTT alarm broker, the page's event stream)
+    /// that is down raises the `gateway:alarm-output` technical alarm.
+    #[serde(default)]
+    pub outputs: OutputsConfig,
+}
+
+/// Bounds of trust in device time (OBX-14 / OBR-7 / a payload's timestamp). A reading whose
+/// device time lies more than `max_ahead_s` after its receive time, or more than `max_behind_s`
+/// before it, cannot move the alarm engine's event-time clock: it is evaluated (and associated
+/// with a patient) at its receive time, flagged `device_time_untrusted`, and the device's clock
+/// is shown as unsynced with the `gateway:device-clock` technical alarm, until its times have
+/// been plausible for `settle_s`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceClockConfig {
+    /// Seconds a device time may lie ahead of the receive time (clock offset and jitter).
+    #[serde(default = "default_max_ahead_s")]
+    pub max_ahead_s: u32,
+    /// Seconds a device time may lie behind the receive time (a sender's retries and queueing).
+    #[serde(default = "default_max_behind_s")]
+    pub max_behind_s: u32,
+    /// The technical alarm ends once the device's times have been plausible (and no reading was
+    /// late past the threshold) for this many seconds.
+    #[serde(default = "default_clock_settle_s")]
+    pub settle_s: u32,
+    /// Late readings (older than `allowed_lateness_s` behind the newest one of their parameter)
+    /// from one device within `late_window_s` that raise the technical alarm.
+    #[serde(default = "default_late_alarm_count")]
+    pub late_alarm_count: u32,
+    #[serde(default = "default_late_window_s")]
+    pub late_window_s: u32,
+    /// Priority of the `gateway:device-clock` technical alarm.
+    #[serde(default = "default_clock_priority")]
+    pub priority: Priority,
+}
+
+/// The `gateway:alarm-output` technical alarm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputsConfig {
+    /// Seconds an alarm output may be down (not connected, or failing to deliver) before the
+    /// technical alarm is raised; it ends when the output delivers again.
+    #[serde(default = "default_output_down_after_s")]
+    pub down_after_s: u32,
+    /// Priority of the technical alarm.
+    #[serde(default = "default_output_priority")]
+    pub priority: Priority,
+    /// Pages (central station, bedside screens) that must hold the event stream open; fewer
+    /// for `down_after_s` raise the technical alarm. 0 (the default) watches only for pages that
+    /// fall behind and lose alarm events.
+    #[serde(default)]
+    pub page_clients_required: u32,
+}
+
+impl Default for DeviceClockConfig {
+    fn default() -> Self {
+        Self {
+            max_ahead_s: default_max_ahead_s(),
+            max_behind_s: default_max_behind_s(),
+            settle_s: default_clock_settle_s(),
+            late_alarm_count: default_late_alarm_count(),
+            late_window_s: default_late_window_s(),
+            priority: default_clock_priority(),
+        }
+    }
+}
+
+impl Default for OutputsConfig {
+    fn default() -> Self {
+        Self {
+            down_after_s: default_output_down_after_s(),
+            priority: default_output_priority(),
+            page_clients_required: 0,
+        }
+    }
+}
+
+fn default_max_silence_renewals() -> u32 {
+    2
+}
+fn default_max_silence_total_s() -> u32 {
+    600
+}
+fn default_max_ahead_s() -> u32 {
+    10
+}
+fn default_max_behind_s() -> u32 {
+    300
+}
+fn default_clock_settle_s() -> u32 {
+    30
+}
+fn default_late_alarm_count() -> u32 {
+    5
+}
+fn default_late_window_s() -> u32 {
+    60
+}
+fn default_clock_priority() -> Priority {
+    Priority::Low
+}
+fn default_output_down_after_s() -> u32 {
+    30
+}
+fn default_output_priority() -> Priority {
+    Priority::Medium
 }
 
 /// A low/high limit on one parameter (possibly measured under several MDC codes). Each code is
@@ -112,6 +229,17 @@ pub struct LimitRule {
     /// Priority used beyond an escalation threshold.
     #[serde(default = "default_escalate_priority")]
     pub escalate_priority: Priority,
+    /// Hard bounds `[min, max]` for a low limit set at the bedside (e.g. SpO2 low between 80 and
+    /// 95). Without them the low limit cannot be changed at the bedside.
+    #[serde(default)]
+    pub low_range: Option<[f64; 2]>,
+    /// Hard bounds `[min, max]` for a high limit set at the bedside.
+    #[serde(default)]
+    pub high_range: Option<[f64; 2]>,
+    /// Whether a clinician may switch a limit of this rule off (always with a reason, shown on
+    /// the bed card until the limit is restored).
+    #[serde(default = "default_true")]
+    pub off_allowed: bool,
 }
 
 /// A rate-of-change rule: alarm when the value moves by more than `amount` within `within_s`.
@@ -211,8 +339,13 @@ fn limit(
     sustain_s: u32,
     hysteresis: f64,
     escalate_below: Option<f64>,
+    low_range: Option<[f64; 2]>,
+    high_range: Option<[f64; 2]>,
 ) -> LimitRule {
     LimitRule {
+        low_range,
+        high_range,
+        off_allowed: true,
         id: id.into(),
         label: label.into(),
         mdc_codes: mdc_codes.to_vec(),
@@ -239,6 +372,8 @@ pub fn default_limits() -> Vec<LimitRule> {
             10,
             2.0,
             None,
+            Some([30.0, 100.0]),
+            Some([80.0, 200.0]),
         ),
         limit(
             "pr",
@@ -249,6 +384,8 @@ pub fn default_limits() -> Vec<LimitRule> {
             10,
             2.0,
             None,
+            Some([30.0, 100.0]),
+            Some([80.0, 200.0]),
         ),
         limit(
             "spo2",
@@ -259,8 +396,21 @@ pub fn default_limits() -> Vec<LimitRule> {
             15,
             1.0,
             Some(85.0),
+            Some([80.0, 95.0]),
+            Some([95.0, 100.0]),
         ),
-        limit("rr", "RR", &[151562], Some(8.0), Some(30.0), 10, 2.0, None),
+        limit(
+            "rr",
+            "RR",
+            &[151562],
+            Some(8.0),
+            Some(30.0),
+            10,
+            2.0,
+            None,
+            Some([4.0, 20.0]),
+            Some([15.0, 60.0]),
+        ),
         limit(
             "sbp",
             "NIBPs",
@@ -270,6 +420,8 @@ pub fn default_limits() -> Vec<LimitRule> {
             10,
             2.0,
             None,
+            Some([60.0, 120.0]),
+            Some([100.0, 250.0]),
         ),
         limit(
             "abps",
@@ -280,6 +432,8 @@ pub fn default_limits() -> Vec<LimitRule> {
             10,
             2.0,
             None,
+            Some([60.0, 120.0]),
+            Some([100.0, 250.0]),
         ),
         limit(
             "temp",
@@ -290,6 +444,8 @@ pub fn default_limits() -> Vec<LimitRule> {
             10,
             0.2,
             None,
+            Some([32.0, 37.0]),
+            Some([37.0, 42.0]),
         ),
     ]
 }
@@ -316,6 +472,10 @@ impl Default for AlarmConfig {
             allowed_lateness_s: default_allowed_lateness_s(),
             stale_feed_priority: default_stale_feed_priority(),
             max_silence_s: default_max_silence_s(),
+            max_silence_renewals: default_max_silence_renewals(),
+            max_silence_total_s: default_max_silence_total_s(),
+            device_clock: DeviceClockConfig::default(),
+            outputs: OutputsConfig::default(),
         }
     }
 }
@@ -440,6 +600,23 @@ impl AlarmConfig {
                     ),
                 }
             }
+            for (side, range, value) in [
+                ("low_range", r.low_range, r.low),
+                ("high_range", r.high_range, r.high),
+            ] {
+                let Some([min, max]) = range else { continue };
+                if !(min.is_finite() && max.is_finite() && min <= max) {
+                    problem(
+                        format!("{at}.{side}"),
+                        format!("[{min}, {max}] must be two numbers, the first not above the second"),
+                    );
+                } else if let Some(v) = value.filter(|v| *v < min || *v > max) {
+                    problem(
+                        format!("{at}.{side}"),
+                        format!("the configured limit {v} lies outside [{min}, {max}]"),
+                    );
+                }
+            }
             if (r.escalate_below.is_some() || r.escalate_above.is_some())
                 && r.escalate_priority <= r.priority
             {
@@ -510,6 +687,35 @@ impl AlarmConfig {
                     "{} s is longer than the {MAX_WINDOW_S} s maximum",
                     self.allowed_lateness_s
                 ),
+            );
+        }
+        if self.max_silence_total_s < self.max_silence_s {
+            problem(
+                format!("{path}.max_silence_total_s"),
+                format!(
+                    "{} s is less than max_silence_s ({} s)",
+                    self.max_silence_total_s, self.max_silence_s
+                ),
+            );
+        }
+        let c = &self.device_clock;
+        for (field, v) in [
+            ("max_ahead_s", c.max_ahead_s),
+            ("max_behind_s", c.max_behind_s),
+            ("late_window_s", c.late_window_s),
+            ("late_alarm_count", c.late_alarm_count),
+        ] {
+            if v == 0 {
+                problem(
+                    format!("{path}.device_clock.{field}"),
+                    "must be more than zero".into(),
+                );
+            }
+        }
+        if self.outputs.down_after_s == 0 {
+            problem(
+                format!("{path}.outputs.down_after_s"),
+                "must be more than zero".into(),
             );
         }
         if self.max_silence_s == 0 {

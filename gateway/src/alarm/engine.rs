@@ -26,7 +26,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use icu_protos::v1::{Alarm, Observation, ObservationStatus};
 use serde::Serialize;
 
-use super::config::{check_limits, AlarmConfig, Direction, LimitRule, Priority, RateRule};
+use super::config::{
+    check_limits, AlarmConfig, DeviceClockConfig, Direction, LimitRule, Priority, RateRule,
+};
 use super::news2::{self, News2Inputs, News2Param};
 use crate::config::FieldProblem;
 
@@ -36,6 +38,64 @@ pub const MDC_EVT_ALARM: u32 = 196616;
 pub const STALE_FEED_SOURCE: &str = "gateway:stale-feed";
 /// Source of the NEWS2 alarm.
 pub const NEWS2_SOURCE: &str = "news2";
+/// Source of the technical alarm for a device whose clock cannot be trusted (device times out of
+/// bounds, or late readings past the threshold).
+pub const DEVICE_CLOCK_SOURCE: &str = "gateway:device-clock";
+/// Source of the technical alarm for an alarm output that is down.
+pub const ALARM_OUTPUT_SOURCE: &str = "gateway:alarm-output";
+/// The pseudo-bed of the gateway's own technical alarms (store budget, alarm outputs).
+pub const GATEWAY_BED: &str = "gateway";
+
+/// The time a reading is evaluated at, after checking its device time against its receive
+/// time (see [`DeviceClockConfig`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckedTime {
+    /// Event time to use: the device time when trusted, else the receive time.
+    pub t_us: i64,
+    /// Device time minus receive time when the device time lay outside the bounds.
+    pub untrusted_offset_us: Option<i64>,
+}
+
+/// Checks a reading's device time against its receive time. The one rule for the alarm engine,
+/// patient association and the live view: a device time more than `max_ahead_s` after, or
+/// `max_behind_s` before, the receive time is not trusted and the receive time is used.
+pub fn checked_time(
+    device_time_us: Option<i64>,
+    receive_time_us: i64,
+    cfg: &DeviceClockConfig,
+) -> CheckedTime {
+    let Some(device) = device_time_us else {
+        return CheckedTime {
+            t_us: receive_time_us,
+            untrusted_offset_us: None,
+        };
+    };
+    let offset = device.saturating_sub(receive_time_us);
+    let ahead = i64::from(cfg.max_ahead_s) * US_PER_S;
+    let behind = i64::from(cfg.max_behind_s) * US_PER_S;
+    if offset > ahead || offset < -behind {
+        CheckedTime {
+            t_us: receive_time_us,
+            untrusted_offset_us: Some(offset),
+        }
+    } else {
+        CheckedTime {
+            t_us: device,
+            untrusted_offset_us: None,
+        }
+    }
+}
+
+/// An offset in words: "3 s", "5 min", "2 h", "27 d".
+pub fn fmt_offset(offset_us: i64) -> String {
+    let s = offset_us.unsigned_abs() / 1_000_000;
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        7200..=172_799 => format!("{} h", s / 3600),
+        _ => format!("{} d", s / 86_400),
+    }
+}
 
 const US_PER_S: i64 = 1_000_000;
 
@@ -150,6 +210,12 @@ pub struct EngineStats {
     pub state_changes: u64,
     /// `late_readings` per bed.
     pub late_readings_by_bed: BTreeMap<String, u64>,
+    /// Readings whose device time lay outside the bounds of trust (evaluated at receive time).
+    pub untrusted_time_readings: u64,
+    /// `untrusted_time_readings` per bed.
+    pub untrusted_time_readings_by_bed: BTreeMap<String, u64>,
+    /// Silence requests refused by the cap (the alarm sounded again).
+    pub silences_refused: u64,
 }
 
 /// An action the engine refuses.
@@ -165,6 +231,14 @@ pub enum AlarmError {
     },
     #[error("silence duration must be at least 1 s")]
     InvalidSilence,
+    #[error("alarm {alarm_id} at bed {bed} cannot be silenced again: {why}; it sounds again until it is acknowledged or its cause is fixed")]
+    SilenceCapReached {
+        bed: String,
+        alarm_id: String,
+        why: String,
+        /// The record that re-announces the alarm (the caller emits it like any other).
+        reannounce: Vec<Alarm>,
+    },
 }
 
 /// Effective low/high limits of one parameter.
@@ -172,6 +246,38 @@ pub enum AlarmError {
 pub struct Limits {
     pub low: Option<f64>,
     pub high: Option<f64>,
+}
+
+/// A clinician's limit change as the engine checks it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitChange {
+    pub low: Option<f64>,
+    pub high: Option<f64>,
+    /// Why a limit is switched off; required when the change switches one off.
+    pub reason: Option<String>,
+    pub who: String,
+    pub at_us: i64,
+}
+
+/// A limit a clinician switched off at a bed, shown on the bed card until restored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LimitOff {
+    pub bed: String,
+    pub mdc_code: u32,
+    /// The rule's label, e.g. `SpO2`.
+    pub label: String,
+    /// `low`, `high` or `low and high`.
+    pub sides: String,
+    pub reason: String,
+    pub who: String,
+    pub since_us: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Override {
+    limits: Limits,
+    /// Sides switched off that the config has on: (sides, reason, who, since).
+    off: Option<(String, String, String, i64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +303,9 @@ struct Occurrence {
     acknowledged_by: Option<String>,
     silenced_by: Option<String>,
     silenced_until_us: Option<i64>,
+    /// Silences granted so far, and their total length in µs.
+    silences: u32,
+    silenced_total_us: i64,
 }
 
 impl Occurrence {
@@ -311,6 +420,8 @@ impl Condition {
                 acknowledged_by: None,
                 silenced_by: None,
                 silenced_until_us: None,
+                silences: 0,
+                silenced_total_us: 0,
             };
             out.emit(&occ, Phase::Start, AlarmState::Active, t);
             self.occ = Some(occ);
@@ -396,7 +507,7 @@ impl RateWindow {
 struct BedState {
     patient_id: String,
     params: HashMap<u32, ParamState>,
-    overrides: HashMap<u32, Limits>,
+    overrides: HashMap<u32, Override>,
     conditions: BTreeMap<String, Condition>,
     /// Latest (event time, value) per [`News2Param`].
     news2: [Option<(i64, f64)>; 5],
@@ -412,6 +523,30 @@ pub struct Engine {
     rates_by_code: HashMap<u32, Vec<usize>>,
     beds: BTreeMap<String, BedState>,
     stats: EngineStats,
+    /// Per device id: the state of trust in its clock.
+    clocks: HashMap<String, DeviceClock>,
+}
+
+/// Trust in one device's clock.
+#[derive(Debug, Default)]
+struct DeviceClock {
+    bed: String,
+    /// Engine time of the last untrusted or late reading (past the threshold).
+    last_bad_us: Option<i64>,
+    /// Receive times of its recent late readings.
+    late: VecDeque<i64>,
+    /// The technical alarm is raised.
+    raised: bool,
+}
+
+/// A device clock's state as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceClockView {
+    pub device_id: String,
+    pub bed: String,
+    /// `unsynced` while the technical alarm is raised.
+    pub state: &'static str,
+    pub last_bad_us: Option<i64>,
 }
 
 fn fmt_value(v: f64) -> String {
@@ -442,6 +577,7 @@ impl Engine {
             rates_by_code,
             beds: BTreeMap::new(),
             stats: EngineStats::default(),
+            clocks: HashMap::new(),
         })
     }
 
@@ -452,6 +588,34 @@ impl Engine {
     /// Applies one decoded reading; returns the alarm state changes it causes.
     pub fn on_observation(&mut self, obs: &Observation, now_us: i64) -> Vec<Alarm> {
         let mut alarms = Vec::new();
+        // Device time is trusted only within bounds: an untrusted one is evaluated at receive
+        // time and can never move this parameter's event-time clock into the future.
+        let checked = checked_time(
+            obs.device_time_us,
+            obs.receive_time_us,
+            &self.config.device_clock,
+        );
+        if let Some(offset) = checked.untrusted_offset_us {
+            self.stats.untrusted_time_readings += 1;
+            *self
+                .stats
+                .untrusted_time_readings_by_bed
+                .entry(obs.bed.clone())
+                .or_default() += 1;
+            let dir = if offset > 0 { "ahead" } else { "behind" };
+            let text = format!(
+                "clock of {} is {} {dir} (device time {}): its readings are alarmed on at receive time",
+                obs.device_id,
+                fmt_offset(offset),
+                obs.device_time_us
+                    .and_then(chrono::DateTime::from_timestamp_micros)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_else(|| "out of range".into()),
+            );
+            self.clock_problem(&obs.bed, &obs.device_id, text, now_us, &mut alarms);
+        } else {
+            self.clock_settle(&obs.device_id, now_us, &mut alarms);
+        }
         let status = obs.status;
         let alarmable = status == ObservationStatus::Valid as i32
             || status == ObservationStatus::Corrected as i32;
@@ -462,9 +626,29 @@ impl Engine {
                 return alarms;
             }
         };
-        let t = obs.device_time_us.unwrap_or(obs.receive_time_us);
+        let t = checked.t_us;
         let code = obs.mdc_code;
         let lateness_us = i64::from(self.config.allowed_lateness_s) * US_PER_S;
+
+        let bed = self.beds.entry(obs.bed.clone()).or_default();
+        expire_silences(&obs.bed, bed, now_us, &mut alarms, &mut self.stats);
+        let last = bed.params.get(&code).and_then(|p| p.last_us);
+        if let Some(last) = last {
+            if t < last.saturating_sub(lateness_us) {
+                self.stats.late_readings += 1;
+                *self
+                    .stats
+                    .late_readings_by_bed
+                    .entry(obs.bed.clone())
+                    .or_default() += 1;
+                self.note_late(obs, last - t, now_us, &mut alarms);
+                return alarms;
+            }
+            if t < last {
+                self.stats.out_of_order_readings += 1;
+                return alarms;
+            }
+        }
 
         let Engine {
             config,
@@ -472,25 +656,10 @@ impl Engine {
             rates_by_code,
             beds,
             stats,
+            ..
         } = self;
-        let bed = beds.entry(obs.bed.clone()).or_default();
-        expire_silences(&obs.bed, bed, now_us, &mut alarms, stats);
-
+        let bed = beds.get_mut(&obs.bed).expect("inserted above");
         let param = bed.params.entry(code).or_default();
-        if let Some(last) = param.last_us {
-            if t < last.saturating_sub(lateness_us) {
-                stats.late_readings += 1;
-                *stats
-                    .late_readings_by_bed
-                    .entry(obs.bed.clone())
-                    .or_default() += 1;
-                return alarms;
-            }
-            if t < last {
-                stats.out_of_order_readings += 1;
-                return alarms;
-            }
-        }
         param.last_us = Some(t);
         stats.readings += 1;
         bed.patient_id.clone_from(&obs.patient_id);
@@ -502,7 +671,7 @@ impl Engine {
         };
 
         // Limit rule: from config, or ad hoc when a clinician set limits on an unwatched code.
-        let overrides = bed.overrides.get(&code).copied();
+        let overrides = bed.overrides.get(&code).map(|o| o.limits);
         let adhoc;
         let rule = match (limit_by_code.get(&code), overrides) {
             (Some(&i), _) => Some(&config.limits[i]),
@@ -551,7 +720,130 @@ impl Engine {
         for (name, bed) in &mut self.beds {
             expire_silences(name, bed, now_us, &mut alarms, &mut self.stats);
         }
+        let raised: Vec<String> = self
+            .clocks
+            .iter()
+            .filter(|(_, c)| c.raised)
+            .map(|(d, _)| d.clone())
+            .collect();
+        for device in raised {
+            self.clock_settle(&device, now_us, &mut alarms);
+        }
         alarms
+    }
+
+    /// A device's clock is not to be trusted (`text` says why): raises (or keeps) the
+    /// `gateway:device-clock` technical alarm naming the device.
+    fn clock_problem(
+        &mut self,
+        bed: &str,
+        device_id: &str,
+        text: String,
+        now_us: i64,
+        alarms: &mut Vec<Alarm>,
+    ) {
+        let clock = self.clocks.entry(device_id.to_string()).or_default();
+        clock.bed = bed.to_string();
+        clock.last_bad_us = Some(now_us);
+        clock.raised = true;
+        let priority = self.config.device_clock.priority;
+        alarms.extend(self.technical(
+            bed,
+            format!("device-clock:{device_id}"),
+            true,
+            now_us,
+            || Raise {
+                source: DEVICE_CLOCK_SOURCE.to_string(),
+                mdc_code: MDC_EVT_ALARM,
+                alert_type: AlertType::Technical,
+                device_id: device_id.to_string(),
+                patient_id: String::new(),
+                priority,
+                text,
+            },
+        ));
+    }
+
+    /// Ends the device-clock alarm once the device's times have been plausible for `settle_s`.
+    fn clock_settle(&mut self, device_id: &str, now_us: i64, alarms: &mut Vec<Alarm>) {
+        let settle_us = i64::from(self.config.device_clock.settle_s) * US_PER_S;
+        let Some(clock) = self.clocks.get_mut(device_id) else {
+            return;
+        };
+        if !clock.raised || clock.last_bad_us.is_some_and(|t| now_us - t < settle_us) {
+            return;
+        }
+        clock.raised = false;
+        clock.late.clear();
+        let bed = clock.bed.clone();
+        alarms.extend(self.technical(
+            &bed,
+            format!("device-clock:{device_id}"),
+            false,
+            now_us,
+            || unreachable!("clearing never raises"),
+        ));
+    }
+
+    /// Counts a late reading against its device; past `late_alarm_count` within
+    /// `late_window_s` the device's clock is taken as wrong.
+    fn note_late(&mut self, obs: &Observation, behind_us: i64, now_us: i64, alarms: &mut Vec<Alarm>) {
+        let cfg = &self.config.device_clock;
+        let window_us = i64::from(cfg.late_window_s) * US_PER_S;
+        let count = cfg.late_alarm_count as usize;
+        let clock = self.clocks.entry(obs.device_id.clone()).or_default();
+        clock.late.push_back(now_us);
+        while clock.late.front().is_some_and(|&r| r < now_us - window_us) {
+            clock.late.pop_front();
+        }
+        if clock.late.len() >= count {
+            let n = clock.late.len();
+            let text = format!(
+                "{n} late readings from {} within {} s (device time up to {} behind the newest reading): its clock may be wrong",
+                obs.device_id,
+                self.config.device_clock.late_window_s,
+                fmt_offset(behind_us)
+            );
+            self.clock_problem(&obs.bed, &obs.device_id, text, now_us, alarms);
+        }
+    }
+
+    /// The trust state of every device clock the engine has doubted.
+    pub fn device_clocks(&self) -> Vec<DeviceClockView> {
+        let mut v: Vec<DeviceClockView> = self
+            .clocks
+            .iter()
+            .map(|(d, c)| DeviceClockView {
+                device_id: d.clone(),
+                bed: c.bed.clone(),
+                state: if c.raised { "unsynced" } else { "ok" },
+                last_bad_us: c.last_bad_us,
+            })
+            .collect();
+        v.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        v
+    }
+
+    /// The technical alarm for an alarm output (`output`, e.g. `pcd04`) that has been down
+    /// (`active`) for longer than `alarms.outputs.down_after_s`, or that delivers again. It is
+    /// shown on the gateway's pseudo-bed and goes to every output that is still up.
+    pub fn output_down(&mut self, output: &str, text: &str, active: bool, now_us: i64) -> Vec<Alarm> {
+        let priority = self.config.outputs.priority;
+        self.technical(
+            GATEWAY_BED,
+            format!("alarm-output:{output}"),
+            active,
+            now_us,
+            || Raise {
+                source: ALARM_OUTPUT_SOURCE.to_string(),
+                mdc_code: MDC_EVT_ALARM,
+                alert_type: AlertType::Technical,
+                device_id: GATEWAY_BED.to_string(),
+                patient_id: String::new(),
+                priority,
+                text: text.to_string(),
+            },
+        )
     }
 
     /// The technical alarm for a device whose feed went stale (`active`) or came back.
@@ -686,17 +978,55 @@ impl Engine {
         if duration_s == 0 {
             return Err(AlarmError::InvalidSilence);
         }
-        let duration_s = duration_s.min(self.config.max_silence_s);
+        let max_renewals = self.config.max_silence_renewals;
+        let total_cap_us = i64::from(self.config.max_silence_total_s) * US_PER_S;
+        let wanted_us = i64::from(duration_s.min(self.config.max_silence_s)) * US_PER_S;
         let mut alarms = Vec::new();
         let (cond, stats) = self.find(bed, alarm_id)?;
+        let occ = cond.occ.as_mut().expect("found by id");
+        // A silence still running counts only up to now when renewed.
+        if let Some(until) = occ.silenced_until_us {
+            occ.silenced_total_us -= (until - now_us).max(0);
+        }
+        let left_us = total_cap_us - occ.silenced_total_us;
+        let why = if occ.silences > max_renewals {
+            Some(format!(
+                "silenced {} times already (at most {} renewals)",
+                occ.silences, max_renewals
+            ))
+        } else if left_us < US_PER_S {
+            Some(format!(
+                "silenced for {} s in all already (at most {} s)",
+                occ.silenced_total_us / US_PER_S,
+                total_cap_us / US_PER_S
+            ))
+        } else {
+            None
+        };
         let mut out = Out {
             bed,
             alarms: &mut alarms,
             stats,
         };
-        let occ = cond.occ.as_mut().expect("found by id");
+        if let Some(why) = why {
+            // Past its cap the alarm re-announces itself: the silence ends now and a record
+            // with its sounding state goes to every output.
+            out.stats.silences_refused += 1;
+            occ.silenced_until_us = None;
+            occ.silenced_by = None;
+            out.emit(occ, Phase::Update, occ.state(), now_us);
+            return Err(AlarmError::SilenceCapReached {
+                bed: bed.to_string(),
+                alarm_id: alarm_id.to_string(),
+                why,
+                reannounce: alarms,
+            });
+        }
+        let granted_us = wanted_us.min(left_us);
+        occ.silences += 1;
+        occ.silenced_total_us += granted_us;
         occ.silenced_by = Some(who.to_string());
-        occ.silenced_until_us = Some(now_us + i64::from(duration_s) * US_PER_S);
+        occ.silenced_until_us = Some(now_us + granted_us);
         out.emit(occ, Phase::Update, occ.state(), now_us);
         Ok(alarms)
     }
@@ -720,30 +1050,132 @@ impl Engine {
         }
     }
 
+    /// Checks a clinician's limit change for one parameter at one bed without applying it:
+    /// finite values, low below high (by twice the hysteresis), each value set inside the rule's
+    /// hard bounds (`low_range`, `high_range`; a side without bounds cannot be changed at the
+    /// bedside), and a reason for switching off a limit the config has on. Returns the sides
+    /// switched off (`low`, `high`, `low and high`), if any.
+    pub fn check_bed_limits(
+        &self,
+        bed: &str,
+        mdc_code: u32,
+        change: &LimitChange,
+    ) -> Result<Option<String>, AlarmError> {
+        let refuse = |message: String| AlarmError::InvalidLimits {
+            bed: bed.to_string(),
+            mdc_code,
+            message,
+        };
+        let rule = self.limit_by_code.get(&mdc_code).map(|&i| &self.config.limits[i]);
+        let hysteresis = rule.map_or(0.0, |r| r.hysteresis);
+        check_limits(change.low, change.high, hysteresis).map_err(refuse)?;
+        let Some(rule) = rule else {
+            // An unwatched code: the clinician adds an alarm the config does not have.
+            return Ok(None);
+        };
+        let label = rule.display_label();
+        let mut off = Vec::new();
+        for (side, new, default, range) in [
+            ("low", change.low, rule.low, rule.low_range),
+            ("high", change.high, rule.high, rule.high_range),
+        ] {
+            match (new, range) {
+                (Some(v), Some([min, max])) if v < min || v > max => {
+                    return Err(refuse(format!(
+                        "{label} {side} limit {} is outside its hard bounds {}..{} (alarms.limits[{}].{side}_range)",
+                        fmt_value(v),
+                        fmt_value(min),
+                        fmt_value(max),
+                        rule.id
+                    )))
+                }
+                (Some(_), Some(_)) => {}
+                (Some(v), None) if Some(v) != default => {
+                    return Err(refuse(format!(
+                        "{label} {side} limit cannot be changed at the bedside: alarms.limits[{}].{side}_range is not configured",
+                        rule.id
+                    )))
+                }
+                (Some(_), None) => {}
+                (None, _) if default.is_some() => off.push(side),
+                (None, _) => {}
+            }
+        }
+        if off.is_empty() {
+            return Ok(None);
+        }
+        let sides = off.join(" and ");
+        if !rule.off_allowed {
+            return Err(refuse(format!(
+                "{label} {sides} limit may not be switched off at this gateway (alarms.limits[{}].off_allowed)",
+                rule.id
+            )));
+        }
+        if change.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+            return Err(refuse(format!(
+                "switching off the {label} {sides} limit needs a reason"
+            )));
+        }
+        Ok(Some(sides))
+    }
+
     /// Sets a clinician's limits for one parameter at one bed, replacing the config defaults
-    /// (`None` switches that side off). Applied from the next reading of that parameter.
+    /// (`None` switches that side off), after [`Engine::check_bed_limits`]. Applied from the next
+    /// reading of that parameter. The caller persists the change (with its audit row) first.
     pub fn set_bed_limits(
         &mut self,
         bed: &str,
         mdc_code: u32,
-        low: Option<f64>,
-        high: Option<f64>,
+        change: &LimitChange,
     ) -> Result<(), AlarmError> {
-        let hysteresis = self
-            .limit_by_code
-            .get(&mdc_code)
-            .map_or(0.0, |&i| self.config.limits[i].hysteresis);
-        check_limits(low, high, hysteresis).map_err(|message| AlarmError::InvalidLimits {
-            bed: bed.to_string(),
+        let off = self.check_bed_limits(bed, mdc_code, change)?;
+        let off = off.map(|sides| {
+            (
+                sides,
+                change.reason.clone().unwrap_or_default(),
+                change.who.clone(),
+                change.at_us,
+            )
+        });
+        self.beds.entry(bed.to_string()).or_default().overrides.insert(
             mdc_code,
-            message,
-        })?;
-        self.beds
-            .entry(bed.to_string())
-            .or_default()
-            .overrides
-            .insert(mdc_code, Limits { low, high });
+            Override {
+                limits: Limits {
+                    low: change.low,
+                    high: change.high,
+                },
+                off,
+            },
+        );
         Ok(())
+    }
+
+    /// Limits switched off at the bedside, per bed, for the bed cards.
+    pub fn limits_off(&self) -> Vec<LimitOff> {
+        let mut v = Vec::new();
+        for (bed, state) in &self.beds {
+            for (code, o) in &state.overrides {
+                let Some((sides, reason, who, since_us)) = &o.off else {
+                    continue;
+                };
+                let label = self
+                    .limit_by_code
+                    .get(code)
+                    .map(|&i| self.config.limits[i].display_label().to_string())
+                    .unwrap_or_else(|| code.to_string());
+                v.push(LimitOff {
+                    bed: bed.clone(),
+                    mdc_code: *code,
+                    label,
+                    sides: sides.clone(),
+                    reason: reason.clone(),
+                    who: who.clone(),
+                    since_us: *since_us,
+                });
+            }
+        }
+        v.sort_by(|a, b| (&a.bed, a.mdc_code).cmp(&(&b.bed, b.mdc_code)));
+        v
     }
 
     /// Returns one parameter at one bed to the config defaults.
@@ -758,7 +1190,7 @@ impl Engine {
         let o = self
             .beds
             .get(bed)
-            .and_then(|b| b.overrides.get(&mdc_code).copied());
+            .and_then(|b| b.overrides.get(&mdc_code).map(|o| o.limits));
         o.or_else(|| {
             self.limit_by_code.get(&mdc_code).map(|&i| Limits {
                 low: self.config.limits[i].low,
@@ -858,6 +1290,9 @@ fn adhoc_rule(code: u32, refid: &str) -> LimitRule {
         escalate_below: None,
         escalate_above: None,
         escalate_priority: Priority::High,
+        low_range: None,
+        high_range: None,
+        off_allowed: true,
     }
 }
 

@@ -19,10 +19,12 @@ pub mod pcd04_out;
 mod tests;
 
 pub use config::{
-    default_limits, default_rates, AlarmConfig, Direction, LimitRule, News2Config, Priority,
-    RateRule,
+    default_limits, default_rates, AlarmConfig, DeviceClockConfig, Direction, LimitRule,
+    News2Config, OutputsConfig, Priority, RateRule,
 };
 pub use engine::{
-    AlarmError, AlarmState, AlarmView, AlertType, Engine, EngineStats, Limits, Phase,
-    MDC_EVT_ALARM, NEWS2_SOURCE, STALE_FEED_SOURCE,
+    checked_time, fmt_offset, AlarmError, AlarmState, AlarmView, AlertType, CheckedTime,
+    DeviceClockView, Engine, EngineStats, LimitChange, LimitOff, Limits, Phase,
+    ALARM_OUTPUT_SOURCE, DEVICE_CLOCK_SOURCE, GATEWAY_BED, MDC_EVT_ALARM, NEWS2_SOURCE,
+    STALE_FEED_SOURCE,
 };

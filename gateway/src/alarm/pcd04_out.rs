@@ -20,6 +20,9 @@
 //!   (then overflow into `dropped_queue_full`, which is visible in the stats).
 //! - Dropping the [`Pcd04Sender`] stops the task; queued messages are then lost (the store, not
 //!   this output, is the durable record of alarms).
+//! - While idle the task checks its connection every [`PROBE_EVERY`] (a closed one is noticed,
+//!   a missing one is opened), so `connected` tells whether the alarm manager could take an
+//!   alarm now; the gateway raises the `gateway:alarm-output` technical alarm from it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -242,6 +245,9 @@ enum Outcome {
     Failed(String),
 }
 
+/// How often an idle sender checks (or opens) its connection to the alarm manager.
+pub const PROBE_EVERY: Duration = Duration::from_secs(2);
+
 struct Worker {
     target: String,
     retry: RetryPolicy,
@@ -253,7 +259,18 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self, mut rx: mpsc::Receiver<Item>) {
-        while let Some(item) = rx.recv().await {
+        self.probe().await;
+        loop {
+            let item = tokio::select! {
+                item = rx.recv() => match item {
+                    Some(item) => item,
+                    None => return,
+                },
+                _ = tokio::time::sleep(PROBE_EVERY) => {
+                    self.probe().await;
+                    continue;
+                }
+            };
             self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
             self.next_id += 1;
             let control_id = format!("{}{:06}", self.id_prefix, self.next_id);
@@ -261,6 +278,39 @@ impl Worker {
             self.deliver(&item.alarm.alarm_id, &control_id, &payload)
                 .await;
         }
+    }
+
+    /// Checks the idle connection: notices one the alarm manager closed, and opens one when
+    /// there is none, so that `connected` is true only while an alarm could be sent now.
+    async fn probe(&mut self) {
+        if let Some(conn) = self.conn.as_ref() {
+            let mut buf = [0u8; 256];
+            match conn.get_ref().try_read(&mut buf) {
+                Ok(0) => self.lost("connection closed by the alarm manager".into()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => self.lost(format!("receive: {e}")),
+                // Bytes nobody asked for (a late ACK of a resent message): dropped.
+                Ok(_) => return,
+            }
+        }
+        let timeout = Duration::from_millis(self.retry.ack_timeout_ms.max(1));
+        match tokio::time::timeout(timeout, TcpStream::connect(&self.target)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                self.conn = Some(Framed::new(stream, MllpCodec::default()));
+                self.stats.connected.store(true, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => self.lost(format!("connect: {e}")),
+            Err(_) => self.lost("connect: timed out".into()),
+        }
+    }
+
+    fn lost(&mut self, why: String) {
+        if self.stats.connected.swap(false, Ordering::Relaxed) {
+            tracing::warn!("PCD-04 to {}: {why}", self.target);
+        }
+        self.conn = None;
+        self.stats.set_error(why);
     }
 
     /// Sends one message until it is acknowledged, rejected or given up.

@@ -59,6 +59,17 @@ fn feed(e: &mut Engine, bed: &str, code: u32, value: f64, t_s: i64) -> Vec<Alarm
     e.on_observation(&obs(bed, code, value, t_s), at(t_s))
 }
 
+/// A limit change by `dr-a` at `T0`, without a reason.
+fn lim(low: Option<f64>, high: Option<f64>) -> LimitChange {
+    LimitChange {
+        low,
+        high,
+        reason: None,
+        who: "dr-a".into(),
+        at_us: T0,
+    }
+}
+
 fn phases(alarms: &[Alarm]) -> Vec<(String, String, String)> {
     alarms
         .iter()
@@ -167,6 +178,7 @@ fn validate_reports_every_problem_with_its_path() {
             "alarms.limits[1].id",
             "alarms.limits[2].mdc_codes",
             "alarms.limits[3]",
+            "alarms.limits[3].low_range",
             "alarms.limits[6].escalate_above",
             "alarms.rates[0].within_s",
             "alarms.news2.spo2_scale",
@@ -174,7 +186,7 @@ fn validate_reports_every_problem_with_its_path() {
         ],
         "{problems:?}"
     );
-    assert_eq!(Engine::new(c).unwrap_err().len(), 7);
+    assert_eq!(Engine::new(c).unwrap_err().len(), 8);
 }
 
 // ---------------------------------------------------------------- sustain
@@ -761,7 +773,9 @@ fn late_readings_are_counted_and_do_not_drive_rules() {
     for t in 85..=99 {
         let mut o = obs("b1", HR, 200.0, t - 10);
         o.receive_time_us = at(111);
-        assert!(e.on_observation(&o, at(111)).is_empty());
+        // Nothing physiological; past five late readings the device's clock is in doubt.
+        let out = e.on_observation(&o, at(111));
+        assert!(out.iter().all(|a| a.source == DEVICE_CLOCK_SOURCE), "{out:?}");
     }
     assert_eq!(e.late_readings("b1"), 15);
     assert_eq!(e.late_readings("b2"), 0);
@@ -780,7 +794,11 @@ fn late_readings_are_counted_and_do_not_drive_rules() {
         phases(&feed(&mut e, "b1", HR, 130.0, 121)),
         [p("start", "active", "PM")]
     );
-    assert!(e.active("b1").iter().all(|a| a.text == "HR 130 > 120"));
+    assert!(e
+        .active("b1")
+        .iter()
+        .filter(|a| a.source != DEVICE_CLOCK_SOURCE)
+        .all(|a| a.text == "HR 130 > 120"));
 }
 
 #[test]
@@ -1000,7 +1018,8 @@ fn active_lists_highest_priority_first_then_oldest() {
 fn per_bed_override_applies_on_the_next_reading_and_only_to_that_bed() {
     let mut e = limits_only();
     assert!(hold(&mut e, "b1", HR, 110.0, 0, 20).is_empty());
-    e.set_bed_limits("b1", HR, Some(50.0), Some(100.0)).unwrap();
+    e.set_bed_limits("b1", HR, &lim(Some(50.0), Some(100.0)))
+        .unwrap();
     assert_eq!(
         e.effective_limits("b1", HR),
         Some(Limits {
@@ -1022,7 +1041,8 @@ fn per_bed_override_applies_on_the_next_reading_and_only_to_that_bed() {
     // other codes of the same rule keep the default
     assert!(hold(&mut e, "b1", PR, 110.0, 0, 31).is_empty());
     // widening the limits ends the alarm on the next reading
-    e.set_bed_limits("b1", HR, Some(50.0), Some(140.0)).unwrap();
+    e.set_bed_limits("b1", HR, &lim(Some(50.0), Some(140.0)))
+        .unwrap();
     assert_eq!(
         phases(&feed(&mut e, "b1", HR, 110.0, 32)),
         [p("end", "inactive", "PM")]
@@ -1041,23 +1061,27 @@ fn per_bed_override_applies_on_the_next_reading_and_only_to_that_bed() {
 #[test]
 fn per_bed_override_can_switch_a_side_off_and_is_validated() {
     let mut e = limits_only();
-    e.set_bed_limits("b1", HR, None, Some(150.0)).unwrap();
+    let mut off = lim(None, Some(150.0));
+    off.reason = Some("pacemaker, rate fixed".into());
+    e.set_bed_limits("b1", HR, &off).unwrap();
     assert!(hold(&mut e, "b1", HR, 30.0, 0, 30).is_empty());
     let err = e
-        .set_bed_limits("b1", HR, Some(100.0), Some(101.0))
+        .set_bed_limits("b1", HR, &lim(Some(90.0), Some(91.0)))
         .unwrap_err();
     assert!(
         matches!(err, AlarmError::InvalidLimits { mdc_code: HR, .. }),
         "{err}"
     );
-    assert!(e.set_bed_limits("b1", HR, Some(f64::NAN), None).is_err());
+    assert!(e
+        .set_bed_limits("b1", HR, &lim(Some(f64::NAN), None))
+        .is_err());
 }
 
 #[test]
 fn per_bed_override_on_a_parameter_without_a_rule() {
     let mut e = limits_only();
     assert_eq!(e.effective_limits("b1", ETCO2), None);
-    e.set_bed_limits("b1", ETCO2, Some(15.0), Some(50.0))
+    e.set_bed_limits("b1", ETCO2, &lim(Some(15.0), Some(50.0)))
         .unwrap();
     let out: Vec<Alarm> = (0..=10)
         .flat_map(|t| {
@@ -1083,4 +1107,282 @@ fn every_record_is_counted() {
     let s = e.stats();
     assert_eq!((n, s.state_changes), (5, 5));
     assert_eq!((s.alarms_started, s.alarms_ended, s.readings), (1, 1, 17));
+}
+
+// ---------------------------------------------------------------- hard bounds and limits off
+
+#[test]
+fn a_limit_outside_its_hard_bounds_is_refused_and_the_old_one_stays() {
+    let mut e = limits_only();
+    e.set_bed_limits("b1", SPO2, &lim(Some(92.0), None)).unwrap();
+    for low in [79.0, 96.0] {
+        let err = e
+            .set_bed_limits("b1", SPO2, &lim(Some(low), None))
+            .unwrap_err();
+        assert!(err.to_string().contains("outside its hard bounds 80..95"), "{err}");
+    }
+    assert_eq!(
+        e.effective_limits("b1", SPO2),
+        Some(Limits {
+            low: Some(92.0),
+            high: None
+        })
+    );
+    // A side without configured bounds cannot be changed at the bedside.
+    let mut e = engine_with(|c| {
+        c.rates.clear();
+        c.news2.enabled = false;
+        c.limits.retain(|r| r.id == "hr");
+        c.limits[0].high_range = None;
+    });
+    let err = e
+        .set_bed_limits("b1", HR, &lim(Some(50.0), Some(130.0)))
+        .unwrap_err();
+    assert!(err.to_string().contains("high_range is not configured"), "{err}");
+    e.set_bed_limits("b1", HR, &lim(Some(45.0), Some(120.0)))
+        .unwrap();
+}
+
+#[test]
+fn switching_a_limit_off_needs_a_reason_and_is_listed_until_restored() {
+    let mut e = limits_only();
+    let err = e
+        .set_bed_limits("b1", SPO2, &lim(None, None))
+        .unwrap_err();
+    assert!(err.to_string().contains("needs a reason"), "{err}");
+    let mut blank = lim(None, None);
+    blank.reason = Some("  ".into());
+    assert!(e.set_bed_limits("b1", SPO2, &blank).is_err());
+    assert!(e.limits_off().is_empty());
+
+    let mut off = lim(None, None);
+    off.reason = Some("palliative care, family informed".into());
+    e.set_bed_limits("b1", SPO2, &off).unwrap();
+    let listed = e.limits_off();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (
+            listed[0].bed.as_str(),
+            listed[0].label.as_str(),
+            listed[0].sides.as_str(),
+            listed[0].reason.as_str(),
+            listed[0].who.as_str()
+        ),
+        ("b1", "SpO2", "low", "palliative care, family informed", "dr-a")
+    );
+    assert!(hold(&mut e, "b1", SPO2, 70.0, 0, 30).is_empty());
+    // Restored: no longer listed, and the alarm works again.
+    e.set_bed_limits("b1", SPO2, &lim(Some(90.0), None)).unwrap();
+    assert!(e.limits_off().is_empty());
+    assert!(!hold(&mut e, "b1", SPO2, 70.0, 31, 60).is_empty());
+
+    // A site may forbid switching a limit off at all.
+    let mut e = engine_with(|c| c.limits.iter_mut().for_each(|r| r.off_allowed = false));
+    let err = e.set_bed_limits("b1", SPO2, &off).unwrap_err();
+    assert!(err.to_string().contains("may not be switched off"), "{err}");
+}
+
+// ---------------------------------------------------------------- silence cap
+
+#[test]
+fn the_renewal_past_the_cap_is_refused_and_the_alarm_sounds_again() {
+    let mut e = engine_with(|c| {
+        c.rates.clear();
+        c.news2.enabled = false;
+        c.max_silence_renewals = 2;
+    });
+    hold(&mut e, "b1", SPO2, 87.0, 0, 15);
+    let id = e.active("b1")[0].alarm_id.clone();
+    // The first silence and two renewals are granted.
+    for (i, t) in [16, 40, 70].into_iter().enumerate() {
+        let out = e.silence("b1", &id, 60, "nurse-a", at(t)).unwrap();
+        assert_eq!(phases(&out), [p("update", "silenced", "PM")], "silence {i}");
+    }
+    // The third renewal is refused and the alarm re-announces itself.
+    let err = e.silence("b1", &id, 60, "nurse-a", at(100)).unwrap_err();
+    let AlarmError::SilenceCapReached { reannounce, why, .. } = err else {
+        panic!("{err}")
+    };
+    assert!(why.contains("at most 2 renewals"), "{why}");
+    assert_eq!(phases(&reannounce), [p("update", "active", "PM")]);
+    assert_eq!(e.active("b1")[0].state, AlarmState::Active);
+    assert_eq!(e.active("b1")[0].silenced_until_us, None);
+    assert_eq!(e.stats().silences_refused, 1);
+}
+
+#[test]
+fn silences_of_one_alarm_are_capped_in_total_time() {
+    let mut e = engine_with(|c| {
+        c.rates.clear();
+        c.news2.enabled = false;
+        c.max_silence_s = 120;
+        c.max_silence_total_s = 200;
+        c.max_silence_renewals = 10;
+    });
+    hold(&mut e, "b1", SPO2, 80.0, 0, 15);
+    let id = e.active("b1")[0].alarm_id.clone();
+    e.silence("b1", &id, 120, "n", at(16)).unwrap();
+    // Renewed at 136 (120 s used): only 80 s are left.
+    e.tick(at(136));
+    e.silence("b1", &id, 120, "n", at(136)).unwrap();
+    assert_eq!(e.active("b1")[0].silenced_until_us, Some(at(216)));
+    e.tick(at(216));
+    assert!(e.silence("b1", &id, 10, "n", at(217)).is_err());
+    // A renewal while silenced counts only the time used so far.
+    let mut e = engine_with(|c| {
+        c.rates.clear();
+        c.news2.enabled = false;
+        c.max_silence_total_s = 200;
+    });
+    hold(&mut e, "b1", SPO2, 80.0, 0, 15);
+    let id = e.active("b1")[0].alarm_id.clone();
+    e.silence("b1", &id, 120, "n", at(16)).unwrap();
+    e.silence("b1", &id, 120, "n", at(26)).unwrap();
+    assert_eq!(e.active("b1")[0].silenced_until_us, Some(at(146)));
+}
+
+// ---------------------------------------------------------------- device time
+
+fn sent_at(bed: &str, code: u32, value: f64, device_s: i64, receive_s: i64) -> Observation {
+    let mut o = obs(bed, code, value, receive_s);
+    o.device_time_us = Some(at(device_s));
+    o
+}
+
+fn clock_alarms(out: &[Alarm]) -> Vec<(String, String, String)> {
+    out.iter()
+        .filter(|a| a.source == DEVICE_CLOCK_SOURCE)
+        .map(|a| (a.phase.clone(), a.state.clone(), a.device_id.clone()))
+        .collect()
+}
+
+#[test]
+fn a_future_dated_reading_cannot_switch_off_a_beds_alarms() {
+    let mut e = limits_only();
+    // Bed A: one SpO2 reading dated 2099, received now.
+    let year_2099 = 4_070_908_800_i64 - 1_700_000_000;
+    let mut out = e.on_observation(&sent_at("A", SPO2, 97.0, year_2099, 0), at(0));
+    assert_eq!(clock_alarms(&out), [p("start", "active", "mon-1")]);
+    assert!(out[0].text.contains("mon-1") && out[0].text.contains("ahead"), "{}", out[0].text);
+    assert!(out[0].text.contains("2099-01-01"), "{}", out[0].text);
+    // Then thirty genuine readings of 80 % on bed A and on bed B.
+    for t in 1..=30 {
+        out.extend(feed(&mut e, "A", SPO2, 80.0, t));
+        feed(&mut e, "B", SPO2, 80.0, t);
+    }
+    let spo2 = |bed: &str| {
+        e.active(bed)
+            .into_iter()
+            .filter(|a| a.source == "limit:spo2")
+            .count()
+    };
+    assert_eq!((spo2("A"), spo2("B")), (1, 1));
+    let s = e.stats();
+    assert_eq!((s.late_readings, s.out_of_order_readings), (0, 0));
+    assert_eq!(s.untrusted_time_readings_by_bed.get("A"), Some(&1));
+    // The clock alarm ends once the device's times have been plausible for settle_s (30 s).
+    let ends: Vec<i64> = out
+        .iter()
+        .filter(|a| a.source == DEVICE_CLOCK_SOURCE && a.phase == "end")
+        .map(|a| a.event_time_us)
+        .collect();
+    assert_eq!(ends, [at(30)]);
+    assert_eq!(e.device_clocks()[0].state, "ok");
+}
+
+#[test]
+fn a_reading_dated_far_in_the_past_is_evaluated_at_receive_time() {
+    let mut e = limits_only();
+    // Device clock two hours behind: every reading is evaluated at its receive time, so the
+    // sustain timer runs in real time and the alarm starts after 15 s.
+    let out: Vec<Alarm> = (0..=20)
+        .flat_map(|t| e.on_observation(&sent_at("A", SPO2, 80.0, t - 7200, t), at(t)))
+        .collect();
+    assert!(out.iter().any(|a| a.source == "limit:spo2" && a.phase == "start"));
+    assert_eq!(clock_alarms(&out)[0], p("start", "active", "mon-1"));
+    assert!(out[0].text.contains("2 h behind"), "{}", out[0].text);
+    assert_eq!(e.stats().late_readings, 0);
+    assert_eq!(e.device_clocks()[0].state, "unsynced");
+}
+
+#[test]
+fn a_drifting_device_clock_is_trusted_until_it_leaves_the_bounds() {
+    let mut e = limits_only();
+    // The device clock gains 1 s every 2 s: within the 10 s tolerance for the first 20 s.
+    let mut out = Vec::new();
+    for t in 0..=60 {
+        out.extend(e.on_observation(&sent_at("A", SPO2, 80.0, t + t / 2, t), at(t)));
+    }
+    let starts: Vec<&Alarm> = clock_alarms(&out)
+        .iter()
+        .zip(out.iter().filter(|a| a.source == DEVICE_CLOCK_SOURCE))
+        .filter(|(c, _)| c.0 == "start")
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(starts.len(), 1);
+    assert_eq!(starts[0].event_time_us, at(22), "the first reading 11 s ahead");
+    // The limit alarm started (in device time while trusted, then at receive time) and no
+    // reading was dropped as late or out of order on the way.
+    assert!(out.iter().any(|a| a.source == "limit:spo2" && a.phase == "start"));
+    let s = e.stats();
+    assert_eq!((s.late_readings, s.untrusted_time_readings), (0, 39));
+    // Clock corrected at 61: readings are trusted again; the alarm ends after settle_s.
+    for t in 61..=95 {
+        out.extend(feed(&mut e, "A", SPO2, 80.0, t));
+    }
+    out.extend(e.tick(at(95)));
+    assert_eq!(clock_alarms(&out).last().unwrap().0, "end");
+}
+
+#[test]
+fn late_readings_past_the_threshold_raise_the_device_clock_alarm() {
+    let mut e = limits_only();
+    hold(&mut e, "A", HR, 70.0, 0, 100);
+    // Five readings 60 s late within a minute: the device clock may be wrong.
+    let mut out = Vec::new();
+    for i in 0..5 {
+        out.extend(e.on_observation(&sent_at("A", HR, 70.0, 41 + i, 101 + i), at(101 + i)));
+    }
+    assert_eq!(e.late_readings("A"), 5);
+    assert_eq!(clock_alarms(&out), [p("start", "active", "mon-1")]);
+    let text = &out
+        .iter()
+        .find(|a| a.source == DEVICE_CLOCK_SOURCE)
+        .unwrap()
+        .text;
+    assert!(text.contains("5 late readings from mon-1"), "{text}");
+    // Four late readings stay only a counter.
+    let mut e = limits_only();
+    hold(&mut e, "A", HR, 70.0, 0, 100);
+    let out: Vec<Alarm> = (0..4)
+        .flat_map(|i| e.on_observation(&sent_at("A", HR, 70.0, 41 + i, 101 + i), at(101 + i)))
+        .collect();
+    assert!(clock_alarms(&out).is_empty());
+}
+
+#[test]
+fn checked_time_bounds() {
+    let c = DeviceClockConfig::default();
+    let r = at(0);
+    assert_eq!(checked_time(None, r, &c).t_us, r);
+    assert_eq!(checked_time(Some(at(10)), r, &c).untrusted_offset_us, None);
+    assert_eq!(checked_time(Some(at(11)), r, &c).untrusted_offset_us, Some(11 * S));
+    assert_eq!(checked_time(Some(at(-300)), r, &c).t_us, at(-300));
+    assert_eq!(checked_time(Some(at(-301)), r, &c).t_us, r);
+    assert_eq!(checked_time(Some(i64::MAX), r, &c).t_us, r);
+    assert_eq!(checked_time(Some(i64::MIN), r, &c).t_us, r);
+}
+
+#[test]
+fn an_alarm_output_down_is_a_technical_alarm_on_the_gateway() {
+    let mut e = limits_only();
+    let out = e.output_down("pcd04", "pcd04 down for 31 s", true, at(0));
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].bed.as_str(), out[0].source.as_str(), out[0].alert_type.as_str()),
+        (GATEWAY_BED, ALARM_OUTPUT_SOURCE, "ST")
+    );
+    assert!(e.output_down("pcd04", "again", true, at(1)).is_empty());
+    let out = e.output_down("pcd04", "", false, at(2));
+    assert_eq!(phases(&out), [p("end", "inactive", "PM")]);
 }

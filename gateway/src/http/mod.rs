@@ -36,6 +36,8 @@ pub struct HttpState {
     pub limits: Arc<std::sync::Mutex<crate::alarm::limits_store::LimitsStore>>,
     /// Alarm state changes as JSON, for the page's server-sent events.
     pub events: tokio::sync::broadcast::Sender<String>,
+    /// Pages that fell behind (for the alarm-output technical alarm).
+    pub event_stream: Arc<EventStreamHealth>,
     pub started_us: i64,
     /// The store actor (alive or not, for `/readyz`).
     pub store: actix::Addr<Store>,
@@ -45,6 +47,40 @@ pub struct HttpState {
     pub ingest: Arc<metrics::IngestStats>,
     pub forward_rates: Option<Arc<metrics::ForwardRates>>,
     pub readiness: Arc<metrics::Readiness>,
+}
+
+/// Whether the page's event stream delivers: pages that fell behind lost alarm events.
+#[derive(Debug, Default)]
+pub struct EventStreamHealth {
+    /// When a page last lost events (µs; 0 = never).
+    last_lag_us: std::sync::atomic::AtomicI64,
+    lost_events: std::sync::atomic::AtomicU64,
+}
+
+impl EventStreamHealth {
+    /// A page fell behind and lost `n` events.
+    pub fn lagged(&self, n: u64, now_us: i64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.last_lag_us.store(now_us, Relaxed);
+        self.lost_events.fetch_add(n, Relaxed);
+    }
+
+    /// Why the stream is failing now, if it is: fewer clients than required, or a page lost
+    /// events within the last 5 s.
+    pub fn failing(&self, clients: usize, required: u32, now_us: i64) -> Option<String> {
+        if (clients as u64) < u64::from(required) {
+            return Some(format!(
+                "{clients} of the {required} required pages connected"
+            ));
+        }
+        let last = self.last_lag_us.load(std::sync::atomic::Ordering::Relaxed);
+        (last > 0 && now_us - last < 5_000_000).then(|| {
+            format!(
+                "pages fall behind and lose alarm events ({} lost so far)",
+                self.lost_events.load(std::sync::atomic::Ordering::Relaxed)
+            )
+        })
+    }
 }
 
 async fn page() -> HttpResponse {
@@ -59,6 +95,11 @@ async fn beds(state: web::Data<HttpState>) -> HttpResponse {
         .send(crate::alarm::actor::GetActive)
         .await
         .map(|(a, _)| a)
+        .unwrap_or_default();
+    let (limits_off, _) = state
+        .alarms
+        .send(crate::alarm::actor::GetCaveats)
+        .await
         .unwrap_or_default();
     let patients: std::collections::HashMap<String, crate::census::PatientRef> =
         state.census.current().into_iter().collect();
@@ -89,6 +130,13 @@ async fn beds(state: web::Data<HttpState>) -> HttpResponse {
                     alarms.extend(tech);
                 }
                 o.insert("alarms".into(), serde_json::Value::Array(alarms));
+                // Limits a clinician switched off: shown on the card until restored.
+                let off: Vec<serde_json::Value> = limits_off
+                    .iter()
+                    .filter(|l| l.bed == bed_id)
+                    .map(|l| serde_json::to_value(l).unwrap_or_default())
+                    .collect();
+                o.insert("limits_off".into(), serde_json::Value::Array(off));
             }
             v
         })
@@ -101,9 +149,31 @@ async fn beds(state: web::Data<HttpState>) -> HttpResponse {
 }
 
 async fn devices(state: web::Data<HttpState>) -> HttpResponse {
+    let (_, clocks) = state
+        .alarms
+        .send(crate::alarm::actor::GetCaveats)
+        .await
+        .unwrap_or_default();
+    let devices: Vec<serde_json::Value> = state
+        .live
+        .devices(now_us())
+        .into_iter()
+        .map(|d| {
+            let clock = clocks.iter().find(|c| c.device_id == d.id);
+            let mut v = serde_json::to_value(&d).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                // `unsynced` while the engine distrusts the device's times (the
+                // gateway:device-clock technical alarm), else what the live view saw last.
+                if clock.is_some_and(|c| c.state == "unsynced") {
+                    o.insert("device_clock".into(), "unsynced".into());
+                }
+            }
+            v
+        })
+        .collect();
     HttpResponse::Ok().json(serde_json::json!({
         "gateway_id": state.gateway_id,
-        "devices": state.live.devices(now_us()),
+        "devices": devices,
     }))
 }
 
@@ -215,8 +285,14 @@ struct LimitsBody {
     low: Option<f64>,
     high: Option<f64>,
     who: String,
+    /// Why a limit is switched off (required then; shown on the bed card).
+    #[serde(default)]
+    reason: Option<String>,
 }
 
+/// A clinician's limit change: checked by the engine (hard bounds, a reason to switch one off),
+/// then persisted with its audit row, and only then applied. A failed write refuses the change
+/// and the limits in force stay as they were.
 async fn set_limits(
     state: web::Data<HttpState>,
     path: web::Path<(String, u32)>,
@@ -237,40 +313,87 @@ async fn set_limits(
     if body.low.is_some_and(|v| !v.is_finite()) || body.high.is_some_and(|v| !v.is_finite()) {
         return HttpResponse::BadRequest().body("limits must be finite numbers\n");
     }
-    // Applied first (the engine validates), then persisted with its audit record.
+    let reason = body
+        .reason
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned);
+    let change = crate::alarm::LimitChange {
+        low: body.low,
+        high: body.high,
+        reason,
+        who: body.who.clone(),
+        at_us: now_us(),
+    };
+    // 1. Checked by the engine, which knows the rules' hard bounds.
+    let checked = state
+        .alarms
+        .send(crate::alarm::actor::CheckLimits {
+            bed: bed.clone(),
+            mdc_code,
+            change: change.clone(),
+        })
+        .await;
+    let off = match checked {
+        Ok(Ok(off)) => off,
+        Ok(Err(e)) => return HttpResponse::BadRequest().body(format!("{e}\n")),
+        Err(_) => return HttpResponse::ServiceUnavailable().body("alarm engine not running\n"),
+    };
+    // 2. Persisted with its audit row; a failed write refuses the change.
+    let limits = state.limits.clone();
+    let (b, c) = (bed.clone(), change.clone());
+    let stored = web::block(move || {
+        limits
+            .lock()
+            .map_err(|_| rusqlite::Error::InvalidQuery)?
+            .set(
+                &b,
+                mdc_code,
+                c.low,
+                c.high,
+                c.reason.as_deref().filter(|_| off.is_some()),
+                &c.who,
+                c.at_us,
+            )
+    })
+    .await;
+    let audit = match stored {
+        Ok(Ok(audit)) => audit,
+        Ok(Err(e)) => {
+            tracing::error!(bed = %bed, mdc_code, who = %change.who, error = %e, "alarm limit change refused: not persisted");
+            return HttpResponse::InternalServerError().body(format!(
+                "limit change refused: it could not be persisted ({e}); the limits in force are unchanged\n"
+            ));
+        }
+        Err(e) => {
+            return HttpResponse::InternalServerError().body(format!(
+                "limit change refused: it could not be persisted ({e}); the limits in force are unchanged\n"
+            ))
+        }
+    };
+    // 3. Applied.
     let applied = state
         .alarms
         .send(crate::alarm::actor::SetLimits {
             bed: bed.clone(),
             mdc_code,
-            low: body.low,
-            high: body.high,
+            change,
         })
         .await;
     match applied {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return HttpResponse::BadRequest().body(format!("{e}\n")),
-        Err(_) => return HttpResponse::ServiceUnavailable().body("alarm engine not running\n"),
-    }
-    let limits = state.limits.clone();
-    let (low, high, who) = (body.low, body.high, body.who.clone());
-    let stored = web::block(move || {
-        limits
-            .lock()
-            .map_err(|_| rusqlite::Error::InvalidQuery)?
-            .set(&bed, mdc_code, low, high, &who, now_us())
-    })
-    .await;
-    match stored {
-        Ok(Ok(change)) => {
-            tracing::info!(bed = %change.bed, mdc_code, who = %change.who, old_low = ?change.old_low,
-                old_high = ?change.old_high, new_low = ?change.new_low, new_high = ?change.new_high, "alarm limits changed");
-            HttpResponse::Ok().json(change)
+        Ok(Ok(())) => {
+            tracing::info!(bed = %audit.bed, mdc_code, who = %audit.who, old_low = ?audit.old_low,
+                old_high = ?audit.old_high, new_low = ?audit.new_low, new_high = ?audit.new_high,
+                reason = audit.reason.as_deref().unwrap_or(""), "alarm limits changed");
+            HttpResponse::Ok().json(audit)
         }
-        Ok(Err(e)) => HttpResponse::InternalServerError()
-            .body(format!("limits applied but not persisted: {e}\n")),
-        Err(e) => HttpResponse::InternalServerError()
-            .body(format!("limits applied but not persisted: {e}\n")),
+        Ok(Err(e)) => HttpResponse::InternalServerError().body(format!(
+            "limit change persisted but refused by the engine ({e}); it is not in force and is checked again at the next start\n"
+        )),
+        Err(_) => HttpResponse::ServiceUnavailable().body(
+            "alarm engine not running: the change is persisted and applies at the next start\n",
+        ),
     }
 }
 
@@ -307,18 +430,21 @@ async fn limit_changes(state: web::Data<HttpState>) -> HttpResponse {
 /// as soon as the engine raises it (the 1 s poll remains as a fallback).
 async fn events(state: web::Data<HttpState>) -> HttpResponse {
     let rx = state.events.subscribe();
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
+    let health = state.event_stream.clone();
+    let stream = futures::stream::unfold((rx, health), |(mut rx, health)| async move {
         let item = tokio::select! {
             msg = rx.recv() => match msg {
                 Ok(json) => format!("event: alarm\ndata: {json}\n\n"),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    health.lagged(n, now_us());
+                    tracing::warn!(lost = n, "a page fell behind the alarm event stream");
                     format!("event: lagged\ndata: {n}\n\n")
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             },
             _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => ": keep-alive\n\n".to_string(),
         };
-        Some((Ok::<_, actix_web::Error>(bytes::Bytes::from(item)), rx))
+        Some((Ok::<_, actix_web::Error>(bytes::Bytes::from(item)), (rx, health)))
     });
     HttpResponse::Ok()
         .content_type("text/event-stream")
