@@ -206,6 +206,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
         let health = event_stream.clone();
         let required = config.alarms.outputs.page_clients_required;
         watched.push(crate::alarm::actor::WatchedOutput {
+            key: "page-events",
             name: "page event stream".into(),
             probe: Box::new(move || health.failing(tx.receiver_count(), required, now_us())),
         });
@@ -218,6 +219,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
         let flag = mqtt_connected.clone();
         let broker = format!("{}:{}", m.broker_host, m.broker_port);
         watched.push(crate::alarm::actor::WatchedOutput {
+            key: "mqtt",
             name: format!("mqtt alarm broker {broker}"),
             probe: Box::new(move || match flag.get() {
                 Some(f) if f.load(std::sync::atomic::Ordering::Relaxed) => None,
@@ -260,6 +262,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
             crate::alarm::pcd04_out::RetryPolicy::default(),
         );
         watched.push(crate::alarm::actor::WatchedOutput {
+            key: "pcd04",
             name: format!("pcd04 alarm manager {target}"),
             probe: Box::new(move || {
                 let s = pcd04_stats.snapshot();

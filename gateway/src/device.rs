@@ -116,6 +116,7 @@ pub struct DeviceActor {
 }
 
 impl DeviceActor {
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         device: Device,
         store: Addr<Store>,
@@ -161,11 +162,8 @@ impl DeviceActor {
             o.clock_synced = synced;
             // Device time is trusted only within bounds (the same rule as the alarm engine's):
             // outside them the reading is flagged and placed at its receive time.
-            let checked = crate::alarm::checked_time(
-                o.device_time_us,
-                o.receive_time_us,
-                &self.device_clock,
-            );
+            let checked =
+                crate::alarm::checked_time(o.device_time_us, o.receive_time_us, &self.device_clock);
             o.device_time_untrusted = checked.untrusted_offset_us.is_some();
             // The patient in this bed at the reading's own (checked) time (never a guess:
             // none → empty).

@@ -409,6 +409,7 @@ fn direct_writer_matches_the_fhir_sdk_mapping_byte_for_byte() {
                 source_message_id: rng.pick(&strings).into(),
                 source_row: rng.pick(&[0u32, 7, u32::MAX]),
                 patient_id: patient.into(),
+                device_time_untrusted: false,
             })
             .collect();
         let want = observation_bundle_reference(gateway, device, &observations, &t);

@@ -32,6 +32,7 @@ pub(super) fn spo2(seq: u64) -> Observation {
         source_message_id: "MSG0001".into(),
         source_row: 2,
         patient_id: String::new(),
+        device_time_untrusted: false,
     }
 }
 

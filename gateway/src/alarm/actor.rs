@@ -56,7 +56,9 @@ pub type OutputProbe = Box<dyn Fn() -> Option<String> + Send>;
 
 /// One alarm output watched for the `gateway:alarm-output` technical alarm.
 pub struct WatchedOutput {
-    /// Short name shown in the alarm, e.g. `pcd04 alarm manager 10.1.2.3:2575`.
+    /// Stable short key, part of the alarm id: `pcd04`, `mqtt`, `page-events`.
+    pub key: &'static str,
+    /// Name shown in the alarm text, e.g. `pcd04 alarm manager 10.1.2.3:2575`.
     pub name: String,
     pub probe: OutputProbe,
 }
@@ -123,14 +125,14 @@ impl AlarmActor {
                             tracing::error!(output = %output.name, %why, "alarm output down: technical alarm raised");
                         }
                         down.raised = true;
-                        alarms.extend(self.engine.output_down(&output.name, &text, true, now));
+                        alarms.extend(self.engine.output_down(output.key, &text, true, now));
                     }
                 }
                 None => {
                     if let Some(down) = self.down.remove(&output.name) {
                         if down.raised {
                             tracing::info!(output = %output.name, "alarm output delivers again");
-                            alarms.extend(self.engine.output_down(&output.name, "", false, now));
+                            alarms.extend(self.engine.output_down(output.key, "", false, now));
                         }
                     }
                 }

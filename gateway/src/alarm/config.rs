@@ -608,7 +608,9 @@ impl AlarmConfig {
                 if !(min.is_finite() && max.is_finite() && min <= max) {
                     problem(
                         format!("{at}.{side}"),
-                        format!("[{min}, {max}] must be two numbers, the first not above the second"),
+                        format!(
+                            "[{min}, {max}] must be two numbers, the first not above the second"
+                        ),
                     );
                 } else if let Some(v) = value.filter(|v| *v < min || *v > max) {
                     problem(

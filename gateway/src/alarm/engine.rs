@@ -787,7 +787,13 @@ impl Engine {
 
     /// Counts a late reading against its device; past `late_alarm_count` within
     /// `late_window_s` the device's clock is taken as wrong.
-    fn note_late(&mut self, obs: &Observation, behind_us: i64, now_us: i64, alarms: &mut Vec<Alarm>) {
+    fn note_late(
+        &mut self,
+        obs: &Observation,
+        behind_us: i64,
+        now_us: i64,
+        alarms: &mut Vec<Alarm>,
+    ) {
         let cfg = &self.config.device_clock;
         let window_us = i64::from(cfg.late_window_s) * US_PER_S;
         let count = cfg.late_alarm_count as usize;
@@ -827,7 +833,13 @@ impl Engine {
     /// The technical alarm for an alarm output (`output`, e.g. `pcd04`) that has been down
     /// (`active`) for longer than `alarms.outputs.down_after_s`, or that delivers again. It is
     /// shown on the gateway's pseudo-bed and goes to every output that is still up.
-    pub fn output_down(&mut self, output: &str, text: &str, active: bool, now_us: i64) -> Vec<Alarm> {
+    pub fn output_down(
+        &mut self,
+        output: &str,
+        text: &str,
+        active: bool,
+        now_us: i64,
+    ) -> Vec<Alarm> {
         let priority = self.config.outputs.priority;
         self.technical(
             GATEWAY_BED,
@@ -1066,7 +1078,10 @@ impl Engine {
             mdc_code,
             message,
         };
-        let rule = self.limit_by_code.get(&mdc_code).map(|&i| &self.config.limits[i]);
+        let rule = self
+            .limit_by_code
+            .get(&mdc_code)
+            .map(|&i| &self.config.limits[i]);
         let hysteresis = rule.map_or(0.0, |r| r.hysteresis);
         check_limits(change.low, change.high, hysteresis).map_err(refuse)?;
         let Some(rule) = rule else {
@@ -1137,16 +1152,20 @@ impl Engine {
                 change.at_us,
             )
         });
-        self.beds.entry(bed.to_string()).or_default().overrides.insert(
-            mdc_code,
-            Override {
-                limits: Limits {
-                    low: change.low,
-                    high: change.high,
+        self.beds
+            .entry(bed.to_string())
+            .or_default()
+            .overrides
+            .insert(
+                mdc_code,
+                Override {
+                    limits: Limits {
+                        low: change.low,
+                        high: change.high,
+                    },
+                    off,
                 },
-                off,
-            },
-        );
+            );
         Ok(())
     }
 

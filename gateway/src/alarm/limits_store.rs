@@ -184,7 +184,15 @@ mod tests {
         s.set("bed-01", 150456, Some(88.0), None, None, "nurse.a", 1)
             .unwrap();
         let c = s
-            .set("bed-01", 150456, None, None, Some("comfort care"), "dr.b", 2)
+            .set(
+                "bed-01",
+                150456,
+                None,
+                None,
+                Some("comfort care"),
+                "dr.b",
+                2,
+            )
             .unwrap();
         assert_eq!((c.old_low, c.new_low, c.new_high), (Some(88.0), None, None));
         drop(s);
@@ -224,8 +232,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.db");
         LimitsStore::open(&p).unwrap();
-        let ro = Connection::open_with_flags(&p, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
+        let ro =
+            Connection::open_with_flags(&p, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
         let mut s = LimitsStore { conn: ro };
         assert!(s
             .set("bed-01", 150456, Some(88.0), None, None, "dr.a", 1)

@@ -775,7 +775,10 @@ fn late_readings_are_counted_and_do_not_drive_rules() {
         o.receive_time_us = at(111);
         // Nothing physiological; past five late readings the device's clock is in doubt.
         let out = e.on_observation(&o, at(111));
-        assert!(out.iter().all(|a| a.source == DEVICE_CLOCK_SOURCE), "{out:?}");
+        assert!(
+            out.iter().all(|a| a.source == DEVICE_CLOCK_SOURCE),
+            "{out:?}"
+        );
     }
     assert_eq!(e.late_readings("b1"), 15);
     assert_eq!(e.late_readings("b2"), 0);
@@ -1114,12 +1117,16 @@ fn every_record_is_counted() {
 #[test]
 fn a_limit_outside_its_hard_bounds_is_refused_and_the_old_one_stays() {
     let mut e = limits_only();
-    e.set_bed_limits("b1", SPO2, &lim(Some(92.0), None)).unwrap();
+    e.set_bed_limits("b1", SPO2, &lim(Some(92.0), None))
+        .unwrap();
     for low in [79.0, 96.0] {
         let err = e
             .set_bed_limits("b1", SPO2, &lim(Some(low), None))
             .unwrap_err();
-        assert!(err.to_string().contains("outside its hard bounds 80..95"), "{err}");
+        assert!(
+            err.to_string().contains("outside its hard bounds 80..95"),
+            "{err}"
+        );
     }
     assert_eq!(
         e.effective_limits("b1", SPO2),
@@ -1138,7 +1145,10 @@ fn a_limit_outside_its_hard_bounds_is_refused_and_the_old_one_stays() {
     let err = e
         .set_bed_limits("b1", HR, &lim(Some(50.0), Some(130.0)))
         .unwrap_err();
-    assert!(err.to_string().contains("high_range is not configured"), "{err}");
+    assert!(
+        err.to_string().contains("high_range is not configured"),
+        "{err}"
+    );
     e.set_bed_limits("b1", HR, &lim(Some(45.0), Some(120.0)))
         .unwrap();
 }
@@ -1146,9 +1156,7 @@ fn a_limit_outside_its_hard_bounds_is_refused_and_the_old_one_stays() {
 #[test]
 fn switching_a_limit_off_needs_a_reason_and_is_listed_until_restored() {
     let mut e = limits_only();
-    let err = e
-        .set_bed_limits("b1", SPO2, &lim(None, None))
-        .unwrap_err();
+    let err = e.set_bed_limits("b1", SPO2, &lim(None, None)).unwrap_err();
     assert!(err.to_string().contains("needs a reason"), "{err}");
     let mut blank = lim(None, None);
     blank.reason = Some("  ".into());
@@ -1168,11 +1176,18 @@ fn switching_a_limit_off_needs_a_reason_and_is_listed_until_restored() {
             listed[0].reason.as_str(),
             listed[0].who.as_str()
         ),
-        ("b1", "SpO2", "low", "palliative care, family informed", "dr-a")
+        (
+            "b1",
+            "SpO2",
+            "low",
+            "palliative care, family informed",
+            "dr-a"
+        )
     );
     assert!(hold(&mut e, "b1", SPO2, 70.0, 0, 30).is_empty());
     // Restored: no longer listed, and the alarm works again.
-    e.set_bed_limits("b1", SPO2, &lim(Some(90.0), None)).unwrap();
+    e.set_bed_limits("b1", SPO2, &lim(Some(90.0), None))
+        .unwrap();
     assert!(e.limits_off().is_empty());
     assert!(!hold(&mut e, "b1", SPO2, 70.0, 31, 60).is_empty());
 
@@ -1200,7 +1215,10 @@ fn the_renewal_past_the_cap_is_refused_and_the_alarm_sounds_again() {
     }
     // The third renewal is refused and the alarm re-announces itself.
     let err = e.silence("b1", &id, 60, "nurse-a", at(100)).unwrap_err();
-    let AlarmError::SilenceCapReached { reannounce, why, .. } = err else {
+    let AlarmError::SilenceCapReached {
+        reannounce, why, ..
+    } = err
+    else {
         panic!("{err}")
     };
     assert!(why.contains("at most 2 renewals"), "{why}");
@@ -1263,7 +1281,11 @@ fn a_future_dated_reading_cannot_switch_off_a_beds_alarms() {
     let year_2099 = 4_070_908_800_i64 - 1_700_000_000;
     let mut out = e.on_observation(&sent_at("A", SPO2, 97.0, year_2099, 0), at(0));
     assert_eq!(clock_alarms(&out), [p("start", "active", "mon-1")]);
-    assert!(out[0].text.contains("mon-1") && out[0].text.contains("ahead"), "{}", out[0].text);
+    assert!(
+        out[0].text.contains("mon-1") && out[0].text.contains("ahead"),
+        "{}",
+        out[0].text
+    );
     assert!(out[0].text.contains("2099-01-01"), "{}", out[0].text);
     // Then thirty genuine readings of 80 % on bed A and on bed B.
     for t in 1..=30 {
@@ -1298,7 +1320,9 @@ fn a_reading_dated_far_in_the_past_is_evaluated_at_receive_time() {
     let out: Vec<Alarm> = (0..=20)
         .flat_map(|t| e.on_observation(&sent_at("A", SPO2, 80.0, t - 7200, t), at(t)))
         .collect();
-    assert!(out.iter().any(|a| a.source == "limit:spo2" && a.phase == "start"));
+    assert!(out
+        .iter()
+        .any(|a| a.source == "limit:spo2" && a.phase == "start"));
     assert_eq!(clock_alarms(&out)[0], p("start", "active", "mon-1"));
     assert!(out[0].text.contains("2 h behind"), "{}", out[0].text);
     assert_eq!(e.stats().late_readings, 0);
@@ -1320,10 +1344,16 @@ fn a_drifting_device_clock_is_trusted_until_it_leaves_the_bounds() {
         .map(|(_, a)| a)
         .collect();
     assert_eq!(starts.len(), 1);
-    assert_eq!(starts[0].event_time_us, at(22), "the first reading 11 s ahead");
+    assert_eq!(
+        starts[0].event_time_us,
+        at(22),
+        "the first reading 11 s ahead"
+    );
     // The limit alarm started (in device time while trusted, then at receive time) and no
     // reading was dropped as late or out of order on the way.
-    assert!(out.iter().any(|a| a.source == "limit:spo2" && a.phase == "start"));
+    assert!(out
+        .iter()
+        .any(|a| a.source == "limit:spo2" && a.phase == "start"));
     let s = e.stats();
     assert_eq!((s.late_readings, s.untrusted_time_readings), (0, 39));
     // Clock corrected at 61: readings are trusted again; the alarm ends after settle_s.
@@ -1366,7 +1396,10 @@ fn checked_time_bounds() {
     let r = at(0);
     assert_eq!(checked_time(None, r, &c).t_us, r);
     assert_eq!(checked_time(Some(at(10)), r, &c).untrusted_offset_us, None);
-    assert_eq!(checked_time(Some(at(11)), r, &c).untrusted_offset_us, Some(11 * S));
+    assert_eq!(
+        checked_time(Some(at(11)), r, &c).untrusted_offset_us,
+        Some(11 * S)
+    );
     assert_eq!(checked_time(Some(at(-300)), r, &c).t_us, at(-300));
     assert_eq!(checked_time(Some(at(-301)), r, &c).t_us, r);
     assert_eq!(checked_time(Some(i64::MAX), r, &c).t_us, r);
@@ -1379,7 +1412,11 @@ fn an_alarm_output_down_is_a_technical_alarm_on_the_gateway() {
     let out = e.output_down("pcd04", "pcd04 down for 31 s", true, at(0));
     assert_eq!(out.len(), 1);
     assert_eq!(
-        (out[0].bed.as_str(), out[0].source.as_str(), out[0].alert_type.as_str()),
+        (
+            out[0].bed.as_str(),
+            out[0].source.as_str(),
+            out[0].alert_type.as_str()
+        ),
         (GATEWAY_BED, ALARM_OUTPUT_SOURCE, "ST")
     );
     assert!(e.output_down("pcd04", "again", true, at(1)).is_empty());

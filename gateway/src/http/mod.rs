@@ -444,7 +444,10 @@ async fn events(state: web::Data<HttpState>) -> HttpResponse {
             },
             _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => ": keep-alive\n\n".to_string(),
         };
-        Some((Ok::<_, actix_web::Error>(bytes::Bytes::from(item)), (rx, health)))
+        Some((
+            Ok::<_, actix_web::Error>(bytes::Bytes::from(item)),
+            (rx, health),
+        ))
     });
     HttpResponse::Ok()
         .content_type("text/event-stream")
