@@ -579,3 +579,21 @@ pub fn start(listener: TcpListener, state: HttpState) -> std::io::Result<actix_w
     .run();
     Ok(server)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::EventStreamHealth;
+
+    #[test]
+    fn the_event_stream_fails_while_pages_lose_events_or_too_few_are_open() {
+        let h = EventStreamHealth::default();
+        let s = 1_000_000;
+        assert_eq!(h.failing(0, 0, 100 * s), None);
+        let why = h.failing(1, 2, 100 * s).unwrap();
+        assert!(why.contains("1 of the 2 required pages"), "{why}");
+        h.lagged(7, 100 * s);
+        let why = h.failing(3, 2, 104 * s).unwrap();
+        assert!(why.contains("7 lost"), "{why}");
+        assert_eq!(h.failing(3, 2, 105 * s), None);
+    }
+}
