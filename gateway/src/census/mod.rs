@@ -85,6 +85,8 @@ pub fn to_adt_event(msg: &AdtMessage, bed_map: &BedMap) -> AdtEvent {
         discharge_time_us: msg.discharge_time_us,
         assigning_authority: msg.patient.assigning_authority.clone(),
         message_id: msg.header.control_id.clone(),
+        // Filled in by the listener, which knows the connection.
+        peer: String::new(),
     }
 }
 

@@ -454,6 +454,7 @@ fn adt_event_for_the_store_and_kafka() {
             discharge_time_us: None,
             assigning_authority: "HOSP".into(),
             message_id: "ADT0002".into(),
+            peer: String::new(),
         }
     );
     let unmapped = to_adt_event(&msg(A02), &BedMap::new());
