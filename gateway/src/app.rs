@@ -421,6 +421,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
                 .map(|b| crate::metrics::ForwardRates::start(b.clone())),
             readiness: readiness.clone(),
         },
+        config.http_limits,
     )?;
     let http_handle = server.handle();
     actix::spawn(async move {

@@ -200,12 +200,21 @@ pub struct RawHttp {
     /// Address of the local page and API. Keep it on the ICU network or loopback.
     #[serde(default = "default_http_listen")]
     pub listen: String,
+    /// Most open event streams (`/api/events`, the page's live alarm feed) at once (default
+    /// 32); a further client gets 503 and the page falls back to polling.
+    #[serde(default = "default_max_event_streams")]
+    pub max_event_streams: usize,
+    /// Largest accepted request body in bytes (default 16384); larger bodies get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
 }
 
 impl Default for RawHttp {
     fn default() -> Self {
         Self {
             listen: default_http_listen(),
+            max_event_streams: default_max_event_streams(),
+            max_body_bytes: default_max_body_bytes(),
         }
     }
 }
@@ -415,6 +424,12 @@ fn default_frame_timeout_s() -> u64 {
 fn default_idle_timeout_s() -> u64 {
     300
 }
+fn default_max_event_streams() -> usize {
+    32
+}
+fn default_max_body_bytes() -> usize {
+    16 * 1024
+}
 fn default_http_listen() -> String {
     "127.0.0.1:8080".into()
 }
@@ -465,6 +480,7 @@ pub struct Config {
     /// Addresses the ADT sender may connect from (empty: any).
     pub adt_allow_from: crate::allow::AllowList,
     pub http_listen: SocketAddr,
+    pub http_limits: crate::http::HttpLimits,
     pub key_file: PathBuf,
     pub kafka: Option<KafkaConfig>,
     pub mqtt: Option<icu_drivers::mqtt::MqttConfig>,
@@ -766,6 +782,15 @@ impl RawConfig {
             if !(1..=86_400).contains(&secs) {
                 problem(field, format!("{secs} is outside 1..=86400 seconds"));
             }
+        }
+        if self.http.max_event_streams == 0 {
+            problem("http.max_event_streams", "must be at least 1".into());
+        }
+        if !(1024..=16 << 20).contains(&self.http.max_body_bytes) {
+            problem(
+                "http.max_body_bytes",
+                format!("{} is outside 1024..=16777216", self.http.max_body_bytes),
+            );
         }
         let adt_allow_from = allow_list("adt.allow_from", &self.adt.allow_from, &mut problem);
 
@@ -1098,6 +1123,10 @@ impl RawConfig {
             },
             adt_allow_from,
             http_listen,
+            http_limits: crate::http::HttpLimits {
+                max_event_streams: self.http.max_event_streams,
+                max_body_bytes: self.http.max_body_bytes,
+            },
             key_file: in_data(&self.signing.key_file),
             kafka,
             mqtt,
@@ -1284,12 +1313,13 @@ protocol = "masimo"
         assert_eq!(c.mllp.max_connections_per_address, 32);
         assert_eq!(c.mllp.frame_timeout, Duration::from_secs(30));
         assert_eq!(c.mllp.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.http_limits, crate::http::HttpLimits::default());
         assert!(c.adt_allow_from.is_empty() && c.devices[0].allow_from.is_empty());
 
         let set = GOOD
             .replace(
                 "listen = \"127.0.0.1:0\"",
-                "listen = \"127.0.0.1:0\"\nmax_connections = 8\nmax_connections_per_address = 20\nframe_timeout_s = 2\nidle_timeout_s = 5\n[adt]\nallow_from = [\"10.20.0.0/24\"]",
+                "listen = \"127.0.0.1:0\"\nmax_connections = 8\nmax_connections_per_address = 20\nframe_timeout_s = 2\nidle_timeout_s = 5\n[adt]\nallow_from = [\"10.20.0.0/24\"]\n[http]\nmax_event_streams = 4\nmax_body_bytes = 4096",
             )
             .replace("match = \"0012AB00000000B2\"", "match = \"0012AB00000000B2\"\nallow_from = [\"10.1.2.3\", \"::1\"]");
         let c = Config::from_toml(&set, Path::new("g.toml")).unwrap();
@@ -1303,6 +1333,8 @@ protocol = "masimo"
         assert!(!c.adt_allow_from.allows("10.20.1.7".parse().unwrap()));
         assert!(c.devices[0].allow_from.allows("::1".parse().unwrap()));
         assert!(!c.devices[0].allow_from.allows("10.1.2.4".parse().unwrap()));
+        assert_eq!(c.http_limits.max_event_streams, 4);
+        assert_eq!(c.http_limits.max_body_bytes, 4096);
 
         let bad = GOOD
             .replace(

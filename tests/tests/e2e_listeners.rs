@@ -4,7 +4,8 @@
 //!   out, and are closed by the frame timeout (or at once, over the per-address cap);
 //! - allow-lists: a monitor message or an ADT transfer from an address that is not allowed is
 //!   refused (AR) and dead-lettered with the peer, and the census is unchanged;
-//! - noise before a message is never answered: the sender's first ACK is its message's AA.
+//! - noise before a message is never answered: the sender's first ACK is its message's AA;
+//! - HTTP: the event-stream cap (503), the body-size limit (413) and string lengths (400).
 //!
 //! Other loopback addresses (127.0.0.2, 127.0.0.5, ...) stand for other hosts: on Linux the
 //! whole 127/8 is loopback, and a client socket is bound to one before it connects.
@@ -310,4 +311,88 @@ fn noise_before_a_message_is_not_answered_so_the_first_ack_is_the_messages_aa() 
         reason.contains("15 bytes outside an MLLP frame") && reason.contains("offset 0"),
         "{reason}"
     );
+}
+
+/// One HTTP/1.1 request; (status code, body). `keep` leaves the connection open (streams).
+fn http(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    http(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+/// An open event stream: its status line once the headers arrived.
+fn open_stream(addr: SocketAddr) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /api/events HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+        head.push(b[0]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    (s, text.lines().next().unwrap_or("").to_owned())
+}
+
+#[test]
+fn http_caps_event_streams_body_sizes_and_string_lengths() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = GatewayProc::start(
+        dir.path(),
+        &config_text(dir.path(), 1, None, "").replace(
+            "[http]\nlisten = \"127.0.0.1:0\"",
+            "[http]\nlisten = \"127.0.0.1:0\"\nmax_event_streams = 2\nmax_body_bytes = 1024",
+        ),
+    );
+    let addr = gw.endpoints.http;
+    let (_a, status_a) = open_stream(addr);
+    let (_b, status_b) = open_stream(addr);
+    assert!(status_a.contains(" 200") && status_b.contains(" 200"));
+    let (code, body) = http(
+        addr,
+        &format!("GET /api/events HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("http.max_event_streams"), "{body}");
+
+    let path = "/api/alarms/bed-01/no-such-alarm/ack";
+    let big = format!("{{\"who\": \"nurse\", \"pad\": \"{}\"}}", "x".repeat(2000));
+    let (code, body) = post(addr, path, &big);
+    assert_eq!(code, 413, "{body}");
+    assert!(body.contains("1024"), "{body}");
+
+    let long_who = format!("{{\"who\": \"{}\"}}", "n".repeat(65));
+    let (code, body) = post(addr, path, &long_who);
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("'who' is 65 characters long; at most 64"),
+        "{body}"
+    );
+    // Within the limits the request reaches the handler (which knows no such alarm).
+    let (code, body) = post(addr, path, "{\"who\": \"nurse\"}");
+    assert_eq!(code, 400, "{body}");
+    assert!(!body.contains("characters long"), "{body}");
 }
