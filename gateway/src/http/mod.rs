@@ -54,18 +54,18 @@ impl Default for HttpLimits {
     }
 }
 
-/// Refuses a request (400, naming the field and its limit) when one of its strings is longer
-/// than allowed: `(field, value, most characters)`. Handlers call it first.
-fn check_lengths(fields: &[(&str, &str, usize)]) -> Result<(), HttpResponse> {
+/// The refusal (400, naming the field and its limit) of a request one of whose strings is
+/// longer than allowed: `(field, value, most characters)`. Handlers call it first.
+fn check_lengths(fields: &[(&str, &str, usize)]) -> Option<HttpResponse> {
     for &(field, value, max) in fields {
         let n = value.chars().count();
         if n > max {
-            return Err(HttpResponse::BadRequest().body(format!(
+            return Some(HttpResponse::BadRequest().body(format!(
                 "'{field}' is {n} characters long; at most {max} are accepted\n"
             )));
         }
     }
-    Ok(())
+    None
 }
 
 /// The open event streams, bounded by `http.max_event_streams`.
@@ -271,7 +271,7 @@ async fn alarm_action(
     body: web::Json<ActionBody>,
 ) -> HttpResponse {
     let (bed, alarm_id, action) = path.into_inner();
-    if let Err(refused) = check_lengths(&[
+    if let Some(refused) = check_lengths(&[
         ("bed", &bed, MAX_NAME_CHARS),
         ("alarm_id", &alarm_id, MAX_ALARM_ID_CHARS),
         ("who", &body.who, MAX_NAME_CHARS),
@@ -312,7 +312,7 @@ async fn set_limits(
     body: web::Json<LimitsBody>,
 ) -> HttpResponse {
     let (bed, mdc_code) = path.into_inner();
-    if let Err(refused) = check_lengths(&[
+    if let Some(refused) = check_lengths(&[
         ("bed", &bed, MAX_NAME_CHARS),
         ("who", &body.who, MAX_NAME_CHARS),
     ]) {
@@ -371,7 +371,7 @@ async fn set_limits(
 
 async fn get_limits(state: web::Data<HttpState>, path: web::Path<(String, u32)>) -> HttpResponse {
     let (bed, mdc_code) = path.into_inner();
-    if let Err(refused) = check_lengths(&[("bed", &bed, MAX_NAME_CHARS)]) {
+    if let Some(refused) = check_lengths(&[("bed", &bed, MAX_NAME_CHARS)]) {
         return refused;
     }
     match state
@@ -589,16 +589,16 @@ mod tests {
 
     #[test]
     fn strings_over_their_limit_are_refused_naming_the_field() {
-        assert!(check_lengths(&[("who", "nurse", MAX_NAME_CHARS)]).is_ok());
+        assert!(check_lengths(&[("who", "nurse", MAX_NAME_CHARS)]).is_none());
         // Characters, not bytes: 64 accented letters pass.
         let name = "é".repeat(MAX_NAME_CHARS);
-        assert!(check_lengths(&[("who", &name, MAX_NAME_CHARS)]).is_ok());
+        assert!(check_lengths(&[("who", &name, MAX_NAME_CHARS)]).is_none());
         let long = "x".repeat(MAX_NAME_CHARS + 1);
         let refused = check_lengths(&[
             ("bed", "b1", MAX_NAME_CHARS),
             ("who", &long, MAX_NAME_CHARS),
         ])
-        .unwrap_err();
+        .expect("refused");
         assert_eq!(refused.status(), actix_web::http::StatusCode::BAD_REQUEST);
         let body = actix_web::body::MessageBody::try_into_bytes(refused.into_body()).unwrap();
         assert_eq!(
