@@ -76,6 +76,19 @@ pub struct MllpStats {
 }
 
 impl MllpStats {
+    /// The counters `/metrics` shows.
+    pub fn figures(&self) -> crate::metrics::MllpFigures {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        crate::metrics::MllpFigures {
+            refused_max_connections: n(&self.connections_refused),
+            refused_per_address: n(&self.connections_refused_per_address),
+            frame_timeouts: n(&self.frame_timeouts),
+            idle_timeouts: n(&self.idle_timeouts),
+            accept_errors: n(&self.accept_errors),
+            peers_refused: n(&self.peers_refused),
+        }
+    }
+
     pub fn snapshot(&self) -> serde_json::Value {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         serde_json::json!({

@@ -167,6 +167,23 @@ fn slowloris_from_one_host_does_not_lock_out_a_monitor_and_is_closed_by_the_time
     assert!(mllp_stat(&gw, "connections_refused_per_address") >= 200);
     assert!(mllp_stat(&gw, "frame_timeouts") >= 16);
     assert!(mllp_stat(&gw, "idle_timeouts") >= 1);
+    let (code, metrics) = http(
+        gw.endpoints.http,
+        "GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(code, 200);
+    let sample = |series: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} in /metrics:\n{metrics}"))
+    };
+    assert_eq!(
+        sample("icu_mllp_connections_timed_out_total{reason=\"frame\"}"),
+        mllp_stat(&gw, "frame_timeouts")
+    );
+    assert!(sample("icu_mllp_connections_refused_total{reason=\"per_address\"}") >= 200);
     let timed_out: Vec<_> = dead_letters(&gw)
         .into_iter()
         .filter(|l| l.3.contains("not complete after 2 s"))

@@ -486,6 +486,7 @@ async fn metrics_text(state: web::Data<HttpState>) -> HttpResponse {
         StoreCounters::of(&state.store_stats),
         bridge,
     );
+    figures.mllp = state.mllp_stats.figures();
     let (store, file_bytes) = read_store(&state, StoreFigures::read).await;
     figures.file_bytes = file_bytes;
     figures.store = match store {
