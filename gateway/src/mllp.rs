@@ -416,7 +416,8 @@ pub async fn serve(
 enum Closed {
     Eof,
     Shutdown,
-    Failed,
+    Error,
+    TimedOut,
 }
 
 /// Serves one connection: reads, frames with the shared codec, answers each message, and
@@ -437,7 +438,6 @@ async fn connection(
     // The last byte received or ACK sent (the idle timeout runs from here).
     let mut last_activity = Instant::now();
     let closed = 'conn: loop {
-        let read_at = last_activity;
         let mut events = 0usize;
         loop {
             let event = match codec.decode(&mut buf) {
@@ -445,12 +445,12 @@ async fn connection(
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "mllp connection failed");
-                    break 'conn Closed::Failed;
+                    break 'conn Closed::Error;
                 }
             };
             events += 1;
             if !answer(&ingest, peer, event, &mut stream, timeouts).await {
-                break 'conn Closed::Failed;
+                break 'conn Closed::Error;
             }
         }
         if events > 0 {
@@ -459,10 +459,12 @@ async fn connection(
         pending_since = if buf.is_empty() && !codec.mid_event() {
             None
         } else if events > 0 {
-            // What remains arrived with the last read, after the frames just answered.
-            Some(read_at)
+            // The rest of the last read follows the frames just answered: its clock starts
+            // now, so time the gateway spent answering is never held against the sender.
+            Some(last_activity)
         } else {
-            pending_since.or(Some(read_at))
+            // Still the frame that was pending, or one begun by the last read.
+            pending_since.or(Some(last_activity))
         };
         let deadline = match pending_since {
             Some(since) => since + timeouts.frame,
@@ -478,7 +480,7 @@ async fn connection(
             Ok(Ok(_)) => last_activity = Instant::now(),
             Ok(Err(e)) => {
                 tracing::warn!(%peer, error = %e, "mllp connection failed");
-                break Closed::Failed;
+                break Closed::Error;
             }
             Err(_elapsed) => {
                 if pending_since.is_some() {
@@ -488,7 +490,7 @@ async fn connection(
                     tracing::info!(%peer, offset = codec.stream_offset(), idle_timeout_s = timeouts.idle.as_secs(),
                         "mllp connection closed: no byte within the idle timeout (mllp.idle_timeout_s)");
                 }
-                break Closed::Failed;
+                break Closed::TimedOut;
             }
         }
     };
@@ -503,7 +505,8 @@ async fn connection(
     let how = match closed {
         Closed::Eof => "by the peer",
         Closed::Shutdown => "for shutdown",
-        Closed::Failed => "by the gateway",
+        Closed::Error => "after an error",
+        Closed::TimedOut => "by a timeout",
     };
     tracing::info!(%peer, how, "mllp connection closed");
 }
