@@ -141,6 +141,7 @@ fn slowloris_from_one_host_does_not_lock_out_a_monitor_and_is_closed_by_the_time
     let mut monitor = Sender::from_stream(connect_from("127.0.0.2", mllp));
     let ack = monitor.send(&pcd01("SLOW-1"));
     let took = t0.elapsed();
+    eprintln!("the monitor was acknowledged after {took:?}");
     assert_eq!(msa(&ack).0, "AA", "{ack}");
     assert!(
         took < Duration::from_secs(1),
