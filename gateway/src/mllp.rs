@@ -808,6 +808,7 @@ async fn handle_adt(
         .send(ApplyAdt {
             message,
             received_us: received,
+            peer: Some(peer.to_string()),
         })
         .await;
     let (outcome, mut event) = match applied {

@@ -274,14 +274,19 @@ fn an_adt_transfer_from_an_address_not_allowed_changes_nothing() {
     assert_eq!(patient_of("bed-01").as_deref(), Some("123456"));
     assert_eq!(patient_of("bed-02"), None);
     let c = rusqlite::Connection::open(gw.db_path()).unwrap();
-    let census_events: Vec<String> = c
-        .prepare("SELECT message_id FROM adt_events ORDER BY id")
+    let census_events: Vec<(String, String)> = c
+        .prepare("SELECT message_id, peer FROM adt_events ORDER BY id")
         .unwrap()
-        .query_map([], |r| r.get(0))
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(census_events, ["ADT1"]);
+    assert_eq!(census_events.len(), 1, "{census_events:?}");
+    assert_eq!(census_events[0].0, "ADT1");
+    assert!(
+        census_events[0].1.starts_with("127.0.0.9:"),
+        "the census records the sender: {census_events:?}"
+    );
     let letters = dead_letters(&gw);
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert!(letters[0].0.starts_with("127.0.0.1:") && letters[0].2 == "AR");
