@@ -339,6 +339,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
                 Route {
                     device_id: d.id.clone(),
                     addr: addr.clone(),
+                    allow_from: d.allow_from.clone(),
                 },
             );
         }
@@ -398,15 +399,18 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
     };
 
     let mllp_stats = Arc::new(MllpStats::default());
-    let ingest = Arc::new(Ingest::new(
-        routes,
-        store.clone(),
-        live.clone(),
-        terminology,
-        config.mllp.max_frame_bytes,
-        mllp_stats.clone(),
-        census_addr,
-    ));
+    let ingest = Arc::new(
+        Ingest::new(
+            routes,
+            store.clone(),
+            live.clone(),
+            terminology,
+            config.mllp.max_frame_bytes,
+            mllp_stats.clone(),
+            census_addr,
+        )
+        .with_adt_allow_from(config.adt_allow_from.clone()),
+    );
     let mllp_listener = tokio::net::TcpListener::bind(config.mllp.listen)
         .await
         .with_context(|| {
@@ -419,7 +423,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
     let mllp_task = tokio::spawn(mllp::serve(
         mllp_listener,
         ingest,
-        config.mllp.max_connections,
+        config.mllp.clone(),
         shutdown_rx,
     ));
 
@@ -467,6 +471,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
                 .map(|b| crate::metrics::ForwardRates::start(b.clone())),
             readiness: readiness.clone(),
         },
+        config.http_limits,
     )?;
     let http_handle = server.handle();
     actix::spawn(async move {

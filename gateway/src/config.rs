@@ -58,6 +58,9 @@ pub struct RawConfig {
     pub mllp: RawMllp,
     #[serde(default)]
     pub http: RawHttp,
+    /// The ADT feed (HL7v2 A01/A02/A03/... on the MLLP listener).
+    #[serde(default)]
+    pub adt: RawAdt,
     #[serde(default)]
     pub signing: RawSigning,
     /// The hospital's Kafka backbone; leave out to store only (records wait in the outbox).
@@ -149,9 +152,23 @@ pub struct RawMllp {
     /// Largest accepted MLLP frame in bytes; larger frames are refused with AR.
     #[serde(default = "default_max_frame_bytes")]
     pub max_frame_bytes: usize,
-    /// Most open MLLP connections at once.
+    /// Most open MLLP connections at once; further connections are closed at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most open MLLP connections from one source address (default 32), so that one hostile or
+    /// broken host cannot take every slot of `max_connections`; further connections from that
+    /// address are closed at once. Raise it for a central station that forwards many monitors
+    /// from one address over one connection each.
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
+    /// Seconds a started frame (or any bytes not yet forming a whole frame) may take to
+    /// complete (default 30); then the connection is closed and what arrived is dead-lettered.
+    #[serde(default = "default_frame_timeout_s")]
+    pub frame_timeout_s: u64,
+    /// Seconds a connection may stay silent between messages (default 300); then it is closed.
+    /// Senders reconnect on their next message.
+    #[serde(default = "default_idle_timeout_s")]
+    pub idle_timeout_s: u64,
 }
 
 impl Default for RawMllp {
@@ -160,8 +177,21 @@ impl Default for RawMllp {
             listen: default_mllp_listen(),
             max_frame_bytes: default_max_frame_bytes(),
             max_connections: default_max_connections(),
+            max_connections_per_address: default_max_connections_per_address(),
+            frame_timeout_s: default_frame_timeout_s(),
+            idle_timeout_s: default_idle_timeout_s(),
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdt {
+    /// Addresses or CIDR ranges the ADT sender may connect from, e.g. `["10.20.0.15"]` or
+    /// `["10.20.0.0/24", "fd00::/8"]`. An ADT message from elsewhere is refused (AR) and
+    /// dead-lettered, and changes nothing in the census. Empty or absent: any address.
+    #[serde(default)]
+    pub allow_from: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,12 +200,21 @@ pub struct RawHttp {
     /// Address of the local page and API. Keep it on the ICU network or loopback.
     #[serde(default = "default_http_listen")]
     pub listen: String,
+    /// Most open event streams (`/api/events`, the page's live alarm feed) at once (default
+    /// 32); a further client gets 503 and the page falls back to polling.
+    #[serde(default = "default_max_event_streams")]
+    pub max_event_streams: usize,
+    /// Largest accepted request body in bytes (default 16384); larger bodies get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
 }
 
 impl Default for RawHttp {
     fn default() -> Self {
         Self {
             listen: default_http_listen(),
+            max_event_streams: default_max_event_streams(),
+            max_body_bytes: default_max_body_bytes(),
         }
     }
 }
@@ -314,6 +353,11 @@ pub struct RawDevice {
     /// Seconds without data after which the device counts as silent.
     #[serde(default = "default_silent_after_s")]
     pub silent_after_s: u64,
+    /// For `pcd01`: addresses or CIDR ranges this device may send from, e.g. `["10.1.2.3"]` or
+    /// `["10.1.0.0/16", "::1"]`. A message for this device from elsewhere is refused (AR, naming
+    /// the peer) and dead-lettered with the peer address. Empty or absent: any address.
+    #[serde(default)]
+    pub allow_from: Vec<String>,
 }
 
 /// A serial port. Defaults are the protocol's usual settings (Masimo 9600 8N1, MEDIBUS 19200 8E1);
@@ -371,6 +415,21 @@ fn default_max_frame_bytes() -> usize {
 fn default_max_connections() -> usize {
     256
 }
+fn default_max_connections_per_address() -> usize {
+    32
+}
+fn default_frame_timeout_s() -> u64 {
+    30
+}
+fn default_idle_timeout_s() -> u64 {
+    300
+}
+fn default_max_event_streams() -> usize {
+    32
+}
+fn default_max_body_bytes() -> usize {
+    16 * 1024
+}
 fn default_http_listen() -> String {
     "127.0.0.1:8080".into()
 }
@@ -418,7 +477,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub store: StoreConfig,
     pub mllp: MllpConfig,
+    /// Addresses the ADT sender may connect from (empty: any).
+    pub adt_allow_from: crate::allow::AllowList,
     pub http_listen: SocketAddr,
+    pub http_limits: crate::http::HttpLimits,
     pub key_file: PathBuf,
     pub kafka: Option<KafkaConfig>,
     pub mqtt: Option<icu_drivers::mqtt::MqttConfig>,
@@ -461,6 +523,9 @@ pub struct MllpConfig {
     pub listen: SocketAddr,
     pub max_frame_bytes: usize,
     pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    pub frame_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -517,6 +582,8 @@ pub struct Device {
     #[serde(skip)]
     pub serial: Option<crate::serial::SerialSettings>,
     pub silent_after: Duration,
+    /// For pcd01: where its messages may come from (empty: any address).
+    pub allow_from: crate::allow::AllowList,
 }
 
 impl Config {
@@ -563,6 +630,20 @@ impl Config {
             .filter_map(|(i, d)| d.match_id.clone().map(|m| (m, i)))
             .collect()
     }
+}
+
+/// Parses an allow-list, reporting each bad entry as `field[index]`.
+fn allow_list(
+    field: &str,
+    entries: &[String],
+    problem: &mut impl FnMut(&str, String),
+) -> crate::allow::AllowList {
+    crate::allow::AllowList::parse(entries).unwrap_or_else(|bad| {
+        for (j, message) in bad {
+            problem(&format!("{field}[{j}]"), message);
+        }
+        crate::allow::AllowList::default()
+    })
 }
 
 fn valid_id(s: &str) -> bool {
@@ -688,6 +769,30 @@ impl RawConfig {
         if self.mllp.max_connections == 0 {
             problem("mllp.max_connections", "must be at least 1".into());
         }
+        if self.mllp.max_connections_per_address == 0 {
+            problem(
+                "mllp.max_connections_per_address",
+                "must be at least 1".into(),
+            );
+        }
+        for (field, secs) in [
+            ("mllp.frame_timeout_s", self.mllp.frame_timeout_s),
+            ("mllp.idle_timeout_s", self.mllp.idle_timeout_s),
+        ] {
+            if !(1..=86_400).contains(&secs) {
+                problem(field, format!("{secs} is outside 1..=86400 seconds"));
+            }
+        }
+        if self.http.max_event_streams == 0 {
+            problem("http.max_event_streams", "must be at least 1".into());
+        }
+        if !(1024..=16 << 20).contains(&self.http.max_body_bytes) {
+            problem(
+                "http.max_body_bytes",
+                format!("{} is outside 1024..=16777216", self.http.max_body_bytes),
+            );
+        }
+        let adt_allow_from = allow_list("adt.allow_from", &self.adt.allow_from, &mut problem);
 
         let kafka = self.kafka.as_ref().map(|k| {
             if k.bootstrap.trim().is_empty() {
@@ -967,6 +1072,17 @@ impl RawConfig {
                     "must be at least 1".into(),
                 );
             }
+            if !d.allow_from.is_empty() && protocol != Protocol::Pcd01 {
+                problem(
+                    &format!("devices[{i}].allow_from"),
+                    "is only for pcd01 devices (senders on the MLLP listener)".into(),
+                );
+            }
+            let allow_from = allow_list(
+                &format!("devices[{i}].allow_from"),
+                &d.allow_from,
+                &mut problem,
+            );
             devices.push(Device {
                 id: d.id.clone(),
                 bed: d.bed.clone(),
@@ -974,6 +1090,7 @@ impl RawConfig {
                 match_id: d.match_id.clone(),
                 serial,
                 silent_after: Duration::from_secs(d.silent_after_s),
+                allow_from,
             });
         }
 
@@ -997,8 +1114,19 @@ impl RawConfig {
                 listen: mllp_listen,
                 max_frame_bytes: self.mllp.max_frame_bytes,
                 max_connections: self.mllp.max_connections,
+                max_connections_per_address: self
+                    .mllp
+                    .max_connections_per_address
+                    .min(self.mllp.max_connections),
+                frame_timeout: Duration::from_secs(self.mllp.frame_timeout_s),
+                idle_timeout: Duration::from_secs(self.mllp.idle_timeout_s),
             },
+            adt_allow_from,
             http_listen,
+            http_limits: crate::http::HttpLimits {
+                max_event_streams: self.http.max_event_streams,
+                max_body_bytes: self.http.max_body_bytes,
+            },
             key_file: in_data(&self.signing.key_file),
             kafka,
             mqtt,
@@ -1176,6 +1304,62 @@ protocol = "masimo"
         assert_eq!((vent.baud, vent.parity.as_str()), (19200, "even"));
         let spo2 = c.devices[1].serial.as_ref().unwrap();
         assert_eq!((spo2.baud, spo2.parity.as_str()), (9600, "none"));
+    }
+
+    #[test]
+    fn listener_limits_and_allow_lists_have_defaults_and_are_validated() {
+        let c = Config::from_toml(GOOD, Path::new("g.toml")).unwrap();
+        assert_eq!(c.mllp.max_connections, 256);
+        assert_eq!(c.mllp.max_connections_per_address, 32);
+        assert_eq!(c.mllp.frame_timeout, Duration::from_secs(30));
+        assert_eq!(c.mllp.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.http_limits, crate::http::HttpLimits::default());
+        assert!(c.adt_allow_from.is_empty() && c.devices[0].allow_from.is_empty());
+
+        let set = GOOD
+            .replace(
+                "listen = \"127.0.0.1:0\"",
+                "listen = \"127.0.0.1:0\"\nmax_connections = 8\nmax_connections_per_address = 20\nframe_timeout_s = 2\nidle_timeout_s = 5\n[adt]\nallow_from = [\"10.20.0.0/24\"]\n[http]\nmax_event_streams = 4\nmax_body_bytes = 4096",
+            )
+            .replace("match = \"0012AB00000000B2\"", "match = \"0012AB00000000B2\"\nallow_from = [\"10.1.2.3\", \"::1\"]");
+        let c = Config::from_toml(&set, Path::new("g.toml")).unwrap();
+        assert_eq!(
+            c.mllp.max_connections_per_address, 8,
+            "never above the total"
+        );
+        assert_eq!(c.mllp.frame_timeout, Duration::from_secs(2));
+        assert_eq!(c.mllp.idle_timeout, Duration::from_secs(5));
+        assert!(c.adt_allow_from.allows("10.20.0.7".parse().unwrap()));
+        assert!(!c.adt_allow_from.allows("10.20.1.7".parse().unwrap()));
+        assert!(c.devices[0].allow_from.allows("::1".parse().unwrap()));
+        assert!(!c.devices[0].allow_from.allows("10.1.2.4".parse().unwrap()));
+        assert_eq!(c.http_limits.max_event_streams, 4);
+        assert_eq!(c.http_limits.max_body_bytes, 4096);
+
+        let bad = GOOD
+            .replace(
+                "listen = \"127.0.0.1:0\"",
+                "listen = \"127.0.0.1:0\"\nmax_connections_per_address = 0\nframe_timeout_s = 0\n[adt]\nallow_from = [\"10.20.0.0/40\"]",
+            )
+            .replace("match = \"0012AB00000000B2\"", "match = \"0012AB00000000B2\"\nallow_from = [\"10.1.2.3\", \"monitor-3\"]");
+        let ConfigError::Invalid { problems, .. } =
+            Config::from_toml(&bad, Path::new("g.toml")).unwrap_err()
+        else {
+            panic!("expected Invalid");
+        };
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "mllp.max_connections_per_address",
+                "mllp.frame_timeout_s",
+                "adt.allow_from[0]",
+                "devices[0].allow_from[1]"
+            ]
+        );
+        assert!(problems[3]
+            .message
+            .contains("'monitor-3' is not an IP address"));
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub struct DemoOptions {
 /// The config the demo runs with (printed with `--print-config` for engineers to start from).
 pub fn demo_config_text(opts: &DemoOptions) -> String {
     let mut s = format!(
-        "gateway_id = \"demo-gw\"\ndata_dir = \"{}\"\nclock = \"auto\"\n\n[mllp]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"{}\"\n\n[store]\nsynchronous = \"normal\"\ndisk_budget_mb = 1024\n\n",
+        "gateway_id = \"demo-gw\"\ndata_dir = \"{}\"\nclock = \"auto\"\n\n[mllp]\nlisten = \"127.0.0.1:0\"\n# every simulated monitor connects from 127.0.0.1\nmax_connections_per_address = 256\n\n[http]\nlisten = \"{}\"\n\n[store]\nsynchronous = \"normal\"\ndisk_budget_mb = 1024\n\n",
         opts.data_dir.display(),
         opts.http
     );

@@ -7,6 +7,7 @@
 //! validates the one config file. See ARCHITECTURE.md for one observation's path.
 
 pub mod alarm;
+pub mod allow;
 pub mod app;
 pub mod census;
 pub mod clock;

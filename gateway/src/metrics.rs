@@ -50,6 +50,10 @@
 //! | `icu_store_bytes_per_record` | gauge | | bytes one stored record takes (pages in use / records; 256 until 1000 records are stored, never below 64) |
 //! | `icu_store_free_budget_bytes` | gauge | | budget bytes left for unsent readings: budget − bytes in use + forwarded records × bytes per record (the store prunes those to make room), at most the budget |
 //! | `icu_buffer_hours_left` | gauge | | hours until the free budget is full at the current ingest rate: free budget bytes / (observations/s of all transports over the last 60 s × bytes per record) / 3600; `+Inf` when nothing is being ingested, 0 when nothing is free |
+//! | `icu_mllp_connections_refused_total` | counter | `reason` (`max_connections`, `per_address`) | MLLP connections closed at once because a cap was reached |
+//! | `icu_mllp_connections_timed_out_total` | counter | `reason` (`frame`, `idle`) | MLLP connections closed by the frame or idle timeout |
+//! | `icu_mllp_accept_errors_total` | counter | | failed `accept` calls of the MLLP listener (each followed by a pause) |
+//! | `icu_mllp_peers_refused_total` | counter | | messages refused because their sender's address is not allowed (`allow_from`) |
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -553,6 +557,19 @@ pub struct Figures {
     /// Bytes of the store's files (see [`store_file_bytes`]).
     pub file_bytes: u64,
     pub bridge: BridgeFigures,
+    /// The MLLP listener's protection counters (filled in by the caller).
+    pub mllp: MllpFigures,
+}
+
+/// The MLLP listener's counters that `/metrics` shows (from `mllp::MllpStats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MllpFigures {
+    pub refused_max_connections: u64,
+    pub refused_per_address: u64,
+    pub frame_timeouts: u64,
+    pub idle_timeouts: u64,
+    pub accept_errors: u64,
+    pub peers_refused: u64,
 }
 
 impl Figures {
@@ -573,6 +590,7 @@ impl Figures {
             store_counters,
             file_bytes: 0,
             bridge,
+            mllp: MllpFigures::default(),
         }
     }
 
@@ -975,6 +993,39 @@ pub fn render(f: &Figures) -> String {
         "Hours until the free budget is full at the ingest rate of the last 60 s; +Inf when nothing is ingested.",
         f.buffer_hours_left(),
     );
+    let m = &f.mllp;
+    for (name, help, label_values) in [
+        (
+            "icu_mllp_connections_refused_total",
+            "MLLP connections closed at once because a cap was reached (mllp.max_connections, mllp.max_connections_per_address).",
+            [
+                ("max_connections", m.refused_max_connections),
+                ("per_address", m.refused_per_address),
+            ],
+        ),
+        (
+            "icu_mllp_connections_timed_out_total",
+            "MLLP connections closed by the frame or idle timeout (mllp.frame_timeout_s, mllp.idle_timeout_s).",
+            [("frame", m.frame_timeouts), ("idle", m.idle_timeouts)],
+        ),
+    ] {
+        t.family(name, "counter", help);
+        for (reason, v) in label_values {
+            t.sample(name, &[("reason", reason)], n(v));
+        }
+    }
+    t.single(
+        "icu_mllp_accept_errors_total",
+        "counter",
+        "Failed accept calls of the MLLP listener (each followed by a pause of 10 ms to 1 s).",
+        n(m.accept_errors),
+    );
+    t.single(
+        "icu_mllp_peers_refused_total",
+        "counter",
+        "Messages refused because their sender's address is not allowed (devices[].allow_from, adt.allow_from).",
+        n(m.peers_refused),
+    );
     t.0
 }
 
@@ -1021,6 +1072,11 @@ mod tests {
             },
             file_bytes: used + 4096,
             bridge: BridgeFigures::disabled(),
+            mllp: MllpFigures {
+                refused_per_address: 284,
+                frame_timeouts: 16,
+                ..Default::default()
+            },
         }
     }
 
@@ -1077,6 +1133,22 @@ mod tests {
                 "600",
             ),
             ("icu_ingest_messages_total", r#"transport="mllp""#, "60"),
+            (
+                "icu_mllp_connections_refused_total",
+                r#"reason="per_address""#,
+                "284",
+            ),
+            (
+                "icu_mllp_connections_refused_total",
+                r#"reason="max_connections""#,
+                "0",
+            ),
+            (
+                "icu_mllp_connections_timed_out_total",
+                r#"reason="frame""#,
+                "16",
+            ),
+            ("icu_mllp_peers_refused_total", "", "0"),
             ("icu_ingest_observations_total", r#"transport="mqtt""#, "7"),
             (
                 "icu_ingest_observations_total",

@@ -5,28 +5,41 @@
 //! ACK. Guarantees: AA is sent only after the store committed every observation of the message;
 //! every rejected frame or message gets AE/AR with an ERR segment naming the problem, lands in
 //! the dead-letter table, and the connection keeps serving the next frame; one connection's
-//! bad input never affects another's. Connections are bounded (`mllp.max_connections`).
+//! bad input never affects another's. Every ACK answers exactly one message the sender sent:
+//! bytes outside a frame (line noise) are logged and dead-lettered but never answered.
+//!
+//! Hostile or broken peers cannot starve the listener: connections are bounded in total
+//! (`mllp.max_connections`) and per source address (`mllp.max_connections_per_address`), a
+//! connection over either cap is closed at once; a frame that does not complete within
+//! `mllp.frame_timeout_s` and a connection silent for `mllp.idle_timeout_s` are closed (what
+//! arrived of the frame is dead-lettered); a failing `accept` (file descriptors exhausted)
+//! backs off from 10 ms to 1 s instead of spinning. A message is accepted only from the
+//! addresses its device (`devices[].allow_from`) or the ADT feed (`adt.allow_from`) allows.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix::Addr;
-use futures::{SinkExt, StreamExt};
+use bytes::BytesMut;
 use icu_drivers::hl7::{
     build_ack, decode_adt, decode_pcd01, parse_header, AckCode, ErrorCode, Hl7Error, MessageHeader,
     Pcd01Message,
 };
-use icu_drivers::mllp::{MllpCodec, MllpEvent};
+use icu_drivers::mllp::{encode_frame, MllpCodec, MllpEvent};
 use icu_drivers::terminology::Terminology;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
-use tokio_util::codec::Framed;
+use tokio_util::codec::Decoder;
 
+use crate::allow::AllowList;
 use crate::census::actor::{ApplyAdt, CensusActor};
 use crate::census::ApplyOutcome;
 use crate::clock::now_us;
+use crate::config::MllpConfig;
 use crate::device::{DeviceActor, IngestPcd01};
 use crate::live::LiveState;
 use crate::store::{db::digest, Append, DeadLetter, Store, WriteOutcome, WriteRequest};
@@ -34,12 +47,28 @@ use crate::store::{db::digest, Append, DeadLetter, Store, WriteOutcome, WriteReq
 /// Most bytes of a rejected input kept in its dead letter.
 const DEAD_LETTER_MAX_RAW: usize = 64 * 1024;
 
-/// Counters of the MLLP transport.
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Counters of the MLLP transport (shown under `mllp` in `/api/status`).
 #[derive(Debug, Default)]
 pub struct MllpStats {
     pub connections: AtomicU64,
+    /// Closed at once: `mllp.max_connections` open already.
     pub connections_refused: AtomicU64,
+    /// Closed at once: `mllp.max_connections_per_address` open from that address already.
+    pub connections_refused_per_address: AtomicU64,
+    /// Failed `accept` calls (each followed by a pause).
+    pub accept_errors: AtomicU64,
+    /// Connections closed because a frame did not complete within `mllp.frame_timeout_s`.
+    pub frame_timeouts: AtomicU64,
+    /// Connections closed after `mllp.idle_timeout_s` without a byte.
+    pub idle_timeouts: AtomicU64,
     pub frames: AtomicU64,
+    /// Runs of bytes outside a frame: dead-lettered, never answered.
+    pub noise: AtomicU64,
+    /// Messages refused because their sender's address is not allowed (`allow_from`).
+    pub peers_refused: AtomicU64,
     pub acks_aa: AtomicU64,
     pub acks_ae: AtomicU64,
     pub acks_ar: AtomicU64,
@@ -47,15 +76,35 @@ pub struct MllpStats {
 }
 
 impl MllpStats {
+    /// The counters `/metrics` shows.
+    pub fn figures(&self) -> crate::metrics::MllpFigures {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        crate::metrics::MllpFigures {
+            refused_max_connections: n(&self.connections_refused),
+            refused_per_address: n(&self.connections_refused_per_address),
+            frame_timeouts: n(&self.frame_timeouts),
+            idle_timeouts: n(&self.idle_timeouts),
+            accept_errors: n(&self.accept_errors),
+            peers_refused: n(&self.peers_refused),
+        }
+    }
+
     pub fn snapshot(&self) -> serde_json::Value {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         serde_json::json!({
-            "connections": self.connections.load(Ordering::Relaxed),
-            "connections_refused": self.connections_refused.load(Ordering::Relaxed),
-            "frames": self.frames.load(Ordering::Relaxed),
-            "acks_aa": self.acks_aa.load(Ordering::Relaxed),
-            "acks_ae": self.acks_ae.load(Ordering::Relaxed),
-            "acks_ar": self.acks_ar.load(Ordering::Relaxed),
-            "dead_letters": self.dead_letters.load(Ordering::Relaxed),
+            "connections": n(&self.connections),
+            "connections_refused": n(&self.connections_refused),
+            "connections_refused_per_address": n(&self.connections_refused_per_address),
+            "accept_errors": n(&self.accept_errors),
+            "frame_timeouts": n(&self.frame_timeouts),
+            "idle_timeouts": n(&self.idle_timeouts),
+            "frames": n(&self.frames),
+            "noise": n(&self.noise),
+            "peers_refused": n(&self.peers_refused),
+            "acks_aa": n(&self.acks_aa),
+            "acks_ae": n(&self.acks_ae),
+            "acks_ar": n(&self.acks_ar),
+            "dead_letters": n(&self.dead_letters),
         })
     }
 }
@@ -65,6 +114,8 @@ impl MllpStats {
 pub struct Route {
     pub device_id: String,
     pub addr: Addr<DeviceActor>,
+    /// Where its messages may come from (`devices[].allow_from`; empty: anywhere).
+    pub allow_from: AllowList,
 }
 
 /// What every connection needs.
@@ -78,6 +129,8 @@ pub struct Ingest {
     pub stats: Arc<MllpStats>,
     /// The ADT census (ADT messages arrive on the same listener).
     pub census: Addr<CensusActor>,
+    /// Where ADT messages may come from (`adt.allow_from`; empty: anywhere).
+    pub adt_allow_from: AllowList,
     ack_counter: AtomicU64,
 }
 
@@ -99,8 +152,15 @@ impl Ingest {
             max_frame_bytes,
             stats,
             census,
+            adt_allow_from: AllowList::default(),
             ack_counter: AtomicU64::new(0),
         }
+    }
+
+    /// Accept ADT messages only from these addresses.
+    pub fn with_adt_allow_from(mut self, allow: AllowList) -> Self {
+        self.adt_allow_from = allow;
+        self
     }
 
     /// Finds the device that sent a message: equipment EUI-64, then MSH-3 components, then MSH-3.
@@ -123,63 +183,220 @@ impl Ingest {
     }
 }
 
+/// Pauses after failed `accept` calls: 10 ms after the first failure of a burst, doubling up
+/// to 1 s, so that exhausted file descriptors (EMFILE) never become a busy loop while open
+/// connections finish and free theirs. Pure, so that it is tested without sockets.
+#[derive(Debug, Default)]
+pub struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    pub const MIN: Duration = Duration::from_millis(10);
+    pub const MAX: Duration = Duration::from_secs(1);
+
+    /// A failed accept: how long to pause, and whether it starts a burst (log it then only).
+    pub fn failed(&mut self) -> (Duration, bool) {
+        let first = self.failures == 0;
+        let pause = Self::MIN
+            .saturating_mul(1u32 << self.failures.min(16))
+            .min(Self::MAX);
+        self.failures = self.failures.saturating_add(1);
+        (pause, first)
+    }
+
+    /// An accept succeeded: the length of the burst of failures it ends, if there was one.
+    pub fn succeeded(&mut self) -> Option<u32> {
+        Some(std::mem::take(&mut self.failures)).filter(|&n| n > 0)
+    }
+}
+
+/// Open connections per source address, bounded by `cap`.
+#[derive(Debug)]
+pub struct PerAddress {
+    cap: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open connection of an address; dropping it frees the slot.
+#[derive(Debug)]
+pub struct AddressSlot {
+    table: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self {
+            cap,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for a new connection from `ip`, or `None` when `cap` are open from it.
+    pub fn try_open(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let ip = ip.to_canonical();
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections open from `ip`.
+    pub fn open_from(&self, ip: IpAddr) -> usize {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.get(&ip.to_canonical()).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Rate-limits a repeated warning: at most one line per second, carrying how many were
+/// suppressed since the last one (a flood of refused connections must not flood the log).
+#[derive(Debug, Default)]
+struct Throttle {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// `Some(suppressed since the last line)` when a line may be written now.
+    fn ready(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.duration_since(t) < Duration::from_secs(1) => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// How long a connection may take (from [`MllpConfig`]).
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    frame: Duration,
+    idle: Duration,
+}
+
 /// Accepts connections until `shutdown` turns true.
 ///
 /// Connections are spread round-robin over a pool of worker arbiters (one per CPU, at most 8),
 /// so decoding one sender's messages never queues behind another's on a single thread, and
-/// never on the system arbiter that runs the device actors. On shutdown the listener waits (up
-/// to 10 s) for open connections to finish their current message before stopping the pool.
+/// never on the system arbiter that runs the device actors. A connection over the total or the
+/// per-address cap is closed at once (counted, logged at most once a second). On shutdown the
+/// listener waits (up to 10 s) for open connections to finish their current message before
+/// stopping the pool.
 pub async fn serve(
     listener: TcpListener,
     ingest: Arc<Ingest>,
-    max_connections: usize,
+    config: MllpConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     let pool: Vec<actix::Arbiter> = (0..workers).map(|_| actix::Arbiter::new()).collect();
     let mut next_worker = 0usize;
+    let max_connections = config.max_connections;
     let slots = Arc::new(Semaphore::new(max_connections));
+    let per_address = PerAddress::new(config.max_connections_per_address);
+    let timeouts = Timeouts {
+        frame: config.frame_timeout,
+        idle: config.idle_timeout,
+    };
+    let mut backoff = AcceptBackoff::default();
+    let mut refusals = Throttle::default();
     loop {
-        tokio::select! {
+        let accepted = tokio::select! {
             _ = shutdown.changed() => break,
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "mllp accept failed");
-                        continue;
-                    }
-                };
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    ingest.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%peer, max_connections, "mllp connection refused: too many open connections");
-                    continue;
-                };
-                // A tokio socket belongs to the reactor that accepted it: hand the worker the OS
-                // socket and let it register the stream with its own reactor.
-                let stream = match stream.into_std() {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "mllp connection could not be handed to a worker");
-                        continue;
-                    }
-                };
-                ingest.stats.connections.fetch_add(1, Ordering::Relaxed);
-                let ingest = ingest.clone();
-                let shutdown = shutdown.clone();
-                let worker = &pool[next_worker % pool.len()];
-                next_worker = next_worker.wrapping_add(1);
-                let spawned = worker.spawn(async move {
-                    match TcpStream::from_std(stream) {
-                        Ok(stream) => connection(stream, peer, ingest, shutdown).await,
-                        Err(e) => tracing::warn!(%peer, error = %e, "mllp connection could not be registered"),
-                    }
-                    drop(permit);
-                });
-                if !spawned {
-                    tracing::error!(%peer, "mllp worker stopped: connection closed");
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => {
+                if let Some(n) = backoff.succeeded() {
+                    tracing::info!(failures = n, "mllp accept works again");
+                }
+                a
+            }
+            Err(e) => {
+                ingest.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                let (pause, first) = backoff.failed();
+                if first {
+                    tracing::warn!(error = %e, "mllp accept failed; retrying with a pause of 10 ms growing to 1 s");
+                }
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                continue;
+            }
+        };
+        let Some(address_slot) = per_address.try_open(peer.ip()) else {
+            ingest
+                .stats
+                .connections_refused_per_address
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = refusals.ready(Instant::now()) {
+                tracing::warn!(%peer, max_connections_per_address = config.max_connections_per_address,
+                    suppressed, "mllp connection refused: too many open connections from this address");
+            }
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            ingest
+                .stats
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = refusals.ready(Instant::now()) {
+                tracing::warn!(%peer, max_connections, suppressed,
+                    "mllp connection refused: too many open connections");
+            }
+            continue;
+        };
+        // A tokio socket belongs to the reactor that accepted it: hand the worker the OS
+        // socket and let it register the stream with its own reactor.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "mllp connection could not be handed to a worker");
+                continue;
+            }
+        };
+        ingest.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let ingest = ingest.clone();
+        let shutdown = shutdown.clone();
+        let worker = &pool[next_worker % pool.len()];
+        next_worker = next_worker.wrapping_add(1);
+        let spawned = worker.spawn(async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => connection(stream, peer, ingest, timeouts, shutdown).await,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "mllp connection could not be registered")
                 }
             }
+            drop(permit);
+            drop(address_slot);
+        });
+        if !spawned {
+            tracing::error!(%peer, "mllp worker stopped: connection closed");
         }
     }
     let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
@@ -195,57 +412,212 @@ pub async fn serve(
     tracing::info!("mllp listener stopped");
 }
 
+/// Why a connection ended.
+enum Closed {
+    Eof,
+    Shutdown,
+    Error,
+    TimedOut,
+}
+
+/// Serves one connection: reads, frames with the shared codec, answers each message, and
+/// enforces the frame and idle timeouts (the codec does no I/O, so the clock is kept here).
 async fn connection(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     ingest: Arc<Ingest>,
+    timeouts: Timeouts,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     tracing::info!(%peer, "mllp connection opened");
-    let mut framed = Framed::new(stream, MllpCodec::new(ingest.max_frame_bytes));
-    loop {
-        let event = tokio::select! {
-            _ = shutdown.changed() => break,
-            e = framed.next() => e,
+    let mut codec = MllpCodec::new(ingest.max_frame_bytes);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    // Since when bytes are held that do not form a whole frame yet (the frame timeout runs).
+    let mut pending_since: Option<Instant> = None;
+    // The last byte received or ACK sent (the idle timeout runs from here).
+    let mut last_activity = Instant::now();
+    let closed = 'conn: loop {
+        let mut events = 0usize;
+        loop {
+            let event = match codec.decode(&mut buf) {
+                Ok(Some(event)) => event,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "mllp connection failed");
+                    break 'conn Closed::Error;
+                }
+            };
+            events += 1;
+            if !answer(&ingest, peer, event, &mut stream, timeouts).await {
+                break 'conn Closed::Error;
+            }
+        }
+        if events > 0 {
+            last_activity = Instant::now();
+        }
+        pending_since = if buf.is_empty() && !codec.mid_event() {
+            None
+        } else if events > 0 {
+            // The rest of the last read follows the frames just answered: its clock starts
+            // now, so time the gateway spent answering is never held against the sender.
+            Some(last_activity)
+        } else {
+            // Still the frame that was pending, or one begun by the last read.
+            pending_since.or(Some(last_activity))
         };
-        let event = match event {
-            None => break,
-            Some(Err(e)) => {
+        let deadline = match pending_since {
+            Some(since) => since + timeouts.frame,
+            None => last_activity + timeouts.idle,
+        };
+        buf.reserve(READ_CHUNK);
+        let read = tokio::select! {
+            _ = shutdown.changed() => break Closed::Shutdown,
+            r = tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buf)) => r,
+        };
+        match read {
+            Ok(Ok(0)) => break Closed::Eof,
+            Ok(Ok(_)) => last_activity = Instant::now(),
+            Ok(Err(e)) => {
                 tracing::warn!(%peer, error = %e, "mllp connection failed");
+                break Closed::Error;
+            }
+            Err(_elapsed) => {
+                if pending_since.is_some() {
+                    frame_timed_out(&ingest, peer, &mut codec, &mut buf, timeouts.frame).await;
+                } else {
+                    ingest.stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%peer, offset = codec.stream_offset(), idle_timeout_s = timeouts.idle.as_secs(),
+                        "mllp connection closed: no byte within the idle timeout (mllp.idle_timeout_s)");
+                }
+                break Closed::TimedOut;
+            }
+        }
+    };
+    if let Closed::Eof = closed {
+        // Whatever was cut short by the end of the stream is reported, as ever.
+        while let Ok(Some(event)) = codec.decode_eof(&mut buf) {
+            if !answer(&ingest, peer, event, &mut stream, timeouts).await {
                 break;
             }
-            Some(Ok(ev)) => ev,
-        };
-        ingest.stats.frames.fetch_add(1, Ordering::Relaxed);
-        let ack = handle_event(&ingest, peer, event).await;
-        if let Err(e) = framed.send(ack.as_bytes()).await {
-            tracing::warn!(%peer, error = %e, "mllp ack could not be written");
-            break;
         }
     }
-    tracing::info!(%peer, "mllp connection closed");
+    let how = match closed {
+        Closed::Eof => "by the peer",
+        Closed::Shutdown => "for shutdown",
+        Closed::Error => "after an error",
+        Closed::TimedOut => "by a timeout",
+    };
+    tracing::info!(%peer, how, "mllp connection closed");
 }
 
-/// Handles one framing event and returns the ACK text to send.
-async fn handle_event(ingest: &Ingest, peer: SocketAddr, event: MllpEvent) -> String {
+/// Handles one framing event and writes its ACK, if it gets one; false when the ACK could not
+/// be written (the connection is then closed).
+async fn answer(
+    ingest: &Ingest,
+    peer: SocketAddr,
+    event: MllpEvent,
+    stream: &mut TcpStream,
+    timeouts: Timeouts,
+) -> bool {
+    let Some(ack) = handle_event(ingest, peer, event).await else {
+        return true;
+    };
+    // A peer that does not read its ACKs must not hold the connection forever either.
+    let frame = encode_frame(ack.as_bytes());
+    match tokio::time::timeout(timeouts.frame, stream.write_all(&frame)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, error = %e, "mllp ack could not be written");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(%peer, frame_timeout_s = timeouts.frame.as_secs(),
+                "mllp ack could not be written within the frame timeout: the peer does not read");
+            false
+        }
+    }
+}
+
+/// A frame (or a run of noise) did not complete in time: log it with peer and offset and
+/// dead-letter what arrived. Nothing is answered: the connection is closed.
+async fn frame_timed_out(
+    ingest: &Ingest,
+    peer: SocketAddr,
+    codec: &mut MllpCodec,
+    buf: &mut BytesMut,
+    frame_timeout: Duration,
+) {
+    ingest.stats.frame_timeouts.fetch_add(1, Ordering::Relaxed);
+    let (offset, len, head) = match codec.decode_eof(buf) {
+        Ok(Some(MllpEvent::Garbage { offset, len, head }))
+        | Ok(Some(MllpEvent::Oversized { offset, len, head })) => (offset, len, head.to_vec()),
+        Ok(Some(MllpEvent::Frame { offset, payload })) => {
+            // Not reached: complete frames are answered before the timeout runs.
+            (offset, payload.len() + 3, payload.to_vec())
+        }
+        Ok(None) | Err(_) => (codec.stream_offset(), 0, Vec::new()),
+    };
+    let reason = format!(
+        "MLLP frame of {len} bytes at stream offset {offset} from {peer} was not complete after {} s (mllp.frame_timeout_s); connection closed, nothing answered",
+        frame_timeout.as_secs()
+    );
+    tracing::warn!(%peer, offset, len, frame_timeout_s = frame_timeout.as_secs(), "mllp frame timed out; connection closed");
+    store_dead_letter(
+        ingest,
+        DeadLetter {
+            received_us: now_us(),
+            transport: "mllp".into(),
+            peer: peer.to_string(),
+            device_id: None,
+            stream_offset: offset,
+            ack_code: String::new(),
+            error_code: 0,
+            location: None,
+            reason,
+            raw: head,
+            raw_len: len,
+        },
+    )
+    .await;
+}
+
+/// Handles one framing event and returns the ACK text to send, if any: bytes outside a frame
+/// are dead-lettered but never answered, so that every ACK answers a message the sender sent.
+async fn handle_event(ingest: &Ingest, peer: SocketAddr, event: MllpEvent) -> Option<String> {
     let received = now_us();
     match event {
         MllpEvent::Frame { offset, payload } => {
-            handle_frame(ingest, peer, offset, &payload, received).await
+            ingest.stats.frames.fetch_add(1, Ordering::Relaxed);
+            Some(handle_frame(ingest, peer, offset, &payload, received).await)
         }
         MllpEvent::Garbage { offset, len, head } => {
-            let err = Hl7Error::new(
-                AckCode::AR,
-                ErrorCode::SegmentSequenceError,
-                None,
-                format!(
-                    "{len} bytes outside an MLLP frame (expected 0x0B) at stream offset {offset} from {peer} were discarded"
-                ),
+            ingest.stats.noise.fetch_add(1, Ordering::Relaxed);
+            let reason = format!(
+                "{len} bytes outside an MLLP frame (expected 0x0B) at stream offset {offset} from {peer} were discarded, not answered"
             );
-            reject(ingest, peer, None, None, offset, &head, len, &err, received).await
+            tracing::warn!(%peer, offset, len, "mllp noise outside a frame discarded (not answered)");
+            store_dead_letter(
+                ingest,
+                DeadLetter {
+                    received_us: received,
+                    transport: "mllp".into(),
+                    peer: peer.to_string(),
+                    device_id: None,
+                    stream_offset: offset,
+                    ack_code: String::new(),
+                    error_code: 0,
+                    location: None,
+                    reason,
+                    raw: head.to_vec(),
+                    raw_len: len,
+                },
+            )
+            .await;
+            None
         }
         MllpEvent::Oversized { offset, len, head } => {
+            ingest.stats.frames.fetch_add(1, Ordering::Relaxed);
             let err = Hl7Error::new(
                 AckCode::AR,
                 ErrorCode::ApplicationInternalError,
@@ -255,7 +627,7 @@ async fn handle_event(ingest: &Ingest, peer: SocketAddr, event: MllpEvent) -> St
                     ingest.max_frame_bytes
                 ),
             );
-            reject(ingest, peer, None, None, offset, &head, len, &err, received).await
+            Some(reject(ingest, peer, None, None, offset, &head, len, &err, received).await)
         }
     }
 }
@@ -296,6 +668,33 @@ async fn handle_frame(
         }
     };
     let header = message.header.clone();
+    if !route.allow_from.allows(peer.ip()) {
+        ingest.stats.peers_refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%peer, device = %route.device_id, allow_from = %route.allow_from,
+            control_id = %header.control_id, "message refused: sender address not allowed for its device");
+        let err = Hl7Error::new(
+            AckCode::AR,
+            ErrorCode::ApplicationInternalError,
+            None,
+            format!(
+                "message for device {} from {peer} refused: that address is not allowed for this device (devices[].allow_from)",
+                route.device_id
+            ),
+        );
+        ingest.live.record_error(&route.device_id, &err.to_string());
+        return reject(
+            ingest,
+            peer,
+            Some(&header),
+            Some(route.device_id),
+            offset,
+            payload,
+            payload.len(),
+            &err,
+            received,
+        )
+        .await;
+    }
     let n = message.observations.len();
     let result = route
         .addr
@@ -358,6 +757,33 @@ async fn handle_adt(
     payload: &[u8],
     received: i64,
 ) -> String {
+    if !ingest.adt_allow_from.allows(peer.ip()) {
+        ingest.stats.peers_refused.fetch_add(1, Ordering::Relaxed);
+        let header = parse_header(payload).ok();
+        tracing::warn!(%peer, allow_from = %ingest.adt_allow_from,
+            control_id = header.as_ref().map_or("", |h| h.control_id.as_str()),
+            "adt message refused: sender address not allowed for ADT");
+        let err = Hl7Error::new(
+            AckCode::AR,
+            ErrorCode::ApplicationInternalError,
+            None,
+            format!(
+                "ADT message from {peer} refused: that address is not allowed to send ADT (adt.allow_from); the census is unchanged"
+            ),
+        );
+        return reject(
+            ingest,
+            peer,
+            header.as_ref(),
+            None,
+            offset,
+            payload,
+            payload.len(),
+            &err,
+            received,
+        )
+        .await;
+    }
     let message = match decode_adt(payload) {
         Ok(m) => m,
         Err(err) => {
@@ -382,9 +808,10 @@ async fn handle_adt(
         .send(ApplyAdt {
             message,
             received_us: received,
+            peer: Some(peer.to_string()),
         })
         .await;
-    let (outcome, event) = match applied {
+    let (outcome, mut event) = match applied {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => {
             let err = e.to_hl7_error();
@@ -406,6 +833,7 @@ async fn handle_adt(
             return ack(ingest, Some(&header), err.ack, Some(&err));
         }
     };
+    event.peer = peer.to_string();
     tracing::info!(%peer, control_id = %header.control_id, outcome = %outcome, "adt applied");
     if !matches!(outcome, ApplyOutcome::Duplicate { .. }) {
         let stored = ingest.store.send(Append(WriteRequest::Adt(event))).await;
@@ -502,6 +930,13 @@ async fn reject(
         raw: raw[..raw.len().min(DEAD_LETTER_MAX_RAW)].to_vec(),
         raw_len,
     };
+    store_dead_letter(ingest, letter).await;
+    ack(ingest, header, err.ack, Some(err))
+}
+
+/// Stores a dead letter; a failure is logged (the caller's answer, if any, is never AA).
+async fn store_dead_letter(ingest: &Ingest, letter: DeadLetter) {
+    let peer = letter.peer.clone();
     match ingest
         .store
         .send(Append(WriteRequest::DeadLetter(letter)))
@@ -513,5 +948,81 @@ async fn reject(
         Ok(Err(e)) => tracing::error!(error = %e, %peer, "dead letter could not be stored"),
         Err(_) => tracing::error!(%peer, "dead letter could not be stored: store stopped"),
     }
-    ack(ingest, header, err.ack, Some(err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_backoff_grows_from_10_ms_to_1_s_and_logs_once_per_burst() {
+        let mut b = AcceptBackoff::default();
+        assert_eq!(b.succeeded(), None, "no burst yet");
+        let burst: Vec<(u128, bool)> = (0..10)
+            .map(|_| {
+                let (pause, first) = b.failed();
+                (pause.as_millis(), first)
+            })
+            .collect();
+        assert_eq!(
+            burst,
+            [
+                (10, true),
+                (20, false),
+                (40, false),
+                (80, false),
+                (160, false),
+                (320, false),
+                (640, false),
+                (1000, false),
+                (1000, false),
+                (1000, false)
+            ]
+        );
+        // Never a busy loop, however long the burst.
+        for _ in 0..100 {
+            assert_eq!(b.failed().0, AcceptBackoff::MAX);
+        }
+        assert_eq!(b.succeeded(), Some(110));
+        assert_eq!(b.succeeded(), None);
+        assert_eq!(
+            b.failed(),
+            (AcceptBackoff::MIN, true),
+            "a new burst starts over"
+        );
+    }
+
+    #[test]
+    fn per_address_cap_frees_slots_on_drop() {
+        let table = PerAddress::new(2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let a1 = table.try_open(a).unwrap();
+        let a2 = table.try_open(a).unwrap();
+        assert!(table.try_open(a).is_none(), "third from the same address");
+        let b1 = table.try_open(b).expect("another address is not affected");
+        // An IPv4 peer seen through an IPv6 socket is the same address.
+        assert!(table.try_open("::ffff:10.0.0.1".parse().unwrap()).is_none());
+        drop(a1);
+        assert_eq!(table.open_from(a), 1);
+        let _a3 = table.try_open(a).expect("a freed slot is reused");
+        drop((a2, b1));
+        assert_eq!(table.open_from(b), 0);
+        assert_eq!(
+            table.open.lock().unwrap().len(),
+            1,
+            "empty entries are removed"
+        );
+    }
+
+    #[test]
+    fn throttle_writes_one_line_per_second_with_the_suppressed_count() {
+        let mut t = Throttle::default();
+        let t0 = Instant::now();
+        assert_eq!(t.ready(t0), Some(0));
+        assert_eq!(t.ready(t0 + Duration::from_millis(10)), None);
+        assert_eq!(t.ready(t0 + Duration::from_millis(900)), None);
+        assert_eq!(t.ready(t0 + Duration::from_millis(1000)), Some(2));
+        assert_eq!(t.ready(t0 + Duration::from_millis(1500)), None);
+    }
 }

@@ -173,29 +173,28 @@ async fn send_one(
     }
     let framed = conn.as_mut().context("no connection")?;
     if garbage {
-        // Line noise before the frame: the gateway answers it with its own AR first.
+        // Line noise before the frame: the gateway dead-letters it without answering, so the
+        // next ACK is this message's (an unsolicited answer would be taken as this one's).
         use tokio::io::AsyncWriteExt;
         framed.get_mut().write_all(b"\x07noise\xff\xfe").await?;
     }
     framed.send(msg.as_bytes()).await?;
-    loop {
-        let reply = tokio::time::timeout(timeout, framed.next())
-            .await
-            .context("no ACK within the timeout")?;
-        match reply {
-            Some(Ok(MllpEvent::Frame { payload, .. })) => {
-                if garbage
-                    && ack_code(&payload).as_deref() == Some("AR")
-                    && !acks_control_id(&payload, msg)
-                {
-                    continue; // the answer to the noise
-                }
-                return Ok(payload.to_vec());
+    let reply = tokio::time::timeout(timeout, framed.next())
+        .await
+        .context("no ACK within the timeout")?;
+    match reply {
+        Some(Ok(MllpEvent::Frame { payload, .. })) => {
+            if garbage && !acks_control_id(&payload, msg) {
+                anyhow::bail!(
+                    "the first ACK after line noise answers another message: {}",
+                    String::from_utf8_lossy(&payload).replace('\r', "\n")
+                );
             }
-            Some(Ok(other)) => anyhow::bail!("unexpected bytes instead of an ACK: {other:?}"),
-            Some(Err(e)) => return Err(e.into()),
-            None => anyhow::bail!("connection closed before the ACK"),
+            Ok(payload.to_vec())
         }
+        Some(Ok(other)) => anyhow::bail!("unexpected bytes instead of an ACK: {other:?}"),
+        Some(Err(e)) => Err(e.into()),
+        None => anyhow::bail!("connection closed before the ACK"),
     }
 }
 

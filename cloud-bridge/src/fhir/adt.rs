@@ -15,8 +15,9 @@
 //!   status from [`encounter_status`]; class `IMP`; `subject` the Patient; `location` the bed
 //!   (display and identifier `urn:icu-gateway:<gateway>:bed`), plus the prior bed as a completed
 //!   location for A02; period start = admit time else event time, end = discharge time (else
-//!   event time) for A03; extensions `urn:icu-gateway:ext:adt-event` (the trigger event) and
-//!   `urn:icu-gateway:ext:adt-message-id` (MSH-10).
+//!   event time) for A03; extensions `urn:icu-gateway:ext:adt-event` (the trigger event),
+//!   `urn:icu-gateway:ext:adt-message-id` (MSH-10) and `urn:icu-gateway:ext:adt-peer` (the
+//!   address the message came from).
 //!
 //! An event without a patient id, or with a time out of range, is a mapping error: the gateway's
 //! census must not store one.
@@ -256,6 +257,9 @@ fn map_encounter(
             ExtensionValue::String(message_id.to_owned()),
         )?);
     }
+    if let Some(peer) = non_empty(&adt.peer) {
+        extensions.push(ext("adt-peer", ExtensionValue::String(peer.to_owned()))?);
+    }
 
     let mut builder = Encounter::builder()
         .id(id)
@@ -337,6 +341,7 @@ mod tests {
             discharge_time_us: None,
             assigning_authority: "HOSP".into(),
             message_id: "MSG-1".into(),
+            peer: "10.20.0.15:40001".into(),
         }
     }
 
@@ -412,6 +417,10 @@ mod tests {
         assert_eq!(
             extension(e, "adt-message-id").unwrap()["valueString"],
             "MSG-1"
+        );
+        assert_eq!(
+            extension(e, "adt-peer").unwrap()["valueString"],
+            "10.20.0.15:40001"
         );
     }
 
@@ -517,6 +526,7 @@ mod tests {
         assert_eq!(e["period"], json!({"start": "2023-11-14T22:13:20Z"}));
         assert!(e.get("location").is_none() && e.get("identifier").is_none());
         assert!(extension(e, "adt-message-id").is_none());
+        assert!(extension(e, "adt-peer").is_none());
 
         let gender = |sex: &str| {
             let b = json_of(

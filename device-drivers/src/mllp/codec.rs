@@ -131,6 +131,13 @@ impl MllpCodec {
         self.offset
     }
 
+    /// Whether the decoder holds a partial event: a garbage run not yet reported or an
+    /// oversized frame being discarded (a frame in progress sits in the caller's buffer).
+    /// [`Decoder::decode_eof`] reports it.
+    pub fn mid_event(&self) -> bool {
+        !matches!(self.state, State::Idle { run: None })
+    }
+
     fn take(&mut self, buf: &mut BytesMut, n: usize) -> BytesMut {
         self.offset += n as u64;
         buf.split_to(n)

@@ -198,7 +198,7 @@ impl GatewaySpec {
     pub fn toml(&self) -> String {
         let mut s = format!(
             "gateway_id = \"{GATEWAY_ID}\"\ndata_dir = \"{}\"\nclock = \"synced\"\n\n\
-             [mllp]\nlisten = \"127.0.0.1:0\"\nmax_connections = 4096\n\n\
+             [mllp]\nlisten = \"127.0.0.1:0\"\nmax_connections = 4096\nmax_connections_per_address = 4096\n\n\
              [http]\nlisten = \"127.0.0.1:0\"\n\n\
              [store]\nfile = \"gateway.db\"\nsynchronous = \"{}\"\ndisk_budget_mb = 200000\n{}\n\n\
              [signing]\nkey_file = \"{}\"\n\n",

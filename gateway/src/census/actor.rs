@@ -36,15 +36,20 @@ impl Actor for CensusActor {
 pub struct ApplyAdt {
     pub message: AdtMessage,
     pub received_us: i64,
+    /// The address it came from (`ip:port`), recorded with the event.
+    pub peer: Option<String>,
 }
 
 impl Handler<ApplyAdt> for CensusActor {
     type Result = Result<(ApplyOutcome, icu_protos::v1::AdtEvent), CensusError>;
 
     fn handle(&mut self, msg: ApplyAdt, _: &mut Self::Context) -> Self::Result {
-        let outcome = self
-            .census
-            .apply(&msg.message, &self.beds, msg.received_us)?;
+        let outcome = self.census.apply_from(
+            &msg.message,
+            &self.beds,
+            msg.received_us,
+            msg.peer.as_deref(),
+        )?;
         Ok((outcome, super::to_adt_event(&msg.message, &self.beds)))
     }
 }

@@ -17,8 +17,9 @@
 //!   changes only after the `COMMIT` returned; so the HL7 ACK sent after [`Census::apply`]
 //!   returned `Ok` is for a durable change, and a restart ([`Census::open`]) gives the same
 //!   answers.
-//! - Every message, applied or refused, is kept in `adt_events`; a resent message (same sender,
-//!   control id, event, patient and time) is recognised and not applied twice.
+//! - Every message, applied or refused, is kept in `adt_events` (with the address it came from,
+//!   when known); a resent message (same sender, control id, event, patient and time) is
+//!   recognised and not applied twice.
 //!
 //! Events: A01/A04 admit (A04 only when it names a location), A02 transfer, A03 discharge, A08
 //! update (demographics only; never moves a patient), A11/A12/A13 undo the patient's latest
@@ -85,6 +86,8 @@ pub fn to_adt_event(msg: &AdtMessage, bed_map: &BedMap) -> AdtEvent {
         discharge_time_us: msg.discharge_time_us,
         assigning_authority: msg.patient.assigning_authority.clone(),
         message_id: msg.header.control_id.clone(),
+        // Filled in by the listener, which knows the connection.
+        peer: String::new(),
     }
 }
 
@@ -512,6 +515,7 @@ impl Census {
         )
         .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
+        add_peer_column(&conn).map_err(db_err)?;
         let index = load(&conn).map_err(db_err)?;
         Ok(Census {
             conn,
@@ -549,6 +553,17 @@ impl Census {
         bed_map: &BedMap,
         received_us: i64,
     ) -> Result<ApplyOutcome, CensusError> {
+        self.apply_from(msg, bed_map, received_us, None)
+    }
+
+    /// [`Census::apply`], recording in `adt_events` the address the message came from.
+    pub fn apply_from(
+        &mut self,
+        msg: &AdtMessage,
+        bed_map: &BedMap,
+        received_us: i64,
+        peer: Option<&str>,
+    ) -> Result<ApplyOutcome, CensusError> {
         let t = msg.event_time_us.unwrap_or(received_us);
         if self.already_applied(msg, t)? {
             return Ok(ApplyOutcome::Duplicate {
@@ -566,7 +581,7 @@ impl Census {
         };
         match plan {
             Ok(plan) => {
-                let ids = self.commit(msg, t, received_us, bed.as_deref(), &plan)?;
+                let ids = self.commit(msg, t, received_us, bed.as_deref(), peer, &plan)?;
                 self.apply_to_memory(msg, t, &plan, ids);
                 Ok(plan.outcome)
             }
@@ -579,6 +594,7 @@ impl Census {
                     accepted: false,
                     outcome: "rejected",
                     detail: &reject.reason,
+                    peer,
                 };
                 let path = &self.path;
                 let tx = self
@@ -629,6 +645,7 @@ impl Census {
         t: i64,
         received_us: i64,
         bed: Option<&str>,
+        peer: Option<&str>,
         plan: &Plan,
     ) -> Result<(i64, Vec<i64>), CensusError> {
         let path = self.path.display().to_string();
@@ -651,6 +668,7 @@ impl Census {
                 accepted: true,
                 outcome: plan.outcome.kind(),
                 detail: &detail,
+                peer,
             },
         )
         .map_err(db_err)?;
@@ -812,13 +830,14 @@ struct EventRow<'a> {
     accepted: bool,
     outcome: &'a str,
     detail: &'a str,
+    peer: Option<&'a str>,
 }
 
 fn insert_event(conn: &Connection, e: &EventRow<'_>) -> Result<i64, rusqlite::Error> {
     conn.execute(
         "INSERT INTO adt_events (received_us, sender, message_id, event, patient_id, event_time_us,
-           location, prior_location, bed, accepted, outcome, detail)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+           location, prior_location, bed, accepted, outcome, detail, peer)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
             e.received_us,
             sender(e.msg),
@@ -832,9 +851,24 @@ fn insert_event(conn: &Connection, e: &EventRow<'_>) -> Result<i64, rusqlite::Er
             e.accepted,
             e.outcome,
             e.detail,
+            e.peer,
         ],
     )?;
     Ok(conn.last_insert_rowid())
+}
+
+/// Files written before `adt_events` recorded the sender's address get the column (NULL for
+/// their rows).
+fn add_peer_column(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let has: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('adt_events') WHERE name = 'peer'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        conn.execute_batch("ALTER TABLE adt_events ADD COLUMN peer TEXT")?;
+    }
+    Ok(())
 }
 
 fn load(conn: &Connection) -> Result<Index, rusqlite::Error> {

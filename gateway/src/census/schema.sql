@@ -15,7 +15,9 @@ CREATE TABLE IF NOT EXISTS adt_events (
     bed             TEXT,                  -- configured bed PV1-3 maps to, if any
     accepted        INTEGER NOT NULL,
     outcome         TEXT    NOT NULL,      -- short outcome kind, e.g. admitted, rejected
-    detail          TEXT    NOT NULL       -- the log line / reason
+    detail          TEXT    NOT NULL,      -- the log line / reason
+    peer            TEXT                   -- address it came from (ip:port), if known; added to
+                                           -- older files when opened (census/mod.rs)
 );
 
 CREATE INDEX IF NOT EXISTS adt_events_message ON adt_events (sender, message_id);

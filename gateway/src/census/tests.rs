@@ -454,6 +454,7 @@ fn adt_event_for_the_store_and_kafka() {
             discharge_time_us: None,
             assigning_authority: "HOSP".into(),
             message_id: "ADT0002".into(),
+            peer: String::new(),
         }
     );
     let unmapped = to_adt_event(&msg(A02), &BedMap::new());
@@ -480,4 +481,45 @@ fn works_beside_the_store_in_one_file() {
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .expect("journal mode");
     assert_eq!(mode, "wal");
+}
+
+#[test]
+fn events_record_the_address_they_came_from_and_older_files_get_the_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gw.db");
+    {
+        // A file from before the column: adt_events as it was, with one row.
+        let old = Connection::open(&path).expect("old file");
+        old.execute_batch(
+            "CREATE TABLE adt_events (id INTEGER PRIMARY KEY, received_us INTEGER NOT NULL,
+               sender TEXT NOT NULL, message_id TEXT NOT NULL, event TEXT NOT NULL,
+               patient_id TEXT NOT NULL, event_time_us INTEGER NOT NULL, location TEXT,
+               prior_location TEXT, bed TEXT, accepted INTEGER NOT NULL, outcome TEXT NOT NULL,
+               detail TEXT NOT NULL);
+             INSERT INTO adt_events (received_us, sender, message_id, event, patient_id,
+               event_time_us, accepted, outcome, detail)
+             VALUES (1, 'ADT_SYS|HOSP', 'OLD1', 'A08', 'p', 1, 1, 'updated', 'old row');",
+        )
+        .expect("old schema");
+    }
+    let mut c = open(&path);
+    c.apply_from(&msg(A01), &beds(), RECEIVED, Some("10.20.0.15:40001"))
+        .expect("A01");
+    c.apply(&msg(A08), &beds(), RECEIVED).expect("A08");
+    let peers: Vec<(String, Option<String>)> = c
+        .conn
+        .prepare("SELECT message_id, peer FROM adt_events ORDER BY id")
+        .expect("query")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("rows")
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        peers,
+        [
+            ("OLD1".to_owned(), None),
+            ("ADT0001".to_owned(), Some("10.20.0.15:40001".to_owned())),
+            ("ADT0004".to_owned(), None),
+        ]
+    );
 }

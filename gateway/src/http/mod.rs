@@ -6,11 +6,19 @@
 //! reasons otherwise). It reads the live state in memory and the store's counters through its
 //! own read connections (on the blocking pool), so it never blocks ingest. It is meant for the
 //! ICU network or loopback.
+//!
+//! Bounded input ([`HttpLimits`]): at most `http.max_event_streams` event streams are open at
+//! once (503 beyond), a request body is at most `http.max_body_bytes` (413 beyond), and every
+//! string a request carries is length-checked before the handler acts on it (400):
+//! [`MAX_NAME_CHARS`] for user names and bed ids, [`MAX_ALARM_ID_CHARS`] for alarm ids,
+//! [`MAX_TEXT_CHARS`] for free text such as a reason.
 
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::error::JsonPayloadError;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
 use icu_cloud_bridge::bridge::BridgeStats;
 
 use crate::clock::now_us;
@@ -20,6 +28,80 @@ use crate::mllp::MllpStats;
 use crate::store::{ReaderDb, SqliteOutbox, Store, StoreError, StoreStats};
 
 const PAGE: &str = include_str!("page.html");
+
+/// Longest user name (`who`) or bed id accepted, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+/// Longest alarm id accepted (`bed:kind:rule:code:time`), in characters.
+pub const MAX_ALARM_ID_CHARS: usize = 256;
+/// Longest free text accepted (a reason), in characters.
+pub const MAX_TEXT_CHARS: usize = 500;
+
+/// Limits of the HTTP surface (`[http]` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Most event streams (`/api/events`) open at once.
+    pub max_event_streams: usize,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_event_streams: 32,
+            max_body_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// The refusal (400, naming the field and its limit) of a request one of whose strings is
+/// longer than allowed: `(field, value, most characters)`. Handlers call it first.
+fn check_lengths(fields: &[(&str, &str, usize)]) -> Option<HttpResponse> {
+    for &(field, value, max) in fields {
+        let n = value.chars().count();
+        if n > max {
+            return Some(HttpResponse::BadRequest().body(format!(
+                "'{field}' is {n} characters long; at most {max} are accepted\n"
+            )));
+        }
+    }
+    None
+}
+
+/// The open event streams, bounded by `http.max_event_streams`.
+struct EventStreams {
+    open: AtomicUsize,
+    max: usize,
+}
+
+/// One open event stream; dropping it (the client went away) frees its place.
+struct StreamSlot(Arc<EventStreams>);
+
+impl EventStreams {
+    fn try_open(self: &Arc<Self>) -> Option<StreamSlot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| StreamSlot(self.clone()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A JSON body that is too large (413), of the wrong type (415) or malformed (400), answered
+/// in plain words.
+fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    let response = HttpResponse::build(err.status_code())
+        .content_type("text/plain; charset=utf-8")
+        .body(format!("{err}\n"));
+    actix_web::error::InternalError::from_response(err, response).into()
+}
 
 pub struct HttpState {
     pub gateway_id: String,
@@ -259,6 +341,13 @@ async fn alarm_action(
     body: web::Json<ActionBody>,
 ) -> HttpResponse {
     let (bed, alarm_id, action) = path.into_inner();
+    if let Some(refused) = check_lengths(&[
+        ("bed", &bed, MAX_NAME_CHARS),
+        ("alarm_id", &alarm_id, MAX_ALARM_ID_CHARS),
+        ("who", &body.who, MAX_NAME_CHARS),
+    ]) {
+        return refused;
+    }
     let silence_s = match action.as_str() {
         "ack" => None,
         "silence" => Some(body.seconds.unwrap_or(120)),
@@ -299,6 +388,17 @@ async fn set_limits(
     body: web::Json<LimitsBody>,
 ) -> HttpResponse {
     let (bed, mdc_code) = path.into_inner();
+    if let Some(refused) = check_lengths(&[
+        ("bed", &bed, MAX_NAME_CHARS),
+        ("who", &body.who, MAX_NAME_CHARS),
+        (
+            "reason",
+            body.reason.as_deref().unwrap_or(""),
+            MAX_TEXT_CHARS,
+        ),
+    ]) {
+        return refused;
+    }
     if !state.live.beds().iter().any(|b| b.id == bed) {
         return HttpResponse::NotFound().body(format!("bed '{bed}' is not configured\n"));
     }
@@ -399,6 +499,9 @@ async fn set_limits(
 
 async fn get_limits(state: web::Data<HttpState>, path: web::Path<(String, u32)>) -> HttpResponse {
     let (bed, mdc_code) = path.into_inner();
+    if let Some(refused) = check_lengths(&[("bed", &bed, MAX_NAME_CHARS)]) {
+        return refused;
+    }
     match state
         .alarms
         .send(crate::alarm::actor::GetLimits { bed, mdc_code })
@@ -427,11 +530,27 @@ async fn limit_changes(state: web::Data<HttpState>) -> HttpResponse {
 
 /// Server-sent events: every alarm state change as `event: alarm`, and a comment every 15 s to
 /// keep proxies from closing the stream. The page refreshes on each event, so an alarm appears
-/// as soon as the engine raises it (the 1 s poll remains as a fallback).
-async fn events(state: web::Data<HttpState>) -> HttpResponse {
+/// as soon as the engine raises it (the 1 s poll remains as a fallback). At most
+/// `http.max_event_streams` are open at once; a further client gets 503.
+async fn events(
+    state: web::Data<HttpState>,
+    streams: web::Data<Arc<EventStreams>>,
+) -> HttpResponse {
+    let Some(slot) = streams.try_open() else {
+        tracing::warn!(
+            max_event_streams = streams.max,
+            "event stream refused: too many open"
+        );
+        return HttpResponse::ServiceUnavailable()
+            .insert_header(("retry-after", "30"))
+            .body(format!(
+                "too many event streams open (at most {}, http.max_event_streams); the page keeps polling\n",
+                streams.max
+            ));
+    };
     let rx = state.events.subscribe();
     let health = state.event_stream.clone();
-    let stream = futures::stream::unfold((rx, health), |(mut rx, health)| async move {
+    let stream = futures::stream::unfold((rx, slot, health), |(mut rx, slot, health)| async move {
         let item = tokio::select! {
             msg = rx.recv() => match msg {
                 Ok(json) => format!("event: alarm\ndata: {json}\n\n"),
@@ -446,7 +565,7 @@ async fn events(state: web::Data<HttpState>) -> HttpResponse {
         };
         Some((
             Ok::<_, actix_web::Error>(bytes::Bytes::from(item)),
-            (rx, health),
+            (rx, slot, health),
         ))
     });
     HttpResponse::Ok()
@@ -498,6 +617,7 @@ async fn metrics_text(state: web::Data<HttpState>) -> HttpResponse {
         StoreCounters::of(&state.store_stats),
         bridge,
     );
+    figures.mllp = state.mllp_stats.figures();
     let (store, file_bytes) = read_store(&state, StoreFigures::read).await;
     figures.file_bytes = file_bytes;
     figures.store = match store {
@@ -542,11 +662,26 @@ async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
 
 /// Starts the HTTP server on an already bound listener (port 0 works); signals are handled by
 /// the gateway, not by the server.
-pub fn start(listener: TcpListener, state: HttpState) -> std::io::Result<actix_web::dev::Server> {
+pub fn start(
+    listener: TcpListener,
+    state: HttpState,
+    limits: HttpLimits,
+) -> std::io::Result<actix_web::dev::Server> {
     let state = web::Data::new(state);
+    let streams = web::Data::new(Arc::new(EventStreams {
+        open: AtomicUsize::new(0),
+        max: limits.max_event_streams,
+    }));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(streams.clone())
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(limits.max_body_bytes)
+                    .error_handler(json_error),
+            )
+            .app_data(web::PayloadConfig::new(limits.max_body_bytes))
             .route("/", web::get().to(page))
             .route("/api/beds", web::get().to(beds))
             .route("/api/devices", web::get().to(devices))
@@ -582,7 +717,7 @@ pub fn start(listener: TcpListener, state: HttpState) -> std::io::Result<actix_w
 
 #[cfg(test)]
 mod tests {
-    use super::EventStreamHealth;
+    use super::*;
 
     #[test]
     fn the_event_stream_fails_while_pages_lose_events_or_too_few_are_open() {
@@ -595,5 +730,41 @@ mod tests {
         let why = h.failing(3, 2, 104 * s).unwrap();
         assert!(why.contains("7 lost"), "{why}");
         assert_eq!(h.failing(3, 2, 105 * s), None);
+    }
+
+    #[test]
+    fn strings_over_their_limit_are_refused_naming_the_field() {
+        assert!(check_lengths(&[("who", "nurse", MAX_NAME_CHARS)]).is_none());
+        // Characters, not bytes: 64 accented letters pass.
+        let name = "é".repeat(MAX_NAME_CHARS);
+        assert!(check_lengths(&[("who", &name, MAX_NAME_CHARS)]).is_none());
+        let long = "x".repeat(MAX_NAME_CHARS + 1);
+        let refused = check_lengths(&[
+            ("bed", "b1", MAX_NAME_CHARS),
+            ("who", &long, MAX_NAME_CHARS),
+        ])
+        .expect("refused");
+        assert_eq!(refused.status(), actix_web::http::StatusCode::BAD_REQUEST);
+        let body = actix_web::body::MessageBody::try_into_bytes(refused.into_body()).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            "'who' is 65 characters long; at most 64 are accepted\n"
+        );
+    }
+
+    #[test]
+    fn event_stream_places_are_bounded_and_freed() {
+        let streams = Arc::new(EventStreams {
+            open: AtomicUsize::new(0),
+            max: 2,
+        });
+        let a = streams.try_open().unwrap();
+        let _b = streams.try_open().unwrap();
+        assert!(streams.try_open().is_none());
+        drop(a);
+        assert!(
+            streams.try_open().is_some(),
+            "a closed stream frees its place"
+        );
     }
 }

@@ -428,6 +428,12 @@ impl Sender {
         Self { s, buf: Vec::new() }
     }
 
+    /// A sender on a stream connected already (e.g. from a chosen local address).
+    pub fn from_stream(s: std::net::TcpStream) -> Self {
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        Self { s, buf: Vec::new() }
+    }
+
     pub fn send_raw(&mut self, bytes: &[u8]) -> String {
         self.s.write_all(bytes).unwrap();
         self.read_ack()
