@@ -31,7 +31,10 @@
 //!   time, oldest first, each only when no older message of that device is still on its way
 //!   ([`WriteOrder::Retry`]); the last one releases the device.
 //! - The alarm engine and the live view see a message once, when it arrives (a retry is only
-//!   stored), so the alarm path never waits for the disk.
+//!   stored), so the alarm path never waits for the disk. But MQTT sends PUBACKs in arrival
+//!   order, so while a message is held the broker's window fills and it keeps every later message
+//!   (of every MQTT device) until the store accepts again: nothing is lost, those readings reach
+//!   the engine late, and each silent device raises its stale-feed technical alarm meanwhile.
 //! - Memory: a held message is one the broker has not had a PUBACK for, so the broker's
 //!   in-flight window bounds them (and [`MAX_IN_FLIGHT`] bounds them whatever the broker says);
 //!   a held message keeps its payload (`Bytes`) and is decoded again for its retry.
