@@ -37,10 +37,16 @@
 //!       (`pruned_unsent_observations`), and raised as a high-priority technical alarm.
 //!
 //!    Unsent alarm state changes, ADT events and dead letters are never pruned.
-//! 2. **Budget** (100 %): an observation batch or dead letter that finds the bytes in use at
-//!    or over the budget is refused whole (`StoreError::BudgetExceeded`: the MLLP sender gets
-//!    AR with ERR 207, an MQTT publish gets no PUBACK), counted (`requests_refused_budget`), and
-//!    the store raises its technical alarm. A sender's retry of a message already stored (one
+//!
+//!    What counts is the whole file: the records, the dead-letter table, and the tables other
+//!    parts keep in it through their own connections (the census, the clinicians' limit rows).
+//! 2. **Budget** (100 %): an observation batch that finds the bytes in use at or over the
+//!    budget is refused whole (`StoreError::BudgetExceeded`: the MLLP sender gets AR with
+//!    ERR 207, an MQTT publish is held unacknowledged and retried by `crate::mqtt`), counted
+//!    (`requests_refused_budget`), and the store raises its technical alarm. A dead letter is
+//!    refused already at the **high-water mark** (counted in `refused_dead_letters` too, logged):
+//!    rejected input never takes the room between that mark and the budget from readings, so a
+//!    sender flooding bad input cannot fill the disk nor lock readings out. A sender's retry of a message already stored (one
 //!    of the device's last 256) is still answered as stored. Nothing acknowledged is ever half-stored or silently lost.
 //! 3. **Alarm reserve** (`alarm_reserve_pct`, default 2 % above the budget): alarm state
 //!    changes and ADT events are still stored until the bytes in use reach
@@ -68,7 +74,17 @@
 //!
 //! **Figures** ([`StoreStats`], on `/api/status` under `store_writes.budget`): budget, marks,
 //! bytes in use, `pruning`, `full`, `requests_refused_budget`, `pruned_sent_records`,
-//! `pruned_unsent_observations`, `pruned_dead_letters`, `prune_rounds`.
+//! `pruned_unsent_observations`, `pruned_dead_letters`, `refused_dead_letters`, `prune_rounds`.
+//!
+//! # Ordered writes
+//!
+//! A transport that keeps several messages of one device in flight and retries refused ones
+//! itself (MQTT) writes them as [`WriteOrder::InOrder`]: once one is refused, the device is held
+//! back and its later `InOrder` writes are refused with [`StoreError::Deferred`] (within a batch
+//! by the writer, across batches here) until a [`WriteOrder::Retry`] with `release` is stored. So
+//! a refused message, when retried, is stored before every later message of its device, and the
+//! per-device seq order is the arrival order. MLLP and serial writes are
+//! [`WriteOrder::Independent`] (their senders wait for each answer).
 
 pub mod db;
 
