@@ -14,10 +14,15 @@
 //! - [`terminology`]: IEEE 11073-10101 MDC ↔ UCUM ↔ LOINC tables, embedded from
 //!   `terminology/*.tsv`, and the native device codes of each driver (`native-<driver>.tsv`).
 //!
+//! - `fuzzing` (hidden): the body of each cargo-fuzz target, shared with the corpus
+//!   regression test.
+//!
 //! The codecs never touch a socket, a serial port or the clock: the thin transport that feeds a
 //! codec bytes sits beside it and reuses one framing path, so every decoder is tested with
 //! captured bytes and property tests.
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hl7;
 pub mod masimo;
 pub mod medibus;

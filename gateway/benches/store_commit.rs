@@ -97,6 +97,7 @@ fn main() {
                                         o
                                     })
                                     .collect(),
+                                order: Default::default(),
                             })
                         })
                         .collect();

@@ -383,6 +383,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
                 live: live.clone(),
                 terminology: terminology.clone(),
                 max_payload_bytes: mcfg.max_payload_bytes,
+                holds: Default::default(),
             });
             let subscriber = icu_drivers::mqtt::MqttSubscriber::start_pipelined(
                 mcfg,

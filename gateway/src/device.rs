@@ -20,7 +20,7 @@ use crate::clock::{now_us, ClockState};
 use crate::config::Device;
 use crate::live::LiveState;
 use crate::store::{
-    AlarmWrite, Append, ObservationBatch, Store, StoreError, WriteOutcome, WriteRequest,
+    AlarmWrite, Append, ObservationBatch, Store, StoreError, WriteOrder, WriteOutcome, WriteRequest,
 };
 
 /// The alarm engine's address and the counters of its input path.
@@ -69,6 +69,9 @@ pub struct IngestObservations {
     /// sender's retry.
     pub dedup: Option<(String, i64)>,
     pub receive_time_us: i64,
+    /// Ordering against this device's other writes; a [`WriteOrder::Retry`] is a message the
+    /// alarm engine and live view already saw, so it is only stored.
+    pub order: WriteOrder,
 }
 
 /// As [`IngestObservations`], answered in two steps: the `send()` resolves as soon as the actor
@@ -153,6 +156,7 @@ impl DeviceActor {
         mut observations: Vec<icu_protos::v1::Observation>,
         dedup: Option<(String, i64)>,
         receive_time_us: i64,
+        order: WriteOrder,
         ctx: &mut Context<Self>,
     ) -> impl std::future::Future<Output = Result<WriteOutcome, StoreError>> + 'static {
         let synced = self.clock.is_synced(receive_time_us);
@@ -178,7 +182,8 @@ impl DeviceActor {
         // mailbox is counted and visible, never silent (the readings are still stored).
         // One allocation shared by the alarm actor and the store (no deep copy per reading).
         let observations: Arc<[icu_protos::v1::Observation]> = observations.into();
-        if let Some((engine, stats)) = &self.alarms {
+        let first_sight = !matches!(order, WriteOrder::Retry { .. });
+        if let Some((engine, stats)) = self.alarms.as_ref().filter(|_| first_sight) {
             if engine
                 .try_send(crate::alarm::actor::Observations(observations.clone()))
                 .is_err()
@@ -189,14 +194,16 @@ impl DeviceActor {
                 tracing::error!(device = %self.device.id, "alarm engine mailbox full: batch not evaluated");
             }
         }
-        self.live.record_message(
-            &self.device.id,
-            &self.device.bed,
-            &observations,
-            receive_time_us,
-        );
-        self.last_seen_us = Some(receive_time_us);
-        if self.active.contains_key(STALE_FEED) {
+        if first_sight {
+            self.live.record_message(
+                &self.device.id,
+                &self.device.bed,
+                &observations,
+                receive_time_us,
+            );
+            self.last_seen_us = Some(receive_time_us);
+        }
+        if first_sight && self.active.contains_key(STALE_FEED) {
             self.raise(
                 ctx,
                 STALE_FEED,
@@ -212,6 +219,7 @@ impl DeviceActor {
             bed: self.device.bed.clone(),
             dedup,
             observations,
+            order,
         });
         let stored = self.store.send(Append(request));
         let live = self.live.clone();
@@ -409,7 +417,13 @@ impl Handler<IngestObservations> for DeviceActor {
     type Result = ResponseFuture<Result<WriteOutcome, StoreError>>;
 
     fn handle(&mut self, msg: IngestObservations, ctx: &mut Self::Context) -> Self::Result {
-        Box::pin(self.ingest(msg.observations, msg.dedup, msg.receive_time_us, ctx))
+        Box::pin(self.ingest(
+            msg.observations,
+            msg.dedup,
+            msg.receive_time_us,
+            msg.order,
+            ctx,
+        ))
     }
 }
 
@@ -421,8 +435,9 @@ impl Handler<QueueObservations> for DeviceActor {
             observations,
             dedup,
             receive_time_us,
+            order,
         } = msg.ingest;
-        let stored = self.ingest(observations, dedup, receive_time_us, ctx);
+        let stored = self.ingest(observations, dedup, receive_time_us, order, ctx);
         let reply = msg.reply;
         // As a `ResponseFuture` is run: beside the next messages, on this arbiter.
         actix::spawn(async move {
@@ -456,7 +471,13 @@ impl Handler<IngestPcd01> for DeviceActor {
 
     fn handle(&mut self, msg: IngestPcd01, ctx: &mut Self::Context) -> Self::Result {
         let dedup = Some((msg.message.header.control_id.clone(), msg.digest));
-        let stored = self.ingest(msg.message.observations, dedup, msg.receive_time_us, ctx);
+        let stored = self.ingest(
+            msg.message.observations,
+            dedup,
+            msg.receive_time_us,
+            WriteOrder::Independent,
+            ctx,
+        );
         Box::pin(async move { stored.await.map_err(|e| store_error_to_hl7(&e)) })
     }
 }

@@ -41,6 +41,7 @@
 //! | `icu_store_pruned_sent_records_total` | counter | | forwarded records deleted to stay under the budget |
 //! | `icu_store_pruned_unsent_observations_total` | counter | | unsent observations deleted to make room (`store.on_full = "drop_oldest_unsent"` only): data lost |
 //! | `icu_store_pruned_dead_letters_total` | counter | | forwarded dead-letter rows deleted to stay under the budget |
+//! | `icu_store_refused_dead_letters_total` | counter | | dead letters refused at the budget's high-water mark: rejected input not kept (part of the budget refusals) |
 //! | `icu_store_disk_usage_bytes` | gauge | | bytes in use as the disk budget counts them (pages in use plus the write-ahead log) |
 //! | `icu_store_file_bytes` | gauge | | bytes of the store's files (database plus write-ahead log; freed pages are reused, not returned, so it stays at its high-water mark) |
 //! | `icu_store_disk_budget_bytes` | gauge | | the disk budget (`store.disk_budget_mb`) |
@@ -523,6 +524,7 @@ pub struct StoreCounters {
     pub pruned_sent_records: u64,
     pub pruned_unsent_observations: u64,
     pub pruned_dead_letters: u64,
+    pub refused_dead_letters: u64,
 }
 
 impl StoreCounters {
@@ -541,6 +543,7 @@ impl StoreCounters {
             pruned_sent_records: n(&stats.pruned_sent_records),
             pruned_unsent_observations: n(&stats.pruned_unsent_observations),
             pruned_dead_letters: n(&stats.pruned_dead_letters),
+            refused_dead_letters: n(&stats.refused_dead_letters),
         }
     }
 }
@@ -937,6 +940,12 @@ pub fn render(f: &Figures) -> String {
             n(c.pruned_dead_letters),
         ),
         (
+            "icu_store_refused_dead_letters_total",
+            "counter",
+            "Dead letters refused at the disk budget's high-water mark: rejected input not kept (part of the budget refusals).",
+            n(c.refused_dead_letters),
+        ),
+        (
             "icu_store_disk_usage_bytes",
             "gauge",
             "Bytes in use as the disk budget counts them (pages in use plus the write-ahead log).",
@@ -1193,6 +1202,7 @@ mod tests {
             ("icu_store_pruned_sent_records_total", "", "0"),
             ("icu_store_pruned_unsent_observations_total", "", "0"),
             ("icu_store_pruned_dead_letters_total", "", "0"),
+            ("icu_store_refused_dead_letters_total", "", "0"),
             ("icu_store_disk_usage_bytes", "", "1048576"),
             ("icu_store_file_bytes", "", "1052672"),
             ("icu_store_budget_full", "", "0"),

@@ -250,6 +250,7 @@ async fn apply(
                         observations,
                         dedup: None,
                         receive_time_us,
+                        order: Default::default(),
                     })
                     .await
                 {

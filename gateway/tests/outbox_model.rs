@@ -270,6 +270,7 @@ impl Harness {
                             ..Default::default()
                         })
                         .collect(),
+                    order: Default::default(),
                 }),
                 Write::Alarm { device } => WriteRequest::Alarm(AlarmWrite {
                     device_id: DEVICES[device].into(),

@@ -1,10 +1,8 @@
 //! IHE PCD-01 decoding of one MLLP payload.
+//! The body is `icu_drivers::fuzzing::pcd01`, which `device-drivers/tests/fuzz_corpus.rs` also runs
+//! over this target's corpus.
 #![no_main]
 
-use icu_drivers::hl7::decode_pcd01;
-use icu_drivers::terminology::Terminology;
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = decode_pcd01(data, 0, &Terminology::builtin());
-});
+fuzz_target!(|data: &[u8]| icu_drivers::fuzzing::pcd01(data));

@@ -1,4 +1,5 @@
-//! The HL7 ACK returned to a PCD-01 sender (protocols.md §4.4).
+//! The HL7 ACK returned to a PCD-01 sender (protocols.md §4.4), and the reading of an ACK the
+//! gateway receives as a sender (the PCD-04 alarm output): [`parse_msa`], [`ack_error_text`].
 //!
 //! Guarantees: the result is one MSH, one MSA and at most one ERR segment joined by `\r`, written
 //! with the standard delimiters `|^~\&`; device-derived free text is escaped and carries no CR, LF
@@ -93,4 +94,34 @@ fn escape_location(location: &str) -> String {
         .map(escape)
         .collect::<Vec<_>>()
         .join("^")
+}
+
+/// MSA-1 (acknowledgement code, trimmed, upper case) and MSA-2 (acknowledged control id,
+/// trimmed) of a received ACK, with the field separator declared in MSH-1 (`|` when the text
+/// does not start with `MSH`). `None` when the text has no MSA segment. Total: any text, however
+/// malformed, gives an answer (fuzzed: `icu_drivers::fuzzing::hl7_ack`).
+pub fn parse_msa(text: &str) -> Option<(String, String)> {
+    let sep = text
+        .strip_prefix("MSH")
+        .and_then(|r| r.chars().next())
+        .unwrap_or('|');
+    let msa = text
+        .split(['\r', '\n'])
+        .find(|line| line.starts_with("MSA") && line[3..].starts_with(sep))?;
+    let mut fields = msa.split(sep).skip(1);
+    let code = fields.next().unwrap_or("").trim().to_ascii_uppercase();
+    let id = fields.next().unwrap_or("").trim().to_owned();
+    Some((code, id))
+}
+
+/// ERR-8 (user message), else ERR-3, of a negative ACK, at most 200 characters, for the log.
+pub fn ack_error_text(text: &str) -> Option<String> {
+    let err = text
+        .split(['\r', '\n'])
+        .find(|line| line.starts_with("ERR|"))?;
+    let fields: Vec<&str> = err.split('|').collect();
+    let pick = |n: usize| fields.get(n).copied().filter(|f| !f.is_empty());
+    pick(8)
+        .or_else(|| pick(3))
+        .map(|t| t.chars().take(200).collect())
 }

@@ -26,7 +26,7 @@ mod pcd01;
 mod pcd04;
 mod time;
 
-pub use ack::{build_ack, GATEWAY_APPLICATION};
+pub use ack::{ack_error_text, build_ack, parse_msa, GATEWAY_APPLICATION};
 pub use adt::{decode_adt, AdtEventKind, AdtLocation, AdtMessage, AdtPatient};
 pub use error::{AckCode, ErrorCode, ErrorLocation, Hl7Error};
 pub use header::{parse_header, MessageHeader};

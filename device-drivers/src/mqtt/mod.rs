@@ -79,6 +79,12 @@
 //! the message (a packet id means nothing on a new connection); the copy delivered on the new
 //! connection is acknowledged instead (counted in `stale_acks`).
 //!
+//! A broker resends an unacknowledged message only to a new session, and stops delivering once
+//! its in-flight window for this client is full, so `NotStored` is for a caller that is going
+//! away: a caller that can store the message later should hold it and complete its handle then
+//! (the gateway does: a message its store refused is retried until stored, see
+//! `icu_gateway::mqtt`).
+//!
 //! After a dropped connection the subscriber reconnects with exponential backoff (100 ms,
 //! doubling, capped at `reconnect_max_backoff_ms`) and subscribes again after every CONNACK.
 //! Counters ([`MqttCounters`]) count messages, acks, rejects, store failures, reconnections and

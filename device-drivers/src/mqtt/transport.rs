@@ -49,7 +49,8 @@ pub enum Disposition {
     /// broker does not resend it; counted in `rejected`.
     Rejected(String),
     /// Could not be stored (e.g. the store failed): NOT acknowledged; the broker resends it after
-    /// the next reconnection. Counted in `store_failures`.
+    /// the next reconnection, and not before (a full in-flight window of such messages stops
+    /// the deliveries). Counted in `store_failures`.
     NotStored(String),
 }
 

@@ -412,33 +412,8 @@ async fn wait_for_ack(conn: &mut Framed<TcpStream, MllpCodec>, control_id: &str)
     }
 }
 
-/// MSA-1 (acknowledgement code) and MSA-2 (acknowledged control id), with the field separator
-/// declared in MSH-1.
-fn parse_msa(text: &str) -> Option<(String, String)> {
-    let sep = text
-        .strip_prefix("MSH")
-        .and_then(|r| r.chars().next())
-        .unwrap_or('|');
-    let msa = text
-        .split(['\r', '\n'])
-        .find(|line| line.starts_with("MSA") && line[3..].starts_with(sep))?;
-    let mut fields = msa.split(sep).skip(1);
-    let code = fields.next().unwrap_or("").trim().to_ascii_uppercase();
-    let id = fields.next().unwrap_or("").trim().to_owned();
-    Some((code, id))
-}
-
-/// ERR-8 (user message) or ERR-3 of a negative ACK, for the log.
-fn error_text(text: &str) -> Option<String> {
-    let err = text
-        .split(['\r', '\n'])
-        .find(|line| line.starts_with("ERR|"))?;
-    let fields: Vec<&str> = err.split('|').collect();
-    let pick = |n: usize| fields.get(n).copied().filter(|f| !f.is_empty());
-    pick(8)
-        .or_else(|| pick(3))
-        .map(|t| t.chars().take(200).collect())
-}
+// The ACK reading is a pure parser, fuzzed with the other decoders in icu-drivers.
+use icu_drivers::hl7::{ack_error_text as error_text, parse_msa};
 
 #[cfg(test)]
 mod tests {

@@ -13,7 +13,7 @@
 //!   batch first prunes one bounded chunk (forwarded records oldest first, then, only with
 //!   `on_full = drop_oldest_unsent`, the oldest unsent observations), never a long stall.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use icu_cloud_bridge::outbox::{
@@ -52,6 +52,41 @@ pub enum StoreError {
     Overloaded { pending: usize },
     #[error("store is shut down")]
     Closed,
+    /// An ordered write ([`WriteOrder::InOrder`]) of a device whose earlier write was refused:
+    /// refused too, so that the earlier one, when retried, is stored first.
+    #[error("an earlier message of device '{device_id}' is waiting to be stored; this one waits behind it")]
+    Deferred { device_id: String },
+}
+
+/// How an observation write relates to the same device's other writes.
+///
+/// A transport that keeps several messages of one device in flight (MQTT, pipelined) and
+/// retries a refused one itself must not let a later message be stored before it: its writes
+/// are [`WriteOrder::InOrder`]. Once one of them is refused (budget, overload, I/O, or itself
+/// deferred) the device is *held back*: its further `InOrder` writes are refused with
+/// [`StoreError::Deferred`] (within the same batch by [`StoreDb::commit_batch`], across batches
+/// by the [`super::Store`] actor) until a [`WriteOrder::Retry`] with `release` is stored. The
+/// transport retries its refused messages, oldest first, as `Retry`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WriteOrder {
+    /// The sender waits for each answer and retries on its own (MLLP, serial): no ordering
+    /// between writes is kept by the store.
+    #[default]
+    Independent,
+    /// One of a device's pipelined writes: refused while the device is held back; a refusal
+    /// holds the device back.
+    InOrder,
+    /// The retry of the device's oldest refused write: passes the hold. Stored with `release`
+    /// (the transport has nothing older left to retry), it ends the hold; refused, it holds
+    /// the device back again.
+    Retry { release: bool },
+}
+
+impl WriteOrder {
+    /// Whether a refusal of this write holds its device back.
+    pub fn is_ordered(self) -> bool {
+        self != WriteOrder::Independent
+    }
 }
 
 /// Readings from one device to store as one unit.
@@ -63,6 +98,8 @@ pub struct ObservationBatch {
     pub dedup: Option<(String, i64)>,
     /// Shared with the alarm actor (the device actor hands both the same readings).
     pub observations: std::sync::Arc<[Observation]>,
+    /// Ordering against the device's other writes (see [`WriteOrder`]).
+    pub order: WriteOrder,
 }
 
 /// A rejected input, kept for the biomedical engineer.
@@ -220,8 +257,8 @@ pub struct BudgetStatus {
     pub reserve_limit_bytes: u64,
     /// Between crossing the high-water mark and getting back to the low-water mark.
     pub pruning: bool,
-    /// The last batch refused an observation or dead letter for the budget (or the bytes in use
-    /// are at the budget).
+    /// The last batch refused an observation for the budget (or the bytes in use are at the
+    /// budget).
     pub full: bool,
     /// Forwarded records (every stream) deleted to make room.
     pub pruned_sent_records: u64,
@@ -234,6 +271,9 @@ pub struct BudgetStatus {
     pub pruned_messages: u64,
     /// Write requests refused because of the budget.
     pub refused_requests: u64,
+    /// Dead letters refused because the bytes in use were at the high-water mark (a subset of
+    /// `refused_requests`): rejected input that was not kept.
+    pub refused_dead_letters: u64,
     /// Pruning rounds run.
     pub prune_rounds: u64,
 }
@@ -608,8 +648,9 @@ impl StoreDb {
     /// Applies a batch in one transaction; returns one result per request, in order.
     ///
     /// Above the high-water mark it first prunes (see the module docs); each request is then
-    /// admitted against the bytes in use at that moment: observations and dead letters below
-    /// the budget, alarm state changes and ADT events below the budget plus the alarm reserve.
+    /// admitted against the bytes in use at that moment: dead letters below the high-water mark,
+    /// observations below the budget, alarm state changes and ADT events below the budget plus
+    /// the alarm reserve.
     /// An empty batch only runs the pruning (the store calls it when idle).
     pub fn commit_batch(
         &mut self,
@@ -700,12 +741,31 @@ impl StoreDb {
         let mut used = data;
         let mut results = Vec::with_capacity(requests.len());
         let mut refused = 0u64;
+        let mut refused_dead_letters = 0u64;
         let mut full = false;
+        // Devices whose ordered write was refused in this batch: their later `InOrder` writes
+        // in it are deferred (see [`WriteOrder`]).
+        let mut held_back: HashSet<&str> = HashSet::new();
         for req in requests {
+            if let WriteRequest::Observations(b) = req {
+                if b.order == WriteOrder::InOrder && held_back.contains(b.device_id.as_str()) {
+                    results.push(Err(StoreError::Deferred {
+                        device_id: b.device_id.clone(),
+                    }));
+                    continue;
+                }
+            }
+            let hold_on_error = match req {
+                WriteRequest::Observations(b) if b.order.is_ordered() => Some(b.device_id.as_str()),
+                _ => None,
+            };
             // Admission against the bytes in use now (this transaction's inserts and deletes
-            // included): alarms and ADT events may use the reserve above the budget.
+            // included): alarms and ADT events may use the reserve above the budget; rejected
+            // input stops at the high-water mark, so a flood of it leaves the room between that
+            // mark and the budget to readings.
             let limit = match req {
-                WriteRequest::Observations(_) | WriteRequest::DeadLetter(_) => policy.budget_bytes,
+                WriteRequest::DeadLetter(_) => policy.high_water_bytes(),
+                WriteRequest::Observations(_) => policy.budget_bytes,
                 WriteRequest::Alarm(_) | WriteRequest::Adt(_) => policy.reserve_limit_bytes(),
             };
             if used >= limit {
@@ -718,6 +778,7 @@ impl StoreDb {
                         }
                         Ok(None) => {}
                         Err(e) => {
+                            held_back.extend(hold_on_error);
                             results.push(Err(sqlite_err(&path, e)));
                             continue;
                         }
@@ -725,9 +786,11 @@ impl StoreDb {
                     full = true;
                 }
                 if matches!(req, WriteRequest::DeadLetter(_)) {
-                    full = true;
+                    refused_dead_letters += 1;
+                    full |= used >= policy.budget_bytes;
                 }
                 refused += 1;
+                held_back.extend(hold_on_error);
                 results.push(Err(StoreError::BudgetExceeded {
                     used_mib: used >> 20,
                     budget_mib: policy.budget_bytes >> 20,
@@ -807,6 +870,9 @@ impl StoreDb {
                 }
                 Ok::<_, rusqlite::Error>(out)
             })();
+            if outcome.is_err() {
+                held_back.extend(hold_on_error);
+            }
             results.push(outcome.map_err(|e| sqlite_err(&path, e)));
             if let Ok(pages) = pages_in_use_bytes(&tx) {
                 used = pages + allowance;
@@ -818,6 +884,15 @@ impl StoreDb {
         }
         dedup.committed();
         self.status.refused_requests += refused;
+        if refused_dead_letters > 0 {
+            self.status.refused_dead_letters += refused_dead_letters;
+            tracing::warn!(
+                count = refused_dead_letters,
+                used_bytes = used,
+                high_water_bytes = policy.high_water_bytes(),
+                "store: dead letters refused (rejected input not kept) at the high-water mark"
+            );
+        }
         self.account(pruned, full);
         results
     }
@@ -2027,6 +2102,7 @@ mod tests {
             bed: "bed-1".into(),
             dedup: control.map(|c| (c.to_string(), digest(c.as_bytes()))),
             observations: (0..n).map(|i| obs(90.0 + i as f64)).collect(),
+            order: Default::default(),
         })
     }
 
@@ -2287,6 +2363,7 @@ mod tests {
                     ..obs(90.0)
                 })
                 .collect(),
+            order: Default::default(),
         });
         assert!(db
             .commit_batch(&[long, batch("b", None, 5)])
@@ -2359,6 +2436,7 @@ mod tests {
             bed: "bed-1".into(),
             dedup: Some(("m1".into(), digest(b"other bytes"))),
             observations: vec![obs(1.0)].into(),
+            order: Default::default(),
         });
         assert_eq!(
             db.commit_batch(std::slice::from_ref(&other))[0]
@@ -2473,6 +2551,7 @@ mod tests {
                     }
                 })
                 .collect(),
+            order: Default::default(),
         })
     }
 
@@ -2744,6 +2823,157 @@ mod tests {
         db.set_policy(policy);
         let r = db.commit_batch(&[alarm("a", T0 + 3)]);
         assert!(matches!(r[0], Err(StoreError::BudgetExceeded { .. })));
+    }
+
+    /// A rejected input of `n` bytes that do not compress.
+    fn dead_letter(i: usize, n: usize) -> WriteRequest {
+        let raw: Vec<u8> = (0..n)
+            .map(|j| digest(&(i * 1_000_003 + j).to_le_bytes()) as u8)
+            .collect();
+        WriteRequest::DeadLetter(DeadLetter {
+            received_us: T0 + i as i64,
+            transport: "mqtt".into(),
+            peer: "icu/gw/bed/x/device/y/obs/json".into(),
+            device_id: None,
+            stream_offset: 0,
+            ack_code: String::new(),
+            error_code: 0,
+            location: None,
+            reason: "payload does not decode".into(),
+            raw_len: raw.len(),
+            raw,
+        })
+    }
+
+    #[test]
+    fn a_dead_letter_flood_stops_at_the_high_water_mark_leaving_readings_and_alarms_their_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut db, reader) = open(dir.path());
+        fill(&mut db, "a", 10, T0);
+        budget_at(&mut db, 40, OnFull::Refuse, 4096);
+        let policy = db.policy().clone();
+        // Hostile input, nothing forwarded (so nothing to prune): kept up to the high-water
+        // mark, then refused, counted, and never more.
+        let mut kept = 0;
+        let mut refused = 0;
+        for i in 0..2000 {
+            match &db.commit_batch(&[dead_letter(i, 2048)])[0] {
+                Ok(WriteOutcome::DeadLettered { .. }) => {
+                    assert_eq!(refused, 0, "a dead letter kept after one was refused");
+                    kept += 1;
+                }
+                Err(StoreError::BudgetExceeded { .. }) => refused += 1,
+                other => panic!("{other:?}"),
+            }
+            if refused == 20 {
+                break;
+            }
+        }
+        assert!(kept > 0 && refused == 20, "kept {kept}, refused {refused}");
+        let s = db.budget_status().clone();
+        assert!(s.used_bytes >= policy.high_water_bytes(), "{s:?}");
+        assert!(s.used_bytes < policy.budget_bytes, "{s:?}");
+        assert_eq!(s.refused_dead_letters, 20, "{s:?}");
+        assert_eq!(s.refused_requests, 20, "{s:?}");
+        assert!(
+            !s.full,
+            "refused dead letters alone do not make the store full: {s:?}"
+        );
+        assert_eq!(
+            count(&reader, "SELECT COUNT(*) FROM dead_letters"),
+            kept as i64
+        );
+        // Readings still have the room up to the budget, alarms theirs above it.
+        let r = db.commit_batch(&[
+            batch_at("a", "a-after-flood", 5, T0 + 1),
+            alarm("a", T0 + 2),
+        ]);
+        assert_eq!(r[0].as_ref().unwrap(), &stored(501, 505));
+        assert!(r[1].is_ok(), "{r:?}");
+        let mut m = 0;
+        loop {
+            m += 1;
+            let r = db.commit_batch(&[batch_at("a", &format!("a-fill-{m}"), 50, T0 + m * 50_000)]);
+            if r[0].is_err() {
+                assert!(
+                    matches!(r[0], Err(StoreError::BudgetExceeded { .. })),
+                    "{r:?}"
+                );
+                break;
+            }
+            assert!(m < 10_000, "the budget never refused a reading");
+        }
+        let s = db.budget_status().clone();
+        assert!(s.full && s.used_bytes >= policy.budget_bytes, "{s:?}");
+        assert_eq!(s.refused_dead_letters, 20, "{s:?}");
+        assert!(db.commit_batch(&[alarm("a", T0 + 3)])[0].is_ok());
+        assert!(matches!(
+            db.commit_batch(&[dead_letter(9999, 16)])[0],
+            Err(StoreError::BudgetExceeded { .. })
+        ));
+        assert_eq!(db.budget_status().refused_dead_letters, 21);
+    }
+
+    /// The budget counts the whole file: the census and the clinicians' limit rows, written
+    /// through their own connections to the same file, take from the same budget.
+    #[test]
+    fn rows_written_by_other_connections_to_the_file_count_against_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, reader) = open(dir.path());
+        let before = db.used_bytes().unwrap();
+        reader
+            .conn
+            .execute_batch(
+                "CREATE TABLE other_rows (v BLOB);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
+                 INSERT INTO other_rows SELECT randomblob(4096) FROM n;",
+            )
+            .unwrap();
+        let after = db.used_bytes().unwrap();
+        assert!(after >= before + 200 * 4096, "{before} -> {after}");
+    }
+
+    /// Ordered writes (MQTT): after one of a device is refused, its later `InOrder` writes in
+    /// the same batch are deferred, other devices and independent writes are not; a retry passes.
+    #[test]
+    fn a_refused_ordered_write_defers_the_later_ones_of_its_device_in_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut db, reader) = open(dir.path());
+        let ordered = |device: &str, control: &str, n: usize, order: WriteOrder| {
+            let WriteRequest::Observations(mut b) = batch(device, Some(control), n) else {
+                unreachable!()
+            };
+            b.order = order;
+            WriteRequest::Observations(b)
+        };
+        // A real SQLite failure of that request alone (as in
+        // `a_failing_request_stores_nothing_and_consumes_no_seq`): device a's message of 70
+        // readings fails at its second row; its later ones (one reading each) would fit.
+        db.commit_batch(&[batch("a", None, 2)]);
+        reader
+            .conn
+            .execute_batch(
+                "CREATE TRIGGER fail BEFORE INSERT ON records WHEN NEW.seq = 67 AND NEW.device_id = 'a'
+                 BEGIN SELECT RAISE(ABORT, 'simulated disk failure'); END;",
+            )
+            .unwrap();
+        let r = db.commit_batch(&[
+            ordered("a", "m1", 70, WriteOrder::InOrder),
+            ordered("a", "m2", 1, WriteOrder::InOrder),
+            ordered("b", "m1", 1, WriteOrder::InOrder),
+            ordered("a", "m3", 1, WriteOrder::Retry { release: true }),
+            batch("a", Some("m4"), 1),
+        ]);
+        assert!(matches!(r[0], Err(StoreError::Sqlite { .. })), "{r:?}");
+        let kinds: Vec<&str> = r
+            .iter()
+            .map(|r| match r {
+                Ok(_) => "ok",
+                Err(StoreError::Deferred { .. }) => "deferred",
+                Err(_) => "failed",
+            })
+            .collect();
+        assert_eq!(kinds[1..], ["deferred", "ok", "ok", "ok"], "{r:?}");
     }
 
     #[test]

@@ -37,10 +37,16 @@
 //!       (`pruned_unsent_observations`), and raised as a high-priority technical alarm.
 //!
 //!    Unsent alarm state changes, ADT events and dead letters are never pruned.
-//! 2. **Budget** (100 %): an observation batch or dead letter that finds the bytes in use at
-//!    or over the budget is refused whole (`StoreError::BudgetExceeded`: the MLLP sender gets
-//!    AR with ERR 207, an MQTT publish gets no PUBACK), counted (`requests_refused_budget`), and
-//!    the store raises its technical alarm. A sender's retry of a message already stored (one
+//!
+//!    What counts is the whole file: the records, the dead-letter table, and the tables other
+//!    parts keep in it through their own connections (the census, the clinicians' limit rows).
+//! 2. **Budget** (100 %): an observation batch that finds the bytes in use at or over the
+//!    budget is refused whole (`StoreError::BudgetExceeded`: the MLLP sender gets AR with
+//!    ERR 207, an MQTT publish is held unacknowledged and retried by `crate::mqtt`), counted
+//!    (`requests_refused_budget`), and the store raises its technical alarm. A dead letter is
+//!    refused already at the **high-water mark** (counted in `refused_dead_letters` too, logged):
+//!    rejected input never takes the room between that mark and the budget from readings, so a
+//!    sender flooding bad input cannot fill the disk nor lock readings out. A sender's retry of a message already stored (one
 //!    of the device's last 256) is still answered as stored. Nothing acknowledged is ever half-stored or silently lost.
 //! 3. **Alarm reserve** (`alarm_reserve_pct`, default 2 % above the budget): alarm state
 //!    changes and ADT events are still stored until the bytes in use reach
@@ -68,10 +74,21 @@
 //!
 //! **Figures** ([`StoreStats`], on `/api/status` under `store_writes.budget`): budget, marks,
 //! bytes in use, `pruning`, `full`, `requests_refused_budget`, `pruned_sent_records`,
-//! `pruned_unsent_observations`, `pruned_dead_letters`, `prune_rounds`.
+//! `pruned_unsent_observations`, `pruned_dead_letters`, `refused_dead_letters`, `prune_rounds`.
+//!
+//! # Ordered writes
+//!
+//! A transport that keeps several messages of one device in flight and retries refused ones
+//! itself (MQTT) writes them as [`WriteOrder::InOrder`]: once one is refused, the device is held
+//! back and its later `InOrder` writes are refused with [`StoreError::Deferred`] (within a batch
+//! by the writer, across batches here) until a [`WriteOrder::Retry`] with `release` is stored. So
+//! a refused message, when retried, is stored before every later message of its device, and the
+//! per-device seq order is the arrival order. MLLP and serial writes are
+//! [`WriteOrder::Independent`] (their senders wait for each answer).
 
 pub mod db;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -84,7 +101,7 @@ use tokio::sync::oneshot;
 
 pub use db::{
     AlarmWrite, BudgetPolicy, BudgetStatus, DeadLetter, ObservationBatch, OnFull, ReaderDb,
-    StoreDb, StoreError, WriteOutcome, WriteRequest,
+    StoreDb, StoreError, WriteOrder, WriteOutcome, WriteRequest,
 };
 
 /// Counters of the store, shared with the API (`/api/status` `store_writes`) and `/metrics`.
@@ -115,6 +132,9 @@ pub struct StoreStats {
     pub pruned_unsent_observations: AtomicU64,
     /// Forwarded rows of the dead-letter table deleted.
     pub pruned_dead_letters: AtomicU64,
+    /// Dead letters refused at the high-water mark (rejected input not kept; a subset of
+    /// `requests_refused_budget`).
+    pub refused_dead_letters: AtomicU64,
     pub prune_rounds: AtomicU64,
 }
 
@@ -139,6 +159,7 @@ impl StoreStats {
                 "pruned_sent_records": n(&self.pruned_sent_records),
                 "pruned_unsent_observations": n(&self.pruned_unsent_observations),
                 "pruned_dead_letters": n(&self.pruned_dead_letters),
+                "refused_dead_letters": n(&self.refused_dead_letters),
                 "prune_rounds": n(&self.prune_rounds),
             },
         })
@@ -159,6 +180,7 @@ impl StoreStats {
             s.pruned_unsent_observations,
         );
         set(&self.pruned_dead_letters, s.pruned_dead_letters);
+        set(&self.refused_dead_letters, s.refused_dead_letters);
         set(&self.prune_rounds, s.prune_rounds);
         self.pruning.store(s.pruning, Ordering::Relaxed);
         self.full.store(s.full, Ordering::Relaxed);
@@ -225,6 +247,16 @@ type Pending = (
     oneshot::Sender<Result<WriteOutcome, StoreError>>,
 );
 
+/// The device and order of an ordered observation write (see [`WriteOrder`]).
+fn ordered_write(req: &WriteRequest) -> Option<(String, WriteOrder)> {
+    match req {
+        WriteRequest::Observations(b) if b.order.is_ordered() => {
+            Some((b.device_id.clone(), b.order))
+        }
+        _ => None,
+    }
+}
+
 /// The async front of the store (see the module docs).
 pub struct Store {
     writer: Addr<StoreWriter>,
@@ -239,6 +271,9 @@ pub struct Store {
     condition: Option<&'static str>,
     /// Unsent observations pruned when the condition was last evaluated.
     unsent_pruned_seen: u64,
+    /// Devices held back: an ordered write of theirs was refused and its retry has not released
+    /// them yet (see [`WriteOrder`]); their `InOrder` writes are deferred.
+    held_back: HashSet<String>,
 }
 
 /// How often an idle store prunes and measures (so the budget alarm clears once the bridge has
@@ -295,6 +330,7 @@ impl Store {
             on_condition,
             condition: None,
             unsent_pruned_seen,
+            held_back: HashSet::new(),
         };
         Ok(Store::create(|ctx| {
             ctx.set_mailbox_capacity(cfg.max_pending);
@@ -377,18 +413,70 @@ impl Store {
         ctx.spawn(fut);
     }
 
+    /// The device whose `InOrder` write `req` is, if that device is held back.
+    fn deferred(&self, req: &WriteRequest) -> Option<StoreError> {
+        match req {
+            WriteRequest::Observations(b)
+                if b.order == WriteOrder::InOrder && self.held_back.contains(&b.device_id) =>
+            {
+                Some(StoreError::Deferred {
+                    device_id: b.device_id.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Holds back or releases the device of an ordered write after its answer.
+    fn track_order(
+        &mut self,
+        (device_id, order): &(String, WriteOrder),
+        result: &Result<WriteOutcome, StoreError>,
+    ) {
+        match (order, result) {
+            (WriteOrder::Independent, _) => {}
+            (_, Err(_)) => {
+                if self.held_back.insert(device_id.clone()) {
+                    tracing::info!(device = %device_id, "store: device held back until its refused message is retried");
+                }
+            }
+            (WriteOrder::Retry { release: true }, Ok(_)) => {
+                if self.held_back.remove(device_id) {
+                    tracing::info!(device = %device_id, "store: device released, its refused messages are stored");
+                }
+            }
+            (_, Ok(_)) => {}
+        }
+    }
+
     fn flush(&mut self, ctx: &mut Context<Self>) {
         if self.busy || self.pending.is_empty() {
             return;
         }
         let take = self.pending.len().min(self.max_batch);
-        let batch: Vec<Pending> = self.pending.drain(..take).collect();
+        let mut batch: Vec<Pending> = Vec::with_capacity(take);
+        for (req, reply) in self.pending.drain(..take).collect::<Vec<_>>() {
+            // Held back since it was queued: refused here, never reaching the disk.
+            match self.deferred(&req) {
+                Some(e) => {
+                    self.stats.requests_failed.fetch_add(1, Ordering::Relaxed);
+                    let _ = reply.send(Err(e));
+                }
+                None => batch.push((req, reply)),
+            }
+        }
+        if batch.is_empty() {
+            return self.flush(ctx);
+        }
         let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         self.busy = true;
         self.stats
             .largest_batch
             .fetch_max(requests.len() as u64, Ordering::Relaxed);
         let n = requests.len();
+        // The requests go to the writer thread; their kind and order stay here for the answers.
+        let ordered: Vec<Option<(String, WriteOrder)>> =
+            requests.iter().map(ordered_write).collect();
         let fut = self
             .writer
             .send(CommitBatch(requests))
@@ -404,11 +492,18 @@ impl Store {
                 };
                 act.stats.commits.fetch_add(1, Ordering::Relaxed);
                 let mut any_stored = false;
-                for (reply, result) in replies.into_iter().zip(results) {
+                for ((reply, result), req) in replies.into_iter().zip(results).zip(&ordered) {
+                    if let Some(req) = req {
+                        act.track_order(req, &result);
+                    }
                     match &result {
                         Ok(_) => {
                             any_stored = true;
                             act.stats.requests_stored.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e @ StoreError::Deferred { .. }) => {
+                            act.stats.requests_failed.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(error = %e, "store write deferred");
                         }
                         Err(e) => {
                             act.stats.requests_failed.fetch_add(1, Ordering::Relaxed);
@@ -441,12 +536,20 @@ impl Handler<Append> for Store {
     type Result = ResponseFuture<Result<WriteOutcome, StoreError>>;
 
     fn handle(&mut self, msg: Append, ctx: &mut Self::Context) -> Self::Result {
+        if let Some(e) = self.deferred(&msg.0) {
+            self.stats.requests_failed.fetch_add(1, Ordering::Relaxed);
+            return Box::pin(async move { Err(e) });
+        }
         if self.pending.len() >= self.max_pending {
             self.stats
                 .requests_refused_overload
                 .fetch_add(1, Ordering::Relaxed);
             let pending = self.pending.len();
-            return Box::pin(async move { Err(StoreError::Overloaded { pending }) });
+            let refused = Err(StoreError::Overloaded { pending });
+            if let Some(o) = ordered_write(&msg.0) {
+                self.track_order(&o, &refused);
+            }
+            return Box::pin(async move { refused });
         }
         let (tx, rx) = oneshot::channel();
         self.pending.push((msg.0, tx));
@@ -568,5 +671,105 @@ impl Outbox for SqliteOutbox {
             .mark_sent_many(ranges)
             .map(|_| ())
             .map_err(outbox_err("mark_sent_many"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use icu_protos::v1::Observation;
+
+    fn write(device: &str, msg: &str, order: WriteOrder) -> Append {
+        Append(WriteRequest::Observations(ObservationBatch {
+            device_id: device.into(),
+            bed: "bed-1".into(),
+            dedup: Some((msg.into(), db::digest(msg.as_bytes()))),
+            observations: vec![Observation {
+                mdc_code: 150456,
+                value: Some(97.0),
+                ..Default::default()
+            }]
+            .into(),
+            order,
+        }))
+    }
+
+    fn kind(r: &Result<WriteOutcome, StoreError>) -> &'static str {
+        match r {
+            Ok(WriteOutcome::Stored { .. }) => "stored",
+            Ok(_) => "other",
+            Err(StoreError::Deferred { .. }) => "deferred",
+            Err(_) => "refused",
+        }
+    }
+
+    /// A device whose ordered write was refused is held back across batches, even once the disk
+    /// takes writes again, until its retry with `release` is stored; other devices and
+    /// independent writes never are. So the retried message is stored before every later one.
+    #[actix_rt::test]
+    async fn a_refused_ordered_write_holds_its_device_back_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::StoreConfig {
+            path: dir.path().join("s.db"),
+            disk_budget_bytes: 1 << 30,
+            high_water_pct: 90,
+            low_water_pct: 80,
+            alarm_reserve_pct: 2,
+            on_full: OnFull::Refuse,
+            synchronous_full: false,
+            max_batch: 64,
+            max_pending: 64,
+        };
+        let store = Store::start(&cfg, "gw", Arc::default(), None).unwrap();
+        let other = rusqlite::Connection::open(&cfg.path).unwrap();
+        // A real SQLite failure of device a's writes (and only of them).
+        other
+            .execute_batch(
+                "CREATE TRIGGER fail BEFORE INSERT ON records WHEN NEW.device_id = 'a'
+                 BEGIN SELECT RAISE(ABORT, 'simulated disk failure'); END;",
+            )
+            .unwrap();
+        let send = |device: &str, msg: &str, order| store.send(write(device, msg, order));
+        assert_eq!(
+            kind(&send("a", "a1", WriteOrder::InOrder).await.unwrap()),
+            "refused"
+        );
+        assert_eq!(
+            kind(&send("a", "a2", WriteOrder::InOrder).await.unwrap()),
+            "deferred"
+        );
+        assert_eq!(
+            kind(&send("b", "b1", WriteOrder::InOrder).await.unwrap()),
+            "stored"
+        );
+        assert_eq!(
+            kind(&send("a", "x", WriteOrder::Independent).await.unwrap()),
+            "refused"
+        );
+        // The disk takes device a's writes again: a is still held back.
+        other.execute_batch("DROP TRIGGER fail").unwrap();
+        assert_eq!(
+            kind(&send("a", "a3", WriteOrder::InOrder).await.unwrap()),
+            "deferred"
+        );
+        // The retries, oldest first; the last one releases the device. Seqs are arrival order.
+        let retry = |release| WriteOrder::Retry { release };
+        let stored = |seq| {
+            Some(WriteOutcome::Stored {
+                first_seq: seq,
+                last_seq: seq,
+            })
+        };
+        assert_eq!(send("a", "a1", retry(false)).await.unwrap().ok(), stored(1));
+        assert_eq!(
+            kind(&send("a", "a3", WriteOrder::InOrder).await.unwrap()),
+            "deferred"
+        );
+        assert_eq!(send("a", "a2", retry(false)).await.unwrap().ok(), stored(2));
+        assert_eq!(send("a", "a3", retry(true)).await.unwrap().ok(), stored(3));
+        assert_eq!(
+            send("a", "a4", WriteOrder::InOrder).await.unwrap().ok(),
+            stored(4)
+        );
     }
 }
