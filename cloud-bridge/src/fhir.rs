@@ -29,37 +29,16 @@
 use fhir_sdk::r4b::resources::{
     Bundle, Observation as FhirObservation, ObservationEffective, ObservationValue, Resource,
 };
-use fhir_sdk::r4b::types::{Coding, Extension, ExtensionValue, Identifier, Reference};
-use fhir_sdk::Instant;
+use fhir_sdk::r4b::types::ExtensionValue;
 use icu_protos::v1::Observation;
-use sha2::{Digest, Sha256};
 
 use crate::error::BridgeError;
 use crate::Terminology;
-
-/// Code system of IEEE 11073-10101 (MDC) codes.
-pub const MDC_SYSTEM: &str = "urn:iso:std:iso:11073:10101";
-/// Code system of LOINC.
-pub const LOINC_SYSTEM: &str = "http://loinc.org";
-/// Code system of UCUM units.
-pub const UCUM_SYSTEM: &str = "http://unitsofmeasure.org";
-/// `meta.tag` system for patient association.
-pub const ASSOCIATION_SYSTEM: &str = "urn:icu-gateway:association";
-/// `meta.tag` code when no patient is associated.
-pub const UNASSOCIATED: &str = "unassociated";
-/// Prefix of every gateway extension url.
-pub const EXT_PREFIX: &str = "urn:icu-gateway:ext:";
-
-const CATEGORY_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
-const DATA_ABSENT_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/data-absent-reason";
-const INTERPRETATION_SYSTEM: &str =
-    "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation";
-const ACT_REASON_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
-
-/// Identifier system of one device's observations: `urn:icu-gateway:<gateway>:<device>`.
-pub fn identifier_system(gateway_id: &str, device_id: &str) -> String {
-    format!("urn:icu-gateway:{gateway_id}:{device_id}")
-}
+use common::{fhir_id, instant_from_us};
+pub use common::{
+    identifier_system, patient_fhir_id, ASSOCIATION_SYSTEM, EXT_PREFIX, LOINC_SYSTEM, MDC_SYSTEM,
+    UCUM_SYSTEM, UNASSOCIATED,
+};
 
 /// Builds the FHIR Bundle (type `collection`) for one device's observations.
 ///
@@ -122,115 +101,6 @@ pub fn observation_bundle(
         }
     }
     Ok(w.finish())
-}
-
-/// The FHIR id of a census patient's Patient resource (the same in every topic).
-pub fn patient_fhir_id(patient_id: &str) -> String {
-    fhir_id(&[patient_id])
-}
-
-/// `subject` of a record of a census patient: `Patient/<id>` plus the patient id itself.
-fn patient_reference(patient_id: &str) -> Result<Reference, String> {
-    Reference::builder()
-        .reference(format!("Patient/{}", patient_fhir_id(patient_id)))
-        .identifier(
-            Identifier::builder()
-                .value(patient_id.to_owned())
-                .build()
-                .map_err(|e| e.to_string())?,
-        )
-        .build()
-        .map_err(|e| e.to_string())
-}
-
-/// The OBX-8 flags that are result interpretations (v3 ObservationInterpretation codes), in
-/// input order without duplicates; measurement-status flags (NAV, INV, QUES, ...) are not.
-fn interpretation_codes(flags: &str) -> Vec<&'static str> {
-    const KNOWN: &[&str] = &["N", "A", "AA", "H", "HH", "L", "LL", "HU", "LU", "<", ">"];
-    let mut out: Vec<&'static str> = Vec::new();
-    for flag in flags.split(['~', '^', ',']).map(str::trim) {
-        if let Some(code) = KNOWN.iter().find(|k| **k == flag) {
-            if !out.contains(code) {
-                out.push(code);
-            }
-        }
-    }
-    out
-}
-
-fn non_empty(s: &str) -> Option<&str> {
-    let s = s.trim();
-    (!s.is_empty()).then_some(s)
-}
-
-fn coding(system: &str, code: &str, display: Option<&str>) -> Result<Coding, String> {
-    let mut b = Coding::builder()
-        .system(system.to_owned())
-        .code(code.to_owned());
-    if let Some(display) = display {
-        b = b.display(display.to_owned());
-    }
-    b.build().map_err(|e| e.to_string())
-}
-
-fn ext(name: &str, value: ExtensionValue) -> Result<Extension, String> {
-    Extension::builder()
-        .url(format!("{EXT_PREFIX}{name}"))
-        .value(value)
-        .build()
-        .map_err(|e| e.to_string())
-}
-
-/// Microseconds since the epoch → FHIR instant (UTC), for years 1..=9999 only (RFC 3339 range).
-fn instant_from_us(us: i64) -> Option<Instant> {
-    let dt =
-        fhir_sdk::time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).ok()?;
-    (1..=9999).contains(&dt.year()).then_some(Instant(dt))
-}
-
-/// A valid FHIR id (`[A-Za-z0-9\-.]{1,64}`) from parts joined with '-': the readable form when it
-/// is valid, otherwise a SHA-256 based id. Deterministic either way.
-fn fhir_id(parts: &[&str]) -> String {
-    let joined = parts.join("-");
-    let valid = !joined.is_empty()
-        && joined.len() <= 64
-        && joined
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    if valid {
-        joined
-    } else {
-        let digest = Sha256::digest(parts.join("\u{0}").as_bytes());
-        let hex: String = digest[..20].iter().map(|b| format!("{b:02x}")).collect();
-        format!("h{hex}")
-    }
-}
-
-/// A deterministic RFC 4122 (version 5 style, SHA-256 based) UUID from parts.
-fn uuid_from(parts: &[&str]) -> String {
-    let digest = Sha256::digest(parts.join("\u{0}").as_bytes());
-    String::from_utf8_lossy(&uuid_text(&digest)).into_owned()
-}
-
-/// The UUID text (`8-4-4-4-12` lowercase hex) of a SHA-256 digest's first 16 bytes, with the
-/// version (5) and variant bits set.
-fn uuid_text(digest: &[u8]) -> [u8; 36] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&digest[..16]);
-    b[6] = (b[6] & 0x0f) | 0x50;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let mut out = [b'-'; 36];
-    let mut at = 0;
-    for (i, byte) in b.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            at += 1;
-        }
-        out[at] = HEX[usize::from(byte >> 4)];
-        out[at + 1] = HEX[usize::from(byte & 0x0f)];
-        at += 2;
-    }
-    out
 }
 
 /// Deserializes a record value as a FHIR R4(B) Bundle with fhir-sdk types.
@@ -334,6 +204,7 @@ fn parse_observation(obs: &FhirObservation) -> Result<ParsedObservation, BridgeE
 
 mod adt;
 mod alarm;
+mod common;
 mod json;
 pub use adt::{adt_bundle, encounter_status};
 pub use alarm::{alarm_identifier_system, alarm_observation};

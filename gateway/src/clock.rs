@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
-use crate::config::ClockPolicy;
+use crate::domain::ClockPolicy;
 
 const TIMESYNCD_MARKER: &str = "/run/systemd/timesync/synchronized";
 const REFRESH_US: i64 = 30_000_000;

@@ -13,6 +13,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::domain::{Bed, ClockPolicy, Device, FieldProblem, Protocol};
+pub use crate::mllp::MllpConfig;
+pub use crate::store::StoreConfig;
+
 /// A problem with the configuration file, naming the field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -28,19 +32,6 @@ pub enum ConfigError {
         path: PathBuf,
         problems: Vec<FieldProblem>,
     },
-}
-
-/// One invalid field: where and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldProblem {
-    pub field: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for FieldProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
 }
 
 /// The configuration file as written (see `gateway/gateway.example.toml`).
@@ -493,42 +484,6 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone)]
-pub struct StoreConfig {
-    pub path: PathBuf,
-    pub disk_budget_bytes: u64,
-    pub high_water_pct: u8,
-    pub low_water_pct: u8,
-    pub alarm_reserve_pct: u8,
-    pub on_full: crate::store::OnFull,
-    pub synchronous_full: bool,
-    pub max_batch: usize,
-    pub max_pending: usize,
-}
-
-impl StoreConfig {
-    /// The disk-budget policy of this config.
-    pub fn budget_policy(&self) -> crate::store::BudgetPolicy {
-        crate::store::BudgetPolicy {
-            high_water_pct: self.high_water_pct,
-            low_water_pct: self.low_water_pct,
-            alarm_reserve_pct: self.alarm_reserve_pct,
-            on_full: self.on_full,
-            ..crate::store::BudgetPolicy::with_budget(self.disk_budget_bytes)
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct MllpConfig {
-    pub listen: SocketAddr,
-    pub max_frame_bytes: usize,
-    pub max_connections: usize,
-    pub max_connections_per_address: usize,
-    pub frame_timeout: Duration,
-    pub idle_timeout: Duration,
-}
-
-#[derive(Debug, Clone)]
 pub struct KafkaConfig {
     pub bootstrap: String,
     pub topic_observations: String,
@@ -541,49 +496,6 @@ pub struct KafkaConfig {
     pub fetch_limit: usize,
     pub live_window: std::time::Duration,
     pub backlog_rate: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClockPolicy {
-    Auto,
-    Synced,
-    Unsynced,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Bed {
-    pub id: String,
-    pub label: String,
-    pub adt_location: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Pcd01,
-    Masimo,
-    Medibus,
-    Mqtt,
-}
-
-impl Protocol {
-    fn is_serial(self) -> bool {
-        matches!(self, Protocol::Masimo | Protocol::Medibus)
-    }
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Device {
-    pub id: String,
-    pub bed: String,
-    pub protocol: Protocol,
-    /// Set for message-based protocols (pcd01).
-    pub match_id: Option<String>,
-    #[serde(skip)]
-    pub serial: Option<crate::serial::SerialSettings>,
-    pub silent_after: Duration,
-    /// For pcd01: where its messages may come from (empty: any address).
-    pub allow_from: crate::allow::AllowList,
 }
 
 impl Config {

@@ -17,7 +17,8 @@ use icu_protos::v1::Alarm;
 
 use crate::census::CensusReader;
 use crate::clock::{now_us, ClockState};
-use crate::config::Device;
+use crate::domain::Device;
+pub use crate::domain::LinkState;
 use crate::live::LiveState;
 use crate::store::{
     AlarmWrite, Append, ObservationBatch, Store, StoreError, WriteOrder, WriteOutcome, WriteRequest,
@@ -37,20 +38,6 @@ const SILENCE_CHECK: Duration = Duration::from_secs(1);
 
 /// MDC_EVT_ALARM: the generic technical alarm event code (PCD-04).
 pub const MDC_EVT_ALARM: u32 = 196616;
-
-/// What the transport knows about the link to the device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LinkState {
-    /// Opening the port / waiting for the device's first answer.
-    Connecting,
-    /// The link is up.
-    Up,
-    /// The link was lost; the transport retries with backoff.
-    Reconnecting,
-    /// The transport gave up (e.g. the port does not exist); it still retries slowly.
-    Failed,
-}
 
 /// A transport's report about the link.
 #[derive(Message)]

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod device;
+pub mod domain;
 pub mod http;
 pub mod live;
 pub mod metrics;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use icu_protos::v1::{Observation, ObservationStatus};
 use serde::Serialize;
 
-use crate::config::{Bed, Device};
+use crate::domain::{Bed, Device};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ValueView {
@@ -47,12 +47,12 @@ pub struct AlarmView {
 pub struct DeviceView {
     pub id: String,
     pub bed: String,
-    pub protocol: crate::config::Protocol,
+    pub protocol: crate::domain::Protocol,
     /// `waiting` (never heard from), `connecting`, `online`, `silent` (nothing for
     /// `silent_after`), `reconnecting` (link lost, retrying) or `failed`.
     pub state: String,
     /// What the transport last said about the link.
-    pub link: Option<crate::device::LinkState>,
+    pub link: Option<crate::domain::LinkState>,
     pub link_reason: Option<String>,
     pub active_alarms: Vec<AlarmView>,
     pub messages: u64,
@@ -230,7 +230,7 @@ impl LiveState {
     pub fn set_link(
         &self,
         device_id: &str,
-        state: crate::device::LinkState,
+        state: crate::domain::LinkState,
         reason: Option<String>,
     ) {
         self.with(|inner| {

@@ -63,7 +63,7 @@ use std::time::{Duration, Instant};
 use icu_cloud_bridge::bridge::{BridgeState, BridgeStats};
 use icu_cloud_bridge::outbox::Stream;
 
-use crate::config::Protocol;
+use crate::domain::Protocol;
 use crate::store::StoreError;
 
 /// The content type of the text exposition format.

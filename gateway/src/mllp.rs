@@ -39,7 +39,6 @@ use crate::allow::AllowList;
 use crate::census::actor::{ApplyAdt, CensusActor};
 use crate::census::ApplyOutcome;
 use crate::clock::now_us;
-use crate::config::MllpConfig;
 use crate::device::{DeviceActor, IngestPcd01};
 use crate::live::LiveState;
 use crate::store::{db::digest, Append, DeadLetter, Store, WriteOutcome, WriteRequest};
@@ -948,6 +947,17 @@ async fn store_dead_letter(ingest: &Ingest, letter: DeadLetter) {
         Ok(Err(e)) => tracing::error!(error = %e, %peer, "dead letter could not be stored"),
         Err(_) => tracing::error!(%peer, "dead letter could not be stored: store stopped"),
     }
+}
+
+/// The `[mllp]` settings, validated by the config.
+#[derive(Debug, Clone)]
+pub struct MllpConfig {
+    pub listen: SocketAddr,
+    pub max_frame_bytes: usize,
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    pub frame_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@
 //! dead-lettered with the stream offset; one device's line never affects another's.
 //! A pseudo-terminal is a real tty: tests and the simulator use them exactly like /dev/ttyUSB0.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use actix::Addr;
@@ -21,18 +20,8 @@ use tokio_serial::SerialPortBuilderExt;
 
 use crate::clock::now_us;
 use crate::device::{DeviceActor, DeviceCondition, IngestObservations, Link, LinkState};
+pub use crate::domain::SerialSettings;
 use crate::store::{Append, DeadLetter, Store, WriteRequest};
-
-/// Line settings of one serial port (validated from config).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SerialSettings {
-    pub port: PathBuf,
-    pub baud: u32,
-    pub data_bits: u8,
-    /// "none", "even" or "odd".
-    pub parity: String,
-    pub stop_bits: u8,
-}
 
 /// What a protocol asks the transport to do.
 #[derive(Debug)]

@@ -19,8 +19,8 @@ use icu_drivers::medibus::{
 use icu_drivers::terminology::Terminology;
 use tokio_util::codec::Decoder;
 
-use crate::config::{Device, Protocol};
 use crate::device::DeviceCondition;
+use crate::domain::{Device, Protocol};
 use crate::serial::{SerialAction, SerialProtocol};
 
 /// The adapter for a configured serial device.

@@ -33,7 +33,7 @@ use fhir_sdk::time::{Date as CalendarDate, Month};
 use fhir_sdk::{Date, DateTime, Instant};
 use icu_protos::v1::AdtEvent;
 
-use super::{
+use super::common::{
     coding, ext, fhir_id, identifier_system, instant_from_us, non_empty, patient_fhir_id,
     patient_reference, uuid_from,
 };

@@ -15,7 +15,7 @@ use fhir_sdk::r4b::types::{CodeableConcept, ExtensionValue, Identifier, Meta, Re
 use fhir_sdk::DateTime;
 use icu_protos::v1::Alarm;
 
-use super::{
+use super::common::{
     coding, ext, fhir_id, instant_from_us, non_empty, patient_reference, ASSOCIATION_SYSTEM,
     MDC_SYSTEM, UNASSOCIATED,
 };

@@ -14,7 +14,7 @@ use fhir_sdk::{DateTime, Instant};
 use icu_protos::v1::{Observation, ObservationStatus};
 use sha2::{Digest, Sha256};
 
-use super::{
+use super::common::{
     fhir_id, identifier_system, instant_from_us, interpretation_codes, non_empty, patient_fhir_id,
     uuid_text, ACT_REASON_SYSTEM, ASSOCIATION_SYSTEM, CATEGORY_SYSTEM, DATA_ABSENT_SYSTEM,
     EXT_PREFIX, INTERPRETATION_SYSTEM, LOINC_SYSTEM, MDC_SYSTEM, UCUM_SYSTEM, UNASSOCIATED,

@@ -13,6 +13,7 @@ use fhir_sdk::r4b::types::{
 use fhir_sdk::DateTime;
 use icu_protos::v1::{Observation, ObservationStatus};
 
+use super::common::*;
 use super::*;
 
 /// Builds the FHIR Bundle (type `collection`) for one device's observations.

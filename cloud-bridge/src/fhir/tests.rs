@@ -1,6 +1,7 @@
 use icu_protos::v1::{Observation, ObservationStatus};
 use serde_json::{json, Value};
 
+use super::common::*;
 use super::*;
 
 const RECEIVE_US: i64 = 1_700_000_000_123_456;

@@ -178,3 +178,33 @@ pub(crate) fn second_msh(occurrence: u32, index: usize) -> Hl7Error {
         ),
     )
 }
+
+/// Splits a whole payload and visits every field, repetition, component and subcomponent (the
+/// work `hl7_parser::Message::parse` does eagerly); returns how many subcomponents it saw. For
+/// the pcd01 bench, through `hl7::split_for_bench`.
+pub(crate) fn split_everything(payload: &[u8]) -> Result<usize, Hl7Error> {
+    let (_, d) = msh_line(payload)?;
+    let start = leading_noise(payload);
+    let text = std::str::from_utf8(&payload[start..]).map_err(|e| {
+        Hl7Error::reject(
+            ErrorCode::DataTypeError,
+            None,
+            format!(
+                "the message is not valid UTF-8 (bad byte at offset {})",
+                start + e.valid_up_to()
+            ),
+        )
+    })?;
+    let mut count = 0;
+    let mut fields = Vec::new();
+    for seg in message::parse(text, &d, &mut fields)? {
+        for field in (1..).map_while(|n| seg.field(n)) {
+            for rep in field.repeats() {
+                for comp in rep.components() {
+                    count += comp.subcomponents().count();
+                }
+            }
+        }
+    }
+    Ok(count)
+}

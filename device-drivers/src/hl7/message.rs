@@ -318,7 +318,7 @@ impl<'m> Segment<'m> {
     }
 }
 
-/// Splits the MSH line of a message (as returned by `header::msh_line`, delimiters checked);
+/// Splits the MSH line of a message (as found by the header step, delimiters checked);
 /// `fields` is the buffer its field slices are kept in.
 pub(crate) fn split_msh<'m>(
     line: &'m str,
@@ -448,7 +448,7 @@ pub(crate) fn check_all_segments_returned(
         .filter(|l| l.get(..3) == line.get(..3))
         .count();
     Err(Hl7Error::new(
-        super::AckCode::AE,
+        super::error::AckCode::AE,
         ErrorCode::SegmentSequenceError,
         Some(ErrorLocation {
             segment,
@@ -466,7 +466,7 @@ pub(crate) fn check_all_segments_returned(
 
 fn not_a_segment(index: usize, line: &str) -> Hl7Error {
     Hl7Error::new(
-        super::AckCode::AE,
+        super::error::AckCode::AE,
         ErrorCode::SegmentSequenceError,
         None,
         format!(
@@ -599,34 +599,4 @@ pub(crate) fn quote(value: &str) -> String {
         out.push('…');
     }
     out
-}
-
-/// Splits a whole payload and visits every field, repetition, component and subcomponent (the
-/// work `hl7_parser::Message::parse` does eagerly); returns how many subcomponents it saw. For
-/// the pcd01 bench, through `hl7::split_for_bench`.
-pub(crate) fn split_everything(payload: &[u8]) -> Result<usize, Hl7Error> {
-    let (_, d) = super::header::msh_line(payload)?;
-    let start = super::header::leading_noise(payload);
-    let text = std::str::from_utf8(&payload[start..]).map_err(|e| {
-        Hl7Error::reject(
-            ErrorCode::DataTypeError,
-            None,
-            format!(
-                "the message is not valid UTF-8 (bad byte at offset {})",
-                start + e.valid_up_to()
-            ),
-        )
-    })?;
-    let mut count = 0;
-    let mut fields = Vec::new();
-    for seg in parse(text, &d, &mut fields)? {
-        for field in (1..).map_while(|n| seg.field(n)) {
-            for rep in field.repeats() {
-                for comp in rep.components() {
-                    count += comp.subcomponents().count();
-                }
-            }
-        }
-    }
-    Ok(count)
 }

@@ -42,7 +42,7 @@ pub use time::{parse_dtm, DtmError};
 /// component and subcomponent; returns the number of subcomponents. Not part of the API.
 #[doc(hidden)]
 pub fn split_for_bench(payload: &[u8]) -> Result<usize, Hl7Error> {
-    message::split_everything(payload)
+    header::split_everything(payload)
 }
 
 #[cfg(test)]

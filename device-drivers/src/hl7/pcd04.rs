@@ -95,7 +95,7 @@ pub struct Pcd04Context {
 impl Default for Pcd04Context {
     fn default() -> Self {
         Pcd04Context {
-            sending_app: super::GATEWAY_APPLICATION.to_owned(),
+            sending_app: super::ack::GATEWAY_APPLICATION.to_owned(),
             sending_facility: String::new(),
             receiving_app: String::new(),
             receiving_facility: String::new(),

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::FieldProblem;
+use crate::domain::FieldProblem;
 
 /// IEC 60601-1-8 alarm priority. Ordered `Low < Medium < High`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -30,7 +30,7 @@ use super::config::{
     check_limits, AlarmConfig, DeviceClockConfig, Direction, LimitRule, Priority, RateRule,
 };
 use super::news2::{self, News2Inputs, News2Param};
-use crate::config::FieldProblem;
+use crate::domain::FieldProblem;
 
 /// MDC_EVT_ALARM: the event code of technical alarms (and of NEWS2, which has no metric code).
 pub const MDC_EVT_ALARM: u32 = 196616;

@@ -284,7 +284,7 @@ impl Store {
     /// Opens the database and starts the writer thread. Fails if the file cannot be opened
     /// for writing.
     pub fn start(
-        cfg: &crate::config::StoreConfig,
+        cfg: &StoreConfig,
         gateway_id: &str,
         stats: Arc<StoreStats>,
         on_commit: Option<CommitListener>,
@@ -295,7 +295,7 @@ impl Store {
     /// As [`Store::start`], telling `on_condition` when the disk-budget technical condition is
     /// raised, escalated or cleared.
     pub fn start_with(
-        cfg: &crate::config::StoreConfig,
+        cfg: &StoreConfig,
         gateway_id: &str,
         stats: Arc<StoreStats>,
         on_commit: Option<CommitListener>,
@@ -572,7 +572,7 @@ pub struct SqliteOutbox {
 }
 
 impl SqliteOutbox {
-    pub fn open(cfg: &crate::config::StoreConfig) -> Result<Self, StoreError> {
+    pub fn open(cfg: &StoreConfig) -> Result<Self, StoreError> {
         Ok(Self {
             reader: Mutex::new(ReaderDb::open(&cfg.path, false)?),
             status: Mutex::new(ReaderDb::open(&cfg.path, false)?),
@@ -674,6 +674,33 @@ impl Outbox for SqliteOutbox {
     }
 }
 
+/// The `[store]` settings, validated by the config.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: std::path::PathBuf,
+    pub disk_budget_bytes: u64,
+    pub high_water_pct: u8,
+    pub low_water_pct: u8,
+    pub alarm_reserve_pct: u8,
+    pub on_full: OnFull,
+    pub synchronous_full: bool,
+    pub max_batch: usize,
+    pub max_pending: usize,
+}
+
+impl StoreConfig {
+    /// The disk-budget policy of this config.
+    pub fn budget_policy(&self) -> BudgetPolicy {
+        BudgetPolicy {
+            high_water_pct: self.high_water_pct,
+            low_water_pct: self.low_water_pct,
+            alarm_reserve_pct: self.alarm_reserve_pct,
+            on_full: self.on_full,
+            ..BudgetPolicy::with_budget(self.disk_budget_bytes)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -709,7 +736,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_refused_ordered_write_holds_its_device_back_until_released() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = crate::config::StoreConfig {
+        let cfg = StoreConfig {
             path: dir.path().join("s.db"),
             disk_budget_bytes: 1 << 30,
             high_water_pct: 90,

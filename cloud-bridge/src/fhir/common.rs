@@ -1,0 +1,142 @@
+//! What every FHIR mapping of the bridge shares: code systems, ids, references, codings,
+//! extensions and times. Imports nothing else of `fhir`, so the mappings (observation bundles,
+//! the direct JSON writer, alarms, ADT events) all depend on it and never on each other.
+
+use fhir_sdk::r4b::types::{Coding, Extension, ExtensionValue, Identifier, Reference};
+use fhir_sdk::Instant;
+use sha2::{Digest, Sha256};
+
+/// Code system of IEEE 11073-10101 (MDC) codes.
+pub const MDC_SYSTEM: &str = "urn:iso:std:iso:11073:10101";
+/// Code system of LOINC.
+pub const LOINC_SYSTEM: &str = "http://loinc.org";
+/// Code system of UCUM units.
+pub const UCUM_SYSTEM: &str = "http://unitsofmeasure.org";
+/// `meta.tag` system for patient association.
+pub const ASSOCIATION_SYSTEM: &str = "urn:icu-gateway:association";
+/// `meta.tag` code when no patient is associated.
+pub const UNASSOCIATED: &str = "unassociated";
+/// Prefix of every gateway extension url.
+pub const EXT_PREFIX: &str = "urn:icu-gateway:ext:";
+
+pub(crate) const CATEGORY_SYSTEM: &str =
+    "http://terminology.hl7.org/CodeSystem/observation-category";
+pub(crate) const DATA_ABSENT_SYSTEM: &str =
+    "http://terminology.hl7.org/CodeSystem/data-absent-reason";
+pub(crate) const INTERPRETATION_SYSTEM: &str =
+    "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation";
+pub(crate) const ACT_REASON_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
+
+/// Identifier system of one device's observations: `urn:icu-gateway:<gateway>:<device>`.
+pub fn identifier_system(gateway_id: &str, device_id: &str) -> String {
+    format!("urn:icu-gateway:{gateway_id}:{device_id}")
+}
+
+/// The FHIR id of a census patient's Patient resource (the same in every topic).
+pub fn patient_fhir_id(patient_id: &str) -> String {
+    fhir_id(&[patient_id])
+}
+
+/// `subject` of a record of a census patient: `Patient/<id>` plus the patient id itself.
+pub(crate) fn patient_reference(patient_id: &str) -> Result<Reference, String> {
+    Reference::builder()
+        .reference(format!("Patient/{}", patient_fhir_id(patient_id)))
+        .identifier(
+            Identifier::builder()
+                .value(patient_id.to_owned())
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// The OBX-8 flags that are result interpretations (v3 ObservationInterpretation codes), in
+/// input order without duplicates; measurement-status flags (NAV, INV, QUES, ...) are not.
+pub(crate) fn interpretation_codes(flags: &str) -> Vec<&'static str> {
+    const KNOWN: &[&str] = &["N", "A", "AA", "H", "HH", "L", "LL", "HU", "LU", "<", ">"];
+    let mut out: Vec<&'static str> = Vec::new();
+    for flag in flags.split(['~', '^', ',']).map(str::trim) {
+        if let Some(code) = KNOWN.iter().find(|k| **k == flag) {
+            if !out.contains(code) {
+                out.push(code);
+            }
+        }
+    }
+    out
+}
+
+pub(crate) fn non_empty(s: &str) -> Option<&str> {
+    let s = s.trim();
+    (!s.is_empty()).then_some(s)
+}
+
+pub(crate) fn coding(system: &str, code: &str, display: Option<&str>) -> Result<Coding, String> {
+    let mut b = Coding::builder()
+        .system(system.to_owned())
+        .code(code.to_owned());
+    if let Some(display) = display {
+        b = b.display(display.to_owned());
+    }
+    b.build().map_err(|e| e.to_string())
+}
+
+pub(crate) fn ext(name: &str, value: ExtensionValue) -> Result<Extension, String> {
+    Extension::builder()
+        .url(format!("{EXT_PREFIX}{name}"))
+        .value(value)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Microseconds since the epoch → FHIR instant (UTC), for years 1..=9999 only (RFC 3339 range).
+pub(crate) fn instant_from_us(us: i64) -> Option<Instant> {
+    let dt =
+        fhir_sdk::time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).ok()?;
+    (1..=9999).contains(&dt.year()).then_some(Instant(dt))
+}
+
+/// A valid FHIR id (`[A-Za-z0-9\-.]{1,64}`) from parts joined with '-': the readable form when it
+/// is valid, otherwise a SHA-256 based id. Deterministic either way.
+pub(crate) fn fhir_id(parts: &[&str]) -> String {
+    let joined = parts.join("-");
+    let valid = !joined.is_empty()
+        && joined.len() <= 64
+        && joined
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if valid {
+        joined
+    } else {
+        let digest = Sha256::digest(parts.join("\u{0}").as_bytes());
+        let hex: String = digest[..20].iter().map(|b| format!("{b:02x}")).collect();
+        format!("h{hex}")
+    }
+}
+
+/// A deterministic RFC 4122 (version 5 style, SHA-256 based) UUID from parts.
+pub(crate) fn uuid_from(parts: &[&str]) -> String {
+    let digest = Sha256::digest(parts.join("\u{0}").as_bytes());
+    String::from_utf8_lossy(&uuid_text(&digest)).into_owned()
+}
+
+/// The UUID text (`8-4-4-4-12` lowercase hex) of a SHA-256 digest's first 16 bytes, with the
+/// version (5) and variant bits set.
+pub(crate) fn uuid_text(digest: &[u8]) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&digest[..16]);
+    b[6] = (b[6] & 0x0f) | 0x50;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let mut out = [b'-'; 36];
+    let mut at = 0;
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
+        }
+        out[at] = HEX[usize::from(byte >> 4)];
+        out[at + 1] = HEX[usize::from(byte & 0x0f)];
+        at += 2;
+    }
+    out
+}
