@@ -40,7 +40,45 @@ fn example_config_is_valid_apart_from_the_missing_key() {
         stdout.contains("valid") && stdout.contains("device mon-02 at bed-02"),
         "{stdout}{stderr}"
     );
+    // Every kind of device is in the example, each validated.
+    for device in [
+        "spo2-01 at bed-01 (Masimo, port /dev/serial/by-id/",
+        "vent-01 at bed-01 (Medibus, port",
+        "pump-01 at bed-02 (Mqtt",
+    ] {
+        assert!(stdout.contains(device), "{device} missing in:\n{stdout}");
+    }
     assert!(stderr.contains("icu-gateway keygen"), "{stderr}");
+    // The example documents every section the file may have.
+    let text =
+        std::fs::read_to_string(workspace_root().join("gateway/gateway.example.toml")).unwrap();
+    for section in [
+        "[store]",
+        "[mllp]",
+        "[adt]",
+        "[http]",
+        "[signing]",
+        "[kafka]",
+        "[mqtt]",
+        "[alarm_manager]",
+        "[alarms]",
+        "[alarms.device_clock]",
+        "[alarms.outputs]",
+        "[[beds]]",
+        "[[devices]]",
+        "[devices.serial]",
+        "adt_location =",
+        "allow_from =",
+        "topic_observations =",
+        "topic_alarms =",
+        "topic_adt =",
+        "topic_deadletter =",
+    ] {
+        assert!(
+            text.contains(section),
+            "{section} is not in gateway.example.toml"
+        );
+    }
 }
 
 #[test]
