@@ -10,10 +10,13 @@
 
 pub mod actor;
 mod config;
+mod device_time;
 mod engine;
+mod lifecycle;
 pub mod limits_store;
 pub mod news2;
 pub mod pcd04_out;
+mod rules;
 
 #[cfg(test)]
 mod tests;
@@ -22,9 +25,10 @@ pub use config::{
     default_limits, default_rates, AlarmConfig, DeviceClockConfig, Direction, LimitRule,
     News2Config, OutputsConfig, Priority, RateRule,
 };
-pub use engine::{
-    checked_time, fmt_offset, AlarmError, AlarmState, AlarmView, AlertType, CheckedTime,
-    DeviceClockView, Engine, EngineStats, LimitChange, LimitOff, Limits, Phase,
-    ALARM_OUTPUT_SOURCE, DEVICE_CLOCK_SOURCE, GATEWAY_BED, MDC_EVT_ALARM, NEWS2_SOURCE,
-    STALE_FEED_SOURCE,
+pub use device_time::{checked_time, fmt_offset, CheckedTime, DeviceClockView};
+pub use engine::{AlarmError, Engine, LimitChange, LimitOff};
+pub use lifecycle::{
+    AlarmState, AlarmView, AlertType, EngineStats, Phase, ALARM_OUTPUT_SOURCE, DEVICE_CLOCK_SOURCE,
+    GATEWAY_BED, MDC_EVT_ALARM, NEWS2_SOURCE, STALE_FEED_SOURCE,
 };
+pub use rules::Limits;
