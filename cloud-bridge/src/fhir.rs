@@ -24,7 +24,9 @@
 //! - **No fake values.** A value the device did not give (not available, invalid, NaN) is never a
 //!   `valueQuantity`: it becomes `dataAbsentReason`, with the device text kept in an extension.
 //! - **Traceability.** Extensions `urn:icu-gateway:ext:<name>` carry seq, bed, containment id,
-//!   receive time, clock sync, equipment id, raw flags and the source message id/row.
+//!   receive time, clock sync, equipment id, raw flags and the source message id/row; a device
+//!   time the gateway did not trust is not `effectiveDateTime` (the receive time is) but the
+//!   `untrusted-device-time` extension.
 
 use fhir_sdk::r4b::resources::{
     Bundle, Observation as FhirObservation, ObservationEffective, ObservationValue, Resource,

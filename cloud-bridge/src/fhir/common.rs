@@ -89,6 +89,18 @@ pub(crate) fn ext(name: &str, value: ExtensionValue) -> Result<Extension, String
         .map_err(|e| e.to_string())
 }
 
+/// The device time of a reading whose device clock the gateway did not trust, as text: RFC 3339
+/// when it is a valid instant, else the raw microseconds.
+pub(crate) fn untrusted_device_time(us: Option<i64>) -> String {
+    match us {
+        Some(us) => chrono::DateTime::from_timestamp_micros(us)
+            .filter(|t| (1..=9999).contains(&chrono::Datelike::year(t)))
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+            .unwrap_or_else(|| format!("{us} us")),
+        None => String::new(),
+    }
+}
+
 /// Microseconds since the epoch → FHIR instant (UTC), for years 1..=9999 only (RFC 3339 range).
 pub(crate) fn instant_from_us(us: i64) -> Option<Instant> {
     let dt =

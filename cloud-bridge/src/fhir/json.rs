@@ -16,8 +16,9 @@ use sha2::{Digest, Sha256};
 
 use super::common::{
     fhir_id, identifier_system, instant_from_us, interpretation_codes, non_empty, patient_fhir_id,
-    uuid_text, ACT_REASON_SYSTEM, ASSOCIATION_SYSTEM, CATEGORY_SYSTEM, DATA_ABSENT_SYSTEM,
-    EXT_PREFIX, INTERPRETATION_SYSTEM, LOINC_SYSTEM, MDC_SYSTEM, UCUM_SYSTEM, UNASSOCIATED,
+    untrusted_device_time, uuid_text, ACT_REASON_SYSTEM, ASSOCIATION_SYSTEM, CATEGORY_SYSTEM,
+    DATA_ABSENT_SYSTEM, EXT_PREFIX, INTERPRETATION_SYSTEM, LOINC_SYSTEM, MDC_SYSTEM, UCUM_SYSTEM,
+    UNASSOCIATED,
 };
 use crate::Terminology;
 
@@ -325,14 +326,15 @@ impl<'a> BundleWriter<'a> {
         out.extend_from_slice(issued);
         out.push(b'}');
         ext_start(out, "clock-synced", "Boolean");
-        raw(
-            out,
-            if obs.clock_synced {
-                "true}]"
-            } else {
-                "false}]"
-            },
-        );
+        raw(out, if obs.clock_synced { "true}" } else { "false}" });
+        if obs.device_time_untrusted {
+            ext_string(
+                out,
+                "untrusted-device-time",
+                &untrusted_device_time(obs.device_time_us),
+            );
+        }
+        out.push(b']');
 
         raw(out, ",\"identifier\":[{\"system\":");
         out.extend_from_slice(&self.system);
@@ -393,6 +395,7 @@ impl<'a> BundleWriter<'a> {
         raw(out, ",\"effectiveDateTime\":");
         match obs
             .device_time_us
+            .filter(|_| !obs.device_time_untrusted)
             .and_then(|us| Some((us, instant_from_us(us)?)))
         {
             Some((us, effective)) => {

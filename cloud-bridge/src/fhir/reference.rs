@@ -144,8 +144,11 @@ fn map_observation(
 
     let receive = instant_from_us(obs.receive_time_us)
         .ok_or_else(|| format!("receive time {} us is out of range", obs.receive_time_us))?;
+    // A device time the gateway did not trust (`device_time_untrusted`) is not the effective
+    // time: the receive time is, and the device time goes into an extension.
     let effective = obs
         .device_time_us
+        .filter(|_| !obs.device_time_untrusted)
         .and_then(instant_from_us)
         .unwrap_or_else(|| receive.clone());
 
@@ -209,6 +212,12 @@ fn map_observation(
         "clock-synced",
         ExtensionValue::Boolean(obs.clock_synced),
     )?);
+    if obs.device_time_untrusted {
+        let text = untrusted_device_time(obs.device_time_us);
+        if !text.is_empty() {
+            extensions.push(ext("untrusted-device-time", ExtensionValue::String(text))?);
+        }
+    }
 
     let mut builder = FhirObservation::builder()
         .id(fhir_id(&[device_id, &seq]))
@@ -410,7 +419,7 @@ fn direct_writer_matches_the_fhir_sdk_mapping_byte_for_byte() {
                 source_message_id: rng.pick(&strings).into(),
                 source_row: rng.pick(&[0u32, 7, u32::MAX]),
                 patient_id: patient.into(),
-                device_time_untrusted: false,
+                device_time_untrusted: rng.next().is_multiple_of(4),
             })
             .collect();
         let want = observation_bundle_reference(gateway, device, &observations, &t);

@@ -427,3 +427,32 @@ fn census_patient_becomes_the_subject_and_drops_the_unassociated_tag() {
     let bundle = parse_bundle(&bytes).unwrap();
     assert_eq!(serde_json::to_vec(&bundle).unwrap(), bytes);
 }
+
+#[test]
+fn an_untrusted_device_time_is_not_the_effective_time() {
+    let mut o = spo2(7);
+    o.device_time_us = Some(4_070_908_800_000_000); // 2099-01-01
+    o.device_time_untrusted = true;
+    let mut far = spo2(8);
+    far.device_time_us = Some(i64::MAX);
+    far.device_time_untrusted = true;
+    let b = bundle_json(&[o, far]);
+    let first = &b["entry"][0]["resource"];
+    assert_eq!(
+        micros_of(first["effectiveDateTime"].as_str().unwrap()),
+        RECEIVE_US + 7,
+        "the receive time is effective"
+    );
+    assert_eq!(
+        extension(first, "untrusted-device-time").unwrap()["valueString"],
+        "2099-01-01T00:00:00Z"
+    );
+    let second = &b["entry"][1]["resource"];
+    assert_eq!(
+        extension(second, "untrusted-device-time").unwrap()["valueString"],
+        format!("{} us", i64::MAX)
+    );
+    // A trusted reading has no such extension.
+    let b = bundle_json(&[spo2(9)]);
+    assert!(extension(&b["entry"][0]["resource"], "untrusted-device-time").is_none());
+}
