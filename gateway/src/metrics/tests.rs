@@ -1,0 +1,315 @@
+use super::render::*;
+use super::*;
+
+fn figures(rate_obs: u64, budget: u64, used: u64) -> Figures {
+    let ingest = IngestStats::new_at(0);
+    // `rate_obs` observations per second over a full minute, all on MLLP.
+    for s in 0..60 {
+        ingest.stored_at(Transport::Mllp, rate_obs, 60_000 + s * 1000);
+    }
+    ingest.stored_at(Transport::Mqtt, 7, 119_000);
+    ingest.duplicate(Transport::Mllp);
+    ingest.refused(
+        Transport::Serial,
+        &StoreError::BudgetExceeded {
+            used_mib: 1,
+            budget_mib: 1,
+        },
+    );
+    Figures {
+        gateway_id: "gw \"1\"".into(),
+        uptime_s: 120.0,
+        now_us: 10_000_000,
+        ingest: ingest.figures(119_999),
+        store: Some(StoreFigures {
+            records: 10_000,
+            // Nothing forwarded yet: all 10 000 records are unsent.
+            unsent: vec![(Stream::Observations, 9_998), (Stream::Alarms, 2)],
+            dead_letters: 3,
+            oldest_unsent_us: Some(4_000_000),
+            data_bytes: 2_000_000,
+        }),
+        store_counters: StoreCounters {
+            commits: 5,
+            failed: 1,
+            refused_budget: 1,
+            used_bytes: used,
+            budget_bytes: budget,
+            high_water_bytes: budget / 10 * 9,
+            ..Default::default()
+        },
+        file_bytes: used + 4096,
+        bridge: BridgeFigures::disabled(),
+        mllp: MllpFigures {
+            refused_per_address: 284,
+            frame_timeouts: 16,
+            ..Default::default()
+        },
+    }
+}
+
+/// `(name, labels, value)` of every sample line; checks every sample has its HELP and TYPE.
+fn parse(text: &str) -> Vec<(String, String, String)> {
+    let mut typed = std::collections::HashSet::new();
+    let mut helped = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            helped.insert(rest.split(' ').next().unwrap().to_owned());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            let name = it.next().unwrap().to_owned();
+            assert!(matches!(it.next(), Some("counter" | "gauge")), "{line}");
+            assert!(typed.insert(name), "TYPE twice: {line}");
+        } else {
+            let (series, value) = line.rsplit_once(' ').expect(line);
+            let (name, labels) = match series.split_once('{') {
+                Some((n, l)) => (n, l.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            assert!(typed.contains(name) && helped.contains(name), "{line}");
+            assert!(
+                value == "+Inf" || value.parse::<f64>().is_ok(),
+                "value of {line}"
+            );
+            out.push((name.to_owned(), labels.to_owned(), value.to_owned()));
+        }
+    }
+    out
+}
+
+fn value(samples: &[(String, String, String)], name: &str, labels: &str) -> String {
+    samples
+        .iter()
+        .find(|(n, l, _)| n == name && l == labels)
+        .unwrap_or_else(|| panic!("no {name}{{{labels}}}"))
+        .2
+        .clone()
+}
+
+#[test]
+fn the_text_format_has_every_family_with_help_type_and_values() {
+    let f = figures(10, 1 << 30, 1 << 20);
+    let text = render(&f);
+    assert!(text.ends_with('\n'));
+    let s = parse(&text);
+    let expected = [
+        ("icu_gateway_info", r#"gateway_id="gw \"1\"""#, "1"),
+        (
+            "icu_ingest_observations_total",
+            r#"transport="mllp""#,
+            "600",
+        ),
+        ("icu_ingest_messages_total", r#"transport="mllp""#, "60"),
+        (
+            "icu_mllp_connections_refused_total",
+            r#"reason="per_address""#,
+            "284",
+        ),
+        (
+            "icu_mllp_connections_refused_total",
+            r#"reason="max_connections""#,
+            "0",
+        ),
+        (
+            "icu_mllp_connections_timed_out_total",
+            r#"reason="frame""#,
+            "16",
+        ),
+        ("icu_mllp_peers_refused_total", "", "0"),
+        ("icu_ingest_observations_total", r#"transport="mqtt""#, "7"),
+        (
+            "icu_ingest_observations_total",
+            r#"transport="serial""#,
+            "0",
+        ),
+        (
+            "icu_ingest_duplicate_messages_total",
+            r#"transport="mllp""#,
+            "1",
+        ),
+        (
+            "icu_ingest_refused_total",
+            r#"transport="serial",reason="budget""#,
+            "1",
+        ),
+        (
+            "icu_outbox_unsent_records",
+            r#"stream="observations""#,
+            "9998",
+        ),
+        ("icu_outbox_unsent_records", r#"stream="alarms""#, "2"),
+        ("icu_outbox_unsent_records", r#"stream="deadletter""#, "0"),
+        ("icu_outbox_unsent_records", r#"stream="adt""#, "0"),
+        ("icu_outbox_oldest_unsent_age_seconds", "", "6"),
+        ("icu_dead_letters_stored", "", "3"),
+        ("icu_store_records", "", "10000"),
+        ("icu_store_bytes_per_record", "", "200"),
+        ("icu_store_up", "", "1"),
+        ("icu_bridge_state", r#"state="disabled""#, "1"),
+        ("icu_bridge_state", r#"state="online""#, "0"),
+        ("icu_bridge_forwarded_records_total", "", "0"),
+        ("icu_bridge_forwarded_observations_total", "", "0"),
+        ("icu_bridge_forwarded_observations_per_second", "", "0"),
+        ("icu_bridge_delivery_errors_total", "", "0"),
+        ("icu_bridge_broker_errors_total", "", "0"),
+        ("icu_bridge_outbox_errors_total", "", "0"),
+        ("icu_bridge_in_flight_records", "", "0"),
+        ("icu_store_refused_overload_total", "", "0"),
+        ("icu_store_write_failures_total", "", "1"),
+        ("icu_store_refused_budget_total", "", "1"),
+        ("icu_store_pruned_sent_records_total", "", "0"),
+        ("icu_store_pruned_unsent_observations_total", "", "0"),
+        ("icu_store_pruned_dead_letters_total", "", "0"),
+        ("icu_store_refused_dead_letters_total", "", "0"),
+        ("icu_store_disk_usage_bytes", "", "1048576"),
+        ("icu_store_file_bytes", "", "1052672"),
+        ("icu_store_budget_full", "", "0"),
+        ("icu_store_pruning", "", "0"),
+        ("icu_store_free_budget_bytes", "", "1072693248"),
+        ("icu_store_disk_budget_bytes", "", "1073741824"),
+    ];
+    for (name, labels, want) in expected {
+        assert_eq!(value(&s, name, labels), want, "{name}{{{labels}}}");
+    }
+    let mllp_rate: f64 = value(
+        &s,
+        "icu_ingest_observations_per_second",
+        r#"transport="mllp""#,
+    )
+    .parse()
+    .unwrap();
+    assert!((mllp_rate - 10.0).abs() < 0.1, "{mllp_rate}");
+    let hours: f64 = value(&s, "icu_buffer_hours_left", "").parse().unwrap();
+    assert!(hours.is_finite() && hours > 0.0, "{hours}");
+}
+
+#[test]
+fn without_a_store_answer_the_store_gauges_are_absent_and_up_is_zero() {
+    let mut f = figures(1, 1 << 30, 0);
+    f.store = None;
+    let s = parse(&render(&f));
+    assert_eq!(value(&s, "icu_store_up", ""), "0");
+    assert!(!s.iter().any(|(n, _, _)| n == "icu_outbox_unsent_records"));
+    assert_eq!(value(&s, "icu_store_bytes_per_record", ""), "256");
+}
+
+/// The figures with exactly `rate` observations/s (all MLLP).
+fn at_rate(rate: f64, budget: u64, used: u64) -> Figures {
+    let mut f = figures(1, budget, used);
+    for t in &mut f.ingest {
+        t.observations_per_s = if t.transport == Transport::Mllp {
+            rate
+        } else {
+            0.0
+        };
+    }
+    f
+}
+
+#[test]
+fn buffer_hours_move_with_the_ingest_rate_and_the_budget() {
+    let gib = 1u64 << 30;
+    let figures = |rate: u64, budget, used| at_rate(rate as f64, budget, used);
+    let base = figures(100, gib, gib / 2).buffer_hours_left();
+    // 512 MiB free at 100 obs/s × 200 B = 20 000 B/s.
+    let expected = (gib / 2) as f64 / 20_000.0 / 3600.0;
+    assert!((base - expected).abs() < 1e-9, "{base} vs {expected}");
+    let faster = figures(200, gib, gib / 2).buffer_hours_left();
+    assert!((faster - base / 2.0).abs() < 1e-9, "double rate halves it");
+    let bigger = figures(100, 2 * gib, gib / 2).buffer_hours_left();
+    assert!((bigger - base * 3.0).abs() < 1e-9, "1.5 GiB free is 3× 0.5");
+    assert_eq!(figures(100, gib, gib).buffer_hours_left(), 0.0, "full");
+    assert_eq!(figures(100, gib, 2 * gib).buffer_hours_left(), 0.0);
+
+    // Forwarded records are pruned to make room: 4 000 of them at 200 B free 800 000 B.
+    let mut forwarded = figures(100, gib, gib);
+    forwarded.store.as_mut().unwrap().unsent = vec![(Stream::Observations, 6_000)];
+    assert_eq!(forwarded.free_budget_bytes(), 800_000.0);
+    let hours = forwarded.buffer_hours_left();
+    assert!(
+        (hours - 800_000.0 / 20_000.0 / 3600.0).abs() < 1e-9,
+        "{hours}"
+    );
+    // But never more than the budget.
+    assert_eq!(
+        free_budget_bytes(1000, 0, 1_000_000, 200.0),
+        1000.0,
+        "capped"
+    );
+
+    // No ingest at all: +Inf, written as `+Inf`.
+    let idle = figures(0, gib, 0);
+    assert_eq!(idle.buffer_hours_left(), f64::INFINITY);
+    let s = parse(&render(&idle));
+    assert_eq!(value(&s, "icu_buffer_hours_left", ""), "+Inf");
+}
+
+#[test]
+fn bytes_per_record_uses_a_default_until_measurable_and_a_floor() {
+    assert_eq!(bytes_per_record(1 << 20, 10), DEFAULT_BYTES_PER_RECORD);
+    assert_eq!(bytes_per_record(300_000, 1000), 300.0);
+    assert_eq!(bytes_per_record(1000, 1000), MIN_BYTES_PER_RECORD);
+    assert_eq!(
+        buffer_hours_left((1u64 << 30) as f64, 0.0, 10.0),
+        (1u64 << 30) as f64 / (10.0 * MIN_BYTES_PER_RECORD) / 3600.0
+    );
+}
+
+#[test]
+fn the_rate_window_counts_the_last_minute_only() {
+    let w = RateWindow::new(0);
+    assert_eq!(w.rate_at(0), 0.0);
+    // Young window: rate since the start (10 events over 2 s).
+    w.add_at(500, 4);
+    w.add_at(1500, 6);
+    assert!((w.rate_at(2000) - 5.0).abs() < 1e-9);
+    // A full minute later those are gone.
+    assert_eq!(w.rate_at(62_000), 0.0);
+    // 120 events spread over the last minute: 2/s.
+    for s in 100..160u64 {
+        w.add_at(s * 1000 + 10, 2);
+    }
+    assert!((w.rate_at(159_999) - 2.0).abs() < 0.05);
+    // The ring reuses buckets: a minute of silence, then the rate is zero again.
+    assert_eq!(w.rate_at(230_000), 0.0);
+}
+
+#[test]
+fn forward_rates_come_from_cumulative_samples() {
+    let r = ForwardRates::new_at(0);
+    for s in 0..60u64 {
+        r.sample_at(s * 1000 + 999, s * 3, s * 300);
+    }
+    let (records, obs) = r.rates_at(59_999);
+    assert!((records - 177.0 / 59.999).abs() < 1e-3, "{records}");
+    assert!((obs - 17_700.0 / 59.999).abs() < 0.1, "{obs}");
+}
+
+#[test]
+fn readiness_needs_listeners_a_running_readable_store_and_room() {
+    assert!(readiness_problems(true, true, None, false, 10, 100).is_empty());
+    let full = readiness_problems(true, true, None, true, 95, 100);
+    assert_eq!(full.len(), 1, "the writer says full: {full:?}");
+    let all = readiness_problems(false, false, Some("disk I/O error"), false, 100, 100);
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert!(all[0].contains("listeners"));
+    assert!(all[1].contains("store writer"));
+    assert!(all[2].contains("disk I/O error"));
+    assert!(all[3].contains("disk budget"));
+}
+
+#[test]
+fn values_and_labels_are_written_as_the_format_wants() {
+    assert_eq!(format_value(f64::INFINITY), "+Inf");
+    assert_eq!(format_value(f64::NEG_INFINITY), "-Inf");
+    assert_eq!(format_value(f64::NAN), "NaN");
+    assert_eq!(format_value(3.0), "3");
+    assert_eq!(format_value(0.25), "0.25");
+    assert_eq!(escape_label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+    assert_eq!(
+        Transport::of(Protocol::Medibus).as_str(),
+        "serial",
+        "serial protocols count as serial"
+    );
+}
