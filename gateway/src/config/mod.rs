@@ -1,0 +1,123 @@
+//! Gateway configuration: one TOML file per ICU.
+//!
+//! Owns: the raw file format ([`RawConfig`], `deny_unknown_fields`) and its one validation step
+//! into the domain type [`Config`]. Guarantees: a `Config` only exists if every field was valid;
+//! [`RawConfig::validate`] reports *every* problem at once, each with its field path, so a
+//! biomedical engineer can fix a file in one pass. Defaults are named functions; the doc comments
+//! of the raw fields are the user documentation of the file.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub use crate::domain::{Bed, ClockPolicy, Device, FieldProblem, Protocol};
+pub use crate::mllp::MllpConfig;
+pub use crate::store::StoreConfig;
+
+/// A problem with the configuration file, naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML for this gateway: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path} has {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<FieldProblem>,
+    },
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway_id: String,
+    pub data_dir: PathBuf,
+    pub store: StoreConfig,
+    pub mllp: MllpConfig,
+    /// Addresses the ADT sender may connect from (empty: any).
+    pub adt_allow_from: crate::allow::AllowList,
+    pub http_listen: SocketAddr,
+    pub http_limits: crate::http::HttpLimits,
+    pub key_file: PathBuf,
+    pub kafka: Option<KafkaConfig>,
+    pub mqtt: Option<icu_drivers::mqtt::MqttConfig>,
+    pub alarms: crate::alarm::AlarmConfig,
+    /// `(host:port, receiving application)` of the PCD-04 alarm manager.
+    pub alarm_manager: Option<(String, String)>,
+    pub clock: ClockPolicy,
+    pub beds: Vec<Bed>,
+    pub devices: Vec<Device>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub bootstrap: String,
+    pub topic_observations: String,
+    pub topic_alarms: String,
+    pub topic_adt: String,
+    pub topic_deadletter: String,
+    pub message_timeout_ms: u64,
+    pub max_per_bundle: usize,
+    pub compression: String,
+    pub fetch_limit: usize,
+    pub live_window: std::time::Duration,
+    pub backlog_rate: u64,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages and to resolve
+    /// relative `data_dir`.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        raw.validate(base).map_err(|problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })
+    }
+
+    /// ADT locations (PV1-3 `PointOfCare^Room^Bed`, or a bare bed component) → bed id.
+    pub fn bed_map(&self) -> crate::census::BedMap {
+        let mut map = crate::census::BedMap::new();
+        for b in &self.beds {
+            map.insert(b.id.clone(), b.id.clone());
+            if let Some(loc) = &b.adt_location {
+                map.insert(loc.clone(), b.id.clone());
+            }
+        }
+        map
+    }
+
+    /// Devices indexed by every identifier that recognises them.
+    pub fn device_index(&self) -> HashMap<String, usize> {
+        self.devices
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| d.match_id.clone().map(|m| (m, i)))
+            .collect()
+    }
+}
+
+mod raw;
+mod validate;
+
+pub use raw::*;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,250 @@
+use std::time::Duration;
+
+use super::*;
+
+const GOOD: &str = r#"
+gateway_id = "icu-a"
+data_dir = "data"
+[mllp]
+listen = "127.0.0.1:0"
+[[beds]]
+id = "bed-1"
+[[devices]]
+id = "mon-1"
+bed = "bed-1"
+protocol = "pcd01"
+match = "0012AB00000000B2"
+"#;
+
+#[test]
+fn good_config_validates_with_defaults() {
+    let c = Config::from_toml(GOOD, Path::new("/etc/icu/gateway.toml")).unwrap();
+    assert_eq!(c.gateway_id, "icu-a");
+    assert_eq!(c.data_dir, PathBuf::from("/etc/icu/data"));
+    assert_eq!(c.store.path, PathBuf::from("/etc/icu/data/gateway.db"));
+    assert!(c.store.synchronous_full);
+    assert_eq!(c.beds[0].label, "bed-1");
+    assert_eq!(c.devices[0].protocol, Protocol::Pcd01);
+    assert!(c.kafka.is_none());
+}
+
+#[test]
+fn store_budget_policy_defaults_and_validation() {
+    let c = Config::from_toml(GOOD, Path::new("/etc/icu/gateway.toml")).unwrap();
+    let p = c.store.budget_policy();
+    assert_eq!(p.budget_bytes, 10 << 30);
+    assert_eq!(
+        (p.high_water_pct, p.low_water_pct, p.alarm_reserve_pct),
+        (90, 80, 2)
+    );
+    assert_eq!(p.on_full, crate::store::OnFull::Refuse);
+    let set = GOOD.replace(
+        "[mllp]",
+        "[store]\ndisk_budget_mb = 64\nhigh_water_pct = 95\nlow_water_pct = 70\nalarm_reserve_pct = 5\non_full = \"drop_oldest_unsent\"\n[mllp]",
+    );
+    let p = Config::from_toml(&set, Path::new("g.toml"))
+        .unwrap()
+        .store
+        .budget_policy();
+    assert_eq!(p.budget_bytes, 64 << 20);
+    assert_eq!(
+        (p.high_water_pct, p.low_water_pct, p.alarm_reserve_pct),
+        (95, 70, 5)
+    );
+    assert_eq!(p.on_full, crate::store::OnFull::DropOldestUnsent);
+    let bad = GOOD.replace(
+        "[mllp]",
+        "[store]\nhigh_water_pct = 80\nlow_water_pct = 85\nalarm_reserve_pct = 50\non_full = \"panic\"\n[mllp]",
+    );
+    let ConfigError::Invalid { problems, .. } =
+        Config::from_toml(&bad, Path::new("g.toml")).unwrap_err()
+    else {
+        panic!("expected Invalid");
+    };
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "store.low_water_pct",
+            "store.alarm_reserve_pct",
+            "store.on_full"
+        ]
+    );
+    assert!(problems[2].message.contains("drop_oldest_unsent"));
+}
+
+#[test]
+fn every_problem_is_reported_with_its_field() {
+    let text = r#"
+gateway_id = "icu a"
+data_dir = "d"
+[store]
+synchronous = "sometimes"
+[mllp]
+listen = "nowhere"
+[[beds]]
+id = "bed-1"
+[[devices]]
+id = "mon-1"
+bed = "bed-9"
+protocol = "medibus9"
+match = "x"
+[[devices]]
+id = "mon-1"
+bed = "bed-1"
+protocol = "pcd01"
+match = "x"
+"#;
+    let err = Config::from_toml(text, Path::new("g.toml")).unwrap_err();
+    let ConfigError::Invalid { problems, .. } = err else {
+        panic!("expected Invalid, got {err}");
+    };
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        vec![
+            "gateway_id",
+            "store.synchronous",
+            "mllp.listen",
+            "devices[0].bed",
+            "devices[0].protocol",
+            "devices[1].id",
+            "devices[1].match"
+        ]
+    );
+}
+
+#[test]
+fn serial_devices_need_a_valid_line() {
+    let text = r#"
+gateway_id = "icu-a"
+data_dir = "d"
+[[beds]]
+id = "bed-1"
+[[devices]]
+id = "vent-1"
+bed = "bed-1"
+protocol = "medibus"
+[devices.serial]
+port = "/dev/ttyUSB0"
+parity = "mark"
+stop_bits = 3
+[[devices]]
+id = "spo2-1"
+bed = "bed-1"
+protocol = "masimo"
+"#;
+    let ConfigError::Invalid { problems, .. } =
+        Config::from_toml(text, Path::new("g.toml")).unwrap_err()
+    else {
+        panic!("expected Invalid");
+    };
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "devices[0].serial.parity",
+            "devices[0].serial.stop_bits",
+            "devices[1].serial"
+        ]
+    );
+    let ok = text
+        .replace("parity = \"mark\"\nstop_bits = 3\n", "")
+        .replace(
+            "protocol = \"masimo\"\n",
+            "protocol = \"masimo\"\n[devices.serial]\nport = \"/dev/ttyUSB1\"\n",
+        );
+    let c = Config::from_toml(&ok, Path::new("g.toml")).unwrap();
+    let vent = c.devices[0].serial.as_ref().unwrap();
+    assert_eq!((vent.baud, vent.parity.as_str()), (19200, "even"));
+    let spo2 = c.devices[1].serial.as_ref().unwrap();
+    assert_eq!((spo2.baud, spo2.parity.as_str()), (9600, "none"));
+}
+
+#[test]
+fn listener_limits_and_allow_lists_have_defaults_and_are_validated() {
+    let c = Config::from_toml(GOOD, Path::new("g.toml")).unwrap();
+    assert_eq!(c.mllp.max_connections, 256);
+    assert_eq!(c.mllp.max_connections_per_address, 32);
+    assert_eq!(c.mllp.frame_timeout, Duration::from_secs(30));
+    assert_eq!(c.mllp.idle_timeout, Duration::from_secs(300));
+    assert_eq!(c.http_limits, crate::http::HttpLimits::default());
+    assert!(c.adt_allow_from.is_empty() && c.devices[0].allow_from.is_empty());
+
+    let set = GOOD
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nmax_connections = 8\nmax_connections_per_address = 20\nframe_timeout_s = 2\nidle_timeout_s = 5\n[adt]\nallow_from = [\"10.20.0.0/24\"]\n[http]\nmax_event_streams = 4\nmax_body_bytes = 4096",
+        )
+        .replace("match = \"0012AB00000000B2\"", "match = \"0012AB00000000B2\"\nallow_from = [\"10.1.2.3\", \"::1\"]");
+    let c = Config::from_toml(&set, Path::new("g.toml")).unwrap();
+    assert_eq!(
+        c.mllp.max_connections_per_address, 8,
+        "never above the total"
+    );
+    assert_eq!(c.mllp.frame_timeout, Duration::from_secs(2));
+    assert_eq!(c.mllp.idle_timeout, Duration::from_secs(5));
+    assert!(c.adt_allow_from.allows("10.20.0.7".parse().unwrap()));
+    assert!(!c.adt_allow_from.allows("10.20.1.7".parse().unwrap()));
+    assert!(c.devices[0].allow_from.allows("::1".parse().unwrap()));
+    assert!(!c.devices[0].allow_from.allows("10.1.2.4".parse().unwrap()));
+    assert_eq!(c.http_limits.max_event_streams, 4);
+    assert_eq!(c.http_limits.max_body_bytes, 4096);
+
+    let bad = GOOD
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nmax_connections_per_address = 0\nframe_timeout_s = 0\n[adt]\nallow_from = [\"10.20.0.0/40\"]",
+        )
+        .replace("match = \"0012AB00000000B2\"", "match = \"0012AB00000000B2\"\nallow_from = [\"10.1.2.3\", \"monitor-3\"]");
+    let ConfigError::Invalid { problems, .. } =
+        Config::from_toml(&bad, Path::new("g.toml")).unwrap_err()
+    else {
+        panic!("expected Invalid");
+    };
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "mllp.max_connections_per_address",
+            "mllp.frame_timeout_s",
+            "adt.allow_from[0]",
+            "devices[0].allow_from[1]"
+        ]
+    );
+    assert!(problems[3]
+        .message
+        .contains("'monitor-3' is not an IP address"));
+}
+
+#[test]
+fn unknown_fields_are_refused() {
+    let text = format!("{GOOD}\n[kafka]\nbootstrap = \"h:1\"\ntopic = \"x\"\n");
+    let err = Config::from_toml(&text, Path::new("g.toml")).unwrap_err();
+    assert!(err.to_string().contains("unknown field `topic`"), "{err}");
+}
+
+#[test]
+fn kafka_drain_knobs_have_documented_defaults_and_are_validated() {
+    let parse = |extra: &str| {
+        let text = format!("{GOOD}\n[kafka]\nbootstrap = \"h:1\"\n{extra}\n");
+        Config::from_toml(&text, Path::new("g.toml")).map(|c| c.kafka.unwrap())
+    };
+    let k = parse("").unwrap();
+    assert_eq!(k.fetch_limit, 5000);
+    assert_eq!(k.live_window, std::time::Duration::from_secs(10));
+    assert_eq!(k.backlog_rate, 100_000);
+    for (line, field) in [
+        ("fetch_limit = 0", "kafka.fetch_limit"),
+        ("live_window_ms = 10", "kafka.live_window_ms"),
+        ("backlog_rate = 0", "kafka.backlog_rate"),
+    ] {
+        let err = parse(line).unwrap_err();
+        assert!(err.to_string().contains(field), "{line}: {err}");
+    }
+    let k = parse("fetch_limit = 500\nlive_window_ms = 2000\nbacklog_rate = 750").unwrap();
+    assert_eq!(
+        (k.fetch_limit, k.live_window.as_millis(), k.backlog_rate),
+        (500, 2000, 750)
+    );
+}

@@ -1,0 +1,523 @@
+//! The one validation step from the file as written ([`RawConfig`]) to [`Config`]: every
+//! problem at once, each with its field path.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::raw::*;
+use super::{
+    Bed, ClockPolicy, Config, Device, FieldProblem, KafkaConfig, MllpConfig, Protocol, StoreConfig,
+};
+
+/// Parses an allow-list, reporting each bad entry as `field[index]`.
+fn allow_list(
+    field: &str,
+    entries: &[String],
+    problem: &mut impl FnMut(&str, String),
+) -> crate::allow::AllowList {
+    crate::allow::AllowList::parse(entries).unwrap_or_else(|bad| {
+        for (j, message) in bad {
+            problem(&format!("{field}[{j}]"), message);
+        }
+        crate::allow::AllowList::default()
+    })
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl RawConfig {
+    /// Turns the raw file into a [`Config`], or lists every problem with its field path.
+    /// Relative `data_dir` is resolved against `base` (the config file's folder).
+    pub fn validate(self, base: &Path) -> Result<Config, Vec<FieldProblem>> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &str, message: String| {
+            problems.push(FieldProblem {
+                field: field.to_owned(),
+                message,
+            })
+        };
+
+        if !valid_id(&self.gateway_id) {
+            problem(
+                "gateway_id",
+                format!(
+                    "'{}' must be 1-64 letters, digits, '-', '_' or '.'",
+                    self.gateway_id
+                ),
+            );
+        }
+        let data_dir = if self.data_dir.is_absolute() {
+            self.data_dir.clone()
+        } else {
+            base.join(&self.data_dir)
+        };
+        let in_data = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                data_dir.join(p)
+            }
+        };
+
+        if self.store.disk_budget_mb == 0 {
+            problem("store.disk_budget_mb", "must be at least 1".into());
+        }
+        if !(2..=100).contains(&self.store.high_water_pct) {
+            problem(
+                "store.high_water_pct",
+                format!("{} must be 2-100", self.store.high_water_pct),
+            );
+        }
+        if self.store.low_water_pct == 0 || self.store.low_water_pct >= self.store.high_water_pct {
+            problem(
+                "store.low_water_pct",
+                format!(
+                    "{} must be at least 1 and below store.high_water_pct ({})",
+                    self.store.low_water_pct, self.store.high_water_pct
+                ),
+            );
+        }
+        if self.store.alarm_reserve_pct > 20 {
+            problem(
+                "store.alarm_reserve_pct",
+                format!("{} must be 0-20", self.store.alarm_reserve_pct),
+            );
+        }
+        let on_full = match self.store.on_full.as_str() {
+            "refuse" => crate::store::OnFull::Refuse,
+            "drop_oldest_unsent" => crate::store::OnFull::DropOldestUnsent,
+            other => {
+                problem(
+                    "store.on_full",
+                    format!("'{other}' is not one of \"refuse\", \"drop_oldest_unsent\""),
+                );
+                crate::store::OnFull::Refuse
+            }
+        };
+        let synchronous_full = match self.store.synchronous.as_str() {
+            "full" => true,
+            "normal" => false,
+            other => {
+                problem(
+                    "store.synchronous",
+                    format!("'{other}' is not one of \"full\", \"normal\""),
+                );
+                true
+            }
+        };
+        if self.store.max_batch == 0 {
+            problem("store.max_batch", "must be at least 1".into());
+        }
+        if self.store.max_pending < self.store.max_batch {
+            problem(
+                "store.max_pending",
+                format!(
+                    "must be at least store.max_batch ({})",
+                    self.store.max_batch
+                ),
+            );
+        }
+
+        let mut addr = |field: &str, s: &str| -> SocketAddr {
+            match s.parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    problem(
+                        field,
+                        format!("'{s}' is not an address like 127.0.0.1:2575"),
+                    );
+                    SocketAddr::from(([127, 0, 0, 1], 0))
+                }
+            }
+        };
+        let mllp_listen = addr("mllp.listen", &self.mllp.listen);
+        let http_listen = addr("http.listen", &self.http.listen);
+        if self.mllp.max_frame_bytes < 1024 || self.mllp.max_frame_bytes > 64 << 20 {
+            problem(
+                "mllp.max_frame_bytes",
+                format!("{} is outside 1024..=67108864", self.mllp.max_frame_bytes),
+            );
+        }
+        if self.mllp.max_connections == 0 {
+            problem("mllp.max_connections", "must be at least 1".into());
+        }
+        if self.mllp.max_connections_per_address == 0 {
+            problem(
+                "mllp.max_connections_per_address",
+                "must be at least 1".into(),
+            );
+        }
+        for (field, secs) in [
+            ("mllp.frame_timeout_s", self.mllp.frame_timeout_s),
+            ("mllp.idle_timeout_s", self.mllp.idle_timeout_s),
+        ] {
+            if !(1..=86_400).contains(&secs) {
+                problem(field, format!("{secs} is outside 1..=86400 seconds"));
+            }
+        }
+        if self.http.max_event_streams == 0 {
+            problem("http.max_event_streams", "must be at least 1".into());
+        }
+        if !(1024..=16 << 20).contains(&self.http.max_body_bytes) {
+            problem(
+                "http.max_body_bytes",
+                format!("{} is outside 1024..=16777216", self.http.max_body_bytes),
+            );
+        }
+        let adt_allow_from = allow_list("adt.allow_from", &self.adt.allow_from, &mut problem);
+
+        let kafka = self.kafka.as_ref().map(|k| {
+            if k.bootstrap.trim().is_empty() {
+                problem("kafka.bootstrap", "must name at least one host:port".into());
+            }
+            if k.topic_observations.trim().is_empty() {
+                problem("kafka.topic_observations", "must not be empty".into());
+            }
+            if k.topic_alarms.trim().is_empty() {
+                problem("kafka.topic_alarms", "must not be empty".into());
+            }
+            if k.topic_adt.trim().is_empty() {
+                problem("kafka.topic_adt", "must not be empty".into());
+            }
+            if k.topic_deadletter.trim().is_empty() {
+                problem("kafka.topic_deadletter", "must not be empty".into());
+            }
+            if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&k.compression.as_str()) {
+                problem(
+                    "kafka.compression",
+                    format!(
+                        "'{}' is not one of none, gzip, snappy, lz4, zstd",
+                        k.compression
+                    ),
+                );
+            }
+            if k.max_per_bundle == 0 || k.max_per_bundle > 10_000 {
+                problem("kafka.max_per_bundle", "must be within 1..=10000".into());
+            }
+            if k.message_timeout_ms < 1000 {
+                problem("kafka.message_timeout_ms", "must be at least 1000".into());
+            }
+            if k.fetch_limit == 0 || k.fetch_limit > 100_000 {
+                problem("kafka.fetch_limit", "must be within 1..=100000".into());
+            }
+            if !(1000..=3_600_000).contains(&k.live_window_ms) {
+                problem(
+                    "kafka.live_window_ms",
+                    "must be within 1000..=3600000".into(),
+                );
+            }
+            if k.backlog_rate == 0 {
+                problem(
+                    "kafka.backlog_rate",
+                    "must be at least 1 observation per second".into(),
+                );
+            }
+            KafkaConfig {
+                bootstrap: k.bootstrap.clone(),
+                topic_observations: k.topic_observations.clone(),
+                topic_alarms: k.topic_alarms.clone(),
+                topic_adt: k.topic_adt.clone(),
+                topic_deadletter: k.topic_deadletter.clone(),
+                message_timeout_ms: k.message_timeout_ms,
+                max_per_bundle: k.max_per_bundle,
+                compression: k.compression.clone(),
+                fetch_limit: k.fetch_limit,
+                live_window: std::time::Duration::from_millis(k.live_window_ms),
+                backlog_rate: k.backlog_rate,
+            }
+        });
+
+        let mqtt = self.mqtt.as_ref().map(|m| {
+            let cfg = icu_drivers::mqtt::MqttConfig {
+                broker_host: m.broker_host.clone(),
+                broker_port: m.broker_port,
+                client_id: m
+                    .client_id
+                    .clone()
+                    .unwrap_or_else(|| format!("icu-gateway-{}", self.gateway_id)),
+                gateway_id: self.gateway_id.clone(),
+                keep_alive_s: 30,
+                max_payload_bytes: m.max_payload_bytes,
+                reconnect_max_backoff_ms: 5_000,
+                username: m.username.clone(),
+                password: m.password.clone(),
+            };
+            if let Err(e) = cfg.validate() {
+                problem("mqtt", e.to_string());
+            }
+            cfg
+        });
+
+        let alarms = self.alarms.clone().unwrap_or_default();
+        if let Some(am) = &self.alarm_manager {
+            if !am.mllp.contains(':') {
+                problems.push(FieldProblem {
+                    field: "alarm_manager.mllp".into(),
+                    message: format!("'{}' is not host:port", am.mllp),
+                });
+            }
+        }
+        problems.extend(alarms.validate("alarms"));
+        let mut problem = |field: &str, message: String| {
+            problems.push(FieldProblem {
+                field: field.to_owned(),
+                message,
+            })
+        };
+
+        let clock = match self.clock.as_str() {
+            "auto" => ClockPolicy::Auto,
+            "synced" => ClockPolicy::Synced,
+            "unsynced" => ClockPolicy::Unsynced,
+            other => {
+                problem(
+                    "clock",
+                    format!("'{other}' is not one of \"auto\", \"synced\", \"unsynced\""),
+                );
+                ClockPolicy::Auto
+            }
+        };
+
+        let mut beds = Vec::new();
+        let mut bed_ids = BTreeMap::new();
+        for (i, b) in self.beds.iter().enumerate() {
+            if !valid_id(&b.id) {
+                problem(
+                    &format!("beds[{i}].id"),
+                    format!("'{}' must be 1-64 letters, digits, '-', '_' or '.'", b.id),
+                );
+            }
+            if let Some(prev) = bed_ids.insert(b.id.clone(), i) {
+                problem(
+                    &format!("beds[{i}].id"),
+                    format!("'{}' is already used by beds[{prev}]", b.id),
+                );
+            }
+            if let Some(loc) = &b.adt_location {
+                if loc.split('^').count() != 3 || loc.split('^').any(str::is_empty) {
+                    problem(
+                        &format!("beds[{i}].adt_location"),
+                        format!("'{loc}' is not PointOfCare^Room^Bed as in PV1-3, e.g. ICU1^101^A"),
+                    );
+                }
+            }
+            beds.push(Bed {
+                id: b.id.clone(),
+                label: b.label.clone().unwrap_or_else(|| b.id.clone()),
+                adt_location: b.adt_location.clone(),
+            });
+        }
+
+        let mut devices = Vec::new();
+        let mut device_ids = BTreeMap::new();
+        let mut match_ids = BTreeMap::new();
+        let mut ports = BTreeMap::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            if !valid_id(&d.id) {
+                problem(
+                    &format!("devices[{i}].id"),
+                    format!("'{}' must be 1-64 letters, digits, '-', '_' or '.'", d.id),
+                );
+            }
+            if let Some(prev) = device_ids.insert(d.id.clone(), i) {
+                problem(
+                    &format!("devices[{i}].id"),
+                    format!("'{}' is already used by devices[{prev}]", d.id),
+                );
+            }
+            if !bed_ids.contains_key(&d.bed) {
+                problem(
+                    &format!("devices[{i}].bed"),
+                    format!("'{}' is not one of the configured beds", d.bed),
+                );
+            }
+            let protocol = match d.protocol.as_str() {
+                "pcd01" => Protocol::Pcd01,
+                "masimo" => Protocol::Masimo,
+                "medibus" => Protocol::Medibus,
+                "mqtt" => Protocol::Mqtt,
+                other => {
+                    problem(
+                        &format!("devices[{i}].protocol"),
+                        format!(
+                            "'{other}' is not a supported protocol (pcd01, masimo, medibus, mqtt)"
+                        ),
+                    );
+                    Protocol::Pcd01
+                }
+            };
+            let needs_match = protocol == Protocol::Pcd01;
+            if protocol == Protocol::Mqtt && self.mqtt.is_none() {
+                problem(
+                    &format!("devices[{i}].protocol"),
+                    "mqtt devices need an [mqtt] section naming the broker".into(),
+                );
+            }
+            match (&d.match_id, protocol.is_serial()) {
+                (None, false) if needs_match => problem(
+                    &format!("devices[{i}].match"),
+                    "is required for pcd01 devices (the EUI-64 or MSH-3.1 that identifies them)"
+                        .into(),
+                ),
+                (None, false) => {}
+                (Some(_), false) if !needs_match => problem(
+                    &format!("devices[{i}].match"),
+                    "is only for pcd01 devices; mqtt devices are identified by their topic".into(),
+                ),
+                (Some(m), false) if m.trim().is_empty() => {
+                    problem(&format!("devices[{i}].match"), "must not be empty".into())
+                }
+                (Some(m), false) => {
+                    if let Some(prev) = match_ids.insert(m.clone(), i) {
+                        problem(
+                            &format!("devices[{i}].match"),
+                            format!("'{m}' already identifies devices[{prev}]"),
+                        );
+                    }
+                }
+                (Some(_), true) => problem(
+                    &format!("devices[{i}].match"),
+                    "is only for pcd01 devices; serial devices are identified by their port".into(),
+                ),
+                (None, true) => {}
+            }
+            let serial = match (&d.serial, protocol.is_serial()) {
+                (None, true) => {
+                    problem(
+                        &format!("devices[{i}].serial"),
+                        format!(
+                            "is required for {} devices (port and line settings)",
+                            d.protocol
+                        ),
+                    );
+                    None
+                }
+                (Some(_), false) => {
+                    problem(
+                        &format!("devices[{i}].serial"),
+                        "is only for serial devices (masimo, medibus)".into(),
+                    );
+                    None
+                }
+                (None, false) => None,
+                (Some(sp), true) => {
+                    let (baud, parity) = match protocol {
+                        Protocol::Medibus => (19200, "even"),
+                        _ => (9600, "none"),
+                    };
+                    let parity = sp.parity.clone().unwrap_or_else(|| parity.to_owned());
+                    let data_bits = sp.data_bits.unwrap_or(8);
+                    let stop_bits = sp.stop_bits.unwrap_or(1);
+                    let baud = sp.baud.unwrap_or(baud);
+                    let usual = match protocol {
+                        Protocol::Medibus => "MEDIBUS: usually 19200",
+                        _ => "Masimo: 9600",
+                    };
+                    for (field, message) in icu_drivers::serial_line::line_problems(
+                        &sp.port.to_string_lossy(),
+                        baud,
+                        data_bits,
+                        &parity,
+                        stop_bits,
+                        usual,
+                    ) {
+                        problem(&format!("devices[{i}].serial.{field}"), message);
+                    }
+                    if let Some(prev) = ports.insert(sp.port.clone(), i) {
+                        problem(
+                            &format!("devices[{i}].serial.port"),
+                            format!("{} is already used by devices[{prev}]", sp.port.display()),
+                        );
+                    }
+                    Some(crate::serial::SerialSettings {
+                        port: sp.port.clone(),
+                        baud,
+                        data_bits,
+                        parity,
+                        stop_bits,
+                    })
+                }
+            };
+            if d.silent_after_s == 0 {
+                problem(
+                    &format!("devices[{i}].silent_after_s"),
+                    "must be at least 1".into(),
+                );
+            }
+            if !d.allow_from.is_empty() && protocol != Protocol::Pcd01 {
+                problem(
+                    &format!("devices[{i}].allow_from"),
+                    "is only for pcd01 devices (senders on the MLLP listener)".into(),
+                );
+            }
+            let allow_from = allow_list(
+                &format!("devices[{i}].allow_from"),
+                &d.allow_from,
+                &mut problem,
+            );
+            devices.push(Device {
+                id: d.id.clone(),
+                bed: d.bed.clone(),
+                protocol,
+                match_id: d.match_id.clone(),
+                serial,
+                silent_after: Duration::from_secs(d.silent_after_s),
+                allow_from,
+            });
+        }
+
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Config {
+            gateway_id: self.gateway_id,
+            store: StoreConfig {
+                path: in_data(&self.store.file),
+                disk_budget_bytes: self.store.disk_budget_mb.saturating_mul(1 << 20),
+                high_water_pct: self.store.high_water_pct,
+                low_water_pct: self.store.low_water_pct,
+                alarm_reserve_pct: self.store.alarm_reserve_pct,
+                on_full,
+                synchronous_full,
+                max_batch: self.store.max_batch,
+                max_pending: self.store.max_pending,
+            },
+            mllp: MllpConfig {
+                listen: mllp_listen,
+                max_frame_bytes: self.mllp.max_frame_bytes,
+                max_connections: self.mllp.max_connections,
+                max_connections_per_address: self
+                    .mllp
+                    .max_connections_per_address
+                    .min(self.mllp.max_connections),
+                frame_timeout: Duration::from_secs(self.mllp.frame_timeout_s),
+                idle_timeout: Duration::from_secs(self.mllp.idle_timeout_s),
+            },
+            adt_allow_from,
+            http_listen,
+            http_limits: crate::http::HttpLimits {
+                max_event_streams: self.http.max_event_streams,
+                max_body_bytes: self.http.max_body_bytes,
+            },
+            key_file: in_data(&self.signing.key_file),
+            kafka,
+            mqtt,
+            alarms,
+            alarm_manager: self
+                .alarm_manager
+                .as_ref()
+                .map(|a| (a.mllp.clone(), a.receiving_application.clone())),
+            clock,
+            beds,
+            devices,
+            data_dir,
+        })
+    }
+}
