@@ -1,5 +1,8 @@
 //! Tests of the store's SQLite layer (`store/db.rs`).
 
+use icu_cloud_bridge::outbox::SentRange;
+use icu_protos::v1::Alarm;
+
 use super::*;
 
 fn obs(v: f64) -> Observation {
