@@ -19,7 +19,7 @@ pub struct PatientRef {
     pub stay_start_us: i64,
 }
 
-/// What [`Census::apply`] did with an ADT message. Every variant was committed (or needed no
+/// What [`super::Census::apply`] did with an ADT message. Every variant was committed (or needed no
 /// change); the gateway answers AA except for [`ApplyOutcome::UnknownBed`] (see
 /// [`ApplyOutcome::hl7_error`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,7 +298,7 @@ impl Index {
 }
 
 /// A cheap, cloneable, thread-safe read handle on the census timeline (for device actors and the
-/// API). It sees every change once [`Census::apply`] has committed it.
+/// API). It sees every change once [`super::Census::apply`] has committed it.
 #[derive(Debug, Clone)]
 pub struct CensusReader {
     pub(super) index: Arc<RwLock<Index>>,

@@ -6,14 +6,14 @@
 //! - `seq` is assigned per device inside the same transaction, so committed seqs are gapless
 //!   and strictly increasing, and a failed commit consumes none;
 //! - a retried message (same device, control id and bytes) among the device's last
-//!   [`DEDUP_WINDOW`] messages is recognised and not stored twice (see [`Dedup`]);
+//!   [`DEDUP_WINDOW`] messages is recognised and not stored twice (see `db/dedup.rs`);
 //! - the disk budget ([`BudgetPolicy`], policy in the `store` module docs) is checked before every
 //!   request of a batch, on the bytes in use (`(page_count - freelist_count) * page_size` plus
 //!   the write-ahead log), so deleted records count as freed; above the high-water mark each
 //!   batch first prunes one bounded chunk (forwarded records oldest first, then, only with
 //!   `on_full = drop_oldest_unsent`, the oldest unsent observations), never a long stall.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use icu_cloud_bridge::outbox::Stream;
@@ -47,210 +47,6 @@ pub struct StoreDb {
     /// bridge has to forward something first; no need to look on every batch).
     next_prune: Option<std::time::Instant>,
     dedup: Dedup,
-}
-
-/// How many of a device's latest messages a retry is recognised among (per device; after a
-/// restart, from its latest rows in the file).
-pub const DEDUP_WINDOW: usize = 256;
-
-/// Recognises a sender's retry of a message already stored: same device, same control id
-/// (HL7 MSH-10, the MQTT message id) and same bytes (digest).
-///
-/// Senders retry their latest messages: an MLLP sender resends the one whose ACK it did not
-/// get before it sends the next; the MQTT broker redelivers to the gateway what was in flight
-/// to it (mosquitto's `max_inflight_messages`, 20 by default); after a gateway crash both
-/// resend what they sent last. So each device's last [`DEDUP_WINDOW`] messages are kept in
-/// memory (about 50 KiB per device), loaded from the
-/// device's latest rows (`records.control_id` and `digest`) the first time the device is seen
-/// after a start. This replaced a `messages` table with two b-trees, which was a third of all
-/// pages each group commit wrote (`cargo bench -p icu-gateway --bench store_commit`); store
-/// files that still have rows in it are looked up there as well.
-///
-/// What a batch stores enters the window only once its `COMMIT` returned: a commit that failed
-/// leaves no trace that would answer a retry as stored.
-#[derive(Debug, Default)]
-struct Dedup {
-    devices: HashMap<String, DedupDevice>,
-    /// Stored by the batch being committed, not yet in `devices`: (device, control id, entry).
-    pending: Vec<(String, String, DedupEntry)>,
-    /// The legacy `messages` table has rows (files written before the window).
-    legacy: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct DedupEntry {
-    digest: i64,
-    first_seq: u64,
-    last_seq: u64,
-}
-
-#[derive(Debug, Default)]
-struct DedupDevice {
-    by_control: HashMap<String, DedupEntry>,
-    /// Control ids oldest first, with the first seq they were stored under (a control id
-    /// reused with other bytes replaces the earlier entry; evicting the earlier occurrence
-    /// must not remove the later one).
-    order: std::collections::VecDeque<(String, u64)>,
-}
-
-impl DedupDevice {
-    fn insert(&mut self, control_id: String, entry: DedupEntry) {
-        self.order.push_back((control_id.clone(), entry.first_seq));
-        self.by_control.insert(control_id, entry);
-        while self.order.len() > DEDUP_WINDOW {
-            if let Some((old, first)) = self.order.pop_front() {
-                if self
-                    .by_control
-                    .get(&old)
-                    .is_some_and(|e| e.first_seq == first)
-                {
-                    self.by_control.remove(&old);
-                }
-            }
-        }
-    }
-}
-
-impl Dedup {
-    /// The earlier outcome of this message if it is a retry: the batch being committed first,
-    /// then the device's window (loaded from the file on first use), then the legacy table.
-    fn find(
-        &mut self,
-        conn: &Connection,
-        b: &ObservationBatch,
-    ) -> rusqlite::Result<Option<WriteOutcome>> {
-        let Some((control_id, digest)) = &b.dedup else {
-            return Ok(None);
-        };
-        let hit = |e: &DedupEntry| {
-            (e.digest == *digest).then_some(WriteOutcome::Duplicate {
-                first_seq: e.first_seq,
-                last_seq: e.last_seq,
-            })
-        };
-        if let Some((_, _, e)) = self
-            .pending
-            .iter()
-            .rev()
-            .find(|(d, c, _)| *d == b.device_id && c == control_id)
-        {
-            return Ok(hit(e));
-        }
-        if !self.devices.contains_key(&b.device_id) {
-            let window = load_dedup_window(conn, &b.device_id)?;
-            self.devices.insert(b.device_id.clone(), window);
-        }
-        if let Some(e) = self.devices[&b.device_id].by_control.get(control_id) {
-            return Ok(hit(e));
-        }
-        if self.legacy {
-            let prior: Option<(i64, i64, i64)> = conn
-                .prepare_cached(
-                    "SELECT digest, first_seq, last_seq FROM messages WHERE device_id = ?1 AND control_id = ?2",
-                )?
-                .query_row(params![b.device_id, control_id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-                .optional()?;
-            return Ok(prior.and_then(|(d, first, last)| {
-                hit(&DedupEntry {
-                    digest: d,
-                    first_seq: first as u64,
-                    last_seq: last as u64,
-                })
-            }));
-        }
-        Ok(None)
-    }
-
-    /// After a request's savepoint was released: the message it stored waits in `pending`
-    /// for the batch's `COMMIT`.
-    fn stored(&mut self, b: &ObservationBatch, out: &WriteOutcome) {
-        if let (
-            WriteOutcome::Stored {
-                first_seq,
-                last_seq,
-            },
-            Some((control_id, digest)),
-        ) = (out, &b.dedup)
-        {
-            self.pending.push((
-                b.device_id.clone(),
-                control_id.clone(),
-                DedupEntry {
-                    digest: *digest,
-                    first_seq: *first_seq,
-                    last_seq: *last_seq,
-                },
-            ));
-        }
-    }
-
-    /// After the batch's `COMMIT`: what it stored enters the windows.
-    fn committed(&mut self) {
-        for (device, control_id, entry) in self.pending.drain(..) {
-            self.devices
-                .entry(device)
-                .or_default()
-                .insert(control_id, entry);
-        }
-    }
-}
-
-/// A device's last [`DEDUP_WINDOW`] messages as its latest rows hold them (the rows of one
-/// message share its control id and digest).
-fn load_dedup_window(conn: &Connection, device_id: &str) -> rusqlite::Result<DedupDevice> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, n, control_id, digest FROM records WHERE kind = ?1 AND device_id = ?2 ORDER BY seq DESC LIMIT ?3",
-    )?;
-    let mut rows = stmt.query(params![
-        Stream::Observations.code(),
-        device_id,
-        DEDUP_WINDOW as i64
-    ])?;
-    // Newest first: merge the rows of one message, then insert oldest first.
-    let mut messages: Vec<(String, DedupEntry)> = Vec::new();
-    let mut read = 0;
-    while let Some(row) = rows.next()? {
-        read += 1;
-        let seq = row.get::<_, i64>(0)?.max(0) as u64;
-        let n = row.get::<_, i64>(1)?.max(1) as u64;
-        let (Some(control_id), Some(digest)) = (
-            row.get::<_, Option<String>>(2)?,
-            row.get::<_, Option<i64>>(3)?,
-        ) else {
-            continue;
-        };
-        match messages.last_mut() {
-            Some((c, e)) if *c == control_id && e.digest == digest && e.first_seq == seq + n => {
-                e.first_seq = seq;
-            }
-            _ => messages.push((
-                control_id,
-                DedupEntry {
-                    digest,
-                    first_seq: seq,
-                    last_seq: seq + n - 1,
-                },
-            )),
-        }
-    }
-    // The oldest message read may have more rows before the limit, or have lost its first
-    // rows to pruning (it starts the stored stream): a retry of it must not be answered with
-    // part of its seqs.
-    let first_stored = head(conn, Stream::Observations.code(), device_id)?.map(|(seq, _)| seq);
-    if read == DEDUP_WINDOW
-        || messages
-            .last()
-            .is_some_and(|(_, e)| e.first_seq > 1 && Some(e.first_seq as i64) == first_stored)
-    {
-        messages.pop();
-    }
-    let mut window = DedupDevice::default();
-    for (control_id, entry) in messages.into_iter().rev() {
-        window.insert(control_id, entry);
-    }
-    Ok(window)
 }
 
 fn sqlite_err(path: &Path, e: rusqlite::Error) -> StoreError {
@@ -712,9 +508,6 @@ impl StoreDb {
 const MAX_PRUNE_ROUNDS: usize = 8;
 /// After a round that found nothing to prune, the next one waits this long.
 const PRUNE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
-/// Most unsent seqs of one stream read from the outbox index to find forwarded records behind
-/// them, per stream and round.
-const UNSENT_SCAN: i64 = 4096;
 
 /// Keeps the write-ahead log near the policy's allowance: checkpoint at that size and truncate
 /// the file back to it after a checkpoint (a small budget must not hold a 4 MiB log).
@@ -749,277 +542,6 @@ fn pages_in_use_bytes(conn: &Connection) -> rusqlite::Result<u64> {
     let free = q("PRAGMA freelist_count")?;
     let size = q("PRAGMA page_size")?;
     Ok((pages - free).max(0) as u64 * size.max(0) as u64)
-}
-
-/// What one or more pruning rounds deleted.
-#[derive(Debug, Default)]
-struct PruneReport {
-    rounds: u64,
-    sent: u64,
-    unsent: u64,
-    dead_letters: u64,
-    messages: u64,
-    /// Unsent observations deleted, per device: (first seq, last seq, count).
-    lost: std::collections::BTreeMap<String, (i64, i64, u64)>,
-}
-
-impl PruneReport {
-    fn records(&self) -> u64 {
-        self.sent + self.unsent + self.dead_letters
-    }
-
-    fn merge(&mut self, o: PruneReport) {
-        self.rounds += o.rounds;
-        self.sent += o.sent;
-        self.unsent += o.unsent;
-        self.dead_letters += o.dead_letters;
-        self.messages += o.messages;
-        for (device, (first, last, n)) in o.lost {
-            let e = self.lost.entry(device).or_insert((first, last, 0));
-            e.0 = e.0.min(first);
-            e.1 = e.1.max(last);
-            e.2 += n;
-        }
-    }
-}
-
-/// One pruning round, about `policy.prune_chunk` records (whole rows), in the policy's order: forwarded
-/// observations and dead letters (with the dead-letter table rows already forwarded), then
-/// forwarded alarms and ADT events, then, only if nothing forwarded was left and
-/// `on_full = drop_oldest_unsent`, the oldest unsent observations. Unsent alarms, ADT events
-/// and dead letters are never deleted.
-fn prune_round(
-    conn: &Connection,
-    policy: &BudgetPolicy,
-    legacy_messages: bool,
-) -> rusqlite::Result<PruneReport> {
-    let mut report = PruneReport {
-        rounds: 1,
-        ..Default::default()
-    };
-    let streams: Vec<(i64, String)> = {
-        let mut stmt = conn.prepare_cached("SELECT kind, device_id FROM devices")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<Result<_, _>>()?
-    };
-    let of_kinds = |kinds: &[Stream]| -> Vec<(i64, String)> {
-        let codes: Vec<i64> = kinds.iter().map(|k| k.code()).collect();
-        streams
-            .iter()
-            .filter(|(k, _)| codes.contains(k))
-            .cloned()
-            .collect()
-    };
-    let chunk = policy.prune_chunk.max(1) as u64;
-    let first = of_kinds(&[Stream::Observations, Stream::DeadLetters]);
-    prune_sent(conn, &first, chunk, &mut report)?;
-    report.dead_letters += prune_dead_letter_table(conn, chunk)?;
-    if report.sent < chunk {
-        let last = of_kinds(&[Stream::Alarms, Stream::Adt]);
-        let left = chunk - report.sent;
-        prune_sent(conn, &last, left, &mut report)?;
-    }
-    if report.records() == 0 && policy.on_full == OnFull::DropOldestUnsent {
-        prune_unsent_observations(conn, &of_kinds(&[Stream::Observations]), chunk, &mut report)?;
-    }
-    // The dedup rows older gateways kept in `messages`, once their readings are all gone
-    // (nothing new is written there: skipped when the file had none).
-    for (kind, device) in first.iter().filter(|_| legacy_messages) {
-        if *kind == Stream::Observations.code() {
-            let head = match head(conn, *kind, device)? {
-                Some((seq, _)) => seq,
-                None => i64::MAX,
-            };
-            report.messages += conn.execute(
-                "DELETE FROM messages WHERE device_id = ?1 AND last_seq < ?2",
-                params![device, head],
-            )? as u64;
-        }
-    }
-    Ok(report)
-}
-
-/// The oldest record of a stream: (seq, received_us).
-fn head(conn: &Connection, kind: i64, device: &str) -> rusqlite::Result<Option<(i64, i64)>> {
-    conn.prepare_cached(
-        "SELECT seq, received_us FROM records WHERE kind = ?1 AND device_id = ?2 ORDER BY seq LIMIT 1",
-    )?
-    .query_row(params![kind, device], |r| Ok((r.get(0)?, r.get(1)?)))
-    .optional()
-}
-
-/// Seq ranges of one stream, oldest first, that hold only forwarded records (or none), at most
-/// `max` seqs in all. The bridge marks records sent in seq order per stream, so this is
-/// usually the stream's head; forwarded records behind unsent ones are found through the
-/// outbox index (at most [`UNSENT_SCAN`] entries read).
-fn sent_ranges(
-    conn: &Connection,
-    kind: i64,
-    device: &str,
-    max: u64,
-) -> rusqlite::Result<Vec<(i64, i64)>> {
-    let Some((head, _)) = head(conn, kind, device)? else {
-        return Ok(Vec::new());
-    };
-    let tail: i64 = conn
-        .prepare_cached(
-            "SELECT seq FROM records WHERE kind = ?1 AND device_id = ?2 ORDER BY seq DESC LIMIT 1",
-        )?
-        .query_row(params![kind, device], |r| r.get(0))?;
-    let mut stmt = conn.prepare_cached(
-        // INDEXED BY: without statistics SQLite may walk the primary key through every
-        // forwarded record instead of the outbox index.
-        "SELECT seq, n FROM records INDEXED BY records_unsent WHERE sent = 0 AND kind = ?1 AND device_id = ?2 AND seq >= ?3 ORDER BY seq LIMIT ?4",
-    )?;
-    let mut unsent = stmt.query(params![kind, device, head, UNSENT_SCAN])?;
-    let mut out = Vec::new();
-    let mut left = max as i64;
-    let mut next = head;
-    let mut read = 0i64;
-    let mut take = |from: i64, to: i64, left: &mut i64| {
-        let to = to.min(from + *left - 1);
-        out.push((from, to));
-        *left -= to - from + 1;
-    };
-    // Gaps between unsent seqs hold forwarded records (or none); read lazily, stop when enough.
-    while left > 0 {
-        let Some(row) = unsent.next()? else {
-            break;
-        };
-        let u: i64 = row.get(0)?;
-        let n: i64 = row.get(1)?;
-        read += 1;
-        if u > next {
-            take(next, u - 1, &mut left);
-        }
-        // The unsent row holds seqs u .. u + n - 1.
-        next = u + n.max(1);
-    }
-    if left > 0 && read < UNSENT_SCAN && next <= tail {
-        take(next, tail, &mut left);
-    }
-    Ok(out)
-}
-
-/// Deletes up to `max` forwarded records of `streams`, the stream with the oldest record first,
-/// a slice at a time.
-fn prune_sent(
-    conn: &Connection,
-    streams: &[(i64, String)],
-    max: u64,
-    report: &mut PruneReport,
-) -> rusqlite::Result<()> {
-    use std::cmp::Reverse;
-    let slice = (max / 8).max(64);
-    let mut heap = std::collections::BinaryHeap::new();
-    for (i, (kind, device)) in streams.iter().enumerate() {
-        if let Some((_, received)) = head(conn, *kind, device)? {
-            heap.push(Reverse((received, i)));
-        }
-    }
-    let mut deleted = 0u64;
-    while deleted < max {
-        let Some(Reverse((_, i))) = heap.pop() else {
-            break;
-        };
-        let (kind, device) = &streams[i];
-        let mut n = 0u64;
-        for (from, to) in sent_ranges(conn, *kind, device, slice.min(max - deleted))? {
-            let mut stmt = conn.prepare_cached(
-                "DELETE FROM records WHERE kind = ?1 AND device_id = ?2 AND seq BETWEEN ?3 AND ?4 AND sent = 1 RETURNING n",
-            )?;
-            let mut rows = stmt.query(params![kind, device, from, to])?;
-            while let Some(row) = rows.next()? {
-                n += row.get::<_, i64>(0)?.max(0) as u64;
-            }
-        }
-        if n == 0 {
-            // Nothing forwarded near this stream's head: leave it for this round.
-            continue;
-        }
-        deleted += n;
-        if let Some((_, received)) = head(conn, *kind, device)? {
-            heap.push(Reverse((received, i)));
-        }
-    }
-    report.sent += deleted;
-    Ok(())
-}
-
-/// Deletes up to `max` of the oldest unsent observations, the device with the oldest first,
-/// a slice at a time; data loss, so every range is kept in `report.lost` for the log.
-fn prune_unsent_observations(
-    conn: &Connection,
-    streams: &[(i64, String)],
-    max: u64,
-    report: &mut PruneReport,
-) -> rusqlite::Result<()> {
-    use std::cmp::Reverse;
-    let slice = (max / 8).max(64) as i64;
-    let mut heap = std::collections::BinaryHeap::new();
-    for (i, (kind, device)) in streams.iter().enumerate() {
-        if let Some((seq, received)) = head(conn, *kind, device)? {
-            heap.push(Reverse((received, i, seq)));
-        }
-    }
-    let mut deleted = 0u64;
-    while deleted < max {
-        let Some(Reverse((_, i, from))) = heap.pop() else {
-            break;
-        };
-        let (kind, device) = &streams[i];
-        let to = from + slice.min((max - deleted) as i64) - 1;
-        // Rows whose first seq is in [from, to] (the last of them may reach past `to`).
-        // The unsent seqs among them run from the first unsent row's first unsent seq to the
-        // last unsent row's end (sent is a prefix of the stream).
-        let (n, unsent, lost_from, lost_to): (i64, i64, Option<i64>, Option<i64>) = conn
-            .prepare_cached(&format!(
-                "SELECT COALESCE(SUM(n), 0), COALESCE(SUM({UNSENT_IN_ROW}), 0),
-                        MIN(CASE WHEN sent = 0 THEN MAX(seq, sent_upto + 1) END),
-                        MAX(CASE WHEN sent = 0 THEN seq + n - 1 END)
-                 FROM records WHERE kind = ?1 AND device_id = ?2 AND seq BETWEEN ?3 AND ?4"
-            ))?
-            .query_row(params![kind, device, from, to], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?;
-        conn.prepare_cached(
-            "DELETE FROM records WHERE kind = ?1 AND device_id = ?2 AND seq BETWEEN ?3 AND ?4",
-        )?
-        .execute(params![kind, device, from, to])?;
-        let n = n.max(0) as u64;
-        if n == 0 {
-            continue;
-        }
-        deleted += n;
-        report.sent += n - unsent as u64;
-        if unsent > 0 {
-            report.unsent += unsent as u64;
-            let (lo, hi) = (lost_from.unwrap_or(from), lost_to.unwrap_or(from));
-            let e = report.lost.entry(device.clone()).or_insert((lo, hi, 0));
-            e.0 = e.0.min(lo);
-            e.1 = e.1.max(hi);
-            e.2 += unsent as u64;
-        }
-        if let Some((seq, received)) = head(conn, *kind, device)? {
-            heap.push(Reverse((received, i, seq)));
-        }
-    }
-    Ok(())
-}
-
-/// Deletes up to `max` rows of the dead-letter table, oldest first, whose outbox copy is no
-/// longer waiting (older than the oldest unsent dead letter).
-fn prune_dead_letter_table(conn: &Connection, max: u64) -> rusqlite::Result<u64> {
-    let cutoff: Option<i64> = conn
-        .prepare_cached(
-            "SELECT MIN(received_us) FROM records INDEXED BY records_unsent WHERE kind = ?1 AND sent = 0",
-        )?
-        .query_row(params![Stream::DeadLetters.code()], |r| r.get(0))?;
-    Ok(conn.execute(
-        "DELETE FROM dead_letters WHERE id IN
-           (SELECT id FROM dead_letters WHERE received_us < ?1 ORDER BY id LIMIT ?2)",
-        params![cutoff.unwrap_or(i64::MAX), max as i64],
-    )? as u64)
 }
 
 /// Stores one message's readings (the caller has checked it is not a retry).
@@ -1227,15 +749,6 @@ fn insert_rows(
     .execute(params![device_id, kind, seq])?;
     Ok((next as u64, (seq - 1) as u64))
 }
-
-/// SQL: the lowest unsent seq of one stream (`?1` kind, `?2` device) and its row's receive
-/// time. INDEXED BY: without statistics the planner walks the primary key from seq 1, through
-/// every forwarded record not yet pruned (37 ms per head behind 400k of them, against 4 µs
-/// through the partial index).
-const UNSENT_HEAD: &str = "SELECT MAX(seq, sent_upto + 1), received_us FROM records INDEXED BY records_unsent WHERE kind = ?1 AND device_id = ?2 AND sent = 0 ORDER BY seq LIMIT 1";
-
-/// SQL: how many records of a `records` row are unsent (see `schema.sql`).
-const UNSENT_IN_ROW: &str = "CASE WHEN sent = 1 THEN 0 ELSE seq + n - MAX(seq, sent_upto + 1) END";
 
 /// Marks `[first, last]` of one stream sent; returns how many records were unsent before.
 ///
@@ -1455,9 +968,14 @@ fn insert_dead_letter(
     })
 }
 
+mod dedup;
+mod prune;
 mod reader;
 mod types;
 
+use dedup::Dedup;
+pub use dedup::DEDUP_WINDOW;
+use prune::*;
 pub use reader::*;
 pub use types::*;
 

@@ -10,9 +10,10 @@ use icu_cloud_bridge::outbox::{
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::prune::{head, UNSENT_HEAD, UNSENT_IN_ROW};
 use super::{
-    head, mark_range, migrate, open_connection, pages_in_use_bytes, row_records, sqlite_err,
-    StoreError, ROW_MAX, SCHEMA, UNSENT_HEAD, UNSENT_IN_ROW, VIEWS,
+    mark_range, migrate, open_connection, pages_in_use_bytes, row_records, sqlite_err, StoreError,
+    ROW_MAX, SCHEMA, VIEWS,
 };
 
 /// Counts shown on the status API.

@@ -28,8 +28,8 @@ pub enum StoreError {
 /// retries a refused one itself must not let a later message be stored before it: its writes
 /// are [`WriteOrder::InOrder`]. Once one of them is refused (budget, overload, I/O, or itself
 /// deferred) the device is *held back*: its further `InOrder` writes are refused with
-/// [`StoreError::Deferred`] (within the same batch by [`StoreDb::commit_batch`], across batches
-/// by the [`super::Store`] actor) until a [`WriteOrder::Retry`] with `release` is stored. The
+/// [`StoreError::Deferred`] (within the same batch by [`super::StoreDb::commit_batch`], across batches
+/// by the [`crate::store::Store`] actor) until a [`WriteOrder::Retry`] with `release` is stored. The
 /// transport retries its refused messages, oldest first, as `Retry`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum WriteOrder {
