@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use actix::Addr;
 use anyhow::Context as _;
-use icu_cloud_bridge::bridge::{BridgeActor, BridgeConfig, BridgeStats, Wake};
+use icu_cloud_bridge::bridge::{BridgeActor, BridgeStats, Wake};
 use icu_cloud_bridge::signing::GatewayKey;
 use icu_drivers::terminology::Terminology;
 use tokio::sync::watch;
@@ -139,24 +139,9 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
                 Some(k) => k,
                 None => load_key(&config.key_file)?,
             };
-            tracing::info!(key_id = key.key_id(), bootstrap = %k.bootstrap, topic = %k.topic_observations, "forwarding to kafka");
+            tracing::info!(key_id = key.key_id(), bootstrap = %k.brokers, topic = %k.topic_observations, "forwarding to kafka");
             let stats = BridgeStats::new();
-            let cfg = BridgeConfig {
-                gateway_id: config.gateway_id.clone(),
-                brokers: k.bootstrap.clone(),
-                topic_observations: k.topic_observations.clone(),
-                topic_alarms: k.topic_alarms.clone(),
-                topic_adt: k.topic_adt.clone(),
-                topic_deadletter: k.topic_deadletter.clone(),
-                fetch_limit: k.fetch_limit,
-                live_window: k.live_window,
-                backlog_rate: k.backlog_rate,
-                max_per_bundle: k.max_per_bundle,
-                message_timeout_ms: k.message_timeout_ms,
-                poll_interval: std::time::Duration::from_millis(200),
-                max_backoff: std::time::Duration::from_secs(10),
-                compression: k.compression.clone(),
-            };
+            let cfg = k.clone();
             let actor =
                 BridgeActor::new(cfg, outbox.clone(), key, terminology.clone(), stats.clone())
                     .context("starting the kafka bridge")?;
@@ -455,7 +440,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
             store_stats,
             mllp_stats,
             bridge: bridge.clone(),
-            kafka_bootstrap: config.kafka.as_ref().map(|k| k.bootstrap.clone()),
+            kafka_bootstrap: config.kafka.as_ref().map(|k| k.brokers.clone()),
             census: census_reader,
             mqtt: mqtt.as_ref().map(|m| m.counters()),
             alarms: alarm_addr,

@@ -129,10 +129,7 @@ fn main() -> anyhow::Result<()> {
             println!("  mllp:       {}", cfg.mllp.listen);
             println!("  http:       {}", cfg.http_listen);
             match &cfg.kafka {
-                Some(k) => println!(
-                    "  kafka:      {} topic {}",
-                    k.bootstrap, k.topic_observations
-                ),
+                Some(k) => println!("  kafka:      {} topic {}", k.brokers, k.topic_observations),
                 None => println!("  kafka:      none (store only)"),
             }
             println!("  beds:       {}", cfg.beds.len());

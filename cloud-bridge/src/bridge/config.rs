@@ -78,64 +78,70 @@ impl BridgeConfig {
         }
     }
 
-    /// Checks every field; reports the first problem with its field name.
-    pub fn validate(&self) -> Result<(), BridgeError> {
-        let bad = |field, reason: &str| {
-            Err(BridgeError::Config {
-                field,
-                reason: reason.to_owned(),
-            })
-        };
+    /// Every problem of this config, each with its field name: the one set of rules for these
+    /// settings (the gateway's config check reports them under `kafka.*`).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out: Vec<(&'static str, String)> = Vec::new();
+        let mut bad = |field, reason: &str| out.push((field, reason.to_owned()));
         if self.gateway_id.trim().is_empty() {
-            return bad("gateway_id", "must not be empty");
+            bad("gateway_id", "must not be empty");
         }
         if self.brokers.trim().is_empty() {
-            return bad("brokers", "must list at least one host:port");
+            bad("brokers", "must list at least one host:port");
         }
-        if self.topic_observations.trim().is_empty() {
-            return bad("topic_observations", "must not be empty");
+        for (field, topic) in [
+            ("topic_observations", &self.topic_observations),
+            ("topic_alarms", &self.topic_alarms),
+            ("topic_adt", &self.topic_adt),
+            ("topic_deadletter", &self.topic_deadletter),
+        ] {
+            if topic.trim().is_empty() {
+                bad(field, "must not be empty");
+            }
         }
-        if self.topic_alarms.trim().is_empty() {
-            return bad("topic_alarms", "must not be empty");
+        if !(1..=100_000).contains(&self.fetch_limit) {
+            bad("fetch_limit", "must be within 1..=100000");
         }
-        if self.topic_adt.trim().is_empty() {
-            return bad("topic_adt", "must not be empty");
+        if !(1..=10_000).contains(&self.max_per_bundle) {
+            bad("max_per_bundle", "must be within 1..=10000");
         }
-        if self.topic_deadletter.trim().is_empty() {
-            return bad("topic_deadletter", "must not be empty");
-        }
-        if self.fetch_limit == 0 {
-            return bad("fetch_limit", "must be at least 1");
-        }
-        if self.max_per_bundle == 0 {
-            return bad("max_per_bundle", "must be at least 1");
-        }
-        if self.live_window.is_zero() {
-            return bad("live_window", "must be greater than zero");
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.live_window) {
+            bad(
+                "live_window",
+                "must be within 1 s..=1 h (1000..=3600000 ms)",
+            );
         }
         if self.backlog_rate == 0 {
-            return bad("backlog_rate", "must be at least 1 observation per second");
+            bad("backlog_rate", "must be at least 1 observation per second");
         }
-        if self.message_timeout_ms == 0 || self.message_timeout_ms > i32::MAX as u64 {
-            return bad("message_timeout_ms", "must be between 1 and 2147483647");
+        if !(1000..=i32::MAX as u64).contains(&self.message_timeout_ms) {
+            bad("message_timeout_ms", "must be between 1000 and 2147483647");
         }
         if self.poll_interval.is_zero() {
-            return bad("poll_interval", "must be greater than zero");
+            bad("poll_interval", "must be greater than zero");
         }
         if self.max_backoff.is_zero() {
-            return bad("max_backoff", "must be greater than zero");
+            bad("max_backoff", "must be greater than zero");
         }
         if !COMPRESSIONS.contains(&self.compression.as_str()) {
-            return Err(BridgeError::Config {
-                field: "compression",
-                reason: format!(
+            out.push((
+                "compression",
+                format!(
                     "unknown codec {:?}; use one of {}",
                     self.compression,
                     COMPRESSIONS.join(", ")
                 ),
-            });
+            ));
         }
-        Ok(())
+        out
+    }
+
+    /// Checks every field; reports the first problem with its field name.
+    pub fn validate(&self) -> Result<(), BridgeError> {
+        match self.problems().into_iter().next() {
+            None => Ok(()),
+            Some((field, reason)) => Err(BridgeError::Config { field, reason }),
+        }
     }
 
     pub(super) fn metadata_timeout(&self) -> Duration {

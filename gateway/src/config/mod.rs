@@ -43,7 +43,8 @@ pub struct Config {
     pub http_listen: SocketAddr,
     pub http_limits: crate::http::HttpLimits,
     pub key_file: PathBuf,
-    pub kafka: Option<KafkaConfig>,
+    /// The bridge's settings (`[kafka]`), validated by the bridge's own rules.
+    pub kafka: Option<icu_cloud_bridge::bridge::BridgeConfig>,
     pub mqtt: Option<icu_drivers::mqtt::MqttConfig>,
     pub alarms: crate::alarm::AlarmConfig,
     /// `(host:port, receiving application)` of the PCD-04 alarm manager.
@@ -51,21 +52,6 @@ pub struct Config {
     pub clock: ClockPolicy,
     pub beds: Vec<Bed>,
     pub devices: Vec<Device>,
-}
-
-#[derive(Debug, Clone)]
-pub struct KafkaConfig {
-    pub bootstrap: String,
-    pub topic_observations: String,
-    pub topic_alarms: String,
-    pub topic_adt: String,
-    pub topic_deadletter: String,
-    pub message_timeout_ms: u64,
-    pub max_per_bundle: usize,
-    pub compression: String,
-    pub fetch_limit: usize,
-    pub live_window: std::time::Duration,
-    pub backlog_rate: u64,
 }
 
 impl Config {

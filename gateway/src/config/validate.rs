@@ -7,9 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::raw::*;
-use super::{
-    Bed, ClockPolicy, Config, Device, FieldProblem, KafkaConfig, MllpConfig, Protocol, StoreConfig,
-};
+use super::{Bed, ClockPolicy, Config, Device, FieldProblem, MllpConfig, Protocol, StoreConfig};
 
 /// Parses an allow-list, reporting each bad entry as `field[index]`.
 fn allow_list(
@@ -173,65 +171,36 @@ impl RawConfig {
         }
         let adt_allow_from = allow_list("adt.allow_from", &self.adt.allow_from, &mut problem);
 
+        // The bridge's own settings type, checked by its own rules (one definition, one
+        // validation), reported under the file's names.
         let kafka = self.kafka.as_ref().map(|k| {
-            if k.bootstrap.trim().is_empty() {
-                problem("kafka.bootstrap", "must name at least one host:port".into());
-            }
-            if k.topic_observations.trim().is_empty() {
-                problem("kafka.topic_observations", "must not be empty".into());
-            }
-            if k.topic_alarms.trim().is_empty() {
-                problem("kafka.topic_alarms", "must not be empty".into());
-            }
-            if k.topic_adt.trim().is_empty() {
-                problem("kafka.topic_adt", "must not be empty".into());
-            }
-            if k.topic_deadletter.trim().is_empty() {
-                problem("kafka.topic_deadletter", "must not be empty".into());
-            }
-            if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&k.compression.as_str()) {
-                problem(
-                    "kafka.compression",
-                    format!(
-                        "'{}' is not one of none, gzip, snappy, lz4, zstd",
-                        k.compression
-                    ),
-                );
-            }
-            if k.max_per_bundle == 0 || k.max_per_bundle > 10_000 {
-                problem("kafka.max_per_bundle", "must be within 1..=10000".into());
-            }
-            if k.message_timeout_ms < 1000 {
-                problem("kafka.message_timeout_ms", "must be at least 1000".into());
-            }
-            if k.fetch_limit == 0 || k.fetch_limit > 100_000 {
-                problem("kafka.fetch_limit", "must be within 1..=100000".into());
-            }
-            if !(1000..=3_600_000).contains(&k.live_window_ms) {
-                problem(
-                    "kafka.live_window_ms",
-                    "must be within 1000..=3600000".into(),
-                );
-            }
-            if k.backlog_rate == 0 {
-                problem(
-                    "kafka.backlog_rate",
-                    "must be at least 1 observation per second".into(),
-                );
-            }
-            KafkaConfig {
-                bootstrap: k.bootstrap.clone(),
+            let cfg = icu_cloud_bridge::bridge::BridgeConfig {
+                gateway_id: self.gateway_id.clone(),
+                brokers: k.bootstrap.clone(),
                 topic_observations: k.topic_observations.clone(),
                 topic_alarms: k.topic_alarms.clone(),
                 topic_adt: k.topic_adt.clone(),
                 topic_deadletter: k.topic_deadletter.clone(),
-                message_timeout_ms: k.message_timeout_ms,
-                max_per_bundle: k.max_per_bundle,
-                compression: k.compression.clone(),
                 fetch_limit: k.fetch_limit,
                 live_window: std::time::Duration::from_millis(k.live_window_ms),
                 backlog_rate: k.backlog_rate,
+                max_per_bundle: k.max_per_bundle,
+                message_timeout_ms: k.message_timeout_ms,
+                poll_interval: std::time::Duration::from_millis(200),
+                max_backoff: std::time::Duration::from_secs(10),
+                compression: k.compression.clone(),
+            };
+            for (field, reason) in cfg.problems() {
+                let field = match field {
+                    // Reported once, as `gateway_id`.
+                    "gateway_id" => continue,
+                    "brokers" => "bootstrap",
+                    "live_window" => "live_window_ms",
+                    other => other,
+                };
+                problem(&format!("kafka.{field}"), reason);
             }
+            cfg
         });
 
         let mqtt = self.mqtt.as_ref().map(|m| {
