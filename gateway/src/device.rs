@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use icu_drivers::hl7::{AckCode, ErrorCode, Hl7Error, Pcd01Message};
 use icu_protos::v1::Alarm;
 
 use crate::census::CensusReader;
@@ -430,41 +429,5 @@ impl Handler<QueueObservations> for DeviceActor {
         actix::spawn(async move {
             let _ = reply.send(stored.await);
         });
-    }
-}
-
-/// A decoded PCD-01 message from this device.
-#[derive(Message)]
-#[rtype(result = "Result<WriteOutcome, Hl7Error>")]
-pub struct IngestPcd01 {
-    pub message: Pcd01Message,
-    /// Digest of the raw message bytes, to recognise a sender's retry.
-    pub digest: i64,
-    pub receive_time_us: i64,
-}
-
-/// The HL7 answer for a store failure: AR, application internal error, saying why.
-pub fn store_error_to_hl7(e: &StoreError) -> Hl7Error {
-    Hl7Error::new(
-        AckCode::AR,
-        ErrorCode::ApplicationInternalError,
-        None,
-        format!("{e}; please resend later"),
-    )
-}
-
-impl Handler<IngestPcd01> for DeviceActor {
-    type Result = ResponseFuture<Result<WriteOutcome, Hl7Error>>;
-
-    fn handle(&mut self, msg: IngestPcd01, ctx: &mut Self::Context) -> Self::Result {
-        let dedup = Some((msg.message.header.control_id.clone(), msg.digest));
-        let stored = self.ingest(
-            msg.message.observations,
-            dedup,
-            msg.receive_time_us,
-            WriteOrder::Independent,
-            ctx,
-        );
-        Box::pin(async move { stored.await.map_err(|e| store_error_to_hl7(&e)) })
     }
 }

@@ -39,7 +39,7 @@ use crate::allow::AllowList;
 use crate::census::actor::{ApplyAdt, CensusActor};
 use crate::census::ApplyOutcome;
 use crate::clock::now_us;
-use crate::device::{DeviceActor, IngestPcd01};
+use crate::device::{DeviceActor, IngestObservations};
 use crate::live::LiveState;
 use crate::store::{db::digest, Append, DeadLetter, Store, WriteOutcome, WriteRequest};
 
@@ -697,12 +697,14 @@ async fn handle_frame(
     let n = message.observations.len();
     let result = route
         .addr
-        .send(IngestPcd01 {
-            message,
-            digest: digest(payload),
+        .send(IngestObservations {
+            dedup: Some((message.header.control_id.clone(), digest(payload))),
+            observations: message.observations,
             receive_time_us: received,
+            order: crate::store::WriteOrder::Independent,
         })
-        .await;
+        .await
+        .map(|stored| stored.map_err(|e| store_error_to_hl7(&e)));
     match result {
         Ok(Ok(outcome)) => {
             if let WriteOutcome::Duplicate {
@@ -839,11 +841,11 @@ async fn handle_adt(
         match stored {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                let err = crate::device::store_error_to_hl7(&e);
+                let err = store_error_to_hl7(&e);
                 return ack(ingest, Some(&header), err.ack, Some(&err));
             }
             Err(_) => {
-                let err = crate::device::store_error_to_hl7(&crate::store::StoreError::Closed);
+                let err = store_error_to_hl7(&crate::store::StoreError::Closed);
                 return ack(ingest, Some(&header), err.ack, Some(&err));
             }
         }
@@ -958,6 +960,17 @@ pub struct MllpConfig {
     pub max_connections_per_address: usize,
     pub frame_timeout: Duration,
     pub idle_timeout: Duration,
+}
+
+/// The HL7 answer for a store failure: AR, application internal error, saying why (the sender
+/// keeps the message and resends it).
+pub fn store_error_to_hl7(e: &crate::store::StoreError) -> Hl7Error {
+    Hl7Error::new(
+        AckCode::AR,
+        ErrorCode::ApplicationInternalError,
+        None,
+        format!("{e}; please resend later"),
+    )
 }
 
 #[cfg(test)]
