@@ -67,10 +67,20 @@ pub struct LimitsStore {
 }
 
 impl LimitsStore {
-    pub fn open(path: &Path) -> rusqlite::Result<Self> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.execute_batch("PRAGMA journal_mode=WAL;")?;
+    /// Opens the limits tables in the store's file, through the store's one opener (WAL, busy
+    /// timeout, synchronous FULL: a limit change is answered only once it survives a power cut).
+    pub fn open(path: &Path) -> Result<Self, crate::store::StoreError> {
+        let conn = crate::store::db::open_connection(path, true)?;
+        let sql = |e: rusqlite::Error| crate::store::StoreError::Sqlite {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        Self::prepare(&conn).map_err(sql)?;
+        Ok(Self { conn })
+    }
+
+    /// Creates the tables, and adds the columns of later releases to older files.
+    fn prepare(conn: &Connection) -> rusqlite::Result<()> {
         conn.execute_batch(SCHEMA)?;
         for (table, column) in ADDED_COLUMNS {
             let has: bool = conn.query_row(
@@ -82,7 +92,7 @@ impl LimitsStore {
                 conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"))?;
             }
         }
-        Ok(Self { conn })
+        Ok(())
     }
 
     pub fn all(&self) -> rusqlite::Result<Vec<BedLimit>> {

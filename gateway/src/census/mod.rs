@@ -38,7 +38,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use icu_drivers::hl7::Hl7Error;
 use icu_drivers::hl7::{AckCode, AdtLocation, AdtMessage, ErrorCode};
 use icu_protos::v1::AdtEvent;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 pub mod actor;
 mod timeline;
@@ -150,26 +150,13 @@ impl Census {
             path: path.display().to_string(),
             message: e.to_string(),
         };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| CensusError::Database {
-                path: dir.display().to_string(),
+        // The store's one opener (WAL, busy timeout, foreign keys), synchronous FULL: an ADT
+        // change is acknowledged only once it survives a power cut.
+        let conn =
+            crate::store::db::open_connection(path, true).map_err(|e| CensusError::Database {
+                path: path.display().to_string(),
                 message: e.to_string(),
             })?;
-        }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(db_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(db_err)?;
-        // FULL: an ADT change is acknowledged only once it survives a power cut.
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
-        )
-        .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         add_peer_column(&conn).map_err(db_err)?;
         let index = load(&conn).map_err(db_err)?;
