@@ -94,7 +94,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use icu_cloud_bridge::outbox::{FetchRequest, Fetched, InFlightRuns, Outbox, OutboxRecord};
+use icu_outbox::{FetchRequest, Fetched, InFlightRuns, Outbox, OutboxError, OutboxRecord};
 use icu_protos::v1::StoredRecord;
 use icu_protos::Message as _;
 use tokio::sync::oneshot;
@@ -562,7 +562,7 @@ impl Handler<Append> for Store {
 ///
 /// That connection (fetch and `mark_sent`) runs with `synchronous = NORMAL` whatever
 /// `store.synchronous` says: a sent mark lost to power loss only means its records are sent
-/// again under the same keys (see "Durability of the sent mark" in `icu_cloud_bridge::outbox`),
+/// again under the same keys (see "Durability of the sent mark" in `icu_outbox`),
 /// and it saves an fsync per mark. The writer, which commits what senders are acknowledged for,
 /// keeps the configured setting. [`SqliteOutbox::counts`] (for `/api/status`) reads through a
 /// second connection, so a status request never holds the bridge's.
@@ -586,20 +586,12 @@ impl SqliteOutbox {
     }
 }
 
-fn outbox_err(
-    operation: &'static str,
-) -> impl Fn(StoreError) -> icu_cloud_bridge::error::BridgeError {
-    move |e| icu_cloud_bridge::error::BridgeError::Outbox {
-        operation,
-        reason: e.to_string(),
-    }
+fn outbox_err(operation: &'static str) -> impl Fn(StoreError) -> OutboxError {
+    move |e| OutboxError::new(operation, e.to_string())
 }
 
 impl Outbox for SqliteOutbox {
-    fn fetch_unsent(
-        &self,
-        request: &FetchRequest,
-    ) -> Result<Fetched, icu_cloud_bridge::error::BridgeError> {
+    fn fetch_unsent(&self, request: &FetchRequest) -> Result<Fetched, OutboxError> {
         self.fetch_unsent_after(request, &InFlightRuns::new())
     }
 
@@ -607,7 +599,7 @@ impl Outbox for SqliteOutbox {
         &self,
         request: &FetchRequest,
         in_flight: &InFlightRuns,
-    ) -> Result<Fetched, icu_cloud_bridge::error::BridgeError> {
+    ) -> Result<Fetched, OutboxError> {
         let fetched = self
             .reader
             .lock()
@@ -648,11 +640,11 @@ impl Outbox for SqliteOutbox {
 
     fn mark_sent(
         &self,
-        stream: icu_cloud_bridge::outbox::Stream,
+        stream: icu_outbox::Stream,
         device_id: &str,
         first_seq: u64,
         last_seq: u64,
-    ) -> Result<(), icu_cloud_bridge::error::BridgeError> {
+    ) -> Result<(), OutboxError> {
         self.reader
             .lock()
             .map_err(|_| outbox_err("mark_sent")(StoreError::Closed))?
@@ -661,10 +653,7 @@ impl Outbox for SqliteOutbox {
             .map_err(outbox_err("mark_sent"))
     }
 
-    fn mark_sent_many(
-        &self,
-        ranges: &[icu_cloud_bridge::outbox::SentRange],
-    ) -> Result<(), icu_cloud_bridge::error::BridgeError> {
+    fn mark_sent_many(&self, ranges: &[icu_outbox::SentRange]) -> Result<(), OutboxError> {
         self.reader
             .lock()
             .map_err(|_| outbox_err("mark_sent_many")(StoreError::Closed))?
