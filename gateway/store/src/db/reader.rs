@@ -182,7 +182,10 @@ impl FetchSource for SqlSource<'_> {
 fn warn_damaged_row(stream: Stream, device_id: &str, seq: u64, n: usize, why: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = (crate::clock::now_us() / 1_000_000).max(0) as u64;
+    // Wall-clock seconds since the Unix epoch (0 before it); only paces this log line.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let last = LAST.load(Ordering::Relaxed);
     if now >= last + 60
         && LAST

@@ -1,7 +1,14 @@
-//! The durable store: SQLite in WAL mode, written with group commit.
+//! The durable store of the ICU edge gateway (crate `icu-store`): SQLite in WAL mode, written
+//! with group commit.
 //!
 //! Owns: the database file, per-device `seq` assignment, the outbox (records not yet delivered
-//! to Kafka) and the dead-letter table.
+//! to Kafka; [`SqliteOutbox`] implements the `icu_outbox::Outbox` contract) and the dead-letter
+//! table; and [`db::open_connection`], the one SQLite opener the gateway's census and clinician
+//! limits use too.
+//!
+//! Layering: depends on `icu-outbox` (the contract), `icu-protos`, SQLite and actix only, never
+//! on the gateway or the cloud bridge (no rdkafka, no fhir-sdk). The gateway re-exports it as
+//! `icu_gateway::store`; its metrics read [`StoreStats`].
 //!
 //! Shape: [`Store`] is an async actor that callers `send().await` to; it gathers the requests
 //! that arrive while the disk is busy and hands them as one batch to [`StoreWriter`], a
@@ -42,7 +49,7 @@
 //!    parts keep in it through their own connections (the census, the clinicians' limit rows).
 //! 2. **Budget** (100 %): an observation batch that finds the bytes in use at or over the
 //!    budget is refused whole (`StoreError::BudgetExceeded`: the MLLP sender gets AR with
-//!    ERR 207, an MQTT publish is held unacknowledged and retried by `crate::mqtt`), counted
+//!    ERR 207, an MQTT publish is held unacknowledged and retried by the gateway's MQTT transport), counted
 //!    (`requests_refused_budget`), and the store raises its technical alarm. A dead letter is
 //!    refused already at the **high-water mark** (counted in `refused_dead_letters` too, logged):
 //!    rejected input never takes the room between that mark and the budget from readings, so a
