@@ -1,4 +1,4 @@
-//! Tests of the store's SQLite layer (`store/db.rs`).
+//! Tests of the store's SQLite layer (`db.rs`).
 
 use icu_outbox::SentRange;
 use icu_protos::v1::Alarm;
