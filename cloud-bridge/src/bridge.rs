@@ -8,7 +8,7 @@
 //! Guarantees:
 //! - **Alarms first, live before backlog.** Each cycle fetches in the outbox's drain order
 //!   (alarms, ADT events, live observations, backlog observations, dead letters; see
-//!   [`crate::outbox`]) and delivers one stream at a time in that order: every alarm bundle of
+//!   [`icu_outbox`]) and delivers one stream at a time in that order: every alarm bundle of
 //!   the cycle is produced *and its delivery report awaited* before the first observation bundle
 //!   is produced, so after an outage the alarms reach Kafka before the backlog. An alarm
 //!   committed while a cycle is in flight waits for at most that cycle and the one prepared
@@ -71,9 +71,9 @@ use crate::deadletter::dead_letter_json;
 use crate::error::BridgeError;
 use crate::fhir::{adt_bundle, alarm_observation, observation_bundle};
 use crate::headers;
-use crate::outbox::{FetchRequest, InFlightRuns, Outbox, SentRange, Stream};
 use crate::signing::GatewayKey;
 use crate::Terminology;
+use icu_outbox::{FetchRequest, InFlightRuns, Outbox, SentRange, Stream};
 use plan::{markable, plan_bundles, PlannedBundle, TokenBucket};
 use tokio::task::JoinHandle;
 

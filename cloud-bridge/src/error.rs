@@ -40,10 +40,10 @@ pub enum BridgeError {
     /// A record value is not a FHIR R4 Bundle we can read.
     #[error("record value is not a readable FHIR R4 Bundle: {reason}")]
     FhirParse { reason: String },
-    /// The outbox (the gateway's store) failed.
+    /// The outbox (the gateway's store) failed: an [`icu_outbox::OutboxError`], same message.
     #[error("outbox {operation} failed: {reason}")]
     Outbox {
-        /// "fetch_unsent" or "mark_sent".
+        /// "fetch_unsent", "mark_sent" or "mark_sent_many".
         operation: &'static str,
         reason: String,
     },
@@ -69,4 +69,13 @@ pub enum BridgeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<icu_outbox::OutboxError> for BridgeError {
+    fn from(e: icu_outbox::OutboxError) -> Self {
+        BridgeError::Outbox {
+            operation: e.operation,
+            reason: e.reason,
+        }
+    }
 }

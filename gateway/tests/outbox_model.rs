@@ -15,11 +15,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use icu_cloud_bridge::outbox::{FetchRequest, Fetched, InFlightRuns, SentRange, Stream};
 use icu_gateway::store::db::{row_records, UnsentRow, ROW_MAX};
 use icu_gateway::store::{
     AlarmWrite, DeadLetter, ObservationBatch, ReaderDb, StoreDb, WriteOutcome, WriteRequest,
 };
+use icu_outbox::{FetchRequest, Fetched, InFlightRuns, SentRange, Stream};
 use icu_protos::v1::{AdtEvent, Alarm, Observation, StoredRecord};
 use icu_protos::Message as _;
 use proptest::prelude::*;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::error::BridgeError;
-use crate::outbox::Stream;
+use icu_outbox::Stream;
 
 /// Compression codecs librdkafka accepts for `compression.type`.
 const COMPRESSIONS: &[&str] = &["none", "gzip", "snappy", "lz4", "zstd"];

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use icu_protos::v1::{stored_record::Body, AdtEvent, Alarm, DeadLetter, Observation};
 
-use crate::outbox::{OutboxRecord, Stream};
+use icu_outbox::{OutboxRecord, Stream};
 
 /// One Kafka record to produce: consecutive seqs of one device's stream, all of one patient.
 ///

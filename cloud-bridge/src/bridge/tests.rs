@@ -5,12 +5,12 @@ use icu_protos::v1::{stored_record::Body, Observation, StoredRecord};
 use std::sync::Mutex;
 
 use super::*;
-use crate::outbox::{Fetched, MemoryOutbox, OutboxRecord};
+use icu_outbox::{Fetched, MemoryOutbox, OutboxError, OutboxRecord};
 use icu_protos::v1::{AdtEvent, Alarm, DeadLetter};
 
 fn obs_record(device: &str, seq: u64) -> OutboxRecord {
     OutboxRecord {
-        stream: crate::outbox::Stream::Observations,
+        stream: Stream::Observations,
         device_id: device.into(),
         seq,
         bed: "bed-1".into(),
@@ -332,7 +332,7 @@ struct RecordingOutbox {
 type Mark = (Stream, String, u64, u64, Instant);
 
 impl Outbox for RecordingOutbox {
-    fn fetch_unsent(&self, request: &FetchRequest) -> Result<Fetched, BridgeError> {
+    fn fetch_unsent(&self, request: &FetchRequest) -> Result<Fetched, OutboxError> {
         self.inner.fetch_unsent(request)
     }
 
@@ -342,7 +342,7 @@ impl Outbox for RecordingOutbox {
         device_id: &str,
         first_seq: u64,
         last_seq: u64,
-    ) -> Result<(), BridgeError> {
+    ) -> Result<(), OutboxError> {
         self.inner
             .mark_sent(stream, device_id, first_seq, last_seq)?;
         self.marks.lock().unwrap().push((

@@ -61,7 +61,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use icu_cloud_bridge::bridge::{BridgeState, BridgeStats};
-use icu_cloud_bridge::outbox::Stream;
+use icu_outbox::Stream;
 
 use crate::domain::Protocol;
 use crate::store::StoreError;

@@ -2,7 +2,7 @@
 //! TYPE lines, in a fixed order.
 
 use icu_cloud_bridge::bridge::BridgeState;
-use icu_cloud_bridge::outbox::Stream;
+use icu_outbox::Stream;
 
 use super::{Figures, TransportFigures, REFUSAL_REASONS};
 

@@ -16,7 +16,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use icu_cloud_bridge::outbox::Stream;
+use icu_outbox::Stream;
 use icu_protos::v1::{stored_record, Observation, StoredRecord};
 use icu_protos::Message;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -756,7 +756,7 @@ fn insert_rows(
 /// stays "sent up to" a seq, never sent with a hole), and reaches it: the whole row becomes
 /// sent when the range covers its last record, else `sent_upto = last`. A range that starts
 /// inside a row's unsent records (the bridge marks each device's bundles in seq order; it does
-/// so only after a record it had to skip, see invariant 2 in `icu_cloud_bridge::outbox`)
+/// so only after a record it had to skip, see invariant 2 in `icu_outbox`)
 /// leaves that row as it was: its records are forwarded again under the same keys rather than
 /// marked sent without a delivery report.
 fn mark_range(

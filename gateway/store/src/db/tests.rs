@@ -1,6 +1,6 @@
-//! Tests of the store's SQLite layer (`store/db.rs`).
+//! Tests of the store's SQLite layer (`db.rs`).
 
-use icu_cloud_bridge::outbox::SentRange;
+use icu_outbox::SentRange;
 use icu_protos::v1::Alarm;
 
 use super::*;

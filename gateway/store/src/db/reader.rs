@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use icu_cloud_bridge::outbox::{
+use icu_outbox::{
     fetch_in_drain_order_after, FetchRequest, FetchSource, Fetched, Head, InFlightRuns, SentRange,
     Stream,
 };
@@ -22,7 +22,7 @@ use super::{
 /// table), its lowest stored seq (primary key) and its lowest unsent seq (the outbox index):
 /// O(streams × log n), never a visit of every row (a `COUNT(*)` took 1.6 to 3.6 s on a
 /// 10-million-record backlog). They are exact while the outbox invariants hold: stored seqs of a
-/// stream are gapless up to `next_seq` and *sent is a prefix* (see `icu_cloud_bridge::outbox`),
+/// stream are gapless up to `next_seq` and *sent is a prefix* (see `icu_outbox`),
 /// so `unsent = next_seq - lowest unsent seq` and `records = next_seq - lowest stored seq`.
 /// The one documented exception, a record whose body does not belong to its stream left unsent
 /// at a head while later ones are sent (and perhaps pruned), makes both an upper bound.
@@ -182,7 +182,10 @@ impl FetchSource for SqlSource<'_> {
 fn warn_damaged_row(stream: Stream, device_id: &str, seq: u64, n: usize, why: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = (crate::clock::now_us() / 1_000_000).max(0) as u64;
+    // Wall-clock seconds since the Unix epoch (0 before it); only paces this log line.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let last = LAST.load(Ordering::Relaxed);
     if now >= last + 60
         && LAST
@@ -219,7 +222,7 @@ impl ReaderDb {
     }
 
     /// One fetch in the outbox's drain order (alarms, ADT, live observations, backlog
-    /// observations up to `backlog_budget`, dead letters; see `icu_cloud_bridge::outbox`), from
+    /// observations up to `backlog_budget`, dead letters; see `icu_outbox`), from
     /// one read snapshot.
     pub fn fetch(&self, request: &FetchRequest) -> Result<Fetched<UnsentRow>, StoreError> {
         self.fetch_after(request, &InFlightRuns::new())

@@ -1,9 +1,14 @@
-//! The bridge's view of the gateway store: records waiting to be forwarded.
+//! The outbox contract between the gateway's store and the cloud bridge: records waiting to be
+//! forwarded.
 //!
 //! Owns: the [`Stream`]s the bridge forwards (observations, alarms, ADT events, dead letters),
-//! the [`Outbox`] trait the gateway implements over SQLite, the [`OutboxRecord`] it returns, the
-//! drain policy of one fetch ([`FetchRequest`], [`fetch_in_drain_order`]) shared by every
-//! implementation, and [`MemoryOutbox`], an in-memory implementation for tests.
+//! the [`Outbox`] trait the store (`icu-store`, `SqliteOutbox`) implements over SQLite and the
+//! bridge (`icu-cloud-bridge`) drains, the [`OutboxRecord`] it returns, its error
+//! ([`OutboxError`]), the drain policy of one fetch ([`FetchRequest`], [`fetch_in_drain_order`])
+//! shared by every implementation, and [`MemoryOutbox`], an in-memory implementation for tests.
+//!
+//! Layering: this crate does no I/O and depends only on `icu-protos` (the stored record),
+//! `serde` and `thiserror`; the store and the bridge both depend on it and neither on the other.
 //!
 //! # The outbox as a state machine
 //!
@@ -58,7 +63,7 @@
 //!    gap, and a commit that failed consumed none. A crash loses no committed record.
 //! 2. **Sent is a prefix.** Per `(stream, device)`, no unsent record lies behind a sent one: the
 //!    bridge fetches each device from its lowest unsent seq and marks a device's bundles only up
-//!    to its first undelivered one ([`crate::bridge::plan::markable`]). The one exception is a
+//!    to its first undelivered one (`icu_cloud_bridge::bridge::plan::markable`). The one exception is a
 //!    record whose body does not belong to its stream, or that has none (corruption or a foreign
 //!    writer; never written by the store; a stored row that does not decode gives records
 //!    without a body): the bridge cannot forward it, leaves it unsent, counts and logs it. The
@@ -109,7 +114,9 @@ use std::sync::Mutex;
 
 use icu_protos::v1::{stored_record::Body, StoredRecord};
 
-use crate::error::BridgeError;
+pub use error::OutboxError;
+
+mod error;
 
 /// A stream of records: each has its own per-device seq and its own Kafka topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -339,7 +346,7 @@ fn take_fairly<S: FetchSource>(
 pub trait Outbox: Send + Sync + 'static {
     /// Unsent records in drain order (see the module docs), at most `request.limit`, ordered by
     /// `(stream, device_id, seq)`; each device's run starts at its lowest unsent seq.
-    fn fetch_unsent(&self, request: &FetchRequest) -> Result<Fetched, BridgeError>;
+    fn fetch_unsent(&self, request: &FetchRequest) -> Result<Fetched, OutboxError>;
     /// As [`Outbox::fetch_unsent`] while the records of `in_flight` (per device, up to the
     /// given seq) are still awaiting their delivery reports: each such device's run starts
     /// after its in-flight records, so the bridge can prepare its next cycle while the current
@@ -352,7 +359,7 @@ pub trait Outbox: Send + Sync + 'static {
         &self,
         request: &FetchRequest,
         in_flight: &InFlightRuns,
-    ) -> Result<Fetched, BridgeError> {
+    ) -> Result<Fetched, OutboxError> {
         let mut fetched = self.fetch_unsent(request)?;
         fetched.records.retain(|r| {
             in_flight
@@ -370,17 +377,17 @@ pub trait Outbox: Send + Sync + 'static {
         device_id: &str,
         first_seq: u64,
         last_seq: u64,
-    ) -> Result<(), BridgeError>;
+    ) -> Result<(), OutboxError>;
 
     /// Marks every range of `ranges` sent (one bridge phase's delivered bundles). The caller
     /// passes, per `(stream, device)`, only a prefix of that device's in-flight bundles in seq
-    /// order ([`crate::bridge::plan::markable`]), so whatever part of the call takes effect
+    /// order (`icu_cloud_bridge::bridge::plan::markable`), so whatever part of the call takes effect
     /// keeps *sent is a prefix*.
     ///
     /// The default marks range by range and stops at the first error (a per-device prefix may
     /// then be marked); the SQLite outbox marks all ranges in one transaction (all or nothing,
     /// one commit instead of one per bundle). Idempotent.
-    fn mark_sent_many(&self, ranges: &[SentRange]) -> Result<(), BridgeError> {
+    fn mark_sent_many(&self, ranges: &[SentRange]) -> Result<(), OutboxError> {
         for r in ranges {
             self.mark_sent(r.stream, &r.device_id, r.first_seq, r.last_seq)?;
         }
@@ -527,9 +534,9 @@ impl FetchSource for MemorySource<'_> {
 }
 
 impl Outbox for MemoryOutbox {
-    fn fetch_unsent(&self, request: &FetchRequest) -> Result<Fetched, BridgeError> {
+    fn fetch_unsent(&self, request: &FetchRequest) -> Result<Fetched, OutboxError> {
         if self.fail_fetch.load(Ordering::SeqCst) {
-            return Err(BridgeError::Outbox {
+            return Err(OutboxError {
                 operation: "fetch_unsent",
                 reason: "injected failure".into(),
             });
@@ -543,9 +550,9 @@ impl Outbox for MemoryOutbox {
         &self,
         request: &FetchRequest,
         in_flight: &InFlightRuns,
-    ) -> Result<Fetched, BridgeError> {
+    ) -> Result<Fetched, OutboxError> {
         if self.fail_fetch.load(Ordering::SeqCst) {
-            return Err(BridgeError::Outbox {
+            return Err(OutboxError {
                 operation: "fetch_unsent",
                 reason: "injected failure".into(),
             });
@@ -562,9 +569,9 @@ impl Outbox for MemoryOutbox {
         device_id: &str,
         first_seq: u64,
         last_seq: u64,
-    ) -> Result<(), BridgeError> {
+    ) -> Result<(), OutboxError> {
         if self.fail_mark.load(Ordering::SeqCst) {
-            return Err(BridgeError::Outbox {
+            return Err(OutboxError {
                 operation: "mark_sent",
                 reason: "injected failure".into(),
             });
@@ -579,9 +586,9 @@ impl Outbox for MemoryOutbox {
     }
 
     /// All ranges under one lock: all or nothing, like the SQLite outbox's one transaction.
-    fn mark_sent_many(&self, ranges: &[SentRange]) -> Result<(), BridgeError> {
+    fn mark_sent_many(&self, ranges: &[SentRange]) -> Result<(), OutboxError> {
         if self.fail_mark.load(Ordering::SeqCst) {
-            return Err(BridgeError::Outbox {
+            return Err(OutboxError {
                 operation: "mark_sent_many",
                 reason: "injected failure".into(),
             });
@@ -599,283 +606,4 @@ impl Outbox for MemoryOutbox {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rec(device: &str, seq: u64) -> OutboxRecord {
-        OutboxRecord {
-            stream: Stream::Observations,
-            device_id: device.into(),
-            seq,
-            bed: "b1".into(),
-            record: StoredRecord {
-                gateway_id: "gw".into(),
-                device_id: device.into(),
-                seq,
-                body: None,
-            },
-        }
-    }
-
-    #[test]
-    fn memory_outbox_orders_limits_and_marks_ranges() {
-        let outbox = MemoryOutbox::new();
-        for (d, s) in [("b", 1), ("a", 2), ("a", 1), ("a", 3), ("b", 2)] {
-            outbox.push(rec(d, s));
-        }
-        let keys: Vec<_> = outbox
-            .fetch_unsent(&FetchRequest::all(4))
-            .unwrap()
-            .records
-            .into_iter()
-            .map(|r| (r.device_id, r.seq))
-            .collect();
-        assert_eq!(
-            keys,
-            [
-                ("a".into(), 1),
-                ("a".into(), 2),
-                ("b".into(), 1),
-                ("b".into(), 2)
-            ],
-            "a fair share each, each from its head, in (device, seq) order"
-        );
-        outbox.mark_sent(Stream::Observations, "a", 1, 2).unwrap();
-        assert_eq!(outbox.sent_seqs("a"), [1, 2]);
-        assert_eq!(outbox.unsent_len(), 3);
-        outbox.set_fail_mark(true);
-        assert!(outbox.mark_sent(Stream::Observations, "a", 3, 3).is_err());
-        assert_eq!(outbox.unsent_len(), 3);
-    }
-
-    #[test]
-    fn stream_codes_round_trip_adt_drains_before_observations_dead_letters_last() {
-        for stream in Stream::ALL {
-            assert_eq!(Stream::from_code(stream.code()), Some(stream));
-        }
-        assert_eq!(
-            Stream::ALL.map(Stream::code),
-            [2, 3, 1, 4],
-            "codes are stored in the gateway database; never renumber"
-        );
-        assert_eq!(
-            Stream::ALL.map(Stream::as_str),
-            ["alarms", "adt", "observations", "deadletter"]
-        );
-        assert_eq!(Stream::from_code(0), None);
-        let mut sorted = [
-            Stream::DeadLetters,
-            Stream::Observations,
-            Stream::Adt,
-            Stream::Alarms,
-        ];
-        sorted.sort();
-        assert_eq!(sorted, Stream::ALL);
-
-        let outbox = MemoryOutbox::new();
-        outbox.push(OutboxRecord {
-            stream: Stream::DeadLetters,
-            ..rec("a", 1)
-        });
-        outbox.push(rec("a", 1));
-        outbox.push(OutboxRecord {
-            stream: Stream::Adt,
-            ..rec("adt", 1)
-        });
-        let streams: Vec<Stream> = outbox
-            .fetch_unsent(&FetchRequest::all(10))
-            .unwrap()
-            .records
-            .into_iter()
-            .map(|r| r.stream)
-            .collect();
-        assert_eq!(
-            streams,
-            [Stream::Adt, Stream::Observations, Stream::DeadLetters]
-        );
-    }
-
-    /// An observation of `device` received at `received_us`.
-    fn obs_at(device: &str, seq: u64, received_us: i64) -> OutboxRecord {
-        let mut r = rec(device, seq);
-        r.record.body = Some(Body::Observation(icu_protos::v1::Observation {
-            receive_time_us: received_us,
-            ..Default::default()
-        }));
-        r
-    }
-
-    fn alarm_at(device: &str, seq: u64) -> OutboxRecord {
-        OutboxRecord {
-            stream: Stream::Alarms,
-            record: StoredRecord {
-                body: Some(Body::Alarm(icu_protos::v1::Alarm::default())),
-                ..rec(device, seq).record
-            },
-            ..rec(device, seq)
-        }
-    }
-
-    fn keys(f: &Fetched) -> Vec<(Stream, &str, u64)> {
-        f.records
-            .iter()
-            .map(|r| (r.stream, r.device_id.as_str(), r.seq))
-            .collect()
-    }
-
-    #[test]
-    fn drain_order_alarms_then_live_then_rate_limited_backlog_then_dead_letters() {
-        let outbox = MemoryOutbox::new();
-        // "old": a big backlog (head received at t=1); "new": live (head at t=1000).
-        for seq in 1..=50 {
-            outbox.push(obs_at("old", seq, seq as i64));
-        }
-        for seq in 1..=3 {
-            outbox.push(obs_at("new", seq, 1000 + seq as i64));
-        }
-        outbox.push(alarm_at("old", 1));
-        outbox.push(alarm_at("new", 1));
-        outbox.push(OutboxRecord {
-            stream: Stream::DeadLetters,
-            ..rec("mllp", 1)
-        });
-        let request = FetchRequest {
-            limit: 20,
-            live_since_us: 1000,
-            backlog_budget: 5,
-        };
-        let f = outbox.fetch_unsent(&request).unwrap();
-        assert_eq!(
-            keys(&f),
-            [
-                (Stream::Alarms, "new", 1),
-                (Stream::Alarms, "old", 1),
-                (Stream::Observations, "new", 1),
-                (Stream::Observations, "new", 2),
-                (Stream::Observations, "new", 3),
-                (Stream::Observations, "old", 1),
-                (Stream::Observations, "old", 2),
-                (Stream::Observations, "old", 3),
-                (Stream::Observations, "old", 4),
-                (Stream::Observations, "old", 5),
-                (Stream::DeadLetters, "mllp", 1),
-            ],
-            "every alarm, all of the live device, the backlog only up to its budget"
-        );
-        assert_eq!(f.backlog, 5);
-
-        // A tight limit: alarms first, then live data; backlog and dead letters wait.
-        let f = outbox
-            .fetch_unsent(&FetchRequest {
-                limit: 4,
-                ..request
-            })
-            .unwrap();
-        assert_eq!(
-            keys(&f),
-            [
-                (Stream::Alarms, "new", 1),
-                (Stream::Alarms, "old", 1),
-                (Stream::Observations, "new", 1),
-                (Stream::Observations, "new", 2),
-            ]
-        );
-        assert_eq!(f.backlog, 0);
-
-        // No budget: the backlog waits, the live device does not.
-        let f = outbox
-            .fetch_unsent(&FetchRequest {
-                backlog_budget: 0,
-                ..request
-            })
-            .unwrap();
-        assert!(!keys(&f)
-            .iter()
-            .any(|(s, d, _)| *s == Stream::Observations && *d == "old"));
-        assert_eq!(f.backlog, 0);
-        assert_eq!(f.records.len(), 2 + 3 + 1, "alarms, live, dead letter");
-
-        // Once "old" is sent up to a recent record it is live and served in full.
-        outbox
-            .mark_sent(Stream::Observations, "old", 1, 49)
-            .unwrap();
-        let f = outbox
-            .fetch_unsent(&FetchRequest {
-                live_since_us: 10,
-                backlog_budget: 0,
-                ..request
-            })
-            .unwrap();
-        assert!(keys(&f).contains(&(Stream::Observations, "old", 50)));
-        assert_eq!(f.backlog, 0);
-    }
-
-    #[test]
-    fn a_fetch_after_in_flight_records_starts_behind_them() {
-        let outbox = MemoryOutbox::new();
-        (1..=10)
-            .map(|seq| obs_at("a", seq, 5))
-            .chain((1..=3).map(|seq| obs_at("b", seq, 5)))
-            .for_each(|r| outbox.push(r));
-        let in_flight: InFlightRuns = [
-            ((Stream::Observations, "a".to_owned()), 4),
-            ((Stream::Observations, "b".to_owned()), 3),
-        ]
-        .into();
-        let f = outbox
-            .fetch_unsent_after(&FetchRequest::all(4), &in_flight)
-            .unwrap();
-        let seqs: Vec<(&str, u64)> = f
-            .records
-            .iter()
-            .map(|r| (r.device_id.as_str(), r.seq))
-            .collect();
-        assert_eq!(
-            seqs,
-            [("a", 5), ("a", 6), ("a", 7), ("a", 8)],
-            "b is all in flight; a continues behind its in-flight run, up to the limit"
-        );
-        assert_eq!(outbox.unsent_len(), 13, "nothing marked");
-        let f = outbox
-            .fetch_unsent_after(&FetchRequest::all(4), &InFlightRuns::new())
-            .unwrap();
-        assert_eq!(f.records[0].seq, 1);
-    }
-
-    #[test]
-    fn fair_share_is_water_filled_and_runs_start_at_the_head() {
-        let outbox = MemoryOutbox::new();
-        for seq in 1..=100 {
-            outbox.push(obs_at("big", seq, 5));
-        }
-        for seq in 1..=2 {
-            outbox.push(obs_at("small", seq, 5));
-        }
-        for seq in 1..=10 {
-            outbox.push(obs_at("mid", seq, 5));
-        }
-        outbox
-            .mark_sent(Stream::Observations, "big", 1, 10)
-            .unwrap();
-        outbox
-            .mark_sent(Stream::Observations, "big", 5, 10)
-            .unwrap();
-        let f = outbox.fetch_unsent(&FetchRequest::all(30)).unwrap();
-        let per = |d: &str| -> Vec<u64> {
-            f.records
-                .iter()
-                .filter(|r| r.device_id == d)
-                .map(|r| r.seq)
-                .collect()
-        };
-        assert_eq!(per("small"), [1, 2]);
-        assert_eq!(per("mid"), (1..=10).collect::<Vec<_>>());
-        assert_eq!(
-            per("big"),
-            (11..=28).collect::<Vec<_>>(),
-            "what small and mid left over goes to big, from its head, without a hole"
-        );
-        assert_eq!(f.records.len(), 30);
-        assert_eq!(outbox.sent_seqs_of(Stream::Observations, "big").len(), 10);
-    }
-}
+mod tests;

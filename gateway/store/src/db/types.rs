@@ -29,7 +29,7 @@ pub enum StoreError {
 /// are [`WriteOrder::InOrder`]. Once one of them is refused (budget, overload, I/O, or itself
 /// deferred) the device is *held back*: its further `InOrder` writes are refused with
 /// [`StoreError::Deferred`] (within the same batch by [`super::StoreDb::commit_batch`], across batches
-/// by the [`crate::store::Store`] actor) until a [`WriteOrder::Retry`] with `release` is stored. The
+/// by the [`crate::Store`] actor) until a [`WriteOrder::Retry`] with `release` is stored. The
 /// transport retries its refused messages, oldest first, as `Retry`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum WriteOrder {

@@ -5,7 +5,7 @@
 --
 -- One row holds the n consecutive records seq .. seq + n - 1 of one stream (the readings of one
 -- received message: at most 64 per row). n = 1: payload is one icu.v1.StoredRecord; n > 1: an
--- icu.v1.StoredRecordRun of the n records in seq order, as one zstd frame (store/db.rs
+-- icu.v1.StoredRecordRun of the n records in seq order, as one zstd frame (db.rs
 -- `compress_run`; an uncompressed run, first byte 0x0A, is read as well). Store files written before rows held
 -- several records get the columns n (1), sent_upto (0), control_id and digest (NULL) added when
 -- opened.

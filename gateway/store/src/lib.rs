@@ -1,7 +1,14 @@
-//! The durable store: SQLite in WAL mode, written with group commit.
+//! The durable store of the ICU edge gateway (crate `icu-store`): SQLite in WAL mode, written
+//! with group commit.
 //!
 //! Owns: the database file, per-device `seq` assignment, the outbox (records not yet delivered
-//! to Kafka) and the dead-letter table.
+//! to Kafka; [`SqliteOutbox`] implements the `icu_outbox::Outbox` contract) and the dead-letter
+//! table; and [`db::open_connection`], the one SQLite opener the gateway's census and clinician
+//! limits use too.
+//!
+//! Layering: depends on `icu-outbox` (the contract), `icu-protos`, SQLite and actix only, never
+//! on the gateway or the cloud bridge (no rdkafka, no fhir-sdk). The gateway re-exports it as
+//! `icu_gateway::store`; its metrics read [`StoreStats`].
 //!
 //! Shape: [`Store`] is an async actor that callers `send().await` to; it gathers the requests
 //! that arrive while the disk is busy and hands them as one batch to [`StoreWriter`], a
@@ -42,7 +49,7 @@
 //!    parts keep in it through their own connections (the census, the clinicians' limit rows).
 //! 2. **Budget** (100 %): an observation batch that finds the bytes in use at or over the
 //!    budget is refused whole (`StoreError::BudgetExceeded`: the MLLP sender gets AR with
-//!    ERR 207, an MQTT publish is held unacknowledged and retried by `crate::mqtt`), counted
+//!    ERR 207, an MQTT publish is held unacknowledged and retried by the gateway's MQTT transport), counted
 //!    (`requests_refused_budget`), and the store raises its technical alarm. A dead letter is
 //!    refused already at the **high-water mark** (counted in `refused_dead_letters` too, logged):
 //!    rejected input never takes the room between that mark and the budget from readings, so a
@@ -94,7 +101,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use icu_cloud_bridge::outbox::{FetchRequest, Fetched, InFlightRuns, Outbox, OutboxRecord};
+use icu_outbox::{FetchRequest, Fetched, InFlightRuns, Outbox, OutboxError, OutboxRecord};
 use icu_protos::v1::StoredRecord;
 use icu_protos::Message as _;
 use tokio::sync::oneshot;
@@ -562,7 +569,7 @@ impl Handler<Append> for Store {
 ///
 /// That connection (fetch and `mark_sent`) runs with `synchronous = NORMAL` whatever
 /// `store.synchronous` says: a sent mark lost to power loss only means its records are sent
-/// again under the same keys (see "Durability of the sent mark" in `icu_cloud_bridge::outbox`),
+/// again under the same keys (see "Durability of the sent mark" in `icu_outbox`),
 /// and it saves an fsync per mark. The writer, which commits what senders are acknowledged for,
 /// keeps the configured setting. [`SqliteOutbox::counts`] (for `/api/status`) reads through a
 /// second connection, so a status request never holds the bridge's.
@@ -586,20 +593,12 @@ impl SqliteOutbox {
     }
 }
 
-fn outbox_err(
-    operation: &'static str,
-) -> impl Fn(StoreError) -> icu_cloud_bridge::error::BridgeError {
-    move |e| icu_cloud_bridge::error::BridgeError::Outbox {
-        operation,
-        reason: e.to_string(),
-    }
+fn outbox_err(operation: &'static str) -> impl Fn(StoreError) -> OutboxError {
+    move |e| OutboxError::new(operation, e.to_string())
 }
 
 impl Outbox for SqliteOutbox {
-    fn fetch_unsent(
-        &self,
-        request: &FetchRequest,
-    ) -> Result<Fetched, icu_cloud_bridge::error::BridgeError> {
+    fn fetch_unsent(&self, request: &FetchRequest) -> Result<Fetched, OutboxError> {
         self.fetch_unsent_after(request, &InFlightRuns::new())
     }
 
@@ -607,7 +606,7 @@ impl Outbox for SqliteOutbox {
         &self,
         request: &FetchRequest,
         in_flight: &InFlightRuns,
-    ) -> Result<Fetched, icu_cloud_bridge::error::BridgeError> {
+    ) -> Result<Fetched, OutboxError> {
         let fetched = self
             .reader
             .lock()
@@ -648,11 +647,11 @@ impl Outbox for SqliteOutbox {
 
     fn mark_sent(
         &self,
-        stream: icu_cloud_bridge::outbox::Stream,
+        stream: icu_outbox::Stream,
         device_id: &str,
         first_seq: u64,
         last_seq: u64,
-    ) -> Result<(), icu_cloud_bridge::error::BridgeError> {
+    ) -> Result<(), OutboxError> {
         self.reader
             .lock()
             .map_err(|_| outbox_err("mark_sent")(StoreError::Closed))?
@@ -661,10 +660,7 @@ impl Outbox for SqliteOutbox {
             .map_err(outbox_err("mark_sent"))
     }
 
-    fn mark_sent_many(
-        &self,
-        ranges: &[icu_cloud_bridge::outbox::SentRange],
-    ) -> Result<(), icu_cloud_bridge::error::BridgeError> {
+    fn mark_sent_many(&self, ranges: &[icu_outbox::SentRange]) -> Result<(), OutboxError> {
         self.reader
             .lock()
             .map_err(|_| outbox_err("mark_sent_many")(StoreError::Closed))?

@@ -2,7 +2,7 @@
 //! bounded rounds; with `on_full = drop_oldest_unsent` the oldest unsent observations; old dead
 //! letters.
 
-use icu_cloud_bridge::outbox::Stream;
+use icu_outbox::Stream;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::types::{BudgetPolicy, OnFull};

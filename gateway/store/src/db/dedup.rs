@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use icu_cloud_bridge::outbox::Stream;
+use icu_outbox::Stream;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::prune::head;
