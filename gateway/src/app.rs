@@ -232,7 +232,8 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
             }
         }));
     }
-    if let Some((target, receiving_app)) = &config.alarm_manager {
+    if let Some(am) = &config.alarm_manager {
+        let (target, receiving_app) = (&am.mllp, &am.receiving_application);
         // IHE PCD-04 to the alarm manager: a bounded queue, never waited on by the alarm path.
         use icu_drivers::hl7::{MetricRow, Pcd04Context};
         let base = Pcd04Context {
