@@ -352,18 +352,16 @@ impl RawConfig {
                 }
                 (None, false) => None,
                 (Some(sp), true) => {
-                    let (baud, parity) = match protocol {
-                        Protocol::Medibus => (19200, "even"),
-                        _ => (9600, "none"),
+                    // The protocol's usual line, from its driver.
+                    let line = match protocol {
+                        Protocol::Medibus => icu_drivers::medibus::LINE,
+                        _ => icu_drivers::masimo::LINE,
                     };
-                    let parity = sp.parity.clone().unwrap_or_else(|| parity.to_owned());
-                    let data_bits = sp.data_bits.unwrap_or(8);
-                    let stop_bits = sp.stop_bits.unwrap_or(1);
-                    let baud = sp.baud.unwrap_or(baud);
-                    let usual = match protocol {
-                        Protocol::Medibus => "MEDIBUS: usually 19200",
-                        _ => "Masimo: 9600",
-                    };
+                    let parity = sp.parity.clone().unwrap_or_else(|| line.parity.to_owned());
+                    let data_bits = sp.data_bits.unwrap_or(line.data_bits);
+                    let stop_bits = sp.stop_bits.unwrap_or(line.stop_bits);
+                    let baud = sp.baud.unwrap_or(line.baud);
+                    let usual = line.usual;
                     for (field, message) in icu_drivers::serial_line::line_problems(
                         &sp.port.to_string_lossy(),
                         baud,
