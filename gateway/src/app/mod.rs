@@ -87,13 +87,25 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
     let terminology = Terminology::builtin();
 
     let stored = store::start_store(&config)?;
-    let bridge = bridge::start_bridge(
-        &config,
-        key,
-        &stored.outbox,
-        &terminology,
-        &stored.bridge_slot,
-    )?;
+    let bridge = match &config.kafka {
+        None => {
+            tracing::warn!("no [kafka] configured: readings are stored and wait in the outbox");
+            None
+        }
+        Some(kafka) => {
+            let key = match key {
+                Some(k) => k,
+                None => load_key(&config.key_file)?,
+            };
+            Some(bridge::start_bridge(
+                kafka,
+                key,
+                &stored.outbox,
+                &terminology,
+                &stored.bridge_slot,
+            )?)
+        }
+    };
 
     let census = crate::census::Census::open(&config.store.path)
         .with_context(|| format!("opening the ADT census in {}", config.store.path.display()))?;
