@@ -1,6 +1,19 @@
-//! Serial line settings (port, baud, data bits, parity, stop bits): the one check that every
-//! serial driver's config and the gateway's config use, so a biomedical engineer gets the same
-//! answer for the same mistake wherever the setting is written.
+//! Serial line settings (port, baud, data bits, parity, stop bits): each serial protocol's usual
+//! line ([`LineDefaults`], e.g. `masimo::LINE`, `medibus::LINE`) and the one check of a line
+//! that the gateway's config uses.
+
+/// A serial protocol's usual line settings: what a device ships with, used where the config
+/// leaves a setting out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineDefaults {
+    pub baud: u32,
+    pub data_bits: u8,
+    /// `"none"`, `"even"` or `"odd"`.
+    pub parity: &'static str,
+    pub stop_bits: u8,
+    /// The usual baud rate as the baud message names it, e.g. "Masimo: 9600".
+    pub usual: &'static str,
+}
 
 /// Every problem with these line settings, as `(field, message)`; `usual` names the protocol's
 /// usual setting for the baud message, e.g. "Masimo: 9600".

@@ -13,6 +13,8 @@ pub mod auth;
 pub mod census;
 pub mod clock;
 pub mod config;
+/// `icu-gateway demo` (cargo feature `demo`, on by default): links the simulator.
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod device;
 pub mod domain;

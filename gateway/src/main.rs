@@ -28,7 +28,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Run the embedded demo: simulated monitors over loopback MLLP, a local store and page.
+    /// Run the embedded demo: simulated monitors over loopback MLLP, a local store and page
+    /// (only in a build with the `demo` feature, the default).
     Demo {
         /// Number of simulated beds.
         #[arg(long, default_value_t = 4)]
@@ -75,6 +76,12 @@ fn main() -> anyhow::Result<()> {
             let cfg = icu_gateway::config::Config::load(&config)?;
             icu_gateway::app::run(cfg)
         }
+        #[cfg(not(feature = "demo"))]
+        Command::Demo { .. } => anyhow::bail!(
+            "this icu-gateway was built without the demo (cargo feature `demo`, which links the \
+             simulator); use `icu-gateway run --config FILE`, or build with default features"
+        ),
+        #[cfg(feature = "demo")]
         Command::Demo {
             beds,
             http,

@@ -53,17 +53,48 @@ use std::time::Duration;
 use actix::dev::SendError;
 use actix::Addr;
 use futures::future::BoxFuture;
-use icu_drivers::mqtt::{decode_payload, Disposition, MqttMessage, ObsTopic, PayloadFormat};
+use icu_drivers::mqtt::{
+    decode_payload, Disposition, MqttConfig, MqttMessage, ObsTopic, PayloadFormat,
+};
 use icu_drivers::terminology::Terminology;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::clock::now_us;
 use crate::device::{DeviceActor, IngestObservations, QueueObservations};
+use crate::domain::FieldProblem;
 use crate::live::LiveState;
 use crate::store::{
     db::digest, Append, DeadLetter, Store, StoreError, WriteOrder, WriteOutcome, WriteRequest,
 };
+
+/// The `[mqtt]` section of gateway `gateway_id`: the transport's own settings type
+/// ([`MqttConfig`], read straight from the file with its defaults) given this gateway's id, and
+/// every problem by the transport's own rules, under the file's names (`mqtt.broker_port`, ...).
+pub fn settings(mut section: MqttConfig, gateway_id: &str) -> (MqttConfig, Vec<FieldProblem>) {
+    let mut problems = Vec::new();
+    if !section.gateway_id.is_empty() && section.gateway_id != gateway_id {
+        problems.push(FieldProblem {
+            field: "mqtt.gateway_id".into(),
+            message: format!(
+                "'{}' differs from the top-level gateway_id '{gateway_id}'; leave it out of [mqtt]",
+                section.gateway_id
+            ),
+        });
+    }
+    section.gateway_id = gateway_id.to_owned();
+    for (field, message) in section.problems() {
+        // Reported once, as the top-level `gateway_id`.
+        if field == "gateway_id" {
+            continue;
+        }
+        problems.push(FieldProblem {
+            field: format!("mqtt.{field}"),
+            message,
+        });
+    }
+    (section, problems)
+}
 
 /// Most publishes between their arrival and their commit at once (all devices together): they
 /// are handed to their device actors in arrival order and committed together (group commit),

@@ -1,4 +1,5 @@
-//! The gateway's command line as an engineer uses it: check-config and keygen.
+//! The gateway's command line as an engineer uses it: check-config and keygen; and what a
+//! production build of it links.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -108,4 +109,42 @@ fn keygen_writes_a_private_key_only_root_reads_and_never_overwrites() {
         "a second keygen must refuse to overwrite"
     );
     assert_eq!(std::fs::read(&key).unwrap(), first);
+}
+
+/// A production build (`--no-default-features`: no `demo` feature) does not link the simulator;
+/// the default build (what `cargo run -p icu-gateway -- demo` uses) does. Reads the lock file
+/// only (`cargo tree --offline`), builds nothing.
+#[test]
+fn the_gateway_without_the_demo_feature_does_not_link_the_simulator() {
+    let cargo = std::env::var_os("CARGO")
+        .or_else(|| option_env!("CARGO").map(Into::into))
+        .unwrap_or_else(|| "cargo".into());
+    let tree = |extra: &[&str]| {
+        let out = Command::new(&cargo)
+            .current_dir(workspace_root())
+            .args([
+                "tree",
+                "--offline",
+                "-p",
+                "icu-gateway",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+            ])
+            .args(extra)
+            .output()
+            .expect("cargo tree runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let production = tree(&["--no-default-features"]);
+    assert!(production.contains("icu-cloud-bridge"), "{production}");
+    assert!(!production.contains("icu-sim"), "{production}");
+    let default = tree(&[]);
+    assert!(default.contains("icu-sim"), "{default}");
 }

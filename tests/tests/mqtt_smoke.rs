@@ -24,7 +24,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 fn config(port: u16, client_id: &str) -> MqttConfig {
     MqttConfig {
         broker_port: port,
-        client_id: client_id.into(),
+        client_id: Some(client_id.into()),
         keep_alive_s: 5,
         reconnect_max_backoff_ms: 400,
         ..MqttConfig::new(GATEWAY)

@@ -25,11 +25,18 @@
 //!   are this gateway's choice (Masimo does not publish them; protocols.md §2.4 note).
 
 mod codec;
-mod config;
 mod record;
 
 pub use codec::{MasimoCodec, MasimoEvent, DEFAULT_MAX_LINE_BYTES};
-pub use config::{MasimoConfig, MasimoConfigError};
+
+/// The line Masimo devices send on: 9600 8N1.
+pub const LINE: crate::serial_line::LineDefaults = crate::serial_line::LineDefaults {
+    baud: 9600,
+    data_bits: 8,
+    parity: "none",
+    stop_bits: 1,
+    usual: "Masimo: 9600",
+};
 pub use record::{
     parse_line, to_observations, AlarmPriority, DeviceAlarm, MasimoError, MasimoRecord,
     MasimoValue, ValueStatus, DRIVER,

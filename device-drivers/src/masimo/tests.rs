@@ -324,31 +324,6 @@ fn unterminated_line_at_eof_is_reported() {
     ));
 }
 
-#[test]
-fn config_defaults_and_validation() {
-    let c: MasimoConfig = toml::from_str("port = \"/dev/ttyUSB0\"").unwrap();
-    assert_eq!(c, MasimoConfig::new("/dev/ttyUSB0"));
-    assert_eq!(
-        (c.baud, c.data_bits, c.parity.as_str(), c.stop_bits),
-        (9600, 8, "none", 1)
-    );
-    assert_eq!((c.utc_offset_minutes, c.silent_after_s), (0, 5));
-    assert!(c.validate().is_ok());
-    assert!(toml::from_str::<MasimoConfig>("port = \"x\"\nbaudrate = 9600").is_err());
-    let bad = MasimoConfig {
-        parity: "mark".into(),
-        utc_offset_minutes: 10_000,
-        ..MasimoConfig::new("")
-    };
-    let fields: Vec<_> = bad
-        .validate()
-        .unwrap_err()
-        .iter()
-        .map(|p| p.field)
-        .collect();
-    assert_eq!(fields, vec!["port", "parity", "utc_offset_minutes"]);
-}
-
 proptest! {
     #[test]
     fn decoder_never_panics_and_chunking_does_not_matter(

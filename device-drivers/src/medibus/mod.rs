@@ -22,14 +22,20 @@
 //!   others stay in [`MedibusData`].
 //! - Realtime (waveform) bytes ≥ 0x80 are skipped and counted; they are not decoded yet.
 
-mod config;
 mod device;
 mod frame;
 mod observations;
 mod payload;
 mod session;
 
-pub use config::{MedibusConfig, MedibusConfigError};
+/// The usual MEDIBUS line: 19200 8E1 (Evita 4; sites and models differ, protocols.md §1.2).
+pub const LINE: crate::serial_line::LineDefaults = crate::serial_line::LineDefaults {
+    baud: 19200,
+    data_bits: 8,
+    parity: "even",
+    stop_bits: 1,
+    usual: "MEDIBUS: usually 19200",
+};
 pub use device::MedibusDevice;
 pub use frame::{
     checksum, encode_command, encode_response, hex_pair, FrameError, FrameKind, MedibusCodec,

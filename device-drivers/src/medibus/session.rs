@@ -25,12 +25,12 @@
 
 use std::time::{Duration, Instant};
 
+use super::commands;
 use super::frame::{encode_command, encode_response, FrameKind, MedibusEvent, MedibusFrame};
 use super::payload::{
     parse_alarms, parse_identity, parse_measured, parse_settings, parse_text_messages,
     DeviceIdentity, MedibusAlarm, MedibusText, MedibusValue, PayloadError,
 };
-use super::{commands, MedibusConfig};
 
 /// The device drops the link after this long without traffic (protocols.md §1.5 fact 3).
 pub const LINK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -65,17 +65,6 @@ impl Default for SessionTimings {
             poll_interval: Duration::from_millis(1000),
             link_timeout: LINK_TIMEOUT,
             icc_retry: ICC_RETRY,
-        }
-    }
-}
-
-impl From<&MedibusConfig> for SessionTimings {
-    fn from(c: &MedibusConfig) -> Self {
-        Self {
-            keep_alive: Duration::from_millis(c.keep_alive_ms),
-            response_timeout: Duration::from_millis(c.response_timeout_ms),
-            poll_interval: Duration::from_millis(c.poll_interval_ms),
-            ..Self::default()
         }
     }
 }

@@ -859,39 +859,6 @@ fn device_answers_only_after_icc() {
     assert!(!d.is_initialised());
 }
 
-#[test]
-fn config_defaults_and_validation() {
-    let c: MedibusConfig = toml::from_str("port = \"/dev/ttyS0\"").unwrap();
-    assert_eq!(c, MedibusConfig::new("/dev/ttyS0"));
-    assert_eq!(
-        (c.baud, c.data_bits, c.parity.as_str(), c.stop_bits),
-        (19200, 8, "even", 1)
-    );
-    assert_eq!(
-        (c.keep_alive_ms, c.response_timeout_ms, c.silent_after_s),
-        (1000, 5000, 5)
-    );
-    assert!(c.validate().is_ok());
-    let t = SessionTimings::from(&c);
-    assert_eq!(t.keep_alive, Duration::from_secs(1));
-    assert_eq!(t.response_timeout, Duration::from_secs(5));
-    let c: MedibusConfig = toml::from_str("port = \"p\"\nparity = \"none\"").unwrap();
-    assert!(c.validate().is_ok());
-    assert!(toml::from_str::<MedibusConfig>("port = \"p\"\nkeepalive = 1").is_err());
-    let bad = MedibusConfig {
-        keep_alive_ms: 3000,
-        stop_bits: 3,
-        ..MedibusConfig::new("p")
-    };
-    let fields: Vec<_> = bad
-        .validate()
-        .unwrap_err()
-        .iter()
-        .map(|p| p.field)
-        .collect();
-    assert_eq!(fields, vec!["stop_bits", "keep_alive_ms"]);
-}
-
 // ---- properties ----------------------------------------------------------------------------
 
 proptest! {

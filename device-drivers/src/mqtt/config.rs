@@ -1,4 +1,8 @@
 //! `[mqtt]` configuration of the gateway: which broker, which gateway id, which limits.
+//!
+//! The one definition of these settings: the gateway's config file reads its `[mqtt]` section
+//! straight into [`MqttConfig`] (defaults here), fills in [`MqttConfig::gateway_id`] from its
+//! top-level `gateway_id`, and reports [`MqttConfig::problems`] under `mqtt.<field>`.
 
 use std::fmt;
 use std::time::Duration;
@@ -19,12 +23,15 @@ pub struct MqttConfig {
     /// TCP port of the broker.
     #[serde(default = "default_broker_port")]
     pub broker_port: u16,
-    /// Client id the gateway connects with. It must be stable across restarts: the broker keeps
-    /// the gateway's session (subscription and unacknowledged messages) under this id.
-    #[serde(default = "default_client_id")]
-    pub client_id: String,
+    /// Client id the gateway connects with; default `icu-gateway-<gateway_id>` (see
+    /// [`MqttConfig::client_id()`]). It must be stable across restarts: the broker keeps the
+    /// gateway's session (subscription and unacknowledged messages) under this id.
+    #[serde(default)]
+    pub client_id: Option<String>,
     /// This gateway's id: the second level of every observation topic it subscribes to
-    /// (`icu/<gateway_id>/bed/+/device/+/obs/#`).
+    /// (`icu/<gateway_id>/bed/+/device/+/obs/#`). In the gateway's config file it is not part of
+    /// `[mqtt]`: the gateway sets it from its top-level `gateway_id`.
+    #[serde(default)]
     pub gateway_id: String,
     /// Seconds between keep-alive pings; the broker drops the gateway after 1.5 times this
     /// without traffic.
@@ -71,9 +78,9 @@ pub fn default_broker_host() -> String {
 pub fn default_broker_port() -> u16 {
     1883
 }
-/// `icu-gateway`.
-pub fn default_client_id() -> String {
-    "icu-gateway".into()
+/// `icu-gateway-<gateway_id>`.
+pub fn default_client_id(gateway_id: &str) -> String {
+    format!("icu-gateway-{gateway_id}")
 }
 /// `30` seconds.
 pub fn default_keep_alive_s() -> u16 {
@@ -83,9 +90,9 @@ pub fn default_keep_alive_s() -> u16 {
 pub fn default_max_payload_bytes() -> usize {
     DEFAULT_MAX_PAYLOAD_BYTES
 }
-/// `30000` ms.
+/// `5000` ms.
 pub fn default_reconnect_max_backoff_ms() -> u64 {
-    30_000
+    5_000
 }
 
 impl MqttConfig {
@@ -94,7 +101,7 @@ impl MqttConfig {
         Self {
             broker_host: default_broker_host(),
             broker_port: default_broker_port(),
-            client_id: default_client_id(),
+            client_id: None,
             gateway_id: gateway_id.into(),
             keep_alive_s: default_keep_alive_s(),
             max_payload_bytes: default_max_payload_bytes(),
@@ -104,17 +111,40 @@ impl MqttConfig {
         }
     }
 
+    /// The client id to connect with: the configured one, or else `icu-gateway-<gateway_id>`.
+    pub fn client_id(&self) -> String {
+        self.client_id
+            .clone()
+            .unwrap_or_else(|| default_client_id(&self.gateway_id))
+    }
+
     /// Checks every field and reports every problem, each with its field path under `mqtt.`.
     pub fn validate(&self) -> Result<(), MqttConfigError> {
+        let problems: Vec<String> = self
+            .problems()
+            .into_iter()
+            .map(|(field, msg)| format!("mqtt.{field}: {msg}"))
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(MqttConfigError { problems })
+        }
+    }
+
+    /// Every problem of this config, each with its field name: the one set of rules for these
+    /// settings (the gateway's config check reports them under `mqtt.<field>`).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
-        let mut problem = |field: &str, msg: String| problems.push(format!("mqtt.{field}: {msg}"));
+        let mut problem = |field: &'static str, msg: String| problems.push((field, msg));
         if self.broker_host.trim().is_empty() {
             problem("broker_host", "must not be empty".into());
         }
         if self.broker_port == 0 {
             problem("broker_port", "must be between 1 and 65535".into());
         }
-        if self.client_id.is_empty() || self.client_id.len() > 23 * 8 {
+        let client_id = self.client_id();
+        if client_id.is_empty() || client_id.len() > 23 * 8 {
             problem(
                 "client_id",
                 "must be 1 to 184 characters (brokers may limit it to 23)".into(),
@@ -147,11 +177,7 @@ impl MqttConfig {
         if self.password.is_some() && self.username.is_none() {
             problem("password", "is set but username is not".into());
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(MqttConfigError { problems })
-        }
+        problems
     }
 
     /// The keep-alive interval.

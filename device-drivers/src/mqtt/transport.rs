@@ -152,7 +152,7 @@ pub struct MqttSubscriber {
 /// The rumqttc options of a validated config: manual acks, persistent session, packet bound.
 pub fn mqtt_options(config: &MqttConfig) -> MqttOptions {
     let mut opts = MqttOptions::new(
-        config.client_id.clone(),
+        config.client_id(),
         config.broker_host.clone(),
         config.broker_port,
     );

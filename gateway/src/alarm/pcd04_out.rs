@@ -32,11 +32,41 @@ use futures::{SinkExt, StreamExt};
 use icu_drivers::hl7::{build_pcd04, Pcd04Context};
 use icu_drivers::mllp::{MllpCodec, MllpEvent};
 use icu_protos::v1::Alarm;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
+
+/// The `[alarm_manager]` section: an IHE ACM alarm manager that receives every alarm state
+/// change as PCD-04 (ORU^R40) over MLLP, with retry. The one definition of these settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmManagerConfig {
+    /// `host:port` of the alarm manager's MLLP listener.
+    pub mllp: String,
+    /// MSH-5 receiving application.
+    #[serde(default = "default_receiving_application")]
+    pub receiving_application: String,
+}
+
+fn default_receiving_application() -> String {
+    "ALARM_MANAGER".into()
+}
+
+impl AlarmManagerConfig {
+    /// Every problem of this section, under the file's names (`alarm_manager.mllp`).
+    pub fn problems(&self) -> Vec<crate::domain::FieldProblem> {
+        let mut out = Vec::new();
+        if !self.mllp.contains(':') {
+            out.push(crate::domain::FieldProblem {
+                field: "alarm_manager.mllp".into(),
+                message: format!("'{}' is not host:port", self.mllp),
+            });
+        }
+        out
+    }
+}
 
 /// Reconnect and resend policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

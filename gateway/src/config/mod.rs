@@ -47,8 +47,8 @@ pub struct Config {
     pub kafka: Option<icu_cloud_bridge::bridge::BridgeConfig>,
     pub mqtt: Option<icu_drivers::mqtt::MqttConfig>,
     pub alarms: crate::alarm::AlarmConfig,
-    /// `(host:port, receiving application)` of the PCD-04 alarm manager.
-    pub alarm_manager: Option<(String, String)>,
+    /// The PCD-04 alarm manager (`[alarm_manager]`), if any.
+    pub alarm_manager: Option<crate::alarm::pcd04_out::AlarmManagerConfig>,
     pub clock: ClockPolicy,
     pub beds: Vec<Bed>,
     pub devices: Vec<Device>,

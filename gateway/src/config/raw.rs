@@ -18,8 +18,9 @@ pub struct RawConfig {
     pub store: RawStore,
     #[serde(default)]
     pub mllp: RawMllp,
+    /// The local page and API (the http module's own settings type).
     #[serde(default)]
-    pub http: RawHttp,
+    pub http: crate::http::HttpConfig,
     /// The ADT feed (HL7v2 A01/A02/A03/... on the MLLP listener).
     #[serde(default)]
     pub adt: RawAdt,
@@ -28,13 +29,15 @@ pub struct RawConfig {
     /// The hospital's Kafka backbone; leave out to store only (records wait in the outbox).
     pub kafka: Option<RawKafka>,
     /// The MQTT broker that pumps and wearables publish to; needed for `protocol = "mqtt"`.
-    pub mqtt: Option<RawMqtt>,
+    /// The transport's own settings type (fields, defaults and rules in
+    /// `icu_drivers::mqtt::MqttConfig`); `gateway_id` comes from the top level.
+    pub mqtt: Option<icu_drivers::mqtt::MqttConfig>,
     /// Local alarm rules (limits with sustain and hysteresis, rate of change, NEWS2); the
     /// defaults apply when the section is absent. Clinicians override limits per bed at run time.
     pub alarms: Option<crate::alarm::AlarmConfig>,
     /// An IHE ACM alarm manager that receives every alarm state change as PCD-04 (ORU^R40) over
     /// MLLP, with retry; leave out when there is none.
-    pub alarm_manager: Option<RawAlarmManager>,
+    pub alarm_manager: Option<crate::alarm::pcd04_out::AlarmManagerConfig>,
     /// How the gateway decides whether its clock is synchronised:
     /// `"auto"` (systemd-timesyncd or chrony state), `"synced"` or `"unsynced"`.
     #[serde(default = "default_clock")]
@@ -158,31 +161,6 @@ pub struct RawAdt {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawHttp {
-    /// Address of the local page and API. Keep it on the ICU network or loopback.
-    #[serde(default = "default_http_listen")]
-    pub listen: String,
-    /// Most open event streams (`/api/events`, the page's live alarm feed) at once (default
-    /// 32); a further client gets 503 and the page falls back to polling.
-    #[serde(default = "default_max_event_streams")]
-    pub max_event_streams: usize,
-    /// Largest accepted request body in bytes (default 16384); larger bodies get 413.
-    #[serde(default = "default_max_body_bytes")]
-    pub max_body_bytes: usize,
-}
-
-impl Default for RawHttp {
-    fn default() -> Self {
-        Self {
-            listen: default_http_listen(),
-            max_event_streams: default_max_event_streams(),
-            max_body_bytes: default_max_body_bytes(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawSigning {
     /// The gateway's ed25519 private key (PKCS#8 PEM, made by `icu-gateway keygen`); relative
     /// paths are inside `data_dir`.
@@ -239,48 +217,6 @@ pub struct RawKafka {
     /// throttled. Must exceed the ingest rate for a backlog to catch up.
     #[serde(default = "default_backlog_rate")]
     pub backlog_rate: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawAlarmManager {
-    /// `host:port` of the alarm manager's MLLP listener.
-    pub mllp: String,
-    /// MSH-5 receiving application.
-    #[serde(default = "default_alarm_manager_app")]
-    pub receiving_application: String,
-}
-
-fn default_alarm_manager_app() -> String {
-    "ALARM_MANAGER".into()
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawMqtt {
-    /// Broker host name or address (MQTT 3.1.1, plain TCP).
-    #[serde(default = "default_mqtt_host")]
-    pub broker_host: String,
-    #[serde(default = "default_mqtt_port")]
-    pub broker_port: u16,
-    /// Stable client id (the broker keeps the gateway's session under it); default
-    /// `icu-gateway-<gateway_id>`.
-    pub client_id: Option<String>,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// Largest accepted payload in bytes.
-    #[serde(default = "default_mqtt_max_payload")]
-    pub max_payload_bytes: usize,
-}
-
-fn default_mqtt_host() -> String {
-    "127.0.0.1".into()
-}
-fn default_mqtt_port() -> u16 {
-    1883
-}
-fn default_mqtt_max_payload() -> usize {
-    256 * 1024
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -385,15 +321,6 @@ fn default_frame_timeout_s() -> u64 {
 }
 fn default_idle_timeout_s() -> u64 {
     300
-}
-fn default_max_event_streams() -> usize {
-    32
-}
-fn default_max_body_bytes() -> usize {
-    16 * 1024
-}
-fn default_http_listen() -> String {
-    "127.0.0.1:8080".into()
 }
 fn default_key_file() -> PathBuf {
     PathBuf::from("gateway.key")

@@ -248,3 +248,51 @@ fn kafka_drain_knobs_have_documented_defaults_and_are_validated() {
         (500, 2000, 750)
     );
 }
+
+#[test]
+fn mqtt_section_is_the_transports_settings_with_its_rules_under_the_files_names() {
+    let text = format!("{GOOD}\n[mqtt]\nbroker_port = 1884\n");
+    let c = Config::from_toml(&text, Path::new("/etc/icu/gateway.toml")).unwrap();
+    let m = c.mqtt.unwrap();
+    assert_eq!(m.gateway_id, "icu-a");
+    assert_eq!(m.client_id(), "icu-gateway-icu-a");
+    assert_eq!((m.broker_host.as_str(), m.broker_port), ("127.0.0.1", 1884));
+    assert_eq!(m.reconnect_max_backoff_ms, 5_000);
+    assert_eq!(m.keep_alive_s, 30);
+
+    let bad = format!(
+        "{GOOD}\n[mqtt]\nbroker_port = 0\nkeep_alive_s = 1\npassword = \"x\"\ngateway_id = \"other\"\n"
+    );
+    let Err(ConfigError::Invalid { problems, .. }) =
+        Config::from_toml(&bad, Path::new("/etc/icu/gateway.toml"))
+    else {
+        panic!("accepted")
+    };
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "mqtt.gateway_id",
+            "mqtt.broker_port",
+            "mqtt.keep_alive_s",
+            "mqtt.password"
+        ]
+    );
+}
+
+#[test]
+fn alarm_manager_section_is_validated_by_its_output() {
+    let text = format!("{GOOD}\n[alarm_manager]\nmllp = \"nohost\"\n");
+    let Err(ConfigError::Invalid { problems, .. }) =
+        Config::from_toml(&text, Path::new("/etc/icu/gateway.toml"))
+    else {
+        panic!("accepted")
+    };
+    assert_eq!(problems[0].field, "alarm_manager.mllp");
+    let text = format!("{GOOD}\n[alarm_manager]\nmllp = \"am:2576\"\n");
+    let c = Config::from_toml(&text, Path::new("/etc/icu/gateway.toml")).unwrap();
+    assert_eq!(
+        c.alarm_manager.unwrap().receiving_application,
+        "ALARM_MANAGER"
+    );
+}

@@ -160,14 +160,8 @@ impl RawConfig {
                 problem(field, format!("{secs} is outside 1..=86400 seconds"));
             }
         }
-        if self.http.max_event_streams == 0 {
-            problem("http.max_event_streams", "must be at least 1".into());
-        }
-        if !(1024..=16 << 20).contains(&self.http.max_body_bytes) {
-            problem(
-                "http.max_body_bytes",
-                format!("{} is outside 1024..=16777216", self.http.max_body_bytes),
-            );
+        for p in self.http.problems() {
+            problem(&p.field, p.message);
         }
         let adt_allow_from = allow_list("adt.allow_from", &self.adt.allow_from, &mut problem);
 
@@ -203,35 +197,16 @@ impl RawConfig {
             cfg
         });
 
-        let mqtt = self.mqtt.as_ref().map(|m| {
-            let cfg = icu_drivers::mqtt::MqttConfig {
-                broker_host: m.broker_host.clone(),
-                broker_port: m.broker_port,
-                client_id: m
-                    .client_id
-                    .clone()
-                    .unwrap_or_else(|| format!("icu-gateway-{}", self.gateway_id)),
-                gateway_id: self.gateway_id.clone(),
-                keep_alive_s: 30,
-                max_payload_bytes: m.max_payload_bytes,
-                reconnect_max_backoff_ms: 5_000,
-                username: m.username.clone(),
-                password: m.password.clone(),
-            };
-            if let Err(e) = cfg.validate() {
-                problem("mqtt", e.to_string());
-            }
+        // The transport's own settings type, checked by its own rules.
+        let mqtt = self.mqtt.clone().map(|m| {
+            let (cfg, found) = crate::mqtt::settings(m, &self.gateway_id);
+            problems.extend(found);
             cfg
         });
 
         let alarms = self.alarms.clone().unwrap_or_default();
         if let Some(am) = &self.alarm_manager {
-            if !am.mllp.contains(':') {
-                problems.push(FieldProblem {
-                    field: "alarm_manager.mllp".into(),
-                    message: format!("'{}' is not host:port", am.mllp),
-                });
-            }
+            problems.extend(am.problems());
         }
         problems.extend(alarms.validate("alarms"));
         let mut problem = |field: &str, message: String| {
@@ -377,18 +352,16 @@ impl RawConfig {
                 }
                 (None, false) => None,
                 (Some(sp), true) => {
-                    let (baud, parity) = match protocol {
-                        Protocol::Medibus => (19200, "even"),
-                        _ => (9600, "none"),
+                    // The protocol's usual line, from its driver.
+                    let line = match protocol {
+                        Protocol::Medibus => icu_drivers::medibus::LINE,
+                        _ => icu_drivers::masimo::LINE,
                     };
-                    let parity = sp.parity.clone().unwrap_or_else(|| parity.to_owned());
-                    let data_bits = sp.data_bits.unwrap_or(8);
-                    let stop_bits = sp.stop_bits.unwrap_or(1);
-                    let baud = sp.baud.unwrap_or(baud);
-                    let usual = match protocol {
-                        Protocol::Medibus => "MEDIBUS: usually 19200",
-                        _ => "Masimo: 9600",
-                    };
+                    let parity = sp.parity.clone().unwrap_or_else(|| line.parity.to_owned());
+                    let data_bits = sp.data_bits.unwrap_or(line.data_bits);
+                    let stop_bits = sp.stop_bits.unwrap_or(line.stop_bits);
+                    let baud = sp.baud.unwrap_or(line.baud);
+                    let usual = line.usual;
                     for (field, message) in icu_drivers::serial_line::line_problems(
                         &sp.port.to_string_lossy(),
                         baud,
@@ -471,18 +444,12 @@ impl RawConfig {
             },
             adt_allow_from,
             http_listen,
-            http_limits: crate::http::HttpLimits {
-                max_event_streams: self.http.max_event_streams,
-                max_body_bytes: self.http.max_body_bytes,
-            },
+            http_limits: self.http.limits(),
             key_file: in_data(&self.signing.key_file),
             kafka,
             mqtt,
             alarms,
-            alarm_manager: self
-                .alarm_manager
-                .as_ref()
-                .map(|a| (a.mllp.clone(), a.receiving_application.clone())),
+            alarm_manager: self.alarm_manager,
             clock,
             beds,
             devices,

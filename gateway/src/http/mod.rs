@@ -36,7 +36,76 @@ pub const MAX_ALARM_ID_CHARS: usize = 256;
 /// Longest free text accepted (a reason), in characters.
 pub const MAX_TEXT_CHARS: usize = 500;
 
-/// Limits of the HTTP surface (`[http]` in the config).
+/// The `[http]` section of the config file: the one definition of these settings, their
+/// defaults and their rules ([`HttpConfig::problems`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the local page and API. Keep it on the ICU network or loopback.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Most open event streams (`/api/events`, the page's live alarm feed) at once (default
+    /// 32); a further client gets 503 and the page falls back to polling.
+    #[serde(default = "default_max_event_streams")]
+    pub max_event_streams: usize,
+    /// Largest accepted request body in bytes (default 16384); larger bodies get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_max_event_streams() -> usize {
+    32
+}
+fn default_max_body_bytes() -> usize {
+    16 * 1024
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_event_streams: default_max_event_streams(),
+            max_body_bytes: default_max_body_bytes(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Every problem of the limits, under the file's names (`http.max_body_bytes`, ...). The
+    /// listen address is parsed by the config, like every other address.
+    pub fn problems(&self) -> Vec<crate::domain::FieldProblem> {
+        let mut out = Vec::new();
+        let mut problem = |field: &str, message: String| {
+            out.push(crate::domain::FieldProblem {
+                field: field.into(),
+                message,
+            })
+        };
+        if self.max_event_streams == 0 {
+            problem("http.max_event_streams", "must be at least 1".into());
+        }
+        if !(1024..=16 << 20).contains(&self.max_body_bytes) {
+            problem(
+                "http.max_body_bytes",
+                format!("{} is outside 1024..=16777216", self.max_body_bytes),
+            );
+        }
+        out
+    }
+
+    /// The limits the server runs with.
+    pub fn limits(&self) -> HttpLimits {
+        HttpLimits {
+            max_event_streams: self.max_event_streams,
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
+}
+
+/// Limits of the HTTP surface, as the server runs with them (from [`HttpConfig`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {
     /// Most event streams (`/api/events`) open at once.
@@ -47,10 +116,7 @@ pub struct HttpLimits {
 
 impl Default for HttpLimits {
     fn default() -> Self {
-        Self {
-            max_event_streams: 32,
-            max_body_bytes: 16 * 1024,
-        }
+        HttpConfig::default().limits()
     }
 }
 

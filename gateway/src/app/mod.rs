@@ -1,0 +1,193 @@
+//! Wiring: starts every part of the gateway inside the running actix `System`.
+//!
+//! Owns: start-up order and shutdown. Order: store (creates the schema) and its outbox reader
+//! ([`store`]) → bridge, if Kafka is configured ([`bridge`]) → ADT census → alarm engine and its
+//! outputs ([`alarms`]) → live state, one device actor per configured device and the transports:
+//! serial lines, MQTT, MLLP listener ([`ingest`]) → HTTP server ([`http`]) → `endpoints.json`.
+//! Shutdown stops the listeners first, so no new message is accepted, then lets the store finish
+//! what it holds before the System stops.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use actix::Addr;
+use anyhow::Context as _;
+use icu_cloud_bridge::bridge::BridgeStats;
+use icu_cloud_bridge::signing::GatewayKey;
+use icu_drivers::terminology::Terminology;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::live::LiveState;
+use crate::store::{SqliteOutbox, Store};
+
+mod alarms;
+mod bridge;
+mod http;
+mod ingest;
+mod store;
+
+/// Where a running gateway can be reached (also written to `<data_dir>/endpoints.json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Endpoints {
+    pub mllp: SocketAddr,
+    pub http: SocketAddr,
+}
+
+/// A started gateway; dropping it does not stop it, call [`Running::shutdown`].
+pub struct Running {
+    pub endpoints: Endpoints,
+    pub live: Arc<LiveState>,
+    pub outbox: Arc<SqliteOutbox>,
+    pub bridge: Option<Arc<BridgeStats>>,
+    pub store: Addr<Store>,
+    shutdown: watch::Sender<bool>,
+    http: actix_web::dev::ServerHandle,
+    mllp_task: tokio::task::JoinHandle<()>,
+    mqtt: Option<icu_drivers::mqtt::MqttSubscriber>,
+    readiness: Arc<crate::metrics::Readiness>,
+}
+
+impl Running {
+    /// Stops accepting input, then stops the HTTP server. The store commits what it holds.
+    pub async fn shutdown(self) {
+        self.readiness.set_listening(false);
+        let _ = self.shutdown.send(true);
+        let _ = self.mllp_task.await;
+        if let Some(m) = self.mqtt {
+            m.shutdown().await;
+        }
+        self.http.stop(true).await;
+        tracing::info!("gateway stopped accepting input");
+    }
+}
+
+/// Path of the public key written beside a private key file.
+pub fn public_key_path(private: &Path) -> PathBuf {
+    private.with_extension("pub")
+}
+
+/// Loads the gateway key, telling the engineer how to make one if it is missing.
+pub fn load_key(path: &Path) -> anyhow::Result<GatewayKey> {
+    if !path.exists() {
+        anyhow::bail!(
+            "signing key {} does not exist; create it with `icu-gateway keygen --out {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    GatewayKey::load(path).with_context(|| format!("loading signing key {}", path.display()))
+}
+
+/// Starts the gateway. Must be called inside a running actix `System`.
+pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    let terminology = Terminology::builtin();
+
+    let stored = store::start_store(&config)?;
+    let bridge = match &config.kafka {
+        None => {
+            tracing::warn!("no [kafka] configured: readings are stored and wait in the outbox");
+            None
+        }
+        Some(kafka) => {
+            let key = match key {
+                Some(k) => k,
+                None => load_key(&config.key_file)?,
+            };
+            Some(bridge::start_bridge(
+                kafka,
+                key,
+                &stored.outbox,
+                &terminology,
+                &stored.bridge_slot,
+            )?)
+        }
+    };
+
+    let census = crate::census::Census::open(&config.store.path)
+        .with_context(|| format!("opening the ADT census in {}", config.store.path.display()))?;
+    let census_reader = census.reader();
+    let census_addr = crate::census::actor::CensusActor::start(census, config.bed_map());
+
+    let alarms = alarms::start_alarms(&config, &stored.store, &terminology)?;
+    let _ = stored.alarm_slot.set(alarms.addr.clone());
+
+    let ingest = ingest::start_ingest(
+        &config,
+        terminology,
+        &stored.store,
+        census_reader.clone(),
+        census_addr,
+        &alarms,
+    )
+    .await?;
+
+    let http = http::start_http(&config, &stored, &bridge, census_reader, alarms, &ingest)?;
+
+    let endpoints = Endpoints {
+        mllp: ingest.mllp_addr,
+        http: http.addr,
+    };
+    let ep_path = config.data_dir.join("endpoints.json");
+    std::fs::write(&ep_path, serde_json::to_vec_pretty(&endpoints)?)
+        .with_context(|| format!("writing {}", ep_path.display()))?;
+    http.readiness.set_listening(true);
+    tracing::info!(mllp = %endpoints.mllp, http = %format!("http://{}/", endpoints.http), gateway_id = %config.gateway_id,
+        devices = config.devices.len(), "gateway ready");
+
+    Ok(Running {
+        endpoints,
+        live: ingest.live,
+        outbox: stored.outbox,
+        bridge,
+        store: stored.store,
+        shutdown: ingest.shutdown,
+        http: http.handle,
+        mllp_task: ingest.mllp_task,
+        mqtt: ingest.mqtt,
+        readiness: http.readiness,
+    })
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `icu-gateway run`: starts the gateway and runs until a signal.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let system = actix::System::new();
+    system.block_on(async move {
+        let running = start(config, None).await?;
+        println!(
+            "icu-gateway ready: mllp {} page http://{}/",
+            running.endpoints.mllp, running.endpoints.http
+        );
+        wait_for_signal().await;
+        tracing::info!("stopping");
+        running.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
