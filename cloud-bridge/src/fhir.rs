@@ -206,10 +206,15 @@ fn parse_observation(obs: &FhirObservation) -> Result<ParsedObservation, BridgeE
 
 mod adt;
 mod alarm;
+mod audit;
 mod common;
 mod json;
 pub use adt::{adt_bundle, encounter_status};
 pub use alarm::{alarm_identifier_system, alarm_observation};
+pub use audit::{
+    audit_event, AUDIT_ACTION_SYSTEM, AUDIT_EVENT_TYPE_SYSTEM, DCM_SYSTEM,
+    RESTFUL_INTERACTION_SYSTEM, ROLE_SYSTEM,
+};
 
 #[cfg(test)]
 mod golden;

@@ -653,3 +653,31 @@ match = "0012AB00000000B2"
     .unwrap();
     assert_eq!(run(verify_cmd()).unwrap(), 1);
 }
+
+#[test]
+fn a_forwarded_entry_verifies_from_its_fhir_audit_event_alone() {
+    use base64::Engine as _;
+    let t = trail(3);
+    let rec = &t.log.read(2, 1).unwrap()[0];
+    let bytes = icu_cloud_bridge::fhir::audit_event("icu-a", &rec.to_proto()).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["resourceType"], "AuditEvent");
+    let chain = v["entity"].as_array().unwrap().last().unwrap().clone();
+    let detail = |kind: &str| -> Vec<u8> {
+        let d = chain["detail"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["type"] == kind)
+            .unwrap();
+        base64::engine::general_purpose::STANDARD
+            .decode(d["valueBase64Binary"].as_str().unwrap())
+            .unwrap()
+    };
+    // What a central team does: the signature over the hash, with the public key only.
+    let hash = detail("hash");
+    assert_eq!(hash, rec.hash.to_vec());
+    assert_eq!(detail("prev-hash"), rec.prev_hash.to_vec());
+    let sig = ed25519_dalek::Signature::from_slice(&detail("signature")).unwrap();
+    t.key.verifying_key().verify_strict(&hash, &sig).unwrap();
+}
