@@ -14,6 +14,12 @@ pub enum AuditError {
         "audit trail entry seq {seq} is not readable ({message}); run `icu-gateway audit verify`"
     )]
     Corrupt { seq: u64, message: String },
+    /// The trail was tampered with in a way that an append would hide (its signed head is
+    /// gone, or the last hash is unusable): nothing is appended until someone looks.
+    #[error(
+        "audit trail is damaged ({message}); no entry was written; run `icu-gateway audit verify`"
+    )]
+    Damaged { message: String },
     #[error("audit trail is unavailable: a thread panicked while writing it")]
     Poisoned,
 }

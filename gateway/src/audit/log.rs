@@ -54,11 +54,75 @@ BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: no UPDATE'); END;
 CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
 BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: no DELETE'); END;
 CREATE TRIGGER IF NOT EXISTS audit_log_next_seq BEFORE INSERT ON audit_log
-WHEN NEW.seq IS NOT (SELECT COALESCE(MAX(seq), 0) + 1 FROM audit_log)
+WHEN NEW.seq IS NOT (SELECT MAX(COALESCE((SELECT MAX(seq) FROM audit_log), 0),
+                               COALESCE((SELECT seq FROM audit_head WHERE id = 1), 0)) + 1)
 BEGIN SELECT RAISE(ABORT, 'audit_log seq must be the next one'); END;
 CREATE TRIGGER IF NOT EXISTS audit_head_no_delete BEFORE DELETE ON audit_head
 BEGIN SELECT RAISE(ABORT, 'audit_head cannot be deleted'); END;
 ";
+
+enum NextLink {
+    Sql(rusqlite::Error),
+    Damaged(String),
+}
+
+impl From<rusqlite::Error> for NextLink {
+    fn from(e: rusqlite::Error) -> Self {
+        NextLink::Sql(e)
+    }
+}
+
+/// The seq and prev_hash of the next entry, from the last row and the signed head.
+///
+/// Normally the head names the last row. When it names a later seq (the tail was cut) the next
+/// entry follows the head, so the gap stays visible to `verify` (the first cut seq is then
+/// "missing") instead of being papered over by new entries. A trail with rows but no head is
+/// refused: continuing would hide how much was cut.
+fn next_link(tx: &Connection) -> Result<(u64, [u8; 32]), NextLink> {
+    let last: Option<(i64, Vec<u8>)> = tx
+        .query_row(
+            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let head: Option<(i64, Vec<u8>)> = tx
+        .query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let (seq, hash) = match (last, head) {
+        (None, None) => return Ok((1, ZERO_HASH)),
+        (Some((seq, _)), None) => {
+            return Err(NextLink::Damaged(format!(
+                "entries up to seq {seq} exist but the signed head row is gone"
+            )))
+        }
+        (Some((last_seq, _)), Some((head_seq, head_hash))) if head_seq > last_seq => {
+            tracing::error!(
+                last_seq,
+                head_seq,
+                "audit trail: entries after seq {last_seq} are gone (the signed head names seq \
+                 {head_seq}); new entries follow the head, so the gap stays visible to `audit verify`"
+            );
+            (head_seq, head_hash)
+        }
+        (None, Some((head_seq, head_hash))) => {
+            tracing::error!(
+                head_seq,
+                "audit trail: every entry is gone but the signed head"
+            );
+            (head_seq, head_hash)
+        }
+        (Some(last), Some(_)) => last,
+    };
+    let prev = <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| {
+        NextLink::Damaged(format!(
+            "the hash of seq {seq} is not 32 bytes, so no entry can follow it"
+        ))
+    })?;
+    Ok((seq.max(0) as u64 + 1, prev))
+}
 
 /// The selection of `audit show`: every condition given must hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -235,25 +299,10 @@ impl AuditLog {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&sql)?;
-        let last: Option<(i64, Vec<u8>)> = tx
-            .query_row(
-                "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(&sql)?;
-        let (seq, prev_hash) = match last {
-            None => (1u64, ZERO_HASH),
-            Some((last_seq, hash)) => {
-                let prev =
-                    <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| AuditError::Corrupt {
-                        seq: last_seq as u64,
-                        message: "its hash is not 32 bytes, so no entry can follow it".into(),
-                    })?;
-                (last_seq as u64 + 1, prev)
-            }
-        };
+        let (seq, prev_hash) = next_link(&tx).map_err(|e| match e {
+            NextLink::Sql(e) => sql(e),
+            NextLink::Damaged(message) => AuditError::Damaged { message },
+        })?;
         let key_id = self.key.key_id().to_owned();
         let input = HashInput {
             seq,

@@ -12,6 +12,9 @@
 //! [`AuditLog::append`] on the blocking pool **before** the action takes effect. `append`
 //! returns only once the entry is committed (`synchronous = FULL`); on `Err` nothing was written
 //! and the caller refuses the action with a clear error. Alarms themselves never wait for it.
+//! An append never hides tampering: after a cut tail the next entry follows the signed head (the
+//! cut seqs stay "missing" to `verify`), and a trail whose head row is gone refuses appends
+//! ([`AuditError::Damaged`]) until someone looks.
 //!
 //! # What is stored
 //!

@@ -255,9 +255,39 @@ fn a_cut_tail_names_the_first_missing_seq() {
         "{problem}"
     );
 
-    // Deleting the head as well is seen.
+    // Deleting the head as well is seen, and the gateway then refuses to append (an append
+    // would make a new head and hide the cut).
     t.sql("DELETE FROM audit_head");
     assert_eq!(t.fails(None), (8, Problem::HeadMissing));
+    let err = t.log.append(scripted(1)).unwrap_err();
+    assert!(matches!(err, AuditError::Damaged { .. }), "{err}");
+    assert_eq!(t.fails(None), (8, Problem::HeadMissing));
+}
+
+#[test]
+fn appends_after_a_cut_tail_keep_the_gap_visible() {
+    let t = trail(10);
+    t.drop_triggers();
+    t.sql("DELETE FROM audit_log WHERE seq >= 8");
+    let rec = t.log.append(scripted(1)).unwrap();
+    assert_eq!(rec.seq, 11, "the next entry follows the signed head");
+    assert_eq!(t.fails(None), (8, Problem::Missing));
+    // With the triggers in place, only the next seq after the head may be inserted.
+    let t = trail(3);
+    let err = t
+        .log
+        .with_conn(|c| {
+            c.execute_batch(
+                "INSERT INTO audit_log SELECT 3, time_us, clock_synced, account, role, source,
+                 action, target_kind, target_id, bed, old_value, new_value, outcome, reason,
+                 prev_hash, hash, key_id, signature FROM audit_log WHERE seq = 3",
+            )
+        })
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("UNIQUE") || err.to_string().contains("next one"),
+        "{err}"
+    );
 }
 
 #[test]
