@@ -7,7 +7,8 @@
 //! Owns: [`observation_bundle`] (one device's consecutive observations of one patient → one
 //! `collection` Bundle of PoCD-style Observations), [`alarm_observation`] (one alarm state change
 //! → one Observation, in `alarm`), [`adt_bundle`] (one ADT event → one `collection` Bundle of a
-//! Patient and an Encounter, in `adt`), and [`parse_bundle`] and [`observations_of`] for readers.
+//! Patient and an Encounter, in `adt`), [`audit_event`] (one gateway audit-trail entry → one
+//! AuditEvent, in `audit`), and [`parse_bundle`] and [`observations_of`] for readers.
 //!
 //! Guarantees:
 //! - **Deterministic bytes.** The output depends only on the inputs: no wall clock, no random
@@ -206,10 +207,15 @@ fn parse_observation(obs: &FhirObservation) -> Result<ParsedObservation, BridgeE
 
 mod adt;
 mod alarm;
+mod audit;
 mod common;
 mod json;
 pub use adt::{adt_bundle, encounter_status};
 pub use alarm::{alarm_identifier_system, alarm_observation};
+pub use audit::{
+    audit_event, AUDIT_ACTION_SYSTEM, AUDIT_EVENT_TYPE_SYSTEM, DCM_SYSTEM,
+    RESTFUL_INTERACTION_SYSTEM, ROLE_SYSTEM,
+};
 
 #[cfg(test)]
 mod golden;

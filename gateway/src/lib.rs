@@ -9,6 +9,7 @@
 pub mod alarm;
 pub mod allow;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod census;
 pub mod clock;

@@ -61,6 +61,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// The tamper-evident audit trail: `verify` its chain and signatures, `show` its entries.
+    Audit {
+        #[command(subcommand)]
+        command: icu_gateway::audit::cli::AuditCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +77,10 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Audit { command } => match icu_gateway::audit::cli::run(command)? {
+            0 => Ok(()),
+            code => std::process::exit(code),
+        },
         Command::Run { config } => {
             let cfg = icu_gateway::config::Config::load(&config)?;
             icu_gateway::app::run(cfg)
