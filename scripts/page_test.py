@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Browser test of the nurse's page in headless Chromium (selenium + chromedriver).
 
-    page_test.py URL SCREENSHOT_PATH [--timeout S]
+    page_test.py URL SCREENSHOT_PATH [--timeout S] [--account NAME --password PW]
 
-Loads URL, waits for the first SpO2 alarm (`div.alarm[data-alarm]` whose text contains
+Loads URL, logs in through the page's login form when --account is given (typing into
+#login-account and #login-password and pressing the form's button, then waiting until the
+overlay is gone), waits for the first SpO2 alarm (`div.alarm[data-alarm]` whose text contains
 "SpO2"), acknowledges it with its `button.ack`, waits until the alarm's `data-state` is
 `acknowledged`, and saves a PNG screenshot. Prints, one line each, flushed at once:
 
     PAGE_LOADED <epoch ms>
+    LOGGED_IN <epoch ms> <account>     (with --account)
     ALARM_SEEN <epoch ms> <alarm id>   (browser clock: when the element entered the DOM)
     ACKED <epoch ms>
     SCREENSHOT <path>
@@ -82,6 +85,8 @@ def main():
     ap.add_argument("screenshot")
     ap.add_argument("--timeout", type=float, default=60.0,
                     help="seconds to wait for the alarm, and again for the acknowledgement")
+    ap.add_argument("--account", help="log in as this account through the page's form")
+    ap.add_argument("--password", default="", help="its password")
     args = ap.parse_args()
     # The test stops this script with SIGTERM: exit through the `finally` below so that
     # chromedriver and chromium are shut down too, not left running.
@@ -117,6 +122,23 @@ def main():
         driver.get(args.url)
         driver.execute_script(OBSERVER_JS)
         say(f"PAGE_LOADED {now_ms()}")
+
+        # 0. Log in as a person, as a nurse would.
+        if args.account:
+            deadline = time.monotonic() + args.timeout
+            while not driver.find_element(By.ID, "login").is_displayed():
+                if time.monotonic() > deadline:
+                    fail("the page did not show its login form")
+                time.sleep(POLL_S)
+            driver.find_element(By.ID, "login-account").send_keys(args.account)
+            driver.find_element(By.ID, "login-password").send_keys(args.password)
+            driver.find_element(By.ID, "login-submit").click()
+            while driver.find_element(By.ID, "login").is_displayed():
+                if time.monotonic() > deadline:
+                    msg = driver.find_element(By.ID, "login-msg").text
+                    fail(f"login as {args.account} did not succeed: {msg!r}")
+                time.sleep(POLL_S)
+            say(f"LOGGED_IN {now_ms()} {args.account}")
 
         # 1. The alarm appears.
         deadline = time.monotonic() + args.timeout

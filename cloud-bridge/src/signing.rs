@@ -29,6 +29,7 @@ const PRIVATE_EXPECTED: &str = "PKCS#8 ed25519 private key";
 const PUBLIC_EXPECTED: &str = "SPKI ed25519 public key";
 
 /// The gateway's signing key and its key id.
+#[derive(Clone)]
 pub struct GatewayKey {
     signing: SigningKey,
     key_id: String,

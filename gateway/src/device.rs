@@ -284,6 +284,7 @@ impl DeviceActor {
                 .patient_at(&self.device.bed, time_us)
                 .map(|p| p.patient_id)
                 .unwrap_or_default(),
+            ..Alarm::default()
         };
         if active {
             tracing::warn!(device = %self.device.id, bed = %self.device.bed, condition = id, text = %alarm.text, "technical alarm raised");

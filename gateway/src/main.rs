@@ -61,6 +61,20 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Accounts of the page and API: add, passwd, pin, role, disable, enable, list.
+    User {
+        #[command(subcommand)]
+        command: icu_gateway::auth::cli::UserCommand,
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
+    /// API tokens for machines (`/metrics`, the read-only API): add, revoke, list.
+    Token {
+        #[command(subcommand)]
+        command: icu_gateway::auth::cli::TokenCommand,
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
     /// The tamper-evident audit trail: `verify` its chain and signatures, `show` its entries.
     Audit {
         #[command(subcommand)]
@@ -77,6 +91,16 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::User { command, config } => {
+            let cfg = load_for_admin(config)?;
+            let changed = icu_gateway::auth::cli::run_user(&cfg.store.path, command)?;
+            audit_admin(&cfg, changed)
+        }
+        Command::Token { command, config } => {
+            let cfg = load_for_admin(config)?;
+            let changed = icu_gateway::auth::cli::run_token(&cfg.store.path, command)?;
+            audit_admin(&cfg, changed)
+        }
         Command::Audit { command } => match icu_gateway::audit::cli::run(command)? {
             0 => Ok(()),
             code => std::process::exit(code),
@@ -174,4 +198,54 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The config an admin command works on (`--config`, or `ICU_GATEWAY_CONFIG`).
+fn load_for_admin(config: Option<PathBuf>) -> anyhow::Result<icu_gateway::config::Config> {
+    let path = config
+        .or_else(|| std::env::var_os("ICU_GATEWAY_CONFIG").map(PathBuf::from))
+        .context("which gateway? pass --config FILE (or set ICU_GATEWAY_CONFIG)")?;
+    Ok(icu_gateway::config::Config::load(&path)?)
+}
+
+/// Writes an account or token change to the audit trail, as the local operating-system user.
+fn audit_admin(
+    cfg: &icu_gateway::config::Config,
+    changed: Option<icu_gateway::auth::cli::Changed>,
+) -> anyhow::Result<()> {
+    use icu_gateway::audit::{Action, AuditEntry, AuditLog, TargetKind};
+    let Some(c) = changed else {
+        return Ok(());
+    };
+    let (key, created) = icu_gateway::app::load_or_create_key(&cfg.key_file)?;
+    let log = AuditLog::open(&cfg.store.path, key.clone())?;
+    if created {
+        log.append(
+            AuditEntry::new(Action::KeyCreated)
+                .target(TargetKind::Key, key.key_id())
+                .values(None, Some(cfg.key_file.display().to_string())),
+        )?;
+    }
+    let action: Action = c.action.parse().map_err(anyhow::Error::msg)?;
+    let kind = if c.action.starts_with("token") {
+        TargetKind::Token
+    } else {
+        TargetKind::User
+    };
+    let who = format!(
+        "local:{}",
+        std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "unknown".into())
+    );
+    let mut e = AuditEntry::new(action)
+        .by(who, "biomed", "cli")
+        .target(kind, c.target);
+    if !c.detail.is_empty() {
+        e = e.values(None, Some(c.detail));
+    }
+    log.append(e).context(
+        "the change is made but the audit trail could not record it; check the store file",
+    )?;
+    Ok(())
 }

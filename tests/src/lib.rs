@@ -21,6 +21,7 @@
 //!   in the broker's temp dir, and its tail is in every start-up error).
 
 mod broker;
+pub mod http;
 pub mod mosquitto;
 mod process;
 

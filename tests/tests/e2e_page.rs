@@ -142,6 +142,12 @@ fn headless_chromium_sees_the_spo2_alarm_within_a_second_and_acknowledges_it() {
         .arg(&url)
         .arg(&screenshot)
         .args(["--timeout", "60"])
+        .args([
+            "--account",
+            "nurse.test",
+            "--password",
+            icu_tests::http::TEST_PASSWORD,
+        ])
         .env("PYTHONUNBUFFERED", "1");
     let mut page = ChildGuard::spawn_tied(&cmd, Stdio::piped(), Stdio::piped())
         .expect("starting scripts/page_test.py");

@@ -395,6 +395,7 @@ fn alarm_record(device: &str, seq: u64, event_time_us: i64) -> OutboxRecord {
                 alert_type: "SP".into(),
                 source: "limit".into(),
                 patient_id: String::new(),
+                ..Default::default()
             })),
         },
     }

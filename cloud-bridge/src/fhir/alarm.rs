@@ -82,6 +82,9 @@ pub fn alarm_observation(
             ("bed", &alarm.bed),
             ("alarm-id", &alarm.alarm_id),
             ("alarm-source", &alarm.source),
+            // The logged-in account that acted on it (the gateway's audit trail has the rest).
+            ("acknowledged-by", &alarm.acknowledged_by),
+            ("silenced-by", &alarm.silenced_by),
         ] {
             if let Some(v) = non_empty(value) {
                 extensions.push(ext(name, ExtensionValue::String(v.to_owned()))?);
@@ -150,6 +153,7 @@ mod tests {
             alert_type: "ST".into(),
             source: "gateway:stale-feed".into(),
             patient_id: String::new(),
+            ..Default::default()
         };
         let a = alarm_observation("gw", "spo2-01", &alarm).unwrap();
         assert_eq!(a, alarm_observation("gw", "spo2-01", &alarm).unwrap());

@@ -205,6 +205,8 @@ impl Occurrence {
             alert_type: self.alert_type.code().to_string(),
             source: self.source.clone(),
             patient_id: self.patient_id.clone(),
+            acknowledged_by: self.acknowledged_by.clone().unwrap_or_default(),
+            silenced_by: self.silenced_by.clone().unwrap_or_default(),
         }
     }
 

@@ -30,6 +30,7 @@ pub(super) fn start_http(
     census: CensusReader,
     alarms: Alarms,
     ingest: &IngestPart,
+    access: crate::http::guard::AuthState,
 ) -> anyhow::Result<HttpPart> {
     let listener = std::net::TcpListener::bind(config.http_listen).with_context(|| {
         format!(
@@ -72,6 +73,7 @@ pub(super) fn start_http(
             ingest: ingest.stats.clone(),
             forward_rates: bridge.as_ref().map(|b| ForwardRates::start(b.clone())),
             readiness: readiness.clone(),
+            auth: access,
         },
         config.http_limits,
     )?;

@@ -18,6 +18,7 @@ use icu_cloud_bridge::signing::GatewayKey;
 use icu_drivers::terminology::Terminology;
 use tokio::sync::watch;
 
+use crate::audit::{Action, AuditEntry, AuditLog, TargetKind};
 use crate::config::Config;
 use crate::live::LiveState;
 use crate::store::{SqliteOutbox, Store};
@@ -47,6 +48,8 @@ pub struct Running {
     mllp_task: tokio::task::JoinHandle<()>,
     mqtt: Option<icu_drivers::mqtt::MqttSubscriber>,
     readiness: Arc<crate::metrics::Readiness>,
+    /// The audit trail (the stop is recorded in it).
+    pub audit: Arc<AuditLog>,
 }
 
 impl Running {
@@ -59,6 +62,14 @@ impl Running {
             m.shutdown().await;
         }
         self.http.stop(true).await;
+        let audit = self.audit.clone();
+        let stopped = tokio::task::spawn_blocking(move || {
+            audit.append(AuditEntry::new(Action::GatewayStop).target(TargetKind::Gateway, ""))
+        })
+        .await;
+        if !matches!(stopped, Ok(Ok(_))) {
+            tracing::error!("the audit trail could not record the stop");
+        }
         tracing::info!("gateway stopped accepting input");
     }
 }
@@ -80,6 +91,52 @@ pub fn load_key(path: &Path) -> anyhow::Result<GatewayKey> {
     GatewayKey::load(path).with_context(|| format!("loading signing key {}", path.display()))
 }
 
+/// Loads the gateway key, or creates it (with its public key beside it) when there is none yet:
+/// the audit trail is signed from the first start. Returns whether it was created.
+pub fn load_or_create_key(path: &Path) -> anyhow::Result<(GatewayKey, bool)> {
+    if path.exists() {
+        return Ok((load_key(path)?, false));
+    }
+    let key = GatewayKey::generate();
+    let public = public_key_path(path);
+    key.write(path, &public)
+        .with_context(|| format!("creating signing key {}", path.display()))?;
+    tracing::warn!(key = %path.display(), public = %public.display(), key_id = key.key_id(),
+        "created the gateway's signing key (none existed): give the public key to the central data team");
+    Ok((key, true))
+}
+
+/// Opens the audit trail and records the start (with the SHA-256 of the config file) and, when
+/// it was just made, the key's creation. A trail that cannot be written does not stop the
+/// gateway (alarms never wait for it); every audited action is then refused, and said so.
+fn open_audit(config: &Config, key: &GatewayKey, created: bool) -> anyhow::Result<Arc<AuditLog>> {
+    let clock = Arc::new(crate::clock::ClockState::new(config.clock));
+    let audit = Arc::new(
+        AuditLog::open(&config.store.path, key.clone())
+            .with_context(|| format!("opening the audit trail in {}", config.store.path.display()))?
+            .with_clock(clock),
+    );
+    let mut entries = Vec::new();
+    if created {
+        entries.push(
+            AuditEntry::new(Action::KeyCreated)
+                .target(TargetKind::Key, key.key_id())
+                .values(None, Some(config.key_file.display().to_string())),
+        );
+    }
+    entries.push(
+        AuditEntry::new(Action::GatewayStart)
+            .target(TargetKind::Config, config.source_path.display().to_string())
+            .values(None, Some(format!("sha256:{}", config.source_sha256))),
+    );
+    for e in entries {
+        if let Err(e) = audit.append(e) {
+            tracing::error!(error = %e, "the audit trail cannot be written: audited actions (logins, acknowledgements, limit changes) will be refused");
+        }
+    }
+    Ok(audit)
+}
+
 /// Starts the gateway. Must be called inside a running actix `System`.
 pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
@@ -87,24 +144,26 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
     let terminology = Terminology::builtin();
 
     let stored = store::start_store(&config)?;
+    let (key, key_created) = match key {
+        Some(k) => (k, false),
+        None => load_or_create_key(&config.key_file)?,
+    };
+    let audit = open_audit(&config, &key, key_created)?;
+    let auth = crate::auth::Auth::open(&config.store.path, config.auth.clone())
+        .with_context(|| format!("opening the accounts in {}", config.store.path.display()))?;
+    let access = crate::http::guard::AuthState::new(Arc::new(auth), audit.clone(), false);
     let bridge = match &config.kafka {
         None => {
             tracing::warn!("no [kafka] configured: readings are stored and wait in the outbox");
             None
         }
-        Some(kafka) => {
-            let key = match key {
-                Some(k) => k,
-                None => load_key(&config.key_file)?,
-            };
-            Some(bridge::start_bridge(
-                kafka,
-                key,
-                &stored.outbox,
-                &terminology,
-                &stored.bridge_slot,
-            )?)
-        }
+        Some(kafka) => Some(bridge::start_bridge(
+            kafka,
+            key.clone(),
+            &stored.outbox,
+            &terminology,
+            &stored.bridge_slot,
+        )?),
     };
 
     let census = crate::census::Census::open(&config.store.path)
@@ -125,7 +184,15 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
     )
     .await?;
 
-    let http = http::start_http(&config, &stored, &bridge, census_reader, alarms, &ingest)?;
+    let http = http::start_http(
+        &config,
+        &stored,
+        &bridge,
+        census_reader,
+        alarms,
+        &ingest,
+        access,
+    )?;
 
     let endpoints = Endpoints {
         mllp: ingest.mllp_addr,
@@ -149,6 +216,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
         mllp_task: ingest.mllp_task,
         mqtt: ingest.mqtt,
         readiness: http.readiness,
+        audit,
     })
 }
 

@@ -64,6 +64,8 @@ stable_strings! {
         LoginFailed => "login_failed",
         /// A logoff, explicit or idle.
         Logoff => "logoff",
+        /// A locked session reopened with the PIN (or a wrong PIN: outcome failed).
+        Unlock => "unlock",
         /// Emergency access with a mandatory reason.
         BreakGlass => "break_glass",
         /// An alarm acknowledged.
@@ -75,6 +77,9 @@ stable_strings! {
         UserAdd => "user_add",
         UserPasswd => "user_passwd",
         UserDisable => "user_disable",
+        UserEnable => "user_enable",
+        UserPin => "user_pin",
+        UserRole => "user_role",
         TokenAdd => "token_add",
         TokenRevoke => "token_revoke",
         /// The gateway started; `new_value` is `sha256:<hex>` of the config file it runs.

@@ -34,6 +34,10 @@ pub enum ConfigError {
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file this was read from and the SHA-256 of its text (the audit trail records which
+    /// configuration a gateway ran with).
+    pub source_path: PathBuf,
+    pub source_sha256: String,
     pub gateway_id: String,
     pub data_dir: PathBuf,
     pub store: StoreConfig,
@@ -42,6 +46,8 @@ pub struct Config {
     pub adt_allow_from: crate::allow::AllowList,
     pub http_listen: SocketAddr,
     pub http_limits: crate::http::HttpLimits,
+    /// `[auth]`, validated by the auth module's own rules.
+    pub auth: crate::auth::AuthConfig,
     pub key_file: PathBuf,
     /// The bridge's settings (`[kafka]`), validated by the bridge's own rules.
     pub kafka: Option<icu_cloud_bridge::bridge::BridgeConfig>,
@@ -72,10 +78,15 @@ impl Config {
             message: e.to_string(),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        raw.validate(base).map_err(|problems| ConfigError::Invalid {
-            path: path.to_owned(),
-            problems,
-        })
+        let mut cfg = raw
+            .validate(base)
+            .map_err(|problems| ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })?;
+        cfg.source_path = path.to_owned();
+        cfg.source_sha256 = crate::audit::sha256_hex(text.as_bytes());
+        Ok(cfg)
     }
 
     /// ADT locations (PV1-3 `PointOfCare^Room^Bed`, or a bare bed component) → bed id.

@@ -26,6 +26,9 @@ pub struct RawConfig {
     pub adt: RawAdt,
     #[serde(default)]
     pub signing: RawSigning,
+    /// Accounts, sessions and login throttling of the page and API (`crate::auth::AuthConfig`).
+    #[serde(default)]
+    pub auth: crate::auth::AuthConfig,
     /// The hospital's Kafka backbone; leave out to store only (records wait in the outbox).
     pub kafka: Option<RawKafka>,
     /// The MQTT broker that pumps and wearables publish to; needed for `protocol = "mqtt"`.

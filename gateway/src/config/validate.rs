@@ -415,6 +415,7 @@ impl RawConfig {
             });
         }
 
+        problems.extend(self.auth.problems());
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -445,6 +446,9 @@ impl RawConfig {
             adt_allow_from,
             http_listen,
             http_limits: self.http.limits(),
+            auth: self.auth.clone(),
+            source_path: std::path::PathBuf::new(),
+            source_sha256: String::new(),
             key_file: in_data(&self.signing.key_file),
             kafka,
             mqtt,

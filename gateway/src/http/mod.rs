@@ -27,7 +27,17 @@ use crate::metrics::{self, BridgeFigures, Figures, StoreCounters, StoreFigures};
 use crate::mllp::MllpStats;
 use crate::store::{ReaderDb, SqliteOutbox, Store, StoreError, StoreStats};
 
+pub mod guard;
+mod session;
+
+use guard::Caller;
+
+use crate::audit::{Action, Outcome, TargetKind};
+use crate::auth::Permission;
+
 const PAGE: &str = include_str!("page.html");
+const PAGE_JS: &str = include_str!("page.js");
+const PAGE_CSS: &str = include_str!("page.css");
 
 /// Longest user name (`who`) or bed id accepted, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
@@ -195,6 +205,8 @@ pub struct HttpState {
     pub ingest: Arc<metrics::IngestStats>,
     pub forward_rates: Option<Arc<metrics::ForwardRates>>,
     pub readiness: Arc<metrics::Readiness>,
+    /// Accounts, sessions, tokens and the audit seam.
+    pub auth: guard::AuthState,
 }
 
 /// Whether the page's event stream delivers: pages that fell behind lost alarm events.
@@ -237,7 +249,37 @@ async fn page() -> HttpResponse {
         .body(PAGE)
 }
 
-async fn beds(state: web::Data<HttpState>) -> HttpResponse {
+async fn page_js() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .body(PAGE_JS)
+}
+
+async fn page_css() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .body(PAGE_CSS)
+}
+
+/// Checks `p` and, for reads of patient data, writes the (throttled) audit entry first.
+macro_rules! allow {
+    ($caller:expr, $perm:expr) => {
+        if let Err(r) = $caller.require($perm) {
+            return r;
+        }
+    };
+    ($state:expr, $caller:expr, $perm:expr, read $endpoint:expr, $what:expr) => {
+        if let Err(r) = $caller.require($perm) {
+            return r;
+        }
+        if let Err(r) = $state.auth.audit_read(&$caller, $endpoint, $what).await {
+            return r;
+        }
+    };
+}
+
+async fn beds(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
+    allow!(state, caller, Permission::Read, read "/api/beds", "beds with patient names and values");
     let engine_alarms = state
         .alarms
         .send(crate::alarm::actor::GetActive)
@@ -296,7 +338,8 @@ async fn beds(state: web::Data<HttpState>) -> HttpResponse {
     }))
 }
 
-async fn devices(state: web::Data<HttpState>) -> HttpResponse {
+async fn devices(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
+    allow!(caller, Permission::Read);
     let (_, clocks) = state
         .alarms
         .send(crate::alarm::actor::GetCaveats)
@@ -325,7 +368,8 @@ async fn devices(state: web::Data<HttpState>) -> HttpResponse {
     }))
 }
 
-async fn status(state: web::Data<HttpState>) -> HttpResponse {
+async fn status(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
+    allow!(caller, Permission::Read);
     let outbox = state.outbox.clone();
     let counts = web::block(move || outbox.counts()).await;
     let store = match counts {
@@ -368,6 +412,7 @@ async fn status(state: web::Data<HttpState>) -> HttpResponse {
             })
         }),
         "backbone": backbone,
+        "access": session::status_json(&state),
     }))
 }
 
@@ -381,7 +426,8 @@ fn engine_alarm_json(a: &crate::alarm::AlarmView) -> serde_json::Value {
     v
 }
 
-async fn alarms(state: web::Data<HttpState>) -> HttpResponse {
+async fn alarms(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
+    allow!(state, caller, Permission::Read, read "/api/alarms", "active alarms");
     match state.alarms.send(crate::alarm::actor::GetActive).await {
         Ok((active, stats)) => HttpResponse::Ok().json(serde_json::json!({
             "active": active.iter().map(engine_alarm_json).collect::<Vec<_>>(),
@@ -395,42 +441,62 @@ async fn alarms(state: web::Data<HttpState>) -> HttpResponse {
 
 #[derive(serde::Deserialize)]
 struct ActionBody {
-    /// Who acted (shown in the alarm record and the log).
-    who: String,
     /// For silence: how long.
     seconds: Option<u32>,
 }
 
+/// Acknowledge or silence an alarm as the logged-in person. The audit entry is written first;
+/// a refusal by the engine (e.g. the silence cap) is audited as refused.
 async fn alarm_action(
     state: web::Data<HttpState>,
+    caller: Caller,
     path: web::Path<(String, String, String)>,
-    body: web::Json<ActionBody>,
+    body: Option<web::Json<ActionBody>>,
 ) -> HttpResponse {
     let (bed, alarm_id, action) = path.into_inner();
     if let Some(refused) = check_lengths(&[
         ("bed", &bed, MAX_NAME_CHARS),
         ("alarm_id", &alarm_id, MAX_ALARM_ID_CHARS),
-        ("who", &body.who, MAX_NAME_CHARS),
     ]) {
         return refused;
     }
-    let silence_s = match action.as_str() {
-        "ack" => None,
-        "silence" => Some(body.seconds.unwrap_or(120)),
+    let seconds = body.and_then(|b| b.seconds);
+    let (silence_s, needs, audit_action) = match action.as_str() {
+        "ack" => (None, Permission::Acknowledge, Action::Acknowledge),
+        "silence" => (
+            Some(seconds.unwrap_or(120)),
+            Permission::Silence,
+            Action::Silence,
+        ),
         other => return HttpResponse::NotFound().body(format!("unknown action '{other}'\n")),
     };
-    if body.who.trim().is_empty() {
-        return HttpResponse::BadRequest().body("'who' is required\n");
+    allow!(caller, needs);
+    let mut entry = caller
+        .event(audit_action, TargetKind::Alarm, &alarm_id)
+        .bed(bed.clone());
+    if let Some(s) = silence_s {
+        entry = entry.values(None, Some(format!("silenced {s} s")));
+    }
+    if let Err(r) = state.auth.audit(entry.clone()).await {
+        return r;
     }
     let msg = crate::alarm::actor::AlarmAction {
         bed,
         alarm_id,
-        who: body.who.clone(),
+        who: caller.name(),
         silence_s,
     };
     match state.alarms.send(msg).await {
-        Ok(Ok(())) => HttpResponse::Ok().json(serde_json::json!({ "ok": true })),
-        Ok(Err(e)) => HttpResponse::BadRequest().body(format!("{e}\n")),
+        Ok(Ok(())) => {
+            HttpResponse::Ok().json(serde_json::json!({ "ok": true, "who": caller.name() }))
+        }
+        Ok(Err(e)) => {
+            let _ = state
+                .auth
+                .audit(entry.outcome(Outcome::Denied).reason(e.to_string()))
+                .await;
+            HttpResponse::BadRequest().body(format!("{e}\n"))
+        }
         Err(_) => HttpResponse::ServiceUnavailable().body("alarm engine not running\n"),
     }
 }
@@ -439,7 +505,6 @@ async fn alarm_action(
 struct LimitsBody {
     low: Option<f64>,
     high: Option<f64>,
-    who: String,
     /// Why a limit is switched off (required then; shown on the bed card).
     #[serde(default)]
     reason: Option<String>,
@@ -450,13 +515,14 @@ struct LimitsBody {
 /// and the limits in force stay as they were.
 async fn set_limits(
     state: web::Data<HttpState>,
+    caller: Caller,
     path: web::Path<(String, u32)>,
     body: web::Json<LimitsBody>,
 ) -> HttpResponse {
+    allow!(caller, Permission::ChangeLimits);
     let (bed, mdc_code) = path.into_inner();
     if let Some(refused) = check_lengths(&[
         ("bed", &bed, MAX_NAME_CHARS),
-        ("who", &body.who, MAX_NAME_CHARS),
         (
             "reason",
             body.reason.as_deref().unwrap_or(""),
@@ -467,9 +533,6 @@ async fn set_limits(
     }
     if !state.live.beds().iter().any(|b| b.id == bed) {
         return HttpResponse::NotFound().body(format!("bed '{bed}' is not configured\n"));
-    }
-    if body.who.trim().is_empty() {
-        return HttpResponse::BadRequest().body("'who' is required\n");
     }
     if let (Some(l), Some(h)) = (body.low, body.high) {
         if l.partial_cmp(&h) != Some(std::cmp::Ordering::Less) {
@@ -489,7 +552,7 @@ async fn set_limits(
         low: body.low,
         high: body.high,
         reason,
-        who: body.who.clone(),
+        who: caller.name(),
         at_us: now_us(),
     };
     // 1. Checked by the engine, which knows the rules' hard bounds.
@@ -501,11 +564,40 @@ async fn set_limits(
             change: change.clone(),
         })
         .await;
+    let side = |v: Option<f64>| v.map_or("off".to_string(), |v| v.to_string());
+    let mut entry = caller
+        .event(
+            Action::LimitChange,
+            TargetKind::Parameter,
+            &format!("{bed}/{mdc_code}"),
+        )
+        .bed(bed.clone())
+        .values(
+            None,
+            Some(format!(
+                "low={} high={}",
+                side(change.low),
+                side(change.high)
+            )),
+        );
+    if let Some(r) = &change.reason {
+        entry = entry.reason(r.clone());
+    }
     let off = match checked {
         Ok(Ok(off)) => off,
-        Ok(Err(e)) => return HttpResponse::BadRequest().body(format!("{e}\n")),
+        Ok(Err(e)) => {
+            let entry = entry.outcome(Outcome::Denied).reason(e.to_string());
+            if let Err(r) = state.auth.audit(entry).await {
+                return r;
+            }
+            return HttpResponse::BadRequest().body(format!("{e}\n"));
+        }
         Err(_) => return HttpResponse::ServiceUnavailable().body("alarm engine not running\n"),
     };
+    // 2a. Audited before it is persisted or applied.
+    if let Err(r) = state.auth.audit(entry).await {
+        return r;
+    }
     // 2. Persisted with its audit row; a failed write refuses the change.
     let limits = state.limits.clone();
     let (b, c) = (bed.clone(), change.clone());
@@ -563,7 +655,12 @@ async fn set_limits(
     }
 }
 
-async fn get_limits(state: web::Data<HttpState>, path: web::Path<(String, u32)>) -> HttpResponse {
+async fn get_limits(
+    state: web::Data<HttpState>,
+    caller: Caller,
+    path: web::Path<(String, u32)>,
+) -> HttpResponse {
+    allow!(state, caller, Permission::Read, read "/api/beds/limits", "alarm limits");
     let (bed, mdc_code) = path.into_inner();
     if let Some(refused) = check_lengths(&[("bed", &bed, MAX_NAME_CHARS)]) {
         return refused;
@@ -579,7 +676,8 @@ async fn get_limits(state: web::Data<HttpState>, path: web::Path<(String, u32)>)
     }
 }
 
-async fn limit_changes(state: web::Data<HttpState>) -> HttpResponse {
+async fn limit_changes(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
+    allow!(state, caller, Permission::Read, read "/api/limit-changes", "limit changes");
     let limits = state.limits.clone();
     match web::block(move || {
         limits
@@ -600,8 +698,10 @@ async fn limit_changes(state: web::Data<HttpState>) -> HttpResponse {
 /// `http.max_event_streams` are open at once; a further client gets 503.
 async fn events(
     state: web::Data<HttpState>,
+    caller: Caller,
     streams: web::Data<Arc<EventStreams>>,
 ) -> HttpResponse {
+    allow!(state, caller, Permission::Read, read "/api/events", "alarm event stream");
     let Some(slot) = streams.try_open() else {
         tracing::warn!(
             max_event_streams = streams.max,
@@ -671,7 +771,8 @@ async fn read_store<T: Send + 'static>(
 }
 
 /// Prometheus text exposition of [`Figures`] (see [`crate::metrics`] for the families).
-async fn metrics_text(state: web::Data<HttpState>) -> HttpResponse {
+async fn metrics_text(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
+    allow!(caller, Permission::Metrics);
     let bridge = match &state.bridge {
         Some(b) => BridgeFigures::of(b, state.forward_rates.as_deref(), metrics::mono_ms()),
         None => BridgeFigures::disabled(),
@@ -748,7 +849,17 @@ pub fn start(
                     .error_handler(json_error),
             )
             .app_data(web::PayloadConfig::new(limits.max_body_bytes))
+            .wrap(actix_web::middleware::from_fn(guard::hygiene))
+            .wrap(guard::security_headers())
             .route("/", web::get().to(page))
+            .route("/page.js", web::get().to(page_js))
+            .route("/page.css", web::get().to(page_css))
+            .route("/api/login", web::post().to(session::login))
+            .route("/api/logout", web::post().to(session::logout))
+            .route("/api/unlock", web::post().to(session::unlock))
+            .route("/api/session", web::get().to(session::whoami))
+            .route("/api/break-glass", web::post().to(session::break_glass))
+            .route("/api/users", web::get().to(session::users))
             .route("/api/beds", web::get().to(beds))
             .route("/api/devices", web::get().to(devices))
             .route("/api/status", web::get().to(status))

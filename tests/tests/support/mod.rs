@@ -80,6 +80,9 @@ impl GatewayProc {
         std::fs::create_dir_all(dir).unwrap();
         let config_path = dir.join("gateway.toml");
         std::fs::write(&config_path, config).unwrap();
+        // The test accounts exist before the gateway starts (as the installer makes the first).
+        icu_tests::http::prepare_accounts(&config_path)
+            .unwrap_or_else(|e| panic!("test accounts: {e}"));
         let mut g = GatewayProc {
             dir: dir.to_owned(),
             config_path,
@@ -130,6 +133,8 @@ impl GatewayProc {
                 serde_json::from_str(&text).ok()
             })
             .unwrap_or_else(|e| panic!("{e}; log:\n{}", self.log_text()));
+        icu_tests::http::register(endpoints.http, &self.config_path)
+            .unwrap_or_else(|e| panic!("test accounts: {e}"));
         self.endpoints = endpoints;
     }
 
@@ -277,63 +282,24 @@ impl Drop for GatewayProc {
     }
 }
 
-/// Minimal HTTP/1.1 GET over a real TCP socket.
+/// GET a JSON document (status 200 only) as the test physician `dr.test`, or with the service
+/// token for `/metrics` (see `icu_tests::http`).
 pub fn http_get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
-    use std::io::Read as _;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("no HTTP body"))?;
-    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "status: {head}");
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok(serde_json::from_str(&body)?)
+    let r = icu_tests::http::authed(addr, "GET", path, None)?;
+    anyhow::ensure!(r.status == 200, "status: {}\n{}", r.head, r.body);
+    r.json()
 }
 
-/// Minimal HTTP/1.1 request with a JSON body; returns the JSON answer (status 200 only).
+/// A request with a JSON body as `dr.test`; returns the JSON answer (status 200 only).
 pub fn http_send_json(
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: &str,
 ) -> anyhow::Result<serde_json::Value> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, rest) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("no HTTP body"))?;
-    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "status: {head}\n{rest}");
-    let rest = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_owned()
-    };
-    Ok(serde_json::from_str(&rest)?)
+    let r = icu_tests::http::authed(addr, method, path, Some(body))?;
+    anyhow::ensure!(r.status == 200, "status: {}\n{}", r.head, r.body);
+    r.json()
 }
 
 pub fn http_post_json(
@@ -350,19 +316,6 @@ pub fn http_put_json(
     body: &str,
 ) -> anyhow::Result<serde_json::Value> {
     http_send_json(addr, "PUT", path, body)
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// Result of one `icu-sim pcd01` run.

@@ -1,0 +1,287 @@
+//! A minimal HTTP/1.1 client over real TCP for the gateway's page and API, and the test
+//! accounts it logs in with.
+//!
+//! The API needs a login (issue 13): [`prepare_accounts`] creates, with the real
+//! `icu-gateway user add` and `token add` commands, a physician `dr.test`, a nurse `nurse.test`,
+//! a biomed `biomed.test` and a viewer `viewer.test` (password [`TEST_PASSWORD`]) and a service
+//! token; [`register`] tells the client which gateway address uses which config. Requests made
+//! through [`authed`] then carry the session cookie of `dr.test` (logging in on first use and
+//! again after a gateway restart), `/metrics` the service token, and state-changing requests the
+//! page's own `Origin`.
+
+use std::collections::HashMap;
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::bin_path;
+
+/// Password of every test account.
+pub const TEST_PASSWORD: &str = "test-password-123";
+/// The account authed requests use (a physician may acknowledge, silence and change limits).
+pub const DEFAULT_ACCOUNT: &str = "dr.test";
+/// The test accounts and their roles.
+pub const TEST_ACCOUNTS: &[(&str, &str)] = &[
+    ("dr.test", "physician"),
+    ("nurse.test", "nurse"),
+    ("biomed.test", "biomed"),
+    ("viewer.test", "viewer"),
+];
+
+/// One HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    /// Status line and headers.
+    pub head: String,
+    /// Body (de-chunked).
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.body)?)
+    }
+
+    /// A header's value (first one, case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+
+    /// The `icu_session` cookie a login set.
+    pub fn session_cookie(&self) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            if !n.trim().eq_ignore_ascii_case("set-cookie") {
+                return None;
+            }
+            let first = v.trim().split(';').next()?;
+            let (k, val) = first.split_once('=')?;
+            (k == "icu_session" && !val.is_empty()).then(|| val.to_owned())
+        })
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// One request with exactly the headers given (plus Host, Connection and Content-Length).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> anyhow::Result<Reply> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    req.push_str("\r\n");
+    if let Some(b) = body {
+        req.push_str(b);
+    }
+    s.write_all(req.as_bytes())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP head in {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no status in {head:?}"))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    Ok(Reply {
+        status,
+        head: head.to_owned(),
+        body,
+    })
+}
+
+/// Logs in; returns the session cookie's value.
+pub fn login(addr: SocketAddr, account: &str, password: &str) -> anyhow::Result<String> {
+    let body = serde_json::json!({ "account": account, "password": password }).to_string();
+    let origin = format!("http://{addr}");
+    let r = request(
+        addr,
+        "POST",
+        "/api/login",
+        &[("Origin", &origin)],
+        Some(&body),
+    )?;
+    anyhow::ensure!(r.status == 200, "login as {account}: {} {}", r.head, r.body);
+    r.session_cookie()
+        .ok_or_else(|| anyhow::anyhow!("login set no session cookie: {}", r.head))
+}
+
+/// Runs `icu-gateway <args>` with `stdin` fed; returns stdout.
+pub fn gateway_cli(args: &[&str], stdin: &str) -> anyhow::Result<String> {
+    let mut child = Command::new(bin_path("icu-gateway"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(stdin.as_bytes())?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "icu-gateway {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Creates the test accounts and a service token in the store of `config` (once per data
+/// folder: the token is kept in `token.txt` beside the config). Returns the token.
+pub fn prepare_accounts(config: &Path) -> anyhow::Result<String> {
+    let saved = config.with_file_name("service-token.txt");
+    if let Ok(t) = std::fs::read_to_string(&saved) {
+        return Ok(t.trim().to_owned());
+    }
+    let c = config.to_str().expect("utf-8 path");
+    for (name, role) in TEST_ACCOUNTS {
+        gateway_cli(
+            &["user", "add", name, "--role", role, "--config", c],
+            &format!("{TEST_PASSWORD}\n"),
+        )?;
+    }
+    let token = gateway_cli(
+        &["token", "add", "tests", "--role", "service", "--config", c],
+        "",
+    )?
+    .trim()
+    .to_owned();
+    std::fs::write(&saved, &token)?;
+    Ok(token)
+}
+
+struct Creds {
+    token: String,
+    cookie: Option<String>,
+}
+
+static CREDS: Mutex<Option<HashMap<SocketAddr, Creds>>> = Mutex::new(None);
+
+/// Tells [`authed`] the gateway at `addr` runs with `config` (accounts made if missing).
+pub fn register(addr: SocketAddr, config: &Path) -> anyhow::Result<()> {
+    let token = prepare_accounts(config)?;
+    CREDS
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .insert(
+            addr,
+            Creds {
+                token,
+                cookie: None,
+            },
+        );
+    Ok(())
+}
+
+fn creds_of(addr: SocketAddr) -> Option<(String, Option<String>)> {
+    CREDS
+        .lock()
+        .unwrap()
+        .as_ref()?
+        .get(&addr)
+        .map(|c| (c.token.clone(), c.cookie.clone()))
+}
+
+fn set_cookie(addr: SocketAddr, cookie: Option<String>) {
+    if let Some(c) = CREDS
+        .lock()
+        .unwrap()
+        .as_mut()
+        .and_then(|m| m.get_mut(&addr))
+    {
+        c.cookie = cookie;
+    }
+}
+
+/// A request as the test account `dr.test` (or with the service token for `/metrics`): logs
+/// in when needed, and once more when the answer is 401 (a restarted gateway forgets sessions).
+/// A gateway nobody registered gets the request without credentials.
+pub fn authed(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<Reply> {
+    let Some((token, cookie)) = creds_of(addr) else {
+        return request(addr, method, path, &[], body);
+    };
+    let origin = format!("http://{addr}");
+    if path.starts_with("/metrics") {
+        let bearer = format!("Bearer {token}");
+        return request(addr, method, path, &[("Authorization", &bearer)], body);
+    }
+    let send = |cookie: &str| {
+        let c = format!("icu_session={cookie}");
+        request(
+            addr,
+            method,
+            path,
+            &[("Cookie", &c), ("Origin", &origin)],
+            body,
+        )
+    };
+    if let Some(c) = cookie {
+        let r = send(&c)?;
+        if r.status != 401 {
+            return Ok(r);
+        }
+    }
+    let c = login(addr, DEFAULT_ACCOUNT, TEST_PASSWORD)?;
+    set_cookie(addr, Some(c.clone()));
+    send(&c)
+}
+
+/// The config file of a registered gateway's folder, for tests that add accounts.
+pub fn config_of(dir: &Path) -> PathBuf {
+    dir.join("gateway.toml")
+}
