@@ -55,6 +55,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         k
     };
     let key_id = key.key_id().to_owned();
+    let accounts = demo_accounts(&config.store.path)?;
     let beds = icu_sim::beds(opts.beds);
     let system = actix::System::new();
     system.block_on(async move {
@@ -70,6 +71,10 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         match &opts.kafka {
             Some(k) => println!("  kafka:      forwarding to {k}, topic icu.observations"),
             None => println!("  kafka:      none given: readings are buffered in the store's outbox (pass --kafka HOST:PORT to forward)"),
+        }
+        println!("  accounts (new passwords each run; log in on the page):");
+        for (name, role, password) in &accounts {
+            println!("    {name:<16} {role:<10} password {password}  (PIN 1234)");
         }
         println!("Press Ctrl-C to stop.");
 
@@ -112,4 +117,30 @@ fn running_counts(config: &Config) -> String {
         ),
         Err(_) => String::new(),
     }
+}
+
+/// The demo's accounts, one per clinical and technical role, each with a new random password
+/// printed at start (a demo store is not a hospital's; a real gateway's first account is made
+/// with `icu-gateway user add`).
+fn demo_accounts(store: &std::path::Path) -> anyhow::Result<Vec<(String, String, String)>> {
+    use crate::auth::{Accounts, AuthError, Role};
+    let accounts = Accounts::open(store)?;
+    let mut out = Vec::new();
+    for (name, role) in [
+        ("demo-nurse", Role::Nurse),
+        ("demo-physician", Role::Physician),
+        ("demo-biomed", Role::Biomed),
+    ] {
+        let password = crate::auth::cli::generate_password();
+        match accounts.add(name, role, &password, Some("1234")) {
+            Ok(_) => {}
+            Err(AuthError::Invalid(m)) if m.contains("already exists") => {
+                accounts.set_password(name, &password)?;
+                accounts.set_disabled(name, false)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        out.push((name.to_owned(), role.to_string(), password));
+    }
+    Ok(out)
 }

@@ -285,3 +285,45 @@ pub fn authed(
 pub fn config_of(dir: &Path) -> PathBuf {
     dir.join("gateway.toml")
 }
+
+/// Header lines (`Cookie` and `Origin`, each ending in CRLF) for a hand-written request to a
+/// registered gateway as `dr.test`, logging in when needed; empty for an unknown gateway.
+pub fn auth_header_lines(addr: SocketAddr) -> String {
+    let Some((_, cookie)) = creds_of(addr) else {
+        return String::new();
+    };
+    let cookie = match cookie {
+        Some(c) => c,
+        None => {
+            let c = login(addr, DEFAULT_ACCOUNT, TEST_PASSWORD).expect("login as dr.test");
+            set_cookie(addr, Some(c.clone()));
+            c
+        }
+    };
+    format!("Cookie: icu_session={cookie}\r\nOrigin: http://{addr}\r\n")
+}
+
+/// `Authorization` header line for `/metrics` on a registered gateway (the service token).
+pub fn token_header_line(addr: SocketAddr) -> String {
+    creds_of(addr)
+        .map(|(t, _)| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default()
+}
+
+/// Registers a gateway whose accounts are not the test accounts (the demo's): requests through
+/// [`authed`] log in as `account`.
+pub fn register_account(addr: SocketAddr, account: &str, password: &str) -> anyhow::Result<()> {
+    let cookie = login(addr, account, password)?;
+    CREDS
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .insert(
+            addr,
+            Creds {
+                token: String::new(),
+                cookie: Some(cookie),
+            },
+        );
+    Ok(())
+}

@@ -275,7 +275,10 @@ fn limit_changes_keep_hard_bounds_reasons_and_persist_before_they_apply() {
         .unwrap()
         .is_empty());
 
-    // The store cannot be written: the change is refused and the old limit stays in force.
+    // The store cannot be written: the change is refused and the old limit stays in force. The
+    // audit entry is written first (issue 13) in the same file, so the refusal names the audit
+    // trail (503) before the limit store is tried (the limit store's own 500 is pinned by its
+    // unit tests).
     let db = gw.db_path();
     let wal = db.with_file_name("gateway.db-wal");
     assert!(wal.exists(), "the store runs in WAL mode");
@@ -285,9 +288,9 @@ fn limit_changes_keep_hard_bounds_reasons_and_persist_before_they_apply() {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("500")
-                && err.contains("could not be persisted")
-                && err.contains("unchanged"),
+            err.contains("503")
+                && err.contains("audit trail could not record this limit_change")
+                && err.contains("nothing was done"),
             "{err}"
         );
         assert_eq!(limits()["low"], 88.0);

@@ -212,6 +212,13 @@ fn desaturation_alarms_with_kafka_down_and_reaches_icu_alarms_later() {
             .any(|t| t.contains(&id) && t.contains("\"acknowledged\"")),
         "{texts:?}"
     );
+    // It names who acknowledged: the logged-in account, not the body's `who`.
+    assert!(
+        texts.iter().any(|t| t.contains(&id)
+            && t.contains("\"acknowledged\"")
+            && t.contains("acknowledged-by\",\"valueString\":\"dr.test\"")),
+        "{texts:?}"
+    );
 }
 
 #[test]

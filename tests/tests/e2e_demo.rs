@@ -32,6 +32,20 @@ fn demo_serves_live_beds_and_stops_on_ctrl_c() {
         .spawn()
         .unwrap();
 
+    // The demo prints its accounts with new passwords: log in as its physician.
+    let password = wait_for(Duration::from_secs(60), "the demo's accounts", || {
+        let out = std::fs::read_to_string(&log).ok()?;
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("demo-physician"))?;
+        let mut words = line.split_whitespace().skip_while(|w| *w != "password");
+        words.nth(1).map(str::to_owned)
+    })
+    .unwrap();
+    wait_for(Duration::from_secs(30), "login as demo-physician", || {
+        icu_tests::http::register_account(addr, "demo-physician", &password).ok()
+    })
+    .unwrap();
     let beds = wait_for(Duration::from_secs(60), "live values for 3 beds", || {
         let v = support::http_get_json(addr, "/api/beds").ok()?;
         let beds = v["beds"].as_array()?.clone();
@@ -56,11 +70,17 @@ fn demo_serves_live_beds_and_stops_on_ctrl_c() {
     // The page itself.
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     use std::io::{Read, Write};
-    write!(s, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut page = String::new();
     s.read_to_string(&mut page).unwrap();
     assert!(
-        page.starts_with("HTTP/1.1 200") && page.contains("/api/beds"),
+        page.starts_with("HTTP/1.1 200")
+            && page.contains("/page.js")
+            && page.contains("login-form"),
         "{page}"
     );
 

@@ -46,7 +46,8 @@ fn page_events(http: std::net::SocketAddr) -> Arc<Mutex<Vec<String>>> {
     let mut s = std::net::TcpStream::connect(http).unwrap();
     write!(
         s,
-        "GET /api/events HTTP/1.1\r\nHost: {http}\r\nAccept: text/event-stream\r\n\r\n"
+        "GET /api/events HTTP/1.1\r\nHost: {http}\r\n{}Accept: text/event-stream\r\n\r\n",
+        icu_tests::http::auth_header_lines(http)
     )
     .unwrap();
     std::thread::spawn(move || {

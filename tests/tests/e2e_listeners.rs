@@ -170,7 +170,11 @@ fn slowloris_from_one_host_does_not_lock_out_a_monitor_and_is_closed_by_the_time
     assert!(mllp_stat(&gw, "idle_timeouts") >= 1);
     let (code, metrics) = http(
         gw.endpoints.http,
-        "GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+        &format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\n{}Connection: close\r\n\r\n",
+            gw.endpoints.http,
+            icu_tests::http::token_header_line(gw.endpoints.http)
+        ),
     );
     assert_eq!(code, 200);
     let sample = |series: &str| -> u64 {
@@ -360,7 +364,8 @@ fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
     http(
         addr,
         &format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{}Connection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            icu_tests::http::auth_header_lines(addr),
             body.len()
         ),
     )
@@ -370,7 +375,12 @@ fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
 fn open_stream(addr: SocketAddr) -> (TcpStream, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET /api/events HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /api/events HTTP/1.1\r\nHost: {addr}\r\n{}\r\n",
+        icu_tests::http::auth_header_lines(addr)
+    )
+    .unwrap();
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
@@ -396,7 +406,10 @@ fn http_caps_event_streams_body_sizes_and_string_lengths() {
     assert!(status_a.contains(" 200") && status_b.contains(" 200"));
     let (code, body) = http(
         addr,
-        &format!("GET /api/events HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+        &format!(
+            "GET /api/events HTTP/1.1\r\nHost: {addr}\r\n{}Connection: close\r\n\r\n",
+            icu_tests::http::auth_header_lines(addr)
+        ),
     );
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("http.max_event_streams"), "{body}");
@@ -407,11 +420,12 @@ fn http_caps_event_streams_body_sizes_and_string_lengths() {
     assert_eq!(code, 413, "{body}");
     assert!(body.contains("1024"), "{body}");
 
-    let long_who = format!("{{\"who\": \"{}\"}}", "n".repeat(65));
-    let (code, body) = post(addr, path, &long_who);
+    // (`who` is the login since issue 13; a bed id in the path is length-checked the same way.)
+    let long_bed = format!("/api/alarms/{}/no-such-alarm/ack", "n".repeat(65));
+    let (code, body) = post(addr, &long_bed, "{}");
     assert_eq!(code, 400, "{body}");
     assert!(
-        body.contains("'who' is 65 characters long; at most 64"),
+        body.contains("'bed' is 65 characters long; at most 64"),
         "{body}"
     );
     // Within the limits the request reaches the handler (which knows no such alarm).

@@ -20,7 +20,12 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, BTreeMap<String, String>, Str
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{}Connection: close\r\n\r\n",
+        if path.starts_with("/metrics") {
+            icu_tests::http::token_header_line(addr)
+        } else {
+            icu_tests::http::auth_header_lines(addr)
+        }
     )
     .unwrap();
     let mut buf = Vec::new();

@@ -15,7 +15,8 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use icu_tests::{wait_for, ChildGuard};
+use icu_cloud_bridge::consume::{consume, ConsumeOptions};
+use icu_tests::{wait_for, Broker, ChildGuard, TOPICS};
 use support::{config_text, run_sim_with, GatewayProc, SPO2_LOW_ALARM};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -126,9 +127,13 @@ fn headless_chromium_sees_the_spo2_alarm_within_a_second_and_acknowledges_it() {
     };
 
     let dir = tempfile::tempdir().unwrap();
+    // A real broker: the nurse's acknowledgement must reach icu.alarms under her name.
+    let broker = Broker::start().expect("broker");
+    broker.create_topics(TOPICS).unwrap();
+    let public_key = support::keygen(dir.path());
     let gw = GatewayProc::start(
         dir.path(),
-        &with_alarms(config_text(dir.path(), 2, None, "")),
+        &with_alarms(config_text(dir.path(), 2, Some(&broker.addr), "")),
     );
     let artifacts = icu_tests::workspace_root().join("test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
@@ -262,6 +267,72 @@ fn headless_chromium_sees_the_spo2_alarm_within_a_second_and_acknowledges_it() {
     )
     .unwrap_or_else(|e| panic!("{e}: {}", gw.get_json("/api/alarms")));
     eprintln!("gateway: {acked}");
+    // The acknowledgement is the logged-in nurse's, on the engine's alarm ...
+    assert_eq!(acked["acknowledged_by"], "nurse.test", "{acked}");
+    // ... in the audit trail (written before the action took effect) ...
+    let audit = icu_tests::http::gateway_cli(
+        &[
+            "audit",
+            "show",
+            "--config",
+            gw.config_path.to_str().unwrap(),
+            "--action",
+            "acknowledge",
+            "--json",
+        ],
+        "",
+    )
+    .unwrap();
+    let entry: serde_json::Value = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["target"]["id"] == alarm_id.as_str() || e["target_id"] == alarm_id.as_str())
+        .unwrap_or_else(|| panic!("no acknowledge entry for {alarm_id} in:\n{audit}"));
+    assert_eq!(entry["account"], "nurse.test", "{entry}");
+    assert_eq!(entry["role"], "nurse", "{entry}");
+    assert_eq!(entry["outcome"], "success", "{entry}");
+    // ... and on icu.alarms, signed, in the acknowledged record.
+    let key = icu_cloud_bridge::signing::load_public_key(&public_key).unwrap();
+    let texts = wait_for(
+        Duration::from_secs(60),
+        "the acknowledged record on icu.alarms",
+        || {
+            let (r, recs) = consume(&ConsumeOptions {
+                brokers: broker.addr.clone(),
+                topic: "icu.alarms".into(),
+                public_key: Some(key),
+                idle_timeout: Duration::from_millis(300),
+                max_wait: Duration::from_secs(20),
+            })
+            .ok()?;
+            let texts: Vec<String> = recs
+                .iter()
+                .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+                .collect();
+            (r.signatures_bad == 0
+                && texts
+                    .iter()
+                    .any(|t| t.contains(&alarm_id) && t.contains("\"acknowledged\"")))
+            .then_some(texts)
+        },
+    )
+    .unwrap();
+    let record = texts
+        .iter()
+        .find(|t| t.contains(&alarm_id) && t.contains("\"acknowledged\""))
+        .unwrap();
+    let fhir: serde_json::Value = serde_json::from_str(record).unwrap();
+    let by = fhir["extension"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["url"]
+                .as_str()
+                .is_some_and(|u| u.ends_with("acknowledged-by"))
+        })
+        .unwrap_or_else(|| panic!("no acknowledged-by extension: {record}"));
+    assert_eq!(by["valueString"], "nurse.test", "{record}");
     assert!(
         gw.log_text().contains("alarm action"),
         "the gateway logged the page's acknowledgement"

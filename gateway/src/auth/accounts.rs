@@ -67,6 +67,9 @@ pub struct TokenInfo {
     pub revoked_us: Option<i64>,
 }
 
+/// A token row: name, role, SHA-256 of the secret, created, revoked.
+type TokenRow = (String, String, Vec<u8>, i64, Option<i64>);
+
 /// The account and token tables.
 pub struct Accounts {
     conn: Mutex<Connection>,
@@ -427,7 +430,7 @@ impl Accounts {
             .strip_prefix("icu_")
             .and_then(|rest| rest.split_once('_'))
             .ok_or(AuthError::BadCredentials)?;
-        let row: Option<(String, String, Vec<u8>, i64, Option<i64>)> = self
+        let row: Option<TokenRow> = self
             .conn()
             .query_row(
                 "SELECT name, role, secret_sha256, created_us, revoked_us FROM api_tokens WHERE id = ?1",
