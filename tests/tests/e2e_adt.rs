@@ -180,4 +180,32 @@ fn readings_follow_the_patient_through_admission_and_transfer() {
         text.contains("\"Patient\"") && text.contains("\"Encounter\"") && text.contains("DOE"),
         "{text}"
     );
+
+    // Each ADT event applied to the census is in the audit trail with its sender and peer.
+    let shown = icu_tests::http::gateway_cli(
+        &[
+            "audit",
+            "show",
+            "--config",
+            gw.config_path.to_str().unwrap(),
+            "--action",
+            "adt_applied",
+            "--json",
+        ],
+        "",
+    )
+    .unwrap();
+    let entries: Vec<serde_json::Value> = shown
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(entries.len() >= 2, "{shown}");
+    for e in &entries {
+        assert_eq!(e["account"], "ADT_SYS", "{e}");
+        assert!(
+            e["source"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{e}"
+        );
+        assert_eq!(e["target"]["id"], "123456", "{e}");
+    }
 }

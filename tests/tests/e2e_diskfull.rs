@@ -302,4 +302,38 @@ fn disk_full_keeps_every_acknowledged_reading_and_the_alarm_path() {
         &dir.path().join("again.jsonl"),
     );
     assert!(again.ok, "accepted again: {}", again.stdout);
+
+    // The audit trail has the refusals: when they started and when they stopped (not one entry
+    // per refused message), and it still verifies.
+    let c = gw.config_path.to_str().unwrap().to_owned();
+    let shown = icu_tests::http::gateway_cli(
+        &[
+            "audit",
+            "show",
+            "--config",
+            &c,
+            "--action",
+            "budget_refusal",
+            "--json",
+        ],
+        "",
+    )
+    .unwrap();
+    let entries: Vec<serde_json::Value> = shown
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        entries.iter().any(|e| e["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("started")))
+            && entries.iter().any(|e| e["outcome"] == "success"),
+        "{shown}"
+    );
+    assert!(
+        entries.len() < 20,
+        "one entry per episode and minute: {shown}"
+    );
+    let verified = icu_tests::http::gateway_cli(&["audit", "verify", "--config", &c], "").unwrap();
+    assert!(verified.contains("audit trail verified"), "{verified}");
 }

@@ -24,6 +24,7 @@ use crate::live::LiveState;
 use crate::store::{SqliteOutbox, Store};
 
 mod alarms;
+mod audit_watch;
 mod bridge;
 mod http;
 mod ingest;
@@ -152,6 +153,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
     let auth = crate::auth::Auth::open(&config.store.path, config.auth.clone())
         .with_context(|| format!("opening the accounts in {}", config.store.path.display()))?;
     let access = crate::http::guard::AuthState::new(Arc::new(auth), audit.clone(), false);
+    audit_watch::start(stored.stats.clone(), audit.clone());
     let bridge = match &config.kafka {
         None => {
             tracing::warn!("no [kafka] configured: readings are stored and wait in the outbox");
@@ -169,7 +171,8 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
     let census = crate::census::Census::open(&config.store.path)
         .with_context(|| format!("opening the ADT census in {}", config.store.path.display()))?;
     let census_reader = census.reader();
-    let census_addr = crate::census::actor::CensusActor::start(census, config.bed_map());
+    let census_addr =
+        crate::census::actor::CensusActor::start(census, config.bed_map(), Some(audit.clone()));
 
     let alarms = alarms::start_alarms(&config, &stored.store, &terminology)?;
     let _ = stored.alarm_slot.set(alarms.addr.clone());

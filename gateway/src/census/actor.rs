@@ -5,23 +5,32 @@
 use actix::prelude::*;
 use icu_drivers::hl7::AdtMessage;
 
+use std::sync::Arc;
+
 use super::{ApplyOutcome, BedMap, Census, CensusError};
+use crate::audit::{AuditEntry, AuditLog, Outcome};
 
 pub struct CensusActor {
     census: Census,
     beds: BedMap,
+    /// Every ADT event is written to the audit trail (sender and peer) before it is applied.
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl CensusActor {
-    pub fn start(census: Census, beds: BedMap) -> Addr<CensusActor> {
-        let cell = std::sync::Mutex::new(Some((census, beds)));
+    pub fn start(census: Census, beds: BedMap, audit: Option<Arc<AuditLog>>) -> Addr<CensusActor> {
+        let cell = std::sync::Mutex::new(Some((census, beds, audit)));
         SyncArbiter::start(1, move || {
-            let (census, beds) = cell
+            let (census, beds, audit) = cell
                 .lock()
                 .expect("census cell")
                 .take()
                 .expect("the census actor is started exactly once");
-            CensusActor { census, beds }
+            CensusActor {
+                census,
+                beds,
+                audit,
+            }
         })
     }
 }
@@ -44,12 +53,37 @@ impl Handler<ApplyAdt> for CensusActor {
     type Result = Result<(ApplyOutcome, icu_protos::v1::AdtEvent), CensusError>;
 
     fn handle(&mut self, msg: ApplyAdt, _: &mut Self::Context) -> Self::Result {
+        let event = super::to_adt_event(&msg.message, &self.beds);
+        // Audited first: an event the trail cannot record is refused (AR, the sender resends).
+        let entry = self.audit.as_ref().map(|_| {
+            AuditEntry::adt_applied(
+                &msg.message.header.sending_application,
+                msg.peer.as_deref().unwrap_or(""),
+                &event.event,
+                &event.bed,
+                &event.patient_id,
+            )
+            .reason(format!("control id {}", msg.message.header.control_id))
+        });
+        if let (Some(audit), Some(entry)) = (&self.audit, &entry) {
+            audit
+                .append(entry.clone())
+                .map_err(|e| CensusError::Database {
+                    path: "audit trail".into(),
+                    message: format!(
+                        "the ADT event could not be audited, so it is not applied: {e}"
+                    ),
+                })?;
+        }
         let outcome = self.census.apply_from(
             &msg.message,
             &self.beds,
             msg.received_us,
             msg.peer.as_deref(),
-        )?;
-        Ok((outcome, super::to_adt_event(&msg.message, &self.beds)))
+        );
+        if let (Err(e), Some(audit), Some(entry)) = (&outcome, &self.audit, entry) {
+            let _ = audit.append(entry.outcome(Outcome::Failed).reason(e.to_string()));
+        }
+        Ok((outcome?, event))
     }
 }
