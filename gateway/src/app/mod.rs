@@ -118,6 +118,24 @@ fn open_audit(config: &Config, key: &GatewayKey, created: bool) -> anyhow::Resul
             .with_clock(clock),
     );
     let mut entries = Vec::new();
+    // A different key than the one that signed the last entry: the key was replaced (rotated)
+    // while the gateway was stopped. Verification needs the old public key from now on.
+    let last_key = match audit.last() {
+        Ok(Some((seq, _))) => audit
+            .read(seq, 1)
+            .ok()
+            .and_then(|r| r.into_iter().next())
+            .map(|r| r.key_id),
+        _ => None,
+    };
+    if let Some(old) = last_key.filter(|old| old != key.key_id()) {
+        tracing::warn!(old_key_id = %old, key_id = key.key_id(), "the signing key changed since the last start (rotation)");
+        entries.push(
+            AuditEntry::new(Action::KeyRotated)
+                .target(TargetKind::Key, key.key_id())
+                .values(Some(old), Some(key.key_id().to_owned())),
+        );
+    }
     if created {
         entries.push(
             AuditEntry::new(Action::KeyCreated)
