@@ -56,6 +56,28 @@ enum Command {
         #[arg(long, default_value = "gateway.key")]
         out: PathBuf,
     },
+    /// Make a small test PKI (a CA, the gateway's certificate, device and client certificates)
+    /// for demos and tests; production sites bring their hospital's certificates.
+    Cert {
+        /// Folder to write into (ca.crt, gateway.crt/.key, devices/ID.crt/.key, clients/...).
+        #[arg(long)]
+        out: PathBuf,
+        /// Another host name or address of the gateway (repeatable).
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// A device id to make a client certificate for (repeatable).
+        #[arg(long = "device")]
+        devices: Vec<String>,
+        /// Another client (an ADT engine, a broker client; repeatable).
+        #[arg(long = "client")]
+        clients: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 825)]
+        days: i64,
+        /// A device whose certificate is made already expired (for tests; repeatable).
+        #[arg(long = "expired-device")]
+        expired_devices: Vec<String>,
+    },
     /// Validate a config file and print what it declares.
     CheckConfig {
         #[arg(long, short)]
@@ -91,6 +113,37 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Cert {
+            out,
+            names,
+            devices,
+            clients,
+            days,
+            expired_devices,
+        } => {
+            let files = icu_gateway::tls::pki::make(
+                &out,
+                &icu_gateway::tls::pki::PkiRequest {
+                    gateway_names: names,
+                    devices,
+                    clients,
+                    days,
+                    expired_devices,
+                },
+            )?;
+            println!(
+                "test CA:      {} (trust this in clients; not for patient data)",
+                files.ca_cert.display()
+            );
+            println!("gateway cert: {}", files.gateway_cert.display());
+            println!("gateway key:  {} (mode 0600)", files.gateway_key.display());
+            println!(
+                "devices and clients: {}/devices, {}/clients",
+                out.display(),
+                out.display()
+            );
+            Ok(())
+        }
         Command::User { command, config } => {
             let cfg = load_for_admin(config)?;
             let changed = icu_gateway::auth::cli::run_user(&cfg.store.path, command)?;

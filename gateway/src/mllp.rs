@@ -72,6 +72,15 @@ pub struct MllpStats {
     pub acks_ae: AtomicU64,
     pub acks_ar: AtomicU64,
     pub dead_letters: AtomicU64,
+    /// Connections over TLS (handshake completed).
+    pub tls_connections: AtomicU64,
+    /// TLS handshakes that failed (no or an untrusted, expired or wrong client certificate...).
+    pub tls_handshake_failures: AtomicU64,
+    /// Plain-text connections closed on a TLS-only listener (`tls.mllp = "required"`).
+    pub tls_plaintext_refused: AtomicU64,
+    /// Messages refused because they claim another device than the client certificate names
+    /// (or an ADT sender without the `adt.cert_names` certificate).
+    pub identity_refused: AtomicU64,
 }
 
 impl MllpStats {
@@ -104,6 +113,10 @@ impl MllpStats {
             "acks_ae": n(&self.acks_ae),
             "acks_ar": n(&self.acks_ar),
             "dead_letters": n(&self.dead_letters),
+            "tls_connections": n(&self.tls_connections),
+            "tls_handshake_failures": n(&self.tls_handshake_failures),
+            "tls_plaintext_refused": n(&self.tls_plaintext_refused),
+            "identity_refused": n(&self.identity_refused),
         })
     }
 }
@@ -130,7 +143,19 @@ pub struct Ingest {
     pub census: Addr<CensusActor>,
     /// Where ADT messages may come from (`adt.allow_from`; empty: anywhere).
     pub adt_allow_from: AllowList,
+    /// Names an ADT sender's client certificate must carry (`adt.cert_names`; empty: any or none).
+    pub adt_cert_names: Vec<String>,
+    /// TLS on the listener (`[tls] mllp`), if on.
+    pub tls: Option<ListenerTls>,
     ack_counter: AtomicU64,
+}
+
+/// TLS on the MLLP listener: the reloadable server configuration and the modes.
+#[derive(Clone)]
+pub struct ListenerTls {
+    pub config: Arc<crate::tls::Reloadable>,
+    pub mode: crate::tls::Mode,
+    pub client_certs: crate::tls::Mode,
 }
 
 impl Ingest {
@@ -152,8 +177,22 @@ impl Ingest {
             stats,
             census,
             adt_allow_from: AllowList::default(),
+            adt_cert_names: Vec::new(),
+            tls: None,
             ack_counter: AtomicU64::new(0),
         }
+    }
+
+    /// TLS on the listener.
+    pub fn with_tls(mut self, tls: Option<ListenerTls>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// ADT messages only from a client certificate naming one of these.
+    pub fn with_adt_cert_names(mut self, names: Vec<String>) -> Self {
+        self.adt_cert_names = names;
+        self
     }
 
     /// Accept ADT messages only from these addresses.
@@ -386,7 +425,13 @@ pub async fn serve(
         next_worker = next_worker.wrapping_add(1);
         let spawned = worker.spawn(async move {
             match TcpStream::from_std(stream) {
-                Ok(stream) => connection(stream, peer, ingest, timeouts, shutdown).await,
+                Ok(stream) => match ingest.tls.clone() {
+                    None => {
+                        let _ = stream.set_nodelay(true);
+                        connection(stream, peer, None, ingest, timeouts, shutdown).await
+                    }
+                    Some(tls) => serve_tls(stream, peer, tls, ingest, timeouts, shutdown).await,
+                },
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "mllp connection could not be registered")
                 }
@@ -411,6 +456,72 @@ pub async fn serve(
     tracing::info!("mllp listener stopped");
 }
 
+/// A connection on a TLS listener: tells TLS from plain MLLP by the first byte (a ClientHello
+/// record starts with 0x16, an MLLP frame with 0x0B), refuses plain text when TLS is required,
+/// completes the handshake within the frame timeout and reads the client certificate's names.
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: ListenerTls,
+    ingest: Arc<Ingest>,
+    timeouts: Timeouts,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(timeouts.frame, stream.peek(&mut first)).await;
+    let is_tls = match peeked {
+        Ok(Ok(1)) => first[0] == 0x16,
+        Ok(_) => return,
+        Err(_) => {
+            ingest.stats.frame_timeouts.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    if !is_tls {
+        if tls.mode == crate::tls::Mode::Required {
+            ingest
+                .stats
+                .tls_plaintext_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, first_byte = first[0],
+                "mllp connection refused: plain text on a TLS-only listener (tls.mllp = \"required\")");
+            return;
+        }
+        return connection(stream, peer, None, ingest, timeouts, shutdown).await;
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.current());
+    let accepted = tokio::time::timeout(timeouts.frame, acceptor.accept(stream)).await;
+    let stream = match accepted {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            ingest
+                .stats
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, error = %e, client_certs = ?tls.client_certs,
+                "mllp TLS handshake failed (a client certificate missing, untrusted or expired, or no TLS)");
+            return;
+        }
+        Err(_) => {
+            ingest
+                .stats
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, frame_timeout_s = timeouts.frame.as_secs(), "mllp TLS handshake did not finish within the frame timeout");
+            return;
+        }
+    };
+    ingest.stats.tls_connections.fetch_add(1, Ordering::Relaxed);
+    let identity = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| crate::tls::identity_of(c));
+    connection(stream, peer, identity, ingest, timeouts, shutdown).await
+}
+
 /// Why a connection ended.
 enum Closed {
     Eof,
@@ -421,15 +532,19 @@ enum Closed {
 
 /// Serves one connection: reads, frames with the shared codec, answers each message, and
 /// enforces the frame and idle timeouts (the codec does no I/O, so the clock is kept here).
-async fn connection(
-    mut stream: TcpStream,
+async fn connection<S>(
+    mut stream: S,
     peer: SocketAddr,
+    identity: Option<crate::tls::PeerIdentity>,
     ingest: Arc<Ingest>,
     timeouts: Timeouts,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
-    tracing::info!(%peer, "mllp connection opened");
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tracing::info!(%peer, certificate = identity.as_ref().map(|i| i.describe()).unwrap_or_default(),
+        "mllp connection opened");
+    let identity = identity.as_ref();
     let mut codec = MllpCodec::new(ingest.max_frame_bytes);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     // Since when bytes are held that do not form a whole frame yet (the frame timeout runs).
@@ -448,7 +563,7 @@ async fn connection(
                 }
             };
             events += 1;
-            if !answer(&ingest, peer, event, &mut stream, timeouts).await {
+            if !answer(&ingest, peer, identity, event, &mut stream, timeouts).await {
                 break 'conn Closed::Error;
             }
         }
@@ -496,7 +611,7 @@ async fn connection(
     if let Closed::Eof = closed {
         // Whatever was cut short by the end of the stream is reported, as ever.
         while let Ok(Some(event)) = codec.decode_eof(&mut buf) {
-            if !answer(&ingest, peer, event, &mut stream, timeouts).await {
+            if !answer(&ingest, peer, identity, event, &mut stream, timeouts).await {
                 break;
             }
         }
@@ -512,14 +627,18 @@ async fn connection(
 
 /// Handles one framing event and writes its ACK, if it gets one; false when the ACK could not
 /// be written (the connection is then closed).
-async fn answer(
+async fn answer<S>(
     ingest: &Ingest,
     peer: SocketAddr,
+    identity: Option<&crate::tls::PeerIdentity>,
     event: MllpEvent,
-    stream: &mut TcpStream,
+    stream: &mut S,
     timeouts: Timeouts,
-) -> bool {
-    let Some(ack) = handle_event(ingest, peer, event).await else {
+) -> bool
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    let Some(ack) = handle_event(ingest, peer, identity, event).await else {
         return true;
     };
     // A peer that does not read its ACKs must not hold the connection forever either.
@@ -583,12 +702,17 @@ async fn frame_timed_out(
 
 /// Handles one framing event and returns the ACK text to send, if any: bytes outside a frame
 /// are dead-lettered but never answered, so that every ACK answers a message the sender sent.
-async fn handle_event(ingest: &Ingest, peer: SocketAddr, event: MllpEvent) -> Option<String> {
+async fn handle_event(
+    ingest: &Ingest,
+    peer: SocketAddr,
+    identity: Option<&crate::tls::PeerIdentity>,
+    event: MllpEvent,
+) -> Option<String> {
     let received = now_us();
     match event {
         MllpEvent::Frame { offset, payload } => {
             ingest.stats.frames.fetch_add(1, Ordering::Relaxed);
-            Some(handle_frame(ingest, peer, offset, &payload, received).await)
+            Some(handle_frame(ingest, peer, identity, offset, &payload, received).await)
         }
         MllpEvent::Garbage { offset, len, head } => {
             ingest.stats.noise.fetch_add(1, Ordering::Relaxed);
@@ -634,12 +758,13 @@ async fn handle_event(ingest: &Ingest, peer: SocketAddr, event: MllpEvent) -> Op
 async fn handle_frame(
     ingest: &Ingest,
     peer: SocketAddr,
+    identity: Option<&crate::tls::PeerIdentity>,
     offset: u64,
     payload: &[u8],
     received: i64,
 ) -> String {
     if parse_header(payload).is_ok_and(|h| h.message_type == "ADT") {
-        return handle_adt(ingest, peer, offset, payload, received).await;
+        return handle_adt(ingest, peer, identity, offset, payload, received).await;
     }
     let (message, route) = match decode_and_route(ingest, payload, received) {
         Ok(found) => found,
@@ -667,6 +792,44 @@ async fn handle_frame(
         }
     };
     let header = message.header.clone();
+    // With a client certificate, the message must claim the device the certificate names.
+    if let Some(id) = identity {
+        let msh3 = header.sending_application.split('^').collect::<Vec<_>>();
+        let mut claims = vec![route.device_id.as_str()];
+        claims.extend(message.equipment_id.as_deref());
+        claims.extend(msh3.iter().copied().take(2));
+        if !id.names_any(&claims) {
+            ingest
+                .stats
+                .identity_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, device = %route.device_id, certificate = %id.describe(),
+                control_id = %header.control_id, "message refused: its device is not the one its TLS client certificate names");
+            let err = Hl7Error::new(
+                AckCode::AR,
+                ErrorCode::ApplicationInternalError,
+                None,
+                format!(
+                    "message for device {} refused: the sender's certificate names {} (the certificate's subject or SAN must name the device id or EUI-64)",
+                    route.device_id,
+                    id.describe()
+                ),
+            );
+            ingest.live.record_error(&route.device_id, &err.to_string());
+            return reject(
+                ingest,
+                peer,
+                Some(&header),
+                Some(route.device_id),
+                offset,
+                payload,
+                payload.len(),
+                &err,
+                received,
+            )
+            .await;
+        }
+    }
     if !route.allow_from.allows(peer.ip()) {
         ingest.stats.peers_refused.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%peer, device = %route.device_id, allow_from = %route.allow_from,
@@ -754,10 +917,44 @@ fn ack(
 async fn handle_adt(
     ingest: &Ingest,
     peer: SocketAddr,
+    identity: Option<&crate::tls::PeerIdentity>,
     offset: u64,
     payload: &[u8],
     received: i64,
 ) -> String {
+    let names: Vec<&str> = ingest.adt_cert_names.iter().map(String::as_str).collect();
+    if !names.is_empty() && !identity.is_some_and(|id| id.names_any(&names)) {
+        ingest
+            .stats
+            .identity_refused
+            .fetch_add(1, Ordering::Relaxed);
+        let header = parse_header(payload).ok();
+        let presented = identity.map_or("no client certificate".to_owned(), |i| {
+            format!("a certificate naming {}", i.describe())
+        });
+        tracing::warn!(%peer, presented = %presented, "adt message refused: the sender's certificate is not an ADT sender's (adt.cert_names)");
+        let err = Hl7Error::new(
+            AckCode::AR,
+            ErrorCode::ApplicationInternalError,
+            None,
+            format!(
+                "ADT message from {peer} refused: it came with {presented}, not one naming {} (adt.cert_names); the census is unchanged",
+                names.join(" or ")
+            ),
+        );
+        return reject(
+            ingest,
+            peer,
+            header.as_ref(),
+            None,
+            offset,
+            payload,
+            payload.len(),
+            &err,
+            received,
+        )
+        .await;
+    }
     if !ingest.adt_allow_from.allows(peer.ip()) {
         ingest.stats.peers_refused.fetch_add(1, Ordering::Relaxed);
         let header = parse_header(payload).ok();

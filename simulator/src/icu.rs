@@ -357,6 +357,7 @@ pub async fn run(opts: IcuOptions) -> anyhow::Result<IcuReport> {
             ack_timeout: Duration::from_secs(10),
             max_attempts: 5,
             scenario: opts.scenario,
+            tls: None,
         },
         None,
     )

@@ -53,6 +53,17 @@ enum Command {
         /// to 1 s). A large value keeps a message knocking while the gateway restarts.
         #[arg(long, default_value_t = 5)]
         max_attempts: u32,
+        /// Speak MLLP over TLS, trusting this CA bundle (PEM).
+        #[arg(long)]
+        tls_ca: Option<std::path::PathBuf>,
+        /// With --tls-ca: each monitor presents `<DIR>/<device id>.crt` and `.key` (as
+        /// `icu-gateway cert` makes them in `devices/`).
+        #[arg(long)]
+        tls_cert_dir: Option<std::path::PathBuf>,
+        /// Every monitor presents this device's certificate instead of its own (a test of the
+        /// gateway's refusal).
+        #[arg(long)]
+        tls_cert_as: Option<String>,
     },
     /// Print the gateway config blocks ([[beds]], [[devices]]) for N simulated beds.
     Config {
@@ -169,6 +180,9 @@ fn main() -> anyhow::Result<()> {
             json,
             scenario,
             max_attempts,
+            tls_ca,
+            tls_cert_dir,
+            tls_cert_as,
         } => {
             let messages = if messages.is_none() && duration_secs.is_none() {
                 Some(10)
@@ -184,6 +198,12 @@ fn main() -> anyhow::Result<()> {
                 seed,
                 scenario,
                 max_attempts,
+                tls: tls_ca.map(|ca| icu_sim::run::SimTls {
+                    ca,
+                    cert_dir: tls_cert_dir,
+                    cert_as: tls_cert_as,
+                    server_name: None,
+                }),
                 ..Default::default()
             };
             let rt = tokio::runtime::Runtime::new()?;

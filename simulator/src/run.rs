@@ -93,7 +93,61 @@ pub struct RunOptions {
     /// How often one message is tried before it counts as unanswered.
     pub max_attempts: u32,
     pub scenario: Option<Scenario>,
+    /// MLLP over TLS, as a monitor with a client certificate would speak it.
+    pub tls: Option<SimTls>,
 }
+
+/// TLS of the simulated monitors.
+#[derive(Debug, Clone)]
+pub struct SimTls {
+    /// The CA bundle that signed the gateway's certificate.
+    pub ca: std::path::PathBuf,
+    /// A folder of client certificates `<device_id>.crt`/`.key` (as `icu-gateway cert` makes
+    /// them in `devices/`); None: no client certificate.
+    pub cert_dir: Option<std::path::PathBuf>,
+    /// Present this device's certificate instead of each monitor's own (a test of the refusal).
+    pub cert_as: Option<String>,
+    /// The name the gateway's certificate must carry (default: the target's host).
+    pub server_name: Option<String>,
+}
+
+/// One client configuration per monitor (ring provider, the test CA, its own certificate).
+pub fn tls_connector(tls: &SimTls, device_id: &str) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&tls.ca)
+        .with_context(|| format!("reading {}", tls.ca.display()))?
+    {
+        roots.add(c?)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match &tls.cert_dir {
+        Some(dir) => {
+            let id = tls.cert_as.as_deref().unwrap_or(device_id);
+            let cert = dir.join(format!("{id}.crt"));
+            let key = dir.join(format!("{id}.key"));
+            let chain = CertificateDer::pem_file_iter(&cert)
+                .with_context(|| format!("reading {}", cert.display()))?
+                .collect::<Result<Vec<_>, _>>()?;
+            let key = PrivateKeyDer::from_pem_file(&key)
+                .with_context(|| format!("reading {}", key.display()))?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
+}
+
+/// A byte stream the MLLP codec can frame: TCP or TLS over TCP.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 impl Default for RunOptions {
     fn default() -> Self {
@@ -107,6 +161,7 @@ impl Default for RunOptions {
             ack_timeout: Duration::from_secs(10),
             max_attempts: 5,
             scenario: None,
+            tls: None,
         }
     }
 }
@@ -158,8 +213,9 @@ pub fn ack_code(ack: &[u8]) -> Option<String> {
 }
 
 async fn send_one(
-    conn: &mut Option<Framed<TcpStream, MllpCodec>>,
+    conn: &mut Option<Framed<Box<dyn Io>, MllpCodec>>,
     target: &str,
+    tls: Option<&(tokio_rustls::TlsConnector, String)>,
     msg: &str,
     garbage: bool,
     timeout: Duration,
@@ -169,7 +225,19 @@ async fn send_one(
             .await
             .with_context(|| format!("connecting to {target}"))?;
         s.set_nodelay(true)?;
-        *conn = Some(Framed::new(s, MllpCodec::new(1 << 20)));
+        let io: Box<dyn Io> = match tls {
+            None => Box::new(s),
+            Some((connector, name)) => {
+                let name = rustls::pki_types::ServerName::try_from(name.clone())
+                    .with_context(|| format!("server name {name}"))?;
+                let t = tokio::time::timeout(timeout, connector.connect(name, s))
+                    .await
+                    .context("TLS handshake timed out")?
+                    .with_context(|| format!("TLS handshake with {target}"))?;
+                Box::new(t)
+            }
+        };
+        *conn = Some(Framed::new(io, MllpCodec::new(1 << 20)));
     }
     let framed = conn.as_mut().context("no connection")?;
     if garbage {
@@ -247,6 +315,21 @@ async fn run_bed(
     let mut accepted = Vec::new();
     let mut rejections = Vec::new();
     let mut conn = None;
+    let tls = match &opts.tls {
+        None => None,
+        Some(t) => {
+            let host = t.server_name.clone().unwrap_or_else(|| {
+                opts.target
+                    .rsplit_once(':')
+                    .map_or(opts.target.clone(), |(h, _)| h.to_owned())
+            });
+            match tls_connector(t, &device) {
+                Ok(c) => Some((c, host)),
+                // Never fall back to plain text: a TLS run that cannot set up TLS stops.
+                Err(e) => panic!("TLS setup for {device}: {e:#}"),
+            }
+        }
+    };
     let period = Duration::from_secs_f64(1.0 / opts.rate_hz.max(0.001));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -292,7 +375,16 @@ async fn run_bed(
                     }
                 }
                 let garbage = active == Some(ScenarioKind::Garbage);
-                match send_one(&mut conn, &opts.target, &msg, garbage, opts.ack_timeout).await {
+                match send_one(
+                    &mut conn,
+                    &opts.target,
+                    tls.as_ref(),
+                    &msg,
+                    garbage,
+                    opts.ack_timeout,
+                )
+                .await
+                {
                     Ok(ack) => {
                         answered = true;
                         match ack_code(&ack).as_deref() {

@@ -74,8 +74,10 @@ pub(super) fn start_http(
             forward_rates: bridge.as_ref().map(|b| ForwardRates::start(b.clone())),
             readiness: readiness.clone(),
             auth: access,
+            transport: transport(config),
         },
         config.http_limits,
+        http_tls(config)?,
     )?;
     let handle = server.handle();
     actix::spawn(async move {
@@ -87,5 +89,41 @@ pub(super) fn start_http(
         addr,
         handle,
         readiness,
+    })
+}
+
+/// The page's TLS from `[tls]` (None when `tls.http` is off). Read at start: a new certificate
+/// for the page takes a restart (the MLLP listener's reloads live).
+fn http_tls(config: &Config) -> anyhow::Result<Option<rustls::ServerConfig>> {
+    let t = &config.tls;
+    if !t.http.is_on() {
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (&t.cert_file, &t.key_file) else {
+        anyhow::bail!("tls.http is on but tls.cert_file or tls.key_file is missing");
+    };
+    let cfg = crate::tls::server_config(cert, key, None, crate::tls::Mode::Off)
+        .context("loading the page's TLS certificate ([tls])")?;
+    Ok(Some(cfg))
+}
+
+/// Each interface's transport for `/api/status`: `tls`, `tls+plain` (optional) or `plain`.
+fn transport(config: &Config) -> serde_json::Value {
+    use crate::tls::Mode;
+    let name = |m: Mode| match m {
+        Mode::Off => "plain",
+        Mode::Optional => "tls+plain",
+        Mode::Required => "tls",
+    };
+    let t = &config.tls;
+    serde_json::json!({
+        "mllp": name(t.mllp),
+        "mllp_client_certs": match t.mllp_client_certs {
+            Mode::Off => "none",
+            Mode::Optional => "checked when presented",
+            Mode::Required => "required",
+        },
+        "http": name(t.http),
+        "alarm_manager": config.alarm_manager.as_ref().map(|_| name(t.alarm_manager)),
     })
 }

@@ -208,7 +208,9 @@ async fn start_mllp(
             stats,
             census_addr,
         )
-        .with_adt_allow_from(config.adt_allow_from.clone()),
+        .with_adt_allow_from(config.adt_allow_from.clone())
+        .with_adt_cert_names(config.adt_cert_names.clone())
+        .with_tls(listener_tls(config)?),
     );
     let listener = tokio::net::TcpListener::bind(config.mllp.listen)
         .await
@@ -221,4 +223,33 @@ async fn start_mllp(
     let addr = listener.local_addr()?;
     let task = tokio::spawn(mllp::serve(listener, ingest, config.mllp.clone(), shutdown));
     Ok((addr, task))
+}
+
+/// The MLLP listener's TLS from `[tls]` (None when `tls.mllp` is off); its files are watched.
+fn listener_tls(config: &Config) -> anyhow::Result<Option<mllp::ListenerTls>> {
+    let t = &config.tls;
+    if !t.mllp.is_on() {
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (t.cert_file.clone(), t.key_file.clone()) else {
+        anyhow::bail!("tls.mllp is on but tls.cert_file or tls.key_file is missing");
+    };
+    let ca = t.ca_file.clone();
+    let client_certs = t.mllp_client_certs;
+    let mut files = vec![cert.clone(), key.clone()];
+    files.extend(ca.clone());
+    let reloadable = crate::tls::Reloadable::new(files, move || {
+        crate::tls::server_config(&cert, &key, ca.as_deref(), client_certs)
+    })
+    .context("loading the MLLP listener's TLS certificate ([tls])")?;
+    reloadable.watch(
+        std::time::Duration::from_secs(t.reload_check_s),
+        "mllp listener",
+    );
+    tracing::info!(mode = ?t.mllp, client_certs = ?t.mllp_client_certs, "mllp listener speaks TLS");
+    Ok(Some(mllp::ListenerTls {
+        config: reloadable,
+        mode: t.mllp,
+        client_certs,
+    }))
 }

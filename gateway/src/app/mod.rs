@@ -170,7 +170,8 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
     let audit = open_audit(&config, &key, key_created)?;
     let auth = crate::auth::Auth::open(&config.store.path, config.auth.clone())
         .with_context(|| format!("opening the accounts in {}", config.store.path.display()))?;
-    let access = crate::http::guard::AuthState::new(Arc::new(auth), audit.clone(), false);
+    let access =
+        crate::http::guard::AuthState::new(Arc::new(auth), audit.clone(), config.tls.http.is_on());
     audit_watch::start(stored.stats.clone(), audit.clone());
     let bridge = match &config.kafka {
         None => {

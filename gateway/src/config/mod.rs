@@ -44,10 +44,14 @@ pub struct Config {
     pub mllp: MllpConfig,
     /// Addresses the ADT sender may connect from (empty: any).
     pub adt_allow_from: crate::allow::AllowList,
+    /// Names the ADT sender's client certificate must carry (`adt.cert_names`).
+    pub adt_cert_names: Vec<String>,
     pub http_listen: SocketAddr,
     pub http_limits: crate::http::HttpLimits,
     /// `[auth]`, validated by the auth module's own rules.
     pub auth: crate::auth::AuthConfig,
+    /// `[tls]` with paths resolved, validated by the tls module's own rules.
+    pub tls: crate::tls::TlsConfig,
     pub key_file: PathBuf,
     /// The bridge's settings (`[kafka]`), validated by the bridge's own rules.
     pub kafka: Option<icu_cloud_bridge::bridge::BridgeConfig>,

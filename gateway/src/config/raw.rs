@@ -29,6 +29,9 @@ pub struct RawConfig {
     /// Accounts, sessions and login throttling of the page and API (`crate::auth::AuthConfig`).
     #[serde(default)]
     pub auth: crate::auth::AuthConfig,
+    /// TLS per interface (`crate::tls::TlsConfig`); plain text everywhere when absent.
+    #[serde(default)]
+    pub tls: crate::tls::TlsConfig,
     /// The hospital's Kafka backbone; leave out to store only (records wait in the outbox).
     pub kafka: Option<RawKafka>,
     /// The MQTT broker that pumps and wearables publish to; needed for `protocol = "mqtt"`.
@@ -160,6 +163,12 @@ pub struct RawAdt {
     /// dead-lettered, and changes nothing in the census. Empty or absent: any address.
     #[serde(default)]
     pub allow_from: Vec<String>,
+    /// With `[tls] mllp_client_certs`: names (subject CN or SAN) one of which the ADT sender's
+    /// client certificate must carry, e.g. `["adt-engine"]`. An ADT message without such a
+    /// certificate is refused (AR) and dead-lettered. Empty: any sender (subject to
+    /// `allow_from`).
+    #[serde(default)]
+    pub cert_names: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

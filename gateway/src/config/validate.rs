@@ -416,6 +416,8 @@ impl RawConfig {
         }
 
         problems.extend(self.auth.problems());
+        let tls = self.tls.resolved(&data_dir);
+        problems.extend(tls.problems());
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -444,9 +446,11 @@ impl RawConfig {
                 idle_timeout: Duration::from_secs(self.mllp.idle_timeout_s),
             },
             adt_allow_from,
+            adt_cert_names: self.adt.cert_names.clone(),
             http_listen,
             http_limits: self.http.limits(),
             auth: self.auth.clone(),
+            tls,
             source_path: std::path::PathBuf::new(),
             source_sha256: String::new(),
             key_file: in_data(&self.signing.key_file),

@@ -374,9 +374,14 @@ pub async fn hygiene(
     Ok(next.call(req).await?.map_into_left_body())
 }
 
-/// The security headers on every answer.
-pub fn security_headers() -> DefaultHeaders {
-    DefaultHeaders::new()
+/// The security headers on every answer (HSTS too when the page is served over TLS).
+pub fn security_headers(hsts: bool) -> DefaultHeaders {
+    let headers = if hsts {
+        DefaultHeaders::new().add(("strict-transport-security", "max-age=31536000"))
+    } else {
+        DefaultHeaders::new()
+    };
+    headers
         .add((
             "content-security-policy",
             "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \

@@ -211,6 +211,8 @@ pub struct HttpState {
     pub readiness: Arc<metrics::Readiness>,
     /// Accounts, sessions, tokens and the audit seam.
     pub auth: guard::AuthState,
+    /// Which interfaces are encrypted (`/api/status` `transport`): plain text is said as such.
+    pub transport: serde_json::Value,
 }
 
 /// Whether the page's event stream delivers: pages that fell behind lost alarm events.
@@ -417,6 +419,7 @@ async fn status(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
         }),
         "backbone": backbone,
         "access": session::status_json(&state),
+        "transport": state.transport,
     }))
 }
 
@@ -837,7 +840,9 @@ pub fn start(
     listener: TcpListener,
     state: HttpState,
     limits: HttpLimits,
+    tls: Option<rustls::ServerConfig>,
 ) -> std::io::Result<actix_web::dev::Server> {
+    let hsts = tls.is_some();
     let state = web::Data::new(state);
     let streams = web::Data::new(Arc::new(EventStreams {
         open: AtomicUsize::new(0),
@@ -854,7 +859,7 @@ pub fn start(
             )
             .app_data(web::PayloadConfig::new(limits.max_body_bytes))
             .wrap(actix_web::middleware::from_fn(guard::hygiene))
-            .wrap(guard::security_headers())
+            .wrap(guard::security_headers(hsts))
             .route("/", web::get().to(page))
             .route("/page.js", web::get().to(page_js))
             .route("/page.css", web::get().to(page_css))
@@ -887,11 +892,21 @@ pub fn start(
     .on_connect(|conn, _| {
         if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
             let _ = tcp.set_nodelay(true);
+        } else if let Some(tls) =
+            conn.downcast_ref::<tokio_rustls::server::TlsStream<actix_web::rt::net::TcpStream>>()
+        {
+            let _ = tls.get_ref().0.set_nodelay(true);
         }
     })
     .disable_signals()
-    .shutdown_timeout(2)
-    .listen(listener)?
+    .shutdown_timeout(2);
+    let server = match tls {
+        Some(mut cfg) => {
+            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+            server.listen_rustls_0_23(listener, cfg)?
+        }
+        None => server.listen(listener)?,
+    }
     .run();
     Ok(server)
 }

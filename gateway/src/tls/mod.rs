@@ -129,7 +129,8 @@ impl TlsConfig {
                 }
             }
         }
-        if (self.mllp_client_certs.is_on() || self.alarm_manager.is_on()) && self.ca_file.is_none() {
+        if (self.mllp_client_certs.is_on() || self.alarm_manager.is_on()) && self.ca_file.is_none()
+        {
             bad(
                 "ca_file",
                 "is needed to check client certificates (tls.mllp_client_certs) or the alarm manager's certificate (tls.alarm_manager)".into(),
@@ -139,7 +140,10 @@ impl TlsConfig {
             bad("mllp_client_certs", "needs tls.mllp on".into());
         }
         if self.http == Mode::Optional {
-            bad("http", "is off or required (a page served both ways would leak its session cookie)".into());
+            bad(
+                "http",
+                "is off or required (a page served both ways would leak its session cookie)".into(),
+            );
         }
         if self.alarm_manager == Mode::Optional {
             bad("alarm_manager", "is off or required".into());
@@ -259,7 +263,9 @@ pub fn server_config(
                 verifier
             };
             builder.with_client_cert_verifier(
-                verifier.build().map_err(|e| err("client verifier from", ca, e))?,
+                verifier
+                    .build()
+                    .map_err(|e| err("client verifier from", ca, e))?,
             )
         }
     };
@@ -340,7 +346,8 @@ pub fn identity_of(der: &[u8]) -> Option<PeerIdentity> {
 /// Seconds until the first certificate of a PEM file expires (negative: expired).
 pub fn expiry(cert: &Path) -> Result<i64, TlsError> {
     let certs = load_certs(cert)?;
-    let id = identity_of(&certs[0]).ok_or_else(|| err("certificate file", cert, "does not parse as X.509"))?;
+    let id = identity_of(&certs[0])
+        .ok_or_else(|| err("certificate file", cert, "does not parse as X.509"))?;
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
@@ -401,7 +408,8 @@ impl Reloadable {
     pub fn watch(self: &Arc<Self>, every: std::time::Duration, what: &'static str) {
         let me = self.clone();
         tokio::spawn(async move {
-            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            let mut hup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
@@ -410,9 +418,14 @@ impl Reloadable {
                     Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
                 };
                 match me.reload(force) {
-                    Ok(true) => tracing::info!(what, "TLS certificate files reloaded; open connections keep theirs"),
+                    Ok(true) => tracing::info!(
+                        what,
+                        "TLS certificate files reloaded; open connections keep theirs"
+                    ),
                     Ok(false) => {}
-                    Err(e) => tracing::error!(what, error = %e, "TLS certificate files changed but do not load; the previous ones stay in force"),
+                    Err(e) => {
+                        tracing::error!(what, error = %e, "TLS certificate files changed but do not load; the previous ones stay in force")
+                    }
                 }
             }
         });

@@ -105,7 +105,10 @@ pub fn make(dir: &Path, req: &PkiRequest) -> anyhow::Result<PkiFiles> {
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "ICU gateway test CA (not for patient data)");
+    dn.push(
+        DnType::CommonName,
+        "ICU gateway test CA (not for patient data)",
+    );
     ca.distinguished_name = dn;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![
@@ -124,11 +127,7 @@ pub fn make(dir: &Path, req: &PkiRequest) -> anyhow::Result<PkiFiles> {
     std::fs::write(&files.ca_cert, ca.pem())?;
     write_secret(&files.ca_key, &ca.key().serialize_pem())?;
 
-    let mut sans = vec![
-        dns("localhost")?,
-        dns("127.0.0.1")?,
-        dns("::1")?,
-    ];
+    let mut sans = vec![dns("localhost")?, dns("127.0.0.1")?, dns("::1")?];
     for n in &req.gateway_names {
         sans.push(dns(n)?);
     }
@@ -136,11 +135,16 @@ pub fn make(dir: &Path, req: &PkiRequest) -> anyhow::Result<PkiFiles> {
     std::fs::write(&files.gateway_cert, cert)?;
     write_secret(&files.gateway_key, &key)?;
 
-    for (folder, names, device) in [("devices", &req.devices, true), ("clients", &req.clients, false)] {
+    for (folder, names, device) in [
+        ("devices", &req.devices, true),
+        ("clients", &req.clients, false),
+    ] {
         for id in names {
             let mut sans = vec![dns(id)?];
             if device {
-                sans.push(SanType::URI(format!("urn:icu:device:{id}").as_str().try_into()?));
+                sans.push(SanType::URI(
+                    format!("urn:icu:device:{id}").as_str().try_into()?,
+                ));
             }
             let expired = req.expired_devices.contains(id);
             let (cert, key) = leaf(id, sans, false, days, expired, &ca)?;

@@ -45,7 +45,13 @@ async fn mutual_tls_binds_the_device_named_by_its_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let f = pki(dir.path());
     let server = Arc::new(
-        server_config(&f.gateway_cert, &f.gateway_key, Some(&f.ca_cert), Mode::Required).unwrap(),
+        server_config(
+            &f.gateway_cert,
+            &f.gateway_key,
+            Some(&f.ca_cert),
+            Mode::Required,
+        )
+        .unwrap(),
     );
     let dev = dir.path().join("devices");
     let client = client_config(
@@ -57,7 +63,10 @@ async fn mutual_tls_binds_the_device_named_by_its_certificate() {
     assert!(id.names_any(&["mon-01"]), "{id:?}");
     assert!(id.names_any(&["MON-01"]), "{id:?}");
     assert!(!id.names_any(&["mon-02"]), "{id:?}");
-    assert!(id.names.iter().any(|n| n == "urn:icu:device:mon-01"), "{id:?}");
+    assert!(
+        id.names.iter().any(|n| n == "urn:icu:device:mon-01"),
+        "{id:?}"
+    );
 
     // Without a client certificate the handshake is refused.
     let anonymous = client_config(&f.ca_cert, None).unwrap();
@@ -74,7 +83,13 @@ async fn mutual_tls_binds_the_device_named_by_its_certificate() {
 
     // Optional client certificates: none is fine, one is still read.
     let optional = Arc::new(
-        server_config(&f.gateway_cert, &f.gateway_key, Some(&f.ca_cert), Mode::Optional).unwrap(),
+        server_config(
+            &f.gateway_cert,
+            &f.gateway_key,
+            Some(&f.ca_cert),
+            Mode::Optional,
+        )
+        .unwrap(),
     );
     assert_eq!(
         handshake(optional, client_config(&f.ca_cert, None).unwrap())
@@ -90,7 +105,8 @@ async fn a_server_from_another_ca_is_not_trusted() {
     let b = tempfile::tempdir().unwrap();
     let fa = pki(a.path());
     let fb = pki(b.path());
-    let server = Arc::new(server_config(&fa.gateway_cert, &fa.gateway_key, None, Mode::Off).unwrap());
+    let server =
+        Arc::new(server_config(&fa.gateway_cert, &fa.gateway_key, None, Mode::Off).unwrap());
     let e = handshake(server, client_config(&fb.ca_cert, None).unwrap())
         .await
         .unwrap_err();
