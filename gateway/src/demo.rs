@@ -90,6 +90,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
                 ack_timeout: Duration::from_secs(10),
                 max_attempts: 3,
                 scenario: None,
+                tls: None,
             },
             Some(stop_rx),
         ));
