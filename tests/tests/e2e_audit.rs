@@ -278,7 +278,7 @@ fn the_audit_trail_verifies_detects_tampering_and_reaches_icu_audit_signed() {
             e.iter()
                 .rev()
                 .any(|e| e.1 == "gateway_start" && e.0 > n)
-                .then(|| e.len() as u64)
+                .then_some(e.len() as u64)
         },
     )
     .unwrap();

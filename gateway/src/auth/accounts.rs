@@ -427,7 +427,7 @@ impl Accounts {
             .strip_prefix("icu_")
             .and_then(|rest| rest.split_once('_'))
             .ok_or(AuthError::BadCredentials)?;
-        let row: Option<(String, String, Vec<u8>, i64, Option<i64>)> = self
+        let row: Option<TokenRow> = self
             .conn()
             .query_row(
                 "SELECT name, role, secret_sha256, created_us, revoked_us FROM api_tokens WHERE id = ?1",
@@ -457,3 +457,6 @@ impl Accounts {
         })
     }
 }
+
+/// An `api_tokens` row as `verify_token` reads it: name, role, secret SHA-256, created, revoked.
+type TokenRow = (String, String, Vec<u8>, i64, Option<i64>);
