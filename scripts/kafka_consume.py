@@ -10,7 +10,18 @@ standard base64.  The public key is the gateway's PEM (SubjectPublicKeyInfo)
 key, e.g. the ``gateway.pub`` written by ``icu-gateway keygen``.
 
     kafka_consume.py --brokers 127.0.0.1:9092 --topic icu.observations \\
-        --public-key gateway.pub [--max N] [--timeout S]
+        --public-key gateway.pub [--max N] [--timeout S] [--audit]
+
+With --audit (for ``icu.audit``), every value must be a FHIR AuditEvent of one
+audit-trail entry, and each entry is checked as well: its own ed25519
+signature over its 32-byte hash (the ``hash`` and ``signature`` details of
+the ``urn:icu-gateway:<gateway>:audit`` entity, base64), with the same public
+key; its seq equal to the record's ``icu-seq-first``; its ``prev-hash`` equal
+to the previous entry's hash (32 zero bytes for seq 1); and the seqs arriving
+as 1, 2, 3... in order, without a gap.  A summary line "audit: N entries, seq
+A..B, N entry signatures ok, N bad, N chain breaks, N gaps, N out of order, N
+identical re-deliveries" follows (an identical re-delivery, at-least-once, is
+not a failure).
 
 The topic is read from the beginning with a fresh consumer group.  Reading
 stops after --max records, or (without --max) once every partition has been
@@ -45,6 +56,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--public-key", required=True, help="gateway ed25519 public key (PEM, SPKI)")
     p.add_argument("--max", type=int, default=None, help="stop after this many records")
     p.add_argument("--timeout", type=float, default=30.0, help="overall deadline in seconds (default 30)")
+    p.add_argument("--audit", action="store_true", help="also verify each audit-trail entry (icu.audit)")
     return p.parse_args(argv)
 
 
@@ -106,6 +118,94 @@ def describe_value(value: bytes) -> tuple[bool, str]:
     return True, "entries=?"
 
 
+class AuditCheck:
+    """The entries of icu.audit as they arrive: signature over the hash, chain, order."""
+
+    def __init__(self, key: Ed25519PublicKey) -> None:
+        self.key = key
+        self.entries = self.ok = self.bad = self.breaks = self.gaps = self.disorder = self.dups = 0
+        self.hashes: dict[int, bytes] = {}
+        self.first: int | None = None
+        self.last: int | None = None
+        self.last_hash: bytes | None = None
+
+    @staticmethod
+    def chain_entity(doc: dict) -> dict[str, str]:
+        for entity in doc.get("entity") or []:
+            system = ((entity.get("what") or {}).get("identifier") or {}).get("system") or ""
+            if system.startswith("urn:icu-gateway:") and system.endswith(":audit"):
+                out = {}
+                for d in entity.get("detail") or []:
+                    out[d.get("type")] = d.get("valueString", d.get("valueBase64Binary"))
+                return out
+        raise ValueError("no audit-trail entity")
+
+    def check(self, value: bytes, header_seq: str) -> str:
+        """One record's entry; returns what to print."""
+        self.entries += 1
+        try:
+            doc = json.loads(value)
+            if doc.get("resourceType") != "AuditEvent":
+                raise ValueError(f"resourceType {doc.get('resourceType')!r}")
+            d = self.chain_entity(doc)
+            seq = int(d["seq"])
+            prev = base64.b64decode(d["prev-hash"], validate=True)
+            digest = base64.b64decode(d["hash"], validate=True)
+            sig = base64.b64decode(d["signature"], validate=True)
+        except (ValueError, KeyError, TypeError, binascii.Error) as e:
+            self.bad += 1
+            return f"audit entry unreadable ({e})"
+        problems = []
+        try:
+            self.key.verify(sig, digest)
+            self.ok += 1
+        except InvalidSignature:
+            self.bad += 1
+            problems.append("entry signature BAD")
+        if str(seq) != header_seq:
+            self.bad += 1
+            problems.append(f"entry seq {seq} under record seq {header_seq}")
+        expected_prev = bytes(32) if seq == 1 else self.last_hash
+        if self.last is None and seq != 1:
+            self.gaps += 1
+            problems.append(f"first entry is seq {seq}, not 1")
+        elif self.last is not None and seq <= self.last and self.hashes.get(seq) == digest:
+            # At-least-once: an identical re-delivery of an entry already seen.
+            self.dups += 1
+            return f"audit seq={seq} duplicate of an entry already seen (identical)"
+        elif self.last is not None and seq <= self.last:
+            self.disorder += 1
+            problems.append(f"seq {seq} after {self.last}")
+        elif self.last is not None and seq != self.last + 1:
+            self.gaps += 1
+            problems.append(f"gap: seqs {self.last + 1}..{seq - 1} missing")
+        elif expected_prev is not None and prev != expected_prev:
+            self.breaks += 1
+            problems.append("prev-hash is not the previous entry's hash")
+        if self.first is None:
+            self.first = seq
+        self.last = seq if self.last is None else max(self.last, seq)
+        self.last_hash = digest
+        self.hashes[seq] = digest
+        action = next(
+            (c.get("code") for c in doc.get("subtype") or [] if c.get("system") == "urn:icu-gateway:audit-action"),
+            "?",
+        )
+        what = f"audit seq={seq} action={action} entry-signature={'ok' if not problems else 'BAD'}"
+        return what + (f" ({'; '.join(problems)})" if problems else " chain=ok")
+
+    def failed(self) -> bool:
+        return bool(self.bad or self.breaks or self.gaps or self.disorder)
+
+    def summary(self) -> str:
+        span = f"seq {self.first}..{self.last}" if self.first is not None else "no seqs"
+        return (
+            f"audit: {self.entries} entries, {span}, {self.ok} entry signatures ok, {self.bad} bad,"
+            f" {self.breaks} chain breaks, {self.gaps} gaps, {self.disorder} out of order,"
+            f" {self.dups} identical re-deliveries"
+        )
+
+
 def partitions_of(consumer: Consumer, topic: str, deadline: float) -> list[int]:
     last_err = "no metadata"
     while time.monotonic() < deadline:
@@ -139,6 +239,7 @@ def main(argv: list[str]) -> int:
         }
     )
     total = ok = bad = invalid = 0
+    audit = AuditCheck(key) if args.audit else None
     try:
         parts = partitions_of(consumer, args.topic, deadline)
         # Explicit assignment from offset 0 of every partition: reads the whole
@@ -184,14 +285,18 @@ def main(argv: list[str]) -> int:
             )
             if not good:
                 line += f" ({why})"
+            if audit is not None:
+                line += " " + audit.check(value, text(h.get("icu-seq-first")))
             print(line, flush=True)
     finally:
         consumer.close()
 
     print(f"{total} records, {ok} signatures ok, {bad} bad", flush=True)
+    if audit is not None:
+        print(audit.summary(), flush=True)
     if invalid:
         print(f"kafka_consume: {invalid} values were not JSON", file=sys.stderr)
-    if bad or invalid:
+    if bad or invalid or (audit is not None and audit.failed()):
         return 1
     if args.max is not None and total < args.max:
         print(

@@ -1,5 +1,5 @@
 //! The Kafka forwarder: drains the outbox into signed FHIR records on one topic per stream
-//! (observations, alarms, ADT events) and plain JSON dead letters.
+//! (observations, alarms, ADT events, audit-trail entries) and plain JSON dead letters.
 //!
 //! Owns: [`BridgeActor`] (an actix actor wrapping one forwarding loop), its [`BridgeConfig`],
 //! the shared [`BridgeStats`] / [`BridgeState`], the [`Wake`] hint, and the pure cycle planning
@@ -7,7 +7,7 @@
 //!
 //! Guarantees:
 //! - **Alarms first, live before backlog.** Each cycle fetches in the outbox's drain order
-//!   (alarms, ADT events, live observations, backlog observations, dead letters; see
+//!   (alarms, ADT events, audit entries, live observations, backlog observations, dead letters; see
 //!   [`icu_outbox`]) and delivers one stream at a time in that order: every alarm bundle of
 //!   the cycle is produced *and its delivery report awaited* before the first observation bundle
 //!   is produced, so after an outage the alarms reach Kafka before the backlog. An alarm
@@ -28,7 +28,9 @@
 //!   it is counted forwarded and the records are sent again.
 //! - **The right key, never a guessed patient.** A Kafka record holds one patient's records (or
 //!   only unassociated ones); its key is that patient id (also in header `icu-patient-id`), else
-//!   the device id. ADT records are keyed by their patient id, dead letters by their device id.
+//!   the device id. ADT records are keyed by their patient id, dead letters by their device id,
+//!   audit-trail entries (one FHIR AuditEvent each, header `icu-device-id: audit`, seq = the
+//!   entry's) by the gateway id, so the whole chain is in one partition, in order.
 //! - **One delivery at a time.** A single loop runs cycles; a [`Wake`] only shortens the idle
 //!   wait between healthy cycles (it never cuts a backoff short), so losing one is harmless.
 //!   While a full cycle (a backlog draining) is delivered, the next one is *prepared* on the
@@ -69,7 +71,7 @@ pub use self::config::BridgeConfig;
 pub use self::stats::{BridgeState, BridgeStats};
 use crate::deadletter::dead_letter_json;
 use crate::error::BridgeError;
-use crate::fhir::{adt_bundle, alarm_observation, observation_bundle};
+use crate::fhir::{adt_bundle, alarm_observation, audit_event, observation_bundle};
 use crate::headers;
 use crate::signing::GatewayKey;
 use crate::Terminology;
@@ -212,6 +214,7 @@ impl Worker {
             topic_alarms = %self.config.topic_alarms,
             topic_adt = %self.config.topic_adt,
             topic_deadletter = %self.config.topic_deadletter,
+            topic_audit = %self.config.topic_audit,
             key_id = %self.mapper.key.key_id(),
             "cloud bridge starting"
         );
@@ -590,14 +593,15 @@ impl Worker {
             .insert(header(headers::SEQ_LAST, &last))
             .insert(header(headers::CONTENT_TYPE, content_type(bundle.stream)))
             .insert(header(headers::BED, &bundle.bed));
-        let record_headers = match record_key(bundle) {
+        let key = record_key(bundle, &self.config.gateway_id);
+        let record_headers = match key {
             RecordKey::Patient(patient) => {
                 record_headers.insert(header(headers::PATIENT_ID, patient))
             }
-            RecordKey::Device(_) => record_headers,
+            RecordKey::Device(_) | RecordKey::Gateway(_) => record_headers,
         };
         let record = FutureRecord::to(self.config.topic(bundle.stream))
-            .key(record_key(bundle).as_str())
+            .key(key.as_str())
             .payload(value.as_slice())
             .headers(record_headers);
         self.producer
@@ -666,6 +670,14 @@ impl Mapper {
     fn value(&self, bundle: &PlannedBundle) -> Value {
         let gateway_id = &self.gateway_id;
         let value = match (bundle.stream, &bundle.alarm, &bundle.adt, &bundle.dead_letter) {
+            (Stream::Audit, ..) => match &bundle.audit {
+                Some(entry) => audit_event(gateway_id, entry),
+                None => Err(BridgeError::FhirMapping {
+                    device_id: bundle.device_id.clone(),
+                    seq: bundle.first_seq,
+                    reason: "audit bundle without its entry".into(),
+                }),
+            },
             (Stream::Alarms, Some(alarm), _, _) => {
                 alarm_observation(gateway_id, &bundle.device_id, alarm)
             }
@@ -800,22 +812,27 @@ impl Drop for InFlight<'_> {
 }
 
 /// The Kafka key of a bundle: its patient when associated, else its device (DESIGN: "patient id,
-/// or device id when unassociated").
+/// or device id when unassociated"); an audit entry's is the gateway (DESIGN: `icu.audit` keyed
+/// by gateway id), so the chain stays in one partition, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RecordKey<'a> {
     Patient(&'a str),
     Device(&'a str),
+    Gateway(&'a str),
 }
 
 impl<'a> RecordKey<'a> {
     fn as_str(self) -> &'a str {
         match self {
-            RecordKey::Patient(id) | RecordKey::Device(id) => id,
+            RecordKey::Patient(id) | RecordKey::Device(id) | RecordKey::Gateway(id) => id,
         }
     }
 }
 
-fn record_key(bundle: &PlannedBundle) -> RecordKey<'_> {
+fn record_key<'a>(bundle: &'a PlannedBundle, gateway_id: &'a str) -> RecordKey<'a> {
+    if bundle.stream == Stream::Audit {
+        return RecordKey::Gateway(gateway_id);
+    }
     match bundle.patient_id.trim() {
         "" => RecordKey::Device(&bundle.device_id),
         patient => RecordKey::Patient(patient),
@@ -826,7 +843,9 @@ fn record_key(bundle: &PlannedBundle) -> RecordKey<'_> {
 fn content_type(stream: Stream) -> &'static str {
     match stream {
         Stream::DeadLetters => headers::CONTENT_TYPE_JSON,
-        Stream::Observations | Stream::Alarms | Stream::Adt => headers::CONTENT_TYPE_FHIR_JSON,
+        Stream::Observations | Stream::Alarms | Stream::Adt | Stream::Audit => {
+            headers::CONTENT_TYPE_FHIR_JSON
+        }
     }
 }
 

@@ -24,6 +24,11 @@
 //!   seq, by the bytes of that seq's Observation entry (the mapping is deterministic, so a
 //!   genuine re-send is identical). A duplicate with different content is a *conflict* and makes
 //!   the report unclean;
+//! - audit-trail records (`icu.audit`: a FHIR AuditEvent per entry, under device `audit`) are
+//!   accounted like any stream (seq gaps from the headers) and, when trusted, read back
+//!   ([`crate::fhir::audit_entry_of`]): the entry's seq must be the record's, the entry's own
+//!   ed25519 signature over its hash must verify with the key, and each entry's `prev_hash` must
+//!   be the hash of the entry before it (seq 1: zeros); a failure makes the report unclean;
 //! - [`write_deduplicated_json_lines`] writes each verified `(gateway, device, seq)` once: the
 //!   first verified record that brings a seq is written; a record whose seqs were all written
 //!   before is skipped; a record that partly overlaps is written whole (its signed bytes cannot
@@ -46,7 +51,9 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 
 use crate::error::BridgeError;
-use crate::fhir::{observations_of, ParsedObservation};
+use crate::fhir::{
+    audit_entry_of, is_audit_event, observations_of, ParsedAuditEntry, ParsedObservation,
+};
 use crate::headers;
 use crate::signing::verify_base64;
 
@@ -198,6 +205,14 @@ pub struct DeviceReport {
     pub signatures_bad: u64,
     /// Records without a signature header.
     pub unsigned: u64,
+    /// Audit-trail entries read (`icu.audit`; re-deliveries counted again).
+    pub audit_entries: u64,
+    /// Audit entries whose own signature (over their hash) does not verify with the key, or
+    /// whose seq is not their record's: by seq.
+    pub audit_entries_bad: Vec<u64>,
+    /// Audit entries whose `prev_hash` is not the hash of the entry before them (or not zeros
+    /// for seq 1): by seq. A missing entry is a gap, not a break.
+    pub audit_chain_breaks: Vec<u64>,
 }
 
 /// One duplicate sighting: seqs of a record already brought by an earlier one.
@@ -240,6 +255,8 @@ pub struct ConsumeReport {
     pub conflicts: u64,
     /// Every duplicate sighting, in read order (conflicts are those with `identical: false`).
     pub duplicates: Vec<Duplicate>,
+    /// Audit-trail entries read, over all streams.
+    pub audit_entries: u64,
 }
 
 impl ConsumeReport {
@@ -248,11 +265,11 @@ impl ConsumeReport {
         self.signatures_bad == 0
             && self.unsigned == 0
             && self.conflicts == 0
-            && self
-                .gateways
-                .values()
-                .flat_map(BTreeMap::values)
-                .all(|d| d.gaps.is_empty())
+            && self.gateways.values().flat_map(BTreeMap::values).all(|d| {
+                d.gaps.is_empty()
+                    && d.audit_entries_bad.is_empty()
+                    && d.audit_chain_breaks.is_empty()
+            })
     }
 
     /// The accounting of one `(gateway, device)` stream.
@@ -402,9 +419,11 @@ pub fn report_from_records(
     records: &[ConsumedRecord],
     key: Option<&VerifyingKey>,
 ) -> ConsumeReport {
+    let key_to_verify = key;
     let mut report = ConsumeReport::default();
     let mut streams: BTreeMap<StreamKey, (DeviceReport, Sightings)> = BTreeMap::new();
     let mut digests = EntryDigests::default();
+    let mut audit_entries: BTreeMap<StreamKey, Vec<AuditSighting>> = BTreeMap::new();
     for (idx, record) in records.iter().enumerate() {
         report.records += 1;
         let stream = record.stream_key();
@@ -423,8 +442,26 @@ pub fn report_from_records(
                 trusted = false;
             }
         }
+        // An audit-trail entry: its chain part, checked once every record is read.
+        let audit = record.is_fhir() && is_audit_event(&record.value);
+        if audit {
+            match audit_entry_of(&record.value) {
+                Ok(entry) => {
+                    report.audit_entries += 1;
+                    dev.audit_entries += 1;
+                    if trusted {
+                        audit_entries
+                            .entry(stream.clone())
+                            .or_default()
+                            .push((record.header_range(), entry));
+                    }
+                }
+                Err(_) => report.unparseable += 1,
+            }
+        }
         // Only FHIR values are parsed; plain JSON (dead letters) is neither counted nor faulted.
-        let parsed = match record.is_fhir().then(|| observations_of(&record.value)) {
+        let fhir_bundle = record.is_fhir() && !audit;
+        let parsed = match fhir_bundle.then(|| observations_of(&record.value)) {
             None => None,
             Some(Ok(parsed)) => {
                 dev.observations += parsed.len() as u64;
@@ -475,6 +512,9 @@ pub fn report_from_records(
     }
     for (key, (mut dev, sightings)) in streams {
         sightings.finish(&mut dev);
+        if let Some(entries) = audit_entries.remove(&key) {
+            check_audit_chain(entries, key_to_verify, &mut dev);
+        }
         report.duplicate_seqs += dev.duplicate_seqs;
         report.conflicts += dev.conflicts;
         let legacy = if gateways_of_device[&key.device] > 1 {
@@ -490,6 +530,52 @@ pub fn report_from_records(
             .insert(key.device, dev);
     }
     report
+}
+
+/// One trusted audit record: its header seq range and the entry read from its value.
+type AuditSighting = (Option<(u64, u64)>, ParsedAuditEntry);
+
+/// Checks one stream's audit entries: each entry's seq is its record's, its signature over its
+/// hash verifies with `key` (when given), and its `prev_hash` is the hash of the entry before
+/// (zeros for seq 1). Re-deliveries are checked once (the first sighting of a seq).
+fn check_audit_chain(
+    entries: Vec<AuditSighting>,
+    key: Option<&VerifyingKey>,
+    dev: &mut DeviceReport,
+) {
+    let mut by_seq: BTreeMap<u64, ParsedAuditEntry> = BTreeMap::new();
+    let mut bad: BTreeSet<u64> = BTreeSet::new();
+    for (range, entry) in entries {
+        if range != Some((entry.seq, entry.seq)) {
+            bad.insert(entry.seq);
+            continue;
+        }
+        by_seq.entry(entry.seq).or_insert(entry);
+    }
+    for entry in by_seq.values() {
+        let signed = key.is_none_or(|key| {
+            <[u8; 64]>::try_from(entry.signature.as_slice()).is_ok_and(|sig| {
+                key.verify_strict(&entry.hash, &ed25519_dalek::Signature::from_bytes(&sig))
+                    .is_ok()
+            })
+        });
+        if !signed {
+            bad.insert(entry.seq);
+        }
+    }
+    let mut breaks = Vec::new();
+    for (seq, entry) in &by_seq {
+        let expected = if *seq == 1 {
+            Some(vec![0u8; 32])
+        } else {
+            by_seq.get(&(seq - 1)).map(|prev| prev.hash.clone())
+        };
+        if expected.is_some_and(|h| h != entry.prev_hash) {
+            breaks.push(*seq);
+        }
+    }
+    dev.audit_entries_bad = bad.into_iter().collect();
+    dev.audit_chain_breaks = breaks;
 }
 
 /// The seq ranges a record claims: its header range, else the seqs of its Bundle's
@@ -727,6 +813,26 @@ pub fn render_summary(topic: &str, report: &ConsumeReport) -> String {
         if d.unsigned > 0 {
             let _ = write!(line, ", {} unsigned", d.unsigned);
         }
+        if d.audit_entries > 0 {
+            let _ = write!(line, ", {} audit entries", d.audit_entries);
+            if d.audit_entries_bad.is_empty() && d.audit_chain_breaks.is_empty() {
+                line.push_str(" (entry signatures and chain ok)");
+            }
+        }
+        if !d.audit_entries_bad.is_empty() {
+            let _ = write!(
+                line,
+                ", audit entries with a bad signature or seq: {:?}",
+                d.audit_entries_bad
+            );
+        }
+        if !d.audit_chain_breaks.is_empty() {
+            let _ = write!(
+                line,
+                ", audit chain broken before seq {:?}",
+                d.audit_chain_breaks
+            );
+        }
         let _ = writeln!(out, "{line}");
     }
     out.push_str(&render_conflicts(report));
@@ -746,6 +852,15 @@ pub fn render_summary(topic: &str, report: &ConsumeReport) -> String {
             .count();
         if gapped > 0 {
             reasons.push(format!("gaps in {gapped} stream(s)"));
+        }
+        let audit_bad = report
+            .streams()
+            .filter(|(_, _, d)| !d.audit_entries_bad.is_empty() || !d.audit_chain_breaks.is_empty())
+            .count();
+        if audit_bad > 0 {
+            reasons.push(format!(
+                "audit entries that do not verify or chain in {audit_bad} stream(s)"
+            ));
         }
         if report.conflicts > 0 {
             reasons.push(format!(

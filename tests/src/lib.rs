@@ -38,6 +38,7 @@ pub const TOPICS: &[&str] = &[
     "icu.adt",
     "icu.devices",
     "icu.deadletter",
+    "icu.audit",
 ];
 
 /// The pinned broker version; `scripts/install-tansu` installs the same.

@@ -74,6 +74,7 @@ fn example_config_is_valid_apart_from_the_missing_key() {
         "topic_alarms =",
         "topic_adt =",
         "topic_deadletter =",
+        "topic_audit =",
     ] {
         assert!(
             text.contains(section),

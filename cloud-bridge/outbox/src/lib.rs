@@ -1,7 +1,8 @@
 //! The outbox contract between the gateway's store and the cloud bridge: records waiting to be
 //! forwarded.
 //!
-//! Owns: the [`Stream`]s the bridge forwards (observations, alarms, ADT events, dead letters),
+//! Owns: the [`Stream`]s the bridge forwards (observations, alarms, ADT events, audit-trail
+//! entries, dead letters),
 //! the [`Outbox`] trait the store (`icu-store`, `SqliteOutbox`) implements over SQLite and the
 //! bridge (`icu-cloud-bridge`) drains, the [`OutboxRecord`] it returns, its error
 //! ([`OutboxError`]), the drain policy of one fetch ([`FetchRequest`], [`fetch_in_drain_order`])
@@ -86,13 +87,23 @@
 //!
 //! 1. **Alarms**, every device's, before anything else (bounded only by `limit`);
 //! 2. **ADT events**, so the census reaches the cloud before the readings that refer to it;
-//! 3. **live observations**: a device is *live* when its oldest unsent observation was received
+//! 3. **audit-trail entries** (one chain, the gateway's), so an observation backlog never holds
+//!    back the record of who did what (they are few: human actions and reads of patient data);
+//! 4. **live observations**: a device is *live* when its oldest unsent observation was received
 //!    within the live window (`received_us >= live_since_us`); live devices are served first and
 //!    in full (up to `limit`), shared fairly across devices;
-//! 4. **backlog observations**: devices whose oldest unsent observation is older share at most
+//! 5. **backlog observations**: devices whose oldest unsent observation is older share at most
 //!    `backlog_budget` records (the bridge's token bucket of `backlog_rate` observations/s),
 //!    fairly across devices;
-//! 5. **dead letters**, with what is left of `limit`.
+//! 6. **dead letters**, with what is left of `limit`.
+//!
+//! **The audit stream** is stored differently: its records are the rows of the gateway's
+//! append-only audit trail (`audit_log`), read in place, and "sent" is one forwarded-up-to seq
+//! beside it (the SQLite outbox's `audit_forwarded`), advanced only by `mark_sent` over a range
+//! that starts at the first unforwarded entry, so *sent is a prefix* holds the same way. A seq
+//! missing from the trail (a deleted row: tampering, which `audit verify` names) is not waited
+//! for: the entries around it are forwarded and the gap shows on `icu.audit`. Audit entries are
+//! never pruned (invariant 3 has no exception for them).
 //!
 //! "Live" is decided per device, by the age of its *head*, never per record: a device's records
 //! always leave in seq order (per-device order, and so per Kafka key), and a device with a
@@ -127,6 +138,15 @@ pub enum Stream {
     /// ADT events (`icu.adt`), one Patient + Encounter per event. Ordered before observations,
     /// so after an outage the census reaches the cloud before the readings that refer to it.
     Adt,
+    /// Audit-trail entries (`icu.audit`), one FHIR AuditEvent per entry. Not kept in the
+    /// store's `records`: the SQLite outbox reads them straight from the audit trail's own
+    /// append-only table (the source of truth, never copied and never pruned) and keeps only a
+    /// forwarded-up-to seq, so a stream with one "device" (`AUDIT_DEVICE`) whose seq is the
+    /// entry's own. Ordered after alarms and ADT events and before observations: entries are
+    /// few (human actions and reads of patient data), small and never pruned, so an observation
+    /// backlog of hours must not hold back the record of who did what; the census (ADT) stays
+    /// ahead because readings refer to it, and nothing refers to an audit entry.
+    Audit,
     /// Observations (`icu.observations`).
     Observations,
     /// Rejected inputs and why (`icu.deadletter`), one per Kafka record, as plain JSON (not
@@ -136,9 +156,10 @@ pub enum Stream {
 
 impl Stream {
     /// Every stream, in drain order.
-    pub const ALL: [Stream; 4] = [
+    pub const ALL: [Stream; 5] = [
         Stream::Alarms,
         Stream::Adt,
+        Stream::Audit,
         Stream::Observations,
         Stream::DeadLetters,
     ];
@@ -150,6 +171,7 @@ impl Stream {
             Stream::Alarms => 2,
             Stream::Adt => 3,
             Stream::DeadLetters => 4,
+            Stream::Audit => 5,
         }
     }
 
@@ -159,6 +181,7 @@ impl Stream {
             2 => Some(Stream::Alarms),
             3 => Some(Stream::Adt),
             4 => Some(Stream::DeadLetters),
+            5 => Some(Stream::Audit),
             _ => None,
         }
     }
@@ -169,9 +192,14 @@ impl Stream {
             Stream::Alarms => "alarms",
             Stream::Adt => "adt",
             Stream::DeadLetters => "deadletter",
+            Stream::Audit => "audit",
         }
     }
 }
+
+/// The one "device" of [`Stream::Audit`]: the gateway's audit trail is a single chain, its seq
+/// the entry's own (header `icu-device-id: audit`; the Kafka key is the gateway id).
+pub const AUDIT_DEVICE: &str = "audit";
 
 /// One stored record waiting to be forwarded.
 #[derive(Debug, Clone, PartialEq)]
@@ -260,7 +288,7 @@ pub trait FetchSource {
     fn key_of(row: &Self::Row) -> (Stream, &str, u64);
 }
 
-/// One fetch following the drain policy of the module docs: alarms, ADT events, live
+/// One fetch following the drain policy of the module docs: alarms, ADT events, audit entries, live
 /// observations, backlog observations (at most `backlog_budget`), dead letters; at most
 /// `limit` records; each class shared fairly across its devices.
 pub fn fetch_in_drain_order<S: FetchSource>(
@@ -426,6 +454,7 @@ pub fn received_us(record: &StoredRecord) -> i64 {
         Some(Body::Alarm(a)) => a.event_time_us,
         Some(Body::AdtEvent(e)) => e.event_time_us,
         Some(Body::DeadLetter(d)) => d.received_us,
+        Some(Body::AuditEntry(e)) => e.time_us,
         Some(Body::DeviceStatus(_)) | None => 0,
     }
 }

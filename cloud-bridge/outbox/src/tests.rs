@@ -49,23 +49,24 @@ fn memory_outbox_orders_limits_and_marks_ranges() {
 }
 
 #[test]
-fn stream_codes_round_trip_adt_drains_before_observations_dead_letters_last() {
+fn stream_codes_round_trip_adt_and_audit_drain_before_observations_dead_letters_last() {
     for stream in Stream::ALL {
         assert_eq!(Stream::from_code(stream.code()), Some(stream));
     }
     assert_eq!(
         Stream::ALL.map(Stream::code),
-        [2, 3, 1, 4],
+        [2, 3, 5, 1, 4],
         "codes are stored in the gateway database; never renumber"
     );
     assert_eq!(
         Stream::ALL.map(Stream::as_str),
-        ["alarms", "adt", "observations", "deadletter"]
+        ["alarms", "adt", "audit", "observations", "deadletter"]
     );
     assert_eq!(Stream::from_code(0), None);
     let mut sorted = [
         Stream::DeadLetters,
         Stream::Observations,
+        Stream::Audit,
         Stream::Adt,
         Stream::Alarms,
     ];
@@ -82,6 +83,10 @@ fn stream_codes_round_trip_adt_drains_before_observations_dead_letters_last() {
         stream: Stream::Adt,
         ..rec("adt", 1)
     });
+    outbox.push(OutboxRecord {
+        stream: Stream::Audit,
+        ..rec(AUDIT_DEVICE, 1)
+    });
     let streams: Vec<Stream> = outbox
         .fetch_unsent(&FetchRequest::all(10))
         .unwrap()
@@ -91,7 +96,12 @@ fn stream_codes_round_trip_adt_drains_before_observations_dead_letters_last() {
         .collect();
     assert_eq!(
         streams,
-        [Stream::Adt, Stream::Observations, Stream::DeadLetters]
+        [
+            Stream::Adt,
+            Stream::Audit,
+            Stream::Observations,
+            Stream::DeadLetters
+        ]
     );
 }
 

@@ -24,6 +24,9 @@ pub struct BridgeConfig {
     pub topic_adt: String,
     /// Topic for dead letters as plain JSON (default `icu.deadletter`). It must exist.
     pub topic_deadletter: String,
+    /// Topic for the audit trail, one FHIR AuditEvent per entry, keyed by the gateway id
+    /// (default `icu.audit`). It must exist.
+    pub topic_audit: String,
     /// Most outbox records read per cycle (default 5000: bigger cycles spread the fixed cost of
     /// a fetch and of the last delivery reports over more records). It also bounds how long a
     /// new alarm can wait behind the cycles already in flight (two).
@@ -55,6 +58,7 @@ impl Default for BridgeConfig {
             topic_alarms: "icu.alarms".into(),
             topic_adt: "icu.adt".into(),
             topic_deadletter: "icu.deadletter".into(),
+            topic_audit: "icu.audit".into(),
             fetch_limit: 5000,
             live_window: Duration::from_secs(10),
             backlog_rate: 100_000,
@@ -75,6 +79,7 @@ impl BridgeConfig {
             Stream::Alarms => &self.topic_alarms,
             Stream::Adt => &self.topic_adt,
             Stream::DeadLetters => &self.topic_deadletter,
+            Stream::Audit => &self.topic_audit,
         }
     }
 
@@ -94,6 +99,7 @@ impl BridgeConfig {
             ("topic_alarms", &self.topic_alarms),
             ("topic_adt", &self.topic_adt),
             ("topic_deadletter", &self.topic_deadletter),
+            ("topic_audit", &self.topic_audit),
         ] {
             if topic.trim().is_empty() {
                 bad(field, "must not be empty");

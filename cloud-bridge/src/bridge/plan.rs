@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use icu_protos::v1::{stored_record::Body, AdtEvent, Alarm, DeadLetter, Observation};
+use icu_protos::v1::{stored_record::Body, AdtEvent, Alarm, AuditEntry, DeadLetter, Observation};
 
 use icu_outbox::{OutboxRecord, Stream};
 
@@ -13,8 +13,9 @@ use icu_outbox::{OutboxRecord, Stream};
 ///
 /// An observations bundle holds up to `max_per_bundle` observations (one FHIR Bundle); an
 /// alarms bundle holds exactly one alarm state change (one FHIR Observation); an ADT bundle holds
-/// exactly one ADT event (one FHIR Bundle with a Patient and an Encounter); a dead-letter bundle
-/// holds exactly one dead letter (one plain JSON object).
+/// exactly one ADT event (one FHIR Bundle with a Patient and an Encounter); an audit bundle holds
+/// exactly one audit-trail entry (one FHIR AuditEvent); a dead-letter bundle holds exactly one
+/// dead letter (one plain JSON object).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedBundle {
     pub stream: Stream,
@@ -33,6 +34,8 @@ pub struct PlannedBundle {
     pub adt: Option<AdtEvent>,
     /// The dead letter (dead-letter stream).
     pub dead_letter: Option<DeadLetter>,
+    /// The audit-trail entry (audit stream).
+    pub audit: Option<AuditEntry>,
 }
 
 impl PlannedBundle {
@@ -52,8 +55,8 @@ pub struct SkippedRecord {
     pub stream: Stream,
     pub device_id: String,
     pub seq: u64,
-    /// The body found: "observation", "alarm", "device_status", "adt_event", "dead_letter" or
-    /// "empty".
+    /// The body found: "observation", "alarm", "device_status", "adt_event", "dead_letter",
+    /// "audit_entry" or "empty" (an audit entry whose seq is not the record's is skipped too).
     pub kind: &'static str,
 }
 
@@ -71,6 +74,7 @@ enum Content {
     Alarm(Alarm),
     Adt(AdtEvent),
     DeadLetter(DeadLetter),
+    Audit(AuditEntry),
 }
 
 /// Groups records into bundles of at most `max_per_bundle` consecutive seqs of one device's
@@ -113,6 +117,10 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
                 Content::Adt(adt)
             }
             (Stream::DeadLetters, Some(Body::DeadLetter(dl))) => Content::DeadLetter(dl),
+            // The entry's own seq is the record's: a row that says otherwise is not forwarded.
+            (Stream::Audit, Some(Body::AuditEntry(entry))) if entry.seq == rec.seq => {
+                Content::Audit(entry)
+            }
             (stream, other) => {
                 let kind = match other {
                     Some(Body::Observation(_)) => "observation",
@@ -120,6 +128,7 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
                     Some(Body::DeviceStatus(_)) => "device_status",
                     Some(Body::AdtEvent(_)) => "adt_event",
                     Some(Body::DeadLetter(_)) => "dead_letter",
+                    Some(Body::AuditEntry(_)) => "audit_entry",
                     None => "empty",
                 };
                 plan.skipped.push(SkippedRecord {
@@ -137,6 +146,8 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
             Content::Adt(adt) => (1, adt.patient_id.clone()),
             // Never a patient: the key is the device id.
             Content::DeadLetter(_) => (1, String::new()),
+            // The key is the gateway id: the whole chain in one partition, in order.
+            Content::Audit(_) => (1, String::new()),
         };
         let extends = plan.bundles.last().is_some_and(|b| {
             b.stream == rec.stream
@@ -152,13 +163,14 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
                 bundle.observations.push(obs);
             }
             (_, content) => {
-                let (mut observations, mut alarm, mut adt, mut dead_letter) =
-                    (Vec::new(), None, None, None);
+                let (mut observations, mut alarm, mut adt, mut dead_letter, mut audit) =
+                    (Vec::new(), None, None, None, None);
                 match content {
                     Content::Observation(obs) => observations.push(obs),
                     Content::Alarm(a) => alarm = Some(a),
                     Content::Adt(a) => adt = Some(a),
                     Content::DeadLetter(dl) => dead_letter = Some(dl),
+                    Content::Audit(entry) => audit = Some(entry),
                 }
                 plan.bundles.push(PlannedBundle {
                     stream: rec.stream,
@@ -171,6 +183,7 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
                     alarm,
                     adt,
                     dead_letter,
+                    audit,
                 });
             }
         }

@@ -191,6 +191,7 @@ fn default_config_matches_the_documented_defaults() {
     assert_eq!(c.topic(Stream::Adt), "icu.adt");
     assert_eq!(c.topic_deadletter, "icu.deadletter");
     assert_eq!(c.topic(Stream::DeadLetters), "icu.deadletter");
+    assert_eq!(c.topic(Stream::Audit), "icu.audit");
     let topics: BTreeSet<&str> = Stream::ALL.iter().map(|s| c.topic(*s)).collect();
     assert_eq!(topics.len(), Stream::ALL.len(), "one topic per stream");
     assert_eq!(
@@ -288,20 +289,83 @@ fn key_is_the_patient_when_associated_else_the_device() {
             })),
         },
     };
+    let audit = |seq: u64, entry_seq: u64| OutboxRecord {
+        stream: Stream::Audit,
+        device_id: icu_outbox::AUDIT_DEVICE.into(),
+        seq,
+        bed: String::new(),
+        record: StoredRecord {
+            gateway_id: String::new(),
+            device_id: icu_outbox::AUDIT_DEVICE.into(),
+            seq,
+            body: Some(Body::AuditEntry(icu_protos::v1::AuditEntry {
+                seq: entry_seq,
+                time_us: 1_700_000_000_000_000,
+                account: "dr.jo".into(),
+                role: "physician".into(),
+                action: "patient_read".into(),
+                target_kind: "patient".into(),
+                target_id: "MRN9".into(),
+                outcome: "success".into(),
+                prev_hash: vec![0; 32],
+                hash: vec![1; 32],
+                key_id: "k".into(),
+                signature: vec![2; 64],
+                ..Default::default()
+            })),
+        },
+    };
     let plan = plan::plan_bundles(
-        vec![with_patient, obs_record("mon-1", 2), adt, dead_letter],
+        vec![
+            with_patient,
+            obs_record("mon-1", 2),
+            adt,
+            dead_letter,
+            audit(1, 1),
+            audit(2, 7),
+        ],
         100,
     );
-    let keys: Vec<RecordKey> = plan.bundles.iter().map(record_key).collect();
+    assert_eq!(
+        plan.skipped
+            .iter()
+            .map(|s| (s.stream, s.seq, s.kind))
+            .collect::<Vec<_>>(),
+        [(Stream::Audit, 2, "audit_entry")],
+        "an entry whose seq is not its record's is never forwarded under that seq"
+    );
+    let keys: Vec<RecordKey> = plan
+        .bundles
+        .iter()
+        .map(|b| record_key(b, "gw-test"))
+        .collect();
     assert_eq!(
         keys,
         [
             RecordKey::Patient("MRN9"),
+            RecordKey::Gateway("gw-test"),
             RecordKey::Patient("MRN123"),
             RecordKey::Device("mon-1"),
             RecordKey::Device("mon-2")
-        ]
+        ],
+        "audit entries are keyed by the gateway, even when they name a patient"
     );
+    // The audit bundle maps to a FHIR AuditEvent, signed like every record.
+    let key = GatewayKey::generate();
+    let mapper = Mapper {
+        gateway_id: "gw-test".into(),
+        max_per_bundle: 100,
+        key: Arc::new(key.clone()),
+        terminology: Terminology::builtin(),
+    };
+    let (value, signature) = mapper.value(&plan.bundles[1]).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&value).unwrap();
+    assert_eq!(json["resourceType"], "AuditEvent");
+    assert!(crate::signing::verify_base64(
+        &key.verifying_key(),
+        &value,
+        &signature
+    ));
     let content_types: Vec<&str> = plan
         .bundles
         .iter()
@@ -313,11 +377,13 @@ fn key_is_the_patient_when_associated_else_the_device() {
             headers::CONTENT_TYPE_FHIR_JSON,
             headers::CONTENT_TYPE_FHIR_JSON,
             headers::CONTENT_TYPE_FHIR_JSON,
+            headers::CONTENT_TYPE_FHIR_JSON,
             headers::CONTENT_TYPE_JSON
         ]
     );
     assert_eq!(keys[0].as_str(), "MRN9");
-    assert_eq!(keys[2].as_str(), "mon-1");
+    assert_eq!(keys[1].as_str(), "gw-test");
+    assert_eq!(keys[3].as_str(), "mon-1");
 }
 
 /// A [`MemoryOutbox`] that logs every `mark_sent` with the time it came, i.e. the order in which
@@ -401,7 +467,7 @@ fn alarm_record(device: &str, seq: u64, event_time_us: i64) -> OutboxRecord {
     }
 }
 
-/// librdkafka's in-process mock cluster (one broker) with the bridge's four topics.
+/// librdkafka's in-process mock cluster (one broker) with the bridge's five topics.
 fn mock_cluster(
 ) -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
     let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
@@ -410,6 +476,7 @@ fn mock_cluster(
         "icu.alarms",
         "icu.adt",
         "icu.deadletter",
+        "icu.audit",
     ] {
         cluster.create_topic(topic, 1, 1).unwrap();
     }
@@ -636,6 +703,7 @@ fn values_mapped_on_several_threads_are_in_bundle_order_and_the_same_as_on_one()
             alarm: None,
             adt: None,
             dead_letter: None,
+            audit: None,
         })
         .collect();
     let one: Vec<Value> = bundles.iter().map(|b| mapper.value(b)).collect();

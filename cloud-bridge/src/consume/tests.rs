@@ -304,3 +304,95 @@ fn dead_letter_json_is_not_unparseable_and_counts_its_seqs() {
     assert_eq!((dev.records, dev.observations), (2, 0));
     assert_eq!(dev.gaps, [(2, 2)]);
 }
+
+/// The `icu.audit` record of entry `seq` chained to `prev`, as the bridge produces it; the
+/// entry's own signature is over its hash (here any 32 bytes, as the consumer cannot recompute it).
+fn audit_record(
+    key: &GatewayKey,
+    seq: u64,
+    prev_hash: [u8; 32],
+    offset: i64,
+) -> (ConsumedRecord, [u8; 32]) {
+    let hash: [u8; 32] = Sha256::digest(format!("entry {seq}")).into();
+    let entry = icu_protos::v1::AuditEntry {
+        seq,
+        time_us: 1_700_000_000_000_000 + seq as i64,
+        account: "dr.test".into(),
+        role: "physician".into(),
+        action: "login".into(),
+        target_kind: "none".into(),
+        outcome: "success".into(),
+        prev_hash: prev_hash.to_vec(),
+        hash: hash.to_vec(),
+        key_id: key.key_id().into(),
+        signature: key.sign(&hash).to_vec(),
+        ..Default::default()
+    };
+    let value = crate::fhir::audit_event("gw1", &entry).unwrap();
+    let signature = base64::engine::general_purpose::STANDARD.encode(key.sign(&value));
+    let headers: BTreeMap<String, String> = [
+        (headers::SIGNATURE, signature.as_str()),
+        (headers::SIGNATURE_ALG, "ed25519"),
+        (headers::GATEWAY_ID, "gw1"),
+        (headers::DEVICE_ID, "audit"),
+        (headers::SEQ_FIRST, &seq.to_string()),
+        (headers::SEQ_LAST, &seq.to_string()),
+        (headers::CONTENT_TYPE, "application/fhir+json"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let record = ConsumedRecord::new(
+        0,
+        offset,
+        Some("gw1".into()),
+        headers,
+        value,
+        Some(&key.verifying_key()),
+    );
+    (record, hash)
+}
+
+#[test]
+fn audit_entries_verify_chain_and_show_a_gap() {
+    let key = GatewayKey::generate();
+    let (r1, h1) = audit_record(&key, 1, [0; 32], 0);
+    let (r2, h2) = audit_record(&key, 2, h1, 1);
+    let (r3, _) = audit_record(&key, 3, h2, 2);
+    let clean = report_from_records(
+        &[r1.clone(), r2.clone(), r3.clone()],
+        Some(&key.verifying_key()),
+    );
+    assert!(clean.is_clean(), "{clean:?}");
+    assert_eq!((clean.audit_entries, clean.unparseable), (3, 0));
+    let d = clean.stream("gw1", "audit").unwrap();
+    assert_eq!(
+        (d.first_seq, d.last_seq, d.audit_entries),
+        (Some(1), Some(3), 3)
+    );
+    assert!(render_summary("icu.audit", &clean)
+        .contains("3 audit entries (entry signatures and chain ok)"));
+
+    // Entry 2 missing: a gap (3 follows nothing, so no chain break is claimed).
+    let gap = report_from_records(&[r1.clone(), r3.clone()], Some(&key.verifying_key()));
+    let d = gap.stream("gw1", "audit").unwrap();
+    assert_eq!(d.gaps, [(2, 2)]);
+    assert!(d.audit_chain_breaks.is_empty());
+    assert!(!gap.is_clean());
+
+    // Entry 3 chained to something else; entry 2 signed by another key (record re-signed).
+    let other = GatewayKey::generate();
+    let (bad3, _) = audit_record(&key, 3, [7; 32], 2);
+    let (mut forged2, _) = audit_record(&other, 2, h1, 1);
+    forged2.headers.insert(
+        headers::SIGNATURE.into(),
+        base64::engine::general_purpose::STANDARD.encode(key.sign(&forged2.value)),
+    );
+    let report = report_from_records(&[r1, forged2, bad3], Some(&key.verifying_key()));
+    let d = report.stream("gw1", "audit").unwrap();
+    assert_eq!(report.signatures_bad, 0, "the records themselves verify");
+    assert_eq!(d.audit_entries_bad, [2]);
+    assert_eq!(d.audit_chain_breaks, [3]);
+    assert!(!report.is_clean());
+    assert!(render_summary("icu.audit", &report).contains("audit chain broken before seq [3]"));
+}

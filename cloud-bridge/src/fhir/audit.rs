@@ -60,7 +60,7 @@ fn classify(action: &str) -> (Value, Vec<Value>, &'static str) {
     let user_attrs = || dcm("110137", "User Security Attributes Changed");
     let sec_config = || dcm("110129", "Security Configuration");
     match action {
-        "login" | "login_failed" => (auth(), vec![dcm("110122", "Login")], "E"),
+        "login" | "login_failed" | "unlock" => (auth(), vec![dcm("110122", "Login")], "E"),
         "logoff" => (auth(), vec![dcm("110123", "Logout")], "E"),
         "break_glass" => (
             alert(),
@@ -71,7 +71,9 @@ fn classify(action: &str) -> (Value, Vec<Value>, &'static str) {
             (rest_type(), vec![rest("update", "update")], "U")
         }
         "user_add" | "token_add" => (alert(), vec![user_attrs()], "C"),
-        "user_passwd" | "user_disable" => (alert(), vec![user_attrs()], "U"),
+        "user_passwd" | "user_disable" | "user_enable" | "user_pin" | "user_role" => {
+            (alert(), vec![user_attrs()], "U")
+        }
         "token_revoke" => (alert(), vec![user_attrs()], "D"),
         "gateway_start" => (app(), vec![dcm("110120", "Application Start")], "E"),
         "gateway_stop" => (app(), vec![dcm("110121", "Application Stop")], "E"),
@@ -267,6 +269,109 @@ pub fn audit_event(gateway_id: &str, entry: &AuditEntry) -> Result<Vec<u8>, Brid
     let typed: AuditEvent =
         serde_json::from_value(Value::Object(event)).map_err(|e| fail(e.to_string()))?;
     serde_json::to_vec(&typed).map_err(|e| fail(e.to_string()))
+}
+
+/// The chain part of a forwarded audit entry, read back from its AuditEvent (the consumer's
+/// view: enough to check the entry's signature and its link to the entry before).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedAuditEntry {
+    pub seq: u64,
+    pub action: String,
+    pub account: String,
+    pub key_id: String,
+    /// 32 bytes: the previous entry's hash (zeros for seq 1).
+    pub prev_hash: Vec<u8>,
+    /// 32 bytes: SHA-256 of the entry's canonical encoding.
+    pub hash: Vec<u8>,
+    /// 64 bytes: ed25519 over `hash` with the gateway key.
+    pub signature: Vec<u8>,
+}
+
+/// Whether a Kafka value is an AuditEvent (`icu.audit`), without parsing the whole resource.
+pub fn is_audit_event(value: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Kind {
+        #[serde(rename = "resourceType")]
+        resource_type: Option<String>,
+    }
+    serde_json::from_slice::<Kind>(value)
+        .ok()
+        .and_then(|k| k.resource_type)
+        .is_some_and(|t| t == "AuditEvent")
+}
+
+/// Reads the chain entity (`urn:icu-gateway:<gateway>:audit`) of an AuditEvent written by
+/// [`audit_event`]: seq, key id, prev-hash, hash and signature.
+pub fn audit_entry_of(value: &[u8]) -> Result<ParsedAuditEntry, BridgeError> {
+    let bad = |reason: String| BridgeError::FhirParse { reason };
+    let v: Value = serde_json::from_slice(value).map_err(|e| bad(e.to_string()))?;
+    if v["resourceType"] != "AuditEvent" {
+        return Err(bad(format!(
+            "not an AuditEvent: resourceType {}",
+            v["resourceType"]
+        )));
+    }
+    let chain = v["entity"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| {
+            e["what"]["identifier"]["system"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("urn:icu-gateway:") && s.ends_with(":audit"))
+        })
+        .ok_or_else(|| bad("AuditEvent has no audit-trail entity".into()))?;
+    let detail = |kind: &str| {
+        chain["detail"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["type"] == kind)
+    };
+    let string = |kind: &str| -> Result<String, BridgeError> {
+        detail(kind)
+            .and_then(|d| d["valueString"].as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| bad(format!("audit entity has no {kind}")))
+    };
+    let bytes = |kind: &str, len: usize| -> Result<Vec<u8>, BridgeError> {
+        let text = detail(kind)
+            .and_then(|d| d["valueBase64Binary"].as_str())
+            .ok_or_else(|| bad(format!("audit entity has no {kind}")))?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| bad(format!("{kind} is not base64: {e}")))?;
+        if raw.len() != len {
+            return Err(bad(format!("{kind} is {} bytes, not {len}", raw.len())));
+        }
+        Ok(raw)
+    };
+    let seq = string("seq")?
+        .parse::<u64>()
+        .map_err(|e| bad(format!("seq: {e}")))?;
+    let action = v["subtype"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["system"] == AUDIT_ACTION_SYSTEM)
+        .and_then(|c| c["code"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let account = v["agent"][0]["who"]["identifier"]["system"]
+        .as_str()
+        .filter(|s| s.ends_with(":account"))
+        .and_then(|_| v["agent"][0]["who"]["identifier"]["value"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    Ok(ParsedAuditEntry {
+        seq,
+        action,
+        account,
+        key_id: string("key-id")?,
+        prev_hash: bytes("prev-hash", 32)?,
+        hash: bytes("hash", 32)?,
+        signature: bytes("signature", 64)?,
+    })
 }
 
 #[cfg(test)]
@@ -500,5 +605,26 @@ mod tests {
         };
         let err = audit_event("icu-a", &bad_time).unwrap_err().to_string();
         assert!(err.contains("out of range"), "{err}");
+    }
+
+    #[test]
+    fn the_chain_entity_reads_back() {
+        let bytes = audit_event("icu-a", &entry("acknowledge")).unwrap();
+        assert!(is_audit_event(&bytes));
+        assert!(!is_audit_event(br#"{"resourceType":"Bundle"}"#));
+        let parsed = audit_entry_of(&bytes).unwrap();
+        assert_eq!(
+            parsed,
+            ParsedAuditEntry {
+                seq: 42,
+                action: "acknowledge".into(),
+                account: "nurse.jo".into(),
+                key_id: "0123456789abcdef".into(),
+                prev_hash: vec![0x11; 32],
+                hash: vec![0x22; 32],
+                signature: vec![0x33; 64],
+            }
+        );
+        assert!(audit_entry_of(br#"{"resourceType":"Bundle"}"#).is_err());
     }
 }

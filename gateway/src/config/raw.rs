@@ -205,6 +205,9 @@ pub struct RawKafka {
     /// Topic for rejected input (JSON: what, from where, at which offset, why).
     #[serde(default = "default_topic_deadletter")]
     pub topic_deadletter: String,
+    /// Topic for the audit trail (one FHIR AuditEvent per entry, keyed by the gateway id).
+    #[serde(default = "default_topic_audit")]
+    pub topic_audit: String,
     /// How long the producer keeps trying one record before reporting it failed (it is then
     /// sent again from the store, never dropped).
     #[serde(default = "default_message_timeout_ms")]
@@ -348,6 +351,9 @@ fn default_topic_adt() -> String {
 }
 fn default_topic_deadletter() -> String {
     "icu.deadletter".into()
+}
+fn default_topic_audit() -> String {
+    "icu.audit".into()
 }
 fn default_message_timeout_ms() -> u64 {
     30_000

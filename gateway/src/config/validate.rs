@@ -175,6 +175,7 @@ impl RawConfig {
                 topic_alarms: k.topic_alarms.clone(),
                 topic_adt: k.topic_adt.clone(),
                 topic_deadletter: k.topic_deadletter.clone(),
+                topic_audit: k.topic_audit.clone(),
                 fetch_limit: k.fetch_limit,
                 live_window: std::time::Duration::from_millis(k.live_window_ms),
                 backlog_rate: k.backlog_rate,

@@ -588,7 +588,8 @@ fn insert_records(
             stored_record::Body::Alarm(a) => a.seq = seq,
             stored_record::Body::AdtEvent(_)
             | stored_record::Body::DeviceStatus(_)
-            | stored_record::Body::DeadLetter(_) => {}
+            | stored_record::Body::DeadLetter(_)
+            | stored_record::Body::AuditEntry(_) => {}
         }
         let rec = StoredRecord {
             gateway_id: gateway_id.to_owned(),
@@ -968,6 +969,7 @@ fn insert_dead_letter(
     })
 }
 
+mod audit;
 mod dedup;
 mod prune;
 mod reader;

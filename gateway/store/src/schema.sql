@@ -69,3 +69,11 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     raw_len       INTEGER NOT NULL,
     forwarded     INTEGER NOT NULL DEFAULT 0
 );
+
+-- The outbox's audit stream: how far the gateway's audit trail (table audit_log, created and
+-- appended to by the gateway's audit module, read here in place, never copied or pruned) has
+-- reached Kafka. One row (id 1): every entry with seq <= upto was delivered. See db/audit.rs.
+CREATE TABLE IF NOT EXISTS audit_forwarded (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    upto INTEGER NOT NULL
+);

@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 
 use icu_outbox::{
     fetch_in_drain_order_after, FetchRequest, FetchSource, Fetched, Head, InFlightRuns, SentRange,
-    Stream,
+    Stream, AUDIT_DEVICE,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::prune::{head, UNSENT_HEAD, UNSENT_IN_ROW};
 use super::{
-    mark_range, migrate, open_connection, pages_in_use_bytes, row_records, sqlite_err, StoreError,
-    ROW_MAX, SCHEMA, VIEWS,
+    audit, mark_range, migrate, open_connection, pages_in_use_bytes, row_records, sqlite_err,
+    StoreError, ROW_MAX, SCHEMA, VIEWS,
 };
 
 /// Counts shown on the status API.
@@ -91,6 +91,14 @@ impl FetchSource for SqlSource<'_> {
         };
         let mut stmt = self.conn.prepare_cached(UNSENT_HEAD)?;
         let mut heads = Vec::new();
+        if let Some((seq, received_us)) = audit::head(self.conn)? {
+            heads.push(Head {
+                stream: Stream::Audit,
+                device_id: AUDIT_DEVICE.to_owned(),
+                seq,
+                received_us,
+            });
+        }
         for (kind, device_id) in pairs {
             let Some(stream) = Stream::from_code(kind) else {
                 continue;
@@ -119,6 +127,18 @@ impl FetchSource for SqlSource<'_> {
         from_seq: u64,
         n: usize,
     ) -> Result<Vec<UnsentRow>, rusqlite::Error> {
+        if stream == Stream::Audit {
+            return Ok(audit::read(self.conn, from_seq, n)?
+                .into_iter()
+                .map(|(seq, payload)| UnsentRow {
+                    stream,
+                    device_id: AUDIT_DEVICE.to_owned(),
+                    seq,
+                    bed: String::new(),
+                    payload,
+                })
+                .collect());
+        }
         // Rows whose records reach `from_seq`: the one holding it starts at most ROW_MAX - 1
         // before it. Each such unsent row gives at least one record, so `n` rows are enough.
         let mut stmt = self.conn.prepare_cached(
@@ -293,8 +313,12 @@ impl ReaderDb {
                 last = next.last_seq;
                 j += 1;
             }
-            changed += mark_range(&tx, r.stream.code(), &r.device_id, r.first_seq, last)
-                .map_err(|e| self.err(e))?;
+            changed += if r.stream == Stream::Audit {
+                audit::mark(&tx, r.first_seq, last)
+            } else {
+                mark_range(&tx, r.stream.code(), &r.device_id, r.first_seq, last)
+            }
+            .map_err(|e| self.err(e))?;
             i = j;
         }
         tx.commit().map_err(|e| self.err(e))?;
@@ -376,6 +400,11 @@ impl ReaderDb {
             if e.head.is_some() {
                 *by_stream.entry(e.stream).or_default() += e.unsent();
             }
+        }
+        // The audit trail's seqs are gapless too (barring tampering, which makes this an upper
+        // bound): unforwarded = last seq - head + 1.
+        if let Some((_, last, Some(head))) = audit::extent(&self.conn).map_err(|e| self.err(e))? {
+            by_stream.insert(Stream::Audit, last.saturating_sub(head) + 1);
         }
         Ok(by_stream.into_iter().collect())
     }

@@ -1,6 +1,6 @@
 //! Tests of the store's SQLite layer (`db.rs`).
 
-use icu_outbox::SentRange;
+use icu_outbox::{FetchRequest, SentRange};
 use icu_protos::v1::Alarm;
 
 use super::*;
@@ -1045,4 +1045,133 @@ fn mark_sent_many_is_one_transaction_all_or_nothing() {
         reader.unsent_by_stream().unwrap(),
         [(Stream::Observations, 1)]
     );
+}
+
+/// The gateway's `audit_log` as its audit module creates it (columns only; the store reads it).
+fn audit_trail(reader: &ReaderDb, seqs: &[u64]) {
+    reader
+        .conn
+        .execute_batch(
+            "CREATE TABLE audit_log (seq INTEGER PRIMARY KEY, time_us INTEGER NOT NULL,
+             clock_synced INTEGER NOT NULL, account TEXT NOT NULL, role TEXT NOT NULL,
+             source TEXT NOT NULL, action TEXT NOT NULL, target_kind TEXT NOT NULL,
+             target_id TEXT NOT NULL, bed TEXT, old_value TEXT, new_value TEXT,
+             outcome TEXT NOT NULL, reason TEXT, prev_hash BLOB NOT NULL, hash BLOB NOT NULL,
+             key_id TEXT NOT NULL, signature BLOB NOT NULL)",
+        )
+        .unwrap();
+    for &seq in seqs {
+        reader
+            .conn
+            .execute(
+                "INSERT INTO audit_log VALUES (?1, ?2, 1, 'nurse.jo', 'nurse', '10.0.0.7:5', \
+                 'acknowledge', 'alarm', 'mon-1:spo2', 'bed-1', NULL, 'acknowledged', 'success', \
+                 NULL, zeroblob(32), randomblob(32), 'k1', randomblob(64))",
+                params![seq as i64, 1_700_000_000_000_000 + seq as i64],
+            )
+            .unwrap();
+    }
+}
+
+fn audit_keys(reader: &ReaderDb, limit: usize) -> Vec<(Stream, String, u64)> {
+    reader
+        .fetch_unsent(limit)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.stream, r.device_id, r.seq))
+        .collect()
+}
+
+#[test]
+fn audit_entries_are_read_in_place_after_alarms_and_adt_and_marked_as_a_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut db, reader) = open(dir.path());
+    // A file without the audit trail has an empty audit stream.
+    assert!(audit_keys(&reader, 10).is_empty());
+    audit_trail(&reader, &[1, 2, 3, 5]);
+    let r = db.commit_batch(&[batch("a", Some("m1"), 1), alarm("a", 1)]);
+    assert!(r.iter().all(Result::is_ok), "{r:?}");
+
+    let audit = |seq| (Stream::Audit, icu_outbox::AUDIT_DEVICE.to_owned(), seq);
+    assert_eq!(
+        audit_keys(&reader, 10),
+        [
+            (Stream::Alarms, "a".into(), 1),
+            audit(1),
+            audit(2),
+            audit(3),
+            audit(5),
+            (Stream::Observations, "a".into(), 1)
+        ],
+        "after alarms, before observations; a missing seq (4) is not waited for"
+    );
+    // Every column of the row, as the proto the bridge maps.
+    let row = reader
+        .fetch_unsent(10)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.stream == Stream::Audit)
+        .unwrap();
+    let rec = StoredRecord::decode(row.payload.as_slice()).unwrap();
+    let Some(stored_record::Body::AuditEntry(e)) = rec.body else {
+        panic!("{rec:?}")
+    };
+    assert_eq!(
+        (
+            e.seq,
+            e.account.as_str(),
+            e.action.as_str(),
+            e.bed.as_deref()
+        ),
+        (1, "nurse.jo", "acknowledge", Some("bed-1"))
+    );
+    assert_eq!(
+        (e.old_value, e.new_value.as_deref()),
+        (None, Some("acknowledged"))
+    );
+    assert!(e.clock_synced);
+    assert_eq!(
+        (e.prev_hash.len(), e.hash.len(), e.signature.len()),
+        (32, 32, 64)
+    );
+
+    // Only a prefix moves the mark; marking again changes nothing.
+    assert_eq!(reader.mark_sent(Stream::Audit, "audit", 3, 3).unwrap(), 0);
+    assert_eq!(reader.mark_sent(Stream::Audit, "audit", 1, 2).unwrap(), 2);
+    assert_eq!(reader.mark_sent(Stream::Audit, "audit", 1, 2).unwrap(), 0);
+    assert_eq!(
+        reader
+            .unsent_by_stream()
+            .unwrap()
+            .iter()
+            .find(|(s, _)| *s == Stream::Audit),
+        Some(&(Stream::Audit, 3))
+    );
+    // Across the hole: 5 follows 3.
+    assert_eq!(reader.mark_sent(Stream::Audit, "audit", 3, 3).unwrap(), 1);
+    assert_eq!(reader.mark_sent(Stream::Audit, "audit", 5, 5).unwrap(), 1);
+    assert!(!audit_keys(&reader, 10).iter().any(|k| k.0 == Stream::Audit));
+    // Entries appended later are fetched from the mark on; the store never deletes them.
+    audit_trail_append(&reader, 6);
+    assert_eq!(audit_keys(&reader, 10)[1], audit(6));
+    assert_eq!(count(&reader, "SELECT count(*) FROM audit_log"), 5);
+    // The in-flight fetch starts behind the records in flight.
+    let mut in_flight = icu_outbox::InFlightRuns::new();
+    in_flight.insert((Stream::Audit, "audit".into()), 6);
+    let after = reader
+        .fetch_after(&FetchRequest::all(10), &in_flight)
+        .unwrap();
+    assert!(!after.records.iter().any(|r| r.stream == Stream::Audit));
+}
+
+fn audit_trail_append(reader: &ReaderDb, seq: u64) {
+    reader
+        .conn
+        .execute(
+            "INSERT INTO audit_log SELECT ?1, time_us + 1, clock_synced, account, role, source, \
+             action, target_kind, target_id, bed, old_value, new_value, outcome, reason, hash, \
+             randomblob(32), key_id, randomblob(64) FROM audit_log ORDER BY seq DESC LIMIT 1",
+            params![seq as i64],
+        )
+        .unwrap();
 }
