@@ -73,7 +73,7 @@ pub(super) fn start_http(
             ingest: ingest.stats.clone(),
             forward_rates: bridge.as_ref().map(|b| ForwardRates::start(b.clone())),
             readiness: readiness.clone(),
-            auth: access,
+            auth: actix_web::web::Data::new(access),
             transport: transport(config),
         },
         config.http_limits,

@@ -460,6 +460,3 @@ impl Accounts {
         })
     }
 }
-
-/// An `api_tokens` row as `verify_token` reads it: name, role, secret SHA-256, created, revoked.
-type TokenRow = (String, String, Vec<u8>, i64, Option<i64>);

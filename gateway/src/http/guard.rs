@@ -209,7 +209,7 @@ impl FromRequest for Caller {
     type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let state = req.app_data::<web::Data<super::HttpState>>().cloned();
+        let state = req.app_data::<web::Data<AuthState>>().cloned();
         let bearer = req
             .headers()
             .get("authorization")
@@ -223,7 +223,7 @@ impl FromRequest for Caller {
             let Some(state) = state else {
                 return Err(actix_web::error::ErrorInternalServerError("no state"));
             };
-            let auth = state.auth.auth.clone();
+            let auth = state.auth.clone();
             if let Some(token) = bearer {
                 let checked = web::block(move || auth.accounts.verify_token(&token))
                     .await
@@ -368,8 +368,8 @@ pub async fn hygiene(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let allowed = req
-        .app_data::<web::Data<super::HttpState>>()
-        .map(|s| s.auth.auth.config.allowed_hosts.clone())
+        .app_data::<web::Data<AuthState>>()
+        .map(|s| s.auth.config.allowed_hosts.clone())
         .unwrap_or_default();
     if let Some(refusal) = hygiene_refusal(&req, &allowed) {
         return Ok(req.into_response(refusal).map_into_right_body());

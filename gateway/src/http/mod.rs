@@ -32,7 +32,11 @@ use crate::mllp::MllpStats;
 use crate::store::{ReaderDb, SqliteOutbox, Store, StoreError, StoreStats};
 
 pub mod guard;
+mod limits;
 mod session;
+
+use limits::check_lengths;
+pub use limits::{MAX_ALARM_ID_CHARS, MAX_NAME_CHARS, MAX_TEXT_CHARS};
 
 use guard::Caller;
 
@@ -42,13 +46,6 @@ use crate::auth::Permission;
 const PAGE: &str = include_str!("page.html");
 const PAGE_JS: &str = include_str!("page.js");
 const PAGE_CSS: &str = include_str!("page.css");
-
-/// Longest user name (`who`) or bed id accepted, in characters.
-pub const MAX_NAME_CHARS: usize = 64;
-/// Longest alarm id accepted (`bed:kind:rule:code:time`), in characters.
-pub const MAX_ALARM_ID_CHARS: usize = 256;
-/// Longest free text accepted (a reason), in characters.
-pub const MAX_TEXT_CHARS: usize = 500;
 
 /// The `[http]` section of the config file: the one definition of these settings, their
 /// defaults and their rules ([`HttpConfig::problems`]).
@@ -134,20 +131,6 @@ impl Default for HttpLimits {
     }
 }
 
-/// The refusal (400, naming the field and its limit) of a request one of whose strings is
-/// longer than allowed: `(field, value, most characters)`. Handlers call it first.
-fn check_lengths(fields: &[(&str, &str, usize)]) -> Option<HttpResponse> {
-    for &(field, value, max) in fields {
-        let n = value.chars().count();
-        if n > max {
-            return Some(HttpResponse::BadRequest().body(format!(
-                "'{field}' is {n} characters long; at most {max} are accepted\n"
-            )));
-        }
-    }
-    None
-}
-
 /// The open event streams, bounded by `http.max_event_streams`.
 struct EventStreams {
     open: AtomicUsize,
@@ -210,7 +193,7 @@ pub struct HttpState {
     pub forward_rates: Option<Arc<metrics::ForwardRates>>,
     pub readiness: Arc<metrics::Readiness>,
     /// Accounts, sessions, tokens and the audit seam.
-    pub auth: guard::AuthState,
+    pub auth: web::Data<guard::AuthState>,
     /// Which interfaces are encrypted (`/api/status` `transport`): plain text is said as such.
     pub transport: serde_json::Value,
 }
@@ -418,7 +401,7 @@ async fn status(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
             })
         }),
         "backbone": backbone,
-        "access": session::status_json(&state),
+        "access": session::status_json(&state.auth),
         "transport": state.transport,
     }))
 }
@@ -851,6 +834,7 @@ pub fn start(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(state.auth.clone())
             .app_data(streams.clone())
             .app_data(
                 web::JsonConfig::default()

@@ -5,8 +5,9 @@
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use super::guard::AuthState;
 use super::guard::{source_ip, source_of, Caller, Principal, SESSION_COOKIE};
-use super::{check_lengths, HttpState, MAX_NAME_CHARS, MAX_TEXT_CHARS};
+use super::limits::{check_lengths, MAX_NAME_CHARS, MAX_TEXT_CHARS};
 use crate::audit::{Action, AuditEntry, Outcome, TargetKind};
 use crate::auth::{AuthError, Permission};
 use crate::clock::now_us;
@@ -38,7 +39,7 @@ fn session_cookie(value: String, secure: bool) -> Cookie<'static> {
 }
 
 pub(super) async fn login(
-    state: web::Data<HttpState>,
+    state: web::Data<AuthState>,
     req: HttpRequest,
     body: web::Json<LoginBody>,
 ) -> HttpResponse {
@@ -48,7 +49,7 @@ pub(super) async fn login(
     ]) {
         return refused;
     }
-    let auth = state.auth.auth.clone();
+    let auth = state.auth.clone();
     if let Err(wait) = auth.throttle.attempt(&body.account, source_ip(&req)) {
         let e = anonymous(&req, &body.account, "", Action::LoginFailed)
             .outcome(Outcome::Denied)
@@ -56,7 +57,7 @@ pub(super) async fn login(
                 "throttled: too many attempts; retry after {} s",
                 wait.as_secs().max(1)
             ));
-        if let Err(r) = state.auth.audit(e).await {
+        if let Err(r) = state.audit(e).await {
             return r;
         }
         tracing::warn!(account = %body.account, source = %source_of(&req), "login throttled");
@@ -84,7 +85,7 @@ pub(super) async fn login(
             let e = anonymous(&req, &body.account, "", Action::LoginFailed)
                 .outcome(Outcome::Failed)
                 .reason(why.to_string());
-            if let Err(r) = state.auth.audit(e).await {
+            if let Err(r) = state.audit(e).await {
                 return r;
             }
             tracing::warn!(account = %body.account, source = %source_of(&req), reason = %why, "login failed");
@@ -95,7 +96,7 @@ pub(super) async fn login(
         }
     };
     let e = anonymous(&req, &account.name, account.role.as_str(), Action::Login);
-    if let Err(r) = state.auth.audit(e).await {
+    if let Err(r) = state.audit(e).await {
         return r;
     }
     let token = auth
@@ -103,7 +104,7 @@ pub(super) async fn login(
         .create(&account.name, account.role, &source_of(&req), now_us());
     tracing::info!(account = %account.name, role = %account.role, source = %source_of(&req), "login");
     HttpResponse::Ok()
-        .cookie(session_cookie(token, state.auth.tls))
+        .cookie(session_cookie(token, state.tls))
         .json(serde_json::json!({
             "account": account.name,
             "role": account.role,
@@ -112,20 +113,20 @@ pub(super) async fn login(
         }))
 }
 
-pub(super) async fn logout(state: web::Data<HttpState>, req: HttpRequest) -> HttpResponse {
+pub(super) async fn logout(state: web::Data<AuthState>, req: HttpRequest) -> HttpResponse {
     let Some(token) = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned()) else {
         return HttpResponse::Ok()
-            .cookie(session_cookie(String::new(), state.auth.tls))
+            .cookie(session_cookie(String::new(), state.tls))
             .json(serde_json::json!({ "ok": true }));
     };
-    if let Some((account, role)) = state.auth.auth.sessions.end(&token) {
+    if let Some((account, role)) = state.auth.sessions.end(&token) {
         let e = anonymous(&req, &account, role.as_str(), Action::Logoff);
         // The session is gone either way; a failed audit write is logged by `audit`.
-        let _ = state.auth.audit(e).await;
+        let _ = state.audit(e).await;
         tracing::info!(account = %account, "logoff");
     }
     HttpResponse::Ok()
-        .cookie(session_cookie(String::new(), state.auth.tls))
+        .cookie(session_cookie(String::new(), state.tls))
         .json(serde_json::json!({ "ok": true }))
 }
 
@@ -136,11 +137,11 @@ pub(super) struct UnlockBody {
 
 /// The same person reopens their locked session with the PIN.
 pub(super) async fn unlock(
-    state: web::Data<HttpState>,
+    state: web::Data<AuthState>,
     req: HttpRequest,
     body: web::Json<UnlockBody>,
 ) -> HttpResponse {
-    let auth = state.auth.auth.clone();
+    let auth = state.auth.clone();
     let Some(token) = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned()) else {
         return HttpResponse::Unauthorized().json(serde_json::json!({"error": "login_required"}));
     };
@@ -163,7 +164,7 @@ pub(super) async fn unlock(
     if !ok {
         e = e.outcome(Outcome::Failed).reason("wrong PIN");
     }
-    if let Err(r) = state.auth.audit(e).await {
+    if let Err(r) = state.audit(e).await {
         return r;
     }
     match auth.sessions.unlock(&token, ok, now_us()) {
@@ -171,7 +172,7 @@ pub(super) async fn unlock(
         Err(crate::auth::sessions::Ended::TooManyPins) => {
             tracing::warn!(account = %account, "session ended after three wrong PINs");
             HttpResponse::Unauthorized()
-                .cookie(session_cookie(String::new(), state.auth.tls))
+                .cookie(session_cookie(String::new(), state.tls))
                 .json(serde_json::json!({"error": "login_required", "message": "three wrong PINs: log in again"}))
         }
         Err(_) => HttpResponse::Unauthorized().json(serde_json::json!({
@@ -213,7 +214,7 @@ pub(super) struct BreakGlassBody {
 /// Emergency access: the person gets the physician's clinical permissions for a while. The
 /// reason is mandatory; the event is audited, logged at WARN and shown in `/api/status`.
 pub(super) async fn break_glass(
-    state: web::Data<HttpState>,
+    state: web::Data<AuthState>,
     req: HttpRequest,
     caller: Caller,
     body: web::Json<BreakGlassBody>,
@@ -237,7 +238,7 @@ pub(super) async fn break_glass(
             "message": "break-glass needs a reason of at least 10 characters",
         }));
     }
-    let max_s = state.auth.auth.config.break_glass_max_s;
+    let max_s = state.auth.config.break_glass_max_s;
     let secs = (u64::from(body.minutes.unwrap_or(15)) * 60).clamp(60, max_s);
     let Some(token) = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned()) else {
         return HttpResponse::BadRequest().body("break-glass needs a person's session\n");
@@ -246,11 +247,10 @@ pub(super) async fn break_glass(
         .event(Action::BreakGlass, TargetKind::User, &caller.name())
         .values(None, Some(format!("physician permissions for {secs} s")))
         .reason(reason);
-    if let Err(r) = state.auth.audit(e).await {
+    if let Err(r) = state.audit(e).await {
         return r;
     }
     match state
-        .auth
         .auth
         .sessions
         .break_glass(&token, reason, now_us(), secs as i64 * 1_000_000)
@@ -265,11 +265,11 @@ pub(super) async fn break_glass(
 }
 
 /// The accounts (biomed only).
-pub(super) async fn users(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
+pub(super) async fn users(state: web::Data<AuthState>, caller: Caller) -> HttpResponse {
     if let Err(r) = caller.require(Permission::Administer) {
         return r;
     }
-    let auth = state.auth.auth.clone();
+    let auth = state.auth.clone();
     match web::block(move || auth.accounts.list()).await {
         Ok(Ok(list)) => HttpResponse::Ok().json(serde_json::json!({ "accounts": list })),
         Ok(Err(e)) => HttpResponse::ServiceUnavailable().body(format!("{e}\n")),
@@ -278,8 +278,8 @@ pub(super) async fn users(state: web::Data<HttpState>, caller: Caller) -> HttpRe
 }
 
 /// Open sessions and break-glass elevations in force, for `/api/status`.
-pub(super) fn status_json(state: &HttpState) -> serde_json::Value {
-    let (open, glass) = state.auth.auth.sessions.counts(now_us());
+pub(super) fn status_json(state: &AuthState) -> serde_json::Value {
+    let (open, glass) = state.auth.sessions.counts(now_us());
     serde_json::json!({
         "sessions": open,
         "break_glass": glass.into_iter().map(|(account, source, b)| serde_json::json!({
