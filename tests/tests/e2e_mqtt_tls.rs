@@ -10,7 +10,9 @@
 //!   bed check still refuses a pump's reading under a bed that is not its own;
 //! - a wrong gateway password, an untrusted broker certificate and an expired one are each a
 //!   clear state in `/api/status` (`auth_failed`, `tls_failed`) naming what to fix, while MLLP
-//!   readings keep being acknowledged and stored.
+//!   readings keep being acknowledged and stored;
+//! - with client certificates required (mutual TLS), the gateway connects with its own
+//!   certificate, and one without is `tls_failed` naming `mqtt.client_cert_file`.
 
 mod support;
 
@@ -37,13 +39,17 @@ fn password(user: &str) -> String {
 
 /// A TLS broker with the test users and the pump ACL, serving `server`'s certificate.
 fn broker(pki: &TestPki, server: &CertFiles) -> Mosquitto {
+    broker_with(pki, server, false)
+}
+
+fn broker_with(pki: &TestPki, server: &CertFiles, require_certificate: bool) -> Mosquitto {
     let mut users = vec![(GW_USER.to_owned(), password(GW_USER))];
     users.extend(PUMPS.iter().map(|p| (p.to_string(), password(p))));
     Mosquitto::start_tls(&TlsSetup {
         ca_file: pki.ca_file().to_owned(),
         cert_file: server.cert.clone(),
         key_file: server.key.clone(),
-        require_certificate: false,
+        require_certificate,
         users,
         acl: pump_acl("test-gw", GW_USER, &PUMPS),
     })
@@ -59,6 +65,18 @@ fn gateway(
     port: u16,
     ca: &Path,
     gateway_password: &str,
+) -> GatewayProc {
+    gateway_with(dir, beds, pumps, port, ca, gateway_password, None)
+}
+
+fn gateway_with(
+    dir: &Path,
+    beds: usize,
+    pumps: usize,
+    port: u16,
+    ca: &Path,
+    gateway_password: &str,
+    client: Option<&CertFiles>,
 ) -> GatewayProc {
     let secret = dir.join("mqtt.pass");
     std::fs::create_dir_all(dir).unwrap();
@@ -77,6 +95,13 @@ fn gateway(
         ca.display(),
         secret.display()
     ));
+    if let Some(c) = client {
+        cfg.push_str(&format!(
+            "client_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+            c.cert.display(),
+            c.key.display()
+        ));
+    }
     GatewayProc::start(dir, &cfg)
 }
 
@@ -364,4 +389,35 @@ fn an_expired_broker_certificate_is_tls_failed() {
         |pki, _| pki.expired_server("broker").unwrap(),
         &["expired", "broker's certificate"],
     );
+}
+
+#[test]
+fn with_client_certificates_required_the_gateway_connects_with_its_own_and_not_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki"), "site").unwrap();
+    let mosquitto = broker_with(&pki, &pki.server("broker").unwrap(), true);
+    let client = pki.client(GW_USER).unwrap();
+    let gw = gateway_with(
+        &dir.path().join("gw"),
+        1,
+        1,
+        mosquitto.port,
+        pki.ca_file(),
+        &password(GW_USER),
+        Some(&client),
+    );
+    let without = gateway(
+        &dir.path().join("gw2"),
+        1,
+        1,
+        mosquitto.port,
+        pki.ca_file(),
+        &password(GW_USER),
+    );
+    let m = wait_mqtt_state(&gw, "connected");
+    assert_eq!(m["transport"], "tls", "{m}");
+    let m = wait_mqtt_state(&without, "tls_failed");
+    let error = m["last_error"].as_str().unwrap_or_default();
+    println!("no client certificate: {error}");
+    assert!(error.contains("mqtt.client_cert_file"), "{m}");
 }
