@@ -94,12 +94,71 @@ pub fn config_blocks(plan: &[BedDevices], serial_dir: &std::path::Path) -> Strin
     s
 }
 
+/// How a simulated pump reaches the broker: address, TLS and credentials. In `username`,
+/// `password_file`, `client_cert` and `client_key`, `{device}` stands for the pump's device id,
+/// so each pump can log in as itself (as a broker ACL per pump needs).
+#[derive(Debug, Clone, Default)]
+pub struct MqttClientOptions {
+    pub host: String,
+    pub port: u16,
+    /// PEM CA bundle trusting the broker: connect over TLS (rustls) when set.
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate chain (mutual TLS; with `client_key`).
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert` (mode 600).
+    pub client_key: Option<PathBuf>,
+    pub username: Option<String>,
+    /// File whose first line is the password (mode 600).
+    pub password_file: Option<PathBuf>,
+}
+
+impl MqttClientOptions {
+    /// Plain TCP, no credentials.
+    pub fn plain(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            ..Default::default()
+        }
+    }
+
+    /// The rumqttc options of `device` (client id `sim-<device>`): TLS and credentials read
+    /// now, with `{device}` replaced.
+    pub fn for_device(
+        &self,
+        device: &str,
+    ) -> anyhow::Result<icu_drivers::mqtt::rumqttc::MqttOptions> {
+        use icu_drivers::mqtt::rumqttc::{MqttOptions, TlsConfiguration, Transport};
+        use icu_drivers::mqtt::tls;
+        let sub = |p: &PathBuf| PathBuf::from(p.to_string_lossy().replace("{device}", device));
+        let mut mo = MqttOptions::new(format!("sim-{device}"), self.host.clone(), self.port);
+        mo.set_keep_alive(Duration::from_secs(10));
+        if let Some(ca) = &self.tls_ca {
+            let client = match (&self.client_cert, &self.client_key) {
+                (Some(c), Some(k)) => Some((sub(c), sub(k))),
+                (None, None) => None,
+                _ => anyhow::bail!("--mqtt-client-cert and --mqtt-client-key go together"),
+            };
+            let config =
+                tls::client_config(ca, client.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))?;
+            mo.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+        }
+        if let Some(user) = &self.username {
+            let password = match &self.password_file {
+                Some(f) => tls::read_password_file("password_file", &sub(f))?,
+                None => String::new(),
+            };
+            mo.set_credentials(user.replace("{device}", device), password);
+        }
+        Ok(mo)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct IcuOptions {
     pub beds: usize,
     pub mllp: String,
-    pub mqtt_host: String,
-    pub mqtt_port: u16,
+    pub mqtt: MqttClientOptions,
     pub gateway_id: String,
     pub serial_dir: PathBuf,
     pub duration: Duration,
@@ -220,23 +279,52 @@ async fn send_adt(mllp: &str, messages: Vec<String>) -> anyhow::Result<u64> {
     Ok(acked)
 }
 
-/// One pump: publishes a batch every second and waits for each PUBACK before the next.
+/// Runs `pumps` pumps (`pump-NN` at `bed-NN`, NN from 01) publishing one reading every
+/// `interval` for `duration`; returns the observations the broker acknowledged per pump.
+pub async fn run_pumps(
+    mqtt: MqttClientOptions,
+    gateway_id: String,
+    pumps: usize,
+    interval: Duration,
+    duration: Duration,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for bed in beds(pumps) {
+        let device = format!("pump-{:02}", bed.index);
+        let options = mqtt.for_device(&device)?;
+        tasks.push(tokio::spawn(run_pump(
+            options,
+            gateway_id.clone(),
+            bed.bed_id.clone(),
+            device,
+            interval,
+            stop_rx.clone(),
+        )));
+    }
+    tokio::time::sleep(duration).await;
+    let _ = stop_tx.send(true);
+    let mut report = BTreeMap::new();
+    for t in tasks {
+        let (device, n) = t.await?;
+        report.insert(device, n);
+    }
+    Ok(report)
+}
+
+/// One pump: publishes a batch every `interval` and waits for each PUBACK before the next.
 async fn run_pump(
-    opts: IcuOptions,
+    mo: icu_drivers::mqtt::rumqttc::MqttOptions,
+    gateway_id: String,
     bed: String,
     device: String,
+    interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> (String, u64) {
-    use icu_drivers::mqtt::rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    use icu_drivers::mqtt::rumqttc::{AsyncClient, Event, Packet, QoS};
     use icu_drivers::mqtt::{encode_payload, MqttBatch, ObsTopic, PayloadFormat};
-    let mut mo = MqttOptions::new(
-        format!("sim-{device}"),
-        opts.mqtt_host.clone(),
-        opts.mqtt_port,
-    );
-    mo.set_keep_alive(Duration::from_secs(10));
     let (client, mut eventloop) = AsyncClient::new(mo, 16);
-    let Ok(topic) = ObsTopic::new(&opts.gateway_id, &bed, &device, PayloadFormat::Json) else {
+    let Ok(topic) = ObsTopic::new(&gateway_id, &bed, &device, PayloadFormat::Json) else {
         return (device, 0);
     };
     let mut acked_obs = 0u64;
@@ -270,7 +358,8 @@ async fn run_pump(
                 ev = eventloop.poll() => match ev {
                     Ok(Event::Incoming(Packet::PubAck(_))) => break true,
                     Ok(_) => {}
-                    Err(_) => {
+                    Err(e) => {
+                        tracing::warn!(%device, error = %e, "pump connection failed");
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 },
@@ -281,7 +370,7 @@ async fn run_pump(
             acked_obs += 1;
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(interval) => {}
             _ = stop.changed() => {}
         }
     }
@@ -339,9 +428,11 @@ pub async fn run(opts: IcuOptions) -> anyhow::Result<IcuReport> {
     for b in &plan {
         if let Some(d) = &b.pump {
             pumps.push(tokio::spawn(run_pump(
-                opts.clone(),
+                opts.mqtt.for_device(d)?,
+                opts.gateway_id.clone(),
                 b.bed.bed_id.clone(),
                 d.clone(),
+                Duration::from_secs(1),
                 stop_rx.clone(),
             )));
         }

@@ -84,10 +84,8 @@ enum Command {
         /// The gateway's MLLP address (monitors and ADT).
         #[arg(long, default_value = "127.0.0.1:2575")]
         mllp: String,
-        #[arg(long, default_value = "127.0.0.1")]
-        mqtt_host: String,
-        #[arg(long, default_value_t = 1883)]
-        mqtt_port: u16,
+        #[command(flatten)]
+        mqtt: MqttArgs,
         /// The gateway's id (part of the MQTT topics).
         #[arg(long)]
         gateway_id: String,
@@ -108,6 +106,65 @@ enum Command {
         #[arg(long, value_parser = icu_sim::run::Scenario::parse)]
         scenario: Option<icu_sim::run::Scenario>,
     },
+    /// Infusion pumps only: `pump-NN` at `bed-NN` (NN from 01) publishing JSON readings at QoS 1,
+    /// each waiting for its PUBACK; prints (and writes) the acknowledged observations per pump.
+    Pumps {
+        /// Number of pumps.
+        #[arg(long, default_value_t = 3)]
+        pumps: usize,
+        #[command(flatten)]
+        mqtt: MqttArgs,
+        /// The gateway's id (part of the MQTT topics).
+        #[arg(long)]
+        gateway_id: String,
+        /// Milliseconds between two readings of one pump.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        /// Write the per-pump counts as JSON to this file.
+        #[arg(long)]
+        report: Option<std::path::PathBuf>,
+    },
+}
+
+/// How the simulated pumps reach the MQTT broker. `{device}` in --mqtt-username,
+/// --mqtt-password-file, --mqtt-client-cert and --mqtt-client-key stands for the pump's id.
+#[derive(clap::Args)]
+struct MqttArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    mqtt_host: String,
+    #[arg(long, default_value_t = 1883)]
+    mqtt_port: u16,
+    /// Connect over TLS, trusting the CA certificates of this PEM file.
+    #[arg(long)]
+    mqtt_tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate (mutual TLS; with --mqtt-client-key).
+    #[arg(long, requires = "mqtt_tls_ca")]
+    mqtt_client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --mqtt-client-cert (mode 600).
+    #[arg(long, requires = "mqtt_client_cert")]
+    mqtt_client_key: Option<std::path::PathBuf>,
+    /// Username for the broker (e.g. `{device}`).
+    #[arg(long)]
+    mqtt_username: Option<String>,
+    /// File whose first line is the password (mode 600).
+    #[arg(long, requires = "mqtt_username")]
+    mqtt_password_file: Option<std::path::PathBuf>,
+}
+
+impl MqttArgs {
+    fn options(self) -> icu_sim::icu::MqttClientOptions {
+        icu_sim::icu::MqttClientOptions {
+            host: self.mqtt_host,
+            port: self.mqtt_port,
+            tls_ca: self.mqtt_tls_ca,
+            client_cert: self.mqtt_client_cert,
+            client_key: self.mqtt_client_key,
+            username: self.mqtt_username,
+            password_file: self.mqtt_password_file,
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -136,8 +193,7 @@ fn main() -> anyhow::Result<()> {
         Command::Icu {
             beds,
             mllp,
-            mqtt_host,
-            mqtt_port,
+            mqtt,
             gateway_id,
             serial_dir,
             duration_secs,
@@ -150,8 +206,7 @@ fn main() -> anyhow::Result<()> {
             let r = rt.block_on(icu_sim::icu::run(icu_sim::icu::IcuOptions {
                 beds,
                 mllp,
-                mqtt_host,
-                mqtt_port,
+                mqtt: mqtt.options(),
                 gateway_id,
                 serial_dir,
                 duration: Duration::from_secs(duration_secs),
@@ -167,6 +222,31 @@ fn main() -> anyhow::Result<()> {
             let total: u64 = r.observations.values().sum();
             println!("{} devices, {} observations acknowledged, {} monitor messages ({} not accepted), {} ADT messages accepted",
                 r.observations.len(), total, r.monitor_messages, r.monitor_rejected, r.adt_messages_acked);
+            Ok(())
+        }
+        Command::Pumps {
+            pumps,
+            mqtt,
+            gateway_id,
+            interval_ms,
+            duration_secs,
+            report,
+        } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            let r = rt.block_on(icu_sim::icu::run_pumps(
+                mqtt.options(),
+                gateway_id,
+                pumps,
+                Duration::from_millis(interval_ms),
+                Duration::from_secs(duration_secs),
+            ))?;
+            let text = serde_json::to_string_pretty(&r)?;
+            if let Some(path) = report {
+                std::fs::write(&path, &text)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            let total: u64 = r.values().sum();
+            println!("{} pumps, {total} observations acknowledged", r.len());
             Ok(())
         }
         Command::Pcd01 {

@@ -23,6 +23,7 @@
 mod broker;
 pub mod http;
 pub mod mosquitto;
+pub mod pki;
 mod process;
 
 pub use broker::{Broker, PARTITIONS};

@@ -6,6 +6,10 @@
 //! process (see [`ChildGuard::spawn_tied`]). `scripts/test` installs the Debian package and
 //! stops the system service it may start; no test uses the system broker or port 1883.
 //!
+//! [`Mosquitto::start_tls`] runs a TLS-only listener instead ([`TlsSetup`]: the broker's
+//! certificate, optionally requiring client certificates), with `allow_anonymous false`, a
+//! password file made by `mosquitto_passwd -b` and an ACL file (see [`pump_acl`]).
+//!
 //! [`Mosquitto::start`] keeps nothing across restarts (`persistence false`), so a restart loses
 //! every session: subscribers must subscribe again. [`Mosquitto::start_persistent`] saves its
 //! sessions and unacknowledged messages in its folder on stop and reloads them on
@@ -45,6 +49,47 @@ pub fn mosquitto_bin() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Where the Debian package puts the password tool.
+pub const MOSQUITTO_PASSWD_BIN: &str = "/usr/bin/mosquitto_passwd";
+
+/// A TLS-only broker with passwords and an ACL.
+#[derive(Debug, Clone)]
+pub struct TlsSetup {
+    /// CA bundle the broker trusts for client certificates.
+    pub ca_file: PathBuf,
+    /// The broker's certificate and key.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Refuse clients without a certificate signed by `ca_file`.
+    pub require_certificate: bool,
+    /// Username and password of every client.
+    pub users: Vec<(String, String)>,
+    /// The ACL file's text (mosquitto's `user` / `topic read|write|readwrite` lines).
+    pub acl: String,
+}
+
+/// The ACL of an ICU: user `gateway_user` reads everything under `icu/<gateway_id>/` and writes
+/// its alarm topics; each pump (its username is its device id) writes only its own observation
+/// topics `icu/<gateway_id>/bed/+/device/<pump>/#`. The bed level stays open: binding a device
+/// to its bed is the gateway's check (its config), which the ACL does not duplicate.
+pub fn pump_acl(gateway_id: &str, gateway_user: &str, pumps: &[&str]) -> String {
+    let mut acl = format!(
+        "user {gateway_user}
+topic read icu/{gateway_id}/#
+topic write icu/{gateway_id}/alarms/#
+"
+    );
+    for p in pumps {
+        acl.push_str(&format!(
+            "
+user {p}
+topic write icu/{gateway_id}/bed/+/device/{p}/#
+"
+        ));
+    }
+    acl
+}
+
 /// A mosquitto broker on 127.0.0.1.
 #[derive(Debug)]
 pub struct Mosquitto {
@@ -61,25 +106,30 @@ impl Mosquitto {
     /// Start a broker without persistence on a free port and wait until it accepts
     /// connections. Retries on a fresh port if the chosen one was taken in the meantime.
     pub fn start() -> anyhow::Result<Mosquitto> {
-        Self::start_retrying(false)
+        Self::start_retrying(false, None)
+    }
+
+    /// Start a broker without persistence whose one listener is TLS with passwords and an ACL.
+    pub fn start_tls(tls: &TlsSetup) -> anyhow::Result<Mosquitto> {
+        Self::start_retrying(false, Some(tls))
     }
 
     /// As [`Mosquitto::start`], with persistence: sessions, subscriptions and unacknowledged
     /// QoS 1 messages survive [`Mosquitto::stop`] + [`Mosquitto::restart`].
     pub fn start_persistent() -> anyhow::Result<Mosquitto> {
-        Self::start_retrying(true)
+        Self::start_retrying(true, None)
     }
 
     /// Start a broker without persistence on `port` (e.g. a new broker on the address of one
     /// that was stopped) and wait until it accepts connections.
     pub fn start_on(port: u16) -> anyhow::Result<Mosquitto> {
-        Self::start_in(port, false)
+        Self::start_in(port, false, None)
     }
 
-    fn start_retrying(persistent: bool) -> anyhow::Result<Mosquitto> {
+    fn start_retrying(persistent: bool, tls: Option<&TlsSetup>) -> anyhow::Result<Mosquitto> {
         let mut last = None;
         for _ in 0..3 {
-            match Self::start_in(free_port(), persistent) {
+            match Self::start_in(free_port(), persistent, tls) {
                 Ok(m) => return Ok(m),
                 Err(e) if format!("{e:#}").contains("already in use") => last = Some(e),
                 Err(e) => return Err(e),
@@ -88,17 +138,21 @@ impl Mosquitto {
         Err(last.expect("three attempts were made"))
     }
 
-    fn start_in(port: u16, persistent: bool) -> anyhow::Result<Mosquitto> {
+    fn start_in(port: u16, persistent: bool, tls: Option<&TlsSetup>) -> anyhow::Result<Mosquitto> {
         mosquitto_bin()?;
         let dir = tempfile::Builder::new()
             .prefix("icu-mosquitto-")
             .tempdir()
             .context("temp dir for mosquitto")?;
         let log = dir.path().join("mosquitto.log");
+        let access = match tls {
+            None => "allow_anonymous true\n".to_owned(),
+            Some(tls) => tls_access(dir.path(), tls)?,
+        };
         let mut conf = format!(
             "# written by icu-tests (tests/src/mosquitto.rs)\n\
              listener {port} 127.0.0.1\n\
-             allow_anonymous true\n\
+             {access}\
              # stay the user the test runs as (root would otherwise switch to 'mosquitto',\n\
              # which cannot write to this folder); ignored when not started as root\n\
              user root\n\
@@ -236,6 +290,58 @@ impl Mosquitto {
             None => false,
         }
     }
+}
+
+/// The listener's TLS lines and the access lines (password and ACL files written into `dir`).
+fn tls_access(dir: &Path, tls: &TlsSetup) -> anyhow::Result<String> {
+    let passwd = dir.join("passwd");
+    for (i, (user, password)) in tls.users.iter().enumerate() {
+        let mut cmd = Command::new(mosquitto_passwd_bin()?);
+        cmd.arg("-b");
+        if i == 0 {
+            cmd.arg("-c");
+        }
+        let out = cmd
+            .arg(&passwd)
+            .arg(user)
+            .arg(password)
+            .output()
+            .context("run mosquitto_passwd")?;
+        if !out.status.success() {
+            bail!(
+                "mosquitto_passwd for {user}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    crate::pki::write_secret(&passwd, &std::fs::read_to_string(&passwd)?)?;
+    let acl = dir.join("acl");
+    std::fs::write(&acl, &tls.acl).with_context(|| format!("write {}", acl.display()))?;
+    Ok(format!(
+        "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n\
+         allow_anonymous false\npassword_file {}\nacl_file {}\n",
+        tls.ca_file.display(),
+        tls.cert_file.display(),
+        tls.key_file.display(),
+        tls.require_certificate,
+        passwd.display(),
+        acl.display()
+    ))
+}
+
+/// The password tool: `ICU_MOSQUITTO_PASSWD_BIN`, else [`MOSQUITTO_PASSWD_BIN`].
+pub fn mosquitto_passwd_bin() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("ICU_MOSQUITTO_PASSWD_BIN")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(MOSQUITTO_PASSWD_BIN));
+    if !path.is_file() {
+        bail!(
+            "{} not found: run scripts/test, it installs mosquitto (Debian's package has it)",
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
 impl Drop for Mosquitto {

@@ -29,6 +29,49 @@ fn check_config_names_every_bad_field() {
 }
 
 #[test]
+fn mqtt_tls_settings_are_checked_and_an_open_secret_refuses_the_start_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "").unwrap();
+    let pass = dir.path().join("mqtt.pass");
+    std::fs::write(&pass, "pw\n").unwrap();
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = dir.path().join("gw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "gateway_id = \"gw\"\ndata_dir = \"{}\"\n[mllp]\nlisten = \"127.0.0.1:0\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n\
+             [mqtt]\ntls = \"required\"\nca_file = \"{}\"\nclient_cert_file = \"{}\"\n\
+             username = \"gw\"\npassword_file = \"{}\"\n[[beds]]\nid = \"bed-1\"\n",
+            dir.path().join("data").display(),
+            ca.display(),
+            dir.path().join("missing.pem").display(),
+            pass.display()
+        ),
+    )
+    .unwrap();
+    for command in ["check-config", "run"] {
+        let out = Command::new(bin_path("icu-gateway"))
+            .args([command, "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{command} accepted it");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for want in [
+            "mqtt.client_cert_file:".to_owned(),
+            "missing.pem".to_owned(),
+            "mqtt.client_key_file:".to_owned(),
+            format!("mqtt.password_file: {}", pass.display()),
+            format!("chmod 600 {}", pass.display()),
+        ] {
+            assert!(err.contains(&want), "{command}: {want} missing in:\n{err}");
+        }
+    }
+}
+
+#[test]
 fn example_config_is_valid_apart_from_the_missing_key() {
     let out = Command::new(bin_path("icu-gateway"))
         .args(["check-config", "--config"])

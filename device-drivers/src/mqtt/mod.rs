@@ -93,11 +93,22 @@
 //! Limits: a packet bigger than `max_payload_bytes + 64 KiB` drops the connection (rumqttc
 //! cannot skip it), so set the broker's `message_size_limit`. A consumer slower than the
 //! deliveries channel stops reading from the broker (back-pressure); if it stalls longer than
-//! 1.5 × `keep_alive_s` the broker drops the connection and redelivers later. TLS is not
-//! supported (plain TCP, optional username/password).
+//! 1.5 × `keep_alive_s` the broker drops the connection and redelivers later.
+//!
+//! # TLS and credentials
+//!
+//! `tls = "required"` connects over TLS (rustls, ring provider) trusting only the CA bundle of
+//! `ca_file`, checking the certificate's name against `broker_host`, and presenting
+//! `client_cert_file`/`client_key_file` when set (mutual TLS). The password comes from
+//! `password_file` (first line) or `password_env`, never from the config file; a secret file
+//! that group or others may read is refused. A failed handshake or a refused CONNACK is
+//! classified ([`tls::explain`]) into `tls_failed` / `auth_failed` with the setting to fix,
+//! counted ([`MqttCounters::tls_failures`], [`MqttCounters::auth_failures`]) and kept as the
+//! subscriber's [`MqttLink`]; the subscriber keeps retrying with its backoff.
 
 mod codec;
 mod config;
+pub mod tls;
 mod topic;
 mod transport;
 
@@ -108,13 +119,14 @@ pub use codec::{
 pub use config::{
     default_broker_host, default_broker_port, default_client_id, default_keep_alive_s,
     default_max_payload_bytes, default_reconnect_max_backoff_ms, MqttConfig, MqttConfigError,
+    MqttTls,
 };
 /// The rumqttc version this transport is built on, re-exported for publishers.
 pub use rumqttc;
 pub use topic::{subscription_filter, ObsTopic, PayloadFormat, TopicError};
 pub use transport::{
     mqtt_options, publish_observations, AckHandle, Delivery, Disposition, MqttCounters,
-    MqttCountersSnapshot, MqttMessage, MqttSubscriber, INITIAL_BACKOFF,
+    MqttCountersSnapshot, MqttLink, MqttMessage, MqttSubscriber, INITIAL_BACKOFF,
 };
 
 #[cfg(test)]

@@ -345,6 +345,139 @@ fn config_defaults_and_validation() {
     );
 }
 
+fn fields(c: &MqttConfig) -> Vec<(&'static str, String)> {
+    c.problems()
+}
+
+#[test]
+fn tls_settings_are_checked_under_their_names() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, mode: u32| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, "secret\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    };
+    let ca = file("ca.pem", 0o644);
+    let key = file("client.key", 0o600);
+    let open_secret = file("open.pass", 0o640);
+
+    // tls required without ca_file; a cert without its key.
+    let c = MqttConfig {
+        tls: MqttTls::Required,
+        client_cert_file: Some(ca.clone()),
+        ..MqttConfig::new("gw1")
+    };
+    let names: Vec<_> = fields(&c).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(names, ["ca_file", "client_key_file"]);
+    assert_eq!(c.transport(), "tls");
+
+    // Files that do not exist; a secret group or others may read, with the fix.
+    let c = MqttConfig {
+        tls: MqttTls::Required,
+        ca_file: Some(dir.path().join("missing.pem")),
+        client_cert_file: Some(ca.clone()),
+        client_key_file: Some(key.clone()),
+        username: Some("gw".into()),
+        password_file: Some(open_secret.clone()),
+        ..MqttConfig::new("gw1")
+    };
+    let p = fields(&c);
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert_eq!(p[0].0, "ca_file");
+    assert!(p[0].1.contains("missing.pem"), "{p:?}");
+    assert_eq!(p[1].0, "password_file");
+    assert!(
+        p[1].1
+            .contains(&format!("chmod 600 {}", open_secret.display())),
+        "{p:?}"
+    );
+
+    // TLS files while tls is off; both password sources; a password source without username;
+    // an inline password.
+    let c = MqttConfig {
+        ca_file: Some(ca.clone()),
+        password_file: Some(key.clone()),
+        password_env: Some("MQTT_PW".into()),
+        password: Some("x".into()),
+        ..MqttConfig::new("gw1")
+    };
+    let names: Vec<_> = fields(&c).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(
+        names,
+        [
+            "ca_file",
+            "password",
+            "password_env",
+            "password_file",
+            "password_env"
+        ]
+    );
+    assert_eq!(c.transport(), "tcp");
+    let dbg = format!("{c:?}");
+    assert!(!dbg.contains("\"x\""), "{dbg}");
+
+    // The config file's form.
+    let c: MqttConfig = serde_json::from_str(
+        r#"{"gateway_id":"gw1","tls":"required","ca_file":"/x/ca.pem","username":"u","password_env":"PW"}"#,
+    )
+    .unwrap();
+    assert_eq!(c.tls, MqttTls::Required);
+    assert!(serde_json::from_str::<MqttConfig>(r#"{"tls":"optional"}"#).is_err());
+}
+
+#[test]
+fn credentials_and_tls_are_read_when_the_connection_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "s3cret\nignored\n").unwrap();
+    std::fs::set_permissions(&pass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    assert_eq!(
+        tls::read_password_file("password_file", &pass).unwrap(),
+        "s3cret"
+    );
+    let e = tls::read_password_env("password_env", "ICU_TEST_SURELY_UNSET_VAR").unwrap_err();
+    assert_eq!(e.field, "password_env");
+    assert!(e.to_string().starts_with("mqtt.password_env: "), "{e}");
+
+    // A CA file without a certificate is refused, naming the setting.
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not a pem\n").unwrap();
+    let c = MqttConfig {
+        tls: MqttTls::Required,
+        ca_file: Some(ca),
+        username: Some("u".into()),
+        password_file: Some(pass),
+        ..MqttConfig::new("gw1")
+    };
+    let e = mqtt_options(&c).unwrap_err();
+    assert_eq!(e.field, "ca_file", "{e}");
+    assert!(e.message.contains("no PEM certificate"), "{e}");
+}
+
+#[test]
+fn connection_errors_name_the_setting_to_fix() {
+    use rumqttc::{ConnectReturnCode, ConnectionError};
+    let (kind, msg) = tls::explain(
+        &ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword),
+        "broker",
+    );
+    assert_eq!(kind.state(), "auth_failed");
+    assert!(msg.contains("mqtt.password_file"), "{msg}");
+    let handshake = std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName),
+    );
+    let (kind, msg) = tls::explain(&ConnectionError::Io(handshake), "mqtt.icu.example");
+    assert_eq!(kind.state(), "tls_failed");
+    assert!(msg.contains("mqtt.broker_host"), "{msg}");
+    assert!(msg.contains("mqtt.icu.example"), "{msg}");
+    let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+    let (kind, _) = tls::explain(&ConnectionError::Io(refused), "broker");
+    assert_eq!(kind.state(), "disconnected");
+}
+
 proptest! {
     #[test]
     fn never_panics_on_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {

@@ -2,20 +2,21 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::{
     AsyncClient, ClientError, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Request,
-    Subscribe,
+    Subscribe, TlsConfiguration, Transport,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{encode_payload, MqttBatch};
-use super::config::{MqttConfig, MqttConfigError};
+use super::config::{MqttConfig, MqttConfigError, MqttTls};
+use super::tls::{self, MqttSetupError};
 use super::topic::{subscription_filter, ObsTopic};
 
 /// First wait after a failed connection attempt; doubles up to `reconnect_max_backoff_ms`.
@@ -95,8 +96,34 @@ pub struct MqttCounters {
     pub subscribed: AtomicU64,
     /// Successful connections after the first.
     pub reconnects: AtomicU64,
-    /// Failed connection attempts and dropped connections.
+    /// Failed connection attempts and dropped connections (all kinds, the two below included).
     pub connection_errors: AtomicU64,
+    /// Connection attempts that failed in the TLS handshake (untrusted, expired or misnamed
+    /// certificate, handshake refused).
+    pub tls_failures: AtomicU64,
+    /// Connection attempts the broker refused for their username or password.
+    pub auth_failures: AtomicU64,
+    /// The connection state and the last error (see [`Self::connection`]).
+    link: Mutex<MqttLink>,
+}
+
+/// The state of the broker connection, for `/api/status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MqttLink {
+    /// `connecting` (before the first answer), `connected`, `tls_failed`, `auth_failed`,
+    /// `refused` (another CONNACK refusal) or `disconnected` (network).
+    pub state: &'static str,
+    /// The last connection error with the setting to fix; kept after a reconnection.
+    pub last_error: Option<String>,
+}
+
+impl Default for MqttLink {
+    fn default() -> Self {
+        Self {
+            state: "connecting",
+            last_error: None,
+        }
+    }
 }
 
 /// A copy of [`MqttCounters`] at one moment.
@@ -110,6 +137,8 @@ pub struct MqttCountersSnapshot {
     pub subscribed: u64,
     pub reconnects: u64,
     pub connection_errors: u64,
+    pub tls_failures: u64,
+    pub auth_failures: u64,
 }
 
 impl MqttCounters {
@@ -124,6 +153,21 @@ impl MqttCounters {
             subscribed: l(&self.subscribed),
             reconnects: l(&self.reconnects),
             connection_errors: l(&self.connection_errors),
+            tls_failures: l(&self.tls_failures),
+            auth_failures: l(&self.auth_failures),
+        }
+    }
+
+    /// The connection state and the last error.
+    pub fn connection(&self) -> MqttLink {
+        self.link.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_link(&self, state: &'static str, error: Option<String>) {
+        let mut link = self.link.lock().unwrap_or_else(|e| e.into_inner());
+        link.state = state;
+        if error.is_some() {
+            link.last_error = error;
         }
     }
 }
@@ -149,8 +193,10 @@ pub struct MqttSubscriber {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// The rumqttc options of a validated config: manual acks, persistent session, packet bound.
-pub fn mqtt_options(config: &MqttConfig) -> MqttOptions {
+/// The rumqttc options of a validated config: manual acks, persistent session, packet bound,
+/// TLS (`tls = "required"`: the CA bundle and optional client certificate read now) and the
+/// credentials (the password read now from `password_file` or `password_env`).
+pub fn mqtt_options(config: &MqttConfig) -> Result<MqttOptions, MqttSetupError> {
     let mut opts = MqttOptions::new(
         config.client_id(),
         config.broker_host.clone(),
@@ -163,10 +209,27 @@ pub fn mqtt_options(config: &MqttConfig) -> MqttOptions {
             config.max_payload_bytes.saturating_add(PACKET_OVERHEAD),
             config.max_payload_bytes.saturating_add(PACKET_OVERHEAD),
         );
-    if let Some(user) = &config.username {
-        opts.set_credentials(user.clone(), config.password.clone().unwrap_or_default());
+    if config.tls == MqttTls::Required {
+        let ca = config.ca_file.as_deref().ok_or_else(|| MqttSetupError {
+            field: "ca_file",
+            message: "is required with tls = \"required\"".into(),
+        })?;
+        let client = match (&config.client_cert_file, &config.client_key_file) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            _ => None,
+        };
+        let tls = tls::client_config(ca, client)?;
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     }
-    opts
+    if let Some(user) = &config.username {
+        let password = match (&config.password_file, &config.password_env) {
+            (Some(file), _) => tls::read_password_file("password_file", file)?,
+            (None, Some(name)) => tls::read_password_env("password_env", name)?,
+            (None, None) => String::new(),
+        };
+        opts.set_credentials(user.clone(), password);
+    }
+    Ok(opts)
 }
 
 impl MqttSubscriber {
@@ -182,7 +245,10 @@ impl MqttSubscriber {
         capacity: usize,
     ) -> Result<(MqttSubscriber, mpsc::Receiver<Delivery>), MqttConfigError> {
         config.validate()?;
-        let (client, eventloop) = AsyncClient::new(mqtt_options(config), REQUEST_CHANNEL);
+        let options = mqtt_options(config).map_err(|e| MqttConfigError {
+            problems: vec![e.to_string()],
+        })?;
+        let (client, eventloop) = AsyncClient::new(options, REQUEST_CHANNEL);
         let counters = Arc::new(MqttCounters::default());
         let connected = Arc::new(AtomicBool::new(false));
         let generation = Arc::new(AtomicU64::new(0));
@@ -204,6 +270,7 @@ impl MqttSubscriber {
             generation: generation.clone(),
             max_backoff: config.reconnect_max_backoff(),
             cancel: cancel.clone(),
+            host: config.broker_host.clone(),
         };
         let acker = AckTask {
             client: client.clone(),
@@ -337,6 +404,7 @@ struct EventLoopTask {
     generation: Arc<AtomicU64>,
     max_backoff: Duration,
     cancel: CancellationToken,
+    host: String,
 }
 
 impl EventLoopTask {
@@ -354,6 +422,7 @@ impl EventLoopTask {
                         bump(&self.counters.reconnects);
                     }
                     self.connected.store(true, Ordering::Relaxed);
+                    self.counters.set_link("connected", None);
                     backoff = INITIAL_BACKOFF;
                     tracing::info!(
                         filter = %self.filter,
@@ -409,8 +478,16 @@ impl EventLoopTask {
                 Err(error) => {
                     self.connected.store(false, Ordering::Relaxed);
                     bump(&self.counters.connection_errors);
+                    let (kind, reason) = tls::explain(&error, &self.host);
+                    match kind {
+                        tls::FailureKind::Tls => bump(&self.counters.tls_failures),
+                        tls::FailureKind::Auth => bump(&self.counters.auth_failures),
+                        _ => {}
+                    }
+                    self.counters.set_link(kind.state(), Some(reason.clone()));
                     tracing::warn!(
-                        %error,
+                        state = kind.state(),
+                        %reason,
                         retry_in_ms = backoff.as_millis() as u64,
                         "mqtt connection failed"
                     );

@@ -62,6 +62,7 @@ pub(super) fn start_http(
             kafka_bootstrap: config.kafka.as_ref().map(|k| k.brokers.clone()),
             census,
             mqtt: ingest.mqtt.as_ref().map(|m| m.counters()),
+            mqtt_transport: config.mqtt.as_ref().map_or("tcp", |m| m.transport()),
             alarms: alarms.addr,
             alarm_stats: alarms.stats,
             limits: Arc::new(Mutex::new(alarms.limits)),

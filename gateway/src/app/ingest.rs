@@ -168,10 +168,11 @@ fn start_mqtt(
         MqttSubscriber::start_pipelined(mcfg, crate::mqtt::MAX_IN_FLIGHT, move |msg| {
             router.clone().dispatch(msg)
         })
-        .map_err(|e| anyhow::anyhow!("mqtt: {e:?}"))?;
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let _ = alarms.mqtt_client.set(subscriber.client().clone());
     let _ = alarms.mqtt_connected.set(subscriber.connected_flag());
     tracing::info!(broker = %format!("{}:{}", mcfg.broker_host, mcfg.broker_port),
+        transport = mcfg.transport(),
         filter = %icu_drivers::mqtt::subscription_filter(&config.gateway_id), "mqtt subscriber started");
     Ok(subscriber)
 }

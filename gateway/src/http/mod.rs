@@ -176,6 +176,9 @@ pub struct HttpState {
     pub kafka_bootstrap: Option<String>,
     pub census: crate::census::CensusReader,
     pub mqtt: Option<Arc<icu_drivers::mqtt::MqttCounters>>,
+    /// `"tcp"` or `"tls"`: how the MQTT subscriber reaches its broker (plain text is shown as
+    /// such).
+    pub mqtt_transport: &'static str,
     pub alarms: actix::Addr<crate::alarm::actor::AlarmActor>,
     pub alarm_stats: Arc<crate::alarm::actor::AlarmPathStats>,
     pub limits: Arc<std::sync::Mutex<crate::alarm::limits_store::LimitsStore>>,
@@ -390,7 +393,13 @@ async fn status(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
         "mllp": state.mllp_stats.snapshot(),
         "mqtt": state.mqtt.as_ref().map(|m| {
             let c = m.snapshot();
+            let link = m.connection();
             serde_json::json!({
+                "transport": state.mqtt_transport,
+                "state": link.state,
+                "last_error": link.last_error,
+                "tls_failures": c.tls_failures,
+                "auth_failures": c.auth_failures,
                 "messages": c.messages,
                 "acked": c.acked,
                 "rejected": c.rejected,
