@@ -1,0 +1,254 @@
+//! Encrypted and authenticated MLLP and HTTPS (issue 14, points 1-3), against the real gateway
+//! and simulator binaries with a test PKI from the real `icu-gateway cert`:
+//! - monitors speak MLLP over TLS with their own client certificates: every acknowledged
+//!   reading is stored, exactly;
+//! - refused, each with its clear answer, while the other monitors go on: a monitor without a
+//!   client certificate, one whose certificate names another device (AR, dead-lettered), one with
+//!   an expired certificate, a plain-text client on the TLS-only listener, an ADT sender without
+//!   the ADT certificate;
+//! - the page and API over HTTPS with HSTS and a Secure session cookie; plain HTTP gets nothing.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use icu_tests::http::{gateway_cli, request_tls, TEST_PASSWORD};
+use support::{config_text, run_sim_with, GatewayProc};
+
+/// `icu-gateway cert` into `dir/pki` for the monitors of `beds` beds, an ADT engine and an
+/// expired monitor `mon-09`.
+fn pki(dir: &Path, beds: usize) -> PathBuf {
+    let out = dir.join("pki");
+    let mut args: Vec<String> = vec!["cert".into(), "--out".into(), out.display().to_string()];
+    for b in 1..=beds.max(2) {
+        args.extend(["--device".into(), format!("mon-{b:02}")]);
+    }
+    args.extend(
+        [
+            "--device",
+            "mon-09",
+            "--expired-device",
+            "mon-09",
+            "--client",
+            "adt-engine",
+        ]
+        .map(String::from),
+    );
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    gateway_cli(&a, "").unwrap();
+    out
+}
+
+fn tls_config(dir: &Path, pki: &Path, beds: usize, http: &str) -> String {
+    let tls = format!(
+        "[tls]\ncert_file = \"{p}/gateway.crt\"\nkey_file = \"{p}/gateway.key\"\nca_file = \"{p}/ca.crt\"\nmllp = \"required\"\nmllp_client_certs = \"required\"\nhttp = \"{http}\"\n\n[adt]\ncert_names = [\"adt-engine\"]\n\n",
+        p = pki.display()
+    );
+    config_text(dir, beds, None, "").replacen("[store]", &format!("{tls}[store]"), 1)
+}
+
+fn stored_observations(gw: &GatewayProc) -> i64 {
+    let c = rusqlite::Connection::open(gw.db_path()).unwrap();
+    c.query_row("SELECT COUNT(*) FROM record_seqs WHERE kind = 1", [], |r| {
+        r.get(0)
+    })
+    .unwrap()
+}
+
+fn mllp_stat(gw: &GatewayProc, name: &str) -> u64 {
+    gw.get_json("/api/status")["mllp"][name]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn monitors_with_their_certificates_are_stored_exactly_and_impostors_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path(), 3);
+    let gw = GatewayProc::start(dir.path(), &tls_config(dir.path(), &pki, 3, "off"));
+    let ca = pki.join("ca.crt").display().to_string();
+    let certs = pki.join("devices").display().to_string();
+    let status = gw.get_json("/api/status");
+    assert_eq!(status["transport"]["mllp"], "tls", "{status}");
+    assert_eq!(
+        status["transport"]["mllp_client_certs"], "required",
+        "{status}"
+    );
+    assert_eq!(status["transport"]["http"], "plain", "{status}");
+
+    // Three monitors, each with its own certificate.
+    let good = run_sim_with(
+        gw.endpoints.mllp,
+        3,
+        5,
+        20.0,
+        &dir.path().join("good.jsonl"),
+        &["--tls-ca", &ca, "--tls-cert-dir", &certs],
+    );
+    assert!(good.ok, "{}", good.stdout);
+    assert!(!good.accepted.is_empty());
+    assert_eq!(stored_observations(&gw) as usize, good.accepted.len());
+    assert!(mllp_stat(&gw, "tls_connections") >= 3);
+
+    // No client certificate: the handshake is refused.
+    let none = run_sim_with(
+        gw.endpoints.mllp,
+        1,
+        1,
+        20.0,
+        &dir.path().join("none.jsonl"),
+        &["--tls-ca", &ca, "--max-attempts", "1"],
+    );
+    assert!(!none.ok && none.accepted.is_empty(), "{}", none.stdout);
+    assert!(mllp_stat(&gw, "tls_handshake_failures") >= 1);
+
+    // An expired certificate: refused the same way.
+    let before = mllp_stat(&gw, "tls_handshake_failures");
+    let expired = run_sim_with(
+        gw.endpoints.mllp,
+        1,
+        1,
+        20.0,
+        &dir.path().join("expired.jsonl"),
+        &[
+            "--tls-ca",
+            &ca,
+            "--tls-cert-dir",
+            &certs,
+            "--tls-cert-as",
+            "mon-09",
+            "--max-attempts",
+            "1",
+        ],
+    );
+    assert!(
+        !expired.ok && expired.accepted.is_empty(),
+        "{}",
+        expired.stdout
+    );
+    assert!(mllp_stat(&gw, "tls_handshake_failures") > before);
+
+    // mon-01's messages under mon-02's certificate: AR, dead-lettered, nothing stored.
+    let stored = stored_observations(&gw);
+    let impostor = run_sim_with(
+        gw.endpoints.mllp,
+        1,
+        1,
+        20.0,
+        &dir.path().join("impostor.jsonl"),
+        &[
+            "--tls-ca",
+            &ca,
+            "--tls-cert-dir",
+            &certs,
+            "--tls-cert-as",
+            "mon-02",
+            "--max-attempts",
+            "1",
+        ],
+    );
+    assert!(impostor.accepted.is_empty(), "{}", impostor.stdout);
+    assert!(impostor.stdout.contains("AR"), "{}", impostor.stdout);
+    assert_eq!(stored_observations(&gw), stored);
+    assert!(mllp_stat(&gw, "identity_refused") >= 1);
+    let c = rusqlite::Connection::open(gw.db_path()).unwrap();
+    let reason: String = c
+        .query_row(
+            "SELECT reason FROM dead_letters WHERE device_id = 'mon-01' ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(reason.contains("certificate names mon-02"), "{reason}");
+
+    // Plain text on the TLS-only listener: closed without an answer.
+    let before = mllp_stat(&gw, "tls_plaintext_refused");
+    {
+        use std::io::{Read as _, Write as _};
+        let mut plain = std::net::TcpStream::connect(gw.endpoints.mllp).unwrap();
+        plain
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        plain
+            .write_all(b"\x0bMSH|^~\\&|X|Y|Z|W|20260101000000||ORU^R01|1|P|2.6\r\x1c\r")
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = plain.read_to_end(&mut got);
+        assert!(got.is_empty(), "a plain-text client got an answer: {got:?}");
+    }
+    assert_eq!(mllp_stat(&gw, "tls_plaintext_refused"), before + 1);
+
+    // The good monitors still work afterwards.
+    let again = run_sim_with(
+        gw.endpoints.mllp,
+        3,
+        2,
+        20.0,
+        &dir.path().join("again.jsonl"),
+        &["--tls-ca", &ca, "--tls-cert-dir", &certs],
+    );
+    assert!(again.ok, "{}", again.stdout);
+}
+
+#[test]
+fn the_page_and_api_are_served_over_https_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path(), 1);
+    let gw = GatewayProc::start(dir.path(), &tls_config(dir.path(), &pki, 1, "required"));
+    let addr = gw.endpoints.http;
+    let ca = pki.join("ca.crt");
+    let r = request_tls(addr, &ca, "localhost", "GET", "/", &[], None).unwrap();
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(
+        r.header("strict-transport-security")
+            .is_some_and(|h| h.contains("max-age")),
+        "{}",
+        r.head
+    );
+    let body = format!(r#"{{"account": "dr.test", "password": "{TEST_PASSWORD}"}}"#);
+    let login = request_tls(
+        addr,
+        &ca,
+        "localhost",
+        "POST",
+        "/api/login",
+        &[],
+        Some(&body),
+    )
+    .unwrap();
+    assert_eq!(login.status, 200, "{}", login.body);
+    let cookie = login.header("set-cookie").unwrap();
+    assert!(
+        cookie.contains("Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    let session = login.session_cookie().unwrap();
+    let status = request_tls(
+        addr,
+        &ca,
+        "localhost",
+        "GET",
+        "/api/status",
+        &[("Cookie", &format!("icu_session={session}"))],
+        None,
+    )
+    .unwrap();
+    assert_eq!(status.status, 200, "{}", status.body);
+    assert_eq!(status.json().unwrap()["transport"]["http"], "tls");
+    // Plain HTTP to the HTTPS port gets no HTTP answer.
+    let plain = icu_tests::http::request(addr, "GET", "/api/status", &[], None);
+    assert!(
+        plain.is_err() || plain.as_ref().unwrap().status != 200,
+        "{plain:?}"
+    );
+    // A client that does not trust the test CA refuses the gateway.
+    let other = tempfile::tempdir().unwrap();
+    let other_pki = pki_other(other.path());
+    assert!(request_tls(addr, &other_pki, "localhost", "GET", "/", &[], None).is_err());
+}
+
+fn pki_other(dir: &Path) -> PathBuf {
+    let out = dir.join("pki");
+    gateway_cli(&["cert", "--out", out.to_str().unwrap()], "").unwrap();
+    out.join("ca.crt")
+}
