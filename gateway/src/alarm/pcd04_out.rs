@@ -191,13 +191,30 @@ impl Pcd04Sender {
         queue_capacity: usize,
         retry: RetryPolicy,
     ) -> (Pcd04Sender, Arc<Pcd04Stats>) {
+        Self::start_tls(target, ctx_base, queue_capacity, retry, None)
+    }
+
+    /// As [`Pcd04Sender::start`], over TLS when `tls` is given (the alarm manager's certificate
+    /// must name the target's host).
+    pub fn start_tls(
+        target: impl ToString,
+        ctx_base: Pcd04Context,
+        queue_capacity: usize,
+        retry: RetryPolicy,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> (Pcd04Sender, Arc<Pcd04Stats>) {
         let (tx, rx) = mpsc::channel(queue_capacity.max(1));
         let stats = Arc::new(Pcd04Stats::default());
+        let target = target.to_string();
+        let host = target
+            .rsplit_once(':')
+            .map_or(target.clone(), |(h, _)| h.trim_matches(['[', ']']).to_owned());
         let worker = Worker {
-            target: target.to_string(),
+            target,
             retry,
             stats: Arc::clone(&stats),
             conn: None,
+            tls: tls.map(|c| (tokio_rustls::TlsConnector::from(c), host)),
             next_id: 0,
             id_prefix: format!("ALM{}", chrono::Utc::now().timestamp()),
         };
@@ -278,11 +295,43 @@ enum Outcome {
 /// How often an idle sender checks (or opens) its connection to the alarm manager.
 pub const PROBE_EVERY: Duration = Duration::from_secs(2);
 
+/// A connection to the alarm manager: plain MLLP or MLLP over TLS (`tls.alarm_manager`).
+enum Conn {
+    Plain(Framed<TcpStream, MllpCodec>),
+    Tls(Box<Framed<tokio_rustls::client::TlsStream<TcpStream>, MllpCodec>>),
+}
+
+impl Conn {
+    /// The socket underneath (to notice, without reading, that the peer closed it).
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(f) => f.get_ref(),
+            Conn::Tls(f) => f.get_ref().get_ref().0,
+        }
+    }
+
+    async fn send(&mut self, payload: &[u8]) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(f) => f.send(payload).await,
+            Conn::Tls(f) => f.send(payload).await,
+        }
+    }
+
+    async fn wait_for_ack(&mut self, control_id: &str) -> Outcome {
+        match self {
+            Conn::Plain(f) => wait_for_ack(f, control_id).await,
+            Conn::Tls(f) => wait_for_ack(f.as_mut(), control_id).await,
+        }
+    }
+}
+
 struct Worker {
     target: String,
     retry: RetryPolicy,
     stats: Arc<Pcd04Stats>,
-    conn: Option<Framed<TcpStream, MllpCodec>>,
+    conn: Option<Conn>,
+    /// TLS to the alarm manager, with the name its certificate must carry.
+    tls: Option<(tokio_rustls::TlsConnector, String)>,
     next_id: u64,
     id_prefix: String,
 }
@@ -314,24 +363,44 @@ impl Worker {
     /// there is none, so that `connected` is true only while an alarm could be sent now.
     async fn probe(&mut self) {
         if let Some(conn) = self.conn.as_ref() {
-            let mut buf = [0u8; 256];
-            match conn.get_ref().try_read(&mut buf) {
-                Ok(0) => self.lost("connection closed by the alarm manager".into()),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) => self.lost(format!("receive: {e}")),
-                // Bytes nobody asked for (a late ACK of a resent message): dropped.
-                Ok(_) => return,
+            let mut buf = [0u8; 1];
+            // Peeked, never read: under TLS the bytes belong to the TLS session (a late ACK of
+            // a resent message is skipped by the next wait for an ACK).
+            match futures::FutureExt::now_or_never(conn.socket().peek(&mut buf)) {
+                Some(Ok(0)) => self.lost("connection closed by the alarm manager".into()),
+                None | Some(Ok(_)) => return,
+                Some(Err(e)) => self.lost(format!("receive: {e}")),
             }
         }
-        let timeout = Duration::from_millis(self.retry.ack_timeout_ms.max(1));
-        match tokio::time::timeout(timeout, TcpStream::connect(&self.target)).await {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                self.conn = Some(Framed::new(stream, MllpCodec::default()));
+        match self.connect().await {
+            Ok(conn) => {
+                self.conn = Some(conn);
                 self.stats.connected.store(true, Ordering::Relaxed);
             }
-            Ok(Err(e)) => self.lost(format!("connect: {e}")),
-            Err(_) => self.lost("connect: timed out".into()),
+            Err(why) => self.lost(why),
+        }
+    }
+
+    /// Opens a connection (TCP, then the TLS handshake when configured).
+    async fn connect(&self) -> Result<Conn, String> {
+        let timeout = Duration::from_millis(self.retry.ack_timeout_ms.max(1));
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(&self.target)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(format!("connect: {e}")),
+            Err(_) => return Err("connect: timed out".into()),
+        };
+        let _ = stream.set_nodelay(true);
+        let Some((connector, host)) = &self.tls else {
+            return Ok(Conn::Plain(Framed::new(stream, MllpCodec::default())));
+        };
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| format!("TLS: '{host}' is not a server name: {e}"))?;
+        match tokio::time::timeout(timeout, connector.connect(name, stream)).await {
+            Ok(Ok(tls)) => Ok(Conn::Tls(Box::new(Framed::new(tls, MllpCodec::default())))),
+            Ok(Err(e)) => Err(format!(
+                "TLS handshake: {e} (tls.ca_file must hold the CA of the alarm manager's certificate, which must name {host})"
+            )),
+            Err(_) => Err("TLS handshake: timed out".into()),
         }
     }
 
@@ -383,14 +452,12 @@ impl Worker {
     async fn attempt(&mut self, control_id: &str, payload: &str) -> Outcome {
         let timeout = Duration::from_millis(self.retry.ack_timeout_ms.max(1));
         if self.conn.is_none() {
-            match tokio::time::timeout(timeout, TcpStream::connect(&self.target)).await {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    self.conn = Some(Framed::new(stream, MllpCodec::default()));
+            match self.connect().await {
+                Ok(conn) => {
+                    self.conn = Some(conn);
                     self.stats.connected.store(true, Ordering::Relaxed);
                 }
-                Ok(Err(e)) => return Outcome::Failed(format!("connect: {e}")),
-                Err(_) => return Outcome::Failed("connect: timed out".into()),
+                Err(why) => return Outcome::Failed(why),
             }
         }
         let Some(conn) = self.conn.as_mut() else {
@@ -400,7 +467,7 @@ impl Worker {
             return Outcome::Failed(format!("send: {e}"));
         }
         self.stats.sent.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(timeout, wait_for_ack(conn, control_id)).await {
+        match tokio::time::timeout(timeout, conn.wait_for_ack(control_id)).await {
             Ok(outcome) => outcome,
             Err(_) => Outcome::Failed(format!("no ACK within {} ms", self.retry.ack_timeout_ms)),
         }
@@ -408,7 +475,10 @@ impl Worker {
 }
 
 /// Reads frames until the ACK of `control_id` arrives or the connection fails.
-async fn wait_for_ack(conn: &mut Framed<TcpStream, MllpCodec>, control_id: &str) -> Outcome {
+async fn wait_for_ack<S>(conn: &mut Framed<S, MllpCodec>, control_id: &str) -> Outcome
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     loop {
         let payload = match conn.next().await {
             None => return Outcome::Failed("connection closed before the ACK".into()),
@@ -579,6 +649,73 @@ mod tests {
             .await
             .expect("message within 15 s")
             .expect("listener alive")
+    }
+
+    #[tokio::test]
+    async fn pcd04_over_tls_reaches_an_alarm_manager_with_a_certificate_from_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = crate::tls::pki::make(dir.path(), &Default::default()).unwrap();
+        let server = Arc::new(
+            crate::tls::server_config(
+                &pki.gateway_cert,
+                &pki.gateway_key,
+                None,
+                crate::tls::Mode::Off,
+            )
+            .unwrap(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(server);
+            while let Ok((s, _)) = listener.accept().await {
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    let mut framed = Framed::new(tls, MllpCodec::default());
+                    while let Some(Ok(MllpEvent::Frame { payload, .. })) = framed.next().await {
+                        let text = String::from_utf8_lossy(&payload).into_owned();
+                        let header = icu_drivers::hl7::parse_header(&payload).unwrap();
+                        let ack =
+                            build_ack(Some(&header), AckCode::AA, None, "ACK1", chrono::Utc::now());
+                        let _ = tx.send(text);
+                        if framed.send(ack.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let tls = Arc::new(crate::tls::client_config(&pki.ca_cert, None).unwrap());
+        let (sender, stats) =
+            Pcd04Sender::start_tls(addr, base(), 16, RetryPolicy::default(), Some(tls));
+        let (alarm, ctx) = hr_alarm("bed1:hr:tls", 150);
+        sender.try_send(alarm, ctx).unwrap();
+        let msg = recv(&mut rx).await;
+        assert_seven_rows(&msg, "150");
+        wait_until(&stats, |s| s.acked == 1 && s.connected).await;
+
+        // A client that trusts another CA refuses this alarm manager, and says why.
+        let other = tempfile::tempdir().unwrap();
+        let other_pki = crate::tls::pki::make(other.path(), &Default::default()).unwrap();
+        let untrusting = Arc::new(crate::tls::client_config(&other_pki.ca_cert, None).unwrap());
+        let retry = RetryPolicy {
+            max_attempts: Some(1),
+            ..RetryPolicy::default()
+        };
+        let (sender, stats) = Pcd04Sender::start_tls(addr, base(), 16, retry, Some(untrusting));
+        let (alarm, ctx) = hr_alarm("bed1:hr:untrusted", 151);
+        sender.try_send(alarm, ctx).unwrap();
+        wait_until(&stats, |s| s.given_up == 1).await;
+        let s = stats.snapshot();
+        assert!(!s.connected);
+        assert!(
+            s.last_error.as_deref().is_some_and(|e| e.contains("TLS handshake") && e.contains("tls.ca_file")),
+            "{s:?}"
+        );
     }
 
     #[tokio::test]

@@ -59,7 +59,7 @@ pub(super) fn start_alarms(
     page_output(config, &events, &event_stream, &mut outputs);
     mqtt_output(config, &mqtt_client, &mqtt_connected, &mut outputs);
     if let Some(am) = &config.alarm_manager {
-        pcd04_output(config, am, terminology, &mut outputs);
+        pcd04_output(config, am, terminology, &mut outputs)?;
     }
     let addr = AlarmActor::start(
         engine,
@@ -165,7 +165,7 @@ fn pcd04_output(
     am: &AlarmManagerConfig,
     terminology: &Arc<Terminology>,
     outputs: &mut Outputs,
-) {
+) -> anyhow::Result<()> {
     use icu_drivers::hl7::{MetricRow, Pcd04Context};
     let target = &am.mllp;
     let base = Pcd04Context {
@@ -173,11 +173,12 @@ fn pcd04_output(
         receiving_app: am.receiving_application.clone(),
         ..Default::default()
     };
-    let (sender, pcd04_stats) = crate::alarm::pcd04_out::Pcd04Sender::start(
+    let (sender, pcd04_stats) = crate::alarm::pcd04_out::Pcd04Sender::start_tls(
         target.clone(),
         base,
         1024,
         crate::alarm::pcd04_out::RetryPolicy::default(),
+        alarm_manager_tls(config)?,
     );
     outputs.watched.push(WatchedOutput {
         key: "pcd04",
@@ -220,4 +221,21 @@ fn pcd04_output(
             tracing::error!(alarm_id = %a.alarm_id, "pcd-04 queue full: alarm not sent to the alarm manager");
         }
     }));
+    Ok(())
+}
+
+/// TLS to the alarm manager (`tls.alarm_manager = "required"`): trusts `tls.ca_file` and
+/// presents the gateway's certificate when one is configured (mutual TLS).
+fn alarm_manager_tls(config: &Config) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+    let t = &config.tls;
+    if !t.alarm_manager.is_on() {
+        return Ok(None);
+    }
+    let Some(ca) = &t.ca_file else {
+        anyhow::bail!("tls.alarm_manager is on but tls.ca_file is missing");
+    };
+    let identity = t.cert_file.as_deref().zip(t.key_file.as_deref());
+    let cfg = crate::tls::client_config(ca, identity)
+        .context("loading TLS for the alarm manager ([tls])")?;
+    Ok(Some(Arc::new(cfg)))
 }
