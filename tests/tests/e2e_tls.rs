@@ -252,3 +252,74 @@ fn pki_other(dir: &Path) -> PathBuf {
     gateway_cli(&["cert", "--out", out.to_str().unwrap()], "").unwrap();
     out.join("ca.crt")
 }
+
+#[test]
+fn an_expiring_certificate_raises_the_technical_alarm_and_shows_in_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pki");
+    gateway_cli(
+        &[
+            "cert",
+            "--out",
+            out.to_str().unwrap(),
+            "--days",
+            "10",
+            "--device",
+            "mon-01",
+        ],
+        "",
+    )
+    .unwrap();
+    let gw = GatewayProc::start(dir.path(), &tls_config(dir.path(), &out, 1, "off"));
+    let alarm = icu_tests::wait_for(
+        std::time::Duration::from_secs(20),
+        "the certificate expiry alarm",
+        || {
+            gw.get_json("/api/alarms")["active"]
+                .as_array()?
+                .iter()
+                .find(|a| a["source"] == "gateway:tls-cert-expiry")
+                .cloned()
+        },
+    )
+    .unwrap();
+    let text = alarm["text"].as_str().unwrap();
+    assert!(
+        text.contains("expires in 9 days") || text.contains("expires in 10 days"),
+        "{text}"
+    );
+    assert_eq!(alarm["priority"], "PL", "{alarm}");
+    let metrics = icu_tests::http::authed(gw.endpoints.http, "GET", "/metrics", None).unwrap();
+    let line = metrics
+        .body
+        .lines()
+        .find(|l| l.starts_with("icu_tls_certificate_expiry_seconds{cert=\"gateway\"}"))
+        .unwrap_or_else(|| panic!("{}", metrics.body));
+    let secs: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((9 * 86_400..=10 * 86_400).contains(&secs), "{line}");
+}
+
+#[test]
+fn a_signing_key_others_can_read_stops_the_start_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    support::keygen(dir.path());
+    let key = dir.path().join("gateway.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        config_text(dir.path(), 1, None, ""),
+    )
+    .unwrap();
+    let out = std::process::Command::new(icu_tests::bin_path("icu-gateway"))
+        .args(["run", "--config"])
+        .arg(dir.path().join("gateway.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("chmod 600") && err.contains("gateway.key"),
+        "{err}"
+    );
+}

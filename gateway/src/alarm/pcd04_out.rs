@@ -206,9 +206,9 @@ impl Pcd04Sender {
         let (tx, rx) = mpsc::channel(queue_capacity.max(1));
         let stats = Arc::new(Pcd04Stats::default());
         let target = target.to_string();
-        let host = target
-            .rsplit_once(':')
-            .map_or(target.clone(), |(h, _)| h.trim_matches(['[', ']']).to_owned());
+        let host = target.rsplit_once(':').map_or(target.clone(), |(h, _)| {
+            h.trim_matches(['[', ']']).to_owned()
+        });
         let worker = Worker {
             target,
             retry,
@@ -713,7 +713,9 @@ mod tests {
         let s = stats.snapshot();
         assert!(!s.connected);
         assert!(
-            s.last_error.as_deref().is_some_and(|e| e.contains("TLS handshake") && e.contains("tls.ca_file")),
+            s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("TLS handshake") && e.contains("tls.ca_file")),
             "{s:?}"
         );
     }

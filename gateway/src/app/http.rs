@@ -63,7 +63,7 @@ pub(super) fn start_http(
             census,
             mqtt: ingest.mqtt.as_ref().map(|m| m.counters()),
             mqtt_transport: config.mqtt.as_ref().map_or("tcp", |m| m.transport()),
-            alarms: alarms.addr,
+            alarms: alarms.addr.clone(),
             alarm_stats: alarms.stats,
             limits: Arc::new(Mutex::new(alarms.limits)),
             events: alarms.events,
@@ -76,6 +76,7 @@ pub(super) fn start_http(
             readiness: readiness.clone(),
             auth: actix_web::web::Data::new(access),
             transport: transport(config),
+            tls_expiry: cert_expiry_watch(config, alarms.addr.clone()),
         },
         config.http_limits,
         http_tls(config)?,
@@ -127,4 +128,55 @@ fn transport(config: &Config) -> serde_json::Value {
         "http": name(t.http),
         "alarm_manager": config.alarm_manager.as_ref().map(|_| name(t.alarm_manager)),
     })
+}
+
+/// Watches the gateway certificate's expiry (at start, then hourly): the figure for `/metrics`,
+/// and the `gateway:tls-cert-expiry` technical alarm for the biomed team from
+/// `tls.expiry_warning_days` before (high priority once expired).
+fn cert_expiry_watch(
+    config: &Config,
+    alarms: actix::Addr<crate::alarm::actor::AlarmActor>,
+) -> Option<Arc<std::sync::atomic::AtomicI64>> {
+    let cert = config.tls.cert_file.clone()?;
+    let warn_s = i64::from(config.tls.expiry_warning_days) * 86_400;
+    let left = Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));
+    let figure = left.clone();
+    actix::spawn(async move {
+        let mut raised = false;
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            let secs = match crate::tls::expiry(&cert) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the gateway certificate's expiry");
+                    continue;
+                }
+            };
+            figure.store(secs, std::sync::atomic::Ordering::Relaxed);
+            let due = secs < warn_s;
+            if due || raised {
+                let days = secs.div_euclid(86_400);
+                let text = if secs < 0 {
+                    format!("gateway TLS certificate {} has EXPIRED: devices and browsers refuse it; install a new one (tls.cert_file)", cert.display())
+                } else {
+                    format!("gateway TLS certificate {} expires in {days} days: renew it (tls.cert_file)", cert.display())
+                };
+                if due {
+                    tracing::warn!(cert = %cert.display(), seconds_left = secs, "{text}");
+                }
+                let _ = alarms.try_send(crate::alarm::actor::Technical {
+                    bed: crate::store::GATEWAY_SOURCE.into(),
+                    device_id: crate::store::GATEWAY_SOURCE.into(),
+                    condition: "gateway:tls-cert-expiry".into(),
+                    text,
+                    priority: if secs < 0 { "PH" } else { "PL" }.into(),
+                    active: due,
+                    time_us: now_us(),
+                });
+                raised = due;
+            }
+        }
+    });
+    Some(left)
 }

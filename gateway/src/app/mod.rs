@@ -89,6 +89,9 @@ pub fn load_key(path: &Path) -> anyhow::Result<GatewayKey> {
             path.display()
         );
     }
+    if let Some(why) = crate::tls::too_open(path) {
+        anyhow::bail!("refusing the signing key: {why}");
+    }
     GatewayKey::load(path).with_context(|| format!("loading signing key {}", path.display()))
 }
 

@@ -199,6 +199,8 @@ pub struct HttpState {
     pub auth: web::Data<guard::AuthState>,
     /// Which interfaces are encrypted (`/api/status` `transport`): plain text is said as such.
     pub transport: serde_json::Value,
+    /// Seconds until the gateway's TLS certificate expires (None: no certificate configured).
+    pub tls_expiry: Option<Arc<std::sync::atomic::AtomicI64>>,
 }
 
 /// Whether the page's event stream delivers: pages that fell behind lost alarm events.
@@ -795,7 +797,16 @@ async fn metrics_text(state: web::Data<HttpState>, caller: Caller) -> HttpRespon
     };
     HttpResponse::Ok()
         .content_type(metrics::CONTENT_TYPE)
-        .body(metrics::render(&figures))
+        .body({
+            let mut text = metrics::render(&figures);
+            if let Some(left) = &state.tls_expiry {
+                text.push_str(&format!(
+                    "# HELP icu_tls_certificate_expiry_seconds Seconds until the gateway's TLS certificate expires (negative: expired).\n# TYPE icu_tls_certificate_expiry_seconds gauge\nicu_tls_certificate_expiry_seconds{{cert=\"gateway\"}} {}\n",
+                    left.load(Ordering::Relaxed)
+                ));
+            }
+            text
+        })
 }
 
 /// Ready to take input: listeners bound (and not shutting down), the store writer running, the

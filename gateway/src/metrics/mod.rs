@@ -55,6 +55,7 @@
 //! | `icu_mllp_connections_timed_out_total` | counter | `reason` (`frame`, `idle`) | MLLP connections closed by the frame or idle timeout |
 //! | `icu_mllp_accept_errors_total` | counter | | failed `accept` calls of the MLLP listener (each followed by a pause) |
 //! | `icu_mllp_peers_refused_total` | counter | | messages refused because their sender's address is not allowed (`allow_from`) |
+//! | `icu_tls_certificate_expiry_seconds` | gauge | `cert` (`gateway`) | seconds until the gateway's TLS certificate (`tls.cert_file`) expires, negative once expired; only when one is configured (`gateway:tls-cert-expiry` technical alarm `tls.expiry_warning_days` before) |
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
