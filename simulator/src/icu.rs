@@ -167,6 +167,9 @@ pub struct IcuOptions {
     pub rate_hz: f64,
     /// A scripted scenario for one bed's monitor.
     pub scenario: Option<crate::run::Scenario>,
+    /// MLLP over TLS for the monitors (their own certificates) and the ADT feed (the
+    /// `adt-engine` client certificate beside the devices' folder: `../clients/`).
+    pub tls: Option<crate::run::SimTls>,
 }
 
 /// Per device: what the gateway acknowledged (or received whole over a serial line).
@@ -248,20 +251,47 @@ async fn adt_course(opts: IcuOptions, plan: Vec<BedDevices>) -> u64 {
     let mut acked = 0;
     tokio::time::sleep(third).await;
     let msg = adt_move("A03", &plan[0].bed, None, chrono::Utc::now());
-    acked += send_adt(&opts.mllp, vec![msg]).await.unwrap_or(0);
+    acked += send_adt(&opts.mllp, opts.tls.as_ref(), vec![msg])
+        .await
+        .unwrap_or(0);
     tokio::time::sleep(third).await;
     let msg = adt_move("A02", &plan[1].bed, Some(&plan[0].bed), chrono::Utc::now());
-    acked += send_adt(&opts.mllp, vec![msg]).await.unwrap_or(0);
+    acked += send_adt(&opts.mllp, opts.tls.as_ref(), vec![msg])
+        .await
+        .unwrap_or(0);
     acked
 }
 
-async fn send_adt(mllp: &str, messages: Vec<String>) -> anyhow::Result<u64> {
+async fn send_adt(
+    mllp: &str,
+    tls: Option<&crate::run::SimTls>,
+    messages: Vec<String>,
+) -> anyhow::Result<u64> {
     use futures::{SinkExt, StreamExt};
     use icu_drivers::mllp::{MllpCodec, MllpEvent};
     let stream = tokio::net::TcpStream::connect(mllp)
         .await
         .with_context(|| format!("connecting to {mllp}"))?;
-    let mut framed = tokio_util::codec::Framed::new(stream, MllpCodec::new(1 << 20));
+    let io: Box<dyn crate::run::Io> = match tls {
+        None => Box::new(stream),
+        Some(t) => {
+            // The ADT engine's certificate: `clients/adt-engine` beside the devices' folder.
+            let adt = crate::run::SimTls {
+                cert_dir: t
+                    .cert_dir
+                    .as_ref()
+                    .and_then(|d| d.parent())
+                    .map(|p| p.join("clients")),
+                cert_as: Some("adt-engine".into()),
+                ..t.clone()
+            };
+            let host = mllp.rsplit_once(':').map_or(mllp, |(h, _)| h).to_owned();
+            let connector = crate::run::tls_connector(&adt, "adt-engine")?;
+            let name = rustls::pki_types::ServerName::try_from(host)?;
+            Box::new(connector.connect(name, stream).await.context("ADT TLS handshake")?)
+        }
+    };
+    let mut framed = tokio_util::codec::Framed::new(io, MllpCodec::new(1 << 20));
     let mut acked = 0;
     for m in messages {
         framed.send(m.as_bytes()).await?;
@@ -392,6 +422,7 @@ pub async fn run(opts: IcuOptions) -> anyhow::Result<IcuReport> {
     let now = chrono::Utc::now();
     report.adt_messages_acked = send_adt(
         &opts.mllp,
+        opts.tls.as_ref(),
         plan.iter().map(|b| adt_admit(&b.bed, now)).collect(),
     )
     .await?;
@@ -448,7 +479,7 @@ pub async fn run(opts: IcuOptions) -> anyhow::Result<IcuReport> {
             ack_timeout: Duration::from_secs(10),
             max_attempts: 5,
             scenario: opts.scenario,
-            tls: None,
+            tls: opts.tls.clone(),
         },
         None,
     )

@@ -105,6 +105,13 @@ enum Command {
         /// A scripted scenario for one bed's monitor (see `icu-sim pcd01 --help`).
         #[arg(long, value_parser = icu_sim::run::Scenario::parse)]
         scenario: Option<icu_sim::run::Scenario>,
+        /// MLLP over TLS (monitors and ADT feed), trusting this CA bundle.
+        #[arg(long)]
+        tls_ca: Option<std::path::PathBuf>,
+        /// The `devices/` folder of `icu-gateway cert`: each monitor presents its own
+        /// certificate; the ADT feed presents `../clients/adt-engine.crt`.
+        #[arg(long)]
+        tls_cert_dir: Option<std::path::PathBuf>,
     },
     /// Infusion pumps only: `pump-NN` at `bed-NN` (NN from 01) publishing JSON readings at QoS 1,
     /// each waiting for its PUBACK; prints (and writes) the acknowledged observations per pump.
@@ -201,6 +208,8 @@ fn main() -> anyhow::Result<()> {
             rate,
             report,
             scenario,
+            tls_ca,
+            tls_cert_dir,
         } => {
             let rt = tokio::runtime::Runtime::new()?;
             let r = rt.block_on(icu_sim::icu::run(icu_sim::icu::IcuOptions {
@@ -213,6 +222,12 @@ fn main() -> anyhow::Result<()> {
                 seed,
                 rate_hz: rate,
                 scenario,
+                tls: tls_ca.map(|ca| icu_sim::run::SimTls {
+                    ca,
+                    cert_dir: tls_cert_dir,
+                    cert_as: None,
+                    server_name: None,
+                }),
             }))?;
             let text = serde_json::to_string_pretty(&r)?;
             if let Some(path) = report {
