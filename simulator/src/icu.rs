@@ -288,7 +288,12 @@ async fn send_adt(
             let host = mllp.rsplit_once(':').map_or(mllp, |(h, _)| h).to_owned();
             let connector = crate::run::tls_connector(&adt, "adt-engine")?;
             let name = rustls::pki_types::ServerName::try_from(host)?;
-            Box::new(connector.connect(name, stream).await.context("ADT TLS handshake")?)
+            Box::new(
+                connector
+                    .connect(name, stream)
+                    .await
+                    .context("ADT TLS handshake")?,
+            )
         }
     };
     let mut framed = tokio_util::codec::Framed::new(io, MllpCodec::new(1 << 20));

@@ -323,3 +323,81 @@ fn a_signing_key_others_can_read_stops_the_start_with_the_fix() {
         "{err}"
     );
 }
+
+/// One MLLP message over TLS with a client certificate (`dir/NAME.crt`/`.key`); its ACK.
+fn mllp_tls(addr: std::net::SocketAddr, pki: &Path, folder: &str, name: &str, msg: &str) -> String {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::io::{Read as _, Write as _};
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(pki.join("ca.crt")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(pki.join(folder).join(format!("{name}.crt")))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+    let key = PrivateKeyDer::from_pem_file(pki.join(folder).join(format!("{name}.key"))).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let conn = rustls::ClientConnection::new(
+        std::sync::Arc::new(config),
+        rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(&icu_drivers::mllp::encode_frame(msg.as_bytes()))
+        .unwrap();
+    let mut ack = Vec::new();
+    let mut b = [0u8; 1024];
+    while !ack.ends_with(b"\x1c\r") {
+        let n = tls.read(&mut b).unwrap();
+        assert!(n > 0, "closed without an ACK");
+        ack.extend_from_slice(&b[..n]);
+    }
+    String::from_utf8_lossy(&ack).into_owned()
+}
+
+#[test]
+fn only_the_adt_engines_certificate_may_change_the_census() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path(), 1);
+    let gw = GatewayProc::start(dir.path(), &tls_config(dir.path(), &pki, 1, "off"));
+    let adt = |control: &str| {
+        let ts = chrono::Utc::now().format("%Y%m%d%H%M%S+0000");
+        [
+            format!("MSH|^~\\&|ADT_SYS|HOSP|ICU_GW|ICU|{ts}||ADT^A01^ADT_A01|{control}|P|2.5"),
+            format!("EVN||{ts}"),
+            "PID|1||123456^^^HOSP^MR||DOE^JOHN^Q^^^^L||19600101|M".to_string(),
+            "PV1|1|I|ICU^1^bed-01|||||||||||||||||V0001^^^HOSP^VN".to_string(),
+        ]
+        .join("\r")
+    };
+    // A monitor's certificate: refused, nothing admitted.
+    let ack = mllp_tls(gw.endpoints.mllp, &pki, "devices", "mon-01", &adt("ADT-1"));
+    assert!(ack.contains("MSA|AR|ADT-1"), "{ack}");
+    assert!(ack.contains("adt.cert_names"), "{ack}");
+    let beds = gw.get_json("/api/beds");
+    assert!(beds["beds"][0]["patient"].is_null(), "{beds}");
+    // The ADT engine's certificate: applied.
+    let ack = mllp_tls(
+        gw.endpoints.mllp,
+        &pki,
+        "clients",
+        "adt-engine",
+        &adt("ADT-2"),
+    );
+    assert!(ack.contains("MSA|AA|ADT-2"), "{ack}");
+    let beds = gw.get_json("/api/beds");
+    assert_eq!(beds["beds"][0]["patient"]["id"], "123456", "{beds}");
+}
