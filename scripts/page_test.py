@@ -87,6 +87,9 @@ def main():
                     help="seconds to wait for the alarm, and again for the acknowledgement")
     ap.add_argument("--account", help="log in as this account through the page's form")
     ap.add_argument("--password", default="", help="its password")
+    ap.add_argument("--chromium-flag", action="append", default=[],
+                    help="one more Chromium flag, e.g. --ignore-certificate-errors-spki-list=PIN "
+                         "to trust the test PKI's gateway certificate (repeatable)")
     args = ap.parse_args()
     # The test stops this script with SIGTERM: exit through the `finally` below so that
     # chromedriver and chromium are shut down too, not left running.
@@ -110,7 +113,7 @@ def main():
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", "--window-size=1280,900",
-                 f"--user-data-dir={profile}"):
+                 f"--user-data-dir={profile}", *args.chromium_flag):
         opts.add_argument(flag)
     driver = None
     try:

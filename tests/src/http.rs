@@ -140,8 +140,11 @@ pub fn request(
 /// Logs in; returns the session cookie's value.
 pub fn login(addr: SocketAddr, account: &str, password: &str) -> anyhow::Result<String> {
     let body = serde_json::json!({ "account": account, "password": password }).to_string();
-    let origin = format!("http://{addr}");
-    let r = request(
+    let origin = match tls_of(addr) {
+        Some(_) => format!("https://localhost:{}", addr.port()),
+        None => format!("http://{addr}"),
+    };
+    let r = send_any(
         addr,
         "POST",
         "/api/login",
@@ -202,6 +205,8 @@ pub fn prepare_accounts(config: &Path) -> anyhow::Result<String> {
 struct Creds {
     token: String,
     cookie: Option<String>,
+    /// The page is served over HTTPS: the CA bundle to trust (as `localhost`).
+    tls_ca: Option<PathBuf>,
 }
 
 static CREDS: Mutex<Option<HashMap<SocketAddr, Creds>>> = Mutex::new(None);
@@ -218,6 +223,7 @@ pub fn register(addr: SocketAddr, config: &Path) -> anyhow::Result<()> {
             Creds {
                 token,
                 cookie: None,
+                tls_ca: None,
             },
         );
     Ok(())
@@ -230,6 +236,42 @@ fn creds_of(addr: SocketAddr) -> Option<(String, Option<String>)> {
         .as_ref()?
         .get(&addr)
         .map(|c| (c.token.clone(), c.cookie.clone()))
+}
+
+fn tls_of(addr: SocketAddr) -> Option<PathBuf> {
+    CREDS
+        .lock()
+        .unwrap()
+        .as_ref()?
+        .get(&addr)
+        .and_then(|c| c.tls_ca.clone())
+}
+
+/// The gateway at `addr` serves its page over HTTPS with a certificate from `ca` for
+/// `localhost`: [`authed`] and [`login`] speak TLS to it from now on.
+pub fn use_tls(addr: SocketAddr, ca: &Path) {
+    if let Some(c) = CREDS
+        .lock()
+        .unwrap()
+        .as_mut()
+        .and_then(|m| m.get_mut(&addr))
+    {
+        c.tls_ca = Some(ca.to_owned());
+    }
+}
+
+/// A request over TLS when the gateway was marked with [`use_tls`], else plain.
+fn send_any(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> anyhow::Result<Reply> {
+    match tls_of(addr) {
+        Some(ca) => request_tls(addr, &ca, "localhost", method, path, headers, body),
+        None => request(addr, method, path, headers, body),
+    }
 }
 
 fn set_cookie(addr: SocketAddr, cookie: Option<String>) {
@@ -255,14 +297,17 @@ pub fn authed(
     let Some((token, cookie)) = creds_of(addr) else {
         return request(addr, method, path, &[], body);
     };
-    let origin = format!("http://{addr}");
+    let origin = match tls_of(addr) {
+        Some(_) => format!("https://localhost:{}", addr.port()),
+        None => format!("http://{addr}"),
+    };
     if path.starts_with("/metrics") {
         let bearer = format!("Bearer {token}");
-        return request(addr, method, path, &[("Authorization", &bearer)], body);
+        return send_any(addr, method, path, &[("Authorization", &bearer)], body);
     }
     let send = |cookie: &str| {
         let c = format!("icu_session={cookie}");
-        request(
+        send_any(
             addr,
             method,
             path,
@@ -323,6 +368,7 @@ pub fn register_account(addr: SocketAddr, account: &str, password: &str) -> anyh
             Creds {
                 token: String::new(),
                 cookie: Some(cookie),
+                tls_ca: None,
             },
         );
     Ok(())
@@ -398,4 +444,20 @@ pub fn request_tls(
         head: head.to_owned(),
         body,
     })
+}
+
+/// The `--ignore-certificate-errors-spki-list` value that makes Chromium trust exactly this
+/// certificate (base64 of the SHA-256 of its SubjectPublicKeyInfo): the browser test's way of
+/// trusting the test PKI without touching the machine's trust store.
+pub fn spki_pin(cert_pem: &Path) -> anyhow::Result<String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use sha2::Digest as _;
+    let der = rustls::pki_types::CertificateDer::from_pem_file(cert_pem)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cert_pem.display()))?;
+    let digest = sha2::Sha256::digest(cert.tbs_certificate.subject_pki.raw);
+    Ok(base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        digest,
+    ))
 }

@@ -131,17 +131,31 @@ fn headless_chromium_sees_the_spo2_alarm_within_a_second_and_acknowledges_it() {
     let broker = Broker::start().expect("broker");
     broker.create_topics(TOPICS).unwrap();
     let public_key = support::keygen(dir.path());
+    // The page over HTTPS with a certificate from the test PKI; the browser trusts exactly that
+    // certificate (its SPKI pin), not the machine's store.
+    let pki = dir.path().join("pki");
+    icu_tests::http::gateway_cli(&["cert", "--out", pki.to_str().unwrap()], "").unwrap();
+    let tls = format!(
+        "[tls]\ncert_file = \"{p}/gateway.crt\"\nkey_file = \"{p}/gateway.key\"\nhttp = \"required\"\n\n",
+        p = pki.display()
+    );
     let gw = GatewayProc::start(
         dir.path(),
-        &with_alarms(config_text(dir.path(), 2, Some(&broker.addr), "")),
+        &with_alarms(config_text(dir.path(), 2, Some(&broker.addr), "")).replacen(
+            "[store]",
+            &format!("{tls}[store]"),
+            1,
+        ),
     );
+    icu_tests::http::use_tls(gw.endpoints.http, &pki.join("ca.crt"));
+    let pin = icu_tests::http::spki_pin(&pki.join("gateway.crt")).unwrap();
     let artifacts = icu_tests::workspace_root().join("test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let screenshot = artifacts.join("page-alarm.png");
     let _ = std::fs::remove_file(&screenshot);
 
     // The browser first, so the page is loaded and polling before the first reading.
-    let url = format!("http://{}/", gw.endpoints.http);
+    let url = format!("https://localhost:{}/", gw.endpoints.http.port());
     let mut cmd = Command::new(&python);
     cmd.arg(icu_tests::script("page_test.py"))
         .arg(&url)
@@ -153,6 +167,9 @@ fn headless_chromium_sees_the_spo2_alarm_within_a_second_and_acknowledges_it() {
             "--password",
             icu_tests::http::TEST_PASSWORD,
         ])
+        .arg(format!(
+            "--chromium-flag=--ignore-certificate-errors-spki-list={pin}"
+        ))
         .env("PYTHONUNBUFFERED", "1");
     let mut page = ChildGuard::spawn_tied(&cmd, Stdio::piped(), Stdio::piped())
         .expect("starting scripts/page_test.py");
