@@ -186,7 +186,15 @@ fn every_endpoint_answers_every_role_as_the_role_table_says() {
         "{}",
         r.body
     );
-    // The event stream is a read too (the body never ends: look at the status line only).
+    // The event stream is a read too (its body never ends: only the status line is read).
+    for ((role, who), want) in roles.iter().zip([401, 200, 200, 200, 200, 200, 200]) {
+        let got = stream_status(addr, who);
+        if got != want {
+            wrong.push(format!(
+                "GET /api/events as {role}: {got} (expected {want})"
+            ));
+        }
+    }
     assert!(
         wrong.is_empty(),
         "{} wrong answers:\n{}",
@@ -422,4 +430,27 @@ fn idle_sessions_lock_pins_reopen_them_and_guessing_is_throttled() {
     let id = token.split('_').nth(1).unwrap();
     gateway_cli(&["token", "revoke", id, "--config", &c], "").unwrap();
     assert_eq!(metrics(&bearer), 401);
+}
+
+/// The status code of `GET /api/events` (the stream is left after its head).
+fn stream_status(addr: SocketAddr, who: &As) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = match who {
+        As::Nobody => String::new(),
+        As::Cookie(c) => format!("Cookie: icu_session={c}\r\n"),
+        As::Token(t) => format!("Authorization: Bearer {t}\r\n"),
+    };
+    write!(s, "GET /api/events HTTP/1.1\r\nHost: {addr}\r\n{auth}\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+        head.push(b[0]);
+    }
+    String::from_utf8_lossy(&head)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
