@@ -108,8 +108,8 @@ async fn run_case(
     }
     let config =
         icu_gateway::config::Config::from_toml(&cfg, &dir.path().join("g.toml")).expect("config");
-    let token = icu_tests::http::prepare_accounts_in_process(&config.store.path)
-        .expect("test accounts");
+    let token =
+        icu_tests::http::prepare_accounts_in_process(&config.store.path).expect("test accounts");
     let key = icu_cloud_bridge::signing::GatewayKey::generate();
     let running = icu_gateway::app::start(config, Some(key))
         .await

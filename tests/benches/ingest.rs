@@ -35,12 +35,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use icu_tests::bench::*;
 use futures::{SinkExt, StreamExt};
 use icu_drivers::mllp::{MllpCodec, MllpEvent};
 use icu_drivers::mqtt::rumqttc::{AsyncClient, MqttOptions, QoS};
 use icu_drivers::mqtt::{publish_observations, MqttBatch, ObsTopic, PayloadFormat};
 use icu_protos::v1::Observation;
+use icu_tests::bench::*;
 use tokio_util::codec::Framed;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

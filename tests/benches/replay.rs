@@ -32,11 +32,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use icu_tests::bench::*;
 use futures::{SinkExt, StreamExt};
 use icu_drivers::mllp::{MllpCodec, MllpEvent};
 use icu_gateway::store::db::digest;
 use icu_gateway::store::{ObservationBatch, StoreDb, WriteRequest};
+use icu_tests::bench::*;
 use tokio_util::codec::Framed;
 
 /// Messages per `commit_batch` while building the backlog.

@@ -14,9 +14,9 @@
 
 use std::time::{Duration, Instant};
 
-use icu_tests::bench::*;
 use icu_gateway::store::db::digest;
 use icu_gateway::store::{ObservationBatch, StoreDb, WriteRequest};
+use icu_tests::bench::*;
 
 fn proc_io() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/self/io").unwrap_or_default();

@@ -217,7 +217,12 @@ pub fn prepare_accounts_with(bin: &Path, config: &Path) -> anyhow::Result<String
 pub fn prepare_accounts_in_process(store: &Path) -> anyhow::Result<String> {
     let accounts = icu_gateway::auth::Accounts::open(store)?;
     for (name, role) in TEST_ACCOUNTS {
-        accounts.add(name, role.parse().map_err(anyhow::Error::msg)?, TEST_PASSWORD, None)?;
+        accounts.add(
+            name,
+            role.parse().map_err(anyhow::Error::msg)?,
+            TEST_PASSWORD,
+            None,
+        )?;
     }
     let (_, token) = accounts.token_add("tests", icu_gateway::auth::Role::Service)?;
     Ok(token)

@@ -116,7 +116,10 @@ pub fn profile_bin(package: &str, name: &str) -> PathBuf {
         cmd.arg("--release");
     }
     let status = cmd.status().expect("running cargo build");
-    assert!(status.success(), "cargo build -p {package} --bin {name} failed");
+    assert!(
+        status.success(),
+        "cargo build -p {package} --bin {name} failed"
+    );
     target_dir()
         .join(profile)
         .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))

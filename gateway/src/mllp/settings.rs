@@ -102,9 +102,7 @@ impl MllpSettings {
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
             max_frame_bytes: self.max_frame_bytes,
             max_connections: self.max_connections,
-            max_connections_per_address: self
-                .max_connections_per_address
-                .min(self.max_connections),
+            max_connections_per_address: self.max_connections_per_address.min(self.max_connections),
             frame_timeout: Duration::from_secs(self.frame_timeout_s),
             idle_timeout: Duration::from_secs(self.idle_timeout_s),
         }

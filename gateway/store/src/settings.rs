@@ -108,10 +108,7 @@ impl StoreSettings {
         if self.synchronous_full().is_none() {
             out.push((
                 "synchronous",
-                format!(
-                    "'{}' is not one of \"full\", \"normal\"",
-                    self.synchronous
-                ),
+                format!("'{}' is not one of \"full\", \"normal\"", self.synchronous),
             ));
         }
         if self.max_batch == 0 {
