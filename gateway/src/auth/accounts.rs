@@ -427,7 +427,9 @@ impl Accounts {
             .strip_prefix("icu_")
             .and_then(|rest| rest.split_once('_'))
             .ok_or(AuthError::BadCredentials)?;
-        let row: Option<(String, String, Vec<u8>, i64, Option<i64>)> = self
+        // name, role, secret digest, created, revoked.
+        type TokenRow = (String, String, Vec<u8>, i64, Option<i64>);
+        let row: Option<TokenRow> = self
             .conn()
             .query_row(
                 "SELECT name, role, secret_sha256, created_us, revoked_us FROM api_tokens WHERE id = ?1",

@@ -69,15 +69,15 @@ impl Role {
     /// Whether this role grants `p` (the table in the module doc).
     pub fn allows(self, p: Permission) -> bool {
         use Permission::*;
-        match (self, p) {
-            (_, Read) => true,
-            (Role::Nurse | Role::Physician, Acknowledge | Silence) => true,
-            (Role::Physician, ChangeLimits) => true,
-            (Role::Biomed | Role::Service, Metrics) => true,
-            (Role::Biomed, Administer) => true,
-            (Role::Viewer | Role::Nurse | Role::Biomed, BreakGlass) => true,
-            _ => false,
-        }
+        matches!(
+            (self, p),
+            (_, Read)
+                | (Role::Nurse | Role::Physician, Acknowledge | Silence)
+                | (Role::Physician, ChangeLimits)
+                | (Role::Biomed | Role::Service, Metrics)
+                | (Role::Biomed, Administer)
+                | (Role::Viewer | Role::Nurse | Role::Biomed, BreakGlass)
+        )
     }
 
     /// The clinical permissions a break-glass elevation adds (the physician's).

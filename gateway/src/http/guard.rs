@@ -74,6 +74,9 @@ impl Caller {
     }
 
     /// 403 unless the caller's role (or break-glass) grants `p`.
+    // The error is the handler's answer itself (`caller.require(p)?` in a handler returning
+    // `Result<_, HttpResponse>`), made once per refused request: its size does not matter.
+    #[allow(clippy::result_large_err)]
     pub fn require(&self, p: Permission) -> Result<(), HttpResponse> {
         if self.allows(p) {
             Ok(())
