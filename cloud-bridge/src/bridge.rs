@@ -67,7 +67,7 @@ use rdkafka::types::RDKafkaRespErr;
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
-pub use self::config::BridgeConfig;
+pub use self::config::{BridgeConfig, KafkaSettings};
 pub use self::stats::{BridgeState, BridgeStats};
 use crate::deadletter::dead_letter_json;
 use crate::error::BridgeError;

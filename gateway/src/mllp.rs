@@ -43,6 +43,9 @@ use crate::device::{DeviceActor, IngestObservations};
 use crate::live::LiveState;
 use crate::store::{db::digest, Append, DeadLetter, Store, WriteOutcome, WriteRequest};
 
+mod settings;
+pub use settings::{MllpConfig, MllpSettings};
+
 /// Most bytes of a rejected input kept in its dead letter.
 const DEAD_LETTER_MAX_RAW: usize = 64 * 1024;
 
@@ -1146,17 +1149,6 @@ async fn store_dead_letter(ingest: &Ingest, letter: DeadLetter) {
         Ok(Err(e)) => tracing::error!(error = %e, %peer, "dead letter could not be stored"),
         Err(_) => tracing::error!(%peer, "dead letter could not be stored: store stopped"),
     }
-}
-
-/// The `[mllp]` settings, validated by the config.
-#[derive(Debug, Clone)]
-pub struct MllpConfig {
-    pub listen: SocketAddr,
-    pub max_frame_bytes: usize,
-    pub max_connections: usize,
-    pub max_connections_per_address: usize,
-    pub frame_timeout: Duration,
-    pub idle_timeout: Duration,
 }
 
 /// The HL7 answer for a store failure: AR, application internal error, saying why (the sender

@@ -158,7 +158,12 @@ pub fn login(addr: SocketAddr, account: &str, password: &str) -> anyhow::Result<
 
 /// Runs `icu-gateway <args>` with `stdin` fed; returns stdout.
 pub fn gateway_cli(args: &[&str], stdin: &str) -> anyhow::Result<String> {
-    let mut child = Command::new(bin_path("icu-gateway"))
+    gateway_cli_with(&bin_path("icu-gateway"), args, stdin)
+}
+
+/// As [`gateway_cli`], with the binary `bin` (e.g. a release build).
+pub fn gateway_cli_with(bin: &Path, args: &[&str], stdin: &str) -> anyhow::Result<String> {
+    let mut child = Command::new(bin)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -179,26 +184,50 @@ pub fn gateway_cli(args: &[&str], stdin: &str) -> anyhow::Result<String> {
 }
 
 /// Creates the test accounts and a service token in the store of `config` (once per data
-/// folder: the token is kept in `token.txt` beside the config). Returns the token.
+/// folder: the token is kept in `service-token.txt` beside the config). Returns the token.
 pub fn prepare_accounts(config: &Path) -> anyhow::Result<String> {
+    prepare_accounts_with(&bin_path("icu-gateway"), config)
+}
+
+/// As [`prepare_accounts`], with the `icu-gateway` binary `bin`.
+pub fn prepare_accounts_with(bin: &Path, config: &Path) -> anyhow::Result<String> {
     let saved = config.with_file_name("service-token.txt");
     if let Ok(t) = std::fs::read_to_string(&saved) {
         return Ok(t.trim().to_owned());
     }
     let c = config.to_str().expect("utf-8 path");
     for (name, role) in TEST_ACCOUNTS {
-        gateway_cli(
+        gateway_cli_with(
+            bin,
             &["user", "add", name, "--role", role, "--config", c],
             &format!("{TEST_PASSWORD}\n"),
         )?;
     }
-    let token = gateway_cli(
+    let token = gateway_cli_with(
+        bin,
         &["token", "add", "tests", "--role", "service", "--config", c],
         "",
     )?
     .trim()
     .to_owned();
     std::fs::write(&saved, &token)?;
+    Ok(token)
+}
+
+/// The same accounts and token as [`prepare_accounts`], made in this process through
+/// `icu_gateway::auth::Accounts` in the store file `store` (for a gateway started in-process,
+/// whose config is not on disk). Returns the token.
+pub fn prepare_accounts_in_process(store: &Path) -> anyhow::Result<String> {
+    let accounts = icu_gateway::auth::Accounts::open(store)?;
+    for (name, role) in TEST_ACCOUNTS {
+        accounts.add(
+            name,
+            role.parse().map_err(anyhow::Error::msg)?,
+            TEST_PASSWORD,
+            None,
+        )?;
+    }
+    let (_, token) = accounts.token_add("tests", icu_gateway::auth::Role::Service)?;
     Ok(token)
 }
 
@@ -213,7 +242,12 @@ static CREDS: Mutex<Option<HashMap<SocketAddr, Creds>>> = Mutex::new(None);
 
 /// Tells [`authed`] the gateway at `addr` runs with `config` (accounts made if missing).
 pub fn register(addr: SocketAddr, config: &Path) -> anyhow::Result<()> {
-    let token = prepare_accounts(config)?;
+    register_token(addr, prepare_accounts(config)?);
+    Ok(())
+}
+
+/// Tells [`authed`] the gateway at `addr` has the test accounts and the service token `token`.
+pub fn register_token(addr: SocketAddr, token: String) {
     CREDS
         .lock()
         .unwrap()
@@ -226,7 +260,6 @@ pub fn register(addr: SocketAddr, config: &Path) -> anyhow::Result<()> {
                 tls_ca: None,
             },
         );
-    Ok(())
 }
 
 fn creds_of(addr: SocketAddr) -> Option<(String, Option<String>)> {
@@ -460,4 +493,40 @@ pub fn spki_pin(cert_pem: &Path) -> anyhow::Result<String> {
         &base64::engine::general_purpose::STANDARD,
         digest,
     ))
+}
+
+/// GET a JSON document (status 200 only) as the test physician `dr.test`, or with the service
+/// token for `/metrics` (see above).
+pub fn http_get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+    let r = authed(addr, "GET", path, None)?;
+    anyhow::ensure!(r.status == 200, "status: {}\n{}", r.head, r.body);
+    r.json()
+}
+
+/// A request with a JSON body as `dr.test`; returns the JSON answer (status 200 only).
+pub fn http_send_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let r = authed(addr, method, path, Some(body))?;
+    anyhow::ensure!(r.status == 200, "status: {}\n{}", r.head, r.body);
+    r.json()
+}
+
+pub fn http_post_json(
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<serde_json::Value> {
+    http_send_json(addr, "POST", path, body)
+}
+
+pub fn http_put_json(
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<serde_json::Value> {
+    http_send_json(addr, "PUT", path, body)
 }

@@ -7,6 +7,13 @@
 //! child processes in general ([`ChildGuard`]).  Nothing uses a fixed port:
 //! [`free_port`] hands out an ephemeral one.
 //!
+//! The real gateway and simulator run as child processes ([`gateway::GatewayProc`],
+//! [`sim::run_sim`], [`sim::SimProc`]) and are spoken to over their real interfaces
+//! ([`mllp::Sender`], [`http`] with the test accounts, [`mosquitto::mqtt_alarms`]). The benches
+//! (`tests/benches/`, `cargo bench -p icu-tests --bench <name>`) use the same harness, plus
+//! [`bench`] (arguments, their gateway config, load messages, percentiles, RSS).
+//! `tests/tests/support/mod.rs` only re-exports what the end-to-end tests use.
+//!
 //! Synchronisation is by polling a condition within a deadline ([`wait_for`]),
 //! never by fixed sleeps.
 //!
@@ -20,14 +27,18 @@
 //! - `ICU_TANSU_LOG`: the broker's `RUST_LOG` (default `warn`; its log file is
 //!   in the broker's temp dir, and its tail is in every start-up error).
 
+pub mod bench;
 mod broker;
+pub mod gateway;
 pub mod http;
+pub mod mllp;
 pub mod mosquitto;
 pub mod pki;
 mod process;
+pub mod sim;
 
 pub use broker::{Broker, PARTITIONS};
-pub use process::{wait_for, ChildGuard};
+pub use process::{log_tail, wait_for, ChildGuard};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -72,15 +83,48 @@ pub fn target_dir() -> PathBuf {
     workspace_root().join("target")
 }
 
-/// `<target>` when this process is `<target>/debug/deps/<exe>`.
+/// `<target>` when this process is `<target>/<debug|release>/deps/<exe>`.
 fn target_dir_of_current_exe() -> Option<PathBuf> {
+    let profile = profile_dir_of_current_exe()?;
+    profile.parent().map(Path::to_path_buf)
+}
+
+/// `<target>/<profile>` when this process is `<target>/<profile>/deps/<exe>` (`debug` or
+/// `release`).
+fn profile_dir_of_current_exe() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let deps = exe.parent()?;
-    let debug = deps.parent()?;
-    if deps.file_name()? == "deps" && debug.file_name()? == "debug" {
-        return debug.parent().map(Path::to_path_buf);
+    let profile = deps.parent()?;
+    let name = profile.file_name()?;
+    (deps.file_name()? == "deps" && (name == "debug" || name == "release"))
+        .then(|| profile.to_path_buf())
+}
+
+/// A workspace binary built with the same profile as this process (a bench: `release`),
+/// built first with `cargo build [--release] -p <package> --bin <name>` (quick when it is up to
+/// date; a bench of `icu-tests` does not build other packages' binaries by itself).
+///
+/// # Panics
+/// When the build fails.
+pub fn profile_bin(package: &str, name: &str) -> PathBuf {
+    let profile = profile_dir_of_current_exe()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "release".to_owned());
+    let mut cmd = std::process::Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet", "-p", package, "--bin", name])
+        .current_dir(workspace_root())
+        .env("CARGO_TARGET_DIR", target_dir());
+    if profile == "release" {
+        cmd.arg("--release");
     }
-    None
+    let status = cmd.status().expect("running cargo build");
+    assert!(
+        status.success(),
+        "cargo build -p {package} --bin {name} failed"
+    );
+    target_dir()
+        .join(profile)
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
 /// Path of a workspace binary (`icu-gateway`, `icu-sim`, `icu-bridge`, ...)

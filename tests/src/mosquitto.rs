@@ -349,3 +349,28 @@ impl Drop for Mosquitto {
         self.stop();
     }
 }
+/// Collects every message on the gateway's MQTT alarm topics.
+pub fn mqtt_alarms(port: u16) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use icu_drivers::mqtt::rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = got.clone();
+    let (client, mut connection) =
+        Client::new(MqttOptions::new("nurse-call", "127.0.0.1", port), 16);
+    client
+        .subscribe("icu/test-gw/alarms/#", QoS::AtLeastOnce)
+        .unwrap();
+    std::thread::spawn(move || {
+        let _client = client;
+        for ev in connection.iter() {
+            match ev {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let text = format!("{} {}", p.topic, String::from_utf8_lossy(&p.payload));
+                    keep.lock().unwrap().push(text);
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    });
+    got
+}

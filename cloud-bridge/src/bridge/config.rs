@@ -1,6 +1,11 @@
-//! The bridge's settings ([`BridgeConfig`]) with their defaults and validation.
+//! The bridge's settings: the runtime form ([`BridgeConfig`]) with its defaults and its one set
+//! of rules ([`BridgeConfig::problems`]), and the `[kafka]` section of the gateway's config file
+//! as written ([`KafkaSettings`]: the same fields under the file's names, `_ms` integers for
+//! durations, its defaults taken from [`BridgeConfig::default`]), converted here.
 
 use std::time::Duration;
+
+use serde::Deserialize;
 
 use crate::error::BridgeError;
 use icu_outbox::Stream;
@@ -153,5 +158,136 @@ impl BridgeConfig {
     pub(super) fn metadata_timeout(&self) -> Duration {
         Duration::from_millis(self.message_timeout_ms)
             .clamp(Duration::from_secs(1), MAX_METADATA_TIMEOUT)
+    }
+}
+
+/// The `[kafka]` section of the gateway's config file, as written (see
+/// `gateway/gateway.example.toml`); [`KafkaSettings::bridge_config`] makes the bridge's
+/// [`BridgeConfig`] and [`KafkaSettings::problems`] checks it by that type's rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub bootstrap: String,
+    /// Topic for FHIR Bundles of Observations.
+    #[serde(default = "defaults::topic_observations")]
+    pub topic_observations: String,
+    /// Topic for alarm state changes (one FHIR Observation each, PCD-04 attributes).
+    #[serde(default = "defaults::topic_alarms")]
+    pub topic_alarms: String,
+    /// Topic for ADT events (FHIR Patient + Encounter).
+    #[serde(default = "defaults::topic_adt")]
+    pub topic_adt: String,
+    /// Topic for rejected input (JSON: what, from where, at which offset, why).
+    #[serde(default = "defaults::topic_deadletter")]
+    pub topic_deadletter: String,
+    /// Topic for the audit trail (one FHIR AuditEvent per entry, keyed by the gateway id).
+    #[serde(default = "defaults::topic_audit")]
+    pub topic_audit: String,
+    /// How long the producer keeps trying one record before reporting it failed (it is then
+    /// sent again from the store, never dropped).
+    #[serde(default = "defaults::message_timeout_ms")]
+    pub message_timeout_ms: u64,
+    /// Most observations per Kafka record (one FHIR Bundle).
+    #[serde(default = "defaults::max_per_bundle")]
+    pub max_per_bundle: usize,
+    /// Producer compression: none, gzip, snappy, lz4 or zstd.
+    #[serde(default = "defaults::compression")]
+    pub compression: String,
+    /// Most outbox records the bridge reads and forwards per cycle (default 5000, 1..=100000).
+    /// A new alarm waits behind at most two such cycles (the one being delivered and the one
+    /// prepared meanwhile).
+    #[serde(default = "defaults::fetch_limit")]
+    pub fetch_limit: usize,
+    /// A device whose oldest unforwarded reading is younger than this is "live" and forwarded in
+    /// full every cycle; older means "backlog" (default 10000 ms, 1000..=3600000).
+    #[serde(default = "defaults::live_window_ms")]
+    pub live_window_ms: u64,
+    /// Backlog observations forwarded per second at most, all backlog devices together, shared
+    /// fairly (default 100000, at least 1). Alarms, ADT events and live devices are never
+    /// throttled. Must exceed the ingest rate for a backlog to catch up.
+    #[serde(default = "defaults::backlog_rate")]
+    pub backlog_rate: u64,
+}
+
+impl KafkaSettings {
+    /// The bridge's settings for gateway `gateway_id` (the fields the file does not set, such
+    /// as the poll interval, keep [`BridgeConfig::default`]).
+    pub fn bridge_config(&self, gateway_id: &str) -> BridgeConfig {
+        BridgeConfig {
+            gateway_id: gateway_id.to_owned(),
+            brokers: self.bootstrap.clone(),
+            topic_observations: self.topic_observations.clone(),
+            topic_alarms: self.topic_alarms.clone(),
+            topic_adt: self.topic_adt.clone(),
+            topic_deadletter: self.topic_deadletter.clone(),
+            topic_audit: self.topic_audit.clone(),
+            fetch_limit: self.fetch_limit,
+            live_window: Duration::from_millis(self.live_window_ms),
+            backlog_rate: self.backlog_rate,
+            max_per_bundle: self.max_per_bundle,
+            message_timeout_ms: self.message_timeout_ms,
+            compression: self.compression.clone(),
+            ..BridgeConfig::default()
+        }
+    }
+
+    /// The problems [`BridgeConfig::problems`] finds in [`Self::bridge_config`], under the
+    /// file's field names (`bootstrap`, `live_window_ms`, ...; without the `kafka.` prefix).
+    /// The gateway id is not this section's: its problem is left to the top level.
+    pub fn problems(&self, gateway_id: &str) -> Vec<(&'static str, String)> {
+        self.bridge_config(gateway_id)
+            .problems()
+            .into_iter()
+            .filter(|(field, _)| *field != "gateway_id")
+            .map(|(field, reason)| {
+                let field = match field {
+                    "brokers" => "bootstrap",
+                    "live_window" => "live_window_ms",
+                    other => other,
+                };
+                (field, reason)
+            })
+            .collect()
+    }
+}
+
+/// The file's defaults: [`BridgeConfig::default`]'s values.
+mod defaults {
+    use super::BridgeConfig;
+
+    pub fn topic_observations() -> String {
+        BridgeConfig::default().topic_observations
+    }
+    pub fn topic_alarms() -> String {
+        BridgeConfig::default().topic_alarms
+    }
+    pub fn topic_adt() -> String {
+        BridgeConfig::default().topic_adt
+    }
+    pub fn topic_audit() -> String {
+        BridgeConfig::default().topic_audit
+    }
+
+    pub fn topic_deadletter() -> String {
+        BridgeConfig::default().topic_deadletter
+    }
+    pub fn message_timeout_ms() -> u64 {
+        BridgeConfig::default().message_timeout_ms
+    }
+    pub fn max_per_bundle() -> usize {
+        BridgeConfig::default().max_per_bundle
+    }
+    pub fn compression() -> String {
+        BridgeConfig::default().compression
+    }
+    pub fn fetch_limit() -> usize {
+        BridgeConfig::default().fetch_limit
+    }
+    pub fn live_window_ms() -> u64 {
+        BridgeConfig::default().live_window.as_millis() as u64
+    }
+    pub fn backlog_rate() -> u64 {
+        BridgeConfig::default().backlog_rate
     }
 }

@@ -39,7 +39,7 @@ pub(super) struct ParamState {
 /// `within_s`, kept as a monotonic queue: a reading that a later, larger (smaller) one outlives
 /// can never be the extreme again and is dropped. O(1) per reading on average, however fast a
 /// device sends; the window scan this replaced cost O(readings in the window) per reading and
-/// was a fifth of the gateway's CPU at 300 readings/s per bed (`cargo bench -p icu-gateway
+/// was a fifth of the gateway's CPU at 300 readings/s per bed (`cargo bench -p icu-tests
 /// --bench ingest -- --perf`).
 #[derive(Debug, Default)]
 pub(super) struct RateWindow {

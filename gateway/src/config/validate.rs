@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::raw::*;
-use super::{Bed, ClockPolicy, Config, Device, FieldProblem, MllpConfig, Protocol, StoreConfig};
+use super::{Bed, ClockPolicy, Config, Device, FieldProblem, Protocol};
 
 /// Parses an allow-list, reporting each bad entry as `field[index]`.
 fn allow_list(
@@ -64,64 +64,17 @@ impl RawConfig {
             }
         };
 
-        if self.store.disk_budget_mb == 0 {
-            problem("store.disk_budget_mb", "must be at least 1".into());
+        // Each component's own settings type, checked by its own rules.
+        for (field, message) in self.store.problems() {
+            problem(&format!("store.{field}"), message);
         }
-        if !(2..=100).contains(&self.store.high_water_pct) {
-            problem(
-                "store.high_water_pct",
-                format!("{} must be 2-100", self.store.high_water_pct),
-            );
-        }
-        if self.store.low_water_pct == 0 || self.store.low_water_pct >= self.store.high_water_pct {
-            problem(
-                "store.low_water_pct",
-                format!(
-                    "{} must be at least 1 and below store.high_water_pct ({})",
-                    self.store.low_water_pct, self.store.high_water_pct
-                ),
-            );
-        }
-        if self.store.alarm_reserve_pct > 20 {
-            problem(
-                "store.alarm_reserve_pct",
-                format!("{} must be 0-20", self.store.alarm_reserve_pct),
-            );
-        }
-        let on_full = match self.store.on_full.as_str() {
-            "refuse" => crate::store::OnFull::Refuse,
-            "drop_oldest_unsent" => crate::store::OnFull::DropOldestUnsent,
-            other => {
-                problem(
-                    "store.on_full",
-                    format!("'{other}' is not one of \"refuse\", \"drop_oldest_unsent\""),
-                );
-                crate::store::OnFull::Refuse
-            }
+        problems.extend(self.mllp.problems());
+        let mut problem = |field: &str, message: String| {
+            problems.push(FieldProblem {
+                field: field.to_owned(),
+                message,
+            })
         };
-        let synchronous_full = match self.store.synchronous.as_str() {
-            "full" => true,
-            "normal" => false,
-            other => {
-                problem(
-                    "store.synchronous",
-                    format!("'{other}' is not one of \"full\", \"normal\""),
-                );
-                true
-            }
-        };
-        if self.store.max_batch == 0 {
-            problem("store.max_batch", "must be at least 1".into());
-        }
-        if self.store.max_pending < self.store.max_batch {
-            problem(
-                "store.max_pending",
-                format!(
-                    "must be at least store.max_batch ({})",
-                    self.store.max_batch
-                ),
-            );
-        }
 
         let mut addr = |field: &str, s: &str| -> SocketAddr {
             match s.parse::<SocketAddr>() {
@@ -135,31 +88,7 @@ impl RawConfig {
                 }
             }
         };
-        let mllp_listen = addr("mllp.listen", &self.mllp.listen);
         let http_listen = addr("http.listen", &self.http.listen);
-        if self.mllp.max_frame_bytes < 1024 || self.mllp.max_frame_bytes > 64 << 20 {
-            problem(
-                "mllp.max_frame_bytes",
-                format!("{} is outside 1024..=67108864", self.mllp.max_frame_bytes),
-            );
-        }
-        if self.mllp.max_connections == 0 {
-            problem("mllp.max_connections", "must be at least 1".into());
-        }
-        if self.mllp.max_connections_per_address == 0 {
-            problem(
-                "mllp.max_connections_per_address",
-                "must be at least 1".into(),
-            );
-        }
-        for (field, secs) in [
-            ("mllp.frame_timeout_s", self.mllp.frame_timeout_s),
-            ("mllp.idle_timeout_s", self.mllp.idle_timeout_s),
-        ] {
-            if !(1..=86_400).contains(&secs) {
-                problem(field, format!("{secs} is outside 1..=86400 seconds"));
-            }
-        }
         for p in self.http.problems() {
             problem(&p.field, p.message);
         }
@@ -168,34 +97,10 @@ impl RawConfig {
         // The bridge's own settings type, checked by its own rules (one definition, one
         // validation), reported under the file's names.
         let kafka = self.kafka.as_ref().map(|k| {
-            let cfg = icu_cloud_bridge::bridge::BridgeConfig {
-                gateway_id: self.gateway_id.clone(),
-                brokers: k.bootstrap.clone(),
-                topic_observations: k.topic_observations.clone(),
-                topic_alarms: k.topic_alarms.clone(),
-                topic_adt: k.topic_adt.clone(),
-                topic_deadletter: k.topic_deadletter.clone(),
-                topic_audit: k.topic_audit.clone(),
-                fetch_limit: k.fetch_limit,
-                live_window: std::time::Duration::from_millis(k.live_window_ms),
-                backlog_rate: k.backlog_rate,
-                max_per_bundle: k.max_per_bundle,
-                message_timeout_ms: k.message_timeout_ms,
-                poll_interval: std::time::Duration::from_millis(200),
-                max_backoff: std::time::Duration::from_secs(10),
-                compression: k.compression.clone(),
-            };
-            for (field, reason) in cfg.problems() {
-                let field = match field {
-                    // Reported once, as `gateway_id`.
-                    "gateway_id" => continue,
-                    "brokers" => "bootstrap",
-                    "live_window" => "live_window_ms",
-                    other => other,
-                };
+            for (field, reason) in k.problems(&self.gateway_id) {
                 problem(&format!("kafka.{field}"), reason);
             }
-            cfg
+            k.bridge_config(&self.gateway_id)
         });
 
         // The transport's own settings type, checked by its own rules.
@@ -424,28 +329,8 @@ impl RawConfig {
         }
         Ok(Config {
             gateway_id: self.gateway_id,
-            store: StoreConfig {
-                path: in_data(&self.store.file),
-                disk_budget_bytes: self.store.disk_budget_mb.saturating_mul(1 << 20),
-                high_water_pct: self.store.high_water_pct,
-                low_water_pct: self.store.low_water_pct,
-                alarm_reserve_pct: self.store.alarm_reserve_pct,
-                on_full,
-                synchronous_full,
-                max_batch: self.store.max_batch,
-                max_pending: self.store.max_pending,
-            },
-            mllp: MllpConfig {
-                listen: mllp_listen,
-                max_frame_bytes: self.mllp.max_frame_bytes,
-                max_connections: self.mllp.max_connections,
-                max_connections_per_address: self
-                    .mllp
-                    .max_connections_per_address
-                    .min(self.mllp.max_connections),
-                frame_timeout: Duration::from_secs(self.mllp.frame_timeout_s),
-                idle_timeout: Duration::from_secs(self.mllp.idle_timeout_s),
-            },
+            store: self.store.config(in_data(&self.store.file)),
+            mllp: self.mllp.config(),
             adt_allow_from,
             adt_cert_names: self.adt.cert_names.clone(),
             http_listen,

@@ -77,7 +77,7 @@ pub fn open_connection(path: &Path, synchronous_full: bool) -> Result<Connection
     // temp_store = MEMORY: every request of a group commit runs in its own savepoint, and SQLite
     // keeps the before-image of each page a savepoint changes in a statement journal. In a temp
     // file that was a 4 KiB write(2) per page changed: a third of all bytes the writer wrote
-    // (`cargo bench -p icu-gateway --bench store_commit`: 6.0 KiB written per stored
+    // (`cargo bench -p icu-tests --bench store_commit`: 6.0 KiB written per stored
     // observation before, 4.2 KiB after). It is bounded by the pages one request touches.
     conn.execute_batch(&format!(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;"
@@ -667,7 +667,7 @@ pub const ROW_MAX: usize = 64;
 /// Why rows of several records: each row costs two b-tree inserts (the table and the outbox
 /// index) and each commit writes every page it changed. One row per message instead of one per
 /// reading took the writer from 11.9 to 8.2 µs per observation and from 3.6 to 2.6 KiB written
-/// per observation (`cargo bench -p icu-gateway --bench store_commit`).
+/// per observation (`cargo bench -p icu-tests --bench store_commit`).
 fn insert_rows(
     tx: &rusqlite::Savepoint<'_>,
     stream: Stream,

@@ -94,6 +94,7 @@
 //! [`WriteOrder::Independent`] (their senders wait for each answer).
 
 pub mod db;
+mod settings;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -105,6 +106,8 @@ use icu_outbox::{FetchRequest, Fetched, InFlightRuns, Outbox, OutboxError, Outbo
 use icu_protos::v1::StoredRecord;
 use icu_protos::Message as _;
 use tokio::sync::oneshot;
+
+pub use settings::{StoreConfig, StoreSettings};
 
 pub use db::{
     AlarmWrite, BudgetPolicy, BudgetStatus, DeadLetter, ObservationBatch, OnFull, ReaderDb,
@@ -667,33 +670,6 @@ impl Outbox for SqliteOutbox {
             .mark_sent_many(ranges)
             .map(|_| ())
             .map_err(outbox_err("mark_sent_many"))
-    }
-}
-
-/// The `[store]` settings, validated by the config.
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    pub path: std::path::PathBuf,
-    pub disk_budget_bytes: u64,
-    pub high_water_pct: u8,
-    pub low_water_pct: u8,
-    pub alarm_reserve_pct: u8,
-    pub on_full: OnFull,
-    pub synchronous_full: bool,
-    pub max_batch: usize,
-    pub max_pending: usize,
-}
-
-impl StoreConfig {
-    /// The disk-budget policy of this config.
-    pub fn budget_policy(&self) -> BudgetPolicy {
-        BudgetPolicy {
-            high_water_pct: self.high_water_pct,
-            low_water_pct: self.low_water_pct,
-            alarm_reserve_pct: self.alarm_reserve_pct,
-            on_full: self.on_full,
-            ..BudgetPolicy::with_budget(self.disk_budget_bytes)
-        }
     }
 }
 

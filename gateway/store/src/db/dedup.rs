@@ -23,7 +23,7 @@ pub const DEDUP_WINDOW: usize = 256;
 /// memory (about 50 KiB per device), loaded from the
 /// device's latest rows (`records.control_id` and `digest`) the first time the device is seen
 /// after a start. This replaced a `messages` table with two b-trees, which was a third of all
-/// pages each group commit wrote (`cargo bench -p icu-gateway --bench store_commit`); store
+/// pages each group commit wrote (`cargo bench -p icu-tests --bench store_commit`); store
 /// files that still have rows in it are looked up there as well.
 ///
 /// What a batch stores enters the window only once its `COMMIT` returned: a commit that failed

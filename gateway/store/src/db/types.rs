@@ -200,7 +200,7 @@ impl BudgetPolicy {
     /// Why up to 64 MiB (SQLite's default is 4 MiB): a checkpoint copies each page once however
     /// many commits changed it, and under load the same few hundred pages (each device's newest
     /// records and index entries) change in every commit. With the 4 MiB log the writer spent a
-    /// fifth of its time copying the same pages again (`cargo bench -p icu-gateway --bench
+    /// fifth of its time copying the same pages again (`cargo bench -p icu-tests --bench
     /// store_commit`: 75.6k → 91.9k observations/s, 4.3 → 3.6 KiB written per observation).
     pub fn wal_allowance_bytes(&self) -> u64 {
         (self.budget_bytes / 16).clamp(64 << 10, 64 << 20)

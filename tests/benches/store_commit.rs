@@ -5,20 +5,18 @@
 //! bytes the process wrote per observation (`/proc/self/io` `write_bytes`/`wchar`: the WAL,
 //! checkpoints and the database file).
 //!
-//!     cargo bench -p icu-gateway --bench store_commit
-//!     cargo bench -p icu-gateway --bench store_commit -- --requests 14,30 --sync full,normal --seconds 10
+//!     cargo bench -p icu-tests --bench store_commit
+//!     cargo bench -p icu-tests --bench store_commit -- --requests 14,30 --sync full,normal --seconds 10
 //!
 //! Options (`--name value`, or env `ICU_BENCH_<NAME>`): `--beds 30`, `--obx 15`,
 //! `--requests 14` (messages per commit; the ingest bench sees ~14 at 30 beds),
 //! `--sync full,normal`, `--seconds 10`.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use icu_gateway::store::db::digest;
 use icu_gateway::store::{ObservationBatch, StoreDb, WriteRequest};
+use icu_tests::bench::*;
 
 fn proc_io() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/self/io").unwrap_or_default();

@@ -9,13 +9,17 @@
 //! down, and with `synchronous = "full"` while another writer on the same file system syncs 64 KiB
 //! writes back to back (the slow, contended disk). Prints p50 / p99 / max in milliseconds.
 //!
-//!     cargo bench -p icu-gateway --bench alarm_latency
+//!     cargo bench -p icu-tests --bench alarm_latency
 //!
 //! Each setting runs twice: every bed paced at its devices' full rate (ICU_BENCH_RATE messages/s
 //! per bed, default 10; the beds' phases spread over the period), and saturated (as fast as the ACKs come back: the latency then includes
 //! the queueing of a machine at 100 % load). The clients run on their own thread.
 //!
 //! Options (env): ICU_BENCH_SECONDS (default 20), ICU_BENCH_BEDS (default 30), ICU_BENCH_RATE.
+//!
+//! The gateway runs in this process (`icu_gateway::app::start`) with the harness's test accounts
+//! (`icu_tests::http`, made in its store file before it starts); the event stream is read as the
+//! test physician.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use icu_drivers::mllp::{MllpCodec, MllpEvent};
+use icu_tests::bench::percentile;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_util::codec::Framed;
 
@@ -53,14 +58,6 @@ fn message(bed: usize, n: u64, hr: u32) -> String {
         "OBX|3|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.2.1.1|97|262688^MDC_DIM_PERCENT^MDC|90-100||||R".into(),
     ]
     .join("\r")
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 async fn run_case(
@@ -111,19 +108,29 @@ async fn run_case(
     }
     let config =
         icu_gateway::config::Config::from_toml(&cfg, &dir.path().join("g.toml")).expect("config");
+    let token =
+        icu_tests::http::prepare_accounts_in_process(&config.store.path).expect("test accounts");
     let key = icu_cloud_bridge::signing::GatewayKey::generate();
     let running = icu_gateway::app::start(config, Some(key))
         .await
         .expect("gateway");
     let ep = running.endpoints.clone();
+    icu_tests::http::register_token(ep.http, token);
     // The load runs on its own thread and runtime, so the bench's clients do not queue on the
     // gateway's system arbiter: what is measured is the gateway.
     let load = tokio::task::spawn_blocking(move || {
+        // The event stream needs a login (as the page's does).
+        let cookie = icu_tests::http::login(
+            ep.http,
+            icu_tests::http::DEFAULT_ACCOUNT,
+            icu_tests::http::TEST_PASSWORD,
+        )
+        .expect("login");
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("load runtime")
-            .block_on(load(ep, beds, seconds, rate))
+            .block_on(load(ep, &cookie, beds, seconds, rate))
     });
     let (n, mut l) = load.await.expect("load thread");
     l.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -152,6 +159,7 @@ async fn run_case(
 /// ACKs allow) and returns the number of messages sent and the alarm latencies in ms.
 async fn load(
     ep: icu_gateway::app::Endpoints,
+    cookie: &str,
     beds: usize,
     seconds: u64,
     rate: f64,
@@ -160,9 +168,15 @@ async fn load(
     let sent: Arc<Mutex<HashMap<(usize, u64), Instant>>> = Arc::default();
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
     let mut sse = tokio::net::TcpStream::connect(ep.http).await.unwrap();
-    sse.write_all(format!("GET /api/events HTTP/1.1\r\nHost: {}\r\n\r\n", ep.http).as_bytes())
-        .await
-        .unwrap();
+    sse.write_all(
+        format!(
+            "GET /api/events HTTP/1.1\r\nHost: {}\r\nCookie: icu_session={cookie}\r\n\r\n",
+            ep.http
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
     {
         let sent = sent.clone();
         let latencies = latencies.clone();

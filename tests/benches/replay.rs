@@ -18,15 +18,13 @@
 //! `store.unsent` is a `COUNT(*)` over the outbox, seconds on 10M rows, holding the outbox
 //! reader the bridge needs) is read only at the start and at the end.
 //!
-//!     cargo bench -p icu-gateway --bench replay                       # 10M backlog, 120 s
-//!     cargo bench -p icu-gateway --bench replay -- --backlog 1000000 --seconds 60
+//!     cargo bench -p icu-tests --bench replay                       # 10M backlog, 120 s
+//!     cargo bench -p icu-tests --bench replay -- --backlog 1000000 --seconds 60
 //!
 //! Options (`--name value`, or env `ICU_BENCH_<NAME>`): `--backlog 10000000`,
 //! `--backlog-beds 30`, `--obx 15`, `--live-beds 3`, `--live-rate 1` (messages/s per live bed),
 //! `--seconds 120` (0: until the backlog is drained), `--sync full`, `--perf <file.data>`
 //! (perf record of the gateway for 30 s after the first forwarded record).
-
-mod common;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -34,11 +32,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
 use futures::{SinkExt, StreamExt};
 use icu_drivers::mllp::{MllpCodec, MllpEvent};
 use icu_gateway::store::db::digest;
 use icu_gateway::store::{ObservationBatch, StoreDb, WriteRequest};
+use icu_tests::bench::*;
 use tokio_util::codec::Framed;
 
 /// Messages per `commit_batch` while building the backlog.
@@ -316,7 +314,7 @@ fn main() {
         store_extra: String::new(),
     };
     let t_start = Instant::now();
-    let mut gw = Gateway::start(&spec);
+    let mut gw = spec.start();
     let startup = t_start.elapsed().as_secs_f64();
     let db = gw.db_path();
     let rss = RssSampler::start(gw.pid());

@@ -23,26 +23,24 @@
 //! After each case the gateway is stopped (SIGTERM); bytes per observation = (db + wal) / stored
 //! observations, then again after `PRAGMA wal_checkpoint(TRUNCATE)`.
 //!
-//!     cargo bench -p icu-gateway --bench ingest
-//!     cargo bench -p icu-gateway --bench ingest -- --transports mllp --beds 30,300 --sync full,normal --seconds 30
+//!     cargo bench -p icu-tests --bench ingest
+//!     cargo bench -p icu-tests --bench ingest -- --transports mllp --beds 30,300 --sync full,normal --seconds 30
 //!
 //! Options (`--name value`, or env `ICU_BENCH_<NAME>`): `--transports mllp,mqtt`,
 //! `--beds 30,100,300` (MLLP), `--mqtt-beds 30,100`, `--sync full,normal`, `--seconds 15`,
 //! `--warmup 3`, `--obx 15`, `--pipeline 1` (MLLP and MQTT), `--mqtt-format json`, `--store-extra 'max_batch = 512'`,
 //! `--perf <file.data>` (perf record of the gateway during the first case's measured window).
 
-mod common;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use futures::{SinkExt, StreamExt};
 use icu_drivers::mllp::{MllpCodec, MllpEvent};
 use icu_drivers::mqtt::rumqttc::{AsyncClient, MqttOptions, QoS};
 use icu_drivers::mqtt::{publish_observations, MqttBatch, ObsTopic, PayloadFormat};
 use icu_protos::v1::Observation;
+use icu_tests::bench::*;
 use tokio_util::codec::Framed;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -274,7 +272,7 @@ fn run_case(
         kafka: None,
         store_extra: o.store_extra.clone(),
     };
-    let mut gw = Gateway::start(&spec);
+    let mut gw = spec.start();
     if transport == Transport::Mqtt {
         // Publish only once the gateway's subscription is in place.
         let deadline = Instant::now() + Duration::from_secs(30);

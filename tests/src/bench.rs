@@ -1,18 +1,20 @@
-//! Shared pieces of the throughput benches (`ingest`, `replay`): the gateway as a child process
-//! (`icu-gateway run --config ...`, so its RSS is its own), a private mosquitto and tansu, the
-//! PCD-01 message they send, argument parsing and percentiles.
+//! Shared pieces of the benches (`tests/benches/`: `ingest`, `replay`, `store_commit`,
+//! `alarm_latency`): their gateway config ([`GatewaySpec`], started as a child process with the
+//! harness's [`GatewayProc`], so its RSS is its own, from the release build), a private
+//! mosquitto and tansu tuned for load, the PCD-01 message they send, argument parsing,
+//! percentiles and RSS sampling.
 //!
 //! Every helper process is started on a free loopback port with its files in its own folder and
 //! is stopped when its guard is dropped.
 
-#![allow(dead_code)] // each bench uses a subset
-
 use std::collections::HashMap;
-use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub use crate::gateway::{Endpoints, GatewayProc, Launch};
+use crate::{free_port, tansu_bin};
 
 /// The gateway id every bench config uses (topics, stored records).
 pub const GATEWAY_ID: &str = "bench";
@@ -100,17 +102,10 @@ impl Args {
 // ---------------------------------------------------------------------------------------------
 // Paths.
 
-/// The workspace's target directory (`CARGO_TARGET_DIR` or `<workspace>/target`).
-pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
 /// `target/bench-cache`: cached backlogs and the benches' scratch folders (same disk as the
 /// store would be, not a tmpfs).
 pub fn cache_dir() -> PathBuf {
-    let d = target_dir().join("bench-cache");
+    let d = crate::target_dir().join("bench-cache");
     std::fs::create_dir_all(&d).expect("create target/bench-cache");
     d
 }
@@ -123,28 +118,10 @@ pub fn scratch(prefix: &str) -> tempfile::TempDir {
         .expect("scratch dir")
 }
 
+/// The gateway the benches run: the `icu-gateway` binary of this bench's profile (release),
+/// built if needed.
 pub fn gateway_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_icu-gateway"))
-}
-
-pub fn tansu_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("ICU_TANSU_BIN").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.join(".cache"));
-    cache.join("icu-gateway/tansu-0.6.0/bin/tansu")
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    crate::profile_bin("icu-gateway", "icu-gateway")
 }
 
 /// Size of a file, 0 if missing.
@@ -241,132 +218,30 @@ impl GatewaySpec {
 // ---------------------------------------------------------------------------------------------
 // The gateway process.
 
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct Endpoints {
-    pub mllp: SocketAddr,
-    pub http: SocketAddr,
-}
-
-/// `icu-gateway run --config <dir>/gateway.toml`, killed on drop.
-pub struct Gateway {
-    pub dir: PathBuf,
-    pub endpoints: Endpoints,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Gateway {
-    /// Writes the config (and a key when Kafka is configured), starts the gateway and waits for
-    /// its `endpoints.json`.
-    pub fn start(spec: &GatewaySpec) -> Gateway {
-        std::fs::create_dir_all(&spec.dir).expect("gateway dir");
-        let key = spec.dir.join("gateway.key");
-        if spec.kafka.is_some() && !key.exists() {
-            let out = Command::new(gateway_bin())
-                .args(["keygen", "--out"])
-                .arg(&key)
-                .output()
-                .expect("icu-gateway keygen");
-            assert!(out.status.success(), "keygen: {out:?}");
-        }
-        let config = spec.dir.join("gateway.toml");
-        std::fs::write(&config, spec.toml()).expect("write config");
-        let ep = spec.dir.join("endpoints.json");
-        let _ = std::fs::remove_file(&ep);
-        let log = spec.dir.join("gateway.log");
-        let out = std::fs::File::create(&log).expect("gateway log");
-        let child = Command::new(gateway_bin())
-            .args(["run", "--config"])
-            .arg(&config)
-            .env(
-                "RUST_LOG",
-                std::env::var("ICU_BENCH_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log fd"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn icu-gateway");
-        let mut g = Gateway {
-            dir: spec.dir.clone(),
-            endpoints: Endpoints {
-                mllp: "127.0.0.1:1".parse().expect("addr"),
-                http: "127.0.0.1:1".parse().expect("addr"),
-            },
-            child: Some(child),
-            log,
+impl GatewaySpec {
+    /// Writes the config, makes the test accounts (`icu_tests::http`, so `/api/status` and
+    /// `/api/events` answer), starts the gateway ([`gateway_bin`], `RUST_LOG` from
+    /// `ICU_BENCH_GATEWAY_LOG`, default `warn`) and waits for its `endpoints.json`. The gateway
+    /// makes its signing key at first start.
+    pub fn start(&self) -> GatewayProc {
+        let launch = Launch {
+            bin: gateway_bin(),
+            log_filter: std::env::var("ICU_BENCH_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+            ready_within: Duration::from_secs(120),
         };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(Ok(Some(status))) = g.child.as_mut().map(Child::try_wait) {
-                panic!("gateway exited with {status}:\n{}", g.log_tail(40));
-            }
-            if let Some(e) = std::fs::read_to_string(&ep)
-                .ok()
-                .and_then(|t| serde_json::from_str::<Endpoints>(&t).ok())
-            {
-                g.endpoints = e;
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gateway not ready after 120 s:\n{}",
-                g.log_tail(40)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        g
+        GatewayProc::start_with(&self.dir, &self.toml(), launch)
     }
+}
 
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).unwrap_or(0)
-    }
-
-    pub fn db_path(&self) -> PathBuf {
-        self.dir.join("gateway.db")
-    }
-
+impl GatewayProc {
     /// `(VmRSS, VmHWM)` in KiB.
     pub fn memory_kib(&self) -> (u64, u64) {
         proc_memory_kib(self.pid())
     }
 
+    /// `/api/status`, as the test physician.
     pub fn status(&self) -> anyhow::Result<serde_json::Value> {
-        http_get_json(self.endpoints.http, "/api/status")
-    }
-
-    pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
-    /// SIGTERM (the store commits what it holds), then wait up to 30 s.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        crate::http::http_get_json(self.endpoints.http, "/api/status")
     }
 }
 
@@ -413,24 +288,6 @@ impl Drop for RssSampler {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
-}
-
-/// A plain HTTP/1.1 GET returning the JSON body.
-pub fn http_get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(120)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("no HTTP body"))?;
-    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
-    Ok(serde_json::from_str(body)?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -635,7 +492,6 @@ pub fn pcd01(bed: usize, n: u64, obx: usize, ts: &str) -> Vec<u8> {
 
 /// One decoded message per bed (`obx` readings each), as the device actor hands them to the
 /// store: the templates the store benches write from.
-#[allow(dead_code)] // not every bench writes the store directly
 pub fn decoded_templates(
     beds: usize,
     obx: usize,
