@@ -1,0 +1,482 @@
+//! One framing event to its answer: PCD-01 to the device actors (with the certificate and
+//! address checks), ADT to the census, and every rejection to an AE/AR with an ERR segment and a
+//! dead letter.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use icu_drivers::hl7::{
+    build_ack, decode_adt, decode_pcd01, parse_header, AckCode, ErrorCode, Hl7Error, MessageHeader,
+    Pcd01Message,
+};
+use icu_drivers::mllp::MllpEvent;
+
+use crate::census::actor::ApplyAdt;
+use crate::census::ApplyOutcome;
+use crate::clock::now_us;
+use crate::device::IngestObservations;
+use crate::store::{db::digest, Append, DeadLetter, WriteOutcome, WriteRequest};
+
+use super::ingest::{Ingest, Route};
+
+/// Most bytes of a rejected input kept in its dead letter.
+pub(super) const DEAD_LETTER_MAX_RAW: usize = 64 * 1024;
+
+/// Handles one framing event and returns the ACK text to send, if any: bytes outside a frame
+/// are dead-lettered but never answered, so that every ACK answers a message the sender sent.
+pub(super) async fn handle_event(
+    ingest: &Ingest,
+    peer: SocketAddr,
+    identity: Option<&crate::tls::PeerIdentity>,
+    event: MllpEvent,
+) -> Option<String> {
+    let received = now_us();
+    match event {
+        MllpEvent::Frame { offset, payload } => {
+            ingest.stats.frames.fetch_add(1, Ordering::Relaxed);
+            Some(handle_frame(ingest, peer, identity, offset, &payload, received).await)
+        }
+        MllpEvent::Garbage { offset, len, head } => {
+            ingest.stats.noise.fetch_add(1, Ordering::Relaxed);
+            let reason = format!(
+                "{len} bytes outside an MLLP frame (expected 0x0B) at stream offset {offset} from {peer} were discarded, not answered"
+            );
+            tracing::warn!(%peer, offset, len, "mllp noise outside a frame discarded (not answered)");
+            store_dead_letter(
+                ingest,
+                DeadLetter {
+                    received_us: received,
+                    transport: "mllp".into(),
+                    peer: peer.to_string(),
+                    device_id: None,
+                    stream_offset: offset,
+                    ack_code: String::new(),
+                    error_code: 0,
+                    location: None,
+                    reason,
+                    raw: head.to_vec(),
+                    raw_len: len,
+                },
+            )
+            .await;
+            None
+        }
+        MllpEvent::Oversized { offset, len, head } => {
+            ingest.stats.frames.fetch_add(1, Ordering::Relaxed);
+            let err = Hl7Error::new(
+                AckCode::AR,
+                ErrorCode::ApplicationInternalError,
+                None,
+                format!(
+                    "MLLP frame of {len} bytes at stream offset {offset} from {peer} exceeds the {} byte limit (mllp.max_frame_bytes)",
+                    ingest.max_frame_bytes
+                ),
+            );
+            Some(reject(ingest, peer, None, None, offset, &head, len, &err, received).await)
+        }
+    }
+}
+
+async fn handle_frame(
+    ingest: &Ingest,
+    peer: SocketAddr,
+    identity: Option<&crate::tls::PeerIdentity>,
+    offset: u64,
+    payload: &[u8],
+    received: i64,
+) -> String {
+    if parse_header(payload).is_ok_and(|h| h.message_type == "ADT") {
+        return handle_adt(ingest, peer, identity, offset, payload, received).await;
+    }
+    let (message, route) = match decode_and_route(ingest, payload, received) {
+        Ok(found) => found,
+        Err(refused) => {
+            let Refused {
+                err,
+                header,
+                device,
+            } = *refused;
+            if let Some(d) = &device {
+                ingest.live.record_error(d, &err.to_string());
+            }
+            return reject(
+                ingest,
+                peer,
+                header.as_ref(),
+                device,
+                offset,
+                payload,
+                payload.len(),
+                &err,
+                received,
+            )
+            .await;
+        }
+    };
+    let header = message.header.clone();
+    // With a client certificate, the message must claim the device the certificate names.
+    if let Some(id) = identity {
+        let msh3 = header.sending_application.split('^').collect::<Vec<_>>();
+        let mut claims = vec![route.device_id.as_str()];
+        claims.extend(message.equipment_id.as_deref());
+        claims.extend(msh3.iter().copied().take(2));
+        if !id.names_any(&claims) {
+            ingest
+                .stats
+                .identity_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, device = %route.device_id, certificate = %id.describe(),
+                control_id = %header.control_id, "message refused: its device is not the one its TLS client certificate names");
+            let err = Hl7Error::new(
+                AckCode::AR,
+                ErrorCode::ApplicationInternalError,
+                None,
+                format!(
+                    "message for device {} refused: the sender's certificate names {} (the certificate's subject or SAN must name the device id or EUI-64)",
+                    route.device_id,
+                    id.describe()
+                ),
+            );
+            ingest.live.record_error(&route.device_id, &err.to_string());
+            return reject(
+                ingest,
+                peer,
+                Some(&header),
+                Some(route.device_id),
+                offset,
+                payload,
+                payload.len(),
+                &err,
+                received,
+            )
+            .await;
+        }
+    }
+    if !route.allow_from.allows(peer.ip()) {
+        ingest.stats.peers_refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%peer, device = %route.device_id, allow_from = %route.allow_from,
+            control_id = %header.control_id, "message refused: sender address not allowed for its device");
+        let err = Hl7Error::new(
+            AckCode::AR,
+            ErrorCode::ApplicationInternalError,
+            None,
+            format!(
+                "message for device {} from {peer} refused: that address is not allowed for this device (devices[].allow_from)",
+                route.device_id
+            ),
+        );
+        ingest.live.record_error(&route.device_id, &err.to_string());
+        return reject(
+            ingest,
+            peer,
+            Some(&header),
+            Some(route.device_id),
+            offset,
+            payload,
+            payload.len(),
+            &err,
+            received,
+        )
+        .await;
+    }
+    let n = message.observations.len();
+    let result = route
+        .addr
+        .send(IngestObservations {
+            dedup: Some((message.header.control_id.clone(), digest(payload))),
+            observations: message.observations,
+            receive_time_us: received,
+            order: crate::store::WriteOrder::Independent,
+        })
+        .await
+        .map(|stored| stored.map_err(|e| store_error_to_hl7(&e)));
+    match result {
+        Ok(Ok(outcome)) => {
+            if let WriteOutcome::Duplicate {
+                first_seq,
+                last_seq,
+            } = outcome
+            {
+                tracing::info!(device = %route.device_id, control_id = %header.control_id, first_seq, last_seq,
+                    "repeated message recognised; acknowledged without storing it again");
+            } else {
+                tracing::debug!(device = %route.device_id, observations = n, ?outcome, "message stored");
+            }
+            ack(ingest, Some(&header), AckCode::AA, None)
+        }
+        Ok(Err(err)) => {
+            tracing::error!(device = %route.device_id, %peer, control_id = %header.control_id, error = %err,
+                "message not stored; sender told to resend");
+            ack(ingest, Some(&header), err.ack, Some(&err))
+        }
+        Err(_) => {
+            let err = Hl7Error::internal(format!(
+                "device actor for {} is not running",
+                route.device_id
+            ));
+            ack(ingest, Some(&header), err.ack, Some(&err))
+        }
+    }
+}
+
+fn ack(
+    ingest: &Ingest,
+    header: Option<&MessageHeader>,
+    code: AckCode,
+    err: Option<&Hl7Error>,
+) -> String {
+    let counter = match code {
+        AckCode::AA => &ingest.stats.acks_aa,
+        AckCode::AE => &ingest.stats.acks_ae,
+        AckCode::AR => &ingest.stats.acks_ar,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    build_ack(header, code, err, &ingest.next_ack_id(), chrono::Utc::now())
+}
+
+/// An ADT message: census first (its own transaction), then the event for `icu.adt` in the
+/// store; AA only when both committed.
+async fn handle_adt(
+    ingest: &Ingest,
+    peer: SocketAddr,
+    identity: Option<&crate::tls::PeerIdentity>,
+    offset: u64,
+    payload: &[u8],
+    received: i64,
+) -> String {
+    let names: Vec<&str> = ingest.adt_cert_names.iter().map(String::as_str).collect();
+    if !names.is_empty() && !identity.is_some_and(|id| id.names_any(&names)) {
+        ingest
+            .stats
+            .identity_refused
+            .fetch_add(1, Ordering::Relaxed);
+        let header = parse_header(payload).ok();
+        let presented = identity.map_or("no client certificate".to_owned(), |i| {
+            format!("a certificate naming {}", i.describe())
+        });
+        tracing::warn!(%peer, presented = %presented, "adt message refused: the sender's certificate is not an ADT sender's (adt.cert_names)");
+        let err = Hl7Error::new(
+            AckCode::AR,
+            ErrorCode::ApplicationInternalError,
+            None,
+            format!(
+                "ADT message from {peer} refused: it came with {presented}, not one naming {} (adt.cert_names); the census is unchanged",
+                names.join(" or ")
+            ),
+        );
+        return reject(
+            ingest,
+            peer,
+            header.as_ref(),
+            None,
+            offset,
+            payload,
+            payload.len(),
+            &err,
+            received,
+        )
+        .await;
+    }
+    if !ingest.adt_allow_from.allows(peer.ip()) {
+        ingest.stats.peers_refused.fetch_add(1, Ordering::Relaxed);
+        let header = parse_header(payload).ok();
+        tracing::warn!(%peer, allow_from = %ingest.adt_allow_from,
+            control_id = header.as_ref().map_or("", |h| h.control_id.as_str()),
+            "adt message refused: sender address not allowed for ADT");
+        let err = Hl7Error::new(
+            AckCode::AR,
+            ErrorCode::ApplicationInternalError,
+            None,
+            format!(
+                "ADT message from {peer} refused: that address is not allowed to send ADT (adt.allow_from); the census is unchanged"
+            ),
+        );
+        return reject(
+            ingest,
+            peer,
+            header.as_ref(),
+            None,
+            offset,
+            payload,
+            payload.len(),
+            &err,
+            received,
+        )
+        .await;
+    }
+    let message = match decode_adt(payload) {
+        Ok(m) => m,
+        Err(err) => {
+            let header = parse_header(payload).ok();
+            return reject(
+                ingest,
+                peer,
+                header.as_ref(),
+                None,
+                offset,
+                payload,
+                payload.len(),
+                &err,
+                received,
+            )
+            .await;
+        }
+    };
+    let header = message.header.clone();
+    let applied = ingest
+        .census
+        .send(ApplyAdt {
+            message,
+            received_us: received,
+            peer: Some(peer.to_string()),
+        })
+        .await;
+    let (outcome, mut event) = match applied {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => {
+            let err = e.to_hl7_error();
+            return reject(
+                ingest,
+                peer,
+                Some(&header),
+                None,
+                offset,
+                payload,
+                payload.len(),
+                &err,
+                received,
+            )
+            .await;
+        }
+        Err(_) => {
+            let err = Hl7Error::internal("the ADT census is not running");
+            return ack(ingest, Some(&header), err.ack, Some(&err));
+        }
+    };
+    event.peer = peer.to_string();
+    tracing::info!(%peer, control_id = %header.control_id, outcome = %outcome, "adt applied");
+    if !matches!(outcome, ApplyOutcome::Duplicate { .. }) {
+        let stored = ingest.store.send(Append(WriteRequest::Adt(event))).await;
+        match stored {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                let err = store_error_to_hl7(&e);
+                return ack(ingest, Some(&header), err.ack, Some(&err));
+            }
+            Err(_) => {
+                let err = store_error_to_hl7(&crate::store::StoreError::Closed);
+                return ack(ingest, Some(&header), err.ack, Some(&err));
+            }
+        }
+    }
+    match outcome.hl7_error() {
+        Some(err) => {
+            tracing::warn!(%peer, control_id = %header.control_id, reason = %err.message, "adt accepted with an error");
+            ack(ingest, Some(&header), err.ack, Some(&err))
+        }
+        None => ack(ingest, Some(&header), AckCode::AA, None),
+    }
+}
+
+/// A refused frame, with whatever could be learned of its sender.
+struct Refused {
+    err: Hl7Error,
+    header: Option<MessageHeader>,
+    /// The configured device, if the header names one.
+    device: Option<String>,
+}
+
+/// Decodes a frame and finds its device.
+fn decode_and_route(
+    ingest: &Ingest,
+    payload: &[u8],
+    received: i64,
+) -> Result<(Pcd01Message, Route), Box<Refused>> {
+    let message = decode_pcd01(payload, received, &ingest.terminology).map_err(|err| {
+        let header = parse_header(payload).ok();
+        let device = header
+            .as_ref()
+            .and_then(|h| ingest.route(None, h))
+            .map(|r| r.device_id.clone());
+        Box::new(Refused {
+            err,
+            header,
+            device,
+        })
+    })?;
+    match ingest.route(message.equipment_id.as_deref(), &message.header) {
+        Some(route) => Ok((message, route.clone())),
+        None => {
+            let id = message
+                .equipment_id
+                .clone()
+                .unwrap_or_else(|| message.header.sending_application.clone());
+            Err(Box::new(Refused {
+                err: Hl7Error::unknown_device(id),
+                header: Some(message.header),
+                device: None,
+            }))
+        }
+    }
+}
+
+/// Dead-letters a rejected input and builds its AE/AR. If even the dead letter cannot be
+/// stored, the answer is still AE/AR (never AA) and the failure is logged.
+#[allow(clippy::too_many_arguments)]
+async fn reject(
+    ingest: &Ingest,
+    peer: SocketAddr,
+    header: Option<&MessageHeader>,
+    device_id: Option<String>,
+    offset: u64,
+    raw: &[u8],
+    raw_len: usize,
+    err: &Hl7Error,
+    received: i64,
+) -> String {
+    tracing::warn!(%peer, device = device_id.as_deref().unwrap_or("unknown"), offset,
+        code = err.code.code(), location = ?err.location.as_ref().map(|l| l.to_string()),
+        reason = %err.message, "mllp input rejected");
+    let letter = DeadLetter {
+        received_us: received,
+        transport: "mllp".into(),
+        peer: peer.to_string(),
+        device_id,
+        stream_offset: offset,
+        ack_code: err.ack.as_str().into(),
+        error_code: err.code.code(),
+        location: err.location.as_ref().map(|l| l.to_string()),
+        reason: err.message.clone(),
+        raw: raw[..raw.len().min(DEAD_LETTER_MAX_RAW)].to_vec(),
+        raw_len,
+    };
+    store_dead_letter(ingest, letter).await;
+    ack(ingest, header, err.ack, Some(err))
+}
+
+/// Stores a dead letter; a failure is logged (the caller's answer, if any, is never AA).
+pub(super) async fn store_dead_letter(ingest: &Ingest, letter: DeadLetter) {
+    let peer = letter.peer.clone();
+    match ingest
+        .store
+        .send(Append(WriteRequest::DeadLetter(letter)))
+        .await
+    {
+        Ok(Ok(_)) => {
+            ingest.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, %peer, "dead letter could not be stored"),
+        Err(_) => tracing::error!(%peer, "dead letter could not be stored: store stopped"),
+    }
+}
+
+/// The HL7 answer for a store failure: AR, application internal error, saying why (the sender
+/// keeps the message and resends it).
+pub fn store_error_to_hl7(e: &crate::store::StoreError) -> Hl7Error {
+    Hl7Error::new(
+        AckCode::AR,
+        ErrorCode::ApplicationInternalError,
+        None,
+        format!("{e}; please resend later"),
+    )
+}
