@@ -1,6 +1,9 @@
 //! The bridge's settings ([`BridgeConfig`]) with their defaults and validation.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use super::security::{properties_problems, KafkaSecurity};
 
 use crate::error::BridgeError;
 use icu_outbox::Stream;
@@ -47,6 +50,11 @@ pub struct BridgeConfig {
     pub max_backoff: Duration,
     /// `compression.type`: none, gzip, snappy, lz4 (default) or zstd.
     pub compression: String,
+    /// `[kafka.security]`: TLS and SASL towards the brokers (default plain text).
+    pub security: KafkaSecurity,
+    /// `[kafka.properties]`: other librdkafka properties, passed through as they are (never one
+    /// the bridge or `security` sets, never a secret).
+    pub properties: BTreeMap<String, String>,
 }
 
 impl Default for BridgeConfig {
@@ -67,6 +75,8 @@ impl Default for BridgeConfig {
             poll_interval: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
             compression: "lz4".into(),
+            security: KafkaSecurity::default(),
+            properties: BTreeMap::new(),
         }
     }
 }
@@ -139,6 +149,8 @@ impl BridgeConfig {
                 ),
             ));
         }
+        out.extend(self.security.problems());
+        out.extend(properties_problems(&self.properties));
         out
     }
 

@@ -232,6 +232,15 @@ pub struct RawKafka {
     /// throttled. Must exceed the ingest rate for a backlog to catch up.
     #[serde(default = "default_backlog_rate")]
     pub backlog_rate: u64,
+    /// `[kafka.security]`: TLS (with the hospital's CA, optionally a client certificate) and
+    /// SASL/SCRAM towards the brokers; the bridge's own section (see its field docs). Without
+    /// it the bridge speaks plain text.
+    #[serde(default)]
+    pub security: icu_cloud_bridge::bridge::KafkaSecurity,
+    /// `[kafka.properties]`: other librdkafka properties, passed through (string → string);
+    /// never one the gateway sets itself, never a secret.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

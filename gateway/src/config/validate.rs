@@ -184,6 +184,8 @@ impl RawConfig {
                 poll_interval: std::time::Duration::from_millis(200),
                 max_backoff: std::time::Duration::from_secs(10),
                 compression: k.compression.clone(),
+                security: k.security.clone(),
+                properties: k.properties.clone(),
             };
             for (field, reason) in cfg.problems() {
                 let field = match field {

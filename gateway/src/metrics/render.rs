@@ -78,13 +78,7 @@ impl Text {
 }
 
 pub(super) fn state_label(s: &BridgeState) -> &'static str {
-    match s {
-        BridgeState::Disabled => "disabled",
-        BridgeState::Connecting => "connecting",
-        BridgeState::Online => "online",
-        BridgeState::Offline { .. } => "offline",
-        BridgeState::TopicMissing { .. } => "topic_missing",
-    }
+    s.name()
 }
 
 /// Renders the figures in the Prometheus text exposition format 0.0.4.
