@@ -335,7 +335,9 @@ impl Worker {
                 }
             }
             CycleError::Offline(reason) if self.recent_security_failure().is_some() => {
-                let failure = self.recent_security_failure().unwrap_or(SecurityFailure::Auth(reason));
+                let failure = self
+                    .recent_security_failure()
+                    .unwrap_or(SecurityFailure::Auth(reason));
                 let state = security_state(&self.config, failure);
                 if self.stats.set_state(state.clone()).is_some() {
                     let reason = match &state {

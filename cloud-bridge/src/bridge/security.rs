@@ -188,7 +188,10 @@ pub fn properties_problems(properties: &BTreeMap<String, String>) -> Vec<(&'stat
                 ),
             ));
         } else if value.contains('\n') {
-            out.push(("properties", format!("{key:?} has a line break in its value")));
+            out.push((
+                "properties",
+                format!("{key:?} has a line break in its value"),
+            ));
         }
     }
     out
@@ -382,7 +385,10 @@ pub fn client_properties(
     }
     let mut out: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: String| out.push((k.to_owned(), v));
-    set("security.protocol", security.protocol.as_librdkafka().into());
+    set(
+        "security.protocol",
+        security.protocol.as_librdkafka().into(),
+    );
     if security.protocol.is_tls() {
         if let Some(ca) = &security.ca_file {
             set("ssl.ca.location", ca.display().to_string());
@@ -507,7 +513,9 @@ mod tests {
         let s = scram(dir.path());
         let pw = s.password_file.clone().unwrap();
         std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = client_properties(&s, &BTreeMap::new()).unwrap_err().to_string();
+        let err = client_properties(&s, &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("chmod 600"), "{err}");
         assert!(err.contains("readable by group or others"), "{err}");
     }
@@ -552,7 +560,9 @@ mod tests {
         let problems = properties_problems(&p);
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems.iter().any(|(_, r)| r.contains("carries a secret")));
-        assert!(problems.iter().any(|(_, r)| r.contains("set by the gateway")));
+        assert!(problems
+            .iter()
+            .any(|(_, r)| r.contains("set by the gateway")));
     }
 
     #[test]
