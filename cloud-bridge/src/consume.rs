@@ -958,6 +958,12 @@ pub fn render_summary(topic: &str, report: &ConsumeReport) -> String {
         if report.unsigned > 0 {
             reasons.push(format!("{} unsigned", report.unsigned));
         }
+        if report.unknown_key_records > 0 {
+            reasons.push(format!(
+                "{} records signed with an unknown key id",
+                report.unknown_key_records
+            ));
+        }
         let gapped = report
             .streams()
             .filter(|(_, _, d)| !d.gaps.is_empty())

@@ -25,8 +25,9 @@ pub mod http;
 pub mod mosquitto;
 pub mod pki;
 mod process;
+pub mod tls_proxy;
 
-pub use broker::{Broker, PARTITIONS};
+pub use broker::{Broker, SecureOptions, PARTITIONS};
 pub use process::{wait_for, ChildGuard};
 
 use std::net::TcpListener;
