@@ -316,8 +316,8 @@ pub struct ConsumeReport {
     pub duplicates: Vec<Duplicate>,
     /// Audit-trail entries read, over all streams.
     pub audit_entries: u64,
-    /// Signed records whose `icu-key-id` names a key the verifier was not given (not counted in
-    /// `signatures_ok` nor `signatures_bad`).
+    /// Signed records whose `icu-key-id` names a key the verifier was not given (also counted
+    /// in `signatures_bad`: they did not verify).
     pub unknown_key_records: u64,
     /// Those records per unknown key id.
     pub unknown_keys: BTreeMap<String, UnknownKey>,
@@ -534,6 +534,9 @@ pub fn report_with_keys(records: &[ConsumedRecord], key: Option<&KeyRing>) -> Co
                             .first_offsets
                             .push((record.partition, record.offset));
                     }
+                    // It did not verify either (a verifier that only checks this stays right).
+                    report.signatures_bad += 1;
+                    dev.signatures_bad += 1;
                     trusted = false;
                 }
                 _ => {
