@@ -192,7 +192,7 @@ pub fn render(f: &Figures) -> String {
     t.family(
         "icu_bridge_state",
         "gauge",
-        "1 for the bridge's current state (disabled, connecting, online, offline, topic_missing).",
+        "1 for the bridge's current state (disabled, connecting, online, offline, topic_missing, auth_failed, tls_failed).",
     );
     let current = state_label(&b.state);
     for s in [
@@ -201,6 +201,8 @@ pub fn render(f: &Figures) -> String {
         "online",
         "offline",
         "topic_missing",
+        "auth_failed",
+        "tls_failed",
     ] {
         t.sample(
             "icu_bridge_state",
