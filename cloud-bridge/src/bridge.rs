@@ -49,6 +49,7 @@
 mod config;
 pub mod plan;
 mod quiet;
+pub mod security;
 mod stats;
 
 use std::collections::BTreeSet;
@@ -58,7 +59,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix::{Actor, AsyncContext, Context, Handler};
 use base64::Engine as _;
 use futures::future::join_all;
-use quiet::QuietContext;
+use quiet::{FailureSlot, QuietContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -68,6 +69,7 @@ use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
 pub use self::config::{BridgeConfig, KafkaSettings};
+pub use self::security::{KafkaSecurity, SecurityFailure, SecurityProtocol};
 pub use self::stats::{BridgeState, BridgeStats};
 use crate::deadletter::dead_letter_json;
 use crate::error::BridgeError;
@@ -87,6 +89,51 @@ const SKIP_MEMORY: usize = 10_000;
 const MAX_MAP_THREADS: usize = 4;
 /// Fewest bundles worth a thread of their own.
 const MIN_BUNDLES_PER_THREAD: usize = 4;
+
+/// How long a reported authentication / TLS failure explains a failed cycle.
+const SECURITY_FAILURE_MEMORY: Duration = Duration::from_secs(60);
+
+/// The state for an authentication / TLS failure, its reason naming the setting to fix.
+fn security_state(config: &BridgeConfig, failure: SecurityFailure) -> BridgeState {
+    let s = &config.security;
+    match failure {
+        SecurityFailure::Auth(detail) => BridgeState::AuthFailed {
+            reason: format!(
+                "brokers {} refused the SASL login of user {:?} ({}): check [kafka.security] \
+                 username and the password in {} (librdkafka: {detail})",
+                config.brokers,
+                s.username.as_deref().unwrap_or_default(),
+                s.mechanism(),
+                match (&s.password_file, &s.password_env) {
+                    (Some(f), _) => format!("password_file {}", f.display()),
+                    (None, Some(v)) => format!("password_env {v}"),
+                    (None, None) => "password_file".into(),
+                }
+            ),
+        },
+        SecurityFailure::Tls(detail) => BridgeState::TlsFailed {
+            reason: format!(
+                "TLS handshake with brokers {} failed: check that [kafka.security] ca_file {} is \
+                 the CA that signed the brokers' certificates{}{} (librdkafka: {detail})",
+                config.brokers,
+                s.ca_file
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "(not set)".into()),
+                if s.verify_hostname {
+                    " and that they name the host in bootstrap (verify_hostname)"
+                } else {
+                    ""
+                },
+                if s.client_cert_file.is_some() {
+                    ", and that the brokers accept client_cert_file"
+                } else {
+                    ""
+                },
+            ),
+        },
+    }
+}
 
 /// Hint from the store after a commit: there may be something to send.
 #[derive(Debug, Clone, Copy, actix::Message)]
@@ -109,7 +156,9 @@ impl BridgeActor {
         stats: Arc<BridgeStats>,
     ) -> Result<Self, BridgeError> {
         config.validate()?;
-        let producer = create_producer(&config)?;
+        let failure = FailureSlot::default();
+        let producer = create_producer(&config, &failure)?;
+        stats.set_security(config.security.describe());
         let mapper = Mapper {
             gateway_id: config.gateway_id.clone(),
             max_per_bundle: config.max_per_bundle,
@@ -128,6 +177,7 @@ impl BridgeActor {
                 producer,
                 topic_known: false,
                 skipped_logged: BTreeSet::new(),
+                failure,
             }),
         })
     }
@@ -153,8 +203,15 @@ impl Handler<Wake> for BridgeActor {
     }
 }
 
-fn create_producer(config: &BridgeConfig) -> Result<FutureProducer<QuietContext>, BridgeError> {
-    ClientConfig::new()
+fn create_producer(
+    config: &BridgeConfig,
+    failure: &FailureSlot,
+) -> Result<FutureProducer<QuietContext>, BridgeError> {
+    let mut client = ClientConfig::new();
+    for (k, v) in security::client_properties(&config.security, &config.properties)? {
+        client.set(k, v);
+    }
+    client
         .set("bootstrap.servers", &config.brokers)
         .set("client.id", format!("icu-gateway-{}", config.gateway_id))
         .set("enable.idempotence", "true")
@@ -164,7 +221,7 @@ fn create_producer(config: &BridgeConfig) -> Result<FutureProducer<QuietContext>
         .set("message.timeout.ms", config.message_timeout_ms.to_string())
         // Topics are provisioned by the central team; never create one by producing to it.
         .set("allow.auto.create.topics", "false")
-        .create_with_context(QuietContext::default())
+        .create_with_context(QuietContext::with_failure_slot(failure.clone()))
         .map_err(|source| BridgeError::Kafka {
             operation: "create producer",
             brokers: config.brokers.clone(),
@@ -204,6 +261,8 @@ struct Worker {
     /// Tokens for backlog observations (`backlog_rate` per second).
     backlog: TokenBucket,
     skipped_logged: BTreeSet<(String, u64)>,
+    /// The last authentication / TLS failure librdkafka reported (any of our producers).
+    failure: FailureSlot,
 }
 
 impl Worker {
@@ -225,6 +284,7 @@ impl Worker {
             match self.cycle().await {
                 Ok(next) => {
                     backoff = Duration::ZERO;
+                    *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     if let Some(previous) = self.stats.set_state(BridgeState::Online) {
                         info!(
                             brokers = %self.config.brokers,
@@ -274,6 +334,21 @@ impl Worker {
                     );
                 }
             }
+            CycleError::Offline(reason) if self.recent_security_failure().is_some() => {
+                let failure = self
+                    .recent_security_failure()
+                    .unwrap_or(SecurityFailure::Auth(reason));
+                let state = security_state(&self.config, failure);
+                if self.stats.set_state(state.clone()).is_some() {
+                    let reason = match &state {
+                        BridgeState::AuthFailed { reason } | BridgeState::TlsFailed { reason } => {
+                            reason.as_str()
+                        }
+                        _ => "",
+                    };
+                    error!(%brokers, state = state.name(), %reason, "cloud bridge cannot log in to kafka; records stay in the outbox and are retried");
+                }
+            }
             CycleError::Offline(reason) => {
                 let state = BridgeState::Offline {
                     reason: reason.clone(),
@@ -284,6 +359,14 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// The authentication / TLS failure librdkafka reported in the last minute, if any.
+    fn recent_security_failure(&self) -> Option<SecurityFailure> {
+        let slot = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref()
+            .filter(|(at, _)| at.elapsed() < SECURITY_FAILURE_MEMORY)
+            .map(|(_, f)| f.clone())
     }
 
     /// What this cycle asks of the outbox: `fetch_limit` records, live = received within
@@ -642,7 +725,7 @@ impl Worker {
             error!(?code, %reason, "kafka producer hit a fatal error");
         }
         self.topic_known = false;
-        match create_producer(&self.config) {
+        match create_producer(&self.config, &self.failure) {
             Ok(producer) => {
                 let old = std::mem::replace(&mut self.producer, producer);
                 // Dropping a producer joins its polling thread and flushes: keep it off the actor.

@@ -8,9 +8,11 @@
 //! Guarantees:
 //! - reading never commits offsets or joins a real group (random group id, manual assignment),
 //!   so it does not disturb other consumers;
-//! - a record verifies only if its `icu-signature` is a valid ed25519 signature, under the given
-//!   public key, over the exact value bytes (the algorithm header, when present, must say
-//!   `ed25519`);
+//! - a record verifies only if its `icu-signature` is a valid ed25519 signature, under the key its
+//!   `icu-key-id` names (one of the given public keys: a key directory spans rotations), over
+//!   the exact value bytes (the algorithm header, when present, must say `ed25519`); a record
+//!   whose key id is not among the given keys is reported as such (count, first offsets) and
+//!   makes the report unclean;
 //! - accounting is per stream, a `(gateway, device)` key taken from the `icu-gateway-id` and
 //!   `icu-device-id` headers (`<unknown>` gateway when the header is missing; the record key,
 //!   then `<unknown>`, when the device header is missing): two gateways that use the same device
@@ -50,12 +52,13 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 
+use crate::bridge::security::{client_properties, KafkaSecurity};
 use crate::error::BridgeError;
 use crate::fhir::{
     audit_entry_of, is_audit_event, observations_of, ParsedAuditEntry, ParsedObservation,
 };
 use crate::headers;
-use crate::signing::verify_base64;
+use crate::signing::{verify_base64, KeyRing};
 
 /// Largest seq range one record may claim before it is treated as malformed.
 const MAX_RANGE: u64 = 1_000_000;
@@ -75,6 +78,17 @@ pub struct ConsumeOptions {
     pub idle_timeout: Duration,
     /// Hard limit of the whole read.
     pub max_wait: Duration,
+}
+
+/// How [`consume_with`] connects and what it verifies with, beyond [`ConsumeOptions`].
+#[derive(Debug, Clone, Default)]
+pub struct ConsumeSecurity {
+    /// TLS and SASL towards the brokers (the gateway's `[kafka.security]` settings).
+    pub security: KafkaSecurity,
+    /// Other librdkafka properties.
+    pub properties: BTreeMap<String, String>,
+    /// Keys to verify with (a key directory); replaces [`ConsumeOptions::public_key`] when set.
+    pub keys: Option<KeyRing>,
 }
 
 /// One Kafka record as read.
@@ -107,9 +121,23 @@ impl ConsumedRecord {
         value: Vec<u8>,
         public_key: Option<&VerifyingKey>,
     ) -> Self {
+        let ring = public_key.map(|k| KeyRing::single(*k));
+        Self::with_keys(partition, offset, key, headers, value, ring.as_ref())
+    }
+
+    /// [`Self::new`] verifying with any key of `keys` (the one the `icu-key-id` header names).
+    pub fn with_keys(
+        partition: i32,
+        offset: i64,
+        key: Option<String>,
+        headers: BTreeMap<String, String>,
+        value: Vec<u8>,
+        keys: Option<&KeyRing>,
+    ) -> Self {
         let seq = |name: &str| headers.get(name).and_then(|v| v.trim().parse::<u64>().ok());
         let (seq_first, seq_last) = (seq(headers::SEQ_FIRST), seq(headers::SEQ_LAST));
-        let signature_ok = public_key.and_then(|k| signature_status(&headers, &value, k));
+        let signature_ok =
+            keys.and_then(|k| signature_status(&headers, &value, k).map(|s| s == Signature::Ok));
         Self {
             partition,
             offset,
@@ -158,18 +186,49 @@ impl ConsumedRecord {
     }
 }
 
-/// `None` if unsigned, else whether the signature verifies with `key`.
+/// How a signed record's signature checks out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Signature {
+    Ok,
+    Bad,
+    /// Its `icu-key-id` names no key we have.
+    UnknownKey(String),
+}
+
+/// `None` if unsigned, else how the signature checks out: with the key its `icu-key-id` header
+/// names, or (no such header) with any of `keys`.
 fn signature_status(
     headers: &BTreeMap<String, String>,
     value: &[u8],
-    key: &VerifyingKey,
-) -> Option<bool> {
+    keys: &KeyRing,
+) -> Option<Signature> {
     let signature = headers.get(headers::SIGNATURE)?;
     let alg_ok = headers
         .get(headers::SIGNATURE_ALG)
         .is_none_or(|alg| alg.eq_ignore_ascii_case(headers::SIGNATURE_ALG_ED25519));
-    Some(alg_ok && verify_base64(key, value, signature))
+    if !alg_ok {
+        return Some(Signature::Bad);
+    }
+    let ok = match headers.get(headers::KEY_ID).map(|id| id.trim()) {
+        Some(id) => match keys.get(id) {
+            Some(key) => verify_base64(key, value, signature),
+            None => return Some(Signature::UnknownKey(id.to_owned())),
+        },
+        None => keys.keys().any(|k| verify_base64(k, value, signature)),
+    };
+    Some(if ok { Signature::Ok } else { Signature::Bad })
 }
+
+/// Records signed with a key id the verifier does not have.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct UnknownKey {
+    pub records: u64,
+    /// `(partition, offset)` of the first few (at most [`UNKNOWN_KEY_OFFSETS`]).
+    pub first_offsets: Vec<(i32, i64)>,
+}
+
+/// How many offsets of records with an unknown key id a report lists per key id.
+pub const UNKNOWN_KEY_OFFSETS: usize = 5;
 
 /// The dedup key of a stream: `icu-gateway-id` and `icu-device-id`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -257,12 +316,18 @@ pub struct ConsumeReport {
     pub duplicates: Vec<Duplicate>,
     /// Audit-trail entries read, over all streams.
     pub audit_entries: u64,
+    /// Signed records whose `icu-key-id` names a key the verifier was not given (also counted
+    /// in `signatures_bad`: they did not verify).
+    pub unknown_key_records: u64,
+    /// Those records per unknown key id.
+    pub unknown_keys: BTreeMap<String, UnknownKey>,
 }
 
 impl ConsumeReport {
     /// Every record is signed and verifies, no stream has a gap and no re-delivery conflicts.
     pub fn is_clean(&self) -> bool {
         self.signatures_bad == 0
+            && self.unknown_key_records == 0
             && self.unsigned == 0
             && self.conflicts == 0
             && self.gateways.values().flat_map(BTreeMap::values).all(|d| {
@@ -297,6 +362,18 @@ impl ConsumeReport {
 /// Stops when every partition reached the high watermark it had at start and no message came
 /// for `idle_timeout`, or at `max_wait`.
 pub fn consume(opts: &ConsumeOptions) -> Result<(ConsumeReport, Vec<ConsumedRecord>), BridgeError> {
+    consume_with(opts, &ConsumeSecurity::default())
+}
+
+/// [`consume`] over TLS / SASL, verifying with a key ring (`extra.keys`) when given.
+pub fn consume_with(
+    opts: &ConsumeOptions,
+    extra: &ConsumeSecurity,
+) -> Result<(ConsumeReport, Vec<ConsumedRecord>), BridgeError> {
+    let keys = match &extra.keys {
+        Some(ring) => Some(ring.clone()),
+        None => opts.public_key.map(KeyRing::single),
+    };
     let kafka = |operation: &'static str| {
         let brokers = opts.brokers.clone();
         move |source| BridgeError::Kafka {
@@ -305,7 +382,11 @@ pub fn consume(opts: &ConsumeOptions) -> Result<(ConsumeReport, Vec<ConsumedReco
             source,
         }
     };
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut client = ClientConfig::new();
+    for (k, v) in client_properties(&extra.security, &extra.properties)? {
+        client.set(k, v);
+    }
+    let consumer: BaseConsumer = client
         .set("bootstrap.servers", &opts.brokers)
         .set(
             "group.id",
@@ -384,7 +465,7 @@ pub fn consume(opts: &ConsumeOptions) -> Result<(ConsumeReport, Vec<ConsumedReco
                         headers.insert(h.key.to_owned(), value.unwrap_or_default());
                     }
                 }
-                let record = ConsumedRecord::new(
+                let record = ConsumedRecord::with_keys(
                     message.partition(),
                     message.offset(),
                     message
@@ -392,7 +473,7 @@ pub fn consume(opts: &ConsumeOptions) -> Result<(ConsumeReport, Vec<ConsumedReco
                         .map(|k| String::from_utf8_lossy(k).into_owned()),
                     headers,
                     message.payload().unwrap_or_default().to_vec(),
-                    opts.public_key.as_ref(),
+                    keys.as_ref(),
                 );
                 if remaining
                     .get(&record.partition)
@@ -405,7 +486,7 @@ pub fn consume(opts: &ConsumeOptions) -> Result<(ConsumeReport, Vec<ConsumedReco
             }
         }
     }
-    let report = report_from_records(&records, opts.public_key.as_ref());
+    let report = report_with_keys(&records, keys.as_ref());
     Ok((report, records))
 }
 
@@ -419,6 +500,14 @@ pub fn report_from_records(
     records: &[ConsumedRecord],
     key: Option<&VerifyingKey>,
 ) -> ConsumeReport {
+    let ring = key.map(|k| KeyRing::single(*k));
+    report_with_keys(records, ring.as_ref())
+}
+
+/// [`report_from_records`] verifying each record with the key its `icu-key-id` names, out of
+/// `keys` (a key directory spanning rotations); records naming a key not in `keys` are counted
+/// in [`ConsumeReport::unknown_keys`].
+pub fn report_with_keys(records: &[ConsumedRecord], key: Option<&KeyRing>) -> ConsumeReport {
     let key_to_verify = key;
     let mut report = ConsumeReport::default();
     let mut streams: BTreeMap<StreamKey, (DeviceReport, Sightings)> = BTreeMap::new();
@@ -434,12 +523,27 @@ pub fn report_from_records(
             report.unsigned += 1;
             dev.unsigned += 1;
         } else if let Some(key) = key {
-            if signature_status(&record.headers, &record.value, key) == Some(true) {
-                report.signatures_ok += 1;
-            } else {
-                report.signatures_bad += 1;
-                dev.signatures_bad += 1;
-                trusted = false;
+            match signature_status(&record.headers, &record.value, key) {
+                Some(Signature::Ok) => report.signatures_ok += 1,
+                Some(Signature::UnknownKey(id)) => {
+                    report.unknown_key_records += 1;
+                    let unknown = report.unknown_keys.entry(id).or_default();
+                    unknown.records += 1;
+                    if unknown.first_offsets.len() < UNKNOWN_KEY_OFFSETS {
+                        unknown
+                            .first_offsets
+                            .push((record.partition, record.offset));
+                    }
+                    // It did not verify either (a verifier that only checks this stays right).
+                    report.signatures_bad += 1;
+                    dev.signatures_bad += 1;
+                    trusted = false;
+                }
+                _ => {
+                    report.signatures_bad += 1;
+                    dev.signatures_bad += 1;
+                    trusted = false;
+                }
             }
         }
         // An audit-trail entry: its chain part, checked once every record is read.
@@ -538,11 +642,7 @@ type AuditSighting = (Option<(u64, u64)>, ParsedAuditEntry);
 /// Checks one stream's audit entries: each entry's seq is its record's, its signature over its
 /// hash verifies with `key` (when given), and its `prev_hash` is the hash of the entry before
 /// (zeros for seq 1). Re-deliveries are checked once (the first sighting of a seq).
-fn check_audit_chain(
-    entries: Vec<AuditSighting>,
-    key: Option<&VerifyingKey>,
-    dev: &mut DeviceReport,
-) {
+fn check_audit_chain(entries: Vec<AuditSighting>, key: Option<&KeyRing>, dev: &mut DeviceReport) {
     let mut by_seq: BTreeMap<u64, ParsedAuditEntry> = BTreeMap::new();
     let mut bad: BTreeSet<u64> = BTreeSet::new();
     for (range, entry) in entries {
@@ -553,10 +653,11 @@ fn check_audit_chain(
         by_seq.entry(entry.seq).or_insert(entry);
     }
     for entry in by_seq.values() {
-        let signed = key.is_none_or(|key| {
+        let signed = key.is_none_or(|ring| {
             <[u8; 64]>::try_from(entry.signature.as_slice()).is_ok_and(|sig| {
-                key.verify_strict(&entry.hash, &ed25519_dalek::Signature::from_bytes(&sig))
-                    .is_ok()
+                let sig = ed25519_dalek::Signature::from_bytes(&sig);
+                ring.keys()
+                    .any(|key| key.verify_strict(&entry.hash, &sig).is_ok())
             })
         });
         if !signed {
@@ -784,6 +885,20 @@ pub fn render_summary(topic: &str, report: &ConsumeReport) -> String {
         report.unsigned,
         report.unparseable
     );
+    for (id, unknown) in &report.unknown_keys {
+        let offsets: Vec<String> = unknown
+            .first_offsets
+            .iter()
+            .map(|(p, o)| format!("{p}:{o}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  unknown key id {id}: {} records (first at partition:offset {}); add its public key \
+             to the key directory",
+            unknown.records,
+            offsets.join(", ")
+        );
+    }
     for (gateway, device, d) in report.streams() {
         let range = match (d.first_seq, d.last_seq) {
             (Some(first), Some(last)) => format!("seq {first}..={last}"),
@@ -845,6 +960,12 @@ pub fn render_summary(topic: &str, report: &ConsumeReport) -> String {
         }
         if report.unsigned > 0 {
             reasons.push(format!("{} unsigned", report.unsigned));
+        }
+        if report.unknown_key_records > 0 {
+            reasons.push(format!(
+                "{} records signed with an unknown key id",
+                report.unknown_key_records
+            ));
         }
         let gapped = report
             .streams()

@@ -62,6 +62,9 @@ pub enum BridgeError {
     /// A configuration value is invalid.
     #[error("invalid bridge config: {field}: {reason}")]
     Config { field: &'static str, reason: String },
+    /// A secret file (SASL password, client private key) cannot be used.
+    #[error("kafka secret {path}: {reason}")]
+    Secret { path: PathBuf, reason: String },
     /// A local file (for example the `--out` file of the consumer) could not be written.
     #[error("cannot write {path}: {source}")]
     Io {

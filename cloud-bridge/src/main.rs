@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use icu_cloud_bridge::consume::{self, ConsumeOptions};
-use icu_cloud_bridge::signing::load_public_key;
+use icu_cloud_bridge::bridge::{KafkaSecurity, SecurityProtocol};
+use icu_cloud_bridge::consume::{self, ConsumeOptions, ConsumeSecurity};
+use icu_cloud_bridge::signing::{load_public_key, KeyRing};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,8 +37,15 @@ enum Command {
         #[arg(long, default_value = "icu.observations")]
         topic: String,
         /// The gateway's public key (SPKI PEM, as written by `icu-gateway keygen`).
+        #[arg(long, required_unless_present = "key_dir", conflicts_with = "key_dir")]
+        public_key: Option<PathBuf>,
+        /// A directory of public keys (`*.pub`, as kept by `icu-gateway keygen --rotate`): each
+        /// record is verified with the key its `icu-key-id` header names; records naming a key
+        /// not in the directory are reported (count and first offsets).
         #[arg(long)]
-        public_key: PathBuf,
+        key_dir: Option<PathBuf>,
+        #[command(flatten)]
+        security: SecurityArgs,
         /// After reaching the end of every partition, stop when no record came for this long.
         #[arg(long, default_value_t = 5)]
         idle_timeout_secs: u64,
@@ -58,6 +66,59 @@ enum Command {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+}
+
+/// How to reach a secured cluster: the same settings as the gateway's `[kafka.security]`.
+#[derive(Debug, clap::Args)]
+struct SecurityArgs {
+    /// plaintext (default), ssl, sasl_ssl or sasl_plaintext.
+    #[arg(long, default_value = "plaintext", value_parser = parse_protocol)]
+    security_protocol: SecurityProtocol,
+    /// CA bundle (PEM) that signed the brokers' certificates (with ssl / sasl_ssl).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, requires = "client_key_file")]
+    client_cert_file: Option<PathBuf>,
+    /// Its private key (PEM, mode 600).
+    #[arg(long, requires = "client_cert_file")]
+    client_key_file: Option<PathBuf>,
+    /// Do not check that the broker's certificate names the host connected to.
+    #[arg(long)]
+    no_verify_hostname: bool,
+    /// SCRAM-SHA-512 (default), SCRAM-SHA-256 or PLAIN (sasl_ssl only).
+    #[arg(long)]
+    sasl_mechanism: Option<String>,
+    /// SASL user name.
+    #[arg(long)]
+    sasl_username: Option<String>,
+    /// File holding the SASL password (mode 600).
+    #[arg(long, conflicts_with = "sasl_password_env")]
+    sasl_password_file: Option<PathBuf>,
+    /// Environment variable holding the SASL password.
+    #[arg(long)]
+    sasl_password_env: Option<String>,
+}
+
+fn parse_protocol(text: &str) -> Result<SecurityProtocol, String> {
+    SecurityProtocol::parse(text)
+        .ok_or_else(|| format!("{text:?}: use plaintext, ssl, sasl_ssl or sasl_plaintext"))
+}
+
+impl SecurityArgs {
+    fn settings(self) -> KafkaSecurity {
+        KafkaSecurity {
+            protocol: self.security_protocol,
+            ca_file: self.ca_file,
+            client_cert_file: self.client_cert_file,
+            client_key_file: self.client_key_file,
+            verify_hostname: !self.no_verify_hostname,
+            sasl_mechanism: self.sasl_mechanism,
+            username: self.sasl_username,
+            password_file: self.sasl_password_file,
+            password_env: self.sasl_password_env,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -84,21 +145,32 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             brokers,
             topic,
             public_key,
+            key_dir,
+            security,
             idle_timeout_secs,
             max_wait_secs,
             json,
             out,
             report: report_path,
         } => {
-            let key = load_public_key(&public_key)?;
+            let keys = match (&public_key, &key_dir) {
+                (_, Some(dir)) => KeyRing::load_dir(dir)?,
+                (Some(file), None) => KeyRing::single(load_public_key(file)?),
+                (None, None) => anyhow::bail!("give --public-key or --key-dir"),
+            };
             let opts = ConsumeOptions {
                 brokers,
                 topic: topic.clone(),
-                public_key: Some(key),
+                public_key: None,
                 idle_timeout: Duration::from_secs(idle_timeout_secs),
                 max_wait: Duration::from_secs(max_wait_secs),
             };
-            let (report, records) = consume::consume(&opts)?;
+            let extra = ConsumeSecurity {
+                security: security.settings(),
+                properties: Default::default(),
+                keys: Some(keys),
+            };
+            let (report, records) = consume::consume_with(&opts, &extra)?;
             if let Some(path) = out {
                 let w = consume::write_deduplicated_json_lines(&path, &records)?;
                 eprintln!(

@@ -1,7 +1,8 @@
 //! The gateway's ed25519 identity.
 //!
 //! Owns: [`GatewayKey`] (an ed25519-dalek `SigningKey` and its key id), reading and writing it as
-//! PEM, and [`load_public_key`] / [`key_id_of`] for verifiers.
+//! PEM, [`load_public_key`] / [`key_id_of`] for verifiers, the [`KeyRing`] of every public key a
+//! topic may be signed with (a key directory spanning rotations), and [`rotate`].
 //! Guarantees:
 //! - keys are stored as standard PEM (PKCS#8 private, SPKI public), so any ed25519 library (or
 //!   `openssl pkey`) reads them;
@@ -12,10 +13,11 @@
 //! - [`GatewayKey::write`] never overwrites an existing file and creates the private file with
 //!   mode 0600 (on Unix).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::spki::{DecodePublicKey, EncodePublicKey};
@@ -191,6 +193,138 @@ pub fn verify_base64(key: &VerifyingKey, value: &[u8], signature_b64: &str) -> b
     key.verify_strict(value, &signature).is_ok()
 }
 
+/// Public keys by key id: what a verifier checks a topic that spans key rotations with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyRing {
+    keys: BTreeMap<String, VerifyingKey>,
+}
+
+impl KeyRing {
+    /// A ring of one key.
+    pub fn single(key: VerifyingKey) -> Self {
+        let mut ring = Self::default();
+        ring.insert(key);
+        ring
+    }
+
+    /// Adds a key; returns its key id.
+    pub fn insert(&mut self, key: VerifyingKey) -> String {
+        let id = key_id_of(&key);
+        self.keys.insert(id.clone(), key);
+        id
+    }
+
+    /// Every `*.pub` file (SPKI PEM) in `dir`; an error when one is unreadable or there is none.
+    pub fn load_dir(dir: &Path) -> Result<Self, BridgeError> {
+        let io = |source| BridgeError::KeyIo {
+            action: "read",
+            path: dir.to_path_buf(),
+            source,
+        };
+        let mut files: Vec<PathBuf> = fs::read_dir(dir)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "pub") && p.is_file())
+            .collect();
+        files.sort();
+        let mut ring = Self::default();
+        for file in &files {
+            ring.insert(load_public_key(file)?);
+        }
+        if ring.is_empty() {
+            return Err(BridgeError::KeyFormat {
+                path: dir.to_path_buf(),
+                expected: PUBLIC_EXPECTED,
+                reason: "the key directory holds no *.pub file".into(),
+            });
+        }
+        Ok(ring)
+    }
+
+    /// The key with this id.
+    pub fn get(&self, key_id: &str) -> Option<&VerifyingKey> {
+        self.keys.get(key_id)
+    }
+
+    /// Every key.
+    pub fn keys(&self) -> impl Iterator<Item = &VerifyingKey> {
+        self.keys.values()
+    }
+
+    /// The key ids, sorted.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(String::as_str)
+    }
+
+    /// Whether it holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// What [`rotate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    /// Key id of the key that was replaced.
+    pub old_key_id: String,
+    /// Where its public key is kept (`<dir>/<stem>.<old key id>.pub`).
+    pub old_public: PathBuf,
+    /// Where the old private key was moved (`<dir>/<stem>.<old key id>.key.retired`, mode 600),
+    /// kept until the site deletes it.
+    pub old_private: PathBuf,
+    /// Key id of the new key.
+    pub new_key_id: String,
+}
+
+/// Replaces the key pair at `private` / `public` with a new one. The old public key is kept in
+/// `key_dir` as `<stem>.<key id>.pub` (never deleted), the new public key is also copied there,
+/// and the old private key is moved to `key_dir` as `<stem>.<key id>.key.retired`. A running
+/// gateway keeps signing with the key it loaded; it signs with the new one from its next start.
+pub fn rotate(private: &Path, public: &Path, key_dir: &Path) -> Result<Rotation, BridgeError> {
+    let old = GatewayKey::load(private)?;
+    let io = |action: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BridgeError::KeyIo {
+            action,
+            path,
+            source,
+        }
+    };
+    fs::create_dir_all(key_dir).map_err(io("write", key_dir))?;
+    let stem = private
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "gateway".into());
+    let old_public = key_dir.join(format!("{stem}.{}.pub", old.key_id()));
+    let old_private = key_dir.join(format!("{stem}.{}.key.retired", old.key_id()));
+    if !old_public.exists() {
+        let pem = old
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| BridgeError::KeyFormat {
+                path: old_public.clone(),
+                expected: PUBLIC_EXPECTED,
+                reason: e.to_string(),
+            })?;
+        write_new_file(&old_public, pem.as_bytes(), 0o644)?;
+    }
+    // Move the old pair aside (the private key keeps its mode), then write the new pair.
+    fs::rename(private, &old_private).map_err(io("write", &old_private))?;
+    if public.exists() {
+        fs::remove_file(public).map_err(io("write", public))?;
+    }
+    let new = GatewayKey::generate();
+    new.write(private, public)?;
+    let new_public = key_dir.join(format!("{stem}.{}.pub", new.key_id()));
+    fs::copy(public, &new_public).map_err(io("write", &new_public))?;
+    Ok(Rotation {
+        old_key_id: old.key_id().to_owned(),
+        old_public,
+        old_private,
+        new_key_id: new.key_id().to_owned(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,5 +428,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("missing.pub"), "{err}");
+    }
+
+    #[test]
+    fn rotation_keeps_every_public_key_in_the_key_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let (private, public) = (
+            dir.path().join("gateway.key"),
+            dir.path().join("gateway.pub"),
+        );
+        let first = GatewayKey::generate();
+        first.write(&private, &public).unwrap();
+        let keys = dir.path().join("keys");
+        let r1 = rotate(&private, &public, &keys).unwrap();
+        assert_eq!(r1.old_key_id, first.key_id());
+        let second = GatewayKey::load(&private).unwrap();
+        assert_eq!(second.key_id(), r1.new_key_id);
+        assert_ne!(r1.new_key_id, r1.old_key_id);
+        assert_eq!(key_id_of(&load_public_key(&public).unwrap()), r1.new_key_id);
+        let r2 = rotate(&private, &public, &keys).unwrap();
+        assert_eq!(r2.old_key_id, r1.new_key_id);
+        let ring = KeyRing::load_dir(&keys).unwrap();
+        let ids: Vec<&str> = ring.ids().collect();
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        for id in [&r1.old_key_id, &r1.new_key_id, &r2.new_key_id] {
+            assert!(ring.get(id).is_some(), "{id} in {ids:?}");
+        }
+        assert!(r1.old_private.exists() && r2.old_private.exists());
     }
 }

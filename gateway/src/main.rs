@@ -55,6 +55,15 @@ enum Command {
         /// Private key file to create; the public key goes beside it with extension .pub.
         #[arg(long, default_value = "gateway.key")]
         out: PathBuf,
+        /// Replace the existing key pair at --out with a new one: the old public key is kept
+        /// (never deleted) in the key directory, the old private key moved there as
+        /// `.key.retired`; the gateway signs with the new key from its next start.
+        #[arg(long)]
+        rotate: bool,
+        /// The key directory for --rotate (default: `keys/` beside --out); give it to
+        /// `icu-bridge consume --key-dir`.
+        #[arg(long, requires = "rotate")]
+        key_dir: Option<PathBuf>,
     },
     /// Make a small test PKI (a CA, the gateway's certificate, device and client certificates)
     /// for demos and tests; production sites bring their hospital's certificates.
@@ -189,7 +198,42 @@ fn main() -> anyhow::Result<()> {
             }
             icu_gateway::demo::run(opts)
         }
-        Command::Keygen { out } => {
+        Command::Keygen {
+            out,
+            rotate: true,
+            key_dir,
+        } => {
+            let public = icu_gateway::app::public_key_path(&out);
+            let dir = key_dir.unwrap_or_else(|| {
+                out.parent()
+                    .unwrap_or_else(|| std::path::Path::new("."))
+                    .join("keys")
+            });
+            let r = icu_cloud_bridge::signing::rotate(&out, &public, &dir)
+                .with_context(|| format!("rotating {}", out.display()))?;
+            println!(
+                "old key id:  {} (public key kept in {})",
+                r.old_key_id,
+                r.old_public.display()
+            );
+            println!(
+                "old private: {} (delete it once no record needs re-signing)",
+                r.old_private.display()
+            );
+            println!(
+                "new key id:  {} ({} and {})",
+                r.new_key_id,
+                out.display(),
+                public.display()
+            );
+            println!(
+                "key dir:     {} (give it to the central data team: icu-bridge consume --key-dir)",
+                dir.display()
+            );
+            println!("the gateway signs with the new key from its next start (audit: key_rotated)");
+            Ok(())
+        }
+        Command::Keygen { out, .. } => {
             let key = icu_cloud_bridge::signing::GatewayKey::generate();
             let public = icu_gateway::app::public_key_path(&out);
             key.write(&out, &public)

@@ -15,7 +15,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::metadata::Metadata;
 use tempfile::TempDir;
 
+use crate::pki::CertFiles;
 use crate::process::{log_tail, wait_for, ChildGuard};
+use crate::tls_proxy::TlsProxy;
 use crate::{free_port, tansu_bin};
 
 /// Partitions per topic made by [`Broker::create_topics`] (tansu's default).
@@ -50,10 +52,33 @@ pub struct Broker {
     store: Option<ObjectStore>,
     /// Broker processes started so far (each writes its own log file).
     generation: u32,
+    /// The port tansu itself listens on: `port`, or behind the TLS terminator of a secure
+    /// broker ([`Broker::start_secure`]) a port only the terminator uses.
+    plain_port: u16,
+    /// A secure broker's TLS terminator and settings.
+    secure: Option<(TlsProxy, SecureOptions)>,
     /// How the last stopped broker process ended, and how long the stop took.
     last_exit: Option<(std::process::ExitStatus, Duration)>,
     // Declared last: removed after the child is stopped.
     dir: TempDir,
+}
+
+/// How [`Broker::start_secure`] protects the broker.
+#[derive(Debug, Clone)]
+pub struct SecureOptions {
+    /// The certificate and key the broker presents.
+    pub server: CertFiles,
+    /// The CA that signed it: what the harness's own clients trust.
+    pub ca_file: PathBuf,
+    /// Require a client certificate signed by this CA (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+    /// The harness's own client certificate, when `client_ca` is set.
+    pub client_cert: Option<CertFiles>,
+    /// `tansu broker --authentication`: SASL required. tansu 0.6's storage engines (memory,
+    /// S3) keep no SCRAM credentials (`tansu user create` succeeds but stores nothing) and PLAIN
+    /// is refused, so every login fails: the harness then waits for the port only and makes no
+    /// topics.
+    pub authentication: bool,
 }
 
 /// An S3 emulator (`moto_server`) holding a durable broker's data, so the
@@ -130,6 +155,8 @@ impl Broker {
             log: dir.path().join("tansu.log"),
             store,
             generation: 0,
+            plain_port: port,
+            secure: None,
             last_exit: None,
             dir,
         };
@@ -156,7 +183,9 @@ impl Broker {
         let err = out.try_clone()?;
 
         let port = self.port;
-        let url = format!("tcp://127.0.0.1:{port}");
+        let url = format!("tcp://127.0.0.1:{}", self.plain_port);
+        let advertised = format!("tcp://127.0.0.1:{port}");
+        let authentication = self.secure.as_ref().is_some_and(|(_, o)| o.authentication);
         let storage = match &self.store {
             Some(_) => format!("s3://{BUCKET}/"),
             None => "memory://tansu/".to_owned(),
@@ -164,7 +193,7 @@ impl Broker {
         let mut cmd = Command::new(tansu_bin());
         cmd.arg("broker")
             .args(["--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
+            .args(["--advertised-listener-url", &advertised])
             .args(["--storage-engine", &storage])
             .args(["--cluster-id", &format!("icu-test-{port}")])
             // tansu loads a `.env` from its working directory: use an empty one.
@@ -174,6 +203,9 @@ impl Broker {
                 std::env::var("ICU_TANSU_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .env("NO_COLOR", "1");
+        if authentication {
+            cmd.arg("--authentication");
+        }
         for var in TANSU_ENV {
             cmd.env_remove(var);
         }
@@ -221,7 +253,47 @@ impl Broker {
         self.store.is_some()
     }
 
+    /// Start a broker behind TLS (see [`crate::tls_proxy`]: tansu 0.6 cannot serve TLS
+    /// itself), in memory, optionally requiring client certificates and SASL.
+    pub fn start_secure(options: SecureOptions) -> anyhow::Result<Broker> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind the TLS port")?;
+        let port = listener.local_addr()?.port();
+        let plain_port = free_port();
+        let proxy = TlsProxy::start(
+            listener,
+            &options.server.cert,
+            &options.server.key,
+            options.client_ca.as_deref(),
+            plain_port,
+        )?;
+        let dir = tempfile::Builder::new().prefix("icu-tansu-").tempdir()?;
+        let mut broker = Broker {
+            addr: format!("127.0.0.1:{port}"),
+            port,
+            child: None,
+            log: dir.path().join("tansu.log"),
+            store: None,
+            generation: 0,
+            plain_port,
+            secure: Some((proxy, options)),
+            last_exit: None,
+            dir,
+        };
+        broker.spawn_ready()?;
+        Ok(broker)
+    }
+
     fn wait_ready(&mut self) -> anyhow::Result<()> {
+        if self.secure.as_ref().is_some_and(|(_, o)| o.authentication) {
+            // No client of ours can log in (see SecureOptions::authentication): wait for the port.
+            let sock: SocketAddr = format!("127.0.0.1:{}", self.plain_port).parse()?;
+            return wait_for(START_DEADLINE, "the broker's port", || {
+                TcpStream::connect_timeout(&sock, Duration::from_millis(200))
+                    .ok()
+                    .map(|_| ())
+            })
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", self.log_tail(40)));
+        }
         let sock: SocketAddr = self.addr.parse()?;
         let mut consumer: Option<BaseConsumer> = None;
         let mut last_error = String::from("no answer yet");
@@ -280,15 +352,26 @@ impl Broker {
         self.port
     }
 
-    /// `tcp://127.0.0.1:PORT`, as tansu's own tools want it.
+    /// `tcp://127.0.0.1:PORT`, as tansu's own tools want it: the broker's own plain-text
+    /// port (behind the TLS terminator of a secure broker, where tansu's tools, which speak
+    /// neither TLS nor SASL, reach it).
     pub fn url(&self) -> String {
-        format!("tcp://{}", self.addr)
+        format!("tcp://127.0.0.1:{}", self.plain_port)
     }
 
-    /// A client config with `bootstrap.servers` set to this broker.
+    /// A client config with `bootstrap.servers` set to this broker (and, for a secure broker,
+    /// TLS with its CA and the harness's client certificate).
     pub fn client_config(&self) -> ClientConfig {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &self.addr);
+        if let Some((_, o)) = &self.secure {
+            cfg.set("security.protocol", "ssl")
+                .set("ssl.ca.location", o.ca_file.display().to_string());
+            if let Some(c) = &o.client_cert {
+                cfg.set("ssl.certificate.location", c.cert.display().to_string())
+                    .set("ssl.key.location", c.key.display().to_string());
+            }
+        }
         cfg
     }
 

@@ -36,8 +36,9 @@ pub mod mosquitto;
 pub mod pki;
 mod process;
 pub mod sim;
+pub mod tls_proxy;
 
-pub use broker::{Broker, PARTITIONS};
+pub use broker::{Broker, SecureOptions, PARTITIONS};
 pub use process::{log_tail, wait_for, ChildGuard};
 
 use std::net::TcpListener;

@@ -3,8 +3,10 @@
 //! as written ([`KafkaSettings`]: the same fields under the file's names, `_ms` integers for
 //! durations, its defaults taken from [`BridgeConfig::default`]), converted here.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::security::{properties_problems, KafkaSecurity};
 use serde::Deserialize;
 
 use crate::error::BridgeError;
@@ -52,6 +54,11 @@ pub struct BridgeConfig {
     pub max_backoff: Duration,
     /// `compression.type`: none, gzip, snappy, lz4 (default) or zstd.
     pub compression: String,
+    /// `[kafka.security]`: TLS and SASL towards the brokers (default plain text).
+    pub security: KafkaSecurity,
+    /// `[kafka.properties]`: other librdkafka properties, passed through as they are (never one
+    /// the bridge or `security` sets, never a secret).
+    pub properties: BTreeMap<String, String>,
 }
 
 impl Default for BridgeConfig {
@@ -72,6 +79,8 @@ impl Default for BridgeConfig {
             poll_interval: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
             compression: "lz4".into(),
+            security: KafkaSecurity::default(),
+            properties: BTreeMap::new(),
         }
     }
 }
@@ -144,6 +153,8 @@ impl BridgeConfig {
                 ),
             ));
         }
+        out.extend(self.security.problems());
+        out.extend(properties_problems(&self.properties));
         out
     }
 
@@ -208,6 +219,12 @@ pub struct KafkaSettings {
     /// throttled. Must exceed the ingest rate for a backlog to catch up.
     #[serde(default = "defaults::backlog_rate")]
     pub backlog_rate: u64,
+    /// `[kafka.security]`: TLS and SASL towards the brokers (default plain text).
+    #[serde(default)]
+    pub security: KafkaSecurity,
+    /// `[kafka.properties]`: other librdkafka properties, passed through as they are.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
 }
 
 impl KafkaSettings {
@@ -227,6 +244,8 @@ impl KafkaSettings {
             backlog_rate: self.backlog_rate,
             max_per_bundle: self.max_per_bundle,
             message_timeout_ms: self.message_timeout_ms,
+            security: self.security.clone(),
+            properties: self.properties.clone(),
             compression: self.compression.clone(),
             ..BridgeConfig::default()
         }

@@ -6,12 +6,18 @@
 //! except errors. The bridge's state on `/api/status` carries the current condition anyway.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
+
+use super::security::SecurityFailure;
+
+/// The last authentication or TLS failure librdkafka reported, with when; shared by every
+/// producer the bridge makes (a producer is replaced after failed deliveries).
+pub type FailureSlot = Arc<Mutex<Option<(Instant, SecurityFailure)>>>;
 
 /// How often one repeated error is logged again.
 const REPEAT_INTERVAL: Duration = Duration::from_secs(30);
@@ -19,9 +25,24 @@ const REPEAT_INTERVAL: Duration = Duration::from_secs(30);
 #[derive(Default)]
 pub struct QuietContext {
     seen: Mutex<HashMap<String, (Instant, u64)>>,
+    failure: FailureSlot,
 }
 
 impl QuietContext {
+    /// A context that records authentication and TLS failures into `failure`.
+    pub fn with_failure_slot(failure: FailureSlot) -> Self {
+        Self {
+            seen: Mutex::default(),
+            failure,
+        }
+    }
+
+    fn note(&self, code: Option<rdkafka::error::RDKafkaErrorCode>, text: &str) {
+        if let Some(f) = SecurityFailure::classify(code, text) {
+            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), f));
+        }
+    }
+
     /// Returns `Some(suppressed)` when this error kind should be logged now.
     fn should_log(&self, kind: String, now: Instant) -> Option<u64> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -52,6 +73,7 @@ impl ClientContext for QuietContext {
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
             | RDKafkaLogLevel::Error => {
+                self.note(None, log_message);
                 if let Some(suppressed) = self.should_log(format!("log:{fac}"), Instant::now()) {
                     tracing::warn!(facility = fac, suppressed, "librdkafka: {log_message}");
                 }
@@ -61,6 +83,7 @@ impl ClientContext for QuietContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        self.note(error.rdkafka_error_code(), reason);
         let kind = format!("error:{:?}", error.rdkafka_error_code());
         if let Some(suppressed) = self.should_log(kind, Instant::now()) {
             tracing::warn!(error = %error, suppressed, "kafka client: {reason}");

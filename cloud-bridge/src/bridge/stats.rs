@@ -19,6 +19,28 @@ pub enum BridgeState {
     Offline { reason: String },
     /// The topic does not exist on the brokers; records stay in the outbox.
     TopicMissing { topic: String },
+    /// The brokers refused the SASL login (wrong user name or password); records stay in the
+    /// outbox. The reason names the setting to fix.
+    AuthFailed { reason: String },
+    /// The TLS handshake with the brokers failed (a broker certificate not signed by the
+    /// configured CA, a wrong host name, a refused client certificate); records stay in the
+    /// outbox. The reason names the setting to fix.
+    TlsFailed { reason: String },
+}
+
+impl BridgeState {
+    /// The `state` tag (`"online"`, `"auth_failed"`, ...), as on `/api/status` and `/metrics`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BridgeState::Disabled => "disabled",
+            BridgeState::Connecting => "connecting",
+            BridgeState::Online => "online",
+            BridgeState::Offline { .. } => "offline",
+            BridgeState::TopicMissing { .. } => "topic_missing",
+            BridgeState::AuthFailed { .. } => "auth_failed",
+            BridgeState::TlsFailed { .. } => "tls_failed",
+        }
+    }
 }
 
 /// Counters and state of one bridge. Cheap to read from any thread.
@@ -33,6 +55,8 @@ pub struct BridgeStats {
     skipped_records: AtomicU64,
     cycles: AtomicU64,
     state: Mutex<BridgeState>,
+    /// How the bridge reaches the brokers (`"plaintext"`, `"sasl_ssl SCRAM-SHA-512 as gw"`).
+    security: Mutex<String>,
 }
 
 impl BridgeStats {
@@ -48,6 +72,7 @@ impl BridgeStats {
             skipped_records: AtomicU64::new(0),
             cycles: AtomicU64::new(0),
             state: Mutex::new(BridgeState::Disabled),
+            security: Mutex::new("plaintext".into()),
         })
     }
 
@@ -108,7 +133,23 @@ impl BridgeStats {
             "in_flight": self.in_flight(),
             "skipped_records": self.skipped_records(),
             "cycles": self.cycles(),
+            "security": self.security(),
+            "encrypted": !self.security().starts_with("plaintext")
+                && !self.security().starts_with("sasl_plaintext"),
         })
+    }
+
+    /// How the bridge reaches the brokers (`[kafka.security]` described; `"plaintext"` when
+    /// the section is absent).
+    pub fn security(&self) -> String {
+        self.security
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_security(&self, description: String) {
+        *self.security.lock().unwrap_or_else(|e| e.into_inner()) = description;
     }
 
     /// Sets the state; returns the previous one when it changed.

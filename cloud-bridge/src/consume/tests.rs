@@ -117,6 +117,20 @@ fn tampered_wrong_key_and_unsigned_records() {
     // Bad records never fill a gap: seqs 2 and 3 are missing.
     assert_eq!(report.devices["mon-1"].gaps, [(2, 3)]);
     assert!(!report.is_clean());
+    // The forged record names a key we were not given: reported by key id, with its offset.
+    assert_eq!(report.unknown_key_records, 1);
+    assert_eq!(
+        report.unknown_keys[other.key_id()].first_offsets,
+        [(0, 2)],
+        "{:?}",
+        report.unknown_keys
+    );
+    // With both keys (a key directory after a rotation), the forged one verifies too.
+    let mut ring = crate::signing::KeyRing::single(key.verifying_key());
+    ring.insert(other.verifying_key());
+    let report = crate::consume::report_with_keys(&records, Some(&ring));
+    assert_eq!((report.signatures_ok, report.signatures_bad), (2, 1));
+    assert_eq!(report.unknown_key_records, 0);
 
     // Without a key, signed records are neither ok nor bad.
     let report = report_from_records(&records, None);

@@ -22,7 +22,7 @@
 //! | `icu_ingest_observations_per_second` | gauge | `transport` | observations committed per second over the last 60 s (since start when younger) |
 //! | `icu_outbox_unsent_records` | gauge | `stream` (`observations`, `alarms`, `adt`, `deadletter`) | outbox depth: records stored and not yet confirmed by Kafka |
 //! | `icu_outbox_oldest_unsent_age_seconds` | gauge | | age (gateway receive time) of the oldest unsent record; 0 when the outbox is empty |
-//! | `icu_bridge_state` | gauge | `state` (`disabled`, `connecting`, `online`, `offline`, `topic_missing`) | 1 for the bridge's current state, 0 for the others |
+//! | `icu_bridge_state` | gauge | `state` (`disabled`, `connecting`, `online`, `offline`, `topic_missing`, `auth_failed`, `tls_failed`) | 1 for the bridge's current state, 0 for the others |
 //! | `icu_bridge_forwarded_records_total` | counter | | Kafka records (bundles) delivered and marked sent |
 //! | `icu_bridge_forwarded_observations_total` | counter | | observations in those records |
 //! | `icu_bridge_forwarded_records_per_second` | gauge | | forward rate in Kafka records over the last 60 s |

@@ -78,13 +78,7 @@ impl Text {
 }
 
 pub(super) fn state_label(s: &BridgeState) -> &'static str {
-    match s {
-        BridgeState::Disabled => "disabled",
-        BridgeState::Connecting => "connecting",
-        BridgeState::Online => "online",
-        BridgeState::Offline { .. } => "offline",
-        BridgeState::TopicMissing { .. } => "topic_missing",
-    }
+    s.name()
 }
 
 /// Renders the figures in the Prometheus text exposition format 0.0.4.
@@ -198,7 +192,7 @@ pub fn render(f: &Figures) -> String {
     t.family(
         "icu_bridge_state",
         "gauge",
-        "1 for the bridge's current state (disabled, connecting, online, offline, topic_missing).",
+        "1 for the bridge's current state (disabled, connecting, online, offline, topic_missing, auth_failed, tls_failed).",
     );
     let current = state_label(&b.state);
     for s in [
@@ -207,6 +201,8 @@ pub fn render(f: &Figures) -> String {
         "online",
         "offline",
         "topic_missing",
+        "auth_failed",
+        "tls_failed",
     ] {
         t.sample(
             "icu_bridge_state",

@@ -1,0 +1,326 @@
+//! The Kafka backbone over TLS and SASL, and signing-key rotation, end to end through the real
+//! binaries: `icu-sim` → `icu-gateway` → tansu behind a TLS listener → `icu-bridge consume`.
+//!
+//! tansu 0.6 serves neither TLS nor working SASL as built (see `icu_tests::tls_proxy` and
+//! `icu_tests::SecureOptions::authentication`): TLS is the harness's terminator in front of
+//! tansu, and tansu with `--authentication` refuses every SCRAM login, which is the wrong
+//! password case. The positive path is mutual TLS (`ssl` with a client certificate), the
+//! alternative `[kafka.security]` offers.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use icu_cloud_bridge::bridge::{KafkaSecurity, SecurityProtocol};
+use icu_cloud_bridge::consume::{consume_with, ConsumeOptions, ConsumeSecurity};
+use icu_cloud_bridge::signing::{load_public_key, KeyRing};
+use icu_tests::pki::TestPki;
+use icu_tests::{bin_path, wait_for, Broker, SecureOptions, TOPICS};
+use support::{config_text, keygen, run_sim, GatewayProc};
+
+/// A gateway config forwarding to `broker`, with a `[kafka.security]` section.
+fn config(dir: &Path, beds: usize, broker: &str, security: &str) -> String {
+    format!(
+        "{}\n[kafka.security]\n{security}\n",
+        config_text(dir, beds, Some(broker), "")
+    )
+}
+
+/// Waits until `/api/status` backbone is in `state`; returns the backbone.
+fn wait_state(gw: &GatewayProc, state: &str) -> serde_json::Value {
+    wait_for(Duration::from_secs(30), state, || {
+        let s = gw.get_json("/api/status");
+        (s["backbone"]["state"] == state).then(|| s["backbone"].clone())
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            gw.get_json("/api/status")["backbone"],
+            gw.log_text()
+        )
+    })
+}
+
+/// The negative cases: readings are still acknowledged and stored (the outbox holds them all).
+fn assert_still_stored(gw: &GatewayProc, dir: &Path) {
+    let sim = run_sim(gw.endpoints.mllp, 1, 4, 20.0, &dir.join("manifest.jsonl"));
+    assert!(sim.ok, "every message acknowledged AA:\n{}", sim.stdout);
+    let status = gw.get_json("/api/status");
+    let unsent = status["store"]["unsent"].as_u64().unwrap_or(0);
+    assert!(
+        unsent >= sim.accepted.len() as u64,
+        "every acknowledged reading waits in the outbox ({unsent} unsent, {} acknowledged): {status}",
+        sim.accepted.len()
+    );
+}
+
+#[test]
+fn mutual_tls_forwarding_arrives_signed_and_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki"), "hospital").unwrap();
+    let server = pki.server("kafka").unwrap();
+    let harness = pki.client("harness").unwrap();
+    let gateway = pki.client("icu-gw").unwrap();
+    let broker = Broker::start_secure(SecureOptions {
+        server,
+        ca_file: pki.ca_file().to_owned(),
+        client_ca: Some(pki.ca_file().to_owned()),
+        client_cert: Some(harness.clone()),
+        authentication: false,
+    })
+    .expect("secure broker");
+    broker.create_topics(TOPICS).unwrap();
+    let key = load_public_key(&keygen(dir.path())).unwrap();
+    let security = format!(
+        "protocol = \"ssl\"\nca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+        pki.ca_file().display(),
+        gateway.cert.display(),
+        gateway.key.display()
+    );
+    let gw = GatewayProc::start(dir.path(), &config(dir.path(), 2, &broker.addr, &security));
+    let sim = run_sim(
+        gw.endpoints.mllp,
+        2,
+        6,
+        20.0,
+        &dir.path().join("manifest.jsonl"),
+    );
+    assert!(sim.ok, "every message acknowledged AA:\n{}", sim.stdout);
+    let acked = sim.accepted.len() as u64;
+
+    let backbone = wait_for(Duration::from_secs(30), "outbox drained", || {
+        let s = gw.get_json("/api/status");
+        (s["store"]["unsent"].as_u64() == Some(0) && s["backbone"]["state"] == "online")
+            .then(|| s["backbone"].clone())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_text()));
+    assert_eq!(backbone["security"], "ssl with a client certificate");
+    assert_eq!(backbone["encrypted"], true);
+
+    let extra = ConsumeSecurity {
+        security: KafkaSecurity {
+            protocol: SecurityProtocol::Ssl,
+            ca_file: Some(pki.ca_file().to_owned()),
+            client_cert_file: Some(harness.cert.clone()),
+            client_key_file: Some(harness.key.clone()),
+            verify_hostname: true,
+            ..KafkaSecurity::default()
+        },
+        properties: Default::default(),
+        keys: Some(KeyRing::single(key)),
+    };
+    let (report, _) = consume_with(
+        &ConsumeOptions {
+            brokers: broker.addr.clone(),
+            topic: "icu.observations".into(),
+            public_key: None,
+            idle_timeout: Duration::from_millis(500),
+            max_wait: Duration::from_secs(20),
+        },
+        &extra,
+    )
+    .expect("consuming over mutual TLS");
+    let distinct: u64 = report.devices.values().map(|d| d.distinct_seqs).sum();
+    assert_eq!(distinct, acked, "exactly what was acknowledged arrived");
+    assert_eq!(report.signatures_ok, report.records);
+    assert!(report.is_clean(), "{report:?}");
+
+    // Without a client certificate the broker's TLS listener refuses the verifier.
+    let no_cert = ConsumeSecurity {
+        security: KafkaSecurity {
+            client_cert_file: None,
+            client_key_file: None,
+            ..extra.security.clone()
+        },
+        ..extra.clone()
+    };
+    let refused = consume_with(
+        &ConsumeOptions {
+            brokers: broker.addr.clone(),
+            topic: "icu.observations".into(),
+            public_key: None,
+            idle_timeout: Duration::from_millis(200),
+            max_wait: Duration::from_secs(3),
+        },
+        &no_cert,
+    );
+    assert!(refused.is_err(), "a client without certificate is refused");
+}
+
+#[test]
+fn a_wrong_scram_password_is_auth_failed_and_readings_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki"), "hospital").unwrap();
+    let broker = Broker::start_secure(SecureOptions {
+        server: pki.server("kafka").unwrap(),
+        ca_file: pki.ca_file().to_owned(),
+        client_ca: None,
+        client_cert: None,
+        authentication: true,
+    })
+    .expect("secure broker with authentication");
+    keygen(dir.path());
+    let password = dir.path().join("kafka.password");
+    std::fs::write(&password, "not-the-password\n").unwrap();
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let security = format!(
+        "protocol = \"sasl_ssl\"\nca_file = \"{}\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nusername = \"icu-gw\"\npassword_file = \"{}\"\n",
+        pki.ca_file().display(),
+        password.display()
+    );
+    let gw = GatewayProc::start(dir.path(), &config(dir.path(), 1, &broker.addr, &security));
+    let backbone = wait_state(&gw, "auth_failed");
+    let reason = backbone["reason"].as_str().unwrap();
+    eprintln!("auth_failed reason: {reason}");
+    assert!(reason.contains("password_file"), "{reason}");
+    assert!(reason.contains("\"icu-gw\""), "{reason}");
+    assert_eq!(backbone["security"], "sasl_ssl SCRAM-SHA-512 as icu-gw");
+    assert!(
+        gw.log_text().contains("auth_failed"),
+        "the log names the state"
+    );
+    assert_still_stored(&gw, dir.path());
+    assert_eq!(
+        gw.get_json("/api/status")["backbone"]["state"],
+        "auth_failed"
+    );
+}
+
+#[test]
+fn a_broker_certificate_from_an_unknown_ca_is_tls_failed_and_readings_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let hospital = TestPki::new(&dir.path().join("pki"), "hospital").unwrap();
+    let rogue = TestPki::new(&dir.path().join("pki"), "rogue").unwrap();
+    let broker = Broker::start_secure(SecureOptions {
+        server: rogue.server("kafka").unwrap(),
+        ca_file: rogue.ca_file().to_owned(),
+        client_ca: None,
+        client_cert: None,
+        authentication: false,
+    })
+    .expect("secure broker");
+    keygen(dir.path());
+    let security = format!(
+        "protocol = \"ssl\"\nca_file = \"{}\"\n",
+        hospital.ca_file().display()
+    );
+    let gw = GatewayProc::start(dir.path(), &config(dir.path(), 1, &broker.addr, &security));
+    let backbone = wait_state(&gw, "tls_failed");
+    let reason = backbone["reason"].as_str().unwrap();
+    eprintln!("tls_failed reason: {reason}");
+    assert!(reason.contains("ca_file"), "{reason}");
+    assert!(reason.contains("certificate verify failed"), "{reason}");
+    assert_still_stored(&gw, dir.path());
+    assert_eq!(
+        gw.get_json("/api/status")["backbone"]["state"],
+        "tls_failed"
+    );
+}
+
+/// `icu-bridge consume` of icu.observations with `key_args`; (exit success, stdout).
+fn bridge_consume(broker: &str, key_args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin_path("icu-bridge"))
+        .args([
+            "consume",
+            "--brokers",
+            broker,
+            "--topic",
+            "icu.observations",
+        ])
+        .args(["--idle-timeout-secs", "1", "--max-wait-secs", "20"])
+        .args(key_args)
+        .output()
+        .expect("running icu-bridge");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn a_rotation_mid_run_verifies_with_the_key_directory() {
+    let broker = Broker::start().expect("broker");
+    broker.create_topics(TOPICS).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let public = keygen(dir.path());
+    let old_id = icu_cloud_bridge::signing::key_id_of(&load_public_key(&public).unwrap());
+    // Two beds; the first run drives bed 1 only, the run after the rotation both (the simulator
+    // numbers its messages from 1 again: bed 1's are recognised repeats, bed 2's are new).
+    let mut gw = GatewayProc::start(
+        dir.path(),
+        &config_text(dir.path(), 2, Some(&broker.addr), ""),
+    );
+    let drained = |gw: &GatewayProc, n: u64| {
+        wait_for(Duration::from_secs(30), "outbox drained", || {
+            let s = gw.get_json("/api/status");
+            (s["store"]["unsent"].as_u64() == Some(0)
+                && s["backbone"]["forwarded_observations"].as_u64() >= Some(n))
+            .then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_text()));
+    };
+    let first = run_sim(gw.endpoints.mllp, 1, 4, 20.0, &dir.path().join("m1.jsonl"));
+    assert!(first.ok, "{}", first.stdout);
+    drained(&gw, first.accepted.len() as u64);
+    gw.stop();
+
+    let key = dir.path().join("gateway.key");
+    let out = Command::new(bin_path("icu-gateway"))
+        .args(["keygen", "--rotate", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new_id = icu_cloud_bridge::signing::key_id_of(&load_public_key(&public).unwrap());
+    assert_ne!(new_id, old_id);
+    assert!(text.contains(&old_id) && text.contains(&new_id), "{text}");
+    let keys = dir.path().join("keys");
+    assert!(keys.join(format!("gateway.{old_id}.pub")).exists());
+
+    gw.restart();
+    let second = run_sim(gw.endpoints.mllp, 2, 4, 20.0, &dir.path().join("m2.jsonl"));
+    assert!(second.ok, "{}", second.stdout);
+    let new_device = second
+        .accepted
+        .iter()
+        .filter(|o| o.device_id != first.accepted[0].device_id)
+        .count() as u64;
+    assert!(new_device > 0);
+    drained(&gw, new_device);
+    assert!(
+        gw.log_text()
+            .contains("the signing key changed since the last start"),
+        "the start after the rotation notes it (audit key_rotated)"
+    );
+
+    let (ok, report) = bridge_consume(&broker.addr, &["--key-dir", keys.to_str().unwrap()]);
+    assert!(
+        ok,
+        "every record verifies with the key directory:\n{report}"
+    );
+    assert!(report.contains("bad 0"), "{report}");
+    assert!(!report.contains("unknown key id"), "{report}");
+
+    let (ok, report) = bridge_consume(&broker.addr, &["--public-key", public.to_str().unwrap()]);
+    assert!(
+        !ok,
+        "records of the old key are not verified by the new key alone"
+    );
+    assert!(
+        report.contains(&format!("unknown key id {old_id}")),
+        "the old key's records are reported by key id:\n{report}"
+    );
+    eprintln!("{report}");
+}
