@@ -1,5 +1,6 @@
 use base64::Engine as _;
 use icu_protos::v1::Observation;
+use std::path::Path;
 
 use super::*;
 use crate::fhir::observation_bundle;
