@@ -1,7 +1,10 @@
-//! A whole simulated ICU of 30 beds for 60 s through every real transport (PCD-01 and ADT over
-//! MLLP, Masimo and MEDIBUS over ptys, pumps over mosquitto) into the gateway and a real
-//! Kafka-protocol broker: per device, what reaches Kafka is exactly what the simulator counted
-//! as acknowledged — no gap, no duplicate, every signature valid.
+//! A whole simulated ICU of 30 beds through every real transport (PCD-01 and ADT over MLLP,
+//! Masimo and MEDIBUS over ptys, pumps over mosquitto) into the gateway and a real Kafka-protocol
+//! broker: per device, what reaches Kafka is exactly what the simulator counted as acknowledged
+//! — no gap, no duplicate, every signature valid. Twice: in plain text for 60 s, and with every
+//! network interface on TLS for 20 s (MLLP with each monitor's client certificate and the ADT
+//! engine's, HTTPS for the harness, MQTT over TLS with a password per pump and the pump ACL,
+//! Kafka over mutual TLS: tansu 0.6 keeps no SCRAM users, see `icu_tests::SecureOptions`).
 
 mod support;
 
@@ -9,50 +12,174 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
+use icu_cloud_bridge::bridge::{KafkaSecurity, SecurityProtocol};
 use icu_cloud_bridge::consume::{consume, ConsumeOptions};
+use icu_cloud_bridge::consume::{consume_with, ConsumeSecurity};
 use icu_cloud_bridge::signing::load_public_key;
-use icu_tests::mosquitto::Mosquitto;
-use icu_tests::{bin_path, wait_for, Broker, TOPICS};
+use icu_cloud_bridge::signing::KeyRing;
+use icu_tests::mosquitto::{pump_acl, Mosquitto, TlsSetup};
+use icu_tests::pki::{write_secret, TestPki};
+use icu_tests::{bin_path, wait_for, Broker, SecureOptions, TOPICS};
 use support::{keygen, GatewayProc};
 
 const BEDS: usize = 30;
 
 #[test]
 fn thirty_beds_for_sixty_seconds_arrive_exactly() {
-    let broker = Broker::start().expect("kafka broker");
-    broker.create_topics(TOPICS).unwrap();
-    let mosquitto = Mosquitto::start().expect("mosquitto");
+    run_icu(60, false);
+}
+
+#[test]
+fn thirty_beds_with_every_interface_on_tls_arrive_exactly() {
+    run_icu(20, true);
+}
+
+/// The hospital side of a secure run: its CA, the brokers' and the gateway's Kafka client
+/// certificates, and the gateway's own PKI (`icu-gateway cert`) for MLLP and HTTPS.
+struct Secure {
+    hospital: TestPki,
+    gateway_pki: std::path::PathBuf,
+    harness: icu_tests::pki::CertFiles,
+}
+
+fn run_icu(seconds: u64, secure: bool) {
     let dir = tempfile::tempdir().unwrap();
+    let plan = icu_sim::icu::plan(BEDS);
+    let pumps: Vec<String> = plan.iter().filter_map(|b| b.pump.clone()).collect();
+    let sec = secure.then(|| {
+        let hospital = TestPki::new(&dir.path().join("hospital"), "hospital").unwrap();
+        let gateway_pki = dir.path().join("pki");
+        let mut args = vec![
+            "cert".to_string(),
+            "--out".into(),
+            gateway_pki.display().to_string(),
+        ];
+        for b in &plan {
+            args.extend(["--device".into(), b.bed.device_id.clone()]);
+        }
+        args.extend(["--client".into(), "adt-engine".into()]);
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        icu_tests::http::gateway_cli(&a, "").unwrap();
+        let harness = hospital.client("harness").unwrap();
+        Secure {
+            hospital,
+            gateway_pki,
+            harness,
+        }
+    });
+    let broker = match &sec {
+        None => Broker::start().expect("kafka broker"),
+        Some(s) => Broker::start_secure(SecureOptions {
+            server: s.hospital.server("kafka").unwrap(),
+            ca_file: s.hospital.ca_file().to_owned(),
+            client_ca: Some(s.hospital.ca_file().to_owned()),
+            client_cert: Some(s.harness.clone()),
+            authentication: false,
+        })
+        .expect("kafka broker over mutual TLS"),
+    };
+    broker.create_topics(TOPICS).unwrap();
+    let gw_user = "gw-icu-gw";
+    let mqtt_password = |user: &str| format!("pw-{user}-icu");
+    let mosquitto = match &sec {
+        None => Mosquitto::start().expect("mosquitto"),
+        Some(s) => {
+            let mut users = vec![(gw_user.to_owned(), mqtt_password(gw_user))];
+            users.extend(pumps.iter().map(|p| (p.clone(), mqtt_password(p))));
+            let names: Vec<&str> = pumps.iter().map(String::as_str).collect();
+            let server = s.hospital.server("mqtt").unwrap();
+            Mosquitto::start_tls(&TlsSetup {
+                ca_file: s.hospital.ca_file().to_owned(),
+                cert_file: server.cert,
+                key_file: server.key,
+                require_certificate: false,
+                users,
+                acl: pump_acl("icu-gw", gw_user, &names),
+            })
+            .expect("mosquitto with TLS")
+        }
+    };
     let serial_dir = dir.path().join("serial");
     let key = load_public_key(&keygen(dir.path())).unwrap();
+    let mut security = String::new();
+    if let Some(s) = &sec {
+        let kafka_client = s.hospital.client("icu-gw").unwrap();
+        let secret = dir.path().join("mqtt.pass");
+        write_secret(&secret, &format!("{}\n", mqtt_password(gw_user))).unwrap();
+        for p in &pumps {
+            write_secret(&dir.path().join(format!("{p}.pass")), &mqtt_password(p)).unwrap();
+        }
+        security = format!(
+            "[kafka.security]\nprotocol = \"ssl\"\nca_file = \"{ca}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n\
+             [tls]\ncert_file = \"{p}/gateway.crt\"\nkey_file = \"{p}/gateway.key\"\nca_file = \"{p}/ca.crt\"\n\
+             mllp = \"required\"\nmllp_client_certs = \"required\"\nhttp = \"required\"\n\
+             [adt]\ncert_names = [\"adt-engine\"]\n",
+            kafka_client.cert.display(),
+            kafka_client.key.display(),
+            ca = s.hospital.ca_file().display(),
+            p = s.gateway_pki.display(),
+        );
+    }
+    let mqtt = match &sec {
+        None => format!("[mqtt]\nbroker_port = {}\n", mosquitto.port),
+        Some(s) => format!(
+            "[mqtt]\nbroker_host = \"127.0.0.1\"\nbroker_port = {}\ntls = \"required\"\nca_file = \"{}\"\nusername = \"{gw_user}\"\npassword_file = \"{}\"\n",
+            mosquitto.port,
+            s.hospital.ca_file().display(),
+            dir.path().join("mqtt.pass").display()
+        ),
+    };
     let cfg = format!(
-        "gateway_id = \"icu-gw\"\ndata_dir = \"{}\"\nclock = \"synced\"\n[mllp]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[store]\nsynchronous = \"normal\"\n[kafka]\nbootstrap = \"{}\"\nmessage_timeout_ms = 10000\n[mqtt]\nbroker_port = {}\n\n{}",
+        "gateway_id = \"icu-gw\"\ndata_dir = \"{}\"\nclock = \"synced\"\n[mllp]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[store]\nsynchronous = \"normal\"\n[kafka]\nbootstrap = \"{}\"\nmessage_timeout_ms = 10000\n{security}{mqtt}\n{}",
         dir.path().display(),
         broker.addr,
-        mosquitto.port,
-        icu_sim::icu::config_blocks(&icu_sim::icu::plan(BEDS), &serial_dir)
+        icu_sim::icu::config_blocks(&plan, &serial_dir)
     );
     let gw = GatewayProc::start(dir.path(), &cfg);
+    if let Some(s) = &sec {
+        icu_tests::http::use_tls(gw.endpoints.http, &s.gateway_pki.join("ca.crt"));
+    }
     wait_for(Duration::from_secs(30), "mqtt subscription", || {
         (gw.get_json("/api/status")["mqtt"]["subscribed"].as_u64() >= Some(1)).then_some(())
     })
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e}: {}", gw.log_text()));
+    if sec.is_some() {
+        let status = gw.get_json("/api/status");
+        assert_eq!(status["transport"]["mllp"], "tls", "{status}");
+        assert_eq!(status["transport"]["http"], "tls", "{status}");
+        assert_eq!(status["mqtt"]["transport"], "tls", "{status}");
+    }
 
     let report_path = dir.path().join("sim-report.json");
-    let out = Command::new(bin_path("icu-sim"))
-        .args(["icu", "--beds", &BEDS.to_string(), "--duration-secs", "60"])
-        .args([
-            "--mllp",
-            &gw.endpoints.mllp.to_string(),
-            "--gateway-id",
-            "icu-gw",
-        ])
-        .args(["--mqtt-port", &mosquitto.port.to_string(), "--serial-dir"])
-        .arg(&serial_dir)
-        .arg("--report")
-        .arg(&report_path)
-        .output()
-        .expect("icu-sim icu");
+    let mut sim = Command::new(bin_path("icu-sim"));
+    sim.args([
+        "icu",
+        "--beds",
+        &BEDS.to_string(),
+        "--duration-secs",
+        &seconds.to_string(),
+    ])
+    .args([
+        "--mllp",
+        &gw.endpoints.mllp.to_string(),
+        "--gateway-id",
+        "icu-gw",
+    ])
+    .args(["--mqtt-port", &mosquitto.port.to_string(), "--serial-dir"])
+    .arg(&serial_dir)
+    .arg("--report")
+    .arg(&report_path);
+    if let Some(s) = &sec {
+        sim.arg("--tls-ca")
+            .arg(s.gateway_pki.join("ca.crt"))
+            .arg("--tls-cert-dir")
+            .arg(s.gateway_pki.join("devices"))
+            .arg("--mqtt-tls-ca")
+            .arg(s.hospital.ca_file())
+            .args(["--mqtt-username", "{device}", "--mqtt-password-file"])
+            .arg(dir.path().join("{device}.pass"));
+    }
+    let out = sim.output().expect("icu-sim icu");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -88,13 +215,31 @@ fn thirty_beds_for_sixty_seconds_arrive_exactly() {
         Duration::from_secs(120),
         "every acknowledged observation on kafka",
         || {
-            let (r, _) = consume(&ConsumeOptions {
+            let opts = ConsumeOptions {
                 brokers: broker.addr.clone(),
                 topic: "icu.observations".into(),
                 public_key: Some(key),
                 idle_timeout: Duration::from_millis(500),
                 max_wait: Duration::from_secs(60),
-            })
+            };
+            let (r, _) = match &sec {
+                None => consume(&opts),
+                Some(s) => consume_with(
+                    &opts,
+                    &ConsumeSecurity {
+                        security: KafkaSecurity {
+                            protocol: SecurityProtocol::Ssl,
+                            ca_file: Some(s.hospital.ca_file().to_owned()),
+                            client_cert_file: Some(s.harness.cert.clone()),
+                            client_key_file: Some(s.harness.key.clone()),
+                            verify_hostname: true,
+                            ..KafkaSecurity::default()
+                        },
+                        properties: Default::default(),
+                        keys: Some(KeyRing::single(key)),
+                    },
+                ),
+            }
             .ok()?;
             let n: u64 = r.devices.values().map(|d| d.distinct_seqs).sum();
             (n >= total).then_some(r)
