@@ -357,6 +357,18 @@ fn idle_sessions_lock_pins_reopen_them_and_guessing_is_throttled() {
         .unwrap()
     };
     assert_eq!(bg("/api/beds").status, 200);
+    // The nurse's alarm event stream, open while the session is active ...
+    let mut stream = {
+        use std::io::Write as _;
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "GET /api/events HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nx-icu-background: 1\r\n\r\n"
+        )
+        .unwrap();
+        s
+    };
     let locked = icu_tests::wait_for(Duration::from_secs(20), "the idle session to lock", || {
         std::thread::sleep(Duration::from_millis(500));
         let r = bg("/api/beds");
@@ -369,6 +381,19 @@ fn idle_sessions_lock_pins_reopen_them_and_guessing_is_throttled() {
         (Some(true), Some("nurse.test")),
         "{j}"
     );
+    // ... ends once the session is locked (at its next event or keep-alive, within 15 s).
+    {
+        use std::io::Read as _;
+        let started = std::time::Instant::now();
+        let mut all = Vec::new();
+        let _ = stream.read_to_end(&mut all);
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(
+            started.elapsed() < Duration::from_secs(25),
+            "the stream of a locked session was not ended: {text}"
+        );
+    }
     // A wrong PIN, then the right one: the same session works again.
     let unlock = |pin: &str| {
         request(

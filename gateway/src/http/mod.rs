@@ -700,6 +700,7 @@ async fn limit_changes(state: web::Data<HttpState>, caller: Caller) -> HttpRespo
 async fn events(
     state: web::Data<HttpState>,
     caller: Caller,
+    req: HttpRequest,
     streams: web::Data<Arc<EventStreams>>,
 ) -> HttpResponse {
     allow!(state, caller, Permission::Read, read "/api/events", "alarm event stream");
@@ -717,23 +718,42 @@ async fn events(
     };
     let rx = state.events.subscribe();
     let health = state.event_stream.clone();
-    let stream = futures::stream::unfold((rx, slot, health), |(mut rx, slot, health)| async move {
-        let item = tokio::select! {
-            msg = rx.recv() => match msg {
-                Ok(json) => format!("event: alarm\ndata: {json}\n\n"),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    health.lagged(n, now_us());
-                    tracing::warn!(lost = n, "a page fell behind the alarm event stream");
-                    format!("event: lagged\ndata: {n}\n\n")
+    // A person's stream ends when their session locks or ends (idle logoff, logoff, a disabled
+    // account): the page then asks for the PIN or a login before it gets alarms again.
+    let session = match caller.principal {
+        guard::Principal::Person(_) => req
+            .cookie(guard::SESSION_COOKIE)
+            .map(|c| (c.value().to_owned(), state.auth.clone())),
+        guard::Principal::Token { .. } => None,
+    };
+    let stream = futures::stream::unfold((rx, slot, health), move |(mut rx, slot, health)| {
+        let session = session.clone();
+        async move {
+            if let Some((token, auth)) = &session {
+                if !matches!(
+                    auth.auth.sessions.lookup(token, now_us(), false),
+                    crate::auth::Lookup::Active(_)
+                ) {
+                    return None;
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            },
-            _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => ": keep-alive\n\n".to_string(),
-        };
-        Some((
-            Ok::<_, actix_web::Error>(bytes::Bytes::from(item)),
-            (rx, slot, health),
-        ))
+            }
+            let item = tokio::select! {
+                msg = rx.recv() => match msg {
+                    Ok(json) => format!("event: alarm\ndata: {json}\n\n"),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        health.lagged(n, now_us());
+                        tracing::warn!(lost = n, "a page fell behind the alarm event stream");
+                        format!("event: lagged\ndata: {n}\n\n")
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                },
+                _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => ": keep-alive\n\n".to_string(),
+            };
+            Some((
+                Ok::<_, actix_web::Error>(bytes::Bytes::from(item)),
+                (rx, slot, health),
+            ))
+        }
     });
     HttpResponse::Ok()
         .content_type("text/event-stream")
