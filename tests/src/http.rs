@@ -113,28 +113,7 @@ pub fn request(
     s.write_all(req.as_bytes())?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, rest) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("no HTTP head in {text:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no status in {head:?}"))?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_owned()
-    };
-    Ok(Reply {
-        status,
-        head: head.to_owned(),
-        body,
-    })
+    parse_reply(&buf)
 }
 
 /// Logs in; returns the session cookie's value.
@@ -455,28 +434,7 @@ pub fn request_tls(
     let mut buf = Vec::new();
     // A server that closes without close_notify ends the read with an error after the body.
     let _ = tls.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
-    let (head, rest) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("no HTTP head in {text:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no status in {head:?}"))?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_owned()
-    };
-    Ok(Reply {
-        status,
-        head: head.to_owned(),
-        body,
-    })
+    parse_reply(&buf)
 }
 
 /// The `--ignore-certificate-errors-spki-list` value that makes Chromium trust exactly this
@@ -529,4 +487,30 @@ pub fn http_put_json(
     body: &str,
 ) -> anyhow::Result<serde_json::Value> {
     http_send_json(addr, "PUT", path, body)
+}
+
+/// Status line, headers and (de-chunked) body of one HTTP/1.1 answer.
+fn parse_reply(buf: &[u8]) -> anyhow::Result<Reply> {
+    let text = String::from_utf8_lossy(buf);
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP head in {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no status in {head:?}"))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    Ok(Reply {
+        status,
+        head: head.to_owned(),
+        body,
+    })
 }

@@ -146,7 +146,15 @@ fn cert_expiry_watch(
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
         loop {
             tick.tick().await;
-            let secs = match crate::tls::expiry(&cert) {
+            let path = cert.clone();
+            let read = tokio::task::spawn_blocking(move || crate::tls::expiry(&path)).await;
+            let secs = match read.unwrap_or_else(|e| {
+                Err(crate::tls::TlsError {
+                    what: "certificate file",
+                    path: cert.display().to_string(),
+                    message: e.to_string(),
+                })
+            }) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the gateway certificate's expiry");

@@ -114,7 +114,9 @@ async fn handle_frame(
         }
     };
     let header = message.header.clone();
-    // With a client certificate, the message must claim the device the certificate names.
+    // The sender must be this device: the certificate (with a client certificate) must name the
+    // device the message claims, and the address must be one its `allow_from` lists.
+    let mut refusal = None;
     if let Some(id) = identity {
         let msh3 = header.sending_application.split('^').collect::<Vec<_>>();
         let mut claims = vec![route.device_id.as_str()];
@@ -127,44 +129,24 @@ async fn handle_frame(
                 .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%peer, device = %route.device_id, certificate = %id.describe(),
                 control_id = %header.control_id, "message refused: its device is not the one its TLS client certificate names");
-            let err = Hl7Error::new(
-                AckCode::AR,
-                ErrorCode::ApplicationInternalError,
-                None,
-                format!(
-                    "message for device {} refused: the sender's certificate names {} (the certificate's subject or SAN must name the device id or EUI-64)",
-                    route.device_id,
-                    id.describe()
-                ),
-            );
-            ingest.live.record_error(&route.device_id, &err.to_string());
-            return reject(
-                ingest,
-                peer,
-                Some(&header),
-                Some(route.device_id),
-                offset,
-                payload,
-                payload.len(),
-                &err,
-                received,
-            )
-            .await;
+            refusal = Some(format!(
+                "message for device {} refused: the sender's certificate names {} (the certificate's subject or SAN must name the device id or EUI-64)",
+                route.device_id,
+                id.describe()
+            ));
         }
     }
-    if !route.allow_from.allows(peer.ip()) {
+    if refusal.is_none() && !route.allow_from.allows(peer.ip()) {
         ingest.stats.peers_refused.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%peer, device = %route.device_id, allow_from = %route.allow_from,
             control_id = %header.control_id, "message refused: sender address not allowed for its device");
-        let err = Hl7Error::new(
-            AckCode::AR,
-            ErrorCode::ApplicationInternalError,
-            None,
-            format!(
-                "message for device {} from {peer} refused: that address is not allowed for this device (devices[].allow_from)",
-                route.device_id
-            ),
-        );
+        refusal = Some(format!(
+            "message for device {} from {peer} refused: that address is not allowed for this device (devices[].allow_from)",
+            route.device_id
+        ));
+    }
+    if let Some(why) = refusal {
+        let err = Hl7Error::new(AckCode::AR, ErrorCode::ApplicationInternalError, None, why);
         ingest.live.record_error(&route.device_id, &err.to_string());
         return reject(
             ingest,

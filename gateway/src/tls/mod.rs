@@ -417,7 +417,12 @@ impl Reloadable {
                     _ = tick.tick() => false,
                     Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
                 };
-                match me.reload(force) {
+                // File reads and the rebuild run on the blocking pool, not the listener's thread.
+                let me2 = me.clone();
+                let reloaded = tokio::task::spawn_blocking(move || me2.reload(force))
+                    .await
+                    .unwrap_or(Ok(false));
+                match reloaded {
                     Ok(true) => tracing::info!(
                         what,
                         "TLS certificate files reloaded; open connections keep theirs"
