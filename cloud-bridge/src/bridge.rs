@@ -75,7 +75,7 @@ use crate::deadletter::dead_letter_json;
 use crate::error::BridgeError;
 use crate::fhir::{adt_bundle, alarm_observation, audit_event, observation_bundle};
 use crate::headers;
-use crate::signing::GatewayKey;
+use crate::signing::SigningKeys;
 use crate::Terminology;
 use icu_outbox::{FetchRequest, InFlightRuns, Outbox, SentRange, Stream};
 use plan::{markable, plan_bundles, PlannedBundle, TokenBucket};
@@ -151,7 +151,7 @@ impl BridgeActor {
     pub fn new(
         config: BridgeConfig,
         outbox: Arc<dyn Outbox>,
-        key: GatewayKey,
+        key: Arc<SigningKeys>,
         terminology: Arc<Terminology>,
         stats: Arc<BridgeStats>,
     ) -> Result<Self, BridgeError> {
@@ -162,7 +162,7 @@ impl BridgeActor {
         let mapper = Mapper {
             gateway_id: config.gateway_id.clone(),
             max_per_bundle: config.max_per_bundle,
-            key: Arc::new(key),
+            key,
             terminology,
         };
         Ok(Self {
@@ -274,7 +274,7 @@ impl Worker {
             topic_adt = %self.config.topic_adt,
             topic_deadletter = %self.config.topic_deadletter,
             topic_audit = %self.config.topic_audit,
-            key_id = %self.mapper.key.key_id(),
+            key_id = %self.mapper.key.active().key_id(),
             "cloud bridge starting"
         );
         self.stats.set_state(BridgeState::Connecting);
@@ -660,7 +660,7 @@ impl Worker {
         bundle: &PlannedBundle,
         value: &Value,
     ) -> Result<rdkafka::producer::DeliveryFuture, DeliveryError> {
-        let (value, signature) = value.as_ref().map_err(Clone::clone)?;
+        let (value, signature, key_id) = value.as_ref().map_err(Clone::clone)?;
         let first = bundle.first_seq.to_string();
         let last = bundle.last_seq.to_string();
         let record_headers = OwnedHeaders::new_with_capacity(10)
@@ -669,7 +669,7 @@ impl Worker {
                 headers::SIGNATURE_ALG,
                 headers::SIGNATURE_ALG_ED25519,
             ))
-            .insert(header(headers::KEY_ID, self.mapper.key.key_id()))
+            .insert(header(headers::KEY_ID, key_id))
             .insert(header(headers::GATEWAY_ID, &self.config.gateway_id))
             .insert(header(headers::DEVICE_ID, &bundle.device_id))
             .insert(header(headers::SEQ_FIRST, &first))
@@ -737,15 +737,18 @@ impl Worker {
     }
 }
 
-/// A bundle's Kafka value and its signature (base64), or why it cannot be mapped.
-type Value = Result<(Vec<u8>, String), DeliveryError>;
+/// A bundle's Kafka value, its signature (base64) and the id of the key that made it, or why it
+/// cannot be mapped.
+type Value = Result<(Vec<u8>, String, String), DeliveryError>;
 
 /// What maps and signs bundles; cloned onto the blocking pool.
 #[derive(Clone)]
 struct Mapper {
     gateway_id: String,
     max_per_bundle: usize,
-    key: Arc<GatewayKey>,
+    /// Which key signs is decided per record ([`SigningKeys::at`]): a rotation scheduled for a
+    /// time takes effect at that time.
+    key: Arc<SigningKeys>,
     terminology: Arc<Terminology>,
 }
 
@@ -784,8 +787,9 @@ impl Mapper {
                 unknown_topic: false,
             }
         })?;
-        let signature = base64::engine::general_purpose::STANDARD.encode(self.key.sign(&value));
-        Ok((value, signature))
+        let key = self.key.active();
+        let signature = base64::engine::general_purpose::STANDARD.encode(key.sign(&value));
+        Ok((value, signature, key.key_id().to_owned()))
     }
 }
 

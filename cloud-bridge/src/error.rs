@@ -30,6 +30,9 @@ pub enum BridgeError {
         expected: &'static str,
         reason: String,
     },
+    /// A key rotation cannot be done as asked (one is already scheduled, a bad time).
+    #[error("cannot rotate the signing key {path}: {reason}")]
+    KeyRotation { path: PathBuf, reason: String },
     /// An observation could not be mapped to FHIR.
     #[error("cannot map observation seq {seq} of device {device_id} to FHIR: {reason}")]
     FhirMapping {

@@ -2,7 +2,8 @@
 //!
 //! Owns: [`GatewayKey`] (an ed25519-dalek `SigningKey` and its key id), reading and writing it as
 //! PEM, [`load_public_key`] / [`key_id_of`] for verifiers, the [`KeyRing`] of every public key a
-//! topic may be signed with (a key directory spanning rotations), and [`rotate`].
+//! topic may be signed with (a key directory spanning rotations); [`rotation`] owns rotating the
+//! key and the [`SigningKeys`] a running gateway signs with.
 //! Guarantees:
 //! - keys are stored as standard PEM (PKCS#8 private, SPKI public), so any ed25519 library (or
 //!   `openssl pkey`) reads them;
@@ -27,8 +28,11 @@ use sha2::{Digest, Sha256};
 
 use crate::error::BridgeError;
 
+pub mod rotation;
+pub use rotation::{next_paths, parse_from, rotate, NextPaths, Rotation, SigningKeys};
+
 const PRIVATE_EXPECTED: &str = "PKCS#8 ed25519 private key";
-const PUBLIC_EXPECTED: &str = "SPKI ed25519 public key";
+pub(crate) const PUBLIC_EXPECTED: &str = "SPKI ed25519 public key";
 
 /// The gateway's signing key and its key id.
 #[derive(Clone)]
@@ -125,7 +129,7 @@ impl GatewayKey {
 }
 
 /// Creates `path` exclusively (fails if it exists) with `mode` on Unix, writes and syncs it.
-fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), BridgeError> {
+pub(crate) fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), BridgeError> {
     let io_err = |source| BridgeError::KeyIo {
         action: "write",
         path: path.to_path_buf(),
@@ -262,69 +266,6 @@ impl KeyRing {
     }
 }
 
-/// What [`rotate`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rotation {
-    /// Key id of the key that was replaced.
-    pub old_key_id: String,
-    /// Where its public key is kept (`<dir>/<stem>.<old key id>.pub`).
-    pub old_public: PathBuf,
-    /// Where the old private key was moved (`<dir>/<stem>.<old key id>.key.retired`, mode 600),
-    /// kept until the site deletes it.
-    pub old_private: PathBuf,
-    /// Key id of the new key.
-    pub new_key_id: String,
-}
-
-/// Replaces the key pair at `private` / `public` with a new one. The old public key is kept in
-/// `key_dir` as `<stem>.<key id>.pub` (never deleted), the new public key is also copied there,
-/// and the old private key is moved to `key_dir` as `<stem>.<key id>.key.retired`. A running
-/// gateway keeps signing with the key it loaded; it signs with the new one from its next start.
-pub fn rotate(private: &Path, public: &Path, key_dir: &Path) -> Result<Rotation, BridgeError> {
-    let old = GatewayKey::load(private)?;
-    let io = |action: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| BridgeError::KeyIo {
-            action,
-            path,
-            source,
-        }
-    };
-    fs::create_dir_all(key_dir).map_err(io("write", key_dir))?;
-    let stem = private
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "gateway".into());
-    let old_public = key_dir.join(format!("{stem}.{}.pub", old.key_id()));
-    let old_private = key_dir.join(format!("{stem}.{}.key.retired", old.key_id()));
-    if !old_public.exists() {
-        let pem = old
-            .verifying_key()
-            .to_public_key_pem(LineEnding::LF)
-            .map_err(|e| BridgeError::KeyFormat {
-                path: old_public.clone(),
-                expected: PUBLIC_EXPECTED,
-                reason: e.to_string(),
-            })?;
-        write_new_file(&old_public, pem.as_bytes(), 0o644)?;
-    }
-    // Move the old pair aside (the private key keeps its mode), then write the new pair.
-    fs::rename(private, &old_private).map_err(io("write", &old_private))?;
-    if public.exists() {
-        fs::remove_file(public).map_err(io("write", public))?;
-    }
-    let new = GatewayKey::generate();
-    new.write(private, public)?;
-    let new_public = key_dir.join(format!("{stem}.{}.pub", new.key_id()));
-    fs::copy(public, &new_public).map_err(io("write", &new_public))?;
-    Ok(Rotation {
-        old_key_id: old.key_id().to_owned(),
-        old_public,
-        old_private,
-        new_key_id: new.key_id().to_owned(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,32 +369,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("missing.pub"), "{err}");
-    }
-
-    #[test]
-    fn rotation_keeps_every_public_key_in_the_key_dir() {
-        let dir = tempfile::tempdir().unwrap();
-        let (private, public) = (
-            dir.path().join("gateway.key"),
-            dir.path().join("gateway.pub"),
-        );
-        let first = GatewayKey::generate();
-        first.write(&private, &public).unwrap();
-        let keys = dir.path().join("keys");
-        let r1 = rotate(&private, &public, &keys).unwrap();
-        assert_eq!(r1.old_key_id, first.key_id());
-        let second = GatewayKey::load(&private).unwrap();
-        assert_eq!(second.key_id(), r1.new_key_id);
-        assert_ne!(r1.new_key_id, r1.old_key_id);
-        assert_eq!(key_id_of(&load_public_key(&public).unwrap()), r1.new_key_id);
-        let r2 = rotate(&private, &public, &keys).unwrap();
-        assert_eq!(r2.old_key_id, r1.new_key_id);
-        let ring = KeyRing::load_dir(&keys).unwrap();
-        let ids: Vec<&str> = ring.ids().collect();
-        assert_eq!(ids.len(), 3, "{ids:?}");
-        for id in [&r1.old_key_id, &r1.new_key_id, &r2.new_key_id] {
-            assert!(ring.get(id).is_some(), "{id} in {ids:?}");
-        }
-        assert!(r1.old_private.exists() && r2.old_private.exists());
     }
 }

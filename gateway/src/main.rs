@@ -55,11 +55,16 @@ enum Command {
         /// Private key file to create; the public key goes beside it with extension .pub.
         #[arg(long, default_value = "gateway.key")]
         out: PathBuf,
-        /// Replace the existing key pair at --out with a new one: the old public key is kept
-        /// (never deleted) in the key directory, the old private key moved there as
-        /// `.key.retired`; the gateway signs with the new key from its next start.
+        /// Replace the key pair at --out with a new one: every public key is kept (never
+        /// deleted) in the key directory, the old private key moved there as `.key.retired`.
+        /// A running gateway signs with the new key from --from on, without a restart.
         #[arg(long)]
         rotate: bool,
+        /// When the new key starts signing: `now` (default), `+30s` / `+15m` / `+2h`, or an
+        /// RFC 3339 time. A later time writes the key as `--out`.next (with `.next.pub` and
+        /// `.next.from`) until then; the next --rotate promotes it.
+        #[arg(long, requires = "rotate")]
+        from: Option<String>,
         /// The key directory for --rotate (default: `keys/` beside --out); give it to
         /// `icu-bridge consume --key-dir`.
         #[arg(long, requires = "rotate")]
@@ -202,6 +207,7 @@ fn main() -> anyhow::Result<()> {
             out,
             rotate: true,
             key_dir,
+            from,
         } => {
             let public = icu_gateway::app::public_key_path(&out);
             let dir = key_dir.unwrap_or_else(|| {
@@ -209,28 +215,44 @@ fn main() -> anyhow::Result<()> {
                     .unwrap_or_else(|| std::path::Path::new("."))
                     .join("keys")
             });
-            let r = icu_cloud_bridge::signing::rotate(&out, &public, &dir)
+            let now = std::time::SystemTime::now();
+            let from = from
+                .map(|f| icu_cloud_bridge::signing::parse_from(&f, now))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--from {e}"))?;
+            let r = icu_cloud_bridge::signing::rotate(&out, &public, &dir, from, now)
                 .with_context(|| format!("rotating {}", out.display()))?;
+            if let Some(id) = &r.promoted {
+                println!("promoted:    {id} (the key scheduled earlier, whose time had passed)");
+            }
             println!(
                 "old key id:  {} (public key kept in {})",
                 r.old_key_id,
                 r.old_public.display()
             );
+            if let Some(old) = &r.old_private {
+                println!(
+                    "old private: {} (delete it once no record needs re-signing)",
+                    old.display()
+                );
+            }
             println!(
-                "old private: {} (delete it once no record needs re-signing)",
-                r.old_private.display()
-            );
-            println!(
-                "new key id:  {} ({} and {})",
+                "new key id:  {} ({})",
                 r.new_key_id,
-                out.display(),
-                public.display()
+                r.new_private.display()
             );
             println!(
                 "key dir:     {} (give it to the central data team: icu-bridge consume --key-dir)",
                 dir.display()
             );
-            println!("the gateway signs with the new key from its next start (audit: key_rotated)");
+            if r.scheduled {
+                println!(
+                    "signs from:  {} (a running gateway switches then, without a restart; audit: key_rotated)",
+                    r.from_text()
+                );
+            } else {
+                println!("signs from:  now (a running gateway switches within seconds; audit: key_rotated)");
+            }
             Ok(())
         }
         Command::Keygen { out, .. } => {

@@ -253,7 +253,7 @@ fn a_rotation_mid_run_verifies_with_the_key_directory() {
     let old_id = icu_cloud_bridge::signing::key_id_of(&load_public_key(&public).unwrap());
     // Two beds; the first run drives bed 1 only, the run after the rotation both (the simulator
     // numbers its messages from 1 again: bed 1's are recognised repeats, bed 2's are new).
-    let mut gw = GatewayProc::start(
+    let gw = GatewayProc::start(
         dir.path(),
         &config_text(dir.path(), 2, Some(&broker.addr), ""),
     );
@@ -269,11 +269,11 @@ fn a_rotation_mid_run_verifies_with_the_key_directory() {
     let first = run_sim(gw.endpoints.mllp, 1, 4, 20.0, &dir.path().join("m1.jsonl"));
     assert!(first.ok, "{}", first.stdout);
     drained(&gw, first.accepted.len() as u64);
-    gw.stop();
 
+    // Rotate while the gateway runs, the new key scheduled a few seconds ahead: no restart.
     let key = dir.path().join("gateway.key");
     let out = Command::new(bin_path("icu-gateway"))
-        .args(["keygen", "--rotate", "--out"])
+        .args(["keygen", "--rotate", "--from", "+3s", "--out"])
         .arg(&key)
         .output()
         .unwrap();
@@ -283,13 +283,27 @@ fn a_rotation_mid_run_verifies_with_the_key_directory() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let new_id = icu_cloud_bridge::signing::key_id_of(&load_public_key(&public).unwrap());
+    let next_public = dir.path().join("gateway.key.next.pub");
+    let new_id = icu_cloud_bridge::signing::key_id_of(&load_public_key(&next_public).unwrap());
     assert_ne!(new_id, old_id);
-    assert!(text.contains(&old_id) && text.contains(&new_id), "{text}");
+    assert!(
+        text.contains(&old_id) && text.contains(&new_id) && text.contains("signs from:"),
+        "{text}"
+    );
     let keys = dir.path().join("keys");
     assert!(keys.join(format!("gateway.{old_id}.pub")).exists());
+    assert!(keys.join(format!("gateway.{new_id}.pub")).exists());
+    wait_for(
+        Duration::from_secs(20),
+        "the running gateway switches key",
+        || {
+            gw.log_text()
+                .contains("signing with the new key from now on")
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_text()));
 
-    gw.restart();
     let second = run_sim(gw.endpoints.mllp, 2, 4, 20.0, &dir.path().join("m2.jsonl"));
     assert!(second.ok, "{}", second.stdout);
     let new_device = second
@@ -298,11 +312,30 @@ fn a_rotation_mid_run_verifies_with_the_key_directory() {
         .filter(|o| o.device_id != first.accepted[0].device_id)
         .count() as u64;
     assert!(new_device > 0);
-    drained(&gw, new_device);
+    drained(&gw, first.accepted.len() as u64 + new_device);
+
+    // The switch is in the audit trail, signed, and the trail verifies across it.
+    let trail = Command::new(bin_path("icu-gateway"))
+        .args(["audit", "show", "--action", "key_rotated", "--config"])
+        .arg(&gw.config_path)
+        .output()
+        .unwrap();
+    let trail_text = String::from_utf8_lossy(&trail.stdout).into_owned();
     assert!(
-        gw.log_text()
-            .contains("the signing key changed since the last start"),
-        "the start after the rotation notes it (audit key_rotated)"
+        trail.status.success() && trail_text.contains(&old_id) && trail_text.contains(&new_id),
+        "audit key_rotated names both keys:\n{trail_text}{}",
+        String::from_utf8_lossy(&trail.stderr)
+    );
+    let verify = Command::new(bin_path("icu-gateway"))
+        .args(["audit", "verify", "--config"])
+        .arg(&gw.config_path)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "the trail verifies across the switch (old key and the scheduled one):\n{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
     );
 
     let (ok, report) = bridge_consume(&broker.addr, &["--key-dir", keys.to_str().unwrap()]);
@@ -313,14 +346,16 @@ fn a_rotation_mid_run_verifies_with_the_key_directory() {
     assert!(report.contains("bad 0"), "{report}");
     assert!(!report.contains("unknown key id"), "{report}");
 
+    // The key file still holds the old key (the new one waits as .next until the next
+    // rotation promotes it): verifying with it alone reports the new key's records by key id.
     let (ok, report) = bridge_consume(&broker.addr, &["--public-key", public.to_str().unwrap()]);
     assert!(
         !ok,
-        "records of the old key are not verified by the new key alone"
+        "records of the new key are not verified by the old key alone"
     );
     assert!(
-        report.contains(&format!("unknown key id {old_id}")),
-        "the old key's records are reported by key id:\n{report}"
+        report.contains(&format!("unknown key id {new_id}")),
+        "the new key's records are reported by key id:\n{report}"
     );
     eprintln!("{report}");
 }

@@ -5,6 +5,7 @@ use icu_protos::v1::{stored_record::Body, Observation, StoredRecord};
 use std::sync::Mutex;
 
 use super::*;
+use crate::signing::GatewayKey;
 use icu_outbox::{Fetched, MemoryOutbox, OutboxError, OutboxRecord};
 use icu_protos::v1::{AdtEvent, Alarm, DeadLetter};
 
@@ -52,7 +53,7 @@ fn unreachable_broker_goes_offline_and_marks_nothing() {
     let actor = BridgeActor::new(
         quick_config("127.0.0.1:1"),
         outbox.clone(),
-        GatewayKey::generate(),
+        GatewayKey::generate().into(),
         Terminology::builtin(),
         stats.clone(),
     )
@@ -172,7 +173,7 @@ fn config_is_validated_with_field_names() {
         let err = BridgeActor::new(
             config,
             Arc::new(MemoryOutbox::new()),
-            GatewayKey::generate(),
+            GatewayKey::generate().into(),
             Terminology::builtin(),
             BridgeStats::new(),
         )
@@ -355,10 +356,11 @@ fn key_is_the_patient_when_associated_else_the_device() {
     let mapper = Mapper {
         gateway_id: "gw-test".into(),
         max_per_bundle: 100,
-        key: Arc::new(key.clone()),
+        key: key.clone().into(),
         terminology: Terminology::builtin(),
     };
-    let (value, signature) = mapper.value(&plan.bundles[1]).unwrap();
+    let (value, signature, key_id) = mapper.value(&plan.bundles[1]).unwrap();
+    assert_eq!(key_id, key.key_id());
     let json: serde_json::Value = serde_json::from_slice(&value).unwrap();
     assert_eq!(json["resourceType"], "AuditEvent");
     assert!(crate::signing::verify_base64(
@@ -518,7 +520,7 @@ fn alarms_go_first_and_a_live_device_is_not_held_behind_a_rate_limited_backlog()
     let actor = BridgeActor::new(
         config,
         outbox.clone(),
-        GatewayKey::generate(),
+        GatewayKey::generate().into(),
         Terminology::builtin(),
         stats.clone(),
     )
@@ -627,7 +629,7 @@ fn a_delivery_report_without_an_offset_is_not_marked_sent() {
     let actor = BridgeActor::new(
         quick_config(&cluster.bootstrap_servers()),
         outbox.clone(),
-        GatewayKey::generate(),
+        GatewayKey::generate().into(),
         Terminology::builtin(),
         stats.clone(),
     )
@@ -681,7 +683,7 @@ fn values_mapped_on_several_threads_are_in_bundle_order_and_the_same_as_on_one()
     let mapper = Mapper {
         gateway_id: "gw1".into(),
         max_per_bundle: 3,
-        key: Arc::new(GatewayKey::generate()),
+        key: GatewayKey::generate().into(),
         terminology: Terminology::builtin(),
     };
     let bundles: Vec<PlannedBundle> = (0..23u64)

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use actix::Addr;
 use anyhow::Context as _;
 use icu_cloud_bridge::bridge::{BridgeActor, BridgeConfig, BridgeStats};
-use icu_cloud_bridge::signing::GatewayKey;
+use icu_cloud_bridge::signing::SigningKeys;
 use icu_drivers::terminology::Terminology;
 
 use crate::store::SqliteOutbox;
@@ -14,12 +14,12 @@ use crate::store::SqliteOutbox;
 /// wake it.
 pub(super) fn start_bridge(
     kafka: &BridgeConfig,
-    key: GatewayKey,
+    key: Arc<SigningKeys>,
     outbox: &Arc<SqliteOutbox>,
     terminology: &Arc<Terminology>,
     slot: &OnceLock<Addr<BridgeActor>>,
 ) -> anyhow::Result<Arc<BridgeStats>> {
-    tracing::info!(key_id = key.key_id(), bootstrap = %kafka.brokers, topic = %kafka.topic_observations, "forwarding to kafka");
+    tracing::info!(key_id = key.active().key_id(), bootstrap = %kafka.brokers, topic = %kafka.topic_observations, "forwarding to kafka");
     let stats = BridgeStats::new();
     let actor = BridgeActor::new(
         kafka.clone(),

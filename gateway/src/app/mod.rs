@@ -14,7 +14,7 @@ use std::sync::Arc;
 use actix::Addr;
 use anyhow::Context as _;
 use icu_cloud_bridge::bridge::BridgeStats;
-use icu_cloud_bridge::signing::GatewayKey;
+use icu_cloud_bridge::signing::{GatewayKey, SigningKeys};
 use icu_drivers::terminology::Terminology;
 use tokio::sync::watch;
 
@@ -28,6 +28,7 @@ mod audit_watch;
 mod bridge;
 mod http;
 mod ingest;
+mod keys;
 mod store;
 
 /// Where a running gateway can be reached (also written to `<data_dir>/endpoints.json`).
@@ -113,10 +114,15 @@ pub fn load_or_create_key(path: &Path) -> anyhow::Result<(GatewayKey, bool)> {
 /// Opens the audit trail and records the start (with the SHA-256 of the config file) and, when
 /// it was just made, the key's creation. A trail that cannot be written does not stop the
 /// gateway (alarms never wait for it); every audited action is then refused, and said so.
-fn open_audit(config: &Config, key: &GatewayKey, created: bool) -> anyhow::Result<Arc<AuditLog>> {
+fn open_audit(
+    config: &Config,
+    keys: &Arc<SigningKeys>,
+    created: bool,
+) -> anyhow::Result<Arc<AuditLog>> {
+    let key = keys.active();
     let clock = Arc::new(crate::clock::ClockState::new(config.clock));
     let audit = Arc::new(
-        AuditLog::open(&config.store.path, key.clone())
+        AuditLog::open(&config.store.path, keys.clone())
             .with_context(|| format!("opening the audit trail in {}", config.store.path.display()))?
             .with_clock(clock),
     );
@@ -170,7 +176,9 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
         Some(k) => (k, false),
         None => load_or_create_key(&config.key_file)?,
     };
-    let audit = open_audit(&config, &key, key_created)?;
+    let keys = keys::signing_keys(&config.key_file, key)?;
+    let audit = open_audit(&config, &keys, key_created)?;
+    keys::watch(keys.clone(), audit.clone());
     let auth = crate::auth::Auth::open(&config.store.path, config.auth.clone())
         .with_context(|| format!("opening the accounts in {}", config.store.path.display()))?;
     let access =
@@ -183,7 +191,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
         }
         Some(kafka) => Some(bridge::start_bridge(
             kafka,
-            key.clone(),
+            keys.clone(),
             &stored.outbox,
             &terminology,
             &stored.bridge_slot,

@@ -120,7 +120,8 @@ pub fn run(command: AuditCommand) -> anyhow::Result<i32> {
     }
 }
 
-/// The config's public key (`<key_file>.pub`, else the private key's public half) plus `extra`.
+/// The config's public key (`<key_file>.pub`, else the private key's public half), a scheduled
+/// next key's, plus `extra`.
 fn key_ring(key_file: &Path, extra: &[PathBuf]) -> anyhow::Result<KeyRing> {
     let mut ring = KeyRing::new();
     let public = key_file.with_extension("pub");
@@ -128,6 +129,11 @@ fn key_ring(key_file: &Path, extra: &[PathBuf]) -> anyhow::Result<KeyRing> {
         ring.add(load_public_key(&public)?);
     } else if key_file.exists() {
         ring.add(GatewayKey::load(key_file)?.verifying_key());
+    }
+    // A key scheduled by `keygen --rotate --from` signs from its time: accept it too.
+    let next = icu_cloud_bridge::signing::next_paths(key_file).public;
+    if next.exists() {
+        ring.add(load_public_key(&next)?);
     }
     for path in extra {
         ring.add(load_public_key(path)?);

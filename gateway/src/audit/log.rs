@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use icu_cloud_bridge::signing::GatewayKey;
+use icu_cloud_bridge::signing::SigningKeys;
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 
@@ -218,7 +218,9 @@ pub fn query(conn: &Connection, filter: &Filter) -> Result<Vec<AuditRecord>, Aud
 /// `web::block` / `spawn_blocking`, never on an actor's or the async runtime's thread.
 pub struct AuditLog {
     conn: Mutex<Connection>,
-    key: Arc<GatewayKey>,
+    /// Which key signs is decided per entry ([`SigningKeys::active`]): a scheduled rotation
+    /// takes effect at its time.
+    key: Arc<SigningKeys>,
     clock: Arc<ClockState>,
     path: PathBuf,
 }
@@ -227,7 +229,7 @@ impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditLog")
             .field("path", &self.path)
-            .field("key_id", &self.key.key_id())
+            .field("keys", &self.key)
             .finish_non_exhaustive()
     }
 }
@@ -237,7 +239,7 @@ impl AuditLog {
     /// store's one opener (WAL, busy timeout, `synchronous = FULL`). Entries are signed with
     /// `key`; the clock-sync flag comes from the OS ([`ClockPolicy::Auto`]) unless
     /// [`Self::with_clock`] gives the gateway's clock.
-    pub fn open(path: &Path, key: impl Into<Arc<GatewayKey>>) -> Result<Self, AuditError> {
+    pub fn open(path: &Path, key: impl Into<Arc<SigningKeys>>) -> Result<Self, AuditError> {
         let conn = crate::store::db::open_connection(path, true)?;
         prepare(&conn).map_err(|e| AuditError::Sqlite {
             path: path.display().to_string(),
@@ -257,9 +259,14 @@ impl AuditLog {
         self
     }
 
-    /// The id of the key entries are signed with.
-    pub fn key_id(&self) -> &str {
-        self.key.key_id()
+    /// The id of the key entries are signed with now.
+    pub fn key_id(&self) -> String {
+        self.key.active().key_id().to_owned()
+    }
+
+    /// The keys entries are signed with.
+    pub fn keys(&self) -> &Arc<SigningKeys> {
+        &self.key
     }
 
     /// The store file.
@@ -303,7 +310,8 @@ impl AuditLog {
             NextLink::Sql(e) => sql(e),
             NextLink::Damaged(message) => AuditError::Damaged { message },
         })?;
-        let key_id = self.key.key_id().to_owned();
+        let key = self.key.active();
+        let key_id = key.key_id().to_owned();
         let input = HashInput {
             seq,
             time_us,
@@ -323,8 +331,8 @@ impl AuditLog {
             prev_hash: &prev_hash,
         };
         let hash = input.hash();
-        let signature = self.key.sign(&hash);
-        let head_signature = self.key.sign(&head_message(seq, &hash));
+        let signature = key.sign(&hash);
+        let head_signature = key.sign(&head_message(seq, &hash));
         tx.execute(
             &format!(
                 "INSERT INTO audit_log ({COLUMNS}) VALUES \
@@ -411,7 +419,10 @@ impl AuditLog {
 
     /// Verifies the trail with this log's own public key (see [`verify`]).
     pub fn verify(&self, from_seq: Option<u64>) -> Result<VerifySummary, VerifyFailure> {
-        let ring = KeyRing::of(&self.key);
+        let mut ring = KeyRing::new();
+        for key in self.key.all() {
+            ring.add(key.verifying_key());
+        }
         let conn = self.lock().map_err(|e| VerifyFailure::Unreadable {
             message: e.to_string(),
         })?;

@@ -45,7 +45,7 @@ fn trail(n: u64) -> Trail {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("data").join("gateway.db");
     let key = Arc::new(GatewayKey::generate());
-    let log = AuditLog::open(&path, key.clone()).unwrap();
+    let log = AuditLog::open(&path, GatewayKey::clone(&key)).unwrap();
     for i in 1..=n {
         let rec = log
             .append_at(scripted(i), T0 + i as i64 * 1_000_000, i % 4 != 0)
@@ -117,7 +117,7 @@ fn appended_entries_are_gapless_chained_signed_and_verify() {
 
     // Reopened (a gateway restart), the trail continues where it was.
     drop(t.log);
-    let log = AuditLog::open(&t.path, t.key.clone()).unwrap();
+    let log = AuditLog::open(&t.path, GatewayKey::clone(&t.key)).unwrap();
     let rec = log
         .append(AuditEntry::new(Action::GatewayStop).target(TargetKind::Gateway, "icu-a"))
         .unwrap();
@@ -412,7 +412,7 @@ fn rotated_keys_verify_with_a_key_ring() {
     let t = trail(3);
     drop(t.log);
     let new_key = Arc::new(GatewayKey::generate());
-    let log = AuditLog::open(&t.path, new_key.clone()).unwrap();
+    let log = AuditLog::open(&t.path, GatewayKey::clone(&new_key)).unwrap();
     let rec = log
         .append(
             AuditEntry::new(Action::KeyRotated)
