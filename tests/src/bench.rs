@@ -228,6 +228,7 @@ impl GatewaySpec {
             bin: gateway_bin(),
             log_filter: std::env::var("ICU_BENCH_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
             ready_within: Duration::from_secs(120),
+            env: Vec::new(),
         };
         GatewayProc::start_with(&self.dir, &self.toml(), launch)
     }

@@ -57,6 +57,8 @@ pub struct Broker {
     plain_port: u16,
     /// A secure broker's TLS terminator and settings.
     secure: Option<(TlsProxy, SecureOptions)>,
+    /// Started with `--authentication` (after [`Broker::require_authentication`]).
+    authentication: bool,
     /// How the last stopped broker process ended, and how long the stop took.
     last_exit: Option<(std::process::ExitStatus, Duration)>,
     // Declared last: removed after the child is stopped.
@@ -74,11 +76,11 @@ pub struct SecureOptions {
     pub client_ca: Option<PathBuf>,
     /// The harness's own client certificate, when `client_ca` is set.
     pub client_cert: Option<CertFiles>,
-    /// `tansu broker --authentication`: SASL required. tansu 0.6's storage engines (memory,
-    /// S3) keep no SCRAM credentials (`tansu user create` succeeds but stores nothing) and PLAIN
-    /// is refused, so every login fails: the harness then waits for the port only and makes no
-    /// topics.
-    pub authentication: bool,
+    /// SCRAM-SHA-512 users (name, password). When there are any, the broker keeps its data in
+    /// SQLite (`sqlite://`, the one tansu 0.6 storage engine here that stores SCRAM
+    /// credentials); [`Broker::require_authentication`] creates them and restarts the broker
+    /// with `--authentication`, after which the harness's own client logs in as the first.
+    pub scram_users: Vec<(String, String)>,
 }
 
 /// An S3 emulator (`moto_server`) holding a durable broker's data, so the
@@ -157,6 +159,7 @@ impl Broker {
             generation: 0,
             plain_port: port,
             secure: None,
+            authentication: false,
             last_exit: None,
             dir,
         };
@@ -185,9 +188,10 @@ impl Broker {
         let port = self.port;
         let url = format!("tcp://127.0.0.1:{}", self.plain_port);
         let advertised = format!("tcp://127.0.0.1:{port}");
-        let authentication = self.secure.as_ref().is_some_and(|(_, o)| o.authentication);
+        let authentication = self.authentication;
         let storage = match &self.store {
             Some(_) => format!("s3://{BUCKET}/"),
+            None if self.scram().is_some() => "sqlite://tansu.db".to_owned(),
             None => "memory://tansu/".to_owned(),
         };
         let mut cmd = Command::new(tansu_bin());
@@ -253,8 +257,48 @@ impl Broker {
         self.store.is_some()
     }
 
+    /// The first SCRAM user of a secure broker, if it has any.
+    fn scram(&self) -> Option<&(String, String)> {
+        self.secure
+            .as_ref()
+            .and_then(|(_, o)| o.scram_users.first())
+    }
+
+    /// Creates the SCRAM users (`tansu user create`, SCRAM-SHA-512, while the broker still
+    /// accepts anyone on its plain port) and restarts the broker with `--authentication`: from
+    /// then on every client, the harness's too, logs in with SASL over TLS. Topics created
+    /// before stay (SQLite storage).
+    pub fn require_authentication(&mut self) -> anyhow::Result<()> {
+        let users = match &self.secure {
+            Some((_, o)) if !o.scram_users.is_empty() => o.scram_users.clone(),
+            _ => bail!("require_authentication: the broker was started without scram_users"),
+        };
+        for (name, password) in &users {
+            let out = Command::new(tansu_bin())
+                .args(["user", "create", "--broker", &self.url(), name, password])
+                .args(["--mechanism", "scram512"])
+                .current_dir(self.dir.path())
+                .env("RUST_LOG", "warn")
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .output()
+                .context("run tansu user create")?;
+            if !out.status.success() {
+                bail!(
+                    "tansu user create {name} failed ({}): {}{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        self.authentication = true;
+        self.restart()
+    }
+
     /// Start a broker behind TLS (see [`crate::tls_proxy`]: tansu 0.6 cannot serve TLS
-    /// itself), in memory, optionally requiring client certificates and SASL.
+    /// itself: its `--cert` and `--key` options exclude each other), in memory (or SQLite with
+    /// SCRAM users), optionally requiring client certificates.
     pub fn start_secure(options: SecureOptions) -> anyhow::Result<Broker> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind the TLS port")?;
         let port = listener.local_addr()?.port();
@@ -276,6 +320,7 @@ impl Broker {
             generation: 0,
             plain_port,
             secure: Some((proxy, options)),
+            authentication: false,
             last_exit: None,
             dir,
         };
@@ -284,16 +329,6 @@ impl Broker {
     }
 
     fn wait_ready(&mut self) -> anyhow::Result<()> {
-        if self.secure.as_ref().is_some_and(|(_, o)| o.authentication) {
-            // No client of ours can log in (see SecureOptions::authentication): wait for the port.
-            let sock: SocketAddr = format!("127.0.0.1:{}", self.plain_port).parse()?;
-            return wait_for(START_DEADLINE, "the broker's port", || {
-                TcpStream::connect_timeout(&sock, Duration::from_millis(200))
-                    .ok()
-                    .map(|_| ())
-            })
-            .map_err(|e| anyhow::anyhow!("{e}\n{}", self.log_tail(40)));
-        }
         let sock: SocketAddr = self.addr.parse()?;
         let mut consumer: Option<BaseConsumer> = None;
         let mut last_error = String::from("no answer yet");
@@ -370,6 +405,12 @@ impl Broker {
             if let Some(c) = &o.client_cert {
                 cfg.set("ssl.certificate.location", c.cert.display().to_string())
                     .set("ssl.key.location", c.key.display().to_string());
+            }
+            if let (true, Some((name, password))) = (self.authentication, o.scram_users.first()) {
+                cfg.set("security.protocol", "sasl_ssl")
+                    .set("sasl.mechanism", "SCRAM-SHA-512")
+                    .set("sasl.username", name)
+                    .set("sasl.password", password);
             }
         }
         cfg

@@ -37,6 +37,8 @@ pub struct Launch {
     pub log_filter: String,
     /// How long it may take to write its `endpoints.json`.
     pub ready_within: Duration,
+    /// Extra environment variables (secrets given the systemd way, e.g. a Kafka password).
+    pub env: Vec<(String, String)>,
 }
 
 impl Launch {
@@ -51,6 +53,7 @@ impl Launch {
                 .filter(|v| !v.trim().is_empty())
                 .unwrap_or_else(|| "info,icu_gateway=debug".into()),
             ready_within: Duration::from_secs(60),
+            env: Vec::new(),
         }
     }
 }
@@ -148,6 +151,7 @@ impl GatewayProc {
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", &self.launch.log_filter)
+            .envs(self.launch.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

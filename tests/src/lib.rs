@@ -169,7 +169,7 @@ pub fn tansu_bin() -> PathBuf {
     let path = match std::env::var_os("ICU_TANSU_BIN").filter(|p| !p.is_empty()) {
         Some(p) => PathBuf::from(p),
         None => cache_dir()
-            .join(format!("tansu-{TANSU_VERSION}"))
+            .join(format!("tansu-{TANSU_VERSION}-sql"))
             .join("bin")
             .join("tansu"),
     };

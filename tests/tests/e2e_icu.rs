@@ -4,7 +4,8 @@
 //! — no gap, no duplicate, every signature valid. Twice: in plain text for 60 s, and with every
 //! network interface on TLS for 20 s (MLLP with each monitor's client certificate and the ADT
 //! engine's, HTTPS for the harness, MQTT over TLS with a password per pump and the pump ACL,
-//! Kafka over mutual TLS: tansu 0.6 keeps no SCRAM users, see `icu_tests::SecureOptions`).
+//! Kafka over SASL_SSL with SCRAM-SHA-512: tansu's own SASL behind the harness's TLS
+//! terminator, see `icu_tests::SecureOptions`).
 
 mod support;
 
@@ -39,7 +40,6 @@ fn thirty_beds_with_every_interface_on_tls_arrive_exactly() {
 struct Secure {
     hospital: TestPki,
     gateway_pki: std::path::PathBuf,
-    harness: icu_tests::pki::CertFiles,
 }
 
 fn run_icu(seconds: u64, secure: bool) {
@@ -60,25 +60,35 @@ fn run_icu(seconds: u64, secure: bool) {
         args.extend(["--client".into(), "adt-engine".into()]);
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         icu_tests::http::gateway_cli(&a, "").unwrap();
-        let harness = hospital.client("harness").unwrap();
         Secure {
             hospital,
             gateway_pki,
-            harness,
         }
     });
-    let broker = match &sec {
+    const KAFKA_USERS: [(&str, &str); 2] = [
+        ("central-reader", "reader-scram-icu-1"),
+        ("icu-gw", "gw-scram-icu-1"),
+    ];
+    let mut broker = match &sec {
         None => Broker::start().expect("kafka broker"),
         Some(s) => Broker::start_secure(SecureOptions {
             server: s.hospital.server("kafka").unwrap(),
             ca_file: s.hospital.ca_file().to_owned(),
-            client_ca: Some(s.hospital.ca_file().to_owned()),
-            client_cert: Some(s.harness.clone()),
-            authentication: false,
+            client_ca: None,
+            client_cert: None,
+            scram_users: KAFKA_USERS
+                .iter()
+                .map(|(u, p)| (u.to_string(), p.to_string()))
+                .collect(),
         })
-        .expect("kafka broker over mutual TLS"),
+        .expect("kafka broker over TLS"),
     };
     broker.create_topics(TOPICS).unwrap();
+    if sec.is_some() {
+        broker
+            .require_authentication()
+            .expect("the broker requires SASL SCRAM-SHA-512");
+    }
     let gw_user = "gw-icu-gw";
     let mqtt_password = |user: &str| format!("pw-{user}-icu");
     let mosquitto = match &sec {
@@ -103,19 +113,20 @@ fn run_icu(seconds: u64, secure: bool) {
     let key = load_public_key(&keygen(dir.path())).unwrap();
     let mut security = String::new();
     if let Some(s) = &sec {
-        let kafka_client = s.hospital.client("icu-gw").unwrap();
+        write_secret(&dir.path().join("kafka.pass"), KAFKA_USERS[1].1).unwrap();
+        write_secret(&dir.path().join("reader.pass"), KAFKA_USERS[0].1).unwrap();
         let secret = dir.path().join("mqtt.pass");
         write_secret(&secret, &format!("{}\n", mqtt_password(gw_user))).unwrap();
         for p in &pumps {
             write_secret(&dir.path().join(format!("{p}.pass")), &mqtt_password(p)).unwrap();
         }
         security = format!(
-            "[kafka.security]\nprotocol = \"ssl\"\nca_file = \"{ca}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n\
+            "[kafka.security]\nprotocol = \"sasl_ssl\"\nca_file = \"{ca}\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nusername = \"{}\"\npassword_file = \"{}\"\n\
              [tls]\ncert_file = \"{p}/gateway.crt\"\nkey_file = \"{p}/gateway.key\"\nca_file = \"{p}/ca.crt\"\n\
              mllp = \"required\"\nmllp_client_certs = \"required\"\nhttp = \"required\"\n\
              [adt]\ncert_names = [\"adt-engine\"]\n",
-            kafka_client.cert.display(),
-            kafka_client.key.display(),
+            KAFKA_USERS[1].0,
+            dir.path().join("kafka.pass").display(),
             ca = s.hospital.ca_file().display(),
             p = s.gateway_pki.display(),
         );
@@ -228,11 +239,12 @@ fn run_icu(seconds: u64, secure: bool) {
                     &opts,
                     &ConsumeSecurity {
                         security: KafkaSecurity {
-                            protocol: SecurityProtocol::Ssl,
+                            protocol: SecurityProtocol::SaslSsl,
                             ca_file: Some(s.hospital.ca_file().to_owned()),
-                            client_cert_file: Some(s.harness.cert.clone()),
-                            client_key_file: Some(s.harness.key.clone()),
                             verify_hostname: true,
+                            sasl_mechanism: Some("SCRAM-SHA-512".into()),
+                            username: Some(KAFKA_USERS[0].0.into()),
+                            password_file: Some(dir.path().join("reader.pass")),
                             ..KafkaSecurity::default()
                         },
                         properties: Default::default(),
@@ -269,4 +281,9 @@ fn run_icu(seconds: u64, secure: bool) {
         expected.len(),
         "no device on kafka that the simulator did not run"
     );
+    if sec.is_some() {
+        let backbone = &gw.get_json("/api/status")["backbone"];
+        assert_eq!(backbone["security"], "sasl_ssl SCRAM-SHA-512 as icu-gw");
+        assert_eq!(backbone["encrypted"], true);
+    }
 }

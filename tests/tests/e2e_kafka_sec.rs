@@ -1,11 +1,10 @@
 //! The Kafka backbone over TLS and SASL, and signing-key rotation, end to end through the real
 //! binaries: `icu-sim` → `icu-gateway` → tansu behind a TLS listener → `icu-bridge consume`.
 //!
-//! tansu 0.6 serves neither TLS nor working SASL as built (see `icu_tests::tls_proxy` and
-//! `icu_tests::SecureOptions::authentication`): TLS is the harness's terminator in front of
-//! tansu, and tansu with `--authentication` refuses every SCRAM login, which is the wrong
-//! password case. The positive path is mutual TLS (`ssl` with a client certificate), the
-//! alternative `[kafka.security]` offers.
+//! tansu 0.6 cannot serve TLS from its command line (its `--cert` and `--key` exclude each
+//! other), so TLS is the harness's terminator in front of tansu (`icu_tests::tls_proxy`); SASL
+//! SCRAM-SHA-512 is tansu's own, with its users kept in SQLite storage. Both ways the central
+//! cluster may require are covered: SASL_SSL with SCRAM-SHA-512, and mutual TLS.
 
 mod support;
 
@@ -19,7 +18,7 @@ use icu_cloud_bridge::consume::{consume_with, ConsumeOptions, ConsumeSecurity};
 use icu_cloud_bridge::signing::{load_public_key, KeyRing};
 use icu_tests::pki::TestPki;
 use icu_tests::{bin_path, wait_for, Broker, SecureOptions, TOPICS};
-use support::{config_text, keygen, run_sim, GatewayProc};
+use support::{config_text, keygen, run_sim, GatewayProc, Launch};
 
 /// A gateway config forwarding to `broker`, with a `[kafka.security]` section.
 fn config(dir: &Path, beds: usize, broker: &str, security: &str) -> String {
@@ -69,7 +68,7 @@ fn mutual_tls_forwarding_arrives_signed_and_complete() {
         ca_file: pki.ca_file().to_owned(),
         client_ca: Some(pki.ca_file().to_owned()),
         client_cert: Some(harness.clone()),
-        authentication: false,
+        scram_users: Vec::new(),
     })
     .expect("secure broker");
     broker.create_topics(TOPICS).unwrap();
@@ -150,39 +149,123 @@ fn mutual_tls_forwarding_arrives_signed_and_complete() {
     assert!(refused.is_err(), "a client without certificate is refused");
 }
 
+/// The gateway's SCRAM-SHA-512 user on the backbone, and the central team's verifier.
+const GW_USER: (&str, &str) = ("icu-gw", "gw-scram-password-1");
+const READER: (&str, &str) = ("central-reader", "reader-scram-password-1");
+
 #[test]
-fn a_wrong_scram_password_is_auth_failed_and_readings_are_kept() {
+fn sasl_ssl_scram_sha512_forwards_signed_records_and_a_wrong_password_is_auth_failed() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(&dir.path().join("pki"), "hospital").unwrap();
-    let broker = Broker::start_secure(SecureOptions {
+    let mut broker = Broker::start_secure(SecureOptions {
         server: pki.server("kafka").unwrap(),
         ca_file: pki.ca_file().to_owned(),
         client_ca: None,
         client_cert: None,
-        authentication: true,
+        scram_users: vec![
+            (READER.0.into(), READER.1.into()),
+            (GW_USER.0.into(), GW_USER.1.into()),
+        ],
     })
-    .expect("secure broker with authentication");
-    keygen(dir.path());
-    let password = dir.path().join("kafka.password");
+    .expect("secure broker");
+    broker.create_topics(TOPICS).unwrap();
+    broker
+        .require_authentication()
+        .expect("the broker restarts requiring SASL");
+
+    // The right password, from the environment (systemd-credential style files are the other
+    // way, used by the wrong-password gateway below).
+    let good = dir.path().join("good");
+    std::fs::create_dir_all(&good).unwrap();
+    let key = load_public_key(&keygen(&good)).unwrap();
+    let security = format!(
+        "protocol = \"sasl_ssl\"\nca_file = \"{}\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nusername = \"{}\"\npassword_env = \"ICU_TEST_KAFKA_PASSWORD\"\n",
+        pki.ca_file().display(),
+        GW_USER.0
+    );
+    let gw = GatewayProc::start_with(
+        &good,
+        &config(&good, 2, &broker.addr, &security),
+        Launch {
+            env: vec![("ICU_TEST_KAFKA_PASSWORD".into(), GW_USER.1.into())],
+            ..Launch::tests()
+        },
+    );
+    let sim = run_sim(gw.endpoints.mllp, 2, 6, 20.0, &good.join("manifest.jsonl"));
+    assert!(sim.ok, "every message acknowledged AA:\n{}", sim.stdout);
+    let backbone = wait_for(Duration::from_secs(30), "outbox drained", || {
+        let s = gw.get_json("/api/status");
+        (s["store"]["unsent"].as_u64() == Some(0) && s["backbone"]["state"] == "online")
+            .then(|| s["backbone"].clone())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_text()));
+    assert_eq!(backbone["security"], "sasl_ssl SCRAM-SHA-512 as icu-gw");
+    assert_eq!(backbone["encrypted"], true);
+    assert!(
+        !gw.log_text().contains(GW_USER.1)
+            && !gw.get_json("/api/status").to_string().contains(GW_USER.1),
+        "the password is never logged or shown"
+    );
+
+    // The central team reads with its own SCRAM user over TLS: exactly what was acknowledged.
+    let reader = ConsumeSecurity {
+        security: KafkaSecurity {
+            protocol: SecurityProtocol::SaslSsl,
+            ca_file: Some(pki.ca_file().to_owned()),
+            verify_hostname: true,
+            sasl_mechanism: Some("SCRAM-SHA-512".into()),
+            username: Some(READER.0.into()),
+            password_env: Some("ICU_TEST_READER_PASSWORD".into()),
+            ..KafkaSecurity::default()
+        },
+        properties: Default::default(),
+        keys: Some(KeyRing::single(key)),
+    };
+    std::env::set_var("ICU_TEST_READER_PASSWORD", READER.1);
+    let (report, _) = consume_with(
+        &ConsumeOptions {
+            brokers: broker.addr.clone(),
+            topic: "icu.observations".into(),
+            public_key: None,
+            idle_timeout: Duration::from_millis(500),
+            max_wait: Duration::from_secs(20),
+        },
+        &reader,
+    )
+    .expect("consuming over SASL_SSL");
+    let distinct: u64 = report.devices.values().map(|d| d.distinct_seqs).sum();
+    assert_eq!(
+        distinct,
+        sim.accepted.len() as u64,
+        "exactly what was acknowledged arrived"
+    );
+    assert_eq!(report.signatures_ok, report.records);
+    assert!(report.is_clean(), "{report:?}");
+
+    // A second gateway with a wrong password (from a mode-600 file): auth_failed, readings kept.
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    keygen(&bad);
+    let password = bad.join("kafka.password");
     std::fs::write(&password, "not-the-password\n").unwrap();
     std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
     let security = format!(
-        "protocol = \"sasl_ssl\"\nca_file = \"{}\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nusername = \"icu-gw\"\npassword_file = \"{}\"\n",
+        "protocol = \"sasl_ssl\"\nca_file = \"{}\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nusername = \"{}\"\npassword_file = \"{}\"\n",
         pki.ca_file().display(),
+        GW_USER.0,
         password.display()
     );
-    let gw = GatewayProc::start(dir.path(), &config(dir.path(), 1, &broker.addr, &security));
+    let gw = GatewayProc::start(&bad, &config(&bad, 1, &broker.addr, &security));
     let backbone = wait_state(&gw, "auth_failed");
     let reason = backbone["reason"].as_str().unwrap();
     eprintln!("auth_failed reason: {reason}");
     assert!(reason.contains("password_file"), "{reason}");
     assert!(reason.contains("\"icu-gw\""), "{reason}");
-    assert_eq!(backbone["security"], "sasl_ssl SCRAM-SHA-512 as icu-gw");
     assert!(
         gw.log_text().contains("auth_failed"),
         "the log names the state"
     );
-    assert_still_stored(&gw, dir.path());
+    assert_still_stored(&gw, &bad);
     assert_eq!(
         gw.get_json("/api/status")["backbone"]["state"],
         "auth_failed"
@@ -199,7 +282,7 @@ fn a_broker_certificate_from_an_unknown_ca_is_tls_failed_and_readings_are_kept()
         ca_file: rogue.ca_file().to_owned(),
         client_ca: None,
         client_cert: None,
-        authentication: false,
+        scram_users: Vec::new(),
     })
     .expect("secure broker");
     keygen(dir.path());
