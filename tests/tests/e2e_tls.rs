@@ -11,6 +11,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use icu_tests::wait_for;
 
 use icu_tests::http::{gateway_cli, request_tls, TEST_PASSWORD};
 use support::{config_text, run_sim_with, GatewayProc};
@@ -245,6 +249,34 @@ fn the_page_and_api_are_served_over_https_only() {
     let other = tempfile::tempdir().unwrap();
     let other_pki = pki_other(other.path());
     assert!(request_tls(addr, &other_pki, "localhost", "GET", "/", &[], None).is_err());
+
+    // A new certificate (here from another CA, so the change is visible) is served after
+    // SIGHUP without a restart: the old CA no longer verifies the page, the new one does.
+    for f in ["gateway.crt", "gateway.key"] {
+        std::fs::copy(other.path().join("pki").join(f), pki.join(f)).unwrap();
+    }
+    let pid = gw.pid().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_for(
+        Duration::from_secs(15),
+        "the page serves the new certificate",
+        || {
+            request_tls(addr, &other_pki, "localhost", "GET", "/healthz", &[], None)
+                .ok()
+                .filter(|r| r.status == 200)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_text()));
+    assert!(request_tls(addr, &ca, "localhost", "GET", "/", &[], None).is_err());
+    assert_eq!(gw.pid().to_string(), pid, "the same process");
+    assert!(
+        gw.log_text().contains("TLS certificate files reloaded"),
+        "the reload is logged"
+    );
 }
 
 fn pki_other(dir: &Path) -> PathBuf {

@@ -94,19 +94,24 @@ pub(super) fn start_http(
     })
 }
 
-/// The page's TLS from `[tls]` (None when `tls.http` is off). Read at start: a new certificate
-/// for the page takes a restart (the MLLP listener's reloads live).
+/// The page's TLS from `[tls]` (None when `tls.http` is off). The certificate files are
+/// re-read when they change (`reload_check_s`) or on SIGHUP, like the MLLP listener's: new
+/// connections get the new certificate, open ones keep theirs.
 fn http_tls(config: &Config) -> anyhow::Result<Option<rustls::ServerConfig>> {
     let t = &config.tls;
     if !t.http.is_on() {
         return Ok(None);
     }
-    let (Some(cert), Some(key)) = (&t.cert_file, &t.key_file) else {
+    let (Some(cert), Some(key)) = (t.cert_file.clone(), t.key_file.clone()) else {
         anyhow::bail!("tls.http is on but tls.cert_file or tls.key_file is missing");
     };
-    let cfg = crate::tls::server_config(cert, key, None, crate::tls::Mode::Off)
-        .context("loading the page's TLS certificate ([tls])")?;
-    Ok(Some(cfg))
+    let files = vec![cert.clone(), key.clone()];
+    let reloadable = crate::tls::Reloadable::new(files, move || {
+        crate::tls::server_config(&cert, &key, None, crate::tls::Mode::Off)
+    })
+    .context("loading the page's TLS certificate ([tls])")?;
+    reloadable.watch(std::time::Duration::from_secs(t.reload_check_s), "https");
+    Ok(Some(reloadable.following()))
 }
 
 /// Each interface's transport for `/api/status`: `tls`, `tls+plain` (optional) or `plain`.

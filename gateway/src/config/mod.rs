@@ -77,10 +77,24 @@ impl Config {
     /// Parses and validates config text; `path` is only used in messages and to resolve
     /// relative `data_dir`.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse = |e: toml::de::Error| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
-        })?;
+        };
+        let raw: RawConfig = if text.contains("${") {
+            // `${NAME}` from the environment (systemd credentials): expand, then read.
+            let mut value: toml::Value = toml::from_str(text).map_err(parse)?;
+            let problems = env::expand(&mut value, &|name| std::env::var(name).ok());
+            if !problems.is_empty() {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    problems,
+                });
+            }
+            value.try_into().map_err(parse)?
+        } else {
+            toml::from_str(text).map_err(parse)?
+        };
         let base = path.parent().unwrap_or(Path::new("."));
         let mut cfg = raw
             .validate(base)
@@ -115,6 +129,7 @@ impl Config {
     }
 }
 
+mod env;
 mod raw;
 mod validate;
 

@@ -296,3 +296,28 @@ fn alarm_manager_section_is_validated_by_its_output() {
         "ALARM_MANAGER"
     );
 }
+
+#[test]
+fn key_and_secret_paths_may_come_from_the_environment_systemd_style() {
+    // PATH is set in every environment the tests run in; a made-up name is not.
+    let dir = std::env::var("PATH").unwrap();
+    let text = format!("{GOOD}\n[signing]\nkey_file = \"${{PATH}}/gateway.key\"\n");
+    let c = Config::from_toml(&text, Path::new("/etc/icu/gateway.toml")).unwrap();
+    assert_eq!(c.key_file, PathBuf::from(format!("{dir}/gateway.key")));
+    assert_eq!(
+        c.source_sha256,
+        crate::audit::sha256_hex(text.as_bytes()),
+        "the audit checksum is of the file as written"
+    );
+
+    let text = format!("{GOOD}\n[signing]\nkey_file = \"${{ICU_TEST_UNSET_VAR_7}}/gateway.key\"\n");
+    match Config::from_toml(&text, Path::new("/etc/icu/gateway.toml")) {
+        Err(ConfigError::Invalid { problems, .. }) => {
+            assert_eq!(problems[0].field, "signing.key_file");
+            assert!(problems[0]
+                .message
+                .contains("ICU_TEST_UNSET_VAR_7 is not set"));
+        }
+        other => panic!("expected the unset variable to be named: {other:?}"),
+    }
+}

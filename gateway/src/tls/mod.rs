@@ -354,6 +354,26 @@ pub fn expiry(cert: &Path) -> Result<i64, TlsError> {
     Ok(id.not_after - now)
 }
 
+/// The certificate of whatever a [`Reloadable`] holds now (see [`Reloadable::following`]).
+struct Follow(Arc<Reloadable>);
+
+impl std::fmt::Debug for Follow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follow")
+            .field("files", &self.0.files)
+            .finish()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Follow {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.current().cert_resolver.resolve(hello)
+    }
+}
+
 /// A server configuration that follows its files.
 pub struct Reloadable {
     current: RwLock<Arc<ServerConfig>>,
@@ -402,6 +422,16 @@ impl Reloadable {
         let next = (self.build)()?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         Ok(true)
+    }
+
+    /// A server configuration for a listener that cannot swap its configuration itself (the
+    /// page's actix-web server): this one's settings, with a certificate resolver that asks
+    /// this [`Reloadable`]'s current configuration at every handshake, so a reload reaches new
+    /// connections while open ones keep theirs.
+    pub fn following(self: &Arc<Self>) -> ServerConfig {
+        let mut cfg = (*self.current()).clone();
+        cfg.cert_resolver = Arc::new(Follow(self.clone()));
+        cfg
     }
 
     /// Checks the files every `every` and on SIGHUP, for as long as the runtime runs.
