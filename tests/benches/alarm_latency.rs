@@ -15,7 +15,9 @@
 //! per bed, default 10; the beds' phases spread over the period), and saturated (as fast as the ACKs come back: the latency then includes
 //! the queueing of a machine at 100 % load). The clients run on their own thread.
 //!
-//! Options (env): ICU_BENCH_SECONDS (default 20), ICU_BENCH_BEDS (default 30), ICU_BENCH_RATE.
+//! Options (env): ICU_BENCH_SECONDS (default 20), ICU_BENCH_BEDS (default 30), ICU_BENCH_RATE,
+//! ICU_BENCH_TLS (`off`, `on` or `off,on`: MLLP with each monitor's client certificate required
+//! and the event stream over HTTPS, from a test PKI made in process).
 //!
 //! The gateway runs in this process (`icu_gateway::app::start`) with the harness's test accounts
 //! (`icu_tests::http`, made in its store file before it starts); the event stream is read as the
@@ -60,15 +62,32 @@ fn message(bed: usize, n: u64, hr: u32) -> String {
     .join("\r")
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_case(
     name: &str,
     synchronous: &str,
     slow_disk: bool,
+    tls: bool,
     beds: usize,
     seconds: u64,
     rate: f64,
 ) {
     let dir = tempfile::tempdir().expect("temp dir");
+    // Every interface of the path on TLS: MLLP with each monitor's client certificate required,
+    // the page's event stream over HTTPS.
+    let pki = tls.then(|| {
+        let pki = dir.path().join("pki");
+        icu_gateway::tls::pki::make(
+            &pki,
+            &icu_gateway::tls::pki::PkiRequest {
+                devices: (1..=beds).map(|b| format!("mon-{b:02}")).collect(),
+                days: 30,
+                ..Default::default()
+            },
+        )
+        .expect("test PKI");
+        pki
+    });
     // The slow disk: another writer on the same file system syncing 64 KiB writes back to back,
     // so every commit of the store queues behind its flushes.
     let stop_hog = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -98,6 +117,13 @@ async fn run_case(
         "gateway_id = \"bench\"\ndata_dir = \"{}\"\nclock = \"synced\"\n[mllp]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[store]\nsynchronous = \"{synchronous}\"\n[kafka]\nbootstrap = \"{kafka}\"\n{ALARMS}\n",
         dir.path().display()
     );
+    if let Some(p) = &pki {
+        cfg.push_str(&format!(
+            "[tls]\ncert_file = \"{p}/gateway.crt\"\nkey_file = \"{p}/gateway.key\"\nca_file = \"{p}/ca.crt\"\n\
+             mllp = \"required\"\nmllp_client_certs = \"required\"\nhttp = \"required\"\n",
+            p = p.display()
+        ));
+    }
     for b in 1..=beds {
         cfg.push_str(&format!("[[beds]]\nid = \"bed-{b:02}\"\n"));
     }
@@ -116,6 +142,9 @@ async fn run_case(
         .expect("gateway");
     let ep = running.endpoints.clone();
     icu_tests::http::register_token(ep.http, token);
+    if let Some(p) = &pki {
+        icu_tests::http::use_tls(ep.http, &p.join("ca.crt"));
+    }
     // The load runs on its own thread and runtime, so the bench's clients do not queue on the
     // gateway's system arbiter: what is measured is the gateway.
     let load = tokio::task::spawn_blocking(move || {
@@ -130,7 +159,7 @@ async fn run_case(
             .enable_all()
             .build()
             .expect("load runtime")
-            .block_on(load(ep, &cookie, beds, seconds, rate))
+            .block_on(load(ep, pki, &cookie, beds, seconds, rate))
     });
     let (n, mut l) = load.await.expect("load thread");
     l.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -138,6 +167,11 @@ async fn run_case(
         format!("{rate} msg/s per bed")
     } else {
         "as fast as ACKs allow".to_owned()
+    };
+    let name = if tls {
+        format!("{name}, TLS (mllp mutual, https)")
+    } else {
+        name.to_owned()
     };
     println!(
         "{name}, {pace}: {beds} beds, {n} messages in {seconds} s ({:.0} msg/s), {} alarm events measured: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
@@ -159,6 +193,7 @@ async fn run_case(
 /// ACKs allow) and returns the number of messages sent and the alarm latencies in ms.
 async fn load(
     ep: icu_gateway::app::Endpoints,
+    pki: Option<std::path::PathBuf>,
     cookie: &str,
     beds: usize,
     seconds: u64,
@@ -167,7 +202,26 @@ async fn load(
     // Event stream client: alarm_id/phase → arrival time.
     let sent: Arc<Mutex<HashMap<(usize, u64), Instant>>> = Arc::default();
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
-    let mut sse = tokio::net::TcpStream::connect(ep.http).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(ep.http).await.unwrap();
+    let connector = |bed: usize| {
+        pki.as_ref().map(|p| {
+            icu_sim::run::tls_connector(
+                &icu_sim::run::SimTls {
+                    ca: p.join("ca.crt"),
+                    cert_dir: (bed > 0).then(|| p.join("devices")),
+                    cert_as: None,
+                    server_name: None,
+                },
+                &format!("mon-{bed:02}"),
+            )
+            .expect("TLS connector")
+        })
+    };
+    let localhost = || rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut sse: Box<dyn icu_sim::run::Io> = match connector(0) {
+        None => Box::new(tcp),
+        Some(c) => Box::new(c.connect(localhost(), tcp).await.expect("HTTPS handshake")),
+    };
     sse.write_all(
         format!(
             "GET /api/events HTTP/1.1\r\nHost: {}\r\nCookie: icu_session={cookie}\r\n\r\n",
@@ -217,10 +271,15 @@ async fn load(
     for bed in 1..=beds {
         let sent = sent.clone();
         let messages = messages.clone();
+        let tls = connector(bed);
         tasks.push(tokio::spawn(async move {
             let stream = tokio::net::TcpStream::connect(ep.mllp).await.unwrap();
             stream.set_nodelay(true).unwrap();
-            let mut framed = Framed::new(stream, MllpCodec::new(1 << 20));
+            let io: Box<dyn icu_sim::run::Io> = match tls {
+                None => Box::new(stream),
+                Some(c) => Box::new(c.connect(localhost(), stream).await.expect("MLLP TLS")),
+            };
+            let mut framed = Framed::new(io, MllpCodec::new(1 << 20));
             let mut n = 0u64;
             let period = (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate));
             // Beds are not phase-locked: bed b starts b/beds of a period late, as independent
@@ -266,6 +325,16 @@ fn main() {
     // A bed's full device rate: a monitor, a ventilator and pumps each sending numerics at 1 Hz
     // or faster come to well under 10 messages/s; 10 is the default paced rate.
     let rate = env("ICU_BENCH_RATE").unwrap_or(10.0);
+    // ICU_BENCH_TLS: off (default), on, or off,on (each case plain, then on TLS).
+    let tls_modes: Vec<bool> = std::env::var("ICU_BENCH_TLS")
+        .unwrap_or_else(|_| "off".into())
+        .split(',')
+        .map(|m| match m.trim() {
+            "on" => true,
+            "off" => false,
+            other => panic!("ICU_BENCH_TLS: unknown '{other}' (off, on)"),
+        })
+        .collect();
     let system = actix::System::new();
     system.block_on(async move {
         for (name, synchronous, slow_disk) in [
@@ -281,8 +350,10 @@ fn main() {
                 true,
             ),
         ] {
-            run_case(name, synchronous, slow_disk, beds, seconds, rate).await;
-            run_case(name, synchronous, slow_disk, beds, seconds, 0.0).await;
+            for &tls in &tls_modes {
+                run_case(name, synchronous, slow_disk, tls, beds, seconds, rate).await;
+                run_case(name, synchronous, slow_disk, tls, beds, seconds, 0.0).await;
+            }
         }
     });
 }

@@ -29,6 +29,8 @@
 //! Options (`--name value`, or env `ICU_BENCH_<NAME>`): `--transports mllp,mqtt`,
 //! `--beds 30,100,300` (MLLP), `--mqtt-beds 30,100`, `--sync full,normal`, `--seconds 15`,
 //! `--warmup 3`, `--obx 15`, `--pipeline 1` (MLLP and MQTT), `--mqtt-format json`, `--store-extra 'max_batch = 512'`,
+//! `--tls off,on` (`on`: MLLP over TLS with client certificates required, each monitor
+//! presenting its own from a test PKI made by `icu-gateway cert`; the row says `mllp+mtls`),
 //! `--perf <file.data>` (perf record of the gateway during the first case's measured window).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +64,7 @@ struct Opts {
 /// One row of the results table.
 struct Row {
     transport: Transport,
+    tls: bool,
     sync: String,
     beds: usize,
     msgs: u64,
@@ -112,6 +115,7 @@ struct Tally {
 async fn mllp_bed(
     addr: std::net::SocketAddr,
     bed: usize,
+    tls: Option<tokio_rustls::TlsConnector>,
     o: Arc<Opts>,
     t_warm: Instant,
     t_end: Instant,
@@ -121,7 +125,19 @@ async fn mllp_bed(
         .await
         .expect("MLLP connect");
     stream.set_nodelay(true).expect("nodelay");
-    let mut framed = Framed::new(stream, MllpCodec::new(1 << 20));
+    let io: Box<dyn icu_sim::run::Io> = match tls {
+        None => Box::new(stream),
+        Some(connector) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            Box::new(
+                connector
+                    .connect(name, stream)
+                    .await
+                    .expect("TLS handshake with the gateway"),
+            )
+        }
+    };
+    let mut framed = Framed::new(io, MllpCodec::new(1 << 20));
     let mut n = 0u64;
     let mut in_flight = std::collections::VecDeque::new();
     let mut ts = hl7_now();
@@ -245,15 +261,18 @@ async fn mqtt_bed(
     t
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_case(
     rt: &tokio::runtime::Runtime,
     transport: Transport,
+    tls: bool,
     sync: &str,
     beds: usize,
     o: &Arc<Opts>,
     perf: Option<&std::path::Path>,
 ) -> Row {
     let scratch = scratch("ingest-");
+    let pki = tls.then(|| bench_pki(&scratch.path().join("pki"), beds));
     let mosquitto = (transport == Transport::Mqtt).then(start_mosquitto);
     let spec = GatewaySpec {
         dir: scratch.path().join("gw"),
@@ -271,6 +290,7 @@ fn run_case(
         mqtt_port: mosquitto.as_ref().map(|m| m.port),
         kafka: None,
         store_extra: o.store_extra.clone(),
+        mllp_tls: pki.clone(),
     };
     let mut gw = spec.start();
     if transport == Transport::Mqtt {
@@ -365,7 +385,14 @@ fn run_case(
         for bed in 1..=beds {
             let o = o.clone();
             tasks.push(match transport {
-                Transport::Mllp => tokio::spawn(mllp_bed(gw.endpoints.mllp, bed, o, t_warm, t_end)),
+                Transport::Mllp => tokio::spawn(mllp_bed(
+                    gw.endpoints.mllp,
+                    bed,
+                    pki.as_deref().map(|p| monitor_tls(p, bed)),
+                    o,
+                    t_warm,
+                    t_end,
+                )),
                 Transport::Mqtt => tokio::spawn(mqtt_bed(
                     mosquitto.as_ref().map(|m| m.port).unwrap_or(0),
                     bed,
@@ -422,6 +449,7 @@ fn run_case(
     drop(mosquitto);
     Row {
         transport,
+        tls,
         sync: sync.to_owned(),
         beds,
         msgs,
@@ -443,7 +471,7 @@ fn run_case(
 
 fn header() {
     println!(
-        "{:<5} {:<6} {:>5} {:>10} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>10} {:>8} {:>8}",
+        "{:<10} {:<6} {:>5} {:>10} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>10} {:>8} {:>8}",
         "input",
         "sync",
         "beds",
@@ -463,10 +491,11 @@ fn header() {
 
 fn print_row(r: &Row) {
     println!(
-        "{:<5} {:<6} {:>5} {:>10.0} {:>9.0} {:>8.2} {:>8.2} {:>8.1} {:>9.0} {:>7.1} {:>7.1} {:>10} {:>8.1} {:>8.1}{}",
-        match r.transport {
-            Transport::Mllp => "mllp",
-            Transport::Mqtt => "mqtt",
+        "{:<10} {:<6} {:>5} {:>10.0} {:>9.0} {:>8.2} {:>8.2} {:>8.1} {:>9.0} {:>7.1} {:>7.1} {:>10} {:>8.1} {:>8.1}{}",
+        match (r.transport, r.tls) {
+            (Transport::Mllp, false) => "mllp",
+            (Transport::Mllp, true) => "mllp+mtls",
+            (Transport::Mqtt, _) => "mqtt",
         },
         r.sync,
         r.beds,
@@ -495,6 +524,7 @@ fn main() {
     let mllp_beds: Vec<usize> = args.list("beds", "30,100,300");
     let mqtt_beds: Vec<usize> = args.list("mqtt-beds", "30,100");
     let syncs: Vec<String> = args.list("sync", "full,normal");
+    let tls_modes: Vec<String> = args.list("tls", "off");
     let o = Arc::new(Opts {
         seconds: args.get("seconds", 15),
         warmup: args.get("warmup", 3),
@@ -531,12 +561,20 @@ fn main() {
         };
         for sync in &syncs {
             for &beds in beds_list {
-                let row = run_case(&rt, transport, sync, beds, &o, perf.take().as_deref());
-                if rows.is_empty() {
-                    header();
+                for mode in &tls_modes {
+                    let tls = match mode.as_str() {
+                        "off" => false,
+                        "on" if transport == Transport::Mllp => true,
+                        "on" => continue,
+                        other => panic!("--tls: unknown '{other}' (off, on)"),
+                    };
+                    let row = run_case(&rt, transport, tls, sync, beds, &o, perf.take().as_deref());
+                    if rows.is_empty() {
+                        header();
+                    }
+                    print_row(&row);
+                    rows.push(row);
                 }
-                print_row(&row);
-                rows.push(row);
             }
         }
     }

@@ -312,6 +312,7 @@ fn main() {
         mqtt_port: None,
         kafka: Some(format!("127.0.0.1:{}", tansu.port)),
         store_extra: String::new(),
+        mllp_tls: None,
     };
     let t_start = Instant::now();
     let mut gw = spec.start();

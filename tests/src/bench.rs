@@ -170,6 +170,40 @@ pub struct GatewaySpec {
     pub kafka: Option<String>,
     /// Extra lines for `[store]` (e.g. `max_batch = 1024`).
     pub store_extra: String,
+    /// MLLP over TLS with client certificates required (mutual TLS, each monitor bound to its
+    /// certificate): the folder [`bench_pki`] made. `None`: plain text.
+    pub mllp_tls: Option<PathBuf>,
+}
+
+/// A test PKI (`icu-gateway cert`) for `monitors` bench monitors in `dir`: `ca.crt`, the
+/// gateway's certificate, and `devices/mon-NNNN.crt`/`.key`.
+pub fn bench_pki(dir: &Path, monitors: usize) -> PathBuf {
+    let mut cmd = std::process::Command::new(gateway_bin());
+    cmd.args(["cert", "--out"]).arg(dir);
+    for b in 1..=monitors {
+        cmd.args(["--device", &monitor_id(b)]);
+    }
+    let out = cmd.output().expect("running icu-gateway cert");
+    assert!(
+        out.status.success(),
+        "icu-gateway cert: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.to_owned()
+}
+
+/// A TLS connector presenting monitor `bed`'s certificate from [`bench_pki`]'s folder.
+pub fn monitor_tls(pki: &Path, bed: usize) -> tokio_rustls::TlsConnector {
+    icu_sim::run::tls_connector(
+        &icu_sim::run::SimTls {
+            ca: pki.join("ca.crt"),
+            cert_dir: Some(pki.join("devices")),
+            cert_as: None,
+            server_name: None,
+        },
+        &monitor_id(bed),
+    )
+    .expect("monitor TLS connector")
 }
 
 impl GatewaySpec {
@@ -187,6 +221,13 @@ impl GatewaySpec {
         );
         if let Some(k) = &self.kafka {
             s.push_str(&format!("[kafka]\nbootstrap = \"{k}\"\n\n"));
+        }
+        if let Some(p) = &self.mllp_tls {
+            s.push_str(&format!(
+                "[tls]\ncert_file = \"{p}/gateway.crt\"\nkey_file = \"{p}/gateway.key\"\nca_file = \"{p}/ca.crt\"\n\
+                 mllp = \"required\"\nmllp_client_certs = \"required\"\n\n",
+                p = p.display()
+            ));
         }
         if let Some(port) = self.mqtt_port {
             s.push_str(&format!(
