@@ -42,7 +42,7 @@ enum Command {
         manifest: Option<std::path::PathBuf>,
         /// A scripted scenario for one bed: NAME[:BED[:AFTER_MESSAGES]] with NAME one of
         /// deterioration, desaturation, apnea, clock-skew=SECONDS, out-of-order, duplicates,
-        /// garbage. E.g. `desaturation:2:10`.
+        /// garbage. E.g. `desaturation:2:10`; bed 0 is every bed (`deterioration:0`).
         #[arg(long, value_parser = icu_sim::run::Scenario::parse)]
         scenario: Option<icu_sim::run::Scenario>,
         /// Print the report as JSON.

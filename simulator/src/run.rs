@@ -18,6 +18,9 @@ use crate::pcd01::{Monitor, SentObservation};
 use crate::physiology::Course;
 use crate::SimBed;
 
+/// The scenario's bed number that means every bed.
+pub const ALL_BEDS: usize = 0;
+
 /// A scripted scenario for one bed's monitor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum ScenarioKind {
@@ -36,14 +39,15 @@ pub enum ScenarioKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Scenario {
     pub kind: ScenarioKind,
-    /// 1-based bed number.
+    /// 1-based bed number, or [`ALL_BEDS`] (`0`): every bed (a whole unit that is sick).
     pub bed: usize,
     /// Messages sent normally before the scenario starts.
     pub after_messages: u64,
 }
 
 impl Scenario {
-    /// Parses `NAME[:BED[:AFTER]]`, e.g. `desaturation:2:10` or `clock-skew=-300:1`.
+    /// Parses `NAME[:BED[:AFTER]]`, e.g. `desaturation:2:10`, `clock-skew=-300:1`, or
+    /// `deterioration:0` for every bed.
     pub fn parse(s: &str) -> Result<Scenario, String> {
         let mut parts = s.split(':');
         let name = parts.next().unwrap_or_default();
@@ -304,7 +308,9 @@ async fn run_bed(
     mut stop: watch::Receiver<bool>,
 ) -> (String, DeviceReport, Vec<SentObservation>, Vec<String>) {
     let device = bed.device_id.clone();
-    let scenario = opts.scenario.filter(|s| s.bed == bed.index);
+    let scenario = opts
+        .scenario
+        .filter(|s| s.bed == bed.index || s.bed == ALL_BEDS);
     let mut monitor = Monitor::new(bed, opts.seed);
     match scenario.map(|s| (s.kind, s.after_messages)) {
         Some((ScenarioKind::Course(c), after)) => monitor.patient.set_course(c, after),

@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +51,18 @@ fn active(gw: &GatewayProc) -> Vec<serde_json::Value> {
         .as_array()
         .unwrap()
         .clone()
+}
+
+/// Starts a gateway from `cfg` with `outputs` (TOML sections) inserted before its beds, and
+/// waits until its MQTT subscription is in place.
+fn start_with_outputs(dir: &std::path::Path, cfg: String, outputs: &str) -> GatewayProc {
+    let cfg = cfg.replacen("[[beds]]", &format!("{outputs}\n[[beds]]"), 1);
+    let gw = GatewayProc::start(dir, &cfg);
+    wait_for(Duration::from_secs(20), "mqtt subscription", || {
+        (gw.get_json("/api/status")["mqtt"]["subscribed"].as_u64() >= Some(1)).then_some(())
+    })
+    .unwrap();
+    gw
 }
 
 /// A test alarm manager: an MLLP listener that answers AA and keeps every message.
@@ -102,16 +115,11 @@ fn desaturation_alarms_with_kafka_down_and_reaches_icu_alarms_later() {
         "\n[mqtt]\nbroker_port = {}\n\n[alarm_manager]\nmllp = \"{am_addr}\"\n",
         mosquitto.port
     );
-    let cfg = with_alarms(config_text(dir.path(), 2, Some(&kafka), "")).replacen(
-        "[[beds]]",
-        &format!("{outputs}\n[[beds]]"),
-        1,
+    let gw = start_with_outputs(
+        dir.path(),
+        with_alarms(config_text(dir.path(), 2, Some(&kafka), "")),
+        &outputs,
     );
-    let gw = GatewayProc::start(dir.path(), &cfg);
-    wait_for(Duration::from_secs(20), "mqtt subscription", || {
-        (gw.get_json("/api/status")["mqtt"]["subscribed"].as_u64() >= Some(1)).then_some(())
-    })
-    .unwrap();
 
     let m = dir.path().join("m.jsonl");
     let run = run_sim_with(
@@ -330,4 +338,136 @@ fn pcd04_reaches_the_alarm_manager_with_the_seven_attribute_rows() {
     assert_eq!(attrs[2][5], "start");
     assert_eq!(attrs[5][5], "PM");
     assert_eq!(attrs[6][5], "SP");
+}
+
+/// One alarm record as the MQTT alarm topic carries it.
+#[derive(Debug, Clone)]
+struct Rec {
+    alarm_id: String,
+    phase: String,
+    state: String,
+    priority: String,
+    event_time_us: i64,
+}
+
+fn mqtt_records(got: &[String]) -> Vec<Rec> {
+    got.iter()
+        .filter_map(|m| {
+            let (_, json) = m.split_once(' ')?;
+            let v: serde_json::Value = serde_json::from_str(json).ok()?;
+            Some(Rec {
+                alarm_id: v["alarm_id"].as_str()?.to_owned(),
+                phase: v["phase"].as_str()?.to_owned(),
+                state: v["state"].as_str()?.to_owned(),
+                priority: v["priority"].as_str()?.to_owned(),
+                event_time_us: v["event_time_us"].as_i64()?,
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_sick_unit_sends_alarm_updates_at_most_once_per_refresh_interval_on_every_output() {
+    const BEDS: usize = 4;
+    const REFRESH_S: i64 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = icu_tests::mosquitto::Mosquitto::start().expect("mosquitto");
+    let nurse_call = mqtt_alarms(mosquitto.port);
+    let (am_addr, pcd04) = alarm_manager();
+    // The default rules (limits, rates, NEWS2), with a short refresh and hold for the test.
+    let outputs = format!(
+        "\n[alarms]\nrefresh_s = {REFRESH_S}\ndeescalate_after_s = {REFRESH_S}\n\n[mqtt]\nbroker_port = {}\n\n[alarm_manager]\nmllp = \"{am_addr}\"\n",
+        mosquitto.port
+    );
+    let gw = start_with_outputs(
+        dir.path(),
+        config_text(dir.path(), BEDS, None, ""),
+        &outputs,
+    );
+    // Every bed deteriorates (NEWS2 rising past 5 and 7, limits crossed) at 4 messages/s for
+    // 30 s: 480 messages of 7 vital signs, each changing the values.
+    let run = run_sim_with(
+        gw.endpoints.mllp,
+        BEDS,
+        120,
+        4.0,
+        &dir.path().join("m.jsonl"),
+        &["--scenario", "deterioration:0"],
+    );
+    assert!(run.ok, "{}", run.stdout);
+    // Let the last refresh interval pass, then compare the outputs.
+    std::thread::sleep(Duration::from_secs(REFRESH_S as u64 + 2));
+    let records = wait_for(Duration::from_secs(20), "both outputs settled", || {
+        let mqtt = mqtt_records(&nurse_call.lock().unwrap());
+        let pcd = pcd04
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.contains("ORU^R40"))
+            .count();
+        (!mqtt.is_empty() && pcd == mqtt.len()).then_some(mqtt)
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: mqtt {} records, pcd-04 {} messages",
+            mqtt_records(&nurse_call.lock().unwrap()).len(),
+            pcd04.lock().unwrap().len()
+        )
+    });
+    let beds_in_alarm: std::collections::BTreeSet<String> = records
+        .iter()
+        .filter(|r| r.alarm_id.contains(":news2:"))
+        .map(|r| r.alarm_id.split(':').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(beds_in_alarm.len(), BEDS, "every bed has its NEWS2 alarm");
+
+    // Per alarm, a plain value refresh (update, active, priority unchanged) comes at least
+    // refresh_s after the record before it; everything else (start, escalate, end, latch) may
+    // come at once.
+    let mut by_alarm: BTreeMap<String, Vec<Rec>> = BTreeMap::new();
+    for r in &records {
+        by_alarm
+            .entry(r.alarm_id.clone())
+            .or_default()
+            .push(r.clone());
+    }
+    let mut updates = 0;
+    for (id, recs) in &by_alarm {
+        for pair in recs.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            if b.phase == "update" && b.state == "active" && a.state == "active" {
+                assert_eq!(a.priority, b.priority, "{id}: {recs:?}");
+                updates += 1;
+                assert!(
+                    b.event_time_us - a.event_time_us >= (REFRESH_S - 1) * 1_000_000,
+                    "{id}: a refresh {} ms after the record before: {recs:?}",
+                    (b.event_time_us - a.event_time_us) / 1000
+                );
+            }
+        }
+        let escalations = recs.iter().filter(|r| r.phase == "escalate").count();
+        let deescalations = recs.iter().filter(|r| r.phase == "deescalate").count();
+        assert!(
+            deescalations <= escalations,
+            "{id}: no escalate/deescalate flapping: {recs:?}"
+        );
+    }
+    assert!(updates > 0, "values changed, so refreshes were sent");
+    // 120 messages a bed, several alarms a bed: a record per reading would be hundreds.
+    let per_bed = records.len() / BEDS;
+    assert!(
+        per_bed <= 40,
+        "{per_bed} records per bed: {:?}",
+        by_alarm.keys().collect::<Vec<_>>()
+    );
+    eprintln!(
+        "{} alarm records ({} refreshes) for {} messages; per alarm: {:?}",
+        records.len(),
+        updates,
+        BEDS * 120,
+        by_alarm
+            .iter()
+            .map(|(id, r)| (id.clone(), r.len()))
+            .collect::<Vec<_>>()
+    );
 }

@@ -21,6 +21,9 @@ use crate::store::{AlarmWrite, Append, Store, WriteRequest};
 /// Most observation batches waiting for the engine; beyond that they are counted as dropped.
 pub const ALARM_MAILBOX: usize = 4096;
 
+/// How often the alarm records are summarised in one info line.
+const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
 /// Counters of the alarm path visible on `/api/status`.
 #[derive(Debug, Default)]
 pub struct AlarmPathStats {
@@ -76,6 +79,8 @@ pub struct AlarmActor {
     listeners: Vec<AlarmListener>,
     outputs: Vec<WatchedOutput>,
     down: std::collections::HashMap<String, Down>,
+    /// Records per phase since the last summary line.
+    summary: std::collections::BTreeMap<String, u64>,
 }
 
 impl AlarmActor {
@@ -99,6 +104,7 @@ impl AlarmActor {
                 listeners,
                 outputs,
                 down: Default::default(),
+                summary: Default::default(),
             }
         })
     }
@@ -141,11 +147,35 @@ impl AlarmActor {
         alarms
     }
 
+    /// One info line for the records of the last [`SUMMARY_EVERY`] (none when there were none):
+    /// a sick unit's alarm traffic is a line a minute in the log, each record at debug.
+    fn summarise(&mut self) {
+        if self.summary.is_empty() {
+            return;
+        }
+        let counts = std::mem::take(&mut self.summary);
+        let total: u64 = counts.values().sum();
+        let by_phase = counts
+            .iter()
+            .map(|(phase, n)| format!("{phase} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let open = self.engine.active_all().len();
+        tracing::info!(
+            records = total,
+            open,
+            "alarm records in the last {} s: {by_phase}; {open} open",
+            SUMMARY_EVERY.as_secs()
+        );
+    }
+
     fn emit(&mut self, alarms: Vec<Alarm>, ctx: &mut Context<Self>) {
         for alarm in alarms {
             self.stats.state_changes.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(bed = %alarm.bed, device = %alarm.device_id, alarm_id = %alarm.alarm_id,
+            // Each record at debug; the minute's summary at info (`summarise`).
+            tracing::debug!(bed = %alarm.bed, device = %alarm.device_id, alarm_id = %alarm.alarm_id,
                 phase = %alarm.phase, state = %alarm.state, priority = %alarm.priority, text = %alarm.text, "alarm");
+            *self.summary.entry(alarm.phase.clone()).or_default() += 1;
             for l in &self.listeners {
                 l(&alarm);
             }
@@ -182,6 +212,7 @@ impl Actor for AlarmActor {
             alarms.extend(act.watch_outputs(now));
             act.emit(alarms, ctx);
         });
+        ctx.run_interval(SUMMARY_EVERY, |act, _| act.summarise());
     }
 }
 
@@ -195,10 +226,7 @@ impl Handler<Observations> for AlarmActor {
 
     fn handle(&mut self, msg: Observations, ctx: &mut Self::Context) {
         let now = now_us();
-        let mut out = Vec::new();
-        for o in msg.0.iter() {
-            out.extend(self.engine.on_observation(o, now));
-        }
+        let out = self.engine.on_message(&msg.0, now);
         self.emit(out, ctx);
     }
 }

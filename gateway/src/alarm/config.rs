@@ -79,6 +79,17 @@ pub struct AlarmConfig {
     /// left, and a request with nothing left is refused and the alarm sounds again.
     #[serde(default = "default_max_silence_total_s")]
     pub max_silence_total_s: u32,
+    /// An open alarm whose text (its latest value, its NEWS2 score) changes without a change
+    /// that clinicians act on sends an `update` with the latest text at most once per this many
+    /// seconds (IHE PCD-04 practice). Start, escalation, end, acknowledge, silence and latching
+    /// are always sent at once.
+    #[serde(default = "default_refresh_s")]
+    pub refresh_s: u32,
+    /// A lower priority must hold this many seconds (event time) before an alarm is
+    /// de-escalated; escalation is immediate. Keeps a value that wavers around a priority
+    /// threshold from sending escalate/deescalate pairs; 0 de-escalates at once.
+    #[serde(default = "default_deescalate_after_s")]
+    pub deescalate_after_s: u32,
     /// How far a device's own clock is trusted (device time against receive time).
     #[serde(default)]
     pub device_clock: DeviceClockConfig,
@@ -164,6 +175,12 @@ fn default_max_silence_renewals() -> u32 {
 }
 fn default_max_silence_total_s() -> u32 {
     600
+}
+fn default_refresh_s() -> u32 {
+    15
+}
+fn default_deescalate_after_s() -> u32 {
+    15
 }
 fn default_max_ahead_s() -> u32 {
     10
@@ -474,6 +491,8 @@ impl Default for AlarmConfig {
             max_silence_s: default_max_silence_s(),
             max_silence_renewals: default_max_silence_renewals(),
             max_silence_total_s: default_max_silence_total_s(),
+            refresh_s: default_refresh_s(),
+            deescalate_after_s: default_deescalate_after_s(),
             device_clock: DeviceClockConfig::default(),
             outputs: OutputsConfig::default(),
         }
@@ -689,6 +708,18 @@ impl AlarmConfig {
                     "{} s is longer than the {MAX_WINDOW_S} s maximum",
                     self.allowed_lateness_s
                 ),
+            );
+        }
+        if !(1..=300).contains(&self.refresh_s) {
+            problem(
+                format!("{path}.refresh_s"),
+                format!("{} s must be 1 to 300", self.refresh_s),
+            );
+        }
+        if self.deescalate_after_s > 300 {
+            problem(
+                format!("{path}.deescalate_after_s"),
+                format!("{} s is longer than 300 s", self.deescalate_after_s),
             );
         }
         if self.max_silence_total_s < self.max_silence_s {

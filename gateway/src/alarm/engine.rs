@@ -19,7 +19,12 @@
 //! - `end` (state `inactive`) when the condition clears, except that an alarm that was high
 //!   priority and not acknowledged since latches (as high) and ends only when acknowledged.
 //!
-//! No `continue` records are emitted: the page reads current texts with [`Engine::active`].
+//! - `update` also for a changed text (the latest value, the NEWS2 score) of an open alarm, at
+//!   most once per `refresh_s` ([`Engine::tick`]); a lower priority de-escalates only after it
+//!   has held `deescalate_after_s`, while escalation is immediate. So an alarm sends records
+//!   when something a clinician acts on changes, not with every reading.
+//!
+//! NEWS2 is scored once per bed per message ([`Engine::on_message`]).
 //!
 //! The parts: the rules and the per-bed state they keep are in `rules.rs`, an occurrence's
 //! lifecycle in `lifecycle.rs`, bounded trust in device time in `device_time.rs`; this file
@@ -35,7 +40,8 @@ use super::config::{check_limits, AlarmConfig, Priority};
 use super::device_time::{checked_time, fmt_offset, DeviceClock, DeviceClockView};
 use super::lifecycle::{
     sort_views, AlarmState, AlarmView, AlertType, Condition, EngineStats, Out, Phase, Raise,
-    ALARM_OUTPUT_SOURCE, DEVICE_CLOCK_SOURCE, GATEWAY_BED, MDC_EVT_ALARM, STALE_FEED_SOURCE,
+    Timing, ALARM_OUTPUT_SOURCE, DEVICE_CLOCK_SOURCE, GATEWAY_BED, MDC_EVT_ALARM,
+    STALE_FEED_SOURCE,
 };
 use super::news2::News2Param;
 use super::rules::{
@@ -104,6 +110,8 @@ pub struct Engine {
     stats: EngineStats,
     /// Per device id: the state of trust in its clock.
     clocks: HashMap<String, DeviceClock>,
+    /// `refresh_s` and `deescalate_after_s` in µs.
+    timing: Timing,
 }
 
 impl Engine {
@@ -123,6 +131,10 @@ impl Engine {
         for (i, rule) in config.rates.iter().enumerate() {
             rates_by_code.entry(rule.mdc_code).or_default().push(i);
         }
+        let timing = Timing {
+            refresh_us: i64::from(config.refresh_s) * US_PER_S,
+            deescalate_after_us: i64::from(config.deescalate_after_s) * US_PER_S,
+        };
         Ok(Engine {
             config,
             limit_by_code,
@@ -130,6 +142,7 @@ impl Engine {
             beds: BTreeMap::new(),
             stats: EngineStats::default(),
             clocks: HashMap::new(),
+            timing,
         })
     }
 
@@ -137,9 +150,53 @@ impl Engine {
         &self.config
     }
 
-    /// Applies one decoded reading; returns the alarm state changes it causes.
+    /// Applies one decoded reading; returns the alarm state changes it causes. The same as a
+    /// message of one reading ([`Engine::on_message`]).
     pub fn on_observation(&mut self, obs: &Observation, now_us: i64) -> Vec<Alarm> {
+        self.on_message(std::slice::from_ref(obs), now_us)
+    }
+
+    /// Applies the readings of one message, in order; returns the alarm state changes they
+    /// cause. NEWS2 is scored once per bed per message, after all its readings: scoring after
+    /// each one would see a half-updated set of values (a message of five vital signs could
+    /// end, latch, restart and re-escalate the NEWS2 alarm within itself).
+    pub fn on_message(&mut self, message: &[Observation], now_us: i64) -> Vec<Alarm> {
         let mut alarms = Vec::new();
+        // Per bed: the last reading of the message that fed NEWS2, and its event time.
+        let mut news2: Vec<(usize, i64)> = Vec::new();
+        for (i, obs) in message.iter().enumerate() {
+            if let Some(t) = self.apply(obs, now_us, &mut alarms) {
+                match news2.iter_mut().find(|(j, _)| message[*j].bed == obs.bed) {
+                    Some(last) => *last = (i, t),
+                    None => news2.push((i, t)),
+                }
+            }
+        }
+        let timing = self.timing;
+        let Engine {
+            config,
+            beds,
+            stats,
+            ..
+        } = self;
+        for (i, t) in news2 {
+            let obs = &message[i];
+            if let Some(bed) = beds.get_mut(&obs.bed) {
+                let mut out = Out {
+                    bed: &obs.bed,
+                    alarms: &mut alarms,
+                    stats,
+                    timing,
+                };
+                eval_news2(bed, config, obs, t, &mut out);
+            }
+        }
+        alarms
+    }
+
+    /// One reading through the limit and rate rules; records its NEWS2 parameter and returns
+    /// its event time when it has one (the caller scores NEWS2).
+    fn apply(&mut self, obs: &Observation, now_us: i64, alarms: &mut Vec<Alarm>) -> Option<i64> {
         // Device time is trusted only within bounds: an untrusted one is evaluated at receive
         // time and can never move this parameter's event-time clock into the future.
         let checked = checked_time(
@@ -164,9 +221,9 @@ impl Engine {
                     .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
                     .unwrap_or_else(|| "out of range".into()),
             );
-            self.clock_problem(&obs.bed, &obs.device_id, text, now_us, &mut alarms);
+            self.clock_problem(&obs.bed, &obs.device_id, text, now_us, alarms);
         } else {
-            self.clock_settle(&obs.device_id, now_us, &mut alarms);
+            self.clock_settle(&obs.device_id, now_us, alarms);
         }
         let status = obs.status;
         let alarmable = status == ObservationStatus::Valid as i32
@@ -175,7 +232,7 @@ impl Engine {
             Some(v) if alarmable && v.is_finite() => v,
             _ => {
                 self.stats.ignored_readings += 1;
-                return alarms;
+                return None;
             }
         };
         let t = checked.t_us;
@@ -183,7 +240,7 @@ impl Engine {
         let lateness_us = i64::from(self.config.allowed_lateness_s) * US_PER_S;
 
         let bed = self.beds.entry(obs.bed.clone()).or_default();
-        expire_silences(&obs.bed, bed, now_us, &mut alarms, &mut self.stats);
+        expire_silences(&obs.bed, bed, now_us, alarms, &mut self.stats, self.timing);
         let last = bed.params.get(&code).and_then(|p| p.last_us);
         if let Some(last) = last {
             if t < last.saturating_sub(lateness_us) {
@@ -193,15 +250,16 @@ impl Engine {
                     .late_readings_by_bed
                     .entry(obs.bed.clone())
                     .or_default() += 1;
-                self.note_late(obs, last - t, now_us, &mut alarms);
-                return alarms;
+                self.note_late(obs, last - t, now_us, alarms);
+                return None;
             }
             if t < last {
                 self.stats.out_of_order_readings += 1;
-                return alarms;
+                return None;
             }
         }
 
+        let timing = self.timing;
         let Engine {
             config,
             limit_by_code,
@@ -218,8 +276,9 @@ impl Engine {
 
         let mut out = Out {
             bed: &obs.bed,
-            alarms: &mut alarms,
+            alarms,
             stats,
+            timing,
         };
 
         // Limit rule: from config, or ad hoc when a clinician set limits on an unwatched code.
@@ -260,17 +319,27 @@ impl Engine {
         if config.news2.enabled {
             if let Some(p) = News2Param::for_code(code) {
                 bed.news2[p.index()] = Some((t, value));
-                eval_news2(bed, config, obs, t, &mut out);
+                return Some(t);
             }
         }
-        alarms
+        None
     }
 
-    /// Expires silences; call about once a second with the current time.
+    /// Expires silences and sends the refresh `update`s that are due; call about once a second
+    /// with the current time.
     pub fn tick(&mut self, now_us: i64) -> Vec<Alarm> {
         let mut alarms = Vec::new();
         for (name, bed) in &mut self.beds {
-            expire_silences(name, bed, now_us, &mut alarms, &mut self.stats);
+            expire_silences(name, bed, now_us, &mut alarms, &mut self.stats, self.timing);
+            let mut out = Out {
+                bed: name,
+                alarms: &mut alarms,
+                stats: &mut self.stats,
+                timing: self.timing,
+            };
+            for cond in bed.conditions.values_mut() {
+                cond.refresh(now_us, &mut out);
+            }
         }
         let raised: Vec<String> = self
             .clocks
@@ -478,11 +547,19 @@ impl Engine {
     ) -> Vec<Alarm> {
         let mut alarms = Vec::new();
         let state = self.beds.entry(bed.to_string()).or_default();
-        expire_silences(bed, state, now_us, &mut alarms, &mut self.stats);
+        expire_silences(
+            bed,
+            state,
+            now_us,
+            &mut alarms,
+            &mut self.stats,
+            self.timing,
+        );
         let mut out = Out {
             bed,
             alarms: &mut alarms,
             stats: &mut self.stats,
+            timing: self.timing,
         };
         if active {
             let mut r = raise();
@@ -508,11 +585,13 @@ impl Engine {
         now_us: i64,
     ) -> Result<Vec<Alarm>, AlarmError> {
         let mut alarms = Vec::new();
+        let timing = self.timing;
         let (cond, stats) = self.find(bed, alarm_id)?;
         let mut out = Out {
             bed,
             alarms: &mut alarms,
             stats,
+            timing,
         };
         let occ = cond.occ.as_mut().expect("found by id");
         if !occ.condition_present {
@@ -524,7 +603,8 @@ impl Engine {
             occ.latch_pending = false;
             occ.silenced_by = None;
             occ.silenced_until_us = None;
-            out.emit(occ, Phase::Update, occ.state(), now_us);
+            let state = occ.state();
+            out.emit(occ, Phase::Update, state, now_us);
         }
         Ok(alarms)
     }
@@ -546,6 +626,7 @@ impl Engine {
         let total_cap_us = i64::from(self.config.max_silence_total_s) * US_PER_S;
         let wanted_us = i64::from(duration_s.min(self.config.max_silence_s)) * US_PER_S;
         let mut alarms = Vec::new();
+        let timing = self.timing;
         let (cond, stats) = self.find(bed, alarm_id)?;
         let occ = cond.occ.as_mut().expect("found by id");
         // A silence still running counts only up to now when renewed.
@@ -571,6 +652,7 @@ impl Engine {
             bed,
             alarms: &mut alarms,
             stats,
+            timing,
         };
         if let Some(why) = why {
             // Past its cap the alarm re-announces itself: the silence ends now and a record
@@ -578,7 +660,8 @@ impl Engine {
             out.stats.silences_refused += 1;
             occ.silenced_until_us = None;
             occ.silenced_by = None;
-            out.emit(occ, Phase::Update, occ.state(), now_us);
+            let state = occ.state();
+            out.emit(occ, Phase::Update, state, now_us);
             return Err(AlarmError::SilenceCapReached {
                 bed: bed.to_string(),
                 alarm_id: alarm_id.to_string(),
@@ -591,7 +674,8 @@ impl Engine {
         occ.silenced_total_us += granted_us;
         occ.silenced_by = Some(who.to_string());
         occ.silenced_until_us = Some(now_us + granted_us);
-        out.emit(occ, Phase::Update, occ.state(), now_us);
+        let state = occ.state();
+        out.emit(occ, Phase::Update, state, now_us);
         Ok(alarms)
     }
 
@@ -819,17 +903,20 @@ fn expire_silences(
     now_us: i64,
     alarms: &mut Vec<Alarm>,
     stats: &mut EngineStats,
+    timing: Timing,
 ) {
     let mut out = Out {
         bed: name,
         alarms,
         stats,
+        timing,
     };
     for cond in bed.conditions.values_mut() {
         if let Some(occ) = cond.occ.as_mut() {
             if occ.silenced_until_us.is_some_and(|until| until <= now_us) {
                 occ.silenced_until_us = None;
-                out.emit(occ, Phase::Update, occ.state(), now_us);
+                let state = occ.state();
+                out.emit(occ, Phase::Update, state, now_us);
             }
         }
     }

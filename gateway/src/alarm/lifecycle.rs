@@ -140,6 +140,20 @@ pub struct EngineStats {
     pub untrusted_time_readings_by_bed: BTreeMap<String, u64>,
     /// Silence requests refused by the cap (the alarm sounded again).
     pub silences_refused: u64,
+    /// `update` records sent for a changed text after the refresh interval.
+    pub refreshes: u64,
+    /// De-escalations held back because the lower priority had not lasted
+    /// `deescalate_after_s` yet (counted once per held reading).
+    pub deescalations_held: u64,
+}
+
+/// The engine's pacing of non-urgent records, from [`super::AlarmConfig`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Timing {
+    /// `refresh_s` in µs.
+    pub(super) refresh_us: i64,
+    /// `deescalate_after_s` in µs.
+    pub(super) deescalate_after_us: i64,
 }
 
 /// Which limit a pending excursion crossed.
@@ -169,6 +183,12 @@ pub(super) struct Occurrence {
     /// Silences granted so far, and their total length in µs.
     pub(super) silences: u32,
     pub(super) silenced_total_us: i64,
+    /// Event time of the last record sent for it.
+    pub(super) sent_us: i64,
+    /// The text changed since the last record (sent by [`Condition::refresh`]).
+    pub(super) text_changed: bool,
+    /// A lower priority seen while present: since when, and the highest such priority since.
+    pub(super) lower: Option<(i64, Priority)>,
 }
 
 impl Occurrence {
@@ -253,10 +273,14 @@ pub(super) struct Out<'a> {
     pub(super) bed: &'a str,
     pub(super) alarms: &'a mut Vec<Alarm>,
     pub(super) stats: &'a mut EngineStats,
+    pub(super) timing: Timing,
 }
 
 impl Out<'_> {
-    pub(super) fn emit(&mut self, occ: &Occurrence, phase: Phase, state: AlarmState, t: i64) {
+    /// One record for `occ` (which then counts as sent with its current text).
+    pub(super) fn emit(&mut self, occ: &mut Occurrence, phase: Phase, state: AlarmState, t: i64) {
+        occ.sent_us = t;
+        occ.text_changed = false;
         self.stats.state_changes += 1;
         match phase {
             Phase::Start => self.stats.alarms_started += 1,
@@ -276,7 +300,7 @@ impl Condition {
     /// The condition holds at event time `t` with the priority and text in `r`.
     pub(super) fn raise(&mut self, key: &str, r: Raise, t: i64, out: &mut Out<'_>) {
         let Some(occ) = self.occ.as_mut() else {
-            let occ = Occurrence {
+            let mut occ = Occurrence {
                 alarm_id: format!("{}:{key}:{t}", out.bed),
                 source: r.source,
                 mdc_code: r.mdc_code,
@@ -293,27 +317,66 @@ impl Condition {
                 silenced_until_us: None,
                 silences: 0,
                 silenced_total_us: 0,
+                sent_us: t,
+                text_changed: false,
+                lower: None,
             };
-            out.emit(&occ, Phase::Start, AlarmState::Active, t);
+            out.emit(&mut occ, Phase::Start, AlarmState::Active, t);
             self.occ = Some(occ);
             return;
         };
         let was_present = occ.condition_present;
         occ.condition_present = true;
-        occ.text = r.text;
+        if occ.text != r.text {
+            occ.text = r.text;
+            occ.text_changed = true;
+        }
         if r.priority > occ.priority {
             occ.priority = r.priority;
+            occ.lower = None;
             occ.latch_pending |= r.priority == Priority::High;
             occ.acknowledged_by = None;
             occ.silenced_by = None;
             occ.silenced_until_us = None;
-            out.emit(occ, Phase::Escalate, occ.state(), t);
+            let state = occ.state();
+            out.emit(occ, Phase::Escalate, state, t);
         } else if r.priority < occ.priority && was_present {
-            occ.priority = r.priority;
-            out.emit(occ, Phase::Deescalate, occ.state(), t);
-        } else if !was_present {
-            // A latched alarm whose condition returns: active again, keeping its priority.
-            out.emit(occ, Phase::Update, occ.state(), t);
+            // De-escalate only once the lower priority has held `deescalate_after_s`, to the
+            // highest priority seen meanwhile: a value wavering around a threshold stays at
+            // the higher priority instead of sending an escalate/deescalate pair each time.
+            let (since, lower) = match occ.lower {
+                Some((since, p)) => (since, p.max(r.priority)),
+                None => (t, r.priority),
+            };
+            if t - since >= out.timing.deescalate_after_us {
+                occ.priority = lower;
+                occ.lower = None;
+                let state = occ.state();
+                out.emit(occ, Phase::Deescalate, state, t);
+            } else {
+                occ.lower = Some((since, lower));
+                out.stats.deescalations_held += 1;
+            }
+        } else {
+            if r.priority == occ.priority {
+                occ.lower = None;
+            }
+            if !was_present {
+                // A latched alarm whose condition returns: active again, keeping its priority.
+                let state = occ.state();
+                out.emit(occ, Phase::Update, state, t);
+            }
+        }
+    }
+
+    /// Sends an `update` with the latest text when it changed and the last record is at least
+    /// `refresh_s` old; nothing otherwise.
+    pub(super) fn refresh(&mut self, now: i64, out: &mut Out<'_>) {
+        let Some(occ) = self.occ.as_mut() else { return };
+        if occ.text_changed && now - occ.sent_us >= out.timing.refresh_us {
+            out.stats.refreshes += 1;
+            let state = occ.state();
+            out.emit(occ, Phase::Update, state, now);
         }
     }
 
@@ -324,10 +387,12 @@ impl Condition {
             return;
         }
         occ.condition_present = false;
+        occ.lower = None;
         if occ.latch_pending {
             // A latched alarm shows the priority that demanded acknowledgement.
             occ.priority = Priority::High;
-            out.emit(occ, Phase::Update, occ.state(), t);
+            let state = occ.state();
+            out.emit(occ, Phase::Update, state, t);
         } else {
             out.emit(occ, Phase::End, AlarmState::Inactive, t);
             self.occ = None;

@@ -322,18 +322,20 @@ fn escalation_below_threshold_raises_priority_and_deescalates_with_hysteresis() 
         feed(&mut e, "b1", SPO2, 85.5, 18).is_empty(),
         "within margin of 85"
     );
+    // The lower priority must hold deescalate_after_s (15 s) before the alarm de-escalates.
+    assert!(hold(&mut e, "b1", SPO2, 87.0, 19, 33).is_empty());
     assert_eq!(
-        phases(&feed(&mut e, "b1", SPO2, 87.0, 19)),
+        phases(&feed(&mut e, "b1", SPO2, 87.0, 34)),
         [p("deescalate", "active", "PM")]
     );
     assert_eq!(e.stats().escalations, 1);
 
     // it was high and never acknowledged since: it latches, as high
     assert_eq!(
-        phases(&feed(&mut e, "b1", SPO2, 95.0, 20)),
+        phases(&feed(&mut e, "b1", SPO2, 95.0, 35)),
         [p("update", "latched", "PH")]
     );
-    let out = e.acknowledge("b1", &id, "nurse-a", at(21)).unwrap();
+    let out = e.acknowledge("b1", &id, "nurse-a", at(36)).unwrap();
     assert_eq!(phases(&out), [p("end", "inactive", "PH")]);
 }
 
@@ -599,11 +601,8 @@ fn news2_alarms_medium_at_5_high_at_7_and_latches() {
         (out[0].alarm_id.as_str(), out[0].text.as_str()),
         (id.as_str(), "NEWS2 7")
     );
-    // RR 16 (0) = 5: deescalate
-    assert_eq!(
-        phases(&feed(&mut e, "b1", RR, 16.0, 6)),
-        [p("deescalate", "active", "PM")]
-    );
+    // RR 16 (0) = 5: medium, but not for deescalate_after_s yet: it stays high
+    assert!(feed(&mut e, "b1", RR, 16.0, 6).is_empty());
     // pulse 80 (0) = 3: condition ends; it was high and unacknowledged, so it latches
     assert_eq!(
         phases(&feed(&mut e, "b1", PR, 80.0, 7)),
@@ -1422,4 +1421,165 @@ fn an_alarm_output_down_is_a_technical_alarm_on_the_gateway() {
     assert!(e.output_down("pcd04", "again", true, at(1)).is_empty());
     let out = e.output_down("pcd04", "", false, at(2));
     assert_eq!(phases(&out), [p("end", "inactive", "PM")]);
+}
+
+// ---------------------------------------------------------------- pacing (issue 15)
+
+fn message(bed: &str, t_s: i64, values: &[(u32, f64)]) -> Vec<Observation> {
+    values
+        .iter()
+        .map(|&(code, v)| obs(bed, code, v, t_s))
+        .collect()
+}
+
+#[test]
+fn refresh_and_hold_defaults_and_bounds() {
+    let c = AlarmConfig::default();
+    assert_eq!((c.refresh_s, c.deescalate_after_s), (15, 15));
+    let bad = AlarmConfig {
+        refresh_s: 0,
+        deescalate_after_s: 301,
+        ..Default::default()
+    };
+    let fields: Vec<String> = bad
+        .validate("alarms")
+        .into_iter()
+        .map(|p| p.field)
+        .collect();
+    assert_eq!(fields, ["alarms.refresh_s", "alarms.deescalate_after_s"]);
+}
+
+#[test]
+fn news2_is_scored_once_per_message_not_after_each_reading() {
+    let mut e = news2_only();
+    // RR 25 (3) + SpO2 95 (1) + SBP 105 (1) + pulse 115 (2) + temperature 37 (0) = 7: high.
+    let first = message(
+        "b1",
+        0,
+        &[
+            (RR, 25.0),
+            (SPO2, 95.0),
+            (SBP, 105.0),
+            (PR, 115.0),
+            (TEMP, 37.0),
+        ],
+    );
+    let out = e.on_message(&first, at(0));
+    assert_eq!(phases(&out), [p("start", "active", "PH")]);
+    assert_eq!(out[0].text, "NEWS2 7, a parameter scores 3");
+    // The next message: RR 16 (0), SpO2 91 (3), the rest the same = 6. Scored after each reading
+    // the bed would pass through 4 (the alarm latches), then 7 again (it returns): two records.
+    // Scored once, it is 6 (medium, held by deescalate_after_s) and nothing is sent.
+    let second = message(
+        "b1",
+        1,
+        &[
+            (RR, 16.0),
+            (SPO2, 91.0),
+            (SBP, 105.0),
+            (PR, 115.0),
+            (TEMP, 37.0),
+        ],
+    );
+    let before = e.stats().state_changes;
+    assert_eq!(phases(&e.on_message(&second, at(1))), []);
+    assert_eq!(e.stats().state_changes, before);
+
+    // The same two messages reading by reading do send the latch and the return.
+    let mut per_reading = news2_only();
+    for o in &first {
+        per_reading.on_observation(o, at(0));
+    }
+    let out: Vec<Alarm> = second
+        .iter()
+        .flat_map(|o| per_reading.on_observation(o, at(1)))
+        .collect();
+    assert_eq!(
+        phases(&out),
+        [p("update", "latched", "PH"), p("update", "active", "PH")]
+    );
+}
+
+#[test]
+fn a_changing_value_is_sent_at_most_once_per_refresh_interval() {
+    let mut e = limits_only();
+    let start = hold(&mut e, "b1", SPO2, 88.0, 0, 15);
+    assert_eq!(phases(&start), [p("start", "active", "PM")]);
+    // Every second a new value inside the same priority band, and a tick: 16..=60.
+    let mut updates = Vec::new();
+    for t in 16..=60 {
+        let v = [87.0, 86.0, 88.0, 89.0][(t % 4) as usize];
+        let out = feed(&mut e, "b1", SPO2, v, t);
+        assert_eq!(phases(&out), [], "no record from a reading at {t} s");
+        for a in e.tick(at(t)) {
+            updates.push((t, a));
+        }
+    }
+    let times: Vec<i64> = updates.iter().map(|(t, _)| *t).collect();
+    assert_eq!(
+        times,
+        [30, 45, 60],
+        "one update per 15 s after the last record"
+    );
+    for (t, a) in &updates {
+        assert_eq!((a.phase.as_str(), a.state.as_str()), ("update", "active"));
+        let v = [87.0, 86.0, 88.0, 89.0][(*t % 4) as usize];
+        assert_eq!(
+            a.text,
+            format!("SpO2 {v} < 90"),
+            "the latest value at {t} s"
+        );
+    }
+    assert_eq!(e.stats().refreshes, 3);
+    // The value stays what it was at 60 s (87): ticks send nothing.
+    for t in 61..=90 {
+        feed(&mut e, "b1", SPO2, 87.0, t);
+        assert_eq!(phases(&e.tick(at(t))), [], "{t} s");
+    }
+}
+
+#[test]
+fn escalation_is_immediate_and_a_wavering_value_does_not_send_deescalate_pairs() {
+    let mut e = limits_only();
+    let start = hold(&mut e, "b1", SPO2, 88.0, 0, 15);
+    assert_eq!(phases(&start), [p("start", "active", "PM")]);
+    let mut records = Vec::new();
+    // SpO2 wavers around the escalation threshold (85) every second for 40 s.
+    for t in 16..=55 {
+        let v = if t % 2 == 0 { 84.0 } else { 87.0 };
+        records.extend(feed(&mut e, "b1", SPO2, v, t));
+    }
+    assert_eq!(
+        phases(&records),
+        [p("escalate", "active", "PH")],
+        "escalated at the first 84, at once, and held high while the value wavers"
+    );
+    assert_eq!(records[0].event_time_us, at(16));
+    assert!(e.stats().deescalations_held >= 19);
+    // Medium for 15 s: de-escalated once.
+    let out = hold(&mut e, "b1", SPO2, 87.0, 56, 71);
+    assert_eq!(phases(&out), [p("deescalate", "active", "PM")]);
+    assert_eq!(
+        out[0].event_time_us,
+        at(70),
+        "15 s after the lower priority began at 55"
+    );
+}
+
+#[test]
+fn deescalate_after_zero_deescalates_at_once() {
+    let mut e = engine_with(|c| {
+        c.rates.clear();
+        c.news2.enabled = false;
+        c.deescalate_after_s = 0;
+    });
+    hold(&mut e, "b1", SPO2, 88.0, 0, 15);
+    assert_eq!(
+        phases(&feed(&mut e, "b1", SPO2, 84.0, 16)),
+        [p("escalate", "active", "PH")]
+    );
+    assert_eq!(
+        phases(&feed(&mut e, "b1", SPO2, 87.0, 17)),
+        [p("deescalate", "active", "PM")]
+    );
 }

@@ -916,10 +916,14 @@ pub fn start(
     .on_connect(|conn, _| {
         if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
             let _ = tcp.set_nodelay(true);
-        } else if let Some(tls) =
-            conn.downcast_ref::<tokio_rustls::server::TlsStream<actix_web::rt::net::TcpStream>>()
-        {
+        } else if let Some(tls) = conn.downcast_ref::<
+            actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>,
+        >() {
+            // actix-web hands over its own wrapper of the rustls stream (not tokio-rustls's
+            // type: a downcast to that one never matched, and HTTPS events waited for Nagle).
             let _ = tls.get_ref().0.set_nodelay(true);
+        } else {
+            tracing::warn!("http connection of an unknown stream type: TCP_NODELAY not set");
         }
     })
     .disable_signals()
