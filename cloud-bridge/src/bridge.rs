@@ -73,7 +73,7 @@ pub use self::security::{KafkaSecurity, SecurityFailure, SecurityProtocol};
 pub use self::stats::{BridgeState, BridgeStats};
 use crate::deadletter::dead_letter_json;
 use crate::error::BridgeError;
-use crate::fhir::{adt_bundle, alarm_observation, audit_event, observation_bundle};
+use crate::fhir::{adt_bundle, alarm_bundle, audit_event, observation_bundle};
 use crate::headers;
 use crate::signing::SigningKeys;
 use crate::Terminology;
@@ -755,7 +755,7 @@ struct Mapper {
 impl Mapper {
     fn value(&self, bundle: &PlannedBundle) -> Value {
         let gateway_id = &self.gateway_id;
-        let value = match (bundle.stream, &bundle.alarm, &bundle.adt, &bundle.dead_letter) {
+        let value = match (bundle.stream, &bundle.alarms, &bundle.adt, &bundle.dead_letter) {
             (Stream::Audit, ..) => match &bundle.audit {
                 Some(entry) => audit_event(gateway_id, entry),
                 None => Err(BridgeError::FhirMapping {
@@ -764,8 +764,8 @@ impl Mapper {
                     reason: "audit bundle without its entry".into(),
                 }),
             },
-            (Stream::Alarms, Some(alarm), _, _) => {
-                alarm_observation(gateway_id, &bundle.device_id, alarm)
+            (Stream::Alarms, alarms, _, _) if !alarms.is_empty() => {
+                alarm_bundle(gateway_id, &bundle.device_id, alarms)
             }
             (Stream::DeadLetters, _, _, Some(dl)) => {
                 dead_letter_json(gateway_id, &bundle.device_id, bundle.first_seq, dl)

@@ -211,7 +211,7 @@ mod audit;
 mod common;
 mod json;
 pub use adt::{adt_bundle, encounter_status};
-pub use alarm::{alarm_identifier_system, alarm_observation};
+pub use alarm::{alarm_bundle, alarm_identifier_system, alarm_observation};
 pub use audit::{
     audit_entry_of, audit_event, is_audit_event, ParsedAuditEntry, AUDIT_ACTION_SYSTEM,
     AUDIT_EVENT_TYPE_SYSTEM, DCM_SYSTEM, RESTFUL_INTERACTION_SYSTEM, ROLE_SYSTEM,

@@ -319,6 +319,7 @@ async fn load(
 }
 
 fn main() {
+    icu_tests::bench::Calibration::print();
     let env = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<f64>().ok());
     let seconds = env("ICU_BENCH_SECONDS").unwrap_or(20.0) as u64;
     let beds = env("ICU_BENCH_BEDS").unwrap_or(30.0) as usize;

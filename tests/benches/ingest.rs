@@ -29,6 +29,8 @@
 //! Options (`--name value`, or env `ICU_BENCH_<NAME>`): `--transports mllp,mqtt`,
 //! `--beds 30,100,300` (MLLP), `--mqtt-beds 30,100`, `--sync full,normal`, `--seconds 15`,
 //! `--warmup 3`, `--obx 15`, `--pipeline 1` (MLLP and MQTT), `--mqtt-format json`, `--store-extra 'max_batch = 512'`,
+//! `--course calm,sick` (`sick`: every bed in alarm, see `icu_tests::bench::sick_value`),
+//! `--kafka` (forward to a live tansu broker meanwhile: forwarded/s and the outbox's growth),
 //! `--tls off,on` (`on`: MLLP over TLS with client certificates required, each monitor
 //! presenting its own from a test PKI made by `icu-gateway cert`; the row says `mllp+mtls`),
 //! `--perf <file.data>` (perf record of the gateway during the first case's measured window).
@@ -51,7 +53,12 @@ enum Transport {
     Mqtt,
 }
 
+#[derive(Clone)]
 struct Opts {
+    /// Values that keep every bed in alarm ([`sick_value`]).
+    sick: bool,
+    /// Forward to a live tansu broker while ingesting.
+    kafka: bool,
     seconds: u64,
     warmup: u64,
     obx: usize,
@@ -65,6 +72,15 @@ struct Opts {
 struct Row {
     transport: Transport,
     tls: bool,
+    sick: bool,
+    kafka: bool,
+    /// Observations forwarded to Kafka in the measured window.
+    forwarded_obs: u64,
+    /// Outbox records unsent at the start and the end of the window.
+    unsent_start: u64,
+    unsent_end: u64,
+    /// Alarm records emitted in the window.
+    alarm_records: u64,
     sync: String,
     beds: usize,
     msgs: u64,
@@ -149,7 +165,7 @@ async fn mllp_bed(
                 ts = hl7_now();
                 ts_at = Instant::now();
             }
-            let msg = pcd01(bed, n, o.obx, &ts);
+            let msg = pcd01_course(bed, n, o.obx, &ts, o.sick);
             let t0 = Instant::now();
             framed.send(msg.as_slice()).await.expect("MLLP send");
             in_flight.push_back(t0);
@@ -273,6 +289,7 @@ fn run_case(
 ) -> Row {
     let scratch = scratch("ingest-");
     let pki = tls.then(|| bench_pki(&scratch.path().join("pki"), beds));
+    let tansu = o.kafka.then(start_tansu);
     let mosquitto = (transport == Transport::Mqtt).then(start_mosquitto);
     let spec = GatewaySpec {
         dir: scratch.path().join("gw"),
@@ -288,7 +305,7 @@ fn run_case(
             0
         },
         mqtt_port: mosquitto.as_ref().map(|m| m.port),
-        kafka: None,
+        kafka: tansu.as_ref().map(|t| format!("127.0.0.1:{}", t.port)),
         store_extra: o.store_extra.clone(),
         mllp_tls: pki.clone(),
     };
@@ -314,6 +331,27 @@ fn run_case(
     let start = Instant::now() + Duration::from_millis(200);
     let t_warm = start + Duration::from_secs(o.warmup);
     let t_end = t_warm + Duration::from_secs(o.seconds);
+
+    // The gateway's own view at the start and the end of the measured window: observations
+    // forwarded, records waiting in the outbox, alarm records emitted.
+    let http = gw.endpoints.http;
+    let sampler = std::thread::spawn(move || {
+        let sample = || {
+            let status = icu_tests::http::http_get_json(http, "/api/status").unwrap_or_default();
+            let alarms = icu_tests::http::http_get_json(http, "/api/alarms").unwrap_or_default();
+            [
+                status["backbone"]["forwarded_observations"]
+                    .as_u64()
+                    .unwrap_or(0),
+                status["store"]["unsent"].as_u64().unwrap_or(0),
+                alarms["stats"]["state_changes"].as_u64().unwrap_or(0),
+            ]
+        };
+        std::thread::sleep(t_warm.saturating_duration_since(Instant::now()));
+        let at_warm = sample();
+        std::thread::sleep(t_end.saturating_duration_since(Instant::now()));
+        (at_warm, sample())
+    });
 
     // Store-side view: committed observations per device (MQTT flow control) and in total.
     let committed: Arc<Vec<AtomicU64>> = Arc::new((0..=beds).map(|_| AtomicU64::new(0)).collect());
@@ -418,6 +456,7 @@ fn run_case(
     let (_, hwm) = gw.memory_kib();
     let rss_max = rss.max_kib();
     drop(rss);
+    let (at_warm, at_end) = sampler.join().expect("sampler");
     let status = gw.status().unwrap_or_default();
     let commits = status["store_writes"]["commits"].as_u64().unwrap_or(0);
     let requests = status["store_writes"]["requests_stored"]
@@ -447,9 +486,16 @@ fn run_case(
         .load(Ordering::Relaxed)
         .saturating_sub(totals[0].load(Ordering::Relaxed));
     drop(mosquitto);
+    drop(tansu);
     Row {
         transport,
         tls,
+        sick: o.sick,
+        kafka: o.kafka,
+        forwarded_obs: at_end[0].saturating_sub(at_warm[0]),
+        unsent_start: at_warm[1],
+        unsent_end: at_end[1],
+        alarm_records: at_end[2].saturating_sub(at_warm[2]),
         sync: sync.to_owned(),
         beds,
         msgs,
@@ -471,8 +517,9 @@ fn run_case(
 
 fn header() {
     println!(
-        "{:<10} {:<6} {:>5} {:>10} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>10} {:>8} {:>8}",
+        "{:<10} {:<5} {:<6} {:>5} {:>10} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>10} {:>8} {:>8} {:>9} {:>10} {:>9}",
         "input",
+        "course",
         "sync",
         "beds",
         "obs/s",
@@ -485,18 +532,22 @@ fn header() {
         "HWM MiB",
         "stored obs",
         "B/obs",
-        "B/obs*"
+        "B/obs*",
+        "fwd/s",
+        "outbox +/s",
+        "alarms/s"
     );
 }
 
 fn print_row(r: &Row) {
     println!(
-        "{:<10} {:<6} {:>5} {:>10.0} {:>9.0} {:>8.2} {:>8.2} {:>8.1} {:>9.0} {:>7.1} {:>7.1} {:>10} {:>8.1} {:>8.1}{}",
+        "{:<10} {:<5} {:<6} {:>5} {:>10.0} {:>9.0} {:>8.2} {:>8.2} {:>8.1} {:>9.0} {:>7.1} {:>7.1} {:>10} {:>8.1} {:>8.1} {:>9} {:>10} {:>9.1}{}",
         match (r.transport, r.tls) {
             (Transport::Mllp, false) => "mllp",
             (Transport::Mllp, true) => "mllp+mtls",
             (Transport::Mqtt, _) => "mqtt",
         },
+        if r.sick { "sick" } else { "calm" },
         r.sync,
         r.beds,
         r.obs as f64 / r.secs,
@@ -510,6 +561,20 @@ fn print_row(r: &Row) {
         r.stored_obs,
         r.bytes_per_obs,
         r.bytes_per_obs_ckpt,
+        if r.kafka {
+            format!("{:.0}", r.forwarded_obs as f64 / r.secs)
+        } else {
+            "-".into()
+        },
+        if r.kafka {
+            format!(
+                "{:+.0}",
+                (r.unsent_end as f64 - r.unsent_start as f64) / r.secs
+            )
+        } else {
+            "-".into()
+        },
+        r.alarm_records as f64 / r.secs,
         if r.errors > 0 {
             format!("  ({} errors)", r.errors)
         } else {
@@ -520,12 +585,16 @@ fn print_row(r: &Row) {
 
 fn main() {
     let args = Args::parse();
+    let calibration = icu_tests::bench::Calibration::print();
     let transports: Vec<String> = args.list("transports", "mllp,mqtt");
     let mllp_beds: Vec<usize> = args.list("beds", "30,100,300");
     let mqtt_beds: Vec<usize> = args.list("mqtt-beds", "30,100");
     let syncs: Vec<String> = args.list("sync", "full,normal");
     let tls_modes: Vec<String> = args.list("tls", "off");
-    let o = Arc::new(Opts {
+    let courses: Vec<String> = args.list("course", "calm");
+    let o = Opts {
+        sick: false,
+        kafka: args.flag("kafka"),
         seconds: args.get("seconds", 15),
         warmup: args.get("warmup", 3),
         obx: args.get("obx", 15),
@@ -536,19 +605,24 @@ fn main() {
         },
         store_extra: args.get("store-extra", String::new()),
         perf: args.opt("perf").map(std::path::PathBuf::from),
-    });
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     println!(
-        "durable ingest: {} s measured after {} s warm-up, {} OBX per message, {} in flight per MLLP connection or MQTT publisher, MQTT {}; {} CPUs",
+        "durable ingest: {} s measured after {} s warm-up, {} OBX per message, {} in flight per MLLP connection or MQTT publisher, MQTT {}, {}; {} CPUs",
         o.seconds,
         o.warmup,
         o.obx,
         o.pipeline,
         o.mqtt_format,
+        if o.kafka {
+            "forwarding to a live tansu broker"
+        } else {
+            "store only (no Kafka)"
+        },
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     let mut rows = Vec::new();
@@ -561,13 +635,22 @@ fn main() {
         };
         for sync in &syncs {
             for &beds in beds_list {
-                for mode in &tls_modes {
+                for (mode, course) in tls_modes
+                    .iter()
+                    .flat_map(|m| courses.iter().map(move |c| (m, c)))
+                {
                     let tls = match mode.as_str() {
                         "off" => false,
                         "on" if transport == Transport::Mllp => true,
                         "on" => continue,
                         other => panic!("--tls: unknown '{other}' (off, on)"),
                     };
+                    let sick = match course.as_str() {
+                        "calm" => false,
+                        "sick" => true,
+                        other => panic!("--course: unknown '{other}' (calm, sick)"),
+                    };
+                    let o = Arc::new(Opts { sick, ..o.clone() });
                     let row = run_case(&rt, transport, tls, sync, beds, &o, perf.take().as_deref());
                     if rows.is_empty() {
                         header();
@@ -584,9 +667,22 @@ fn main() {
     for r in &rows {
         print_row(r);
     }
+    println!("{}", calibration.line());
+    for r in &rows {
+        println!(
+            "  ratio: {} {} {} beds: {:.2} obs/s per (SQLite row/s), ACK p50 {:.1} fsyncs",
+            if r.sick { "sick" } else { "calm" },
+            r.sync,
+            r.beds,
+            (r.obs as f64 / r.secs) / calibration.sqlite_rows_per_s,
+            r.p50_ms * 1000.0 / calibration.fsync_p50_us,
+        );
+    }
     println!(
         "obs/s(db): observations committed in the window as the store shows them; req/cmt: requests per commit (group commit);\n\
          B/obs: (db + wal) / stored observations after the run; B/obs*: after wal_checkpoint(TRUNCATE).\n\
+         course sick: every bed's values keep NEWS2 at 6-9 and change with every message; fwd/s: observations forwarded\n\
+         to Kafka in the window (--kafka); outbox +/s: change of the unsent records over the window; alarms/s: alarm records.\n\
          Targets (issue 5): >= 100000 obs/s durable ingest, <= 150 MiB RSS."
     );
 }

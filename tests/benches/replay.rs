@@ -274,6 +274,7 @@ fn check_live(progress: &Progress, devices: &[String], live: &Mutex<Live>, obx: 
 
 fn main() {
     let args = Args::parse();
+    icu_tests::bench::Calibration::print();
     let backlog: u64 = args.get("backlog", 10_000_000);
     let backlog_beds: usize = args.get("backlog-beds", 30);
     let obx: usize = args.get("obx", 15);

@@ -42,6 +42,8 @@ fn cpu_times() -> (f64, f64) {
 
 fn main() {
     let args = Args::parse();
+    let calibration = icu_tests::bench::Calibration::print();
+    let mut ratios = Vec::new();
     let beds: usize = args.get("beds", 30);
     let obx: usize = args.get("obx", 15);
     let seconds: u64 = args.get("seconds", 10);
@@ -118,6 +120,10 @@ fn main() {
             let (u1, s1) = cpu_times();
             let (w1, d1) = proc_io();
             let per = |v: f64| v / obs as f64;
+            ratios.push(format!(
+                "  ratio: {sync} {per_commit} per commit: {:.2} obs/s per (SQLite row/s)",
+                obs as f64 / secs / calibration.sqlite_rows_per_s
+            ));
             println!(
                 "{:<7} {:>8} {:>10.0} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>10.0} {:>10.0}",
                 sync,
@@ -134,4 +140,8 @@ fn main() {
     }
     println!("us/obs: wall time per observation on the writer (1e6 / obs/s); usr/sys: CPU per observation;");
     println!("wchar: bytes the process handed to write(2) per observation; disk: bytes it caused to be written to storage.");
+    println!("{}", calibration.line());
+    for r in &ratios {
+        println!("{r}");
+    }
 }

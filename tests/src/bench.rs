@@ -118,6 +118,87 @@ pub fn scratch(prefix: &str) -> tempfile::TempDir {
         .expect("scratch dir")
 }
 
+// ---------------------------------------------------------------------------------------------
+// Calibration: what this machine can do, so figures can be compared across machines.
+
+/// Two fixed workloads measured on the machine a bench runs on, in the bench's scratch folder
+/// (the disk the store uses): the figures of a bench divided by these say whether the product or
+/// the machine changed.
+#[derive(Debug, Clone, Copy)]
+pub struct Calibration {
+    /// Median time of one 4 KiB write + `fdatasync` (what every durable commit waits for), µs.
+    pub fsync_p50_us: f64,
+    /// SQLite rows inserted per second, one prepared INSERT of a 100-byte blob per row, 200,000
+    /// rows in one transaction, `synchronous = OFF` (the CPU cost of SQLite on this machine).
+    pub sqlite_rows_per_s: f64,
+}
+
+impl Calibration {
+    /// Measures both (about 1-2 s).
+    pub fn measure() -> Calibration {
+        use std::io::Write as _;
+        let dir = scratch("calibrate-");
+        let mut f = std::fs::File::create(dir.path().join("fsync")).expect("calibration file");
+        let block = [0x5au8; 4096];
+        let mut times: Vec<f64> = (0..200)
+            .map(|_| {
+                let t = Instant::now();
+                f.write_all(&block).expect("write");
+                f.sync_data().expect("fdatasync");
+                t.elapsed().as_secs_f64() * 1e6
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let conn = rusqlite::Connection::open(dir.path().join("calibrate.db")).expect("sqlite");
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF;
+             CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB NOT NULL);",
+        )
+        .expect("calibration schema");
+        let rows = 200_000u32;
+        let t = Instant::now();
+        conn.execute_batch("BEGIN").expect("begin");
+        {
+            let mut stmt = conn
+                .prepare("INSERT INTO t (v) VALUES (?1)")
+                .expect("prepare");
+            let blob = [7u8; 100];
+            for _ in 0..rows {
+                stmt.execute([&blob[..]]).expect("insert");
+            }
+        }
+        conn.execute_batch("COMMIT").expect("commit");
+        let secs = t.elapsed().as_secs_f64();
+        Calibration {
+            fsync_p50_us: times[times.len() / 2],
+            sqlite_rows_per_s: f64::from(rows) / secs,
+        }
+    }
+
+    /// The line every bench prints first.
+    pub fn line(&self) -> String {
+        format!(
+            "calibration: fsync p50 {:.0} us (4 KiB + fdatasync on the bench's disk); SQLite {:.0}k rows/s (CPU); {} CPUs",
+            self.fsync_p50_us,
+            self.sqlite_rows_per_s / 1000.0,
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        )
+    }
+
+    /// Measures and prints [`Calibration::line`].
+    pub fn print() -> Calibration {
+        let c = Calibration::measure();
+        println!("{}", c.line());
+        c
+    }
+
+    /// `figure` per 1,000 SQLite rows/s of this machine: the CPU-bound ratio the README gives
+    /// next to each throughput.
+    pub fn per_ksqlite(&self, figure: f64) -> f64 {
+        figure / (self.sqlite_rows_per_s / 1000.0)
+    }
+}
+
 /// The gateway the benches run: the `icu-gateway` binary of this bench's profile (release),
 /// built if needed.
 pub fn gateway_bin() -> PathBuf {
@@ -507,7 +588,31 @@ fn metric_rows() -> &'static [(String, &'static str, String, &'static str)] {
 
 /// A bedside monitor's ORU^R01 (IHE PCD-01): MSH, PID, PV1, OBR, the MDS row and `obx` metric
 /// rows (about 1.6 KB with 15). Control id `B<bed>-<n>`, so every message is new to the dedup.
+/// Calm values (inside every default limit).
 pub fn pcd01(bed: usize, n: u64, obx: usize, ts: &str) -> Vec<u8> {
+    pcd01_course(bed, n, obx, ts, false)
+}
+
+/// A sick patient's value of metric `code` in message `n`: every value changes from message to
+/// message and together they keep NEWS2 between 6 and 9 (so the bed's NEWS2 alarm is always on
+/// and crosses the high-priority threshold of 7 back and forth), with the heart rate crossing its
+/// high limit (120) now and then: a deteriorating unit, as issue 15 measures it.
+pub fn sick_value(code: u32, bed: usize, n: u64) -> String {
+    let k = n + bed as u64;
+    match code {
+        147842 => format!("{}", 112 + (n * 7 + bed as u64) % 19), // HR 112-130: NEWS2 2
+        150456 => format!("{}", 92 + k % 3),                      // SpO2 92-94: 2 or 1
+        150301 => format!("{}", 100 + (n * 5 + bed as u64) % 12), // SBP 100-111: 2, 1 or 0
+        150302 => format!("{}", 60 + k % 5),
+        150303 => format!("{}", 73 + k % 5),
+        151562 => format!("{}", 21 + k % 4), // RR 21-24: 2
+        150364 => format!("{:.1}", 38.1 + (k % 4) as f64 * 0.1), // 38.1-38.4: 1
+        _ => "1".into(),
+    }
+}
+
+/// [`pcd01`], with [`sick_value`]s when `sick`.
+pub fn pcd01_course(bed: usize, n: u64, obx: usize, ts: &str, sick: bool) -> Vec<u8> {
     let eui = eui(bed);
     let mut s = String::with_capacity(256 + obx * 110);
     use std::fmt::Write as _;
@@ -522,6 +627,13 @@ pub fn pcd01(bed: usize, n: u64, obx: usize, ts: &str) -> Vec<u8> {
     for i in 0..obx {
         let rows = metric_rows();
         let (code, value, unit, range) = &rows[i % rows.len()];
+        let sick_value;
+        let value: &str = if sick {
+            sick_value = self::sick_value(METRICS[i % METRICS.len()].0, bed, n);
+            &sick_value
+        } else {
+            value
+        };
         let _ = write!(
             s,
             "\rOBX|{}|NM|{code}|1.1.1.{}|{value}|{unit}|{range}||||R||||||AMEAS^auto-measurement^MDC",

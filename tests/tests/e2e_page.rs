@@ -338,7 +338,19 @@ fn headless_chromium_sees_the_spo2_alarm_within_a_second_and_acknowledges_it() {
         .iter()
         .find(|t| t.contains(&alarm_id) && t.contains("\"acknowledged\""))
         .unwrap();
-    let fhir: serde_json::Value = serde_json::from_str(record).unwrap();
+    // An icu.alarms record is a Bundle of the device's alarm state changes: the acknowledged one.
+    let bundle: serde_json::Value = serde_json::from_str(record).unwrap();
+    assert_eq!(bundle["resourceType"], "Bundle", "{record}");
+    let fhir = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|r| {
+            let t = r.to_string();
+            t.contains(&alarm_id) && t.contains("\"acknowledged\"")
+        })
+        .unwrap_or_else(|| panic!("no acknowledged state change in {record}"));
     let by = fhir["extension"]
         .as_array()
         .unwrap()

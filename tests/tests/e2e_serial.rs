@@ -198,29 +198,34 @@ fn masimo_over_a_pty_reaches_kafka_and_survives_a_cable_pull() {
     )
     .unwrap();
 
-    // Both alarm state changes (start, end) reach icu.alarms, signed.
+    // Both alarm state changes (start, end) reach icu.alarms, signed, in order (each record a
+    // Bundle of the device's state changes, one Observation each).
+    let phases_of = |recs: &[icu_cloud_bridge::consume::ConsumedRecord]| -> Vec<String> {
+        recs.iter()
+            .flat_map(|r| {
+                let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+                v["entry"].as_array().cloned().unwrap_or_default()
+            })
+            .map(|e| {
+                let comp = e["resource"]["component"].as_array().unwrap().clone();
+                comp.iter()
+                    .find(|c| c["code"]["coding"][0]["code"] == "68481")
+                    .map(|c| c["valueString"].as_str().unwrap().to_owned())
+                    .unwrap()
+            })
+            .collect()
+    };
     let (alarms, recs) = wait_for(
         Duration::from_secs(30),
         "alarm start and end on icu.alarms",
         || {
             let (r, recs) = read("icu.alarms");
-            (r.records >= 2).then_some((r, recs))
+            (phases_of(&recs).len() >= 2).then_some((r, recs))
         },
     )
     .unwrap();
     assert_eq!(alarms.signatures_bad, 0);
-    let phases: Vec<String> = recs
-        .iter()
-        .map(|r| {
-            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
-            let comp = v["component"].as_array().unwrap();
-            comp.iter()
-                .find(|c| c["code"]["coding"][0]["code"] == "68481")
-                .map(|c| c["valueString"].as_str().unwrap().to_owned())
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(phases, ["start", "end"]);
+    assert_eq!(phases_of(&recs), ["start", "end"]);
 
     control.stop.store(true, Ordering::Relaxed);
     let _ = sim.join();

@@ -12,7 +12,9 @@ use icu_outbox::{OutboxRecord, Stream};
 /// One Kafka record to produce: consecutive seqs of one device's stream, all of one patient.
 ///
 /// An observations bundle holds up to `max_per_bundle` observations (one FHIR Bundle); an
-/// alarms bundle holds exactly one alarm state change (one FHIR Observation); an ADT bundle holds
+/// alarms bundle up to `max_per_bundle` consecutive alarm state changes of one device (one FHIR
+/// Bundle of alarm Observations, in seq order: a sick unit's alarm records go out a bundle per
+/// device per cycle, not one Kafka record each ahead of every observation); an ADT bundle holds
 /// exactly one ADT event (one FHIR Bundle with a Patient and an Encounter); an audit bundle holds
 /// exactly one audit-trail entry (one FHIR AuditEvent); a dead-letter bundle holds exactly one
 /// dead letter (one plain JSON object).
@@ -28,8 +30,8 @@ pub struct PlannedBundle {
     pub last_seq: u64,
     /// In seq order; `last_seq - first_seq + 1 == observations.len()` (observations stream).
     pub observations: Vec<Observation>,
-    /// The alarm (alarms stream).
-    pub alarm: Option<Alarm>,
+    /// The alarm state changes, in seq order (alarms stream).
+    pub alarms: Vec<Alarm>,
     /// The ADT event (ADT stream).
     pub adt: Option<AdtEvent>,
     /// The dead letter (dead-letter stream).
@@ -78,7 +80,7 @@ enum Content {
 }
 
 /// Groups records into bundles of at most `max_per_bundle` consecutive seqs of one device's
-/// stream (alarms, ADT events and dead letters: one per bundle).
+/// stream (ADT events, dead letters and audit entries: one per bundle).
 ///
 /// A bundle ends at a stream or device change, a seq gap (including a skipped record whose body
 /// does not belong to its stream), a bed change, a patient change (a bundle never mixes
@@ -142,7 +144,7 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
         };
         let (limit, patient_id) = match &content {
             Content::Observation(obs) => (max_per_bundle, obs.patient_id.clone()),
-            Content::Alarm(alarm) => (1, alarm.patient_id.clone()),
+            Content::Alarm(alarm) => (max_per_bundle, alarm.patient_id.clone()),
             Content::Adt(adt) => (1, adt.patient_id.clone()),
             // Never a patient: the key is the device id.
             Content::DeadLetter(_) => (1, String::new()),
@@ -162,12 +164,16 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
                 bundle.last_seq = rec.seq;
                 bundle.observations.push(obs);
             }
+            (Some(bundle), Content::Alarm(alarm)) if extends => {
+                bundle.last_seq = rec.seq;
+                bundle.alarms.push(alarm);
+            }
             (_, content) => {
-                let (mut observations, mut alarm, mut adt, mut dead_letter, mut audit) =
-                    (Vec::new(), None, None, None, None);
+                let (mut observations, mut alarms, mut adt, mut dead_letter, mut audit) =
+                    (Vec::new(), Vec::new(), None, None, None);
                 match content {
                     Content::Observation(obs) => observations.push(obs),
-                    Content::Alarm(a) => alarm = Some(a),
+                    Content::Alarm(a) => alarms.push(a),
                     Content::Adt(a) => adt = Some(a),
                     Content::DeadLetter(dl) => dead_letter = Some(dl),
                     Content::Audit(entry) => audit = Some(entry),
@@ -180,7 +186,7 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
                     first_seq: rec.seq,
                     last_seq: rec.seq,
                     observations,
-                    alarm,
+                    alarms,
                     adt,
                     dead_letter,
                     audit,
@@ -511,7 +517,7 @@ mod tests {
     }
 
     #[test]
-    fn alarms_and_adt_events_are_one_per_bundle_with_their_patient() {
+    fn alarms_bundle_per_device_and_patient_and_adt_events_are_one_per_bundle() {
         let alarm = |seq: u64, patient: &str| OutboxRecord {
             stream: Stream::Alarms,
             device_id: "mon-1".into(),
@@ -534,6 +540,8 @@ mod tests {
             adt_rec(2, "A02", "P1"),
             alarm(1, "P1"),
             alarm(2, ""),
+            alarm(4, ""),
+            alarm(3, ""),
             adt_rec(1, "A01", "P1"),
             adt_wrong_body,
             adt_rec(4, "A03", "P2"),
@@ -561,12 +569,16 @@ mod tests {
                 (Stream::Adt, "adt", 4, "P2"),
                 (Stream::Observations, "mon-1", 1, "P1"),
             ],
-            "alarms, then ADT, then observations; one alarm / ADT event per bundle"
+            "alarms, then ADT, then observations; alarms bundle per device and patient, in \
+             seq order; one ADT event per bundle"
         );
-        assert!(plan.bundles.iter().all(|b| b.len() == 1));
-        assert_eq!(plan.bundles[0].alarm.as_ref().unwrap().seq, 1);
+        let lens: Vec<usize> = plan.bundles.iter().map(PlannedBundle::len).collect();
+        assert_eq!(lens, [1, 3, 1, 1, 1, 1]);
+        assert_eq!(plan.bundles[0].alarms[0].seq, 1);
+        let seqs: Vec<u64> = plan.bundles[1].alarms.iter().map(|a| a.seq).collect();
+        assert_eq!(seqs, [2, 3, 4]);
         assert_eq!(plan.bundles[3].adt.as_ref().unwrap().event, "A02");
-        assert!(plan.bundles[3].alarm.is_none() && plan.bundles[3].observations.is_empty());
+        assert!(plan.bundles[3].alarms.is_empty() && plan.bundles[3].observations.is_empty());
         assert_eq!(
             plan.skipped,
             [SkippedRecord {
@@ -645,7 +657,7 @@ mod tests {
         assert_eq!(reasons, ["first", "second", "fourth", "other device"]);
         assert!(plan.bundles[2..]
             .iter()
-            .all(|b| b.observations.is_empty() && b.alarm.is_none() && b.adt.is_none()));
+            .all(|b| b.observations.is_empty() && b.alarms.is_empty() && b.adt.is_none()));
         assert!(plan.bundles[..2].iter().all(|b| b.dead_letter.is_none()));
         assert_eq!(
             plan.skipped,

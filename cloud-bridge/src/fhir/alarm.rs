@@ -1,23 +1,25 @@
-//! FHIR R4 mapping of one alarm state change (for `icu.alarms`).
+//! FHIR R4 mapping of alarm state changes (for `icu.alarms`).
 //!
-//! One Observation per state change, deterministic bytes like the observation bundles. `code` is
+//! One Observation per state change; a Kafka record carries one device's consecutive state
+//! changes as a Bundle (type `collection`, [`alarm_bundle`]) with deterministic bytes like the
+//! observation bundles. `code` is
 //! the alarm's MDC event code, `valueString` its text, and the PCD-04 alert attributes are
 //! components: event phase (68481), alarm state (68482), priority (68484) and alert type (68485).
 //! The patient is never guessed: `subject` (`Patient/<id>` + the patient id) is set only when the
 //! alarm carries a census patient; otherwise `meta.tag` says `unassociated`.
 
-use fhir_sdk::r4b::codes::ObservationStatus as FhirStatus;
+use fhir_sdk::r4b::codes::{BundleType, ObservationStatus as FhirStatus};
 use fhir_sdk::r4b::resources::{
-    Observation as FhirObservation, ObservationComponent, ObservationComponentValue,
-    ObservationEffective, ObservationValue,
+    Bundle, BundleEntry, Observation as FhirObservation, ObservationComponent,
+    ObservationComponentValue, ObservationEffective, ObservationValue, Resource,
 };
 use fhir_sdk::r4b::types::{CodeableConcept, ExtensionValue, Identifier, Meta, Reference};
 use fhir_sdk::DateTime;
 use icu_protos::v1::Alarm;
 
 use super::common::{
-    coding, ext, fhir_id, instant_from_us, non_empty, patient_reference, ASSOCIATION_SYSTEM,
-    MDC_SYSTEM, UNASSOCIATED,
+    coding, ext, fhir_id, instant_from_us, non_empty, patient_reference, uuid_from,
+    ASSOCIATION_SYSTEM, MDC_SYSTEM, UNASSOCIATED,
 };
 use crate::error::BridgeError;
 
@@ -49,6 +51,82 @@ pub fn alarm_observation(
     device_id: &str,
     alarm: &Alarm,
 ) -> Result<Vec<u8>, BridgeError> {
+    let obs = alarm_resource(gateway_id, device_id, alarm)?;
+    serde_json::to_vec(&obs).map_err(|e| BridgeError::FhirMapping {
+        device_id: device_id.to_owned(),
+        seq: alarm.seq,
+        reason: e.to_string(),
+    })
+}
+
+/// The FHIR Bundle (type `collection`, JSON bytes) of one device's consecutive alarm state
+/// changes, in seq order: the value of one `icu.alarms` record. Its id and identifier name the
+/// seq range (`<first>-<last>`), like an observation bundle's; each entry is the Observation of
+/// [`alarm_observation`].
+pub fn alarm_bundle(
+    gateway_id: &str,
+    device_id: &str,
+    alarms: &[Alarm],
+) -> Result<Vec<u8>, BridgeError> {
+    let (Some(first), Some(last)) = (alarms.first(), alarms.last()) else {
+        return Err(BridgeError::FhirMapping {
+            device_id: device_id.to_owned(),
+            seq: 0,
+            reason: "no alarm state changes to put in a bundle".into(),
+        });
+    };
+    let fail = |seq: u64| {
+        move |reason: String| BridgeError::FhirMapping {
+            device_id: device_id.to_owned(),
+            seq,
+            reason,
+        }
+    };
+    let newest = alarms.iter().map(|a| a.event_time_us).max().unwrap_or(0);
+    let timestamp = instant_from_us(newest)
+        .ok_or_else(|| format!("event time {newest} us is out of range"))
+        .map_err(fail(last.seq))?;
+    let range = format!("{}-{}", first.seq, last.seq);
+    let mut entries = Vec::with_capacity(alarms.len());
+    for alarm in alarms {
+        let obs = alarm_resource(gateway_id, device_id, alarm)?;
+        let seq = alarm.seq.to_string();
+        let entry = BundleEntry::builder()
+            .full_url(format!(
+                "urn:uuid:{}",
+                uuid_from(&["alarm", gateway_id, device_id, &seq])
+            ))
+            .resource(Resource::Observation(obs))
+            .build()
+            .map_err(|e| e.to_string())
+            .map_err(fail(alarm.seq))?;
+        entries.push(Some(entry));
+    }
+    let bundle = Bundle::builder()
+        .id(fhir_id(&[gateway_id, device_id, "alarms", &range]))
+        .identifier(
+            Identifier::builder()
+                .system(alarm_identifier_system(gateway_id, device_id))
+                .value(range)
+                .build()
+                .map_err(|e| e.to_string())
+                .map_err(fail(first.seq))?,
+        )
+        .r#type(BundleType::Collection)
+        .timestamp(timestamp)
+        .entry(entries)
+        .build()
+        .map_err(|e| e.to_string())
+        .map_err(fail(first.seq))?;
+    serde_json::to_vec(&bundle).map_err(|e| fail(first.seq)(e.to_string()))
+}
+
+/// The FHIR Observation for one alarm state change of `device_id`.
+fn alarm_resource(
+    gateway_id: &str,
+    device_id: &str,
+    alarm: &Alarm,
+) -> Result<FhirObservation, BridgeError> {
     let fail = |reason: String| BridgeError::FhirMapping {
         device_id: device_id.to_owned(),
         seq: alarm.seq,
@@ -129,8 +207,7 @@ pub fn alarm_observation(
         }
         builder.build().map_err(|e| e.to_string())
     };
-    let obs = build().map_err(fail)?;
-    serde_json::to_vec(&obs).map_err(|e| fail(e.to_string()))
+    build().map_err(fail)
 }
 
 #[cfg(test)]
@@ -195,5 +272,54 @@ mod tests {
             v.get("meta").is_none(),
             "no unassociated tag, no empty meta"
         );
+    }
+
+    #[test]
+    fn a_bundle_carries_a_devices_state_changes_in_seq_order_and_parses_as_observations() {
+        let change = |seq: u64, phase: &str| Alarm {
+            device_id: "mon-01".into(),
+            seq,
+            bed: "bed-01".into(),
+            alarm_id: "bed-01:news2:1".into(),
+            mdc_code: 196616,
+            text: format!("NEWS2 {}", 5 + seq),
+            priority: "PM".into(),
+            phase: phase.into(),
+            state: "active".into(),
+            event_time_us: 1_700_000_000_000_000 + seq as i64 * 1_000_000,
+            alert_type: "SP".into(),
+            source: "news2".into(),
+            patient_id: "P1".into(),
+            ..Default::default()
+        };
+        let alarms = [change(7, "start"), change(8, "update"), change(9, "end")];
+        let bytes = alarm_bundle("gw", "mon-01", &alarms).unwrap();
+        assert_eq!(bytes, alarm_bundle("gw", "mon-01", &alarms).unwrap());
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["resourceType"], "Bundle");
+        assert_eq!(v["type"], "collection");
+        assert_eq!(v["identifier"]["value"], "7-9");
+        assert_eq!(
+            v["timestamp"], "2023-11-14T22:13:29Z",
+            "the newest event time"
+        );
+        let entries = v["entry"].as_array().unwrap();
+        assert_eq!(entries.len(), 3);
+        for (entry, alarm) in entries.iter().zip(&alarms) {
+            let one: serde_json::Value =
+                serde_json::from_slice(&alarm_observation("gw", "mon-01", alarm).unwrap()).unwrap();
+            assert_eq!(
+                entry["resource"], one,
+                "each entry is the alarm's Observation"
+            );
+        }
+        // The consumer's reader sees the seqs.
+        let seqs: Vec<u64> = crate::fhir::observations_of(&bytes)
+            .unwrap()
+            .iter()
+            .map(|o| o.seq)
+            .collect();
+        assert_eq!(seqs, [7, 8, 9]);
+        assert!(alarm_bundle("gw", "mon-01", &[]).is_err());
     }
 }
