@@ -32,7 +32,7 @@ pub mod rotation;
 pub use rotation::{next_paths, parse_from, rotate, NextPaths, Rotation, SigningKeys};
 
 const PRIVATE_EXPECTED: &str = "PKCS#8 ed25519 private key";
-pub(crate) const PUBLIC_EXPECTED: &str = "SPKI ed25519 public key";
+const PUBLIC_EXPECTED: &str = "SPKI ed25519 public key";
 
 /// The gateway's signing key and its key id.
 #[derive(Clone)]
@@ -99,17 +99,21 @@ impl GatewayKey {
                     expected: PRIVATE_EXPECTED,
                     reason: e.to_string(),
                 })?;
-        let public_pem = self
-            .verifying_key()
-            .to_public_key_pem(LineEnding::LF)
-            .map_err(|e| BridgeError::KeyFormat {
-                path: public_pem_path.to_path_buf(),
-                expected: PUBLIC_EXPECTED,
-                reason: e.to_string(),
-            })?;
+        let public_pem = self.public_pem(public_pem_path)?;
         write_new_file(private_pem_path, private_pem.as_bytes(), 0o600)?;
         write_new_file(public_pem_path, public_pem.as_bytes(), 0o644)?;
         Ok(())
+    }
+
+    /// The public key as SPKI PEM; `path` is only named in the error.
+    pub(crate) fn public_pem(&self, path: &Path) -> Result<String, BridgeError> {
+        self.verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| BridgeError::KeyFormat {
+                path: path.to_path_buf(),
+                expected: PUBLIC_EXPECTED,
+                reason: e.to_string(),
+            })
     }
 
     /// The key id: first 16 hex characters of SHA-256 over the raw public key.

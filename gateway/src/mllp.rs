@@ -29,14 +29,13 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::codec::Decoder;
 
 use crate::clock::now_us;
-use crate::store::DeadLetter;
 
 mod handle;
 mod ingest;
 mod limits;
 mod settings;
 pub use handle::store_error_to_hl7;
-use handle::{handle_event, store_dead_letter};
+use handle::{handle_event, store_dead_letter, Input};
 pub use ingest::{Ingest, ListenerTls, MllpStats, Route};
 use limits::Throttle;
 pub use limits::{AcceptBackoff, AddressSlot, PerAddress};
@@ -397,23 +396,14 @@ async fn frame_timed_out(
         frame_timeout.as_secs()
     );
     tracing::warn!(%peer, offset, len, frame_timeout_s = frame_timeout.as_secs(), "mllp frame timed out; connection closed");
-    store_dead_letter(
-        ingest,
-        DeadLetter {
-            received_us: now_us(),
-            transport: "mllp".into(),
-            peer: peer.to_string(),
-            device_id: None,
-            stream_offset: offset,
-            ack_code: String::new(),
-            error_code: 0,
-            location: None,
-            reason,
-            raw: head,
-            raw_len: len,
-        },
-    )
-    .await;
+    let input = Input {
+        peer,
+        offset,
+        raw: &head,
+        raw_len: len,
+        received: now_us(),
+    };
+    store_dead_letter(ingest, input.dead_letter(None, reason)).await;
 }
 
 #[cfg(test)]

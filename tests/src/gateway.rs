@@ -74,9 +74,8 @@ pub fn config_text(dir: &Path, beds: usize, kafka: Option<&str>, extra_store: &s
 }
 
 /// An `[alarms]` section with only an SpO2 low limit (90 %) sustained 2 s of event time, so a
-/// desaturating bed alarms within seconds and steady beds do not (e2e_alarms.rs and
-/// e2e_page.rs carry the same limit with their own copies). It must come before the generated
-/// `[[beds]]`.
+/// desaturating bed alarms within seconds and steady beds do not. It must come before the
+/// generated `[[beds]]`.
 pub const SPO2_LOW_ALARM: &str = r#"
 [alarms]
 rates = []

@@ -83,19 +83,18 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
-/// One request with exactly the headers given (plus Host, Connection and Content-Length).
-pub fn request(
-    addr: SocketAddr,
+/// The text of one HTTP/1.1 request with `headers` (plus `Host: host` unless they carry one,
+/// `Connection: close`, and a JSON body's type and length).
+fn request_text(
+    host: &str,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: Option<&str>,
-) -> anyhow::Result<Reply> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+) -> String {
     let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
     if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
-        req.push_str(&format!("Host: {addr}\r\n"));
+        req.push_str(&format!("Host: {host}\r\n"));
     }
     for (n, v) in headers {
         req.push_str(&format!("{n}: {v}\r\n"));
@@ -110,6 +109,20 @@ pub fn request(
     if let Some(b) = body {
         req.push_str(b);
     }
+    req
+}
+
+/// One request with exactly the headers given (plus Host, Connection and Content-Length).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> anyhow::Result<Reply> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let req = request_text(&addr.to_string(), method, path, headers, body);
     s.write_all(req.as_bytes())?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
@@ -413,23 +426,13 @@ pub fn request_tls(
     let tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}:{}\r\nConnection: close\r\n",
-        addr.port()
+    let req = request_text(
+        &format!("{host}:{}", addr.port()),
+        method,
+        path,
+        headers,
+        body,
     );
-    for (n, v) in headers {
-        req.push_str(&format!("{n}: {v}\r\n"));
-    }
-    if let Some(b) = body {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        ));
-    }
-    req.push_str("\r\n");
-    if let Some(b) = body {
-        req.push_str(b);
-    }
     tls.write_all(req.as_bytes())?;
     let mut buf = Vec::new();
     // A server that closes without close_notify ends the read with an error after the body.

@@ -12,22 +12,11 @@ use std::time::Duration;
 use icu_cloud_bridge::consume::{consume, ConsumeOptions};
 use icu_cloud_bridge::signing::load_public_key;
 use icu_tests::{wait_for, Broker, TOPICS};
-use support::{config_text, keygen, mqtt_alarms, run_sim_with, GatewayProc};
+use support::{config_text, keygen, mqtt_alarms, run_sim_with, GatewayProc, SPO2_LOW_ALARM};
 
-/// Short sustain so the test does not wait 15 s of event time; everything else default.
-const ALARMS: &str = r#"
-[alarms]
-rates = []
-[alarms.news2]
-enabled = false
-[[alarms.limits]]
-id = "spo2"
-label = "SpO2"
-mdc_codes = [150456]
-low = 90.0
-priority = "medium"
-sustain_s = 2
-hysteresis = 1.0
+/// The harness's SpO2 low limit (short sustain, so the test does not wait 15 s of event time)
+/// plus a heart-rate rule with bedside ranges; everything else default.
+const HR_RULE: &str = r#"
 [[alarms.limits]]
 id = "hr"
 label = "HR"
@@ -43,7 +32,11 @@ hysteresis = 2.0
 
 fn with_alarms(cfg: String) -> String {
     // The [alarms] tables must come before the [[beds]] arrays of the generated config.
-    cfg.replacen("[[beds]]", &format!("{ALARMS}\n[[beds]]"), 1)
+    cfg.replacen(
+        "[[beds]]",
+        &format!("{SPO2_LOW_ALARM}{HR_RULE}\n[[beds]]"),
+        1,
+    )
 }
 
 fn active(gw: &GatewayProc) -> Vec<serde_json::Value> {

@@ -43,6 +43,37 @@ fn wait_state(gw: &GatewayProc, state: &str) -> serde_json::Value {
     })
 }
 
+/// Waits until the outbox is empty with the backbone online; returns the backbone.
+fn wait_drained(gw: &GatewayProc) -> serde_json::Value {
+    wait_for(Duration::from_secs(30), "outbox drained", || {
+        let s = gw.get_json("/api/status");
+        (s["store"]["unsent"].as_u64() == Some(0) && s["backbone"]["state"] == "online")
+            .then(|| s["backbone"].clone())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_text()))
+}
+
+/// Reads icu.observations from `broker` with `security`, waiting at most `max_wait` (an idle
+/// partition ends the read after `idle_timeout`).
+fn consume_observations(
+    broker: &str,
+    security: &ConsumeSecurity,
+    idle_timeout: Duration,
+    max_wait: Duration,
+) -> Result<icu_cloud_bridge::consume::ConsumeReport, icu_cloud_bridge::BridgeError> {
+    consume_with(
+        &ConsumeOptions {
+            brokers: broker.to_owned(),
+            topic: "icu.observations".into(),
+            public_key: None,
+            idle_timeout,
+            max_wait,
+        },
+        security,
+    )
+    .map(|(report, _)| report)
+}
+
 /// The negative cases: readings are still acknowledged and stored (the outbox holds them all).
 fn assert_still_stored(gw: &GatewayProc, dir: &Path) {
     let sim = run_sim(gw.endpoints.mllp, 1, 4, 20.0, &dir.join("manifest.jsonl"));
@@ -90,12 +121,7 @@ fn mutual_tls_forwarding_arrives_signed_and_complete() {
     assert!(sim.ok, "every message acknowledged AA:\n{}", sim.stdout);
     let acked = sim.accepted.len() as u64;
 
-    let backbone = wait_for(Duration::from_secs(30), "outbox drained", || {
-        let s = gw.get_json("/api/status");
-        (s["store"]["unsent"].as_u64() == Some(0) && s["backbone"]["state"] == "online")
-            .then(|| s["backbone"].clone())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_text()));
+    let backbone = wait_drained(&gw);
     assert_eq!(backbone["security"], "ssl with a client certificate");
     assert_eq!(backbone["encrypted"], true);
 
@@ -111,15 +137,11 @@ fn mutual_tls_forwarding_arrives_signed_and_complete() {
         properties: Default::default(),
         keys: Some(KeyRing::single(key)),
     };
-    let (report, _) = consume_with(
-        &ConsumeOptions {
-            brokers: broker.addr.clone(),
-            topic: "icu.observations".into(),
-            public_key: None,
-            idle_timeout: Duration::from_millis(500),
-            max_wait: Duration::from_secs(20),
-        },
+    let report = consume_observations(
+        &broker.addr,
         &extra,
+        Duration::from_millis(500),
+        Duration::from_secs(20),
     )
     .expect("consuming over mutual TLS");
     let distinct: u64 = report.devices.values().map(|d| d.distinct_seqs).sum();
@@ -136,15 +158,11 @@ fn mutual_tls_forwarding_arrives_signed_and_complete() {
         },
         ..extra.clone()
     };
-    let refused = consume_with(
-        &ConsumeOptions {
-            brokers: broker.addr.clone(),
-            topic: "icu.observations".into(),
-            public_key: None,
-            idle_timeout: Duration::from_millis(200),
-            max_wait: Duration::from_secs(3),
-        },
+    let refused = consume_observations(
+        &broker.addr,
         &no_cert,
+        Duration::from_millis(200),
+        Duration::from_secs(3),
     );
     assert!(refused.is_err(), "a client without certificate is refused");
 }
@@ -193,12 +211,7 @@ fn sasl_ssl_scram_sha512_forwards_signed_records_and_a_wrong_password_is_auth_fa
     );
     let sim = run_sim(gw.endpoints.mllp, 2, 6, 20.0, &good.join("manifest.jsonl"));
     assert!(sim.ok, "every message acknowledged AA:\n{}", sim.stdout);
-    let backbone = wait_for(Duration::from_secs(30), "outbox drained", || {
-        let s = gw.get_json("/api/status");
-        (s["store"]["unsent"].as_u64() == Some(0) && s["backbone"]["state"] == "online")
-            .then(|| s["backbone"].clone())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_text()));
+    let backbone = wait_drained(&gw);
     assert_eq!(backbone["security"], "sasl_ssl SCRAM-SHA-512 as icu-gw");
     assert_eq!(backbone["encrypted"], true);
     assert!(
@@ -222,15 +235,11 @@ fn sasl_ssl_scram_sha512_forwards_signed_records_and_a_wrong_password_is_auth_fa
         keys: Some(KeyRing::single(key)),
     };
     std::env::set_var("ICU_TEST_READER_PASSWORD", READER.1);
-    let (report, _) = consume_with(
-        &ConsumeOptions {
-            brokers: broker.addr.clone(),
-            topic: "icu.observations".into(),
-            public_key: None,
-            idle_timeout: Duration::from_millis(500),
-            max_wait: Duration::from_secs(20),
-        },
+    let report = consume_observations(
+        &broker.addr,
         &reader,
+        Duration::from_millis(500),
+        Duration::from_secs(20),
     )
     .expect("consuming over SASL_SSL");
     let distinct: u64 = report.devices.values().map(|d| d.distinct_seqs).sum();

@@ -24,12 +24,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::spki::EncodePublicKey;
-
-use super::{write_new_file, GatewayKey, PUBLIC_EXPECTED};
+use super::{write_new_file, GatewayKey};
 use crate::error::BridgeError;
+use chrono::{DateTime, SecondsFormat, Utc};
 
 /// The files of a scheduled rotation beside the private key `P`: `P.next`, `P.next.pub`,
 /// `P.next.from`.
@@ -151,15 +148,7 @@ impl KeyFiles<'_> {
             .key_dir
             .join(format!("{}.{}.pub", self.stem, key.key_id()));
         if !path.exists() {
-            let pem = key
-                .verifying_key()
-                .to_public_key_pem(LineEnding::LF)
-                .map_err(|e| BridgeError::KeyFormat {
-                    path: path.clone(),
-                    expected: PUBLIC_EXPECTED,
-                    reason: e.to_string(),
-                })?;
-            write_new_file(&path, pem.as_bytes(), 0o644)?;
+            write_new_file(&path, key.public_pem(&path)?.as_bytes(), 0o644)?;
         }
         Ok(path)
     }

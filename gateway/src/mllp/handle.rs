@@ -22,6 +22,37 @@ use super::ingest::{Ingest, Route};
 /// Most bytes of a rejected input kept in its dead letter.
 pub(super) const DEAD_LETTER_MAX_RAW: usize = 64 * 1024;
 
+/// One input on an MLLP connection, as its dead letter and log lines name it.
+pub(super) struct Input<'a> {
+    pub(super) peer: SocketAddr,
+    /// Stream offset of its first byte.
+    pub(super) offset: u64,
+    /// Its bytes (a frame's payload, or the head of what was discarded).
+    pub(super) raw: &'a [u8],
+    /// Its full length (more than `raw` when only the head was kept).
+    pub(super) raw_len: usize,
+    pub(super) received: i64,
+}
+
+impl Input<'_> {
+    /// Its dead letter, unanswered (no ACK code) unless the caller fills the answer in.
+    pub(super) fn dead_letter(&self, device_id: Option<String>, reason: String) -> DeadLetter {
+        DeadLetter {
+            received_us: self.received,
+            transport: "mllp".into(),
+            peer: self.peer.to_string(),
+            device_id,
+            stream_offset: self.offset,
+            ack_code: String::new(),
+            error_code: 0,
+            location: None,
+            reason,
+            raw: self.raw[..self.raw.len().min(DEAD_LETTER_MAX_RAW)].to_vec(),
+            raw_len: self.raw_len,
+        }
+    }
+}
+
 /// Handles one framing event and returns the ACK text to send, if any: bytes outside a frame
 /// are dead-lettered but never answered, so that every ACK answers a message the sender sent.
 pub(super) async fn handle_event(
@@ -34,7 +65,14 @@ pub(super) async fn handle_event(
     match event {
         MllpEvent::Frame { offset, payload } => {
             ingest.stats.frames.fetch_add(1, Ordering::Relaxed);
-            Some(handle_frame(ingest, peer, identity, offset, &payload, received).await)
+            let input = Input {
+                peer,
+                offset,
+                raw: &payload,
+                raw_len: payload.len(),
+                received,
+            };
+            Some(handle_frame(ingest, identity, &input).await)
         }
         MllpEvent::Garbage { offset, len, head } => {
             ingest.stats.noise.fetch_add(1, Ordering::Relaxed);
@@ -42,23 +80,14 @@ pub(super) async fn handle_event(
                 "{len} bytes outside an MLLP frame (expected 0x0B) at stream offset {offset} from {peer} were discarded, not answered"
             );
             tracing::warn!(%peer, offset, len, "mllp noise outside a frame discarded (not answered)");
-            store_dead_letter(
-                ingest,
-                DeadLetter {
-                    received_us: received,
-                    transport: "mllp".into(),
-                    peer: peer.to_string(),
-                    device_id: None,
-                    stream_offset: offset,
-                    ack_code: String::new(),
-                    error_code: 0,
-                    location: None,
-                    reason,
-                    raw: head.to_vec(),
-                    raw_len: len,
-                },
-            )
-            .await;
+            let input = Input {
+                peer,
+                offset,
+                raw: &head,
+                raw_len: len,
+                received,
+            };
+            store_dead_letter(ingest, input.dead_letter(None, reason)).await;
             None
         }
         MllpEvent::Oversized { offset, len, head } => {
@@ -72,21 +101,26 @@ pub(super) async fn handle_event(
                     ingest.max_frame_bytes
                 ),
             );
-            Some(reject(ingest, peer, None, None, offset, &head, len, &err, received).await)
+            let input = Input {
+                peer,
+                offset,
+                raw: &head,
+                raw_len: len,
+                received,
+            };
+            Some(reject(ingest, &input, None, None, &err).await)
         }
     }
 }
 
 async fn handle_frame(
     ingest: &Ingest,
-    peer: SocketAddr,
     identity: Option<&crate::tls::PeerIdentity>,
-    offset: u64,
-    payload: &[u8],
-    received: i64,
+    input: &Input<'_>,
 ) -> String {
+    let (peer, payload, received) = (input.peer, input.raw, input.received);
     if parse_header(payload).is_ok_and(|h| h.message_type == "ADT") {
-        return handle_adt(ingest, peer, identity, offset, payload, received).await;
+        return handle_adt(ingest, identity, input).await;
     }
     let (message, route) = match decode_and_route(ingest, payload, received) {
         Ok(found) => found,
@@ -99,18 +133,7 @@ async fn handle_frame(
             if let Some(d) = &device {
                 ingest.live.record_error(d, &err.to_string());
             }
-            return reject(
-                ingest,
-                peer,
-                header.as_ref(),
-                device,
-                offset,
-                payload,
-                payload.len(),
-                &err,
-                received,
-            )
-            .await;
+            return reject(ingest, input, header.as_ref(), device, &err).await;
         }
     };
     let header = message.header.clone();
@@ -148,18 +171,7 @@ async fn handle_frame(
     if let Some(why) = refusal {
         let err = Hl7Error::new(AckCode::AR, ErrorCode::ApplicationInternalError, None, why);
         ingest.live.record_error(&route.device_id, &err.to_string());
-        return reject(
-            ingest,
-            peer,
-            Some(&header),
-            Some(route.device_id),
-            offset,
-            payload,
-            payload.len(),
-            &err,
-            received,
-        )
-        .await;
+        return reject(ingest, input, Some(&header), Some(route.device_id), &err).await;
     }
     let n = message.observations.len();
     let result = route
@@ -220,12 +232,10 @@ fn ack(
 /// store; AA only when both committed.
 async fn handle_adt(
     ingest: &Ingest,
-    peer: SocketAddr,
     identity: Option<&crate::tls::PeerIdentity>,
-    offset: u64,
-    payload: &[u8],
-    received: i64,
+    input: &Input<'_>,
 ) -> String {
+    let (peer, payload, received) = (input.peer, input.raw, input.received);
     let names: Vec<&str> = ingest.adt_cert_names.iter().map(String::as_str).collect();
     if !names.is_empty() && !identity.is_some_and(|id| id.names_any(&names)) {
         ingest
@@ -246,18 +256,7 @@ async fn handle_adt(
                 names.join(" or ")
             ),
         );
-        return reject(
-            ingest,
-            peer,
-            header.as_ref(),
-            None,
-            offset,
-            payload,
-            payload.len(),
-            &err,
-            received,
-        )
-        .await;
+        return reject(ingest, input, header.as_ref(), None, &err).await;
     }
     if !ingest.adt_allow_from.allows(peer.ip()) {
         ingest.stats.peers_refused.fetch_add(1, Ordering::Relaxed);
@@ -273,35 +272,13 @@ async fn handle_adt(
                 "ADT message from {peer} refused: that address is not allowed to send ADT (adt.allow_from); the census is unchanged"
             ),
         );
-        return reject(
-            ingest,
-            peer,
-            header.as_ref(),
-            None,
-            offset,
-            payload,
-            payload.len(),
-            &err,
-            received,
-        )
-        .await;
+        return reject(ingest, input, header.as_ref(), None, &err).await;
     }
     let message = match decode_adt(payload) {
         Ok(m) => m,
         Err(err) => {
             let header = parse_header(payload).ok();
-            return reject(
-                ingest,
-                peer,
-                header.as_ref(),
-                None,
-                offset,
-                payload,
-                payload.len(),
-                &err,
-                received,
-            )
-            .await;
+            return reject(ingest, input, header.as_ref(), None, &err).await;
         }
     };
     let header = message.header.clone();
@@ -317,18 +294,7 @@ async fn handle_adt(
         Ok(Ok(done)) => done,
         Ok(Err(e)) => {
             let err = e.to_hl7_error();
-            return reject(
-                ingest,
-                peer,
-                Some(&header),
-                None,
-                offset,
-                payload,
-                payload.len(),
-                &err,
-                received,
-            )
-            .await;
+            return reject(ingest, input, Some(&header), None, &err).await;
         }
         Err(_) => {
             let err = Hl7Error::internal("the ADT census is not running");
@@ -404,33 +370,22 @@ fn decode_and_route(
 
 /// Dead-letters a rejected input and builds its AE/AR. If even the dead letter cannot be
 /// stored, the answer is still AE/AR (never AA) and the failure is logged.
-#[allow(clippy::too_many_arguments)]
 async fn reject(
     ingest: &Ingest,
-    peer: SocketAddr,
+    input: &Input<'_>,
     header: Option<&MessageHeader>,
     device_id: Option<String>,
-    offset: u64,
-    raw: &[u8],
-    raw_len: usize,
     err: &Hl7Error,
-    received: i64,
 ) -> String {
-    tracing::warn!(%peer, device = device_id.as_deref().unwrap_or("unknown"), offset,
-        code = err.code.code(), location = ?err.location.as_ref().map(|l| l.to_string()),
+    tracing::warn!(peer = %input.peer, device = device_id.as_deref().unwrap_or("unknown"),
+        offset = input.offset, code = err.code.code(),
+        location = ?err.location.as_ref().map(|l| l.to_string()),
         reason = %err.message, "mllp input rejected");
     let letter = DeadLetter {
-        received_us: received,
-        transport: "mllp".into(),
-        peer: peer.to_string(),
-        device_id,
-        stream_offset: offset,
         ack_code: err.ack.as_str().into(),
         error_code: err.code.code(),
         location: err.location.as_ref().map(|l| l.to_string()),
-        reason: err.message.clone(),
-        raw: raw[..raw.len().min(DEAD_LETTER_MAX_RAW)].to_vec(),
-        raw_len,
+        ..input.dead_letter(device_id, err.message.clone())
     };
     store_dead_letter(ingest, letter).await;
     ack(ingest, header, err.ack, Some(err))
