@@ -4,10 +4,17 @@
 This is what a central data team can run without any of the gateway's code:
 it needs only the PyPI packages ``confluent-kafka`` and ``cryptography``.
 
-Each record's value is the exact byte string the gateway signed; the
-``icu-signature`` header holds the ed25519 signature over those bytes, in
-standard base64.  The public key is the gateway's PEM (SubjectPublicKeyInfo)
-key, e.g. the ``gateway.pub`` written by ``icu-gateway keygen``.
+The ``icu-signature`` header holds an ed25519 signature in standard base64,
+over what ``icu-signature-alg`` names.  ``ed25519-envelope-v1`` (the default):
+the record's envelope, UTF-8 lines each ending in LF: ``icu-envelope-v1``,
+``key=<record key>``, then for each covered header in this order
+(icu-stream, content-type, icu-gateway-id, icu-device-id, icu-seq-first,
+icu-seq-last, icu-bed, icu-patient-id, icu-key-id) ``name=value`` when the
+record has it or ``name`` alone when not, then ``value-sha256=<hex>``; in
+the key and values ``%``, LF and CR are written ``%25``, ``%0A``, ``%0D``.
+``ed25519`` (or no such header, the older scheme): the exact value bytes.
+The public key is the gateway's PEM (SubjectPublicKeyInfo) key, e.g. the
+``gateway.pub`` written by ``icu-gateway keygen``.
 
     kafka_consume.py --brokers 127.0.0.1:9092 --topic icu.observations \\
         --public-key gateway.pub [--max N] [--timeout S] [--audit]
@@ -38,6 +45,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import hashlib
 import json
 import sys
 import time
@@ -86,9 +94,48 @@ def text(v: bytes | None) -> str:
     return v.decode("utf-8", errors="replace")
 
 
-def verify(key: Ed25519PublicKey, headers: dict[str, bytes], value: bytes) -> tuple[bool, str]:
+COVERED = (
+    "icu-stream",
+    "content-type",
+    "icu-gateway-id",
+    "icu-device-id",
+    "icu-seq-first",
+    "icu-seq-last",
+    "icu-bed",
+    "icu-patient-id",
+    "icu-key-id",
+)
+
+
+def envelope(record_key: bytes | None, headers: dict[str, bytes], value: bytes) -> bytes:
+    """The bytes an ``ed25519-envelope-v1`` signature covers (see the module text)."""
+    lines = ["icu-envelope-v1"]
+
+    def field(name: str, v: bytes | None) -> None:
+        if v is None:
+            lines.append(name)
+        else:
+            s = v.decode("utf-8", "replace")
+            s = s.replace("%", "%25").replace("\n", "%0A").replace("\r", "%0D")
+            lines.append(f"{name}={s}")
+
+    field("key", record_key)
+    for name in COVERED:
+        field(name, headers.get(name))
+    lines.append("value-sha256=" + hashlib.sha256(value).hexdigest())
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def verify(
+    key: Ed25519PublicKey, headers: dict[str, bytes], value: bytes, record_key: bytes | None = None
+) -> tuple[bool, str]:
     alg = headers.get("icu-signature-alg")
-    if alg is not None and alg.decode("utf-8", "replace").lower() != "ed25519":
+    alg_name = "ed25519" if alg is None else alg.decode("utf-8", "replace").strip().lower()
+    if alg_name == "ed25519":
+        signed = value
+    elif alg_name == "ed25519-envelope-v1":
+        signed = envelope(record_key, headers, value)
+    else:
         return False, f"unsupported alg {text(alg)}"
     sig_b64 = headers.get("icu-signature")
     if sig_b64 is None:
@@ -100,7 +147,7 @@ def verify(key: Ed25519PublicKey, headers: dict[str, bytes], value: bytes) -> tu
     if len(sig) != 64:
         return False, f"signature is {len(sig)} bytes, not 64"
     try:
-        key.verify(sig, value)
+        key.verify(sig, signed)
     except InvalidSignature:
         return False, "signature does not match"
     return True, ""
@@ -268,7 +315,7 @@ def main(argv: list[str]) -> int:
             total += 1
             value = msg.value() or b""
             h = header_map(msg)
-            good, why = verify(key, h, value)
+            good, why = verify(key, h, value, msg.key())
             if good:
                 ok += 1
             else:

@@ -70,11 +70,12 @@ use tracing::{debug, error, info, warn};
 
 pub use self::config::{BridgeConfig, KafkaSettings};
 pub use self::security::{KafkaSecurity, SecurityFailure, SecurityProtocol};
-pub use self::stats::{BridgeState, BridgeStats};
+pub use self::stats::{BridgeState, BridgeStats, Phase};
 use crate::deadletter::dead_letter_json;
 use crate::error::BridgeError;
 use crate::fhir::{adt_bundle, alarm_bundle, audit_event, observation_bundle};
 use crate::headers;
+use crate::signing::envelope::envelope;
 use crate::signing::SigningKeys;
 use crate::Terminology;
 use icu_outbox::{FetchRequest, InFlightRuns, Outbox, SentRange, Stream};
@@ -164,6 +165,7 @@ impl BridgeActor {
             max_per_bundle: config.max_per_bundle,
             key,
             terminology,
+            envelope: config.signature == "envelope",
         };
         Ok(Self {
             wake: Arc::new(Notify::new()),
@@ -393,6 +395,7 @@ impl Worker {
     async fn cycle(&mut self) -> Result<Next, CycleError> {
         self.ensure_topic().await?;
 
+        let waiting = Instant::now();
         let prepared = match self.prefetched.take() {
             Some(next) => next.await,
             None => {
@@ -404,6 +407,7 @@ impl Worker {
                 .await
             }
         };
+        self.stats.add_phase(Phase::Preparing, waiting.elapsed());
         let prepared = match prepared {
             Ok(Ok(prepared)) => prepared,
             Ok(Err(e)) => return Err(self.outbox_failure(e.to_string())),
@@ -464,7 +468,10 @@ impl Worker {
         bundles: &[PlannedBundle],
         values: &[Value],
     ) -> Result<(), CycleError> {
+        let delivering = Instant::now();
         let delivered = self.produce(bundles, values).await;
+        self.stats
+            .add_phase(Phase::Delivering, delivering.elapsed());
         let failed = delivered.iter().filter(|r| r.is_err()).count();
         let ok: Vec<bool> = delivered.iter().map(Result::is_ok).collect();
 
@@ -476,7 +483,10 @@ impl Worker {
             .collect();
         let mut first_error: Option<CycleError> = None;
         if !marked.is_empty() {
-            match self.mark_sent(&marked).await {
+            let marking = Instant::now();
+            let result = self.mark_sent(&marked).await;
+            self.stats.add_phase(Phase::Marking, marking.elapsed());
+            match result {
                 Ok(()) => {
                     let observations: usize = marked.iter().map(|b| b.observations.len()).sum();
                     self.stats
@@ -660,32 +670,14 @@ impl Worker {
         bundle: &PlannedBundle,
         value: &Value,
     ) -> Result<rdkafka::producer::DeliveryFuture, DeliveryError> {
-        let (value, signature, key_id) = value.as_ref().map_err(Clone::clone)?;
-        let first = bundle.first_seq.to_string();
-        let last = bundle.last_seq.to_string();
-        let record_headers = OwnedHeaders::new_with_capacity(10)
-            .insert(header(headers::SIGNATURE, signature))
-            .insert(header(
-                headers::SIGNATURE_ALG,
-                headers::SIGNATURE_ALG_ED25519,
-            ))
-            .insert(header(headers::KEY_ID, key_id))
-            .insert(header(headers::GATEWAY_ID, &self.config.gateway_id))
-            .insert(header(headers::DEVICE_ID, &bundle.device_id))
-            .insert(header(headers::SEQ_FIRST, &first))
-            .insert(header(headers::SEQ_LAST, &last))
-            .insert(header(headers::CONTENT_TYPE, content_type(bundle.stream)))
-            .insert(header(headers::BED, &bundle.bed));
-        let key = record_key(bundle, &self.config.gateway_id);
-        let record_headers = match key {
-            RecordKey::Patient(patient) => {
-                record_headers.insert(header(headers::PATIENT_ID, patient))
-            }
-            RecordKey::Device(_) | RecordKey::Gateway(_) => record_headers,
-        };
+        let signed = value.as_ref().map_err(Clone::clone)?;
+        let record_headers = signed.headers.iter().fold(
+            OwnedHeaders::new_with_capacity(signed.headers.len()),
+            |h, (name, value)| h.insert(header(name, value)),
+        );
         let record = FutureRecord::to(self.config.topic(bundle.stream))
-            .key(key.as_str())
-            .payload(value.as_slice())
+            .key(signed.key.as_str())
+            .payload(signed.value.as_slice())
             .headers(record_headers);
         self.producer
             .send_result(record)
@@ -737,9 +729,18 @@ impl Worker {
     }
 }
 
-/// A bundle's Kafka value, its signature (base64) and the id of the key that made it, or why it
-/// cannot be mapped.
-type Value = Result<(Vec<u8>, String, String), DeliveryError>;
+/// A bundle as its Kafka record (key, headers with the signature, value), or why it cannot be
+/// mapped.
+type Value = Result<SignedRecord, DeliveryError>;
+
+/// One record ready to produce: everything its signature covers is decided here.
+#[derive(Debug)]
+struct SignedRecord {
+    key: String,
+    /// In the order they are produced; the signature headers last.
+    headers: Vec<(&'static str, String)>,
+    value: Vec<u8>,
+}
 
 /// What maps and signs bundles; cloned onto the blocking pool.
 #[derive(Clone)]
@@ -750,6 +751,8 @@ struct Mapper {
     /// time takes effect at that time.
     key: Arc<SigningKeys>,
     terminology: Arc<Terminology>,
+    /// Sign the envelope (key, headers, value digest) rather than the value bytes alone.
+    envelope: bool,
 }
 
 impl Mapper {
@@ -787,9 +790,56 @@ impl Mapper {
                 unknown_topic: false,
             }
         })?;
+        Ok(self.sign(bundle, value))
+    }
+
+    /// The record of `bundle` with `value`: its key and headers, signed.
+    fn sign(&self, bundle: &PlannedBundle, value: Vec<u8>) -> SignedRecord {
         let key = self.key.active();
-        let signature = base64::engine::general_purpose::STANDARD.encode(key.sign(&value));
-        Ok((value, signature, key.key_id().to_owned()))
+        let record_key = record_key(bundle, &self.gateway_id);
+        let mut headers = Vec::with_capacity(12);
+        headers.extend([
+            (headers::STREAM, bundle.stream.as_str().to_owned()),
+            (
+                headers::CONTENT_TYPE,
+                content_type(bundle.stream).to_owned(),
+            ),
+            (headers::GATEWAY_ID, self.gateway_id.clone()),
+            (headers::DEVICE_ID, bundle.device_id.clone()),
+            (headers::SEQ_FIRST, bundle.first_seq.to_string()),
+            (headers::SEQ_LAST, bundle.last_seq.to_string()),
+            (headers::BED, bundle.bed.clone()),
+        ]);
+        if let RecordKey::Patient(patient) = record_key {
+            headers.push((headers::PATIENT_ID, patient.to_owned()));
+        }
+        headers.push((headers::KEY_ID, key.key_id().to_owned()));
+        let (alg, signature) = if self.envelope {
+            let covered = envelope(
+                Some(record_key.as_str()),
+                |name| {
+                    headers
+                        .iter()
+                        .rev()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, v)| v.as_str())
+                },
+                &value,
+            );
+            (headers::SIGNATURE_ALG_ENVELOPE_V1, key.sign(&covered))
+        } else {
+            (headers::SIGNATURE_ALG_ED25519, key.sign(&value))
+        };
+        headers.push((headers::SIGNATURE_ALG, alg.to_owned()));
+        headers.push((
+            headers::SIGNATURE,
+            base64::engine::general_purpose::STANDARD.encode(signature),
+        ));
+        SignedRecord {
+            key: record_key.as_str().to_owned(),
+            headers,
+            value,
+        }
     }
 }
 

@@ -10,7 +10,9 @@
 //!   so it does not disturb other consumers;
 //! - a record verifies only if its `icu-signature` is a valid ed25519 signature, under the key its
 //!   `icu-key-id` names (one of the given public keys: a key directory spans rotations), over
-//!   the exact value bytes (the algorithm header, when present, must say `ed25519`); a record
+//!   what its `icu-signature-alg` names: the record's envelope (`ed25519-envelope-v1`: its key,
+//!   the covered headers and the value's SHA-256, so an edited header fails) or the exact value
+//!   bytes (`ed25519`, or no such header: the older scheme); any other algorithm fails; a record
 //!   whose key id is not among the given keys is reported as such (count, first offsets) and
 //!   makes the report unclean;
 //! - accounting is per stream, a `(gateway, device)` key taken from the `icu-gateway-id` and
@@ -55,6 +57,7 @@ use crate::fhir::{
     audit_entry_of, is_audit_event, observations_of, ParsedAuditEntry, ParsedObservation,
 };
 use crate::headers;
+use crate::signing::envelope::envelope;
 use crate::signing::{verify_base64, KeyRing};
 
 /// Largest seq range one record may claim before it is treated as malformed.
@@ -133,8 +136,9 @@ impl ConsumedRecord {
     ) -> Self {
         let seq = |name: &str| headers.get(name).and_then(|v| v.trim().parse::<u64>().ok());
         let (seq_first, seq_last) = (seq(headers::SEQ_FIRST), seq(headers::SEQ_LAST));
-        let signature_ok =
-            keys.and_then(|k| signature_status(&headers, &value, k).map(|s| s == Signature::Ok));
+        let signature_ok = keys.and_then(|k| {
+            signature_status(&headers, key.as_deref(), &value, k).map(|s| s == Signature::Ok)
+        });
         Self {
             partition,
             offset,
@@ -193,25 +197,34 @@ enum Signature {
 }
 
 /// `None` if unsigned, else how the signature checks out: with the key its `icu-key-id` header
-/// names, or (no such header) with any of `keys`.
+/// names, or (no such header) with any of `keys`; over the record's envelope (record key, covered
+/// headers, value digest) when `icu-signature-alg` is `ed25519-envelope-v1`, over the value bytes
+/// when it is `ed25519` or absent (the older scheme); any other algorithm is bad.
 fn signature_status(
     headers: &BTreeMap<String, String>,
+    record_key: Option<&str>,
     value: &[u8],
     keys: &KeyRing,
 ) -> Option<Signature> {
     let signature = headers.get(headers::SIGNATURE)?;
-    let alg_ok = headers
-        .get(headers::SIGNATURE_ALG)
-        .is_none_or(|alg| alg.eq_ignore_ascii_case(headers::SIGNATURE_ALG_ED25519));
-    if !alg_ok {
-        return Some(Signature::Bad);
-    }
+    let alg = headers.get(headers::SIGNATURE_ALG).map(|a| a.trim());
+    let signed: std::borrow::Cow<[u8]> = match alg {
+        None => value.into(),
+        Some(a) if a.eq_ignore_ascii_case(headers::SIGNATURE_ALG_ED25519) => value.into(),
+        Some(a) if a.eq_ignore_ascii_case(headers::SIGNATURE_ALG_ENVELOPE_V1) => envelope(
+            record_key,
+            |name| headers.get(name).map(String::as_str),
+            value,
+        )
+        .into(),
+        Some(_) => return Some(Signature::Bad),
+    };
     let ok = match headers.get(headers::KEY_ID).map(|id| id.trim()) {
         Some(id) => match keys.get(id) {
-            Some(key) => verify_base64(key, value, signature),
+            Some(key) => verify_base64(key, &signed, signature),
             None => return Some(Signature::UnknownKey(id.to_owned())),
         },
-        None => keys.keys().any(|k| verify_base64(k, value, signature)),
+        None => keys.keys().any(|k| verify_base64(k, &signed, signature)),
     };
     Some(if ok { Signature::Ok } else { Signature::Bad })
 }
@@ -520,7 +533,7 @@ pub fn report_with_keys(records: &[ConsumedRecord], key: Option<&KeyRing>) -> Co
             report.unsigned += 1;
             dev.unsigned += 1;
         } else if let Some(key) = key {
-            match signature_status(&record.headers, &record.value, key) {
+            match signature_status(&record.headers, record.key.as_deref(), &record.value, key) {
                 Some(Signature::Ok) => report.signatures_ok += 1,
                 Some(Signature::UnknownKey(id)) => {
                     report.unknown_key_records += 1;

@@ -2,13 +2,15 @@
 //!
 //! Owns: the names (and fixed values) of the headers on every record the bridge produces.
 //! Guarantees: all header values are UTF-8 strings; [`SIGNATURE`] is the standard base64 of the
-//! 64-byte ed25519 signature over the exact record value bytes, so a consumer verifies a record
-//! with the value, this header and the gateway's public key alone. `(GATEWAY_ID, DEVICE_ID,
-//! SEQ_FIRST..=SEQ_LAST)` is the dedup key downstream.
+//! 64-byte ed25519 signature over what [`SIGNATURE_ALG`] names: the record's envelope (its key,
+//! the headers that matter and the SHA-256 of its value; `crate::signing::envelope`) by default,
+//! or the exact value bytes (the older scheme, `[kafka] signature = "value"`), so a consumer
+//! verifies a record with the record as received and the gateway's public key alone.
+//! `(GATEWAY_ID, DEVICE_ID, SEQ_FIRST..=SEQ_LAST)` is the dedup key downstream.
 
-/// Standard base64 of the 64-byte ed25519 signature over the exact value bytes.
+/// Standard base64 of the 64-byte ed25519 signature (over what [`SIGNATURE_ALG`] names).
 pub const SIGNATURE: &str = "icu-signature";
-/// Signature algorithm; always [`SIGNATURE_ALG_ED25519`].
+/// Signature scheme: [`SIGNATURE_ALG_ENVELOPE_V1`] or [`SIGNATURE_ALG_ED25519`].
 pub const SIGNATURE_ALG: &str = "icu-signature-alg";
 /// Key id of the signing key (see `signing::key_id_of`).
 pub const KEY_ID: &str = "icu-key-id";
@@ -28,8 +30,13 @@ pub const BED: &str = "icu-bed";
 /// The census patient the record belongs to (also the record key); absent when unassociated.
 pub const PATIENT_ID: &str = "icu-patient-id";
 
-/// Value of [`SIGNATURE_ALG`].
+/// The stream the record belongs to (`observations`, `alarms`, `adt`, `audit`, `deadletter`).
+pub const STREAM: &str = "icu-stream";
+
+/// Value of [`SIGNATURE_ALG`]: ed25519 over the exact value bytes.
 pub const SIGNATURE_ALG_ED25519: &str = "ed25519";
+/// Value of [`SIGNATURE_ALG`]: ed25519 over the record's envelope (`crate::signing::envelope`).
+pub const SIGNATURE_ALG_ENVELOPE_V1: &str = "ed25519-envelope-v1";
 /// Value of [`CONTENT_TYPE`] for FHIR JSON.
 pub const CONTENT_TYPE_FHIR_JSON: &str = "application/fhir+json";
 /// Value of [`CONTENT_TYPE`] for plain JSON (dead letters, `icu.deadletter`).

@@ -3,12 +3,14 @@
 //! Owns: [`GatewayKey`] (an ed25519-dalek `SigningKey` and its key id), reading and writing it as
 //! PEM, [`load_public_key`] / [`key_id_of`] for verifiers, the [`KeyRing`] of every public key a
 //! topic may be signed with (a key directory spanning rotations); [`rotation`] owns rotating the
-//! key and the [`SigningKeys`] a running gateway signs with.
+//! key and the [`SigningKeys`] a running gateway signs with; [`envelope`] owns the bytes a Kafka
+//! record's signature covers.
 //! Guarantees:
 //! - keys are stored as standard PEM (PKCS#8 private, SPKI public), so any ed25519 library (or
 //!   `openssl pkey`) reads them;
-//! - a signature is plain ed25519 over the exact bytes given (no prehash, no context), so a
-//!   Kafka record verifies with any library from its value bytes and the public key;
+//! - a signature is plain ed25519 over the exact bytes given (no prehash, no context): a Kafka
+//!   record's envelope ([`envelope`]) or its value bytes, so a record verifies with any library
+//!   from the record as received and the public key;
 //! - the key id is the first 16 hex characters of SHA-256 over the raw 32-byte public key, stable
 //!   across processes and languages;
 //! - [`GatewayKey::write`] never overwrites an existing file and creates the private file with
@@ -28,6 +30,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::BridgeError;
 
+pub mod envelope;
 pub mod rotation;
 pub use rotation::{next_paths, parse_from, rotate, NextPaths, Rotation, SigningKeys};
 

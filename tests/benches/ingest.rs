@@ -81,6 +81,10 @@ struct Row {
     unsent_end: u64,
     /// Alarm records emitted in the window.
     alarm_records: u64,
+    /// CPU seconds over the window: gateway, broker (0 without one), this bench's generators.
+    cpu_window: [f64; 3],
+    /// The bridge over the window: cycles, then µs preparing, delivering, marking sent.
+    bridge_window: [u64; 4],
     sync: String,
     beds: usize,
     msgs: u64,
@@ -335,22 +339,42 @@ fn run_case(
     // The gateway's own view at the start and the end of the measured window: observations
     // forwarded, records waiting in the outbox, alarm records emitted.
     let http = gw.endpoints.http;
+    // CPU seconds of the gateway, the broker and this bench (the load generators) over the same
+    // window: where the two cores went.
+    let cpu_pids = [
+        gw.pid().to_string(),
+        tansu
+            .as_ref()
+            .map_or(String::new(), |t| t.pid().to_string()),
+        "self".to_owned(),
+    ];
+    let cpu = move || {
+        cpu_pids
+            .clone()
+            .map(|p| icu_tests::bench::proc_cpu_seconds(&p))
+    };
     let sampler = std::thread::spawn(move || {
         let sample = || {
             let status = icu_tests::http::http_get_json(http, "/api/status").unwrap_or_default();
             let alarms = icu_tests::http::http_get_json(http, "/api/alarms").unwrap_or_default();
+            let backbone = &status["backbone"];
+            let time = |phase: &str| backbone["time_us"][phase].as_u64().unwrap_or(0);
             [
-                status["backbone"]["forwarded_observations"]
-                    .as_u64()
-                    .unwrap_or(0),
+                backbone["forwarded_observations"].as_u64().unwrap_or(0),
                 status["store"]["unsent"].as_u64().unwrap_or(0),
                 alarms["stats"]["state_changes"].as_u64().unwrap_or(0),
+                backbone["cycles"].as_u64().unwrap_or(0),
+                time("preparing"),
+                time("delivering"),
+                time("marking_sent"),
             ]
         };
         std::thread::sleep(t_warm.saturating_duration_since(Instant::now()));
-        let at_warm = sample();
+        let (at_warm, cpu_warm) = (sample(), cpu());
         std::thread::sleep(t_end.saturating_duration_since(Instant::now()));
-        (at_warm, sample())
+        let (at_end, cpu_end) = (sample(), cpu());
+        let cpu_window: [f64; 3] = std::array::from_fn(|i| cpu_end[i] - cpu_warm[i]);
+        (at_warm, at_end, cpu_window)
     });
 
     // Store-side view: committed observations per device (MQTT flow control) and in total.
@@ -456,7 +480,7 @@ fn run_case(
     let (_, hwm) = gw.memory_kib();
     let rss_max = rss.max_kib();
     drop(rss);
-    let (at_warm, at_end) = sampler.join().expect("sampler");
+    let (at_warm, at_end, cpu_window) = sampler.join().expect("sampler");
     let status = gw.status().unwrap_or_default();
     let commits = status["store_writes"]["commits"].as_u64().unwrap_or(0);
     let requests = status["store_writes"]["requests_stored"]
@@ -496,6 +520,8 @@ fn run_case(
         unsent_start: at_warm[1],
         unsent_end: at_end[1],
         alarm_records: at_end[2].saturating_sub(at_warm[2]),
+        bridge_window: std::array::from_fn(|i| at_end[3 + i].saturating_sub(at_warm[3 + i])),
+        cpu_window,
         sync: sync.to_owned(),
         beds,
         msgs,
@@ -517,7 +543,7 @@ fn run_case(
 
 fn header() {
     println!(
-        "{:<10} {:<5} {:<6} {:>5} {:>10} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>10} {:>8} {:>8} {:>9} {:>10} {:>9}",
+        "{:<10} {:<5} {:<6} {:>5} {:>10} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>10} {:>8} {:>8} {:>9} {:>10} {:>9} {:>16}",
         "input",
         "course",
         "sync",
@@ -535,13 +561,14 @@ fn header() {
         "B/obs*",
         "fwd/s",
         "outbox +/s",
-        "alarms/s"
+        "alarms/s",
+        "CPU% gw/brk/gen"
     );
 }
 
 fn print_row(r: &Row) {
     println!(
-        "{:<10} {:<5} {:<6} {:>5} {:>10.0} {:>9.0} {:>8.2} {:>8.2} {:>8.1} {:>9.0} {:>7.1} {:>7.1} {:>10} {:>8.1} {:>8.1} {:>9} {:>10} {:>9.1}{}",
+        "{:<10} {:<5} {:<6} {:>5} {:>10.0} {:>9.0} {:>8.2} {:>8.2} {:>8.1} {:>9.0} {:>7.1} {:>7.1} {:>10} {:>8.1} {:>8.1} {:>9} {:>10} {:>9.1} {:>16}{}",
         match (r.transport, r.tls) {
             (Transport::Mllp, false) => "mllp",
             (Transport::Mllp, true) => "mllp+mtls",
@@ -575,6 +602,10 @@ fn print_row(r: &Row) {
             "-".into()
         },
         r.alarm_records as f64 / r.secs,
+        {
+            let [gw, broker, generators] = r.cpu_window.map(|c| c * 100.0 / r.secs);
+            format!("{gw:.0}/{broker:.0}/{generators:.0}")
+        },
         if r.errors > 0 {
             format!("  ({} errors)", r.errors)
         } else {
@@ -667,6 +698,22 @@ fn main() {
     for r in &rows {
         print_row(r);
     }
+    for r in rows.iter().filter(|r| r.kafka) {
+        let [cycles, preparing, delivering, marking] = r.bridge_window;
+        let per_s = |us: u64| us as f64 / 1e3 / r.secs;
+        println!(
+            "  bridge, {} {} {} beds: {:.1} cycles/s, {:.0} observations per cycle; per second: waiting for the \
+             prepared cycle {:.0} ms, delivering {:.0} ms, marking sent {:.0} ms",
+            if r.sick { "sick" } else { "calm" },
+            r.sync,
+            r.beds,
+            cycles as f64 / r.secs,
+            r.forwarded_obs as f64 / cycles.max(1) as f64,
+            per_s(preparing),
+            per_s(delivering),
+            per_s(marking),
+        );
+    }
     println!("{}", calibration.line());
     for r in &rows {
         println!(
@@ -683,6 +730,7 @@ fn main() {
          B/obs: (db + wal) / stored observations after the run; B/obs*: after wal_checkpoint(TRUNCATE).\n\
          course sick: every bed's values keep NEWS2 at 6-9 and change with every message; fwd/s: observations forwarded\n\
          to Kafka in the window (--kafka); outbox +/s: change of the unsent records over the window; alarms/s: alarm records.\n\
+         CPU%: CPU time over the window as a share of one core, of the gateway / the broker (--kafka) / this bench's load generators.\n\
          Targets (issue 5): >= 100000 obs/s durable ingest, <= 150 MiB RSS."
     );
 }

@@ -22,7 +22,8 @@
 //!     cargo bench -p icu-tests --bench replay -- --backlog 1000000 --seconds 60
 //!
 //! Options (`--name value`, or env `ICU_BENCH_<NAME>`): `--backlog 10000000`,
-//! `--backlog-beds 30`, `--obx 15`, `--live-beds 3`, `--live-rate 1` (messages/s per live bed),
+//! `--backlog-beds 30`, `--obx 15`, `--live-beds 3`, `--live-rate 1` (messages/s per live bed; 0:
+//! as fast as the ACKs allow, one message in flight per bed: the gateway's maximal ingest),
 //! `--seconds 120` (0: until the backlog is drained), `--sync full`, `--perf <file.data>`
 //! (perf record of the gateway for 30 s after the first forwarded record).
 
@@ -171,12 +172,17 @@ async fn live_bed(
         .expect("MLLP connect");
     stream.set_nodelay(true).expect("nodelay");
     let mut framed = Framed::new(stream, MllpCodec::new(1 << 20));
-    let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Rate 0: as fast as the ACKs allow (one message in flight), the gateway's maximal ingest.
+    let mut tick = (rate > 0.0).then(|| {
+        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        tick.tick().await;
+        if let Some(t) = tick.as_mut() {
+            t.tick().await;
+        }
         n += 1;
         let msg = pcd01(bed, n, obx, &hl7_now());
         let t0 = Instant::now();
@@ -444,8 +450,15 @@ fn main() {
         .unwrap_or(0.0);
     println!();
     println!(
-        "replay: backlog {} observations ({} monitors, {obx} per message), sync={sync}, {live_beds} live beds at {live_rate} msg/s, {:.0} s",
-        total_backlog, backlog_beds, elapsed
+        "replay: backlog {} observations ({} monitors, {obx} per message), sync={sync}, {live_beds} live beds at {}, {:.0} s",
+        total_backlog,
+        backlog_beds,
+        if live_rate > 0.0 {
+            format!("{live_rate} msg/s")
+        } else {
+            "the maximal rate (as fast as ACKs allow)".to_owned()
+        },
+        elapsed
     );
     println!("  {:<44} {:>14}", "metric", "value");
     let row = |k: &str, v: String| println!("  {k:<44} {v:>14}");
@@ -467,6 +480,14 @@ fn main() {
     row(
         "live messages acked (AA)",
         format!("{} ({} not AA)", l.msgs, l.errors),
+    );
+    row(
+        "live ingest, acknowledged (obs/s)",
+        format!("{:.0}", (l.msgs * obx as u64) as f64 / elapsed),
+    );
+    row(
+        "backlog observations left at the end",
+        total_backlog.saturating_sub(forwarded).to_string(),
     );
     row(
         "live ACK latency p50 / p99 (ms)",

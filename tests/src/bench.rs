@@ -368,6 +368,18 @@ impl GatewayProc {
     }
 }
 
+/// User plus system CPU seconds a process has used (`/proc/PID/stat`, clock ticks of 10 ms; 0
+/// when unreadable). `pid` may be `"self"`.
+pub fn proc_cpu_seconds(pid: &str) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
+    // utime and stime are fields 14 and 15 of stat(5); `rest` starts at field 3.
+    ticks(11) + ticks(12)
+}
+
 /// `(VmRSS, VmHWM)` of a process in KiB (0 when unreadable).
 pub fn proc_memory_kib(pid: u32) -> (u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

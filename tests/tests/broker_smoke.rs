@@ -257,13 +257,25 @@ fn base64_matches_rfc4648() {
     assert_eq!(base64(b"foobar"), "Zm9vYmFy");
 }
 
-/// Produce one signed record (optionally with its value altered after
-/// signing) the way the gateway does.
+/// What is changed in flight, after signing.
+#[derive(Clone, Copy, PartialEq)]
+enum Tamper {
+    Nothing,
+    /// A digit of the value.
+    Value,
+    /// The `icu-seq-last` header (42 becomes 43).
+    SeqHeader,
+}
+
+/// Produce one signed record the way the gateway does: over the value bytes alone (`ed25519`,
+/// the older scheme) or over its envelope (`ed25519-envelope-v1`, the default), then changed in
+/// flight as `tamper` says.
 fn produce_signed(
     broker: &Broker,
     topic: &str,
     key: &SigningKey,
-    tamper: bool,
+    envelope: bool,
+    tamper: Tamper,
 ) -> anyhow::Result<()> {
     let bundle = serde_json::json!({
         "resourceType": "Bundle",
@@ -278,30 +290,57 @@ fn produce_signed(
         ]
     });
     let mut value = serde_json::to_vec(&bundle)?;
-    let signature = base64(&key.sign(&value).to_bytes());
-    if tamper {
-        let pos = value
-            .iter()
-            .position(|b| *b == b'7')
-            .context("a digit to alter")?;
-        value[pos] = b'8';
-    }
-    let headers = headers(&[
-        ("icu-signature", &signature),
-        ("icu-signature-alg", "ed25519"),
+    let record_key = "patient-0001";
+    let mut fields = vec![
+        ("icu-stream", "observations"),
         ("icu-key-id", "test-key-1"),
         ("icu-gateway-id", "gw-test"),
         ("icu-device-id", "mon-bed-01"),
         ("icu-bed", "bed-01"),
+        ("icu-patient-id", record_key),
         ("icu-seq-first", "41"),
         ("icu-seq-last", "42"),
         ("content-type", "application/fhir+json"),
-    ]);
+    ];
+    let (alg, signature) = if envelope {
+        let map: BTreeMap<&str, &str> = fields.iter().copied().collect();
+        let covered = icu_cloud_bridge::signing::envelope::envelope(
+            Some(record_key),
+            |name| map.get(name).copied(),
+            &value,
+        );
+        (
+            "ed25519-envelope-v1",
+            base64(&key.sign(&covered).to_bytes()),
+        )
+    } else {
+        ("ed25519", base64(&key.sign(&value).to_bytes()))
+    };
+    match tamper {
+        Tamper::Nothing => {}
+        Tamper::Value => {
+            let pos = value
+                .iter()
+                .position(|b| *b == b'7')
+                .context("a digit to alter")?;
+            value[pos] = b'8';
+        }
+        Tamper::SeqHeader => {
+            for f in &mut fields {
+                if f.0 == "icu-seq-last" {
+                    f.1 = "43";
+                }
+            }
+        }
+    }
+    fields.push(("icu-signature", &signature));
+    fields.push(("icu-signature-alg", alg));
+    let headers = headers(&fields);
     let producer = producer(broker)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let record = FutureRecord::to(topic)
-            .key("patient-0001")
+            .key(record_key)
             .payload(&value)
             .headers(headers);
         match producer.send(record, Duration::from_secs(10)).await {
@@ -364,7 +403,7 @@ fn stock_python_consumer_verifies_the_signature() -> anyhow::Result<()> {
             .context("public key PEM")?,
     )?;
 
-    produce_signed(&broker, "icu.observations", &key, false)?;
+    produce_signed(&broker, "icu.observations", &key, true, Tamper::Nothing)?;
     let (code, stdout, _) = run_consumer(&py, &broker, "icu.observations", &pubkey)?;
     assert_eq!(code, 0, "consumer exit status");
     assert!(stdout.contains("signature=ok"), "{stdout}");
@@ -379,16 +418,24 @@ fn stock_python_consumer_verifies_the_signature() -> anyhow::Result<()> {
         "{stdout}"
     );
 
-    // A value changed after signing is reported BAD, with exit status 1.
-    produce_signed(&broker, "icu.alarms", &key, true)?;
-    let (code, stdout, _) = run_consumer(&py, &broker, "icu.alarms", &pubkey)?;
-    assert_eq!(code, 1, "consumer exit status on a bad signature");
-    assert!(stdout.contains("signature=BAD"), "{stdout}");
-    assert!(
-        stdout
-            .lines()
-            .any(|l| l == "1 records, 0 signatures ok, 1 bad"),
-        "{stdout}"
-    );
+    // A value changed after signing is reported BAD, with exit status 1; so is a covered header
+    // (the seq range a consumer accounts by) edited in flight. The older scheme (the value
+    // alone) still verifies.
+    for (topic, envelope, tamper, expect_ok) in [
+        ("icu.alarms", true, Tamper::Value, false),
+        ("icu.adt", true, Tamper::SeqHeader, false),
+        ("icu.deadletter", false, Tamper::Nothing, true),
+        ("icu.audit", false, Tamper::Value, false),
+    ] {
+        produce_signed(&broker, topic, &key, envelope, tamper)?;
+        let (code, stdout, _) = run_consumer(&py, &broker, topic, &pubkey)?;
+        let summary = if expect_ok {
+            "1 records, 1 signatures ok, 0 bad"
+        } else {
+            "1 records, 0 signatures ok, 1 bad"
+        };
+        assert_eq!(code, i32::from(!expect_ok), "{topic}: consumer exit status");
+        assert!(stdout.lines().any(|l| l == summary), "{topic}: {stdout}");
+    }
     Ok(())
 }

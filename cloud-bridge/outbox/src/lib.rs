@@ -39,8 +39,10 @@
 //!   never fetched again. (It may later be pruned to free disk; see the store's budget policy.)
 //!
 //! **Durability of the sent mark.** A *stored* record must survive power loss (the writer's
-//! `synchronous = FULL` commit, before the sender's ack); a *sent* mark need not. The SQLite
-//! outbox marks records sent on its own connection with `synchronous = NORMAL` (WAL): a mark
+//! `synchronous = FULL` commit, before the sender's ack); a *sent* mark need not. The gateway's
+//! SQLite outbox marks records sent inside the writer's group commit (so with the writer's
+//! setting, sharing the fsync of the readings committed with it); without a writer to go
+//! through, on its own connection with `synchronous = NORMAL` (WAL): a mark
 //! committed there survives a crash of the process at once, and power loss once the log is next
 //! synced (the writer's next `FULL` commit or a checkpoint). A mark lost to power loss returns
 //! its records to *stored*, exactly like a process crash between Kafka's delivery report and

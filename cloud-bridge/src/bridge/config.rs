@@ -14,6 +14,11 @@ use icu_outbox::Stream;
 
 /// Compression codecs librdkafka accepts for `compression.type`.
 const COMPRESSIONS: &[&str] = &["none", "gzip", "snappy", "lz4", "zstd"];
+/// Signature schemes (`[kafka] signature`): `envelope` (the record's key, the headers that matter
+/// and the SHA-256 of its value; header `icu-signature-alg: ed25519-envelope-v1`) or `value`
+/// (ed25519 over the value bytes alone, `ed25519`: the older scheme, for consumers not yet
+/// updated).
+pub const SIGNATURES: &[&str] = &["envelope", "value"];
 /// Longest wait for a metadata answer.
 const MAX_METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// Settings of the bridge (the gateway builds this from its validated config).
@@ -54,6 +59,8 @@ pub struct BridgeConfig {
     pub max_backoff: Duration,
     /// `compression.type`: none, gzip, snappy, lz4 (default) or zstd.
     pub compression: String,
+    /// What a record's signature covers: `envelope` (default) or `value` ([`SIGNATURES`]).
+    pub signature: String,
     /// `[kafka.security]`: TLS and SASL towards the brokers (default plain text).
     pub security: KafkaSecurity,
     /// `[kafka.properties]`: other librdkafka properties, passed through as they are (never one
@@ -79,6 +86,7 @@ impl Default for BridgeConfig {
             poll_interval: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
             compression: "lz4".into(),
+            signature: "envelope".into(),
             security: KafkaSecurity::default(),
             properties: BTreeMap::new(),
         }
@@ -153,6 +161,16 @@ impl BridgeConfig {
                 ),
             ));
         }
+        if !SIGNATURES.contains(&self.signature.as_str()) {
+            out.push((
+                "signature",
+                format!(
+                    "unknown scheme {:?}; use envelope (signs the key, the headers and the value) \
+                     or value (the value alone, for consumers that still verify that way)",
+                    self.signature
+                ),
+            ));
+        }
         out.extend(self.security.problems());
         out.extend(properties_problems(&self.properties));
         out
@@ -205,6 +223,11 @@ pub struct KafkaSettings {
     /// Producer compression: none, gzip, snappy, lz4 or zstd.
     #[serde(default = "defaults::compression")]
     pub compression: String,
+    /// What each record's signature covers: `envelope` (default: the record key, the headers a
+    /// consumer accounts by and the value's SHA-256) or `value` (the value bytes alone, header
+    /// `icu-signature-alg: ed25519`), for consumers that still verify the older way.
+    #[serde(default = "defaults::signature")]
+    pub signature: String,
     /// Most outbox records the bridge reads and forwards per cycle (default 5000, 1..=100000).
     /// A new alarm waits behind at most two such cycles (the one being delivered and the one
     /// prepared meanwhile).
@@ -247,6 +270,7 @@ impl KafkaSettings {
             security: self.security.clone(),
             properties: self.properties.clone(),
             compression: self.compression.clone(),
+            signature: self.signature.clone(),
             ..BridgeConfig::default()
         }
     }
@@ -299,6 +323,9 @@ mod defaults {
     }
     pub fn compression() -> String {
         BridgeConfig::default().compression
+    }
+    pub fn signature() -> String {
+        BridgeConfig::default().signature
     }
     pub fn fetch_limit() -> usize {
         BridgeConfig::default().fetch_limit

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -43,6 +44,33 @@ impl BridgeState {
     }
 }
 
+/// Where a forwarding cycle spends its time (cumulative, in `/api/status` as
+/// `backbone.time_us`): what limits forwarding when it does not keep up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the cycle's records to be fetched, mapped and signed (on the blocking pool;
+    /// while a backlog drains, prepared during the previous cycle's delivery, so only the part
+    /// that did not overlap it).
+    Preparing,
+    /// From the first record produced to the last delivery report of a stream's bundles.
+    Delivering,
+    /// Marking the delivered records sent in the store (one transaction; waits for the store's
+    /// write lock).
+    Marking,
+}
+
+impl Phase {
+    const ALL: [Phase; 3] = [Phase::Preparing, Phase::Delivering, Phase::Marking];
+
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Preparing => "preparing",
+            Phase::Delivering => "delivering",
+            Phase::Marking => "marking_sent",
+        }
+    }
+}
+
 /// Counters and state of one bridge. Cheap to read from any thread.
 #[derive(Debug)]
 pub struct BridgeStats {
@@ -54,6 +82,8 @@ pub struct BridgeStats {
     in_flight: AtomicU64,
     skipped_records: AtomicU64,
     cycles: AtomicU64,
+    /// Microseconds spent per [`Phase`], in [`Phase::ALL`] order.
+    phase_us: [AtomicU64; 3],
     state: Mutex<BridgeState>,
     /// How the bridge reaches the brokers (`"plaintext"`, `"sasl_ssl SCRAM-SHA-512 as gw"`).
     security: Mutex<String>,
@@ -71,6 +101,7 @@ impl BridgeStats {
             in_flight: AtomicU64::new(0),
             skipped_records: AtomicU64::new(0),
             cycles: AtomicU64::new(0),
+            phase_us: Default::default(),
             state: Mutex::new(BridgeState::Disabled),
             security: Mutex::new("plaintext".into()),
         })
@@ -121,6 +152,11 @@ impl BridgeStats {
         self.cycles.load(Ordering::Relaxed)
     }
 
+    /// Time spent in `phase` so far.
+    pub fn phase_time(&self, phase: Phase) -> Duration {
+        Duration::from_micros(self.phase_us[phase as usize].load(Ordering::Relaxed))
+    }
+
     /// All counters and the state as JSON.
     pub fn snapshot(&self) -> serde_json::Value {
         serde_json::json!({
@@ -133,6 +169,10 @@ impl BridgeStats {
             "in_flight": self.in_flight(),
             "skipped_records": self.skipped_records(),
             "cycles": self.cycles(),
+            "time_us": Phase::ALL
+                .iter()
+                .map(|&p| (p.name().to_owned(), serde_json::json!(self.phase_time(p).as_micros() as u64)))
+                .collect::<serde_json::Map<_, _>>(),
             "security": self.security(),
             "encrypted": !self.security().starts_with("plaintext")
                 && !self.security().starts_with("sasl_plaintext"),
@@ -192,6 +232,10 @@ impl BridgeStats {
         self.skipped_records.store(n, Ordering::Relaxed);
     }
 
+    pub(crate) fn add_phase(&self, phase: Phase, took: Duration) {
+        self.phase_us[phase as usize].fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
     pub(crate) fn add_cycle(&self) {
         self.cycles.fetch_add(1, Ordering::Relaxed);
     }
@@ -219,6 +263,8 @@ mod tests {
         );
         stats.add_forwarded(2, 150);
         stats.add_delivery_errors(1);
+        stats.add_phase(Phase::Marking, Duration::from_millis(3));
+        stats.add_phase(Phase::Marking, Duration::from_micros(250));
         let snap = stats.snapshot();
         assert_eq!(
             snap["state"],
@@ -227,6 +273,10 @@ mod tests {
         assert_eq!(snap["forwarded_records"], 2);
         assert_eq!(snap["forwarded_observations"], 150);
         assert_eq!(snap["delivery_errors"], 1);
+        assert_eq!(
+            snap["time_us"],
+            serde_json::json!({"preparing": 0, "delivering": 0, "marking_sent": 3250})
+        );
         for key in [
             "in_flight",
             "broker_errors",

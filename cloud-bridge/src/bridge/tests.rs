@@ -351,23 +351,31 @@ fn key_is_the_patient_when_associated_else_the_device() {
         ],
         "audit entries are keyed by the gateway, even when they name a patient"
     );
-    // The audit bundle maps to a FHIR AuditEvent, signed like every record.
+    // The audit bundle maps to a FHIR AuditEvent, signed like every record: over its envelope,
+    // which the verifier rebuilds from the record as received.
     let key = GatewayKey::generate();
     let mapper = Mapper {
         gateway_id: "gw-test".into(),
         max_per_bundle: 100,
         key: key.clone().into(),
         terminology: Terminology::builtin(),
+        envelope: true,
     };
-    let (value, signature, key_id) = mapper.value(&plan.bundles[1]).unwrap();
-    assert_eq!(key_id, key.key_id());
-    let json: serde_json::Value = serde_json::from_slice(&value).unwrap();
+    let signed = mapper.value(&plan.bundles[1]).unwrap();
+    let header = |name: &str| {
+        signed
+            .headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(header(headers::KEY_ID).as_deref(), Some(key.key_id()));
+    assert_eq!(header(headers::STREAM).as_deref(), Some("audit"));
+    assert_eq!(signed.key, "gw-test");
+    let json: serde_json::Value = serde_json::from_slice(&signed.value).unwrap();
     assert_eq!(json["resourceType"], "AuditEvent");
-    assert!(crate::signing::verify_base64(
-        &key.verifying_key(),
-        &value,
-        &signature
-    ));
+    let consumed = as_consumed(&signed, &key);
+    assert_eq!(consumed.signature_ok, Some(true));
     let content_types: Vec<&str> = plan
         .bundles
         .iter()
@@ -691,6 +699,7 @@ fn values_mapped_on_several_threads_are_in_bundle_order_and_the_same_as_on_one()
         max_per_bundle: 3,
         key: GatewayKey::generate().into(),
         terminology: Terminology::builtin(),
+        envelope: true,
     };
     let bundles: Vec<PlannedBundle> = (0..23u64)
         .map(|i| PlannedBundle {
@@ -720,9 +729,107 @@ fn values_mapped_on_several_threads_are_in_bundle_order_and_the_same_as_on_one()
         assert_eq!(one.len(), many.len());
         for (a, b) in one.iter().zip(&many) {
             let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
-            assert_eq!(a, b, "same bytes and signature in the same place");
+            assert_eq!(
+                (&a.key, &a.headers, &a.value),
+                (&b.key, &b.headers, &b.value),
+                "same bytes and signature in the same place"
+            );
         }
     }
     let default = map_and_sign(&mapper, &bundles);
     assert_eq!(default.len(), one.len());
+}
+
+/// A produced record as a consumer reads it back, verified with `key`.
+fn as_consumed(signed: &SignedRecord, key: &GatewayKey) -> crate::consume::ConsumedRecord {
+    let headers = signed
+        .headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.clone()))
+        .collect();
+    crate::consume::ConsumedRecord::new(
+        0,
+        0,
+        Some(signed.key.clone()),
+        headers,
+        signed.value.clone(),
+        Some(&key.verifying_key()),
+    )
+}
+
+/// The envelope signature covers the record key and every header a consumer accounts by: any of
+/// them edited in flight fails verification, as does the value. `signature = "value"` signs the
+/// value alone (header `ed25519`), for consumers not yet updated.
+#[test]
+fn the_signature_covers_the_key_and_the_headers_a_consumer_accounts_by() {
+    let key = GatewayKey::generate();
+    let mut record = obs_record("mon-1", 7);
+    if let Some(Body::Observation(obs)) = &mut record.record.body {
+        obs.patient_id = "MRN123".into();
+    }
+    let plan = plan::plan_bundles(vec![record], 100);
+    let mut mapper = Mapper {
+        gateway_id: "gw-test".into(),
+        max_per_bundle: 100,
+        key: key.clone().into(),
+        terminology: Terminology::builtin(),
+        envelope: true,
+    };
+    let signed = mapper.value(&plan.bundles[0]).unwrap();
+    let alg = |s: &SignedRecord| {
+        s.headers
+            .iter()
+            .find(|(n, _)| *n == headers::SIGNATURE_ALG)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        alg(&signed).as_deref(),
+        Some(headers::SIGNATURE_ALG_ENVELOPE_V1)
+    );
+    assert_eq!(signed.key, "MRN123");
+    assert_eq!(as_consumed(&signed, &key).signature_ok, Some(true));
+    for name in crate::signing::envelope::COVERED {
+        let mut edited = as_consumed(&signed, &key);
+        let was = edited.headers.insert(name.to_owned(), "9".into());
+        assert!(was.is_some(), "{name} is on the record");
+        let again = crate::consume::ConsumedRecord::new(
+            0,
+            0,
+            edited.key.clone(),
+            edited.headers,
+            edited.value,
+            Some(&key.verifying_key()),
+        );
+        assert_eq!(again.signature_ok, Some(false), "{name} edited in flight");
+    }
+    let mut moved = as_consumed(&signed, &key);
+    moved.key = Some("MRN999".into());
+    let moved = crate::consume::ConsumedRecord::new(
+        0,
+        0,
+        moved.key,
+        moved.headers,
+        moved.value,
+        Some(&key.verifying_key()),
+    );
+    assert_eq!(moved.signature_ok, Some(false), "record key edited");
+
+    mapper.envelope = false;
+    let legacy = mapper.value(&plan.bundles[0]).unwrap();
+    assert_eq!(
+        alg(&legacy).as_deref(),
+        Some(headers::SIGNATURE_ALG_ED25519)
+    );
+    assert_eq!(as_consumed(&legacy, &key).signature_ok, Some(true));
+    let signature = legacy
+        .headers
+        .iter()
+        .find(|(n, _)| *n == headers::SIGNATURE)
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    assert!(crate::signing::verify_base64(
+        &key.verifying_key(),
+        &legacy.value,
+        &signature
+    ));
 }

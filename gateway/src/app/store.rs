@@ -69,6 +69,9 @@ pub(super) fn start_store(config: &Config) -> anyhow::Result<StorePart> {
             config.store.path.display()
         )
     })?);
+    // The bridge's sent marks join the writer's group commits (no second writer waiting for
+    // the write lock while ingest runs flat out).
+    outbox.mark_through(store.clone());
     Ok(StorePart {
         store,
         outbox,

@@ -318,6 +318,7 @@ impl StoreDb {
             // input stops at the high-water mark, so a flood of it leaves the room between that
             // mark and the budget to readings.
             let limit = match req {
+                WriteRequest::MarkSent(_) => u64::MAX,
                 WriteRequest::DeadLetter(_) => policy.high_water_bytes(),
                 WriteRequest::Observations(_) => policy.budget_bytes,
                 WriteRequest::Alarm(_) | WriteRequest::Adt(_) => policy.reserve_limit_bytes(),
@@ -354,6 +355,9 @@ impl StoreDb {
             let outcome = (|| {
                 let sp = tx.savepoint()?;
                 let out = match req {
+                    WriteRequest::MarkSent(ranges) => WriteOutcome::Marked {
+                        records: reader::mark_ranges(&sp, ranges)?,
+                    },
                     WriteRequest::Observations(b) => match dedup.find(&sp, b)? {
                         Some(dup) => dup,
                         None => insert_observations(&sp, &gateway_id, b)?,

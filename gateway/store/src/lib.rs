@@ -98,7 +98,7 @@ mod settings;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -121,6 +121,8 @@ pub struct StoreStats {
     pub requests_stored: AtomicU64,
     pub requests_failed: AtomicU64,
     pub requests_refused_overload: AtomicU64,
+    /// The bridge's sent marks committed by the writer (not counted in `requests_stored`).
+    pub sent_marks: AtomicU64,
     pub largest_batch: AtomicU64,
     /// The disk budget (`store.disk_budget_mb`) and its marks, in bytes.
     pub budget_bytes: AtomicU64,
@@ -156,6 +158,7 @@ impl StoreStats {
             "requests_stored": n(&self.requests_stored),
             "requests_failed": n(&self.requests_failed),
             "requests_refused_overload": n(&self.requests_refused_overload),
+            "sent_marks": n(&self.sent_marks),
             "largest_batch": n(&self.largest_batch),
             "budget": {
                 "budget_bytes": n(&self.budget_bytes),
@@ -487,6 +490,10 @@ impl Store {
         // The requests go to the writer thread; their kind and order stay here for the answers.
         let ordered: Vec<Option<(String, WriteOrder)>> =
             requests.iter().map(ordered_write).collect();
+        let marks: Vec<bool> = requests
+            .iter()
+            .map(|r| matches!(r, WriteRequest::MarkSent(_)))
+            .collect();
         let fut = self
             .writer
             .send(CommitBatch(requests))
@@ -502,11 +509,16 @@ impl Store {
                 };
                 act.stats.commits.fetch_add(1, Ordering::Relaxed);
                 let mut any_stored = false;
-                for ((reply, result), req) in replies.into_iter().zip(results).zip(&ordered) {
+                for (((reply, result), req), mark) in
+                    replies.into_iter().zip(results).zip(&ordered).zip(&marks)
+                {
                     if let Some(req) = req {
                         act.track_order(req, &result);
                     }
                     match &result {
+                        Ok(_) if *mark => {
+                            act.stats.sent_marks.fetch_add(1, Ordering::Relaxed);
+                        }
                         Ok(_) => {
                             any_stored = true;
                             act.stats.requests_stored.fetch_add(1, Ordering::Relaxed);
@@ -550,7 +562,9 @@ impl Handler<Append> for Store {
             self.stats.requests_failed.fetch_add(1, Ordering::Relaxed);
             return Box::pin(async move { Err(e) });
         }
-        if self.pending.len() >= self.max_pending {
+        // The bridge's sent marks are never refused for load: at most one is waiting (the
+        // bridge awaits each), and refusing it would make the bridge send everything again.
+        if self.pending.len() >= self.max_pending && !matches!(msg.0, WriteRequest::MarkSent(_)) {
             self.stats
                 .requests_refused_overload
                 .fetch_add(1, Ordering::Relaxed);
@@ -568,17 +582,21 @@ impl Handler<Append> for Store {
     }
 }
 
-/// The outbox as the cloud bridge sees it, over its own SQLite connection.
+/// The outbox as the cloud bridge sees it: fetches over its own SQLite connection, marks through
+/// the store's writer once [`SqliteOutbox::mark_through`] was called (the gateway does).
 ///
-/// That connection (fetch and `mark_sent`) runs with `synchronous = NORMAL` whatever
-/// `store.synchronous` says: a sent mark lost to power loss only means its records are sent
-/// again under the same keys (see "Durability of the sent mark" in `icu_outbox`),
+/// That connection (fetch, and `mark_sent` without a writer) runs with `synchronous = NORMAL`
+/// whatever `store.synchronous` says: a sent mark lost to power loss only means its records are
+/// sent again under the same keys (see "Durability of the sent mark" in `icu_outbox`),
 /// and it saves an fsync per mark. The writer, which commits what senders are acknowledged for,
 /// keeps the configured setting. [`SqliteOutbox::counts`] (for `/api/status`) reads through a
 /// second connection, so a status request never holds the bridge's.
 pub struct SqliteOutbox {
     reader: Mutex<ReaderDb>,
     status: Mutex<ReaderDb>,
+    /// The store whose writer marks records sent ([`Self::mark_through`]); until set, marks go
+    /// through the reader connection.
+    writer: OnceLock<Addr<Store>>,
 }
 
 impl SqliteOutbox {
@@ -586,7 +604,20 @@ impl SqliteOutbox {
         Ok(Self {
             reader: Mutex::new(ReaderDb::open(&cfg.path, false)?),
             status: Mutex::new(ReaderDb::open(&cfg.path, false)?),
+            writer: OnceLock::new(),
         })
+    }
+
+    /// Marks records sent through `store`'s writer, inside its next group commit, instead of a
+    /// transaction of the reader connection. At full ingest the writer holds the database's write
+    /// lock almost continuously, and the reader connection's mark waited for it (SQLite's busy
+    /// handler sleeps 1, 2, 5, 10 ... ms between tries): 0.85 s of every second of the bridge's
+    /// time went to marking, and forwarding fell behind ingest. Through the writer a mark waits
+    /// at most for the commit in progress and shares the next one's fsync. The callers of
+    /// [`Outbox::mark_sent_many`] must then not run on the store's own actix thread (the bridge
+    /// calls it on the blocking pool). Set once; later calls are ignored.
+    pub fn mark_through(&self, store: Addr<Store>) {
+        let _ = self.writer.set(store);
     }
 
     /// The store's counts (cheap: index seeks, see [`db::StoreCounts`]), on the status
@@ -664,6 +695,14 @@ impl Outbox for SqliteOutbox {
     }
 
     fn mark_sent_many(&self, ranges: &[icu_outbox::SentRange]) -> Result<(), OutboxError> {
+        if let Some(store) = self.writer.get() {
+            let request = Append(WriteRequest::MarkSent(ranges.to_vec()));
+            return match futures::executor::block_on(store.send(request)) {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(outbox_err("mark_sent_many")(e)),
+                Err(_) => Err(outbox_err("mark_sent_many")(StoreError::Closed)),
+            };
+        }
         self.reader
             .lock()
             .map_err(|_| outbox_err("mark_sent_many")(StoreError::Closed))?
@@ -702,13 +741,9 @@ mod tests {
         }
     }
 
-    /// A device whose ordered write was refused is held back across batches, even once the disk
-    /// takes writes again, until its retry with `release` is stored; other devices and
-    /// independent writes never are. So the retried message is stored before every later one.
-    #[actix_rt::test]
-    async fn a_refused_ordered_write_holds_its_device_back_until_released() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = StoreConfig {
+    /// A 1 GiB store in `dir` with `max_pending` requests waiting at most.
+    fn config(dir: &tempfile::TempDir, max_pending: usize) -> StoreConfig {
+        StoreConfig {
             path: dir.path().join("s.db"),
             disk_budget_bytes: 1 << 30,
             high_water_pct: 90,
@@ -717,8 +752,70 @@ mod tests {
             on_full: OnFull::Refuse,
             synchronous_full: false,
             max_batch: 64,
-            max_pending: 64,
-        };
+            max_pending,
+        }
+    }
+
+    /// With [`SqliteOutbox::mark_through`], the bridge's marks are committed by the writer (in
+    /// its group commit): the records are sent afterwards, the mark is counted as a mark and not
+    /// as a stored request, and a mark is accepted even with the pending queue full.
+    #[actix_rt::test]
+    async fn sent_marks_go_through_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(&dir, 0);
+        let stats = Arc::new(StoreStats::default());
+        let store = Store::start(&cfg, "gw", stats.clone(), None).unwrap();
+        // max_pending 0: every write is refused for load; store three directly.
+        let mut db = StoreDb::open(&cfg.path, "gw", false, u64::MAX).unwrap();
+        for msg in ["m1", "m2", "m3"] {
+            let Append(req) = write("mon", msg, WriteOrder::Independent);
+            assert!(db.commit_batch(&[req])[0].is_ok());
+        }
+        drop(db);
+        assert_eq!(
+            kind(
+                &store
+                    .send(write("mon", "m4", WriteOrder::Independent))
+                    .await
+                    .unwrap()
+            ),
+            "refused",
+            "the queue is full for writes"
+        );
+        let outbox = Arc::new(SqliteOutbox::open(&cfg).unwrap());
+        outbox.mark_through(store.clone());
+        let marker = outbox.clone();
+        tokio::task::spawn_blocking(move || {
+            marker.mark_sent_many(&[icu_outbox::SentRange {
+                stream: icu_outbox::Stream::Observations,
+                device_id: "mon".into(),
+                first_seq: 1,
+                last_seq: 2,
+            }])
+        })
+        .await
+        .unwrap()
+        .expect("the mark is committed by the writer");
+        let unsent = outbox
+            .fetch_unsent(&FetchRequest {
+                limit: 10,
+                live_since_us: 0,
+                backlog_budget: 10,
+            })
+            .unwrap();
+        let seqs: Vec<u64> = unsent.records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [3]);
+        assert_eq!(stats.sent_marks.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.requests_stored.load(Ordering::Relaxed), 0);
+    }
+
+    /// A device whose ordered write was refused is held back across batches, even once the disk
+    /// takes writes again, until its retry with `release` is stored; other devices and
+    /// independent writes never are. So the retried message is stored before every later one.
+    #[actix_rt::test]
+    async fn a_refused_ordered_write_holds_its_device_back_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(&dir, 64);
         let store = Store::start(&cfg, "gw", Arc::default(), None).unwrap();
         let other = rusqlite::Connection::open(&cfg.path).unwrap();
         // A real SQLite failure of device a's writes (and only of them).

@@ -297,30 +297,7 @@ impl ReaderDb {
             rusqlite::TransactionBehavior::Immediate,
         )
         .map_err(|e| self.err(e))?;
-        let mut changed = 0;
-        let mut i = 0;
-        while i < ranges.len() {
-            let r = &ranges[i];
-            let mut last = r.last_seq;
-            let mut j = i + 1;
-            while let Some(next) = ranges.get(j) {
-                if next.stream != r.stream
-                    || next.device_id != r.device_id
-                    || last.checked_add(1) != Some(next.first_seq)
-                {
-                    break;
-                }
-                last = next.last_seq;
-                j += 1;
-            }
-            changed += if r.stream == Stream::Audit {
-                audit::mark(&tx, r.first_seq, last)
-            } else {
-                mark_range(&tx, r.stream.code(), &r.device_id, r.first_seq, last)
-            }
-            .map_err(|e| self.err(e))?;
-            i = j;
-        }
+        let changed = mark_ranges(&tx, ranges).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(changed)
     }
@@ -431,4 +408,33 @@ impl ReaderDb {
     pub fn data_bytes(&self) -> Result<u64, StoreError> {
         pages_in_use_bytes(&self.conn).map_err(|e| self.err(e))
     }
+}
+
+/// Marks `ranges` sent on `conn` (inside the caller's transaction); consecutive ranges of one
+/// device's stream are merged into one update. Returns how many records were unsent before.
+pub(super) fn mark_ranges(conn: &Connection, ranges: &[SentRange]) -> rusqlite::Result<usize> {
+    let mut changed = 0;
+    let mut i = 0;
+    while i < ranges.len() {
+        let r = &ranges[i];
+        let mut last = r.last_seq;
+        let mut j = i + 1;
+        while let Some(next) = ranges.get(j) {
+            if next.stream != r.stream
+                || next.device_id != r.device_id
+                || last.checked_add(1) != Some(next.first_seq)
+            {
+                break;
+            }
+            last = next.last_seq;
+            j += 1;
+        }
+        changed += if r.stream == Stream::Audit {
+            audit::mark(conn, r.first_seq, last)?
+        } else {
+            mark_range(conn, r.stream.code(), &r.device_id, r.first_seq, last)?
+        };
+        i = j;
+    }
+    Ok(changed)
 }

@@ -97,6 +97,10 @@ pub enum WriteRequest {
     /// An ADT event as applied to the census (for `icu.adt`), under the source id `adt`.
     Adt(icu_protos::v1::AdtEvent),
     DeadLetter(DeadLetter),
+    /// The bridge's delivered ranges, marked sent inside the writer's group commit (see
+    /// `SqliteOutbox::mark_through`): the bridge never waits for the write lock the writer holds
+    /// almost continuously at full ingest. Never refused for the disk budget (it frees room).
+    MarkSent(Vec<icu_outbox::SentRange>),
 }
 
 /// The outbox source id of ADT events.
@@ -118,6 +122,10 @@ pub enum WriteOutcome {
     },
     DeadLettered {
         id: i64,
+    },
+    /// [`WriteRequest::MarkSent`] applied: how many records were unsent before.
+    Marked {
+        records: usize,
     },
 }
 
