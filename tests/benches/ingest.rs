@@ -85,6 +85,8 @@ struct Row {
     cpu_window: [f64; 3],
     /// The bridge over the window: cycles, then µs preparing, delivering, marking sent.
     bridge_window: [u64; 4],
+    /// The alarm probe: events measured, latency p50 and p99 (ms); `None` without a probe.
+    alarm_ms: Option<(usize, f64, f64)>,
     sync: String,
     beds: usize,
     msgs: u64,
@@ -281,6 +283,144 @@ async fn mqtt_bed(
     t
 }
 
+/// How often the alarm probe sends (alternating an alarm start and its end).
+const PROBE_PERIOD: Duration = Duration::from_millis(250);
+/// The probe's parameter: body temperature (MDC_TEMP), which no load bed sends and no default
+/// rule watches (they watch 150364 and 150368).
+const PROBE_CODE: u32 = 150344;
+/// The probe's values: above [`PROBE_HIGH`] starts its alarm, below ends it.
+const PROBE_VALUES: [&str; 2] = ["41.0", "37.0"];
+/// The probe rule's high limit.
+const PROBE_HIGH: f64 = 40.0;
+
+/// The gateway's default alarm limits plus the probe's rule (`probe`: [`PROBE_CODE`] above
+/// [`PROBE_HIGH`], no sustain, no hysteresis, medium priority so it never latches).
+fn probe_alarms() -> String {
+    #[derive(serde::Serialize)]
+    struct Alarms {
+        limits: Vec<icu_gateway::alarm::LimitRule>,
+    }
+    #[derive(serde::Serialize)]
+    struct File {
+        alarms: Alarms,
+    }
+    let defaults = toml::to_string(&File {
+        alarms: Alarms {
+            limits: icu_gateway::alarm::default_limits(),
+        },
+    })
+    .expect("default limits as TOML");
+    format!(
+        "{defaults}\n[[alarms.limits]]\nid = \"probe\"\nlabel = \"probe\"\nmdc_codes = [{PROBE_CODE}]\n\
+         high = {PROBE_HIGH:.1}\npriority = \"medium\"\nsustain_s = 0\nhysteresis = 0.0\n"
+    )
+}
+
+/// One PCD-01 message of the probe monitor with the probe value `value`.
+fn probe_message(bed: usize, n: u64, value: &str) -> Vec<u8> {
+    let t = icu_drivers::terminology::Terminology::builtin();
+    let term = t.by_mdc(PROBE_CODE).expect("probe code in the terminology");
+    let unit = t.unit(term.unit_mdc_code).expect("probe unit");
+    let eui = eui(bed);
+    let ts = hl7_now();
+    format!(
+        "MSH|^~\\&|BENCH^{eui}^EUI-64|BENCH|ICU_GW|HOSP|{ts}||ORU^R01^ORU_R01|P{bed}-{n}|P|2.6|||AL|NE\r\
+         OBR|1|P{bed}-{n}|P{bed}-{n}|182777000^monitoring of patient^SCT|||{ts}\r\
+         OBX|1||69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|1.0.0.0|||||||X|||||||{eui}^^{eui}^EUI-64\r\
+         OBX|2|NM|{PROBE_CODE}^{}^MDC|1.1.1.1|{value}|{}^{}^MDC|||||R\r",
+        term.refid, unit.unit_mdc_code, unit.refid
+    )
+    .into_bytes()
+}
+
+/// The alarm probe (monitor `bed`, beyond the load beds): every [`PROBE_PERIOD`] a message that
+/// starts or ends its `probe` alarm, timed from the moment it is written to the MLLP socket to
+/// the moment the alarm event arrives on the page's event stream (`/api/events`, as the test
+/// physician). Returns the latencies (ms) of the events sent within `[t_warm, t_end)`.
+async fn alarm_probe(
+    mllp: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+    cookie: String,
+    bed: usize,
+    t_warm: Instant,
+    t_end: Instant,
+) -> Vec<f64> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    // The crossing in flight: (alarm start?, written at).
+    let pending: Arc<std::sync::Mutex<Option<(bool, Instant)>>> = Arc::default();
+    let latencies: Arc<std::sync::Mutex<Vec<f64>>> = Arc::default();
+    let mut sse = tokio::net::TcpStream::connect(http)
+        .await
+        .expect("event stream connect");
+    sse.write_all(
+        format!("GET /api/events HTTP/1.1\r\nHost: {http}\r\nCookie: icu_session={cookie}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("event stream request");
+    let reader = {
+        let (pending, latencies) = (pending.clone(), latencies.clone());
+        let bed_id = bed_id(bed);
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(sse).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Some(json) = line.strip_prefix("data: ") else {
+                    continue;
+                };
+                let at = Instant::now();
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+                    continue;
+                };
+                if v["bed"].as_str() != Some(bed_id.as_str())
+                    || !v["source"].as_str().unwrap_or("").contains("probe")
+                {
+                    continue;
+                }
+                let start = match v["phase"].as_str() {
+                    Some("start") => true,
+                    Some("end") => false,
+                    _ => continue,
+                };
+                let mut p = pending.lock().expect("probe");
+                if let Some((want, t0)) = *p {
+                    if want == start {
+                        *p = None;
+                        if t0 >= t_warm && t0 < t_end {
+                            latencies
+                                .lock()
+                                .expect("probe")
+                                .push(at.duration_since(t0).as_secs_f64() * 1e3);
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let stream = tokio::net::TcpStream::connect(mllp)
+        .await
+        .expect("probe MLLP connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let mut framed = Framed::new(stream, MllpCodec::new(1 << 20));
+    let mut tick = tokio::time::interval(PROBE_PERIOD);
+    let mut n = 0u64;
+    while Instant::now() < t_end {
+        tick.tick().await;
+        n += 1;
+        let start = n % 2 == 1;
+        let msg = probe_message(bed, n, PROBE_VALUES[usize::from(!start)]);
+        *pending.lock().expect("probe") = Some((start, Instant::now()));
+        framed.send(msg.as_slice()).await.expect("probe send");
+        match framed.next().await {
+            Some(Ok(MllpEvent::Frame { .. })) => {}
+            other => panic!("alarm probe: no ACK: {other:?}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    reader.abort();
+    let l = latencies.lock().expect("probe").clone();
+    l
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_case(
     rt: &tokio::runtime::Runtime,
@@ -293,13 +433,15 @@ fn run_case(
 ) -> Row {
     let scratch = scratch("ingest-");
     let pki = tls.then(|| bench_pki(&scratch.path().join("pki"), beds));
+    // The alarm probe runs next to MLLP load in plain text (its event stream client speaks HTTP).
+    let probe = (transport == Transport::Mllp && !tls).then_some(beds + 1);
     let tansu = o.kafka.then(start_tansu);
     let mosquitto = (transport == Transport::Mqtt).then(start_mosquitto);
     let spec = GatewaySpec {
         dir: scratch.path().join("gw"),
         synchronous: sync.to_owned(),
         monitors: if transport == Transport::Mllp {
-            beds
+            probe.unwrap_or(beds)
         } else {
             0
         },
@@ -312,6 +454,11 @@ fn run_case(
         kafka: tansu.as_ref().map(|t| format!("127.0.0.1:{}", t.port)),
         store_extra: o.store_extra.clone(),
         mllp_tls: pki.clone(),
+        alarms: if probe.is_some() {
+            probe_alarms()
+        } else {
+            String::new()
+        },
     };
     let mut gw = spec.start();
     if transport == Transport::Mqtt {
@@ -441,7 +588,25 @@ fn run_case(
         })
     });
 
-    let tallies: Vec<Tally> = rt.block_on(async {
+    let probe_cookie = probe.map(|_| {
+        icu_tests::http::login(
+            gw.endpoints.http,
+            icu_tests::http::DEFAULT_ACCOUNT,
+            icu_tests::http::TEST_PASSWORD,
+        )
+        .expect("login for the event stream")
+    });
+    let (tallies, mut alarm_ms): (Vec<Tally>, Vec<f64>) = rt.block_on(async {
+        let prober = probe.zip(probe_cookie).map(|(bed, cookie)| {
+            tokio::spawn(alarm_probe(
+                gw.endpoints.mllp,
+                gw.endpoints.http,
+                cookie,
+                bed,
+                t_warm,
+                t_end,
+            ))
+        });
         tokio::time::sleep_until(start.into()).await;
         let mut tasks = Vec::new();
         for bed in 1..=beds {
@@ -470,8 +635,13 @@ fn run_case(
         for t in tasks {
             out.push(t.await.expect("bed task"));
         }
-        out
+        let alarm_ms = match prober {
+            Some(p) => p.await.expect("alarm probe"),
+            None => Vec::new(),
+        };
+        (out, alarm_ms)
     });
+    sort(&mut alarm_ms);
     if let Some(p) = perf_child {
         let _ = p.join();
     }
@@ -522,6 +692,13 @@ fn run_case(
         alarm_records: at_end[2].saturating_sub(at_warm[2]),
         bridge_window: std::array::from_fn(|i| at_end[3 + i].saturating_sub(at_warm[3 + i])),
         cpu_window,
+        alarm_ms: (probe.is_some()).then(|| {
+            (
+                alarm_ms.len(),
+                percentile(&alarm_ms, 0.50),
+                percentile(&alarm_ms, 0.99),
+            )
+        }),
         sync: sync.to_owned(),
         beds,
         msgs,
@@ -543,7 +720,7 @@ fn run_case(
 
 fn header() {
     println!(
-        "{:<10} {:<5} {:<6} {:>5} {:>10} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>10} {:>8} {:>8} {:>9} {:>10} {:>9} {:>16}",
+        "{:<10} {:<5} {:<6} {:>5} {:>10} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>10} {:>8} {:>8} {:>9} {:>10} {:>9} {:>16} {:>17}",
         "input",
         "course",
         "sync",
@@ -562,13 +739,14 @@ fn header() {
         "fwd/s",
         "outbox +/s",
         "alarms/s",
-        "CPU% gw/brk/gen"
+        "CPU% gw/brk/gen",
+        "alarm p50/p99 ms"
     );
 }
 
 fn print_row(r: &Row) {
     println!(
-        "{:<10} {:<5} {:<6} {:>5} {:>10.0} {:>9.0} {:>8.2} {:>8.2} {:>8.1} {:>9.0} {:>7.1} {:>7.1} {:>10} {:>8.1} {:>8.1} {:>9} {:>10} {:>9.1} {:>16}{}",
+        "{:<10} {:<5} {:<6} {:>5} {:>10.0} {:>9.0} {:>8.2} {:>8.2} {:>8.1} {:>9.0} {:>7.1} {:>7.1} {:>10} {:>8.1} {:>8.1} {:>9} {:>10} {:>9.1} {:>16} {:>17}{}",
         match (r.transport, r.tls) {
             (Transport::Mllp, false) => "mllp",
             (Transport::Mllp, true) => "mllp+mtls",
@@ -605,6 +783,11 @@ fn print_row(r: &Row) {
         {
             let [gw, broker, generators] = r.cpu_window.map(|c| c * 100.0 / r.secs);
             format!("{gw:.0}/{broker:.0}/{generators:.0}")
+        },
+        match r.alarm_ms {
+            Some((n, p50, p99)) if n > 0 => format!("{p50:.2}/{p99:.2}"),
+            Some(_) => "none seen".into(),
+            None => "-".into(),
         },
         if r.errors > 0 {
             format!("  ({} errors)", r.errors)
@@ -702,11 +885,14 @@ fn main() {
         let [cycles, preparing, delivering, marking] = r.bridge_window;
         let per_s = |us: u64| us as f64 / 1e3 / r.secs;
         println!(
-            "  bridge, {} {} {} beds: {:.1} cycles/s, {:.0} observations per cycle; per second: waiting for the \
-             prepared cycle {:.0} ms, delivering {:.0} ms, marking sent {:.0} ms",
+            "  bridge, {} {} {} beds: outbox {} records at the start of the window, {} at its end; {:.1} cycles/s, \
+             {:.0} observations per cycle; per second: waiting for the prepared cycle {:.0} ms, delivering {:.0} ms, \
+             marking sent {:.0} ms",
             if r.sick { "sick" } else { "calm" },
             r.sync,
             r.beds,
+            r.unsent_start,
+            r.unsent_end,
             cycles as f64 / r.secs,
             r.forwarded_obs as f64 / cycles.max(1) as f64,
             per_s(preparing),
@@ -731,6 +917,8 @@ fn main() {
          course sick: every bed's values keep NEWS2 at 6-9 and change with every message; fwd/s: observations forwarded\n\
          to Kafka in the window (--kafka); outbox +/s: change of the unsent records over the window; alarms/s: alarm records.\n\
          CPU%: CPU time over the window as a share of one core, of the gateway / the broker (--kafka) / this bench's load generators.\n\
+         alarm p50/p99: one more monitor (MLLP, plain) starts and ends an alarm every 250 ms (temperature 41/37 against a rule at 40 on a\n\
+         code no load bed sends): from writing the message to the alarm event on the page's event stream.\n\
          Targets (issue 5): >= 100000 obs/s durable ingest, <= 150 MiB RSS."
     );
 }

@@ -320,6 +320,7 @@ fn main() {
         kafka: Some(format!("127.0.0.1:{}", tansu.port)),
         store_extra: String::new(),
         mllp_tls: None,
+        alarms: String::new(),
     };
     let t_start = Instant::now();
     let mut gw = spec.start();

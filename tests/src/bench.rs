@@ -254,6 +254,8 @@ pub struct GatewaySpec {
     /// MLLP over TLS with client certificates required (mutual TLS, each monitor bound to its
     /// certificate): the folder [`bench_pki`] made. `None`: plain text.
     pub mllp_tls: Option<PathBuf>,
+    /// An `[alarms]` section (empty: the gateway's defaults).
+    pub alarms: String,
 }
 
 /// A test PKI (`icu-gateway cert`) for `monitors` bench monitors in `dir`: `ca.crt`, the
@@ -302,6 +304,10 @@ impl GatewaySpec {
         );
         if let Some(k) = &self.kafka {
             s.push_str(&format!("[kafka]\nbootstrap = \"{k}\"\n\n"));
+        }
+        if !self.alarms.is_empty() {
+            s.push_str(&self.alarms);
+            s.push_str("\n\n");
         }
         if let Some(p) = &self.mllp_tls {
             s.push_str(&format!(
