@@ -9,7 +9,8 @@ over what ``icu-signature-alg`` names.  ``ed25519-envelope-v1`` (the default):
 the record's envelope, UTF-8 lines each ending in LF: ``icu-envelope-v1``,
 ``key=<record key>``, then for each covered header in this order
 (icu-stream, content-type, icu-gateway-id, icu-device-id, icu-seq-first,
-icu-seq-last, icu-bed, icu-patient-id, icu-key-id) ``name=value`` when the
+icu-seq-last, icu-bed, icu-patient-id, icu-key-id, ce_specversion, ce_id,
+ce_source, ce_type, ce_time) ``name=value`` when the
 record has it or ``name`` alone when not, then ``value-sha256=<hex>``; in
 the key and values ``%``, LF and CR are written ``%25``, ``%0A``, ``%0D``.
 ``ed25519`` (or no such header, the older scheme): the exact value bytes.
@@ -104,6 +105,11 @@ COVERED = (
     "icu-bed",
     "icu-patient-id",
     "icu-key-id",
+    "ce_specversion",
+    "ce_id",
+    "ce_source",
+    "ce_type",
+    "ce_time",
 )
 
 

@@ -33,6 +33,23 @@ pub const PATIENT_ID: &str = "icu-patient-id";
 /// The stream the record belongs to (`observations`, `alarms`, `adt`, `audit`, `deadletter`).
 pub const STREAM: &str = "icu-stream";
 
+/// CloudEvents Kafka protocol binding (binary content mode; `content-type` is the event's
+/// `datacontenttype`), so generic tools can route the records: spec version, always
+/// [`CE_SPECVERSION_1_0`].
+pub const CE_SPECVERSION: &str = "ce_specversion";
+/// The event id: `<gateway>:<stream>:<device>:<first seq>-<last seq>`, the same for a re-send.
+pub const CE_ID: &str = "ce_id";
+/// The event source: `urn:icu-gateway:<gateway>:<device>`.
+pub const CE_SOURCE: &str = "ce_source";
+/// The event type: `org.icu-gateway.<stream>.v1`.
+pub const CE_TYPE: &str = "ce_type";
+/// The time of the first record the event carries (receive time of an observation or a dead
+/// letter, event time of an alarm state change or ADT event, time of an audit entry), RFC 3339
+/// in UTC; absent when the record has none.
+pub const CE_TIME: &str = "ce_time";
+/// Value of [`CE_SPECVERSION`].
+pub const CE_SPECVERSION_1_0: &str = "1.0";
+
 /// Value of [`SIGNATURE_ALG`]: ed25519 over the exact value bytes.
 pub const SIGNATURE_ALG_ED25519: &str = "ed25519";
 /// Value of [`SIGNATURE_ALG`]: ed25519 over the record's envelope (`crate::signing::envelope`).

@@ -301,6 +301,11 @@ fn produce_signed(
         ("icu-seq-first", "41"),
         ("icu-seq-last", "42"),
         ("content-type", "application/fhir+json"),
+        ("ce_specversion", "1.0"),
+        ("ce_id", "gw-test:observations:mon-bed-01:41-42"),
+        ("ce_source", "urn:icu-gateway:gw-test:mon-bed-01"),
+        ("ce_type", "org.icu-gateway.observations.v1"),
+        ("ce_time", "2026-12-06T10:00:00Z"),
     ];
     let (alg, signature) = if envelope {
         let map: BTreeMap<&str, &str> = fields.iter().copied().collect();

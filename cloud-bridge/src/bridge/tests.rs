@@ -5,6 +5,7 @@ use icu_protos::v1::{stored_record::Body, Observation, StoredRecord};
 use std::sync::Mutex;
 
 use super::*;
+use crate::headers;
 use crate::signing::GatewayKey;
 use icu_outbox::{Fetched, MemoryOutbox, OutboxError, OutboxRecord};
 use icu_protos::v1::{AdtEvent, Alarm, DeadLetter};
@@ -787,6 +788,28 @@ fn the_signature_covers_the_key_and_the_headers_a_consumer_accounts_by() {
         Some(headers::SIGNATURE_ALG_ENVELOPE_V1)
     );
     assert_eq!(signed.key, "MRN123");
+    let header = |name: &str| {
+        signed
+            .headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    // CloudEvents attributes, derived from the stored record (so a re-send carries the same).
+    assert_eq!(header(headers::CE_SPECVERSION), Some("1.0"));
+    assert_eq!(
+        header(headers::CE_ID),
+        Some("gw-test:observations:mon-1:7-7")
+    );
+    assert_eq!(
+        header(headers::CE_SOURCE),
+        Some("urn:icu-gateway:gw-test:mon-1")
+    );
+    assert_eq!(
+        header(headers::CE_TYPE),
+        Some("org.icu-gateway.observations.v1")
+    );
+    assert_eq!(header(headers::CE_TIME), Some("2023-11-14T22:13:20Z"));
     assert_eq!(as_consumed(&signed, &key).signature_ok, Some(true));
     for name in crate::signing::envelope::COVERED {
         let mut edited = as_consumed(&signed, &key);

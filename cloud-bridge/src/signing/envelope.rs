@@ -3,10 +3,10 @@
 //! Owns: [`envelope`], the exact bytes the gateway signs for a record, and the list of
 //! [`COVERED`] headers.
 //! Guarantees:
-//! - the signature covers the value *and* what a consumer accounts by: the record key and the
-//!   headers in [`COVERED`] (stream, content type, gateway, device, seq range, bed, patient, key
-//!   id). Editing any of them in flight, or moving a value under other headers, fails
-//!   verification;
+//! - the signature covers the value *and* what a consumer accounts or routes by: the record key
+//!   and the headers in [`COVERED`] (stream, content type, gateway, device, seq range, bed,
+//!   patient, key id, and the CloudEvents attributes). Editing any of them in flight, or moving a
+//!   value under other headers, fails verification;
 //! - the value enters through its SHA-256 (one pass, hardware-accelerated where the CPU has it)
 //!   and the ed25519 signature is over the short envelope, so signing costs one SHA-256 pass over
 //!   the value instead of plain ed25519's two SHA-512 passes;
@@ -28,7 +28,7 @@ use crate::headers;
 pub const ENVELOPE_V1: &str = "icu-envelope-v1";
 
 /// The headers the envelope covers, in the order they are written.
-pub const COVERED: [&str; 9] = [
+pub const COVERED: [&str; 14] = [
     headers::STREAM,
     headers::CONTENT_TYPE,
     headers::GATEWAY_ID,
@@ -38,6 +38,11 @@ pub const COVERED: [&str; 9] = [
     headers::BED,
     headers::PATIENT_ID,
     headers::KEY_ID,
+    headers::CE_SPECVERSION,
+    headers::CE_ID,
+    headers::CE_SOURCE,
+    headers::CE_TYPE,
+    headers::CE_TIME,
 ];
 
 /// The envelope bytes of a record: its key (`None`: a record without a key, written as the line
@@ -102,6 +107,11 @@ mod tests {
             (headers::SEQ_LAST, "9"),
             (headers::BED, "bed-1"),
             (headers::KEY_ID, "0123456789abcdef"),
+            (headers::CE_SPECVERSION, "1.0"),
+            (headers::CE_ID, "icu-north:observations:mon-01:7-9"),
+            (headers::CE_SOURCE, "urn:icu-gateway:icu-north:mon-01"),
+            (headers::CE_TYPE, "org.icu-gateway.observations.v1"),
+            (headers::CE_TIME, "2026-12-06T10:00:00.000001Z"),
         ]);
         let bytes = envelope(Some("mon-01"), |n| h.get(n).map(String::as_str), b"abc");
         assert_eq!(
@@ -117,6 +127,11 @@ mod tests {
              icu-bed=bed-1\n\
              icu-patient-id\n\
              icu-key-id=0123456789abcdef\n\
+             ce_specversion=1.0\n\
+             ce_id=icu-north:observations:mon-01:7-9\n\
+             ce_source=urn:icu-gateway:icu-north:mon-01\n\
+             ce_type=org.icu-gateway.observations.v1\n\
+             ce_time=2026-12-06T10:00:00.000001Z\n\
              value-sha256=ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\n"
         );
     }

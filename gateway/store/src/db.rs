@@ -356,7 +356,7 @@ impl StoreDb {
                 let sp = tx.savepoint()?;
                 let out = match req {
                     WriteRequest::MarkSent(ranges) => WriteOutcome::Marked {
-                        records: reader::mark_ranges(&sp, ranges)?,
+                        records: mark_ranges(&sp, ranges)?,
                     },
                     WriteRequest::Observations(b) => match dedup.find(&sp, b)? {
                         Some(dup) => dup,
@@ -753,6 +753,38 @@ fn insert_rows(
     )?
     .execute(params![device_id, kind, seq])?;
     Ok((next as u64, (seq - 1) as u64))
+}
+
+/// Marks `ranges` sent on `conn` (inside the caller's transaction); consecutive ranges of one
+/// device's stream are merged into one update. Returns how many records were unsent before.
+pub(crate) fn mark_ranges(
+    conn: &Connection,
+    ranges: &[icu_outbox::SentRange],
+) -> rusqlite::Result<usize> {
+    let mut changed = 0;
+    let mut i = 0;
+    while i < ranges.len() {
+        let r = &ranges[i];
+        let mut last = r.last_seq;
+        let mut j = i + 1;
+        while let Some(next) = ranges.get(j) {
+            if next.stream != r.stream
+                || next.device_id != r.device_id
+                || last.checked_add(1) != Some(next.first_seq)
+            {
+                break;
+            }
+            last = next.last_seq;
+            j += 1;
+        }
+        changed += if r.stream == Stream::Audit {
+            audit::mark(conn, r.first_seq, last)?
+        } else {
+            mark_range(conn, r.stream.code(), &r.device_id, r.first_seq, last)?
+        };
+        i = j;
+    }
+    Ok(changed)
 }
 
 /// Marks `[first, last]` of one stream sent; returns how many records were unsent before.

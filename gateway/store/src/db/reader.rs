@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::prune::{head, UNSENT_HEAD, UNSENT_IN_ROW};
 use super::{
-    audit, mark_range, migrate, open_connection, pages_in_use_bytes, row_records, sqlite_err,
+    audit, mark_ranges, migrate, open_connection, pages_in_use_bytes, row_records, sqlite_err,
     StoreError, ROW_MAX, SCHEMA, VIEWS,
 };
 
@@ -408,33 +408,4 @@ impl ReaderDb {
     pub fn data_bytes(&self) -> Result<u64, StoreError> {
         pages_in_use_bytes(&self.conn).map_err(|e| self.err(e))
     }
-}
-
-/// Marks `ranges` sent on `conn` (inside the caller's transaction); consecutive ranges of one
-/// device's stream are merged into one update. Returns how many records were unsent before.
-pub(super) fn mark_ranges(conn: &Connection, ranges: &[SentRange]) -> rusqlite::Result<usize> {
-    let mut changed = 0;
-    let mut i = 0;
-    while i < ranges.len() {
-        let r = &ranges[i];
-        let mut last = r.last_seq;
-        let mut j = i + 1;
-        while let Some(next) = ranges.get(j) {
-            if next.stream != r.stream
-                || next.device_id != r.device_id
-                || last.checked_add(1) != Some(next.first_seq)
-            {
-                break;
-            }
-            last = next.last_seq;
-            j += 1;
-        }
-        changed += if r.stream == Stream::Audit {
-            audit::mark(conn, r.first_seq, last)?
-        } else {
-            mark_range(conn, r.stream.code(), &r.device_id, r.first_seq, last)?
-        };
-        i = j;
-    }
-    Ok(changed)
 }
