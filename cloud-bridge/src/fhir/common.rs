@@ -126,19 +126,21 @@ pub(crate) fn fhir_id(parts: &[&str]) -> String {
     }
 }
 
-/// A deterministic RFC 4122 (version 5 style, SHA-256 based) UUID from parts.
+/// A deterministic name-based UUID from parts: SHA-256 of the parts (joined by NUL), as an
+/// RFC 9562 version 8 UUID (version 5 is defined as SHA-1; a SHA-256 name-based UUID is the
+/// version 8 example of RFC 9562, appendix B.2).
 pub(crate) fn uuid_from(parts: &[&str]) -> String {
     let digest = Sha256::digest(parts.join("\u{0}").as_bytes());
     String::from_utf8_lossy(&uuid_text(&digest)).into_owned()
 }
 
 /// The UUID text (`8-4-4-4-12` lowercase hex) of a SHA-256 digest's first 16 bytes, with the
-/// version (5) and variant bits set.
+/// version (8, RFC 9562) and variant (`10`) bits set.
 pub(crate) fn uuid_text(digest: &[u8]) -> [u8; 36] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut b = [0u8; 16];
     b.copy_from_slice(&digest[..16]);
-    b[6] = (b[6] & 0x0f) | 0x50;
+    b[6] = (b[6] & 0x0f) | 0x80;
     b[8] = (b[8] & 0x3f) | 0x80;
     let mut out = [b'-'; 36];
     let mut at = 0;

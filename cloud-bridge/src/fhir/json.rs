@@ -343,8 +343,9 @@ impl<'a> BundleWriter<'a> {
         raw(out, "\"}],\"status\":");
         raw(
             out,
+            // HL7 v2-to-FHIR concept map (OBX-11): C → corrected.
             if status == ObservationStatus::Corrected {
-                "\"amended\""
+                "\"corrected\""
             } else {
                 "\"final\""
             },

@@ -138,7 +138,7 @@ fn map_observation(
     }
 
     let fhir_status = match status {
-        ObservationStatus::Corrected => FhirStatus::Amended,
+        ObservationStatus::Corrected => FhirStatus::Corrected,
         _ => FhirStatus::Final,
     };
 

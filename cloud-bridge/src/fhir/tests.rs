@@ -75,6 +75,13 @@ fn bundle_envelope_is_a_deterministic_collection() {
     assert_eq!(entries.len(), 2);
     let url = entries[0]["fullUrl"].as_str().unwrap();
     assert!(url.starts_with("urn:uuid:") && url.len() == 45, "{url}");
+    // A SHA-256 name-based UUID is RFC 9562 version 8 (version 5 would claim SHA-1), variant 10.
+    let uuid = &url["urn:uuid:".len()..];
+    assert_eq!(&uuid[14..15], "8", "version nibble of {uuid}");
+    assert!(
+        matches!(&uuid[19..20], "8" | "9" | "a" | "b"),
+        "variant of {uuid}"
+    );
     assert_ne!(entries[0]["fullUrl"], entries[1]["fullUrl"]);
 
     let t = Terminology::builtin();
@@ -208,7 +215,8 @@ fn absent_text_and_corrected_values() {
     assert_eq!(t["valueString"], "AUTO");
     assert!(t.get("dataAbsentReason").is_none());
 
-    assert_eq!(o(2)["status"], "amended");
+    // OBX-11 C is "corrected" in the HL7 v2-to-FHIR concept map (not "amended").
+    assert_eq!(o(2)["status"], "corrected");
     assert_eq!(o(2)["valueQuantity"]["value"], 97.0);
 
     let inv = o(3);
