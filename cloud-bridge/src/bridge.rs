@@ -52,6 +52,7 @@ pub mod plan;
 mod quiet;
 pub mod security;
 mod stats;
+pub mod topics;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

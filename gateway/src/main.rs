@@ -116,6 +116,30 @@ enum Command {
         #[command(subcommand)]
         command: icu_gateway::audit::cli::AuditCommand,
     },
+    /// The gateway's Kafka topics: `create` them on the backbone of the config's `[kafka]`.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create every topic the config names (observations, alarms, ADT, audit, dead letters)
+    /// with the documented settings; a topic that exists is left as it is. Exit 1 if one failed.
+    Create {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Partitions per topic.
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        /// Replicas per partition (1 for a single test broker).
+        #[arg(long, default_value_t = 3)]
+        replication_factor: i32,
+        /// How long the backbone keeps records, in hours (`retention.ms`).
+        #[arg(long, default_value_t = 168)]
+        retention_hours: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -269,6 +293,57 @@ fn main() -> anyhow::Result<()> {
                 public.display()
             );
             println!("key id:      {}", key.key_id());
+            Ok(())
+        }
+        Command::Topics {
+            command:
+                TopicsCommand::Create {
+                    config,
+                    partitions,
+                    replication_factor,
+                    retention_hours,
+                },
+        } => {
+            let cfg = icu_gateway::config::Config::load(&config)?;
+            let kafka = cfg.kafka.as_ref().with_context(|| {
+                format!(
+                    "{} has no [kafka] section to create topics on",
+                    config.display()
+                )
+            })?;
+            let spec = icu_cloud_bridge::bridge::topics::TopicSpec {
+                partitions,
+                replication: replication_factor,
+                retention: std::time::Duration::from_secs(retention_hours.saturating_mul(3600)),
+            };
+            let settings: Vec<String> = spec
+                .settings()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let answers = icu_cloud_bridge::bridge::topics::create_topics(kafka, &spec)
+                .with_context(|| format!("creating topics on {}", kafka.brokers))?;
+            let mut failed = 0;
+            for (topic, outcome) in answers {
+                use icu_cloud_bridge::bridge::topics::TopicOutcome;
+                match outcome {
+                    TopicOutcome::Created => println!(
+                        "{topic}: created ({partitions} partitions, replication {replication_factor}, {})",
+                        settings.join(", ")
+                    ),
+                    TopicOutcome::Exists => println!("{topic}: exists (left as it is)"),
+                    TopicOutcome::Failed(reason) => {
+                        failed += 1;
+                        println!("{topic}: FAILED: {reason}");
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!(
+                    "{failed} topic(s) could not be created on {}",
+                    kafka.brokers
+                );
+            }
             Ok(())
         }
         Command::CheckConfig { config } => {

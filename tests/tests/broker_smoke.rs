@@ -444,3 +444,63 @@ fn stock_python_consumer_verifies_the_signature() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `icu-gateway topics create` makes every topic of the config on a real broker (tansu), with
+/// the partitions asked for, and a second run leaves them as they are.
+#[test]
+fn topics_create_makes_every_topic_of_the_config_once() -> anyhow::Result<()> {
+    let broker = Broker::start()?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        icu_tests::gateway::config_text(dir.path(), 1, Some(&broker.addr), ""),
+    )?;
+    let config = config.to_string_lossy().into_owned();
+    let args = [
+        "topics",
+        "create",
+        "--config",
+        &config,
+        "--partitions",
+        "3",
+        "--replication-factor",
+        "1",
+    ];
+    let ours = [
+        "icu.alarms",
+        "icu.adt",
+        "icu.audit",
+        "icu.observations",
+        "icu.deadletter",
+    ];
+    let first = icu_tests::http::gateway_cli(&args, "")?;
+    eprintln!("{first}");
+    for topic in ours {
+        assert!(
+            first
+                .lines()
+                .any(|l| l.starts_with(&format!("{topic}: created (3 partitions, replication 1"))),
+            "{topic} not created:\n{first}"
+        );
+    }
+    let metadata = broker.metadata()?;
+    for topic in ours {
+        let t = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .with_context(|| format!("{topic} not in the broker's metadata"))?;
+        assert_eq!(t.partitions().len(), 3, "{topic} partitions");
+    }
+    let again = icu_tests::http::gateway_cli(&args, "")?;
+    for topic in ours {
+        assert!(
+            again
+                .lines()
+                .any(|l| l == format!("{topic}: exists (left as it is)")),
+            "{topic} on the second run:\n{again}"
+        );
+    }
+    Ok(())
+}
