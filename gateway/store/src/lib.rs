@@ -686,12 +686,13 @@ impl Outbox for SqliteOutbox {
         first_seq: u64,
         last_seq: u64,
     ) -> Result<(), OutboxError> {
-        self.reader
-            .lock()
-            .map_err(|_| outbox_err("mark_sent")(StoreError::Closed))?
-            .mark_sent(stream, device_id, first_seq, last_seq)
-            .map(|_| ())
-            .map_err(outbox_err("mark_sent"))
+        // One range is a batch of one: through the writer too, once `mark_through` was called.
+        self.mark_sent_many(&[icu_outbox::SentRange {
+            stream,
+            device_id: device_id.to_owned(),
+            first_seq,
+            last_seq,
+        }])
     }
 
     fn mark_sent_many(&self, ranges: &[icu_outbox::SentRange]) -> Result<(), OutboxError> {
