@@ -73,6 +73,7 @@ pub use self::config::{BridgeConfig, KafkaSettings};
 pub use self::security::{KafkaSecurity, SecurityFailure, SecurityProtocol};
 pub use self::stats::{BridgeState, BridgeStats, Phase};
 use crate::error::BridgeError;
+use crate::fhir::FhirContext;
 use crate::signing::SigningKeys;
 use crate::Terminology;
 use icu_outbox::{FetchRequest, InFlightRuns, Outbox, SentRange, Stream};
@@ -157,7 +158,7 @@ impl BridgeActor {
         let producer = create_producer(&config, &failure)?;
         stats.set_security(config.security.describe());
         let mapper = Mapper {
-            gateway_id: config.gateway_id.clone(),
+            fhir: FhirContext::new(&config.gateway_id, &config.fhir_base),
             max_per_bundle: config.max_per_bundle,
             key,
             terminology,

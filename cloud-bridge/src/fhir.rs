@@ -1,8 +1,8 @@
 //! FHIR R4 mapping of canonical records. Observation bundles (the hot path of a replay) are
 //! written as JSON directly (module `json`); alarms, ADT events and the readers use the fhir-sdk
-//! R4B types with serde_json. The direct writer produces exactly the bytes the fhir-sdk types
-//! serialize to (golden file, and a byte-for-byte comparison with the fhir-sdk mapping kept as a
-//! test reference), so the wire format did not change with it.
+//! R4B types with serde_json. The direct writer's output parses with the fhir-sdk types and
+//! serializes back to the same bytes (tested over generated inputs in `roundtrip`), and is
+//! pinned by a golden file.
 //!
 //! Owns: [`observation_bundle`] (one device's consecutive observations of one patient → one
 //! `collection` Bundle of PoCD-style Observations), [`alarm_observation`] (one alarm state change
@@ -15,19 +15,35 @@
 //!   ids. The Bundle timestamp is the newest receive time, ids are derived from
 //!   `(gateway, device, seq)`. A re-send of the same records produces identical bytes, so a
 //!   duplicate downstream is byte-identical and carries the same signature.
+//! - **Scoped ids.** Every id and identifier names the gateway: Observation
+//!   `<gateway>-<device>-<seq>`, `Device/<gateway>-<device>`, alarm
+//!   `<gateway>-<device>-alarm-<seq>` (a SHA-256 based `h...` id when that is no valid FHIR id,
+//!   `[A-Za-z0-9\-.]{1,64}`), so two ICUs' `mon-01` never overwrite each other on a FHIR server.
 //! - **Never a guessed patient.** The patient comes only from the record's `patient_id` (set by
 //!   the gateway from the ADT census at the reading's time). When it is set, `subject` is
-//!   `Patient/<id>` with `identifier.value` = the patient id; when it is empty, `subject` is
-//!   absent and `meta.tag` carries `urn:icu-gateway:association|unassociated`. A patient id the
-//!   device itself reported (`reported_patient_id`) is never used.
-//! - **Codes.** `code.coding` holds the MDC code (`urn:iso:std:iso:11073:10101`) and, when the
-//!   observation or the terminology has one, the LOINC code. Units are UCUM.
+//!   `Patient/<id>` with `identifier.value` = the patient id; when it is empty, `subject` is the
+//!   device (as the PoCD guide does) and `meta.tag` carries
+//!   `urn:icu-gateway:association|unassociated`. A patient id the device itself reported
+//!   (`reported_patient_id`) is never used.
+//! - **Profiles and codes.** `meta.profile` always names the PoCD NumericObservation (or
+//!   EnumerationObservation for a text value) and, for a vital sign of a patient with an
+//!   effective time and an allowed unit, the FHIR R4 vital-signs profile (module `vitals`: SpO2
+//!   carries 2708-6 and 59408-5, pulse rate 8867-4, ...). `category` follows the code
+//!   (vital-signs, therapy or procedure). `code.coding` holds the MDC code
+//!   (`urn:iso:std:iso:11073:10101`) and the LOINC codes. Units are UCUM. The systolic and
+//!   diastolic (and mean) readings of one measurement also make an 85354-9 panel Observation
+//!   with components (R4 `bp` profile) that names them in `derivedFrom`.
 //! - **No fake values.** A value the device did not give (not available, invalid, NaN) is never a
 //!   `valueQuantity`: it becomes `dataAbsentReason`, with the device text kept in an extension.
-//! - **Traceability.** Extensions `urn:icu-gateway:ext:<name>` carry seq, bed, containment id,
-//!   receive time, clock sync, equipment id, raw flags and the source message id/row; a device
-//!   time the gateway did not trust is not `effectiveDateTime` (the receive time is) but the
-//!   `untrusted-device-time` extension.
+//!   OBX-11 C is `corrected` (HL7 v2-to-FHIR concept map). The device's alarm limits are a
+//!   `referenceRange` typed `alarm-limits`, so nobody reads them as a normal range.
+//! - **No fake times.** `effectiveDateTime` is the device's time only when the message gave one
+//!   the gateway trusted; otherwise it is absent and the extension `device-time-status` says
+//!   `missing` or `untrusted` (the raw device time in `untrusted-device-time`). The receive time
+//!   is `issued`, never a stand-in for the effective time.
+//! - **Traceability.** Extensions `<base>/StructureDefinition/<name>` (base from
+//!   `[kafka] fhir_base`, definitions in `cloud-bridge/fhir/`) carry seq, bed, containment id,
+//!   receive time, clock sync, equipment id, raw flags and the source message id/row.
 
 use fhir_sdk::r4b::resources::{
     Bundle, Observation as FhirObservation, ObservationEffective, ObservationValue, Resource,
@@ -39,8 +55,8 @@ use crate::error::BridgeError;
 use crate::Terminology;
 use common::{fhir_id, instant_from_us};
 pub use common::{
-    identifier_system, patient_fhir_id, ASSOCIATION_SYSTEM, EXT_PREFIX, LOINC_SYSTEM, MDC_SYSTEM,
-    UCUM_SYSTEM, UNASSOCIATED,
+    identifier_system, patient_fhir_id, profile, FhirContext, ASSOCIATION_SYSTEM,
+    DEFAULT_FHIR_BASE, LOINC_SYSTEM, MDC_SYSTEM, UCUM_SYSTEM, UNASSOCIATED,
 };
 
 /// Builds the FHIR Bundle (type `collection`) for one device's observations.
@@ -55,7 +71,7 @@ pub use common::{
 /// the same for every observation of the device (identifier system, device reference, the
 /// fullUrl hash prefix) are prepared once per bundle.
 pub fn observation_bundle(
-    gateway_id: &str,
+    cx: &FhirContext,
     device_id: &str,
     observations: &[Observation],
     terminology: &Terminology,
@@ -83,7 +99,8 @@ pub fn observation_bundle(
         .ok_or_else(|| format!("receive time {newest_receive} us is out of range"))
         .map_err(fail(last.seq))?;
 
-    let mut w = json::BundleWriter::new(gateway_id, device_id);
+    let gateway_id = cx.gateway_id.as_str();
+    let mut w = json::BundleWriter::new(cx, device_id);
     let range = format!("{}-{}", first.seq, last.seq);
     w.start_bundle(
         &fhir_id(&[gateway_id, device_id, &range]),
@@ -138,6 +155,10 @@ pub fn observations_of(bundle_json: &[u8]) -> Result<Vec<ParsedObservation>, Bri
         let Some(Resource::Observation(obs)) = &entry.resource else {
             continue;
         };
+        if !obs.derived_from.is_empty() {
+            // A blood pressure panel: made of readings that are in the bundle themselves.
+            continue;
+        }
         out.push(parse_observation(obs)?);
     }
     Ok(out)
@@ -155,7 +176,7 @@ fn parse_observation(obs: &FhirObservation) -> Result<ParsedObservation, BridgeE
         })
         .find_map(|i| i.value.as_deref()?.parse::<u64>().ok());
     let from_extension = obs.extension.iter().find_map(|e| {
-        if e.url != format!("{EXT_PREFIX}seq") {
+        if !e.url.ends_with("/StructureDefinition/seq") {
             return None;
         }
         match &e.value {
@@ -210,6 +231,7 @@ mod alarm;
 mod audit;
 mod common;
 mod json;
+mod vitals;
 pub use adt::{adt_bundle, encounter_status};
 pub use alarm::{alarm_bundle, alarm_identifier_system, alarm_observation};
 pub use audit::{
@@ -220,6 +242,6 @@ pub use audit::{
 #[cfg(test)]
 mod golden;
 #[cfg(test)]
-mod reference;
+mod roundtrip;
 #[cfg(test)]
 mod tests;

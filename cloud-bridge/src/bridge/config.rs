@@ -61,6 +61,10 @@ pub struct BridgeConfig {
     pub compression: String,
     /// What a record's signature covers: `envelope` (default) or `value` ([`SIGNATURES`]).
     pub signature: String,
+    /// Canonical base of the gateway's FHIR extensions and code systems (`[kafka] fhir_base`,
+    /// default [`crate::fhir::DEFAULT_FHIR_BASE`]): extension `x` is
+    /// `<base>/StructureDefinition/x`.
+    pub fhir_base: String,
     /// `[kafka.security]`: TLS and SASL towards the brokers (default plain text).
     pub security: KafkaSecurity,
     /// `[kafka.properties]`: other librdkafka properties, passed through as they are (never one
@@ -87,6 +91,7 @@ impl Default for BridgeConfig {
             max_backoff: Duration::from_secs(10),
             compression: "lz4".into(),
             signature: "envelope".into(),
+            fhir_base: crate::fhir::DEFAULT_FHIR_BASE.into(),
             security: KafkaSecurity::default(),
             properties: BTreeMap::new(),
         }
@@ -171,6 +176,17 @@ impl BridgeConfig {
                 ),
             ));
         }
+        if !valid_canonical_base(&self.fhir_base) {
+            out.push((
+                "fhir_base",
+                format!(
+                    "{:?} is no canonical base: use an absolute http(s) url without spaces, \
+                     quotes, '?' or '#', e.g. {}",
+                    self.fhir_base,
+                    crate::fhir::DEFAULT_FHIR_BASE
+                ),
+            ));
+        }
         out.extend(self.security.problems());
         out.extend(properties_problems(&self.properties));
         out
@@ -228,6 +244,11 @@ pub struct KafkaSettings {
     /// `icu-signature-alg: ed25519`), for consumers that still verify the older way.
     #[serde(default = "defaults::signature")]
     pub signature: String,
+    /// Canonical base url of the gateway's FHIR extensions and code systems (default
+    /// `http://icu-gateway.org/fhir`); their StructureDefinitions are published in
+    /// `cloud-bridge/fhir/`. A site that republishes them under its own url sets it here.
+    #[serde(default = "defaults::fhir_base")]
+    pub fhir_base: String,
     /// Most outbox records the bridge reads and forwards per cycle (default 5000, 1..=100000).
     /// A new alarm waits behind at most two such cycles (the one being delivered and the one
     /// prepared meanwhile).
@@ -271,6 +292,7 @@ impl KafkaSettings {
             properties: self.properties.clone(),
             compression: self.compression.clone(),
             signature: self.signature.clone(),
+            fhir_base: self.fhir_base.clone(),
             ..BridgeConfig::default()
         }
     }
@@ -327,6 +349,9 @@ mod defaults {
     pub fn signature() -> String {
         BridgeConfig::default().signature
     }
+    pub fn fhir_base() -> String {
+        BridgeConfig::default().fhir_base
+    }
     pub fn fetch_limit() -> usize {
         BridgeConfig::default().fetch_limit
     }
@@ -336,4 +361,19 @@ mod defaults {
     pub fn backlog_rate() -> u64 {
         BridgeConfig::default().backlog_rate
     }
+}
+
+/// An absolute http(s) url that can prefix `/StructureDefinition/<name>`: no whitespace,
+/// quotes, backslash, query or fragment.
+fn valid_canonical_base(base: &str) -> bool {
+    let rest = base
+        .strip_prefix("https://")
+        .or_else(|| base.strip_prefix("http://"));
+    rest.is_some_and(|rest| {
+        !rest.is_empty()
+            && !rest.starts_with('/')
+            && rest
+                .chars()
+                .all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '?' | '#' | '<' | '>'))
+    })
 }

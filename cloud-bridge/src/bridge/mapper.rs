@@ -14,7 +14,7 @@ use tracing::error;
 use super::plan::PlannedBundle;
 use crate::deadletter::dead_letter_json;
 use crate::error::BridgeError;
-use crate::fhir::{adt_bundle, alarm_bundle, audit_event, observation_bundle};
+use crate::fhir::{adt_bundle, alarm_bundle, audit_event, observation_bundle, FhirContext};
 use crate::headers;
 use crate::signing::envelope::envelope;
 use crate::signing::SigningKeys;
@@ -42,7 +42,8 @@ pub(super) struct SignedRecord {
 /// What maps and signs bundles; cloned onto the blocking pool.
 #[derive(Clone)]
 pub(super) struct Mapper {
-    pub(super) gateway_id: String,
+    /// The gateway id and the canonical base of the FHIR it writes.
+    pub(super) fhir: FhirContext,
     pub(super) max_per_bundle: usize,
     /// Which key signs is decided per record ([`SigningKeys::at`]): a rotation scheduled for a
     /// time takes effect at that time.
@@ -54,10 +55,11 @@ pub(super) struct Mapper {
 
 impl Mapper {
     pub(super) fn value(&self, bundle: &PlannedBundle) -> Value {
-        let gateway_id = &self.gateway_id;
+        let cx = &self.fhir;
+        let gateway_id = &cx.gateway_id;
         let value = match (bundle.stream, &bundle.alarms, &bundle.adt, &bundle.dead_letter) {
             (Stream::Audit, ..) => match &bundle.audit {
-                Some(entry) => audit_event(gateway_id, entry),
+                Some(entry) => audit_event(cx, entry),
                 None => Err(BridgeError::FhirMapping {
                     device_id: bundle.device_id.clone(),
                     seq: bundle.first_seq,
@@ -65,16 +67,16 @@ impl Mapper {
                 }),
             },
             (Stream::Alarms, alarms, _, _) if !alarms.is_empty() => {
-                alarm_bundle(gateway_id, &bundle.device_id, alarms)
+                alarm_bundle(cx, &bundle.device_id, alarms)
             }
             (Stream::DeadLetters, _, _, Some(dl)) => {
                 dead_letter_json(gateway_id, &bundle.device_id, bundle.first_seq, dl)
             }
             (Stream::Adt, _, Some(adt), _) => {
-                adt_bundle(gateway_id, &bundle.device_id, bundle.first_seq, adt)
+                adt_bundle(cx, &bundle.device_id, bundle.first_seq, adt)
             }
             _ => observation_bundle(
-                gateway_id,
+                cx,
                 &bundle.device_id,
                 &bundle.observations,
                 &self.terminology,
@@ -93,7 +95,7 @@ impl Mapper {
     /// The record of `bundle` with `value`: its key and headers, signed.
     fn sign(&self, bundle: &PlannedBundle, value: Vec<u8>) -> SignedRecord {
         let key = self.key.active();
-        let record_key = record_key(bundle, &self.gateway_id);
+        let record_key = record_key(bundle, &self.fhir.gateway_id);
         let mut headers = Vec::with_capacity(12);
         headers.extend([
             (headers::STREAM, bundle.stream.as_str().to_owned()),
@@ -101,7 +103,7 @@ impl Mapper {
                 headers::CONTENT_TYPE,
                 content_type(bundle.stream).to_owned(),
             ),
-            (headers::GATEWAY_ID, self.gateway_id.clone()),
+            (headers::GATEWAY_ID, self.fhir.gateway_id.clone()),
             (headers::DEVICE_ID, bundle.device_id.clone()),
             (headers::SEQ_FIRST, bundle.first_seq.to_string()),
             (headers::SEQ_LAST, bundle.last_seq.to_string()),
@@ -121,12 +123,15 @@ impl Mapper {
                 headers::CE_ID,
                 format!(
                     "{}:{stream}:{}:{}-{}",
-                    self.gateway_id, bundle.device_id, bundle.first_seq, bundle.last_seq
+                    self.fhir.gateway_id, bundle.device_id, bundle.first_seq, bundle.last_seq
                 ),
             ),
             (
                 headers::CE_SOURCE,
-                format!("urn:icu-gateway:{}:{}", self.gateway_id, bundle.device_id),
+                format!(
+                    "urn:icu-gateway:{}:{}",
+                    self.fhir.gateway_id, bundle.device_id
+                ),
             ),
             (headers::CE_TYPE, format!("org.icu-gateway.{stream}.v1")),
         ]);

@@ -356,7 +356,7 @@ fn key_is_the_patient_when_associated_else_the_device() {
     // which the verifier rebuilds from the record as received.
     let key = GatewayKey::generate();
     let mapper = Mapper {
-        gateway_id: "gw-test".into(),
+        fhir: crate::fhir::FhirContext::with_default_base("gw-test"),
         max_per_bundle: 100,
         key: key.clone().into(),
         terminology: Terminology::builtin(),
@@ -696,7 +696,7 @@ fn a_delivery_report_without_an_offset_is_not_marked_sent() {
 #[test]
 fn values_mapped_on_several_threads_are_in_bundle_order_and_the_same_as_on_one() {
     let mapper = Mapper {
-        gateway_id: "gw1".into(),
+        fhir: crate::fhir::FhirContext::with_default_base("gw1"),
         max_per_bundle: 3,
         key: GatewayKey::generate().into(),
         terminology: Terminology::builtin(),
@@ -770,7 +770,7 @@ fn the_signature_covers_the_key_and_the_headers_a_consumer_accounts_by() {
     }
     let plan = plan::plan_bundles(vec![record], 100);
     let mut mapper = Mapper {
-        gateway_id: "gw-test".into(),
+        fhir: crate::fhir::FhirContext::with_default_base("gw-test"),
         max_per_bundle: 100,
         key: key.clone().into(),
         terminology: Terminology::builtin(),

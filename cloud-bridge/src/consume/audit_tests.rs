@@ -28,8 +28,13 @@ fn record(
             ..Default::default()
         })
         .collect();
-    let value =
-        observation_bundle(gateway, device, &observations, &Terminology::builtin()).unwrap();
+    let value = observation_bundle(
+        &crate::fhir::FhirContext::with_default_base(gateway),
+        device,
+        &observations,
+        &Terminology::builtin(),
+    )
+    .unwrap();
     let signature = base64::engine::general_purpose::STANDARD.encode(key.sign(&value));
     let headers: BTreeMap<String, String> = [
         (headers::SIGNATURE, signature),

@@ -19,7 +19,13 @@ fn signed(key: &GatewayKey, device: &str, first: u64, last: u64, offset: i64) ->
             ..Default::default()
         })
         .collect();
-    let value = observation_bundle("gw1", device, &observations, &Terminology::builtin()).unwrap();
+    let value = observation_bundle(
+        &crate::fhir::FhirContext::with_default_base("gw1"),
+        device,
+        &observations,
+        &Terminology::builtin(),
+    )
+    .unwrap();
     let signature = base64::engine::general_purpose::STANDARD.encode(key.sign(&value));
     let headers: BTreeMap<String, String> = [
         (headers::SIGNATURE, signature.as_str()),
@@ -252,7 +258,13 @@ fn adt_and_alarm_records_are_accounted_by_their_seq_headers() {
             "adt",
             seq,
             "MRN1",
-            crate::fhir::adt_bundle("gw1", "adt", seq, &event).unwrap(),
+            crate::fhir::adt_bundle(
+                &crate::fhir::FhirContext::with_default_base("gw1"),
+                "adt",
+                seq,
+                &event,
+            )
+            .unwrap(),
         )
     };
     let alarm = Alarm {
@@ -261,7 +273,12 @@ fn adt_and_alarm_records_are_accounted_by_their_seq_headers() {
         patient_id: "MRN1".into(),
         ..Default::default()
     };
-    let alarm_value = crate::fhir::alarm_observation("gw1", "mon-1", &alarm).unwrap();
+    let alarm_value = crate::fhir::alarm_observation(
+        &crate::fhir::FhirContext::with_default_base("gw1"),
+        "mon-1",
+        &alarm,
+    )
+    .unwrap();
     let records = vec![
         adt(1),
         adt(2),
@@ -342,7 +359,9 @@ fn audit_record(
         signature: key.sign(&hash).to_vec(),
         ..Default::default()
     };
-    let value = crate::fhir::audit_event("gw1", &entry).unwrap();
+    let value =
+        crate::fhir::audit_event(&crate::fhir::FhirContext::with_default_base("gw1"), &entry)
+            .unwrap();
     let signature = base64::engine::general_purpose::STANDARD.encode(key.sign(&value));
     let headers: BTreeMap<String, String> = [
         (headers::SIGNATURE, signature.as_str()),

@@ -28,15 +28,20 @@ use fhir_sdk::r4b::codes::{
 use fhir_sdk::r4b::resources::{
     Bundle, BundleEntry, Encounter, EncounterLocation, Patient, Resource,
 };
-use fhir_sdk::r4b::types::{ExtensionValue, HumanName, Identifier, Period, Reference};
+use fhir_sdk::r4b::types::{ExtensionValue, HumanName, Identifier, Meta, Period, Reference};
 use fhir_sdk::time::{Date as CalendarDate, Month};
 use fhir_sdk::{Date, DateTime, Instant};
 use icu_protos::v1::AdtEvent;
 
 use super::common::{
-    coding, ext, fhir_id, identifier_system, instant_from_us, non_empty, patient_fhir_id,
-    patient_reference, uuid_from,
+    coding, fhir_id, identifier_system, instant_from_us, non_empty, patient_fhir_id,
+    patient_reference, uuid_from, FhirContext,
 };
+
+/// `meta.profile` of the Patient and the Encounter: the FHIR R4 base definitions (no patient
+/// profile is required by the PoCD guide; a site that needs a national one maps from these).
+const PATIENT_PROFILE: &str = "http://hl7.org/fhir/StructureDefinition/Patient";
+const ENCOUNTER_PROFILE: &str = "http://hl7.org/fhir/StructureDefinition/Encounter";
 use crate::error::BridgeError;
 
 /// Code system of the encounter class.
@@ -63,7 +68,7 @@ pub fn encounter_status(event: &str) -> EncounterStatus {
 /// The Bundle (JSON bytes) for one ADT event, record `seq` of `source_id` (the gateway stores
 /// ADT events under the source id `adt`).
 pub fn adt_bundle(
-    gateway_id: &str,
+    cx: &FhirContext,
     source_id: &str,
     seq: u64,
     adt: &AdtEvent,
@@ -73,11 +78,12 @@ pub fn adt_bundle(
         seq,
         reason,
     };
-    let bundle = build(gateway_id, source_id, seq, adt).map_err(fail)?;
+    let bundle = build(cx, source_id, seq, adt).map_err(fail)?;
     serde_json::to_vec(&bundle).map_err(|e| fail(e.to_string()))
 }
 
-fn build(gateway_id: &str, source_id: &str, seq: u64, adt: &AdtEvent) -> Result<Bundle, String> {
+fn build(cx: &FhirContext, source_id: &str, seq: u64, adt: &AdtEvent) -> Result<Bundle, String> {
+    let gateway_id = cx.gateway_id.as_str();
     let patient_id = non_empty(&adt.patient_id)
         .ok_or_else(|| format!("ADT event {} has no patient id", adt.event))?;
     let time = |what: &str, us: i64| {
@@ -95,7 +101,7 @@ fn build(gateway_id: &str, source_id: &str, seq: u64, adt: &AdtEvent) -> Result<
 
     let patient = map_patient(gateway_id, patient_id, adt)?;
     let encounter = map_encounter(
-        gateway_id,
+        cx,
         patient_id,
         adt,
         &event_time,
@@ -150,6 +156,12 @@ fn map_patient(gateway_id: &str, patient_id: &str, adt: &AdtEvent) -> Result<Pat
     };
     let mut builder = Patient::builder()
         .id(patient_fhir_id(patient_id))
+        .meta(
+            Meta::builder()
+                .profile(vec![Some(PATIENT_PROFILE.to_owned())])
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
         .identifier(vec![Some(
             Identifier::builder()
                 .system(system)
@@ -177,20 +189,28 @@ fn map_patient(gateway_id: &str, patient_id: &str, adt: &AdtEvent) -> Result<Pat
 }
 
 fn map_encounter(
-    gateway_id: &str,
+    cx: &FhirContext,
     patient_id: &str,
     adt: &AdtEvent,
     event_time: &Instant,
     admit: Option<&Instant>,
     discharge: Option<&Instant>,
 ) -> Result<Encounter, String> {
+    let gateway_id = cx.gateway_id.as_str();
     let event = adt.event.trim().to_ascii_uppercase();
     let status = encounter_status(&event);
     let visit = non_empty(&adt.visit_number);
     let id = match (visit, adt.admit_time_us) {
         (Some(visit), _) => fhir_id(&[gateway_id, "visit", visit]),
-        (None, Some(admit_us)) => fhir_id(&[patient_id, "admit", &admit_us.to_string()]),
-        (None, None) => fhir_id(&[patient_id, "event", &adt.event_time_us.to_string()]),
+        (None, Some(admit_us)) => {
+            fhir_id(&[gateway_id, patient_id, "admit", &admit_us.to_string()])
+        }
+        (None, None) => fhir_id(&[
+            gateway_id,
+            patient_id,
+            "event",
+            &adt.event_time_us.to_string(),
+        ]),
     };
     let start = admit.unwrap_or(event_time).clone();
     let end = (event == "A03").then(|| discharge.unwrap_or(event_time).clone());
@@ -250,19 +270,25 @@ fn map_encounter(
         }
     }
 
-    let mut extensions = vec![ext("adt-event", ExtensionValue::Code(event.clone()))?];
+    let mut extensions = vec![cx.ext("adt-event", ExtensionValue::Code(event.clone()))?];
     if let Some(message_id) = non_empty(&adt.message_id) {
-        extensions.push(ext(
+        extensions.push(cx.ext(
             "adt-message-id",
             ExtensionValue::String(message_id.to_owned()),
         )?);
     }
     if let Some(peer) = non_empty(&adt.peer) {
-        extensions.push(ext("adt-peer", ExtensionValue::String(peer.to_owned()))?);
+        extensions.push(cx.ext("adt-peer", ExtensionValue::String(peer.to_owned()))?);
     }
 
     let mut builder = Encounter::builder()
         .id(id)
+        .meta(
+            Meta::builder()
+                .profile(vec![Some(ENCOUNTER_PROFILE.to_owned())])
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
         .extension(extensions)
         .status(status)
         .class(coding(ACT_CODE_SYSTEM, "IMP", Some("inpatient encounter"))?)
@@ -346,7 +372,10 @@ mod tests {
     }
 
     fn json_of(adt: &AdtEvent, seq: u64) -> Value {
-        serde_json::from_slice(&adt_bundle("gw1", "adt", seq, adt).unwrap()).unwrap()
+        serde_json::from_slice(
+            &adt_bundle(&FhirContext::with_default_base("gw1"), "adt", seq, adt).unwrap(),
+        )
+        .unwrap()
     }
 
     fn resource<'a>(bundle: &'a Value, kind: &str) -> &'a Value {
@@ -363,7 +392,7 @@ mod tests {
         resource["extension"]
             .as_array()?
             .iter()
-            .find(|e| e["url"] == format!("urn:icu-gateway:ext:{name}"))
+            .find(|e| e["url"] == format!("http://icu-gateway.org/fhir/StructureDefinition/{name}"))
     }
 
     #[test]
@@ -572,9 +601,15 @@ mod tests {
 
     #[test]
     fn deterministic_and_parses_back_with_fhir_sdk() {
-        let one = adt_bundle("gw1", "adt", 7, &a01()).unwrap();
-        assert_eq!(one, adt_bundle("gw1", "adt", 7, &a01()).unwrap());
-        assert_ne!(one, adt_bundle("gw1", "adt", 8, &a01()).unwrap());
+        let one = adt_bundle(&FhirContext::with_default_base("gw1"), "adt", 7, &a01()).unwrap();
+        assert_eq!(
+            one,
+            adt_bundle(&FhirContext::with_default_base("gw1"), "adt", 7, &a01()).unwrap()
+        );
+        assert_ne!(
+            one,
+            adt_bundle(&FhirContext::with_default_base("gw1"), "adt", 8, &a01()).unwrap()
+        );
         let bundle = parse_bundle(&one).unwrap();
         assert_eq!(bundle.id.as_deref(), Some("gw1-adt-7"));
         assert!(matches!(
@@ -597,7 +632,13 @@ mod tests {
             patient_id: " ".into(),
             ..a01()
         };
-        let err = adt_bundle("gw1", "adt", 3, &no_patient).unwrap_err();
+        let err = adt_bundle(
+            &FhirContext::with_default_base("gw1"),
+            "adt",
+            3,
+            &no_patient,
+        )
+        .unwrap_err();
         assert!(
             matches!(err, BridgeError::FhirMapping { seq: 3, .. }),
             "{err}"
@@ -607,6 +648,6 @@ mod tests {
             admit_time_us: Some(i64::MAX),
             ..a01()
         };
-        assert!(adt_bundle("gw1", "adt", 4, &bad_time).is_err());
+        assert!(adt_bundle(&FhirContext::with_default_base("gw1"), "adt", 4, &bad_time).is_err());
     }
 }

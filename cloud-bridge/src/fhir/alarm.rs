@@ -18,8 +18,8 @@ use fhir_sdk::DateTime;
 use icu_protos::v1::Alarm;
 
 use super::common::{
-    coding, ext, fhir_id, instant_from_us, non_empty, patient_reference, uuid_from,
-    ASSOCIATION_SYSTEM, MDC_SYSTEM, UNASSOCIATED,
+    coding, fhir_id, instant_from_us, non_empty, patient_reference, profile, uuid_from,
+    FhirContext, ASSOCIATION_SYSTEM, CATEGORY_SYSTEM, MDC_SYSTEM, UNASSOCIATED,
 };
 use crate::error::BridgeError;
 
@@ -47,11 +47,11 @@ fn attribute(code: &str, refid: &str, value: &str) -> Result<Option<ObservationC
 
 /// The FHIR Observation (JSON bytes) for one alarm state change of `device_id`.
 pub fn alarm_observation(
-    gateway_id: &str,
+    cx: &FhirContext,
     device_id: &str,
     alarm: &Alarm,
 ) -> Result<Vec<u8>, BridgeError> {
-    let obs = alarm_resource(gateway_id, device_id, alarm)?;
+    let obs = alarm_resource(cx, device_id, alarm)?;
     serde_json::to_vec(&obs).map_err(|e| BridgeError::FhirMapping {
         device_id: device_id.to_owned(),
         seq: alarm.seq,
@@ -64,10 +64,11 @@ pub fn alarm_observation(
 /// seq range (`<first>-<last>`), like an observation bundle's; each entry is the Observation of
 /// [`alarm_observation`].
 pub fn alarm_bundle(
-    gateway_id: &str,
+    cx: &FhirContext,
     device_id: &str,
     alarms: &[Alarm],
 ) -> Result<Vec<u8>, BridgeError> {
+    let gateway_id = cx.gateway_id.as_str();
     let (Some(first), Some(last)) = (alarms.first(), alarms.last()) else {
         return Err(BridgeError::FhirMapping {
             device_id: device_id.to_owned(),
@@ -89,7 +90,7 @@ pub fn alarm_bundle(
     let range = format!("{}-{}", first.seq, last.seq);
     let mut entries = Vec::with_capacity(alarms.len());
     for alarm in alarms {
-        let obs = alarm_resource(gateway_id, device_id, alarm)?;
+        let obs = alarm_resource(cx, device_id, alarm)?;
         let seq = alarm.seq.to_string();
         let entry = BundleEntry::builder()
             .full_url(format!(
@@ -123,10 +124,11 @@ pub fn alarm_bundle(
 
 /// The FHIR Observation for one alarm state change of `device_id`.
 fn alarm_resource(
-    gateway_id: &str,
+    cx: &FhirContext,
     device_id: &str,
     alarm: &Alarm,
 ) -> Result<FhirObservation, BridgeError> {
+    let gateway_id = cx.gateway_id.as_str();
     let fail = |reason: String| BridgeError::FhirMapping {
         device_id: device_id.to_owned(),
         seq: alarm.seq,
@@ -155,7 +157,7 @@ fn alarm_resource(
         .flatten()
         .map(Some)
         .collect();
-        let mut extensions = vec![ext("seq", ExtensionValue::String(seq.clone()))?];
+        let mut extensions = vec![cx.ext("seq", ExtensionValue::String(seq.clone()))?];
         for (name, value) in [
             ("bed", &alarm.bed),
             ("alarm-id", &alarm.alarm_id),
@@ -165,12 +167,17 @@ fn alarm_resource(
             ("silenced-by", &alarm.silenced_by),
         ] {
             if let Some(v) = non_empty(value) {
-                extensions.push(ext(name, ExtensionValue::String(v.to_owned()))?);
+                extensions.push(cx.ext(name, ExtensionValue::String(v.to_owned()))?);
             }
         }
         let patient = non_empty(&alarm.patient_id);
+        let device = Reference::builder()
+            .reference(cx.device_reference(device_id))
+            .display(device_id.to_owned())
+            .build()
+            .map_err(|e| e.to_string())?;
         let mut builder = FhirObservation::builder()
-            .id(fhir_id(&[device_id, "alarm", &seq]))
+            .id(fhir_id(&[gateway_id, device_id, "alarm", &seq]))
             .extension(extensions)
             .identifier(vec![Some(
                 Identifier::builder()
@@ -180,6 +187,16 @@ fn alarm_resource(
                     .map_err(|e| e.to_string())?,
             )])
             .status(FhirStatus::Final)
+            .category(vec![Some(
+                CodeableConcept::builder()
+                    .coding(vec![Some(coding(
+                        CATEGORY_SYSTEM,
+                        "procedure",
+                        Some("Procedure"),
+                    )?)])
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            )])
             .code(code)
             .effective(ObservationEffective::DateTime(DateTime::DateTime(
                 time.clone(),
@@ -187,19 +204,18 @@ fn alarm_resource(
             .issued(time)
             .value(ObservationValue::String(alarm.text.clone()))
             .component(components)
-            .device(
-                Reference::builder()
-                    .reference(format!("Device/{}", fhir_id(&[device_id])))
-                    .display(device_id.to_owned())
-                    .build()
-                    .map_err(|e| e.to_string())?,
-            );
+            .device(device.clone());
+        let meta = Meta::builder().profile(vec![Some(profile::POCD_ENUMERATION.to_owned())]);
         match patient {
-            Some(patient) => builder = builder.subject(patient_reference(patient)?),
+            Some(patient) => {
+                builder = builder
+                    .subject(patient_reference(patient)?)
+                    .meta(meta.build().map_err(|e| e.to_string())?)
+            }
             None => {
-                builder = builder.meta(
-                    Meta::builder()
-                        .tag(vec![Some(coding(ASSOCIATION_SYSTEM, UNASSOCIATED, None)?)])
+                // PoCD: without a patient, the subject is the device.
+                builder = builder.subject(device).meta(
+                    meta.tag(vec![Some(coding(ASSOCIATION_SYSTEM, UNASSOCIATED, None)?)])
                         .build()
                         .map_err(|e| e.to_string())?,
                 )
@@ -232,8 +248,12 @@ mod tests {
             patient_id: String::new(),
             ..Default::default()
         };
-        let a = alarm_observation("gw", "spo2-01", &alarm).unwrap();
-        assert_eq!(a, alarm_observation("gw", "spo2-01", &alarm).unwrap());
+        let a =
+            alarm_observation(&FhirContext::with_default_base("gw"), "spo2-01", &alarm).unwrap();
+        assert_eq!(
+            a,
+            alarm_observation(&FhirContext::with_default_base("gw"), "spo2-01", &alarm).unwrap()
+        );
         let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
         assert_eq!(v["resourceType"], "Observation");
         assert_eq!(v["code"]["coding"][0]["code"], "196616");
@@ -255,23 +275,31 @@ mod tests {
             "urn:icu-gateway:gw:spo2-01:alarms"
         );
         assert_eq!(v["effectiveDateTime"], "2023-11-14T22:13:20Z");
-        assert!(v.get("subject").is_none());
+        assert_eq!(v["id"], "gw-spo2-01-alarm-3");
+        assert_eq!(
+            v["subject"]["reference"], "Device/gw-spo2-01",
+            "without a patient the subject is the device"
+        );
 
         let associated = Alarm {
             patient_id: "P1".into(),
             ..alarm
         };
-        let v: serde_json::Value =
-            serde_json::from_slice(&alarm_observation("gw", "spo2-01", &associated).unwrap())
-                .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(
+            &alarm_observation(
+                &FhirContext::with_default_base("gw"),
+                "spo2-01",
+                &associated,
+            )
+            .unwrap(),
+        )
+        .unwrap();
         assert_eq!(
             v["subject"],
             serde_json::json!({"reference": "Patient/P1", "identifier": {"value": "P1"}})
         );
-        assert!(
-            v.get("meta").is_none(),
-            "no unassociated tag, no empty meta"
-        );
+        assert!(v["meta"].get("tag").is_none(), "no unassociated tag");
+        assert_eq!(v["meta"]["profile"][0], profile::POCD_ENUMERATION);
     }
 
     #[test]
@@ -293,8 +321,11 @@ mod tests {
             ..Default::default()
         };
         let alarms = [change(7, "start"), change(8, "update"), change(9, "end")];
-        let bytes = alarm_bundle("gw", "mon-01", &alarms).unwrap();
-        assert_eq!(bytes, alarm_bundle("gw", "mon-01", &alarms).unwrap());
+        let bytes = alarm_bundle(&FhirContext::with_default_base("gw"), "mon-01", &alarms).unwrap();
+        assert_eq!(
+            bytes,
+            alarm_bundle(&FhirContext::with_default_base("gw"), "mon-01", &alarms).unwrap()
+        );
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["resourceType"], "Bundle");
         assert_eq!(v["type"], "collection");
@@ -306,8 +337,10 @@ mod tests {
         let entries = v["entry"].as_array().unwrap();
         assert_eq!(entries.len(), 3);
         for (entry, alarm) in entries.iter().zip(&alarms) {
-            let one: serde_json::Value =
-                serde_json::from_slice(&alarm_observation("gw", "mon-01", alarm).unwrap()).unwrap();
+            let one: serde_json::Value = serde_json::from_slice(
+                &alarm_observation(&FhirContext::with_default_base("gw"), "mon-01", alarm).unwrap(),
+            )
+            .unwrap();
             assert_eq!(
                 entry["resource"], one,
                 "each entry is the alarm's Observation"
@@ -320,6 +353,6 @@ mod tests {
             .map(|o| o.seq)
             .collect();
         assert_eq!(seqs, [7, 8, 9]);
-        assert!(alarm_bundle("gw", "mon-01", &[]).is_err());
+        assert!(alarm_bundle(&FhirContext::with_default_base("gw"), "mon-01", &[]).is_err());
     }
 }

@@ -27,7 +27,9 @@ use fhir_sdk::r4b::resources::AuditEvent;
 use icu_protos::v1::AuditEntry;
 use serde_json::{json, Map, Value};
 
-use super::common::{fhir_id, instant_from_us, non_empty, patient_fhir_id, ACT_REASON_SYSTEM};
+use super::common::{
+    fhir_id, instant_from_us, non_empty, patient_fhir_id, FhirContext, ACT_REASON_SYSTEM,
+};
 use crate::error::BridgeError;
 
 /// DICOM controlled terminology (audit event types and subtypes).
@@ -102,7 +104,8 @@ fn identifier_ref(system: String, value: &str, display: String) -> Value {
 }
 
 /// The FHIR R4 AuditEvent (JSON bytes) of one audit-trail entry of gateway `gateway_id`.
-pub fn audit_event(gateway_id: &str, entry: &AuditEntry) -> Result<Vec<u8>, BridgeError> {
+pub fn audit_event(cx: &FhirContext, entry: &AuditEntry) -> Result<Vec<u8>, BridgeError> {
+    let gateway_id = cx.gateway_id.as_str();
     let fail = |reason: String| BridgeError::FhirMapping {
         device_id: format!("{gateway_id}:audit"),
         seq: entry.seq,
@@ -118,6 +121,10 @@ pub fn audit_event(gateway_id: &str, entry: &AuditEntry) -> Result<Vec<u8>, Brid
     let mut event = Map::new();
     event.insert("resourceType".into(), json!("AuditEvent"));
     event.insert("id".into(), json!(fhir_id(&["audit", gateway_id, &seq])));
+    event.insert(
+        "meta".into(),
+        json!({"profile": ["http://hl7.org/fhir/StructureDefinition/AuditEvent"]}),
+    );
     event.insert("type".into(), kind);
     event.insert("subtype".into(), Value::Array(subtypes));
     event.insert("action".into(), json!(action));
@@ -416,10 +423,18 @@ mod tests {
 
     #[test]
     fn acknowledge_maps_to_a_rest_update_by_the_nurse_with_the_chain() {
-        let bytes = audit_event("icu-a", &entry("acknowledge")).unwrap();
+        let bytes = audit_event(
+            &FhirContext::with_default_base("icu-a"),
+            &entry("acknowledge"),
+        )
+        .unwrap();
         assert_eq!(
             bytes,
-            audit_event("icu-a", &entry("acknowledge")).unwrap(),
+            audit_event(
+                &FhirContext::with_default_base("icu-a"),
+                &entry("acknowledge")
+            )
+            .unwrap(),
             "deterministic"
         );
         let v = parse(&bytes);
@@ -518,7 +533,9 @@ mod tests {
             ("something_new", "110100", None, "E"),
         ];
         for (action, kind, subtype, code) in cases {
-            let v = parse(&audit_event("icu-a", &entry(action)).unwrap());
+            let v = parse(
+                &audit_event(&FhirContext::with_default_base("icu-a"), &entry(action)).unwrap(),
+            );
             assert_eq!(v["type"]["code"], kind, "{action}");
             let subtypes = v["subtype"].as_array().unwrap();
             match subtype {
@@ -531,7 +548,13 @@ mod tests {
                 assert!(v.get(required).is_some(), "{action}: {required}");
             }
         }
-        let v = parse(&audit_event("icu-a", &entry("break_glass")).unwrap());
+        let v = parse(
+            &audit_event(
+                &FhirContext::with_default_base("icu-a"),
+                &entry("break_glass"),
+            )
+            .unwrap(),
+        );
         assert_eq!(v["purposeOfEvent"][0]["coding"][0]["code"], "BTG");
 
         // The read-back is a real check: a code outside the value set or a missing required
@@ -551,14 +574,14 @@ mod tests {
             reason: Some("silence longer than 120 s".into()),
             ..entry("silence")
         };
-        let v = parse(&audit_event("icu-a", &denied).unwrap());
+        let v = parse(&audit_event(&FhirContext::with_default_base("icu-a"), &denied).unwrap());
         assert_eq!(v["outcome"], "4");
         assert_eq!(v["outcomeDesc"], "silence longer than 120 s");
         let failed = AuditEntry {
             outcome: "failed".into(),
             ..entry("store_failure")
         };
-        let v = parse(&audit_event("icu-a", &failed).unwrap());
+        let v = parse(&audit_event(&FhirContext::with_default_base("icu-a"), &failed).unwrap());
         assert_eq!(
             (v["outcome"].as_str(), v["outcomeDesc"].as_str()),
             (Some("8"), Some("failed"))
@@ -576,7 +599,7 @@ mod tests {
             new_value: Some("sha256:abc".into()),
             ..entry("gateway_start")
         };
-        let v = parse(&audit_event("icu-a", &start).unwrap());
+        let v = parse(&audit_event(&FhirContext::with_default_base("icu-a"), &start).unwrap());
         let agent = &v["agent"][0];
         assert_eq!(agent["who"]["identifier"]["value"], "icu-a");
         assert_eq!(agent["requestor"], false);
@@ -594,7 +617,7 @@ mod tests {
             new_value: Some("/api/beds".into()),
             ..entry("patient_read")
         };
-        let v = parse(&audit_event("icu-a", &read).unwrap());
+        let v = parse(&audit_event(&FhirContext::with_default_base("icu-a"), &read).unwrap());
         assert_eq!(v["entity"][0]["what"]["reference"], "Patient/P1");
         assert_eq!(v["entity"][0]["role"]["code"], "1");
         assert_eq!(v["action"], "R");
@@ -603,13 +626,19 @@ mod tests {
             time_us: i64::MAX,
             ..entry("login")
         };
-        let err = audit_event("icu-a", &bad_time).unwrap_err().to_string();
+        let err = audit_event(&FhirContext::with_default_base("icu-a"), &bad_time)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("out of range"), "{err}");
     }
 
     #[test]
     fn the_chain_entity_reads_back() {
-        let bytes = audit_event("icu-a", &entry("acknowledge")).unwrap();
+        let bytes = audit_event(
+            &FhirContext::with_default_base("icu-a"),
+            &entry("acknowledge"),
+        )
+        .unwrap();
         assert!(is_audit_event(&bytes));
         assert!(!is_audit_event(br#"{"resourceType":"Bundle"}"#));
         let parsed = audit_entry_of(&bytes).unwrap();

@@ -16,8 +16,72 @@ pub const UCUM_SYSTEM: &str = "http://unitsofmeasure.org";
 pub const ASSOCIATION_SYSTEM: &str = "urn:icu-gateway:association";
 /// `meta.tag` code when no patient is associated.
 pub const UNASSOCIATED: &str = "unassociated";
-/// Prefix of every gateway extension url.
-pub const EXT_PREFIX: &str = "urn:icu-gateway:ext:";
+/// The canonical base of the gateway's own FHIR artefacts (extensions, code systems) when the
+/// config names none (`[kafka] fhir_base`). Extension `x` is `<base>/StructureDefinition/x`, and
+/// its definition is published in `cloud-bridge/fhir/StructureDefinition-x.json`.
+pub const DEFAULT_FHIR_BASE: &str = "http://icu-gateway.org/fhir";
+
+/// What every mapping needs to know about the gateway it writes for: its id (which scopes every
+/// resource id and identifier) and the canonical base of its extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FhirContext {
+    pub gateway_id: String,
+    /// Without a trailing '/'.
+    pub base: String,
+}
+
+impl FhirContext {
+    /// The context of gateway `gateway_id` with the extensions under `base`.
+    pub fn new(gateway_id: &str, base: &str) -> Self {
+        Self {
+            gateway_id: gateway_id.to_owned(),
+            base: base.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// The context of gateway `gateway_id` under [`DEFAULT_FHIR_BASE`].
+    pub fn with_default_base(gateway_id: &str) -> Self {
+        Self::new(gateway_id, DEFAULT_FHIR_BASE)
+    }
+
+    /// The canonical url of extension `name`.
+    pub fn extension_url(&self, name: &str) -> String {
+        format!("{}/StructureDefinition/{name}", self.base)
+    }
+
+    /// The canonical url of the gateway's code system `name`.
+    pub fn code_system(&self, name: &str) -> String {
+        format!("{}/CodeSystem/{name}", self.base)
+    }
+
+    /// `Device/<id>` of the gateway's device `device_id`: the id is scoped by the gateway, so
+    /// two ICUs' `mon-01` are two Device resources.
+    pub fn device_reference(&self, device_id: &str) -> String {
+        format!("Device/{}", fhir_id(&[&self.gateway_id, device_id]))
+    }
+
+    pub(crate) fn ext(&self, name: &str, value: ExtensionValue) -> Result<Extension, String> {
+        Extension::builder()
+            .url(self.extension_url(name))
+            .value(value)
+            .build()
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Profiles claimed in `meta.profile`.
+pub mod profile {
+    /// PoCD: an Observation of a numeric measurement, calculation or setting.
+    pub const POCD_NUMERIC: &str =
+        "http://hl7.org/fhir/uv/pocd/StructureDefinition/NumericObservation";
+    /// PoCD: an Observation of a coded or text status, annotation or setting.
+    pub const POCD_ENUMERATION: &str =
+        "http://hl7.org/fhir/uv/pocd/StructureDefinition/EnumerationObservation";
+    /// FHIR R4 vital signs base profile.
+    pub const VITAL_SIGNS: &str = "http://hl7.org/fhir/StructureDefinition/vitalsigns";
+    /// FHIR R4 vital signs: the blood pressure panel.
+    pub const BP: &str = "http://hl7.org/fhir/StructureDefinition/bp";
+}
 
 pub(crate) const CATEGORY_SYSTEM: &str =
     "http://terminology.hl7.org/CodeSystem/observation-category";
@@ -79,14 +143,6 @@ pub(crate) fn coding(system: &str, code: &str, display: Option<&str>) -> Result<
         b = b.display(display.to_owned());
     }
     b.build().map_err(|e| e.to_string())
-}
-
-pub(crate) fn ext(name: &str, value: ExtensionValue) -> Result<Extension, String> {
-    Extension::builder()
-        .url(format!("{EXT_PREFIX}{name}"))
-        .value(value)
-        .build()
-        .map_err(|e| e.to_string())
 }
 
 /// The device time of a reading whose device clock the gateway did not trust, as text: RFC 3339

@@ -8,7 +8,7 @@
 
 use icu_protos::v1::{Observation, ObservationStatus};
 
-use super::observation_bundle;
+use super::{observation_bundle, FhirContext};
 use crate::Terminology;
 
 const GOLDEN: &str = include_str!("golden_observation_bundles.jsonl");
@@ -148,6 +148,43 @@ pub(super) fn golden_inputs() -> Vec<(&'static str, String, Vec<Observation>)> {
     let mut a = base("mon-3", 5);
     a.receive_time_us += 10_000_000;
     out.push(("gw1", "mon-3".to_owned(), vec![a, base("mon-3", 6)]));
+    // An admitted patient's vital signs and device settings from one message: each profile and
+    // category, and the NIBP readings that make a blood pressure panel.
+    let dev = "mon-4";
+    let reading = |seq: u64, mdc: u32, value: f64, unit: &str| {
+        let mut o = base(dev, seq);
+        o.patient_id = "P-0042".into();
+        o.device_time_us = Some(1_700_000_000_000_000);
+        o.mdc_code = mdc;
+        o.mdc_refid = String::new();
+        o.loinc = String::new();
+        o.unit_ucum = unit.into();
+        o.unit_mdc_code = 0;
+        o.value = Some(value);
+        o.abnormal_flags = String::new();
+        o.source_message_id = "MSG-VS".into();
+        o
+    };
+    let mut text = reading(208, 184519, 0.0, "");
+    text.value = None;
+    text.value_text = "infusing".into();
+    out.push((
+        "gw1",
+        dev.to_owned(),
+        vec![
+            reading(200, 147842, 72.0, "/min"),
+            reading(201, 151562, 16.0, "/min"),
+            reading(202, 150364, 37.2, "Cel"),
+            reading(203, 150301, 120.0, "mm[Hg]"),
+            reading(204, 150302, 80.0, "mm[Hg]"),
+            reading(205, 150303, 93.0, "mm[Hg]"),
+            reading(206, 157784, 12.5, "mL/h"),
+            reading(207, 151976, 5.0, "cm[H2O]"),
+            text,
+            // A heart rate in a unit the profile does not allow: PoCD only.
+            reading(209, 147842, 1.2, "Hz"),
+        ],
+    ));
     out
 }
 
@@ -155,7 +192,8 @@ fn render() -> String {
     let t = Terminology::builtin();
     let mut s = String::new();
     for (gw, dev, obs) in golden_inputs() {
-        let bytes = observation_bundle(gw, &dev, &obs, &t).expect("golden bundle maps");
+        let bytes = observation_bundle(&FhirContext::with_default_base(gw), &dev, &obs, &t)
+            .expect("golden bundle maps");
         s.push_str(std::str::from_utf8(&bytes).expect("utf-8"));
         s.push('\n');
     }

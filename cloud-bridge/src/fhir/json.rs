@@ -1,12 +1,12 @@
 //! The direct JSON writer of observation bundles (see [`super::observation_bundle`]).
 //!
-//! It writes, field by field, what the fhir-sdk R4B `Bundle`/`Observation` values of the
-//! previous mapping serialized to with serde_json: the same field order (FHIR element order), no
+//! It writes, field by field, what the fhir-sdk R4B `Bundle`/`Observation` values serialize
+//! to with serde_json: the same field order (FHIR element order), no
 //! empty or absent fields, strings escaped as serde_json escapes them (only `"`, `\` and control
 //! characters; everything else raw UTF-8), numbers through serde_json itself (`97.0`, `1e-7`),
 //! and times through the fhir-sdk `Instant`/`DateTime` serializers (cached per microsecond
 //! value, since the observations of one message share their times). The golden file and the
-//! comparison with `reference.rs` in the tests hold it to that, byte for byte.
+//! fhir-sdk round trip over generated inputs (`roundtrip.rs`) hold it to that, byte for byte.
 
 use std::io::Write as _;
 
@@ -16,10 +16,11 @@ use sha2::{Digest, Sha256};
 
 use super::common::{
     fhir_id, identifier_system, instant_from_us, interpretation_codes, non_empty, patient_fhir_id,
-    untrusted_device_time, uuid_text, ACT_REASON_SYSTEM, ASSOCIATION_SYSTEM, CATEGORY_SYSTEM,
-    DATA_ABSENT_SYSTEM, EXT_PREFIX, INTERPRETATION_SYSTEM, LOINC_SYSTEM, MDC_SYSTEM, UCUM_SYSTEM,
-    UNASSOCIATED,
+    profile, untrusted_device_time, uuid_text, FhirContext, ACT_REASON_SYSTEM, ASSOCIATION_SYSTEM,
+    CATEGORY_SYSTEM, DATA_ABSENT_SYSTEM, INTERPRETATION_SYSTEM, LOINC_SYSTEM, MDC_SYSTEM,
+    UCUM_SYSTEM, UNASSOCIATED,
 };
+use super::vitals::{self, Category, BP_PANEL, BP_PANEL_DISPLAY, DIASTOLIC, MEAN, SYSTOLIC};
 use crate::Terminology;
 
 /// Writes a JSON string as serde_json does.
@@ -75,23 +76,71 @@ fn quantity(out: &mut Vec<u8>, value: f64, ucum: Option<&str>) {
     out.push(b'}');
 }
 
-/// Opens `{"url":"urn:icu-gateway:ext:<name>","value<kind>":` (the caller writes the value and
-/// the closing brace).
-fn ext_start(out: &mut Vec<u8>, name: &str, kind: &str) {
+/// Opens `,{"url":"<base>/StructureDefinition/<name>","value<kind>":` (the caller writes the
+/// value and the closing brace); `prefix` is the escaped `<base>/StructureDefinition/`.
+fn ext_start(out: &mut Vec<u8>, prefix: &[u8], name: &str, kind: &str) {
     raw(out, ",{\"url\":\"");
-    raw(out, EXT_PREFIX);
+    out.extend_from_slice(prefix);
     raw(out, name);
     raw(out, "\",\"value");
     raw(out, kind);
     raw(out, "\":");
 }
 
-fn ext_string(out: &mut Vec<u8>, name: &str, text: &str) {
+fn ext_string(out: &mut Vec<u8>, prefix: &[u8], name: &str, text: &str) {
     if let Some(text) = non_empty(text) {
-        ext_start(out, name, "String");
+        ext_start(out, prefix, name, "String");
         string(out, text);
         out.push(b'}');
     }
+}
+
+/// `,"status":..,"category":[..]`: the HL7 v2-to-FHIR concept map (OBX-11) maps C to
+/// `corrected`, every other status that has a value or a reason for its absence to `final`.
+fn status_and_category(out: &mut Vec<u8>, corrected: bool, category: Category) {
+    raw(
+        out,
+        if corrected {
+            ",\"status\":\"corrected\""
+        } else {
+            ",\"status\":\"final\""
+        },
+    );
+    raw(out, ",\"category\":[{\"coding\":[");
+    coding(
+        out,
+        CATEGORY_SYSTEM,
+        category.code(),
+        Some(category.display()),
+    );
+    raw(out, "]}]");
+}
+
+/// `s` escaped as inside a JSON string, without the quotes.
+fn escaped(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    string(&mut out, s);
+    out[1..out.len() - 1].to_vec()
+}
+
+/// One reading that is part of a blood pressure measurement, kept to write the panel.
+struct BpPart {
+    /// The measurement: MDC reference id without the suffix, the patient, the effective time
+    /// and the source message.
+    family: String,
+    patient: String,
+    effective_us: i64,
+    message: String,
+    member: &'static str,
+    seq: u64,
+    /// The Observation's id.
+    id: String,
+    mdc_code: u32,
+    refid: String,
+    value: f64,
+    unit: Option<String>,
+    receive_us: i64,
+    corrected: bool,
 }
 
 /// One serialized time, reused while the next observation has the same microsecond value.
@@ -116,48 +165,75 @@ impl CachedTime {
 /// device.
 pub(super) struct BundleWriter<'a> {
     out: Vec<u8>,
+    gateway_id: &'a str,
     device_id: &'a str,
     /// `"urn:icu-gateway:<gateway>:<device>"`, escaped.
     system: Vec<u8>,
-    /// `{"reference":"Device/<id>","display":"<device>"}`.
+    /// `{"reference":"Device/<gateway>-<device>","display":"<device>"}`: `device`, and `subject`
+    /// when no patient is associated.
     device: Vec<u8>,
-    /// Whether `<device>-<seq>` is a valid FHIR id whenever it is at most 64 characters.
-    device_id_plain: bool,
+    /// `<base>/StructureDefinition/`, escaped.
+    ext_prefix: Vec<u8>,
+    /// The `type` of a `referenceRange` that holds the device's alarm limits.
+    range_type: Vec<u8>,
+    /// `<gateway>-<device>-` when `<gateway>-<device>-<seq>` is a valid FHIR id whenever it is at
+    /// most 64 characters.
+    plain_id_prefix: Option<String>,
     /// SHA-256 of `observation\0<gateway>\0<device>\0`: the fullUrl hash before the seq.
     uuid_prefix: Sha256,
     issued: CachedTime,
     effective: CachedTime,
     /// The last patient and its `subject` object.
     subject: Option<(String, Vec<u8>)>,
+    /// Blood pressure readings seen so far, for the panels written at the end.
+    bp: Vec<BpPart>,
 }
 
 impl<'a> BundleWriter<'a> {
-    pub(super) fn new(gateway_id: &str, device_id: &'a str) -> Self {
+    pub(super) fn new(cx: &'a FhirContext, device_id: &'a str) -> Self {
+        let gateway_id = cx.gateway_id.as_str();
         let mut system = Vec::new();
         string(&mut system, &identifier_system(gateway_id, device_id));
         let mut device = Vec::new();
         raw(&mut device, "{\"reference\":");
-        string(&mut device, &format!("Device/{}", fhir_id(&[device_id])));
+        string(&mut device, &cx.device_reference(device_id));
         raw(&mut device, ",\"display\":");
         string(&mut device, device_id);
         device.push(b'}');
+        let mut range_type = Vec::new();
+        raw(&mut range_type, ",\"type\":{\"coding\":[");
+        coding(
+            &mut range_type,
+            &cx.code_system("reference-range-type"),
+            "alarm-limits",
+            Some("Alarm limits"),
+        );
+        raw(&mut range_type, "],\"text\":\"Device alarm limits\"}");
         let mut uuid_prefix = Sha256::new();
         for part in ["observation", gateway_id, device_id] {
             uuid_prefix.update(part.as_bytes());
             uuid_prefix.update([0u8]);
         }
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        };
         Self {
             out: Vec::new(),
+            gateway_id,
             device_id,
             system,
             device,
-            device_id_plain: device_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'),
+            ext_prefix: escaped(&cx.extension_url("")),
+            range_type,
+            plain_id_prefix: (plain(gateway_id) && plain(device_id))
+                .then(|| format!("{gateway_id}-{device_id}-")),
             uuid_prefix,
             issued: CachedTime::default(),
             effective: CachedTime::default(),
             subject: None,
+            bp: Vec::new(),
         }
     }
 
@@ -185,12 +261,158 @@ impl<'a> BundleWriter<'a> {
     }
 
     pub(super) fn finish(mut self) -> Vec<u8> {
+        self.bp_panels();
         raw(&mut self.out, "]}");
         self.out
     }
 
+    /// The Observation id of reading `seq`: `<gateway>-<device>-<seq>`, or its hash when that is
+    /// no valid FHIR id.
+    fn observation_id(&self, seq: &str) -> String {
+        match &self.plain_id_prefix {
+            Some(prefix) if prefix.len() + seq.len() <= 64 => format!("{prefix}{seq}"),
+            _ => fhir_id(&[self.gateway_id, self.device_id, seq]),
+        }
+    }
+
+    /// One 85354-9 panel Observation per blood pressure measurement of which both the systolic
+    /// and the diastolic reading are in this bundle, with a patient and an effective time: the
+    /// R4 `bp` profile. The readings stay Observations of their own (their seqs are what
+    /// consumers account by); the panel names them in `derivedFrom`.
+    fn bp_panels(&mut self) {
+        let parts = std::mem::take(&mut self.bp);
+        let mut done = vec![false; parts.len()];
+        for i in 0..parts.len() {
+            if done[i] {
+                continue;
+            }
+            let head = &parts[i];
+            let same = |p: &BpPart| {
+                p.family == head.family
+                    && p.patient == head.patient
+                    && p.effective_us == head.effective_us
+                    && p.message == head.message
+            };
+            // The first reading of each member, in the order received.
+            let mut group: Vec<usize> = Vec::new();
+            for (j, p) in parts.iter().enumerate().skip(i) {
+                if !done[j] && same(p) && !group.iter().any(|&k| parts[k].member == p.member) {
+                    group.push(j);
+                }
+            }
+            for &j in &group {
+                done[j] = true;
+            }
+            let member = |code: &str| group.iter().map(|&j| &parts[j]).find(|p| p.member == code);
+            let (Some(sys), Some(_)) = (member(SYSTOLIC), member(DIASTOLIC)) else {
+                continue;
+            };
+            let mut ordered: Vec<&BpPart> = [SYSTOLIC, DIASTOLIC, MEAN]
+                .iter()
+                .filter_map(|c| member(c))
+                .collect();
+            ordered.retain(|p| p.effective_us == sys.effective_us);
+            let Some(effective) = instant_from_us(sys.effective_us) else {
+                continue;
+            };
+            let newest = ordered
+                .iter()
+                .map(|p| p.receive_us)
+                .max()
+                .unwrap_or(sys.receive_us);
+            let Some(issued) = instant_from_us(newest) else {
+                continue;
+            };
+            let seq = sys.seq.to_string();
+            let out = &mut self.out;
+            raw(out, ",{\"fullUrl\":\"urn:uuid:");
+            let mut hasher = Sha256::new();
+            for part in ["bp-panel", self.gateway_id, self.device_id, &seq] {
+                hasher.update(part.as_bytes());
+                hasher.update([0u8]);
+            }
+            out.extend_from_slice(&uuid_text(&hasher.finalize()));
+            raw(
+                out,
+                "\",\"resource\":{\"resourceType\":\"Observation\",\"id\":",
+            );
+            string(
+                out,
+                &fhir_id(&[self.gateway_id, self.device_id, &seq, "bp"]),
+            );
+            raw(out, ",\"meta\":{\"profile\":[");
+            string(out, profile::BP);
+            raw(out, "]},\"identifier\":[{\"system\":");
+            out.extend_from_slice(&self.system);
+            raw(out, ",\"value\":");
+            string(out, &format!("bp-{seq}"));
+            raw(out, "}]");
+            status_and_category(
+                out,
+                ordered.iter().any(|p| p.corrected),
+                Category::VitalSigns,
+            );
+            raw(out, ",\"code\":{\"coding\":[");
+            coding(out, LOINC_SYSTEM, BP_PANEL, Some(BP_PANEL_DISPLAY));
+            if sys.mdc_code > 1 {
+                // IEEE 11073-10101: the compound code is the systolic code minus one.
+                out.push(b',');
+                coding(
+                    out,
+                    MDC_SYSTEM,
+                    &(sys.mdc_code - 1).to_string(),
+                    Some(&sys.family),
+                );
+            }
+            raw(out, "],\"text\":\"Blood pressure\"}");
+            if let Some((_, json)) = self.subject.as_ref().filter(|(p, _)| *p == sys.patient) {
+                out.extend_from_slice(json);
+            } else {
+                raw(out, ",\"subject\":{\"reference\":");
+                string(out, &format!("Patient/{}", patient_fhir_id(&sys.patient)));
+                raw(out, ",\"identifier\":{\"value\":");
+                string(out, &sys.patient);
+                raw(out, "}}");
+            }
+            raw(out, ",\"effectiveDateTime\":");
+            let _ = serde_json::to_writer(&mut *out, &DateTime::DateTime(effective));
+            raw(out, ",\"issued\":");
+            let _ = serde_json::to_writer(&mut *out, &issued);
+            raw(out, ",\"device\":");
+            out.extend_from_slice(&self.device);
+            raw(out, ",\"derivedFrom\":[");
+            for (k, p) in ordered.iter().enumerate() {
+                if k > 0 {
+                    out.push(b',');
+                }
+                raw(out, "{\"reference\":");
+                string(out, &format!("Observation/{}", p.id));
+                out.push(b'}');
+            }
+            raw(out, "],\"component\":[");
+            for (k, p) in ordered.iter().enumerate() {
+                if k > 0 {
+                    out.push(b',');
+                }
+                let display = match p.member {
+                    SYSTOLIC => "Systolic blood pressure",
+                    DIASTOLIC => "Diastolic blood pressure",
+                    _ => "Mean blood pressure",
+                };
+                raw(out, "{\"code\":{\"coding\":[");
+                coding(out, LOINC_SYSTEM, p.member, Some(display));
+                out.push(b',');
+                coding(out, MDC_SYSTEM, &p.mdc_code.to_string(), Some(&p.refid));
+                raw(out, "]},\"valueQuantity\":");
+                quantity(out, p.value, p.unit.as_deref());
+                out.push(b'}');
+            }
+            raw(out, "]}}");
+        }
+    }
+
     /// One `{"fullUrl":..,"resource":{Observation}}` entry; fails only on a receive time out
-    /// of range (as the fhir-sdk mapping did).
+    /// of range.
     pub(super) fn observation_entry(
         &mut self,
         first: bool,
@@ -240,6 +462,31 @@ impl<'a> BundleWriter<'a> {
         let patient = non_empty(&obs.patient_id);
         let test = status == ObservationStatus::Test;
 
+        // The effective time is the device's, only when the message gave one the gateway
+        // trusts; otherwise it stays absent and `device-time-status` says why.
+        let effective = obs
+            .device_time_us
+            .filter(|_| !obs.device_time_untrusted)
+            .and_then(|us| Some((us, instant_from_us(us)?)));
+        let time_status = match (effective.is_some(), obs.device_time_us) {
+            (true, _) => None,
+            (false, None) => Some("missing"),
+            (false, Some(_)) => Some("untrusted"),
+        };
+
+        // What the code is: its category and, with a patient and a time, its vital-signs
+        // profile (when the unit is one that profile allows).
+        let category = vitals::category(loinc, refid);
+        let vital = vitals::vital(loinc).filter(|v| {
+            patient.is_some()
+                && effective.is_some()
+                && match &value {
+                    Some(Value::Quantity(_)) => unit.is_some_and(|u| v.units.contains(&u)),
+                    Some(Value::Text(_)) => false,
+                    None => true,
+                }
+        });
+
         let out = &mut self.out;
         // Entry and fullUrl.
         if !first {
@@ -260,56 +507,70 @@ impl<'a> BundleWriter<'a> {
             out,
             "\",\"resource\":{\"resourceType\":\"Observation\",\"id\":",
         );
-        if self.device_id_plain && self.device_id.len() + 1 + seq.len() <= 64 {
-            out.push(b'"');
-            raw(out, self.device_id);
-            out.push(b'-');
-            raw(out, seq);
-            out.push(b'"');
-        } else {
-            string(out, &fhir_id(&[self.device_id, seq]));
-        }
+        let id = match &self.plain_id_prefix {
+            Some(prefix) if prefix.len() + seq.len() <= 64 => {
+                out.push(b'"');
+                raw(out, prefix);
+                raw(out, seq);
+                out.push(b'"');
+                None
+            }
+            _ => {
+                let id = fhir_id(&[self.gateway_id, self.device_id, seq]);
+                string(out, &id);
+                Some(id)
+            }
+        };
 
-        // An associated, non-test observation has nothing in meta: no empty `{}`.
-        if patient.is_none() || test {
-            raw(out, ",\"meta\":{");
-            if test {
-                raw(out, "\"security\":[");
-                coding(out, ACT_REASON_SYSTEM, "HTEST", Some("test health data"));
-                out.push(b']');
-            }
-            if patient.is_none() {
-                if test {
-                    out.push(b',');
-                }
-                raw(out, "\"tag\":[");
-                coding(out, ASSOCIATION_SYSTEM, UNASSOCIATED, None);
-                out.push(b']');
-            }
-            out.push(b'}');
+        // meta: the profiles always; security for test data; the tag when unassociated.
+        raw(out, ",\"meta\":{\"profile\":[");
+        string(
+            out,
+            if matches!(value, Some(Value::Text(_))) {
+                profile::POCD_ENUMERATION
+            } else {
+                profile::POCD_NUMERIC
+            },
+        );
+        if let Some(vital) = vital {
+            out.push(b',');
+            string(out, vital.profile);
         }
+        out.push(b']');
+        if test {
+            raw(out, ",\"security\":[");
+            coding(out, ACT_REASON_SYSTEM, "HTEST", Some("test health data"));
+            out.push(b']');
+        }
+        if patient.is_none() {
+            raw(out, ",\"tag\":[");
+            coding(out, ASSOCIATION_SYSTEM, UNASSOCIATED, None);
+            out.push(b']');
+        }
+        out.push(b'}');
 
         // Extensions (the first without its leading comma).
+        let prefix = &self.ext_prefix;
         raw(out, ",\"extension\":[{\"url\":\"");
-        raw(out, EXT_PREFIX);
+        out.extend_from_slice(prefix);
         raw(out, "seq\",\"valueString\":\"");
         raw(out, seq);
         raw(out, "\"}");
-        ext_string(out, "bed", &obs.bed);
-        ext_string(out, "containment-id", &obs.containment_id);
-        ext_string(out, "equipment-id", &obs.equipment_id);
-        ext_string(out, "abnormal-flags", &obs.abnormal_flags);
+        ext_string(out, prefix, "bed", &obs.bed);
+        ext_string(out, prefix, "containment-id", &obs.containment_id);
+        ext_string(out, prefix, "equipment-id", &obs.equipment_id);
+        ext_string(out, prefix, "abnormal-flags", &obs.abnormal_flags);
         if absent.is_some() || value.is_none() {
-            ext_string(out, "value-text", &obs.value_text);
+            ext_string(out, prefix, "value-text", &obs.value_text);
         }
-        ext_string(out, "source-message-id", &obs.source_message_id);
+        ext_string(out, prefix, "source-message-id", &obs.source_message_id);
         if !obs.source_message_id.is_empty() {
-            ext_start(out, "source-row", "UnsignedInt");
+            ext_start(out, prefix, "source-row", "UnsignedInt");
             uint(out, u64::from(obs.source_row));
             out.push(b'}');
         }
         if matches!(status, ObservationStatus::Invalid | ObservationStatus::Test) {
-            ext_start(out, "measurement-status", "Code");
+            ext_start(out, prefix, "measurement-status", "Code");
             raw(
                 out,
                 if status == ObservationStatus::Invalid {
@@ -322,14 +583,21 @@ impl<'a> BundleWriter<'a> {
         let issued = self.issued.get(obs.receive_time_us, |buf| {
             let _ = serde_json::to_writer(buf, &receive);
         });
-        ext_start(out, "receive-time", "Instant");
+        ext_start(out, prefix, "receive-time", "Instant");
         out.extend_from_slice(issued);
         out.push(b'}');
-        ext_start(out, "clock-synced", "Boolean");
+        ext_start(out, prefix, "clock-synced", "Boolean");
         raw(out, if obs.clock_synced { "true}" } else { "false}" });
-        if obs.device_time_untrusted {
+        if let Some(time_status) = time_status {
+            ext_start(out, prefix, "device-time-status", "Code");
+            out.push(b'"');
+            raw(out, time_status);
+            raw(out, "\"}");
+        }
+        if obs.device_time_untrusted || (time_status.is_some() && obs.device_time_us.is_some()) {
             ext_string(
                 out,
+                prefix,
                 "untrusted-device-time",
                 &untrusted_device_time(obs.device_time_us),
             );
@@ -340,19 +608,9 @@ impl<'a> BundleWriter<'a> {
         out.extend_from_slice(&self.system);
         raw(out, ",\"value\":\"");
         raw(out, seq);
-        raw(out, "\"}],\"status\":");
-        raw(
-            out,
-            // HL7 v2-to-FHIR concept map (OBX-11): C → corrected.
-            if status == ObservationStatus::Corrected {
-                "\"corrected\""
-            } else {
-                "\"final\""
-            },
-        );
-        raw(out, ",\"category\":[{\"coding\":[");
-        coding(out, CATEGORY_SYSTEM, "vital-signs", Some("Vital Signs"));
-        raw(out, "]}],\"code\":{\"coding\":[");
+        raw(out, "\"}]");
+        status_and_category(out, status == ObservationStatus::Corrected, category);
+        raw(out, ",\"code\":{\"coding\":[");
         raw(out, "{\"system\":");
         string(out, MDC_SYSTEM);
         raw(out, ",\"code\":\"");
@@ -370,6 +628,15 @@ impl<'a> BundleWriter<'a> {
             out.push(b',');
             coding(out, LOINC_SYSTEM, loinc, display);
         }
+        // The LOINC codings the vital-signs profile requires, when not already there.
+        if let Some(v) = vitals::vital(loinc) {
+            for (code, display) in v.loinc {
+                if Some(*code) != loinc {
+                    out.push(b',');
+                    coding(out, LOINC_SYSTEM, code, Some(display));
+                }
+            }
+        }
         out.push(b']');
         if let Some(text) = code_text {
             raw(out, ",\"text\":");
@@ -377,40 +644,35 @@ impl<'a> BundleWriter<'a> {
         }
         out.push(b'}');
 
-        if let Some(patient) = patient {
-            let cached = matches!(&self.subject, Some((p, _)) if p == patient);
-            if !cached {
-                let mut json = Vec::new();
-                raw(&mut json, ",\"subject\":{\"reference\":");
-                string(&mut json, &format!("Patient/{}", patient_fhir_id(patient)));
-                raw(&mut json, ",\"identifier\":{\"value\":");
-                string(&mut json, patient);
-                raw(&mut json, "}}");
-                self.subject = Some((patient.to_owned(), json));
+        // subject: the census patient, or else (PoCD) the device itself.
+        match patient {
+            Some(patient) => {
+                let cached = matches!(&self.subject, Some((p, _)) if p == patient);
+                if !cached {
+                    let mut json = Vec::new();
+                    raw(&mut json, ",\"subject\":{\"reference\":");
+                    string(&mut json, &format!("Patient/{}", patient_fhir_id(patient)));
+                    raw(&mut json, ",\"identifier\":{\"value\":");
+                    string(&mut json, patient);
+                    raw(&mut json, "}}");
+                    self.subject = Some((patient.to_owned(), json));
+                }
+                if let Some((_, json)) = &self.subject {
+                    out.extend_from_slice(json);
+                }
             }
-            if let Some((_, json)) = &self.subject {
-                out.extend_from_slice(json);
+            None => {
+                raw(out, ",\"subject\":");
+                out.extend_from_slice(&self.device);
             }
         }
 
-        raw(out, ",\"effectiveDateTime\":");
-        match obs
-            .device_time_us
-            .filter(|_| !obs.device_time_untrusted)
-            .and_then(|us| Some((us, instant_from_us(us)?)))
-        {
-            Some((us, effective)) => {
-                let json = self.effective.get(us, |buf| {
-                    let _ = serde_json::to_writer(buf, &DateTime::DateTime(effective));
-                });
-                out.extend_from_slice(json);
-            }
-            None => {
-                let json = self.effective.get(obs.receive_time_us, |buf| {
-                    let _ = serde_json::to_writer(buf, &DateTime::DateTime(receive.clone()));
-                });
-                out.extend_from_slice(json);
-            }
+        if let Some((us, effective)) = &effective {
+            raw(out, ",\"effectiveDateTime\":");
+            let json = self.effective.get(*us, |buf| {
+                let _ = serde_json::to_writer(buf, &DateTime::DateTime(effective.clone()));
+            });
+            out.extend_from_slice(json);
         }
         raw(out, ",\"issued\":");
         out.extend_from_slice(&self.issued.json);
@@ -446,6 +708,7 @@ impl<'a> BundleWriter<'a> {
         }
         raw(out, ",\"device\":");
         out.extend_from_slice(&self.device);
+        // The device's alarm limits, typed as such so that nobody reads them as normal ranges.
         let low = obs.limit_low.filter(|v| v.is_finite());
         let high = obs.limit_high.filter(|v| v.is_finite());
         if low.is_some() || high.is_some() {
@@ -461,10 +724,37 @@ impl<'a> BundleWriter<'a> {
                 raw(out, "\"high\":");
                 quantity(out, high, unit);
             }
+            out.extend_from_slice(&self.range_type);
             raw(out, "}]");
         }
         // Observation, entry.
         raw(out, "}}");
+
+        // A blood pressure reading with a value, a patient and a time: kept for the panel.
+        if let (
+            Some((family, member)),
+            Some(patient),
+            Some((effective_us, _)),
+            Some(Value::Quantity(v)),
+        ) = (vitals::bp_part(loinc, refid), patient, effective, value)
+        {
+            let id = id.unwrap_or_else(|| self.observation_id(seq));
+            self.bp.push(BpPart {
+                family: family.to_owned(),
+                patient: patient.to_owned(),
+                effective_us,
+                message: obs.source_message_id.clone(),
+                member,
+                seq: obs.seq,
+                id,
+                mdc_code: obs.mdc_code,
+                refid: refid.unwrap_or_default().to_owned(),
+                value: v,
+                unit: unit.map(str::to_owned),
+                receive_us: obs.receive_time_us,
+                corrected: status == ObservationStatus::Corrected,
+            });
+        }
         Ok(())
     }
 }

@@ -38,7 +38,13 @@ pub(super) fn spo2(seq: u64) -> Observation {
 }
 
 fn bundle_json(observations: &[Observation]) -> Value {
-    let bytes = observation_bundle("gw1", "mon-1", observations, &Terminology::builtin()).unwrap();
+    let bytes = observation_bundle(
+        &FhirContext::with_default_base("gw1"),
+        "mon-1",
+        observations,
+        &Terminology::builtin(),
+    )
+    .unwrap();
     serde_json::from_slice(&bytes).unwrap()
 }
 
@@ -53,7 +59,7 @@ fn extension<'a>(resource: &'a Value, name: &str) -> Option<&'a Value> {
     resource["extension"]
         .as_array()?
         .iter()
-        .find(|e| e["url"] == format!("urn:icu-gateway:ext:{name}"))
+        .find(|e| e["url"] == format!("{DEFAULT_FHIR_BASE}/StructureDefinition/{name}"))
 }
 
 #[test]
@@ -85,10 +91,28 @@ fn bundle_envelope_is_a_deterministic_collection() {
     assert_ne!(entries[0]["fullUrl"], entries[1]["fullUrl"]);
 
     let t = Terminology::builtin();
-    let one = observation_bundle("gw1", "mon-1", &[spo2(7), spo2(8)], &t).unwrap();
-    let two = observation_bundle("gw1", "mon-1", &[spo2(7), spo2(8)], &t).unwrap();
+    let one = observation_bundle(
+        &FhirContext::with_default_base("gw1"),
+        "mon-1",
+        &[spo2(7), spo2(8)],
+        &t,
+    )
+    .unwrap();
+    let two = observation_bundle(
+        &FhirContext::with_default_base("gw1"),
+        "mon-1",
+        &[spo2(7), spo2(8)],
+        &t,
+    )
+    .unwrap();
     assert_eq!(one, two, "a re-send produces identical bytes");
-    let other_gateway = observation_bundle("gw2", "mon-1", &[spo2(7), spo2(8)], &t).unwrap();
+    let other_gateway = observation_bundle(
+        &FhirContext::with_default_base("gw2"),
+        "mon-1",
+        &[spo2(7), spo2(8)],
+        &t,
+    )
+    .unwrap();
     assert_ne!(one, other_gateway);
 }
 
@@ -97,7 +121,18 @@ fn observation_golden_fields() {
     let b = bundle_json(&[spo2(7)]);
     let o = &b["entry"][0]["resource"];
     assert_eq!(o["resourceType"], "Observation");
-    assert_eq!(o["id"], "mon-1-7");
+    // Ids are scoped by the gateway: two ICUs' mon-1 never share a resource id.
+    assert_eq!(o["id"], "gw1-mon-1-7");
+    assert_eq!(
+        o["meta"]["profile"],
+        json!([profile::POCD_NUMERIC]),
+        "unassociated: PoCD only, not the vital-signs profile (which needs a patient)"
+    );
+    assert_eq!(
+        o["subject"],
+        json!({"reference": "Device/gw1-mon-1", "display": "mon-1"}),
+        "PoCD: without a patient the subject is the device"
+    );
     assert_eq!(o["status"], "final");
     assert_eq!(
         o["identifier"],
@@ -134,14 +169,29 @@ fn observation_golden_fields() {
         DEVICE_US + 7
     );
     assert_eq!(micros_of(o["issued"].as_str().unwrap()), RECEIVE_US + 7);
-    assert_eq!(o["device"]["reference"], "Device/mon-1");
+    assert_eq!(o["device"]["reference"], "Device/gw1-mon-1");
+    // The R4 oxygen saturation profile requires 2708-6 next to the pulse oximetry code.
+    let loincs: Vec<&str> = coding
+        .iter()
+        .filter(|c| c["system"] == LOINC_SYSTEM)
+        .filter_map(|c| c["code"].as_str())
+        .collect();
+    assert_eq!(loincs, ["59408-5", "2708-6"]);
+    // The limits are the device's alarm limits and say so.
+    assert_eq!(
+        o["referenceRange"][0]["type"]["coding"][0]["code"],
+        "alarm-limits"
+    );
     assert_eq!(o["referenceRange"][0]["low"]["value"], 90.0);
     assert_eq!(o["referenceRange"][0]["high"]["value"], 100.0);
     assert_eq!(o["referenceRange"][0]["high"]["code"], "%");
     assert_eq!(o["interpretation"][0]["coding"][0]["code"], "H");
 
-    // Never a guessed patient.
-    assert!(o.get("subject").is_none());
+    // Never a guessed patient: the subject is the device.
+    assert!(!o["subject"]["reference"]
+        .as_str()
+        .unwrap()
+        .starts_with("Patient/"));
     assert_eq!(
         o["meta"]["tag"],
         json!([{"system": ASSOCIATION_SYSTEM, "code": UNASSOCIATED}])
@@ -234,11 +284,15 @@ fn absent_text_and_corrected_values() {
     assert_eq!(absent(&o(4)), "not-a-number");
     assert!(o(4).get("valueQuantity").is_none());
 
+    // A missing device time stays missing: no effective time, a flag, the receive time in
+    // `issued`.
     let nd = o(5);
+    assert!(nd.get("effectiveDateTime").is_none(), "{nd}");
     assert_eq!(
-        micros_of(nd["effectiveDateTime"].as_str().unwrap()),
-        RECEIVE_US + 6
+        extension(&nd, "device-time-status").unwrap()["valueCode"],
+        "missing"
     );
+    assert_eq!(micros_of(nd["issued"].as_str().unwrap()), RECEIVE_US + 6);
 }
 
 #[test]
@@ -293,7 +347,13 @@ fn unknown_code_without_unit_still_maps() {
 #[test]
 fn ids_stay_valid_for_any_device_id() {
     let t = Terminology::builtin();
-    let bytes = observation_bundle("gw 1", "mon_1/ä", &[spo2(1)], &t).unwrap();
+    let bytes = observation_bundle(
+        &FhirContext::with_default_base("gw 1"),
+        "mon_1/ä",
+        &[spo2(1)],
+        &t,
+    )
+    .unwrap();
     let b: Value = serde_json::from_slice(&bytes).unwrap();
     let valid = |id: &str| {
         !id.is_empty()
@@ -312,13 +372,15 @@ fn ids_stay_valid_for_any_device_id() {
 #[test]
 fn empty_input_and_out_of_range_times_are_errors() {
     let t = Terminology::builtin();
-    let err = observation_bundle("gw1", "mon-1", &[], &t).unwrap_err();
+    let err =
+        observation_bundle(&FhirContext::with_default_base("gw1"), "mon-1", &[], &t).unwrap_err();
     assert!(err.to_string().contains("mon-1"), "{err}");
     let bad = Observation {
         receive_time_us: i64::MAX,
         ..spo2(9)
     };
-    let err = observation_bundle("gw1", "mon-1", &[bad], &t).unwrap_err();
+    let err = observation_bundle(&FhirContext::with_default_base("gw1"), "mon-1", &[bad], &t)
+        .unwrap_err();
     assert!(
         matches!(err, BridgeError::FhirMapping { seq: 9, .. }),
         "{err}"
@@ -333,7 +395,13 @@ fn parses_back_with_fhir_sdk_types() {
         status: ObservationStatus::NotAvailable as i32,
         ..spo2(8)
     };
-    let bytes = observation_bundle("gw1", "mon-1", &[spo2(7), not_available], &t).unwrap();
+    let bytes = observation_bundle(
+        &FhirContext::with_default_base("gw1"),
+        "mon-1",
+        &[spo2(7), not_available],
+        &t,
+    )
+    .unwrap();
     let bundle = parse_bundle(&bytes).unwrap();
     assert_eq!(bundle.id.as_deref(), Some("gw1-mon-1-7-8"));
     assert_eq!(bundle.entry.len(), 2);
@@ -373,13 +441,21 @@ fn census_patient_becomes_the_subject_and_drops_the_unassociated_tag() {
         json!({"reference": "Patient/MRN123", "identifier": {"value": "MRN123"}})
     );
     assert!(
-        with.get("meta").is_none(),
-        "no association tag and no empty meta: {with}"
+        with["meta"].get("tag").is_none(),
+        "no association tag: {with}"
+    );
+    assert_eq!(
+        with["meta"]["profile"],
+        json!([
+            profile::POCD_NUMERIC,
+            "http://hl7.org/fhir/StructureDefinition/oxygensat"
+        ]),
+        "with a patient and a time, SpO2 claims the R4 oxygensat profile"
     );
     assert!(!with.to_string().contains("should-not-appear"));
 
     let without = &b["entry"][1]["resource"];
-    assert!(without.get("subject").is_none());
+    assert_eq!(without["subject"]["reference"], "Device/gw1-mon-1");
     assert_eq!(
         without["meta"]["tag"],
         json!([{"system": ASSOCIATION_SYSTEM, "code": UNASSOCIATED}])
@@ -392,7 +468,10 @@ fn census_patient_becomes_the_subject_and_drops_the_unassociated_tag() {
             ..spo2(3)
         }]);
         let o = &b["entry"][0]["resource"];
-        assert!(o.get("subject").is_none(), "{patient_id:?}");
+        assert_eq!(
+            o["subject"]["reference"], "Device/gw1-mon-1",
+            "{patient_id:?}"
+        );
         assert_eq!(o["meta"]["tag"][0]["code"], UNASSOCIATED);
     }
 
@@ -423,7 +502,7 @@ fn census_patient_becomes_the_subject_and_drops_the_unassociated_tag() {
 
     // Parses back with fhir-sdk.
     let bytes = observation_bundle(
-        "gw1",
+        &FhirContext::with_default_base("gw1"),
         "mon-1",
         &[Observation {
             patient_id: "MRN123".into(),
@@ -446,10 +525,13 @@ fn an_untrusted_device_time_is_not_the_effective_time() {
     far.device_time_untrusted = true;
     let b = bundle_json(&[o, far]);
     let first = &b["entry"][0]["resource"];
+    assert!(
+        first.get("effectiveDateTime").is_none(),
+        "an untrusted device time is not effective, and the receive time is no stand-in"
+    );
     assert_eq!(
-        micros_of(first["effectiveDateTime"].as_str().unwrap()),
-        RECEIVE_US + 7,
-        "the receive time is effective"
+        extension(first, "device-time-status").unwrap()["valueCode"],
+        "untrusted"
     );
     assert_eq!(
         extension(first, "untrusted-device-time").unwrap()["valueString"],

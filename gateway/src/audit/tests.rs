@@ -689,7 +689,11 @@ fn a_forwarded_entry_verifies_from_its_fhir_audit_event_alone() {
     use base64::Engine as _;
     let t = trail(3);
     let rec = &t.log.read(2, 1).unwrap()[0];
-    let bytes = icu_cloud_bridge::fhir::audit_event("icu-a", &rec.to_proto()).unwrap();
+    let bytes = icu_cloud_bridge::fhir::audit_event(
+        &icu_cloud_bridge::fhir::FhirContext::with_default_base("icu-a"),
+        &rec.to_proto(),
+    )
+    .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(v["resourceType"], "AuditEvent");
     let chain = v["entity"].as_array().unwrap().last().unwrap().clone();
