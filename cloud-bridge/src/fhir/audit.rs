@@ -141,7 +141,10 @@ pub fn audit_event(cx: &FhirContext, entry: &AuditEntry) -> Result<Vec<u8>, Brid
             .as_deref()
             .and_then(non_empty)
             .unwrap_or(&entry.outcome);
-        event.insert("outcomeDesc".into(), json!(desc));
+        // FHIR has no empty strings: an entry without a reason or outcome text has none.
+        if !desc.trim().is_empty() {
+            event.insert("outcomeDesc".into(), json!(desc));
+        }
     }
     if entry.action == "break_glass" {
         event.insert(
@@ -261,6 +264,8 @@ pub fn audit_event(cx: &FhirContext, entry: &AuditEntry) -> Result<Vec<u8>, Brid
         detail_bytes("hash", &entry.hash),
         detail_bytes("signature", &entry.signature),
     ]);
+    // FHIR has no empty strings: a field the entry does not have is left out.
+    details.retain(|d| d.get("valueString").is_none_or(|v| v != ""));
     entities.push(json!({
         "what": identifier_ref(
             format!("urn:icu-gateway:{gateway_id}:audit"),
