@@ -8,7 +8,7 @@ The ``icu-signature`` header holds an ed25519 signature in standard base64,
 over what ``icu-signature-alg`` names.  ``ed25519-envelope-v1`` (the default):
 the record's envelope, UTF-8 lines each ending in LF: ``icu-envelope-v1``,
 ``key=<record key>``, then for each covered header in this order
-(icu-stream, content-type, icu-gateway-id, icu-device-id, icu-seq-first,
+(icu-stream, content-type, icu-schema-version, icu-gateway-id, icu-device-id, icu-seq-first,
 icu-seq-last, icu-bed, icu-patient-id, icu-key-id, ce_specversion, ce_id,
 ce_source, ce_type, ce_time) ``name=value`` when the
 record has it or ``name`` alone when not, then ``value-sha256=<hex>``; in
@@ -98,6 +98,7 @@ def text(v: bytes | None) -> str:
 COVERED = (
     "icu-stream",
     "content-type",
+    "icu-schema-version",
     "icu-gateway-id",
     "icu-device-id",
     "icu-seq-first",

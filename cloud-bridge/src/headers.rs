@@ -33,6 +33,17 @@ pub const PATIENT_ID: &str = "icu-patient-id";
 /// The stream the record belongs to (`observations`, `alarms`, `adt`, `audit`, `deadletter`).
 pub const STREAM: &str = "icu-stream";
 
+/// The version of the value's schema: what a consumer parses the value as. For the FHIR
+/// streams [`SCHEMA_FHIR_V2`], for dead letters [`SCHEMA_DEADLETTER_V1`]. A change a consumer
+/// must notice (a field renamed, a meaning changed) gets a new version; adding an optional
+/// element does not.
+pub const SCHEMA_VERSION: &str = "icu-schema-version";
+/// FHIR R4 JSON as this gateway version writes it: ids scoped by gateway, PoCD and vital-signs
+/// profiles, canonical extension urls (version 1 was the `urn:icu-gateway:ext:` form).
+pub const SCHEMA_FHIR_V2: &str = "fhir-r4/icu-gateway-2";
+/// The dead-letter JSON document.
+pub const SCHEMA_DEADLETTER_V1: &str = "icu-deadletter-1";
+
 /// CloudEvents Kafka protocol binding (binary content mode; `content-type` is the event's
 /// `datacontenttype`), so generic tools can route the records: spec version, always
 /// [`CE_SPECVERSION_1_0`].

@@ -41,8 +41,9 @@ enum Command {
         public_key: Option<PathBuf>,
         /// A directory of public keys (`*.pub`, as kept by `icu-gateway keygen --rotate`): each
         /// record is verified with the key its `icu-key-id` header names; records naming a key
-        /// not in the directory are reported (count and first offsets).
-        #[arg(long)]
+        /// not in the directory are reported (count and first offsets). One directory can hold
+        /// the keys of many gateways and their rotations (`--keys` is the same option).
+        #[arg(long, alias = "keys")]
         key_dir: Option<PathBuf>,
         #[command(flatten)]
         security: SecurityArgs,

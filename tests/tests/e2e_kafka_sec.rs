@@ -430,7 +430,7 @@ fn a_rotation_mid_run_verifies_with_the_key_directory() {
         String::from_utf8_lossy(&verify.stderr)
     );
 
-    let (ok, report) = bridge_consume(&broker.addr, &["--key-dir", keys.to_str().unwrap()]);
+    let (ok, report) = bridge_consume(&broker.addr, &["--keys", keys.to_str().unwrap()]);
     assert!(
         ok,
         "every record verifies with the key directory:\n{report}"

@@ -96,12 +96,16 @@ impl Mapper {
     fn sign(&self, bundle: &PlannedBundle, value: Vec<u8>) -> SignedRecord {
         let key = self.key.active();
         let record_key = record_key(bundle, &self.fhir.gateway_id);
-        let mut headers = Vec::with_capacity(12);
+        let mut headers = Vec::with_capacity(20);
         headers.extend([
             (headers::STREAM, bundle.stream.as_str().to_owned()),
             (
                 headers::CONTENT_TYPE,
                 content_type(bundle.stream).to_owned(),
+            ),
+            (
+                headers::SCHEMA_VERSION,
+                schema_version(bundle.stream).to_owned(),
             ),
             (headers::GATEWAY_ID, self.fhir.gateway_id.clone()),
             (headers::DEVICE_ID, bundle.device_id.clone()),
@@ -261,6 +265,16 @@ pub(super) fn content_type(stream: Stream) -> &'static str {
         Stream::DeadLetters => headers::CONTENT_TYPE_JSON,
         Stream::Observations | Stream::Alarms | Stream::Adt | Stream::Audit => {
             headers::CONTENT_TYPE_FHIR_JSON
+        }
+    }
+}
+
+/// The `icu-schema-version` of a stream's values.
+pub(super) fn schema_version(stream: Stream) -> &'static str {
+    match stream {
+        Stream::DeadLetters => headers::SCHEMA_DEADLETTER_V1,
+        Stream::Observations | Stream::Alarms | Stream::Adt | Stream::Audit => {
+            headers::SCHEMA_FHIR_V2
         }
     }
 }

@@ -4,7 +4,7 @@
 //! [`COVERED`] headers.
 //! Guarantees:
 //! - the signature covers the value *and* what a consumer accounts or routes by: the record key
-//!   and the headers in [`COVERED`] (stream, content type, gateway, device, seq range, bed,
+//!   and the headers in [`COVERED`] (stream, content type, schema version, gateway, device, seq range, bed,
 //!   patient, key id, and the CloudEvents attributes). Editing any of them in flight, or moving a
 //!   value under other headers, fails verification;
 //! - the value enters through its SHA-256 (one pass, hardware-accelerated where the CPU has it)
@@ -28,9 +28,10 @@ use crate::headers;
 pub const ENVELOPE_V1: &str = "icu-envelope-v1";
 
 /// The headers the envelope covers, in the order they are written.
-pub const COVERED: [&str; 14] = [
+pub const COVERED: [&str; 15] = [
     headers::STREAM,
     headers::CONTENT_TYPE,
+    headers::SCHEMA_VERSION,
     headers::GATEWAY_ID,
     headers::DEVICE_ID,
     headers::SEQ_FIRST,
@@ -101,6 +102,7 @@ mod tests {
         let h = headers(&[
             (headers::STREAM, "observations"),
             (headers::CONTENT_TYPE, "application/fhir+json"),
+            (headers::SCHEMA_VERSION, "fhir-r4/icu-gateway-2"),
             (headers::GATEWAY_ID, "icu-north"),
             (headers::DEVICE_ID, "mon-01"),
             (headers::SEQ_FIRST, "7"),
@@ -120,6 +122,7 @@ mod tests {
              key=mon-01\n\
              icu-stream=observations\n\
              content-type=application/fhir+json\n\
+             icu-schema-version=fhir-r4/icu-gateway-2\n\
              icu-gateway-id=icu-north\n\
              icu-device-id=mon-01\n\
              icu-seq-first=7\n\
