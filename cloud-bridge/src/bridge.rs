@@ -49,6 +49,7 @@
 mod config;
 mod mapper;
 pub mod plan;
+mod protobuf;
 mod quiet;
 pub mod security;
 mod stats;
@@ -156,13 +157,19 @@ impl BridgeActor {
         config.validate()?;
         let failure = FailureSlot::default();
         let producer = create_producer(&config, &failure)?;
+        let pb_producer = match &config.topic_observations_pb {
+            Some(_) => Some(create_producer(&config, &failure)?),
+            None => None,
+        };
         stats.set_security(config.security.describe());
+        stats.set_protobuf_topic(config.topic_observations_pb.clone());
         let mapper = Mapper {
             fhir: FhirContext::new(&config.gateway_id, &config.fhir_base),
             max_per_bundle: config.max_per_bundle,
             key,
             terminology,
             envelope: config.signature == "envelope",
+            protobuf: config.topic_observations_pb.is_some(),
         };
         Ok(Self {
             wake: Arc::new(Notify::new()),
@@ -174,6 +181,7 @@ impl BridgeActor {
                 prefetched: None,
                 stats,
                 producer,
+                pb_producer,
                 topic_known: false,
                 skipped_logged: BTreeSet::new(),
                 failure,
@@ -255,6 +263,8 @@ struct Worker {
     prefetched: Option<JoinHandle<Result<Prepared, BridgeError>>>,
     stats: Arc<BridgeStats>,
     producer: FutureProducer<QuietContext>,
+    /// The protobuf topic's own producer (`[kafka] topic_observations_pb`), see `protobuf.rs`.
+    pb_producer: Option<FutureProducer<QuietContext>>,
     /// Positive metadata answer for the topic (cached; reset on an unknown-topic error).
     topic_known: bool,
     /// Tokens for backlog observations (`backlog_rate` per second).
@@ -467,6 +477,7 @@ impl Worker {
     ) -> Result<(), CycleError> {
         let delivering = Instant::now();
         let delivered = self.produce(bundles, values).await;
+        let delivered = self.deliver_protobuf(bundles, values, delivered).await;
         self.stats
             .add_phase(Phase::Delivering, delivering.elapsed());
         let failed = delivered.iter().filter(|r| r.is_err()).count();
@@ -573,9 +584,12 @@ impl Worker {
         if self.topic_known {
             return Ok(());
         }
-        for stream in Stream::ALL {
+        let topics = Stream::ALL
+            .iter()
+            .map(|s| self.config.topic(*s).to_owned())
+            .chain(self.config.topic_observations_pb.clone());
+        for topic in topics {
             let producer = self.producer.clone();
-            let topic = self.config.topic(stream).to_owned();
             let timeout = self.config.metadata_timeout();
             let wanted = topic.clone();
             let answer = tokio::task::spawn_blocking(move || {

@@ -43,6 +43,10 @@ pub const SCHEMA_VERSION: &str = "icu-schema-version";
 pub const SCHEMA_FHIR_V2: &str = "fhir-r4/icu-gateway-2";
 /// The dead-letter JSON document.
 pub const SCHEMA_DEADLETTER_V1: &str = "icu-deadletter-1";
+/// A protobuf topic's value: `icu.v1.ObservationBatch` (`protos/proto/icu/v1/icu.proto`).
+pub const SCHEMA_OBSERVATION_BATCH_V1: &str = "icu.v1.ObservationBatch";
+/// `content-type` of a protobuf topic's records.
+pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf";
 
 /// CloudEvents Kafka protocol binding (binary content mode; `content-type` is the event's
 /// `datacontenttype`), so generic tools can route the records: spec version, always

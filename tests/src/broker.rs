@@ -24,11 +24,11 @@ use crate::{free_port, tansu_bin};
 pub const PARTITIONS: i32 = 3;
 
 /// How long a broker may take to answer metadata after being spawned.
-const START_DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const START_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Environment variables tansu reads as defaults for its flags; removed so a
 /// developer's shell cannot change the test broker.
-const TANSU_ENV: &[&str] = &[
+pub(crate) const TANSU_ENV: &[&str] = &[
     "CLUSTER_ID",
     "LISTENER_URL",
     "ADVERTISED_LISTENER_URL",
@@ -59,6 +59,9 @@ pub struct Broker {
     secure: Option<(TlsProxy, SecureOptions)>,
     /// Started with `--authentication` (after [`Broker::require_authentication`]).
     authentication: bool,
+    /// Started with the schema registry in `<dir>/schemas` (after
+    /// [`Broker::use_schema_registry`]).
+    schema_registry: bool,
     /// How the last stopped broker process ended, and how long the stop took.
     last_exit: Option<(std::process::ExitStatus, Duration)>,
     // Declared last: removed after the child is stopped.
@@ -87,13 +90,13 @@ pub struct SecureOptions {
 /// data outlives the broker process.  Stopped on drop, after the broker (the
 /// broker's `Drop` stops the broker first).
 #[derive(Debug)]
-struct ObjectStore {
-    endpoint: String,
+pub(crate) struct ObjectStore {
+    pub(crate) endpoint: String,
     _child: ChildGuard,
 }
 
 /// The bucket a durable broker keeps its data in.
-const BUCKET: &str = "tansu";
+pub(crate) const BUCKET: &str = "tansu";
 
 impl Broker {
     /// Start a broker on a free port and wait until it answers a metadata
@@ -160,6 +163,7 @@ impl Broker {
             plain_port: port,
             secure: None,
             authentication: false,
+            schema_registry: false,
             last_exit: None,
             dir,
         };
@@ -209,6 +213,10 @@ impl Broker {
             .env("NO_COLOR", "1");
         if authentication {
             cmd.arg("--authentication");
+        }
+        if self.schema_registry {
+            // Relative to the broker's working directory (tansu resolves file:// urls so).
+            cmd.args(["--schema-registry", "file://./schemas"]);
         }
         for var in TANSU_ENV {
             cmd.env_remove(var);
@@ -296,6 +304,21 @@ impl Broker {
         self.restart()
     }
 
+    /// Restarts the broker with its embedded schema registry (`--schema-registry`) holding
+    /// `schemas`, `(file name, text)` pairs such as `("icu.observations.pb.proto", ...)`: from
+    /// then on a record produced to such a topic whose key is no `Key` or whose value is no
+    /// `Value` is refused with INVALID_RECORD. An in-memory broker comes back empty: create the
+    /// topics after.
+    pub fn use_schema_registry(&mut self, schemas: &[(&str, &str)]) -> anyhow::Result<()> {
+        let dir = self.dir.path().join("schemas");
+        std::fs::create_dir_all(&dir)?;
+        for (name, text) in schemas {
+            std::fs::write(dir.join(name), text)?;
+        }
+        self.schema_registry = true;
+        self.restart()
+    }
+
     /// Start a broker behind TLS (see [`crate::tls_proxy`]: tansu 0.6 cannot serve TLS
     /// itself: its `--cert` and `--key` options exclude each other), in memory (or SQLite with
     /// SCRAM users), optionally requiring client certificates.
@@ -321,6 +344,7 @@ impl Broker {
             plain_port,
             secure: Some((proxy, options)),
             authentication: false,
+            schema_registry: false,
             last_exit: None,
             dir,
         };
@@ -530,7 +554,7 @@ type LaunchError = (anyhow::Error, Option<ObjectStore>);
 
 impl ObjectStore {
     /// Start `moto_server` on a free port and create the bucket.
-    fn start() -> anyhow::Result<ObjectStore> {
+    pub(crate) fn start() -> anyhow::Result<ObjectStore> {
         let bin = moto_server_bin();
         let mut last = None;
         for _ in 0..3 {

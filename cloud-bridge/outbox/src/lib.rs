@@ -423,6 +423,37 @@ pub trait Outbox: Send + Sync + 'static {
         }
         Ok(())
     }
+
+    /// Keeps a record the backbone refused for good (a schema registry's INVALID_RECORD) as a
+    /// dead letter of the gateway, like a rejected input: on the dead-letter stream, with its
+    /// own seq, forwarded to `icu.deadletter` and shown where dead letters are. Blocks until
+    /// committed. The default (outboxes without a dead-letter stream) refuses.
+    fn dead_letter(&self, letter: BackboneDeadLetter) -> Result<(), OutboxError> {
+        Err(OutboxError::new(
+            "dead_letter",
+            format!(
+                "this outbox keeps no dead letters (record of {} refused: {})",
+                letter.device_id, letter.reason
+            ),
+        ))
+    }
+}
+
+/// A record the backbone refused for good, for [`Outbox::dead_letter`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackboneDeadLetter {
+    pub received_us: i64,
+    /// `kafka:<topic>`.
+    pub transport: String,
+    /// The brokers.
+    pub peer: String,
+    pub device_id: String,
+    /// What was refused, e.g. `icu.observations.pb seq 7-9`.
+    pub location: String,
+    pub reason: String,
+    /// The refused value (at most 64 KiB kept) and its whole length.
+    pub raw: Vec<u8>,
+    pub raw_len: usize,
 }
 
 /// One delivered range of one device's stream, `[first_seq, last_seq]`, for

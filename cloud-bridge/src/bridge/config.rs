@@ -39,6 +39,10 @@ pub struct BridgeConfig {
     /// Topic for the audit trail, one FHIR AuditEvent per entry, keyed by the gateway id
     /// (default `icu.audit`). It must exist.
     pub topic_audit: String,
+    /// Optional protobuf topic of the observations (`icu.v1.ObservationBatch` values keyed by
+    /// `icu.v1.StreamKey`, governed by the broker's schema registry); `None`: not sent. When
+    /// set, it must exist.
+    pub topic_observations_pb: Option<String>,
     /// Most outbox records read per cycle (default 5000: bigger cycles spread the fixed cost of
     /// a fetch and of the last delivery reports over more records). It also bounds how long a
     /// new alarm can wait behind the cycles already in flight (two).
@@ -91,6 +95,7 @@ impl Default for BridgeConfig {
             max_backoff: Duration::from_secs(10),
             compression: "lz4".into(),
             signature: "envelope".into(),
+            topic_observations_pb: None,
             fhir_base: crate::fhir::DEFAULT_FHIR_BASE.into(),
             security: KafkaSecurity::default(),
             properties: BTreeMap::new(),
@@ -130,6 +135,19 @@ impl BridgeConfig {
         ] {
             if topic.trim().is_empty() {
                 bad(field, "must not be empty");
+            }
+        }
+        if let Some(pb) = &self.topic_observations_pb {
+            if pb.trim().is_empty() {
+                bad(
+                    "topic_observations_pb",
+                    "must not be empty (leave it out to send no protobuf)",
+                );
+            } else if Stream::ALL.iter().any(|s| self.topic(*s) == pb) {
+                bad(
+                    "topic_observations_pb",
+                    "must differ from the FHIR and dead-letter topics",
+                );
             }
         }
         if !(1..=100_000).contains(&self.fetch_limit) {
@@ -229,6 +247,12 @@ pub struct KafkaSettings {
     /// Topic for the audit trail (one FHIR AuditEvent per entry, keyed by the gateway id).
     #[serde(default = "defaults::topic_audit")]
     pub topic_audit: String,
+    /// Also send each observation bundle as protobuf (`icu.v1.ObservationBatch`, key
+    /// `icu.v1.StreamKey`) to this topic, e.g. `icu.observations.pb`, for stream jobs that do
+    /// not want FHIR; its schema for the broker's registry is
+    /// `protos/schemas/icu.observations.pb.proto`. Not set: not sent.
+    #[serde(default)]
+    pub topic_observations_pb: Option<String>,
     /// How long the producer keeps trying one record before reporting it failed (it is then
     /// sent again from the store, never dropped).
     #[serde(default = "defaults::message_timeout_ms")]
@@ -293,6 +317,7 @@ impl KafkaSettings {
             compression: self.compression.clone(),
             signature: self.signature.clone(),
             fhir_base: self.fhir_base.clone(),
+            topic_observations_pb: self.topic_observations_pb.clone(),
             ..BridgeConfig::default()
         }
     }

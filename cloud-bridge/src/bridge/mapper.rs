@@ -20,6 +20,7 @@ use crate::signing::envelope::envelope;
 use crate::signing::SigningKeys;
 use crate::Terminology;
 use icu_outbox::Stream;
+use icu_protos::v1::{ObservationBatch, StreamKey};
 
 /// Most threads that map and sign one cycle's bundles (see [`map_and_sign`]).
 pub(super) const MAX_MAP_THREADS: usize = 4;
@@ -37,6 +38,18 @@ pub(super) struct SignedRecord {
     /// In the order they are produced; the signature headers last.
     pub(super) headers: Vec<(&'static str, String)>,
     pub(super) value: Vec<u8>,
+    /// The same observations as protobuf, for the protobuf topic (when configured).
+    pub(super) protobuf: Option<ProtobufRecord>,
+}
+
+/// An observation bundle as `icu.v1.ObservationBatch` (key `icu.v1.StreamKey`), signed over
+/// its value bytes (`icu-signature-alg: ed25519`): the value itself carries the gateway, the
+/// device and every observation's seq, so the signature covers what a consumer accounts by.
+#[derive(Debug)]
+pub(super) struct ProtobufRecord {
+    pub(super) key: Vec<u8>,
+    pub(super) headers: Vec<(&'static str, String)>,
+    pub(super) value: Vec<u8>,
 }
 
 /// What maps and signs bundles; cloned onto the blocking pool.
@@ -51,6 +64,8 @@ pub(super) struct Mapper {
     pub(super) terminology: Arc<Terminology>,
     /// Sign the envelope (key, headers, value digest) rather than the value bytes alone.
     pub(super) envelope: bool,
+    /// Also encode observation bundles as protobuf ([`ProtobufRecord`]).
+    pub(super) protobuf: bool,
 }
 
 impl Mapper {
@@ -89,7 +104,57 @@ impl Mapper {
                 unknown_topic: false,
             }
         })?;
-        Ok(self.sign(bundle, value))
+        let mut record = self.sign(bundle, value);
+        if self.protobuf && bundle.stream == Stream::Observations {
+            record.protobuf = Some(self.protobuf_record(bundle));
+        }
+        Ok(record)
+    }
+
+    /// The protobuf form of an observation bundle ([`ProtobufRecord`]).
+    fn protobuf_record(&self, bundle: &PlannedBundle) -> ProtobufRecord {
+        use icu_protos::Message as _;
+        let key = self.key.active();
+        let gateway_id = self.fhir.gateway_id.clone();
+        let record_key = StreamKey {
+            gateway_id: gateway_id.clone(),
+            device_id: bundle.device_id.clone(),
+        }
+        .encode_to_vec();
+        let value = ObservationBatch {
+            gateway_id: gateway_id.clone(),
+            device_id: bundle.device_id.clone(),
+            observations: bundle.observations.clone(),
+        }
+        .encode_to_vec();
+        let signature = base64::engine::general_purpose::STANDARD.encode(key.sign(&value));
+        let headers = vec![
+            (headers::STREAM, bundle.stream.as_str().to_owned()),
+            (
+                headers::CONTENT_TYPE,
+                headers::CONTENT_TYPE_PROTOBUF.to_owned(),
+            ),
+            (
+                headers::SCHEMA_VERSION,
+                headers::SCHEMA_OBSERVATION_BATCH_V1.to_owned(),
+            ),
+            (headers::GATEWAY_ID, gateway_id),
+            (headers::DEVICE_ID, bundle.device_id.clone()),
+            (headers::SEQ_FIRST, bundle.first_seq.to_string()),
+            (headers::SEQ_LAST, bundle.last_seq.to_string()),
+            (headers::BED, bundle.bed.clone()),
+            (headers::KEY_ID, key.key_id().to_owned()),
+            (
+                headers::SIGNATURE_ALG,
+                headers::SIGNATURE_ALG_ED25519.to_owned(),
+            ),
+            (headers::SIGNATURE, signature),
+        ];
+        ProtobufRecord {
+            key: record_key,
+            headers,
+            value,
+        }
     }
 
     /// The record of `bundle` with `value`: its key and headers, signed.
@@ -167,6 +232,7 @@ impl Mapper {
             key: record_key.as_str().to_owned(),
             headers,
             value,
+            protobuf: None,
         }
     }
 }

@@ -87,6 +87,33 @@ pub struct BridgeStats {
     state: Mutex<BridgeState>,
     /// How the bridge reaches the brokers (`"plaintext"`, `"sasl_ssl SCRAM-SHA-512 as gw"`).
     security: Mutex<String>,
+    /// The protobuf topic, when configured.
+    protobuf: Mutex<ProtobufStats>,
+}
+
+/// What happened on the protobuf topic (`/api/status` `backbone.protobuf`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ProtobufStats {
+    pub topic: Option<String>,
+    /// Records the broker took.
+    pub delivered: u64,
+    /// Records the broker refused for good (its schema registry: INVALID_RECORD), each kept as
+    /// a dead letter.
+    pub rejected: u64,
+    /// `ok`, or `rejecting` while the last record sent was refused (the schema in the broker's
+    /// registry and the gateway's disagree: see the dead letters).
+    pub state: &'static str,
+    pub last_rejection: Option<ProtobufRejection>,
+}
+
+/// The last record the protobuf topic refused.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProtobufRejection {
+    pub device_id: String,
+    pub seq_first: u64,
+    pub seq_last: u64,
+    pub reason: String,
+    pub at_us: i64,
 }
 
 impl BridgeStats {
@@ -104,7 +131,37 @@ impl BridgeStats {
             phase_us: Default::default(),
             state: Mutex::new(BridgeState::Disabled),
             security: Mutex::new("plaintext".into()),
+            protobuf: Mutex::new(ProtobufStats::default()),
         })
+    }
+
+    /// The protobuf topic's counters (`topic` is `None` when none is configured).
+    pub fn protobuf(&self) -> ProtobufStats {
+        self.protobuf
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_protobuf_topic(&self, topic: Option<String>) {
+        let mut p = self.protobuf.lock().unwrap_or_else(|e| e.into_inner());
+        p.topic = topic;
+        p.state = "ok";
+    }
+
+    pub(crate) fn add_protobuf_delivered(&self, n: u64) {
+        if n > 0 {
+            let mut p = self.protobuf.lock().unwrap_or_else(|e| e.into_inner());
+            p.delivered += n;
+            p.state = "ok";
+        }
+    }
+
+    pub(crate) fn add_protobuf_rejection(&self, rejection: ProtobufRejection) {
+        let mut p = self.protobuf.lock().unwrap_or_else(|e| e.into_inner());
+        p.rejected += 1;
+        p.state = "rejecting";
+        p.last_rejection = Some(rejection);
     }
 
     /// Current state.
@@ -173,6 +230,7 @@ impl BridgeStats {
                 .iter()
                 .map(|&p| (p.name().to_owned(), serde_json::json!(self.phase_time(p).as_micros() as u64)))
                 .collect::<serde_json::Map<_, _>>(),
+            "protobuf": self.protobuf(),
             "security": self.security(),
             "encrypted": !self.security().starts_with("plaintext")
                 && !self.security().starts_with("sasl_plaintext"),

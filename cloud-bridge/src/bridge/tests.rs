@@ -361,6 +361,7 @@ fn key_is_the_patient_when_associated_else_the_device() {
         key: key.clone().into(),
         terminology: Terminology::builtin(),
         envelope: true,
+        protobuf: false,
     };
     let signed = mapper.value(&plan.bundles[1]).unwrap();
     let header = |name: &str| {
@@ -701,6 +702,7 @@ fn values_mapped_on_several_threads_are_in_bundle_order_and_the_same_as_on_one()
         key: GatewayKey::generate().into(),
         terminology: Terminology::builtin(),
         envelope: true,
+        protobuf: false,
     };
     let bundles: Vec<PlannedBundle> = (0..23u64)
         .map(|i| PlannedBundle {
@@ -775,8 +777,48 @@ fn the_signature_covers_the_key_and_the_headers_a_consumer_accounts_by() {
         key: key.clone().into(),
         terminology: Terminology::builtin(),
         envelope: true,
+        protobuf: true,
     };
     let signed = mapper.value(&plan.bundles[0]).unwrap();
+    // The protobuf form: the canonical messages, signed over the value bytes.
+    {
+        use icu_protos::Message as _;
+        let pb = signed.protobuf.as_ref().expect("a protobuf record");
+        let batch = icu_protos::v1::ObservationBatch::decode(pb.value.as_slice()).unwrap();
+        assert_eq!(
+            (batch.gateway_id.as_str(), batch.device_id.as_str()),
+            ("gw-test", "mon-1")
+        );
+        assert_eq!(batch.observations.len(), 1);
+        assert_eq!(batch.observations[0].seq, 7);
+        let stream_key = icu_protos::v1::StreamKey::decode(pb.key.as_slice()).unwrap();
+        assert_eq!(
+            (
+                stream_key.gateway_id.as_str(),
+                stream_key.device_id.as_str()
+            ),
+            ("gw-test", "mon-1")
+        );
+        let header = |name: &str| {
+            pb.headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        assert_eq!(
+            header(headers::SIGNATURE_ALG),
+            headers::SIGNATURE_ALG_ED25519
+        );
+        assert_eq!(header(headers::SCHEMA_VERSION), "icu.v1.ObservationBatch");
+        use base64::Engine as _;
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(header(headers::SIGNATURE))
+            .unwrap();
+        let signature = ed25519_dalek::Signature::from_slice(&signature).unwrap();
+        use ed25519_dalek::Verifier as _;
+        assert!(key.verifying_key().verify(&pb.value, &signature).is_ok());
+    }
     let alg = |s: &SignedRecord| {
         s.headers
             .iter()

@@ -711,6 +711,33 @@ impl Outbox for SqliteOutbox {
             .map(|_| ())
             .map_err(outbox_err("mark_sent_many"))
     }
+
+    fn dead_letter(&self, letter: icu_outbox::BackboneDeadLetter) -> Result<(), OutboxError> {
+        let store = self.writer.get().ok_or_else(|| {
+            OutboxError::new(
+                "dead_letter",
+                "the store's writer is not attached".to_owned(),
+            )
+        })?;
+        let letter = DeadLetter {
+            received_us: letter.received_us,
+            transport: letter.transport,
+            peer: letter.peer,
+            device_id: Some(letter.device_id),
+            stream_offset: 0,
+            ack_code: String::new(),
+            error_code: 0,
+            location: Some(letter.location),
+            reason: letter.reason,
+            raw: letter.raw,
+            raw_len: letter.raw_len,
+        };
+        match futures::executor::block_on(store.send(Append(WriteRequest::DeadLetter(letter)))) {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(outbox_err("dead_letter")(e)),
+            Err(_) => Err(outbox_err("dead_letter")(StoreError::Closed)),
+        }
+    }
 }
 
 #[cfg(test)]
