@@ -233,7 +233,7 @@ fn run_icu(seconds: u64, secure: bool) {
                 idle_timeout: Duration::from_millis(500),
                 max_wait: Duration::from_secs(60),
             };
-            let (r, _) = match &sec {
+            let (r, records) = match &sec {
                 None => consume(&opts),
                 Some(s) => consume_with(
                     &opts,
@@ -254,10 +254,13 @@ fn run_icu(seconds: u64, secure: bool) {
             }
             .ok()?;
             let n: u64 = r.devices.values().map(|d| d.distinct_seqs).sum();
-            (n >= total).then_some(r)
+            (n >= total).then_some((r, records))
         },
     )
     .unwrap_or_else(|e| panic!("{e}; status {}", gw.get_json("/api/status")));
+    let (got, records) = got;
+    // Every FHIR value of the run passes the outside validator (FHIR R4 and the profiles).
+    validate_fhir(dir.path(), &records);
     assert_eq!(got.signatures_bad, 0);
     let mut mismatches = Vec::new();
     for (device, n) in &expected {
@@ -286,4 +289,37 @@ fn run_icu(seconds: u64, secure: bool) {
         assert_eq!(backbone["security"], "sasl_ssl SCRAM-SHA-512 as icu-gw");
         assert_eq!(backbone["encrypted"], true);
     }
+}
+
+/// Runs `scripts/fhir_validate.py` (fhir.resources, FHIR R4, plus the profile rules) over the
+/// values of `records`; skipped without `ICU_FHIR_PYTHON` outside CI.
+fn validate_fhir(dir: &std::path::Path, records: &[icu_cloud_bridge::consume::ConsumedRecord]) {
+    let Some(python) = std::env::var_os("ICU_FHIR_PYTHON").filter(|p| !p.is_empty()) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "ICU_FHIR_PYTHON is not set under CI: run the suite through scripts/test"
+        );
+        eprintln!("ICU_FHIR_PYTHON not set: FHIR validation of the run skipped");
+        return;
+    };
+    let path = dir.join("values.jsonl");
+    let mut text = String::new();
+    for r in records {
+        text.push_str(std::str::from_utf8(&r.value).expect("FHIR JSON is UTF-8"));
+        text.push('\n');
+    }
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(python)
+        .arg(icu_tests::script("fhir_validate.py"))
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(": 0 errors"),
+        "the outside validator refused values of the run:\n{}\n{}",
+        stdout.lines().take(40).collect::<Vec<_>>().join("\n"),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{}", stdout.lines().last().unwrap_or_default());
 }
