@@ -2,7 +2,8 @@
 //!
 //! Everything a test needs from outside the process is started here and
 //! stopped when the test ends: a real Kafka-protocol broker ([`Broker`], the
-//! `tansu` binary that `scripts/install-tansu` builds), the workspace's own
+//! `tansu` binary that `scripts/install-tansu` builds; several sharing one storage:
+//! [`backbone::Backbone`]), the workspace's own
 //! binaries ([`bin_path`], which `cargo build --workspace --bins` builds) and
 //! child processes in general ([`ChildGuard`]).  Nothing uses a fixed port:
 //! [`free_port`] hands out an ephemeral one.
@@ -27,6 +28,7 @@
 //! - `ICU_TANSU_LOG`: the broker's `RUST_LOG` (default `warn`; its log file is
 //!   in the broker's temp dir, and its tail is in every start-up error).
 
+pub mod backbone;
 pub mod bench;
 mod broker;
 pub mod gateway;
