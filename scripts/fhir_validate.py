@@ -109,6 +109,35 @@ def profile_problems(res, definitions):
         p.append("Encounter.subject must be a Patient")
     if kind == "Patient" and not res.get("identifier"):
         p.append("Patient without identifier")
+    if kind == "Device":
+        p.extend(device_problems(res, profiles))
+    if kind == "DeviceMetric":
+        if not codings(res.get("type"), MDC):
+            p.append("PoCD: DeviceMetric.type has no MDC coding")
+        if not str((res.get("source") or {}).get("reference", "")).startswith("Device/"):
+            p.append("PoCD: DeviceMetric.source must be the Device")
+    return p
+
+
+POCD = "http://hl7.org/fhir/uv/pocd/StructureDefinition/"
+
+
+def device_problems(d, profiles):
+    p = []
+    if not d.get("type"):
+        p.append("PoCD: Device.type missing")
+    if d.get("patient") or d.get("location"):
+        p.append("PoCD: a device component has no patient or location")
+    if POCD + "MdsDevice" in profiles:
+        if not d.get("identifier"):
+            p.append("MdsDevice: no identifier")
+        for i in d.get("identifier") or []:
+            if i.get("system") == "urn:oid:1.2.840.10004.1.1.1.0.0.1.0.0.1.2680" and \
+                    not re.match(r"^[0-9A-Fa-f]{16}$", i.get("value", "")):
+                p.append(f"MdsDevice: EUI-64 {i.get('value')!r} is not 16 hex digits")
+    if (POCD + "VmdDevice" in profiles or POCD + "ChannelDevice" in profiles) and \
+            not str((d.get("parent") or {}).get("reference", "")).startswith("Device/"):
+        p.append("PoCD: a VMD or channel Device needs its parent")
     return p
 
 

@@ -47,6 +47,7 @@
 //!   `tokio::task::spawn_blocking`.
 
 mod config;
+mod devices;
 mod mapper;
 pub mod plan;
 mod protobuf;
@@ -182,6 +183,7 @@ impl BridgeActor {
                 stats,
                 producer,
                 pb_producer,
+                devices: devices::DeviceCatalog::new(),
                 topic_known: false,
                 skipped_logged: BTreeSet::new(),
                 failure,
@@ -265,6 +267,9 @@ struct Worker {
     producer: FutureProducer<QuietContext>,
     /// The protobuf topic's own producer (`[kafka] topic_observations_pb`), see `protobuf.rs`.
     pb_producer: Option<FutureProducer<QuietContext>>,
+    /// Every device's Device/DeviceMetric description and what was delivered of it
+    /// (`icu.devices`, see `devices.rs`).
+    devices: devices::DeviceCatalog,
     /// Positive metadata answer for the topic (cached; reset on an unknown-topic error).
     topic_known: bool,
     /// Tokens for backlog observations (`backlog_rate` per second).
@@ -478,6 +483,7 @@ impl Worker {
         let delivering = Instant::now();
         let delivered = self.produce(bundles, values).await;
         let delivered = self.deliver_protobuf(bundles, values, delivered).await;
+        self.deliver_devices(bundles, &delivered).await;
         self.stats
             .add_phase(Phase::Delivering, delivering.elapsed());
         let failed = delivered.iter().filter(|r| r.is_err()).count();
@@ -587,6 +593,7 @@ impl Worker {
         let topics = Stream::ALL
             .iter()
             .map(|s| self.config.topic(*s).to_owned())
+            .chain([self.config.topic_devices.clone()])
             .chain(self.config.topic_observations_pb.clone());
         for topic in topics {
             let producer = self.producer.clone();
@@ -682,10 +689,7 @@ impl Worker {
         value: &Value,
     ) -> Result<rdkafka::producer::DeliveryFuture, DeliveryError> {
         let signed = value.as_ref().map_err(Clone::clone)?;
-        let record_headers = signed.headers.iter().fold(
-            OwnedHeaders::new_with_capacity(signed.headers.len()),
-            |h, (name, value)| h.insert(header(name, value)),
-        );
+        let record_headers = owned_headers(&signed.headers);
         let record = FutureRecord::to(self.config.topic(bundle.stream))
             .key(signed.key.as_str())
             .payload(signed.value.as_slice())
@@ -803,6 +807,14 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.stats.sub_in_flight(self.n);
     }
+}
+
+/// A record's headers as rdkafka takes them.
+fn owned_headers(headers: &[(&'static str, String)]) -> OwnedHeaders {
+    headers.iter().fold(
+        OwnedHeaders::new_with_capacity(headers.len()),
+        |h, (name, value)| h.insert(header(name, value)),
+    )
 }
 
 fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {

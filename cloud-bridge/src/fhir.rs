@@ -230,6 +230,7 @@ mod adt;
 mod alarm;
 mod audit;
 mod common;
+mod device;
 mod json;
 mod vitals;
 pub use adt::{adt_bundle, encounter_status};
@@ -238,6 +239,7 @@ pub use audit::{
     audit_entry_of, audit_event, is_audit_event, ParsedAuditEntry, AUDIT_ACTION_SYSTEM,
     AUDIT_EVENT_TYPE_SYSTEM, DCM_SYSTEM, RESTFUL_INTERACTION_SYSTEM, ROLE_SYSTEM,
 };
+pub use device::{device_metric_id, devices_bundle, DeviceDescription, MetricInfo, EUI64_SYSTEM};
 
 #[cfg(test)]
 mod golden;

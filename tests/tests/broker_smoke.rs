@@ -473,6 +473,7 @@ fn topics_create_makes_every_topic_of_the_config_once() -> anyhow::Result<()> {
         "icu.audit",
         "icu.observations",
         "icu.deadletter",
+        "icu.devices",
     ];
     let first = icu_tests::http::gateway_cli(&args, "")?;
     eprintln!("{first}");

@@ -259,8 +259,61 @@ fn run_icu(seconds: u64, secure: bool) {
     )
     .unwrap_or_else(|e| panic!("{e}; status {}", gw.get_json("/api/status")));
     let (got, records) = got;
+    // Every reference of the readings resolves: each `device` (a DeviceMetric) and each
+    // unassociated `subject` (the MDS Device) is on icu.devices.
+    let mut referenced = std::collections::BTreeSet::new();
+    for r in &records {
+        let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+        for e in v["entry"].as_array().unwrap() {
+            for field in ["device", "subject"] {
+                if let Some(reference) = e["resource"][field]["reference"].as_str() {
+                    if !reference.starts_with("Patient/") {
+                        referenced.insert(reference.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    let devices = if sec.is_none() {
+        let devices = wait_for(
+            Duration::from_secs(60),
+            "every referenced Device and DeviceMetric on icu.devices",
+            || {
+                let (_, recs) = consume(&ConsumeOptions {
+                    brokers: broker.addr.clone(),
+                    topic: "icu.devices".into(),
+                    public_key: Some(key),
+                    idle_timeout: Duration::from_millis(500),
+                    max_wait: Duration::from_secs(30),
+                })
+                .ok()?;
+                let mut have = std::collections::BTreeSet::new();
+                for r in &recs {
+                    assert_eq!(r.signature_ok, Some(true), "icu.devices records are signed");
+                    let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+                    for e in v["entry"].as_array().unwrap() {
+                        let res = &e["resource"];
+                        have.insert(format!(
+                            "{}/{}",
+                            res["resourceType"].as_str().unwrap(),
+                            res["id"].as_str().unwrap()
+                        ));
+                    }
+                }
+                referenced.is_subset(&have).then_some(recs)
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}: {} references", referenced.len()));
+        assert!(referenced.iter().any(|r| r.starts_with("DeviceMetric/")));
+        devices
+    } else {
+        Vec::new()
+    };
     // Every FHIR value of the run passes the outside validator (FHIR R4 and the profiles).
-    validate_fhir(dir.path(), &records);
+    validate_fhir(
+        dir.path(),
+        &[records.as_slice(), devices.as_slice()].concat(),
+    );
     assert_eq!(got.signatures_bad, 0);
     let mut mismatches = Vec::new();
     for (device, n) in &expected {

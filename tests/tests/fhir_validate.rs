@@ -8,7 +8,9 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
 
-use icu_cloud_bridge::fhir::{adt_bundle, alarm_bundle, audit_event, FhirContext};
+use icu_cloud_bridge::fhir::{
+    adt_bundle, alarm_bundle, audit_event, devices_bundle, DeviceDescription, FhirContext,
+};
 use icu_protos::v1::{AdtEvent, Alarm, AuditEntry};
 
 const GOLDEN: &str = include_str!("../../cloud-bridge/src/fhir/golden_observation_bundles.jsonl");
@@ -120,6 +122,27 @@ fn other_resources() -> Vec<String> {
     ] {
         out.push(audit_event(&cx, &audit(seq, action, outcome)).unwrap());
     }
+    // The devices of the golden readings, as icu.devices carries them.
+    let terminology = icu_drivers::terminology::Terminology::builtin();
+    let mut description = DeviceDescription::default();
+    for o in [
+        (150456, "1.2.1.1"),
+        (147842, "1.1.1.1"),
+        (150301, "1.3.1.1"),
+    ] {
+        description.observe(
+            &icu_protos::v1::Observation {
+                mdc_code: o.0,
+                containment_id: o.1.into(),
+                equipment_id: "0012AB0000000001".into(),
+                limit_low: Some(90.0),
+                limit_high: Some(100.0),
+                ..Default::default()
+            },
+            &terminology,
+        );
+    }
+    out.push(devices_bundle(&cx, "mon-01", &description, 1_700_000_000_000_000).unwrap());
     out.into_iter()
         .map(|v| String::from_utf8(v).unwrap())
         .collect()

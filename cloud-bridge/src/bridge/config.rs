@@ -39,6 +39,9 @@ pub struct BridgeConfig {
     /// Topic for the audit trail, one FHIR AuditEvent per entry, keyed by the gateway id
     /// (default `icu.audit`). It must exist.
     pub topic_audit: String,
+    /// Topic for the devices' FHIR Device and DeviceMetric resources (default `icu.devices`),
+    /// sent when a device or one of its metrics first appears and when it changes. It must exist.
+    pub topic_devices: String,
     /// Optional protobuf topic of the observations (`icu.v1.ObservationBatch` values keyed by
     /// `icu.v1.StreamKey`, governed by the broker's schema registry); `None`: not sent. When
     /// set, it must exist.
@@ -96,6 +99,7 @@ impl Default for BridgeConfig {
             compression: "lz4".into(),
             signature: "envelope".into(),
             topic_observations_pb: None,
+            topic_devices: "icu.devices".into(),
             fhir_base: crate::fhir::DEFAULT_FHIR_BASE.into(),
             security: KafkaSecurity::default(),
             properties: BTreeMap::new(),
@@ -132,6 +136,7 @@ impl BridgeConfig {
             ("topic_adt", &self.topic_adt),
             ("topic_deadletter", &self.topic_deadletter),
             ("topic_audit", &self.topic_audit),
+            ("topic_devices", &self.topic_devices),
         ] {
             if topic.trim().is_empty() {
                 bad(field, "must not be empty");
@@ -247,6 +252,10 @@ pub struct KafkaSettings {
     /// Topic for the audit trail (one FHIR AuditEvent per entry, keyed by the gateway id).
     #[serde(default = "defaults::topic_audit")]
     pub topic_audit: String,
+    /// Topic for the FHIR Device and DeviceMetric resources of the devices (PoCD), sent when a
+    /// device or one of its metrics first appears and when it changes.
+    #[serde(default = "defaults::topic_devices")]
+    pub topic_devices: String,
     /// Also send each observation bundle as protobuf (`icu.v1.ObservationBatch`, key
     /// `icu.v1.StreamKey`) to this topic, e.g. `icu.observations.pb`, for stream jobs that do
     /// not want FHIR; its schema for the broker's registry is
@@ -318,6 +327,7 @@ impl KafkaSettings {
             signature: self.signature.clone(),
             fhir_base: self.fhir_base.clone(),
             topic_observations_pb: self.topic_observations_pb.clone(),
+            topic_devices: self.topic_devices.clone(),
             ..BridgeConfig::default()
         }
     }
@@ -373,6 +383,9 @@ mod defaults {
     }
     pub fn signature() -> String {
         BridgeConfig::default().signature
+    }
+    pub fn topic_devices() -> String {
+        BridgeConfig::default().topic_devices
     }
     pub fn fhir_base() -> String {
         BridgeConfig::default().fhir_base

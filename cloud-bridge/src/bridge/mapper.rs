@@ -207,9 +207,21 @@ impl Mapper {
         if let Some(time) = first_record_time(bundle) {
             headers.push((headers::CE_TIME, time));
         }
+        self.seal(&key, record_key.as_str(), headers, value)
+    }
+
+    /// The record with `headers` and `value` under `record_key`, signed with `key` (the
+    /// envelope, or the value bytes alone): the signature headers come last.
+    pub(super) fn seal(
+        &self,
+        key: &crate::signing::GatewayKey,
+        record_key: &str,
+        mut headers: Vec<(&'static str, String)>,
+        value: Vec<u8>,
+    ) -> SignedRecord {
         let (alg, signature) = if self.envelope {
             let covered = envelope(
-                Some(record_key.as_str()),
+                Some(record_key),
                 |name| {
                     headers
                         .iter()
@@ -229,7 +241,7 @@ impl Mapper {
             base64::engine::general_purpose::STANDARD.encode(signature),
         ));
         SignedRecord {
-            key: record_key.as_str().to_owned(),
+            key: record_key.to_owned(),
             headers,
             value,
             protobuf: None,

@@ -23,14 +23,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures::future::join_all;
 use icu_outbox::BackboneDeadLetter;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::FutureRecord;
 use tracing::{debug, error, warn};
 
 use super::mapper::{DeliveryError, Value};
 use super::plan::PlannedBundle;
 use super::stats::ProtobufRejection;
-use super::{create_producer, header, Worker};
+use super::{create_producer, owned_headers, Worker};
 
 /// Most bytes of a refused record kept in its dead letter (as for rejected input).
 const MAX_RAW: usize = 64 * 1024;
@@ -65,10 +64,7 @@ impl Worker {
             let Some(pb) = &signed.protobuf else {
                 continue;
             };
-            let headers = pb.headers.iter().fold(
-                OwnedHeaders::new_with_capacity(pb.headers.len()),
-                |h, (name, value)| h.insert(header(name, value)),
-            );
+            let headers = owned_headers(&pb.headers);
             let record = FutureRecord::to(&topic)
                 .key(pb.key.as_slice())
                 .payload(pb.value.as_slice())

@@ -489,6 +489,7 @@ fn mock_cluster(
         "icu.adt",
         "icu.deadletter",
         "icu.audit",
+        "icu.devices",
     ] {
         cluster.create_topic(topic, 1, 1).unwrap();
     }

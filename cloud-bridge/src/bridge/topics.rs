@@ -93,6 +93,7 @@ pub fn create_topics(
     let names: Vec<String> = Stream::ALL
         .iter()
         .map(|s| config.topic(*s).to_owned())
+        .chain([config.topic_devices.clone()])
         .chain(config.topic_observations_pb.clone())
         .collect();
     let settings = spec.settings();

@@ -8,6 +8,7 @@
 //! value, since the observations of one message share their times). The golden file and the
 //! fhir-sdk round trip over generated inputs (`roundtrip.rs`) hold it to that, byte for byte.
 
+use std::collections::HashMap;
 use std::io::Write as _;
 
 use fhir_sdk::{DateTime, Instant};
@@ -20,6 +21,7 @@ use super::common::{
     CATEGORY_SYSTEM, DATA_ABSENT_SYSTEM, INTERPRETATION_SYSTEM, LOINC_SYSTEM, MDC_SYSTEM,
     UCUM_SYSTEM, UNASSOCIATED,
 };
+use super::device::device_metric_id;
 use super::vitals::{self, Category, BP_PANEL, BP_PANEL_DISPLAY, DIASTOLIC, MEAN, SYSTOLIC};
 use crate::Terminology;
 
@@ -187,6 +189,9 @@ pub(super) struct BundleWriter<'a> {
     subject: Option<(String, Vec<u8>)>,
     /// Blood pressure readings seen so far, for the panels written at the end.
     bp: Vec<BpPart>,
+    /// `{"reference":"DeviceMetric/<id>","display":..}` per MDC code and containment id.
+    metrics: HashMap<u32, Vec<(String, Vec<u8>)>>,
+    cx: &'a FhirContext,
 }
 
 impl<'a> BundleWriter<'a> {
@@ -234,7 +239,36 @@ impl<'a> BundleWriter<'a> {
             effective: CachedTime::default(),
             subject: None,
             bp: Vec::new(),
+            metrics: HashMap::new(),
+            cx,
         }
+    }
+
+    /// `,"device":{"reference":"DeviceMetric/<id>","display":"<device>"}`: PoCD's link from a
+    /// reading to the metric that measured it (sent on `icu.devices`).
+    fn write_metric_ref(&mut self, mdc_code: u32, containment: &str) {
+        let containment = containment.trim();
+        let known = self.metrics.entry(mdc_code).or_default();
+        let index = match known.iter().position(|(c, _)| c == containment) {
+            Some(i) => i,
+            None => {
+                let mut json = Vec::new();
+                raw(&mut json, ",\"device\":{\"reference\":");
+                string(
+                    &mut json,
+                    &format!(
+                        "DeviceMetric/{}",
+                        device_metric_id(self.cx, self.device_id, containment, mdc_code)
+                    ),
+                );
+                raw(&mut json, ",\"display\":");
+                string(&mut json, self.device_id);
+                json.push(b'}');
+                known.push((containment.to_owned(), json));
+                known.len() - 1
+            }
+        };
+        self.out.extend_from_slice(&known[index].1);
     }
 
     pub(super) fn len(&self) -> usize {
@@ -706,8 +740,8 @@ impl<'a> BundleWriter<'a> {
             }
             out.push(b']');
         }
-        raw(out, ",\"device\":");
-        out.extend_from_slice(&self.device);
+        self.write_metric_ref(obs.mdc_code, &obs.containment_id);
+        let out = &mut self.out;
         // The device's alarm limits, typed as such so that nobody reads them as normal ranges.
         let low = obs.limit_low.filter(|v| v.is_finite());
         let high = obs.limit_high.filter(|v| v.is_finite());

@@ -169,7 +169,11 @@ fn observation_golden_fields() {
         DEVICE_US + 7
     );
     assert_eq!(micros_of(o["issued"].as_str().unwrap()), RECEIVE_US + 7);
-    assert_eq!(o["device"]["reference"], "Device/gw1-mon-1");
+    // PoCD: the reading names the metric that measured it (a DeviceMetric on icu.devices).
+    assert_eq!(
+        o["device"]["reference"],
+        "DeviceMetric/gw1-mon-1-metric-1.2.1.1-150456"
+    );
     // The R4 oxygen saturation profile requires 2708-6 next to the pulse oximetry code.
     let loincs: Vec<&str> = coding
         .iter()
