@@ -35,6 +35,8 @@ pub(super) struct DeviceEntry {
     bed: String,
     /// The receive time of the newest reading that changed the description.
     changed_us: i64,
+    /// The description's version, computed when it changes.
+    version: String,
     delivered_version: Option<String>,
 }
 
@@ -55,20 +57,26 @@ impl Worker {
             }
             let entry = self.devices.entry(bundle.device_id.clone()).or_default();
             entry.bed.clone_from(&bundle.bed);
+            let mut changed = false;
             for obs in &bundle.observations {
                 if entry.description.observe(obs, &self.mapper.terminology) {
                     entry.changed_us = entry.changed_us.max(obs.receive_time_us);
+                    changed = true;
                 }
+            }
+            if changed {
+                entry.version = entry.description.version();
             }
         }
         let mut records: Vec<(String, String, SignedRecord)> = Vec::new();
         for (device_id, entry) in &self.devices {
-            let version = entry.description.version();
-            if entry.delivered_version.as_deref() == Some(version.as_str()) {
+            if entry.version.is_empty()
+                || entry.delivered_version.as_deref() == Some(entry.version.as_str())
+            {
                 continue;
             }
-            match self.devices_record(device_id, entry, &version) {
-                Ok(record) => records.push((device_id.clone(), version, record)),
+            match self.devices_record(device_id, entry, &entry.version) {
+                Ok(record) => records.push((device_id.clone(), entry.version.clone(), record)),
                 Err(e) => {
                     warn!(%device_id, error = %e, "cannot map the device's FHIR Device resources")
                 }

@@ -54,8 +54,8 @@ pub struct DeviceDescription {
     pub equipment_id: String,
     /// The MDS type, when the device reported an `MDC_DEV_*_MDS` code.
     pub mds_type: Option<(u32, String)>,
-    /// By (containment id, MDC code).
-    pub metrics: BTreeMap<(String, u32), MetricInfo>,
+    /// By containment id, then MDC code.
+    pub metrics: BTreeMap<String, BTreeMap<u32, MetricInfo>>,
 }
 
 impl DeviceDescription {
@@ -83,20 +83,46 @@ impl DeviceDescription {
         let ucum = non_empty(&obs.unit_ucum)
             .or_else(|| term.map(|t| t.ucum.as_str()).and_then(non_empty))
             .unwrap_or_default();
-        let info = MetricInfo {
-            refid: refid.to_owned(),
-            ucum: ucum.to_owned(),
-            limit_low: obs.limit_low.filter(|v| v.is_finite()),
-            limit_high: obs.limit_high.filter(|v| v.is_finite()),
-        };
-        let key = (obs.containment_id.trim().to_owned(), obs.mdc_code);
-        match self.metrics.get(&key) {
-            Some(old) if *old == info => changed,
-            _ => {
-                self.metrics.insert(key, info);
-                true
-            }
+        let (low, high) = (
+            obs.limit_low.filter(|v| v.is_finite()),
+            obs.limit_high.filter(|v| v.is_finite()),
+        );
+        // The hot path (nothing changed) allocates nothing.
+        let containment = obs.containment_id.trim();
+        let same = self
+            .metrics
+            .get(containment)
+            .and_then(|m| m.get(&obs.mdc_code))
+            .is_some_and(|old| {
+                old.refid == refid
+                    && old.ucum == ucum
+                    && old.limit_low == low
+                    && old.limit_high == high
+            });
+        if same {
+            return changed;
         }
+        self.metrics
+            .entry(containment.to_owned())
+            .or_default()
+            .insert(
+                obs.mdc_code,
+                MetricInfo {
+                    refid: refid.to_owned(),
+                    ucum: ucum.to_owned(),
+                    limit_low: low,
+                    limit_high: high,
+                },
+            );
+        true
+    }
+
+    /// Every metric as ((containment id, MDC code), what it is), in order.
+    pub fn each_metric(&self) -> impl Iterator<Item = ((&str, u32), &MetricInfo)> {
+        self.metrics.iter().flat_map(|(c, m)| {
+            m.iter()
+                .map(move |(code, info)| ((c.as_str(), *code), info))
+        })
     }
 
     /// A short, stable version of the description (hex of its SHA-256): equal descriptions
@@ -110,7 +136,7 @@ impl DeviceDescription {
             h.update(refid.as_bytes());
         }
         h.update([0]);
-        for ((containment, code), m) in &self.metrics {
+        for ((containment, code), m) in self.each_metric() {
             h.update(containment.as_bytes());
             h.update([0]);
             h.update(code.to_be_bytes());
@@ -238,7 +264,7 @@ pub fn devices_bundle(
 
     let mut vmds = BTreeSet::new();
     let mut channels = BTreeSet::new();
-    for (containment, _) in description.metrics.keys() {
+    for containment in description.metrics.keys() {
         let (vmd, chan) = vmd_and_channel(containment);
         if let Some(v) = vmd {
             vmds.insert(v);
@@ -273,12 +299,12 @@ pub fn devices_bundle(
             "parent": device_ref(&parent),
         }));
     }
-    for ((containment, code), m) in &description.metrics {
+    for ((containment, code), m) in description.each_metric() {
         let mut metric = Map::new();
         metric.insert("resourceType".into(), json!("DeviceMetric"));
         metric.insert(
             "id".into(),
-            json!(device_metric_id(cx, device_id, containment, *code)),
+            json!(device_metric_id(cx, device_id, containment, code)),
         );
         metric.insert("meta".into(), meta(METRIC_PROFILE));
         if m.limit_low.is_some() || m.limit_high.is_some() {
@@ -376,7 +402,7 @@ mod tests {
             "a new metric"
         );
         assert_ne!(d.version(), v1);
-        assert_eq!(d.metrics.len(), 2);
+        assert_eq!(d.each_metric().count(), 2);
     }
 
     #[test]
