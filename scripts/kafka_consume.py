@@ -18,7 +18,12 @@ The public key is the gateway's PEM (SubjectPublicKeyInfo) key, e.g. the
 ``gateway.pub`` written by ``icu-gateway keygen``.
 
     kafka_consume.py --brokers 127.0.0.1:9092 --topic icu.observations \\
-        --public-key gateway.pub [--max N] [--timeout S] [--audit]
+        (--public-key gateway.pub | --keys DIR) [--max N] [--timeout S] [--audit]
+
+With --keys, DIR holds the public keys (``*.pub``) of every gateway on the
+topic and their rotated keys; each record is verified with the key its
+``icu-key-id`` header names (the first 16 hex digits of SHA-256 of the raw
+32-byte key); a record naming a key that is not there is BAD ("unknown key id").
 
 With --audit (for ``icu.audit``), every value must be a FHIR AuditEvent of one
 audit-trail entry, and each entry is checked as well: its own ed25519
@@ -62,7 +67,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--brokers", required=True, help="bootstrap servers, host:port[,host:port]")
     p.add_argument("--topic", required=True, help="topic to read, e.g. icu.observations")
-    p.add_argument("--public-key", required=True, help="gateway ed25519 public key (PEM, SPKI)")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--public-key", help="gateway ed25519 public key (PEM, SPKI)")
+    who.add_argument(
+        "--keys",
+        help="a directory of gateway public keys (*.pub): each record is verified with the key"
+        " its icu-key-id names (many gateways, rotated keys); a record naming a key not there is BAD",
+    )
     p.add_argument("--max", type=int, default=None, help="stop after this many records")
     p.add_argument("--timeout", type=float, default=30.0, help="overall deadline in seconds (default 30)")
     p.add_argument("--audit", action="store_true", help="also verify each audit-trail entry (icu.audit)")
@@ -80,6 +91,31 @@ def load_key(path: str) -> Ed25519PublicKey:
         print(f"kafka_consume: {path}: not an ed25519 public key", file=sys.stderr)
         raise SystemExit(2)
     return key
+
+
+def key_id(key: Ed25519PublicKey) -> str:
+    """The gateway's key id: the first 16 hex digits of SHA-256 of the raw public key."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return hashlib.sha256(key.public_bytes(Encoding.Raw, PublicFormat.Raw)).hexdigest()[:16]
+
+
+def load_keys(directory: str) -> dict[str, Ed25519PublicKey]:
+    import os
+
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".pub"))
+    except OSError as e:
+        print(f"kafka_consume: cannot read key directory {directory}: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+    keys = {}
+    for name in names:
+        key = load_key(os.path.join(directory, name))
+        keys[key_id(key)] = key
+    if not keys:
+        print(f"kafka_consume: no *.pub key in {directory}", file=sys.stderr)
+        raise SystemExit(2)
+    return keys
 
 
 def header_map(msg) -> dict[str, bytes]:
@@ -175,8 +211,7 @@ def describe_value(value: bytes) -> tuple[bool, str]:
 class AuditCheck:
     """The entries of icu.audit as they arrive: signature over the hash, chain, order."""
 
-    def __init__(self, key: Ed25519PublicKey) -> None:
-        self.key = key
+    def __init__(self) -> None:
         self.entries = self.ok = self.bad = self.breaks = self.gaps = self.disorder = self.dups = 0
         self.hashes: dict[int, bytes] = {}
         self.first: int | None = None
@@ -194,7 +229,7 @@ class AuditCheck:
                 return out
         raise ValueError("no audit-trail entity")
 
-    def check(self, value: bytes, header_seq: str) -> str:
+    def check(self, value: bytes, header_seq: str, key: Ed25519PublicKey | None) -> str:
         """One record's entry; returns what to print."""
         self.entries += 1
         try:
@@ -211,7 +246,9 @@ class AuditCheck:
             return f"audit entry unreadable ({e})"
         problems = []
         try:
-            self.key.verify(sig, digest)
+            if key is None:
+                raise InvalidSignature("no key for this record")
+            key.verify(sig, digest)
             self.ok += 1
         except InvalidSignature:
             self.bad += 1
@@ -280,7 +317,8 @@ def partitions_of(consumer: Consumer, topic: str, deadline: float) -> list[int]:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    key = load_key(args.public_key)
+    keys = load_keys(args.keys) if args.keys else None
+    single = load_key(args.public_key) if args.public_key else None
     deadline = time.monotonic() + args.timeout
 
     consumer = Consumer(
@@ -293,7 +331,7 @@ def main(argv: list[str]) -> int:
         }
     )
     total = ok = bad = invalid = 0
-    audit = AuditCheck(key) if args.audit else None
+    audit = AuditCheck() if args.audit else None
     try:
         parts = partitions_of(consumer, args.topic, deadline)
         # Explicit assignment from offset 0 of every partition: reads the whole
@@ -322,7 +360,16 @@ def main(argv: list[str]) -> int:
             total += 1
             value = msg.value() or b""
             h = header_map(msg)
-            good, why = verify(key, h, value, msg.key())
+            if keys is None:
+                key = single
+                good, why = verify(key, h, value, msg.key())
+            else:
+                named = text(h.get("icu-key-id"))
+                key = keys.get(named)
+                if key is None:
+                    good, why = False, f"unknown key id {named}"
+                else:
+                    good, why = verify(key, h, value, msg.key())
             if good:
                 ok += 1
             else:
@@ -340,7 +387,7 @@ def main(argv: list[str]) -> int:
             if not good:
                 line += f" ({why})"
             if audit is not None:
-                line += " " + audit.check(value, text(h.get("icu-seq-first")))
+                line += " " + audit.check(value, text(h.get("icu-seq-first")), key)
             print(line, flush=True)
     finally:
         consumer.close()

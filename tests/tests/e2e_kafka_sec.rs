@@ -437,6 +437,41 @@ fn a_rotation_mid_run_verifies_with_the_key_directory() {
     );
     assert!(report.contains("bad 0"), "{report}");
     assert!(!report.contains("unknown key id"), "{report}");
+    // The stock client verifies the same way with the same directory.
+    if let Some(python) = icu_tests::python() {
+        let stock = |key_args: &[&str]| {
+            let out = Command::new(&python)
+                .arg(icu_tests::script("kafka_consume.py"))
+                .args(["--brokers", &broker.addr, "--topic", "icu.observations"])
+                .args(key_args)
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        };
+        let (ok, stdout) = stock(&["--keys", keys.to_str().unwrap()]);
+        assert!(
+            ok && stdout.contains(" 0 bad"),
+            "stock client with --keys:\n{stdout}"
+        );
+        let (ok, stdout) = stock(&["--public-key", public.to_str().unwrap()]);
+        assert!(
+            !ok,
+            "the old key alone does not verify the new key's records"
+        );
+        assert!(
+            stdout.contains(&format!("unknown key id {new_id}"))
+                || stdout.contains("signature=BAD"),
+            "{stdout}"
+        );
+    } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "ICU_PYTHON must be set under CI"
+        );
+    }
 
     // The key file still holds the old key (the new one waits as .next until the next
     // rotation promotes it): verifying with it alone reports the new key's records by key id.
