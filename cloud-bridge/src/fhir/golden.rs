@@ -60,6 +60,10 @@ pub(super) fn golden_inputs() -> Vec<(&'static str, String, Vec<Observation>)> {
     v.push(next(&|o| o.status = ObservationStatus::Test as i32));
     v.push(next(&|o| o.status = ObservationStatus::Corrected as i32));
     v.push(next(&|o| o.status = 999));
+    // OBX-11 as sent, through the v2-to-FHIR concept map.
+    for code in ["F", "R", "P", "S", "U", "I", "D", "W", "X", "C", "?"] {
+        v.push(next(&move |o| o.result_status = code.into()));
+    }
     v.push(next(&|o| o.device_time_us = None));
     v.push(next(&|o| o.device_time_us = Some(i64::MAX)));
     v.push(next(&|o| {

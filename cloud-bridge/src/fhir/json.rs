@@ -97,17 +97,28 @@ fn ext_string(out: &mut Vec<u8>, prefix: &[u8], name: &str, text: &str) {
     }
 }
 
-/// `,"status":..,"category":[..]`: the HL7 v2-to-FHIR concept map (OBX-11) maps C to
-/// `corrected`, every other status that has a value or a reason for its absence to `final`.
-fn status_and_category(out: &mut Vec<u8>, corrected: bool, category: Category) {
-    raw(
-        out,
-        if corrected {
-            ",\"status\":\"corrected\""
-        } else {
-            ",\"status\":\"final\""
-        },
-    );
+/// The FHIR Observation status of a reading: OBX-11 (HL7 table 0085) through the HL7
+/// v2-to-FHIR concept map when the device sent it (C corrected; D, W entered-in-error; F, U
+/// final; I, O registered; P, R, S preliminary; X cancelled), else from the gateway's status
+/// (corrected, or final).
+pub(super) fn fhir_status(obs: &Observation, status: ObservationStatus) -> &'static str {
+    match obs.result_status.trim() {
+        "C" => "corrected",
+        "D" | "W" => "entered-in-error",
+        "F" | "U" => "final",
+        "I" | "O" => "registered",
+        "P" | "R" | "S" => "preliminary",
+        "X" => "cancelled",
+        _ if status == ObservationStatus::Corrected => "corrected",
+        _ => "final",
+    }
+}
+
+/// `,"status":..,"category":[..]`.
+fn status_and_category(out: &mut Vec<u8>, fhir_status: &str, category: Category) {
+    raw(out, ",\"status\":\"");
+    raw(out, fhir_status);
+    out.push(b'"');
     raw(out, ",\"category\":[{\"coding\":[");
     coding(
         out,
@@ -383,7 +394,11 @@ impl<'a> BundleWriter<'a> {
             raw(out, "}]");
             status_and_category(
                 out,
-                ordered.iter().any(|p| p.corrected),
+                if ordered.iter().any(|p| p.corrected) {
+                    "corrected"
+                } else {
+                    "final"
+                },
                 Category::VitalSigns,
             );
             raw(out, ",\"code\":{\"coding\":[");
@@ -643,7 +658,7 @@ impl<'a> BundleWriter<'a> {
         raw(out, ",\"value\":\"");
         raw(out, seq);
         raw(out, "\"}]");
-        status_and_category(out, status == ObservationStatus::Corrected, category);
+        status_and_category(out, fhir_status(obs, status), category);
         raw(out, ",\"code\":{\"coding\":[");
         raw(out, "{\"system\":");
         string(out, MDC_SYSTEM);
@@ -786,7 +801,7 @@ impl<'a> BundleWriter<'a> {
                 value: v,
                 unit: unit.map(str::to_owned),
                 receive_us: obs.receive_time_us,
-                corrected: status == ObservationStatus::Corrected,
+                corrected: fhir_status(obs, status) == "corrected",
             });
         }
         Ok(())

@@ -121,6 +121,7 @@ fn direct_writer_output_round_trips_through_the_fhir_sdk_types() {
                 source_row: rng.pick(&[0u32, 7, u32::MAX]),
                 patient_id: patient.into(),
                 device_time_untrusted: rng.next().is_multiple_of(4),
+                result_status: rng.pick(&["", "F", "R", "C", "X", "W", "zz"]).into(),
             })
             .collect();
         // One bundle in four is a blood pressure measurement (systolic, diastolic, mean of one

@@ -34,6 +34,8 @@ pub(super) fn spo2(seq: u64) -> Observation {
         source_row: 2,
         patient_id: String::new(),
         device_time_untrusted: false,
+        // OBX-11 not sent (a serial or MQTT device); the golden cases set it.
+        result_status: String::new(),
     }
 }
 
@@ -271,6 +273,24 @@ fn absent_text_and_corrected_values() {
 
     // OBX-11 C is "corrected" in the HL7 v2-to-FHIR concept map (not "amended").
     assert_eq!(o(2)["status"], "corrected");
+    // OBX-11 as sent goes through that map (table 0085 → observation-status).
+    for (code, want) in [
+        ("F", "final"),
+        ("R", "preliminary"),
+        ("P", "preliminary"),
+        ("C", "corrected"),
+        ("X", "cancelled"),
+        ("W", "entered-in-error"),
+        ("D", "entered-in-error"),
+        ("I", "registered"),
+        ("", "final"),
+    ] {
+        let b = bundle_json(&[Observation {
+            result_status: code.into(),
+            ..spo2(9)
+        }]);
+        assert_eq!(b["entry"][0]["resource"]["status"], want, "OBX-11 {code:?}");
+    }
     assert_eq!(o(2)["valueQuantity"]["value"], 97.0);
 
     let inv = o(3);

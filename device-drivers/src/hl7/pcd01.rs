@@ -281,11 +281,8 @@ impl Decoder<'_> {
             .map(str::trim)
             .filter(|f| !f.is_empty())
             .collect();
-        let status = self.status(
-            component(seg.field(11), 1).trim(),
-            &flags,
-            numeric && value.is_none(),
-        );
+        let result_status = component(seg.field(11), 1).trim();
+        let status = self.status(result_status, &flags, numeric && value.is_none());
         let device_time_us = match time_field(seg, 14)? {
             Some(t) => Some(t),
             None => self.obr_time,
@@ -316,6 +313,7 @@ impl Decoder<'_> {
             source_message_id: self.header.control_id.clone(),
             source_row,
             equipment_id: self.current_equipment.clone().unwrap_or_default(),
+            result_status: result_status.to_ascii_uppercase(),
             ..Default::default()
         };
         self.rows.push(observation);

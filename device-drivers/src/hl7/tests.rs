@@ -81,6 +81,8 @@ fn constructed_example_decodes_to_four_observations() {
         source_message_id: "MSG000123".into(),
         status: ObservationStatus::Valid as i32,
         device_time_us: Some(obr_time),
+        // OBX-11 R (results entered, not verified), as the message sends it.
+        result_status: "R".into(),
         ..Default::default()
     };
     let hr = Observation {
@@ -136,6 +138,7 @@ fn constructed_example_decodes_to_four_observations() {
         containment_id: "1.2.1.2".into(),
         abnormal_flags: "NAV".into(),
         status: ObservationStatus::NotAvailable as i32,
+        result_status: "X".into(),
         loinc: "59408-5".into(),
         source_row: 5,
         ..common.clone()
@@ -1007,6 +1010,7 @@ fn bench_message_decodes_to_the_expected_observations() {
             source_row: row + 4,
             equipment_id: "0012AB00000000B2".into(),
             reported_patient_id: "123456".into(),
+            result_status: "R".into(),
             ..Default::default()
         };
         assert_eq!(*o, expected, "row {i}");
