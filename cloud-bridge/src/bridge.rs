@@ -46,6 +46,7 @@
 //! - **The actor never blocks.** Outbox calls and Kafka metadata requests run on
 //!   `tokio::task::spawn_blocking`.
 
+mod catalog;
 mod config;
 mod devices;
 mod mapper;
@@ -183,7 +184,7 @@ impl BridgeActor {
                 stats,
                 producer,
                 pb_producer,
-                devices: devices::DeviceCatalog::new(),
+                devices: catalog::DeviceCatalog::new(),
                 topic_known: false,
                 skipped_logged: BTreeSet::new(),
                 failure,
@@ -269,7 +270,7 @@ struct Worker {
     pb_producer: Option<FutureProducer<QuietContext>>,
     /// Every device's Device/DeviceMetric description and what was delivered of it
     /// (`icu.devices`, see `devices.rs`).
-    devices: devices::DeviceCatalog,
+    devices: catalog::DeviceCatalog,
     /// Positive metadata answer for the topic (cached; reset on an unknown-topic error).
     topic_known: bool,
     /// Tokens for backlog observations (`backlog_rate` per second).

@@ -15,33 +15,17 @@
 //! - **Bounded.** One description per configured device that has sent readings (the devices
 //!   are the config's), each bounded by the device's metrics.
 
-use std::collections::HashMap;
-
 use futures::future::join_all;
 use icu_outbox::Stream;
 use rdkafka::producer::FutureRecord;
 use tracing::{debug, warn};
 
+use super::catalog::DeviceEntry;
 use super::mapper::{DeliveryError, SignedRecord};
 use super::plan::PlannedBundle;
 use super::{owned_headers, Worker};
-use crate::fhir::{devices_bundle, DeviceDescription};
+use crate::fhir::devices_bundle;
 use crate::headers;
-
-/// One device's description, and the version last delivered.
-#[derive(Debug, Default)]
-pub(super) struct DeviceEntry {
-    description: DeviceDescription,
-    bed: String,
-    /// The receive time of the newest reading that changed the description.
-    changed_us: i64,
-    /// The description's version, computed when it changes.
-    version: String,
-    delivered_version: Option<String>,
-}
-
-/// What the bridge knows of every device (see the module docs).
-pub(super) type DeviceCatalog = HashMap<String, DeviceEntry>;
 
 impl Worker {
     /// Learns from the delivered observation bundles, then sends every description that
