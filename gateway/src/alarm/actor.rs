@@ -371,6 +371,21 @@ impl Handler<GetActive> for AlarmActor {
     }
 }
 
+/// The limits of every parameter of a bed ([`super::engine::Engine::bed_limits`]).
+#[derive(Message)]
+#[rtype(result = "Vec<super::engine::BedLimit>")]
+pub struct GetBedLimits {
+    pub bed: String,
+}
+
+impl Handler<GetBedLimits> for AlarmActor {
+    type Result = MessageResult<GetBedLimits>;
+
+    fn handle(&mut self, m: GetBedLimits, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.engine.bed_limits(&m.bed))
+    }
+}
+
 /// The effective limits of a bed's parameter.
 #[derive(Message)]
 #[rtype(result = "Option<super::Limits>")]

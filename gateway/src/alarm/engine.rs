@@ -854,6 +854,37 @@ impl Engine {
         })
     }
 
+    /// Every parameter of a bed that has limits (a configured rule or a clinician's override),
+    /// with the limits in force and whether they differ from the configured default, in MDC
+    /// code order: what the central station shows next to each numeric.
+    pub fn bed_limits(&self, bed: &str) -> Vec<BedLimit> {
+        let overrides = self.beds.get(bed).map(|b| &b.overrides);
+        let mut codes: Vec<u32> = self.limit_by_code.keys().copied().collect();
+        if let Some(o) = overrides {
+            codes.extend(o.keys().copied());
+        }
+        codes.sort_unstable();
+        codes.dedup();
+        codes
+            .into_iter()
+            .filter_map(|code| {
+                let default = self.limit_by_code.get(&code).map(|&i| Limits {
+                    low: self.config.limits[i].low,
+                    high: self.config.limits[i].high,
+                });
+                let limits = self.effective_limits(bed, code)?;
+                Some(BedLimit {
+                    mdc_code: code,
+                    low: limits.low,
+                    high: limits.high,
+                    changed: default != Some(limits),
+                    default_low: default.and_then(|d| d.low),
+                    default_high: default.and_then(|d| d.high),
+                })
+            })
+            .collect()
+    }
+
     /// Open alarms of one bed (active, acknowledged, silenced, latched), highest priority first,
     /// then oldest first.
     pub fn active(&self, bed: &str) -> Vec<AlarmView> {
@@ -920,4 +951,16 @@ fn expire_silences(
             }
         }
     }
+}
+
+/// The limits of one parameter at one bed, for display ([`Engine::bed_limits`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BedLimit {
+    pub mdc_code: u32,
+    pub low: Option<f64>,
+    pub high: Option<f64>,
+    /// A clinician's override differs from the configured default.
+    pub changed: bool,
+    pub default_low: Option<f64>,
+    pub default_high: Option<f64>,
 }

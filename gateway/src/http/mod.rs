@@ -287,9 +287,17 @@ async fn beds(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
         .unwrap_or_default();
     let patients: std::collections::HashMap<String, crate::census::PatientRef> =
         state.census.current().into_iter().collect();
-    let beds: Vec<serde_json::Value> = state
-        .live
-        .beds()
+    let live_beds = state.live.beds();
+    let mut bed_limits = std::collections::HashMap::new();
+    for b in &live_beds {
+        let limits = state
+            .alarms
+            .send(crate::alarm::actor::GetBedLimits { bed: b.id.clone() })
+            .await
+            .unwrap_or_default();
+        bed_limits.insert(b.id.clone(), limits);
+    }
+    let beds: Vec<serde_json::Value> = live_beds
         .into_iter()
         .map(|b| {
             let patient = patients.get(&b.id).map(|p| {
@@ -301,6 +309,7 @@ async fn beds(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
                 })
             });
             let bed_id = b.id.clone();
+            let limits = bed_limits.get(&bed_id).cloned().unwrap_or_default();
             let mut v = serde_json::to_value(b).unwrap_or_default();
             if let Some(o) = v.as_object_mut() {
                 o.insert("patient".into(), patient.unwrap_or(serde_json::Value::Null));
@@ -321,6 +330,11 @@ async fn beds(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
                     .map(|l| serde_json::to_value(l).unwrap_or_default())
                     .collect();
                 o.insert("limits_off".into(), serde_json::Value::Array(off));
+                // The limits in force per parameter, and whether a clinician changed them.
+                o.insert(
+                    "limits".into(),
+                    serde_json::to_value(limits).unwrap_or_default(),
+                );
             }
             v
         })
