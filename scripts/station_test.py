@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Browser test of the central station in headless Chromium (selenium + chromedriver).
+
+    station_test.py URL ARTIFACT_DIR --account NAME --password PW [--patient TEXT] [--timeout S]
+
+Logs in through the page's form, then checks, printing one line per step (flushed at once):
+
+    LOGGED_IN
+    PATIENT <bed>                 the admitted bed's tile shows TEXT (--patient)
+    AUDIO <state>                 what the page reports (#audio[data-state], window.icuStation);
+                                  a browser that blocks audio is unblocked by clicking the banner
+    ALARM <alarm id> <priority>   an SpO2 alarm is first in the alarm bar, its bed's tile flashes
+                                  with its priority's class and a CSS animation, the SpO2 numeric
+                                  is marked, and a tone of that priority was played
+    ACKED <alarm id>              its Acknowledge button, found before two refresh cycles, is the
+                                  same element after them (no StaleElementReference) and the
+                                  click acknowledges the alarm; the tile stops flashing
+    SCREENSHOT <path>             station.png
+    READY_TO_STOP                 the caller now stops the gateway
+    NO_DATA <ms>                  every tile says NO DATA and the page raised its own alarm, ms
+                                  after READY_TO_STOP was printed
+    SCREENSHOT <path>             station-no-data.png
+
+Exit 0 on success; 1 on a failed check (message on stderr); 2 on bad usage. Uses Debian's
+/usr/bin/chromium and /usr/bin/chromedriver (no network).
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def fail(msg: str) -> None:
+    print(f"station_test.py: {msg}", file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("url")
+    p.add_argument("artifacts")
+    p.add_argument("--account", required=True)
+    p.add_argument("--password", required=True)
+    p.add_argument("--patient", default="")
+    p.add_argument("--timeout", type=float, default=60.0)
+    args = p.parse_args()
+    try:
+        from selenium import webdriver
+        from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+        from selenium.webdriver.chrome.service import Service
+        from selenium.webdriver.common.by import By
+    except ImportError as e:
+        print(f"station_test.py: selenium missing: {e}", file=sys.stderr)
+        return 2
+
+    profile = tempfile.mkdtemp(prefix="icu-station-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              "--window-size=1280,900", f"--user-data-dir={profile}"]:
+        opts.add_argument(a)
+    driver = None
+
+    def wait(what, check, timeout=args.timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            got = check()
+            if got:
+                return got
+            if time.monotonic() > deadline:
+                fail(f"{what} within {timeout:g} s")
+            time.sleep(0.1)
+
+    js = lambda script, *a: driver.execute_script(script, *a)  # noqa: E731
+    try:
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+        driver.get(args.url)
+        wait("the login form", lambda: driver.find_elements(By.ID, "login-account") and
+             driver.find_element(By.ID, "login").is_displayed())
+        driver.find_element(By.ID, "login-account").send_keys(args.account)
+        driver.find_element(By.ID, "login-password").send_keys(args.password)
+        driver.find_element(By.ID, "login-submit").click()
+        wait("logged in", lambda: not driver.find_element(By.ID, "login").is_displayed())
+        wait("the tiles", lambda: js("return document.querySelectorAll('article.bed').length") > 0)
+        say("LOGGED_IN")
+
+        if args.patient:
+            bed = wait(f"a tile showing {args.patient!r}", lambda: js(
+                "for (const t of document.querySelectorAll('article.bed'))"
+                " if (t.textContent.includes(arguments[0])) return t.dataset.bed; return null;",
+                args.patient))
+            say(f"PATIENT {bed}")
+
+        state = wait("an audio state", lambda: js("return window.icuStation && window.icuStation.audio"))
+        if state == "blocked":
+            driver.find_element(By.ID, "audio-enable").click()
+            state = wait("audio on after the click", lambda: js(
+                "return window.icuStation.audio === 'on' ? 'on' : null"))
+        if js("return document.getElementById('audio').dataset.state") != state:
+            fail("#audio[data-state] and window.icuStation.audio disagree")
+        say(f"AUDIO {state}")
+
+        # The desaturation: the SpO2 alarm first in the bar, its tile flashing.
+        first = wait("an SpO2 alarm first in the alarm bar", lambda: js(
+            "const a = document.querySelector('#alarmbar .alarm');"
+            "return a && a.textContent.includes('SpO2') && a.dataset.state === 'active'"
+            " ? {id: a.dataset.alarm, bed: a.dataset.bed, priority: a.dataset.priority} : null;"))
+        pr = first["priority"]
+        if pr not in ("PH", "PM"):
+            fail(f"the SpO2 alarm has priority {pr}, expected medium or high")
+        flash = "flash-high" if pr == "PH" else "flash-medium"
+        tile = wait("the tile flashing", lambda: js(
+            "const t = document.querySelector(`article.bed[data-bed='${arguments[0]}']`);"
+            "if (!t || !t.classList.contains(arguments[1])) return null;"
+            "const cs = getComputedStyle(t);"
+            "const spo2 = t.querySelector(\"[data-code='150456']\");"
+            "return cs.animationName !== 'none' && spo2 && spo2.classList.contains('in-alarm')"
+            " ? {animation: cs.animationName, duration: cs.animationDuration} : null;",
+            first["bed"], flash))
+        if state == "on":
+            wait("a tone of the alarm's priority", lambda: js(
+                "const t = window.icuStation.lastTone; return t && t.priority === arguments[0];", pr))
+        say(f"ALARM {first['id']} {pr} {tile['animation']} {tile['duration']}")
+
+        # Acknowledge: the button found now is the same element two refresh cycles later.
+        sel = f"#alarmbar .alarm[data-alarm='{first['id']}'] button.ack"
+        button = driver.find_element(By.CSS_SELECTOR, sel)
+        time.sleep(2.5)
+        try:
+            if not button.is_displayed():
+                fail("the Acknowledge button was hidden")
+            button.click()
+        except StaleElementReferenceException:
+            fail("the Acknowledge button was replaced between refreshes (stale element)")
+        wait("the alarm acknowledged on the page", lambda: js(
+            "const a = document.querySelector(`#alarmbar .alarm[data-alarm='${arguments[0]}']`);"
+            "return a && a.dataset.state === 'acknowledged';", first["id"]))
+        wait("the tile to stop flashing", lambda: js(
+            "const t = document.querySelector(`article.bed[data-bed='${arguments[0]}']`);"
+            "return t && !t.classList.contains('flash-high') && !t.classList.contains('flash-medium');",
+            first["bed"]))
+        say(f"ACKED {first['id']}")
+        os.makedirs(args.artifacts, exist_ok=True)
+        shot = os.path.join(os.path.abspath(args.artifacts), "station.png")
+        driver.save_screenshot(shot)
+        say(f"SCREENSHOT {shot}")
+
+        # The gateway stops: every tile NO DATA, the page's own alarm, within 5 s.
+        say("READY_TO_STOP")
+        t0 = time.monotonic()
+        wait("every tile NO DATA and the page's alarm", lambda: js(
+            "const tiles = [...document.querySelectorAll('article.bed')];"
+            "return tiles.length > 0 && tiles.every(t => t.classList.contains('no-data')"
+            " && getComputedStyle(t.querySelector('.nodata')).display !== 'none')"
+            " && document.body.dataset.link === 'lost'"
+            " && !document.getElementById('nodata-banner').hidden;"), timeout=15)
+        say(f"NO_DATA {int((time.monotonic() - t0) * 1000)}")
+        shot = os.path.join(os.path.abspath(args.artifacts), "station-no-data.png")
+        driver.save_screenshot(shot)
+        say(f"SCREENSHOT {shot}")
+    except WebDriverException as e:
+        fail(f"webdriver error: {e.msg or e}")
+    finally:
+        if driver is not None:
+            try:
+                driver.quit()
+            except Exception:
+                pass
+        shutil.rmtree(profile, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
