@@ -20,6 +20,8 @@ pub struct DemoOptions {
     pub data_dir: PathBuf,
     pub kafka: Option<String>,
     pub rate_hz: f64,
+    /// A scripted scenario of the simulator (by default a desaturation on bed 2).
+    pub scenario: Option<icu_sim::run::Scenario>,
 }
 
 /// The config the demo runs with (printed with `--print-config` for engineers to start from).
@@ -78,6 +80,15 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         }
         println!("Press Ctrl-C to stop.");
 
+        // A patient in bed 1, admitted by ADT like a hospital's feed does, so the page shows a
+        // name; and the scenario, so a newcomer sees an alarm within a minute.
+        match admit_demo_patient(ep.mllp).await {
+            Ok(()) => println!("  patient:    DEMO, JANE (MRN DEMO-0001) admitted to bed-01 by an ADT^A01"),
+            Err(e) => println!("  patient:    none admitted ({e})"),
+        }
+        if let Some(s) = &opts.scenario {
+            println!("  scenario:   {:?} on bed {} after {} messages", s.kind, s.bed, s.after_messages);
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let sim = tokio::spawn(icu_sim::run::run(
             icu_sim::run::RunOptions {
@@ -89,7 +100,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
                 seed: 42,
                 ack_timeout: Duration::from_secs(10),
                 max_attempts: 3,
-                scenario: None,
+                scenario: opts.scenario,
                 tls: None,
             },
             Some(stop_rx),
@@ -107,6 +118,29 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         );
         anyhow::Ok(())
     })?;
+    Ok(())
+}
+
+/// Sends an ADT^A01 admitting the demo patient to bed-01 over MLLP and checks the AA.
+async fn admit_demo_patient(mllp: std::net::SocketAddr) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let ts = chrono::Utc::now().format("%Y%m%d%H%M%S+0000");
+    let msg = [
+        format!("MSH|^~\\&|DEMO_ADT|HOSP|ICU_GW|ICU|{ts}||ADT^A01^ADT_A01|DEMO-ADT-1|P|2.5"),
+        format!("EVN||{ts}"),
+        "PID|1||DEMO-0001^^^HOSP^MR||DEMO^JANE||19700101|F".to_owned(),
+        "PV1|1|I|ICU^1^bed-01|||||||||||||||||DEMO-V1^^^HOSP^VN".to_owned(),
+    ]
+    .join("\r");
+    let mut stream = tokio::net::TcpStream::connect(mllp).await?;
+    let mut frame = vec![0x0b];
+    frame.extend_from_slice(msg.as_bytes());
+    frame.extend_from_slice(&[0x1c, 0x0d]);
+    stream.write_all(&frame).await?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await??;
+    let ack = String::from_utf8_lossy(&buf[..n]);
+    anyhow::ensure!(ack.contains("MSA|AA"), "the gateway answered {ack:?}");
     Ok(())
 }
 

@@ -46,6 +46,11 @@ enum Command {
         /// Messages per second per simulated monitor.
         #[arg(long, default_value_t = 1.0)]
         rate: f64,
+        /// A scripted scenario (`icu-sim pcd01 --help`: NAME[:BED[:AFTER_MESSAGES]]), by default
+        /// a desaturation on bed 2 after 20 messages, so an alarm shows within a minute; `none`
+        /// for none.
+        #[arg(long, default_value = "desaturation:2:20")]
+        scenario: String,
         /// Print the demo's config file and exit.
         #[arg(long)]
         print_config: bool,
@@ -212,14 +217,23 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             kafka,
             rate,
+            scenario,
             print_config,
         } => {
+            let scenario = match scenario.as_str() {
+                "none" | "" => None,
+                s => Some(
+                    icu_sim::run::Scenario::parse(s)
+                        .map_err(|e| anyhow::anyhow!("--scenario {s}: {e}"))?,
+                ),
+            };
             let opts = icu_gateway::demo::DemoOptions {
                 beds,
                 http,
                 data_dir,
                 kafka,
                 rate_hz: rate,
+                scenario,
             };
             if print_config {
                 print!("{}", icu_gateway::demo::demo_config_text(&opts));

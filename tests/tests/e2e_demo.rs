@@ -59,6 +59,9 @@ fn demo_serves_live_beds_and_stops_on_ctrl_c() {
     })
     .unwrap();
     assert_eq!(beds[0]["id"], "bed-01");
+    // The demo admits a patient to bed 1 by ADT, so the page shows a name.
+    assert_eq!(beds[0]["patient"]["family"], "DEMO", "{}", beds[0]);
+    assert_eq!(beds[0]["patient"]["id"], "DEMO-0001");
     let spo2 = beds[0]["values"]
         .as_array()
         .unwrap()
