@@ -16,6 +16,11 @@ Logs in through the page's form, then checks, printing one line per step (flushe
                                   same element after them (no StaleElementReference) and the
                                   click acknowledges the alarm; the tile stops flashing
     SCREENSHOT <path>             station.png
+    DEAD_LETTER <id> <device>     (--dead-letter-marker) the device console (/devices) lists the
+                                  dead letter whose raw bytes hold MARKER, raw bytes shown
+    MESSAGES <device>             the console shows that device's last messages with the ACK
+                                  sent: AA for its readings, AE for the rejected one
+    SCREENSHOT <path>             devices.png
     READY_TO_STOP                 the caller now stops the gateway
     NO_DATA <ms>                  every tile says NO DATA and the page raised its own alarm, ms
                                   after READY_TO_STOP was printed
@@ -53,6 +58,8 @@ def main() -> int:
     p.add_argument("--password", required=True)
     p.add_argument("--patient", default="")
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--dead-letter-marker", default="")
+    p.add_argument("--dead-letter-device", default="mon-01")
     args = p.parse_args()
     try:
         from selenium import webdriver
@@ -155,6 +162,34 @@ def main() -> int:
         shot = os.path.join(os.path.abspath(args.artifacts), "station.png")
         driver.save_screenshot(shot)
         say(f"SCREENSHOT {shot}")
+
+        if args.dead_letter_marker:
+            base = args.url.rstrip("/")
+            driver.get(base + "/devices")
+            found = wait("the dead letter in the device console", lambda: js(
+                "for (const d of document.querySelectorAll('.dead-letter'))"
+                " if (d.querySelector('pre.raw').textContent.includes(arguments[0]))"
+                "   return {id: d.dataset.id, device: d.dataset.device};"
+                "return null;", args.dead_letter_marker))
+            say(f"DEAD_LETTER {found['id']} {found['device'] or '-'}")
+            dev = args.dead_letter_device
+            wait("the device's Messages button", lambda: driver.find_elements(
+                By.CSS_SELECTOR, f"button.show-messages[data-device='{dev}']"))
+            driver.find_element(By.CSS_SELECTOR, f"button.show-messages[data-device='{dev}']").click()
+            wait("its last messages with AA and the AE of the rejected one", lambda: js(
+                "const ex = [...document.querySelectorAll('#messages .exchange')];"
+                "return ex.some(e => e.dataset.ack === 'AA')"
+                " && ex.some(e => e.dataset.ack === 'AE' && e.textContent.includes(arguments[0])"
+                "   && e.querySelector('pre.ack').textContent.includes('MSA|AE'));",
+                args.dead_letter_marker))
+            say(f"MESSAGES {dev}")
+            shot = os.path.join(os.path.abspath(args.artifacts), "devices.png")
+            driver.save_screenshot(shot)
+            say(f"SCREENSHOT {shot}")
+            driver.get(args.url)
+            wait("the station again", lambda: js(
+                "return document.body.dataset.link === 'ok'"
+                " && document.querySelectorAll('article.bed').length > 0;"))
 
         # The gateway stops: every tile NO DATA, the page's own alarm, within 5 s.
         say("READY_TO_STOP")

@@ -85,10 +85,33 @@ pub struct BedView {
     pub alarms: Vec<AlarmView>,
 }
 
+/// One message a device sent and the answer the gateway gave (the device console's last N).
+#[derive(Debug, Clone, Serialize)]
+pub struct Exchange {
+    pub received: String,
+    pub received_us: i64,
+    /// The message as received (its first [`EXCHANGE_MAX_BYTES`] bytes, lossy UTF-8) and its
+    /// whole length.
+    pub message: String,
+    pub message_len: usize,
+    /// The ACK sent (MSA-1 code first), empty when none was sent.
+    pub ack_code: String,
+    pub ack: String,
+}
+
+/// Messages kept per device for the console.
+pub const EXCHANGES_PER_DEVICE: usize = 20;
+/// Bytes of each message kept for the console.
+pub const EXCHANGE_MAX_BYTES: usize = 4096;
+
 #[derive(Default)]
 struct Inner {
     beds: BTreeMap<String, (Bed, BTreeMap<u32, ValueView>)>,
     devices: BTreeMap<String, DeviceView>,
+    /// The last [`EXCHANGES_PER_DEVICE`] messages and answers of each device, and apart from
+    /// them its last rejected ones (AE/AR), which a busy device would otherwise push out.
+    exchanges: BTreeMap<String, std::collections::VecDeque<Exchange>>,
+    rejected: BTreeMap<String, std::collections::VecDeque<Exchange>>,
 }
 
 pub struct LiveState {
@@ -163,6 +186,69 @@ impl LiveState {
     fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut g)
+    }
+
+    /// A message of `device_id` and the answer sent (bounded: the last
+    /// [`EXCHANGES_PER_DEVICE`], each cut to [`EXCHANGE_MAX_BYTES`]).
+    pub fn record_exchange(&self, device_id: &str, received_us: i64, message: &[u8], ack: &str) {
+        let cut =
+            |b: &[u8]| String::from_utf8_lossy(&b[..b.len().min(EXCHANGE_MAX_BYTES)]).into_owned();
+        let ack_code = ack
+            .split('\r')
+            .find(|seg| seg.starts_with("MSA|"))
+            .and_then(|seg| seg.split('|').nth(1))
+            .unwrap_or_default()
+            .to_owned();
+        let exchange = Exchange {
+            received: rfc3339(received_us),
+            received_us,
+            message: cut(message),
+            message_len: message.len(),
+            ack_code,
+            ack: cut(ack.as_bytes()),
+        };
+        self.with(|inner| {
+            if !inner.devices.contains_key(device_id) {
+                return;
+            }
+            let keep = |map: &mut BTreeMap<String, std::collections::VecDeque<Exchange>>,
+                        e: Exchange| {
+                let q = map.entry(device_id.to_owned()).or_default();
+                if q.len() == EXCHANGES_PER_DEVICE {
+                    q.pop_front();
+                }
+                q.push_back(e);
+            };
+            if exchange.ack_code != "AA" {
+                keep(&mut inner.rejected, exchange.clone());
+            }
+            keep(&mut inner.exchanges, exchange);
+        });
+    }
+
+    /// The last rejected messages (AE/AR) of `device_id`, newest first.
+    pub fn rejected_exchanges(&self, device_id: &str) -> Vec<Exchange> {
+        self.with(|inner| {
+            inner
+                .rejected
+                .get(device_id)
+                .map(|q| q.iter().rev().cloned().collect())
+                .unwrap_or_default()
+        })
+    }
+
+    /// The last messages of `device_id` and their answers, newest first; `None` for a device
+    /// the config does not have.
+    pub fn exchanges(&self, device_id: &str) -> Option<Vec<Exchange>> {
+        self.with(|inner| {
+            inner.devices.contains_key(device_id).then(|| {
+                inner
+                    .exchanges
+                    .get(device_id)
+                    .map(|q| q.iter().rev().cloned().collect())
+                    .unwrap_or_default()
+            })
+        })
     }
 
     /// A decoded message from a device: counts it and records its latest values.

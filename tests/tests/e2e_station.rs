@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 use icu_tests::ChildGuard;
 use support::{config_text, run_sim_with, GatewayProc, Sender, SPO2_LOW_ALARM};
 
+/// The value of the reading the decoder refuses, found again in the device console.
+const MARKER: &str = "STATION-MARKER-not-a-number";
+
 /// An ADT^A01 admitting JOHN DOE (MRN 123456) to `loc`.
 fn admit(loc: &str) -> String {
     let ts = chrono::Utc::now().format("%Y%m%d%H%M%S+0000");
@@ -59,14 +62,26 @@ fn the_station_shows_the_patient_flashes_the_alarm_keeps_the_button_and_blanks_o
         );
     let mut gw = GatewayProc::start(dir.path(), &cfg);
     let artifacts = icu_tests::workspace_root().join("test-artifacts");
-    for name in ["station.png", "station-no-data.png"] {
+    for name in ["station.png", "devices.png", "station-no-data.png"] {
         let _ = std::fs::remove_file(artifacts.join(name));
     }
 
-    // The patient is admitted before the page opens.
+    // The patient is admitted before the page opens; mon-01 sends a reading the decoder
+    // refuses (a non-numeric NM value), which the device console must show.
     let mut feed = Sender::connect(gw.endpoints.mllp);
     let ack = feed.send(&admit("ICU1^101^A"));
     assert!(ack.contains("MSA|AA"), "{ack}");
+    let ts = chrono::Utc::now().format("%Y%m%d%H%M%S+0000");
+    let bad = [
+        format!("MSH|^~\\&|MON^0012AB0000000001^EUI-64|ICU|ICU_GW|ICU|{ts}||ORU^R01^ORU_R01|BAD-STATION-1|P|2.6"),
+        "PID|1||123456^^^HOSP^MR".to_owned(),
+        format!("OBR|1|||182777000^monitoring of patient^SNOMED-CT|||{ts}"),
+        format!("OBX|1|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.2.1.1|{MARKER}|262688^MDC_DIM_PERCENT^MDC|||||R|||{ts}"),
+    ]
+    .join("\r");
+    let mut monitor = Sender::connect(gw.endpoints.mllp);
+    let ack = monitor.send(&bad);
+    assert!(ack.contains("MSA|AE"), "the refused reading: {ack}");
 
     let url = format!("http://127.0.0.1:{}/", gw.endpoints.http.port());
     let mut cmd = Command::new(&python);
@@ -76,6 +91,7 @@ fn the_station_shows_the_patient_flashes_the_alarm_keeps_the_button_and_blanks_o
         .args(["--account", "nurse.test"])
         .args(["--password", icu_tests::http::TEST_PASSWORD])
         .args(["--patient", "DOE, JOHN", "--timeout", "60"])
+        .args(["--dead-letter-marker", MARKER])
         .env("PYTHONUNBUFFERED", "1");
     let mut page = ChildGuard::spawn_tied(&cmd, Stdio::piped(), Stdio::piped())
         .expect("starting scripts/station_test.py");
@@ -144,7 +160,11 @@ fn the_station_shows_the_patient_flashes_the_alarm_keeps_the_button_and_blanks_o
         assert_eq!(a["acknowledged_by"], "nurse.test", "{a}");
     }
     next("SCREENSHOT", Duration::from_secs(10));
-    next("READY_TO_STOP", Duration::from_secs(10));
+    let dead = next("DEAD_LETTER", Duration::from_secs(30));
+    assert!(dead.ends_with(" mon-01"), "attributed to mon-01: {dead}");
+    next("MESSAGES mon-01", Duration::from_secs(30));
+    next("SCREENSHOT", Duration::from_secs(10));
+    next("READY_TO_STOP", Duration::from_secs(30));
     let stopped = Instant::now();
     gw.kill();
     let no_data = next("NO_DATA", Duration::from_secs(20));
@@ -159,7 +179,7 @@ fn the_station_shows_the_patient_flashes_the_alarm_keeps_the_button_and_blanks_o
     next("SCREENSHOT", Duration::from_secs(10));
     drop(page);
     let _ = errors.join();
-    for name in ["station.png", "station-no-data.png"] {
+    for name in ["station.png", "devices.png", "station-no-data.png"] {
         let meta = std::fs::metadata(artifacts.join(name)).unwrap();
         assert!(meta.len() > 1000, "{name} is a screenshot");
     }

@@ -31,6 +31,7 @@ use crate::metrics::{self, BridgeFigures, Figures, StoreCounters, StoreFigures};
 use crate::mllp::MllpStats;
 use crate::store::{ReaderDb, SqliteOutbox, Store, StoreError, StoreStats};
 
+mod console;
 pub mod guard;
 mod limits;
 mod session;
@@ -889,6 +890,8 @@ pub fn start(
         App::new()
             .app_data(state.clone())
             .app_data(state.auth.clone())
+            .app_data(web::Data::new(state.live.clone()))
+            .app_data(web::Data::new(state.outbox.clone()))
             .app_data(streams.clone())
             .app_data(
                 web::JsonConfig::default()
@@ -901,6 +904,13 @@ pub fn start(
             .route("/", web::get().to(page))
             .route("/page.js", web::get().to(page_js))
             .route("/page.css", web::get().to(page_css))
+            .route("/devices", web::get().to(console::page))
+            .route("/devices.js", web::get().to(console::page_js))
+            .route(
+                "/api/devices/{id}/messages",
+                web::get().to(console::messages),
+            )
+            .route("/api/dead-letters", web::get().to(console::dead_letters))
             .route("/api/login", web::post().to(session::login))
             .route("/api/logout", web::post().to(session::logout))
             .route("/api/unlock", web::post().to(session::unlock))

@@ -72,7 +72,17 @@ pub(super) async fn handle_event(
                 raw_len: payload.len(),
                 received,
             };
-            Some(handle_frame(ingest, identity, &input).await)
+            let answer = handle_frame(ingest, identity, &input).await;
+            // The device console's last messages: attributed by MSH-3 when it names a device.
+            if let Some(device) = parse_header(&payload)
+                .ok()
+                .and_then(|h| ingest.route(None, &h).map(|r| r.device_id.clone()))
+            {
+                ingest
+                    .live
+                    .record_exchange(&device, received, &payload, &answer);
+            }
+            Some(answer)
         }
         MllpEvent::Garbage { offset, len, head } => {
             ingest.stats.noise.fetch_add(1, Ordering::Relaxed);

@@ -1006,11 +1006,13 @@ fn insert_dead_letter(
 }
 
 mod audit;
+mod deadletters;
 mod dedup;
 mod prune;
 mod reader;
 mod types;
 
+pub use deadletters::{DeadLetterQuery, DeadLetterRow, MAX_DEAD_LETTERS};
 use dedup::Dedup;
 pub use dedup::DEDUP_WINDOW;
 use prune::*;

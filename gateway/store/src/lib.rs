@@ -625,6 +625,17 @@ impl SqliteOutbox {
     pub fn counts(&self) -> Result<db::StoreCounts, StoreError> {
         self.status.lock().map_err(|_| StoreError::Closed)?.counts()
     }
+
+    /// Dead letters for the device console ([`db::DeadLetterQuery`]), on the status connection.
+    pub fn dead_letters(
+        &self,
+        query: &db::DeadLetterQuery,
+    ) -> Result<Vec<db::DeadLetterRow>, StoreError> {
+        self.status
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .dead_letters(query)
+    }
 }
 
 fn outbox_err(operation: &'static str) -> impl Fn(StoreError) -> OutboxError {
