@@ -31,6 +31,7 @@ use crate::metrics::{self, BridgeFigures, Figures, StoreCounters, StoreFigures};
 use crate::mllp::MllpStats;
 use crate::store::{ReaderDb, SqliteOutbox, Store, StoreError, StoreStats};
 
+mod bedview;
 mod console;
 pub mod guard;
 mod limits;
@@ -904,6 +905,12 @@ pub fn start(
             .route("/", web::get().to(page))
             .route("/page.js", web::get().to(page_js))
             .route("/page.css", web::get().to(page_css))
+            .route("/beds/{bed}", web::get().to(bedview::page))
+            .route("/bed.js", web::get().to(bedview::page_js))
+            .route(
+                "/api/beds/{bed}/alarm-history",
+                web::get().to(bedview::alarm_history),
+            )
             .route("/devices", web::get().to(console::page))
             .route("/devices.js", web::get().to(console::page_js))
             .route(

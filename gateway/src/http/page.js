@@ -146,7 +146,9 @@ function tileFor(bed) {
   root.dataset.bed = bed.id;
   root.setAttribute('aria-label', bed.label);
   const head = el('header');
-  const label = el('span', 'label', bed.label);
+  const label = el('a', 'label', bed.label);
+  label.href = `/beds/${encodeURIComponent(bed.id)}`;
+  label.title = 'trends, alarm and limit history';
   const who = el('span');
   const patient = el('span', 'patient');
   const mrn = el('span', 'mrn');

@@ -1008,6 +1008,7 @@ fn insert_dead_letter(
 mod audit;
 mod deadletters;
 mod dedup;
+mod history;
 mod prune;
 mod reader;
 mod types;
@@ -1015,6 +1016,7 @@ mod types;
 pub use deadletters::{DeadLetterQuery, DeadLetterRow, MAX_DEAD_LETTERS};
 use dedup::Dedup;
 pub use dedup::DEDUP_WINDOW;
+pub use history::MAX_ALARM_HISTORY;
 use prune::*;
 pub use reader::*;
 pub use types::*;

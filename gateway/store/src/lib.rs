@@ -626,6 +626,19 @@ impl SqliteOutbox {
         self.status.lock().map_err(|_| StoreError::Closed)?.counts()
     }
 
+    /// A bed's alarm state changes since `from_us`, newest first ([`db::ReaderDb::alarm_history`]).
+    pub fn alarm_history(
+        &self,
+        bed: &str,
+        from_us: i64,
+        limit: usize,
+    ) -> Result<Vec<icu_protos::v1::Alarm>, StoreError> {
+        self.status
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .alarm_history(bed, from_us, limit)
+    }
+
     /// Dead letters for the device console ([`db::DeadLetterQuery`]), on the status connection.
     pub fn dead_letters(
         &self,
