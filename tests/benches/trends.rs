@@ -63,7 +63,7 @@ fn build_day(db_path: &std::path::Path) -> (u64, f64) {
                 WriteRequest::Observations(ObservationBatch {
                     device_id: monitor_id(1),
                     bed: bed_id(1),
-                    dedup: Some((format!("H{s}"), s)),
+                    dedup: Some((format!("H{s}"), *s)),
                     observations: Arc::from(obs),
                     order: Default::default(),
                 })
