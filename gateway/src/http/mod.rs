@@ -1,6 +1,6 @@
 //! The local HTTP surface: the page for nurses and biomedical engineers, and the JSON API.
 //!
-//! Owns: `/` (the page), `/api/beds`, `/api/devices`, `/api/status`, `/metrics` (Prometheus,
+//! Owns: `/` (the page), `/api/beds`, `/api/beds/{bed}/trends` (in `trends.rs`), `/api/devices`, `/api/status`, `/metrics` (Prometheus,
 //! see [`crate::metrics`]), `/healthz` (liveness: the HTTP server answers) and `/readyz`
 //! (readiness: listeners bound, store running, readable and under its disk budget; 503 with the
 //! reasons otherwise). It reads the live state in memory and the store's counters through its
@@ -36,6 +36,7 @@ mod console;
 pub mod guard;
 mod limits;
 mod session;
+mod trends;
 
 use limits::check_lengths;
 pub use limits::{MAX_ALARM_ID_CHARS, MAX_NAME_CHARS, MAX_TEXT_CHARS};
@@ -887,9 +888,14 @@ pub fn start(
         open: AtomicUsize::new(0),
         max: limits.max_event_streams,
     }));
+    let trend_reader = web::Data::new(trends::TrendReader::open(
+        &state.store_path,
+        state.live.beds().into_iter().map(|b| b.id),
+    )?);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(trend_reader.clone())
             .app_data(state.auth.clone())
             .app_data(web::Data::new(state.live.clone()))
             .app_data(web::Data::new(state.outbox.clone()))
@@ -936,6 +942,7 @@ pub fn start(
             .route("/api/beds/{bed}/limits/{mdc}", web::put().to(set_limits))
             .route("/api/beds/{bed}/limits/{mdc}", web::get().to(get_limits))
             .route("/api/limit-changes", web::get().to(limit_changes))
+            .route("/api/beds/{bed}/trends", web::get().to(trends::bed_trends))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics_text))

@@ -47,6 +47,8 @@ pub struct StoreDb {
     /// bridge has to forward something first; no need to look on every batch).
     next_prune: Option<std::time::Instant>,
     dedup: Dedup,
+    /// Readings committed but not yet in the trend rollup (`db/trends.rs`).
+    trends: TrendRollup,
 }
 
 fn sqlite_err(path: &Path, e: rusqlite::Error) -> StoreError {
@@ -124,6 +126,8 @@ impl StoreDb {
             .and_then(|()| conn.execute_batch(VIEWS))
             .map_err(|e| sqlite_err(path, e))?;
         apply_wal_limits(&conn, &policy).map_err(|e| sqlite_err(path, e))?;
+        let trends = TrendRollup::recover(&conn, policy.trend_retention_us(), row_records)
+            .map_err(|e| sqlite_err(path, e))?;
         let mut db = Self {
             conn,
             path: path.to_owned(),
@@ -138,6 +142,7 @@ impl StoreDb {
             policy,
             next_prune: None,
             dedup: Dedup::default(),
+            trends,
         };
         db.dedup.legacy = db
             .conn
@@ -169,6 +174,12 @@ impl StoreDb {
         self.status.low_water_bytes = policy.low_water_bytes();
         self.status.reserve_limit_bytes = policy.reserve_limit_bytes();
         self.policy = policy;
+    }
+
+    /// How long committed readings wait in memory before the trend rollup writes them
+    /// (`db/trends.rs`; default 5 s; tests and benches use zero: every batch).
+    pub fn set_trend_flush_every(&mut self, every: std::time::Duration) {
+        self.trends.flush_every = every;
     }
 
     /// The budget as last measured, with the pruning counters.
@@ -228,7 +239,9 @@ impl StoreDb {
         } else if data <= self.policy.low_water_bytes() {
             self.status.pruning = false;
         }
-        if requests.is_empty() && !self.status.pruning {
+        let now = std::time::Instant::now();
+        let trends_due = self.trends.due(now);
+        if requests.is_empty() && !self.status.pruning && !trends_due {
             self.status.full = data >= self.policy.budget_bytes;
             return Vec::new();
         }
@@ -254,7 +267,18 @@ impl StoreDb {
         let policy = &self.policy;
         let mut data = data;
         let mut pruned = PruneReport::default();
-        let now = std::time::Instant::now();
+        if trends_due {
+            // In its own savepoint: a failure leaves the readings pending for the next batch
+            // and must not stop the writes.
+            let written = (|| {
+                let sp = tx.savepoint()?;
+                self.trends.write(&sp, now, policy.trend_retention_us())?;
+                sp.commit()
+            })();
+            if let Err(e) = written {
+                tracing::error!(error = %e, "store: trend rollup not written");
+            }
+        }
         if self.status.pruning && self.next_prune.is_none_or(|t| now >= t) {
             self.next_prune = None;
             // Bounded: one round between the high-water mark and the budget, a few when the
@@ -300,6 +324,8 @@ impl StoreDb {
         // Devices whose ordered write was refused in this batch: their later `InOrder` writes
         // in it are deferred (see [`WriteOrder`]).
         let mut held_back: HashSet<&str> = HashSet::new();
+        // Observations stored in this batch, for the trend rollup once the commit returned.
+        let mut rolled: Vec<(&ObservationBatch, u64)> = Vec::new();
         for req in requests {
             if let WriteRequest::Observations(b) = req {
                 if b.order == WriteOrder::InOrder && held_back.contains(b.device_id.as_str()) {
@@ -360,7 +386,15 @@ impl StoreDb {
                     },
                     WriteRequest::Observations(b) => match dedup.find(&sp, b)? {
                         Some(dup) => dup,
-                        None => insert_observations(&sp, &gateway_id, b)?,
+                        None => {
+                            let out = insert_observations(&sp, &gateway_id, b)?;
+                            if let WriteOutcome::Stored { first_seq, .. } = out {
+                                if self.trends.is_new(&b.device_id) {
+                                    TrendRollup::register(&sp, &b.device_id, first_seq)?;
+                                }
+                            }
+                            out
+                        }
                     },
                     WriteRequest::Alarm(a) => {
                         let body = stored_record::Body::Alarm(a.alarm.clone());
@@ -425,6 +459,9 @@ impl StoreDb {
                 sp.commit()?;
                 if let WriteRequest::Observations(b) = req {
                     dedup.stored(b, &out);
+                    if let WriteOutcome::Stored { last_seq, .. } = out {
+                        rolled.push((b, last_seq));
+                    }
                 }
                 Ok::<_, rusqlite::Error>(out)
             })();
@@ -441,6 +478,13 @@ impl StoreDb {
             return fail_all(e);
         }
         dedup.committed();
+        if trends_due {
+            self.trends.written(now);
+        }
+        for (b, last) in rolled {
+            self.trends
+                .committed(&b.device_id, &b.bed, &b.observations, last);
+        }
         self.status.refused_requests += refused;
         if refused_dead_letters > 0 {
             self.status.refused_dead_letters += refused_dead_letters;
@@ -1011,6 +1055,8 @@ mod dedup;
 mod history;
 mod prune;
 mod reader;
+mod trend_query;
+mod trends;
 mod types;
 
 pub use deadletters::{DeadLetterQuery, DeadLetterRow, MAX_DEAD_LETTERS};
@@ -1019,7 +1065,11 @@ pub use dedup::DEDUP_WINDOW;
 pub use history::MAX_ALARM_HISTORY;
 use prune::*;
 pub use reader::*;
+pub use trend_query::*;
+pub use trends::{trusted_time_us, usable_value, TrendRollup};
 pub use types::*;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trends_tests;

@@ -805,6 +805,7 @@ mod tests {
             synchronous_full: false,
             max_batch: 64,
             max_pending,
+            trend_retention_s: 48 * 3600,
         }
     }
 

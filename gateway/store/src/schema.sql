@@ -77,3 +77,33 @@ CREATE TABLE IF NOT EXISTS audit_forwarded (
     id   INTEGER PRIMARY KEY CHECK (id = 1),
     upto INTEGER NOT NULL
 );
+
+-- The trend rollup (db/trends.rs): per bed, MDC code and minute of the readings' trusted time
+-- (device time unless untrusted, else receive time), the count, min, max and sum of the valid
+-- numeric values and the last one (with its time); `skipped` counts readings of that minute
+-- without a usable value (absent, not available, invalid, test). Written by the store writer
+-- inside its group commits, a few seconds of readings merged per row and statement; rows older
+-- than the trend retention are deleted by the writer (bounded, once a minute). The trend
+-- query reads it; records are never decoded for a trend.
+CREATE TABLE IF NOT EXISTS trend_minutes (
+    bed      TEXT    NOT NULL,
+    mdc      INTEGER NOT NULL,
+    minute   INTEGER NOT NULL,       -- Unix time / 60 (UTC minutes)
+    n        INTEGER NOT NULL,       -- valid values aggregated
+    vmin     REAL,                   -- NULL while n = 0
+    vmax     REAL,
+    vsum     REAL,
+    vlast    REAL,
+    last_us  INTEGER,                -- trusted time of vlast
+    skipped  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (bed, mdc, minute)
+) WITHOUT ROWID;
+
+CREATE INDEX IF NOT EXISTS trend_minutes_by_minute ON trend_minutes (minute);
+
+-- How far each device's observations are in trend_minutes: every seq <= upto is. Written with
+-- the rows, so after a crash the writer rolls up the records above it (db/trends.rs).
+CREATE TABLE IF NOT EXISTS trend_rolled (
+    device_id TEXT PRIMARY KEY,
+    upto      INTEGER NOT NULL
+) WITHOUT ROWID;

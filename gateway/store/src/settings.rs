@@ -49,6 +49,10 @@ pub struct StoreSettings {
     /// Most write requests waiting for the disk before new ones are refused (AR).
     #[serde(default = "default_max_pending")]
     pub max_pending: usize,
+    /// Hours of per-minute trend aggregates kept for the trend query (default 48: the 24 h a
+    /// trend shows, plus a day); older minutes are deleted. 1-744.
+    #[serde(default = "default_trend_retention_h")]
+    pub trend_retention_h: u32,
 }
 
 impl Default for StoreSettings {
@@ -63,6 +67,7 @@ impl Default for StoreSettings {
             synchronous: default_synchronous(),
             max_batch: default_max_batch(),
             max_pending: default_max_pending(),
+            trend_retention_h: default_trend_retention_h(),
         }
     }
 }
@@ -120,6 +125,12 @@ impl StoreSettings {
                 format!("must be at least store.max_batch ({})", self.max_batch),
             ));
         }
+        if !(1..=744).contains(&self.trend_retention_h) {
+            out.push((
+                "trend_retention_h",
+                format!("{} must be 1-744", self.trend_retention_h),
+            ));
+        }
         out
     }
 
@@ -155,6 +166,7 @@ impl StoreSettings {
             synchronous_full: self.synchronous_full().unwrap_or(true),
             max_batch: self.max_batch,
             max_pending: self.max_pending,
+            trend_retention_s: u64::from(self.trend_retention_h) * 3600,
         }
     }
 }
@@ -171,6 +183,8 @@ pub struct StoreConfig {
     pub synchronous_full: bool,
     pub max_batch: usize,
     pub max_pending: usize,
+    /// See [`BudgetPolicy::trend_retention_s`].
+    pub trend_retention_s: u64,
 }
 
 impl StoreConfig {
@@ -181,6 +195,7 @@ impl StoreConfig {
             low_water_pct: self.low_water_pct,
             alarm_reserve_pct: self.alarm_reserve_pct,
             on_full: self.on_full,
+            trend_retention_s: self.trend_retention_s,
             ..BudgetPolicy::with_budget(self.disk_budget_bytes)
         }
     }
@@ -209,6 +224,9 @@ fn default_synchronous() -> String {
 }
 fn default_max_batch() -> usize {
     512
+}
+fn default_trend_retention_h() -> u32 {
+    (crate::db::DEFAULT_TREND_RETENTION_S / 3600) as u32
 }
 fn default_max_pending() -> usize {
     20_000

@@ -151,6 +151,9 @@ impl OnFull {
     }
 }
 
+/// How long the trend rollup keeps its minutes by default: the 24 h a trend shows, plus a day.
+pub const DEFAULT_TREND_RETENTION_S: u64 = 48 * 3600;
+
 /// The disk budget and what happens near it (see the `store` module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BudgetPolicy {
@@ -169,6 +172,8 @@ pub struct BudgetPolicy {
     /// at the start of a batch); rows are deleted whole, so a round may go up to `ROW_MAX - 1`
     /// records past it per slice.
     pub prune_chunk: usize,
+    /// Minutes of the trend rollup older than this are deleted (`db/trends.rs`).
+    pub trend_retention_s: u64,
 }
 
 impl BudgetPolicy {
@@ -181,6 +186,7 @@ impl BudgetPolicy {
             alarm_reserve_pct: 2,
             on_full: OnFull::Refuse,
             prune_chunk: 4096,
+            trend_retention_s: DEFAULT_TREND_RETENTION_S,
         }
     }
 
@@ -210,6 +216,11 @@ impl BudgetPolicy {
     /// records and index entries) change in every commit. With the 4 MiB log the writer spent a
     /// fifth of its time copying the same pages again (`cargo bench -p icu-tests --bench
     /// store_commit`: 75.6k → 91.9k observations/s, 4.3 → 3.6 KiB written per observation).
+    /// [`BudgetPolicy::trend_retention_s`] in µs.
+    pub fn trend_retention_us(&self) -> i64 {
+        (self.trend_retention_s.min(i64::MAX as u64 / 1_000_000) * 1_000_000) as i64
+    }
+
     pub fn wal_allowance_bytes(&self) -> u64 {
         (self.budget_bytes / 16).clamp(64 << 10, 64 << 20)
     }
