@@ -21,6 +21,9 @@ Logs in through the page's form, then checks, printing one line per step (flushe
     MESSAGES <device>             the console shows that device's last messages with the ACK
                                   sent: AA for its readings, AE for the rejected one
     SCREENSHOT <path>             devices.png
+    BED_VIEW <series> <points>    (--bed-view BED) /beds/BED draws the last hour's trends (an SVG
+                                  line per parameter) and lists the bed's alarm history
+    SCREENSHOT <path>             bed.png
     READY_TO_STOP                 the caller now stops the gateway
     NO_DATA <ms>                  every tile says NO DATA and the page raised its own alarm, ms
                                   after READY_TO_STOP was printed
@@ -60,6 +63,7 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--dead-letter-marker", default="")
     p.add_argument("--dead-letter-device", default="mon-01")
+    p.add_argument("--bed-view", default="")
     args = p.parse_args()
     try:
         from selenium import webdriver
@@ -186,6 +190,18 @@ def main() -> int:
             shot = os.path.join(os.path.abspath(args.artifacts), "devices.png")
             driver.save_screenshot(shot)
             say(f"SCREENSHOT {shot}")
+        if args.bed_view:
+            driver.get(args.url.rstrip("/") + "/beds/" + args.bed_view)
+            view = wait("the bed view's trends and alarm history", lambda: js(
+                "const v = window.icuBedView;"
+                "return v && v.ready && v.series > 0 && v.points > 0 && v.history > 0"
+                " && document.querySelectorAll('#trends svg polyline.mean').length === v.series"
+                " && document.querySelectorAll('#alarm-history tr').length > 0 ? v : null;"))
+            say(f"BED_VIEW {view['series']} {view['points']}")
+            shot = os.path.join(os.path.abspath(args.artifacts), "bed.png")
+            driver.save_screenshot(shot)
+            say(f"SCREENSHOT {shot}")
+        if args.dead_letter_marker or args.bed_view:
             driver.get(args.url)
             wait("the station again", lambda: js(
                 "return document.body.dataset.link === 'ok'"

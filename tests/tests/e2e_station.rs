@@ -3,8 +3,10 @@
 //! admitted patient's name on the bed's tile; a desaturation that makes the tile flash with
 //! the alarm's colour and puts the alarm first in the alarm bar; the audio state the page
 //! reports; an Acknowledge button that is the same element across refreshes and works; and,
-//! when the gateway stops, NO DATA on every tile within 5 s. Screenshots go to
-//! `test-artifacts/station.png` and `test-artifacts/station-no-data.png`.
+//! when the gateway stops, NO DATA on every tile within 5 s. The device console shows a reading
+//! the gateway refused (its dead letter with the raw bytes, and its AE among the device's last
+//! messages); the bed view draws the last hour's trends and the alarm history. Screenshots go to
+//! `test-artifacts/` (station, devices, bed, station-no-data).
 //!
 //! Needs `ICU_PYTHON` (with selenium), `/usr/bin/chromium` and `/usr/bin/chromedriver`
 //! (`scripts/test` installs them); skipped without them except under CI.
@@ -62,7 +64,12 @@ fn the_station_shows_the_patient_flashes_the_alarm_keeps_the_button_and_blanks_o
         );
     let mut gw = GatewayProc::start(dir.path(), &cfg);
     let artifacts = icu_tests::workspace_root().join("test-artifacts");
-    for name in ["station.png", "devices.png", "station-no-data.png"] {
+    for name in [
+        "station.png",
+        "devices.png",
+        "bed.png",
+        "station-no-data.png",
+    ] {
         let _ = std::fs::remove_file(artifacts.join(name));
     }
 
@@ -92,6 +99,7 @@ fn the_station_shows_the_patient_flashes_the_alarm_keeps_the_button_and_blanks_o
         .args(["--password", icu_tests::http::TEST_PASSWORD])
         .args(["--patient", "DOE, JOHN", "--timeout", "60"])
         .args(["--dead-letter-marker", MARKER])
+        .args(["--bed-view", "bed-01"])
         .env("PYTHONUNBUFFERED", "1");
     let mut page = ChildGuard::spawn_tied(&cmd, Stdio::piped(), Stdio::piped())
         .expect("starting scripts/station_test.py");
@@ -164,6 +172,11 @@ fn the_station_shows_the_patient_flashes_the_alarm_keeps_the_button_and_blanks_o
     assert!(dead.ends_with(" mon-01"), "attributed to mon-01: {dead}");
     next("MESSAGES mon-01", Duration::from_secs(30));
     next("SCREENSHOT", Duration::from_secs(10));
+    // The bed view draws the last hour's trends from the store's rollup.
+    let view = next("BED_VIEW", Duration::from_secs(60));
+    let series: usize = view.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(series >= 5, "a trend per parameter of the monitor: {view}");
+    next("SCREENSHOT", Duration::from_secs(10));
     next("READY_TO_STOP", Duration::from_secs(30));
     let stopped = Instant::now();
     gw.kill();
@@ -179,7 +192,12 @@ fn the_station_shows_the_patient_flashes_the_alarm_keeps_the_button_and_blanks_o
     next("SCREENSHOT", Duration::from_secs(10));
     drop(page);
     let _ = errors.join();
-    for name in ["station.png", "devices.png", "station-no-data.png"] {
+    for name in [
+        "station.png",
+        "devices.png",
+        "bed.png",
+        "station-no-data.png",
+    ] {
         let meta = std::fs::metadata(artifacts.join(name)).unwrap();
         assert!(meta.len() > 1000, "{name} is a screenshot");
     }

@@ -13,6 +13,8 @@ async function api(url) {
   return r.json();
 }
 const BUCKET = {1: 60, 8: 300, 24: 900};
+const UNIT_TEXT = {'Cel': '°C', '[degF]': '°F', 'mm[Hg]': 'mmHg', 'cm[H2O]': 'cmH2O', 'ug/kg/min': 'µg/kg/min', '1': ''};
+const unitText = u => (u in UNIT_TEXT ? UNIT_TEXT[u] : (u || ''));
 let names = new Map();
 async function loadBed() {
   const b = await api('/api/beds');
@@ -21,7 +23,7 @@ async function loadBed() {
   $('bed-label').textContent = me.label;
   const p = me.patient;
   $('patient').textContent = p ? `${(p.family || '').toUpperCase()}${p.given ? ', ' + p.given : ''} · MRN ${p.id}` : 'no patient admitted';
-  names = new Map(me.values.map(v => [v.mdc_code, `${v.display} (${v.unit})`]));
+  names = new Map(me.values.map(v => [v.mdc_code, `${v.display} (${unitText(v.unit)})`]));
   document.title = `${me.label}: bed view`;
 }
 function chart(series, fromS, toS) {
@@ -108,4 +110,7 @@ document.addEventListener('click', ev => {
     window.icuBedView.ready = true;
   } catch (e) { $('err').textContent = String(e); window.icuBedView.error = String(e); }
 })();
-setInterval(() => { loadHistory().catch(() => {}); }, 10000);
+setInterval(() => {
+  loadHistory().catch(() => {});
+  loadTrends(window.icuBedView.hours).catch(() => {});
+}, 10000);
