@@ -51,9 +51,13 @@ pub struct DeviceView {
     /// `waiting` (never heard from), `connecting`, `online`, `silent` (nothing for
     /// `silent_after`), `reconnecting` (link lost, retrying) or `failed`.
     pub state: String,
-    /// What the transport last said about the link.
+    /// How the gateway knows the device: the EUI-64 (or other id) its messages are matched on,
+    /// or its serial port and line settings.
+    pub identity: String,
+    /// What the transport last said about the link, and since when.
     pub link: Option<crate::domain::LinkState>,
     pub link_reason: Option<String>,
+    pub link_since: Option<String>,
     pub active_alarms: Vec<AlarmView>,
     pub messages: u64,
     pub observations: u64,
@@ -153,8 +157,21 @@ impl LiveState {
                     bed: d.bed.clone(),
                     protocol: d.protocol,
                     state: "waiting".into(),
+                    identity: match (&d.match_id, &d.serial) {
+                        (_, Some(sp)) => format!(
+                            "{} {} baud {}{}{}",
+                            sp.port.display(),
+                            sp.baud,
+                            sp.data_bits,
+                            sp.parity.chars().next().unwrap_or('n').to_ascii_uppercase(),
+                            sp.stop_bits
+                        ),
+                        (Some(m), None) => format!("matched on {m}"),
+                        (None, None) => String::new(),
+                    },
                     link: None,
                     link_reason: None,
+                    link_since: None,
                     active_alarms: Vec::new(),
                     messages: 0,
                     observations: 0,
@@ -321,6 +338,9 @@ impl LiveState {
     ) {
         self.with(|inner| {
             if let Some(d) = inner.devices.get_mut(device_id) {
+                if d.link != Some(state) {
+                    d.link_since = Some(rfc3339(crate::clock::now_us()));
+                }
                 d.link = Some(state);
                 d.link_reason = reason;
             }

@@ -28,9 +28,10 @@ async function refreshDevices() {
     last.set(x.id, [x.messages, now]);
     const tr = el('tr');
     tr.dataset.device = x.id;
-    const cells = [x.id, x.bed, x.protocol, x.state, x.link_reason || x.link || '', x.messages, x.observations, x.errors,
+    const link = `${x.link || ''}${x.link_reason ? ': ' + x.link_reason : ''}${x.link_since ? ' (since ' + x.link_since + ')' : ''}`;
+    const cells = [x.id, x.bed, x.protocol, x.identity || '', x.state, link, x.messages, x.observations, x.errors,
       x.duplicates, rate, x.device_clock, x.last_seen || '', x.last_error || ''];
-    cells.forEach((c, i) => { const td = el('td', i === 3 ? `state-${x.state}` : '', String(c)); tr.append(td); });
+    cells.forEach((c, i) => { const td = el('td', i === 4 ? `state-${x.state}` : '', String(c)); tr.append(td); });
     const td = el('td');
     const b = el('button', 'show-messages', 'Messages');
     b.type = 'button';
