@@ -153,6 +153,28 @@ impl ConsumedRecord {
         }
     }
 
+    /// A record as a Kafka client delivered it (key and header values read as lossy UTF-8),
+    /// verified with `keys` when given.
+    pub fn from_message<M: Message>(message: &M, keys: Option<&KeyRing>) -> Self {
+        let mut headers = BTreeMap::new();
+        if let Some(hs) = message.headers() {
+            for h in hs.iter() {
+                let value = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                headers.insert(h.key.to_owned(), value.unwrap_or_default());
+            }
+        }
+        Self::with_keys(
+            message.partition(),
+            message.offset(),
+            message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            headers,
+            message.payload().unwrap_or_default().to_vec(),
+            keys,
+        )
+    }
+
     /// The `(gateway, device)` stream the record belongs to (see the module docs for fallbacks).
     pub fn stream_key(&self) -> StreamKey {
         let gateway = self
@@ -468,23 +490,7 @@ pub fn consume_with(
             None => {}
             Some(Err(e)) => warn!(error = %e, "kafka consumer error"),
             Some(Ok(message)) => {
-                let mut headers = BTreeMap::new();
-                if let Some(hs) = message.headers() {
-                    for h in hs.iter() {
-                        let value = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
-                        headers.insert(h.key.to_owned(), value.unwrap_or_default());
-                    }
-                }
-                let record = ConsumedRecord::with_keys(
-                    message.partition(),
-                    message.offset(),
-                    message
-                        .key()
-                        .map(|k| String::from_utf8_lossy(k).into_owned()),
-                    headers,
-                    message.payload().unwrap_or_default().to_vec(),
-                    keys.as_ref(),
-                );
+                let record = ConsumedRecord::from_message(&message, keys.as_ref());
                 if remaining
                     .get(&record.partition)
                     .is_some_and(|high| record.offset + 1 >= *high)

@@ -34,7 +34,6 @@ use anyhow::{bail, Context};
 use icu_cloud_bridge::consume::ConsumedRecord;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::metadata::Metadata;
 use tempfile::TempDir;
 
@@ -616,23 +615,7 @@ fn read_loop(consumers: Vec<BaseConsumer>, state: &Mutex<GroupState>, stop: &Ato
                 }
                 Some(Err(_)) => {}
                 Some(Ok(message)) => {
-                    let mut headers = BTreeMap::new();
-                    if let Some(hs) = message.headers() {
-                        for h in hs.iter() {
-                            let value = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
-                            headers.insert(h.key.to_owned(), value.unwrap_or_default());
-                        }
-                    }
-                    let record = ConsumedRecord::with_keys(
-                        message.partition(),
-                        message.offset(),
-                        message
-                            .key()
-                            .map(|k| String::from_utf8_lossy(k).into_owned()),
-                        headers,
-                        message.payload().unwrap_or_default().to_vec(),
-                        None,
-                    );
+                    let record = ConsumedRecord::from_message(&message, None);
                     s.records.push((m, record));
                 }
             }

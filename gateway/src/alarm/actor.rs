@@ -371,18 +371,27 @@ impl Handler<GetActive> for AlarmActor {
     }
 }
 
-/// The limits of every parameter of a bed ([`super::engine::Engine::bed_limits`]).
+/// The limits of every parameter of each of `beds` ([`super::engine::Engine::bed_limits`]), in
+/// one round trip.
 #[derive(Message)]
-#[rtype(result = "Vec<super::engine::BedLimit>")]
+#[rtype(result = "std::collections::HashMap<String, Vec<super::engine::BedLimit>>")]
 pub struct GetBedLimits {
-    pub bed: String,
+    pub beds: Vec<String>,
 }
 
 impl Handler<GetBedLimits> for AlarmActor {
     type Result = MessageResult<GetBedLimits>;
 
     fn handle(&mut self, m: GetBedLimits, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.engine.bed_limits(&m.bed))
+        MessageResult(
+            m.beds
+                .into_iter()
+                .map(|bed| {
+                    let limits = self.engine.bed_limits(&bed);
+                    (bed, limits)
+                })
+                .collect(),
+        )
     }
 }
 

@@ -291,15 +291,13 @@ async fn beds(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
     let patients: std::collections::HashMap<String, crate::census::PatientRef> =
         state.census.current().into_iter().collect();
     let live_beds = state.live.beds();
-    let mut bed_limits = std::collections::HashMap::new();
-    for b in &live_beds {
-        let limits = state
-            .alarms
-            .send(crate::alarm::actor::GetBedLimits { bed: b.id.clone() })
-            .await
-            .unwrap_or_default();
-        bed_limits.insert(b.id.clone(), limits);
-    }
+    let bed_limits = state
+        .alarms
+        .send(crate::alarm::actor::GetBedLimits {
+            beds: live_beds.iter().map(|b| b.id.clone()).collect(),
+        })
+        .await
+        .unwrap_or_default();
     let beds: Vec<serde_json::Value> = live_beds
         .into_iter()
         .map(|b| {

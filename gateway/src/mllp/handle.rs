@@ -72,12 +72,9 @@ pub(super) async fn handle_event(
                 raw_len: payload.len(),
                 received,
             };
-            let answer = handle_frame(ingest, identity, &input).await;
-            // The device console's last messages: attributed by MSH-3 when it names a device.
-            if let Some(device) = parse_header(&payload)
-                .ok()
-                .and_then(|h| ingest.route(None, &h).map(|r| r.device_id.clone()))
-            {
+            let (answer, device) = handle_frame(ingest, identity, &input).await;
+            // The device console's last messages, under the device the routing attributed.
+            if let Some(device) = device {
                 ingest
                     .live
                     .record_exchange(&device, received, &payload, &answer);
@@ -127,10 +124,10 @@ async fn handle_frame(
     ingest: &Ingest,
     identity: Option<&crate::tls::PeerIdentity>,
     input: &Input<'_>,
-) -> String {
+) -> (String, Option<String>) {
     let (peer, payload, received) = (input.peer, input.raw, input.received);
     if parse_header(payload).is_ok_and(|h| h.message_type == "ADT") {
-        return handle_adt(ingest, identity, input).await;
+        return (handle_adt(ingest, identity, input).await, None);
     }
     let (message, route) = match decode_and_route(ingest, payload, received) {
         Ok(found) => found,
@@ -143,7 +140,8 @@ async fn handle_frame(
             if let Some(d) = &device {
                 ingest.live.record_error(d, &err.to_string());
             }
-            return reject(ingest, input, header.as_ref(), device, &err).await;
+            let answer = reject(ingest, input, header.as_ref(), device.clone(), &err).await;
+            return (answer, device);
         }
     };
     let header = message.header.clone();
@@ -181,7 +179,15 @@ async fn handle_frame(
     if let Some(why) = refusal {
         let err = Hl7Error::new(AckCode::AR, ErrorCode::ApplicationInternalError, None, why);
         ingest.live.record_error(&route.device_id, &err.to_string());
-        return reject(ingest, input, Some(&header), Some(route.device_id), &err).await;
+        let answer = reject(
+            ingest,
+            input,
+            Some(&header),
+            Some(route.device_id.clone()),
+            &err,
+        )
+        .await;
+        return (answer, Some(route.device_id));
     }
     let n = message.observations.len();
     let result = route
@@ -194,7 +200,7 @@ async fn handle_frame(
         })
         .await
         .map(|stored| stored.map_err(|e| store_error_to_hl7(&e)));
-    match result {
+    let answer = match result {
         Ok(Ok(outcome)) => {
             if let WriteOutcome::Duplicate {
                 first_seq,
@@ -220,7 +226,8 @@ async fn handle_frame(
             ));
             ack(ingest, Some(&header), err.ack, Some(&err))
         }
-    }
+    };
+    (answer, Some(route.device_id))
 }
 
 fn ack(
