@@ -102,7 +102,17 @@ pub struct DeviceActor {
     last_seen_us: Option<i64>,
     /// Active alarms raised by this actor, by condition id, with their start time.
     active: HashMap<String, i64>,
+    /// The silence check; cancelled when the device is retired, so that the actor stops once
+    /// the last transport lets go of it.
+    silence_check: Option<SpawnHandle>,
 }
+
+/// The device left the configuration (a reload removed or changed it): its open alarms end,
+/// its silence check stops, and the actor stops once no transport holds its address any more.
+/// Readings already handed to it are still stored and acknowledged.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retire;
 
 impl DeviceActor {
     #[allow(clippy::too_many_arguments)]
@@ -132,6 +142,7 @@ impl DeviceActor {
                 started_us: now_us(),
                 last_seen_us: None,
                 active: HashMap::new(),
+                silence_check: None,
             }
         })
     }
@@ -363,7 +374,48 @@ impl Actor for DeviceActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         tracing::info!(device = %self.device.id, bed = %self.device.bed, "device actor started");
-        ctx.run_interval(SILENCE_CHECK, |act, ctx| act.check_silence(ctx));
+        self.silence_check =
+            Some(ctx.run_interval(SILENCE_CHECK, |act, ctx| act.check_silence(ctx)));
+    }
+}
+
+/// A reload changed `alarms.device_clock`: the bounds of trust in device time apply from the
+/// next reading on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetDeviceClock(pub crate::alarm::DeviceClockConfig);
+
+impl Handler<SetDeviceClock> for DeviceActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetDeviceClock, _: &mut Self::Context) {
+        self.device_clock = msg.0;
+    }
+}
+
+impl Handler<Retire> for DeviceActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Retire, ctx: &mut Self::Context) {
+        if let Some(h) = self.silence_check.take() {
+            ctx.cancel_future(h);
+        }
+        let now = now_us();
+        let mut open: Vec<String> = self.active.keys().cloned().collect();
+        open.sort();
+        for id in open {
+            self.raise(
+                ctx,
+                &id,
+                format!("{} removed from the configuration", self.device.id),
+                "PM",
+                "ST",
+                false,
+                now,
+            );
+        }
+        tracing::info!(device = %self.device.id, bed = %self.device.bed,
+            "device retired by a configuration reload: it stops once its last message is stored");
     }
 }
 

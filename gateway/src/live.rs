@@ -141,6 +141,43 @@ fn status_name(s: i32) -> &'static str {
     }
 }
 
+/// The live view of a configured device that has not been heard from yet.
+fn device_view(d: &Device) -> DeviceView {
+    DeviceView {
+        id: d.id.clone(),
+        bed: d.bed.clone(),
+        protocol: d.protocol,
+        state: "waiting".into(),
+        identity: match (&d.match_id, &d.serial) {
+            (_, Some(sp)) => format!(
+                "{} {} baud {}{}{}",
+                sp.port.display(),
+                sp.baud,
+                sp.data_bits,
+                sp.parity.chars().next().unwrap_or('n').to_ascii_uppercase(),
+                sp.stop_bits
+            ),
+            (Some(m), None) => format!("matched on {m}"),
+            (None, None) => String::new(),
+        },
+        link: None,
+        link_reason: None,
+        link_since: None,
+        active_alarms: Vec::new(),
+        messages: 0,
+        observations: 0,
+        errors: 0,
+        duplicates: 0,
+        last_seen: None,
+        device_clock: "ok",
+        device_clock_offset_s: None,
+        clock_untrusted_us: None,
+        last_seen_us: None,
+        silent_after: d.silent_after,
+        last_error: None,
+    }
+}
+
 impl LiveState {
     pub fn new(beds: &[Bed], devices: &[Device]) -> Self {
         let mut inner = Inner::default();
@@ -150,42 +187,7 @@ impl LiveState {
                 .insert(b.id.clone(), (b.clone(), BTreeMap::new()));
         }
         for d in devices {
-            inner.devices.insert(
-                d.id.clone(),
-                DeviceView {
-                    id: d.id.clone(),
-                    bed: d.bed.clone(),
-                    protocol: d.protocol,
-                    state: "waiting".into(),
-                    identity: match (&d.match_id, &d.serial) {
-                        (_, Some(sp)) => format!(
-                            "{} {} baud {}{}{}",
-                            sp.port.display(),
-                            sp.baud,
-                            sp.data_bits,
-                            sp.parity.chars().next().unwrap_or('n').to_ascii_uppercase(),
-                            sp.stop_bits
-                        ),
-                        (Some(m), None) => format!("matched on {m}"),
-                        (None, None) => String::new(),
-                    },
-                    link: None,
-                    link_reason: None,
-                    link_since: None,
-                    active_alarms: Vec::new(),
-                    messages: 0,
-                    observations: 0,
-                    errors: 0,
-                    duplicates: 0,
-                    last_seen: None,
-                    device_clock: "ok",
-                    device_clock_offset_s: None,
-                    clock_untrusted_us: None,
-                    last_seen_us: None,
-                    silent_after: d.silent_after,
-                    last_error: None,
-                },
-            );
+            inner.devices.insert(d.id.clone(), device_view(d));
         }
         Self {
             inner: Mutex::new(inner),
@@ -198,6 +200,48 @@ impl LiveState {
     pub fn with_clock_settle_s(mut self, settle_s: u32) -> Self {
         self.clock_settle_us = i64::from(settle_s) * 1_000_000;
         self
+    }
+
+    /// A configuration reload: beds and devices that stay keep their values, counters, link
+    /// and console history; a device whose bed, protocol or identity changed starts afresh
+    /// (its counters belonged to the old one); new ones start `waiting`; removed ones go.
+    pub fn reconfigure(&self, beds: &[Bed], devices: &[Device]) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut old_beds = std::mem::take(&mut inner.beds);
+        // A bed keeps only the values of devices that are still configured at it: a value
+        // from a device that moved to another bed must not show under this one.
+        let at_bed: std::collections::BTreeSet<(&str, &str)> = devices
+            .iter()
+            .map(|d| (d.bed.as_str(), d.id.as_str()))
+            .collect();
+        for b in beds {
+            let mut values = old_beds
+                .remove(&b.id)
+                .map(|(_, values)| values)
+                .unwrap_or_default();
+            values.retain(|_, v| at_bed.contains(&(b.id.as_str(), v.device_id.as_str())));
+            inner.beds.insert(b.id.clone(), (b.clone(), values));
+        }
+        let mut old_devices = std::mem::take(&mut inner.devices);
+        for d in devices {
+            let fresh = device_view(d);
+            let view = match old_devices.remove(&d.id) {
+                Some(mut old)
+                    if old.bed == fresh.bed
+                        && old.protocol == fresh.protocol
+                        && old.identity == fresh.identity =>
+                {
+                    old.silent_after = fresh.silent_after;
+                    old
+                }
+                _ => fresh,
+            };
+            inner.devices.insert(d.id.clone(), view);
+        }
+        for gone in old_devices.keys() {
+            inner.exchanges.remove(gone);
+            inner.rejected.remove(gone);
+        }
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {

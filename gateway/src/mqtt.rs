@@ -165,7 +165,8 @@ pub struct MqttRoute {
 
 pub struct MqttRouter {
     pub gateway_id: String,
-    pub routes: HashMap<String, MqttRoute>,
+    /// MQTT devices by id; a configuration reload replaces the table.
+    pub routes: Arc<crate::swap::Swap<HashMap<String, MqttRoute>>>,
     pub store: Addr<Store>,
     pub live: Arc<LiveState>,
     pub terminology: Arc<Terminology>,
@@ -241,7 +242,7 @@ impl MqttRouter {
                 return Box::pin(async move { self.reject(&msg, None, reason).await });
             }
         };
-        let Some(route) = self.routes.get(&topic.device_id) else {
+        let Some(route) = self.routes.load().get(&topic.device_id).cloned() else {
             let reason = format!(
                 "device '{}' is not configured as an MQTT device on this gateway",
                 topic.device_id

@@ -51,26 +51,7 @@ fn gateway(dir: &std::path::Path, beds: usize, extra: &str) -> GatewayProc {
     GatewayProc::start(dir, &cfg)
 }
 
-/// A PCD-01 message from bed `bed`'s simulated monitor with one SpO2 reading taken at `at`.
-fn spo2_message(bed: usize, control: &str, spo2: u32, at: chrono::DateTime<chrono::Utc>) -> String {
-    let eui = format!("0012AB{bed:010X}");
-    let ts = at.format("%Y%m%d%H%M%S+0000");
-    [
-        format!("MSH|^~\\&|SIM_MON^{eui}^EUI-64|ICU_SIM|ICU_GW|HOSP|{ts}||ORU^R01^ORU_R01|{control}|P|2.6|||AL|NE"),
-        format!("PID|||SIM000{bed}^^^HOSP^MR"),
-        format!("OBR|1|X|X|182777000^monitoring of patient^SCT|||{ts}"),
-        format!("OBX|1||69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|1.0.0.0|||||||X|||||||{eui}^^{eui}^EUI-64"),
-        format!("OBX|2|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.2.1.1|{spo2}|262688^MDC_DIM_PERCENT^MDC|90-100||||R|||{ts}"),
-    ]
-    .join("\r")
-}
-
-fn msa(ack: &str) -> &str {
-    ack.split('\r')
-        .find(|s| s.starts_with("MSA|"))
-        .and_then(|s| s.split('|').nth(1))
-        .unwrap_or("")
-}
+use icu_tests::mllp::{msa_code as msa, spo2_message};
 
 fn active(gw: &GatewayProc) -> Vec<serde_json::Value> {
     gw.get_json("/api/alarms")["active"]

@@ -273,6 +273,23 @@ impl Handler<Technical> for AlarmActor {
     }
 }
 
+/// A configuration reload's alarm rules (`[alarms]`). Answers how many open alarms ended
+/// because their rule is gone, or the problems that kept the running rules.
+#[derive(Message)]
+#[rtype(result = "Result<usize, Vec<crate::domain::FieldProblem>>")]
+pub struct ReplaceConfig(pub super::AlarmConfig);
+
+impl Handler<ReplaceConfig> for AlarmActor {
+    type Result = Result<usize, Vec<crate::domain::FieldProblem>>;
+
+    fn handle(&mut self, m: ReplaceConfig, ctx: &mut Self::Context) -> Self::Result {
+        let ended = self.engine.replace_config(m.0, now_us())?;
+        let n = ended.len();
+        self.emit(ended, ctx);
+        Ok(n)
+    }
+}
+
 /// A clinician's limit change for one bed and parameter (`None` switches that side off),
 /// applied after it was persisted.
 #[derive(Message)]

@@ -40,7 +40,7 @@ use super::config::{check_limits, AlarmConfig, Priority};
 use super::device_time::{checked_time, fmt_offset, DeviceClock, DeviceClockView};
 use super::lifecycle::{
     sort_views, AlarmState, AlarmView, AlertType, Condition, EngineStats, Out, Phase, Raise,
-    Timing, ALARM_OUTPUT_SOURCE, DEVICE_CLOCK_SOURCE, GATEWAY_BED, MDC_EVT_ALARM,
+    Timing, ALARM_OUTPUT_SOURCE, DEVICE_CLOCK_SOURCE, GATEWAY_BED, MDC_EVT_ALARM, NEWS2_SOURCE,
     STALE_FEED_SOURCE,
 };
 use super::news2::News2Param;
@@ -148,6 +148,69 @@ impl Engine {
 
     pub fn config(&self) -> &AlarmConfig {
         &self.config
+    }
+
+    /// A configuration reload: the new rules apply from the next reading on; what the engine
+    /// knows of each bed (latest values, open alarms, clinicians' limits, device clocks) stays.
+    /// An open alarm whose rule is gone (its id removed, its code no longer watched by it, NEWS2
+    /// switched off) ends as any alarm whose condition ends: a high-priority one latches until
+    /// acknowledged. Returns those records; a config with problems changes nothing.
+    pub fn replace_config(
+        &mut self,
+        config: AlarmConfig,
+        now_us: i64,
+    ) -> Result<Vec<Alarm>, Vec<FieldProblem>> {
+        let fresh = Engine::new(config)?;
+        self.config = fresh.config;
+        self.limit_by_code = fresh.limit_by_code;
+        self.rates_by_code = fresh.rates_by_code;
+        self.timing = fresh.timing;
+        let config = &self.config;
+        let still_watched = |key: &str| -> bool {
+            if key == NEWS2_SOURCE {
+                return config.news2.enabled;
+            }
+            let (kind, rest) = match key.split_once(':') {
+                Some(("limit", rest)) => ("limit", rest),
+                Some(("rate", rest)) => ("rate", rest),
+                // Device conditions and technical alarms are not rules of this config.
+                _ => return true,
+            };
+            let Some((id, code)) = rest.rsplit_once(':') else {
+                return true;
+            };
+            let Ok(code) = code.parse::<u32>() else {
+                return true;
+            };
+            match kind {
+                // A clinician's limit on a parameter without a configured rule.
+                "limit" if id.starts_with("custom-") => true,
+                "limit" => config
+                    .limits
+                    .iter()
+                    .any(|r| r.id == id && r.mdc_codes.contains(&code)),
+                _ => config
+                    .rates
+                    .iter()
+                    .any(|r| r.id == id && r.mdc_code == code),
+            }
+        };
+        let mut alarms = Vec::new();
+        let timing = self.timing;
+        for (bed_id, bed) in &mut self.beds {
+            let mut out = Out {
+                bed: bed_id,
+                alarms: &mut alarms,
+                stats: &mut self.stats,
+                timing,
+            };
+            for (key, condition) in bed.conditions.iter_mut() {
+                if !still_watched(key) {
+                    condition.clear(now_us, &mut out);
+                }
+            }
+        }
+        Ok(alarms)
     }
 
     /// Applies one decoded reading; returns the alarm state changes it causes. The same as a

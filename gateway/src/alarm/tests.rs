@@ -1583,3 +1583,38 @@ fn deescalate_after_zero_deescalates_at_once() {
         [p("deescalate", "active", "PM")]
     );
 }
+
+#[test]
+fn a_reload_applies_new_limits_keeps_open_alarms_and_ends_those_of_removed_rules() {
+    let mut e = limits_only();
+    // SpO2 88 for 15 s opens the SpO2 alarm (default low 90, sustain 15 s).
+    hold(&mut e, "b1", SPO2, 88.0, 0, 15);
+    assert_eq!(e.active("b1").len(), 1);
+    // A reload that only moves the SpO2 limit keeps the open alarm as it is (nothing emitted).
+    let mut moved = e.config().clone();
+    let spo2 = moved.limits.iter().position(|r| r.id == "spo2").unwrap();
+    moved.limits[spo2].low = Some(92.0);
+    assert!(e.replace_config(moved.clone(), at(16)).unwrap().is_empty());
+    assert_eq!(e.active("b1").len(), 1);
+    // HR 45 is under the default low of 50: the HR alarm opens under the new config too.
+    hold(&mut e, "b1", HR, 45.0, 16, 40);
+    assert_eq!(e.active("b1").len(), 2);
+    // A reload that removes the SpO2 rule ends its alarm (medium: not latched); HR stays.
+    let mut without = moved;
+    without.limits.remove(spo2);
+    let ended = e.replace_config(without, at(41)).unwrap();
+    assert_eq!(phases(&ended), [p("end", "inactive", "PM")]);
+    assert_eq!(ended[0].source, "limit:spo2");
+    let open = e.active("b1");
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].source, "limit:hr");
+    // SpO2 readings no longer alarm.
+    assert!(hold(&mut e, "b1", SPO2, 80.0, 42, 70).is_empty());
+    // A config with problems changes nothing.
+    let mut bad = e.config().clone();
+    bad.limits[0].low = Some(500.0);
+    bad.limits[0].high = Some(10.0);
+    assert!(e.replace_config(bad, at(71)).is_err());
+    assert_eq!(e.active("b1").len(), 1);
+    assert!(e.config().limits.iter().all(|r| r.id != "spo2"));
+}

@@ -1,7 +1,7 @@
 //! The ingest part: the live view, one device actor per configured device, and the transports
 //! that feed them (serial lines, the MQTT subscriber, the MLLP listener).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -12,15 +12,19 @@ use icu_drivers::terminology::Terminology;
 use tokio::sync::watch;
 
 use super::alarms::Alarms;
+use crate::alarm::DeviceClockConfig;
 use crate::census::actor::CensusActor;
 use crate::census::CensusReader;
 use crate::clock::ClockState;
 use crate::config::{Config, Protocol};
-use crate::device::DeviceActor;
+use crate::device::{AlarmPath, DeviceActor, Retire};
+use crate::domain::Device;
 use crate::live::LiveState;
 use crate::metrics::IngestStats;
 use crate::mllp::{self, Ingest, MllpStats, Route};
+use crate::mqtt::MqttRoute;
 use crate::store::Store;
+use crate::swap::Swap;
 
 /// The running ingest side.
 pub(super) struct IngestPart {
@@ -32,6 +36,8 @@ pub(super) struct IngestPart {
     pub mqtt: Option<MqttSubscriber>,
     /// `true` stops the listeners and the serial tasks.
     pub shutdown: watch::Sender<bool>,
+    /// The device actors and the route tables that lead to them; taken by the reloader.
+    pub devices: Option<DeviceSet>,
 }
 
 /// What every transport shares.
@@ -64,15 +70,35 @@ pub(super) async fn start_ingest(
         store,
         live: &live,
     };
-    let device_addrs = start_devices(&shared, &clock, census_reader, alarms, &stats, &shutdown_rx);
+    let mut devices = DeviceSet {
+        kit: DeviceKit {
+            store: store.clone(),
+            live: live.clone(),
+            clock,
+            census: census_reader,
+            alarms: Some((alarms.addr.clone(), alarms.stats.clone())),
+            device_clock: config.alarms.device_clock.clone(),
+            stats: stats.clone(),
+            terminology: terminology.clone(),
+            shutdown: shutdown_rx.clone(),
+        },
+        running: BTreeMap::new(),
+        mllp_routes: Arc::new(Swap::default()),
+        mqtt_routes: Arc::new(Swap::default()),
+    };
+    for d in &config.devices {
+        let running = devices.kit.start(d);
+        devices.running.insert(d.id.clone(), running);
+    }
+    devices.publish_routes();
     let mqtt = match &config.mqtt {
         None => None,
-        Some(_) => Some(start_mqtt(&shared, &device_addrs, alarms)?),
+        Some(_) => Some(start_mqtt(&shared, &devices.mqtt_routes, alarms)?),
     };
     let mllp_stats = Arc::new(MllpStats::default());
     let (mllp_addr, mllp_task) = start_mllp(
         &shared,
-        &device_addrs,
+        &devices.mllp_routes,
         mllp_stats.clone(),
         census_addr,
         shutdown_rx,
@@ -86,52 +112,147 @@ pub(super) async fn start_ingest(
         mllp_task,
         mqtt,
         shutdown,
+        devices: Some(devices),
     })
 }
 
-/// One device actor per configured device (a serial device's port task with it), by id.
-fn start_devices(
-    s: &Shared<'_>,
-    clock: &Arc<ClockState>,
-    census_reader: CensusReader,
-    alarms: &Alarms,
-    stats: &Arc<IngestStats>,
-    shutdown: &watch::Receiver<bool>,
-) -> HashMap<String, Addr<DeviceActor>> {
-    let mut device_addrs = HashMap::new();
-    for d in &s.config.devices {
+/// What starting one device actor needs; kept so that a reload can start more.
+pub(super) struct DeviceKit {
+    store: Addr<Store>,
+    live: Arc<LiveState>,
+    clock: Arc<ClockState>,
+    census: CensusReader,
+    alarms: AlarmPath,
+    /// `alarms.device_clock` as the running config has it.
+    pub device_clock: DeviceClockConfig,
+    stats: Arc<IngestStats>,
+    terminology: Arc<Terminology>,
+    /// The gateway's shutdown; each serial task also has its own stop.
+    shutdown: watch::Receiver<bool>,
+}
+
+/// One configured device as it runs: its actor and, for a serial device, its port's task.
+pub(super) struct RunningDevice {
+    pub config: Device,
+    pub addr: Addr<DeviceActor>,
+    serial: Option<SerialTask>,
+}
+
+/// A serial device's port task and its own stop (a reload stops one device, not all).
+struct SerialTask {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Every running device, and the route tables the MLLP listener and the MQTT subscriber find
+/// them by. A reload changes the set and publishes new tables; connections keep going.
+pub(super) struct DeviceSet {
+    pub kit: DeviceKit,
+    pub running: BTreeMap<String, RunningDevice>,
+    pub mllp_routes: Arc<Swap<HashMap<String, Route>>>,
+    pub mqtt_routes: Arc<Swap<HashMap<String, MqttRoute>>>,
+}
+
+impl DeviceKit {
+    /// Starts one device's actor and, for a serial device, its port's task.
+    pub fn start(&self, d: &Device) -> RunningDevice {
         let addr = DeviceActor::start(
             d.clone(),
-            s.store.clone(),
-            s.live.clone(),
-            clock.clone(),
-            census_reader.clone(),
-            Some((alarms.addr.clone(), alarms.stats.clone())),
-            s.config.alarms.device_clock.clone(),
-            stats.clone(),
+            self.store.clone(),
+            self.live.clone(),
+            self.clock.clone(),
+            self.census.clone(),
+            self.alarms.clone(),
+            self.device_clock.clone(),
+            self.stats.clone(),
         );
-        device_addrs.insert(d.id.clone(), addr.clone());
-        if let Some(settings) = &d.serial {
-            let protocol = crate::serial_protocols::for_device(d, s.terminology.clone());
-            tokio::spawn(crate::serial::run(
+        let serial = d.serial.as_ref().map(|settings| {
+            let protocol = crate::serial_protocols::for_device(d, self.terminology.clone());
+            let (stop, stop_rx) = watch::channel(false);
+            // The gateway's shutdown stops this task too.
+            let mut gateway_stop = self.shutdown.clone();
+            let forward = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = gateway_stop.wait_for(|stopping| *stopping) => { let _ = forward.send(true); }
+                    _ = forward.closed() => {}
+                }
+            });
+            let task = tokio::spawn(crate::serial::run(
                 d.id.clone(),
                 settings.clone(),
                 d.silent_after,
                 protocol,
-                addr,
-                s.store.clone(),
-                shutdown.clone(),
+                addr.clone(),
+                self.store.clone(),
+                stop_rx,
             ));
+            SerialTask { stop, task }
+        });
+        RunningDevice {
+            config: d.clone(),
+            addr,
+            serial,
         }
     }
-    device_addrs
+}
+
+impl RunningDevice {
+    /// Stops the device: its serial task (if any) after the message it is handling is stored,
+    /// then its actor, which ends its open alarms and stops once no transport holds it. The
+    /// caller has already taken it out of the route tables.
+    pub async fn retire(self) {
+        if let Some(serial) = self.serial {
+            let _ = serial.stop.send(true);
+            // The port must be closed before a changed device opens it again.
+            if tokio::time::timeout(std::time::Duration::from_secs(10), serial.task)
+                .await
+                .is_err()
+            {
+                tracing::error!(device = %self.config.id, "serial task did not stop within 10 s");
+            }
+        }
+        let _ = self.addr.send(Retire).await;
+    }
+}
+
+impl DeviceSet {
+    /// Builds the route tables from the running devices and publishes them.
+    pub fn publish_routes(&self) {
+        let mut mllp = HashMap::new();
+        let mut mqtt = HashMap::new();
+        for r in self.running.values() {
+            let d = &r.config;
+            if let Some(m) = &d.match_id {
+                mllp.insert(
+                    m.clone(),
+                    Route {
+                        device_id: d.id.clone(),
+                        addr: r.addr.clone(),
+                        allow_from: d.allow_from.clone(),
+                    },
+                );
+            }
+            if d.protocol == Protocol::Mqtt {
+                mqtt.insert(
+                    d.id.clone(),
+                    crate::mqtt::MqttRoute {
+                        bed: d.bed.clone(),
+                        addr: r.addr.clone(),
+                    },
+                );
+            }
+        }
+        self.mllp_routes.store(mllp);
+        self.mqtt_routes.store(mqtt);
+    }
 }
 
 /// The MQTT subscriber (`[mqtt]`), routing to the mqtt devices; the alarm topic publishes
 /// through its client.
 fn start_mqtt(
     s: &Shared<'_>,
-    device_addrs: &HashMap<String, Addr<DeviceActor>>,
+    routes: &Arc<Swap<HashMap<String, MqttRoute>>>,
     alarms: &Alarms,
 ) -> anyhow::Result<MqttSubscriber> {
     let config = s.config;
@@ -139,25 +260,9 @@ fn start_mqtt(
         .mqtt
         .as_ref()
         .context("mqtt started without [mqtt]")?;
-    let routes: HashMap<String, crate::mqtt::MqttRoute> = config
-        .devices
-        .iter()
-        .filter(|d| d.protocol == Protocol::Mqtt)
-        .filter_map(|d| {
-            device_addrs.get(&d.id).map(|addr| {
-                (
-                    d.id.clone(),
-                    crate::mqtt::MqttRoute {
-                        bed: d.bed.clone(),
-                        addr: addr.clone(),
-                    },
-                )
-            })
-        })
-        .collect();
     let router = Arc::new(crate::mqtt::MqttRouter {
         gateway_id: config.gateway_id.clone(),
-        routes,
+        routes: routes.clone(),
         store: s.store.clone(),
         live: s.live.clone(),
         terminology: s.terminology.clone(),
@@ -180,28 +285,15 @@ fn start_mqtt(
 /// The MLLP listener (PCD-01 from monitors, ADT to the census), routing by `devices[].match`.
 async fn start_mllp(
     s: &Shared<'_>,
-    device_addrs: &HashMap<String, Addr<DeviceActor>>,
+    routes: &Arc<Swap<HashMap<String, Route>>>,
     stats: Arc<MllpStats>,
     census_addr: Addr<CensusActor>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let config = s.config;
-    let mut routes = HashMap::new();
-    for d in &config.devices {
-        if let (Some(m), Some(addr)) = (&d.match_id, device_addrs.get(&d.id)) {
-            routes.insert(
-                m.clone(),
-                Route {
-                    device_id: d.id.clone(),
-                    addr: addr.clone(),
-                    allow_from: d.allow_from.clone(),
-                },
-            );
-        }
-    }
     let ingest = Arc::new(
         Ingest::new(
-            routes,
+            routes.clone(),
             s.store.clone(),
             s.live.clone(),
             s.terminology.clone(),

@@ -29,7 +29,10 @@ mod bridge;
 mod http;
 mod ingest;
 mod keys;
+mod reload;
 mod store;
+
+pub use reload::{ReloadRefused, ReloadReport};
 
 /// Where a running gateway can be reached (also written to `<data_dir>/endpoints.json`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -52,9 +55,18 @@ pub struct Running {
     readiness: Arc<crate::metrics::Readiness>,
     /// The audit trail (the stop is recorded in it).
     pub audit: Arc<AuditLog>,
+    /// Re-reads the config file on request (SIGHUP); one reload at a time.
+    reloader: tokio::sync::Mutex<reload::Reloader>,
 }
 
 impl Running {
+    /// Re-reads the config file and applies it without a restart (see `app::reload`): devices
+    /// start and stop, alarm rules and beds change, connections and the alarm path go on. A
+    /// file that does not validate changes nothing.
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadRefused> {
+        self.reloader.lock().await.reload().await
+    }
+
     /// Stops accepting input, then stops the HTTP server. The store commits what it holds.
     pub async fn shutdown(self) {
         self.readiness.set_listening(false);
@@ -203,11 +215,13 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
     let census_reader = census.reader();
     let census_addr =
         crate::census::actor::CensusActor::start(census, config.bed_map(), Some(audit.clone()));
+    let census_for_reload = census_addr.clone();
 
     let alarms = alarms::start_alarms(&config, &stored.store, &terminology)?;
     let _ = stored.alarm_slot.set(alarms.addr.clone());
+    let alarms_for_reload = alarms.addr.clone();
 
-    let ingest = ingest::start_ingest(
+    let mut ingest = ingest::start_ingest(
         &config,
         terminology,
         &stored.store,
@@ -238,6 +252,18 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
     tracing::info!(mllp = %endpoints.mllp, http = %format!("http://{}/", endpoints.http), gateway_id = %config.gateway_id,
         devices = config.devices.len(), "gateway ready");
 
+    let devices = ingest
+        .devices
+        .take()
+        .context("the device set was taken before the reloader")?;
+    let reloader = reload::Reloader::new(
+        config,
+        devices,
+        ingest.live.clone(),
+        alarms_for_reload,
+        census_for_reload,
+        audit.clone(),
+    );
     Ok(Running {
         endpoints,
         live: ingest.live,
@@ -250,42 +276,94 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
         mqtt: ingest.mqtt,
         readiness: http.readiness,
         audit,
+        reloader: tokio::sync::Mutex::new(reloader),
     })
 }
 
-/// Waits for Ctrl-C or SIGTERM.
-pub async fn wait_for_signal() {
+/// What ended [`wait_for_signal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Ctrl-C or SIGTERM: stop.
+    Stop,
+    /// SIGHUP (`systemctl reload`): re-read the config.
+    Reload,
+}
+
+/// The process signals the gateway answers, registered once (a SIGHUP that arrives during a
+/// reload is kept for the next [`Signals::next`], not lost, and never kills the process).
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Registers the handlers; call it inside the runtime, before the gateway is ready.
+    pub fn register() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
+                hup: signal(SignalKind::hangup()).ok(),
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            Signals {}
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Waits for Ctrl-C, SIGTERM or SIGHUP.
+    pub async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => Signal::Stop,
+                _ = recv(&mut self.term) => Signal::Stop,
+                _ = recv(&mut self.hup) => Signal::Reload,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
+        }
     }
 }
 
-/// `icu-gateway run`: starts the gateway and runs until a signal.
+/// Waits for Ctrl-C or SIGTERM (a SIGHUP is logged and ignored: only `run` reloads).
+pub async fn wait_for_signal() {
+    let mut signals = Signals::register();
+    while signals.next().await == Signal::Reload {
+        tracing::warn!("SIGHUP ignored: only `icu-gateway run` reloads its config");
+    }
+}
+
+/// `icu-gateway run`: starts the gateway and runs until Ctrl-C or SIGTERM; SIGHUP reloads the
+/// config.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let system = actix::System::new();
     system.block_on(async move {
+        let mut signals = Signals::register();
         let running = start(config, None).await?;
         println!(
             "icu-gateway ready: mllp {} page http://{}/",
             running.endpoints.mllp, running.endpoints.http
         );
-        wait_for_signal().await;
+        while signals.next().await == Signal::Reload {
+            // Refusals and results are logged and audited by the reload itself.
+            let _ = running.reload().await;
+        }
         tracing::info!("stopping");
         running.shutdown().await;
         anyhow::Ok(())

@@ -44,7 +44,7 @@ pub enum AuditCommand {
         bed: Option<String>,
         /// One action: login, login_failed, logoff, break_glass, acknowledge, silence,
         /// limit_change, user_add, user_passwd, user_disable, token_add, token_revoke,
-        /// gateway_start, gateway_stop, key_created, key_rotated, adt_applied, patient_read,
+        /// gateway_start, gateway_stop, config_reload, key_created, key_rotated, adt_applied, patient_read,
         /// store_failure, budget_refusal.
         #[arg(long)]
         action: Option<String>,

@@ -85,6 +85,10 @@ stable_strings! {
         /// The gateway started; `new_value` is `sha256:<hex>` of the config file it runs.
         GatewayStart => "gateway_start",
         GatewayStop => "gateway_stop",
+        /// The config file was re-read (SIGHUP, `systemctl reload`): `new_value` is
+        /// `sha256:<hex>` of the file and what changed; a file that does not validate is
+        /// refused (outcome denied) and the running config stays.
+        ConfigReload => "config_reload",
         KeyCreated => "key_created",
         KeyRotated => "key_rotated",
         /// An ADT event applied to the census: account = sending application, source = peer.

@@ -566,7 +566,7 @@ fn actions_targets_and_outcomes_round_trip_their_strings() {
     for o in Outcome::ALL {
         assert_eq!(o.as_str().parse::<Outcome>().unwrap(), *o);
     }
-    assert_eq!(Action::ALL.len(), 24);
+    assert_eq!(Action::ALL.len(), 25);
     let err = "reboot".parse::<Action>().unwrap_err();
     assert!(err.contains("login_failed"), "{err}");
     let start = AuditEntry::gateway_start("/etc/icu/gateway.toml", b"abc");

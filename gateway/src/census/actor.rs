@@ -87,3 +87,17 @@ impl Handler<ApplyAdt> for CensusActor {
         Ok((outcome?, event))
     }
 }
+
+/// A configuration reload's beds: ADT locations map to beds by the new table from the next
+/// ADT message on. Patients already placed keep their place.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetBedMap(pub BedMap);
+
+impl Handler<SetBedMap> for CensusActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetBedMap, _: &mut Self::Context) {
+        self.beds = msg.0;
+    }
+}

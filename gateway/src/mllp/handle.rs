@@ -362,7 +362,7 @@ fn decode_and_route(
         let device = header
             .as_ref()
             .and_then(|h| ingest.route(None, h))
-            .map(|r| r.device_id.clone());
+            .map(|r| r.device_id);
         Box::new(Refused {
             err,
             header,
@@ -370,7 +370,7 @@ fn decode_and_route(
         })
     })?;
     match ingest.route(message.equipment_id.as_deref(), &message.header) {
-        Some(route) => Ok((message, route.clone())),
+        Some(route) => Ok((message, route)),
         None => {
             let id = message
                 .equipment_id

@@ -14,6 +14,7 @@ use crate::census::actor::CensusActor;
 use crate::device::DeviceActor;
 use crate::live::LiveState;
 use crate::store::Store;
+use crate::swap::Swap;
 
 /// Counters of the MLLP transport (shown under `mllp` in `/api/status`).
 #[derive(Debug, Default)]
@@ -98,8 +99,9 @@ pub struct Route {
 
 /// What every connection needs.
 pub struct Ingest {
-    /// Device actors by every identifier that recognises them (`devices[].match`).
-    pub routes: HashMap<String, Route>,
+    /// Device actors by every identifier that recognises them (`devices[].match`); a
+    /// configuration reload replaces the table, connections keep going.
+    pub routes: Arc<Swap<HashMap<String, Route>>>,
     pub store: Addr<Store>,
     pub live: Arc<LiveState>,
     pub terminology: Arc<Terminology>,
@@ -126,7 +128,7 @@ pub struct ListenerTls {
 
 impl Ingest {
     pub fn new(
-        routes: HashMap<String, Route>,
+        routes: Arc<Swap<HashMap<String, Route>>>,
         store: Addr<Store>,
         live: Arc<LiveState>,
         terminology: Arc<Terminology>,
@@ -172,15 +174,16 @@ impl Ingest {
         &self,
         msg_equipment: Option<&str>,
         header: &MessageHeader,
-    ) -> Option<&Route> {
+    ) -> Option<Route> {
         let msh3 = &header.sending_application;
         let mut comps = msh3.split('^');
         let ns = comps.next().unwrap_or_default();
         let uid = comps.next().unwrap_or_default();
+        let routes = self.routes.load();
         [msg_equipment.unwrap_or_default(), uid, ns, msh3.as_str()]
             .into_iter()
             .filter(|k| !k.is_empty())
-            .find_map(|k| self.routes.get(k))
+            .find_map(|k| routes.get(k).cloned())
     }
 
     pub(super) fn next_ack_id(&self) -> String {
