@@ -97,10 +97,26 @@ enum Command {
         #[arg(long = "expired-device")]
         expired_devices: Vec<String>,
     },
-    /// Validate a config file and print what it declares.
+    /// Validate a config file and print what it declares; with --probe also check what it names
+    /// (serial ports, brokers and topics, MQTT login, key and certificates, disk, alarm manager),
+    /// one OK/FAIL line each. Exit 0: all good; 1: a probe (or the signing key) failed; 78: the
+    /// file is not valid (EX_CONFIG).
     CheckConfig {
         #[arg(long, short)]
         config: PathBuf,
+        /// Also open, connect to and log in to everything the file names (sends no patient
+        /// data, creates no topic).
+        #[arg(long)]
+        probe: bool,
+        /// Each probe's bound, e.g. 5s, 500ms.
+        #[arg(long, default_value = "5s", value_parser = icu_gateway::probe::parse_duration, requires = "probe")]
+        timeout: std::time::Duration,
+        /// The shortest retention a Kafka topic may have, in hours (as `topics create` sets).
+        #[arg(long, default_value_t = 168, requires = "probe")]
+        min_retention_hours: u64,
+        /// The probe's answers as one JSON object (for scripts).
+        #[arg(long, requires = "probe")]
+        json: bool,
     },
     /// Accounts of the page and API: add, passwd, pin, role, disable, enable, list.
     User {
@@ -360,8 +376,52 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::CheckConfig { config } => {
-            let cfg = icu_gateway::config::Config::load(&config)?;
+        Command::CheckConfig {
+            config,
+            probe,
+            timeout,
+            min_retention_hours,
+            json,
+        } => {
+            /// sysexits.h EX_CONFIG: the file is not valid.
+            const EX_CONFIG: i32 = 78;
+            let cfg = match icu_gateway::config::Config::load(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("Error: {e}");
+                    if probe {
+                        let problems = match &e {
+                            icu_gateway::config::ConfigError::Invalid { problems, .. } => {
+                                problems.len()
+                            }
+                            _ => 1,
+                        };
+                        let report = icu_gateway::probe::Report::invalid(&config, problems);
+                        match json {
+                            true => println!("{}", report.json()),
+                            false => print!("{}", report.render()),
+                        }
+                    }
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                    std::process::exit(EX_CONFIG);
+                }
+            };
+            if probe {
+                let opts = icu_gateway::probe::ProbeOptions {
+                    timeout,
+                    min_retention: std::time::Duration::from_secs(
+                        min_retention_hours.saturating_mul(3600),
+                    ),
+                    ..icu_gateway::probe::ProbeOptions::new(&config)
+                };
+                let report = icu_gateway::probe::run(&cfg, &opts)?;
+                match json {
+                    true => println!("{}", report.json()),
+                    false => print!("{}", report.render()),
+                }
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+                std::process::exit(if report.failed() == 0 { 0 } else { 1 });
+            }
             println!("{}: valid", config.display());
             println!("  gateway_id: {}", cfg.gateway_id);
             println!(

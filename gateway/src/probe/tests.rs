@@ -1,0 +1,91 @@
+use std::time::Duration;
+
+use super::*;
+
+#[test]
+fn lines_say_ok_fail_skip_and_valid_comes_last_only_when_nothing_failed() {
+    let mut report = Report {
+        config: "gw.toml".into(),
+        checks: vec![
+            Check::ok("serial port /dev/ttyS0 (spo2-01, 9600 8N1)"),
+            Check::ok_note("data directory /var/lib/icu", "9.1 GiB free"),
+            Check::skip("mqtt", "no [mqtt] section"),
+        ],
+    };
+    assert_eq!(
+        report.render(),
+        "OK   serial port /dev/ttyS0 (spo2-01, 9600 8N1)\n\
+         OK   data directory /var/lib/icu (9.1 GiB free)\n\
+         SKIP mqtt: no [mqtt] section\n\
+         gw.toml: valid\n"
+    );
+    report.checks.push(Check::fail(
+        "kafka topic icu.audit",
+        "does not exist",
+        "run it",
+    ));
+    let text = report.render();
+    assert!(text.contains("FAIL kafka topic icu.audit: does not exist; run it\n"));
+    assert!(text.ends_with("gw.toml: 1 check(s) failed\n"), "{text}");
+    assert!(!text.contains("valid"), "{text}");
+    let json = report.json();
+    assert_eq!(json["valid"], false);
+    assert_eq!(json["failed"], 1);
+    assert_eq!(json["checks"][3]["status"], "fail");
+    assert_eq!(json["checks"][3]["fix"], "run it");
+}
+
+#[test]
+fn durations_parse_with_units() {
+    assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+    assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+    assert!(parse_duration("5h").is_err());
+    assert!(parse_duration("soon").is_err());
+    assert!(parse_duration("0s").is_err());
+}
+
+fn config(dir: &std::path::Path, extra: &str) -> Config {
+    let text = format!(
+        "gateway_id = \"gw\"\ndata_dir = \"{}\"\n[mllp]\nlisten = \"127.0.0.1:0\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n{extra}\n[[beds]]\nid = \"bed-1\"\n\
+         [[devices]]\nid = \"spo2-01\"\nbed = \"bed-1\"\nprotocol = \"masimo\"\n\
+         [devices.serial]\nport = \"{}\"\n",
+        dir.join("data").display(),
+        dir.join("no-such-tty").display()
+    );
+    Config::from_toml(&text, &dir.join("gw.toml")).unwrap()
+}
+
+#[test]
+fn a_missing_port_and_a_budget_larger_than_the_disk_fail_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "[store]\ndisk_budget_mb = 1073741824\n");
+    let opts = ProbeOptions {
+        timeout: Duration::from_secs(2),
+        ..ProbeOptions::new(&dir.path().join("gw.toml"))
+    };
+    let report = run(&cfg, &opts).unwrap();
+    let text = report.render();
+    let port = dir.path().join("no-such-tty");
+    assert!(
+        text.contains(&format!(
+            "FAIL serial port {} (spo2-01, 9600 8N1): does not exist; check the cable",
+            port.display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("devices[0].serial.port"), "{text}");
+    assert!(
+        text.contains("lower store.disk_budget_mb to at most"),
+        "{text}"
+    );
+    assert!(text.contains("SKIP kafka: no [kafka] section"), "{text}");
+    assert!(
+        text.contains("(does not exist yet: the gateway makes it at its first start)"),
+        "a store-only gateway makes its key: {text}"
+    );
+    assert_eq!(report.failed(), 2, "{text}");
+    assert!(text.lines().last().unwrap().ends_with("2 check(s) failed"));
+}
