@@ -16,9 +16,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::config::{ClientConfig, FromClientConfigAndContext};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{FutureProducer, Producer};
 
 use super::config::BridgeConfig;
 use super::quiet::{FailureSlot, QuietContext};
@@ -85,11 +86,9 @@ pub fn create_topics(
         brokers: config.brokers.clone(),
         source,
     };
-    let admin: AdminClient<DefaultClientContext> = admin_client(config, DefaultClientContext)
-        .map_err(|e| match e {
-            AdminError::Config(e) => e,
-            AdminError::Kafka(e) => kafka_error("create admin client", e),
-        })?;
+    let admin: AdminClient<DefaultClientContext> = client_config(config)?
+        .create()
+        .map_err(|e| kafka_error("create admin client", e))?;
     let names = topic_names(config);
     let settings = spec.settings();
     let topics: Vec<NewTopic> = names
@@ -135,30 +134,18 @@ pub fn topic_names(config: &BridgeConfig) -> Vec<String> {
         .collect()
 }
 
-/// Why an admin client could not be made.
-enum AdminError {
-    /// The security settings (a secret file, the password).
-    Config(BridgeError),
-    Kafka(rdkafka::error::KafkaError),
-}
-
-/// An admin client with the bridge's own connection settings (`[kafka]` bootstrap,
-/// `[kafka.security]`, `[kafka.properties]`).
-fn admin_client<C: ClientContext>(
-    config: &BridgeConfig,
-    context: C,
-) -> Result<AdminClient<C>, AdminError> {
+/// The bridge's own connection settings (`[kafka]` bootstrap, `[kafka.security]`,
+/// `[kafka.properties]`) for an admin or probing client. Reads the password.
+fn client_config(config: &BridgeConfig) -> Result<ClientConfig, BridgeError> {
     let mut client = ClientConfig::new();
-    for (k, v) in security::client_properties(&config.security, &config.properties)
-        .map_err(AdminError::Config)?
-    {
+    for (k, v) in security::client_properties(&config.security, &config.properties)? {
         client.set(k, v);
     }
     client.set("bootstrap.servers", &config.brokers).set(
         "client.id",
         format!("icu-gateway-{}-admin", config.gateway_id),
     );
-    AdminClient::from_config_and_context(&client, context).map_err(AdminError::Kafka)
+    Ok(client)
 }
 
 /// What the backbone says of one of the gateway's topics.
@@ -194,26 +181,36 @@ pub fn describe_topics(
     config: &BridgeConfig,
     timeout: Duration,
 ) -> Result<Vec<TopicState>, BackboneFailure> {
+    let client = client_config(config).map_err(|e| BackboneFailure::Config(e.to_string()))?;
     let failure = FailureSlot::default();
-    let admin = admin_client(config, QuietContext::with_failure_slot(failure.clone())).map_err(
-        |e| match e {
-            AdminError::Config(e) => BackboneFailure::Config(e.to_string()),
-            AdminError::Kafka(e) => BackboneFailure::Config(e.to_string()),
-        },
-    )?;
+    // A producer (it produces nothing) for the metadata: its polling thread hands librdkafka's
+    // error events (a refused login, a failed handshake) to the context, as in the bridge.
+    let probe: FutureProducer<QuietContext> = client
+        .create_with_context(QuietContext::with_failure_slot(failure.clone()))
+        .map_err(|e| BackboneFailure::Config(e.to_string()))?;
     let started = Instant::now();
-    let metadata = admin.inner().fetch_metadata(None, timeout).map_err(|e| {
-        // librdkafka reports a refused login or handshake through the context, not the call.
-        let reported = failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .map(|(_, f)| f);
-        match reported {
-            Some(f) => BackboneFailure::Security(f),
-            None => BackboneFailure::Unreachable(e.to_string()),
+    let metadata = probe.client().fetch_metadata(None, timeout).map_err(|e| {
+        // The error event may trail the failed request a little.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        loop {
+            let reported = failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .map(|(_, f)| f);
+            match reported {
+                Some(f) => return BackboneFailure::Security(f),
+                None if Instant::now() >= deadline => {
+                    return BackboneFailure::Unreachable(e.to_string())
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
         }
     })?;
+    drop(probe);
+    let admin: AdminClient<DefaultClientContext> = client
+        .create()
+        .map_err(|e| BackboneFailure::Config(e.to_string()))?;
     let names = topic_names(config);
     let mut out: Vec<TopicState> = names
         .iter()
