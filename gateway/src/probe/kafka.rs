@@ -74,15 +74,27 @@ fn failed(
             why,
             "fix [kafka.security] (check-config without --probe names every problem)",
         ),
-        BackboneFailure::Unreachable(detail) => Check::fail(
-            what,
-            format!(
-                "no broker answered within {} s ({detail})",
-                opts.timeout.as_secs_f64()
+        BackboneFailure::Unreachable(detail) => match reach(&config.brokers, opts.timeout) {
+            // Something listens there but never answered the client: most often TLS against a
+            // plain-text listener (or the reverse), where the handshake just waits.
+            Ok(addr) => Check::fail(
+                what,
+                format!(
+                    "{addr} accepts TCP connections but gave no answer over {} within {} s \
+                     ({detail})",
+                    config.security.protocol.as_librdkafka(),
+                    opts.timeout.as_secs_f64()
+                ),
+                "check [kafka.security] protocol against the listener on that port (TLS or \
+                 plain text, SASL or not) and that bootstrap names a Kafka listener",
             ),
-            "check [kafka] bootstrap (host:port), the network and firewall, and that the \
-             brokers run",
-        ),
+            Err(why) => Check::fail(
+                what,
+                format!("unreachable: {why} ({detail})"),
+                "check [kafka] bootstrap (host:port), the network and firewall, and that the \
+                 brokers run",
+            ),
+        },
         // The bridge's own words for `auth_failed` / `tls_failed`, naming the setting to fix.
         BackboneFailure::Security(f) => match security_state(config, f) {
             BridgeState::AuthFailed { reason } | BridgeState::TlsFailed { reason } => {
@@ -91,4 +103,25 @@ fn failed(
             other => Check::fail(what, other.name(), ""),
         },
     }
+}
+
+/// The first bootstrap address that accepts a TCP connection within `timeout` (closed at
+/// once), or why none did (each address with its error).
+fn reach(brokers: &str, timeout: std::time::Duration) -> Result<String, String> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let mut errors = Vec::new();
+    for b in brokers.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+        match b.to_socket_addrs() {
+            Err(e) => errors.push(format!("{b}: {e}")),
+            Ok(addrs) => {
+                for a in addrs {
+                    match TcpStream::connect_timeout(&a, timeout) {
+                        Ok(_) => return Ok(b.to_owned()),
+                        Err(e) => errors.push(format!("{b}: {e}")),
+                    }
+                }
+            }
+        }
+    }
+    Err(errors.join(", "))
 }
