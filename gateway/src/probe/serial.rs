@@ -1,6 +1,8 @@
-//! Serial ports: each serial device's port opened with its configured line settings, exactly as
-//! the gateway opens it (`serial::port_builder`), then closed. Nothing is written or read; the
-//! line keeps the settings opening gave it, as after the gateway's own open.
+//! Serial ports: each serial device's port opened with its configured line settings, as the
+//! gateway opens it (`serial::port_builder`, shared access), then closed. Nothing is written or
+//! read; the line keeps the settings opening gave it, as after the gateway's own open. A port
+//! another program holds exclusively is reported busy; the running gateway itself holds its
+//! ports shared, so the probe can run beside it.
 
 use std::path::Path;
 
@@ -46,14 +48,19 @@ pub fn probe(index: usize, device: &Device, settings: &SerialSettings) -> Check 
     if let Some(check) = permission(port, &what) {
         return check;
     }
-    match crate::serial::port_builder(settings).open() {
+    // Shared, as the running gateway holds its ports: never exclusive (TIOCEXCL would outlive
+    // this open while the gateway keeps the port), so the probe can run beside the gateway.
+    match crate::serial::port_builder(settings)
+        .exclusive(false)
+        .open()
+    {
         Ok(opened) => {
             drop(opened);
             Check::ok(what)
         }
-        Err(e) if e.to_string().to_ascii_lowercase().contains("busy") => Check::fail(
+        Err(e) if busy(&e.to_string()) => Check::fail(
             what,
-            format!("is busy: another program holds it ({e})"),
+            format!("is busy: another program holds it exclusively ({e})"),
             format!(
                 "stop that program (fuser -v {} names it), or check that no two devices share \
                  {field}",
@@ -87,4 +94,10 @@ fn permission(port: &Path, what: &str) -> Option<Check> {
         )),
         _ => None,
     }
+}
+
+/// An open refused because another program holds the port (EBUSY, or its exclusive lock).
+fn busy(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    e.contains("busy") || e.contains("lock")
 }
