@@ -396,6 +396,36 @@ fn mosquitto_right_and_wrong_password_a_missing_port_and_an_expired_certificate(
 }
 
 #[test]
+fn a_port_another_program_holds_is_busy_and_free_again_once_it_lets_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = dir.path().join("spo2-01");
+    let _pty = icu_sim::serial::open_pty(&port).expect("a pty pair");
+    let cfg = write_config(dir.path(), "gw.toml", &port, "");
+    // Another program (a terminal emulator, a second gateway) holds the line exclusively.
+    let other = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&port)
+        .unwrap();
+    let held = nix::fcntl::Flock::lock(other, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .expect("an exclusive lock on the pty");
+    let a = check_config_with(&cfg, &["--timeout", "2s"]);
+    assert_eq!(a.code, 1, "{a}");
+    let line = a.line("FAIL serial port");
+    assert!(
+        line.starts_with(&format!(
+            "FAIL serial port {} (spo2-01, 9600 8N1): is busy: another program holds it",
+            port.display()
+        )) && line.contains("fuser -v"),
+        "{a}"
+    );
+    drop(held);
+    let a = check_config_with(&cfg, &["--timeout", "2s"]);
+    assert_eq!(a.code, 0, "{a}");
+    a.line(&format!("OK   serial port {}", port.display()));
+}
+
+#[test]
 fn an_invalid_file_exits_78_and_never_says_valid() {
     let dir = tempfile::tempdir().unwrap();
     let bad = write_config(
