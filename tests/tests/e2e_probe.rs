@@ -9,9 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use icu_tests::gateway::{keygen, GatewayProc};
 use icu_tests::mosquitto::{pump_acl, Mosquitto, TlsSetup};
 use icu_tests::pki::{write_secret, TestPki};
-use icu_tests::{bin_path, gateway::keygen, Broker, SecureOptions, TOPICS};
+use icu_tests::{bin_path, wait_for, Broker, SecureOptions, TOPICS};
 
 /// What `check-config` printed and how it ended.
 struct Answer {
@@ -423,6 +424,67 @@ fn a_port_another_program_holds_is_busy_and_free_again_once_it_lets_go() {
     let a = check_config_with(&cfg, &["--timeout", "2s"]);
     assert_eq!(a.code, 0, "{a}");
     a.line(&format!("OK   serial port {}", port.display()));
+}
+
+/// Readings of `device` the gateway has stored.
+fn stored(db: &Path, device: &str) -> i64 {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    c.query_row(
+        "SELECT count(*) FROM record_seqs WHERE kind = 1 AND device_id = ?1",
+        [device],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[test]
+fn beside_a_running_gateway_the_probe_finds_its_port_and_the_readings_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = dir.path().join("spo2-01");
+    let control = std::sync::Arc::new(icu_sim::serial::SerialControl::default());
+    let _oximeter = icu_sim::serial::run_masimo(
+        port.clone(),
+        "0000012345".into(),
+        7,
+        std::time::Duration::from_millis(100),
+        control.clone(),
+    )
+    .expect("simulated oximeter on a pty");
+    let text = std::fs::read_to_string(write_config(dir.path(), "gw.toml", &port, "")).unwrap();
+    let gw = GatewayProc::start(dir.path(), &text);
+    let before = wait_for(
+        std::time::Duration::from_secs(30),
+        "readings stored",
+        || {
+            let n = stored(&gw.db_path(), "spo2-01");
+            (n >= 3).then_some(n)
+        },
+    )
+    .unwrap();
+
+    let a = check_config_with(&gw.config_path, &["--timeout", "2s"]);
+    assert_eq!(a.code, 0, "{a}");
+    a.line(&format!(
+        "OK   serial port {} (spo2-01, 9600 8N1)",
+        port.display()
+    ));
+    assert_eq!(
+        a.last_line(),
+        format!("{}: valid", gw.config_path.display()),
+        "{a}"
+    );
+    // The gateway's line was not disturbed: its readings keep arriving, on the same port.
+    wait_for(
+        std::time::Duration::from_secs(20),
+        "readings after the probe",
+        || (stored(&gw.db_path(), "spo2-01") >= before + 10).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_tail(40)));
+    control
+        .stop
+        .store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 #[test]
