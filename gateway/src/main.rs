@@ -383,29 +383,7 @@ fn main() -> anyhow::Result<()> {
             min_retention_hours,
             json,
         } => {
-            /// sysexits.h EX_CONFIG: the file is not valid.
-            const EX_CONFIG: i32 = 78;
-            let cfg = match icu_gateway::config::Config::load(&config) {
-                Ok(cfg) => cfg,
-                Err(e) => {
-                    eprintln!("Error: {e}");
-                    if probe {
-                        let problems = match &e {
-                            icu_gateway::config::ConfigError::Invalid { problems, .. } => {
-                                problems.len()
-                            }
-                            _ => 1,
-                        };
-                        let report = icu_gateway::probe::Report::invalid(&config, problems);
-                        match json {
-                            true => println!("{}", report.json()),
-                            false => print!("{}", report.render()),
-                        }
-                    }
-                    let _ = std::io::Write::flush(&mut std::io::stdout());
-                    std::process::exit(EX_CONFIG);
-                }
-            };
+            let loaded = icu_gateway::config::Config::load(&config);
             if probe {
                 let opts = icu_gateway::probe::ProbeOptions {
                     timeout,
@@ -414,14 +392,12 @@ fn main() -> anyhow::Result<()> {
                     ),
                     ..icu_gateway::probe::ProbeOptions::new(&config)
                 };
-                let report = icu_gateway::probe::run(&cfg, &opts)?;
-                match json {
-                    true => println!("{}", report.json()),
-                    false => print!("{}", report.render()),
-                }
-                let _ = std::io::Write::flush(&mut std::io::stdout());
-                std::process::exit(if report.failed() == 0 { 0 } else { 1 });
+                std::process::exit(icu_gateway::probe::command(loaded, &opts, json));
             }
+            let cfg = loaded.unwrap_or_else(|e| {
+                eprintln!("Error: {e}");
+                std::process::exit(icu_gateway::probe::EX_CONFIG)
+            });
             println!("{}: valid", config.display());
             println!("  gateway_id: {}", cfg.gateway_id);
             println!(

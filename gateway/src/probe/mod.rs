@@ -12,7 +12,8 @@
 //! - One line per check: `OK   <what>`, `FAIL <what>: <why>; <what to do>`, or `SKIP <what>:
 //!   <why>` for a part the config does not have; the last line is `<file>: valid` only when no
 //!   check failed, else `<file>: N check(s) failed` ([`Report::render`]; [`Report::json`] for
-//!   machines).
+//!   machines). [`command`] prints it and gives the exit code: 0 all passed, 1 a probe failed,
+//!   78 ([`EX_CONFIG`]) the file is not valid (nothing probed; its problems on stderr).
 //! - Every probe has its own bound (`ProbeOptions::timeout`) and they run at the same time, so
 //!   the whole probe takes about one timeout at most, whatever does not answer.
 //! - Nothing is changed: no patient data is sent, no topic created, nothing produced or
@@ -33,7 +34,43 @@ use std::time::Duration;
 
 pub use check::{parse_duration, Check, ProbeOptions, Status};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+
+/// sysexits.h `EX_CONFIG`: `check-config`'s exit code for a file that is not valid.
+pub const EX_CONFIG: i32 = 78;
+
+/// `check-config --probe`: prints the report (or, for a file that is not valid, its problems on
+/// stderr and one FAIL line) and returns the exit code: 0 all passed, 1 a probe failed,
+/// [`EX_CONFIG`] the file is not valid.
+pub fn command(loaded: Result<Config, ConfigError>, opts: &ProbeOptions, json: bool) -> i32 {
+    let (report, code) = match loaded {
+        Err(e) => {
+            eprintln!("Error: {e}");
+            let problems = match &e {
+                ConfigError::Invalid { problems, .. } => problems.len(),
+                _ => 1,
+            };
+            (Report::invalid(&opts.config_path, problems), EX_CONFIG)
+        }
+        Ok(cfg) => match run(&cfg, opts) {
+            Ok(report) => {
+                let code = if report.failed() == 0 { 0 } else { 1 };
+                (report, code)
+            }
+            Err(e) => {
+                eprintln!("Error: cannot start the probes: {e}");
+                return 1;
+            }
+        },
+    };
+    if json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.render());
+    }
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    code
+}
 
 /// Every check's answer, in a fixed order: the file, the signing key, certificates, the data
 /// directory, serial ports (in device order), Kafka, MQTT, the alarm manager.
