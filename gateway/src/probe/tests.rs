@@ -89,3 +89,54 @@ fn a_missing_port_and_a_budget_larger_than_the_disk_fail_with_what_to_do() {
     assert_eq!(report.failed(), 2, "{text}");
     assert!(text.lines().last().unwrap().ends_with("2 check(s) failed"));
 }
+
+#[test]
+fn a_certificate_near_expiry_is_ok_with_a_note_and_a_key_of_another_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = |name: &str, days| {
+        crate::tls::pki::make(
+            &dir.path().join(name),
+            &crate::tls::pki::PkiRequest {
+                days,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let soon = pki("soon", 10);
+    let other = pki("other", 825);
+    let tls = |cert: &std::path::Path, key: &std::path::Path| {
+        format!(
+            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        )
+    };
+    let checks = |extra: &str| {
+        let cfg = config(dir.path(), extra);
+        files::certificates(&cfg)
+    };
+
+    let near = checks(&tls(&soon.gateway_cert, &soon.gateway_key));
+    assert_eq!(near.len(), 1, "{near:?}");
+    assert_eq!(near[0].status, Status::Ok, "{near:?}");
+    assert!(
+        near[0].line().contains("(tls.cert_file) (expires in ")
+            && near[0]
+                .line()
+                .ends_with("day(s), within tls.expiry_warning_days: renew it soon)"),
+        "{}",
+        near[0].line()
+    );
+
+    let mismatched = checks(&tls(&soon.gateway_cert, &other.gateway_key));
+    assert_eq!(mismatched[0].status, Status::Fail, "{mismatched:?}");
+    let line = mismatched[0].line();
+    assert!(
+        line.contains(&format!(
+            "its private key {} does not fit",
+            other.gateway_key.display()
+        )) && line.ends_with("give the private key of this certificate in tls.key_file"),
+        "{line}"
+    );
+}
