@@ -393,7 +393,11 @@ fn mosquitto_right_and_wrong_password_a_missing_port_and_an_expired_certificate(
     assert!(!b.stdout.contains("valid"), "{b}");
     // The broker saw the probe log in and leave cleanly, under its own client id.
     let log = mosquitto.log();
-    assert!(log.contains("icu-gateway-gw-probe-probe"), "{log}");
+    assert!(
+        log.contains("as icu-gateway-gw-probe-probe (")
+            && log.contains("Client icu-gateway-gw-probe-probe disconnected."),
+        "{log}"
+    );
 }
 
 #[test]
