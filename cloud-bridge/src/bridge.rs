@@ -94,8 +94,9 @@ const SKIP_MEMORY: usize = 10_000;
 /// How long a reported authentication / TLS failure explains a failed cycle.
 const SECURITY_FAILURE_MEMORY: Duration = Duration::from_secs(60);
 
-/// The state for an authentication / TLS failure, its reason naming the setting to fix.
-fn security_state(config: &BridgeConfig, failure: SecurityFailure) -> BridgeState {
+/// The state for an authentication / TLS failure, its reason naming the setting to fix (also
+/// the words of `check-config --probe`).
+pub fn security_state(config: &BridgeConfig, failure: SecurityFailure) -> BridgeState {
     let s = &config.security;
     match failure {
         SecurityFailure::Auth(detail) => BridgeState::AuthFailed {

@@ -24,6 +24,8 @@ pub mod live;
 pub mod metrics;
 pub mod mllp;
 pub mod mqtt;
+/// `icu-gateway check-config --probe`: serial ports, brokers, topics, keys, certificates, disk.
+pub mod probe;
 pub mod serial;
 pub mod serial_protocols;
 pub mod swap;

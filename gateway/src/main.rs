@@ -97,10 +97,26 @@ enum Command {
         #[arg(long = "expired-device")]
         expired_devices: Vec<String>,
     },
-    /// Validate a config file and print what it declares.
+    /// Validate a config file and print what it declares; with --probe also check what it names
+    /// (serial ports, brokers and topics, MQTT login, key and certificates, disk, alarm manager),
+    /// one OK/FAIL line each. Exit 0: all good; 1: a probe (or the signing key) failed; 78: the
+    /// file is not valid (EX_CONFIG).
     CheckConfig {
         #[arg(long, short)]
         config: PathBuf,
+        /// Also open, connect to and log in to everything the file names (sends no patient
+        /// data, creates no topic).
+        #[arg(long)]
+        probe: bool,
+        /// Each probe's bound, e.g. 5s, 500ms.
+        #[arg(long, default_value = "5s", value_parser = icu_gateway::probe::parse_duration, requires = "probe")]
+        timeout: std::time::Duration,
+        /// The shortest retention a Kafka topic may have, in hours (as `topics create` sets).
+        #[arg(long, default_value_t = 168, requires = "probe")]
+        min_retention_hours: u64,
+        /// The probe's answers as one JSON object (for scripts).
+        #[arg(long, requires = "probe")]
+        json: bool,
     },
     /// Accounts of the page and API: add, passwd, pin, role, disable, enable, list.
     User {
@@ -360,8 +376,28 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::CheckConfig { config } => {
-            let cfg = icu_gateway::config::Config::load(&config)?;
+        Command::CheckConfig {
+            config,
+            probe,
+            timeout,
+            min_retention_hours,
+            json,
+        } => {
+            let loaded = icu_gateway::config::Config::load(&config);
+            if probe {
+                let opts = icu_gateway::probe::ProbeOptions {
+                    timeout,
+                    min_retention: std::time::Duration::from_secs(
+                        min_retention_hours.saturating_mul(3600),
+                    ),
+                    ..icu_gateway::probe::ProbeOptions::new(&config)
+                };
+                std::process::exit(icu_gateway::probe::command(loaded, &opts, json));
+            }
+            let cfg = loaded.unwrap_or_else(|e| {
+                eprintln!("Error: {e}");
+                std::process::exit(icu_gateway::probe::EX_CONFIG)
+            });
             println!("{}: valid", config.display());
             println!("  gateway_id: {}", cfg.gateway_id);
             println!(

@@ -70,7 +70,9 @@ fn parity(p: &str) -> tokio_serial::Parity {
     }
 }
 
-fn open(settings: &SerialSettings) -> Result<tokio_serial::SerialStream, String> {
+/// The port of `settings` with its line settings (baud, data bits, parity, stop bits, no flow
+/// control), as the gateway opens it (also `check-config --probe`).
+pub fn port_builder(settings: &SerialSettings) -> tokio_serial::SerialPortBuilder {
     let data_bits = match settings.data_bits {
         5 => tokio_serial::DataBits::Five,
         6 => tokio_serial::DataBits::Six,
@@ -83,11 +85,15 @@ fn open(settings: &SerialSettings) -> Result<tokio_serial::SerialStream, String>
         tokio_serial::StopBits::One
     };
     let path = settings.port.to_string_lossy().into_owned();
-    let mut stream = tokio_serial::new(path, settings.baud)
+    tokio_serial::new(path, settings.baud)
         .data_bits(data_bits)
         .parity(parity(&settings.parity))
         .stop_bits(stop_bits)
         .flow_control(tokio_serial::FlowControl::None)
+}
+
+fn open(settings: &SerialSettings) -> Result<tokio_serial::SerialStream, String> {
+    let mut stream = port_builder(settings)
         .open_native_async()
         .map_err(|e| format!("cannot open {}: {e}", settings.port.display()))?;
     // Exclusive access is the default on unix; a pty slave reopened after a cable pull must not
