@@ -126,6 +126,15 @@ fn a_real_exposition_passes_promtool_has_every_ruled_metric_and_counts_the_fed_m
         1,
     );
     let gw = GatewayProc::start(dir.path(), &config);
+    let scrape = || {
+        let r = icu_tests::http::authed(gw.endpoints.http, "GET", "/metrics", None).unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
+    };
+    // Idle (nothing ingested: the buffer left is +Inf, the histograms empty) it lints clean too.
+    let idle = scrape();
+    let (code, out) = run(&promtool, &["check", "metrics"], &idle);
+    assert_eq!(code, 0, "promtool check metrics (idle):\n{out}\n{idle}");
     let sim = run_sim_with(
         gw.endpoints.mllp,
         2,
@@ -137,11 +146,6 @@ fn a_real_exposition_passes_promtool_has_every_ruled_metric_and_counts_the_fed_m
     assert!(sim.ok, "every message acknowledged AA:\n{}", sim.stdout);
     // The alarm actor runs beside the ACK path, and each ACK's latency is observed once it is
     // written: wait until both beds' alarms and every ACK are counted.
-    let scrape = || {
-        let r = icu_tests::http::authed(gw.endpoints.http, "GET", "/metrics", None).unwrap();
-        assert_eq!(r.status, 200, "{}", r.body);
-        r.body
-    };
     let text = icu_tests::wait_for(
         std::time::Duration::from_secs(10),
         "the alarms and every ACK counted",
