@@ -26,7 +26,7 @@
 //! | `icu_ingest_messages_total` | counter | `transport` | messages (HL7 message, serial reading set, MQTT publish) committed to the store |
 //! | `icu_ingest_duplicate_messages_total` | counter | `transport` | retried messages recognised as already stored (acknowledged, not stored again) |
 //! | `icu_ingest_refused_total` | counter | `transport`, `reason` (`budget`, `overload`, `io`, `closed`, `other`) | messages the store refused (the sender got AR or no PUBACK and sends again) |
-//! | `icu_ack_latency_seconds` | histogram | `transport` | receipt to acknowledgement: MLLP frame read to its ACK written; MQTT publish handed over to its PUBACK released (after the commit); serial (no ACK) reading decoded to its commit |
+//! | `icu_ack_latency_seconds` | histogram | `transport` | receipt to acknowledgement: MLLP frame read to its ACK written (every answered frame: AA, AE or AR); MQTT publish handed over to its PUBACK released after the commit (stored messages; rejected ones are not counted); serial (no ACK) reading decoded to its commit |
 //! | `icu_store_commit_latency_seconds` | histogram | | one group commit (batch handed to the writer thread to its answer) |
 //! | `icu_alarm_path_latency_seconds` | histogram | | reading receipt to the alarm state change it caused, handed to the outputs |
 //! | `icu_bridge_delivery_latency_seconds` | histogram | | reading receipt to the Kafka delivery report, per observation marked sent |
