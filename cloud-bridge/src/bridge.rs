@@ -388,10 +388,7 @@ impl Worker {
     /// What this cycle asks of the outbox: `fetch_limit` records, live = received within
     /// `live_window`, backlog up to the tokens in the bucket.
     fn fetch_request(&mut self) -> FetchRequest {
-        let now_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
+        let now_us = unix_now_us();
         let limit = self.config.fetch_limit;
         FetchRequest {
             limit,
@@ -485,6 +482,8 @@ impl Worker {
         let delivering = Instant::now();
         let delivered = self.produce(bundles, values).await;
         let delivered = self.deliver_protobuf(bundles, values, delivered).await;
+        // The delivery reports are in: the end of each reading's delivery latency.
+        let reported_us = unix_now_us();
         self.deliver_devices(bundles, &delivered).await;
         self.stats
             .add_phase(Phase::Delivering, delivering.elapsed());
@@ -507,6 +506,11 @@ impl Worker {
                     let observations: usize = marked.iter().map(|b| b.observations.len()).sum();
                     self.stats
                         .add_forwarded(marked.len() as u64, observations as u64);
+                    let latency = self.stats.delivery_latency();
+                    for o in marked.iter().flat_map(|b| &b.observations) {
+                        let us = reported_us.saturating_sub(o.receive_time_us).max(0);
+                        latency.observe(us as f64 / 1e6);
+                    }
                 }
                 Err(reason) => first_error = Some(self.outbox_failure(reason)),
             }
@@ -846,6 +850,14 @@ fn topic_check(
 }
 
 /// Doubles the backoff (starting at 250 ms), capped at `max`.
+/// Wall-clock microseconds since the Unix epoch (the clock of the readings' receive times).
+fn unix_now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 fn next_backoff(current: Duration, max: Duration) -> Duration {
     let next = if current.is_zero() {
         INITIAL_BACKOFF

@@ -230,8 +230,16 @@ impl DeviceActor {
                         WriteOutcome::Stored {
                             first_seq,
                             last_seq,
-                        } => ingest_stats
-                            .stored(transport, (last_seq + 1).saturating_sub(*first_seq)),
+                        } => {
+                            ingest_stats
+                                .stored(transport, (last_seq + 1).saturating_sub(*first_seq));
+                            // Serial has no ACK: its latency is receipt to commit (MLLP and
+                            // MQTT count theirs where the ACK leaves).
+                            if transport == crate::metrics::Transport::Serial {
+                                let us = now_us().saturating_sub(receive_time_us).max(0);
+                                ingest_stats.ack_latency(transport).observe(us as f64 / 1e6);
+                            }
+                        }
                         WriteOutcome::Duplicate { .. } => {
                             ingest_stats.duplicate(transport);
                             live.record_duplicate(&device_id);

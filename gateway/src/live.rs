@@ -78,6 +78,13 @@ pub struct DeviceView {
     pub last_error: Option<String>,
 }
 
+impl DeviceView {
+    /// Its last message (µs since the Unix epoch), if any.
+    pub fn last_seen_us(&self) -> Option<i64> {
+        self.last_seen_us
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct BedView {
     pub id: String,

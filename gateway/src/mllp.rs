@@ -353,13 +353,17 @@ async fn answer<S>(
 where
     S: tokio::io::AsyncWrite + Unpin,
 {
+    let received = Instant::now();
     let Some(ack) = handle_event(ingest, peer, identity, event).await else {
         return true;
     };
     // A peer that does not read its ACKs must not hold the connection forever either.
     let frame = encode_frame(ack.as_bytes());
     match tokio::time::timeout(timeouts.frame, stream.write_all(&frame)).await {
-        Ok(Ok(())) => true,
+        Ok(Ok(())) => {
+            ingest.ack_latency.observe(received.elapsed().as_secs_f64());
+            true
+        }
         Ok(Err(e)) => {
             tracing::warn!(%peer, error = %e, "mllp ack could not be written");
             false

@@ -173,6 +173,9 @@ pub struct MqttRouter {
     pub max_payload_bytes: usize,
     /// Messages the store refused, held and retried (see the module docs).
     pub holds: MqttHolds,
+    /// `icu_ack_latency_seconds{transport="mqtt"}`: publish handed over to its PUBACK released
+    /// (the disposition `Stored`, after the commit).
+    pub ack_latency: prometheus::Histogram,
 }
 
 impl MqttRouter {
@@ -235,6 +238,7 @@ impl MqttRouter {
     /// in arrival order. Resolves to stage 2, which waits for the commit (or stores the dead
     /// letter) and gives the disposition that decides the acknowledgement.
     pub async fn dispatch(self: Arc<Self>, msg: MqttMessage) -> BoxFuture<'static, Disposition> {
+        let arrived = Instant::now();
         let topic = match ObsTopic::parse(&msg.topic, &self.gateway_id) {
             Ok(t) => t,
             Err(e) => {
@@ -298,6 +302,7 @@ impl MqttRouter {
                 Ok(_) => {
                     drop(state);
                     lane.turn.notify_waiters();
+                    self.ack_latency.observe(arrived.elapsed().as_secs_f64());
                     Disposition::Stored
                 }
                 Err(e) => {
@@ -320,6 +325,9 @@ impl MqttRouter {
                         .retry_held(&route, &lane, n, &msg, format, received)
                         .await;
                     stats.held.fetch_sub(1, Ordering::Relaxed);
+                    if done == Disposition::Stored {
+                        self.ack_latency.observe(arrived.elapsed().as_secs_f64());
+                    }
                     done
                 }
             }

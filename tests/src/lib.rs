@@ -192,6 +192,21 @@ pub fn python() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// A tool the test command installs and names in environment variable `var` (e.g.
+/// `ICU_PROMTOOL_BIN`). Without it: a failure under CI (the suite must run through
+/// `scripts/test`), else `None` and a printed reason, so the caller skips.
+pub fn tool_from_env(var: &str) -> Option<PathBuf> {
+    let bin = std::env::var_os(var).filter(|p| !p.is_empty());
+    if bin.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{var} is not set under CI: run the suite through scripts/test"
+        );
+        eprintln!("skipped: {var} not set (scripts/test sets it)");
+    }
+    bin.map(PathBuf::from)
+}
+
 /// A file in `scripts/` of the workspace.
 pub fn script(name: &str) -> PathBuf {
     workspace_root().join("scripts").join(name)

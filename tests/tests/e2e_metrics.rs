@@ -1,7 +1,9 @@
 //! `/metrics`, `/readyz` and `/healthz` of a real `icu-gateway`, fed by the real `icu-sim` over
 //! MLLP/TCP, scraped over HTTP and parsed as the Prometheus text format: the ingest counter is
-//! exactly what was acknowledged, the outbox depth is what is unsent (no Kafka configured), and
-//! "hours of buffer left" is finite while readings arrive and grows with the disk budget.
+//! exactly what was acknowledged (and so is the ACK-latency histogram's count), the outbox depth
+//! is what is unsent (no Kafka configured), "hours of buffer left" is finite while readings
+//! arrive and grows with the disk budget, and with Kafka the delivery-latency histogram counts
+//! every forwarded observation.
 
 mod support;
 
@@ -65,7 +67,10 @@ impl Scrape {
                 helped.insert(name.to_owned());
             } else if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let (name, kind) = rest.split_once(' ').expect(line);
-                assert!(matches!(kind, "counter" | "gauge"), "unknown type: {line}");
+                assert!(
+                    matches!(kind, "counter" | "gauge" | "histogram"),
+                    "unknown type: {line}"
+                );
                 assert!(
                     types.insert(name.to_owned(), kind.to_owned()).is_none(),
                     "TYPE twice: {line}"
@@ -73,7 +78,13 @@ impl Scrape {
             } else {
                 assert!(!line.starts_with('#'), "unexpected comment: {line}");
                 let (series, value) = line.rsplit_once(' ').expect(line);
-                let name = series.split('{').next().unwrap();
+                let sample = series.split('{').next().unwrap();
+                // A histogram's series carry its family name with a suffix.
+                let name = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| sample.strip_suffix(s))
+                    .filter(|f| types.get(*f).is_some_and(|k| k == "histogram"))
+                    .unwrap_or(sample);
                 assert!(
                     types.contains_key(name) && helped.contains(name),
                     "sample before its HELP/TYPE: {line}"
@@ -81,11 +92,8 @@ impl Scrape {
                 if types[name] == "counter" {
                     assert!(name.ends_with("_total"), "counter without _total: {line}");
                 }
-                let v = match value {
-                    "+Inf" => f64::INFINITY,
-                    "-Inf" => f64::NEG_INFINITY,
-                    v => v.parse().unwrap_or_else(|_| panic!("value of {line}")),
-                };
+                // Rust's float syntax (`inf`), which Prometheus' parser takes as well.
+                let v: f64 = value.parse().unwrap_or_else(|_| panic!("value of {line}"));
                 assert!(
                     samples.insert(series.to_owned(), v).is_none(),
                     "series twice: {line}"
@@ -147,14 +155,17 @@ const FAMILIES: &[&str] = &[
     "icu_ingest_messages_total",
     "icu_ingest_duplicate_messages_total",
     "icu_ingest_refused_total",
-    "icu_ingest_observations_per_second",
+    "icu_ack_latency_seconds",
+    "icu_store_commit_latency_seconds",
+    "icu_alarm_path_latency_seconds",
+    "icu_bridge_delivery_latency_seconds",
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
     "icu_outbox_unsent_records",
     "icu_outbox_oldest_unsent_age_seconds",
     "icu_bridge_state",
     "icu_bridge_forwarded_records_total",
     "icu_bridge_forwarded_observations_total",
-    "icu_bridge_forwarded_records_per_second",
-    "icu_bridge_forwarded_observations_per_second",
     "icu_bridge_in_flight_records",
     "icu_bridge_delivery_errors_total",
     "icu_bridge_broker_errors_total",
@@ -177,7 +188,7 @@ const FAMILIES: &[&str] = &[
     "icu_store_pruning",
     "icu_store_bytes_per_record",
     "icu_store_free_budget_bytes",
-    "icu_buffer_hours_left",
+    "icu_buffer_left_seconds",
 ];
 
 const STREAMS: [&str; 4] = ["observations", "alarms", "adt", "deadletter"];
@@ -215,7 +226,7 @@ fn metrics_show_ingest_outbox_and_buffer_hours_that_follow_the_budget() {
             0.0
         );
     }
-    assert_eq!(before.get("icu_buffer_hours_left"), f64::INFINITY);
+    assert_eq!(before.get("icu_buffer_left_seconds"), f64::INFINITY);
     assert_eq!(before.get("icu_gateway_info{gateway_id=\"test-gw\"}"), 1.0);
     assert_eq!(before.get("icu_store_up"), 1.0);
     assert_eq!(before.get("icu_bridge_state{state=\"disabled\"}"), 1.0);
@@ -242,13 +253,18 @@ fn metrics_show_ingest_outbox_and_buffer_hours_that_follow_the_budget() {
     for reason in ["budget", "overload", "io", "closed"] {
         assert_eq!(
             m.get(&format!(
-                "icu_ingest_refused_total{{transport=\"mllp\",reason=\"{reason}\"}}"
+                "icu_ingest_refused_total{{reason=\"{reason}\",transport=\"mllp\"}}"
             )),
             0.0
         );
     }
-    let rate = m.get("icu_ingest_observations_per_second{transport=\"mllp\"}");
-    assert!(rate > 0.0, "recent ingest rate {rate}");
+    // Rates are PromQL's now (rate() on the counters); the ACK histogram saw every message.
+    assert!(!m.text.contains("_per_second"), "no per-second gauges");
+    // (Observed right after each ACK is written: the last may trail the sender's exit.)
+    icu_tests::wait_for(Duration::from_secs(5), "60 ACK latencies", || {
+        (scrape(&gw).get("icu_ack_latency_seconds_count{transport=\"mllp\"}") == 60.0).then_some(())
+    })
+    .expect("one ACK-latency observation per message");
 
     // No Kafka: every observation is still in the outbox, and nothing else holds records.
     assert_eq!(unsent(&m, "observations"), sent as f64, "outbox depth");
@@ -271,7 +287,7 @@ fn metrics_show_ingest_outbox_and_buffer_hours_that_follow_the_budget() {
         "nothing forwarded: free is the budget less the bytes in use"
     );
     assert!(m.get("icu_store_bytes_per_record") >= 64.0);
-    let small_budget_hours = m.get("icu_buffer_hours_left");
+    let small_budget_hours = m.get("icu_buffer_left_seconds") / 3600.0;
     assert!(
         small_budget_hours.is_finite() && small_budget_hours > 0.0,
         "buffer hours while ingesting: {small_budget_hours}"
@@ -295,10 +311,10 @@ fn metrics_show_ingest_outbox_and_buffer_hours_that_follow_the_budget() {
         "the outbox kept the first run"
     );
     assert_eq!(m2.get("icu_store_disk_budget_bytes"), 640.0 * MIB);
-    let large_budget_hours = m2.get("icu_buffer_hours_left");
+    let large_budget_hours = m2.get("icu_buffer_left_seconds") / 3600.0;
     eprintln!(
         "buffer hours: {small_budget_hours:.1} with 64 MiB, {large_budget_hours:.1} with 640 MiB \
-         (ingest {rate:.1} obs/s, {:.0} bytes/record, {:.0} bytes used)",
+         ({:.0} bytes/record, {:.0} bytes used)",
         m2.get("icu_store_bytes_per_record"),
         m2.get("icu_store_disk_usage_bytes")
     );
@@ -310,7 +326,7 @@ fn metrics_show_ingest_outbox_and_buffer_hours_that_follow_the_budget() {
 }
 
 #[test]
-fn metrics_show_the_forward_rate_and_an_empty_outbox_once_kafka_has_everything() {
+fn metrics_show_delivery_latency_and_an_empty_outbox_once_kafka_has_everything() {
     let broker = icu_tests::Broker::start().expect("broker");
     broker.create_topics(icu_tests::TOPICS).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -344,13 +360,16 @@ fn metrics_show_the_forward_rate_and_an_empty_outbox_once_kafka_has_everything()
             > m.get("icu_store_disk_budget_bytes") - m.get("icu_store_disk_usage_bytes"),
         "forwarded records count as room (the store prunes them when it needs it)"
     );
-    // The sampler runs once a second: wait for it to have seen the forwarded records.
-    let m = icu_tests::wait_for(Duration::from_secs(10), "forward rate", || {
-        let m = scrape(&gw);
-        (m.get("icu_bridge_forwarded_observations_per_second") > 0.0).then_some(m)
-    })
-    .expect("a recent forward rate");
-    assert!(m.get("icu_bridge_forwarded_records_per_second") > 0.0);
+    // The delivery-latency histogram saw each forwarded observation once, all within 60 s
+    // (the forward rate is PromQL's rate() on the counters).
+    assert_eq!(
+        m.get("icu_bridge_delivery_latency_seconds_count"),
+        sent as f64
+    );
+    assert_eq!(
+        m.get("icu_bridge_delivery_latency_seconds_bucket{le=\"60\"}"),
+        sent as f64
+    );
     assert_eq!(
         m.get("icu_ingest_observations_total{transport=\"mllp\"}"),
         sent as f64

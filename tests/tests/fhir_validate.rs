@@ -16,15 +16,7 @@ use icu_protos::v1::{AdtEvent, Alarm, AuditEntry};
 const GOLDEN: &str = include_str!("../../cloud-bridge/src/fhir/golden_observation_bundles.jsonl");
 
 fn validator_python() -> Option<PathBuf> {
-    let py = std::env::var_os("ICU_FHIR_PYTHON").filter(|p| !p.is_empty());
-    if py.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "ICU_FHIR_PYTHON is not set under CI: run the suite through scripts/test"
-        );
-        eprintln!("skipped: ICU_FHIR_PYTHON not set (scripts/test sets it)");
-    }
-    py.map(PathBuf::from)
+    icu_tests::tool_from_env("ICU_FHIR_PYTHON")
 }
 
 /// Runs the validator over `lines` (one JSON resource per line): exit code and output.

@@ -7,15 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn buf() -> Option<PathBuf> {
-    let bin = std::env::var_os("ICU_BUF_BIN").filter(|p| !p.is_empty());
-    if bin.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "ICU_BUF_BIN is not set under CI: run the suite through scripts/test"
-        );
-        eprintln!("skipped: ICU_BUF_BIN not set (scripts/test sets it)");
-    }
-    bin.map(PathBuf::from)
+    icu_tests::tool_from_env("ICU_BUF_BIN")
 }
 
 fn protos() -> PathBuf {

@@ -71,9 +71,27 @@ impl Phase {
     }
 }
 
+/// Upper bounds (seconds) of the delivery-latency histogram: 10 ms to 1 h (a reading kept
+/// through a broker outage is delivered minutes or hours after it arrived).
+pub const DELIVERY_LATENCY_BUCKETS: [f64; 16] = [
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+    3600.0,
+];
+
+fn delivery_latency_histogram() -> prometheus::Histogram {
+    let opts = prometheus::HistogramOpts::new(
+        "icu_bridge_delivery_latency_seconds",
+        "Seconds from a reading's receipt by the gateway to the Kafka delivery report of the record that carries it, per observation marked sent.",
+    )
+    .buckets(DELIVERY_LATENCY_BUCKETS.to_vec());
+    prometheus::Histogram::with_opts(opts).expect("valid histogram options")
+}
+
 /// Counters and state of one bridge. Cheap to read from any thread.
 #[derive(Debug)]
 pub struct BridgeStats {
+    /// `icu_bridge_delivery_latency_seconds` (see [`Self::delivery_latency`]).
+    delivery_latency: prometheus::Histogram,
     forwarded_records: AtomicU64,
     forwarded_observations: AtomicU64,
     delivery_errors: AtomicU64,
@@ -120,6 +138,7 @@ impl BridgeStats {
     /// Fresh stats in state [`BridgeState::Disabled`].
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
+            delivery_latency: delivery_latency_histogram(),
             forwarded_records: AtomicU64::new(0),
             forwarded_observations: AtomicU64::new(0),
             delivery_errors: AtomicU64::new(0),
@@ -167,6 +186,12 @@ impl BridgeStats {
     /// Current state.
     pub fn state(&self) -> BridgeState {
         self.lock_state().clone()
+    }
+
+    /// Receipt (the reading's `receive_time_us`) to delivery report, one observation per
+    /// reading marked sent (so its count follows `forwarded_observations`).
+    pub fn delivery_latency(&self) -> &prometheus::Histogram {
+        &self.delivery_latency
     }
 
     /// Kafka records (bundles) delivered and marked sent.

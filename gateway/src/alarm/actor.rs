@@ -25,12 +25,27 @@ pub const ALARM_MAILBOX: usize = 4096;
 const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 
 /// Counters of the alarm path visible on `/api/status`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AlarmPathStats {
     /// Batches a device actor could not hand to the engine because its mailbox was full.
     pub dropped_batches: AtomicU64,
     pub state_changes: AtomicU64,
     pub store_failures: AtomicU64,
+    /// `icu_alarm_path_latency_seconds`: a reading's receipt (its `receive_time_us`) to the
+    /// alarm state change it caused, handed to every output (page, MQTT, PCD-04); one
+    /// observation per state change.
+    pub latency: prometheus::Histogram,
+}
+
+impl Default for AlarmPathStats {
+    fn default() -> Self {
+        Self {
+            dropped_batches: AtomicU64::new(0),
+            state_changes: AtomicU64::new(0),
+            store_failures: AtomicU64::new(0),
+            latency: crate::metrics::alarm_path_latency_histogram(),
+        }
+    }
 }
 
 /// An alarm state change as JSON (the page's events and the MQTT alarm topic).
@@ -227,7 +242,14 @@ impl Handler<Observations> for AlarmActor {
     fn handle(&mut self, msg: Observations, ctx: &mut Self::Context) {
         let now = now_us();
         let out = self.engine.on_message(&msg.0, now);
+        let (changes, received_us) = (out.len(), msg.0.first().map(|o| o.receive_time_us));
         self.emit(out, ctx);
+        if let Some(received_us) = received_us.filter(|_| changes > 0) {
+            let s = now_us().saturating_sub(received_us).max(0) as f64 / 1e6;
+            for _ in 0..changes {
+                self.stats.latency.observe(s);
+            }
+        }
     }
 }
 

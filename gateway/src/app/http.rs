@@ -13,7 +13,7 @@ use crate::census::CensusReader;
 use crate::clock::now_us;
 use crate::config::Config;
 use crate::http::HttpState;
-use crate::metrics::{ForwardRates, Readiness};
+use crate::metrics::Readiness;
 
 /// The running HTTP server.
 pub(super) struct HttpPart {
@@ -72,7 +72,6 @@ pub(super) fn start_http(
             metrics_db: Arc::new(Mutex::new(metrics_db)),
             store_path: config.store.path.clone(),
             ingest: ingest.stats.clone(),
-            forward_rates: bridge.as_ref().map(|b| ForwardRates::start(b.clone())),
             readiness: readiness.clone(),
             auth: actix_web::web::Data::new(access),
             transport: transport(config),

@@ -20,7 +20,7 @@ use crate::config::{Config, Protocol};
 use crate::device::{AlarmPath, DeviceActor, Retire};
 use crate::domain::Device;
 use crate::live::LiveState;
-use crate::metrics::IngestStats;
+use crate::metrics::{IngestStats, Transport};
 use crate::mllp::{self, Ingest, MllpStats, Route};
 use crate::mqtt::MqttRoute;
 use crate::store::Store;
@@ -46,6 +46,8 @@ struct Shared<'a> {
     terminology: &'a Arc<Terminology>,
     store: &'a Addr<Store>,
     live: &'a Arc<LiveState>,
+    /// The ingest counters and the ACK-latency series of each transport.
+    stats: &'a Arc<IngestStats>,
 }
 
 /// Starts the device actors and every configured transport.
@@ -69,6 +71,7 @@ pub(super) async fn start_ingest(
         terminology: &terminology,
         store,
         live: &live,
+        stats: &stats,
     };
     let mut devices = DeviceSet {
         kit: DeviceKit {
@@ -268,6 +271,7 @@ fn start_mqtt(
         terminology: s.terminology.clone(),
         max_payload_bytes: mcfg.max_payload_bytes,
         holds: Default::default(),
+        ack_latency: s.stats.ack_latency(Transport::Mqtt).clone(),
     });
     let subscriber =
         MqttSubscriber::start_pipelined(mcfg, crate::mqtt::MAX_IN_FLIGHT, move |msg| {
@@ -303,7 +307,8 @@ async fn start_mllp(
         )
         .with_adt_allow_from(config.adt_allow_from.clone())
         .with_adt_cert_names(config.adt_cert_names.clone())
-        .with_tls(listener_tls(config)?),
+        .with_tls(listener_tls(config)?)
+        .with_ack_latency(s.stats.ack_latency(Transport::Mllp).clone()),
     );
     let listener = tokio::net::TcpListener::bind(config.mllp.listen)
         .await

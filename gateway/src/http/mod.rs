@@ -27,7 +27,9 @@ use icu_cloud_bridge::bridge::BridgeStats;
 
 use crate::clock::now_us;
 use crate::live::LiveState;
-use crate::metrics::{self, BridgeFigures, Figures, StoreCounters, StoreFigures};
+use crate::metrics::{
+    self, BridgeFigures, DeviceFigures, Figures, Latencies, StoreCounters, StoreFigures,
+};
 use crate::mllp::MllpStats;
 use crate::store::{ReaderDb, SqliteOutbox, Store, StoreError, StoreStats};
 
@@ -196,7 +198,6 @@ pub struct HttpState {
     pub metrics_db: Arc<std::sync::Mutex<ReaderDb>>,
     pub store_path: std::path::PathBuf,
     pub ingest: Arc<metrics::IngestStats>,
-    pub forward_rates: Option<Arc<metrics::ForwardRates>>,
     pub readiness: Arc<metrics::Readiness>,
     /// Accounts, sessions, tokens and the audit seam.
     pub auth: web::Data<guard::AuthState>,
@@ -810,7 +811,7 @@ async fn read_store<T: Send + 'static>(
 async fn metrics_text(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
     allow!(caller, Permission::Metrics);
     let bridge = match &state.bridge {
-        Some(b) => BridgeFigures::of(b, state.forward_rates.as_deref(), metrics::mono_ms()),
+        Some(b) => BridgeFigures::of(b),
         None => BridgeFigures::disabled(),
     };
     let mut figures = Figures::gather(
@@ -821,6 +822,32 @@ async fn metrics_text(state: web::Data<HttpState>, caller: Caller) -> HttpRespon
         bridge,
     );
     figures.mllp = state.mllp_stats.figures();
+    figures.devices = state
+        .live
+        .devices(figures.now_us)
+        .into_iter()
+        .map(|d| DeviceFigures {
+            up: d.state == "online",
+            last_seen_us: d.last_seen_us(),
+            messages: d.messages,
+            errors: d.errors,
+            device: d.id,
+            bed: d.bed,
+        })
+        .collect();
+    figures.latencies = Latencies {
+        ack: state.ingest.ack_latency_family(),
+        commit: state.store_stats.commit_latency.0.clone(),
+        alarm_path: state.alarm_stats.latency.clone(),
+        delivery: match &state.bridge {
+            Some(b) => b.delivery_latency().clone(),
+            None => figures.latencies.delivery.clone(),
+        },
+    };
+    figures.tls_expiry_s = state
+        .tls_expiry
+        .as_ref()
+        .map(|left| left.load(Ordering::Relaxed));
     let (store, file_bytes) = read_store(&state, StoreFigures::read).await;
     figures.file_bytes = file_bytes;
     figures.store = match store {
@@ -832,16 +859,7 @@ async fn metrics_text(state: web::Data<HttpState>, caller: Caller) -> HttpRespon
     };
     HttpResponse::Ok()
         .content_type(metrics::CONTENT_TYPE)
-        .body({
-            let mut text = metrics::render(&figures);
-            if let Some(left) = &state.tls_expiry {
-                text.push_str(&format!(
-                    "# HELP icu_tls_certificate_expiry_seconds Seconds until the gateway's TLS certificate expires (negative: expired).\n# TYPE icu_tls_certificate_expiry_seconds gauge\nicu_tls_certificate_expiry_seconds{{cert=\"gateway\"}} {}\n",
-                    left.load(Ordering::Relaxed)
-                ));
-            }
-            text
-        })
+        .body(metrics::render(&figures))
 }
 
 /// Ready to take input: listeners bound (and not shutting down), the store writer running, the

@@ -2,14 +2,21 @@
 //!
 //! Owns: the ingest counters of every transport ([`IngestStats`], counted by the device actor
 //! when the store's commit returned, the single place that knows both the transport and the
-//! outcome), the recent-rate windows ([`RateWindow`]: 60 one-second buckets), the forward-rate
-//! sampler ([`ForwardRates`]), the "hours of buffer left" estimate ([`buffer_hours_left`]) and
-//! the text exposition format ([`render`], version 0.0.4, written by hand: `# HELP`, `# TYPE`,
-//! one line per sample). The HTTP handler (`http::metrics`) gathers a [`Figures`] snapshot (the
-//! SQLite part on the blocking pool, never on the actix thread) and renders it.
+//! outcome) with the ACK-latency histograms, the recent-rate window ([`RateWindow`]: 60
+//! one-second buckets, for the "hours of buffer left" estimate [`buffer_hours_left`]) and the
+//! exposition ([`render`]): the `prometheus` crate's registry and text encoder (format 0.0.4,
+//! what Prometheus and `promtool check metrics` read). The HTTP handler (`http::metrics`)
+//! gathers a [`Figures`] snapshot (the SQLite part on the blocking pool, never on the actix
+//! thread) and renders it; the counters and gauges are built from that snapshot at each scrape,
+//! the histograms are the long-lived ones the hot paths observe into.
+//!
+//! Conventions: base units (seconds, bytes), counters end in `_total`, rates are left to
+//! PromQL (`rate(icu_ingest_observations_total[1m])`). Histogram observations are lock-free
+//! atomics on pre-resolved handles (no label lookup, no allocation per message).
 //!
 //! Every family below is always present (zeros when a part is not configured, e.g. the bridge
-//! counters without `[kafka]`), so dashboards and alerts need no special cases.
+//! counters without `[kafka]`), so dashboards and alerts need no special cases; the per-device
+//! families have one series per configured device (an unknown sender never makes one).
 //!
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
@@ -19,14 +26,19 @@
 //! | `icu_ingest_messages_total` | counter | `transport` | messages (HL7 message, serial reading set, MQTT publish) committed to the store |
 //! | `icu_ingest_duplicate_messages_total` | counter | `transport` | retried messages recognised as already stored (acknowledged, not stored again) |
 //! | `icu_ingest_refused_total` | counter | `transport`, `reason` (`budget`, `overload`, `io`, `closed`, `other`) | messages the store refused (the sender got AR or no PUBACK and sends again) |
-//! | `icu_ingest_observations_per_second` | gauge | `transport` | observations committed per second over the last 60 s (since start when younger) |
+//! | `icu_ack_latency_seconds` | histogram | `transport` | receipt to acknowledgement: MLLP frame read to its ACK written (every answered frame: AA, AE or AR); MQTT publish handed over to its PUBACK released after the commit (stored messages; rejected ones are not counted); serial (no ACK) reading decoded to its commit |
+//! | `icu_store_commit_latency_seconds` | histogram | | one group commit (batch handed to the writer thread to its answer) |
+//! | `icu_alarm_path_latency_seconds` | histogram | | reading receipt to the alarm state change it caused, handed to the outputs |
+//! | `icu_bridge_delivery_latency_seconds` | histogram | | reading receipt to the Kafka delivery report, per observation marked sent |
+//! | `icu_device_up` | gauge | `device`, `bed` | 1 while the device sends (data within its `silent_after`), else 0 (silent or never heard from) |
+//! | `icu_device_last_seen_timestamp_seconds` | gauge | `device`, `bed` | Unix time of the device's last message (absent until it sent one) |
+//! | `icu_device_messages_total` | counter | `device`, `bed` | messages received from the device (first sight; retries not counted) |
+//! | `icu_device_errors_total` | counter | `device`, `bed` | its messages refused or rejected (decode errors, refused senders, store refusals) |
 //! | `icu_outbox_unsent_records` | gauge | `stream` (`observations`, `alarms`, `adt`, `deadletter`) | outbox depth: records stored and not yet confirmed by Kafka |
 //! | `icu_outbox_oldest_unsent_age_seconds` | gauge | | age (gateway receive time) of the oldest unsent record; 0 when the outbox is empty |
 //! | `icu_bridge_state` | gauge | `state` (`disabled`, `connecting`, `online`, `offline`, `topic_missing`, `auth_failed`, `tls_failed`) | 1 for the bridge's current state, 0 for the others |
 //! | `icu_bridge_forwarded_records_total` | counter | | Kafka records (bundles) delivered and marked sent |
 //! | `icu_bridge_forwarded_observations_total` | counter | | observations in those records |
-//! | `icu_bridge_forwarded_records_per_second` | gauge | | forward rate in Kafka records over the last 60 s |
-//! | `icu_bridge_forwarded_observations_per_second` | gauge | | forward rate in observations over the last 60 s |
 //! | `icu_bridge_in_flight_records` | gauge | | Kafka records produced and awaiting their delivery report |
 //! | `icu_bridge_delivery_errors_total` | counter | | Kafka records whose delivery failed (retried from the outbox) |
 //! | `icu_bridge_broker_errors_total` | counter | | forwarding cycles that failed before producing (brokers unreachable, topic missing) |
@@ -50,25 +62,47 @@
 //! | `icu_store_pruning` | gauge | | 1 from crossing the high-water mark until back at the low-water mark |
 //! | `icu_store_bytes_per_record` | gauge | | bytes one stored record takes (pages in use / records; 256 until 1000 records are stored, never below 64) |
 //! | `icu_store_free_budget_bytes` | gauge | | budget bytes left for unsent readings: budget − bytes in use + forwarded records × bytes per record (the store prunes those to make room), at most the budget |
-//! | `icu_buffer_hours_left` | gauge | | hours until the free budget is full at the current ingest rate: free budget bytes / (observations/s of all transports over the last 60 s × bytes per record) / 3600; `+Inf` when nothing is being ingested, 0 when nothing is free |
+//! | `icu_buffer_left_seconds` | gauge | | seconds until the free budget is full at the current ingest rate: free budget bytes / (observations/s of all transports over the last 60 s × bytes per record); `+Inf` when nothing is being ingested, 0 when nothing is free (was `icu_buffer_hours_left`, in hours) |
 //! | `icu_mllp_connections_refused_total` | counter | `reason` (`max_connections`, `per_address`) | MLLP connections closed at once because a cap was reached |
 //! | `icu_mllp_connections_timed_out_total` | counter | `reason` (`frame`, `idle`) | MLLP connections closed by the frame or idle timeout |
 //! | `icu_mllp_accept_errors_total` | counter | | failed `accept` calls of the MLLP listener (each followed by a pause) |
 //! | `icu_mllp_peers_refused_total` | counter | | messages refused because their sender's address is not allowed (`allow_from`) |
 //! | `icu_tls_certificate_expiry_seconds` | gauge | `cert` (`gateway`) | seconds until the gateway's TLS certificate (`tls.cert_file`) expires, negative once expired; only when one is configured (`gateway:tls-cert-expiry` technical alarm `tls.expiry_warning_days` before) |
+//! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`, `process_start_time_seconds`, `process_threads` | counter / gauge | | the gateway process, from `/proc/self` |
+//!
+//! The `*_per_second` gauges of earlier versions are gone: the same figures are
+//! `rate(icu_ingest_observations_total[1m])`, `rate(icu_bridge_forwarded_records_total[1m])`
+//! and `rate(icu_bridge_forwarded_observations_total[1m])`. `icu_buffer_hours_left` is now
+//! `icu_buffer_left_seconds` (base unit; `/ 3600` gives the hours).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
 use icu_cloud_bridge::bridge::{BridgeState, BridgeStats};
 use icu_outbox::Stream;
+use prometheus::{Histogram, HistogramOpts, HistogramVec};
 
 use crate::domain::Protocol;
 use crate::store::StoreError;
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Upper bounds (seconds) of the ACK, commit and alarm-path histograms: 0.5 ms to 10 s, the
+/// same for all three so they compare (`le="1"` is the "acknowledged within 1 s" SLO).
+pub use crate::store::COMMIT_LATENCY_BUCKETS as LATENCY_BUCKETS;
+
+/// `icu_alarm_path_latency_seconds` over [`LATENCY_BUCKETS`] (the alarm actor's
+/// `AlarmPathStats` holds the one that counts), not registered anywhere: `/metrics` registers
+/// it at each scrape.
+pub fn alarm_path_latency_histogram() -> Histogram {
+    let opts = HistogramOpts::new(
+        "icu_alarm_path_latency_seconds",
+        "Seconds from a reading's receipt to the alarm state change it caused, handed to the alarm outputs.",
+    );
+    Histogram::with_opts(opts.buckets(LATENCY_BUCKETS.to_vec())).expect("valid histogram options")
+}
 
 /// Seconds covered by a [`RateWindow`].
 pub const RATE_WINDOW_S: u64 = 60;
@@ -215,6 +249,10 @@ pub struct TransportCounters {
 #[derive(Debug)]
 pub struct IngestStats {
     transports: [TransportCounters; 3],
+    /// `icu_ack_latency_seconds{transport}`, and its three series resolved once (in
+    /// [`Transport::ALL`] order) so the transports observe without a label lookup.
+    ack_latency: HistogramVec,
+    ack: [Histogram; 3],
 }
 
 impl Default for IngestStats {
@@ -233,13 +271,35 @@ impl IngestStats {
             refused: Default::default(),
             rate: RateWindow::new(started_ms),
         };
+        let ack_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "icu_ack_latency_seconds",
+                "Seconds from a message's receipt to its acknowledgement (MLLP ACK written, MQTT PUBACK released after the commit; serial: reading decoded to its commit).",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["transport"],
+        )
+        .expect("valid histogram options");
+        let ack = Transport::ALL.map(|t| ack_latency.with_label_values(&[t.as_str()]));
         Self {
             transports: [one(), one(), one()],
+            ack_latency,
+            ack,
         }
     }
 
     pub fn transport(&self, t: Transport) -> &TransportCounters {
         &self.transports[t.index()]
+    }
+
+    /// The ACK-latency series of transport `t` (clone it into the transport's task).
+    pub fn ack_latency(&self, t: Transport) -> &Histogram {
+        &self.ack[t.index()]
+    }
+
+    /// The whole `icu_ack_latency_seconds` family, for `/metrics`.
+    pub fn ack_latency_family(&self) -> HistogramVec {
+        self.ack_latency.clone()
     }
 
     /// A message of `observations` readings was committed at `now_ms`.
@@ -279,61 +339,6 @@ impl IngestStats {
                 }
             })
             .collect()
-    }
-}
-
-/// The bridge's recent forward rate, sampled from its cumulative counters once a second.
-#[derive(Debug)]
-pub struct ForwardRates {
-    records: RateWindow,
-    observations: RateWindow,
-    last: Mutex<(u64, u64)>,
-}
-
-impl ForwardRates {
-    pub fn new_at(started_ms: u64) -> Self {
-        Self {
-            records: RateWindow::new(started_ms),
-            observations: RateWindow::new(started_ms),
-            last: Mutex::new((0, 0)),
-        }
-    }
-
-    /// Records what was forwarded since the previous sample, given the cumulative totals.
-    pub fn sample_at(&self, now_ms: u64, records_total: u64, observations_total: u64) {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        self.records
-            .add_at(now_ms, records_total.saturating_sub(last.0));
-        self.observations
-            .add_at(now_ms, observations_total.saturating_sub(last.1));
-        *last = (records_total, observations_total);
-    }
-
-    /// `(records/s, observations/s)` over the last 60 s.
-    pub fn rates_at(&self, now_ms: u64) -> (f64, f64) {
-        (
-            self.records.rate_at(now_ms),
-            self.observations.rate_at(now_ms),
-        )
-    }
-
-    /// Starts sampling `bridge` every second on the current runtime, for as long as it runs.
-    pub fn start(bridge: Arc<BridgeStats>) -> Arc<Self> {
-        let rates = Arc::new(Self::new_at(mono_ms()));
-        let sampler = rates.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                sampler.sample_at(
-                    mono_ms(),
-                    bridge.forwarded_records(),
-                    bridge.forwarded_observations(),
-                );
-            }
-        });
-        rates
     }
 }
 
@@ -469,8 +474,6 @@ pub struct BridgeFigures {
     pub state: BridgeState,
     pub forwarded_records: u64,
     pub forwarded_observations: u64,
-    pub records_per_s: f64,
-    pub observations_per_s: f64,
     pub in_flight: u64,
     pub delivery_errors: u64,
     pub broker_errors: u64,
@@ -483,8 +486,6 @@ impl BridgeFigures {
             state: BridgeState::Disabled,
             forwarded_records: 0,
             forwarded_observations: 0,
-            records_per_s: 0.0,
-            observations_per_s: 0.0,
             in_flight: 0,
             delivery_errors: 0,
             broker_errors: 0,
@@ -492,15 +493,11 @@ impl BridgeFigures {
         }
     }
 
-    pub fn of(stats: &BridgeStats, rates: Option<&ForwardRates>, now_ms: u64) -> Self {
-        let (records_per_s, observations_per_s) =
-            rates.map(|r| r.rates_at(now_ms)).unwrap_or((0.0, 0.0));
+    pub fn of(stats: &BridgeStats) -> Self {
         Self {
             state: stats.state(),
             forwarded_records: stats.forwarded_records(),
             forwarded_observations: stats.forwarded_observations(),
-            records_per_s,
-            observations_per_s,
             in_flight: stats.in_flight(),
             delivery_errors: stats.delivery_errors(),
             broker_errors: stats.broker_errors(),
@@ -549,6 +546,44 @@ impl StoreCounters {
     }
 }
 
+/// One configured device as `/metrics` shows it (from the live view).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceFigures {
+    pub device: String,
+    pub bed: String,
+    /// Sending: data within its `silent_after`.
+    pub up: bool,
+    /// Its last message (µs since the Unix epoch), if any.
+    pub last_seen_us: Option<i64>,
+    pub messages: u64,
+    pub errors: u64,
+}
+
+/// The long-lived histograms `/metrics` shows (clones share the counts).
+#[derive(Debug, Clone)]
+pub struct Latencies {
+    pub ack: HistogramVec,
+    pub commit: Histogram,
+    pub alarm_path: Histogram,
+    /// The bridge's; a histogram that stays empty without `[kafka]`.
+    pub delivery: Histogram,
+}
+
+impl Latencies {
+    /// Empty histograms (no bridge, nothing observed).
+    pub fn empty() -> Self {
+        let ingest = IngestStats::new_at(0);
+        Self {
+            ack: ingest.ack_latency_family(),
+            commit: crate::store::CommitLatency::default().0,
+            alarm_path: alarm_path_latency_histogram(),
+            delivery: icu_cloud_bridge::bridge::BridgeStats::new()
+                .delivery_latency()
+                .clone(),
+        }
+    }
+}
+
 /// One snapshot of everything `/metrics` shows.
 #[derive(Debug, Clone)]
 pub struct Figures {
@@ -563,6 +598,12 @@ pub struct Figures {
     pub bridge: BridgeFigures,
     /// The MLLP listener's protection counters (filled in by the caller).
     pub mllp: MllpFigures,
+    /// The configured devices (filled in by the caller).
+    pub devices: Vec<DeviceFigures>,
+    /// The histograms (filled in by the caller).
+    pub latencies: Latencies,
+    /// Seconds until the gateway's TLS certificate expires, when one is configured.
+    pub tls_expiry_s: Option<i64>,
 }
 
 /// The MLLP listener's counters that `/metrics` shows (from `mllp::MllpStats`).
@@ -595,6 +636,9 @@ impl Figures {
             file_bytes: 0,
             bridge,
             mllp: MllpFigures::default(),
+            devices: Vec::new(),
+            latencies: Latencies::empty(),
+            tls_expiry_s: None,
         }
     }
 
@@ -639,7 +683,7 @@ impl Figures {
 
 mod render;
 
-pub use render::{format_value, render};
+pub use render::render;
 
 #[cfg(test)]
 mod tests;

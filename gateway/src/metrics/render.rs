@@ -1,79 +1,78 @@
-//! The Prometheus text format of [`super::Figures`] (`/metrics`): every metric with its HELP and
-//! TYPE lines, in a fixed order.
+//! The exposition of [`super::Figures`] (`/metrics`): a `prometheus` registry filled at each
+//! scrape (counters and gauges from the snapshot, the long-lived histograms, the process
+//! collector) and written by its text encoder (format 0.0.4), families in name order.
 
 use icu_cloud_bridge::bridge::BridgeState;
 use icu_outbox::Stream;
+use prometheus::core::Collector;
+use prometheus::{CounterVec, Encoder as _, GaugeVec, Opts, Registry, TextEncoder};
 
-use super::{Figures, TransportFigures, REFUSAL_REASONS};
+use super::{Figures, REFUSAL_REASONS};
 
-/// A sample value as the text format writes it (`+Inf`, `-Inf`, `NaN`, integers without a
-/// fraction).
-pub fn format_value(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v == f64::INFINITY {
-        "+Inf".into()
-    } else if v == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{}", v as i64)
-    } else {
-        format!("{v}")
-    }
+/// Every state the bridge can be in, as the `state` label says it.
+const BRIDGE_STATES: [&str; 7] = [
+    "disabled",
+    "connecting",
+    "online",
+    "offline",
+    "topic_missing",
+    "auth_failed",
+    "tls_failed",
+];
+
+/// The registry being filled for one scrape. A family that cannot be made (a bug: a name or
+/// label the format does not allow) is logged and left out, never a failed scrape.
+struct Out {
+    registry: Registry,
 }
 
-/// Escapes a label value (backslash, double quote, line feed).
-pub(super) fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// The exposition text being written.
-pub(super) struct Text(String);
-
-impl Text {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        use std::fmt::Write as _;
-        let _ = writeln!(self.0, "# HELP {name} {help}");
-        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+impl Out {
+    fn add(&self, name: &str, c: Box<dyn Collector>) {
+        if let Err(e) = self.registry.register(c) {
+            tracing::error!(metric = name, error = %e, "metrics: family left out");
+        }
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
-        use std::fmt::Write as _;
-        self.0.push_str(name);
-        if !labels.is_empty() {
-            self.0.push('{');
-            for (i, (k, val)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.0.push(',');
+    /// A counter family: one sample per `(label values, value)`.
+    fn counter(&self, name: &str, help: &str, labels: &[&str], samples: &[(&[&str], f64)]) {
+        match CounterVec::new(Opts::new(name, help), labels) {
+            Ok(vec) => {
+                for (values, v) in samples {
+                    vec.with_label_values(values).inc_by(v.max(0.0));
                 }
-                let _ = write!(self.0, "{k}=\"{}\"", escape_label(val));
+                self.add(name, Box::new(vec));
             }
-            self.0.push('}');
+            Err(e) => tracing::error!(metric = name, error = %e, "metrics: family left out"),
         }
-        let _ = writeln!(self.0, " {}", format_value(v));
     }
 
-    /// A family with one unlabelled sample.
-    fn single(&mut self, name: &str, kind: &str, help: &str, v: f64) {
-        self.family(name, kind, help);
-        self.sample(name, &[], v);
+    /// A gauge family: one sample per `(label values, value)`.
+    fn gauge(&self, name: &str, help: &str, labels: &[&str], samples: &[(&[&str], f64)]) {
+        match GaugeVec::new(Opts::new(name, help), labels) {
+            Ok(vec) => {
+                for (values, v) in samples {
+                    vec.with_label_values(values).set(*v);
+                }
+                self.add(name, Box::new(vec));
+            }
+            Err(e) => tracing::error!(metric = name, error = %e, "metrics: family left out"),
+        }
     }
 
-    /// A family with one sample per transport.
-    fn per_transport(
-        &mut self,
-        name: &str,
-        kind: &str,
-        help: &str,
-        ingest: &[TransportFigures],
-        value: impl Fn(&TransportFigures) -> f64,
-    ) {
-        self.family(name, kind, help);
-        for t in ingest {
-            self.sample(name, &[("transport", t.transport.as_str())], value(t));
-        }
+    fn single_counter(&self, name: &str, help: &str, v: u64) {
+        self.counter(name, help, &[], &[(&[], v as f64)]);
+    }
+
+    fn single_gauge(&self, name: &str, help: &str, v: f64) {
+        self.gauge(name, help, &[], &[(&[], v)]);
+    }
+}
+
+fn flag(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
     }
 }
 
@@ -83,293 +82,349 @@ pub(super) fn state_label(s: &BridgeState) -> &'static str {
 
 /// Renders the figures in the Prometheus text exposition format 0.0.4.
 pub fn render(f: &Figures) -> String {
-    let mut t = Text(String::with_capacity(8 * 1024));
-    t.family("icu_gateway_info", "gauge", "The gateway; always 1.");
-    t.sample("icu_gateway_info", &[("gateway_id", &f.gateway_id)], 1.0);
-    t.single(
+    let out = Out {
+        registry: Registry::new(),
+    };
+    gateway(&out, f);
+    ingest(&out, f);
+    devices(&out, f);
+    store_contents(&out, f);
+    bridge(&out, f);
+    store_writes(&out, f);
+    mllp(&out, f);
+    let l = &f.latencies;
+    out.add("icu_ack_latency_seconds", Box::new(l.ack.clone()));
+    out.add(
+        "icu_store_commit_latency_seconds",
+        Box::new(l.commit.clone()),
+    );
+    out.add(
+        "icu_alarm_path_latency_seconds",
+        Box::new(l.alarm_path.clone()),
+    );
+    out.add(
+        "icu_bridge_delivery_latency_seconds",
+        Box::new(l.delivery.clone()),
+    );
+    #[cfg(target_os = "linux")]
+    out.add(
+        "process",
+        Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+    );
+    let mut text = Vec::with_capacity(16 * 1024);
+    if let Err(e) = TextEncoder::new().encode(&out.registry.gather(), &mut text) {
+        tracing::error!(error = %e, "metrics: encoding failed");
+    }
+    String::from_utf8(text).unwrap_or_default()
+}
+
+fn gateway(out: &Out, f: &Figures) {
+    out.gauge(
+        "icu_gateway_info",
+        "The gateway; always 1.",
+        &["gateway_id"],
+        &[(&[&f.gateway_id], 1.0)],
+    );
+    out.single_gauge(
         "icu_gateway_uptime_seconds",
-        "gauge",
         "Seconds since the gateway started.",
         f.uptime_s,
     );
-
-    let n = |v: u64| v as f64;
-    t.per_transport(
-        "icu_ingest_observations_total",
-        "counter",
-        "Observations committed to the store (acknowledged upstream), per transport.",
-        &f.ingest,
-        |x| n(x.observations),
-    );
-    t.per_transport(
-        "icu_ingest_messages_total",
-        "counter",
-        "Messages committed to the store, per transport.",
-        &f.ingest,
-        |x| n(x.messages),
-    );
-    t.per_transport(
-        "icu_ingest_duplicate_messages_total",
-        "counter",
-        "Retried messages recognised as already stored (acknowledged, not stored again).",
-        &f.ingest,
-        |x| n(x.duplicates),
-    );
-    t.family(
-        "icu_ingest_refused_total",
-        "counter",
-        "Messages the store refused (the sender was told and sends again), per transport and reason.",
-    );
-    for x in &f.ingest {
-        for (i, reason) in REFUSAL_REASONS.iter().enumerate() {
-            t.sample(
-                "icu_ingest_refused_total",
-                &[("transport", x.transport.as_str()), ("reason", reason)],
-                n(x.refused[i]),
-            );
-        }
-    }
-    t.per_transport(
-        "icu_ingest_observations_per_second",
-        "gauge",
-        "Observations committed per second over the last 60 s, per transport.",
-        &f.ingest,
-        |x| x.observations_per_s,
-    );
-
-    // The outbox and the store's contents (absent when the store did not answer).
-    t.single(
-        "icu_store_up",
-        "gauge",
-        "1 when the store answered the metrics query.",
-        if f.store.is_some() { 1.0 } else { 0.0 },
-    );
-    if let Some(s) = &f.store {
-        t.family(
-            "icu_outbox_unsent_records",
-            "gauge",
-            "Outbox depth: records stored and not yet confirmed by Kafka, per stream.",
+    if let Some(left) = f.tls_expiry_s {
+        out.gauge(
+            "icu_tls_certificate_expiry_seconds",
+            "Seconds until the gateway's TLS certificate expires (negative: expired).",
+            &["cert"],
+            &[(&["gateway"], left as f64)],
         );
-        for stream in Stream::ALL {
-            let depth = s
+    }
+}
+
+fn ingest(out: &Out, f: &Figures) {
+    let per_transport = |name: &str, help: &str, value: &dyn Fn(usize) -> u64| {
+        let samples: Vec<([&str; 1], f64)> = f
+            .ingest
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ([t.transport.as_str()], value(i) as f64))
+            .collect();
+        let samples: Vec<(&[&str], f64)> = samples.iter().map(|(l, v)| (&l[..], *v)).collect();
+        out.counter(name, help, &["transport"], &samples);
+    };
+    per_transport(
+        "icu_ingest_observations_total",
+        "Observations committed to the store (acknowledged upstream), per transport.",
+        &|i| f.ingest[i].observations,
+    );
+    per_transport(
+        "icu_ingest_messages_total",
+        "Messages committed to the store, per transport.",
+        &|i| f.ingest[i].messages,
+    );
+    per_transport(
+        "icu_ingest_duplicate_messages_total",
+        "Retried messages recognised as already stored (acknowledged, not stored again).",
+        &|i| f.ingest[i].duplicates,
+    );
+    let labels: Vec<([&str; 2], f64)> = f
+        .ingest
+        .iter()
+        .flat_map(|x| {
+            REFUSAL_REASONS
+                .iter()
+                .enumerate()
+                .map(move |(i, reason)| ([x.transport.as_str(), *reason], x.refused[i] as f64))
+        })
+        .collect();
+    let samples: Vec<(&[&str], f64)> = labels.iter().map(|(l, v)| (&l[..], *v)).collect();
+    out.counter(
+        "icu_ingest_refused_total",
+        "Messages the store refused (the sender was told and sends again), per transport and reason.",
+        &["transport", "reason"],
+        &samples,
+    );
+}
+
+/// One series per configured device (the live view knows no other).
+fn devices(out: &Out, f: &Figures) {
+    let labels: Vec<[&str; 2]> = f
+        .devices
+        .iter()
+        .map(|d| [d.device.as_str(), d.bed.as_str()])
+        .collect();
+    let each = |value: &dyn Fn(usize) -> Option<f64>| -> Vec<(&[&str], f64)> {
+        labels
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| value(i).map(|v| (&l[..], v)))
+            .collect()
+    };
+    let d = &f.devices;
+    out.gauge(
+        "icu_device_up",
+        "1 while the device sends (data within its silent_after), 0 when silent or never heard from.",
+        &["device", "bed"],
+        &each(&|i| Some(flag(d[i].up))),
+    );
+    out.gauge(
+        "icu_device_last_seen_timestamp_seconds",
+        "Unix time of the device's last message (absent until it sent one).",
+        &["device", "bed"],
+        &each(&|i| d[i].last_seen_us.map(|us| us as f64 / 1e6)),
+    );
+    out.counter(
+        "icu_device_messages_total",
+        "Messages received from the device (first sight; retries not counted).",
+        &["device", "bed"],
+        &each(&|i| Some(d[i].messages as f64)),
+    );
+    out.counter(
+        "icu_device_errors_total",
+        "Messages of the device refused or rejected (decode errors, refused senders, store refusals).",
+        &["device", "bed"],
+        &each(&|i| Some(d[i].errors as f64)),
+    );
+}
+
+/// The outbox and the store's contents (absent when the store did not answer).
+fn store_contents(out: &Out, f: &Figures) {
+    out.single_gauge(
+        "icu_store_up",
+        "1 when the store answered the metrics query.",
+        flag(f.store.is_some()),
+    );
+    let Some(s) = &f.store else { return };
+    let depths: Vec<([&str; 1], f64)> = Stream::ALL
+        .iter()
+        .map(|stream| {
+            let depth: u64 = s
                 .unsent
                 .iter()
-                .filter(|(k, _)| *k == stream)
+                .filter(|(k, _)| k == stream)
                 .map(|(_, c)| *c)
-                .sum::<u64>();
-            t.sample(
-                "icu_outbox_unsent_records",
-                &[("stream", stream.as_str())],
-                n(depth),
-            );
-        }
-        let age = s
-            .oldest_unsent_us
-            .map(|o| (f.now_us.saturating_sub(o)).max(0) as f64 / 1e6)
-            .unwrap_or(0.0);
-        t.single(
-            "icu_outbox_oldest_unsent_age_seconds",
-            "gauge",
-            "Age of the oldest unsent record (by gateway receive time); 0 when the outbox is empty.",
-            age,
-        );
-        t.single(
-            "icu_store_records",
-            "gauge",
-            "Records in the store, sent and unsent, every stream.",
-            n(s.records),
-        );
-        t.single(
-            "icu_dead_letters_stored",
-            "gauge",
-            "Rejected inputs kept in the dead-letter table.",
-            n(s.dead_letters),
-        );
-    }
+                .sum();
+            ([stream.as_str()], depth as f64)
+        })
+        .collect();
+    let samples: Vec<(&[&str], f64)> = depths.iter().map(|(l, v)| (&l[..], *v)).collect();
+    out.gauge(
+        "icu_outbox_unsent_records",
+        "Outbox depth: records stored and not yet confirmed by Kafka, per stream.",
+        &["stream"],
+        &samples,
+    );
+    let age = s
+        .oldest_unsent_us
+        .map(|o| (f.now_us.saturating_sub(o)).max(0) as f64 / 1e6)
+        .unwrap_or(0.0);
+    out.single_gauge(
+        "icu_outbox_oldest_unsent_age_seconds",
+        "Age of the oldest unsent record (by gateway receive time); 0 when the outbox is empty.",
+        age,
+    );
+    out.single_gauge(
+        "icu_store_records",
+        "Records in the store, sent and unsent, every stream.",
+        s.records as f64,
+    );
+    out.single_gauge(
+        "icu_dead_letters_stored",
+        "Rejected inputs kept in the dead-letter table.",
+        s.dead_letters as f64,
+    );
+}
 
-    // The bridge.
+fn bridge(out: &Out, f: &Figures) {
     let b = &f.bridge;
-    t.family(
-        "icu_bridge_state",
-        "gauge",
-        "1 for the bridge's current state (disabled, connecting, online, offline, topic_missing, auth_failed, tls_failed).",
-    );
     let current = state_label(&b.state);
-    for s in [
-        "disabled",
-        "connecting",
-        "online",
-        "offline",
-        "topic_missing",
-        "auth_failed",
-        "tls_failed",
+    let states: Vec<([&str; 1], f64)> = BRIDGE_STATES
+        .iter()
+        .map(|s| ([*s], flag(*s == current)))
+        .collect();
+    let samples: Vec<(&[&str], f64)> = states.iter().map(|(l, v)| (&l[..], *v)).collect();
+    out.gauge(
+        "icu_bridge_state",
+        "1 for the bridge's current state (disabled, connecting, online, offline, topic_missing, auth_failed, tls_failed).",
+        &["state"],
+        &samples,
+    );
+    for (name, help, v) in [
+        (
+            "icu_bridge_forwarded_records_total",
+            "Kafka records (bundles) delivered and marked sent.",
+            b.forwarded_records,
+        ),
+        (
+            "icu_bridge_forwarded_observations_total",
+            "Observations in the Kafka records delivered and marked sent.",
+            b.forwarded_observations,
+        ),
+        (
+            "icu_bridge_delivery_errors_total",
+            "Kafka records whose delivery failed (they stay in the outbox and are sent again).",
+            b.delivery_errors,
+        ),
+        (
+            "icu_bridge_broker_errors_total",
+            "Forwarding cycles that failed before producing (brokers unreachable, topic missing).",
+            b.broker_errors,
+        ),
+        (
+            "icu_bridge_outbox_errors_total",
+            "Failed outbox reads or mark-sent calls of the bridge.",
+            b.outbox_errors,
+        ),
     ] {
-        t.sample(
-            "icu_bridge_state",
-            &[("state", s)],
-            if s == current { 1.0 } else { 0.0 },
-        );
+        out.single_counter(name, help, v);
     }
-    t.single(
-        "icu_bridge_forwarded_records_total",
-        "counter",
-        "Kafka records (bundles) delivered and marked sent.",
-        n(b.forwarded_records),
-    );
-    t.single(
-        "icu_bridge_forwarded_observations_total",
-        "counter",
-        "Observations in the Kafka records delivered and marked sent.",
-        n(b.forwarded_observations),
-    );
-    t.single(
-        "icu_bridge_forwarded_records_per_second",
-        "gauge",
-        "Kafka records delivered per second over the last 60 s.",
-        b.records_per_s,
-    );
-    t.single(
-        "icu_bridge_forwarded_observations_per_second",
-        "gauge",
-        "Observations delivered to Kafka per second over the last 60 s.",
-        b.observations_per_s,
-    );
-    t.single(
+    out.single_gauge(
         "icu_bridge_in_flight_records",
-        "gauge",
         "Kafka records produced and awaiting their delivery report.",
-        n(b.in_flight),
+        b.in_flight as f64,
     );
-    t.single(
-        "icu_bridge_delivery_errors_total",
-        "counter",
-        "Kafka records whose delivery failed (they stay in the outbox and are sent again).",
-        n(b.delivery_errors),
-    );
-    t.single(
-        "icu_bridge_broker_errors_total",
-        "counter",
-        "Forwarding cycles that failed before producing (brokers unreachable, topic missing).",
-        n(b.broker_errors),
-    );
-    t.single(
-        "icu_bridge_outbox_errors_total",
-        "counter",
-        "Failed outbox reads or mark-sent calls of the bridge.",
-        n(b.outbox_errors),
-    );
+}
 
-    // Store writes and the disk budget.
+/// Store writes and the disk budget.
+fn store_writes(out: &Out, f: &Figures) {
     let c = &f.store_counters;
-    let flag = |b: bool| if b { 1.0 } else { 0.0 };
-    for (name, kind, help, v) in [
+    for (name, help, v) in [
         (
             "icu_store_commits_total",
-            "counter",
             "Group commits run by the store.",
-            n(c.commits),
+            c.commits,
         ),
         (
             "icu_store_write_failures_total",
-            "counter",
             "Write requests that failed (disk budget, I/O); nothing of them was stored.",
-            n(c.failed),
+            c.failed,
         ),
         (
             "icu_store_refused_overload_total",
-            "counter",
             "Write requests refused because too many were waiting for the disk.",
-            n(c.refused_overload),
+            c.refused_overload,
         ),
         (
             "icu_store_refused_budget_total",
-            "counter",
             "Write requests refused because the disk budget was reached (part of the write failures).",
-            n(c.refused_budget),
+            c.refused_budget,
         ),
         (
             "icu_store_pruned_sent_records_total",
-            "counter",
             "Forwarded records deleted to stay under the disk budget.",
-            n(c.pruned_sent_records),
+            c.pruned_sent_records,
         ),
         (
             "icu_store_pruned_unsent_observations_total",
-            "counter",
             "Unsent observations deleted to make room (store.on_full = drop_oldest_unsent): data lost.",
-            n(c.pruned_unsent_observations),
+            c.pruned_unsent_observations,
         ),
         (
             "icu_store_pruned_dead_letters_total",
-            "counter",
             "Forwarded dead-letter rows deleted to stay under the disk budget.",
-            n(c.pruned_dead_letters),
+            c.pruned_dead_letters,
         ),
         (
             "icu_store_refused_dead_letters_total",
-            "counter",
             "Dead letters refused at the disk budget's high-water mark: rejected input not kept (part of the budget refusals).",
-            n(c.refused_dead_letters),
+            c.refused_dead_letters,
         ),
+    ] {
+        out.single_counter(name, help, v);
+    }
+    for (name, help, v) in [
         (
             "icu_store_disk_usage_bytes",
-            "gauge",
             "Bytes in use as the disk budget counts them (pages in use plus the write-ahead log).",
-            n(c.used_bytes),
+            c.used_bytes as f64,
         ),
         (
             "icu_store_file_bytes",
-            "gauge",
             "Bytes of the store's files (database plus write-ahead log; freed pages are reused, not returned).",
-            n(f.file_bytes),
+            f.file_bytes as f64,
         ),
         (
             "icu_store_disk_budget_bytes",
-            "gauge",
             "The store's disk budget (store.disk_budget_mb).",
-            n(c.budget_bytes),
+            c.budget_bytes as f64,
         ),
         (
             "icu_store_high_water_bytes",
-            "gauge",
             "Above this many bytes in use the store prunes forwarded records.",
-            n(c.high_water_bytes),
+            c.high_water_bytes as f64,
         ),
         (
             "icu_store_budget_full",
-            "gauge",
             "1 while the disk budget is reached and new readings are refused.",
             flag(c.full),
         ),
         (
             "icu_store_pruning",
-            "gauge",
             "1 between crossing the high-water mark and getting back to the low-water mark.",
             flag(c.pruning),
         ),
         (
             "icu_store_free_budget_bytes",
-            "gauge",
             "Budget bytes left for unsent readings: budget less bytes in use, plus forwarded records (pruned to make room).",
             f.free_budget_bytes(),
         ),
+        (
+            "icu_store_bytes_per_record",
+            "Bytes one stored record takes (pages in use / records; 256 until 1000 records are stored).",
+            f.bytes_per_record(),
+        ),
+        (
+            "icu_buffer_left_seconds",
+            "Seconds until the free budget is full at the ingest rate of the last 60 s; +Inf when nothing is ingested.",
+            f.buffer_hours_left() * 3600.0,
+        ),
     ] {
-        t.single(name, kind, help, v);
+        out.single_gauge(name, help, v);
     }
-    t.single(
-        "icu_store_bytes_per_record",
-        "gauge",
-        "Bytes one stored record takes (pages in use / records; 256 until 1000 records are stored).",
-        f.bytes_per_record(),
-    );
-    t.single(
-        "icu_buffer_hours_left",
-        "gauge",
-        "Hours until the free budget is full at the ingest rate of the last 60 s; +Inf when nothing is ingested.",
-        f.buffer_hours_left(),
-    );
+}
+
+fn mllp(out: &Out, f: &Figures) {
     let m = &f.mllp;
-    for (name, help, label_values) in [
+    for (name, help, [(a, va), (b, vb)]) in [
         (
             "icu_mllp_connections_refused_total",
             "MLLP connections closed at once because a cap was reached (mllp.max_connections, mllp.max_connections_per_address).",
@@ -384,22 +439,21 @@ pub fn render(f: &Figures) -> String {
             [("frame", m.frame_timeouts), ("idle", m.idle_timeouts)],
         ),
     ] {
-        t.family(name, "counter", help);
-        for (reason, v) in label_values {
-            t.sample(name, &[("reason", reason)], n(v));
-        }
+        out.counter(
+            name,
+            help,
+            &["reason"],
+            &[(&[a], va as f64), (&[b], vb as f64)],
+        );
     }
-    t.single(
+    out.single_counter(
         "icu_mllp_accept_errors_total",
-        "counter",
         "Failed accept calls of the MLLP listener (each followed by a pause of 10 ms to 1 s).",
-        n(m.accept_errors),
+        m.accept_errors,
     );
-    t.single(
+    out.single_counter(
         "icu_mllp_peers_refused_total",
-        "counter",
         "Messages refused because their sender's address is not allowed (devices[].allow_from, adt.allow_from).",
-        n(m.peers_refused),
+        m.peers_refused,
     );
-    t.0
 }

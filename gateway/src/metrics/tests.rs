@@ -1,4 +1,3 @@
-use super::render::*;
 use super::*;
 
 fn figures(rate_obs: u64, budget: u64, used: u64) -> Figures {
@@ -45,6 +44,26 @@ fn figures(rate_obs: u64, budget: u64, used: u64) -> Figures {
             frame_timeouts: 16,
             ..Default::default()
         },
+        devices: vec![
+            DeviceFigures {
+                device: "mon-1".into(),
+                bed: "bed-1".into(),
+                up: true,
+                last_seen_us: Some(9_500_000),
+                messages: 12,
+                errors: 1,
+            },
+            DeviceFigures {
+                device: "pump-2".into(),
+                bed: "bed-2".into(),
+                up: false,
+                last_seen_us: None,
+                messages: 0,
+                errors: 0,
+            },
+        ],
+        latencies: Latencies::empty(),
+        tls_expiry_s: None,
     }
 }
 
@@ -59,7 +78,10 @@ fn parse(text: &str) -> Vec<(String, String, String)> {
         } else if let Some(rest) = line.strip_prefix("# TYPE ") {
             let mut it = rest.split(' ');
             let name = it.next().unwrap().to_owned();
-            assert!(matches!(it.next(), Some("counter" | "gauge")), "{line}");
+            assert!(
+                matches!(it.next(), Some("counter" | "gauge" | "histogram")),
+                "{line}"
+            );
             assert!(typed.insert(name), "TYPE twice: {line}");
         } else {
             let (series, value) = line.rsplit_once(' ').expect(line);
@@ -67,11 +89,12 @@ fn parse(text: &str) -> Vec<(String, String, String)> {
                 Some((n, l)) => (n, l.trim_end_matches('}')),
                 None => (series, ""),
             };
-            assert!(typed.contains(name) && helped.contains(name), "{line}");
-            assert!(
-                value == "+Inf" || value.parse::<f64>().is_ok(),
-                "value of {line}"
-            );
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+                .unwrap_or(name);
+            assert!(typed.contains(family) && helped.contains(family), "{line}");
+            assert!(value.parse::<f64>().is_ok(), "value of {line}");
             out.push((name.to_owned(), labels.to_owned(), value.to_owned()));
         }
     }
@@ -130,7 +153,7 @@ fn the_text_format_has_every_family_with_help_type_and_values() {
         ),
         (
             "icu_ingest_refused_total",
-            r#"transport="serial",reason="budget""#,
+            r#"reason="budget",transport="serial""#,
             "1",
         ),
         (
@@ -150,7 +173,6 @@ fn the_text_format_has_every_family_with_help_type_and_values() {
         ("icu_bridge_state", r#"state="online""#, "0"),
         ("icu_bridge_forwarded_records_total", "", "0"),
         ("icu_bridge_forwarded_observations_total", "", "0"),
-        ("icu_bridge_forwarded_observations_per_second", "", "0"),
         ("icu_bridge_delivery_errors_total", "", "0"),
         ("icu_bridge_broker_errors_total", "", "0"),
         ("icu_bridge_outbox_errors_total", "", "0"),
@@ -172,15 +194,9 @@ fn the_text_format_has_every_family_with_help_type_and_values() {
     for (name, labels, want) in expected {
         assert_eq!(value(&s, name, labels), want, "{name}{{{labels}}}");
     }
-    let mllp_rate: f64 = value(
-        &s,
-        "icu_ingest_observations_per_second",
-        r#"transport="mllp""#,
-    )
-    .parse()
-    .unwrap();
-    assert!((mllp_rate - 10.0).abs() < 0.1, "{mllp_rate}");
-    let hours: f64 = value(&s, "icu_buffer_hours_left", "").parse().unwrap();
+    // Rates are PromQL's: no per-second gauges.
+    assert!(!text.contains("_per_second"), "{text}");
+    let hours: f64 = value(&s, "icu_buffer_left_seconds", "").parse().unwrap();
     assert!(hours.is_finite() && hours > 0.0, "{hours}");
 }
 
@@ -242,7 +258,10 @@ fn buffer_hours_move_with_the_ingest_rate_and_the_budget() {
     let idle = figures(0, gib, 0);
     assert_eq!(idle.buffer_hours_left(), f64::INFINITY);
     let s = parse(&render(&idle));
-    assert_eq!(value(&s, "icu_buffer_hours_left", ""), "+Inf");
+    assert_eq!(
+        value(&s, "icu_buffer_left_seconds", "").parse::<f64>(),
+        Ok(f64::INFINITY)
+    );
 }
 
 #[test]
@@ -276,17 +295,6 @@ fn the_rate_window_counts_the_last_minute_only() {
 }
 
 #[test]
-fn forward_rates_come_from_cumulative_samples() {
-    let r = ForwardRates::new_at(0);
-    for s in 0..60u64 {
-        r.sample_at(s * 1000 + 999, s * 3, s * 300);
-    }
-    let (records, obs) = r.rates_at(59_999);
-    assert!((records - 177.0 / 59.999).abs() < 1e-3, "{records}");
-    assert!((obs - 17_700.0 / 59.999).abs() < 0.1, "{obs}");
-}
-
-#[test]
 fn readiness_needs_listeners_a_running_readable_store_and_room() {
     assert!(readiness_problems(true, true, None, false, 10, 100).is_empty());
     let full = readiness_problems(true, true, None, true, 95, 100);
@@ -300,16 +308,81 @@ fn readiness_needs_listeners_a_running_readable_store_and_room() {
 }
 
 #[test]
-fn values_and_labels_are_written_as_the_format_wants() {
-    assert_eq!(format_value(f64::INFINITY), "+Inf");
-    assert_eq!(format_value(f64::NEG_INFINITY), "-Inf");
-    assert_eq!(format_value(f64::NAN), "NaN");
-    assert_eq!(format_value(3.0), "3");
-    assert_eq!(format_value(0.25), "0.25");
-    assert_eq!(escape_label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+fn serial_protocols_count_as_serial() {
+    assert_eq!(Transport::of(Protocol::Medibus).as_str(), "serial");
+    assert_eq!(Transport::of(Protocol::Masimo), Transport::Serial);
+    assert_eq!(Transport::of(Protocol::Pcd01), Transport::Mllp);
+}
+
+#[test]
+fn configured_devices_get_their_series_and_only_they() {
+    let s = parse(&render(&figures(1, 1 << 30, 0)));
+    let mon = r#"bed="bed-1",device="mon-1""#;
+    let pump = r#"bed="bed-2",device="pump-2""#;
+    assert_eq!(value(&s, "icu_device_up", mon), "1");
+    assert_eq!(value(&s, "icu_device_up", pump), "0");
+    assert_eq!(value(&s, "icu_device_messages_total", mon), "12");
+    assert_eq!(value(&s, "icu_device_errors_total", mon), "1");
+    assert_eq!(value(&s, "icu_device_errors_total", pump), "0");
     assert_eq!(
-        Transport::of(Protocol::Medibus).as_str(),
-        "serial",
-        "serial protocols count as serial"
+        value(&s, "icu_device_last_seen_timestamp_seconds", mon),
+        "9.5"
     );
+    // Never heard from: no last-seen time (0 would read as 1970).
+    assert!(!s
+        .iter()
+        .any(|(n, l, _)| n == "icu_device_last_seen_timestamp_seconds" && l == pump));
+    assert_eq!(
+        s.iter().filter(|(n, _, _)| n == "icu_device_up").count(),
+        2,
+        "one series per configured device"
+    );
+}
+
+#[test]
+fn histograms_count_what_was_observed_in_base_units() {
+    let mut f = figures(1, 1 << 30, 0);
+    let ingest = IngestStats::new_at(0);
+    ingest.ack_latency(Transport::Mllp).observe(0.003);
+    ingest.ack_latency(Transport::Mllp).observe(2.0);
+    f.latencies.ack = ingest.ack_latency_family();
+    f.latencies.alarm_path.observe(0.012);
+    let s = parse(&render(&f));
+    let mllp = r#"transport="mllp""#;
+    assert_eq!(value(&s, "icu_ack_latency_seconds_count", mllp), "2");
+    assert_eq!(value(&s, "icu_ack_latency_seconds_sum", mllp), "2.003");
+    assert_eq!(
+        value(
+            &s,
+            "icu_ack_latency_seconds_bucket",
+            r#"transport="mllp",le="1""#
+        ),
+        "1",
+        "one of the two within 1 s"
+    );
+    assert_eq!(
+        value(&s, "icu_ack_latency_seconds_count", r#"transport="serial""#),
+        "0",
+        "every transport's series is there before its first message"
+    );
+    assert_eq!(value(&s, "icu_alarm_path_latency_seconds_count", ""), "1");
+    assert_eq!(value(&s, "icu_store_commit_latency_seconds_count", ""), "0");
+    assert_eq!(
+        value(
+            &s,
+            "icu_bridge_delivery_latency_seconds_bucket",
+            r#"le="60""#
+        ),
+        "0"
+    );
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+        "process_virtual_memory_bytes",
+    ] {
+        assert!(s.iter().any(|(n, _, _)| n == name), "{name} missing");
+    }
 }

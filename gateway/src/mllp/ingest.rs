@@ -115,6 +115,8 @@ pub struct Ingest {
     pub adt_cert_names: Vec<String>,
     /// TLS on the listener (`[tls] mllp`), if on.
     pub tls: Option<ListenerTls>,
+    /// `icu_ack_latency_seconds{transport="mllp"}`: frame read to its ACK written.
+    pub ack_latency: prometheus::Histogram,
     ack_counter: AtomicU64,
 }
 
@@ -147,8 +149,17 @@ impl Ingest {
             adt_allow_from: AllowList::default(),
             adt_cert_names: Vec::new(),
             tls: None,
+            ack_latency: crate::metrics::IngestStats::default()
+                .ack_latency(crate::metrics::Transport::Mllp)
+                .clone(),
             ack_counter: AtomicU64::new(0),
         }
+    }
+
+    /// Where the ACK latency is counted (the gateway's `IngestStats`).
+    pub fn with_ack_latency(mut self, h: prometheus::Histogram) -> Self {
+        self.ack_latency = h;
+        self
     }
 
     /// TLS on the listener.

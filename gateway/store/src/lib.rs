@@ -114,10 +114,34 @@ pub use db::{
     StoreDb, StoreError, WriteOrder, WriteOutcome, WriteRequest,
 };
 
+/// Upper bounds (seconds) of the commit-latency histogram: 0.5 ms to 10 s.
+pub const COMMIT_LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// `icu_store_commit_latency_seconds`: how long one group commit takes, from the batch handed
+/// to the writer thread to its answer (the `COMMIT` and the disk-budget measure with it). One
+/// lock-free observation per batch.
+#[derive(Debug, Clone)]
+pub struct CommitLatency(pub prometheus::Histogram);
+
+impl Default for CommitLatency {
+    fn default() -> Self {
+        let opts = prometheus::HistogramOpts::new(
+            "icu_store_commit_latency_seconds",
+            "Seconds one group commit of the store takes (batch handed to the writer thread to its answer).",
+        )
+        .buckets(COMMIT_LATENCY_BUCKETS.to_vec());
+        Self(prometheus::Histogram::with_opts(opts).expect("valid histogram options"))
+    }
+}
+
 /// Counters of the store, shared with the API (`/api/status` `store_writes`) and `/metrics`.
 #[derive(Debug, Default)]
 pub struct StoreStats {
     pub commits: AtomicU64,
+    /// Duration of each group commit (`/metrics`).
+    pub commit_latency: CommitLatency,
     pub requests_stored: AtomicU64,
     pub requests_failed: AtomicU64,
     pub requests_refused_overload: AtomicU64,
@@ -494,12 +518,17 @@ impl Store {
             .iter()
             .map(|r| matches!(r, WriteRequest::MarkSent(_)))
             .collect();
+        let committing = std::time::Instant::now();
         let fut = self
             .writer
             .send(CommitBatch(requests))
             .into_actor(self)
             .map(move |res, act, ctx| {
                 act.busy = false;
+                act.stats
+                    .commit_latency
+                    .0
+                    .observe(committing.elapsed().as_secs_f64());
                 let results = match res {
                     Ok((results, status)) => {
                         act.evaluate_condition(&status);
