@@ -70,11 +70,18 @@ fn check_config_with(config: &Path, args: &[&str]) -> Answer {
     answer
 }
 
-/// A gateway with one bed and one Masimo oximeter on `port`, then `extra` sections.
+/// A gateway with one bed and one Masimo oximeter on `port`, then `extra` sections. Its disk
+/// budget is 256 MiB unless `extra` has a `[store]`, so the free-space check passes on a test
+/// machine whatever its disk.
 fn write_config(dir: &Path, name: &str, port: &Path, extra: &str) -> PathBuf {
+    let store = if extra.contains("[store]") {
+        ""
+    } else {
+        "[store]\ndisk_budget_mb = 256\n"
+    };
     let text = format!(
         "gateway_id = \"gw-probe\"\ndata_dir = \"{}\"\n[mllp]\nlisten = \"127.0.0.1:0\"\n\
-         [http]\nlisten = \"127.0.0.1:0\"\n{extra}\n[[beds]]\nid = \"bed-01\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n{store}{extra}\n[[beds]]\nid = \"bed-01\"\n\
          [[devices]]\nid = \"spo2-01\"\nbed = \"bed-01\"\nprotocol = \"masimo\"\n\
          [devices.serial]\nport = \"{}\"\n",
         dir.display(),
