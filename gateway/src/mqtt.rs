@@ -176,7 +176,10 @@ pub struct MqttRouter {
 
 impl MqttRouter {
     async fn reject(&self, msg: &MqttMessage, device: Option<&str>, reason: String) -> Disposition {
-        tracing::warn!(topic = %msg.topic, device = device.unwrap_or("unknown"), %reason, "mqtt message rejected");
+        let bed = device
+            .and_then(|d| self.routes.get(d))
+            .map_or("unknown", |r| r.bed.as_str());
+        tracing::warn!(topic = %msg.topic, device = device.unwrap_or("unknown"), bed, %reason, "mqtt message rejected");
         if let Some(d) = device {
             self.live.record_error(d, &reason);
         }
@@ -208,7 +211,7 @@ impl MqttRouter {
                         .stats
                         .dead_letters_refused
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(topic = %msg.topic, device = device.unwrap_or("unknown"), error = %e,
+                    tracing::warn!(topic = %msg.topic, device = device.unwrap_or("unknown"), bed, error = %e,
                         "mqtt dead letter not kept: store over its budget; message acknowledged");
                     return Disposition::Rejected(format!("{reason}; dead letter not kept: {e}"));
                 }
@@ -312,7 +315,7 @@ impl MqttRouter {
                     if matches!(e, StoreError::Deferred { .. }) {
                         tracing::debug!(topic = %msg.topic, error = %e, "mqtt message held behind an earlier one");
                     } else {
-                        tracing::warn!(topic = %msg.topic, error = %e,
+                        tracing::warn!(topic = %msg.topic, device = %topic.device_id, bed = %route.bed, error = %e,
                             "mqtt message not stored: held and retried (not acknowledged until stored)");
                     }
                     let done = self
@@ -420,6 +423,7 @@ async fn queue(
             dedup,
             receive_time_us: received,
             order,
+            traceparent: None,
         },
         reply,
     };

@@ -240,6 +240,7 @@ async fn apply(
                         dedup: None,
                         receive_time_us,
                         order: Default::default(),
+                        traceparent: None,
                     })
                     .await
                 {

@@ -113,14 +113,19 @@ fn start_devices(
         device_addrs.insert(d.id.clone(), addr.clone());
         if let Some(settings) = &d.serial {
             let protocol = crate::serial_protocols::for_device(d, s.terminology.clone());
-            tokio::spawn(crate::serial::run(
-                d.id.clone(),
-                settings.clone(),
-                d.silent_after,
-                protocol,
-                addr,
-                s.store.clone(),
-                shutdown.clone(),
+            // Every log line of the serial task names the device and its bed.
+            let span = tracing::info_span!("serial", device = %d.id, bed = %d.bed);
+            tokio::spawn(tracing::Instrument::instrument(
+                crate::serial::run(
+                    d.id.clone(),
+                    settings.clone(),
+                    d.silent_after,
+                    protocol,
+                    addr,
+                    s.store.clone(),
+                    shutdown.clone(),
+                ),
+                span,
             ));
         }
     }
@@ -193,6 +198,7 @@ async fn start_mllp(
                 m.clone(),
                 Route {
                     device_id: d.id.clone(),
+                    bed: d.bed.clone(),
                     addr: addr.clone(),
                     allow_from: d.allow_from.clone(),
                 },

@@ -91,6 +91,8 @@ impl MllpStats {
 #[derive(Clone)]
 pub struct Route {
     pub device_id: String,
+    /// The bed the device is assigned to (named with the device on every log line and span).
+    pub bed: String,
     pub addr: Addr<DeviceActor>,
     /// Where its messages may come from (`devices[].allow_from`; empty: anywhere).
     pub allow_from: AllowList,
@@ -181,6 +183,14 @@ impl Ingest {
             .into_iter()
             .filter(|k| !k.is_empty())
             .find_map(|k| self.routes.get(k))
+    }
+
+    /// The bed of a configured device (for a log line about a message refused before routing).
+    pub(super) fn bed_of(&self, device_id: &str) -> Option<&str> {
+        self.routes
+            .values()
+            .find(|r| r.device_id == device_id)
+            .map(|r| r.bed.as_str())
     }
 
     pub(super) fn next_ack_id(&self) -> String {

@@ -781,6 +781,7 @@ mod tests {
             }]
             .into(),
             order,
+            traceparent: None,
         }))
     }
 
