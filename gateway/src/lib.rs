@@ -26,6 +26,7 @@ pub mod mllp;
 pub mod mqtt;
 pub mod serial;
 pub mod serial_protocols;
+pub mod telemetry;
 pub mod tls;
 
 /// The durable store lives in its own crate (`icu-store`, `gateway/store/`), which does not
