@@ -1,7 +1,7 @@
 //! Tracing and logs of the real gateway binary (issue 18, points 5 and 7).
 //!
-//! One PCD-01 message over real MLLP/TCP to a gateway whose `[tracing] otlp_endpoint` names a
-//! real OTLP/HTTP receiver (`scripts/otlp_receiver.py` on the official `opentelemetry-proto`
+//! One PCD-01 message over real MLLP/TCP (and one pump publish over a real mosquitto) to a
+//! gateway whose `[tracing] otlp_endpoint` names a real OTLP/HTTP receiver (`scripts/otlp_receiver.py` on the official `opentelemetry-proto`
 //! package; `ICU_OTLP_PYTHON`, set by `scripts/test`), forwarding to a real Kafka-protocol
 //! broker (tansu): the receiver gets one trace with the receipt, decode, commit, ACK and Kafka
 //! delivery spans linked parent to child, and the record read back from the broker carries a
@@ -17,6 +17,10 @@ use std::time::Duration;
 
 use icu_cloud_bridge::consume::{consume, ConsumeOptions};
 use icu_cloud_bridge::signing::load_public_key;
+use icu_drivers::mqtt::rumqttc::{AsyncClient, MqttOptions, QoS};
+use icu_drivers::mqtt::{publish_observations, MqttBatch, ObsTopic, PayloadFormat};
+use icu_protos::v1::Observation;
+use icu_tests::mosquitto::Mosquitto;
 use icu_tests::{wait_for, Broker, ChildGuard, TOPICS};
 use serde_json::Value;
 use support::{config_text, keygen, GatewayProc, Launch, Sender};
@@ -25,6 +29,8 @@ const EUI: &str = "0012AB0000000001";
 /// The device and bed the simulator's config gives that EUI-64.
 const DEVICE: &str = "mon-01";
 const BED: &str = "bed-01";
+/// An MQTT pump at the same bed.
+const PUMP: &str = "pump-01";
 
 fn pcd01(control: &str, hr: &str) -> String {
     [
@@ -123,22 +129,24 @@ fn one_message_is_one_trace_from_receipt_to_the_kafka_delivery() {
     let receiver = Receiver::start(&py, dir.path());
     let broker = Broker::start().expect("broker");
     broker.create_topics(TOPICS).unwrap();
+    let mosquitto = Mosquitto::start().expect("mosquitto");
     let public = keygen(dir.path());
     let config = config_text(dir.path(), 1, Some(&broker.addr), "").replace(
         "[http]\n",
         &format!(
-            "[tracing]\notlp_endpoint = \"http://127.0.0.1:{}\"\n\n[http]\n",
-            receiver.port
+            "[tracing]\notlp_endpoint = \"http://127.0.0.1:{}\"\n\n[mqtt]\nbroker_port = {}\n\n[http]\n",
+            receiver.port, mosquitto.port
         ),
-    );
+    ) + &format!("\n[[devices]]\nid = \"{PUMP}\"\nbed = \"{BED}\"\nprotocol = \"mqtt\"\n");
     let mut gw = GatewayProc::start(dir.path(), &config);
 
     let ack = Sender::connect(gw.endpoints.mllp).send(&pcd01("TRACE-1", "72"));
     assert!(ack.contains("MSA|AA|TRACE-1"), "{ack}");
+    publish_one(&gw, mosquitto.port);
     let key = load_public_key(&public).unwrap();
-    let record = wait_for(
+    let records = wait_for(
         Duration::from_secs(30),
-        "the record on icu.observations",
+        "both records on icu.observations",
         || {
             let (_, records) = consume(&ConsumeOptions {
                 brokers: broker.addr.clone(),
@@ -148,21 +156,30 @@ fn one_message_is_one_trace_from_receipt_to_the_kafka_delivery() {
                 max_wait: Duration::from_secs(5),
             })
             .ok()?;
-            records.into_iter().next()
+            (records.len() == 2).then_some(records)
         },
     )
     .unwrap_or_else(|e| panic!("{e}; gateway log:\n{}", gw.log_tail(40)));
-    assert_eq!(
-        record.signature_ok,
-        Some(true),
-        "traceparent is outside the signed envelope"
-    );
+    for r in &records {
+        assert_eq!(
+            r.signature_ok,
+            Some(true),
+            "traceparent is outside the signed envelope"
+        );
+    }
+    let of = |device: &str| {
+        records
+            .iter()
+            .find(|r| r.device_id.as_deref() == Some(device))
+            .unwrap_or_else(|| panic!("no record of {device}"))
+    };
+    let record = of(DEVICE);
     // A graceful stop exports the spans still queued.
     gw.stop();
 
-    let spans = wait_for(Duration::from_secs(10), "the delivery span", || {
+    let spans = wait_for(Duration::from_secs(10), "the delivery spans", || {
         let spans = receiver.spans();
-        (!named(&spans, "kafka.deliver").is_empty()).then_some(spans)
+        (named(&spans, "kafka.deliver").len() >= 2).then_some(spans)
     })
     .unwrap_or_else(|e| {
         panic!(
@@ -225,6 +242,31 @@ fn one_message_is_one_trace_from_receipt_to_the_kafka_delivery() {
         &format!("00-{trace_id}-{}-01", deliver["span_id"].as_str().unwrap())
     );
 
+    // The pump's publish: its own trace, receipt → commit → delivery, named by its record.
+    let pump = named(&spans, "mqtt.receive");
+    assert_eq!(pump.len(), 1, "{spans:#?}");
+    assert_eq!(pump[0]["parent_span_id"], "");
+    assert_eq!(pump[0]["attributes"]["device"], PUMP);
+    assert_eq!(pump[0]["attributes"]["bed"], BED);
+    let pump_id = pump[0]["trace_id"].as_str().unwrap();
+    assert_ne!(pump_id, trace_id);
+    let pump_trace: Vec<Value> = spans
+        .iter()
+        .filter(|s| s["trace_id"] == pump_id)
+        .cloned()
+        .collect();
+    let pump_commit = the_one(&pump_trace, "store.commit");
+    assert_eq!(pump_commit["parent_span_id"], pump[0]["span_id"]);
+    let pump_deliver = the_one(&pump_trace, "kafka.deliver");
+    assert_eq!(pump_deliver["parent_span_id"], pump_commit["span_id"]);
+    assert_eq!(
+        of(PUMP).headers.get("traceparent"),
+        Some(&format!(
+            "00-{pump_id}-{}-01",
+            pump_deliver["span_id"].as_str().unwrap()
+        ))
+    );
+
     // No patient data in any exported attribute (the message named Jane Doe, MRN SIM0001).
     let text = std::fs::read_to_string(&receiver.spans).unwrap();
     for secret in ["Doe", "Jane", "SIM0001"] {
@@ -233,6 +275,38 @@ fn one_message_is_one_trace_from_receipt_to_the_kafka_delivery() {
             "{secret} exported in a span: {text}"
         );
     }
+}
+
+/// One pump batch at QoS 1, once the gateway's subscription is in place.
+fn publish_one(gw: &GatewayProc, port: u16) {
+    wait_for(
+        Duration::from_secs(10),
+        "the gateway's MQTT subscription",
+        || (gw.get_json("/api/status")["mqtt"]["subscribed"].as_u64() >= Some(1)).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", gw.log_tail(30)));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (client, mut eventloop) =
+            AsyncClient::new(MqttOptions::new("pump", "127.0.0.1", port), 8);
+        let polling = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+        let batch = MqttBatch {
+            msg_id: "p1".into(),
+            observations: vec![Observation {
+                mdc_code: 157784,
+                value: Some(12.5),
+                unit_ucum: "mL/h".into(),
+                ..Default::default()
+            }],
+        };
+        let topic = ObsTopic::new("test-gw", BED, PUMP, PayloadFormat::Json).unwrap();
+        publish_observations(&client, &topic, &batch, QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        // The event loop sends the publish, then the disconnect, and ends.
+        client.disconnect().await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(5), polling).await;
+    });
 }
 
 #[test]
