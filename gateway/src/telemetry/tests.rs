@@ -126,3 +126,15 @@ fn settings_are_checked_and_the_endpoint_comes_from_the_file_or_the_environment(
         "http://c:4318/v1/traces"
     );
 }
+
+#[test]
+fn with_tracing_off_the_pipeline_spans_are_disabled_at_their_call_sites() {
+    // The subscriber `init` installs without an OTLP endpoint: the log layer alone.
+    let subscriber = tracing_subscriber::registry().with(log_layer(LogFormat::Text, std::io::sink));
+    tracing::subscriber::with_default(subscriber, || {
+        let commit = tracing::info_span!(target: icu_cloud_bridge::trace::TARGET, "store.commit");
+        assert!(commit.is_disabled(), "no layer wants the pipeline spans");
+        assert_eq!(icu_cloud_bridge::trace::traceparent_of(&commit), None);
+        assert!(!tracing::info_span!("device").is_disabled());
+    });
+}
