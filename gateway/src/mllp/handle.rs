@@ -149,6 +149,11 @@ async fn handle_frame(
             } = *refused;
             if let Some(d) = &device {
                 ingest.live.record_error(d, &err.to_string());
+                let receipt = tracing::Span::current();
+                if !receipt.is_disabled() {
+                    receipt.record("device", d.as_str());
+                    receipt.record("bed", ingest.bed_of(d).unwrap_or_default());
+                }
             }
             let answer = reject(ingest, input, header.as_ref(), device.clone(), &err).await;
             return (answer, device);
@@ -156,10 +161,12 @@ async fn handle_frame(
     };
     let header = message.header.clone();
     let receipt = tracing::Span::current();
-    receipt.record("device", route.device_id.as_str());
-    receipt.record("bed", route.bed.as_str());
-    receipt.record("control_id", header.control_id.as_str());
-    receipt.record("observations", message.observations.len() as i64);
+    if !receipt.is_disabled() {
+        receipt.record("device", route.device_id.as_str());
+        receipt.record("bed", route.bed.as_str());
+        receipt.record("control_id", header.control_id.as_str());
+        receipt.record("observations", message.observations.len() as i64);
+    }
     // The sender must be this device: the certificate (with a client certificate) must name the
     // device the message claims, and the address must be one its `allow_from` lists.
     let mut refusal = None;
