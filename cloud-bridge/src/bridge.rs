@@ -641,13 +641,17 @@ impl Worker {
     ) -> Vec<Result<(), DeliveryError>> {
         let mut pending = Vec::with_capacity(bundles.len());
         for (bundle, value) in bundles.iter().zip(values) {
-            pending.push(self.enqueue(bundle, value));
+            // From the produce call to the delivery report, continuing the trace of the
+            // message that was committed (disabled, and free, with tracing off).
+            let span = delivery_span(bundle, self.config.topic(bundle.stream));
+            let traceparent = crate::trace::traceparent_of(&span);
+            pending.push((self.enqueue(bundle, value, traceparent), span));
         }
-        let in_flight = pending.iter().filter(|p| p.is_ok()).count() as u64;
+        let in_flight = pending.iter().filter(|p| p.0.is_ok()).count() as u64;
         // Decrements on completion and also if the actor stops while waiting.
         let _in_flight = InFlight::new(&self.stats, in_flight);
-        let results = join_all(pending.into_iter().map(|p| async move {
-            match p {
+        let results = join_all(pending.into_iter().map(|(p, span)| async move {
+            let result = match p {
                 Err(e) => Err(e),
                 Ok(future) => match future.await {
                     Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
@@ -657,7 +661,18 @@ impl Worker {
                         unknown_topic: false,
                     }),
                 },
+            };
+            match &result {
+                Ok((partition, offset)) => {
+                    span.record("partition", i64::from(*partition));
+                    span.record("offset", offset);
+                }
+                Err(e) => {
+                    span.record("otel.status_code", "ERROR");
+                    span.record("error", e.reason.as_str());
+                }
             }
+            result
         }))
         .await;
         // librdkafka reports a batch answered DUPLICATE_SEQUENCE_NUMBER as delivered, with the
@@ -693,9 +708,14 @@ impl Worker {
         &self,
         bundle: &PlannedBundle,
         value: &Value,
+        traceparent: Option<String>,
     ) -> Result<rdkafka::producer::DeliveryFuture, DeliveryError> {
         let signed = value.as_ref().map_err(Clone::clone)?;
-        let record_headers = owned_headers(&signed.headers);
+        let mut record_headers = owned_headers(&signed.headers);
+        // Transport metadata, outside the signed envelope (see `crate::trace`).
+        if let Some(traceparent) = &traceparent {
+            record_headers = record_headers.insert(header(crate::trace::TRACEPARENT, traceparent));
+        }
         let record = FutureRecord::to(self.config.topic(bundle.stream))
             .key(signed.key.as_str())
             .payload(signed.value.as_slice())
@@ -813,6 +833,30 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.stats.sub_in_flight(self.n);
     }
+}
+
+/// The span of one bundle's delivery (`kafka.deliver`, a producer span), the child of the trace
+/// context stored with its first traced record. Never a patient name: device, bed, stream, topic
+/// and seq range only.
+fn delivery_span(bundle: &PlannedBundle, topic: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: crate::trace::TARGET,
+        "kafka.deliver",
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        device = %bundle.device_id,
+        bed = %bundle.bed,
+        stream = bundle.stream.as_str(),
+        topic,
+        seq_first = bundle.first_seq as i64,
+        seq_last = bundle.last_seq as i64,
+        records = bundle.len() as i64,
+        partition = tracing::field::Empty,
+        offset = tracing::field::Empty,
+        error = tracing::field::Empty,
+    );
+    crate::trace::continue_trace(&span, &bundle.traceparent);
+    span
 }
 
 /// A record's headers as rdkafka takes them.

@@ -20,6 +20,7 @@ pub mod error;
 pub mod fhir;
 pub mod headers;
 pub mod signing;
+pub mod trace;
 
 pub(crate) use icu_drivers::terminology::Terminology;
 

@@ -58,6 +58,9 @@ pub struct IngestObservations {
     /// Ordering against this device's other writes; a [`WriteOrder::Retry`] is a message the
     /// alarm engine and live view already saw, so it is only stored.
     pub order: WriteOrder,
+    /// The W3C trace context of the transport's commit span, kept with the stored records
+    /// (`icu_cloud_bridge::trace`); `None` with tracing off.
+    pub traceparent: Option<String>,
 }
 
 /// As [`IngestObservations`], answered in two steps: the `send()` resolves as soon as the actor
@@ -154,6 +157,7 @@ impl DeviceActor {
         dedup: Option<(String, i64)>,
         receive_time_us: i64,
         order: WriteOrder,
+        traceparent: Option<String>,
         ctx: &mut Context<Self>,
     ) -> impl std::future::Future<Output = Result<WriteOutcome, StoreError>> + 'static {
         let synced = self.clock.is_synced(receive_time_us);
@@ -188,7 +192,7 @@ impl DeviceActor {
                 stats
                     .dropped_batches
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::error!(device = %self.device.id, "alarm engine mailbox full: batch not evaluated");
+                tracing::error!(device = %self.device.id, bed = %self.device.bed, "alarm engine mailbox full: batch not evaluated");
             }
         }
         if first_sight {
@@ -217,6 +221,7 @@ impl DeviceActor {
             dedup,
             observations,
             order,
+            traceparent,
         });
         let stored = self.store.send(Append(request));
         let live = self.live.clone();
@@ -327,7 +332,7 @@ impl DeviceActor {
                 stats
                     .dropped_batches
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::error!(device = %self.device.id, "alarm engine mailbox full: technical alarm not evaluated");
+                tracing::error!(device = %self.device.id, bed = %self.device.bed, "alarm engine mailbox full: technical alarm not evaluated");
             } else {
                 return;
             }
@@ -337,7 +342,7 @@ impl DeviceActor {
             bed: self.device.bed.clone(),
             alarm,
         });
-        let device_id = self.device.id.clone();
+        let (device_id, bed) = (self.device.id.clone(), self.device.bed.clone());
         ctx.spawn(
             self.store
                 .send(Append(request))
@@ -345,9 +350,9 @@ impl DeviceActor {
                 .map(move |res, _, _| match res {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
-                        tracing::error!(device = %device_id, error = %e, "alarm state change not stored")
+                        tracing::error!(device = %device_id, bed = %bed, error = %e, "alarm state change not stored")
                     }
-                    Err(_) => tracing::error!(device = %device_id, "alarm state change not stored: store stopped"),
+                    Err(_) => tracing::error!(device = %device_id, bed = %bed, "alarm state change not stored: store stopped"),
                 }),
         );
     }
@@ -429,7 +434,7 @@ impl Handler<Retire> for DeviceActor {
 
 impl actix::Supervised for DeviceActor {
     fn restarting(&mut self, _: &mut Context<Self>) {
-        tracing::warn!(device = %self.device.id, "device actor restarting");
+        tracing::warn!(device = %self.device.id, bed = %self.device.bed, "device actor restarting");
         self.live
             .record_error(&self.device.id, "device actor restarted");
     }
@@ -439,7 +444,7 @@ impl Handler<Link> for DeviceActor {
     type Result = ();
 
     fn handle(&mut self, msg: Link, _: &mut Self::Context) {
-        tracing::info!(device = %self.device.id, state = ?msg.state, reason = msg.reason.as_deref().unwrap_or(""), "device link");
+        tracing::info!(device = %self.device.id, bed = %self.device.bed, state = ?msg.state, reason = msg.reason.as_deref().unwrap_or(""), "device link");
         self.live.set_link(&self.device.id, msg.state, msg.reason);
     }
 }
@@ -469,6 +474,7 @@ impl Handler<IngestObservations> for DeviceActor {
             msg.dedup,
             msg.receive_time_us,
             msg.order,
+            msg.traceparent,
             ctx,
         ))
     }
@@ -483,8 +489,16 @@ impl Handler<QueueObservations> for DeviceActor {
             dedup,
             receive_time_us,
             order,
+            traceparent,
         } = msg.ingest;
-        let stored = self.ingest(observations, dedup, receive_time_us, order, ctx);
+        let stored = self.ingest(
+            observations,
+            dedup,
+            receive_time_us,
+            order,
+            traceparent,
+            ctx,
+        );
         let reply = msg.reply;
         // As a `ResponseFuture` is run: beside the next messages, on this arbiter.
         actix::spawn(async move {

@@ -29,6 +29,7 @@ pub mod probe;
 pub mod serial;
 pub mod serial_protocols;
 pub mod swap;
+pub mod telemetry;
 pub mod tls;
 
 /// The durable store lives in its own crate (`icu-store`, `gateway/store/`), which does not

@@ -19,6 +19,43 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log line format: `text`, `json` (one object per line) or `journald` (priority prefix, no
+    /// timestamp). Default: `ICU_LOG_FORMAT`, else the config's `[tracing] log_format`, else
+    /// journald when stderr is the journal, else text.
+    #[arg(long, global = true, value_parser = parse_log_format)]
+    log_format: Option<icu_gateway::telemetry::LogFormat>,
+}
+
+fn parse_log_format(s: &str) -> Result<icu_gateway::telemetry::LogFormat, String> {
+    icu_gateway::telemetry::LogFormat::parse(s)
+        .ok_or_else(|| format!("'{s}' is not text, json or journald"))
+}
+
+/// Sets up logging (and, for `run`, tracing when the config or environment asks for it).
+fn telemetry(
+    flag: Option<icu_gateway::telemetry::LogFormat>,
+    config: Option<&icu_gateway::config::Config>,
+) -> anyhow::Result<icu_gateway::telemetry::Telemetry> {
+    use icu_gateway::telemetry::{init, traces_url, LogFormat, OtlpSetup};
+    let settings = config.map(|c| &c.tracing);
+    let format = LogFormat::choose(
+        flag,
+        std::env::var("ICU_LOG_FORMAT").ok().as_deref(),
+        settings.and_then(|s| s.log_format),
+        std::env::var_os("JOURNAL_STREAM").is_some(),
+    );
+    let otlp = config.and_then(|c| {
+        let endpoint = c
+            .tracing
+            .endpoint(std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().as_deref())?;
+        Some(OtlpSetup {
+            url: traces_url(&endpoint),
+            service_name: c.tracing.service_name.clone(),
+            instance_id: c.gateway_id.clone(),
+            sample_ratio: c.tracing.sample_ratio,
+        })
+    });
+    Ok(init(format, otlp.as_ref())?)
 }
 
 #[derive(Subcommand)]
@@ -164,14 +201,19 @@ enum TopicsCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,actix_server=warn,librdkafka=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // `run` reads its config first: its `[tracing]` section sets the log format and the trace
+    // exporter (reading the file logs nothing).
+    if let Command::Run { config } = &cli.command {
+        let cfg = icu_gateway::config::Config::load(config)?;
+        let telemetry = telemetry(cli.log_format, Some(&cfg))?;
+        let result = icu_gateway::app::run(cfg);
+        // The spans still queued (the last messages, their deliveries) are exported now.
+        telemetry.shutdown();
+        return result;
+    }
+    let _telemetry = telemetry(cli.log_format, None)?;
+    match cli.command {
         Command::Cert {
             out,
             names,
@@ -217,10 +259,7 @@ fn main() -> anyhow::Result<()> {
             0 => Ok(()),
             code => std::process::exit(code),
         },
-        Command::Run { config } => {
-            let cfg = icu_gateway::config::Config::load(&config)?;
-            icu_gateway::app::run(cfg)
-        }
+        Command::Run { .. } => unreachable!("handled above"),
         #[cfg(not(feature = "demo"))]
         Command::Demo { .. } => anyhow::bail!(
             "this icu-gateway was built without the demo (cargo feature `demo`, which links the \

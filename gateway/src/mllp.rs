@@ -15,6 +15,11 @@
 //! arrived of the frame is dead-lettered); a failing `accept` (file descriptors exhausted)
 //! backs off from 10 ms to 1 s instead of spinning. A message is accepted only from the
 //! addresses its device (`devices[].allow_from`) or the ADT feed (`adt.allow_from`) allows.
+//!
+//! Tracing (on only with `[tracing] otlp_endpoint`): each framing event is one trace whose root
+//! span `mllp.receive` (device, bed, control id, observation count, ACK code) has the children
+//! `hl7.decode`, `store.commit` (hand-off to the device actor until the commit holding the
+//! message returned; its context is stored with the records) and `mllp.ack` (writing the ACK).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -354,12 +359,25 @@ where
     S: tokio::io::AsyncWrite + Unpin,
 {
     let received = Instant::now();
-    let Some(ack) = handle_event(ingest, peer, identity, event).await else {
+    use tracing::{field::Empty, Instrument as _};
+    // The message's trace (disabled, and free, unless tracing is on): a root of its own.
+    let receipt = tracing::info_span!(target: icu_cloud_bridge::trace::TARGET, parent: None,
+        "mllp.receive", otel.kind = "server", transport = "mllp", %peer, device = Empty,
+        bed = Empty, control_id = Empty, observations = Empty, ack_code = Empty);
+    let Some(ack) = handle_event(ingest, peer, identity, event)
+        .instrument(receipt.clone())
+        .await
+    else {
         return true;
     };
+    let ack_span = tracing::info_span!(target: icu_cloud_bridge::trace::TARGET,
+        parent: &receipt, "mllp.ack", bytes = ack.len() as i64);
     // A peer that does not read its ACKs must not hold the connection forever either.
     let frame = encode_frame(ack.as_bytes());
-    match tokio::time::timeout(timeouts.frame, stream.write_all(&frame)).await {
+    let written = tokio::time::timeout(timeouts.frame, stream.write_all(&frame))
+        .instrument(ack_span)
+        .await;
+    match written {
         Ok(Ok(())) => {
             ingest.ack_latency.observe(received.elapsed().as_secs_f64());
             true

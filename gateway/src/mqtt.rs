@@ -180,7 +180,11 @@ pub struct MqttRouter {
 
 impl MqttRouter {
     async fn reject(&self, msg: &MqttMessage, device: Option<&str>, reason: String) -> Disposition {
-        tracing::warn!(topic = %msg.topic, device = device.unwrap_or("unknown"), %reason, "mqtt message rejected");
+        let routes = self.routes.load();
+        let bed = device
+            .and_then(|d| routes.get(d))
+            .map_or("unknown", |r| r.bed.as_str());
+        tracing::warn!(topic = %msg.topic, device = device.unwrap_or("unknown"), bed, %reason, "mqtt message rejected");
         if let Some(d) = device {
             self.live.record_error(d, &reason);
         }
@@ -212,7 +216,7 @@ impl MqttRouter {
                         .stats
                         .dead_letters_refused
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(topic = %msg.topic, device = device.unwrap_or("unknown"), error = %e,
+                    tracing::warn!(topic = %msg.topic, device = device.unwrap_or("unknown"), bed, error = %e,
                         "mqtt dead letter not kept: store over its budget; message acknowledged");
                     return Disposition::Rejected(format!("{reason}; dead letter not kept: {e}"));
                 }
@@ -280,11 +284,24 @@ impl MqttRouter {
             }
         };
         let route = route.clone();
+        // The publish's trace (disabled, and free, unless tracing is on): from its receipt to
+        // the disposition that decides the PUBACK, the commit its child (as over MLLP).
+        let (receipt, commit) = trace_spans(&topic.device_id, &route.bed, batch.observations.len());
+        let traceparent = icu_cloud_bridge::trace::traceparent_of(&commit);
         let lane = self.holds.lane(&topic.device_id);
         let mut state = lane.state.lock().await;
         let n = state.next;
         state.next += 1;
-        let stored = match queue(&route, batch, &msg, received, WriteOrder::InOrder).await {
+        let stored = match queue(
+            &route,
+            batch,
+            &msg,
+            received,
+            WriteOrder::InOrder,
+            traceparent,
+        )
+        .await
+        {
             Some(stored) => stored,
             None => {
                 return Box::pin(std::future::ready(Disposition::NotStored(
@@ -295,7 +312,8 @@ impl MqttRouter {
         state.in_flight.insert(n);
         drop(state);
         Box::pin(async move {
-            let outcome = answer(stored).await;
+            let _receipt = receipt;
+            let outcome = tracing::Instrument::instrument(answer(stored), commit).await;
             let mut state = lane.state.lock().await;
             state.in_flight.remove(&n);
             match outcome {
@@ -318,7 +336,7 @@ impl MqttRouter {
                     if matches!(e, StoreError::Deferred { .. }) {
                         tracing::debug!(topic = %msg.topic, error = %e, "mqtt message held behind an earlier one");
                     } else {
-                        tracing::warn!(topic = %msg.topic, error = %e,
+                        tracing::warn!(topic = %msg.topic, device = %topic.device_id, bed = %route.bed, error = %e,
                             "mqtt message not stored: held and retried (not acknowledged until stored)");
                     }
                     let done = self
@@ -376,7 +394,16 @@ impl MqttRouter {
                 Err(e) => return Disposition::NotStored(e.to_string()),
             };
             // Still holding the lane: nothing of this device enters the mailbox before it.
-            let stored = queue(route, batch, msg, received, WriteOrder::Retry { release }).await;
+            // A retry is only stored; its trace ended with the first attempt.
+            let stored = queue(
+                route,
+                batch,
+                msg,
+                received,
+                WriteOrder::Retry { release },
+                None,
+            )
+            .await;
             drop(state);
             let outcome = match stored {
                 Some(stored) => answer(stored).await,
@@ -420,6 +447,7 @@ async fn queue(
     msg: &MqttMessage,
     received: i64,
     order: WriteOrder,
+    traceparent: Option<String>,
 ) -> Option<oneshot::Receiver<Result<WriteOutcome, StoreError>>> {
     let dedup = (!batch.msg_id.is_empty()).then(|| (batch.msg_id.clone(), digest(&msg.payload)));
     let (reply, stored) = oneshot::channel();
@@ -429,6 +457,7 @@ async fn queue(
             dedup,
             receive_time_us: received,
             order,
+            traceparent,
         },
         reply,
     };
@@ -439,6 +468,17 @@ async fn queue(
         Err(SendError::Full(queued)) => route.addr.send(queued).await.ok().map(|()| stored),
         Err(SendError::Closed(_)) => None,
     }
+}
+
+/// The `mqtt.receive` root span of one publish and its `store.commit` child (target
+/// `icu::trace`: disabled unless tracing is on).
+fn trace_spans(device: &str, bed: &str, observations: usize) -> (tracing::Span, tracing::Span) {
+    let n = observations as i64;
+    let receipt = tracing::info_span!(target: icu_cloud_bridge::trace::TARGET, parent: None,
+        "mqtt.receive", otel.kind = "consumer", transport = "mqtt", device, bed, observations = n);
+    let commit = tracing::info_span!(target: icu_cloud_bridge::trace::TARGET, parent: &receipt,
+        "store.commit", device, bed, observations = n);
+    (receipt, commit)
 }
 
 async fn answer(

@@ -240,15 +240,23 @@ async fn apply(
                     .first()
                     .map(|o| o.receive_time_us)
                     .unwrap_or_else(now_us);
-                match actor
-                    .send(IngestObservations {
-                        observations,
-                        dedup: None,
-                        receive_time_us,
-                        order: Default::default(),
-                    })
-                    .await
-                {
+                // One reading set's trace (disabled, and free, unless tracing is on): its
+                // receipt, and the commit as its child (serial lines are not acknowledged).
+                let n = observations.len() as i64;
+                let receipt = tracing::info_span!(target: icu_cloud_bridge::trace::TARGET,
+                    parent: None, "serial.receive", transport = "serial", device = %device_id,
+                    protocol, observations = n);
+                let commit = tracing::info_span!(target: icu_cloud_bridge::trace::TARGET,
+                    parent: &receipt, "store.commit", device = %device_id, observations = n);
+                let traceparent = icu_cloud_bridge::trace::traceparent_of(&commit);
+                let stored = actor.send(IngestObservations {
+                    observations,
+                    dedup: None,
+                    receive_time_us,
+                    order: Default::default(),
+                    traceparent,
+                });
+                match tracing::Instrument::instrument(stored, commit).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
                         tracing::error!(device = %device_id, error = %e, "serial readings not stored")

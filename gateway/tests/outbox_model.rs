@@ -271,6 +271,7 @@ impl Harness {
                         })
                         .collect(),
                     order: Default::default(),
+                    traceparent: None,
                 }),
                 Write::Alarm { device } => WriteRequest::Alarm(AlarmWrite {
                     device_id: DEVICES[device].into(),

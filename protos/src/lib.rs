@@ -30,6 +30,7 @@ mod tests {
                 unit_ucum: "%".into(),
                 ..Default::default()
             })),
+            traceparent: String::new(),
         };
         let bytes = rec.encode_to_vec();
         let back = StoredRecord::decode(bytes.as_slice()).unwrap();

@@ -103,6 +103,7 @@ fn build_backlog(path: &Path, n: u64, beds: usize, obx: usize) {
                 dedup: Some((control.clone(), digest(control.as_bytes()))),
                 observations,
                 order: Default::default(),
+                traceparent: None,
             }));
             m += 1;
         }

@@ -98,6 +98,7 @@ fn main() {
                                     })
                                     .collect(),
                                 order: Default::default(),
+                                traceparent: None,
                             })
                         })
                         .collect();

@@ -66,6 +66,7 @@ fn build_day(db_path: &std::path::Path) -> (u64, f64) {
                     dedup: Some((format!("H{s}"), *s)),
                     observations: Arc::from(obs),
                     order: Default::default(),
+                    traceparent: None,
                 })
             })
             .collect();

@@ -108,6 +108,7 @@ fn example_config_is_valid_apart_from_the_missing_key() {
         "[alarms]",
         "[alarms.device_clock]",
         "[alarms.outputs]",
+        "[tracing]",
         "[[beds]]",
         "[[devices]]",
         "[devices.serial]",

@@ -13,6 +13,7 @@ fn rec(device: &str, seq: u64) -> OutboxRecord {
             device_id: device.into(),
             seq,
             body: None,
+            traceparent: String::new(),
         },
     }
 }

@@ -38,6 +38,9 @@ pub struct PlannedBundle {
     pub dead_letter: Option<DeadLetter>,
     /// The audit-trail entry (audit stream).
     pub audit: Option<AuditEntry>,
+    /// The W3C trace context stored with the first of its records that has one (the span that
+    /// committed that message; `crate::trace`); empty when tracing was off.
+    pub traceparent: String,
 }
 
 impl PlannedBundle {
@@ -94,7 +97,8 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
     records.dedup_by(|b, a| a.stream == b.stream && a.device_id == b.device_id && a.seq == b.seq);
 
     let mut plan = Plan::default();
-    for rec in records {
+    for mut rec in records {
+        let traceparent = std::mem::take(&mut rec.record.traceparent);
         let content = match (rec.stream, rec.record.body) {
             (Stream::Observations, Some(Body::Observation(mut obs))) => {
                 obs.device_id.clone_from(&rec.device_id);
@@ -163,10 +167,16 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
             (Some(bundle), Content::Observation(obs)) if extends => {
                 bundle.last_seq = rec.seq;
                 bundle.observations.push(obs);
+                if bundle.traceparent.is_empty() {
+                    bundle.traceparent = traceparent;
+                }
             }
             (Some(bundle), Content::Alarm(alarm)) if extends => {
                 bundle.last_seq = rec.seq;
                 bundle.alarms.push(alarm);
+                if bundle.traceparent.is_empty() {
+                    bundle.traceparent = traceparent;
+                }
             }
             (_, content) => {
                 let (mut observations, mut alarms, mut adt, mut dead_letter, mut audit) =
@@ -190,6 +200,7 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
                     adt,
                     dead_letter,
                     audit,
+                    traceparent,
                 });
             }
         }
@@ -335,6 +346,7 @@ mod tests {
                     value: Some(97.0),
                     ..Default::default()
                 })),
+                traceparent: String::new(),
             },
         }
     }
@@ -363,6 +375,7 @@ mod tests {
                     bed: "bed-1".into(),
                     ..Default::default()
                 })),
+                traceparent: String::new(),
             },
         }
     }
@@ -531,6 +544,7 @@ mod tests {
                     patient_id: patient.into(),
                     ..Alarm::default()
                 })),
+                traceparent: String::new(),
             },
         };
         let mut adt_wrong_body = adt_rec(3, "A01", "P9");
@@ -604,6 +618,7 @@ mod tests {
                     reason: reason.into(),
                     ..Default::default()
                 })),
+                traceparent: String::new(),
             },
         }
     }

@@ -29,6 +29,7 @@ fn obs_record(device: &str, seq: u64) -> OutboxRecord {
                 receive_time_us: 1_700_000_000_000_000,
                 ..Default::default()
             })),
+            traceparent: String::new(),
         },
     }
 }
@@ -273,6 +274,7 @@ fn key_is_the_patient_when_associated_else_the_device() {
                 event_time_us: 1_700_000_000_000_000,
                 ..Default::default()
             })),
+            traceparent: String::new(),
         },
     };
     let dead_letter = OutboxRecord {
@@ -289,6 +291,7 @@ fn key_is_the_patient_when_associated_else_the_device() {
                 reason: "bad checksum".into(),
                 ..Default::default()
             })),
+            traceparent: String::new(),
         },
     };
     let audit = |seq: u64, entry_seq: u64| OutboxRecord {
@@ -315,6 +318,7 @@ fn key_is_the_patient_when_associated_else_the_device() {
                 signature: vec![2; 64],
                 ..Default::default()
             })),
+            traceparent: String::new(),
         },
     };
     let plan = plan::plan_bundles(
@@ -475,6 +479,7 @@ fn alarm_record(device: &str, seq: u64, event_time_us: i64) -> OutboxRecord {
                 patient_id: String::new(),
                 ..Default::default()
             })),
+            traceparent: String::new(),
         },
     }
 }
@@ -725,6 +730,7 @@ fn values_mapped_on_several_threads_are_in_bundle_order_and_the_same_as_on_one()
             adt: None,
             dead_letter: None,
             audit: None,
+            traceparent: String::new(),
         })
         .collect();
     let one: Vec<Value> = bundles.iter().map(|b| mapper.value(b)).collect();

@@ -181,14 +181,19 @@ impl DeviceKit {
                     _ = forward.closed() => {}
                 }
             });
-            let task = tokio::spawn(crate::serial::run(
-                d.id.clone(),
-                settings.clone(),
-                d.silent_after,
-                protocol,
-                addr.clone(),
-                self.store.clone(),
-                stop_rx,
+            // Every log line of the serial task names the device and its bed.
+            let span = tracing::info_span!("serial", device = %d.id, bed = %d.bed);
+            let task = tokio::spawn(tracing::Instrument::instrument(
+                crate::serial::run(
+                    d.id.clone(),
+                    settings.clone(),
+                    d.silent_after,
+                    protocol,
+                    addr.clone(),
+                    self.store.clone(),
+                    stop_rx,
+                ),
+                span,
             ));
             SerialTask { stop, task }
         });
@@ -231,6 +236,7 @@ impl DeviceSet {
                     m.clone(),
                     Route {
                         device_id: d.id.clone(),
+                        bed: d.bed.clone(),
                         addr: r.addr.clone(),
                         allow_from: d.allow_from.clone(),
                     },

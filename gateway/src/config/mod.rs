@@ -60,6 +60,8 @@ pub struct Config {
     /// The PCD-04 alarm manager (`[alarm_manager]`), if any.
     pub alarm_manager: Option<crate::alarm::pcd04_out::AlarmManagerConfig>,
     pub clock: ClockPolicy,
+    /// `[tracing]`: log format and OTLP export, checked by the telemetry module's rules.
+    pub tracing: crate::telemetry::TracingSettings,
     pub beds: Vec<Bed>,
     pub devices: Vec<Device>,
 }

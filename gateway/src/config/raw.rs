@@ -48,6 +48,9 @@ pub struct RawConfig {
     /// An IHE ACM alarm manager that receives every alarm state change as PCD-04 (ORU^R40) over
     /// MLLP, with retry; leave out when there is none.
     pub alarm_manager: Option<crate::alarm::pcd04_out::AlarmManagerConfig>,
+    /// Log line format and OpenTelemetry tracing (off by default): `crate::telemetry`.
+    #[serde(default)]
+    pub tracing: crate::telemetry::TracingSettings,
     /// How the gateway decides whether its clock is synchronised:
     /// `"auto"` (systemd-timesyncd or chrony state), `"synced"` or `"unsynced"`.
     #[serde(default = "default_clock")]

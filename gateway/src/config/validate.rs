@@ -322,6 +322,7 @@ impl RawConfig {
         }
 
         problems.extend(self.auth.problems());
+        problems.extend(self.tracing.problems());
         let tls = self.tls.resolved(&data_dir);
         problems.extend(tls.problems());
         if !problems.is_empty() {
@@ -345,6 +346,7 @@ impl RawConfig {
             alarms,
             alarm_manager: self.alarm_manager,
             clock,
+            tracing: self.tracing,
             beds,
             devices,
             data_dir,

@@ -10,6 +10,7 @@ use icu_drivers::hl7::{
     Pcd01Message,
 };
 use icu_drivers::mllp::MllpEvent;
+use tracing::{field::Empty, Instrument as _};
 
 use crate::census::actor::ApplyAdt;
 use crate::census::ApplyOutcome;
@@ -129,7 +130,16 @@ async fn handle_frame(
     if parse_header(payload).is_ok_and(|h| h.message_type == "ADT") {
         return (handle_adt(ingest, identity, input).await, None);
     }
-    let (message, route) = match decode_and_route(ingest, payload, received) {
+    let decoded = tracing::info_span!(target: icu_cloud_bridge::trace::TARGET, "hl7.decode",
+        bytes = payload.len() as i64, observations = Empty)
+    .in_scope(|| {
+        let found = decode_and_route(ingest, payload, received);
+        if let Ok((message, _)) = &found {
+            tracing::Span::current().record("observations", message.observations.len() as i64);
+        }
+        found
+    });
+    let (message, route) = match decoded {
         Ok(found) => found,
         Err(refused) => {
             let Refused {
@@ -139,12 +149,24 @@ async fn handle_frame(
             } = *refused;
             if let Some(d) = &device {
                 ingest.live.record_error(d, &err.to_string());
+                let receipt = tracing::Span::current();
+                if !receipt.is_disabled() {
+                    receipt.record("device", d.as_str());
+                    receipt.record("bed", ingest.bed_of(d).unwrap_or_default());
+                }
             }
             let answer = reject(ingest, input, header.as_ref(), device.clone(), &err).await;
             return (answer, device);
         }
     };
     let header = message.header.clone();
+    let receipt = tracing::Span::current();
+    if !receipt.is_disabled() {
+        receipt.record("device", route.device_id.as_str());
+        receipt.record("bed", route.bed.as_str());
+        receipt.record("control_id", header.control_id.as_str());
+        receipt.record("observations", message.observations.len() as i64);
+    }
     // The sender must be this device: the certificate (with a client certificate) must name the
     // device the message claims, and the address must be one its `allow_from` lists.
     let mut refusal = None;
@@ -158,7 +180,7 @@ async fn handle_frame(
                 .stats
                 .identity_refused
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, device = %route.device_id, certificate = %id.describe(),
+            tracing::warn!(%peer, device = %route.device_id, bed = %route.bed, certificate = %id.describe(),
                 control_id = %header.control_id, "message refused: its device is not the one its TLS client certificate names");
             refusal = Some(format!(
                 "message for device {} refused: the sender's certificate names {} (the certificate's subject or SAN must name the device id or EUI-64)",
@@ -169,7 +191,7 @@ async fn handle_frame(
     }
     if refusal.is_none() && !route.allow_from.allows(peer.ip()) {
         ingest.stats.peers_refused.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%peer, device = %route.device_id, allow_from = %route.allow_from,
+        tracing::warn!(%peer, device = %route.device_id, bed = %route.bed, allow_from = %route.allow_from,
             control_id = %header.control_id, "message refused: sender address not allowed for its device");
         refusal = Some(format!(
             "message for device {} from {peer} refused: that address is not allowed for this device (devices[].allow_from)",
@@ -190,6 +212,12 @@ async fn handle_frame(
         return (answer, Some(route.device_id));
     }
     let n = message.observations.len();
+    // From the hand-off to the device actor until the commit holding the message returned; its
+    // context goes into the stored records, so the bridge's delivery continues this trace.
+    let commit = tracing::info_span!(target: icu_cloud_bridge::trace::TARGET, "store.commit",
+        device = %route.device_id, bed = %route.bed, observations = n as i64, seq_first = Empty,
+        seq_last = Empty, outcome = Empty, otel.status_code = Empty);
+    let traceparent = icu_cloud_bridge::trace::traceparent_of(&commit);
     let result = route
         .addr
         .send(IngestObservations {
@@ -197,9 +225,34 @@ async fn handle_frame(
             observations: message.observations,
             receive_time_us: received,
             order: crate::store::WriteOrder::Independent,
+            traceparent,
         })
+        .instrument(commit.clone())
         .await
         .map(|stored| stored.map_err(|e| store_error_to_hl7(&e)));
+    if !commit.is_disabled() {
+        match &result {
+            Ok(Ok(WriteOutcome::Stored {
+                first_seq,
+                last_seq,
+            })) => {
+                commit.record("seq_first", *first_seq as i64);
+                commit.record("seq_last", *last_seq as i64);
+                commit.record("outcome", "stored");
+            }
+            Ok(Ok(WriteOutcome::Duplicate { .. })) => {
+                commit.record("outcome", "duplicate");
+            }
+            Ok(Ok(_)) => {
+                commit.record("outcome", "other");
+            }
+            Ok(Err(_)) | Err(_) => {
+                commit.record("outcome", "refused");
+                commit.record("otel.status_code", "ERROR");
+            }
+        }
+    }
+    drop(commit);
     let answer = match result {
         Ok(Ok(outcome)) => {
             if let WriteOutcome::Duplicate {
@@ -207,15 +260,15 @@ async fn handle_frame(
                 last_seq,
             } = outcome
             {
-                tracing::info!(device = %route.device_id, control_id = %header.control_id, first_seq, last_seq,
+                tracing::info!(device = %route.device_id, bed = %route.bed, control_id = %header.control_id, first_seq, last_seq,
                     "repeated message recognised; acknowledged without storing it again");
             } else {
-                tracing::debug!(device = %route.device_id, observations = n, ?outcome, "message stored");
+                tracing::debug!(device = %route.device_id, bed = %route.bed, observations = n, ?outcome, "message stored");
             }
             ack(ingest, Some(&header), AckCode::AA, None)
         }
         Ok(Err(err)) => {
-            tracing::error!(device = %route.device_id, %peer, control_id = %header.control_id, error = %err,
+            tracing::error!(device = %route.device_id, bed = %route.bed, %peer, control_id = %header.control_id, error = %err,
                 "message not stored; sender told to resend");
             ack(ingest, Some(&header), err.ack, Some(&err))
         }
@@ -242,6 +295,7 @@ fn ack(
         AckCode::AR => &ingest.stats.acks_ar,
     };
     counter.fetch_add(1, Ordering::Relaxed);
+    tracing::Span::current().record("ack_code", code.as_str());
     build_ack(header, code, err, &ingest.next_ack_id(), chrono::Utc::now())
 }
 
@@ -394,8 +448,9 @@ async fn reject(
     device_id: Option<String>,
     err: &Hl7Error,
 ) -> String {
+    let bed = device_id.as_deref().and_then(|d| ingest.bed_of(d));
     tracing::warn!(peer = %input.peer, device = device_id.as_deref().unwrap_or("unknown"),
-        offset = input.offset, code = err.code.code(),
+        bed = bed.as_deref().unwrap_or("unknown"), offset = input.offset, code = err.code.code(),
         location = ?err.location.as_ref().map(|l| l.to_string()),
         reason = %err.message, "mllp input rejected");
     let letter = DeadLetter {

@@ -92,6 +92,8 @@ impl MllpStats {
 #[derive(Clone)]
 pub struct Route {
     pub device_id: String,
+    /// The bed the device is assigned to (named with the device on every log line and span).
+    pub bed: String,
     pub addr: Addr<DeviceActor>,
     /// Where its messages may come from (`devices[].allow_from`; empty: anywhere).
     pub allow_from: AllowList,
@@ -195,6 +197,15 @@ impl Ingest {
             .into_iter()
             .filter(|k| !k.is_empty())
             .find_map(|k| routes.get(k).cloned())
+    }
+
+    /// The bed of a configured device (for a log line about a message refused before routing).
+    pub(super) fn bed_of(&self, device_id: &str) -> Option<String> {
+        self.routes
+            .load()
+            .values()
+            .find(|r| r.device_id == device_id)
+            .map(|r| r.bed.clone())
     }
 
     pub(super) fn next_ack_id(&self) -> String {

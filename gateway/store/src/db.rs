@@ -607,7 +607,8 @@ fn insert_observations(
         b.observations.len(),
         |i, seq, buf| {
             let o = &b.observations[i];
-            encode_observation_record(gateway_id, &b.device_id, seq, o, buf);
+            let traceparent = b.traceparent.as_deref().unwrap_or_default();
+            encode_observation_record(gateway_id, &b.device_id, seq, o, traceparent, buf);
             o.receive_time_us
         },
     )?;
@@ -644,13 +645,14 @@ fn insert_records(
             device_id: device_id.to_owned(),
             seq,
             body: Some(body),
+            traceparent: String::new(),
         };
         rec.encode(buf).expect("a Vec grows as needed");
         received_us
     })
 }
 
-/// `StoredRecord { gateway_id, device_id, seq, body: Observation { seq, ..o } }` encoded into
+/// `StoredRecord { gateway_id, device_id, seq, body: Observation { seq, ..o }, traceparent }` encoded into
 /// `buf` without cloning the observation (the writer thread did 15 clones of ~10 strings per
 /// message). The observation's fields are written as they are with its `seq` field (field 2)
 /// appended last: protobuf readers take fields in any order, so it decodes to exactly the same
@@ -660,6 +662,7 @@ fn encode_observation_record(
     device_id: &str,
     seq: u64,
     o: &Observation,
+    traceparent: &str,
     buf: &mut Vec<u8>,
 ) {
     use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
@@ -673,6 +676,7 @@ fn encode_observation_record(
                 seq,
                 ..o.clone()
             })),
+            traceparent: traceparent.to_owned(),
         };
         rec.encode(buf).expect("a Vec grows as needed");
         return;
@@ -700,6 +704,7 @@ fn encode_observation_record(
     if seq != 0 {
         prost::encoding::uint64::encode(2, &seq, buf);
     }
+    put_str(4, traceparent, buf);
 }
 
 /// Most records one `records` row holds (a message with more readings takes several rows).

@@ -810,6 +810,7 @@ mod tests {
             }]
             .into(),
             order,
+            traceparent: None,
         }))
     }
 

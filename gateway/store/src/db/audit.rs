@@ -126,6 +126,7 @@ pub(super) fn read(
                 device_id: AUDIT_DEVICE.to_owned(),
                 seq,
                 body: Some(stored_record::Body::AuditEntry(entry)),
+                traceparent: String::new(),
             }
             .encode_to_vec(),
             Err(e) => {

@@ -22,6 +22,7 @@ fn batch(device: &str, control: Option<&str>, n: usize) -> WriteRequest {
         dedup: control.map(|c| (c.to_string(), digest(c.as_bytes()))),
         observations: (0..n).map(|i| obs(90.0 + i as f64)).collect(),
         order: Default::default(),
+        traceparent: None,
     })
 }
 
@@ -103,6 +104,7 @@ fn old_layout_file(p: &Path) {
                 seq,
                 ..obs(seq as f64)
             })),
+            traceparent: String::new(),
         };
         c.execute(
             "INSERT INTO records (device_id, seq, kind, bed, received_us, payload, sent) VALUES ('a', ?1, 1, 'bed-1', 1, ?2, ?3)",
@@ -245,6 +247,7 @@ fn a_run_row_reads_back_compressed_or_not_and_a_damaged_one_is_an_error() {
                     seq,
                     ..obs(seq as f64)
                 })),
+                traceparent: String::new(),
             }
             .encode_to_vec()
         })
@@ -283,6 +286,7 @@ fn long_readings_split_rows_by_size_and_a_damaged_row_never_stops_the_outbox() {
             })
             .collect(),
         order: Default::default(),
+        traceparent: None,
     });
     assert!(db
         .commit_batch(&[long, batch("b", None, 5)])
@@ -356,6 +360,7 @@ fn retries_are_recognised_in_the_same_batch_after_a_restart_and_among_the_last_w
         dedup: Some(("m1".into(), digest(b"other bytes"))),
         observations: vec![obs(1.0)].into(),
         order: Default::default(),
+        traceparent: None,
     });
     assert_eq!(
         db.commit_batch(std::slice::from_ref(&other))[0]
@@ -471,6 +476,7 @@ fn batch_at(device: &str, control: &str, n: usize, t0_us: i64) -> WriteRequest {
             })
             .collect(),
         order: Default::default(),
+        traceparent: None,
     })
 }
 
@@ -936,16 +942,25 @@ fn direct_observation_encoding_decodes_identically() {
             10,
         ),
     ] {
-        let mut buf = Vec::new();
-        encode_observation_record(gateway, device, seq, &o, &mut buf);
-        let canonical = StoredRecord {
-            gateway_id: gateway.into(),
-            device_id: device.into(),
-            seq,
-            body: Some(stored_record::Body::Observation(Observation { seq, ..o })),
-        };
-        assert_eq!(StoredRecord::decode(&buf[..]).unwrap(), canonical);
-        assert_eq!(buf.len(), canonical.encoded_len());
+        for traceparent in [
+            "",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ] {
+            let mut buf = Vec::new();
+            encode_observation_record(gateway, device, seq, &o, traceparent, &mut buf);
+            let canonical = StoredRecord {
+                gateway_id: gateway.into(),
+                device_id: device.into(),
+                seq,
+                body: Some(stored_record::Body::Observation(Observation {
+                    seq,
+                    ..o.clone()
+                })),
+                traceparent: traceparent.into(),
+            };
+            assert_eq!(StoredRecord::decode(&buf[..]).unwrap(), canonical);
+            assert_eq!(buf.len(), canonical.encoded_len());
+        }
     }
 }
 

@@ -35,6 +35,7 @@ fn message(device: &str, bed: &str, obs: Vec<Observation>) -> WriteRequest {
         dedup: None,
         observations: Arc::from(obs),
         order: Default::default(),
+        traceparent: None,
     })
 }
 

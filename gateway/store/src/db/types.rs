@@ -64,6 +64,10 @@ pub struct ObservationBatch {
     pub observations: std::sync::Arc<[Observation]>,
     /// Ordering against the device's other writes (see [`WriteOrder`]).
     pub order: WriteOrder,
+    /// The W3C trace context of the span that commits this message, stored with each of its
+    /// records (`StoredRecord.traceparent`) for the bridge's delivery span; `None` with
+    /// tracing off.
+    pub traceparent: Option<String>,
 }
 
 /// A rejected input, kept for the biomedical engineer.
