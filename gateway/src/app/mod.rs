@@ -29,6 +29,7 @@ mod bridge;
 mod http;
 mod ingest;
 mod keys;
+mod service;
 mod store;
 
 /// Where a running gateway can be reached (also written to `<data_dir>/endpoints.json`).
@@ -45,6 +46,8 @@ pub struct Running {
     pub outbox: Arc<SqliteOutbox>,
     pub bridge: Option<Arc<BridgeStats>>,
     pub store: Addr<Store>,
+    /// The alarm engine (systemd's watchdog pings it, [`service`]).
+    pub alarms: Addr<crate::alarm::actor::AlarmActor>,
     shutdown: watch::Sender<bool>,
     http: actix_web::dev::ServerHandle,
     mllp_task: tokio::task::JoinHandle<()>,
@@ -205,6 +208,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
         crate::census::actor::CensusActor::start(census, config.bed_map(), Some(audit.clone()));
 
     let alarms = alarms::start_alarms(&config, &stored.store, &terminology)?;
+    let alarm_addr = alarms.addr.clone();
     let _ = stored.alarm_slot.set(alarms.addr.clone());
 
     let ingest = ingest::start_ingest(
@@ -244,6 +248,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
         outbox: stored.outbox,
         bridge,
         store: stored.store,
+        alarms: alarm_addr,
         shutdown: ingest.shutdown,
         http: http.handle,
         mllp_task: ingest.mllp_task,
@@ -280,13 +285,22 @@ pub async fn wait_for_signal() {
 pub fn run(config: Config) -> anyhow::Result<()> {
     let system = actix::System::new();
     system.block_on(async move {
+        service::check_limits(&config);
         let running = start(config, None).await?;
+        let ep = &running.endpoints;
+        service::ready(
+            running.store.clone(),
+            running.alarms.clone(),
+            ep.mllp,
+            ep.http,
+        );
         println!(
             "icu-gateway ready: mllp {} page http://{}/",
             running.endpoints.mllp, running.endpoints.http
         );
         wait_for_signal().await;
         tracing::info!("stopping");
+        service::stopping();
         running.shutdown().await;
         anyhow::Ok(())
     })?;
