@@ -1,7 +1,8 @@
 //! `icu-gateway run` as systemd runs it (`Type=notify`, `WatchdogSec=`): the test plays systemd,
 //! binding the Unix datagram socket the gateway finds in `$NOTIFY_SOCKET` and asking for a
 //! watchdog with `$WATCHDOG_USEC`. READY=1 comes only once monitors can connect, WATCHDOG=1 keeps
-//! coming while the actors answer, STOPPING=1 comes on SIGTERM.
+//! coming while the actors answer and after a SIGHUP (`systemctl reload`), STOPPING=1 comes on
+//! SIGTERM.
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
@@ -20,7 +21,7 @@ fn next(sock: &UnixDatagram, within: Duration) -> Option<String> {
 }
 
 #[test]
-fn ready_after_the_listeners_then_the_watchdog_is_fed_then_stopping() {
+fn ready_after_the_listeners_then_the_watchdog_is_fed_through_a_reload_then_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
@@ -81,6 +82,25 @@ fn ready_after_the_listeners_then_the_watchdog_is_fed_then_stopping() {
     );
     let longest = fed.windows(2).map(|w| w[1] - w[0]).max().unwrap();
     assert!(longest < watchdog, "{longest:?} between two WATCHDOG=1");
+
+    // `systemctl reload` (SIGHUP) does not stop it: the watchdog keeps being fed.
+    let children = format!("/proc/{0}/task/{0}/children", gw.pid());
+    let pid = std::fs::read_to_string(&children).unwrap();
+    let pid = pid
+        .split_whitespace()
+        .next()
+        .expect("the gateway under its wrapper");
+    assert!(Command::new("kill")
+        .args(["-HUP", pid])
+        .status()
+        .unwrap()
+        .success());
+    for _ in 0..3 {
+        let m = next(&sock, watchdog)
+            .unwrap_or_else(|| panic!("no WATCHDOG=1 after SIGHUP; log:\n{}", log_text()));
+        assert_eq!(m.trim_end(), "WATCHDOG=1", "unexpected notification");
+    }
+    assert!(gw.exited().is_none(), "SIGHUP stopped the gateway");
 
     // SIGTERM (the wrapper sends it when the guard closes its stdin): STOPPING=1, a clean exit.
     let exited = std::thread::spawn(move || gw.shutdown(Duration::from_secs(20)).unwrap());

@@ -13,6 +13,7 @@
 //!   returns, a dead arbiter, a blocked system thread that also stops this task) sends nothing,
 //!   and systemd kills and restarts the gateway once the interval passed without `WATCHDOG=1`.
 //! - `STOPPING=1` when a stop begins.
+//! - SIGHUP (`systemctl reload`) never stops the gateway.
 //!
 //! Without `$NOTIFY_SOCKET` (a gateway started by hand or by a test) nothing is sent.
 
@@ -113,6 +114,7 @@ fn notify(states: &[NotifyState]) {
 /// watchdog task when systemd asked for one. Call inside the actix `System`, after
 /// `app::start` returned.
 pub fn ready(store: Addr<Store>, alarms: Addr<AlarmActor>, mllp: SocketAddr, http: SocketAddr) {
+    survive_sighup();
     let status = format!("ready: mllp {mllp}, page http://{http}/");
     notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
     if let Some(interval) = watchdog_interval() {
@@ -123,6 +125,25 @@ pub fn ready(store: Addr<Store>, alarms: Addr<AlarmActor>, mllp: SocketAddr, htt
             "systemd watchdog on: the store and alarm actors are pinged"
         );
         actix::spawn(feed_watchdog(store, alarms, period));
+    }
+}
+
+/// `systemctl reload` sends SIGHUP (`ExecReload=`), whose default action ends the process: with
+/// this listener it never stops the gateway, whatever else listens for it (the TLS listeners
+/// re-read their files on it).
+fn survive_sighup() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            actix::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP (systemctl reload)");
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: systemctl reload would stop the gateway")
+        }
     }
 }
 
