@@ -30,6 +30,7 @@ mod http;
 mod ingest;
 mod keys;
 mod reload;
+mod service;
 mod store;
 
 pub use reload::{ReloadRefused, ReloadReport};
@@ -48,6 +49,8 @@ pub struct Running {
     pub outbox: Arc<SqliteOutbox>,
     pub bridge: Option<Arc<BridgeStats>>,
     pub store: Addr<Store>,
+    /// The alarm engine (systemd's watchdog pings it, [`service`]).
+    pub alarms: Addr<crate::alarm::actor::AlarmActor>,
     shutdown: watch::Sender<bool>,
     http: actix_web::dev::ServerHandle,
     mllp_task: tokio::task::JoinHandle<()>,
@@ -218,6 +221,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
     let census_for_reload = census_addr.clone();
 
     let alarms = alarms::start_alarms(&config, &stored.store, &terminology)?;
+    let alarm_addr = alarms.addr.clone();
     let _ = stored.alarm_slot.set(alarms.addr.clone());
     let alarms_for_reload = alarms.addr.clone();
 
@@ -270,6 +274,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
         outbox: stored.outbox,
         bridge,
         store: stored.store,
+        alarms: alarm_addr,
         shutdown: ingest.shutdown,
         http: http.handle,
         mllp_task: ingest.mllp_task,
@@ -354,17 +359,27 @@ pub async fn wait_for_signal() {
 pub fn run(config: Config) -> anyhow::Result<()> {
     let system = actix::System::new();
     system.block_on(async move {
+        // Before anything can take long: from here on SIGHUP never ends the process.
         let mut signals = Signals::register();
+        service::check_limits(&config);
         let running = start(config, None).await?;
+        let ep = &running.endpoints;
+        service::ready(
+            running.store.clone(),
+            running.alarms.clone(),
+            ep.mllp,
+            ep.http,
+        );
         println!(
             "icu-gateway ready: mllp {} page http://{}/",
             running.endpoints.mllp, running.endpoints.http
         );
         while signals.next().await == Signal::Reload {
             // Refusals and results are logged and audited by the reload itself.
-            let _ = running.reload().await;
+            service::reloaded(&running.reload().await);
         }
         tracing::info!("stopping");
+        service::stopping();
         running.shutdown().await;
         anyhow::Ok(())
     })?;
