@@ -33,6 +33,23 @@ pub struct SerialSettings {
     pub stop_bits: u8,
 }
 
+impl SerialSettings {
+    /// Speed and framing as on the device's menu, e.g. `9600 8N1`.
+    pub fn line_text(&self) -> String {
+        format!(
+            "{} {}{}{}",
+            self.baud,
+            self.data_bits,
+            self.parity
+                .chars()
+                .next()
+                .unwrap_or('n')
+                .to_ascii_uppercase(),
+            self.stop_bits
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClockPolicy {
     Auto,

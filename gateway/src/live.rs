@@ -156,14 +156,7 @@ fn device_view(d: &Device) -> DeviceView {
         protocol: d.protocol,
         state: "waiting".into(),
         identity: match (&d.match_id, &d.serial) {
-            (_, Some(sp)) => format!(
-                "{} {} baud {}{}{}",
-                sp.port.display(),
-                sp.baud,
-                sp.data_bits,
-                sp.parity.chars().next().unwrap_or('n').to_ascii_uppercase(),
-                sp.stop_bits
-            ),
+            (_, Some(sp)) => format!("{} {}", sp.port.display(), sp.line_text()),
             (Some(m), None) => format!("matched on {m}"),
             (None, None) => String::new(),
         },

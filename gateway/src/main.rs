@@ -459,14 +459,7 @@ fn main() -> anyhow::Result<()> {
             for d in &cfg.devices {
                 let how = match (&d.match_id, &d.serial) {
                     (Some(m), _) => format!("match {m}"),
-                    (None, Some(s)) => format!(
-                        "port {} {} baud {}{}{}",
-                        s.port.display(),
-                        s.baud,
-                        s.data_bits,
-                        s.parity.chars().next().unwrap_or('n').to_ascii_uppercase(),
-                        s.stop_bits
-                    ),
+                    (None, Some(s)) => format!("port {} {}", s.port.display(), s.line_text()),
                     (None, None) => String::new(),
                 };
                 println!("  device {} at {} ({:?}, {how})", d.id, d.bed, d.protocol);

@@ -11,13 +11,7 @@ use crate::domain::{Device, SerialSettings};
 
 /// `9600 8N1`.
 pub fn line_text(s: &SerialSettings) -> String {
-    format!(
-        "{} {}{}{}",
-        s.baud,
-        s.data_bits,
-        s.parity.chars().next().unwrap_or('n').to_ascii_uppercase(),
-        s.stop_bits
-    )
+    s.line_text()
 }
 
 /// Opens device `index`'s port (blocking; run it off the async threads).
