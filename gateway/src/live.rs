@@ -128,7 +128,7 @@ struct Inner {
 pub struct LiveState {
     inner: Mutex<Inner>,
     /// How long a device stays `unsynced` after its last untrusted device time.
-    clock_settle_us: i64,
+    clock_settle_us: std::sync::atomic::AtomicI64,
 }
 
 fn rfc3339(us: i64) -> String {
@@ -191,15 +191,23 @@ impl LiveState {
         }
         Self {
             inner: Mutex::new(inner),
-            clock_settle_us: 30_000_000,
+            clock_settle_us: std::sync::atomic::AtomicI64::new(30_000_000),
         }
     }
 
     /// Sets how long a device stays `unsynced` after its last untrusted device time
     /// (`alarms.device_clock.settle_s`).
-    pub fn with_clock_settle_s(mut self, settle_s: u32) -> Self {
-        self.clock_settle_us = i64::from(settle_s) * 1_000_000;
+    pub fn with_clock_settle_s(self, settle_s: u32) -> Self {
+        self.set_clock_settle_s(settle_s);
         self
+    }
+
+    /// As [`LiveState::with_clock_settle_s`], on a running gateway (a config reload).
+    pub fn set_clock_settle_s(&self, settle_s: u32) {
+        self.clock_settle_us.store(
+            i64::from(settle_s) * 1_000_000,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// A configuration reload: beds and devices that stay keep their values, counters, link
@@ -457,9 +465,12 @@ impl LiveState {
                 .map(|d| {
                     let mut d = d.clone();
                     d.last_seen = d.last_seen_us.map(rfc3339);
-                    let unsynced = d
-                        .clock_untrusted_us
-                        .is_some_and(|t| now_us - t < self.clock_settle_us);
+                    let unsynced = d.clock_untrusted_us.is_some_and(|t| {
+                        now_us - t
+                            < self
+                                .clock_settle_us
+                                .load(std::sync::atomic::Ordering::Relaxed)
+                    });
                     d.device_clock = if unsynced { "unsynced" } else { "ok" };
                     d.state = match d.last_seen_us {
                         None => "waiting".into(),

@@ -1,7 +1,9 @@
 //! `systemctl reload` (SIGHUP) against the real gateway binary over real sockets: a monitor
 //! stays connected through the reload and never sees a disconnect; the added device is taken,
 //! the removed one refused, the changed SpO2 limit alarms on that same connection; a config
-//! that does not validate changes nothing; both reloads are in the audit trail.
+//! that does not validate changes nothing; both reloads are in the audit trail. A serial
+//! oximeter on a real pty keeps its open port through a reload that does not change it, and
+//! one moved to another bed reopens its port and its values follow it.
 
 mod support;
 
@@ -60,6 +62,12 @@ fn device_ids(gw: &GatewayProc) -> Vec<String> {
         .collect();
     ids.sort();
     ids
+}
+
+/// Writes `config` over the gateway's file and sends SIGHUP.
+fn reload_with(gw: &GatewayProc, config: &str) {
+    std::fs::write(&gw.config_path, config).unwrap();
+    sighup(gw);
 }
 
 fn sighup(gw: &GatewayProc) {
@@ -123,10 +131,9 @@ fn a_reload_applies_devices_and_limits_without_dropping_a_connected_monitor() {
     );
 
     // The engineer adds bed 3's monitor, removes bed 2's, raises the SpO2 limit to 95.
-    std::fs::write(&gw.config_path, config(dir.path(), 95, &[1, 3])).unwrap();
     let audit_config = dir.path().join("audit-view.toml");
-    std::fs::copy(&gw.config_path, &audit_config).unwrap();
-    sighup(&gw);
+    std::fs::write(&audit_config, config(dir.path(), 95, &[1, 3])).unwrap();
+    reload_with(&gw, &config(dir.path(), 95, &[1, 3]));
     wait_for(Duration::from_secs(10), "the reload", || {
         gw.log_text().contains("config reloaded").then_some(())
     })
@@ -164,12 +171,7 @@ fn a_reload_applies_devices_and_limits_without_dropping_a_connected_monitor() {
     );
 
     // A config that does not validate changes nothing.
-    std::fs::write(
-        &gw.config_path,
-        "gateway_id = \"test-gw\"\n[[devices]]\nid = 3\n",
-    )
-    .unwrap();
-    sighup(&gw);
+    reload_with(&gw, "gateway_id = \"test-gw\"\n[[devices]]\nid = 3\n");
     wait_for(Duration::from_secs(10), "the refusal", || {
         gw.log_text()
             .contains("config reload refused")
@@ -205,5 +207,150 @@ fn a_reload_applies_devices_and_limits_without_dropping_a_connected_monitor() {
         "{applied}"
     );
     assert_eq!(entries[1]["outcome"], "denied", "{}", entries[1]);
+    gw.stop();
+}
+
+/// A gateway with beds 1 and 2, bed 1's monitor over MLLP and a Masimo oximeter on `port` at
+/// `oximeter_bed`; `extra_monitor` adds bed 2's monitor.
+fn serial_config(
+    dir: &std::path::Path,
+    port: &std::path::Path,
+    oximeter_bed: &str,
+    extra_monitor: bool,
+) -> String {
+    let mut text = format!(
+        "gateway_id = \"test-gw\"\ndata_dir = \"{}\"\nclock = \"synced\"\n[mllp]\nlisten = \"127.0.0.1:0\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n[store]\nsynchronous = \"normal\"\n\
+         [[beds]]\nid = \"bed-01\"\n[[beds]]\nid = \"bed-02\"\n\
+         [[devices]]\nid = \"mon-01\"\nbed = \"bed-01\"\nprotocol = \"pcd01\"\nmatch = \"0012AB0000000001\"\n\
+         [[devices]]\nid = \"spo2-01\"\nbed = \"{oximeter_bed}\"\nprotocol = \"masimo\"\n\
+         [devices.serial]\nport = \"{}\"\n",
+        dir.display(),
+        port.display()
+    );
+    if extra_monitor {
+        text.push_str(
+            "[[devices]]\nid = \"mon-02\"\nbed = \"bed-02\"\nprotocol = \"pcd01\"\nmatch = \"0012AB0000000002\"\n",
+        );
+    }
+    text
+}
+
+/// Bed `bed`'s values from `device` in the live view.
+fn values_from(gw: &GatewayProc, bed: &str, device: &str) -> usize {
+    gw.get_json("/api/beds")["beds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["id"] == bed)
+        .flat_map(|b| b["values"].as_array().cloned().unwrap_or_default())
+        .filter(|v| v["device_id"] == device)
+        .count()
+}
+
+#[test]
+fn an_unchanged_serial_device_keeps_its_port_open_and_a_moved_one_reopens_under_its_new_bed() {
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = dir.path().join("spo2-01");
+    let pty = icu_sim::serial::open_pty(&port).expect("a pty pair");
+    let mut gw = GatewayProc::start(
+        dir.path(),
+        &serial_config(dir.path(), &port, "bed-01", false),
+    );
+
+    // The oximeter: a Masimo line every 100 ms while the gateway holds the port open; every
+    // time the gateway lets go of the port (the master sees no slave) is counted.
+    let stop = Arc::new(AtomicBool::new(false));
+    let closes = Arc::new(AtomicU32::new(0));
+    let oximeter = {
+        let (stop, closes) = (stop.clone(), closes.clone());
+        std::thread::spawn(move || {
+            let mut pty = pty;
+            let mut was_open = false;
+            while !stop.load(Ordering::Relaxed) {
+                let open = pty.connected();
+                if was_open && !open {
+                    closes.fetch_add(1, Ordering::Relaxed);
+                }
+                was_open = open;
+                if open {
+                    let line = icu_sim::serial::masimo_line(
+                        chrono::Utc::now(),
+                        "0000012345",
+                        Some(97.0),
+                        Some(72.0),
+                        Some(2.5),
+                        0,
+                    );
+                    let _ = pty.master.write_all(line.as_bytes());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+                // One line per 100 ms, the port watched every 5 ms.
+                for _ in 0..19 {
+                    let open = pty.connected();
+                    if was_open && !open {
+                        closes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    was_open = open;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        })
+    };
+    wait_for(Duration::from_secs(20), "oximeter values at bed 1", || {
+        (values_from(&gw, "bed-01", "spo2-01") > 0).then_some(())
+    })
+    .unwrap();
+
+    // A reload that adds bed 2's monitor leaves the oximeter's port alone.
+    reload_with(&gw, &serial_config(dir.path(), &port, "bed-01", true));
+    wait_for(Duration::from_secs(10), "the first reload", || {
+        gw.log_text()
+            .contains("devices added: mon-02")
+            .then_some(())
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        closes.load(Ordering::Relaxed),
+        0,
+        "the port was closed by a reload that did not change the device"
+    );
+    assert_eq!(
+        gw.log_text().matches("serial port open").count(),
+        1,
+        "{}",
+        gw.log_tail(30)
+    );
+
+    // Moving the oximeter to bed 2 closes and reopens its port; its values follow it.
+    reload_with(&gw, &serial_config(dir.path(), &port, "bed-02", true));
+    wait_for(Duration::from_secs(15), "oximeter values at bed 2", || {
+        (values_from(&gw, "bed-02", "spo2-01") > 0).then_some(())
+    })
+    .unwrap();
+    assert_eq!(
+        values_from(&gw, "bed-01", "spo2-01"),
+        0,
+        "no value of the moved oximeter stays under bed 1"
+    );
+    assert!(
+        gw.log_text().contains("replaced: spo2-01"),
+        "{}",
+        gw.log_tail(30)
+    );
+    assert_eq!(
+        gw.log_text().matches("serial port open").count(),
+        2,
+        "{}",
+        gw.log_tail(30)
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    oximeter.join().unwrap();
     gw.stop();
 }

@@ -234,6 +234,9 @@ impl Reloader {
         }
 
         self.apply_devices(&new, &mut report).await;
+        // Once more, now that retired devices have stopped: a reading one of them handled
+        // during the reload must not leave a value under a bed it no longer serves.
+        self.live.reconfigure(&new.beds, &new.devices);
 
         // What needs a restart stays as it runs; the reloadable sections are the new file's.
         self.current.beds = new.beds;
@@ -268,6 +271,8 @@ impl Reloader {
     /// Starts, replaces and retires device actors; publishes the new route tables.
     async fn apply_devices(&mut self, new: &Config, report: &mut ReloadReport) {
         let clock_changed = new.alarms.device_clock != self.devices.kit.device_clock;
+        self.live
+            .set_clock_settle_s(new.alarms.device_clock.settle_s);
         self.devices.kit.device_clock = new.alarms.device_clock.clone();
         let wanted: BTreeSet<&str> = new.devices.iter().map(|d| d.id.as_str()).collect();
         let mut leaving: Vec<RunningDevice> = Vec::new();
