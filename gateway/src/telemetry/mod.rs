@@ -88,12 +88,7 @@ where
         );
     let layer = tracing_subscriber::fmt::layer().with_writer(writer);
     match format {
-        // Colours only for a person at a terminal: a log file, a pipe or a collector gets plain
-        // text (and `NO_COLOR` turns them off there too).
-        LogFormat::Text => layer
-            .with_ansi(colours_on_stderr())
-            .with_filter(filter)
-            .boxed(),
+        LogFormat::Text => layer.with_filter(filter).boxed(),
         LogFormat::Json => layer
             .json()
             .with_current_span(true)
@@ -106,12 +101,6 @@ where
             .with_filter(filter)
             .boxed(),
     }
-}
-
-/// Whether text log lines may carry ANSI colours: stderr is a terminal and `NO_COLOR` is unset.
-fn colours_on_stderr() -> bool {
-    use std::io::IsTerminal as _;
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
 /// Installs the process's subscriber: log lines in `format` on stderr and, with `otlp`, the
