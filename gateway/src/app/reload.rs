@@ -28,7 +28,7 @@ use super::ingest::{DeviceSet, RunningDevice};
 use crate::alarm::actor::{AlarmActor, ReplaceConfig};
 use crate::audit::{Action, AuditEntry, AuditLog, Outcome, TargetKind};
 use crate::census::actor::{CensusActor, SetBedMap};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::device::SetDeviceClock;
 use crate::domain::Device;
 use crate::live::LiveState;
@@ -140,6 +140,17 @@ fn read_raw(path: &std::path::Path) -> Option<toml::Table> {
     toml::from_str(&text).ok()
 }
 
+/// Reads the file once and validates it; its top-level tables come from the same text, so the
+/// sections compared for a restart are those of the config applied.
+fn load(path: &std::path::Path) -> Result<(Config, Option<toml::Table>), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let config = Config::from_toml(&text, path)?;
+    Ok((config, toml::from_str(&text).ok()))
+}
+
 /// Top-level sections that differ between two files, leaving out the reloadable ones.
 fn restart_sections(old: &toml::Table, new: &toml::Table) -> Vec<String> {
     let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
@@ -176,7 +187,17 @@ impl Reloader {
     /// Re-reads the config file and applies what can be applied (see the module docs).
     pub async fn reload(&mut self) -> Result<ReloadReport, ReloadRefused> {
         tracing::info!(config = %self.path.display(), "reloading the config");
-        let new = match Config::load(&self.path) {
+        // File I/O and parsing off the async threads.
+        let path = self.path.clone();
+        let loaded = tokio::task::spawn_blocking(move || load(&path))
+            .await
+            .unwrap_or_else(|e| {
+                Err(ConfigError::Read {
+                    path: self.path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            });
+        let (new, new_raw) = match loaded {
             Ok(c) => c,
             Err(e) => {
                 let why = e.to_string();
@@ -196,7 +217,6 @@ impl Reloader {
             sha256: format!("sha256:{}", new.source_sha256),
             ..Default::default()
         };
-        let new_raw = read_raw(&self.path);
         if let (Some(old), Some(new)) = (&self.current_raw, &new_raw) {
             report.needs_restart = restart_sections(old, new);
         }
