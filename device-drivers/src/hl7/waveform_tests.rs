@@ -39,6 +39,13 @@ fn mixed() -> String {
     format!("{HEAD}{NUMERICS}{WAVES}")
 }
 
+/// The error for the mixed message with `old` replaced by `new` (which must be in it).
+fn refused(old: &str, new: &str) -> Hl7Error {
+    let msg = mixed();
+    assert!(msg.contains(old), "{old}");
+    decode(&msg.replace(old, new)).unwrap_err()
+}
+
 fn loc(e: &Hl7Error) -> String {
     e.location
         .as_ref()
@@ -116,13 +123,14 @@ fn the_numerics_decode_exactly_as_without_the_waveforms() {
 
 #[test]
 fn a_missing_sample_rate_is_refused_at_its_row() {
-    let msg = mixed().replace(
+    let e = refused(
         "OBX|9|NM|0^MDC_ATTR_SAMP_RATE^MDC|1.2.1.100.1|125|264640^MDC_DIM_HZ^MDC|||||R\r",
         "",
     );
-    let e = decode(&msg).unwrap_err();
-    assert_eq!(e.ack, AckCode::AE);
-    assert_eq!(e.code, ErrorCode::RequiredFieldMissing);
+    assert_eq!(
+        (e.ack, e.code),
+        (AckCode::AE, ErrorCode::RequiredFieldMissing)
+    );
     assert_eq!(loc(&e), "OBX^7^3");
     assert!(e.message.contains("no sample rate"), "{e}");
 }
@@ -134,17 +142,15 @@ fn a_zero_negative_or_non_numeric_sample_rate_is_refused() {
         ("-500", "above 0"),
         ("fast", "not a number"),
     ] {
-        let msg = mixed().replace("|1.1.1.100.1|500|", &format!("|1.1.1.100.1|{rate}|"));
-        let e = decode(&msg).unwrap_err();
+        let e = refused("|1.1.1.100.1|500|", &format!("|1.1.1.100.1|{rate}|"));
         assert_eq!((e.ack, e.code), (AckCode::AE, ErrorCode::DataTypeError));
         assert_eq!(loc(&e), "OBX^5^5", "{rate}");
         assert!(e.message.contains(what), "{rate}: {e}");
     }
-    let msg = mixed().replace(
+    let e = refused(
         "|500|264608^MDC_DIM_PER_SEC^MDC|",
         "|500|264338^MDC_DIM_MILLI_SEC^MDC|",
     );
-    let e = decode(&msg).unwrap_err();
     assert_eq!(loc(&e), "OBX^5^6");
 }
 
