@@ -3,7 +3,8 @@
 //! (`device-drivers/tests/fuzz_corpus.rs`, part of the normal test run, no nightly needed) run
 //! the same code on the same inputs.
 //!
-//! Every parser that reads network or device input has a target: MLLP framing, PCD-01, ADT,
+//! Every parser that reads network or device input has a target: MLLP framing, PCD-01 (and its
+//! waveform rows), ADT,
 //! the ACKs the PCD-04 output reads, MQTT topics and JSON/protobuf payloads, Masimo and MEDIBUS
 //! (serial). Each must not panic on any input, and checks what it can cheaply: a decoded value
 //! is checked again against the rules its decoder promises.
@@ -15,7 +16,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 
-use crate::hl7::{ack_error_text, decode_adt, decode_pcd01, parse_msa};
+use crate::hl7::{
+    ack_error_text, decode_adt, decode_pcd01, decode_pcd01_waveforms, parse_msa, WaveformConfig,
+};
 use crate::masimo::{to_observations, MasimoCodec, MasimoEvent};
 use crate::medibus::{
     medibus_to_observations, Action, DeviceIdentity, MedibusCodec, MedibusData, MedibusDevice,
@@ -39,6 +42,7 @@ pub const TARGETS: &[(&str, FuzzBody)] = &[
     ("mqtt_pb", mqtt_pb),
     ("masimo", masimo),
     ("medibus", medibus),
+    ("pcd01_waveform", pcd01_waveform),
 ];
 
 /// The first byte chooses where the input is split in two reads (a frame across reads).
@@ -66,6 +70,40 @@ pub fn pcd01(data: &[u8]) {
                 o.value.is_none_or(f64::is_finite),
                 "a decoded value is finite"
             );
+        }
+    }
+}
+
+/// IHE PCD-01 waveform decoding (WCM rows next to numerics) of one MLLP payload: every position
+/// of a segment is a sample or a gap, the flagged runs lie inside the segment, and the bounds of
+/// the configuration hold.
+pub fn pcd01_waveform(data: &[u8]) {
+    let config = WaveformConfig {
+        max_samples: 4096,
+        ..WaveformConfig::default()
+    };
+    let Ok(w) = decode_pcd01_waveforms(data, 0, &Terminology::builtin(), &config) else {
+        return;
+    };
+    for o in &w.message.observations {
+        assert!(
+            o.value.is_none_or(f64::is_finite),
+            "a decoded value is finite"
+        );
+    }
+    for s in &w.segments {
+        let missing: u64 = s.gaps.iter().map(|g| u64::from(g.count)).sum();
+        assert_eq!(
+            s.samples.len() as u64 + missing,
+            u64::from(s.sample_count),
+            "every position is a sample or a gap"
+        );
+        assert!(s.sample_count <= config.max_samples);
+        assert!(s.sample_rate_hz > 0.0 && s.sample_rate_hz <= config.max_sample_rate_hz);
+        assert!(s.scale > 0.0 && s.scale.is_finite());
+        for run in s.gaps.iter().chain(&s.below_range).chain(&s.above_range) {
+            assert!(run.count > 0);
+            assert!(u64::from(run.start) + u64::from(run.count) <= u64::from(s.sample_count));
         }
     }
 }

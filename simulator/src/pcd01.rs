@@ -115,6 +115,25 @@ const MEAN: Metric = Metric {
     limits: "60-110",
 };
 
+/// MSH, PID, PV1, the OBR (OBR-4 `service`, OBR-7 `obr7`) and the MDS row with the monitor's
+/// EUI-64 in OBX-18, as every message of a simulated monitor starts (MSH-7 `msh7`).
+pub(crate) fn head_segments(
+    bed: &SimBed,
+    control_id: &str,
+    msh7: &str,
+    service: &str,
+    obr7: &str,
+) -> Vec<String> {
+    let eui = &bed.monitor_eui64;
+    vec![
+        format!("MSH|^~\\&|SIM_MON^{eui}^EUI-64|ICU_SIM|ICU_GW|HOSP|{msh7}||ORU^R01^ORU_R01|{control_id}|P|2.6|||AL|NE||UNICODE UTF-8|||IHE_PCD_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO"),
+        format!("PID|||SIM{:04}^^^HOSP^MR||SIMULATED^PATIENT{}^^^^^L", bed.index, bed.index),
+        format!("PV1||I|ICU^{:03}^{}^HOSP", bed.index, bed.bed_id),
+        format!("OBR|1|{control_id}^SIM_MON^{eui}^EUI-64|{control_id}^SIM_MON^{eui}^EUI-64|{service}|||{obr7}"),
+        format!("OBX|1||69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|1.0.0.0|||||||X|||||||{eui}^^{eui}^EUI-64"),
+    ]
+}
+
 fn hl7_time(t: DateTime<Utc>) -> String {
     t.format("%Y%m%d%H%M%S+0000").to_string()
 }
@@ -144,16 +163,15 @@ impl Monitor {
         let now = now + chrono::Duration::seconds(self.clock_skew_s);
         let v: Vitals = self.patient.step();
         let control_id = format!("{}-{:08}", self.bed.device_id.to_uppercase(), self.counter);
-        let eui = &self.bed.monitor_eui64;
         let ts = hl7_time(now);
         let t_us = now.timestamp() * 1_000_000;
-        let mut segs = vec![
-            format!("MSH|^~\\&|SIM_MON^{eui}^EUI-64|ICU_SIM|ICU_GW|HOSP|{ts}||ORU^R01^ORU_R01|{control_id}|P|2.6|||AL|NE||UNICODE UTF-8|||IHE_PCD_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO"),
-            format!("PID|||SIM{:04}^^^HOSP^MR||SIMULATED^PATIENT{}^^^^^L", self.bed.index, self.bed.index),
-            format!("PV1||I|ICU^{:03}^{}^HOSP", self.bed.index, self.bed.bed_id),
-            format!("OBR|1|{control_id}^SIM_MON^{eui}^EUI-64|{control_id}^SIM_MON^{eui}^EUI-64|182777000^monitoring of patient^SCT|||{ts}"),
-            format!("OBX|1||69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|1.0.0.0|||||||X|||||||{eui}^^{eui}^EUI-64"),
-        ];
+        let mut segs = head_segments(
+            &self.bed,
+            &control_id,
+            &ts,
+            "182777000^monitoring of patient^SCT",
+            &ts,
+        );
         let mut sent = Vec::new();
         let mut rows: Vec<(&Metric, f64, Option<DateTime<Utc>>)> = vec![
             (&HR, v.heart_rate, None),

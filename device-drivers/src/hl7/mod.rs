@@ -1,7 +1,9 @@
 //! HL7 v2 over MLLP: message header, IHE PCD-01 decoding and acknowledgements.
 //!
 //! Owns: reading the MSH of any HL7 v2 message ([`parse_header`]), decoding IHE PCD-01
-//! `ORU^R01` into canonical [`icu_protos::v1::Observation`]s ([`decode_pcd01`]), the reasons a
+//! `ORU^R01` into canonical [`icu_protos::v1::Observation`]s ([`decode_pcd01`]) and, with its
+//! waveform rows (IHE PCD WCM), into [`icu_protos::v1::WaveformSegment`]s as well
+//! ([`decode_pcd01_waveforms`]), the reasons a
 //! message is refused ([`Hl7Error`], mapped to HL7 tables 0008 and 0357) and the ACK sent back
 //! ([`build_ack`]).
 //!
@@ -25,6 +27,7 @@ mod message;
 mod pcd01;
 mod pcd04;
 mod time;
+mod waveform;
 
 pub use ack::{ack_error_text, build_ack, parse_msa, GATEWAY_APPLICATION};
 pub use adt::{decode_adt, AdtEventKind, AdtLocation, AdtMessage, AdtPatient};
@@ -36,6 +39,7 @@ pub use pcd04::{
     MDC_EVT_HI_CWE, PCD04_PROFILE_DEFAULT,
 };
 pub use time::{parse_dtm, DtmError};
+pub use waveform::{decode_pcd01_waveforms, Pcd01Waveforms, WaveformConfig};
 
 /// The zero-copy splitter alone, for `benches/pcd01.rs` (next to hl7-parser's
 /// `Message::parse`): splits a payload into segments and fields and visits every repetition,

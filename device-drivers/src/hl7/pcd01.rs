@@ -54,6 +54,24 @@ pub fn decode_pcd01(
     receive_time_us: i64,
     terminology: &Terminology,
 ) -> Result<Pcd01Message, Hl7Error> {
+    decode_pcd01_with(payload, receive_time_us, terminology, &mut |_, _| {
+        Ok(Vec::new())
+    })
+}
+
+/// The OBX rows (1-based occurrences, ascending) another decoder of the same message takes, so
+/// they give no observation here; called once with the split message before any row is read.
+pub(super) type RowsElsewhere<'h> =
+    dyn FnMut(&[Segment<'_>], &Delimiters) -> Result<Vec<u32>, Hl7Error> + 'h;
+
+/// [`decode_pcd01`], with the rows `rows_elsewhere` returns left to its caller (the waveform
+/// decoder takes the waveform rows and their attribute rows this way, from one split).
+pub(super) fn decode_pcd01_with(
+    payload: &[u8],
+    receive_time_us: i64,
+    terminology: &Terminology,
+    rows_elsewhere: &mut RowsElsewhere<'_>,
+) -> Result<Pcd01Message, Hl7Error> {
     let (header, d) = header_and_delimiters(payload)?;
     check_envelope(&header)?;
     let start = leading_noise(payload);
@@ -69,6 +87,7 @@ pub fn decode_pcd01(
     })?;
     let mut fields = Vec::new();
     let segments = message::parse(text, &d, &mut fields)?;
+    let skip = rows_elsewhere(&segments, &d)?;
 
     let mut decoder = Decoder {
         d,
@@ -80,6 +99,7 @@ pub fn decode_pcd01(
         current_mds: None,
         current_equipment: None,
         first_obx18: None,
+        skip,
         rows: Vec::with_capacity(segments.iter().filter(|s| s.id == "OBX").count()),
     };
     let mut patient_id = None;
@@ -130,7 +150,7 @@ pub fn decode_pcd01(
 }
 
 /// MSH-9, MSH-11, MSH-12 and MSH-10 checks.
-fn check_envelope(h: &MessageHeader) -> Result<(), Hl7Error> {
+pub(super) fn check_envelope(h: &MessageHeader) -> Result<(), Hl7Error> {
     let msh9 = || Some(ErrorLocation::field("MSH", 1, 9));
     let shown_type = || quote(&format!("{}^{}", h.message_type, h.trigger_event));
     if h.message_type != "ORU" {
@@ -171,6 +191,8 @@ struct Decoder<'a> {
     current_mds: Option<String>,
     current_equipment: Option<String>,
     first_obx18: Option<String>,
+    /// OBX occurrences another decoder takes (ascending): no observation from them.
+    skip: Vec<u32>,
     /// Observations with the equipment id known so far (empty: use the message-level one;
     /// an OBX-18 equipment id is never empty).
     rows: Vec<Observation>,
@@ -203,6 +225,9 @@ impl Decoder<'_> {
         if value_type.is_empty() && obx5.trim().is_empty() {
             return Ok(()); // device-related row (MDS/VMD/CHAN)
         }
+        if self.skip.binary_search(&n).is_ok() {
+            return Ok(()); // taken by another decoder (a waveform row)
+        }
 
         // OBX-3: code^REFID^coding system.
         let obx3 = seg.field(3);
@@ -225,16 +250,7 @@ impl Decoder<'_> {
                 format!("OBX-3.1 (MDC code) is empty on row {n}; expected code^REFID^MDC"),
             ));
         } else {
-            let code = code_text.parse::<u32>().map_err(|_| {
-                Hl7Error::content(
-                    ErrorCode::DataTypeError,
-                    ErrorLocation::component("OBX", n, 3, 1),
-                    format!(
-                        "OBX-3.1 '{}' is not a numeric MDC code; expected code^REFID^MDC such as 150456^MDC_PULS_OXIM_SAT_O2^MDC",
-                        quote(code_text)
-                    ),
-                )
-            })?;
+            let code = numeric_mdc_code(code_text, n, "150456^MDC_PULS_OXIM_SAT_O2^MDC")?;
             (code, None)
         };
         let term = self.terminology.by_mdc(mdc_code).filter(|_| mdc_code != 0);
@@ -259,21 +275,7 @@ impl Decoder<'_> {
             (None, unescape(obx5, &d).into_owned())
         };
 
-        // OBX-6 units.
-        let obx6 = seg.field(6);
-        let unit_code_text = component(obx6, 1).trim();
-        let unit_mdc_code = unit_code_text.parse::<u32>().unwrap_or(0);
-        let ucum_alt = component(obx6, 4).trim();
-        let unit_ucum = if component(obx6, 6).trim() == "UCUM" && !ucum_alt.is_empty() {
-            unescape(ucum_alt, &d).into_owned()
-        } else if component(obx6, 3).trim() == "UCUM" {
-            unescape(unit_code_text, &d).into_owned()
-        } else {
-            self.terminology
-                .ucum_for_unit(unit_mdc_code)
-                .unwrap_or("")
-                .to_owned()
-        };
+        let (unit_mdc_code, unit_ucum) = units(seg.field(6), &d, self.terminology);
 
         let limits = repetitions(seg.field(7)).next().unwrap_or("");
         let (limit_low, limit_high) = parse_range(limits.trim());
@@ -321,27 +323,76 @@ impl Decoder<'_> {
     }
 
     fn status(&self, obx11: &str, flags: &[&str], empty_numeric: bool) -> ObservationStatus {
-        let has = |set: &[&str]| {
-            flags
-                .iter()
-                .any(|f| set.iter().any(|s| f.eq_ignore_ascii_case(s)))
-        };
-        if self.test_mode || has(&["CAL", "TEST", "DEMO"]) {
-            ObservationStatus::Test
-        } else if has(&["INV", "QUES"]) || obx11 == "W" {
-            ObservationStatus::Invalid
-        } else if has(&["NAV", "OFF", "NI"]) || obx11 == "X" || empty_numeric {
-            ObservationStatus::NotAvailable
-        } else if obx11 == "C" {
-            ObservationStatus::Corrected
-        } else {
-            ObservationStatus::Valid
-        }
+        row_status(self.test_mode, obx11, flags, empty_numeric)
     }
 }
 
+/// The status rules of the module docs: `test_mode` is MSH-11 D/T, `flags` OBX-8, `obx11`
+/// OBX-11, `empty_numeric` an NM row without a value.
+pub(super) fn row_status(
+    test_mode: bool,
+    obx11: &str,
+    flags: &[&str],
+    empty_numeric: bool,
+) -> ObservationStatus {
+    let has = |set: &[&str]| {
+        flags
+            .iter()
+            .any(|f| set.iter().any(|s| f.eq_ignore_ascii_case(s)))
+    };
+    if test_mode || has(&["CAL", "TEST", "DEMO"]) {
+        ObservationStatus::Test
+    } else if has(&["INV", "QUES"]) || obx11 == "W" {
+        ObservationStatus::Invalid
+    } else if has(&["NAV", "OFF", "NI"]) || obx11 == "X" || empty_numeric {
+        ObservationStatus::NotAvailable
+    } else if obx11 == "C" {
+        ObservationStatus::Corrected
+    } else {
+        ObservationStatus::Valid
+    }
+}
+
+/// OBX-6 as (MDC unit code or 0, UCUM): the UCUM alternate when the sender gave one, the code
+/// itself when it is coded UCUM, else the terminology's unit table ("" when unknown).
+pub(super) fn units(
+    obx6: Option<Field<'_>>,
+    d: &Delimiters,
+    terminology: &Terminology,
+) -> (u32, String) {
+    let unit_code_text = component(obx6, 1).trim();
+    let unit_mdc_code = unit_code_text.parse::<u32>().unwrap_or(0);
+    let ucum_alt = component(obx6, 4).trim();
+    let unit_ucum = if component(obx6, 6).trim() == "UCUM" && !ucum_alt.is_empty() {
+        unescape(ucum_alt, d).into_owned()
+    } else if component(obx6, 3).trim() == "UCUM" {
+        unescape(unit_code_text, d).into_owned()
+    } else {
+        terminology
+            .ucum_for_unit(unit_mdc_code)
+            .unwrap_or("")
+            .to_owned()
+    };
+    (unit_mdc_code, unit_ucum)
+}
+
+/// OBX-3.1 of OBX row `n` as a numeric MDC code, else AE 102 at `OBX^n^3^1` (`example` shows
+/// a good OBX-3).
+pub(super) fn numeric_mdc_code(code_text: &str, n: u32, example: &str) -> Result<u32, Hl7Error> {
+    code_text.parse::<u32>().map_err(|_| {
+        Hl7Error::content(
+            ErrorCode::DataTypeError,
+            ErrorLocation::component("OBX", n, 3, 1),
+            format!(
+                "OBX-3.1 '{}' is not a numeric MDC code; expected code^REFID^MDC such as {example}",
+                quote(code_text)
+            ),
+        )
+    })
+}
+
 /// A DTM field of a segment: `None` when empty, AE 102 when malformed.
-fn time_field(seg: &Segment<'_>, field: usize) -> Result<Option<i64>, Hl7Error> {
+pub(super) fn time_field(seg: &Segment<'_>, field: usize) -> Result<Option<i64>, Hl7Error> {
     if seg.raw(field).trim().is_empty() {
         return Ok(None);
     }
@@ -377,7 +428,7 @@ fn is_hl7_numeric(text: &str) -> bool {
 }
 
 /// The value of an HL7 NM, or `None` if it is not one (or does not fit an f64).
-fn parse_hl7_numeric(text: &str) -> Option<f64> {
+pub(super) fn parse_hl7_numeric(text: &str) -> Option<f64> {
     if !is_hl7_numeric(text) {
         return None;
     }

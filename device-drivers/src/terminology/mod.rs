@@ -12,7 +12,8 @@
 //! - [`Terminology::from_tsv`] either returns a consistent table or an error naming the file, the
 //!   line and the column: every MDC code appears once, numbers are numbers, and every parameter's
 //!   default unit exists in the unit table with the same UCUM code.
-//! - Only codes with a numeric MDC code in protocols.md are listed. LOINC codes marked "?" or
+//! - Only codes with a numeric MDC code in protocols.md are listed (and the units of waveform
+//!   channels and sample rates, with their sources in `hl7/waveform.rs`). LOINC codes marked "?" or
 //!   UNCONFIRMED there are left empty; the `source` column keeps the confidence tag of each row.
 //!
 //! File format: tab-separated, first line is the header. Columns are found by header name, so
