@@ -21,8 +21,10 @@ use crate::hl7::{
 };
 use crate::masimo::{to_observations, MasimoCodec, MasimoEvent};
 use crate::medibus::{
-    medibus_to_observations, Action, DeviceIdentity, MedibusCodec, MedibusData, MedibusDevice,
-    MedibusEvent, MedibusLimits, MedibusSession, SessionTimings,
+    medibus_to_observations, parse_configure_realtime, parse_realtime_config, Action,
+    DeviceIdentity, IntervalUnit, MedibusCodec, MedibusData, MedibusDevice, MedibusEvent,
+    MedibusLimits, MedibusSession, RealtimeEvent, RealtimeSettings, SampleByteOrder,
+    SessionTimings,
 };
 use crate::mllp::MllpCodec;
 use crate::mqtt::{decode_payload, ObsTopic, PayloadFormat, MAX_MSG_ID_BYTES};
@@ -43,6 +45,7 @@ pub const TARGETS: &[(&str, FuzzBody)] = &[
     ("masimo", masimo),
     ("medibus", medibus),
     ("pcd01_waveform", pcd01_waveform),
+    ("medibus_realtime", medibus_realtime),
 ];
 
 /// The first byte chooses where the input is split in two reads (a frame across reads).
@@ -239,4 +242,66 @@ pub fn medibus(data: &[u8]) {
             }
         }
     }
+}
+
+/// MEDIBUS realtime data: the line (slow frames and realtime bytes mixed) through the codec
+/// with its realtime decoder and a session with realtime on; the configuration parsers on the
+/// raw input. Checks: a good frame has one bin per announced stream, a bad one none; every
+/// sample of a curve is a 12-bit bin; the slow events are those of a codec without realtime.
+pub fn medibus_realtime(data: &[u8]) {
+    let order = if data.first().is_some_and(|b| b & 1 == 1) {
+        SampleByteOrder::HighFirst
+    } else {
+        SampleByteOrder::LowFirst
+    };
+    let _ = parse_realtime_config(data, IntervalUnit::Microseconds);
+    let _ = parse_configure_realtime(data);
+    let mut codec = MedibusCodec::new(1024).with_realtime(order);
+    let mut plain = MedibusCodec::new(1024);
+    let mut session =
+        MedibusSession::with_realtime(SessionTimings::default(), RealtimeSettings::ventilator());
+    let t0 = Instant::now();
+    let (a, b) = data.split_at(split(data));
+    let (mut buf, mut plain_buf) = (BytesMut::new(), BytesMut::new());
+    let mut i = 0u64;
+    for part in [a, b] {
+        buf.extend_from_slice(part);
+        plain_buf.extend_from_slice(part);
+        let mut events = Vec::new();
+        while let Ok(Some(e)) = codec.decode(&mut buf) {
+            events.push(e);
+        }
+        let mut plain_events = Vec::new();
+        while let Ok(Some(e)) = plain.decode(&mut plain_buf) {
+            plain_events.push(e);
+        }
+        assert_eq!(
+            events, plain_events,
+            "realtime decoding changed the slow events"
+        );
+        for e in &events {
+            i += 1;
+            let now = t0 + Duration::from_millis(i * 300);
+            let _ = session.on_tick(now);
+            let _ = session.on_event(e, now);
+        }
+        let frames = codec.take_realtime();
+        for f in &frames {
+            let announced = f.streams.count_ones() as usize;
+            match f.fault {
+                None => assert_eq!(f.bins.len(), announced),
+                Some(_) => assert!(f.bins.is_empty()),
+            }
+        }
+        let now = t0 + Duration::from_millis(i * 300);
+        let mut actions = session.on_realtime(&frames, now);
+        actions.extend(session.flush_realtime());
+        for action in actions {
+            if let Action::Realtime(RealtimeEvent::Waveform(run)) = action {
+                assert!(run.samples.iter().flatten().all(|&s| s < 4096));
+            }
+        }
+    }
+    while let Ok(Some(_)) = codec.decode_eof(&mut buf) {}
+    let _ = codec.take_realtime();
 }

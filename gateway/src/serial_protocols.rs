@@ -251,6 +251,9 @@ impl MedibusAdapter {
                     }
                 }
                 Action::Data(MedibusData::Text(_)) => {}
+                // Realtime curves are not requested by this adapter yet (issue 19: the
+                // waveform ingest is a later step), so the session never reports them.
+                Action::Realtime(_) => {}
             }
         }
         out

@@ -11,6 +11,7 @@ pub mod pcd01;
 pub mod physiology;
 pub mod run;
 pub mod serial;
+pub mod ventilator;
 pub mod waveform;
 
 /// One simulated bed with its monitor.

@@ -183,40 +183,43 @@ pub fn ventilator_values(v: &crate::physiology::Vitals) -> Vec<icu_drivers::medi
 }
 
 /// Runs a simulated Dräger ventilator on a pty at `link`: answers the gateway's MEDIBUS polls
-/// (ICC, identification, measured data, limits, alarms, settings, NOP) until stopped. Measured
-/// values follow the patient, updated every `period`; `records` counts measured-data answers.
+/// (ICC, identification, measured data, limits, alarms, settings, NOP) until stopped, and once
+/// the gateway configures and enables realtime transmission also streams realtime curves
+/// (airway pressure, flow, volume: [`crate::ventilator`]) on the same line. Measured values
+/// follow the patient, updated every `period`; `records` counts measured-data answers.
 pub fn run_medibus(
     link: PathBuf,
     seed: u64,
     period: Duration,
     control: Arc<SerialControl>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    use bytes::BytesMut;
-    use icu_drivers::medibus::{
-        DeviceIdentity, MedibusCodec, MedibusDevice, MedibusEvent, MedibusValue,
-    };
-    use tokio_util::codec::Decoder;
+    use icu_drivers::medibus::{DeviceIdentity, MedibusValue, SampleByteOrder};
+
+    use crate::ventilator::VentilatorSim;
 
     let mut pty = Some(open_pty(&link)?);
     Ok(std::thread::spawn(move || {
         let mut patient = Patient::new(seed);
-        let mut device = MedibusDevice::new(DeviceIdentity {
-            device_id: "0161".into(),
-            name: "EvitaXL".into(),
-            revision: "04.03".into(),
-        });
-        device.low_limits = vec![
+        let mut sim = VentilatorSim::new(
+            DeviceIdentity {
+                device_id: "0161".into(),
+                name: "EvitaXL".into(),
+                revision: "04.03".into(),
+            },
+            SampleByteOrder::LowFirst,
+        );
+        sim.device.low_limits = vec![
             MedibusValue::number(0x7D, 10.0),
             MedibusValue::number(0xD6, 8.0),
         ];
-        device.high_limits = vec![
+        sim.device.high_limits = vec![
             MedibusValue::number(0x7D, 40.0),
             MedibusValue::number(0xD6, 30.0),
         ];
-        device.date_time = "12:00:00 01-JAN-25".into();
-        let mut codec = MedibusCodec::new(icu_drivers::medibus::DEFAULT_MAX_FRAME_BYTES);
-        let mut buf = BytesMut::new();
-        let mut next_update = std::time::Instant::now();
+        sim.device.date_time = "12:00:00 01-JAN-25".into();
+        let started = std::time::Instant::now();
+        let mut next_update = started;
+        let mut buf = Vec::new();
         while !control.stop.load(Ordering::Relaxed) {
             if control.unplugged.load(Ordering::Relaxed) {
                 if pty.take().is_some() {
@@ -231,8 +234,7 @@ pub fn run_medibus(
                 match open_pty(&link) {
                     Ok(p) => {
                         pty = Some(p);
-                        codec = MedibusCodec::new(icu_drivers::medibus::DEFAULT_MAX_FRAME_BYTES);
-                        buf.clear();
+                        sim.reset_line();
                     }
                     Err(_) => {
                         std::thread::sleep(Duration::from_millis(200));
@@ -241,7 +243,9 @@ pub fn run_medibus(
                 }
             }
             if std::time::Instant::now() >= next_update {
-                device.measured = ventilator_values(&patient.step());
+                let v = patient.step();
+                sim.resp_rate = v.resp_rate;
+                sim.device.measured = ventilator_values(&v);
                 next_update = std::time::Instant::now() + period;
             }
             let Some(p) = pty.as_mut() else { continue };
@@ -249,20 +253,21 @@ pub fn run_medibus(
                 // A response with a corrupt checksum, as line noise would make it.
                 let _ = p.master.write_all(b"\x01$7D  22 00\r");
             }
-            let n = drain_into(&mut p.master, &mut buf);
-            if n == 0 {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
+            let mut incoming = bytes::BytesMut::new();
+            let n = drain_into(&mut p.master, &mut incoming);
+            buf.clear();
+            if n > 0 {
+                let before = sim.measured_answers;
+                buf.extend(sim.on_bytes(&incoming));
+                control
+                    .records
+                    .fetch_add(sim.measured_answers - before, Ordering::Relaxed);
             }
-            while let Ok(Some(event)) = codec.decode(&mut buf) {
-                if let MedibusEvent::Frame(frame) = event {
-                    if frame.code == b'$' {
-                        control.records.fetch_add(1, Ordering::Relaxed);
-                    }
-                    for answer in device.on_frame(&frame) {
-                        let _ = p.master.write_all(&answer);
-                    }
-                }
+            buf.extend(sim.realtime_until(started.elapsed().as_micros() as u64));
+            if !buf.is_empty() {
+                let _ = p.master.write_all(&buf);
+            } else if n == 0 {
+                std::thread::sleep(Duration::from_millis(5));
             }
         }
         drop(pty);

@@ -2,14 +2,21 @@
 //! values.
 //!
 //! Until it receives ICC the device answers nothing but ICC (a real device ignores requests on an
-//! uninitialised link); after STOP it is uninitialised again. Device-side link time-outs and
-//! realtime data are not simulated here.
+//! uninitialised link); after STOP it is uninitialised again. Device-side link time-outs are
+//! not simulated here. Realtime: it answers `S` with [`MedibusDevice::realtime_offer`], keeps the
+//! curves a `T` asks for, and follows the host's enable sync commands
+//! ([`MedibusDevice::on_realtime_frame`]); [`MedibusDevice::realtime_streams`] says which
+//! streams to send (the caller makes the frames with [`super::realtime::encode_frame`]).
 
 use super::commands;
 use super::frame::{encode_response, FrameKind, MedibusFrame};
 use super::payload::{
     encode_alarms, encode_identity, encode_measured, encode_settings, encode_text_messages,
     DeviceIdentity, MedibusAlarm, MedibusText, MedibusValue,
+};
+use super::realtime::RealtimeFrame;
+use super::realtime_config::{
+    encode_realtime_config, parse_configure_realtime, RealtimeConfig, RealtimeRequest,
 };
 
 /// A simulated MEDIBUS device. Set the public fields; [`MedibusDevice::on_frame`] answers.
@@ -30,6 +37,10 @@ pub struct MedibusDevice {
     pub texts: Vec<MedibusText>,
     /// Date/time text (answer to `(`), e.g. `14:30:05 07-OKT-14`.
     pub date_time: String,
+    /// The curves it offers (answer to `S`).
+    pub realtime_offer: Vec<RealtimeConfig>,
+    realtime_requested: Vec<RealtimeRequest>,
+    realtime_enabled: u16,
     initialised: bool,
 }
 
@@ -44,8 +55,40 @@ impl MedibusDevice {
             settings: Vec::new(),
             texts: Vec::new(),
             date_time: String::new(),
+            realtime_offer: Vec::new(),
+            realtime_requested: Vec::new(),
+            realtime_enabled: 0,
             initialised: false,
         }
+    }
+
+    /// Applies the host's enable sync commands (`C1`–`C3`) found in a realtime frame.
+    pub fn on_realtime_frame(&mut self, frame: &RealtimeFrame) {
+        if let Some((named, bits)) = frame.enabled_streams() {
+            self.realtime_enabled = (self.realtime_enabled & !named) | bits;
+        }
+    }
+
+    /// The streams to send now: (stream number, curve), for each stream the last `T` asked for,
+    /// that is offered and enabled.
+    pub fn realtime_streams(&self) -> Vec<(u8, RealtimeConfig)> {
+        if !self.initialised {
+            return Vec::new();
+        }
+        self.realtime_requested
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.realtime_enabled & (1 << i) != 0)
+            .filter_map(|(i, req)| {
+                let offer = self.realtime_offer.iter().find(|c| c.code == req.code)?;
+                Some((i as u8 + 1, *offer))
+            })
+            .collect()
+    }
+
+    fn reset_realtime(&mut self) {
+        self.realtime_requested.clear();
+        self.realtime_enabled = 0;
     }
 
     /// Whether the host has initialised the link (ICC received, no STOP since).
@@ -62,6 +105,7 @@ impl MedibusDevice {
         let code = frame.code;
         if code == commands::ICC {
             self.initialised = true;
+            self.reset_realtime();
             return vec![encode_response(code, &[])];
         }
         if !self.initialised {
@@ -70,8 +114,18 @@ impl MedibusDevice {
         let data = match code {
             commands::STOP => {
                 self.initialised = false;
+                self.reset_realtime();
                 Vec::new()
             }
+            commands::REALTIME_CONFIG => encode_realtime_config(&self.realtime_offer),
+            commands::CONFIGURE_REALTIME => match parse_configure_realtime(&frame.data) {
+                Ok(requested) => {
+                    self.realtime_requested = requested;
+                    self.realtime_enabled = 0;
+                    Vec::new()
+                }
+                Err(_) => return vec![encode_response(commands::NAK_CORRUPT, &[])],
+            },
             commands::DEVICE_ID => encode_identity(&self.identity),
             commands::MEASURED_CP1 => encode_measured(&self.measured),
             commands::LOW_LIMITS_CP1 => encode_measured(&self.low_limits),

@@ -9,7 +9,9 @@
 //!
 //! Decoding rules:
 //! - Bytes ≥ 0x80 are realtime data interleaved on the same line: they are skipped wherever they
-//!   appear (also inside a frame) and counted ([`MedibusCodec::realtime_bytes`]).
+//!   appear (also inside a frame) and counted ([`MedibusCodec::realtime_bytes`]). With
+//!   [`MedibusCodec::with_realtime`] they also go, in order, to a [`RealtimeDecoder`] whose
+//!   frames [`MedibusCodec::take_realtime`] hands over; the slow events are the same either way.
 //! - DC1 (0x11) and DC3 (0x13) are software handshake: skipped and counted.
 //! - ESC or SOH starts a frame and CR ends it. A header inside an unterminated frame restarts the
 //!   frame there; the cut-off frame is reported as [`MedibusEvent::Corrupt`].
@@ -24,6 +26,8 @@
 
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::Decoder;
+
+use super::realtime::{RealtimeDecoder, RealtimeFrame, RealtimeStats, SampleByteOrder};
 
 /// Command header.
 pub const ESC: u8 = 0x1B;
@@ -175,6 +179,7 @@ pub struct MedibusCodec {
     state: State,
     realtime_bytes: u64,
     flow_control_bytes: u64,
+    realtime: Option<RealtimeDecoder>,
 }
 
 impl Default for MedibusCodec {
@@ -192,7 +197,27 @@ impl MedibusCodec {
             state: State::Idle { garbage: None },
             realtime_bytes: 0,
             flow_control_bytes: 0,
+            realtime: None,
         }
+    }
+
+    /// Also decodes the realtime bytes (see [`super::realtime`]).
+    pub fn with_realtime(mut self, order: SampleByteOrder) -> Self {
+        self.realtime = Some(RealtimeDecoder::new(order));
+        self
+    }
+
+    /// Realtime frames completed so far (none without [`Self::with_realtime`]).
+    pub fn take_realtime(&mut self) -> Vec<RealtimeFrame> {
+        self.realtime
+            .as_mut()
+            .map(RealtimeDecoder::take_frames)
+            .unwrap_or_default()
+    }
+
+    /// The realtime decoder's counters, when it is on.
+    pub fn realtime_stats(&self) -> Option<RealtimeStats> {
+        self.realtime.as_ref().map(RealtimeDecoder::stats)
     }
 
     /// Realtime bytes (≥ 0x80) skipped so far.
@@ -329,6 +354,9 @@ impl Decoder for MedibusCodec {
             used += 1;
             if b >= 0x80 {
                 self.realtime_bytes += 1;
+                if let Some(rt) = self.realtime.as_mut() {
+                    rt.push(b, at);
+                }
             } else if b == DC1 || b == DC3 {
                 self.flow_control_bytes += 1;
             } else {
@@ -344,6 +372,9 @@ impl Decoder for MedibusCodec {
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<MedibusEvent>, std::io::Error> {
         if let Some(event) = self.decode(buf)? {
             return Ok(Some(event));
+        }
+        if let Some(rt) = self.realtime.as_mut() {
+            rt.finish();
         }
         let state = std::mem::replace(&mut self.state, State::Idle { garbage: None });
         Ok(match state {

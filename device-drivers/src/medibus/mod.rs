@@ -20,13 +20,20 @@
 //! - Units are the device's: pressures stay in mbar (MDC 266098), never converted to cmH2O. Only
 //!   data codes with an MDC code in protocols.md §5 become observations (see the tsv); the
 //!   others stay in [`MedibusData`].
-//! - Realtime (waveform) bytes ≥ 0x80 are skipped and counted; they are not decoded yet.
+//! - Realtime (waveform) bytes ≥ 0x80 never reach the slow protocol: they are skipped and
+//!   counted, and with [`MedibusCodec::with_realtime`] decoded by [`RealtimeDecoder`]
+//!   (`realtime.rs`: sync bytes, sync commands, 12-bit samples) into frames that
+//!   [`MedibusSession::with_realtime`] sets up (`S`/`T`/`V`, `realtime_config.rs`) and turns into
+//!   [`WaveformRun`]s per stream (`waveform.rs`), with gaps where a frame was bad.
 
 mod device;
 mod frame;
 mod observations;
 mod payload;
+mod realtime;
+mod realtime_config;
 mod session;
+mod waveform;
 
 /// The usual MEDIBUS line: 19200 8E1 (Evita 4; sites and models differ, protocols.md §1.2).
 pub const LINE: crate::serial_line::LineDefaults = crate::serial_line::LineDefaults {
@@ -51,10 +58,21 @@ pub use payload::{
     parse_text_messages, DeviceIdentity, MedibusAlarm, MedibusText, MedibusValue, PayloadError,
     ALARM_PHRASE_WIDTH, MEASURED_VALUE_WIDTH, REVISION_WIDTH, SETTING_VALUE_WIDTH,
 };
-pub use session::{
-    Action, MedibusData, MedibusSession, ReinitReason, SessionState, SessionStats, SessionTimings,
-    ICC_RETRY, LINK_TIMEOUT, POLL_CYCLE,
+pub use realtime::{
+    encode_corrupt_frame, encode_enable, encode_frame, stream_numbers, BreathPhase,
+    RealtimeDecoder, RealtimeFault, RealtimeFrame, RealtimeStats, SampleByteOrder,
+    MAX_PENDING_FRAMES, MAX_STREAMS,
 };
+pub use realtime_config::{
+    encode_configure_realtime, encode_realtime_config, parse_configure_realtime,
+    parse_realtime_config, IntervalUnit, RealtimeConfig, RealtimeRequest, RealtimeScale,
+    REALTIME_CONFIG_WIDTH,
+};
+pub use session::{
+    Action, MedibusData, MedibusSession, RealtimeEvent, RealtimeSettings, ReinitReason,
+    SessionState, SessionStats, SessionTimings, ICC_RETRY, LINK_TIMEOUT, POLL_CYCLE,
+};
+pub use waveform::{StreamSpec, WaveformAssembler, WaveformRun, WaveformStats, MAX_READY_RUNS};
 
 /// Command codes (protocols.md §1.4).
 pub mod commands {
@@ -88,9 +106,17 @@ pub mod commands {
     pub const ICC: u8 = 0x51;
     /// Request device identification.
     pub const DEVICE_ID: u8 = 0x52;
+    /// Request realtime configuration.
+    pub const REALTIME_CONFIG: u8 = 0x53;
+    /// Configure realtime transmission.
+    pub const CONFIGURE_REALTIME: u8 = 0x54;
+    /// Realtime configuration changed (device → host).
+    pub const REALTIME_CONFIG_CHANGED: u8 = 0x56;
     /// Stop communication.
     pub const STOP: u8 = 0x55;
 }
 
+#[cfg(test)]
+mod realtime_tests;
 #[cfg(test)]
 mod tests;

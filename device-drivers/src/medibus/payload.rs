@@ -101,6 +101,12 @@ pub enum PayloadError {
     MissingEtx { offset: usize, len: usize },
     #[error("data byte {offset}: the device identification has no name in apostrophes ('...')")]
     BadIdentity { offset: usize },
+    #[error("record at data byte {offset}: {what} '{found}' is not readable")]
+    BadField {
+        offset: usize,
+        what: &'static str,
+        found: String,
+    },
 }
 
 fn lossy(bytes: &[u8]) -> String {
@@ -108,7 +114,7 @@ fn lossy(bytes: &[u8]) -> String {
 }
 
 /// Two ASCII-hex characters; a space counts as `0` (as OpenICE does).
-fn parse_code(pair: &[u8], offset: usize) -> Result<u8, PayloadError> {
+pub(super) fn parse_code(pair: &[u8], offset: usize) -> Result<u8, PayloadError> {
     let digit = |c: u8| {
         if c == b' ' {
             Some(0)
@@ -144,32 +150,45 @@ pub fn parse_number(raw: &str) -> Option<f64> {
     Some(if t.starts_with('-') { -x } else { x })
 }
 
+/// Splits `data` into records of `record` bytes and parses each with `parse(offset, record)`;
+/// a short last record is [`PayloadError::Truncated`].
+pub(super) fn fixed_records<T>(
+    data: &[u8],
+    record: usize,
+    what: &'static str,
+    mut parse: impl FnMut(usize, &[u8]) -> Result<T, PayloadError>,
+) -> Result<Vec<T>, PayloadError> {
+    data.chunks(record)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let offset = i * record;
+            if chunk.len() < record {
+                return Err(PayloadError::Truncated {
+                    offset,
+                    len: chunk.len(),
+                    need: record,
+                    what,
+                });
+            }
+            parse(offset, chunk)
+        })
+        .collect()
+}
+
 fn parse_records(
     data: &[u8],
     width: usize,
     what: &'static str,
 ) -> Result<Vec<MedibusValue>, PayloadError> {
-    let record = 2 + width;
-    let mut out = Vec::with_capacity(data.len() / record);
-    for (i, chunk) in data.chunks(record).enumerate() {
-        let offset = i * record;
-        if chunk.len() < record {
-            return Err(PayloadError::Truncated {
-                offset,
-                len: chunk.len(),
-                need: record,
-                what,
-            });
-        }
+    fixed_records(data, 2 + width, what, |offset, chunk| {
         let code = parse_code(&chunk[..2], offset)?;
         let raw = lossy(&chunk[2..]);
-        out.push(MedibusValue {
+        Ok(MedibusValue {
             code,
             value: parse_number(&raw),
             raw,
-        });
-    }
-    Ok(out)
+        })
+    })
 }
 
 /// Measured data, low or high alarm limits (CP1/CP2): records of 2 code + 4 value characters.
@@ -184,18 +203,7 @@ pub fn parse_settings(data: &[u8]) -> Result<Vec<MedibusValue>, PayloadError> {
 
 /// Alarms: records of 1 priority + 2 code + 12 phrase characters.
 pub fn parse_alarms(data: &[u8]) -> Result<Vec<MedibusAlarm>, PayloadError> {
-    let record = 3 + ALARM_PHRASE_WIDTH;
-    let mut out = Vec::with_capacity(data.len() / record);
-    for (i, chunk) in data.chunks(record).enumerate() {
-        let offset = i * record;
-        if chunk.len() < record {
-            return Err(PayloadError::Truncated {
-                offset,
-                len: chunk.len(),
-                need: record,
-                what: "alarm",
-            });
-        }
+    fixed_records(data, 3 + ALARM_PHRASE_WIDTH, "alarm", |offset, chunk| {
         let priority = chunk[0].wrapping_sub(b'0');
         if !(1..=31).contains(&priority) {
             return Err(PayloadError::BadPriority {
@@ -203,13 +211,12 @@ pub fn parse_alarms(data: &[u8]) -> Result<Vec<MedibusAlarm>, PayloadError> {
                 byte: chunk[0],
             });
         }
-        out.push(MedibusAlarm {
+        Ok(MedibusAlarm {
             priority,
             code: parse_code(&chunk[1..3], offset + 1)?,
             phrase: lossy(&chunk[3..]).trim_end().to_owned(),
-        });
-    }
-    Ok(out)
+        })
+    })
 }
 
 /// Text messages: each 2 code + 1 length character (`'0' + n`) + n characters + ETX.

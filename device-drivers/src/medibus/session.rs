@@ -19,6 +19,19 @@
 //! - Every command the device sends is echoed with a response of the same code and no data.
 //! - Responses that match nothing in flight are ignored and counted.
 //!
+//! Realtime curves (only with [`MedibusSession::with_realtime`]; off, the session behaves
+//! exactly as without them):
+//! - Once identified, before the first poll cycle: request the realtime configuration (`S`),
+//!   ask with `T` for the configured curves the device offers (stream order = the settings'
+//!   order, curves it does not offer left out), and when `T` is answered send the sync bytes
+//!   that enable those streams. A NAK or an unreadable answer leaves realtime off until the
+//!   next re-initialisation; polling goes on.
+//! - The device's "realtime configuration changed" (`V`) and `silence_timeout` without any
+//!   realtime frame while streaming both set realtime up again the same way, between poll
+//!   cycles (the realtime part's own reconnect; the slow link is not touched).
+//! - Realtime frames ([`MedibusSession::on_realtime`]) become [`RealtimeEvent::Waveform`] runs
+//!   per stream; a bad frame is a gap in them and a [`RealtimeEvent::BadFrame`] to dead-letter.
+//!
 //! The session never reads a clock: the transport passes `now` to [`MedibusSession::on_event`]
 //! and calls [`MedibusSession::on_tick`] at least every 100 ms (or at
 //! [`MedibusSession::next_deadline`]).
@@ -31,6 +44,11 @@ use super::payload::{
     parse_alarms, parse_identity, parse_measured, parse_settings, parse_text_messages,
     DeviceIdentity, MedibusAlarm, MedibusText, MedibusValue, PayloadError,
 };
+use super::realtime::{encode_enable, RealtimeFault, RealtimeFrame};
+use super::realtime_config::{
+    encode_configure_realtime, parse_realtime_config, IntervalUnit, RealtimeConfig, RealtimeRequest,
+};
+use super::waveform::{StreamSpec, WaveformAssembler, WaveformRun};
 
 /// The device drops the link after this long without traffic (protocols.md §1.5 fact 3).
 pub const LINK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -65,6 +83,96 @@ impl Default for SessionTimings {
             poll_interval: Duration::from_millis(1000),
             link_timeout: LINK_TIMEOUT,
             icc_retry: ICC_RETRY,
+        }
+    }
+}
+
+/// What the session asks of a device's realtime curves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RealtimeSettings {
+    /// The curves wanted, in stream order.
+    pub streams: Vec<RealtimeRequest>,
+    /// Unit of the configuration's interval field (UNCONFIRMED; see `realtime_config`).
+    pub interval_unit: IntervalUnit,
+    /// Streaming without a realtime frame for this long sets realtime up again (UNCONFIRMED
+    /// cadence: the slow link's 3 s).
+    pub silence_timeout: Duration,
+    /// Samples per [`WaveformRun`] handed over.
+    pub run_len: usize,
+}
+
+impl RealtimeSettings {
+    /// Airway pressure (0x00), flow (0x01) and volume since inspiration began (0x03), as
+    /// OpenICE's default ventilator curves; multiplier 1.
+    pub fn ventilator() -> Self {
+        Self {
+            streams: [0x00, 0x01, 0x03]
+                .into_iter()
+                .map(|code| RealtimeRequest {
+                    code,
+                    multiplier: 1,
+                })
+                .collect(),
+            interval_unit: IntervalUnit::Microseconds,
+            silence_timeout: LINK_TIMEOUT,
+            run_len: 128,
+        }
+    }
+}
+
+/// What happened to the realtime curves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RealtimeEvent {
+    /// The device's realtime configuration (answer to `S`).
+    Offered(Vec<RealtimeConfig>),
+    /// Transmission configured and the streams enabled.
+    Started(Vec<StreamSpec>),
+    /// Samples of one stream.
+    Waveform(WaveformRun),
+    /// A realtime frame that was not well formed (its streams got a gap).
+    BadFrame { offset: u64, fault: RealtimeFault },
+    /// The realtime configuration could not be read (realtime stays off).
+    BadConfig {
+        frame_offset: u64,
+        error: PayloadError,
+    },
+    /// Realtime stays off until the next re-initialisation.
+    Unavailable(String),
+    /// Realtime is set up again (the device changed its configuration, or went silent).
+    Restart(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RtPhase {
+    /// Not connected.
+    Idle,
+    /// `S` to be sent when nothing is in flight.
+    Wanted,
+    AwaitConfig,
+    AwaitConfigure,
+    Streaming {
+        since: Instant,
+    },
+    Unavailable,
+}
+
+#[derive(Debug)]
+struct RealtimeLink {
+    settings: RealtimeSettings,
+    phase: RtPhase,
+    specs: Vec<StreamSpec>,
+    assembler: Option<WaveformAssembler>,
+    last_frame: Option<Instant>,
+}
+
+impl RealtimeLink {
+    /// Hands over the unfinished runs and stops mapping frames.
+    fn stop(&mut self, actions: &mut Vec<Action>) {
+        if let Some(mut asm) = self.assembler.take() {
+            asm.flush();
+            for run in asm.take_runs() {
+                actions.push(Action::Realtime(RealtimeEvent::Waveform(run)));
+            }
         }
     }
 }
@@ -114,6 +222,8 @@ pub enum Action {
         frame_offset: u64,
         error: PayloadError,
     },
+    /// Realtime curves (only with [`MedibusSession::with_realtime`]).
+    Realtime(RealtimeEvent),
 }
 
 /// Where the session is.
@@ -141,6 +251,10 @@ pub struct SessionStats {
     pub unexpected_responses: u64,
     pub echoed_commands: u64,
     pub bad_payloads: u64,
+    /// Realtime set up again after `V` or silence.
+    pub realtime_restarts: u64,
+    /// Realtime frames that arrived while no transmission was configured.
+    pub realtime_ignored_frames: u64,
 }
 
 /// The gateway's MEDIBUS session (see module docs).
@@ -156,6 +270,7 @@ pub struct MedibusSession {
     cycle_started: Option<Instant>,
     identity: Option<DeviceIdentity>,
     stats: SessionStats,
+    realtime: Option<RealtimeLink>,
 }
 
 impl MedibusSession {
@@ -170,6 +285,28 @@ impl MedibusSession {
             cycle_started: None,
             identity: None,
             stats: SessionStats::default(),
+            realtime: None,
+        }
+    }
+
+    /// A session that also sets up and decodes the device's realtime curves.
+    pub fn with_realtime(timings: SessionTimings, settings: RealtimeSettings) -> Self {
+        let mut session = Self::new(timings);
+        session.realtime = Some(RealtimeLink {
+            settings,
+            phase: RtPhase::Idle,
+            specs: Vec::new(),
+            assembler: None,
+            last_frame: None,
+        });
+        session
+    }
+
+    /// The streams being received, when realtime is streaming.
+    pub fn realtime_streams(&self) -> &[StreamSpec] {
+        match &self.realtime {
+            Some(rt) if matches!(rt.phase, RtPhase::Streaming { .. }) => &rt.specs,
+            _ => &[],
         }
     }
 
@@ -207,18 +344,32 @@ impl MedibusSession {
                     deadlines.extend(self.cycle_started.map(|s| s + t.poll_interval));
                     deadlines.extend(self.last_sent.map(|s| s + t.keep_alive));
                 }
+                if let Some(rt) = &self.realtime {
+                    if let RtPhase::Streaming { since } = rt.phase {
+                        let last = rt.last_frame.map_or(since, |l| l.max(since));
+                        deadlines.push(last + rt.settings.silence_timeout);
+                    }
+                }
             }
         }
         deadlines.into_iter().min()
     }
 
     fn send(&mut self, code: u8, now: Instant, actions: &mut Vec<Action>) {
-        actions.push(Action::Send(encode_command(code, &[])));
+        self.send_args(code, &[], now, actions);
+    }
+
+    fn send_args(&mut self, code: u8, args: &[u8], now: Instant, actions: &mut Vec<Action>) {
+        actions.push(Action::Send(encode_command(code, args)));
         self.in_flight = Some(InFlight { code, sent_at: now });
         self.last_sent = Some(now);
     }
 
     fn reinit(&mut self, reason: ReinitReason, now: Instant, actions: &mut Vec<Action>) {
+        if let Some(rt) = self.realtime.as_mut() {
+            rt.stop(actions);
+            rt.phase = RtPhase::Idle;
+        }
         self.stats.reinits += 1;
         self.identity = None;
         self.cycle_pos = None;
@@ -265,7 +416,11 @@ impl MedibusSession {
                     };
                     self.reinit(reason, now, &mut actions);
                 } else if self.state == SessionState::Polling && self.in_flight.is_none() {
-                    if self.cycle_started.is_none() || elapsed(self.cycle_started, t.poll_interval)
+                    self.realtime_silence(now, &mut actions);
+                    if self.realtime_wanted() {
+                        self.request_realtime_config(now, &mut actions);
+                    } else if self.cycle_started.is_none()
+                        || elapsed(self.cycle_started, t.poll_interval)
                     {
                         self.start_cycle(now, &mut actions);
                     } else if elapsed(self.last_sent, t.keep_alive) {
@@ -321,6 +476,16 @@ impl MedibusSession {
         match frame.code {
             commands::ICC if connected => self.reinit(ReinitReason::DeviceIcc, now, actions),
             commands::STOP if connected => self.reinit(ReinitReason::DeviceStop, now, actions),
+            commands::REALTIME_CONFIG_CHANGED if self.state == SessionState::Polling => {
+                if let Some(rt) = self.realtime.as_mut() {
+                    rt.stop(actions);
+                    rt.phase = RtPhase::Wanted;
+                    self.stats.realtime_restarts += 1;
+                    actions.push(Action::Realtime(RealtimeEvent::Restart(
+                        "the device changed its realtime configuration".into(),
+                    )));
+                }
+            }
             _ => {}
         }
     }
@@ -353,7 +518,12 @@ impl MedibusSession {
                     self.identity = Some(identity.clone());
                     self.state = SessionState::Polling;
                     actions.push(Action::Connected(identity));
-                    self.start_cycle(now, actions);
+                    if let Some(rt) = self.realtime.as_mut() {
+                        rt.phase = RtPhase::Wanted;
+                        self.request_realtime_config(now, actions);
+                    } else {
+                        self.start_cycle(now, actions);
+                    }
                 }
                 Ok(_) => self.reinit(
                     ReinitReason::Corrupt("the device refused the identification request".into()),
@@ -363,6 +533,13 @@ impl MedibusSession {
                 Err(e) => self.reinit(ReinitReason::BadIdentity(e), now, actions),
             },
             SessionState::Polling => {
+                if matches!(
+                    expected,
+                    Some(commands::REALTIME_CONFIG | commands::CONFIGURE_REALTIME)
+                ) {
+                    self.realtime_answer(expected.unwrap_or_default(), frame, now, actions);
+                    return;
+                }
                 if frame.code != commands::NAK_CORRUPT {
                     self.data(frame, actions);
                 }
@@ -377,6 +554,151 @@ impl MedibusSession {
                 }
             }
         }
+    }
+
+    fn realtime_wanted(&self) -> bool {
+        self.realtime
+            .as_ref()
+            .is_some_and(|rt| rt.phase == RtPhase::Wanted)
+    }
+
+    fn request_realtime_config(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        if let Some(rt) = self.realtime.as_mut() {
+            rt.phase = RtPhase::AwaitConfig;
+            self.send(commands::REALTIME_CONFIG, now, actions);
+        }
+    }
+
+    /// Streaming but silent for `silence_timeout`: set realtime up again.
+    fn realtime_silence(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let Some(rt) = self.realtime.as_mut() else {
+            return;
+        };
+        let RtPhase::Streaming { since } = rt.phase else {
+            return;
+        };
+        let last = rt.last_frame.map_or(since, |l| l.max(since));
+        let timeout = rt.settings.silence_timeout;
+        if now.saturating_duration_since(last) >= timeout {
+            rt.stop(actions);
+            rt.phase = RtPhase::Wanted;
+            self.stats.realtime_restarts += 1;
+            actions.push(Action::Realtime(RealtimeEvent::Restart(format!(
+                "no realtime frame for {timeout:?}"
+            ))));
+        }
+    }
+
+    /// The answer to `S` or `T` (or a NAK in their place).
+    fn realtime_answer(
+        &mut self,
+        asked: u8,
+        frame: &MedibusFrame,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(rt) = self.realtime.as_mut() else {
+            return;
+        };
+        if frame.code == commands::NAK_CORRUPT {
+            rt.phase = RtPhase::Unavailable;
+            actions.push(Action::Realtime(RealtimeEvent::Unavailable(format!(
+                "the device refused command 0x{asked:02X}"
+            ))));
+            return;
+        }
+        if asked == commands::CONFIGURE_REALTIME {
+            let mask = (1u16 << rt.specs.len()) - 1;
+            actions.push(Action::Send(encode_enable(mask)));
+            self.last_sent = Some(now);
+            rt.assembler = Some(WaveformAssembler::new(&rt.specs, rt.settings.run_len));
+            rt.last_frame = None;
+            rt.phase = RtPhase::Streaming { since: now };
+            actions.push(Action::Realtime(RealtimeEvent::Started(rt.specs.clone())));
+            return;
+        }
+        let offered = match parse_realtime_config(&frame.data, rt.settings.interval_unit) {
+            Ok(offered) => offered,
+            Err(error) => {
+                rt.phase = RtPhase::Unavailable;
+                actions.push(Action::Realtime(RealtimeEvent::BadConfig {
+                    frame_offset: frame.offset,
+                    error,
+                }));
+                return;
+            }
+        };
+        let mut requests = Vec::new();
+        let mut specs = Vec::new();
+        for want in &rt.settings.streams {
+            if specs.len() >= super::realtime::MAX_STREAMS {
+                break;
+            }
+            if let Some(c) = offered.iter().find(|c| c.code == want.code) {
+                requests.push(*want);
+                specs.push(StreamSpec {
+                    stream: specs.len() as u8 + 1,
+                    code: c.code,
+                    interval_us: c.interval_us,
+                    scale: c.scale,
+                });
+            }
+        }
+        actions.push(Action::Realtime(RealtimeEvent::Offered(offered)));
+        if specs.is_empty() {
+            rt.phase = RtPhase::Unavailable;
+            actions.push(Action::Realtime(RealtimeEvent::Unavailable(
+                "the device offers none of the configured curves".into(),
+            )));
+            return;
+        }
+        rt.specs = specs;
+        rt.phase = RtPhase::AwaitConfigure;
+        let args = encode_configure_realtime(&requests);
+        self.send_args(commands::CONFIGURE_REALTIME, &args, now, actions);
+    }
+
+    /// Handles realtime frames from the codec ([`super::MedibusCodec::take_realtime`]).
+    pub fn on_realtime(&mut self, frames: &[RealtimeFrame], now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(rt) = self.realtime.as_mut() else {
+            return actions;
+        };
+        for f in frames {
+            match rt.assembler.as_mut() {
+                Some(asm) => {
+                    asm.push(f);
+                    rt.last_frame = Some(now);
+                }
+                None => self.stats.realtime_ignored_frames += 1,
+            }
+            if let Some(fault) = &f.fault {
+                actions.push(Action::Realtime(RealtimeEvent::BadFrame {
+                    offset: f.offset,
+                    fault: fault.clone(),
+                }));
+            }
+        }
+        if let Some(asm) = rt.assembler.as_mut() {
+            for run in asm.take_runs() {
+                actions.push(Action::Realtime(RealtimeEvent::Waveform(run)));
+            }
+        }
+        actions
+    }
+
+    /// Hands over the unfinished curve runs (the port is closing).
+    pub fn flush_realtime(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if let Some(rt) = self.realtime.as_mut() {
+            if let Some(asm) = rt.assembler.as_mut() {
+                asm.flush();
+                for run in asm.take_runs() {
+                    actions.push(Action::Realtime(RealtimeEvent::Waveform(run)));
+                }
+            }
+        }
+        actions
     }
 
     fn data(&mut self, frame: &MedibusFrame, actions: &mut Vec<Action>) {

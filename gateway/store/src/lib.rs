@@ -95,6 +95,7 @@
 
 pub mod db;
 mod settings;
+pub mod waveform_codec;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
