@@ -61,6 +61,9 @@ pub struct IngestObservations {
     /// The W3C trace context of the transport's commit span, kept with the stored records
     /// (`icu_cloud_bridge::trace`); `None` with tracing off.
     pub traceparent: Option<String>,
+    /// The message's waveform segments (issue 19): stamped like the readings (bed, patient,
+    /// clock) and stored with them in one commit, on the device's `waveforms` stream.
+    pub waveforms: Vec<icu_protos::v1::WaveformSegment>,
 }
 
 /// As [`IngestObservations`], answered in two steps: the `send()` resolves as soon as the actor
@@ -158,6 +161,7 @@ impl DeviceActor {
         receive_time_us: i64,
         order: WriteOrder,
         traceparent: Option<String>,
+        mut waveforms: Vec<icu_protos::v1::WaveformSegment>,
         ctx: &mut Context<Self>,
     ) -> impl std::future::Future<Output = Result<WriteOutcome, StoreError>> + 'static {
         let synced = self.clock.is_synced(receive_time_us);
@@ -179,6 +183,25 @@ impl DeviceActor {
                 .map(|p| p.patient_id)
                 .unwrap_or_default();
         }
+        // The curves get the same identity, clock and patient rules, by their first sample.
+        for w in &mut waveforms {
+            w.device_id = self.device.id.clone();
+            w.bed = self.device.bed.clone();
+            w.clock_synced = synced;
+            let checked = crate::alarm::checked_time(
+                w.first_sample_time_us,
+                w.receive_time_us,
+                &self.device_clock,
+            );
+            w.device_time_untrusted = checked.untrusted_offset_us.is_some();
+            let at = crate::waves::start_us(w);
+            w.patient_id = self
+                .census
+                .patient_at(&self.device.bed, at)
+                .map(|p| p.patient_id)
+                .unwrap_or_default();
+        }
+        let waveforms: Arc<[icu_protos::v1::WaveformSegment]> = waveforms.into();
         // The alarm engine and the live view first: they never wait for the disk. A full alarm
         // mailbox is counted and visible, never silent (the readings are still stored).
         // One allocation shared by the alarm actor and the store (no deep copy per reading).
@@ -202,6 +225,11 @@ impl DeviceActor {
                 &observations,
                 receive_time_us,
             );
+            if !waveforms.is_empty() {
+                let kept: Vec<Arc<icu_protos::v1::WaveformSegment>> =
+                    waveforms.iter().map(|w| Arc::new(w.clone())).collect();
+                self.live.waves.record(&kept);
+            }
             self.last_seen_us = Some(receive_time_us);
         }
         if first_sight && self.active.contains_key(STALE_FEED) {
@@ -222,6 +250,7 @@ impl DeviceActor {
             observations,
             order,
             traceparent,
+            waveforms: waveforms.clone(),
         });
         let stored = self.store.send(Append(request));
         let live = self.live.clone();
@@ -475,6 +504,7 @@ impl Handler<IngestObservations> for DeviceActor {
             msg.receive_time_us,
             msg.order,
             msg.traceparent,
+            msg.waveforms,
             ctx,
         ))
     }
@@ -490,6 +520,7 @@ impl Handler<QueueObservations> for DeviceActor {
             receive_time_us,
             order,
             traceparent,
+            waveforms,
         } = msg.ingest;
         let stored = self.ingest(
             observations,
@@ -497,6 +528,7 @@ impl Handler<QueueObservations> for DeviceActor {
             receive_time_us,
             order,
             traceparent,
+            waveforms,
             ctx,
         );
         let reply = msg.reply;

@@ -31,6 +31,7 @@ pub mod serial_protocols;
 pub mod swap;
 pub mod telemetry;
 pub mod tls;
+pub mod waves;
 
 /// The durable store lives in its own crate (`icu-store`, `gateway/store/`), which does not
 /// depend on the gateway nor on the cloud bridge; it is reachable here as `crate::store`.

@@ -129,6 +129,8 @@ pub struct LiveState {
     inner: Mutex<Inner>,
     /// How long a device stays `unsynced` after its last untrusted device time.
     clock_settle_us: std::sync::atomic::AtomicI64,
+    /// The last minute of every bed's curves (the page's live curves, alarm snippets).
+    pub waves: crate::waves::WaveformRing,
 }
 
 fn rfc3339(us: i64) -> String {
@@ -192,6 +194,7 @@ impl LiveState {
         Self {
             inner: Mutex::new(inner),
             clock_settle_us: std::sync::atomic::AtomicI64::new(30_000_000),
+            waves: crate::waves::WaveformRing::new(),
         }
     }
 

@@ -458,6 +458,7 @@ async fn queue(
             receive_time_us: received,
             order,
             traceparent,
+            waveforms: Vec::new(),
         },
         reply,
     };

@@ -255,6 +255,7 @@ async fn apply(
                     receive_time_us,
                     order: Default::default(),
                     traceparent,
+                    waveforms: Vec::new(),
                 });
                 match tracing::Instrument::instrument(stored, commit).await {
                     Ok(Ok(_)) => {}

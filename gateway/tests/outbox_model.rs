@@ -272,6 +272,7 @@ impl Harness {
                         .collect(),
                     order: Default::default(),
                     traceparent: None,
+                    waveforms: Default::default(),
                 }),
                 Write::Alarm { device } => WriteRequest::Alarm(AlarmWrite {
                     device_id: DEVICES[device].into(),
@@ -480,19 +481,20 @@ impl Harness {
                 Stream::Audit => 2,
                 Stream::Observations if live(heads[&(stream, device.to_owned())].1) => 3,
                 Stream::Observations => 4,
-                Stream::DeadLetters => 5,
+                Stream::Waveforms => 5,
+                Stream::DeadLetters => 6,
             }
         };
-        let mut available = [0usize; 6];
+        let mut available = [0usize; 7];
         for (stream, device) in heads.keys() {
             available[class_of(*stream, device)] += unsent_from(&(*stream, device.clone()));
         }
-        let mut got = [0usize; 6];
+        let mut got = [0usize; 7];
         for r in rows {
             got[class_of(r.stream, &r.device_id)] += 1;
         }
         let mut left = request.limit;
-        for class in 0..6 {
+        for class in 0..7 {
             let mut want = available[class].min(left);
             if class == 4 {
                 want = want.min(request.backlog_budget);

@@ -104,6 +104,7 @@ fn build_backlog(path: &Path, n: u64, beds: usize, obx: usize) {
                 observations,
                 order: Default::default(),
                 traceparent: None,
+                waveforms: Default::default(),
             }));
             m += 1;
         }

@@ -99,6 +99,7 @@ fn main() {
                                     .collect(),
                                 order: Default::default(),
                                 traceparent: None,
+                                waveforms: Default::default(),
                             })
                         })
                         .collect();

@@ -67,6 +67,7 @@ fn build_day(db_path: &std::path::Path) -> (u64, f64) {
                     observations: Arc::from(obs),
                     order: Default::default(),
                     traceparent: None,
+                    waveforms: Default::default(),
                 })
             })
             .collect();

@@ -151,6 +151,10 @@ pub enum Stream {
     Audit,
     /// Observations (`icu.observations`).
     Observations,
+    /// Waveform segments (`icu.waveforms`): the curves, one FHIR Observation with
+    /// `valueSampledData` per segment. Ordered after observations: after an outage alarms and
+    /// numerics drain first; and the first stream the disk budget prunes.
+    Waveforms,
     /// Rejected inputs and why (`icu.deadletter`), one per Kafka record, as plain JSON (not
     /// FHIR). Ordered last: clinical data drains before the diagnostics.
     DeadLetters,
@@ -158,11 +162,12 @@ pub enum Stream {
 
 impl Stream {
     /// Every stream, in drain order.
-    pub const ALL: [Stream; 5] = [
+    pub const ALL: [Stream; 6] = [
         Stream::Alarms,
         Stream::Adt,
         Stream::Audit,
         Stream::Observations,
+        Stream::Waveforms,
         Stream::DeadLetters,
     ];
 
@@ -174,6 +179,7 @@ impl Stream {
             Stream::Adt => 3,
             Stream::DeadLetters => 4,
             Stream::Audit => 5,
+            Stream::Waveforms => 6,
         }
     }
 
@@ -184,6 +190,7 @@ impl Stream {
             3 => Some(Stream::Adt),
             4 => Some(Stream::DeadLetters),
             5 => Some(Stream::Audit),
+            6 => Some(Stream::Waveforms),
             _ => None,
         }
     }
@@ -195,6 +202,7 @@ impl Stream {
             Stream::Adt => "adt",
             Stream::DeadLetters => "deadletter",
             Stream::Audit => "audit",
+            Stream::Waveforms => "waveforms",
         }
     }
 }
@@ -488,6 +496,8 @@ pub fn received_us(record: &StoredRecord) -> i64 {
         Some(Body::AdtEvent(e)) => e.event_time_us,
         Some(Body::DeadLetter(d)) => d.received_us,
         Some(Body::AuditEntry(e)) => e.time_us,
+        Some(Body::Waveform(w)) => w.receive_time_us,
+        Some(Body::AlarmSnippet(s)) => s.built_time_us,
         Some(Body::DeviceStatus(_)) | None => 0,
     }
 }

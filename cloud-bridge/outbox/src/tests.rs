@@ -56,16 +56,24 @@ fn stream_codes_round_trip_adt_and_audit_drain_before_observations_dead_letters_
     }
     assert_eq!(
         Stream::ALL.map(Stream::code),
-        [2, 3, 5, 1, 4],
+        [2, 3, 5, 1, 6, 4],
         "codes are stored in the gateway database; never renumber"
     );
     assert_eq!(
         Stream::ALL.map(Stream::as_str),
-        ["alarms", "adt", "audit", "observations", "deadletter"]
+        [
+            "alarms",
+            "adt",
+            "audit",
+            "observations",
+            "waveforms",
+            "deadletter"
+        ]
     );
     assert_eq!(Stream::from_code(0), None);
     let mut sorted = [
         Stream::DeadLetters,
+        Stream::Waveforms,
         Stream::Observations,
         Stream::Audit,
         Stream::Adt,

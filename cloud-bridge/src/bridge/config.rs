@@ -39,6 +39,9 @@ pub struct BridgeConfig {
     /// Topic for the audit trail, one FHIR AuditEvent per entry, keyed by the gateway id
     /// (default `icu.audit`). It must exist.
     pub topic_audit: String,
+    /// Topic for the waveform segments, one FHIR Observation with `valueSampledData` per
+    /// segment, bundled per device (default `icu.waveforms`). It must exist.
+    pub topic_waveforms: String,
     /// Topic for the devices' FHIR Device and DeviceMetric resources (default `icu.devices`),
     /// sent when a device or one of its metrics first appears and when it changes. It must exist.
     pub topic_devices: String,
@@ -89,6 +92,7 @@ impl Default for BridgeConfig {
             topic_adt: "icu.adt".into(),
             topic_deadletter: "icu.deadletter".into(),
             topic_audit: "icu.audit".into(),
+            topic_waveforms: "icu.waveforms".into(),
             fetch_limit: 5000,
             live_window: Duration::from_secs(10),
             backlog_rate: 100_000,
@@ -116,6 +120,7 @@ impl BridgeConfig {
             Stream::Adt => &self.topic_adt,
             Stream::DeadLetters => &self.topic_deadletter,
             Stream::Audit => &self.topic_audit,
+            Stream::Waveforms => &self.topic_waveforms,
         }
     }
 
@@ -136,6 +141,7 @@ impl BridgeConfig {
             ("topic_adt", &self.topic_adt),
             ("topic_deadletter", &self.topic_deadletter),
             ("topic_audit", &self.topic_audit),
+            ("topic_waveforms", &self.topic_waveforms),
             ("topic_devices", &self.topic_devices),
         ] {
             if topic.trim().is_empty() {
@@ -252,6 +258,10 @@ pub struct KafkaSettings {
     /// Topic for the audit trail (one FHIR AuditEvent per entry, keyed by the gateway id).
     #[serde(default = "defaults::topic_audit")]
     pub topic_audit: String,
+    /// Topic for the waveform segments (FHIR Observations with `valueSampledData`, bundled per
+    /// device).
+    #[serde(default = "defaults::topic_waveforms")]
+    pub topic_waveforms: String,
     /// Topic for the FHIR Device and DeviceMetric resources of the devices (PoCD), sent when a
     /// device or one of its metrics first appears and when it changes.
     #[serde(default = "defaults::topic_devices")]
@@ -316,6 +326,7 @@ impl KafkaSettings {
             topic_adt: self.topic_adt.clone(),
             topic_deadletter: self.topic_deadletter.clone(),
             topic_audit: self.topic_audit.clone(),
+            topic_waveforms: self.topic_waveforms.clone(),
             fetch_limit: self.fetch_limit,
             live_window: Duration::from_millis(self.live_window_ms),
             backlog_rate: self.backlog_rate,
@@ -367,6 +378,9 @@ mod defaults {
     }
     pub fn topic_audit() -> String {
         BridgeConfig::default().topic_audit
+    }
+    pub fn topic_waveforms() -> String {
+        BridgeConfig::default().topic_waveforms
     }
 
     pub fn topic_deadletter() -> String {

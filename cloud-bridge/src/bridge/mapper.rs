@@ -259,6 +259,8 @@ fn first_record_time(bundle: &PlannedBundle) -> Option<String> {
         Stream::Adt => bundle.adt.as_ref().map(|a| a.event_time_us),
         Stream::DeadLetters => bundle.dead_letter.as_ref().map(|d| d.received_us),
         Stream::Audit => bundle.audit.as_ref().map(|a| a.time_us),
+        // Mapped by the waveform step of issue 19 (not yet forwarded).
+        Stream::Waveforms => None,
     }
     .filter(|us| *us > 0)?;
     chrono::DateTime::from_timestamp_micros(us)
@@ -341,7 +343,7 @@ pub(super) fn record_key<'a>(bundle: &'a PlannedBundle, gateway_id: &'a str) -> 
 pub(super) fn content_type(stream: Stream) -> &'static str {
     match stream {
         Stream::DeadLetters => headers::CONTENT_TYPE_JSON,
-        Stream::Observations | Stream::Alarms | Stream::Adt | Stream::Audit => {
+        Stream::Observations | Stream::Alarms | Stream::Adt | Stream::Audit | Stream::Waveforms => {
             headers::CONTENT_TYPE_FHIR_JSON
         }
     }
@@ -351,7 +353,7 @@ pub(super) fn content_type(stream: Stream) -> &'static str {
 pub(super) fn schema_version(stream: Stream) -> &'static str {
     match stream {
         Stream::DeadLetters => headers::SCHEMA_DEADLETTER_V1,
-        Stream::Observations | Stream::Alarms | Stream::Adt | Stream::Audit => {
+        Stream::Observations | Stream::Alarms | Stream::Adt | Stream::Audit | Stream::Waveforms => {
             headers::SCHEMA_FHIR_V2
         }
     }

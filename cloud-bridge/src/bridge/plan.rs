@@ -135,6 +135,8 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
                     Some(Body::AdtEvent(_)) => "adt_event",
                     Some(Body::DeadLetter(_)) => "dead_letter",
                     Some(Body::AuditEntry(_)) => "audit_entry",
+                    Some(Body::Waveform(_)) => "waveform",
+                    Some(Body::AlarmSnippet(_)) => "alarm_snippet",
                     None => "empty",
                 };
                 plan.skipped.push(SkippedRecord {

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use icu_drivers::hl7::{
-    build_ack, decode_adt, decode_pcd01, parse_header, AckCode, ErrorCode, Hl7Error, MessageHeader,
-    Pcd01Message,
+    build_ack, decode_adt, decode_pcd01_waveforms, parse_header, AckCode, ErrorCode, Hl7Error,
+    MessageHeader, Pcd01Waveforms,
 };
 use icu_drivers::mllp::MllpEvent;
 use tracing::{field::Empty, Instrument as _};
@@ -134,13 +134,14 @@ async fn handle_frame(
         bytes = payload.len() as i64, observations = Empty)
     .in_scope(|| {
         let found = decode_and_route(ingest, payload, received);
-        if let Ok((message, _)) = &found {
-            tracing::Span::current().record("observations", message.observations.len() as i64);
+        if let Ok((decoded, _)) = &found {
+            let n = decoded.message.observations.len();
+            tracing::Span::current().record("observations", n as i64);
         }
         found
     });
-    let (message, route) = match decoded {
-        Ok(found) => found,
+    let (message, waveforms, route) = match decoded {
+        Ok((decoded, route)) => (decoded.message, decoded.segments, route),
         Err(refused) => {
             let Refused {
                 err,
@@ -223,6 +224,7 @@ async fn handle_frame(
         .send(IngestObservations {
             dedup: Some((message.header.control_id.clone(), digest(payload))),
             observations: message.observations,
+            waveforms,
             receive_time_us: received,
             order: crate::store::WriteOrder::Independent,
             traceparent,
@@ -410,21 +412,23 @@ fn decode_and_route(
     ingest: &Ingest,
     payload: &[u8],
     received: i64,
-) -> Result<(Pcd01Message, Route), Box<Refused>> {
-    let message = decode_pcd01(payload, received, &ingest.terminology).map_err(|err| {
-        let header = parse_header(payload).ok();
-        let device = header
-            .as_ref()
-            .and_then(|h| ingest.route(None, h))
-            .map(|r| r.device_id);
-        Box::new(Refused {
-            err,
-            header,
-            device,
-        })
-    })?;
+) -> Result<(Pcd01Waveforms, Route), Box<Refused>> {
+    let decoded = decode_pcd01_waveforms(payload, received, &ingest.terminology, &ingest.waveforms)
+        .map_err(|err| {
+            let header = parse_header(payload).ok();
+            let device = header
+                .as_ref()
+                .and_then(|h| ingest.route(None, h))
+                .map(|r| r.device_id);
+            Box::new(Refused {
+                err,
+                header,
+                device,
+            })
+        })?;
+    let message = &decoded.message;
     match ingest.route(message.equipment_id.as_deref(), &message.header) {
-        Some(route) => Ok((message, route)),
+        Some(route) => Ok((decoded, route)),
         None => {
             let id = message
                 .equipment_id
@@ -432,7 +436,7 @@ fn decode_and_route(
                 .unwrap_or_else(|| message.header.sending_application.clone());
             Err(Box::new(Refused {
                 err: Hl7Error::unknown_device(id),
-                header: Some(message.header),
+                header: Some(message.header.clone()),
                 device: None,
             }))
         }

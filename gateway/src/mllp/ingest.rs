@@ -107,6 +107,8 @@ pub struct Ingest {
     pub store: Addr<Store>,
     pub live: Arc<LiveState>,
     pub terminology: Arc<Terminology>,
+    /// What the PCD-01 waveform decoder accepts (`[waveforms]`).
+    pub waveforms: Arc<icu_drivers::hl7::WaveformConfig>,
     pub max_frame_bytes: usize,
     pub stats: Arc<MllpStats>,
     /// The ADT census (ADT messages arrive on the same listener).
@@ -145,6 +147,7 @@ impl Ingest {
             store,
             live,
             terminology,
+            waveforms: Arc::default(),
             max_frame_bytes,
             stats,
             census,
@@ -161,6 +164,12 @@ impl Ingest {
     /// Where the ACK latency is counted (the gateway's `IngestStats`).
     pub fn with_ack_latency(mut self, h: prometheus::Histogram) -> Self {
         self.ack_latency = h;
+        self
+    }
+
+    /// What the PCD-01 waveform decoder accepts.
+    pub fn with_waveforms(mut self, config: Arc<icu_drivers::hl7::WaveformConfig>) -> Self {
+        self.waveforms = config;
         self
     }
 

@@ -635,6 +635,8 @@ fn insert_records(
         match &mut body {
             stored_record::Body::Observation(o) => o.seq = seq,
             stored_record::Body::Alarm(a) => a.seq = seq,
+            stored_record::Body::Waveform(w) => w.seq = seq,
+            stored_record::Body::AlarmSnippet(s) => s.seq = seq,
             stored_record::Body::AdtEvent(_)
             | stored_record::Body::DeviceStatus(_)
             | stored_record::Body::DeadLetter(_)

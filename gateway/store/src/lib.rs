@@ -812,6 +812,7 @@ mod tests {
             .into(),
             order,
             traceparent: None,
+            waveforms: Default::default(),
         }))
     }
 

@@ -23,6 +23,7 @@ fn batch(device: &str, control: Option<&str>, n: usize) -> WriteRequest {
         observations: (0..n).map(|i| obs(90.0 + i as f64)).collect(),
         order: Default::default(),
         traceparent: None,
+        waveforms: Default::default(),
     })
 }
 
@@ -287,6 +288,7 @@ fn long_readings_split_rows_by_size_and_a_damaged_row_never_stops_the_outbox() {
             .collect(),
         order: Default::default(),
         traceparent: None,
+        waveforms: Default::default(),
     });
     assert!(db
         .commit_batch(&[long, batch("b", None, 5)])
@@ -361,6 +363,7 @@ fn retries_are_recognised_in_the_same_batch_after_a_restart_and_among_the_last_w
         observations: vec![obs(1.0)].into(),
         order: Default::default(),
         traceparent: None,
+        waveforms: Default::default(),
     });
     assert_eq!(
         db.commit_batch(std::slice::from_ref(&other))[0]
@@ -477,6 +480,7 @@ fn batch_at(device: &str, control: &str, n: usize, t0_us: i64) -> WriteRequest {
             .collect(),
         order: Default::default(),
         traceparent: None,
+        waveforms: Default::default(),
     })
 }
 

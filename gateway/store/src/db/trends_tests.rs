@@ -36,6 +36,7 @@ fn message(device: &str, bed: &str, obs: Vec<Observation>) -> WriteRequest {
         observations: Arc::from(obs),
         order: Default::default(),
         traceparent: None,
+        waveforms: Default::default(),
     })
 }
 

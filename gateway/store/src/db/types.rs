@@ -1,7 +1,7 @@
 //! What the store is asked to write and what it answers: requests, outcomes, errors, and the
 //! disk-budget policy and status.
 
-use icu_protos::v1::{Alarm, Observation};
+use icu_protos::v1::{Alarm, Observation, WaveformSegment};
 
 /// Why a write was refused. Every variant means: nothing of that request was stored.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -68,6 +68,9 @@ pub struct ObservationBatch {
     /// records (`StoredRecord.traceparent`) for the bridge's delivery span; `None` with
     /// tracing off.
     pub traceparent: Option<String>,
+    /// The message's waveform segments (issue 19), stored in the same savepoint as its
+    /// readings, on the device's `waveforms` stream with its own seqs. Empty for most messages.
+    pub waveforms: std::sync::Arc<[WaveformSegment]>,
 }
 
 /// A rejected input, kept for the biomedical engineer.

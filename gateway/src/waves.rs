@@ -1,0 +1,199 @@
+//! The last minute of every bed's curves, in memory (issue 19): what the device actors decoded,
+//! kept per channel so the page can draw them live and an alarm's snippet can be cut from them
+//! without reading the disk. Bounded: per channel at most [`RETAIN_US`] of segments (by their
+//! own timeline) and [`MAX_SEGMENTS_PER_CHANNEL`] segments; older ones fall off.
+//!
+//! Segments are shared (`Arc`), never copied per reader. Each gets a cursor (a counter over the
+//! whole ring) so a reader asks for "what came after the last one I saw".
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use icu_protos::v1::WaveformSegment;
+
+/// How much of each channel's timeline is kept: the ±15 s of an alarm snippet plus room for
+/// the segment that ends the window to arrive late.
+pub const RETAIN_US: i64 = 60_000_000;
+/// Most segments kept per channel whatever their length (a device sending tiny segments).
+pub const MAX_SEGMENTS_PER_CHANNEL: usize = 2_000;
+
+/// The channel a segment belongs to: bed, device, MDC code and reference id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ChannelKey {
+    pub bed: String,
+    pub device_id: String,
+    pub mdc_code: u32,
+    pub mdc_refid: String,
+}
+
+impl ChannelKey {
+    pub fn of(s: &WaveformSegment) -> Self {
+        Self {
+            bed: s.bed.clone(),
+            device_id: s.device_id.clone(),
+            mdc_code: s.mdc_code,
+            mdc_refid: s.mdc_refid.clone(),
+        }
+    }
+}
+
+/// A segment in the ring, with its cursor.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    pub cursor: u64,
+    pub segment: Arc<WaveformSegment>,
+}
+
+/// The time of a segment's first position on the gateway's timeline: the device's own time
+/// when it is trusted, else its receive time less its duration (the last sample arrived about
+/// when the message did).
+pub fn start_us(s: &WaveformSegment) -> i64 {
+    match s.first_sample_time_us {
+        Some(t) if !s.device_time_untrusted => t,
+        _ => s.receive_time_us - duration_us(s),
+    }
+}
+
+/// The length of a segment's timeline (every position, present or missing).
+pub fn duration_us(s: &WaveformSegment) -> i64 {
+    (f64::from(s.sample_count) * s.sample_period_us).round() as i64
+}
+
+/// The time just after a segment's last position.
+pub fn end_us(s: &WaveformSegment) -> i64 {
+    start_us(s) + duration_us(s)
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_cursor: u64,
+    channels: BTreeMap<ChannelKey, VecDeque<Kept>>,
+}
+
+/// The ring of every bed's recent segments.
+#[derive(Debug, Default)]
+pub struct WaveformRing {
+    inner: Mutex<Inner>,
+}
+
+impl WaveformRing {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps these segments (already stamped with device, bed and patient).
+    pub fn record(&self, segments: &[Arc<WaveformSegment>]) {
+        let mut inner = self.lock();
+        for s in segments {
+            inner.next_cursor += 1;
+            let cursor = inner.next_cursor;
+            let q = inner.channels.entry(ChannelKey::of(s)).or_default();
+            q.push_back(Kept {
+                cursor,
+                segment: s.clone(),
+            });
+            let newest_end = q.iter().map(|k| end_us(&k.segment)).max().unwrap_or(0);
+            while q.len() > MAX_SEGMENTS_PER_CHANNEL
+                || q.front()
+                    .is_some_and(|k| end_us(&k.segment) < newest_end - RETAIN_US)
+            {
+                q.pop_front();
+            }
+        }
+    }
+
+    /// The bed's segments that overlap `[from_us, to_us)`, per channel in arrival order.
+    pub fn between(&self, bed: &str, from_us: i64, to_us: i64) -> Vec<Arc<WaveformSegment>> {
+        let inner = self.lock();
+        inner
+            .channels
+            .iter()
+            .filter(|(k, _)| k.bed == bed)
+            .flat_map(|(_, q)| q.iter())
+            .filter(|k| start_us(&k.segment) < to_us && end_us(&k.segment) > from_us)
+            .map(|k| k.segment.clone())
+            .collect()
+    }
+
+    /// The bed's segments kept after `cursor` (0: all), and the cursor to ask from next time.
+    pub fn since(&self, bed: &str, cursor: u64) -> (Vec<Kept>, u64) {
+        let inner = self.lock();
+        let mut out: Vec<Kept> = inner
+            .channels
+            .iter()
+            .filter(|(k, _)| k.bed == bed)
+            .flat_map(|(_, q)| q.iter())
+            .filter(|k| k.cursor > cursor)
+            .cloned()
+            .collect();
+        out.sort_by_key(|k| k.cursor);
+        let next = out.last().map_or(cursor, |k| k.cursor);
+        (out, next)
+    }
+
+    /// The beds that have curves in the ring.
+    pub fn beds(&self) -> Vec<String> {
+        let inner = self.lock();
+        let mut beds: Vec<String> = inner.channels.keys().map(|k| k.bed.clone()).collect();
+        beds.dedup();
+        beds
+    }
+
+    /// Forgets a device's channels (it was removed by a configuration reload).
+    pub fn forget_device(&self, device_id: &str) {
+        self.lock().channels.retain(|k, _| k.device_id != device_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(bed: &str, code: u32, start_s: i64, n: u32) -> Arc<WaveformSegment> {
+        Arc::new(WaveformSegment {
+            device_id: "mon".into(),
+            bed: bed.into(),
+            mdc_code: code,
+            sample_rate_hz: 500.0,
+            sample_period_us: 2000.0,
+            sample_count: n,
+            first_sample_time_us: Some(start_s * 1_000_000),
+            receive_time_us: start_s * 1_000_000 + i64::from(n) * 2000,
+            samples: (0..n as i32).collect(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn keeps_a_minute_per_channel_and_finds_a_window() {
+        let ring = WaveformRing::new();
+        // 100 one-second segments on two channels: only the last ~60 s stay.
+        for t in 0..100 {
+            ring.record(&[seg("bed-1", 1, t, 500), seg("bed-1", 2, t, 500)]);
+        }
+        let all = ring.between("bed-1", 0, i64::MAX);
+        assert_eq!(all.len(), 2 * 61, "60 s behind the newest end, per channel");
+        let window = ring.between("bed-1", 80_000_000, 90_000_000);
+        assert_eq!(window.len(), 20, "10 one-second segments per channel");
+        assert!(ring.between("bed-2", 0, i64::MAX).is_empty());
+        let (after, next) = ring.since("bed-1", 0);
+        assert_eq!(after.len(), 122);
+        let (none, same) = ring.since("bed-1", next);
+        assert!(none.is_empty());
+        assert_eq!(same, next);
+    }
+
+    #[test]
+    fn an_untrusted_device_time_is_placed_at_its_receive_time() {
+        let mut s = (*seg("b", 1, 10, 500)).clone();
+        s.device_time_untrusted = true;
+        s.first_sample_time_us = Some(999_000_000_000);
+        s.receive_time_us = 20_000_000;
+        assert_eq!(start_us(&s), 19_000_000);
+        assert_eq!(end_us(&s), 20_000_000);
+    }
+}
