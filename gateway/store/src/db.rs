@@ -346,7 +346,7 @@ impl StoreDb {
             let limit = match req {
                 WriteRequest::MarkSent(_) => u64::MAX,
                 WriteRequest::DeadLetter(_) => policy.high_water_bytes(),
-                WriteRequest::Observations(_) => policy.budget_bytes,
+                WriteRequest::Observations(_) | WriteRequest::Snippet(_) => policy.budget_bytes,
                 WriteRequest::Alarm(_) | WriteRequest::Adt(_) => policy.reserve_limit_bytes(),
             };
             if used >= limit {
@@ -405,6 +405,21 @@ impl StoreDb {
                             &a.device_id,
                             &a.bed,
                             vec![(a.alarm.event_time_us, body)],
+                        )?;
+                        WriteOutcome::Stored {
+                            first_seq: first,
+                            last_seq: last,
+                        }
+                    }
+                    WriteRequest::Snippet(w) => {
+                        let body = stored_record::Body::AlarmSnippet(w.snippet.clone());
+                        let (first, last) = insert_records(
+                            &sp,
+                            &gateway_id,
+                            Stream::Alarms,
+                            &w.device_id,
+                            &w.bed,
+                            vec![(w.snippet.built_time_us, body)],
                         )?;
                         WriteOutcome::Stored {
                             first_seq: first,

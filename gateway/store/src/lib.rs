@@ -112,7 +112,7 @@ pub use settings::{StoreConfig, StoreSettings};
 
 pub use db::{
     AlarmWrite, BudgetPolicy, BudgetStatus, DeadLetter, ObservationBatch, OnFull, ReaderDb,
-    StoreDb, StoreError, WriteOrder, WriteOutcome, WriteRequest,
+    SnippetWrite, StoreDb, StoreError, WriteOrder, WriteOutcome, WriteRequest,
 };
 
 /// Upper bounds (seconds) of the commit-latency histogram: 0.5 ms to 10 s.

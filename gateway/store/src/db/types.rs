@@ -97,10 +97,22 @@ pub struct AlarmWrite {
     pub alarm: Alarm,
 }
 
+/// The curves of a bed around an alarm's start (issue 19), stored on the alarm stream of the
+/// device whose alarm started (`icu.alarms`), after its start record.
+#[derive(Debug, Clone)]
+pub struct SnippetWrite {
+    pub device_id: String,
+    pub bed: String,
+    pub snippet: icu_protos::v1::AlarmSnippet,
+}
+
 #[derive(Debug, Clone)]
 pub enum WriteRequest {
     Observations(ObservationBatch),
     Alarm(AlarmWrite),
+    /// An alarm's waveform snippet: waveform data, so it counts against the disk budget like
+    /// readings (not the alarms' reserve).
+    Snippet(SnippetWrite),
     /// An ADT event as applied to the census (for `icu.adt`), under the source id `adt`.
     Adt(icu_protos::v1::AdtEvent),
     DeadLetter(DeadLetter),
