@@ -64,10 +64,16 @@ pub fn end_us(s: &WaveformSegment) -> i64 {
     start_us(s) + duration_us(s)
 }
 
+/// Most alarm snippets kept in memory for the page (newest kept).
+pub const MAX_SNIPPETS: usize = 200;
+
 #[derive(Debug, Default)]
 struct Inner {
     next_cursor: u64,
     channels: BTreeMap<ChannelKey, VecDeque<Kept>>,
+    /// The last alarm snippets built, oldest first (the page shows one when an alarm is
+    /// clicked; the stored copy goes to `icu.alarms`).
+    snippets: VecDeque<Arc<icu_protos::v1::AlarmSnippet>>,
 }
 
 /// The ring of every bed's recent segments.
@@ -141,6 +147,30 @@ impl WaveformRing {
         let mut beds: Vec<String> = inner.channels.keys().map(|k| k.bed.clone()).collect();
         beds.dedup();
         beds
+    }
+
+    /// Keeps an alarm's snippet for the page (the last [`MAX_SNIPPETS`]).
+    pub fn keep_snippet(&self, snippet: Arc<icu_protos::v1::AlarmSnippet>) {
+        let mut inner = self.lock();
+        inner.snippets.push_back(snippet);
+        while inner.snippets.len() > MAX_SNIPPETS {
+            inner.snippets.pop_front();
+        }
+    }
+
+    /// The newest kept snippet of an alarm, by the alarm's id and (when given) start time.
+    pub fn snippet(
+        &self,
+        alarm_id: &str,
+        start_us: Option<i64>,
+    ) -> Option<Arc<icu_protos::v1::AlarmSnippet>> {
+        let inner = self.lock();
+        inner
+            .snippets
+            .iter()
+            .rev()
+            .find(|s| s.alarm_id == alarm_id && start_us.is_none_or(|t| s.alarm_start_us == t))
+            .cloned()
     }
 
     /// Forgets a device's channels (it was removed by a configuration reload).
