@@ -102,6 +102,8 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
                 max_attempts: 3,
                 scenario: opts.scenario,
                 tls: None,
+                // The monitors also send their curves (ECG, pleth, arterial pressure).
+                waveforms: Some(icu_sim::run::WaveOptions::default()),
             },
             Some(stop_rx),
         ));

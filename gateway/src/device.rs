@@ -156,14 +156,17 @@ impl DeviceActor {
     /// Stamps identity, updates the live view, and hands the readings to the store.
     fn ingest(
         &mut self,
-        mut observations: Vec<icu_protos::v1::Observation>,
-        dedup: Option<(String, i64)>,
-        receive_time_us: i64,
-        order: WriteOrder,
-        traceparent: Option<String>,
-        mut waveforms: Vec<icu_protos::v1::WaveformSegment>,
+        msg: IngestObservations,
         ctx: &mut Context<Self>,
     ) -> impl std::future::Future<Output = Result<WriteOutcome, StoreError>> + 'static {
+        let IngestObservations {
+            mut observations,
+            dedup,
+            receive_time_us,
+            order,
+            traceparent,
+            mut waveforms,
+        } = msg;
         let synced = self.clock.is_synced(receive_time_us);
         for o in &mut observations {
             o.device_id = self.device.id.clone();
@@ -498,15 +501,7 @@ impl Handler<IngestObservations> for DeviceActor {
     type Result = ResponseFuture<Result<WriteOutcome, StoreError>>;
 
     fn handle(&mut self, msg: IngestObservations, ctx: &mut Self::Context) -> Self::Result {
-        Box::pin(self.ingest(
-            msg.observations,
-            msg.dedup,
-            msg.receive_time_us,
-            msg.order,
-            msg.traceparent,
-            msg.waveforms,
-            ctx,
-        ))
+        Box::pin(self.ingest(msg, ctx))
     }
 }
 
@@ -514,23 +509,7 @@ impl Handler<QueueObservations> for DeviceActor {
     type Result = ();
 
     fn handle(&mut self, msg: QueueObservations, ctx: &mut Self::Context) {
-        let IngestObservations {
-            observations,
-            dedup,
-            receive_time_us,
-            order,
-            traceparent,
-            waveforms,
-        } = msg.ingest;
-        let stored = self.ingest(
-            observations,
-            dedup,
-            receive_time_us,
-            order,
-            traceparent,
-            waveforms,
-            ctx,
-        );
+        let stored = self.ingest(msg.ingest, ctx);
         let reply = msg.reply;
         // As a `ResponseFuture` is run: beside the next messages, on this arbiter.
         actix::spawn(async move {

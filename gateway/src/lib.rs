@@ -28,6 +28,7 @@ pub mod mqtt;
 pub mod probe;
 pub mod serial;
 pub mod serial_protocols;
+pub mod snippet;
 pub mod swap;
 pub mod telemetry;
 pub mod tls;

@@ -227,3 +227,213 @@ mod tests {
         assert_eq!(end_us(&s), 20_000_000);
     }
 }
+
+/// `[waveforms]`: what the PCD-01 waveform decoder accepts and how alarm snippets are cut.
+/// Every field has a default; the section may be left out.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WaveformSettings {
+    /// Most samples (present or missing) one waveform row may carry; a longer one is refused
+    /// with AE (15 000 is 30 s at 500 Hz).
+    pub max_samples: u32,
+    /// Highest sample rate accepted, per second.
+    pub max_sample_rate_hz: f64,
+    /// OBX-3 identifiers of the attribute rows that give the sample rate, the data range and the
+    /// resolution (UNCONFIRMED across vendors: add a vendor's own here).
+    pub sample_rate_ids: Vec<String>,
+    pub data_range_ids: Vec<String>,
+    pub resolution_ids: Vec<String>,
+    /// When set, a segment's duration must match OBR-8 minus its first sample's time within
+    /// this fraction; leave out to turn the check off.
+    pub interval_tolerance: Option<f64>,
+    /// An alarm's snippet holds the bed's curves from this long before its start ...
+    pub snippet_before_s: u32,
+    /// ... to this long after it; it is built and stored once that time has passed (plus
+    /// `snippet_grace_s` for the last segments to arrive).
+    pub snippet_after_s: u32,
+    pub snippet_grace_s: u32,
+}
+
+impl Default for WaveformSettings {
+    fn default() -> Self {
+        let d = icu_drivers::hl7::WaveformConfig::default();
+        Self {
+            max_samples: d.max_samples,
+            max_sample_rate_hz: d.max_sample_rate_hz,
+            sample_rate_ids: d.sample_rate_ids,
+            data_range_ids: d.data_range_ids,
+            resolution_ids: d.resolution_ids,
+            interval_tolerance: d.interval_tolerance,
+            snippet_before_s: 15,
+            snippet_after_s: 15,
+            snippet_grace_s: 2,
+        }
+    }
+}
+
+impl WaveformSettings {
+    /// The decoder's configuration.
+    pub fn decoder(&self) -> icu_drivers::hl7::WaveformConfig {
+        icu_drivers::hl7::WaveformConfig {
+            max_samples: self.max_samples,
+            max_sample_rate_hz: self.max_sample_rate_hz,
+            sample_rate_ids: self.sample_rate_ids.clone(),
+            data_range_ids: self.data_range_ids.clone(),
+            resolution_ids: self.resolution_ids.clone(),
+            interval_tolerance: self.interval_tolerance,
+        }
+    }
+
+    /// Every problem of the section, with its field path.
+    pub fn problems(&self) -> Vec<crate::domain::FieldProblem> {
+        let mut out = Vec::new();
+        let mut problem = |field: &str, message: String| {
+            out.push(crate::domain::FieldProblem {
+                field: format!("waveforms.{field}"),
+                message,
+            })
+        };
+        if !(1..=1_000_000).contains(&self.max_samples) {
+            problem(
+                "max_samples",
+                format!("{} is not between 1 and 1000000", self.max_samples),
+            );
+        }
+        if !(self.max_sample_rate_hz > 0.0 && self.max_sample_rate_hz <= 100_000.0) {
+            problem(
+                "max_sample_rate_hz",
+                format!(
+                    "{} is not above 0 and at most 100000",
+                    self.max_sample_rate_hz
+                ),
+            );
+        }
+        if self.sample_rate_ids.iter().all(|s| s.trim().is_empty()) {
+            problem(
+                "sample_rate_ids",
+                "must name at least one identifier".into(),
+            );
+        }
+        if let Some(t) = self.interval_tolerance {
+            if !(t > 0.0 && t < 1.0) {
+                problem(
+                    "interval_tolerance",
+                    format!("{t} is not between 0 and 1 (leave it out to turn the check off)"),
+                );
+            }
+        }
+        let window = self.snippet_before_s + self.snippet_after_s + self.snippet_grace_s;
+        if i64::from(window) * 1_000_000 > RETAIN_US - 5_000_000 {
+            problem(
+                "snippet_before_s",
+                format!(
+                    "before + after + grace is {window} s; the gateway keeps {} s of curves in memory, so at most {} s",
+                    RETAIN_US / 1_000_000,
+                    RETAIN_US / 1_000_000 - 5
+                ),
+            );
+        }
+        out
+    }
+}
+
+/// The part of a segment whose positions fall in `[from_us, to_us)` on the gateway's timeline
+/// (see [`start_us`]), with its gaps and out-of-range runs; `None` when none does.
+pub fn cut(s: &WaveformSegment, from_us: i64, to_us: i64) -> Option<WaveformSegment> {
+    let period = s.sample_period_us;
+    if period.is_nan() || period <= 0.0 || s.sample_count == 0 {
+        return None;
+    }
+    let start = start_us(s);
+    let n = i64::from(s.sample_count);
+    let pos = |t: i64| (((t - start) as f64 / period).ceil() as i64).clamp(0, n);
+    let (i0, i1) = (pos(from_us), pos(to_us));
+    if i0 >= i1 {
+        return None;
+    }
+    if i0 == 0 && i1 == n {
+        return Some(s.clone());
+    }
+    let (i0, i1) = (i0 as u32, i1 as u32);
+    let in_gap = |i: u32| s.gaps.iter().any(|r| i >= r.start && i - r.start < r.count);
+    // Sample k belongs to the k-th present position.
+    let mut samples = Vec::new();
+    let mut k = 0usize;
+    for i in 0..i1 {
+        if in_gap(i) {
+            continue;
+        }
+        if i >= i0 {
+            if let Some(v) = s.samples.get(k) {
+                samples.push(*v);
+            }
+        }
+        k += 1;
+    }
+    let clip = |runs: &[icu_protos::v1::SampleRun]| -> Vec<icu_protos::v1::SampleRun> {
+        runs.iter()
+            .filter_map(|r| {
+                let (a, b) = (r.start.max(i0), (r.start + r.count).min(i1));
+                (a < b).then(|| icu_protos::v1::SampleRun {
+                    start: a - i0,
+                    count: b - a,
+                })
+            })
+            .collect()
+    };
+    let mut out = WaveformSegment {
+        samples,
+        gaps: clip(&s.gaps),
+        below_range: clip(&s.below_range),
+        above_range: clip(&s.above_range),
+        sample_count: i1 - i0,
+        packed_samples: Vec::new(),
+        ..s.clone()
+    };
+    out.first_sample_time_us = s
+        .first_sample_time_us
+        .map(|t| t + (f64::from(i0) * period).round() as i64);
+    // An untrusted (or missing) device time places the segment by its receive time, which
+    // then stands for the end of the kept part.
+    out.receive_time_us =
+        s.receive_time_us - (f64::from(s.sample_count - i1) * period).round() as i64;
+    Some(out)
+}
+
+#[cfg(test)]
+mod cut_tests {
+    use super::*;
+    use icu_protos::v1::SampleRun;
+
+    #[test]
+    fn a_cut_keeps_the_samples_and_gaps_of_its_window_exactly() {
+        // 10 positions at 1 ms from t = 1 s; positions 3..5 missing, 7 above range.
+        let s = WaveformSegment {
+            sample_period_us: 1000.0,
+            sample_count: 10,
+            first_sample_time_us: Some(1_000_000),
+            receive_time_us: 1_010_000,
+            samples: vec![0, 1, 2, 5, 6, 7, 8, 9],
+            gaps: vec![SampleRun { start: 3, count: 2 }],
+            above_range: vec![SampleRun { start: 7, count: 1 }],
+            ..Default::default()
+        };
+        let c = cut(&s, 1_002_000, 1_008_000).expect("positions 2..8");
+        assert_eq!(c.sample_count, 6);
+        assert_eq!(c.first_sample_time_us, Some(1_002_000));
+        assert_eq!(c.samples, vec![2, 5, 6, 7]);
+        assert_eq!(c.gaps, vec![SampleRun { start: 1, count: 2 }]);
+        assert_eq!(c.above_range, vec![SampleRun { start: 5, count: 1 }]);
+        assert_eq!(end_us(&c), 1_008_000);
+        assert!(cut(&s, 0, 1_000_000).is_none());
+        assert_eq!(cut(&s, 0, i64::MAX).as_ref(), Some(&s));
+        // An untrusted device time: placed by the receive time, also after the cut.
+        let u = WaveformSegment {
+            device_time_untrusted: true,
+            ..s.clone()
+        };
+        let c = cut(&u, 1_000_500, 1_004_000).expect("positions 1..4");
+        assert_eq!((start_us(&c), end_us(&c)), (1_001_000, 1_004_000));
+        assert_eq!(c.samples, vec![1, 2]);
+    }
+}

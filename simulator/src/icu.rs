@@ -170,6 +170,8 @@ pub struct IcuOptions {
     /// MLLP over TLS for the monitors (their own certificates) and the ADT feed (the
     /// `adt-engine` client certificate beside the devices' folder: `../clients/`).
     pub tls: Option<crate::run::SimTls>,
+    /// The monitors also send their curves.
+    pub waveforms: Option<crate::run::WaveOptions>,
 }
 
 /// Per device: what the gateway acknowledged (or received whole over a serial line).
@@ -485,6 +487,7 @@ pub async fn run(opts: IcuOptions) -> anyhow::Result<IcuReport> {
             max_attempts: 5,
             scenario: opts.scenario,
             tls: opts.tls.clone(),
+            waveforms: opts.waveforms,
         },
         None,
     )

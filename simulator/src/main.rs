@@ -64,6 +64,14 @@ enum Command {
         /// gateway's refusal).
         #[arg(long)]
         tls_cert_as: Option<String>,
+        /// Also send the curves: three ECG leads at 500 Hz, pleth and arterial pressure at
+        /// 125 Hz, as PCD-01 waveform (WCM) messages, one per channel group every 800 ms.
+        #[arg(long)]
+        waveforms: bool,
+        /// With --waveforms: leave out N consecutive samples of every M (`M:N`, sent as empty
+        /// values: the gateway must keep them as gaps).
+        #[arg(long, value_parser = parse_gaps)]
+        wave_gaps: Option<icu_sim::waveform::GapPlan>,
     },
     /// Print the gateway config blocks ([[beds]], [[devices]]) for N simulated beds.
     Config {
@@ -102,6 +110,9 @@ enum Command {
         /// Write the per-device counts as JSON to this file.
         #[arg(long)]
         report: Option<std::path::PathBuf>,
+        /// The monitors also send their curves (see `icu-sim pcd01 --help`).
+        #[arg(long)]
+        waveforms: bool,
         /// A scripted scenario for one bed's monitor (see `icu-sim pcd01 --help`).
         #[arg(long, value_parser = icu_sim::run::Scenario::parse)]
         scenario: Option<icu_sim::run::Scenario>,
@@ -210,9 +221,11 @@ fn main() -> anyhow::Result<()> {
             scenario,
             tls_ca,
             tls_cert_dir,
+            waveforms,
         } => {
             let rt = tokio::runtime::Runtime::new()?;
             let r = rt.block_on(icu_sim::icu::run(icu_sim::icu::IcuOptions {
+                waveforms: waveforms.then(icu_sim::run::WaveOptions::default),
                 beds,
                 mllp,
                 mqtt: mqtt.options(),
@@ -278,6 +291,8 @@ fn main() -> anyhow::Result<()> {
             tls_ca,
             tls_cert_dir,
             tls_cert_as,
+            waveforms,
+            wave_gaps,
         } => {
             let messages = if messages.is_none() && duration_secs.is_none() {
                 Some(10)
@@ -298,6 +313,10 @@ fn main() -> anyhow::Result<()> {
                     cert_dir: tls_cert_dir,
                     cert_as: tls_cert_as,
                     server_name: None,
+                }),
+                waveforms: waveforms.then(|| icu_sim::run::WaveOptions {
+                    segment_ms: 0,
+                    gaps: wave_gaps.unwrap_or_default(),
                 }),
                 ..Default::default()
             };
@@ -351,6 +370,17 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Resolves on the first SIGINT or SIGTERM (never, if neither handler can be installed).
+/// `M:N`: N consecutive samples of every M left out.
+fn parse_gaps(s: &str) -> Result<icu_sim::waveform::GapPlan, String> {
+    let (every, length) = s.split_once(':').ok_or("expected M:N, e.g. 1000:5")?;
+    let every: u64 = every.parse().map_err(|e| format!("M: {e}"))?;
+    let length: u64 = length.parse().map_err(|e| format!("N: {e}"))?;
+    if length >= every {
+        return Err("N must be less than M".into());
+    }
+    Ok(icu_sim::waveform::GapPlan { every, length })
+}
+
 async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (

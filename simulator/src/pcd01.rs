@@ -27,6 +27,8 @@ pub struct SentObservation {
 pub struct Monitor {
     pub bed: SimBed,
     pub patient: Patient,
+    /// The vitals of the last message (the waveforms follow them).
+    pub last_vitals: Option<Vitals>,
     counter: u64,
     /// Seconds added to every timestamp the monitor writes (a monitor with a wrong clock).
     pub clock_skew_s: i64,
@@ -152,6 +154,7 @@ impl Monitor {
         Self {
             bed,
             patient,
+            last_vitals: None,
             counter: 0,
             clock_skew_s: 0,
         }
@@ -162,6 +165,7 @@ impl Monitor {
         self.counter += 1;
         let now = now + chrono::Duration::seconds(self.clock_skew_s);
         let v: Vitals = self.patient.step();
+        self.last_vitals = Some(v.clone());
         let control_id = format!("{}-{:08}", self.bed.device_id.to_uppercase(), self.counter);
         let ts = hl7_time(now);
         let t_us = now.timestamp() * 1_000_000;

@@ -99,6 +99,18 @@ pub struct RunOptions {
     pub scenario: Option<Scenario>,
     /// MLLP over TLS, as a monitor with a client certificate would speak it.
     pub tls: Option<SimTls>,
+    /// Also send waveforms (three ECG leads, pleth, arterial pressure) as PCD-01 WCM messages
+    /// on the same connection, one message per channel group per segment.
+    pub waveforms: Option<WaveOptions>,
+}
+
+/// The waveform output of each simulated monitor.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WaveOptions {
+    /// Length of one segment, ms (a multiple of 8; 800 when 0).
+    pub segment_ms: u32,
+    /// Samples left out on purpose (sent as empty values).
+    pub gaps: crate::waveform::GapPlan,
 }
 
 /// TLS of the simulated monitors.
@@ -166,6 +178,7 @@ impl Default for RunOptions {
             max_attempts: 5,
             scenario: None,
             tls: None,
+            waveforms: None,
         }
     }
 }
@@ -184,6 +197,9 @@ pub struct DeviceReport {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct SimReport {
     pub devices: BTreeMap<String, DeviceReport>,
+    /// Waveform segments of AA-acknowledged messages, per device in sending order.
+    #[serde(skip)]
+    pub accepted_waves: Vec<crate::waveform::SentSegment>,
     /// Observations of AA-acknowledged messages, per device in sending order.
     #[serde(skip)]
     pub accepted: Vec<SentObservation>,
@@ -302,16 +318,91 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-async fn run_bed(
-    opts: RunOptions,
-    bed: SimBed,
-    mut stop: watch::Receiver<bool>,
-) -> (String, DeviceReport, Vec<SentObservation>, Vec<String>) {
+/// What one bed's task brings back.
+struct BedOutcome {
+    device: String,
+    report: DeviceReport,
+    accepted: Vec<SentObservation>,
+    accepted_waves: Vec<crate::waveform::SentSegment>,
+    rejections: Vec<String>,
+}
+
+/// The connection and retry state of one bed's monitor.
+struct Sender<'a> {
+    opts: &'a RunOptions,
+    device: String,
+    conn: Option<Framed<Box<dyn Io>, MllpCodec>>,
+    tls: Option<(tokio_rustls::TlsConnector, String)>,
+}
+
+impl Sender<'_> {
+    /// Sends one message until it is answered (or the attempts run out, or `stop`), counting
+    /// it in `report`; the answer's ACK code, `None` when unanswered.
+    async fn deliver(
+        &mut self,
+        msg: &str,
+        garbage: bool,
+        report: &mut DeviceReport,
+        rejections: &mut Vec<String>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<String> {
+        report.messages += 1;
+        for attempt in 0..self.opts.max_attempts.max(1) {
+            if attempt > 0 {
+                if *stop.borrow() {
+                    break; // asked to stop while the gateway is away: give up on it
+                }
+                report.resends += 1;
+                let pause = retry_pause(attempt);
+                tokio::select! {
+                    _ = stopped(stop) => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+            match send_one(
+                &mut self.conn,
+                &self.opts.target,
+                self.tls.as_ref(),
+                msg,
+                garbage,
+                self.opts.ack_timeout,
+            )
+            .await
+            {
+                Ok(ack) => {
+                    let code = ack_code(&ack).unwrap_or_default();
+                    match code.as_str() {
+                        "AA" | "CA" => report.aa += 1,
+                        other => {
+                            if other == "AE" || other == "CE" {
+                                report.ae += 1;
+                            } else {
+                                report.ar += 1;
+                            }
+                            if rejections.len() < 20 {
+                                rejections.push(String::from_utf8_lossy(&ack).replace('\r', "\n"));
+                            }
+                        }
+                    }
+                    return Some(code);
+                }
+                Err(e) => {
+                    tracing::warn!(device = %self.device, attempt, error = %e, "message not acknowledged; reconnecting");
+                    self.conn = None;
+                }
+            }
+        }
+        report.unanswered += 1;
+        None
+    }
+}
+
+async fn run_bed(opts: RunOptions, bed: SimBed, mut stop: watch::Receiver<bool>) -> BedOutcome {
     let device = bed.device_id.clone();
     let scenario = opts
         .scenario
         .filter(|s| s.bed == bed.index || s.bed == ALL_BEDS);
-    let mut monitor = Monitor::new(bed, opts.seed);
+    let mut monitor = Monitor::new(bed.clone(), opts.seed);
     match scenario.map(|s| (s.kind, s.after_messages)) {
         Some((ScenarioKind::Course(c), after)) => monitor.patient.set_course(c, after),
         Some((ScenarioKind::ClockSkew(secs), _)) => monitor.clock_skew_s = secs,
@@ -319,8 +410,8 @@ async fn run_bed(
     }
     let mut report = DeviceReport::default();
     let mut accepted = Vec::new();
+    let mut accepted_waves = Vec::new();
     let mut rejections = Vec::new();
-    let mut conn = None;
     let tls = match &opts.tls {
         None => None,
         Some(t) => {
@@ -336,21 +427,75 @@ async fn run_bed(
             }
         }
     };
+    let mut sender = Sender {
+        opts: &opts,
+        device: device.clone(),
+        conn: None,
+        tls,
+    };
     let period = Duration::from_secs_f64(1.0 / opts.rate_hz.max(0.001));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The waveform output: its own clock, one segment per tick, from the first tick's time.
+    let mut waves = opts.waveforms.map(|w| {
+        let mut m =
+            crate::waveform::WaveformMonitor::new(bed.clone(), opts.seed, chrono::Utc::now());
+        if w.segment_ms > 0 {
+            m.segment_ms = w.segment_ms;
+        }
+        m.gaps = w.gaps;
+        let mut t = tokio::time::interval(Duration::from_millis(u64::from(m.segment_ms)));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        (m, t)
+    });
+    let mut numerics_done = false;
     loop {
         if let Some(max) = opts.messages_per_bed {
-            if report.messages >= max {
+            numerics_done = report.messages >= max;
+            // With waveforms and a duration, the curves go on until the duration ends.
+            if numerics_done && (waves.is_none() || opts.duration.is_none()) {
                 break;
             }
         }
-        tokio::select! {
+        let wave_tick = async {
+            match waves.as_mut() {
+                Some((_, t)) => {
+                    t.tick().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let numerics_tick = async {
+            if numerics_done {
+                std::future::pending::<()>().await;
+            }
+            ticker.tick().await;
+        };
+        let numerics = tokio::select! {
             _ = stopped(&mut stop) => break,
-            _ = ticker.tick() => {}
-        }
+            _ = numerics_tick => true,
+            _ = wave_tick => false,
+        };
         if *stop.borrow() {
             break;
+        }
+        if !numerics {
+            let Some((m, _)) = waves.as_mut() else {
+                continue;
+            };
+            let vitals = monitor
+                .last_vitals
+                .clone()
+                .unwrap_or_else(|| monitor.patient.step());
+            for (msg, sent) in m.next_messages(&vitals) {
+                let code = sender
+                    .deliver(&msg, false, &mut report, &mut rejections, &mut stop)
+                    .await;
+                if matches!(code.as_deref(), Some("AA") | Some("CA")) {
+                    accepted_waves.extend(sent);
+                }
+            }
+            continue;
         }
         let active = scenario
             .filter(|s| report.messages >= s.after_messages)
@@ -366,65 +511,23 @@ async fn run_bed(
             batch.push((again.0, Vec::new()));
         }
         for (msg, sent) in batch {
-            report.messages += 1;
-            let mut answered = false;
-            for attempt in 0..opts.max_attempts.max(1) {
-                if attempt > 0 {
-                    if *stop.borrow() {
-                        break; // asked to stop while the gateway is away: give up on it
-                    }
-                    report.resends += 1;
-                    let pause = retry_pause(attempt);
-                    tokio::select! {
-                        _ = stopped(&mut stop) => break,
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                }
-                let garbage = active == Some(ScenarioKind::Garbage);
-                match send_one(
-                    &mut conn,
-                    &opts.target,
-                    tls.as_ref(),
-                    &msg,
-                    garbage,
-                    opts.ack_timeout,
-                )
-                .await
-                {
-                    Ok(ack) => {
-                        answered = true;
-                        match ack_code(&ack).as_deref() {
-                            Some("AA") | Some("CA") => {
-                                report.aa += 1;
-                                report.observations_accepted += sent.len() as u64;
-                                accepted.extend(sent.iter().cloned());
-                            }
-                            code => {
-                                if code == Some("AE") || code == Some("CE") {
-                                    report.ae += 1;
-                                } else {
-                                    report.ar += 1;
-                                }
-                                if rejections.len() < 20 {
-                                    rejections
-                                        .push(String::from_utf8_lossy(&ack).replace('\r', "\n"));
-                                }
-                            }
-                        }
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(device = %device, attempt, error = %e, "message not acknowledged; reconnecting");
-                        conn = None;
-                    }
-                }
-            }
-            if !answered {
-                report.unanswered += 1;
+            let garbage = active == Some(ScenarioKind::Garbage);
+            let code = sender
+                .deliver(&msg, garbage, &mut report, &mut rejections, &mut stop)
+                .await;
+            if matches!(code.as_deref(), Some("AA") | Some("CA")) {
+                report.observations_accepted += sent.len() as u64;
+                accepted.extend(sent.iter().cloned());
             }
         }
     }
-    (device, report, accepted, rejections)
+    BedOutcome {
+        device,
+        report,
+        accepted,
+        accepted_waves,
+        rejections,
+    }
 }
 
 /// Runs every bed until its message count or the duration is reached, or `stop` turns true.
@@ -451,10 +554,11 @@ pub async fn run(opts: RunOptions, external_stop: Option<watch::Receiver<bool>>)
     });
     let mut report = SimReport::default();
     for t in tasks {
-        if let Ok((device, r, acc, rej)) = t.await {
-            report.devices.insert(device, r);
-            report.accepted.extend(acc);
-            report.rejections.extend(rej);
+        if let Ok(o) = t.await {
+            report.devices.insert(o.device, o.report);
+            report.accepted.extend(o.accepted);
+            report.accepted_waves.extend(o.accepted_waves);
+            report.rejections.extend(o.rejections);
         }
     }
     if let Some(t) = timer {

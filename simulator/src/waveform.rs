@@ -23,8 +23,8 @@
 //! values) and, where the samples are counts, `.3` MDC_ATTR_NU_MSMT_RES (physical units per
 //! count), as public WCM captures show them.
 //!
-//! Not yet sent by the runner (`run.rs`): the gateway does not ingest waveforms yet, and today's
-//! PCD-01 path would take the rows for text numerics. Wiring comes with the gateway's ingest.
+//! Sent by the runner (`run.rs`, `RunOptions::waveforms`; `icu-sim pcd01 --waveforms`, and the
+//! gateway's demo) on each monitor's MLLP connection, between its numeric messages.
 
 use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;

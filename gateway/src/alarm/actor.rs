@@ -16,7 +16,7 @@ use icu_protos::v1::{Alarm, Observation};
 
 use super::{AlarmError, AlarmView, Engine, EngineStats};
 use crate::clock::now_us;
-use crate::store::{AlarmWrite, Append, Store, WriteRequest};
+use crate::store::{AlarmWrite, Append, Store, WriteOutcome, WriteRequest};
 
 /// Most observation batches waiting for the engine; beyond that they are counted as dropped.
 pub const ALARM_MAILBOX: usize = 4096;
@@ -69,6 +69,10 @@ pub fn alarm_json(a: &Alarm) -> serde_json::Value {
 /// Where alarm state changes go besides the store.
 pub type AlarmListener = Box<dyn Fn(&Alarm) + Send>;
 
+/// Told of each alarm *start* once the store has kept it, with its seq on the device's alarm
+/// stream (the alarm snippet builder refers to that record).
+pub type StoredStartListener = Box<dyn Fn(&Alarm, u64) + Send>;
+
 /// Whether an alarm output can deliver now: `None` when it can, else why it cannot.
 pub type OutputProbe = Box<dyn Fn() -> Option<String> + Send>;
 
@@ -93,6 +97,7 @@ pub struct AlarmActor {
     stats: Arc<AlarmPathStats>,
     listeners: Vec<AlarmListener>,
     outputs: Vec<WatchedOutput>,
+    stored_starts: Vec<StoredStartListener>,
     down: std::collections::HashMap<String, Down>,
     /// Records per phase since the last summary line.
     summary: std::collections::BTreeMap<String, u64>,
@@ -118,6 +123,7 @@ impl AlarmActor {
                 stats,
                 listeners,
                 outputs,
+                stored_starts: Vec::new(),
                 down: Default::default(),
                 summary: Default::default(),
             }
@@ -195,24 +201,28 @@ impl AlarmActor {
                 l(&alarm);
             }
             let stats = self.stats.clone();
+            let start =
+                (alarm.phase == "start" && !self.stored_starts.is_empty()).then(|| alarm.clone());
             let request = WriteRequest::Alarm(AlarmWrite {
                 device_id: alarm.device_id.clone(),
                 bed: alarm.bed.clone(),
                 alarm,
             });
-            ctx.spawn(
-                self.store
-                    .send(Append(request))
-                    .into_actor(self)
-                    .map(move |res, _, _| {
-                        if !matches!(res, Ok(Ok(_))) {
-                            stats.store_failures.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(
-                                "alarm state change not stored (it was shown and sent)"
-                            );
+            ctx.spawn(self.store.send(Append(request)).into_actor(self).map(
+                move |res, act: &mut AlarmActor, _| {
+                    if let (Some(a), Ok(Ok(WriteOutcome::Stored { first_seq, .. }))) =
+                        (&start, &res)
+                    {
+                        for l in &act.stored_starts {
+                            l(a, *first_seq);
                         }
-                    }),
-            );
+                    }
+                    if !matches!(res, Ok(Ok(_))) {
+                        stats.store_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!("alarm state change not stored (it was shown and sent)");
+                    }
+                },
+            ));
         }
     }
 }
@@ -235,6 +245,19 @@ impl Actor for AlarmActor {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Observations(pub std::sync::Arc<[Observation]>);
+
+/// Adds a listener told of each stored alarm start (see [`StoredStartListener`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct OnStoredStart(pub StoredStartListener);
+
+impl Handler<OnStoredStart> for AlarmActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: OnStoredStart, _: &mut Self::Context) {
+        self.stored_starts.push(msg.0);
+    }
+}
 
 impl Handler<Observations> for AlarmActor {
     type Result = ();

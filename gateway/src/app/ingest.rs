@@ -311,6 +311,7 @@ async fn start_mllp(
             stats,
             census_addr,
         )
+        .with_waveforms(std::sync::Arc::new(config.waveforms.decoder()))
         .with_adt_allow_from(config.adt_allow_from.clone())
         .with_adt_cert_names(config.adt_cert_names.clone())
         .with_tls(listener_tls(config)?)

@@ -235,6 +235,21 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
     )
     .await?;
 
+    // Alarm snippets: each stored alarm start gets its bed's curves around it.
+    let snippet_stats = Arc::new(crate::snippet::SnippetStats::default());
+    let snippets = crate::snippet::SnippetBuilder::start(
+        ingest.live.clone(),
+        stored.store.clone(),
+        config.waveforms.clone(),
+        snippet_stats.clone(),
+    );
+    alarm_addr
+        .send(crate::alarm::actor::OnStoredStart(
+            crate::snippet::listener(snippets, snippet_stats),
+        ))
+        .await
+        .context("the alarm actor stopped before the snippet builder was attached")?;
+
     let http = http::start_http(
         &config,
         &stored,

@@ -62,6 +62,8 @@ pub struct Config {
     pub clock: ClockPolicy,
     /// `[tracing]`: log format and OTLP export, checked by the telemetry module's rules.
     pub tracing: crate::telemetry::TracingSettings,
+    /// `[waveforms]`: the waveform decoder's bounds and the alarm snippets.
+    pub waveforms: crate::waves::WaveformSettings,
     pub beds: Vec<Bed>,
     pub devices: Vec<Device>,
 }

@@ -51,6 +51,10 @@ pub struct RawConfig {
     /// Log line format and OpenTelemetry tracing (off by default): `crate::telemetry`.
     #[serde(default)]
     pub tracing: crate::telemetry::TracingSettings,
+    /// Waveforms (curves): the PCD-01 waveform decoder's bounds and the alarm snippets
+    /// (`crate::waves::WaveformSettings`).
+    #[serde(default)]
+    pub waveforms: crate::waves::WaveformSettings,
     /// How the gateway decides whether its clock is synchronised:
     /// `"auto"` (systemd-timesyncd or chrony state), `"synced"` or `"unsynced"`.
     #[serde(default = "default_clock")]

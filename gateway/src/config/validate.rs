@@ -323,6 +323,7 @@ impl RawConfig {
 
         problems.extend(self.auth.problems());
         problems.extend(self.tracing.problems());
+        problems.extend(self.waveforms.problems());
         let tls = self.tls.resolved(&data_dir);
         problems.extend(tls.problems());
         if !problems.is_empty() {
@@ -347,6 +348,7 @@ impl RawConfig {
             alarm_manager: self.alarm_manager,
             clock,
             tracing: self.tracing,
+            waveforms: self.waveforms,
             beds,
             devices,
             data_dir,
