@@ -27,6 +27,7 @@ pub const TOPICS: &[&str] = &[
     "icu.deadletter",
     "icu.audit",
     "icu.devices",
+    "icu.waveforms",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -721,4 +722,149 @@ pub fn perf_record(out: &Path, pid: u32, seconds: u64) -> Option<Child> {
         .spawn()
         .map_err(|e| eprintln!("perf not started: {e}"))
         .ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The alarm probe (shared by the ingest and waveform benches).
+
+/// How often the alarm probe sends (alternating an alarm start and its end).
+pub const PROBE_PERIOD: Duration = Duration::from_millis(250);
+/// The probe's parameter: body temperature (MDC_TEMP), which no load bed sends and no default
+/// rule watches (they watch 150364 and 150368).
+pub const PROBE_CODE: u32 = 150344;
+/// The probe's values: above [`PROBE_HIGH`] starts its alarm, below ends it.
+pub const PROBE_VALUES: [&str; 2] = ["41.0", "37.0"];
+/// The probe rule's high limit.
+pub const PROBE_HIGH: f64 = 40.0;
+
+/// The gateway's default alarm limits plus the probe's rule (`probe`: [`PROBE_CODE`] above
+/// [`PROBE_HIGH`], no sustain, no hysteresis, medium priority so it never latches).
+pub fn probe_alarms() -> String {
+    #[derive(serde::Serialize)]
+    struct Alarms {
+        limits: Vec<icu_gateway::alarm::LimitRule>,
+    }
+    #[derive(serde::Serialize)]
+    struct File {
+        alarms: Alarms,
+    }
+    let defaults = toml::to_string(&File {
+        alarms: Alarms {
+            limits: icu_gateway::alarm::default_limits(),
+        },
+    })
+    .expect("default limits as TOML");
+    format!(
+        "{defaults}\n[[alarms.limits]]\nid = \"probe\"\nlabel = \"probe\"\nmdc_codes = [{PROBE_CODE}]\n\
+         high = {PROBE_HIGH:.1}\npriority = \"medium\"\nsustain_s = 0\nhysteresis = 0.0\n"
+    )
+}
+
+/// One PCD-01 message of the probe monitor with the probe value `value`.
+pub fn probe_message(bed: usize, n: u64, value: &str) -> Vec<u8> {
+    let t = icu_drivers::terminology::Terminology::builtin();
+    let term = t.by_mdc(PROBE_CODE).expect("probe code in the terminology");
+    let unit = t.unit(term.unit_mdc_code).expect("probe unit");
+    let eui = eui(bed);
+    let ts = hl7_now();
+    format!(
+        "MSH|^~\\&|BENCH^{eui}^EUI-64|BENCH|ICU_GW|HOSP|{ts}||ORU^R01^ORU_R01|P{bed}-{n}|P|2.6|||AL|NE\r\
+         OBR|1|P{bed}-{n}|P{bed}-{n}|182777000^monitoring of patient^SCT|||{ts}\r\
+         OBX|1||69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|1.0.0.0|||||||X|||||||{eui}^^{eui}^EUI-64\r\
+         OBX|2|NM|{PROBE_CODE}^{}^MDC|1.1.1.1|{value}|{}^{}^MDC|||||R\r",
+        term.refid, unit.unit_mdc_code, unit.refid
+    )
+    .into_bytes()
+}
+
+/// The alarm probe (monitor `bed`, beyond the load beds): every [`PROBE_PERIOD`] a message that
+/// starts or ends its `probe` alarm, timed from the moment it is written to the MLLP socket to
+/// the moment the alarm event arrives on the page's event stream (`/api/events`, as the test
+/// physician). Returns the latencies (ms) of the events sent within `[t_warm, t_end)`.
+pub async fn alarm_probe(
+    mllp: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+    cookie: String,
+    bed: usize,
+    t_warm: Instant,
+    t_end: Instant,
+) -> Vec<f64> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    // The crossing in flight: (alarm start?, written at).
+    let pending: std::sync::Arc<std::sync::Mutex<Option<(bool, Instant)>>> =
+        std::sync::Arc::default();
+    let latencies: std::sync::Arc<std::sync::Mutex<Vec<f64>>> = std::sync::Arc::default();
+    let mut sse = tokio::net::TcpStream::connect(http)
+        .await
+        .expect("event stream connect");
+    sse.write_all(
+        format!("GET /api/events HTTP/1.1\r\nHost: {http}\r\nCookie: icu_session={cookie}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("event stream request");
+    let reader = {
+        let (pending, latencies) = (pending.clone(), latencies.clone());
+        let bed_id = bed_id(bed);
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(sse).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Some(json) = line.strip_prefix("data: ") else {
+                    continue;
+                };
+                let at = Instant::now();
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+                    continue;
+                };
+                if v["bed"].as_str() != Some(bed_id.as_str())
+                    || !v["source"].as_str().unwrap_or("").contains("probe")
+                {
+                    continue;
+                }
+                let start = match v["phase"].as_str() {
+                    Some("start") => true,
+                    Some("end") => false,
+                    _ => continue,
+                };
+                let mut p = pending.lock().expect("probe");
+                if let Some((want, t0)) = *p {
+                    if want == start {
+                        *p = None;
+                        if t0 >= t_warm && t0 < t_end {
+                            latencies
+                                .lock()
+                                .expect("probe")
+                                .push(at.duration_since(t0).as_secs_f64() * 1e3);
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let stream = tokio::net::TcpStream::connect(mllp)
+        .await
+        .expect("probe MLLP connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let mut framed =
+        tokio_util::codec::Framed::new(stream, icu_drivers::mllp::MllpCodec::new(1 << 20));
+    let mut tick = tokio::time::interval(PROBE_PERIOD);
+    let mut n = 0u64;
+    while Instant::now() < t_end {
+        tick.tick().await;
+        n += 1;
+        let start = n % 2 == 1;
+        let msg = probe_message(bed, n, PROBE_VALUES[usize::from(!start)]);
+        *pending.lock().expect("probe") = Some((start, Instant::now()));
+        futures::SinkExt::send(&mut framed, msg.as_slice())
+            .await
+            .expect("probe send");
+        match futures::StreamExt::next(&mut framed).await {
+            Some(Ok(icu_drivers::mllp::MllpEvent::Frame { .. })) => {}
+            other => panic!("alarm probe: no ACK: {other:?}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    reader.abort();
+    let l = latencies.lock().expect("probe").clone();
+    l
 }
