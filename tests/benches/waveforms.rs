@@ -35,7 +35,6 @@ struct Row {
     waveforms: bool,
     kafka: bool,
     beds: usize,
-    secs: f64,
     /// Warm-up plus window: what the client counts cover.
     run_secs: f64,
     numeric_msgs: u64,
@@ -196,7 +195,6 @@ fn run_case(
         waveforms,
         kafka,
         beds,
-        secs,
         run_secs: (warmup + seconds) as f64,
         numeric_msgs: counts.numeric_msgs.load(Ordering::Relaxed),
         wave_msgs: counts.wave_msgs.load(Ordering::Relaxed),
