@@ -266,7 +266,7 @@ impl Default for WaveformSettings {
             interval_tolerance: d.interval_tolerance,
             snippet_before_s: 15,
             snippet_after_s: 15,
-            snippet_grace_s: 2,
+            snippet_grace_s: 1,
         }
     }
 }

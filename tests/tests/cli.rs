@@ -109,6 +109,7 @@ fn example_config_is_valid_apart_from_the_missing_key() {
         "[alarms.device_clock]",
         "[alarms.outputs]",
         "[tracing]",
+        "[waveforms]",
         "[[beds]]",
         "[[devices]]",
         "[devices.serial]",
@@ -119,6 +120,7 @@ fn example_config_is_valid_apart_from_the_missing_key() {
         "topic_adt =",
         "topic_deadletter =",
         "topic_audit =",
+        "topic_waveforms =",
     ] {
         assert!(
             text.contains(section),
