@@ -7,9 +7,13 @@ Logs in through the central station's form at URL, opens the bed view /beds/BED 
 printing one line per step (flushed at once):
 
     LOGGED_IN
-    CHANNELS <n> <codes>        the view made a canvas per channel the stream announced
+    CHANNELS <n> <codes>        the view made a canvas per channel the stream announced, and
+                                drew 6000 samples (about 3 s of three ECG leads, pleth and ABP)
     CURVE <code> <lit> <changed> the ECG II canvas (else the first) has drawn pixels, and its
                                 pixels read twice, 1 s apart, differ (the sweep moves)
+    SNIPPET <state> <segments> <drawn> <message>
+                                (--snippet) a click on the first alarm of the alarm history shows
+                                its curves around its start, with the gateway's message
     SCREENSHOT <path>
 
 Exit 0 on success; 1 on a failed check (message on stderr); 2 on bad usage. Uses Debian's
@@ -44,6 +48,7 @@ def main() -> int:
     p.add_argument("--account", required=True)
     p.add_argument("--password", required=True)
     p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--snippet", action="store_true", help="click an alarm, check its snippet")
     args = p.parse_args()
     fail = failer("wave_page_test.py")
     try:
@@ -52,7 +57,7 @@ def main() -> int:
         print(f"wave_page_test.py: selenium missing: {e}", file=sys.stderr)
         return 2
 
-    flags = (*FLAGS, "--disable-dev-shm-usage")
+    flags = (*FLAGS[:-1], "--window-size=1280,1400", "--disable-dev-shm-usage")
     with Session(fail, args.timeout, prefix="icu-waves-", flags=flags) as browser:
         js = browser.js
 
@@ -68,7 +73,7 @@ def main() -> int:
         codes = wait("canvases for the bed's channels and samples drawn", lambda: js(
             "const w = window.icuWaves;"
             "const c = [...document.querySelectorAll('canvas.wave')].map(e => e.dataset.code);"
-            "return w && w.channels > 0 && c.length === w.channels && w.drawn > 500 ? c : null;"))
+            "return w && w.channels > 0 && c.length === w.channels && w.drawn > 6000 ? c : null;"))
         say(f"CHANNELS {len(codes)} {','.join(codes)}")
         code = "131330" if "131330" in codes else codes[0]
         first = wait("the curve's canvas read", lambda: js(READ_CANVAS_JS, code))
@@ -79,6 +84,16 @@ def main() -> int:
         lit = min(first["lit"], second["lit"])
         changed = first["hash"] != second["hash"]
         say(f"CURVE {code} {lit} {str(changed).lower()}")
+        if args.snippet:
+            from selenium.webdriver.common.by import By
+            row = wait("an alarm in the alarm history", lambda: driver.find_elements(
+                By.CSS_SELECTOR, "#alarm-history tr[data-alarm]"))
+            row[0].click()
+            shown = wait("the alarm's snippet drawn", lambda: js(
+                "const s = window.icuWaves.snippet;"
+                "return s && s.drawn > 0 && !document.getElementById('snippet').hidden"
+                " ? {...s, message: document.getElementById('snippet-msg').textContent} : null;"))
+            say(f"SNIPPET {shown['state']} {shown['segments']} {shown['drawn']} {shown['message']}")
         say(f"SCREENSHOT {browser.screenshot(args.screenshot)}")
     return 0
 

@@ -26,7 +26,7 @@ use base64::Engine as _;
 use icu_sim::physiology::Vitals;
 use icu_sim::waveform::{GapPlan, SentSegment, WaveformMonitor};
 use icu_tests::ChildGuard;
-use support::{config_text, GatewayProc, Sender};
+use support::{config_text, GatewayProc, Sender, SPO2_LOW_ALARM};
 
 const VITALS: Vitals = Vitals {
     heart_rate: 75.0,
@@ -37,9 +37,12 @@ const VITALS: Vitals = Vitals {
     nibp_dia: 80.0,
 };
 
+/// A gateway for one simulated bed, with an SpO2 low limit (alarms within seconds).
 fn gateway(dir: &Path) -> GatewayProc {
     support::keygen(dir);
-    GatewayProc::start(dir, &config_text(dir, 1, None, ""))
+    let cfg = config_text(dir, 1, None, "");
+    let cfg = cfg.replacen("[[beds]]", &format!("{SPO2_LOW_ALARM}\n[[beds]]"), 1);
+    GatewayProc::start(dir, &cfg)
 }
 
 /// Sends the monitor's next segment (one message per channel group); each must be accepted.
@@ -301,6 +304,25 @@ fn headless_chromium_draws_the_bed_s_curves_and_they_move() {
         })
     };
 
+    // A desaturation on the same bed: an SpO2 alarm whose snippet the page shows when clicked.
+    let mut numerics = Sender::connect(mllp);
+    let now = chrono::Utc::now();
+    for (i, spo2) in [84, 83, 82, 82].into_iter().enumerate() {
+        let at = now - chrono::Duration::seconds(3 - i as i64);
+        let ack = numerics.send(&icu_tests::mllp::spo2_message(
+            1,
+            &format!("D{i}"),
+            spo2,
+            at,
+        ));
+        assert!(ack.contains("MSA|AA"), "{ack}");
+    }
+    icu_tests::wait_for(Duration::from_secs(10), "the SpO2 alarm", || {
+        let active = gw.get_json("/api/alarms")["active"].clone();
+        (!active.as_array()?.is_empty()).then_some(())
+    })
+    .unwrap();
+
     let url = format!("http://{}/", gw.endpoints.http);
     let mut cmd = Command::new(&python);
     cmd.arg(icu_tests::script("wave_page_test.py"))
@@ -309,6 +331,7 @@ fn headless_chromium_draws_the_bed_s_curves_and_they_move() {
         .arg(&screenshot)
         .args(["--account", "nurse.test"])
         .args(["--password", icu_tests::http::TEST_PASSWORD])
+        .arg("--snippet")
         .env("PYTHONUNBUFFERED", "1");
     let mut page = ChildGuard::spawn_tied(&cmd, Stdio::piped(), Stdio::piped()).unwrap();
     let mut out = String::new();
@@ -348,6 +371,18 @@ fn headless_chromium_draws_the_bed_s_curves_and_they_move() {
         "the ECG II canvas has a curve drawn ({lit} pixels)"
     );
     assert_eq!(curve[3], "true", "its pixels change over time: {curve:?}");
+    // The alarm's curves around its start, cut from memory while the window is still open.
+    let snippet = line("SNIPPET");
+    assert!(
+        ["collecting", "partial", "built"].contains(&snippet[1].as_str()),
+        "{snippet:?}"
+    );
+    let drawn: usize = snippet[3].parse().unwrap();
+    assert!(drawn > 1000, "the snippet's curves are drawn: {snippet:?}");
+    assert!(
+        snippet.len() > 4,
+        "the page says what it shows: {snippet:?}"
+    );
     let png = std::fs::read(&screenshot).expect("the screenshot");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "the screenshot is a PNG");
     eprintln!("screenshot: {}", screenshot.display());

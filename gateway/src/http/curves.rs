@@ -394,7 +394,15 @@ pub fn snippet_json(
     now: i64,
 ) -> serde_json::Value {
     let mut framer = Framer::default();
-    if let Some(s) = live.waves.snippet(alarm_id, start).filter(|s| s.bed == bed) {
+    // The built snippet of this start; else the newest of the alarm id whose start is within
+    // a second of the one asked (the page passes the history's time of the start).
+    let built = live.waves.snippet(alarm_id, start).or_else(|| {
+        let t = start?;
+        live.waves
+            .snippet(alarm_id, None)
+            .filter(|s| (s.alarm_start_us - t).abs() <= 1_000_000)
+    });
+    if let Some(s) = built.filter(|s| s.bed == bed) {
         let (channels, segs) = framer.encode(s.segments.iter());
         return serde_json::json!({
             "alarm_id": alarm_id,

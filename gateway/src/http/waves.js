@@ -80,13 +80,14 @@
     const scale = r ? `${+r[0].toFixed(2)} to ${+r[1].toFixed(2)} ${unitText(ch.meta.unit)}${fixedRange(ch.meta) ? '' : ' (auto)'}` : 'scaling…';
     ch.cap.textContent = `${labelOf(ch.meta)} · ${ch.meta.rate_hz} Hz · ${scale} · ${ch.meta.device}`;
   }
+  // Sizes the canvas to its box; true when that changed (and so cleared it).
   function fit(ch) {
     const w = Math.max(100, Math.floor(ch.canvas.clientWidth)), h = Math.max(40, Math.floor(ch.canvas.clientHeight));
-    if (w !== ch.width || h !== ch.height) {
-      ch.canvas.width = ch.width = w;
-      ch.canvas.height = ch.height = h;
-      ch.lastPt = null;
-    }
+    if (w === ch.width && h === ch.height) return false;
+    ch.canvas.width = ch.width = w;
+    ch.canvas.height = ch.height = h;
+    ch.lastPt = null;
+    return true;
   }
   const xOf = (ch, t) => ((t / 1e6) % SWEEP_S) / SWEEP_S * ch.width;
   function yOf(ch, v) {
@@ -101,7 +102,6 @@
   }
   // Draws the channel's samples in (from, to].
   function drawSpan(ch, from, to) {
-    fit(ch);
     erase(ch, xOf(ch, from), xOf(ch, to));
     if (!ch.range) {
       // Scale a free channel to what has arrived, then per sweep.
@@ -150,13 +150,15 @@
     const at = gatewayNow() - delayUs;
     for (const ch of chans.values()) {
       if (ch.lastT === null) ch.lastT = at - 1;
+      // A resized canvas is blank: draw its whole sweep again (the last SWEEP_S are kept).
+      if (fit(ch)) ch.lastT = Math.min(ch.lastT, at - SWEEP_S * 1e6 + 1);
       if (at > ch.lastT) {
         // After a long pause (a hidden tab) draw at most one sweep.
         const from = Math.max(ch.lastT, at - SWEEP_S * 1e6 + 1);
         drawSpan(ch, from, at);
         ch.lastT = at;
       }
-      while (ch.segs.length && ch.segs[0].end < at - 1e6) ch.segs.shift();
+      while (ch.segs.length && ch.segs[0].end < at - SWEEP_S * 1e6) ch.segs.shift();
     }
     requestAnimationFrame(tick);
   }
