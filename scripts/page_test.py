@@ -27,15 +27,12 @@ is not used because the driver path is given).
 """
 
 import argparse
-import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+import headless
+
 POLL_S = 0.05
 
 # Installed in the page right after load: records, in the browser's clock, when the first
@@ -96,32 +93,18 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
     try:
-        from selenium import webdriver
         from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
-        from selenium.webdriver.chrome.service import Service
         from selenium.webdriver.common.by import By
     except ImportError as e:
         fail(f"selenium is not installed in {sys.executable} ({e}); scripts/test installs it")
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not os.path.exists(path):
-            fail(f"{path} is missing (apt-get install chromium chromium-driver)")
-
-    profile = tempfile.mkdtemp(prefix="icu-page-test-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,900",
-                 f"--user-data-dir={profile}", *args.chromium_flag):
-        opts.add_argument(flag)
+    flags = ("--headless", *headless.FLAGS[1:], "--disable-dev-shm-usage", *args.chromium_flag)
+    browser = headless.Session(fail, args.timeout, prefix="icu-page-test-", flags=flags)
     driver = None
     try:
         try:
-            driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+            driver = browser.start()
         except WebDriverException as e:
             fail(f"could not start chromium via chromedriver: {e.msg or e}")
-        driver.set_page_load_timeout(30)
         driver.get(args.url)
         driver.execute_script(OBSERVER_JS)
         say(f"PAGE_LOADED {now_ms()}")
@@ -190,20 +173,11 @@ def main():
         say(f"ACKED {now_ms()}")
 
         # 4. The artefact.
-        out = os.path.abspath(args.screenshot)
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        if not driver.save_screenshot(out):
-            fail(f"could not save the screenshot to {out}")
-        say(f"SCREENSHOT {out}")
+        say(f"SCREENSHOT {browser.screenshot(args.screenshot)}")
     except WebDriverException as e:
         fail(f"webdriver error: {e.msg or e}")
     finally:
-        if driver is not None:
-            try:
-                driver.quit()
-            except Exception:
-                pass
-        shutil.rmtree(profile, ignore_errors=True)
+        browser.close()
     return 0
 
 

@@ -35,22 +35,14 @@ Exit 0 on success; 1 on a failed check (message on stderr); 2 on bad usage. Uses
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+import headless
 
 
-def say(line: str) -> None:
-    print(line, flush=True)
-
-
-def fail(msg: str) -> None:
-    print(f"station_test.py: {msg}", file=sys.stderr, flush=True)
-    raise SystemExit(1)
+say = headless.say
+fail = headless.failer("station_test.py")
 
 
 def main() -> int:
@@ -66,43 +58,19 @@ def main() -> int:
     p.add_argument("--bed-view", default="")
     args = p.parse_args()
     try:
-        from selenium import webdriver
         from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
-        from selenium.webdriver.chrome.service import Service
         from selenium.webdriver.common.by import By
     except ImportError as e:
         print(f"station_test.py: selenium missing: {e}", file=sys.stderr)
         return 2
 
-    profile = tempfile.mkdtemp(prefix="icu-station-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for a in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              "--window-size=1280,900", f"--user-data-dir={profile}"]:
-        opts.add_argument(a)
+    browser = headless.Session(fail, args.timeout, prefix="icu-station-")
+    wait = browser.wait
+    js = browser.js
     driver = None
-
-    def wait(what, check, timeout=args.timeout):
-        deadline = time.monotonic() + timeout
-        while True:
-            got = check()
-            if got:
-                return got
-            if time.monotonic() > deadline:
-                fail(f"{what} within {timeout:g} s")
-            time.sleep(0.1)
-
-    js = lambda script, *a: driver.execute_script(script, *a)  # noqa: E731
     try:
-        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-        driver.get(args.url)
-        wait("the login form", lambda: driver.find_elements(By.ID, "login-account") and
-             driver.find_element(By.ID, "login").is_displayed())
-        driver.find_element(By.ID, "login-account").send_keys(args.account)
-        driver.find_element(By.ID, "login-password").send_keys(args.password)
-        driver.find_element(By.ID, "login-submit").click()
-        wait("logged in", lambda: not driver.find_element(By.ID, "login").is_displayed())
+        driver = browser.start()
+        browser.login(args.url, args.account, args.password)
         wait("the tiles", lambda: js("return document.querySelectorAll('article.bed').length") > 0)
         say("LOGGED_IN")
 
@@ -223,12 +191,7 @@ def main() -> int:
     except WebDriverException as e:
         fail(f"webdriver error: {e.msg or e}")
     finally:
-        if driver is not None:
-            try:
-                driver.quit()
-            except Exception:
-                pass
-        shutil.rmtree(profile, ignore_errors=True)
+        browser.close()
     return 0
 
 

@@ -214,6 +214,16 @@ impl GatewayProc {
         }
     }
 
+    /// The audit trail as `icu-gateway audit show --json` prints it, one entry a line.
+    pub fn audit_entries(&self) -> Vec<serde_json::Value> {
+        let config = self.config_path.to_str().expect("utf-8 path");
+        let args = ["audit", "show", "--config", config, "--json"];
+        let out = crate::http::gateway_cli_with(&self.launch.bin, &args, "").expect("audit show");
+        out.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.dir.join("gateway.db")
     }

@@ -193,6 +193,25 @@ pub fn python() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// The Python (with selenium) of the browser tests, when it and Debian's `/usr/bin/chromium`
+/// and `/usr/bin/chromedriver` are there (`scripts/test` installs them). Without them: a
+/// failure under CI, else `None` and a line saying why `test` is skipped.
+pub fn browser_python(test: &str) -> Option<PathBuf> {
+    let missing: Vec<&str> = ["/usr/bin/chromium", "/usr/bin/chromedriver"]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
+    let python = python().filter(|_| missing.is_empty());
+    if python.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set, so the browser test {test} must run (ICU_PYTHON, {missing:?})"
+        );
+        eprintln!("SKIPPED {test}: ICU_PYTHON or {missing:?} missing (scripts/test installs them)");
+    }
+    python
+}
+
 /// A tool the test command installs and names in environment variable `var` (e.g.
 /// `ICU_PROMTOOL_BIN`). Without it: a failure under CI (the suite must run through
 /// `scripts/test`), else `None` and a printed reason, so the caller skips.

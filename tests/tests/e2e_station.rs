@@ -14,7 +14,6 @@
 mod support;
 
 use std::io::{BufRead as _, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -39,19 +38,7 @@ fn admit(loc: &str) -> String {
 
 #[test]
 fn the_station_shows_the_patient_flashes_the_alarm_keeps_the_button_and_blanks_on_loss() {
-    let python = icu_tests::python();
-    let missing: Vec<&str> = ["/usr/bin/chromium", "/usr/bin/chromedriver"]
-        .into_iter()
-        .filter(|p| !Path::new(p).exists())
-        .collect();
-    let Some(python) = python.filter(|_| missing.is_empty()) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set, so the browser test must run (ICU_PYTHON, {missing:?})"
-        );
-        eprintln!(
-            "SKIPPED e2e_station: ICU_PYTHON or {missing:?} missing (scripts/test installs them)"
-        );
+    let Some(python) = icu_tests::browser_python("e2e_station") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -86,6 +86,9 @@ async function loadHistory() {
   for (const a of h.changes) {
     const tr = el('tr', `prio-${a.priority}`);
     for (const c of [a.time, a.priority, a.text, a.phase, a.state, a.acknowledged_by, a.silenced_by]) tr.append(el('td', '', c || ''));
+    // Clicking a row shows the alarm's curves (waves.js).
+    Object.assign(tr.dataset, {alarm: a.alarm_id, timeUs: String(a.time_us), phase: a.phase || '', text: a.text || ''});
+    tr.title = 'click: the curves around this alarm';
     body.append(tr);
   }
   window.icuBedView.history = h.changes.length;

@@ -1,6 +1,6 @@
 //! The bed view (`/beds/<id>`): the page, and the bed's alarm history with who acknowledged or
-//! silenced what. Trends come from `/api/beds/<id>/trends` and the limit history from
-//! `/api/limit-changes`.
+//! silenced what. Trends come from `/api/beds/<id>/trends`, the limit history from
+//! `/api/limit-changes`, the live curves and alarm snippets (`waves.js`) from `curves.rs`.
 //!
 //! Guarantees: the alarm history is patient data (audited as a read), bounded to the last 24 h
 //! and [`crate::store::db::MAX_ALARM_HISTORY`] state changes, and read on the blocking pool from
@@ -18,6 +18,8 @@ use crate::store::SqliteOutbox;
 
 const PAGE: &str = include_str!("bed.html");
 const PAGE_JS: &str = include_str!("bed.js");
+/// The bed view's live curves and alarm snippets (issue 19; data from `curves.rs`).
+const WAVES_JS: &str = include_str!("waves.js");
 
 pub(super) async fn page() -> HttpResponse {
     HttpResponse::Ok()
@@ -29,6 +31,12 @@ pub(super) async fn page_js() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/javascript; charset=utf-8")
         .body(PAGE_JS)
+}
+
+pub(super) async fn waves_js() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .body(WAVES_JS)
 }
 
 #[derive(serde::Deserialize)]

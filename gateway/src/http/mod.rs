@@ -1,6 +1,8 @@
 //! The local HTTP surface: the page for nurses and biomedical engineers, and the JSON API.
 //!
-//! Owns: `/` (the page), `/api/beds`, `/api/beds/{bed}/trends` (in `trends.rs`), `/api/devices`, `/api/status`, `/metrics` (Prometheus,
+//! Owns: `/` (the page), `/api/beds`, `/api/beds/{bed}/trends` (in `trends.rs`), the live
+//! curves `/api/beds/{bed}/waves` and alarm snippets (in `curves.rs`), `/api/devices`,
+//! `/api/status`, `/metrics` (Prometheus,
 //! see [`crate::metrics`]), `/healthz` (liveness: the HTTP server answers) and `/readyz`
 //! (readiness: listeners bound, store running, readable and under its disk budget; 503 with the
 //! reasons otherwise). It reads the live state in memory and the store's counters through its
@@ -18,7 +20,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix_web::error::JsonPayloadError;
@@ -35,15 +37,18 @@ use crate::store::{ReaderDb, SqliteOutbox, Store, StoreError, StoreStats};
 
 mod bedview;
 mod console;
+mod curves;
 pub mod guard;
 mod limits;
 mod session;
+mod streams;
 mod trends;
 
 use limits::check_lengths;
 pub use limits::{MAX_ALARM_ID_CHARS, MAX_NAME_CHARS, MAX_TEXT_CHARS};
 
 use guard::Caller;
+use streams::EventStreams;
 
 use crate::audit::{Action, Outcome, TargetKind};
 use crate::auth::Permission;
@@ -133,32 +138,6 @@ pub struct HttpLimits {
 impl Default for HttpLimits {
     fn default() -> Self {
         HttpConfig::default().limits()
-    }
-}
-
-/// The open event streams, bounded by `http.max_event_streams`.
-struct EventStreams {
-    open: AtomicUsize,
-    max: usize,
-}
-
-/// One open event stream; dropping it (the client went away) frees its place.
-struct StreamSlot(Arc<EventStreams>);
-
-impl EventStreams {
-    fn try_open(self: &Arc<Self>) -> Option<StreamSlot> {
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| StreamSlot(self.clone()))
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -378,7 +357,11 @@ async fn devices(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
     }))
 }
 
-async fn status(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
+async fn status(
+    state: web::Data<HttpState>,
+    curve_streams: web::Data<Arc<curves::CurveStreams>>,
+    caller: Caller,
+) -> HttpResponse {
     allow!(caller, Permission::Read);
     let outbox = state.outbox.clone();
     let counts = web::block(move || outbox.counts()).await;
@@ -430,6 +413,7 @@ async fn status(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
         "backbone": backbone,
         "access": session::status_json(&state.auth),
         "transport": state.transport,
+        "curve_streams": curve_streams.status_json(),
     }))
 }
 
@@ -900,10 +884,8 @@ pub fn start(
 ) -> std::io::Result<actix_web::dev::Server> {
     let hsts = tls.is_some();
     let state = web::Data::new(state);
-    let streams = web::Data::new(Arc::new(EventStreams {
-        open: AtomicUsize::new(0),
-        max: limits.max_event_streams,
-    }));
+    let streams = web::Data::new(EventStreams::new(limits.max_event_streams));
+    let curve_streams = web::Data::new(curves::CurveStreams::new(limits.max_event_streams));
     let trend_reader = web::Data::new(trends::TrendReader::open(
         &state.store_path,
         state.live.beds().into_iter().map(|b| b.id),
@@ -916,6 +898,7 @@ pub fn start(
             .app_data(web::Data::new(state.live.clone()))
             .app_data(web::Data::new(state.outbox.clone()))
             .app_data(streams.clone())
+            .app_data(curve_streams.clone())
             .app_data(
                 web::JsonConfig::default()
                     .limit(limits.max_body_bytes)
@@ -929,6 +912,12 @@ pub fn start(
             .route("/page.css", web::get().to(page_css))
             .route("/beds/{bed}", web::get().to(bedview::page))
             .route("/bed.js", web::get().to(bedview::page_js))
+            .route("/waves.js", web::get().to(bedview::waves_js))
+            .route("/api/beds/{bed}/waves", web::get().to(curves::stream))
+            .route(
+                "/api/beds/{bed}/alarms/{alarm_id}/snippet",
+                web::get().to(curves::snippet),
+            )
             .route(
                 "/api/beds/{bed}/alarm-history",
                 web::get().to(bedview::alarm_history),
@@ -1027,22 +1016,6 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(&body).unwrap(),
             "'who' is 65 characters long; at most 64 are accepted\n"
-        );
-    }
-
-    #[test]
-    fn event_stream_places_are_bounded_and_freed() {
-        let streams = Arc::new(EventStreams {
-            open: AtomicUsize::new(0),
-            max: 2,
-        });
-        let a = streams.try_open().unwrap();
-        let _b = streams.try_open().unwrap();
-        assert!(streams.try_open().is_none());
-        drop(a);
-        assert!(
-            streams.try_open().is_some(),
-            "a closed stream frees its place"
         );
     }
 }
