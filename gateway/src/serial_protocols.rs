@@ -5,6 +5,20 @@
 //! bit sets and cleared when it clears. Dräger MEDIBUS is driven by the gateway: the session
 //! state machine polls, keeps the link alive and re-initialises; measured data (with the last
 //! known alarm limits) becomes observations and the ventilator's alarm list becomes conditions.
+//!
+//! MEDIBUS realtime curves (issue 19), only for a device with `realtime = [...]`: the session
+//! sets them up behind the slow protocol and the adapter hands their runs to the device actor as
+//! waveform segments (at most [`REALTIME_SEGMENT_SAMPLES`] positions each, gaps where a frame was
+//! bad). MEDIBUS realtime frames carry no checksum: what stands for "a realtime frame with a bad
+//! checksum" is a frame that is not "sync byte, sync commands, one two-byte sample per announced
+//! stream" (a stray byte, half a sample, a wrong sample count) or one the device marks corrupt
+//! (`CF`). Each is a gap in its streams and is dead-lettered with the device and the stream
+//! offset of its sync byte (a burst within one read is one dead letter naming the count and the
+//! first fault), with a log line; the slow protocol never sees those bytes and polls on. The
+//! realtime configuration (`S` answer) does have the slow protocol's checksum: a bad checksum
+//! there is a corrupt slow frame (re-initialise), an unreadable configuration is dead-lettered
+//! and realtime is asked for again after the session's backoff. Restarts of the realtime part
+//! (device said `V`, stream silent, refusal) are logged; the slow link stays up.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,19 +28,31 @@ use bytes::BytesMut;
 use icu_drivers::masimo::{self, MasimoCodec, MasimoEvent};
 use icu_drivers::medibus::{
     self, Action, MedibusCodec, MedibusData, MedibusEvent, MedibusLimits, MedibusSession,
-    SessionTimings,
+    RealtimeEvent, RealtimeRequest, RealtimeSettings, SampleByteOrder, SessionTimings,
 };
 use icu_drivers::terminology::Terminology;
+use icu_protos::v1::WaveformSegment;
 use tokio_util::codec::Decoder;
 
 use crate::device::DeviceCondition;
 use crate::domain::{Device, Protocol};
 use crate::serial::{SerialAction, SerialProtocol};
 
+/// Positions per MEDIBUS realtime segment handed to the device actor: 1 s at the usual 125 Hz
+/// (8 ms interval), 0.25 s at 500 Hz.
+pub const REALTIME_SEGMENT_SAMPLES: usize = 125;
+
 /// The adapter for a configured serial device.
 pub fn for_device(device: &Device, terminology: Arc<Terminology>) -> Box<dyn SerialProtocol> {
     match device.protocol {
-        Protocol::Medibus => Box::new(MedibusAdapter::new(terminology)),
+        Protocol::Medibus => {
+            let curves = device
+                .serial
+                .as_ref()
+                .map(|s| s.realtime.clone())
+                .unwrap_or_default();
+            Box::new(MedibusAdapter::new(terminology).with_realtime(&curves))
+        }
         _ => Box::new(MasimoAdapter::new(terminology)),
     }
 }
@@ -175,6 +201,8 @@ pub struct MedibusAdapter {
     limits: MedibusLimits,
     terminology: Arc<Terminology>,
     conditions: Conditions,
+    /// Set when the device's config asks for realtime curves.
+    realtime: Option<RealtimeSettings>,
 }
 
 impl MedibusAdapter {
@@ -185,11 +213,120 @@ impl MedibusAdapter {
             limits: MedibusLimits::default(),
             terminology,
             conditions: Conditions::default(),
+            realtime: None,
+        }
+    }
+
+    /// Also receives the realtime curves of `codes` (Dräger realtime codes, stream order);
+    /// none: the adapter is exactly the slow-protocol one.
+    pub fn with_realtime(mut self, codes: &[u8]) -> Self {
+        if !codes.is_empty() {
+            let mut settings = RealtimeSettings::ventilator();
+            settings.streams = codes
+                .iter()
+                .map(|&code| RealtimeRequest {
+                    code,
+                    multiplier: 1,
+                })
+                .collect();
+            settings.run_len = REALTIME_SEGMENT_SAMPLES;
+            self.realtime = Some(settings);
+        }
+        self.open_line();
+        self
+    }
+
+    /// A fresh codec and session for a (re)opened line.
+    fn open_line(&mut self) {
+        self.codec = MedibusCodec::new(medibus::DEFAULT_MAX_FRAME_BYTES);
+        self.session = match &self.realtime {
+            Some(settings) => {
+                // UNCONFIRMED sample byte order: the default of the two sources that agree.
+                self.codec =
+                    std::mem::take(&mut self.codec).with_realtime(SampleByteOrder::LowFirst);
+                MedibusSession::with_realtime(SessionTimings::default(), settings.clone())
+            }
+            None => MedibusSession::new(SessionTimings::default()),
+        };
+    }
+
+    /// Realtime events to serial actions: segments in one [`SerialAction::Waveforms`], a burst
+    /// of bad frames in one dead letter.
+    fn realtime_events(
+        &mut self,
+        events: Vec<RealtimeEvent>,
+        now_us: i64,
+        out: &mut Vec<SerialAction>,
+    ) {
+        let mut segments: Vec<WaveformSegment> = Vec::new();
+        let mut bad: Option<(u64, String, usize)> = None;
+        for event in events {
+            match event {
+                RealtimeEvent::Waveform(run) => {
+                    segments.push(medibus::run_to_segment(&run, now_us));
+                }
+                RealtimeEvent::BadFrame { offset, fault } => match bad.as_mut() {
+                    Some((_, _, n)) => *n += 1,
+                    None => bad = Some((offset, fault.to_string(), 1)),
+                },
+                RealtimeEvent::BadConfig {
+                    frame_offset,
+                    error,
+                } => out.push(SerialAction::Reject {
+                    offset: frame_offset,
+                    len: 0,
+                    reason: format!(
+                        "unreadable MEDIBUS realtime configuration (answer to S): {error}; realtime curves off, asked again after a backoff"
+                    ),
+                    raw: Vec::new(),
+                }),
+                RealtimeEvent::Offered(offered) => {
+                    let codes: Vec<String> =
+                        offered.iter().map(|c| format!("{:02X}", c.code)).collect();
+                    tracing::info!(offered = %codes.join(","), "medibus realtime curves offered");
+                }
+                RealtimeEvent::Started(specs) => {
+                    let codes: Vec<String> =
+                        specs.iter().map(|c| format!("{:02X}", c.code)).collect();
+                    tracing::info!(streams = %codes.join(","), "medibus realtime curves started");
+                }
+                RealtimeEvent::Unavailable(reason) => {
+                    tracing::warn!(%reason, "medibus realtime curves unavailable; numerics polled on");
+                }
+                RealtimeEvent::Restart(reason) => {
+                    tracing::warn!(%reason, "medibus realtime curves restarting; slow link kept");
+                }
+            }
+        }
+        if let Some((offset, fault, n)) = bad {
+            let reason = if n == 1 {
+                format!(
+                    "bad MEDIBUS realtime frame at byte {offset}: {fault}; its samples are a gap"
+                )
+            } else {
+                format!(
+                    "{n} bad MEDIBUS realtime frames from byte {offset} (first: {fault}); their samples are gaps"
+                )
+            };
+            out.push(SerialAction::Reject {
+                offset,
+                len: 0,
+                reason,
+                raw: Vec::new(),
+            });
+        }
+        if !segments.is_empty() {
+            for w in &segments {
+                tracing::trace!(mdc_code = w.mdc_code, first = %w.source_message_id,
+                    positions = w.sample_count, curve = %curve_text(w), "serial curve segment");
+            }
+            out.push(SerialAction::Waveforms(segments));
         }
     }
 
     fn actions(&mut self, actions: Vec<Action>, now_us: i64) -> Vec<SerialAction> {
         let mut out = Vec::new();
+        let mut realtime = Vec::new();
         for a in actions {
             match a {
                 Action::Send(bytes) => out.push(SerialAction::Write(bytes)),
@@ -251,19 +388,17 @@ impl MedibusAdapter {
                     }
                 }
                 Action::Data(MedibusData::Text(_)) => {}
-                // Realtime curves are not requested by this adapter yet (issue 19: the
-                // waveform ingest is a later step), so the session never reports them.
-                Action::Realtime(_) => {}
+                Action::Realtime(event) => realtime.push(event),
             }
         }
+        self.realtime_events(realtime, now_us, &mut out);
         out
     }
 }
 
 impl SerialProtocol for MedibusAdapter {
     fn on_open(&mut self, now_us: i64) -> Vec<SerialAction> {
-        self.codec = MedibusCodec::new(medibus::DEFAULT_MAX_FRAME_BYTES);
-        self.session = MedibusSession::new(SessionTimings::default());
+        self.open_line();
         let actions = self.session.on_tick(Instant::now());
         self.actions(actions, now_us)
     }
@@ -299,6 +434,11 @@ impl SerialProtocol for MedibusAdapter {
                 }
             }
         }
+        let frames = self.codec.take_realtime();
+        if !frames.is_empty() {
+            let actions = self.session.on_realtime(&frames, Instant::now());
+            out.extend(self.actions(actions, now_us));
+        }
         out
     }
 
@@ -314,4 +454,25 @@ impl SerialProtocol for MedibusAdapter {
     fn name(&self) -> &'static str {
         "medibus"
     }
+}
+
+/// A segment's samples as text for the trace log: positions comma-separated, `_` for a gap.
+fn curve_text(w: &WaveformSegment) -> String {
+    let mut gaps = w.gaps.iter().peekable();
+    let mut samples = w.samples.iter();
+    let mut out = String::with_capacity(w.sample_count as usize * 5);
+    for k in 0..w.sample_count {
+        if k > 0 {
+            out.push(',');
+        }
+        while gaps.peek().is_some_and(|g| g.start + g.count <= k) {
+            gaps.next();
+        }
+        if gaps.peek().is_some_and(|g| g.start <= k) {
+            out.push('_');
+        } else if let Some(v) = samples.next() {
+            out.push_str(&v.to_string());
+        }
+    }
+    out
 }
