@@ -321,3 +321,65 @@ fn key_and_secret_paths_may_come_from_the_environment_systemd_style() {
         other => panic!("expected the unset variable to be named: {other:?}"),
     }
 }
+
+#[test]
+fn medibus_realtime_curves_are_named_or_coded_and_checked() {
+    let text = |vent: &str, spo2: &str| {
+        format!(
+            r#"
+gateway_id = "icu-a"
+data_dir = "d"
+[[beds]]
+id = "bed-1"
+[[devices]]
+id = "vent-1"
+bed = "bed-1"
+protocol = "medibus"
+realtime = {vent}
+[devices.serial]
+port = "/dev/ttyUSB0"
+[[devices]]
+id = "spo2-1"
+bed = "bed-1"
+protocol = "masimo"
+realtime = {spo2}
+[devices.serial]
+port = "/dev/ttyUSB1"
+"#
+        )
+    };
+    let c = Config::from_toml(
+        &text(r#"["airway_pressure", "01", "Volume"]"#, "[]"),
+        Path::new("g.toml"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.devices[0].serial.as_ref().unwrap().realtime,
+        [0x00, 0x01, 0x03]
+    );
+    assert!(
+        c.devices[1].serial.as_ref().unwrap().realtime.is_empty(),
+        "off by default"
+    );
+    let ConfigError::Invalid { problems, .. } = Config::from_toml(
+        &text(r#"["flow", "pleth", "01"]"#, r#"["flow"]"#),
+        Path::new("g.toml"),
+    )
+    .unwrap_err() else {
+        panic!("expected Invalid");
+    };
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "devices[0].realtime[1]",
+            "devices[0].realtime[2]",
+            "devices[1].realtime"
+        ]
+    );
+    assert!(
+        problems[0].message.contains("airway_pressure (00)"),
+        "{}",
+        problems[0].message
+    );
+}
