@@ -13,8 +13,8 @@
 //! checksum" is a frame that is not "sync byte, sync commands, one two-byte sample per announced
 //! stream" (a stray byte, half a sample, a wrong sample count) or one the device marks corrupt
 //! (`CF`). Each is a gap in its streams and is dead-lettered with the device and the stream
-//! offset of its sync byte (a burst within one read is one dead letter naming the count and the
-//! first fault), with a log line; the slow protocol never sees those bytes and polls on. The
+//! offset of its sync byte (the first at once, then at most one dead letter a second naming the
+//! count and the first fault, so a noisy line cannot flood the store), with a log line; the slow protocol never sees those bytes and polls on. The
 //! realtime configuration (`S` answer) does have the slow protocol's checksum: a bad checksum
 //! there is a corrupt slow frame (re-initialise), an unreadable configuration is dead-lettered
 //! and realtime is asked for again after the session's backoff. Restarts of the realtime part
@@ -203,6 +203,10 @@ pub struct MedibusAdapter {
     conditions: Conditions,
     /// Set when the device's config asks for realtime curves.
     realtime: Option<RealtimeSettings>,
+    /// Bad realtime frames not dead-lettered yet: (offset of the first, its fault, count).
+    bad_frames: Option<(u64, String, usize)>,
+    /// When the last realtime dead letter was written (at most one a second).
+    last_bad_letter: Option<Instant>,
 }
 
 impl MedibusAdapter {
@@ -214,6 +218,8 @@ impl MedibusAdapter {
             terminology,
             conditions: Conditions::default(),
             realtime: None,
+            bad_frames: None,
+            last_bad_letter: None,
         }
     }
 
@@ -250,8 +256,38 @@ impl MedibusAdapter {
         };
     }
 
-    /// Realtime events to serial actions: segments in one [`SerialAction::Waveforms`], a burst
-    /// of bad frames in one dead letter.
+    /// Dead-letters the bad realtime frames seen so far: the first at once, then at most one
+    /// letter a second (a noisy line is a few letters naming counts, not one per frame).
+    fn bad_frame_letter(&mut self, out: &mut Vec<SerialAction>) {
+        let now = Instant::now();
+        if self.bad_frames.is_none()
+            || self
+                .last_bad_letter
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        let Some((offset, fault, n)) = self.bad_frames.take() else {
+            return;
+        };
+        self.last_bad_letter = Some(now);
+        let reason = if n == 1 {
+            format!("bad MEDIBUS realtime frame at byte {offset}: {fault}; its samples are a gap")
+        } else {
+            format!(
+                "{n} bad MEDIBUS realtime frames from byte {offset} (first: {fault}); their samples are gaps"
+            )
+        };
+        out.push(SerialAction::Reject {
+            offset,
+            len: 0,
+            reason,
+            raw: Vec::new(),
+        });
+    }
+
+    /// Realtime events to serial actions: segments in one [`SerialAction::Waveforms`], bad
+    /// frames in dead letters (see [`Self::bad_frame_letter`]).
     fn realtime_events(
         &mut self,
         events: Vec<RealtimeEvent>,
@@ -259,15 +295,14 @@ impl MedibusAdapter {
         out: &mut Vec<SerialAction>,
     ) {
         let mut segments: Vec<WaveformSegment> = Vec::new();
-        let mut bad: Option<(u64, String, usize)> = None;
         for event in events {
             match event {
                 RealtimeEvent::Waveform(run) => {
                     segments.push(medibus::run_to_segment(&run, now_us));
                 }
-                RealtimeEvent::BadFrame { offset, fault } => match bad.as_mut() {
+                RealtimeEvent::BadFrame { offset, fault } => match self.bad_frames.as_mut() {
                     Some((_, _, n)) => *n += 1,
-                    None => bad = Some((offset, fault.to_string(), 1)),
+                    None => self.bad_frames = Some((offset, fault.to_string(), 1)),
                 },
                 RealtimeEvent::BadConfig {
                     frame_offset,
@@ -298,23 +333,7 @@ impl MedibusAdapter {
                 }
             }
         }
-        if let Some((offset, fault, n)) = bad {
-            let reason = if n == 1 {
-                format!(
-                    "bad MEDIBUS realtime frame at byte {offset}: {fault}; its samples are a gap"
-                )
-            } else {
-                format!(
-                    "{n} bad MEDIBUS realtime frames from byte {offset} (first: {fault}); their samples are gaps"
-                )
-            };
-            out.push(SerialAction::Reject {
-                offset,
-                len: 0,
-                reason,
-                raw: Vec::new(),
-            });
-        }
+        self.bad_frame_letter(out);
         if !segments.is_empty() {
             for w in &segments {
                 tracing::trace!(mdc_code = w.mdc_code, first = %w.source_message_id,
@@ -444,7 +463,9 @@ impl SerialProtocol for MedibusAdapter {
 
     fn on_tick(&mut self, now_us: i64) -> Vec<SerialAction> {
         let actions = self.session.on_tick(Instant::now());
-        self.actions(actions, now_us)
+        let mut out = self.actions(actions, now_us);
+        self.bad_frame_letter(&mut out);
+        out
     }
 
     fn tick(&self) -> Duration {
