@@ -49,6 +49,25 @@ impl Default for VentControl {
     }
 }
 
+/// The `[[devices]]` entry of the ventilator `vent-01` at `bed-01` on `port`, with all three
+/// realtime curves.
+pub fn device_toml(port: &std::path::Path) -> String {
+    format!(
+        "[[devices]]\nid = \"vent-01\"\nbed = \"bed-01\"\nprotocol = \"medibus\"\n\
+         realtime = [\"airway_pressure\", \"flow\", \"volume\"]\nsilent_after_s = 5\n\
+         [devices.serial]\nport = \"{}\"\n\n",
+        port.display()
+    )
+}
+
+fn identity() -> DeviceIdentity {
+    DeviceIdentity {
+        device_id: "0161".into(),
+        name: "EvitaXL".into(),
+        revision: "04.03".into(),
+    }
+}
+
 /// Runs the ventilator on a pty published at `link` until `control.stop`.
 pub fn run_ventilator(
     link: PathBuf,
@@ -56,14 +75,7 @@ pub fn run_ventilator(
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let mut pty = open_pty(&link)?;
     Ok(std::thread::spawn(move || {
-        let mut sim = VentilatorSim::new(
-            DeviceIdentity {
-                device_id: "0161".into(),
-                name: "EvitaXL".into(),
-                revision: "04.03".into(),
-            },
-            SampleByteOrder::LowFirst,
-        );
+        let mut sim = VentilatorSim::new(identity(), SampleByteOrder::LowFirst);
         sim.resp_rate = RESP_RATE;
         sim.device.measured = vec![
             MedibusValue::number(0x7D, 22.0),

@@ -16,9 +16,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use icu_tests::ventilator::{logged_curves, run_ventilator, VentControl};
+use icu_tests::ventilator::{device_toml, logged_curves, run_ventilator, VentControl};
 use icu_tests::wait_for;
-use support::{GatewayProc, Launch};
+use support::{config_text, GatewayProc, Launch};
 
 /// MDC codes of the three curves, in the stream order of the config.
 const CURVES: [(u32, &str); 3] = [
@@ -31,34 +31,6 @@ const CORRUPT: u64 = 300;
 /// Positions compared per curve (4 segments of 125).
 const COMPARED: usize = 500;
 
-fn vent_config(dir: &std::path::Path, port: &std::path::Path, extra_devices: &str) -> String {
-    format!(
-        r#"gateway_id = "test-gw"
-data_dir = "{dir}"
-clock = "synced"
-[mllp]
-listen = "127.0.0.1:0"
-[http]
-listen = "127.0.0.1:0"
-[store]
-synchronous = "normal"
-{extra_devices}
-[[beds]]
-id = "bed-01"
-[[devices]]
-id = "vent-01"
-bed = "bed-01"
-protocol = "medibus"
-realtime = ["airway_pressure", "flow", "volume"]
-silent_after_s = 5
-[devices.serial]
-port = "{port}"
-"#,
-        dir = dir.display(),
-        port = port.display()
-    )
-}
-
 #[test]
 fn medibus_realtime_curves_reach_the_device_actor_bit_exact_with_a_gap_for_a_bad_frame() {
     let dir = tempfile::tempdir().unwrap();
@@ -68,7 +40,8 @@ fn medibus_realtime_curves_reach_the_device_actor_bit_exact_with_a_gap_for_a_bad
     let _vent = run_ventilator(port.clone(), control.clone()).expect("ventilator on a pty");
     let mut launch = Launch::tests();
     launch.log_filter = format!("{},icu_gateway::serial_protocols=trace", launch.log_filter);
-    let gw = GatewayProc::start_with(dir.path(), &vent_config(dir.path(), &port, ""), launch);
+    let cfg = config_text(dir.path(), 1, None, "") + &device_toml(&port);
+    let gw = GatewayProc::start_with(dir.path(), &cfg, launch);
 
     let curves = wait_for(Duration::from_secs(40), "4 s of curves", || {
         let c = logged_curves(&gw.log_text());

@@ -22,46 +22,18 @@ use icu_drivers::mqtt::{publish_observations, MqttBatch, ObsTopic, PayloadFormat
 use icu_protos::v1::{Observation, WaveformSegment};
 use icu_tests::mllp::msa_code;
 use icu_tests::mosquitto::Mosquitto;
-use icu_tests::ventilator::{run_ventilator, VentControl};
+use icu_tests::ventilator::{device_toml, run_ventilator, VentControl};
 use icu_tests::wait_for;
-use support::{GatewayProc, Sender};
+use support::{config_text, GatewayProc, Sender};
 
+/// Bed 01 with the monitor mon-01 (PCD-01, EUI-64 0012AB0000000001), the ventilator vent-01
+/// on `port` and the wearable wear-01 on the broker at `mqtt_port`.
 fn config(dir: &std::path::Path, port: &std::path::Path, mqtt_port: u16) -> String {
-    format!(
-        r#"gateway_id = "test-gw"
-data_dir = "{dir}"
-clock = "synced"
-[mllp]
-listen = "127.0.0.1:0"
-[http]
-listen = "127.0.0.1:0"
-[store]
-synchronous = "normal"
-[mqtt]
-broker_port = {mqtt_port}
-[[beds]]
-id = "bed-01"
-[[devices]]
-id = "mon-01"
-bed = "bed-01"
-protocol = "pcd01"
-match = "0012AB00000000A1"
-[[devices]]
-id = "wear-01"
-bed = "bed-01"
-protocol = "mqtt"
-[[devices]]
-id = "vent-01"
-bed = "bed-01"
-protocol = "medibus"
-realtime = ["airway_pressure", "flow", "volume"]
-silent_after_s = 5
-[devices.serial]
-port = "{port}"
-"#,
-        dir = dir.display(),
-        port = port.display()
-    )
+    let wearable = "[[devices]]\nid = \"wear-01\"\nbed = \"bed-01\"\nprotocol = \"mqtt\"\n\n";
+    config_text(dir, 1, None, "")
+        + wearable
+        + &device_toml(port)
+        + &format!("[mqtt]\nbroker_port = {mqtt_port}\n")
 }
 
 /// A PCD-01 message of mon-01: a heart rate and, when `samples` is set, one ECG lead as an NA
@@ -69,7 +41,7 @@ port = "{port}"
 fn pcd01(control: &str, samples: Option<&str>, rate: &str) -> String {
     let ts = chrono::Utc::now().format("%Y%m%d%H%M%S+0000");
     let mut rows = vec![
-        format!("MSH|^~\\&|MON^0012AB00000000A1^EUI-64|ICU|GW|HOSP|{ts}||ORU^R01^ORU_R01|{control}|P|2.6|||AL|NE"),
+        format!("MSH|^~\\&|MON^0012AB0000000001^EUI-64|ICU|GW|HOSP|{ts}||ORU^R01^ORU_R01|{control}|P|2.6|||AL|NE"),
         "PID|||123456^^^HOSP^MR".to_owned(),
         format!("OBR|1|||182777000^monitoring of patient^SCT|||{ts}"),
         format!("OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC|1.1.1.1|72|264864^MDC_DIM_BEAT_PER_MIN^MDC|50-120||||R|||{ts}"),

@@ -325,27 +325,13 @@ fn key_and_secret_paths_may_come_from_the_environment_systemd_style() {
 #[test]
 fn medibus_realtime_curves_are_named_or_coded_and_checked() {
     let text = |vent: &str, spo2: &str| {
+        let serial = |n: u8| format!("serial = {{ port = \"/dev/ttyUSB{n}\" }}");
         format!(
-            r#"
-gateway_id = "icu-a"
-data_dir = "d"
-[[beds]]
-id = "bed-1"
-[[devices]]
-id = "vent-1"
-bed = "bed-1"
-protocol = "medibus"
-realtime = {vent}
-[devices.serial]
-port = "/dev/ttyUSB0"
-[[devices]]
-id = "spo2-1"
-bed = "bed-1"
-protocol = "masimo"
-realtime = {spo2}
-[devices.serial]
-port = "/dev/ttyUSB1"
-"#
+            "gateway_id = \"icu-a\"\ndata_dir = \"d\"\nbeds = [{{ id = \"bed-1\" }}]\ndevices = [\n\
+             {{ id = \"vent-1\", bed = \"bed-1\", protocol = \"medibus\", realtime = {vent}, {} }},\n\
+             {{ id = \"spo2-1\", bed = \"bed-1\", protocol = \"masimo\", realtime = {spo2}, {} }},\n]\n",
+            serial(0),
+            serial(1)
         )
     };
     let c = Config::from_toml(
@@ -353,14 +339,9 @@ port = "/dev/ttyUSB1"
         Path::new("g.toml"),
     )
     .unwrap();
-    assert_eq!(
-        c.devices[0].serial.as_ref().unwrap().realtime,
-        [0x00, 0x01, 0x03]
-    );
-    assert!(
-        c.devices[1].serial.as_ref().unwrap().realtime.is_empty(),
-        "off by default"
-    );
+    let curves = |i: usize| c.devices[i].serial.as_ref().unwrap().realtime.clone();
+    assert_eq!(curves(0), [0x00, 0x01, 0x03]);
+    assert!(curves(1).is_empty(), "off by default");
     let ConfigError::Invalid { problems, .. } = Config::from_toml(
         &text(r#"["flow", "pleth", "01"]"#, r#"["flow"]"#),
         Path::new("g.toml"),
