@@ -55,6 +55,7 @@ pub const TOPICS: &[&str] = &[
     "icu.devices",
     "icu.deadletter",
     "icu.audit",
+    "icu.waveforms",
 ];
 
 /// The pinned broker version; `scripts/install-tansu` installs the same.
