@@ -417,8 +417,10 @@ impl MedibusAdapter {
 
 impl SerialProtocol for MedibusAdapter {
     fn on_open(&mut self, now_us: i64) -> Vec<SerialAction> {
+        // The curve samples received on the old line are handed over, not dropped.
+        let mut actions = self.session.flush_realtime();
         self.open_line();
-        let actions = self.session.on_tick(Instant::now());
+        actions.extend(self.session.on_tick(Instant::now()));
         self.actions(actions, now_us)
     }
 
