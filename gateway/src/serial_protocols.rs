@@ -499,3 +499,117 @@ fn curve_text(w: &WaveformSegment) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use icu_drivers::medibus::{
+        encode_corrupt_frame, encode_frame, DeviceIdentity, MedibusDevice, MedibusValue,
+        RealtimeConfig, RealtimeScale,
+    };
+
+    use super::*;
+
+    /// The adapter against a pure MEDIBUS device until quiet; returns the adapter's actions.
+    fn exchange(
+        adapter: &mut MedibusAdapter,
+        device: &mut MedibusDevice,
+        mut actions: Vec<SerialAction>,
+    ) -> Vec<SerialAction> {
+        let mut all = Vec::new();
+        for _ in 0..20 {
+            let mut answers = Vec::new();
+            for a in &actions {
+                if let SerialAction::Write(bytes) = a {
+                    let mut buf = BytesMut::from(&bytes[..]);
+                    let mut codec = MedibusCodec::default();
+                    while let Ok(Some(MedibusEvent::Frame(f))) = codec.decode(&mut buf) {
+                        answers.extend(device.on_frame(&f).concat());
+                    }
+                }
+            }
+            all.append(&mut actions);
+            if answers.is_empty() {
+                break;
+            }
+            actions = adapter.on_bytes(&mut BytesMut::from(&answers[..]), 0);
+        }
+        all
+    }
+
+    #[test]
+    fn realtime_runs_become_segments_and_a_burst_of_bad_frames_one_dead_letter() {
+        let mut device = MedibusDevice::new(DeviceIdentity {
+            device_id: "0161".into(),
+            name: "Evita".into(),
+            revision: "04.03".into(),
+        });
+        device.measured = vec![MedibusValue::number(0x7D, 22.0)];
+        let scale = RealtimeScale {
+            min: -20.0,
+            max: 80.0,
+            maxbin: 4095,
+        };
+        device.realtime_offer = [0x00, 0x01, 0x03]
+            .map(|code| RealtimeConfig {
+                code,
+                interval_us: 8000,
+                scale,
+            })
+            .to_vec();
+        let mut adapter = MedibusAdapter::new(Terminology::builtin()).with_realtime(&[0x00, 0x03]);
+        let opened = adapter.on_open(0);
+        exchange(&mut adapter, &mut device, opened);
+        let polled = adapter.on_tick(0);
+        exchange(&mut adapter, &mut device, polled);
+
+        // Streams 1 and 2 are airway pressure and volume: one run of 125, then bad frames.
+        let mut line = Vec::new();
+        for k in 0..REALTIME_SEGMENT_SAMPLES as u16 {
+            line.extend(encode_frame(
+                0b11,
+                &[k, 4000 - k],
+                None,
+                SampleByteOrder::LowFirst,
+            ));
+        }
+        let out = adapter.on_bytes(&mut BytesMut::from(&line[..]), 7);
+        let mut burst = Vec::new();
+        for _ in 0..5 {
+            let mut bad = encode_corrupt_frame(0b11);
+            bad.extend(encode_frame(0b11, &[1, 1], None, SampleByteOrder::LowFirst));
+            burst.extend(adapter.on_bytes(&mut BytesMut::from(&bad[..]), 8));
+        }
+        let segments: Vec<&WaveformSegment> = out
+            .iter()
+            .chain(&burst)
+            .filter_map(|a| match a {
+                SerialAction::Waveforms(w) => Some(w),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(segments.len(), 2, "one segment per curve: {out:?}");
+        assert_eq!(segments[0].mdc_refid, "MDC_PRESS_AWAY");
+        assert_eq!(segments[0].samples, (0..125).collect::<Vec<i32>>());
+        assert_eq!(segments[1].mdc_refid, "MDC_VOL_AWAY");
+        assert_eq!(segments[1].samples[..2], [4000, 3999]);
+        // A frame is complete when the next sync byte arrives: the run's last one came with the
+        // first bad frame, at 8.
+        assert_eq!(segments[0].receive_time_us, 8);
+        let letters: Vec<&String> = burst
+            .iter()
+            .filter_map(|a| match a {
+                SerialAction::Reject { reason, .. } => Some(reason),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            letters.len(),
+            1,
+            "a burst within a second is one letter: {letters:?}"
+        );
+        assert!(letters[0].starts_with("bad MEDIBUS realtime frame at byte"));
+        // The rest of the burst is counted into the next letter, not dropped.
+        assert_eq!(adapter.bad_frames.as_ref().map(|b| b.2), Some(4));
+    }
+}
