@@ -31,6 +31,8 @@ pub struct SerialSettings {
     /// "none", "even" or "odd".
     pub parity: String,
     pub stop_bits: u8,
+    /// MEDIBUS realtime curves to receive (Dräger realtime codes, stream order); empty: none.
+    pub realtime: Vec<u8>,
 }
 
 impl SerialSettings {

@@ -458,7 +458,9 @@ async fn queue(
             receive_time_us: received,
             order,
             traceparent,
-            waveforms: Vec::new(),
+            // Checked by the payload decoder (rate, count, bounded length); stored with the
+            // readings in one commit.
+            waveforms: batch.waveforms,
         },
         reply,
     };

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use actix::Addr;
 use bytes::BytesMut;
-use icu_protos::v1::Observation;
+use icu_protos::v1::{Observation, WaveformSegment};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_serial::SerialPortBuilderExt;
@@ -30,6 +30,8 @@ pub enum SerialAction {
     Write(Vec<u8>),
     /// Decoded readings.
     Observations(Vec<Observation>),
+    /// Decoded curve segments (e.g. MEDIBUS realtime), stored like readings.
+    Waveforms(Vec<WaveformSegment>),
     /// Bytes the protocol could not accept.
     Reject {
         offset: u64,
@@ -223,6 +225,27 @@ async fn apply(
             SerialAction::Write(bytes) => {
                 if let Err(e) = port.write_all(&bytes).await {
                     return Some(format!("write failed: {e}"));
+                }
+            }
+            SerialAction::Waveforms(waveforms) => {
+                let receive_time_us = waveforms
+                    .first()
+                    .map(|w| w.receive_time_us)
+                    .unwrap_or_else(now_us);
+                let stored = actor.send(IngestObservations {
+                    observations: Vec::new(),
+                    dedup: None,
+                    receive_time_us,
+                    order: Default::default(),
+                    traceparent: None,
+                    waveforms,
+                });
+                match stored.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(device = %device_id, error = %e, "serial curves not stored")
+                    }
+                    Err(_) => tracing::error!(device = %device_id, "device actor stopped"),
                 }
             }
             SerialAction::Observations(observations) => {

@@ -373,6 +373,7 @@ async fn run_pump(
         counter += 1;
         let rate = 5.0 + (counter % 10) as f64 * 0.5;
         let batch = MqttBatch {
+            waveforms: Vec::new(),
             msg_id: format!("{device}-{counter}"),
             observations: vec![icu_protos::v1::Observation {
                 mdc_code: 157784,

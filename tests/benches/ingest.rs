@@ -206,6 +206,7 @@ async fn mllp_bed(
 fn mqtt_batch(bed: usize, k: u64, obx: usize) -> MqttBatch {
     let now = chrono::Utc::now().timestamp_micros();
     MqttBatch {
+        waveforms: Vec::new(),
         msg_id: format!("m{bed}-{k}"),
         observations: (0..obx)
             .map(|i| {

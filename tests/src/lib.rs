@@ -39,6 +39,7 @@ pub mod pki;
 mod process;
 pub mod sim;
 pub mod tls_proxy;
+pub mod ventilator;
 
 pub use broker::{Broker, SecureOptions, PARTITIONS};
 pub use process::{log_tail, wait_for, ChildGuard};

@@ -64,6 +64,7 @@ protocol = "mqtt"
         wait_for_subscription(&gw).await;
         let topic = |bed: &str, device: &str, f| ObsTopic::new("test-gw", bed, device, f).unwrap();
         let batch = |id: &str, rate: f64| MqttBatch {
+            waveforms: Vec::new(),
             msg_id: id.into(),
             observations: vec![
                 Observation {
@@ -247,6 +248,7 @@ fn pump_messages_refused_by_a_full_store_are_stored_in_order_once_it_accepts_aga
     let rt = tokio::runtime::Runtime::new().unwrap();
     let topic = ObsTopic::new("test-gw", "bed-01", "pump-01", PayloadFormat::Json).unwrap();
     let batch = |i: usize| MqttBatch {
+        waveforms: Vec::new(),
         msg_id: format!("pump-01-{i:04}"),
         observations: vec![Observation {
             mdc_code: 157784,

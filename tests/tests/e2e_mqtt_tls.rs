@@ -222,6 +222,7 @@ async fn publish_as(opts: &MqttClientOptions, device: &str, bed: &str, as_device
     let (client, mut eventloop) = AsyncClient::new(opts.for_device(device).unwrap(), 8);
     let topic = ObsTopic::new("test-gw", bed, as_device, PayloadFormat::Json).unwrap();
     let batch = MqttBatch {
+        waveforms: Vec::new(),
         msg_id: format!("{device}-{v}"),
         observations: vec![Observation {
             mdc_code: 157784,

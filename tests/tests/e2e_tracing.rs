@@ -291,6 +291,7 @@ fn publish_one(gw: &GatewayProc, port: u16) {
             AsyncClient::new(MqttOptions::new("pump", "127.0.0.1", port), 8);
         let polling = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
         let batch = MqttBatch {
+            waveforms: Vec::new(),
             msg_id: "p1".into(),
             observations: vec![Observation {
                 mdc_code: 157784,

@@ -37,6 +37,7 @@ fn topic(format: PayloadFormat) -> ObsTopic {
 
 fn batch(msg_id: &str, rate: f64) -> MqttBatch {
     MqttBatch {
+        waveforms: Vec::new(),
         msg_id: msg_id.into(),
         observations: vec![Observation {
             mdc_code: 157784,

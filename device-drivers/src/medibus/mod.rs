@@ -24,8 +24,10 @@
 //!   counted, and with [`MedibusCodec::with_realtime`] decoded by [`RealtimeDecoder`]
 //!   (`realtime.rs`: sync bytes, sync commands, 12-bit samples) into frames that
 //!   [`MedibusSession::with_realtime`] sets up (`S`/`T`/`V`, `realtime_config.rs`) and turns into
-//!   [`WaveformRun`]s per stream (`waveform.rs`), with gaps where a frame was bad.
+//!   [`WaveformRun`]s per stream (`waveform.rs`), with gaps where a frame was bad; `curves.rs`
+//!   names the curves a config may ask for and turns a run into a canonical waveform segment.
 
+mod curves;
 mod device;
 mod frame;
 mod observations;
@@ -43,6 +45,7 @@ pub const LINE: crate::serial_line::LineDefaults = crate::serial_line::LineDefau
     stop_bits: 1,
     usual: "MEDIBUS: usually 19200",
 };
+pub use curves::{curve_named, curve_of, run_to_segment, RealtimeCurve, CURVES};
 pub use device::MedibusDevice;
 pub use frame::{
     checksum, encode_command, encode_response, hex_pair, FrameError, FrameKind, MedibusCodec,
@@ -71,6 +74,7 @@ pub use realtime_config::{
 pub use session::{
     Action, MedibusData, MedibusSession, RealtimeEvent, RealtimeSettings, ReinitReason,
     SessionState, SessionStats, SessionTimings, ICC_RETRY, LINK_TIMEOUT, POLL_CYCLE,
+    REALTIME_MAX_BACKOFF,
 };
 pub use waveform::{StreamSpec, WaveformAssembler, WaveformRun, WaveformStats, MAX_READY_RUNS};
 

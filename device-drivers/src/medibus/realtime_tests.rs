@@ -557,3 +557,91 @@ proptest! {
         prop_assert_eq!(got, expected);
     }
 }
+
+#[test]
+fn a_silent_realtime_stream_is_set_up_again_with_backoff_and_a_refusal_is_retried() {
+    let mut link = RtLink::new();
+    link.tick(0);
+    // No realtime frame ever: set-ups at about 3 s, then 6 s later, then 12 s later.
+    let mut setups = Vec::new();
+    let mut ms = 0;
+    while ms < 3000 + 6000 + 12000 + 1000 {
+        ms += 100;
+        if sent_codes(&link.tick(ms)).contains(&b'S') {
+            setups.push(ms);
+        }
+    }
+    let gaps: Vec<u64> = setups.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(setups.len(), 3, "{setups:?}");
+    assert!(
+        gaps[0] >= 6000 && gaps[1] >= 12000,
+        "backoff doubles: {gaps:?}"
+    );
+    assert_eq!(
+        link.session.stats().reinits,
+        0,
+        "the slow link is never dropped"
+    );
+
+    // A device that refuses: asked again after the backoff, not only at re-initialisation.
+    let mut link = RtLink::new();
+    link.device.realtime_offer.clear();
+    link.tick(0);
+    let mut asked_again = None;
+    let mut ms = 0;
+    while ms < 8000 {
+        ms += 100;
+        if sent_codes(&link.tick(ms)).contains(&b'S') {
+            asked_again = Some(ms);
+            break;
+        }
+    }
+    assert!(
+        asked_again.is_some_and(|t| t >= 6000),
+        "refusal retried after the backoff: {asked_again:?}"
+    );
+}
+
+#[test]
+fn a_run_becomes_a_segment_of_bins_with_its_gaps() {
+    let run = WaveformRun {
+        stream: 2,
+        code: 0x01,
+        interval_us: 8000,
+        scale: RealtimeScale {
+            min: -150.0,
+            max: 150.0,
+            maxbin: 4000,
+        },
+        first_offset: 77,
+        samples: vec![Some(2048), None, None, Some(4095), Some(0)],
+        breaths: Vec::new(),
+    };
+    let s = run_to_segment(&run, 1_000);
+    assert_eq!(
+        (s.mdc_code, s.mdc_refid.as_str()),
+        (151_764, "MDC_FLOW_AWAY")
+    );
+    assert_eq!((s.unit_ucum.as_str(), s.unit_mdc_code), ("L/min", 265_216));
+    assert_eq!(s.samples, [2048, 4095, 0], "the device's bins, exactly");
+    assert_eq!(s.sample_count, 5);
+    assert_eq!(s.gaps, [icu_protos::v1::SampleRun { start: 1, count: 2 }]);
+    assert_eq!(
+        s.above_range,
+        [icu_protos::v1::SampleRun { start: 3, count: 1 }]
+    );
+    assert_eq!((s.sample_period_us, s.sample_rate_hz), (8000.0, 125.0));
+    assert_eq!((s.scale, s.offset), (300.0 / 4000.0, -150.0));
+    assert_eq!(
+        s.first_sample_time_us, None,
+        "MEDIBUS realtime has no device time"
+    );
+    assert_eq!(s.receive_time_us, 1_000);
+    assert_eq!(
+        (s.source_message_id.as_str(), s.source_row),
+        ("medibus-rt@77", 2)
+    );
+    assert_eq!(curve_named("FLOW").map(|c| c.code), Some(0x01));
+    assert_eq!(curve_named("03").map(|c| c.name), Some("volume"));
+    assert_eq!(curve_named("pleth"), None);
+}

@@ -24,11 +24,14 @@
 //! - Once identified, before the first poll cycle: request the realtime configuration (`S`),
 //!   ask with `T` for the configured curves the device offers (stream order = the settings'
 //!   order, curves it does not offer left out), and when `T` is answered send the sync bytes
-//!   that enable those streams. A NAK or an unreadable answer leaves realtime off until the
-//!   next re-initialisation; polling goes on.
+//!   that enable those streams. A NAK or an unreadable answer leaves realtime off for the
+//!   backoff below (or until the next re-initialisation); polling goes on.
 //! - The device's "realtime configuration changed" (`V`) and `silence_timeout` without any
 //!   realtime frame while streaming both set realtime up again the same way, between poll
-//!   cycles (the realtime part's own reconnect; the slow link is not touched).
+//!   cycles (the realtime part's own reconnect; the slow link is not touched). With backoff:
+//!   each set-up that brings no frame doubles the silence allowed before the next one (up to
+//!   [`REALTIME_MAX_BACKOFF`]); a frame resets it. A refusal (NAK, unreadable configuration,
+//!   none of the curves offered) is retried after the same backoff, never in a tight loop.
 //! - Realtime frames ([`MedibusSession::on_realtime`]) become [`RealtimeEvent::Waveform`] runs
 //!   per stream; a bad frame is a gap in them and a [`RealtimeEvent::BadFrame`] to dead-letter.
 //!
@@ -54,6 +57,9 @@ use super::waveform::{StreamSpec, WaveformAssembler, WaveformRun};
 pub const LINK_TIMEOUT: Duration = Duration::from_secs(3);
 /// ICC is repeated after this long without its echo.
 pub const ICC_RETRY: Duration = Duration::from_secs(2);
+
+/// Longest wait between two set-ups of a realtime stream that stays silent or refused.
+pub const REALTIME_MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The slow requests of one poll cycle, in order.
 pub const POLL_CYCLE: [u8; 6] = [
@@ -136,7 +142,7 @@ pub enum RealtimeEvent {
         frame_offset: u64,
         error: PayloadError,
     },
-    /// Realtime stays off until the next re-initialisation.
+    /// Realtime is off; asked for again after the backoff (or at the next re-initialisation).
     Unavailable(String),
     /// Realtime is set up again (the device changed its configuration, or went silent).
     Restart(String),
@@ -153,7 +159,10 @@ enum RtPhase {
     Streaming {
         since: Instant,
     },
-    Unavailable,
+    /// Refused at `since`: asked again after the backoff.
+    Unavailable {
+        since: Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -163,9 +172,18 @@ struct RealtimeLink {
     specs: Vec<StreamSpec>,
     assembler: Option<WaveformAssembler>,
     last_frame: Option<Instant>,
+    /// Set-ups in a row that brought no frame (the backoff's exponent).
+    failures: u32,
 }
 
 impl RealtimeLink {
+    /// How long a silent stream or a refusal waits before the next set-up.
+    fn backoff(&self) -> Duration {
+        let base = self.settings.silence_timeout;
+        base.saturating_mul(1u32 << self.failures.min(8))
+            .min(REALTIME_MAX_BACKOFF.max(base))
+    }
+
     /// Hands over the unfinished runs and stops mapping frames.
     fn stop(&mut self, actions: &mut Vec<Action>) {
         if let Some(mut asm) = self.assembler.take() {
@@ -298,6 +316,7 @@ impl MedibusSession {
             specs: Vec::new(),
             assembler: None,
             last_frame: None,
+            failures: 0,
         });
         session
     }
@@ -345,9 +364,13 @@ impl MedibusSession {
                     deadlines.extend(self.last_sent.map(|s| s + t.keep_alive));
                 }
                 if let Some(rt) = &self.realtime {
-                    if let RtPhase::Streaming { since } = rt.phase {
-                        let last = rt.last_frame.map_or(since, |l| l.max(since));
-                        deadlines.push(last + rt.settings.silence_timeout);
+                    match rt.phase {
+                        RtPhase::Streaming { since } => {
+                            let last = rt.last_frame.map_or(since, |l| l.max(since));
+                            deadlines.push(last + rt.backoff());
+                        }
+                        RtPhase::Unavailable { since } => deadlines.push(since + rt.backoff()),
+                        _ => {}
                     }
                 }
             }
@@ -574,18 +597,31 @@ impl MedibusSession {
         let Some(rt) = self.realtime.as_mut() else {
             return;
         };
-        let RtPhase::Streaming { since } = rt.phase else {
-            return;
-        };
-        let last = rt.last_frame.map_or(since, |l| l.max(since));
-        let timeout = rt.settings.silence_timeout;
-        if now.saturating_duration_since(last) >= timeout {
-            rt.stop(actions);
-            rt.phase = RtPhase::Wanted;
-            self.stats.realtime_restarts += 1;
-            actions.push(Action::Realtime(RealtimeEvent::Restart(format!(
-                "no realtime frame for {timeout:?}"
-            ))));
+        let timeout = rt.backoff();
+        match rt.phase {
+            RtPhase::Streaming { since } => {
+                let last = rt.last_frame.map_or(since, |l| l.max(since));
+                if now.saturating_duration_since(last) >= timeout {
+                    rt.stop(actions);
+                    rt.phase = RtPhase::Wanted;
+                    // A stream that brought nothing since its set-up counts as a failure.
+                    if rt.last_frame.is_none() {
+                        rt.failures = rt.failures.saturating_add(1);
+                    }
+                    self.stats.realtime_restarts += 1;
+                    actions.push(Action::Realtime(RealtimeEvent::Restart(format!(
+                        "no realtime frame for {timeout:?}"
+                    ))));
+                }
+            }
+            RtPhase::Unavailable { since } if now.saturating_duration_since(since) >= timeout => {
+                rt.phase = RtPhase::Wanted;
+                self.stats.realtime_restarts += 1;
+                actions.push(Action::Realtime(RealtimeEvent::Restart(format!(
+                    "asking for realtime curves again after {timeout:?}"
+                ))));
+            }
+            _ => {}
         }
     }
 
@@ -601,7 +637,8 @@ impl MedibusSession {
             return;
         };
         if frame.code == commands::NAK_CORRUPT {
-            rt.phase = RtPhase::Unavailable;
+            rt.phase = RtPhase::Unavailable { since: now };
+            rt.failures = rt.failures.saturating_add(1);
             actions.push(Action::Realtime(RealtimeEvent::Unavailable(format!(
                 "the device refused command 0x{asked:02X}"
             ))));
@@ -620,7 +657,8 @@ impl MedibusSession {
         let offered = match parse_realtime_config(&frame.data, rt.settings.interval_unit) {
             Ok(offered) => offered,
             Err(error) => {
-                rt.phase = RtPhase::Unavailable;
+                rt.phase = RtPhase::Unavailable { since: now };
+                rt.failures = rt.failures.saturating_add(1);
                 actions.push(Action::Realtime(RealtimeEvent::BadConfig {
                     frame_offset: frame.offset,
                     error,
@@ -646,7 +684,8 @@ impl MedibusSession {
         }
         actions.push(Action::Realtime(RealtimeEvent::Offered(offered)));
         if specs.is_empty() {
-            rt.phase = RtPhase::Unavailable;
+            rt.phase = RtPhase::Unavailable { since: now };
+            rt.failures = rt.failures.saturating_add(1);
             actions.push(Action::Realtime(RealtimeEvent::Unavailable(
                 "the device offers none of the configured curves".into(),
             )));
@@ -669,6 +708,7 @@ impl MedibusSession {
                 Some(asm) => {
                     asm.push(f);
                     rt.last_frame = Some(now);
+                    rt.failures = 0;
                 }
                 None => self.stats.realtime_ignored_frames += 1,
             }

@@ -2,11 +2,13 @@
 //! clock (the caller passes the receive time).
 
 use chrono::DateTime;
-use icu_protos::v1::{Observation, ObservationStatus};
+use icu_protos::v1::{Observation, ObservationStatus, WaveformSegment};
 use prost::Message;
 use serde::Deserialize;
 
 use super::topic::PayloadFormat;
+use super::waveform::check_segment;
+use crate::hl7::WaveformConfig;
 use crate::terminology::Terminology;
 
 /// Default bound on one payload: 256 KiB.
@@ -23,6 +25,7 @@ pub const MAX_MSG_ID_BYTES: usize = 256;
 /// |---|---|---|
 /// | `observations` | 1 | repeated `icu.v1.Observation` |
 /// | `msg_id` | 2 | string |
+/// | `waveforms` | 3 | repeated `icu.v1.WaveformSegment` (protobuf only; see `waveform.rs`) |
 #[derive(Clone, PartialEq, Message)]
 pub struct MqttBatch {
     /// The observations, in the order the device sent them.
@@ -31,6 +34,10 @@ pub struct MqttBatch {
     /// The device's message id (dedup of redelivered messages); empty when none was sent.
     #[prost(string, tag = "2")]
     pub msg_id: String,
+    /// Curves (issue 19), e.g. a wearable's ECG: checked like PCD-01 waveforms (rate, count,
+    /// bounded length) and stored with the observations in one commit.
+    #[prost(message, repeated, tag = "3")]
+    pub waveforms: Vec<WaveformSegment>,
 }
 
 /// Why a payload was refused. Every message names where (JSON line/column and byte offset, or
@@ -48,7 +55,9 @@ pub enum MqttPayloadError {
         offset: usize,
         reason: String,
     },
-    #[error("protobuf payload is not an MqttBatch (observations = 1, msg_id = 2): {reason}")]
+    #[error(
+        "protobuf payload is not an MqttBatch (observations = 1, msg_id = 2, waveforms = 3): {reason}"
+    )]
     Protobuf { reason: String },
     #[error("{path}: MDC code {code} is not in the gateway terminology table")]
     UnknownMdc { path: String, code: u32 },
@@ -123,7 +132,7 @@ pub fn decode_payload(
     }
     let mut batch = match format {
         PayloadFormat::Json => decode_json(bytes, terminology)?,
-        PayloadFormat::Protobuf => decode_protobuf(bytes, terminology)?,
+        PayloadFormat::Protobuf => decode_protobuf(bytes, receive_time_us, terminology)?,
     };
     if batch.msg_id.len() > MAX_MSG_ID_BYTES {
         return Err(MqttPayloadError::invalid(
@@ -138,6 +147,10 @@ pub fn decode_payload(
         o.receive_time_us = receive_time_us;
         o.source_message_id = batch.msg_id.clone();
         o.source_row = u32::try_from(i + 1).unwrap_or(u32::MAX);
+    }
+    for (i, w) in batch.waveforms.iter_mut().enumerate() {
+        w.source_message_id = batch.msg_id.clone();
+        w.source_row = u32::try_from(i + 1).unwrap_or(u32::MAX);
     }
     Ok(batch)
 }
@@ -227,10 +240,15 @@ fn decode_json(bytes: &[u8], terminology: &Terminology) -> Result<MqttBatch, Mqt
     Ok(MqttBatch {
         observations,
         msg_id: doc.msg_id.unwrap_or_default(),
+        waveforms: Vec::new(),
     })
 }
 
-fn decode_protobuf(bytes: &[u8], terminology: &Terminology) -> Result<MqttBatch, MqttPayloadError> {
+fn decode_protobuf(
+    bytes: &[u8],
+    receive_time_us: i64,
+    terminology: &Terminology,
+) -> Result<MqttBatch, MqttPayloadError> {
     let raw = MqttBatch::decode(bytes).map_err(|e| MqttPayloadError::Protobuf {
         reason: e.to_string(),
     })?;
@@ -238,9 +256,18 @@ fn decode_protobuf(bytes: &[u8], terminology: &Terminology) -> Result<MqttBatch,
     for (i, o) in raw.observations.into_iter().enumerate() {
         observations.push(normalise(i, o, terminology)?);
     }
+    let bounds = WaveformConfig::default();
+    let mut waveforms = Vec::with_capacity(raw.waveforms.len());
+    for (i, w) in raw.waveforms.into_iter().enumerate() {
+        let checked = check_segment(w, receive_time_us, terminology, &bounds).map_err(
+            |(field, reason)| MqttPayloadError::invalid(format!("waveforms[{i}].{field}"), reason),
+        )?;
+        waveforms.push(checked);
+    }
     Ok(MqttBatch {
         observations,
         msg_id: raw.msg_id,
+        waveforms,
     })
 }
 

@@ -49,7 +49,11 @@
 //! # Protobuf payload (`.../obs/pb`)
 //!
 //! One [`MqttBatch`]: field 1 `repeated icu.v1.Observation observations`, field 2
-//! `string msg_id`. These numbers are the wire contract; they are only ever added to.
+//! `string msg_id`, field 3 `repeated icu.v1.WaveformSegment waveforms` (curves, e.g. a
+//! wearable's ECG; checked like PCD-01 waveforms: a sample rate above 0 and within bounds,
+//! `sample_count` equal to the samples plus the gap positions, at most 15,000 positions per
+//! segment; see `waveform.rs`). These numbers are the wire contract; they are only ever added
+//! to. A payload with one bad segment is refused whole, like one bad observation.
 //!
 //! # Normalisation (both formats)
 //!
@@ -111,6 +115,7 @@ mod config;
 pub mod tls;
 mod topic;
 mod transport;
+mod waveform;
 
 pub use codec::{
     decode_payload, encode_payload, MqttBatch, MqttPayloadError, DEFAULT_MAX_PAYLOAD_BYTES,

@@ -201,6 +201,7 @@ fn size_bound_is_checked_before_parsing() {
 #[test]
 fn protobuf_is_normalised_and_identity_cleared() {
     let batch = MqttBatch {
+        waveforms: Vec::new(),
         msg_id: "pb-1".into(),
         observations: vec![
             Observation {
@@ -241,6 +242,7 @@ fn protobuf_is_normalised_and_identity_cleared() {
 fn protobuf_errors() {
     let bad = |o: Observation| {
         pb(&MqttBatch {
+            waveforms: Vec::new(),
             observations: vec![o],
             msg_id: String::new(),
         })
@@ -283,6 +285,7 @@ fn protobuf_errors() {
 #[test]
 fn encode_then_decode_keeps_what_each_format_carries() {
     let batch = MqttBatch {
+        waveforms: Vec::new(),
         msg_id: "m".into(),
         observations: vec![Observation {
             mdc_code: 157784,
@@ -491,4 +494,111 @@ proptest! {
             }
         }
     }
+}
+
+fn ecg(samples: Vec<i32>) -> icu_protos::v1::WaveformSegment {
+    icu_protos::v1::WaveformSegment {
+        mdc_code: 131_330,
+        sample_rate_hz: 250.0,
+        unit_mdc_code: 266_418,
+        scale: 0.005,
+        samples,
+        ..Default::default()
+    }
+}
+
+fn pb_waves(
+    waveforms: Vec<icu_protos::v1::WaveformSegment>,
+) -> Result<MqttBatch, MqttPayloadError> {
+    pb(&MqttBatch {
+        waveforms,
+        msg_id: "w-1".into(),
+        observations: Vec::new(),
+    })
+}
+
+#[test]
+fn protobuf_waveforms_are_checked_and_stamped() {
+    use icu_protos::v1::SampleRun;
+    let mut w = ecg(vec![10, -3, 7, 8]);
+    w.gaps = vec![SampleRun { start: 1, count: 2 }];
+    w.sample_count = 6;
+    w.device_id = "spoofed".into();
+    w.patient_id = "someone".into();
+    w.first_sample_time_us = Some(RX - 24_000);
+    let batch = pb_waves(vec![w]).unwrap();
+    let got = &batch.waveforms[0];
+    assert_eq!(got.samples, [10, -3, 7, 8], "samples kept exactly");
+    assert_eq!(
+        got.gaps,
+        [SampleRun { start: 1, count: 2 }],
+        "gaps stay gaps"
+    );
+    assert_eq!(
+        got.sample_period_us, 4000.0,
+        "period filled in from the rate"
+    );
+    assert_eq!(got.unit_ucum, "mV", "unit from the MDC unit code");
+    assert_eq!(
+        got.mdc_refid, "",
+        "no refid invented for a code the table lacks"
+    );
+    assert_eq!(
+        (got.receive_time_us, got.first_sample_time_us),
+        (RX, Some(RX - 24_000))
+    );
+    assert!(
+        got.device_id.is_empty() && got.patient_id.is_empty(),
+        "identity is the gateway's"
+    );
+    assert_eq!((got.source_message_id.as_str(), got.source_row), ("w-1", 1));
+    assert_eq!(got.status, ObservationStatus::Valid as i32);
+    // sample_count 0 means "count them".
+    let batch = pb_waves(vec![ecg(vec![1, 2, 3])]).unwrap();
+    assert_eq!(batch.waveforms[0].sample_count, 3);
+}
+
+#[test]
+fn bad_protobuf_waveforms_are_refused_naming_the_field() {
+    use icu_protos::v1::SampleRun;
+    let refused = |w: icu_protos::v1::WaveformSegment| {
+        pb_waves(vec![ecg(vec![1]), w]).unwrap_err().to_string()
+    };
+    let mut zero_rate = ecg(vec![1, 2]);
+    zero_rate.sample_rate_hz = 0.0;
+    assert!(refused(zero_rate).starts_with("waveforms[1].sample_rate_hz: is 0"));
+    let mut fast = ecg(vec![1, 2]);
+    fast.sample_rate_hz = 20_000.0;
+    assert!(refused(fast).starts_with("waveforms[1].sample_rate_hz: 20000 is not"));
+    let mut disagree = ecg(vec![1, 2]);
+    disagree.sample_period_us = 2000.0;
+    assert!(refused(disagree).starts_with("waveforms[1].sample_period_us"));
+    let mut count = ecg(vec![1, 2]);
+    count.sample_count = 3;
+    assert!(refused(count).contains("sample_count: 3 does not equal the 2 samples plus the 0 gap"));
+    let long = ecg(vec![0; 15_001]);
+    assert!(refused(long).contains("exceed the bound of 15000"));
+    let mut outside = ecg(vec![1, 2]);
+    outside.gaps = vec![SampleRun { start: 2, count: 1 }];
+    outside.sample_count = 3;
+    outside.above_range = vec![SampleRun { start: 3, count: 1 }];
+    assert!(refused(outside).contains("above_range[0]: ends at 4"));
+    let mut overlap = ecg(vec![1]);
+    overlap.gaps = vec![
+        SampleRun { start: 0, count: 2 },
+        SampleRun { start: 1, count: 1 },
+    ];
+    assert!(refused(overlap).contains("gaps[1]: starts at 1"));
+    assert!(refused(ecg(vec![])).starts_with("waveforms[1].sample_count: the segment has no"));
+    let mut no_code = ecg(vec![1]);
+    no_code.mdc_code = 0;
+    assert!(refused(no_code).starts_with("waveforms[1].mdc_code"));
+    let mut nan = ecg(vec![1]);
+    nan.offset = f64::NAN;
+    assert!(refused(nan).starts_with("waveforms[1].offset"));
+    let mut packed = ecg(vec![1]);
+    packed.packed_samples = vec![1, 2];
+    assert!(refused(packed).starts_with("waveforms[1].packed_samples"));
+    // JSON carries no curves: a "waveforms" field is an unknown field.
+    assert!(json(r#"{"observations": [], "waveforms": []}"#).is_err());
 }

@@ -137,6 +137,12 @@ pub struct RawDevice {
     /// the peer) and dead-lettered with the peer address. Empty or absent: any address.
     #[serde(default)]
     pub allow_from: Vec<String>,
+    /// For `medibus`: the realtime curves to receive next to the slow protocol, in stream order,
+    /// by name (`"airway_pressure"`, `"flow"`, `"volume"`) or Dräger realtime code (`"00"`,
+    /// `"01"`, `"03"`). Empty or absent: no curves (the default). Curves the ventilator does not
+    /// offer are left out; the numerics are polled either way.
+    #[serde(default)]
+    pub realtime: Vec<String>,
 }
 
 /// A serial port. Defaults are the protocol's usual settings (Masimo 9600 8N1, MEDIBUS 19200 8E1);

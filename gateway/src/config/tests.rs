@@ -321,3 +321,46 @@ fn key_and_secret_paths_may_come_from_the_environment_systemd_style() {
         other => panic!("expected the unset variable to be named: {other:?}"),
     }
 }
+
+#[test]
+fn medibus_realtime_curves_are_named_or_coded_and_checked() {
+    let text = |vent: &str, spo2: &str| {
+        let serial = |n: u8| format!("serial = {{ port = \"/dev/ttyUSB{n}\" }}");
+        format!(
+            "gateway_id = \"icu-a\"\ndata_dir = \"d\"\nbeds = [{{ id = \"bed-1\" }}]\ndevices = [\n\
+             {{ id = \"vent-1\", bed = \"bed-1\", protocol = \"medibus\", realtime = {vent}, {} }},\n\
+             {{ id = \"spo2-1\", bed = \"bed-1\", protocol = \"masimo\", realtime = {spo2}, {} }},\n]\n",
+            serial(0),
+            serial(1)
+        )
+    };
+    let c = Config::from_toml(
+        &text(r#"["airway_pressure", "01", "Volume"]"#, "[]"),
+        Path::new("g.toml"),
+    )
+    .unwrap();
+    let curves = |i: usize| c.devices[i].serial.as_ref().unwrap().realtime.clone();
+    assert_eq!(curves(0), [0x00, 0x01, 0x03]);
+    assert!(curves(1).is_empty(), "off by default");
+    let ConfigError::Invalid { problems, .. } = Config::from_toml(
+        &text(r#"["flow", "pleth", "01"]"#, r#"["flow"]"#),
+        Path::new("g.toml"),
+    )
+    .unwrap_err() else {
+        panic!("expected Invalid");
+    };
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "devices[0].realtime[1]",
+            "devices[0].realtime[2]",
+            "devices[1].realtime"
+        ]
+    );
+    assert!(
+        problems[0].message.contains("airway_pressure (00)"),
+        "{}",
+        problems[0].message
+    );
+}

@@ -238,6 +238,7 @@ impl RawConfig {
                 ),
                 (None, true) => {}
             }
+            let realtime = realtime_curves(i, d, protocol, &mut problem);
             let serial = match (&d.serial, protocol.is_serial()) {
                 (None, true) => {
                     problem(
@@ -290,6 +291,7 @@ impl RawConfig {
                         data_bits,
                         parity,
                         stop_bits,
+                        realtime: realtime.clone(),
                     })
                 }
             };
@@ -354,4 +356,45 @@ impl RawConfig {
             data_dir,
         })
     }
+}
+
+/// The MEDIBUS realtime curves of `devices[i].realtime` (their Dräger codes, in stream order).
+fn realtime_curves(
+    i: usize,
+    d: &RawDevice,
+    protocol: Protocol,
+    problem: &mut impl FnMut(&str, String),
+) -> Vec<u8> {
+    if d.realtime.is_empty() {
+        return Vec::new();
+    }
+    let field = format!("devices[{i}].realtime");
+    if protocol != Protocol::Medibus {
+        problem(
+            &field,
+            "is only for medibus devices (Dräger realtime curves)".into(),
+        );
+        return Vec::new();
+    }
+    let mut codes: Vec<u8> = Vec::new();
+    for (k, entry) in d.realtime.iter().enumerate() {
+        match icu_drivers::medibus::curve_named(entry) {
+            Some(c) if codes.contains(&c.code) => problem(
+                &format!("{field}[{k}]"),
+                format!("'{entry}' is listed twice"),
+            ),
+            Some(c) => codes.push(c.code),
+            None => {
+                let names: Vec<String> = icu_drivers::medibus::CURVES
+                    .iter()
+                    .map(|c| format!("{} ({:02X})", c.name, c.code))
+                    .collect();
+                problem(
+                    &format!("{field}[{k}]"),
+                    format!("'{entry}' is not a known curve: {}", names.join(", ")),
+                );
+            }
+        }
+    }
+    codes
 }
