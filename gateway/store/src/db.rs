@@ -11,7 +11,12 @@
 //!   request of a batch, on the bytes in use (`(page_count - freelist_count) * page_size` plus
 //!   the write-ahead log), so deleted records count as freed; above the high-water mark each
 //!   batch first prunes one bounded chunk (forwarded records oldest first, then, only with
-//!   `on_full = drop_oldest_unsent`, the oldest unsent observations), never a long stall.
+//!   `on_full = drop_oldest_unsent`, the oldest unsent observations), never a long stall;
+//! - a message's waveform segments are stored in the savepoint of its readings (both or
+//!   neither), on the device's waveform stream with their own gapless seqs, packed (see
+//!   `db/waveforms.rs`), and only below the waveform limit
+//!   ([`BudgetPolicy::waveform_limit_bytes`]); above it the readings are stored without them
+//!   (counted, logged), and forwarded waveform rows are pruned a chunk per batch.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -49,7 +54,18 @@ pub struct StoreDb {
     dedup: Dedup,
     /// Readings committed but not yet in the trend rollup (`db/trends.rs`).
     trends: TrendRollup,
+    /// Segments not kept at the waveform limit, per device, for the log.
+    not_stored: NotStored,
+    /// After a waveform-limit pruning that found nothing forwarded, the next waits until then.
+    next_wave_prune: Option<std::time::Instant>,
+    /// When the next waveform retention pass runs.
+    next_wave_retention: std::time::Instant,
 }
+
+/// How often the waveform retention runs (sooner while a pass finds more than it may delete).
+const WAVE_RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// Most waveform segments one retention pass deletes.
+const WAVE_RETENTION_CHUNK: u64 = 4096;
 
 fn sqlite_err(path: &Path, e: rusqlite::Error) -> StoreError {
     StoreError::Sqlite {
@@ -137,12 +153,19 @@ impl StoreDb {
                 high_water_bytes: policy.high_water_bytes(),
                 low_water_bytes: policy.low_water_bytes(),
                 reserve_limit_bytes: policy.reserve_limit_bytes(),
+                waveforms: WaveformCounts {
+                    limit_bytes: policy.waveform_limit_bytes(),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             policy,
             next_prune: None,
             dedup: Dedup::default(),
             trends,
+            not_stored: NotStored::default(),
+            next_wave_prune: None,
+            next_wave_retention: std::time::Instant::now(),
         };
         db.dedup.legacy = db
             .conn
@@ -173,6 +196,7 @@ impl StoreDb {
         self.status.high_water_bytes = policy.high_water_bytes();
         self.status.low_water_bytes = policy.low_water_bytes();
         self.status.reserve_limit_bytes = policy.reserve_limit_bytes();
+        self.status.waveforms.limit_bytes = policy.waveform_limit_bytes();
         self.policy = policy;
     }
 
@@ -241,7 +265,15 @@ impl StoreDb {
         }
         let now = std::time::Instant::now();
         let trends_due = self.trends.due(now);
-        if requests.is_empty() && !self.status.pruning && !trends_due {
+        let wave_limit = self.policy.waveform_limit_bytes();
+        let wave_prune_due = data >= wave_limit && self.next_wave_prune.is_none_or(|t| now >= t);
+        let wave_retention_due = now >= self.next_wave_retention;
+        if requests.is_empty()
+            && !self.status.pruning
+            && !trends_due
+            && !wave_prune_due
+            && !wave_retention_due
+        {
             self.status.full = data >= self.policy.budget_bytes;
             return Vec::new();
         }
@@ -316,8 +348,61 @@ impl StoreDb {
                 }
             }
         }
+        if wave_prune_due || wave_retention_due {
+            // Wall-clock µs since the Unix epoch (receive times are wall clock too).
+            let now_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64);
+            let cutoff_us = now_us.saturating_sub(policy.waveform_retention_us());
+            let done = (|| {
+                let sp = tx.savepoint()?;
+                let pruned = if wave_prune_due {
+                    prune_sent_waveforms(&sp, policy.prune_chunk as u64)?
+                } else {
+                    0
+                };
+                let expired = if wave_retention_due {
+                    expire_waveforms(&sp, cutoff_us, WAVE_RETENTION_CHUNK)?
+                } else {
+                    0
+                };
+                sp.commit()?;
+                Ok::<_, rusqlite::Error>((pruned, expired))
+            })();
+            match done {
+                Ok((pruned_waves, expired)) => {
+                    if wave_prune_due {
+                        self.next_wave_prune = (pruned_waves == 0).then_some(now + PRUNE_RETRY);
+                        pruned.sent += pruned_waves;
+                        pruned.sent_waveforms += pruned_waves;
+                    }
+                    if wave_retention_due {
+                        let more = expired >= WAVE_RETENTION_CHUNK;
+                        self.next_wave_retention = now
+                            + if more {
+                                PRUNE_RETRY
+                            } else {
+                                WAVE_RETENTION_EVERY
+                            };
+                        pruned.expired_waveforms += expired;
+                    }
+                    data = match pages_in_use_bytes(&tx) {
+                        Ok(pages) => pages + allowance,
+                        Err(e) => return fail_all(e),
+                    };
+                }
+                // Must not stop the writes.
+                Err(e) => {
+                    tracing::error!(error = %e, "store: waveform pruning or retention failed")
+                }
+            }
+        }
         let mut used = data;
         let mut results = Vec::with_capacity(requests.len());
+        // Waveform segments stored in this batch, and those of stored messages not kept
+        // (device, segments, sample positions), accounted once the commit returned.
+        let mut waves_stored = 0u64;
+        let mut waves_not_stored: Vec<(&str, u64, u64)> = Vec::new();
         let mut refused = 0u64;
         let mut refused_dead_letters = 0u64;
         let mut full = false;
@@ -378,6 +463,8 @@ impl StoreDb {
                 }));
                 continue;
             }
+            // The message's segments: stored (true) or not kept at the waveform limit (false).
+            let mut waves: Option<bool> = None;
             let outcome = (|| {
                 let sp = tx.savepoint()?;
                 let out = match req {
@@ -391,6 +478,14 @@ impl StoreDb {
                             if let WriteOutcome::Stored { first_seq, .. } = out {
                                 if self.trends.is_new(&b.device_id) {
                                     TrendRollup::register(&sp, &b.device_id, first_seq)?;
+                                }
+                            }
+                            if !b.waveforms.is_empty() {
+                                if used < wave_limit {
+                                    insert_waveforms(&sp, &gateway_id, b)?;
+                                    waves = Some(true);
+                                } else {
+                                    waves = Some(false);
                                 }
                             }
                             out
@@ -412,7 +507,13 @@ impl StoreDb {
                         }
                     }
                     WriteRequest::Snippet(w) => {
-                        let body = stored_record::Body::AlarmSnippet(w.snippet.clone());
+                        let mut snippet = w.snippet.clone();
+                        // A snippet is one record, alone in its row (see db/waveforms.rs).
+                        let codec = waveforms::codec_for(1);
+                        for seg in &mut snippet.segments {
+                            waveforms::pack(seg, &codec);
+                        }
+                        let body = stored_record::Body::AlarmSnippet(snippet);
                         let (first, last) = insert_records(
                             &sp,
                             &gateway_id,
@@ -477,6 +578,15 @@ impl StoreDb {
                     if let WriteOutcome::Stored { last_seq, .. } = out {
                         rolled.push((b, last_seq));
                     }
+                    match waves {
+                        Some(true) => waves_stored += b.waveforms.len() as u64,
+                        Some(false) => waves_not_stored.push((
+                            &b.device_id,
+                            b.waveforms.len() as u64,
+                            b.waveforms.iter().map(|w| u64::from(w.sample_count)).sum(),
+                        )),
+                        None => {}
+                    }
                 }
                 Ok::<_, rusqlite::Error>(out)
             })();
@@ -501,6 +611,12 @@ impl StoreDb {
                 .committed(&b.device_id, &b.bed, &b.observations, last);
         }
         self.status.refused_requests += refused;
+        self.status.waveforms.segments_stored += waves_stored;
+        for (device, segments, samples) in waves_not_stored {
+            self.status.waveforms.segments_not_stored += segments;
+            self.status.waveforms.samples_not_stored += samples;
+            self.not_stored.count(device, segments, samples, wave_limit);
+        }
         if refused_dead_letters > 0 {
             self.status.refused_dead_letters += refused_dead_letters;
             tracing::warn!(
@@ -517,18 +633,29 @@ impl StoreDb {
     /// Publishes what a committed batch pruned and measures again.
     fn account(&mut self, pruned: PruneReport, full: bool) {
         let s = &mut self.status;
+        s.waveforms.pruned_sent += pruned.sent_waveforms;
+        s.waveforms.expired += pruned.expired_waveforms;
+        if pruned.rounds == 0 && pruned.sent_waveforms > 0 {
+            // Waveform-limit pruning outside a budget round.
+            s.pruned_sent_records += pruned.sent_waveforms;
+        }
         if pruned.rounds > 0 {
             s.prune_rounds += pruned.rounds;
             s.pruned_sent_records += pruned.sent;
             s.pruned_unsent_observations += pruned.unsent;
             s.pruned_dead_letters += pruned.dead_letters;
             s.pruned_messages += pruned.messages;
+            s.waveforms.pruned_unsent += pruned.unsent_waveforms;
             tracing::debug!(
                 sent = pruned.sent,
                 unsent = pruned.unsent,
                 dead_letters = pruned.dead_letters,
                 "store pruned to stay under its disk budget"
             );
+        }
+        for (device, (first, last, n)) in &pruned.lost_waveforms {
+            tracing::warn!(device = %device, first_seq = first, last_seq = last, count = n,
+                "store full: deleted unsent waveform segments to make room for readings and alarms; they will never reach Kafka");
         }
         for (device, (first, last, n)) in &pruned.lost {
             tracing::warn!(device = %device, first_seq = first, last_seq = last, count = n,
@@ -631,6 +758,43 @@ fn insert_observations(
         first_seq: first,
         last_seq: last,
     })
+}
+
+/// Stores one message's waveform segments (the caller has checked it is not a retry and that
+/// they are admitted) on the device's waveform stream, as rows of the message's segments under
+/// the message's control id and digest, each packed (`db/waveforms.rs`); returns their seqs.
+fn insert_waveforms(
+    tx: &rusqlite::Savepoint<'_>,
+    gateway_id: &str,
+    b: &ObservationBatch,
+) -> rusqlite::Result<(u64, u64)> {
+    let count = b.waveforms.len();
+    insert_rows(
+        tx,
+        Stream::Waveforms,
+        &b.device_id,
+        &b.bed,
+        b.dedup.as_ref().map(|(c, d)| (c.as_str(), *d)),
+        count,
+        |i, seq, buf| {
+            let mut seg = b.waveforms[i].clone();
+            seg.seq = seq;
+            // The records of row `i / ROW_MAX` (a run row is never cut short by RUN_BYTES
+            // for segments: 64 of the largest the decoders accept are far below it).
+            let in_row = (count - i / ROW_MAX * ROW_MAX).min(ROW_MAX);
+            waveforms::pack(&mut seg, &waveforms::codec_for(in_row));
+            let received_us = seg.receive_time_us;
+            let rec = StoredRecord {
+                gateway_id: gateway_id.to_owned(),
+                device_id: b.device_id.clone(),
+                seq,
+                body: Some(stored_record::Body::Waveform(seg)),
+                traceparent: b.traceparent.clone().unwrap_or_default(),
+            };
+            rec.encode(buf).expect("a Vec grows as needed");
+            received_us
+        },
+    )
 }
 
 /// Appends records to one device's stream under its next seqs; returns `(first, last)` (first >
@@ -1080,6 +1244,7 @@ mod reader;
 mod trend_query;
 mod trends;
 mod types;
+pub mod waveforms;
 
 pub use deadletters::{DeadLetterQuery, DeadLetterRow, MAX_DEAD_LETTERS};
 use dedup::Dedup;
@@ -1090,8 +1255,11 @@ pub use reader::*;
 pub use trend_query::*;
 pub use trends::{trusted_time_us, usable_value, TrendRollup};
 pub use types::*;
+use waveforms::NotStored;
 
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod trends_tests;
+#[cfg(test)]
+mod waveform_tests;

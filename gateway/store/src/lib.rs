@@ -112,7 +112,7 @@ pub use settings::{StoreConfig, StoreSettings};
 
 pub use db::{
     AlarmWrite, BudgetPolicy, BudgetStatus, DeadLetter, ObservationBatch, OnFull, ReaderDb,
-    SnippetWrite, StoreDb, StoreError, WriteOrder, WriteOutcome, WriteRequest,
+    SnippetWrite, StoreDb, StoreError, WaveformCounts, WriteOrder, WriteOutcome, WriteRequest,
 };
 
 /// Upper bounds (seconds) of the commit-latency histogram: 0.5 ms to 10 s.
@@ -173,11 +173,14 @@ pub struct StoreStats {
     /// `requests_refused_budget`).
     pub refused_dead_letters: AtomicU64,
     pub prune_rounds: AtomicU64,
+    /// The waveform figures as the writer last published them.
+    pub waveforms: Mutex<WaveformCounts>,
 }
 
 impl StoreStats {
     pub fn snapshot(&self) -> serde_json::Value {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let waveforms = self.waveforms.lock().map(|w| *w).unwrap_or_default();
         serde_json::json!({
             "commits": n(&self.commits),
             "requests_stored": n(&self.requests_stored),
@@ -200,6 +203,7 @@ impl StoreStats {
                 "refused_dead_letters": n(&self.refused_dead_letters),
                 "prune_rounds": n(&self.prune_rounds),
             },
+            "waveforms": waveforms,
         })
     }
 
@@ -220,6 +224,9 @@ impl StoreStats {
         set(&self.pruned_dead_letters, s.pruned_dead_letters);
         set(&self.refused_dead_letters, s.refused_dead_letters);
         set(&self.prune_rounds, s.prune_rounds);
+        if let Ok(mut w) = self.waveforms.lock() {
+            *w = s.waveforms;
+        }
         self.pruning.store(s.pruning, Ordering::Relaxed);
         self.full.store(s.full, Ordering::Relaxed);
     }
@@ -838,6 +845,8 @@ mod tests {
             max_batch: 64,
             max_pending,
             trend_retention_s: 48 * 3600,
+            waveform_budget_pct: 50,
+            waveform_retention_s: 24 * 3600,
         }
     }
 
