@@ -60,6 +60,8 @@ pub struct StoreDb {
     next_wave_prune: Option<std::time::Instant>,
     /// When the next waveform retention pass runs.
     next_wave_retention: std::time::Instant,
+    /// How segment samples are packed (the measured choice unless a benchmark says otherwise).
+    wave_packing: WaveformPacking,
 }
 
 /// How often the waveform retention runs (sooner while a pass finds more than it may delete).
@@ -166,6 +168,7 @@ impl StoreDb {
             not_stored: NotStored::default(),
             next_wave_prune: None,
             next_wave_retention: std::time::Instant::now(),
+            wave_packing: WaveformPacking::Auto,
         };
         db.dedup.legacy = db
             .conn
@@ -204,6 +207,13 @@ impl StoreDb {
     /// (`db/trends.rs`; default 5 s; tests and benches use zero: every batch).
     pub fn set_trend_flush_every(&mut self, every: std::time::Duration) {
         self.trends.flush_every = every;
+    }
+
+    /// How segment samples are packed from the next batch on (default
+    /// [`WaveformPacking::Auto`], the measured choice; `cargo bench -p icu-store --bench
+    /// waveform_store` compares it with the others).
+    pub fn set_waveform_packing(&mut self, packing: WaveformPacking) {
+        self.wave_packing = packing;
     }
 
     /// The budget as last measured, with the pruning counters.
@@ -482,7 +492,7 @@ impl StoreDb {
                             }
                             if !b.waveforms.is_empty() {
                                 if used < wave_limit {
-                                    insert_waveforms(&sp, &gateway_id, b)?;
+                                    insert_waveforms(&sp, &gateway_id, b, self.wave_packing)?;
                                     waves = Some(true);
                                 } else {
                                     waves = Some(false);
@@ -509,9 +519,8 @@ impl StoreDb {
                     WriteRequest::Snippet(w) => {
                         let mut snippet = w.snippet.clone();
                         // A snippet is one record, alone in its row (see db/waveforms.rs).
-                        let codec = waveforms::codec_for(1);
                         for seg in &mut snippet.segments {
-                            waveforms::pack(seg, &codec);
+                            self.wave_packing.pack(seg, 1);
                         }
                         let body = stored_record::Body::AlarmSnippet(snippet);
                         let (first, last) = insert_records(
@@ -760,41 +769,75 @@ fn insert_observations(
     })
 }
 
+/// Most bytes of a waveform row's compressed run: what fits in a b-tree cell of the store's
+/// 4 KiB pages with the row's other columns (SQLite keeps up to about 1000 bytes of a
+/// `WITHOUT ROWID` row in its page; the rest goes to an overflow page of its own, mostly
+/// empty: 3 KiB lost per row, measured as 0.3 B per ECG sample).
+const WAVE_ROW_BYTES: usize = 900;
+
 /// Stores one message's waveform segments (the caller has checked it is not a retry and that
-/// they are admitted) on the device's waveform stream, as rows of the message's segments under
-/// the message's control id and digest, each packed (`db/waveforms.rs`); returns their seqs.
+/// they are admitted) on the device's waveform stream, under the message's control id and
+/// digest, each packed (`db/waveforms.rs`); returns their seqs. The segments go into as few
+/// rows as keep each row's compressed run within [`WAVE_ROW_BYTES`] (one row for a monitor's
+/// usual message; halved until it fits).
 fn insert_waveforms(
     tx: &rusqlite::Savepoint<'_>,
     gateway_id: &str,
     b: &ObservationBatch,
+    packing: WaveformPacking,
 ) -> rusqlite::Result<(u64, u64)> {
     let count = b.waveforms.len();
-    insert_rows(
-        tx,
-        Stream::Waveforms,
-        &b.device_id,
-        &b.bed,
-        b.dedup.as_ref().map(|(c, d)| (c.as_str(), *d)),
-        count,
-        |i, seq, buf| {
-            let mut seg = b.waveforms[i].clone();
-            seg.seq = seq;
-            // The records of row `i / ROW_MAX` (a run row is never cut short by RUN_BYTES
-            // for segments: 64 of the largest the decoders accept are far below it).
-            let in_row = (count - i / ROW_MAX * ROW_MAX).min(ROW_MAX);
-            waveforms::pack(&mut seg, &waveforms::codec_for(in_row));
-            let received_us = seg.receive_time_us;
-            let rec = StoredRecord {
-                gateway_id: gateway_id.to_owned(),
-                device_id: b.device_id.clone(),
-                seq,
-                body: Some(stored_record::Body::Waveform(seg)),
-                traceparent: b.traceparent.clone().unwrap_or_default(),
-            };
-            rec.encode(buf).expect("a Vec grows as needed");
-            received_us
-        },
-    )
+    // Segment `i` as a record under `seq`, packed for a row of `in_row` records.
+    let encode = |i: usize, seq: u64, in_row: usize, buf: &mut Vec<u8>| {
+        let mut seg = b.waveforms[i].clone();
+        seg.seq = seq;
+        packing.pack(&mut seg, in_row);
+        let received_us = seg.receive_time_us;
+        let rec = StoredRecord {
+            gateway_id: gateway_id.to_owned(),
+            device_id: b.device_id.clone(),
+            seq,
+            body: Some(stored_record::Body::Waveform(seg)),
+            traceparent: b.traceparent.clone().unwrap_or_default(),
+        };
+        rec.encode(buf).expect("a Vec grows as needed");
+        received_us
+    };
+    // Whether segments `i .. i + n` compress into a row that fits (their seqs do not change
+    // the size by more than a few bytes: measured under seq 0).
+    let (mut run, mut one, mut frame) = (Vec::new(), Vec::new(), Vec::new());
+    let mut fits = |i: usize, n: usize| -> rusqlite::Result<bool> {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        run.clear();
+        for k in i..i + n {
+            one.clear();
+            encode(k, 0, n, &mut one);
+            encode_key(1, WireType::LengthDelimited, &mut run);
+            encode_varint(one.len() as u64, &mut run);
+            run.extend_from_slice(&one);
+        }
+        compress_run(&run, &mut frame)?;
+        Ok(frame.len() <= WAVE_ROW_BYTES)
+    };
+    let mut rows = Vec::new();
+    let mut i = 0;
+    while i < count {
+        let mut n = (count - i).min(ROW_MAX);
+        while n > 1 && !fits(i, n)? {
+            n /= 2;
+        }
+        rows.push((i, n));
+        i += n;
+    }
+    let mut seqs = (0, 0);
+    for (r, &(start, n)) in rows.iter().enumerate() {
+        let dedup = b.dedup.as_ref().map(|(c, d)| (c.as_str(), *d));
+        let (first, last) = insert_rows(tx, Stream::Waveforms, &b.device_id, &b.bed, dedup, n, {
+            |k, seq, buf: &mut Vec<u8>| encode(start + k, seq, n, buf)
+        })?;
+        seqs = (if r == 0 { first } else { seqs.0 }, last);
+    }
+    Ok(seqs)
 }
 
 /// Appends records to one device's stream under its next seqs; returns `(first, last)` (first >
@@ -1256,6 +1299,7 @@ pub use trend_query::*;
 pub use trends::{trusted_time_us, usable_value, TrendRollup};
 pub use types::*;
 use waveforms::NotStored;
+pub use waveforms::WaveformPacking;
 
 #[cfg(test)]
 mod tests;

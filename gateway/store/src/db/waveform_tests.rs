@@ -467,3 +467,51 @@ fn retention_deletes_only_forwarded_waveform_rows_past_the_age() {
         1
     );
 }
+
+#[test]
+fn a_message_too_big_for_one_row_is_split_into_rows_that_fit_a_page_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut db, outbox, reader) = open(dir.path());
+    // Eight channels of 2000 noisy samples: far more than one cell's worth.
+    let mut noise = 0x2545_f491_4f6c_dd1du64;
+    let mut req = message("mon", "big", 1, 8, 2000, T0);
+    if let WriteRequest::Observations(b) = &mut req {
+        let mut segs = b.waveforms.to_vec();
+        for s in &mut segs {
+            for x in &mut s.samples {
+                noise ^= noise << 13;
+                noise ^= noise >> 7;
+                noise ^= noise << 17;
+                *x = (noise % 4096) as i32 - 2048;
+            }
+        }
+        b.waveforms = segs.into();
+    }
+    assert!(db.commit_batch(std::slice::from_ref(&req))[0].is_ok());
+    let sql = "SELECT n, LENGTH(payload) FROM records WHERE kind = 6 ORDER BY seq";
+    let mut stmt = reader.conn.prepare(sql).unwrap();
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, usize>(1)?)));
+    let rows: Vec<(i64, usize)> = rows.unwrap().map(Result::unwrap).collect();
+    assert!(rows.len() > 1, "{rows:?}");
+    assert!(
+        rows.iter().all(|&(n, len)| n == 1 || len <= WAVE_ROW_BYTES),
+        "{rows:?}"
+    );
+    assert_eq!(
+        stored_seqs(&reader, Stream::Waveforms, "mon"),
+        (1..=8).collect::<Vec<_>>()
+    );
+    let got: Vec<WaveformSegment> = fetch_all(&outbox, 100)
+        .into_iter()
+        .filter_map(|r| match r.record.body {
+            Some(stored_record::Body::Waveform(w)) => Some(w),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<WaveformSegment> = waveforms_of(&req)
+        .into_iter()
+        .zip(1..)
+        .map(|(w, seq)| WaveformSegment { seq, ..w })
+        .collect();
+    assert_eq!(got, want);
+}

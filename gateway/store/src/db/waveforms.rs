@@ -7,26 +7,44 @@
 //! reader ([`unpack_payload`], called for every record of the waveform and alarm streams)
 //! turns it back into `samples`, bit-exact, `packed_samples` empty.
 //!
-//! Why the codec runs without its own zstd stage, and the row's zstd does the general
-//! compression (`cargo bench -p icu-store --bench waveform_store`, the simulated 30-bed load
-//! of `icu_sim::waveform::WaveformMonitor` through the real writer into a SQLite file, bytes
-//! of database pages in use per sample; README "Waveform compression"):
+//! Why the codec runs without its own zstd stage and the row's zstd does the general
+//! compression. `cargo bench -p icu-store --bench waveform_store` stores 60 s of the simulated
+//! 30-bed load (`icu_sim::waveform::WaveformMonitor`: per bed 3 ECG leads at 500 Hz, pleth and
+//! ABP at 125 Hz, one PCD-01 message per channel group every 800 ms, decoded by the gateway's
+//! decoder) through the real writer into a SQLite file. Bytes per sample present, against
+//! 16-bit raw (2 B): the rows' payloads, and the database pages in use (what the disk budget
+//! counts):
 //!
-//! | packing of the samples | rows | ECG B/sample | pleth + ABP B/sample | all |
-//! |---|---|---|---|---|
-//! | delta2 + varint, then the row's zstd (chosen) | one per message | 0.47 (4.3:1) | 0.63 | 0.50 (4.0:1) |
-//! | delta2 + varint + zstd 1, then the row's zstd | one per message | 0.55 | 0.79 | 0.59 |
-//! | delta2 + varint + zstd 1 | one per segment | 0.61 | 0.97 | 0.67 |
+//! | packing of the samples | ECG rows | ECG pages | pleth+ABP rows | all rows | all pages |
+//! |---|---|---|---|---|---|
+//! | delta 1 or 2 + varint, row zstd (**chosen**) | 0.655 (3.05:1) | 0.988 (2.03:1) | 2.126 | 0.867 | 1.171 (1.71:1) |
+//! | delta 2 + varint, row zstd | 0.702 | 1.006 | 2.126 | 0.907 | 1.330 |
+//! | delta 2 + varint + zstd 1, row zstd | 0.947 | 1.277 | 2.220 | 1.131 | 1.551 |
+//! | delta 2 + varint + zstd 1, a row per segment | 1.126 | 1.516 | 3.016 | 1.398 | 1.884 |
+//! | not packed (`sint32`), row zstd | 1.136 | 1.566 | 3.379 | 1.459 | 1.958 |
 //!
-//! One zstd frame over a message's segments sees the three ECG leads together (lead III is
-//! lead II minus lead I) and the ids, units and codes the segments repeat; a frame per segment
-//! pays its header and a fresh window 5 times per message and compresses the samples of one
-//! lead only. Compressing twice costs CPU and saves nothing. So a message's segments are one
-//! row (a `StoredRecordRun`, like its readings), and the codec only removes what zstd cannot
-//! see (the curve's smoothness: second differences, zigzag, varints). A segment that ends up
-//! alone in its row (a message with one channel) is stored bare, without the row's zstd: its
-//! samples are then packed with the codec's zstd stage instead ([`codec_for`]), so every
-//! sample is compressed exactly once.
+//! - One zstd pass, over the run: a frame per segment pays its header, its literal tables and
+//!   a fresh window for every segment; the run's frame sees the three ECG leads together and
+//!   the ids, units and codes their records repeat. Compressing the codec's zstd output again
+//!   adds bytes and CPU. So a message's segments share a row (a `StoredRecordRun`, like its
+//!   readings) and the codec only does what zstd cannot: differences, zigzag, varints.
+//! - A segment alone in its row (a message of one channel) is stored bare, without the row's
+//!   zstd: its samples get the codec's zstd stage instead ([`codec_for`]).
+//! - The difference order is chosen per segment ([`order_for`]): the simulated ECG's white
+//!   noise makes first differences smaller (0.655 against 0.702 B), the pressures and the
+//!   pleth are smoother and take second ones.
+//! - Rows are kept within a page cell (`WAVE_ROW_BYTES` in `db.rs`, halving a message's
+//!   segments until they fit): a longer row spills into an overflow page of its own, mostly
+//!   empty (before: 1.04 B per ECG sample on pages for 0.70 in rows, unpacked 3.7 B).
+//!
+//! What is left: of the 0.655 B per ECG sample in the rows, 0.21 is the segments' metadata
+//! (ids, units, scale, range, times: measured with the samples left out), so the samples
+//! themselves take about 0.44 B (4.5:1); pleth and ABP messages carry 200 samples per 800 ms
+//! for the same metadata (2.1 B per sample). On pages the b-tree adds about half again: the
+//! 30 devices' rows are interleaved in one table clustered by device, so pages split and run
+//! about two-thirds full. The 3:1 target on the simulated ECG is met by the rows
+//! (3.05:1) but not by the pages in use (2.03:1); longer messages (a segment of several
+//! seconds) would amortise the metadata.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -36,16 +54,62 @@ use icu_protos::Message as _;
 
 use crate::waveform_codec::{Compressor, DeltaOrder, WaveformCodec};
 
-/// The codec for a segment stored in a row of `records_in_row` records: without zstd when the
-/// row is compressed as a whole (more than one record), with it when the segment is alone.
-pub fn codec_for(records_in_row: usize) -> WaveformCodec {
+/// How the writer packs the samples of the segments it stores ([`super::StoreDb::set_waveform_packing`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WaveformPacking {
+    /// The measured choice: [`codec_for`] the segment's row.
+    #[default]
+    Auto,
+    /// Always this codec (the benchmark's alternatives).
+    Codec(WaveformCodec),
+    /// Not packed: samples stay protobuf `sint32` (the benchmark's baseline).
+    Unpacked,
+}
+
+impl WaveformPacking {
+    /// Packs `seg`, stored in a row of `records_in_row` records.
+    pub fn pack(&self, seg: &mut WaveformSegment, records_in_row: usize) {
+        match self {
+            WaveformPacking::Auto => {
+                let codec = codec_for(&seg.samples, records_in_row);
+                pack(seg, &codec);
+            }
+            WaveformPacking::Codec(codec) => pack(seg, codec),
+            WaveformPacking::Unpacked => {}
+        }
+    }
+}
+
+/// The codec for `samples` stored in a row of `records_in_row` records: without zstd when the
+/// row is compressed as a whole (more than one record), with it when the segment is alone; the
+/// difference order that [`order_for`] expects to be smaller.
+pub fn codec_for(samples: &[i32], records_in_row: usize) -> WaveformCodec {
     WaveformCodec {
-        order: DeltaOrder::Second,
+        order: order_for(samples),
         compressor: if records_in_row > 1 {
             Compressor::None
         } else {
             Compressor::Zstd { level: 1 }
         },
+    }
+}
+
+/// The difference order whose zigzag values need fewer bits in all (a cheap stand-in for
+/// their entropy): first-order for a noisy curve (the simulated ECG leads: white noise of a
+/// few units grows under a second difference), second-order for a smooth one (pressures,
+/// pleth). The codec records the order per segment.
+pub fn order_for(samples: &[i32]) -> DeltaOrder {
+    let bits = |v: i64| u64::from(64 - ((v << 1) ^ (v >> 63)).leading_zeros());
+    let (mut first, mut second) = (0u64, 0u64);
+    for w in samples.windows(3) {
+        let (a, b, c) = (i64::from(w[0]), i64::from(w[1]), i64::from(w[2]));
+        first += bits(c - b);
+        second += bits((c - b) - (b - a));
+    }
+    if first < second {
+        DeltaOrder::First
+    } else {
+        DeltaOrder::Second
     }
 }
 
