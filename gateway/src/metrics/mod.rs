@@ -54,6 +54,8 @@
 //! | `icu_store_pruned_unsent_observations_total` | counter | | unsent observations deleted to make room (`store.on_full = "drop_oldest_unsent"` only): data lost |
 //! | `icu_store_pruned_dead_letters_total` | counter | | forwarded dead-letter rows deleted to stay under the budget |
 //! | `icu_store_refused_dead_letters_total` | counter | | dead letters refused at the budget's high-water mark: rejected input not kept (part of the budget refusals) |
+//! | `icu_waveform_segments_not_stored_total` | counter | | waveform segments of stored messages not kept: the store was at its waveform limit (`store.waveform_budget_percent`) |
+//! | `icu_waveform_rows_pruned_unsent_total` | counter | | unsent waveform segments deleted to make room for readings and alarms: curves lost |
 //! | `icu_store_disk_usage_bytes` | gauge | | bytes in use as the disk budget counts them (pages in use plus the write-ahead log) |
 //! | `icu_store_file_bytes` | gauge | | bytes of the store's files (database plus write-ahead log; freed pages are reused, not returned, so it stays at its high-water mark) |
 //! | `icu_store_disk_budget_bytes` | gauge | | the disk budget (`store.disk_budget_mb`) |
@@ -523,6 +525,7 @@ pub struct StoreCounters {
     pub pruned_unsent_observations: u64,
     pub pruned_dead_letters: u64,
     pub refused_dead_letters: u64,
+    pub waveforms: crate::store::WaveformCounts,
 }
 
 impl StoreCounters {
@@ -542,6 +545,7 @@ impl StoreCounters {
             pruned_unsent_observations: n(&stats.pruned_unsent_observations),
             pruned_dead_letters: n(&stats.pruned_dead_letters),
             refused_dead_letters: n(&stats.refused_dead_letters),
+            waveforms: stats.waveforms.lock().map(|w| *w).unwrap_or_default(),
         }
     }
 }

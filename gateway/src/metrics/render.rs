@@ -368,6 +368,16 @@ fn store_writes(out: &Out, f: &Figures) {
             "Dead letters refused at the disk budget's high-water mark: rejected input not kept (part of the budget refusals).",
             c.refused_dead_letters,
         ),
+        (
+            "icu_waveform_segments_not_stored_total",
+            "Waveform segments of stored messages not kept: the store was at its waveform limit.",
+            c.waveforms.segments_not_stored,
+        ),
+        (
+            "icu_waveform_rows_pruned_unsent_total",
+            "Unsent waveform segments deleted to make room for readings and alarms: curves lost.",
+            c.waveforms.pruned_unsent,
+        ),
     ] {
         out.single_counter(name, help, v);
     }

@@ -35,6 +35,11 @@ fn figures(rate_obs: u64, budget: u64, used: u64) -> Figures {
             used_bytes: used,
             budget_bytes: budget,
             high_water_bytes: budget / 10 * 9,
+            waveforms: crate::store::WaveformCounts {
+                segments_not_stored: 7,
+                pruned_unsent: 3,
+                ..Default::default()
+            },
             ..Default::default()
         },
         file_bytes: used + 4096,
@@ -184,6 +189,8 @@ fn the_text_format_has_every_family_with_help_type_and_values() {
         ("icu_store_pruned_unsent_observations_total", "", "0"),
         ("icu_store_pruned_dead_letters_total", "", "0"),
         ("icu_store_refused_dead_letters_total", "", "0"),
+        ("icu_waveform_segments_not_stored_total", "", "7"),
+        ("icu_waveform_rows_pruned_unsent_total", "", "3"),
         ("icu_store_disk_usage_bytes", "", "1048576"),
         ("icu_store_file_bytes", "", "1052672"),
         ("icu_store_budget_full", "", "0"),

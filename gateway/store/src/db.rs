@@ -11,7 +11,12 @@
 //!   request of a batch, on the bytes in use (`(page_count - freelist_count) * page_size` plus
 //!   the write-ahead log), so deleted records count as freed; above the high-water mark each
 //!   batch first prunes one bounded chunk (forwarded records oldest first, then, only with
-//!   `on_full = drop_oldest_unsent`, the oldest unsent observations), never a long stall.
+//!   `on_full = drop_oldest_unsent`, the oldest unsent observations), never a long stall;
+//! - a message's waveform segments are stored in the savepoint of its readings (both or
+//!   neither), on the device's waveform stream with their own gapless seqs, packed (see
+//!   `db/waveforms.rs`), and only below the waveform limit
+//!   ([`BudgetPolicy::waveform_limit_bytes`]); above it the readings are stored without them
+//!   (counted, logged), and forwarded waveform rows are pruned a chunk per batch.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -49,7 +54,20 @@ pub struct StoreDb {
     dedup: Dedup,
     /// Readings committed but not yet in the trend rollup (`db/trends.rs`).
     trends: TrendRollup,
+    /// Segments not kept at the waveform limit, per device, for the log.
+    not_stored: NotStored,
+    /// After a waveform-limit pruning that found nothing forwarded, the next waits until then.
+    next_wave_prune: Option<std::time::Instant>,
+    /// When the next waveform retention pass runs.
+    next_wave_retention: std::time::Instant,
+    /// How segment samples are packed (the measured choice unless a benchmark says otherwise).
+    wave_packing: WaveformPacking,
 }
+
+/// How often the waveform retention runs (sooner while a pass finds more than it may delete).
+const WAVE_RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// Most waveform segments one retention pass deletes.
+const WAVE_RETENTION_CHUNK: u64 = 4096;
 
 fn sqlite_err(path: &Path, e: rusqlite::Error) -> StoreError {
     StoreError::Sqlite {
@@ -137,12 +155,20 @@ impl StoreDb {
                 high_water_bytes: policy.high_water_bytes(),
                 low_water_bytes: policy.low_water_bytes(),
                 reserve_limit_bytes: policy.reserve_limit_bytes(),
+                waveforms: WaveformCounts {
+                    limit_bytes: policy.waveform_limit_bytes(),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             policy,
             next_prune: None,
             dedup: Dedup::default(),
             trends,
+            not_stored: NotStored::default(),
+            next_wave_prune: None,
+            next_wave_retention: std::time::Instant::now(),
+            wave_packing: WaveformPacking::Auto,
         };
         db.dedup.legacy = db
             .conn
@@ -173,6 +199,7 @@ impl StoreDb {
         self.status.high_water_bytes = policy.high_water_bytes();
         self.status.low_water_bytes = policy.low_water_bytes();
         self.status.reserve_limit_bytes = policy.reserve_limit_bytes();
+        self.status.waveforms.limit_bytes = policy.waveform_limit_bytes();
         self.policy = policy;
     }
 
@@ -180,6 +207,13 @@ impl StoreDb {
     /// (`db/trends.rs`; default 5 s; tests and benches use zero: every batch).
     pub fn set_trend_flush_every(&mut self, every: std::time::Duration) {
         self.trends.flush_every = every;
+    }
+
+    /// How segment samples are packed from the next batch on (default
+    /// [`WaveformPacking::Auto`], the measured choice; `cargo bench -p icu-store --bench
+    /// waveform_store` compares it with the others).
+    pub fn set_waveform_packing(&mut self, packing: WaveformPacking) {
+        self.wave_packing = packing;
     }
 
     /// The budget as last measured, with the pruning counters.
@@ -241,7 +275,15 @@ impl StoreDb {
         }
         let now = std::time::Instant::now();
         let trends_due = self.trends.due(now);
-        if requests.is_empty() && !self.status.pruning && !trends_due {
+        let wave_limit = self.policy.waveform_limit_bytes();
+        let wave_prune_due = data >= wave_limit && self.next_wave_prune.is_none_or(|t| now >= t);
+        let wave_retention_due = now >= self.next_wave_retention;
+        if requests.is_empty()
+            && !self.status.pruning
+            && !trends_due
+            && !wave_prune_due
+            && !wave_retention_due
+        {
             self.status.full = data >= self.policy.budget_bytes;
             return Vec::new();
         }
@@ -316,8 +358,61 @@ impl StoreDb {
                 }
             }
         }
+        if wave_prune_due || wave_retention_due {
+            // Wall-clock µs since the Unix epoch (receive times are wall clock too).
+            let now_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64);
+            let cutoff_us = now_us.saturating_sub(policy.waveform_retention_us());
+            let done = (|| {
+                let sp = tx.savepoint()?;
+                let pruned = if wave_prune_due {
+                    prune_sent_waveforms(&sp, policy.prune_chunk as u64)?
+                } else {
+                    0
+                };
+                let expired = if wave_retention_due {
+                    expire_waveforms(&sp, cutoff_us, WAVE_RETENTION_CHUNK)?
+                } else {
+                    0
+                };
+                sp.commit()?;
+                Ok::<_, rusqlite::Error>((pruned, expired))
+            })();
+            match done {
+                Ok((pruned_waves, expired)) => {
+                    if wave_prune_due {
+                        self.next_wave_prune = (pruned_waves == 0).then_some(now + PRUNE_RETRY);
+                        pruned.sent += pruned_waves;
+                        pruned.sent_waveforms += pruned_waves;
+                    }
+                    if wave_retention_due {
+                        let more = expired >= WAVE_RETENTION_CHUNK;
+                        self.next_wave_retention = now
+                            + if more {
+                                PRUNE_RETRY
+                            } else {
+                                WAVE_RETENTION_EVERY
+                            };
+                        pruned.expired_waveforms += expired;
+                    }
+                    data = match pages_in_use_bytes(&tx) {
+                        Ok(pages) => pages + allowance,
+                        Err(e) => return fail_all(e),
+                    };
+                }
+                // Must not stop the writes.
+                Err(e) => {
+                    tracing::error!(error = %e, "store: waveform pruning or retention failed")
+                }
+            }
+        }
         let mut used = data;
         let mut results = Vec::with_capacity(requests.len());
+        // Waveform segments stored in this batch, and those of stored messages not kept
+        // (device, segments, sample positions), accounted once the commit returned.
+        let mut waves_stored = 0u64;
+        let mut waves_not_stored: Vec<(&str, u64, u64)> = Vec::new();
         let mut refused = 0u64;
         let mut refused_dead_letters = 0u64;
         let mut full = false;
@@ -378,6 +473,8 @@ impl StoreDb {
                 }));
                 continue;
             }
+            // The message's segments: stored (true) or not kept at the waveform limit (false).
+            let mut waves: Option<bool> = None;
             let outcome = (|| {
                 let sp = tx.savepoint()?;
                 let out = match req {
@@ -391,6 +488,14 @@ impl StoreDb {
                             if let WriteOutcome::Stored { first_seq, .. } = out {
                                 if self.trends.is_new(&b.device_id) {
                                     TrendRollup::register(&sp, &b.device_id, first_seq)?;
+                                }
+                            }
+                            if !b.waveforms.is_empty() {
+                                if used < wave_limit {
+                                    insert_waveforms(&sp, &gateway_id, b, self.wave_packing)?;
+                                    waves = Some(true);
+                                } else {
+                                    waves = Some(false);
                                 }
                             }
                             out
@@ -412,7 +517,12 @@ impl StoreDb {
                         }
                     }
                     WriteRequest::Snippet(w) => {
-                        let body = stored_record::Body::AlarmSnippet(w.snippet.clone());
+                        let mut snippet = w.snippet.clone();
+                        // A snippet is one record, alone in its row (see db/waveforms.rs).
+                        for seg in &mut snippet.segments {
+                            self.wave_packing.pack(seg, 1);
+                        }
+                        let body = stored_record::Body::AlarmSnippet(snippet);
                         let (first, last) = insert_records(
                             &sp,
                             &gateway_id,
@@ -477,6 +587,15 @@ impl StoreDb {
                     if let WriteOutcome::Stored { last_seq, .. } = out {
                         rolled.push((b, last_seq));
                     }
+                    match waves {
+                        Some(true) => waves_stored += b.waveforms.len() as u64,
+                        Some(false) => waves_not_stored.push((
+                            &b.device_id,
+                            b.waveforms.len() as u64,
+                            b.waveforms.iter().map(|w| u64::from(w.sample_count)).sum(),
+                        )),
+                        None => {}
+                    }
                 }
                 Ok::<_, rusqlite::Error>(out)
             })();
@@ -501,6 +620,12 @@ impl StoreDb {
                 .committed(&b.device_id, &b.bed, &b.observations, last);
         }
         self.status.refused_requests += refused;
+        self.status.waveforms.segments_stored += waves_stored;
+        for (device, segments, samples) in waves_not_stored {
+            self.status.waveforms.segments_not_stored += segments;
+            self.status.waveforms.samples_not_stored += samples;
+            self.not_stored.count(device, segments, samples, wave_limit);
+        }
         if refused_dead_letters > 0 {
             self.status.refused_dead_letters += refused_dead_letters;
             tracing::warn!(
@@ -517,18 +642,29 @@ impl StoreDb {
     /// Publishes what a committed batch pruned and measures again.
     fn account(&mut self, pruned: PruneReport, full: bool) {
         let s = &mut self.status;
+        s.waveforms.pruned_sent += pruned.sent_waveforms;
+        s.waveforms.expired += pruned.expired_waveforms;
+        if pruned.rounds == 0 && pruned.sent_waveforms > 0 {
+            // Waveform-limit pruning outside a budget round.
+            s.pruned_sent_records += pruned.sent_waveforms;
+        }
         if pruned.rounds > 0 {
             s.prune_rounds += pruned.rounds;
             s.pruned_sent_records += pruned.sent;
             s.pruned_unsent_observations += pruned.unsent;
             s.pruned_dead_letters += pruned.dead_letters;
             s.pruned_messages += pruned.messages;
+            s.waveforms.pruned_unsent += pruned.unsent_waveforms;
             tracing::debug!(
                 sent = pruned.sent,
                 unsent = pruned.unsent,
                 dead_letters = pruned.dead_letters,
                 "store pruned to stay under its disk budget"
             );
+        }
+        for (device, (first, last, n)) in &pruned.lost_waveforms {
+            tracing::warn!(device = %device, first_seq = first, last_seq = last, count = n,
+                "store full: deleted unsent waveform segments to make room for readings and alarms; they will never reach Kafka");
         }
         for (device, (first, last, n)) in &pruned.lost {
             tracing::warn!(device = %device, first_seq = first, last_seq = last, count = n,
@@ -631,6 +767,77 @@ fn insert_observations(
         first_seq: first,
         last_seq: last,
     })
+}
+
+/// Most bytes of a waveform row's compressed run: what fits in a b-tree cell of the store's
+/// 4 KiB pages with the row's other columns (SQLite keeps up to about 1000 bytes of a
+/// `WITHOUT ROWID` row in its page; the rest goes to an overflow page of its own, mostly
+/// empty: 3 KiB lost per row, measured as 0.3 B per ECG sample).
+const WAVE_ROW_BYTES: usize = 900;
+
+/// Stores one message's waveform segments (the caller has checked it is not a retry and that
+/// they are admitted) on the device's waveform stream, under the message's control id and
+/// digest, each packed (`db/waveforms.rs`); returns their seqs. The segments go into as few
+/// rows as keep each row's compressed run within [`WAVE_ROW_BYTES`] (one row for a monitor's
+/// usual message; halved until it fits).
+fn insert_waveforms(
+    tx: &rusqlite::Savepoint<'_>,
+    gateway_id: &str,
+    b: &ObservationBatch,
+    packing: WaveformPacking,
+) -> rusqlite::Result<(u64, u64)> {
+    let count = b.waveforms.len();
+    // Segment `i` as a record under `seq`, packed for a row of `in_row` records.
+    let encode = |i: usize, seq: u64, in_row: usize, buf: &mut Vec<u8>| {
+        let mut seg = b.waveforms[i].clone();
+        seg.seq = seq;
+        packing.pack(&mut seg, in_row);
+        let received_us = seg.receive_time_us;
+        let rec = StoredRecord {
+            gateway_id: gateway_id.to_owned(),
+            device_id: b.device_id.clone(),
+            seq,
+            body: Some(stored_record::Body::Waveform(seg)),
+            traceparent: b.traceparent.clone().unwrap_or_default(),
+        };
+        rec.encode(buf).expect("a Vec grows as needed");
+        received_us
+    };
+    // Whether segments `i .. i + n` compress into a row that fits (their seqs do not change
+    // the size by more than a few bytes: measured under seq 0).
+    let (mut run, mut one, mut frame) = (Vec::new(), Vec::new(), Vec::new());
+    let mut fits = |i: usize, n: usize| -> rusqlite::Result<bool> {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        run.clear();
+        for k in i..i + n {
+            one.clear();
+            encode(k, 0, n, &mut one);
+            encode_key(1, WireType::LengthDelimited, &mut run);
+            encode_varint(one.len() as u64, &mut run);
+            run.extend_from_slice(&one);
+        }
+        compress_run(&run, &mut frame)?;
+        Ok(frame.len() <= WAVE_ROW_BYTES)
+    };
+    let mut rows = Vec::new();
+    let mut i = 0;
+    while i < count {
+        let mut n = (count - i).min(ROW_MAX);
+        while n > 1 && !fits(i, n)? {
+            n /= 2;
+        }
+        rows.push((i, n));
+        i += n;
+    }
+    let mut seqs = (0, 0);
+    for (r, &(start, n)) in rows.iter().enumerate() {
+        let dedup = b.dedup.as_ref().map(|(c, d)| (c.as_str(), *d));
+        let (first, last) = insert_rows(tx, Stream::Waveforms, &b.device_id, &b.bed, dedup, n, {
+            |k, seq, buf: &mut Vec<u8>| encode(start + k, seq, n, buf)
+        })?;
+        seqs = (if r == 0 { first } else { seqs.0 }, last);
+    }
+    Ok(seqs)
 }
 
 /// Appends records to one device's stream under its next seqs; returns `(first, last)` (first >
@@ -1080,6 +1287,7 @@ mod reader;
 mod trend_query;
 mod trends;
 mod types;
+pub mod waveforms;
 
 pub use deadletters::{DeadLetterQuery, DeadLetterRow, MAX_DEAD_LETTERS};
 use dedup::Dedup;
@@ -1090,8 +1298,12 @@ pub use reader::*;
 pub use trend_query::*;
 pub use trends::{trusted_time_us, usable_value, TrendRollup};
 pub use types::*;
+use waveforms::NotStored;
+pub use waveforms::WaveformPacking;
 
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod trends_tests;
+#[cfg(test)]
+mod waveform_tests;

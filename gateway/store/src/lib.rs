@@ -33,17 +33,35 @@
 //!    writer, at the start of a batch (and every second when idle), one bounded round of about
 //!    4096 records per batch (whole rows: a slice may end up to 63 records past it) (up to 8 rounds when the budget itself is reached), so the write
 //!    path never stalls for long. Each round deletes, in this order:
-//!    1. records already delivered to Kafka (`sent = 1`) of the observation and dead-letter
+//!    1. delivered waveform segments, oldest first (curves go before anything else);
+//!    2. records already delivered to Kafka (`sent = 1`) of the observation and dead-letter
 //!       streams, oldest first, with the dead-letter table rows already forwarded and the
 //!       `messages` dedup rows (left by older gateways) whose readings are all gone;
-//!    2. only if none of those is left: delivered alarm state changes and ADT events;
-//!    3. only if nothing delivered is left and `on_full = "drop_oldest_unsent"`: the oldest
+//!    3. only if none of those is left: delivered alarm state changes and ADT events;
+//!    4. only if nothing delivered is left: the oldest **unsent** waveform segments, whatever
+//!       `on_full` says (readings and alarms win over curves). Curves lost: each device's seq
+//!       range is logged as a warning and counted (`waveforms.pruned_unsent`). They come after
+//!       delivered readings, not before: a delivered record is safe in Kafka, so deleting it
+//!       loses nothing, while an unsent curve is lost for good;
+//!    5. only if nothing delivered is left and `on_full = "drop_oldest_unsent"`: the oldest
 //!       **unsent** observations (oldest device first, from its lowest seq, so what remains of
 //!       each device is a gapless run of its newest readings). This is data loss: each range is
 //!       logged as a warning with the device id and seq range, counted
 //!       (`pruned_unsent_observations`), and raised as a high-priority technical alarm.
 //!
 //!    Unsent alarm state changes, ADT events and dead letters are never pruned.
+//!
+//!    **Waveform limit** (`[store] waveform_budget_percent`, default 50 % of the budget):
+//!    waveform segments are admitted only while the bytes in use are below it. At or above it
+//!    a message's readings are still stored but its segments are not (counted in
+//!    `waveforms.segments_not_stored` and `samples_not_stored`, logged as a warning at most
+//!    once a minute per device with how many were not kept), and each batch first deletes one
+//!    chunk of delivered waveform segments, oldest first, to make room for new ones. So curves
+//!    never take more than their share, and the readings always have the rest.
+//!
+//!    **Waveform retention** (`[store] waveform_retention_h`, default 24): delivered waveform
+//!    segments received longer ago are deleted, once a minute, at most 4096 per pass (sooner
+//!    again while there is more), each device's stream from its head. Unsent ones are kept.
 //!
 //!    What counts is the whole file: the records, the dead-letter table, and the tables other
 //!    parts keep in it through their own connections (the census, the clinicians' limit rows).
@@ -68,7 +86,7 @@
 //!   shown and alarmed on locally. Recovery is automatic: once the bridge has delivered the
 //!   backlog, delivered records are pruned and readings are accepted again.
 //! - `"drop_oldest_unsent"`: keep accepting the newest readings and delete the oldest unsent
-//!   ones (step 1.3). For sites that prefer recent data over a complete record; acknowledged
+//!   ones (step 1.5). For sites that prefer recent data over a complete record; acknowledged
 //!   readings can then be lost, loudly.
 //!
 //! **Technical alarm** `gateway:store-budget`, raised through the alarm engine on the
@@ -81,7 +99,9 @@
 //!
 //! **Figures** ([`StoreStats`], on `/api/status` under `store_writes.budget`): budget, marks,
 //! bytes in use, `pruning`, `full`, `requests_refused_budget`, `pruned_sent_records`,
-//! `pruned_unsent_observations`, `pruned_dead_letters`, `refused_dead_letters`, `prune_rounds`.
+//! `pruned_unsent_observations`, `pruned_dead_letters`, `refused_dead_letters`, `prune_rounds`;
+//! and under `store_writes.waveforms` ([`WaveformCounts`]) the waveform limit, segments stored
+//! and not stored, and those pruned (delivered, unsent) and expired.
 //!
 //! # Ordered writes
 //!
@@ -112,7 +132,7 @@ pub use settings::{StoreConfig, StoreSettings};
 
 pub use db::{
     AlarmWrite, BudgetPolicy, BudgetStatus, DeadLetter, ObservationBatch, OnFull, ReaderDb,
-    SnippetWrite, StoreDb, StoreError, WriteOrder, WriteOutcome, WriteRequest,
+    SnippetWrite, StoreDb, StoreError, WaveformCounts, WriteOrder, WriteOutcome, WriteRequest,
 };
 
 /// Upper bounds (seconds) of the commit-latency histogram: 0.5 ms to 10 s.
@@ -173,11 +193,14 @@ pub struct StoreStats {
     /// `requests_refused_budget`).
     pub refused_dead_letters: AtomicU64,
     pub prune_rounds: AtomicU64,
+    /// The waveform figures as the writer last published them.
+    pub waveforms: Mutex<WaveformCounts>,
 }
 
 impl StoreStats {
     pub fn snapshot(&self) -> serde_json::Value {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let waveforms = self.waveforms.lock().map(|w| *w).unwrap_or_default();
         serde_json::json!({
             "commits": n(&self.commits),
             "requests_stored": n(&self.requests_stored),
@@ -200,6 +223,7 @@ impl StoreStats {
                 "refused_dead_letters": n(&self.refused_dead_letters),
                 "prune_rounds": n(&self.prune_rounds),
             },
+            "waveforms": waveforms,
         })
     }
 
@@ -220,6 +244,9 @@ impl StoreStats {
         set(&self.pruned_dead_letters, s.pruned_dead_letters);
         set(&self.refused_dead_letters, s.refused_dead_letters);
         set(&self.prune_rounds, s.prune_rounds);
+        if let Ok(mut w) = self.waveforms.lock() {
+            *w = s.waveforms;
+        }
         self.pruning.store(s.pruning, Ordering::Relaxed);
         self.full.store(s.full, Ordering::Relaxed);
     }
@@ -838,6 +865,8 @@ mod tests {
             max_batch: 64,
             max_pending,
             trend_retention_s: 48 * 3600,
+            waveform_budget_pct: 50,
+            waveform_retention_s: 24 * 3600,
         }
     }
 

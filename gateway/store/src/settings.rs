@@ -53,6 +53,16 @@ pub struct StoreSettings {
     /// trend shows, plus a day); older minutes are deleted. 1-744.
     #[serde(default = "default_trend_retention_h")]
     pub trend_retention_h: u32,
+    /// Percent of the disk budget below which waveform segments (ECG, pleth, pressure curves)
+    /// are stored (default 50; 0-100, 0: never). At or above it each message's readings are
+    /// still stored but its curves are not (counted and logged per device), and forwarded
+    /// curves are deleted to make room for new ones: readings and alarms always win.
+    #[serde(default = "default_waveform_budget_percent")]
+    pub waveform_budget_percent: u8,
+    /// Hours forwarded waveform segments are kept after they were received (default 24);
+    /// older ones are deleted. 1-744.
+    #[serde(default = "default_waveform_retention_h")]
+    pub waveform_retention_h: u32,
 }
 
 impl Default for StoreSettings {
@@ -68,6 +78,8 @@ impl Default for StoreSettings {
             max_batch: default_max_batch(),
             max_pending: default_max_pending(),
             trend_retention_h: default_trend_retention_h(),
+            waveform_budget_percent: default_waveform_budget_percent(),
+            waveform_retention_h: default_waveform_retention_h(),
         }
     }
 }
@@ -125,11 +137,17 @@ impl StoreSettings {
                 format!("must be at least store.max_batch ({})", self.max_batch),
             ));
         }
-        if !(1..=744).contains(&self.trend_retention_h) {
-            out.push((
-                "trend_retention_h",
-                format!("{} must be 1-744", self.trend_retention_h),
-            ));
+        for (field, hours) in [
+            ("trend_retention_h", self.trend_retention_h),
+            ("waveform_retention_h", self.waveform_retention_h),
+        ] {
+            if !(1..=744).contains(&hours) {
+                out.push((field, format!("{hours} must be 1-744")));
+            }
+        }
+        if self.waveform_budget_percent > 100 {
+            let pct = self.waveform_budget_percent;
+            out.push(("waveform_budget_percent", format!("{pct} must be 0-100")));
         }
         out
     }
@@ -167,6 +185,8 @@ impl StoreSettings {
             max_batch: self.max_batch,
             max_pending: self.max_pending,
             trend_retention_s: u64::from(self.trend_retention_h) * 3600,
+            waveform_budget_pct: self.waveform_budget_percent.min(100),
+            waveform_retention_s: u64::from(self.waveform_retention_h) * 3600,
         }
     }
 }
@@ -185,6 +205,10 @@ pub struct StoreConfig {
     pub max_pending: usize,
     /// See [`BudgetPolicy::trend_retention_s`].
     pub trend_retention_s: u64,
+    /// See [`BudgetPolicy::waveform_budget_pct`].
+    pub waveform_budget_pct: u8,
+    /// See [`BudgetPolicy::waveform_retention_s`].
+    pub waveform_retention_s: u64,
 }
 
 impl StoreConfig {
@@ -196,6 +220,8 @@ impl StoreConfig {
             alarm_reserve_pct: self.alarm_reserve_pct,
             on_full: self.on_full,
             trend_retention_s: self.trend_retention_s,
+            waveform_budget_pct: self.waveform_budget_pct,
+            waveform_retention_s: self.waveform_retention_s,
             ..BudgetPolicy::with_budget(self.disk_budget_bytes)
         }
     }
@@ -227,6 +253,12 @@ fn default_max_batch() -> usize {
 }
 fn default_trend_retention_h() -> u32 {
     (crate::db::DEFAULT_TREND_RETENTION_S / 3600) as u32
+}
+fn default_waveform_budget_percent() -> u8 {
+    crate::db::DEFAULT_WAVEFORM_BUDGET_PCT
+}
+fn default_waveform_retention_h() -> u32 {
+    (crate::db::DEFAULT_WAVEFORM_RETENTION_S / 3600) as u32
 }
 fn default_max_pending() -> usize {
     20_000

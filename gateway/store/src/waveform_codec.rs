@@ -1,7 +1,8 @@
 //! A lossless codec for runs of sampled integers (waveform segments), with gaps.
 //!
-//! Owns the byte format of a stored waveform segment's samples; nothing else in the store uses
-//! it yet (issue 19: the waveform stream and its table are a later step).
+//! Owns the byte format of a stored waveform segment's samples (`WaveformSegment.packed_samples`
+//! while the segment sits in the store; `db/waveforms.rs` packs and unpacks, and says which
+//! settings the writer uses and why).
 //!
 //! Format (all integers LEB128 varints unless said otherwise):
 //!

@@ -210,6 +210,35 @@ pub(super) fn load_dedup_window(
         messages.pop();
     }
     let mut window = DedupDevice::default();
+    // Messages that held only waveform segments left no observation row: their waveform rows
+    // carry the control id and digest (no readings: an empty seq range). Older than the
+    // readings' messages in the window, so these are the first evicted.
+    let waves: Vec<(String, i64)> = conn
+        .prepare_cached(
+            "SELECT control_id, digest FROM records WHERE kind = ?1 AND device_id = ?2 AND control_id IS NOT NULL ORDER BY seq DESC LIMIT ?3",
+        )?
+        .query_map(
+            params![Stream::Waveforms.code(), device_id, DEDUP_WINDOW as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .collect::<Result<_, _>>()?;
+    let mut waveform_only: Vec<(String, i64)> = Vec::new();
+    for (control_id, digest) in waves {
+        let known = |c: &String, d: i64| *c == control_id && d == digest;
+        if !messages.iter().any(|(c, e)| known(c, e.digest))
+            && !waveform_only.iter().any(|(c, d)| known(c, *d))
+        {
+            waveform_only.push((control_id, digest));
+        }
+    }
+    for (control_id, digest) in waveform_only.into_iter().rev() {
+        let entry = DedupEntry {
+            digest,
+            first_seq: 1,
+            last_seq: 0,
+        };
+        window.insert(control_id, entry);
+    }
     for (control_id, entry) in messages.into_iter().rev() {
         window.insert(control_id, entry);
     }

@@ -1,6 +1,7 @@
 //! Pruning under the disk budget: whole rows of records already forwarded, oldest first, in
-//! bounded rounds; with `on_full = drop_oldest_unsent` the oldest unsent observations; old dead
-//! letters.
+//! bounded rounds (waveform segments before everything else); then unsent waveform segments
+//! (loudly); with `on_full = drop_oldest_unsent` the oldest unsent observations; old dead
+//! letters. And the waveform retention: forwarded waveform rows past `waveform_retention_s`.
 
 use icu_outbox::Stream;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -31,11 +32,18 @@ pub(super) struct PruneReport {
     pub(super) messages: u64,
     /// Unsent observations deleted, per device: (first seq, last seq, count).
     pub(super) lost: std::collections::BTreeMap<String, (i64, i64, u64)>,
+    /// Forwarded waveform segments deleted (also in `sent`).
+    pub(super) sent_waveforms: u64,
+    /// Unsent waveform segments deleted, and per device: (first seq, last seq, count).
+    pub(super) unsent_waveforms: u64,
+    pub(super) lost_waveforms: std::collections::BTreeMap<String, (i64, i64, u64)>,
+    /// Forwarded waveform segments deleted by the retention (not counted in `sent`).
+    pub(super) expired_waveforms: u64,
 }
 
 impl PruneReport {
     pub(super) fn records(&self) -> u64 {
-        self.sent + self.unsent + self.dead_letters
+        self.sent + self.unsent + self.dead_letters + self.unsent_waveforms
     }
 
     pub(super) fn merge(&mut self, o: PruneReport) {
@@ -44,20 +52,37 @@ impl PruneReport {
         self.unsent += o.unsent;
         self.dead_letters += o.dead_letters;
         self.messages += o.messages;
-        for (device, (first, last, n)) in o.lost {
-            let e = self.lost.entry(device).or_insert((first, last, 0));
-            e.0 = e.0.min(first);
-            e.1 = e.1.max(last);
-            e.2 += n;
+        self.sent_waveforms += o.sent_waveforms;
+        self.unsent_waveforms += o.unsent_waveforms;
+        self.expired_waveforms += o.expired_waveforms;
+        for (device, range) in o.lost {
+            add_lost(&mut self.lost, device, range);
+        }
+        for (device, range) in o.lost_waveforms {
+            add_lost(&mut self.lost_waveforms, device, range);
         }
     }
 }
 
-/// One pruning round, about `policy.prune_chunk` records (whole rows), in the policy's order: forwarded
-/// observations and dead letters (with the dead-letter table rows already forwarded), then
-/// forwarded alarms and ADT events, then, only if nothing forwarded was left and
-/// `on_full = drop_oldest_unsent`, the oldest unsent observations. Unsent alarms, ADT events
-/// and dead letters are never deleted.
+/// Adds a deleted range `(first, last, count)` of `device` to `lost`.
+fn add_lost(
+    lost: &mut std::collections::BTreeMap<String, (i64, i64, u64)>,
+    device: String,
+    (first, last, n): (i64, i64, u64),
+) {
+    let e = lost.entry(device).or_insert((first, last, 0));
+    e.0 = e.0.min(first);
+    e.1 = e.1.max(last);
+    e.2 += n;
+}
+
+/// One pruning round, about `policy.prune_chunk` records (whole rows), in the policy's order:
+/// forwarded waveform segments, forwarded observations and dead letters (with the dead-letter
+/// table rows already forwarded), then forwarded alarms and ADT events; only if nothing
+/// forwarded was left, the oldest unsent waveform segments (whatever `on_full` says: readings
+/// and alarms win over curves); only if none of those either and `on_full =
+/// drop_oldest_unsent`, the oldest unsent observations. Unsent alarms, ADT events and dead
+/// letters are never deleted.
 pub(super) fn prune_round(
     conn: &Connection,
     policy: &BudgetPolicy,
@@ -81,16 +106,37 @@ pub(super) fn prune_round(
             .collect()
     };
     let chunk = policy.prune_chunk.max(1) as u64;
+    let waves = of_kinds(&[Stream::Waveforms]);
+    prune_sent(conn, &waves, chunk, &mut report)?;
+    report.sent_waveforms = report.sent;
     let first = of_kinds(&[Stream::Observations, Stream::DeadLetters]);
-    prune_sent(conn, &first, chunk, &mut report)?;
+    if report.sent < chunk {
+        let left = chunk - report.sent;
+        prune_sent(conn, &first, left, &mut report)?;
+    }
     report.dead_letters += prune_dead_letter_table(conn, chunk)?;
     if report.sent < chunk {
         let last = of_kinds(&[Stream::Alarms, Stream::Adt]);
         let left = chunk - report.sent;
         prune_sent(conn, &last, left, &mut report)?;
     }
+    if report.records() == 0 {
+        report.unsent_waveforms = prune_unsent(
+            conn,
+            &waves,
+            chunk,
+            &mut report.sent,
+            &mut report.lost_waveforms,
+        )?;
+    }
     if report.records() == 0 && policy.on_full == OnFull::DropOldestUnsent {
-        prune_unsent_observations(conn, &of_kinds(&[Stream::Observations]), chunk, &mut report)?;
+        report.unsent = prune_unsent(
+            conn,
+            &of_kinds(&[Stream::Observations]),
+            chunk,
+            &mut report.sent,
+            &mut report.lost,
+        )?;
     }
     // The dedup rows older gateways kept in `messages`, once their readings are all gone
     // (nothing new is written there: skipped when the file had none).
@@ -220,14 +266,18 @@ pub(super) fn prune_sent(
     Ok(())
 }
 
-/// Deletes up to `max` of the oldest unsent observations, the device with the oldest first,
-/// a slice at a time; data loss, so every range is kept in `report.lost` for the log.
-pub(super) fn prune_unsent_observations(
+/// Deletes up to `max` of the oldest records of `streams` (observations or waveform segments),
+/// unsent ones included, the device with the oldest first, a slice at a time; returns how many
+/// unsent ones it deleted (the forwarded ones it met are added to `sent`). Data loss, so every
+/// range is kept in `lost` for the log.
+pub(super) fn prune_unsent(
     conn: &Connection,
     streams: &[(i64, String)],
     max: u64,
-    report: &mut PruneReport,
-) -> rusqlite::Result<()> {
+    sent: &mut u64,
+    lost: &mut std::collections::BTreeMap<String, (i64, i64, u64)>,
+) -> rusqlite::Result<u64> {
+    let mut unsent_deleted = 0u64;
     use std::cmp::Reverse;
     let slice = (max / 8).max(64) as i64;
     let mut heap = std::collections::BinaryHeap::new();
@@ -265,20 +315,63 @@ pub(super) fn prune_unsent_observations(
             continue;
         }
         deleted += n;
-        report.sent += n - unsent as u64;
+        *sent += n - unsent as u64;
         if unsent > 0 {
-            report.unsent += unsent as u64;
+            unsent_deleted += unsent as u64;
             let (lo, hi) = (lost_from.unwrap_or(from), lost_to.unwrap_or(from));
-            let e = report.lost.entry(device.clone()).or_insert((lo, hi, 0));
-            e.0 = e.0.min(lo);
-            e.1 = e.1.max(hi);
-            e.2 += unsent as u64;
+            add_lost(lost, device.clone(), (lo, hi, unsent as u64));
         }
         if let Some((seq, received)) = head(conn, *kind, device)? {
             heap.push(Reverse((received, i, seq)));
         }
     }
-    Ok(())
+    Ok(unsent_deleted)
+}
+
+/// Deletes up to `max` forwarded waveform segments, the stream with the oldest first: room for
+/// new segments once the bytes in use reach the waveform limit. Returns how many.
+pub(super) fn prune_sent_waveforms(conn: &Connection, max: u64) -> rusqlite::Result<u64> {
+    let streams: Vec<(i64, String)> = {
+        let mut stmt =
+            conn.prepare_cached("SELECT kind, device_id FROM devices WHERE kind = ?1")?;
+        let rows = stmt.query_map([Stream::Waveforms.code()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut report = PruneReport::default();
+    prune_sent(conn, &streams, max.max(1), &mut report)?;
+    Ok(report.sent)
+}
+
+/// The waveform retention: deletes forwarded waveform rows received before `cutoff_us`, each
+/// device's stream from its head (only its first `max` rows are looked at, so a pass is
+/// bounded however long the stream), at most about `max` segments in all. Returns how many.
+pub(super) fn expire_waveforms(
+    conn: &Connection,
+    cutoff_us: i64,
+    max: u64,
+) -> rusqlite::Result<u64> {
+    let kind = Stream::Waveforms.code();
+    let devices: Vec<String> = {
+        let mut stmt = conn.prepare_cached("SELECT device_id FROM devices WHERE kind = ?1")?;
+        let rows = stmt.query_map([kind], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut deleted = 0u64;
+    for device in devices {
+        if deleted >= max {
+            break;
+        }
+        let mut stmt = conn.prepare_cached(
+            "DELETE FROM records WHERE kind = ?1 AND device_id = ?2 AND sent = 1 AND received_us < ?3 AND seq IN
+               (SELECT seq FROM records WHERE kind = ?1 AND device_id = ?2 ORDER BY seq LIMIT ?4)
+             RETURNING n",
+        )?;
+        let mut rows = stmt.query(params![kind, device, cutoff_us, (max - deleted) as i64])?;
+        while let Some(row) = rows.next()? {
+            deleted += row.get::<_, i64>(0)?.max(0) as u64;
+        }
+    }
+    Ok(deleted)
 }
 
 /// Deletes up to `max` rows of the dead-letter table, oldest first, whose outbox copy is no

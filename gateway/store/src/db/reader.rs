@@ -11,6 +11,7 @@ use icu_outbox::{
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::prune::{head, UNSENT_HEAD, UNSENT_IN_ROW};
+use super::waveforms::unpack_payload;
 use super::{
     audit, mark_ranges, migrate, open_connection, pages_in_use_bytes, row_records, sqlite_err,
     StoreError, ROW_MAX, SCHEMA, VIEWS,
@@ -169,6 +170,8 @@ impl FetchSource for SqlSource<'_> {
                 vec![Vec::new(); count.min(ROW_MAX)]
             });
             let first = from_seq.max(sent_upto + 1);
+            // Waveform segments and alarm snippets are stored packed: handed on unpacked.
+            let packed = matches!(stream, Stream::Waveforms | Stream::Alarms);
             for (i, record) in records.into_iter().enumerate() {
                 let s = seq + i as u64;
                 if s < first {
@@ -177,6 +180,15 @@ impl FetchSource for SqlSource<'_> {
                 if out.len() == n {
                     break;
                 }
+                let record = if packed && !record.is_empty() {
+                    unpack_payload(record).unwrap_or_else(|why| {
+                        // As a damaged row: skipped by the bridge, never a stop.
+                        warn_damaged_row(stream, device_id, s, 1, &why);
+                        Vec::new()
+                    })
+                } else {
+                    record
+                };
                 out.push(UnsentRow {
                     stream,
                     device_id: device_id.to_owned(),

@@ -506,11 +506,11 @@ fn fill(db: &mut StoreDb, device: &str, messages: usize, t0_us: i64) {
     }
 }
 
-fn count(reader: &ReaderDb, sql: &str) -> i64 {
+pub(super) fn count(reader: &ReaderDb, sql: &str) -> i64 {
     reader.conn.query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
-fn seqs(reader: &ReaderDb, kind: i64, device: &str) -> Vec<i64> {
+pub(super) fn seqs(reader: &ReaderDb, kind: i64, device: &str) -> Vec<i64> {
     let mut stmt = reader
         .conn
         .prepare("SELECT seq, n FROM records WHERE kind = ?1 AND device_id = ?2 ORDER BY seq")

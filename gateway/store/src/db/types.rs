@@ -173,6 +173,11 @@ impl OnFull {
 /// How long the trend rollup keeps its minutes by default: the 24 h a trend shows, plus a day.
 pub const DEFAULT_TREND_RETENTION_S: u64 = 48 * 3600;
 
+/// The share of the disk budget waveform segments may be stored in, by default (percent).
+pub const DEFAULT_WAVEFORM_BUDGET_PCT: u8 = 50;
+/// How long forwarded waveform rows are kept by default: a day.
+pub const DEFAULT_WAVEFORM_RETENTION_S: u64 = 24 * 3600;
+
 /// The disk budget and what happens near it (see the `store` module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BudgetPolicy {
@@ -193,6 +198,14 @@ pub struct BudgetPolicy {
     pub prune_chunk: usize,
     /// Minutes of the trend rollup older than this are deleted (`db/trends.rs`).
     pub trend_retention_s: u64,
+    /// Waveform segments are stored only while the bytes in use are below this percentage of
+    /// the budget (`[store] waveform_budget_percent`); at or above it a message's readings are
+    /// still stored but its segments are not, and forwarded waveform rows are pruned (see the
+    /// `store` module docs, "Disk budget policy"). 0: segments are never stored.
+    pub waveform_budget_pct: u8,
+    /// Forwarded waveform rows received longer ago than this are deleted
+    /// (`[store] waveform_retention_h`).
+    pub waveform_retention_s: u64,
 }
 
 impl BudgetPolicy {
@@ -206,7 +219,19 @@ impl BudgetPolicy {
             on_full: OnFull::Refuse,
             prune_chunk: 4096,
             trend_retention_s: DEFAULT_TREND_RETENTION_S,
+            waveform_budget_pct: DEFAULT_WAVEFORM_BUDGET_PCT,
+            waveform_retention_s: DEFAULT_WAVEFORM_RETENTION_S,
         }
+    }
+
+    /// Waveform segments are stored while the bytes in use are below this.
+    pub fn waveform_limit_bytes(&self) -> u64 {
+        self.pct(u64::from(self.waveform_budget_pct))
+    }
+
+    /// [`BudgetPolicy::waveform_retention_s`] in µs.
+    pub fn waveform_retention_us(&self) -> i64 {
+        (self.waveform_retention_s.min(i64::MAX as u64 / 1_000_000) * 1_000_000) as i64
     }
 
     fn pct(&self, pct: u64) -> u64 {
@@ -278,4 +303,27 @@ pub struct BudgetStatus {
     pub refused_dead_letters: u64,
     /// Pruning rounds run.
     pub prune_rounds: u64,
+    /// The waveform figures.
+    pub waveforms: WaveformCounts,
+}
+
+/// The store's waveform figures, since the gateway started (`/api/status`
+/// `store_writes.waveforms`, `/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WaveformCounts {
+    /// Segments are stored only below this many bytes in use
+    /// ([`BudgetPolicy::waveform_limit_bytes`]).
+    pub limit_bytes: u64,
+    pub segments_stored: u64,
+    /// Segments (and their sample positions) of stored messages not kept because the bytes in
+    /// use were at the waveform limit.
+    pub segments_not_stored: u64,
+    pub samples_not_stored: u64,
+    /// Forwarded segments deleted to make room (also in `pruned_sent_records`).
+    pub pruned_sent: u64,
+    /// Unsent segments deleted to make room for readings and alarms: curves lost, each range
+    /// logged with its device and seqs.
+    pub pruned_unsent: u64,
+    /// Forwarded segments deleted after `waveform_retention_s`.
+    pub expired: u64,
 }
