@@ -8,7 +8,10 @@
 //! `collection` Bundle of PoCD-style Observations), [`alarm_observation`] (one alarm state change
 //! → one Observation, in `alarm`), [`adt_bundle`] (one ADT event → one `collection` Bundle of a
 //! Patient and an Encounter, in `adt`), [`audit_event`] (one gateway audit-trail entry → one
-//! AuditEvent, in `audit`), and [`parse_bundle`] and [`observations_of`] for readers.
+//! AuditEvent, in `audit`), [`waveform_bundle`] (one device's consecutive waveform segments →
+//! one Bundle of Observations with `valueSampledData`, in [`waveform`]), [`snippet_bundle`] (an
+//! alarm's waveform snippet → a DiagnosticReport with its waveform Observations, in `snippet`),
+//! and [`parse_bundle`], [`observations_of`], [`decode_value`] and [`snippet_of`] for readers.
 //!
 //! Guarantees:
 //! - **Deterministic bytes.** The output depends only on the inputs: no wall clock, no random
@@ -232,7 +235,10 @@ mod audit;
 mod common;
 mod device;
 mod json;
+mod sampled_data;
+mod snippet;
 mod vitals;
+pub mod waveform;
 pub use adt::{adt_bundle, encounter_status};
 pub use alarm::{alarm_bundle, alarm_identifier_system, alarm_observation};
 pub use audit::{
@@ -240,6 +246,8 @@ pub use audit::{
     AUDIT_EVENT_TYPE_SYSTEM, DCM_SYSTEM, RESTFUL_INTERACTION_SYSTEM, ROLE_SYSTEM,
 };
 pub use device::{device_metric_id, devices_bundle, DeviceDescription, MetricInfo, EUI64_SYSTEM};
+pub use snippet::{snippet_bundle, snippet_of, DecodedSnippet};
+pub use waveform::{decode_value, waveform_bundle, DecodedSegment};
 
 #[cfg(test)]
 mod golden;

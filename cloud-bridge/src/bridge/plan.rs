@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use icu_protos::v1::{stored_record::Body, AdtEvent, Alarm, AuditEntry, DeadLetter, Observation};
+use icu_protos::v1::{
+    stored_record::Body, AdtEvent, Alarm, AlarmSnippet, AuditEntry, DeadLetter, Observation,
+    WaveformSegment,
+};
 
 use icu_outbox::{OutboxRecord, Stream};
 
@@ -17,7 +20,11 @@ use icu_outbox::{OutboxRecord, Stream};
 /// device per cycle, not one Kafka record each ahead of every observation); an ADT bundle holds
 /// exactly one ADT event (one FHIR Bundle with a Patient and an Encounter); an audit bundle holds
 /// exactly one audit-trail entry (one FHIR AuditEvent); a dead-letter bundle holds exactly one
-/// dead letter (one plain JSON object).
+/// dead letter (one plain JSON object); a waveforms bundle holds a device's consecutive
+/// segments over at most [`PlanLimits::waveform_span_us`] of timeline and at most
+/// [`PlanLimits::max_waveform_segments`] segments (one FHIR Bundle of SampledData
+/// Observations); an alarm snippet (alarms stream) is a bundle of its own, never with alarm
+/// state changes (one FHIR Bundle with a DiagnosticReport).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedBundle {
     pub stream: Stream,
@@ -38,6 +45,10 @@ pub struct PlannedBundle {
     pub dead_letter: Option<DeadLetter>,
     /// The audit-trail entry (audit stream).
     pub audit: Option<AuditEntry>,
+    /// The waveform segments, in seq order (waveforms stream).
+    pub waveforms: Vec<WaveformSegment>,
+    /// The alarm snippet (alarms stream, a bundle of its own).
+    pub snippet: Option<AlarmSnippet>,
     /// The W3C trace context stored with the first of its records that has one (the span that
     /// committed that message; `crate::trace`); empty when tracing was off.
     pub traceparent: String,
@@ -80,6 +91,47 @@ enum Content {
     Adt(AdtEvent),
     DeadLetter(DeadLetter),
     Audit(AuditEntry),
+    Waveform(WaveformSegment),
+    Snippet(AlarmSnippet),
+}
+
+/// How big a bundle may grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanLimits {
+    /// Most observations or alarm state changes per bundle (`[kafka] max_per_bundle`).
+    pub max_per_bundle: usize,
+    /// Most timeline one waveforms bundle covers, µs (`[kafka] waveform_bundle_ms`): from the
+    /// start of its first segment to the end of its last.
+    pub waveform_span_us: i64,
+    /// Most segments per waveforms bundle (`[kafka] max_waveform_segments`).
+    pub max_waveform_segments: usize,
+}
+
+impl PlanLimits {
+    /// `max_per_bundle` with the default waveform limits (5 s, 64 segments).
+    pub fn new(max_per_bundle: usize) -> Self {
+        Self {
+            max_per_bundle,
+            waveform_span_us: 5_000_000,
+            max_waveform_segments: 64,
+        }
+    }
+}
+
+/// The timeline a segment covers, µs: from its first sample's device time (the receive time
+/// when it has none or it is untrusted) for `sample_count` sample periods.
+fn segment_span(seg: &WaveformSegment) -> (i64, i64) {
+    let start = seg
+        .first_sample_time_us
+        .filter(|_| !seg.device_time_untrusted)
+        .unwrap_or(seg.receive_time_us);
+    let length = f64::from(seg.sample_count) * seg.sample_period_us;
+    let length = if length.is_finite() && length > 0.0 {
+        length.min(i64::MAX as f64 / 2.0) as i64
+    } else {
+        0
+    };
+    (start, start.saturating_add(length))
 }
 
 /// Groups records into bundles of at most `max_per_bundle` consecutive seqs of one device's
@@ -91,8 +143,16 @@ enum Content {
 /// matter; duplicates of a `(stream, device, seq)` are dropped. Each observation and alarm gets
 /// the record's device id and seq (and bed when it has none) and its patient id trimmed, so the
 /// bundle content, its key and its headers always agree.
-pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Plan {
-    let max_per_bundle = max_per_bundle.max(1);
+pub fn plan_bundles(records: Vec<OutboxRecord>, max_per_bundle: usize) -> Plan {
+    plan_bundles_with(records, PlanLimits::new(max_per_bundle))
+}
+
+/// [`plan_bundles`] with the waveform limits too: a waveforms bundle also ends when the next
+/// segment would make it cover more than `waveform_span_us` of timeline or hold more than
+/// `max_waveform_segments` segments (a single longer segment goes alone); an alarm snippet is
+/// always a bundle of its own.
+pub fn plan_bundles_with(mut records: Vec<OutboxRecord>, limits: PlanLimits) -> Plan {
+    let max_per_bundle = limits.max_per_bundle.max(1);
     records.sort_by(|a, b| (a.stream, &a.device_id, a.seq).cmp(&(b.stream, &b.device_id, b.seq)));
     records.dedup_by(|b, a| a.stream == b.stream && a.device_id == b.device_id && a.seq == b.seq);
 
@@ -123,6 +183,24 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
                 Content::Adt(adt)
             }
             (Stream::DeadLetters, Some(Body::DeadLetter(dl))) => Content::DeadLetter(dl),
+            (Stream::Waveforms, Some(Body::Waveform(mut seg))) => {
+                seg.device_id.clone_from(&rec.device_id);
+                seg.seq = rec.seq;
+                if seg.bed.is_empty() {
+                    seg.bed.clone_from(&rec.bed);
+                }
+                trim_in_place(&mut seg.patient_id);
+                Content::Waveform(seg)
+            }
+            (Stream::Alarms, Some(Body::AlarmSnippet(mut snippet))) => {
+                snippet.device_id.clone_from(&rec.device_id);
+                snippet.seq = rec.seq;
+                if snippet.bed.is_empty() {
+                    snippet.bed.clone_from(&rec.bed);
+                }
+                trim_in_place(&mut snippet.patient_id);
+                Content::Snippet(snippet)
+            }
             // The entry's own seq is the record's: a row that says otherwise is not forwarded.
             (Stream::Audit, Some(Body::AuditEntry(entry))) if entry.seq == rec.seq => {
                 Content::Audit(entry)
@@ -156,6 +234,20 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
             Content::DeadLetter(_) => (1, String::new()),
             // The key is the gateway id: the whole chain in one partition, in order.
             Content::Audit(_) => (1, String::new()),
+            Content::Waveform(seg) => (limits.max_waveform_segments.max(1), seg.patient_id.clone()),
+            Content::Snippet(snippet) => (1, snippet.patient_id.clone()),
+        };
+        let fits_timeline = match &content {
+            Content::Waveform(seg) => plan.bundles.last().is_none_or(|b| {
+                let (start, end) = segment_span(seg);
+                let (first, last) = b
+                    .waveforms
+                    .iter()
+                    .map(segment_span)
+                    .fold((start, end), |(s, e), (a, b)| (s.min(a), e.max(b)));
+                last.saturating_sub(first) <= limits.waveform_span_us
+            }),
+            _ => true,
         };
         let extends = plan.bundles.last().is_some_and(|b| {
             b.stream == rec.stream
@@ -164,6 +256,8 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
                 && b.patient_id == patient_id
                 && b.last_seq.checked_add(1) == Some(rec.seq)
                 && b.len() < limit
+                && b.snippet.is_none()
+                && fits_timeline
         });
         match (plan.bundles.last_mut(), content) {
             (Some(bundle), Content::Observation(obs)) if extends => {
@@ -180,15 +274,25 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
                     bundle.traceparent = traceparent;
                 }
             }
+            (Some(bundle), Content::Waveform(seg)) if extends => {
+                bundle.last_seq = rec.seq;
+                bundle.waveforms.push(seg);
+                if bundle.traceparent.is_empty() {
+                    bundle.traceparent = traceparent;
+                }
+            }
             (_, content) => {
                 let (mut observations, mut alarms, mut adt, mut dead_letter, mut audit) =
                     (Vec::new(), Vec::new(), None, None, None);
+                let (mut waveforms, mut snippet) = (Vec::new(), None);
                 match content {
                     Content::Observation(obs) => observations.push(obs),
                     Content::Alarm(a) => alarms.push(a),
                     Content::Adt(a) => adt = Some(a),
                     Content::DeadLetter(dl) => dead_letter = Some(dl),
                     Content::Audit(entry) => audit = Some(entry),
+                    Content::Waveform(seg) => waveforms.push(seg),
+                    Content::Snippet(s) => snippet = Some(s),
                 }
                 plan.bundles.push(PlannedBundle {
                     stream: rec.stream,
@@ -202,6 +306,8 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
                     adt,
                     dead_letter,
                     audit,
+                    waveforms,
+                    snippet,
                     traceparent,
                 });
             }

@@ -362,6 +362,8 @@ fn key_is_the_patient_when_associated_else_the_device() {
     let mapper = Mapper {
         fhir: crate::fhir::FhirContext::with_default_base("gw-test"),
         max_per_bundle: 100,
+        waveform_span_us: 5_000_000,
+        max_waveform_segments: 64,
         key: key.clone().into(),
         terminology: Terminology::builtin(),
         envelope: true,
@@ -484,7 +486,7 @@ fn alarm_record(device: &str, seq: u64, event_time_us: i64) -> OutboxRecord {
     }
 }
 
-/// librdkafka's in-process mock cluster (one broker) with the bridge's five topics.
+/// librdkafka's in-process mock cluster (one broker) with the bridge's topics.
 fn mock_cluster(
 ) -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
     let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
@@ -494,6 +496,7 @@ fn mock_cluster(
         "icu.adt",
         "icu.deadletter",
         "icu.audit",
+        "icu.waveforms",
         "icu.devices",
     ] {
         cluster.create_topic(topic, 1, 1).unwrap();
@@ -705,6 +708,8 @@ fn values_mapped_on_several_threads_are_in_bundle_order_and_the_same_as_on_one()
     let mapper = Mapper {
         fhir: crate::fhir::FhirContext::with_default_base("gw1"),
         max_per_bundle: 3,
+        waveform_span_us: 5_000_000,
+        max_waveform_segments: 64,
         key: GatewayKey::generate().into(),
         terminology: Terminology::builtin(),
         envelope: true,
@@ -729,6 +734,8 @@ fn values_mapped_on_several_threads_are_in_bundle_order_and_the_same_as_on_one()
             alarms: Vec::new(),
             adt: None,
             dead_letter: None,
+            waveforms: Vec::new(),
+            snippet: None,
             audit: None,
             traceparent: String::new(),
         })
@@ -781,6 +788,8 @@ fn the_signature_covers_the_key_and_the_headers_a_consumer_accounts_by() {
     let mut mapper = Mapper {
         fhir: crate::fhir::FhirContext::with_default_base("gw-test"),
         max_per_bundle: 100,
+        waveform_span_us: 5_000_000,
+        max_waveform_segments: 64,
         key: key.clone().into(),
         terminology: Terminology::builtin(),
         envelope: true,
