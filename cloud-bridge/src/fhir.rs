@@ -49,7 +49,7 @@
 //!   receive time, clock sync, equipment id, raw flags and the source message id/row.
 
 use fhir_sdk::r4b::resources::{
-    Bundle, Observation as FhirObservation, ObservationEffective, ObservationValue, Resource,
+    Observation as FhirObservation, ObservationEffective, ObservationValue, Resource,
 };
 use fhir_sdk::r4b::types::ExtensionValue;
 use icu_protos::v1::Observation;
@@ -58,7 +58,7 @@ use crate::error::BridgeError;
 use crate::Terminology;
 use common::{fhir_id, instant_from_us};
 pub use common::{
-    identifier_system, patient_fhir_id, profile, FhirContext, ASSOCIATION_SYSTEM,
+    identifier_system, parse_bundle, patient_fhir_id, profile, FhirContext, ASSOCIATION_SYSTEM,
     DEFAULT_FHIR_BASE, LOINC_SYSTEM, MDC_SYSTEM, UCUM_SYSTEM, UNASSOCIATED,
 };
 
@@ -124,13 +124,6 @@ pub fn observation_bundle(
         }
     }
     Ok(w.finish())
-}
-
-/// Deserializes a record value as a FHIR R4(B) Bundle with fhir-sdk types.
-pub fn parse_bundle(value: &[u8]) -> Result<Bundle, BridgeError> {
-    serde_json::from_slice(value).map_err(|e| BridgeError::FhirParse {
-        reason: e.to_string(),
-    })
 }
 
 /// The parts of one Observation that tests and the consumer look at.
@@ -255,3 +248,5 @@ mod golden;
 mod roundtrip;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod waveform_tests;

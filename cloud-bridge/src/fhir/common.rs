@@ -10,6 +10,8 @@ use fhir_sdk::r4b::types::{
 use fhir_sdk::Instant;
 use sha2::{Digest, Sha256};
 
+use crate::error::BridgeError;
+
 /// Code system of IEEE 11073-10101 (MDC) codes.
 pub const MDC_SYSTEM: &str = "urn:iso:std:iso:11073:10101";
 /// Code system of LOINC.
@@ -249,6 +251,13 @@ pub(crate) fn uuid_text(digest: &[u8]) -> [u8; 36] {
         at += 2;
     }
     out
+}
+
+/// Deserializes a record value as a FHIR R4(B) Bundle with fhir-sdk types.
+pub fn parse_bundle(value: &[u8]) -> Result<Bundle, BridgeError> {
+    serde_json::from_slice(value).map_err(|e| BridgeError::FhirParse {
+        reason: e.to_string(),
+    })
 }
 
 /// `{"fullUrl": "urn:uuid:<uuid>", "resource": ..}`.

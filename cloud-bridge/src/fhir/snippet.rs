@@ -216,7 +216,7 @@ pub struct DecodedSnippet {
 /// `result` that is no entry of the Bundle, an entry that is no `result`, no alarm reference,
 /// or waveform data that cannot be read back.
 pub fn snippet_of(value: &[u8]) -> Result<Option<DecodedSnippet>, BridgeError> {
-    let bundle = super::parse_bundle(value)?;
+    let bundle = super::common::parse_bundle(value)?;
     let entries: Vec<&BundleEntry> = bundle.entry.iter().flatten().collect();
     let Some(report) = entries.iter().find_map(|e| match &e.resource {
         Some(Resource::DiagnosticReport(r)) => Some(r),

@@ -387,7 +387,7 @@ impl DecodedSegment {
 /// skipped; a value that is no Bundle, or a waveform Observation whose data cannot be read back
 /// exactly, fails.
 pub fn decode_value(value: &[u8]) -> Result<Vec<DecodedSegment>, BridgeError> {
-    let bundle = super::parse_bundle(value)?;
+    let bundle = super::common::parse_bundle(value)?;
     let mut out = Vec::new();
     for entry in bundle.entry.iter().flatten() {
         let Some(Resource::Observation(obs)) = &entry.resource else {
