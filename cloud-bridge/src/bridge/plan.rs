@@ -800,4 +800,143 @@ mod tests {
             ]
         );
     }
+
+    /// Record `seq` of mon-1 (bed-1) on `stream` with `body`.
+    fn mon1(stream: Stream, seq: u64, body: Body) -> OutboxRecord {
+        let mut rec = obs_rec("mon-1", seq);
+        rec.stream = stream;
+        rec.record.body = Some(body);
+        rec
+    }
+
+    fn wave_rec(seq: u64, start_ms: i64, patient: &str) -> OutboxRecord {
+        let segment = WaveformSegment {
+            // One second at 500 Hz.
+            sample_period_us: 2000.0,
+            sample_count: 500,
+            first_sample_time_us: Some(1_700_000_000_000_000 + start_ms * 1000),
+            receive_time_us: 1_700_000_000_000_000,
+            patient_id: patient.into(),
+            ..Default::default()
+        };
+        mon1(Stream::Waveforms, seq, Body::Waveform(segment))
+    }
+
+    #[test]
+    fn waveform_bundles_hold_a_few_seconds_of_one_devices_curves_and_one_patient() {
+        // Two channels, one-second segments, interleaved by seq: 0-1 s, 0-1 s, 1-2 s, ...
+        let records: Vec<OutboxRecord> = (1..=16)
+            .map(|seq| wave_rec(seq, ((seq as i64 - 1) / 2) * 1000, "P1"))
+            .chain([
+                wave_rec(17, 8000, "P2"),
+                wave_rec(18, 8000, ""),
+                obs_for("mon-1", 1, "P1"),
+            ])
+            .collect();
+        let limits = PlanLimits::new(100);
+        let plan = plan_bundles_with(records.clone(), limits);
+        let summary: Vec<(Stream, u64, u64, &str)> = plan
+            .bundles
+            .iter()
+            .map(|b| (b.stream, b.first_seq, b.last_seq, b.patient_id.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Stream::Observations, 1, 1, "P1"),
+                (Stream::Waveforms, 1, 10, "P1"),
+                (Stream::Waveforms, 11, 16, "P1"),
+                (Stream::Waveforms, 17, 17, "P2"),
+                (Stream::Waveforms, 18, 18, ""),
+            ],
+            "observations first; 5 s of timeline per bundle; never two patients"
+        );
+        let b = &plan.bundles[1];
+        assert_eq!(b.waveforms.len(), 10);
+        assert!(b
+            .waveforms
+            .iter()
+            .zip(1..)
+            .all(|(w, seq)| w.seq == seq && w.device_id == "mon-1" && w.bed == "bed-1"));
+        assert!(b.observations.is_empty() && b.alarms.is_empty() && b.snippet.is_none());
+
+        // The segment cap.
+        let capped = plan_bundles_with(
+            records,
+            PlanLimits {
+                max_waveform_segments: 4,
+                ..limits
+            },
+        );
+        let lens: Vec<usize> = capped
+            .bundles
+            .iter()
+            .filter(|b| b.stream == Stream::Waveforms)
+            .map(PlannedBundle::len)
+            .collect();
+        assert_eq!(lens, [4, 4, 4, 4, 1, 1]);
+        // A segment longer than the span goes alone; an untrusted device time is not the
+        // timeline (the receive time is).
+        let mut long = wave_rec(1, 0, "P1");
+        let mut untrusted = wave_rec(2, 3_600_000, "P1");
+        if let Some(Body::Waveform(w)) = &mut long.record.body {
+            w.sample_count = 5000; // 10 s
+        }
+        if let Some(Body::Waveform(w)) = &mut untrusted.record.body {
+            w.device_time_untrusted = true;
+        }
+        let plan = plan_bundles_with(vec![long, untrusted, wave_rec(3, 1000, "P1")], limits);
+        assert_eq!(ranges(&plan), [("mon-1", 1, 1), ("mon-1", 2, 3)]);
+    }
+
+    #[test]
+    fn an_alarm_snippet_is_a_bundle_of_its_own_between_alarm_state_changes() {
+        let rec = |seq: u64, body: Body| mon1(Stream::Alarms, seq, body);
+        let snippet = || {
+            Body::AlarmSnippet(AlarmSnippet {
+                patient_id: " P1 ".into(),
+                ..Default::default()
+            })
+        };
+        let alarm = || {
+            Body::Alarm(Alarm {
+                patient_id: "P1".into(),
+                ..Default::default()
+            })
+        };
+        let plan = plan_bundles(
+            vec![
+                rec(1, alarm()),
+                rec(2, snippet()),
+                rec(3, alarm()),
+                rec(4, alarm()),
+                rec(5, snippet()),
+                rec(6, snippet()),
+            ],
+            100,
+        );
+        assert_eq!(
+            ranges(&plan),
+            [
+                ("mon-1", 1, 1),
+                ("mon-1", 2, 2),
+                ("mon-1", 3, 4),
+                ("mon-1", 5, 5),
+                ("mon-1", 6, 6)
+            ]
+        );
+        let s = plan.bundles[1].snippet.as_ref().expect("the snippet");
+        assert_eq!(
+            (s.seq, s.device_id.as_str(), s.bed.as_str()),
+            (2, "mon-1", "bed-1")
+        );
+        assert_eq!(plan.bundles[1].patient_id, "P1", "trimmed, the record key");
+        assert!(plan.bundles[1].alarms.is_empty());
+        assert!(plan.bundles[2].snippet.is_none() && plan.bundles[2].alarms.len() == 2);
+        // A waveform in the alarm stream (or a snippet elsewhere) is not forwarded.
+        let mut wrong = rec(7, snippet());
+        wrong.stream = Stream::Waveforms;
+        let plan = plan_bundles(vec![wrong], 100);
+        assert_eq!(plan.skipped[0].kind, "alarm_snippet");
+    }
 }
