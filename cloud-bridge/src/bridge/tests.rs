@@ -121,6 +121,20 @@ fn config_is_validated_with_field_names() {
         ),
         (
             BridgeConfig {
+                waveform_bundle_ms: 99,
+                ..quick_config("k:9092")
+            },
+            "waveform_bundle_ms",
+        ),
+        (
+            BridgeConfig {
+                max_waveform_segments: 0,
+                ..quick_config("k:9092")
+            },
+            "max_waveform_segments",
+        ),
+        (
+            BridgeConfig {
                 topic_adt: "  ".into(),
                 ..quick_config("k:9092")
             },
@@ -206,6 +220,8 @@ fn default_config_matches_the_documented_defaults() {
     assert_eq!(c.backlog_rate, 100_000);
     assert_eq!(c.max_backoff, Duration::from_secs(10));
     assert_eq!(c.compression, "lz4");
+    assert_eq!(c.topic(Stream::Waveforms), "icu.waveforms");
+    assert_eq!((c.waveform_bundle_ms, c.max_waveform_segments), (5000, 64));
 }
 
 #[test]
