@@ -380,3 +380,53 @@ fn render() -> String {
 fn waveform_and_snippet_bundles_are_byte_identical_to_the_golden_file() {
     super::golden::check_golden(&render(), GOLDEN, GOLDEN_PATH);
 }
+
+mod through_fhir {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Runs of the positions `i` where `pick(i)` holds.
+    fn runs(n: u32, pick: impl Fn(u32) -> bool) -> Vec<SampleRun> {
+        let mut out: Vec<SampleRun> = Vec::new();
+        for i in (0..n).filter(|i| pick(*i)) {
+            match out.last_mut() {
+                Some(r) if r.start + r.count == i => r.count += 1,
+                _ => out.push(SampleRun { start: i, count: 1 }),
+            }
+        }
+        out
+    }
+
+    proptest! {
+        /// Whatever the segment (any integers, gaps, out-of-range runs, scale sign, exponent),
+        /// the consumer gets every sample back bit-exact from the FHIR JSON, `None` exactly at
+        /// the gaps.
+        #[test]
+        fn every_sample_survives_the_fhir_round_trip(
+            positions in prop::collection::vec(
+                prop_oneof![4 => any::<i32>().prop_map(Some), 1 => Just(None)], 1..400),
+            marks in prop::collection::vec(0u8..4, 400),
+            negative in any::<bool>(),
+            exponent in -9i32..3,
+        ) {
+            let n = positions.len() as u32;
+            let present = |i: u32| positions[i as usize].is_some();
+            let seg = WaveformSegment {
+                sample_count: n,
+                samples: positions.iter().flatten().copied().collect(),
+                gaps: runs(n, |i| !present(i)),
+                below_range: runs(n, |i| present(i) && marks[i as usize] == 1),
+                above_range: runs(n, |i| present(i) && marks[i as usize] == 2),
+                scale: if negative { -0.5 } else { 0.5 },
+                decimal_exponent: exponent,
+                ..ecg(9)
+            };
+            let bytes = waveform_bundle(&cx(), "mon-1", std::slice::from_ref(&seg), &Terminology::builtin())
+                .unwrap();
+            let decoded = decode_value(&bytes).unwrap();
+            prop_assert_eq!(decoded.len(), 1);
+            prop_assert_eq!(&decoded[0].samples, &positions);
+            prop_assert_eq!(decoded[0].factor, seg.scale * 10f64.powi(exponent));
+        }
+    }
+}
