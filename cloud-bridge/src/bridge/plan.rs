@@ -160,46 +160,22 @@ pub fn plan_bundles_with(mut records: Vec<OutboxRecord>, limits: PlanLimits) -> 
     for mut rec in records {
         let traceparent = std::mem::take(&mut rec.record.traceparent);
         let content = match (rec.stream, rec.record.body) {
-            (Stream::Observations, Some(Body::Observation(mut obs))) => {
-                obs.device_id.clone_from(&rec.device_id);
-                obs.seq = rec.seq;
-                if obs.bed.is_empty() {
-                    obs.bed.clone_from(&rec.bed);
-                }
-                trim_in_place(&mut obs.patient_id);
-                Content::Observation(obs)
+            (Stream::Observations, Some(Body::Observation(o))) => {
+                Content::Observation(stamped(o, (&rec.device_id, rec.seq, &rec.bed)))
             }
-            (Stream::Alarms, Some(Body::Alarm(mut alarm))) => {
-                alarm.device_id.clone_from(&rec.device_id);
-                alarm.seq = rec.seq;
-                if alarm.bed.is_empty() {
-                    alarm.bed.clone_from(&rec.bed);
-                }
-                trim_in_place(&mut alarm.patient_id);
-                Content::Alarm(alarm)
+            (Stream::Alarms, Some(Body::Alarm(a))) => {
+                Content::Alarm(stamped(a, (&rec.device_id, rec.seq, &rec.bed)))
             }
             (Stream::Adt, Some(Body::AdtEvent(mut adt))) => {
                 trim_in_place(&mut adt.patient_id);
                 Content::Adt(adt)
             }
             (Stream::DeadLetters, Some(Body::DeadLetter(dl))) => Content::DeadLetter(dl),
-            (Stream::Waveforms, Some(Body::Waveform(mut seg))) => {
-                seg.device_id.clone_from(&rec.device_id);
-                seg.seq = rec.seq;
-                if seg.bed.is_empty() {
-                    seg.bed.clone_from(&rec.bed);
-                }
-                trim_in_place(&mut seg.patient_id);
-                Content::Waveform(seg)
+            (Stream::Waveforms, Some(Body::Waveform(w))) => {
+                Content::Waveform(stamped(w, (&rec.device_id, rec.seq, &rec.bed)))
             }
-            (Stream::Alarms, Some(Body::AlarmSnippet(mut snippet))) => {
-                snippet.device_id.clone_from(&rec.device_id);
-                snippet.seq = rec.seq;
-                if snippet.bed.is_empty() {
-                    snippet.bed.clone_from(&rec.bed);
-                }
-                trim_in_place(&mut snippet.patient_id);
-                Content::Snippet(snippet)
+            (Stream::Alarms, Some(Body::AlarmSnippet(s))) => {
+                Content::Snippet(stamped(s, (&rec.device_id, rec.seq, &rec.bed)))
             }
             // The entry's own seq is the record's: a row that says otherwise is not forwarded.
             (Stream::Audit, Some(Body::AuditEntry(entry))) if entry.seq == rec.seq => {
@@ -314,6 +290,36 @@ pub fn plan_bundles_with(mut records: Vec<OutboxRecord>, limits: PlanLimits) -> 
         }
     }
     plan
+}
+
+/// A record's content that names its device, seq, bed and patient.
+trait Stamp {
+    fn parts(&mut self) -> (&mut String, &mut u64, &mut String, &mut String);
+}
+
+macro_rules! stamp_impl {
+    ($($t:ty),*) => {$(
+        impl Stamp for $t {
+            fn parts(&mut self) -> (&mut String, &mut u64, &mut String, &mut String) {
+                (&mut self.device_id, &mut self.seq, &mut self.bed, &mut self.patient_id)
+            }
+        }
+    )*};
+}
+stamp_impl!(Observation, Alarm, WaveformSegment, AlarmSnippet);
+
+/// `content` with the outbox record's device id and seq (`at`: device, seq, bed), its bed
+/// when it has none, and its patient id trimmed: the bundle content, its key and its headers
+/// then agree.
+fn stamped<T: Stamp>(mut content: T, (device_id, seq, bed): (&String, u64, &String)) -> T {
+    let (device, content_seq, content_bed, patient) = content.parts();
+    device.clone_from(device_id);
+    *content_seq = seq;
+    if content_bed.is_empty() {
+        content_bed.clone_from(bed);
+    }
+    trim_in_place(patient);
+    content
 }
 
 fn trim_in_place(s: &mut String) {
