@@ -134,8 +134,8 @@ fn finite(what: &str, v: f64) -> Result<f64, String> {
     }
 }
 
-/// The `valueSampledData` of a segment, and the gaps it has.
-fn sampled_data(cx: &FhirContext, seg: &WaveformSegment) -> Result<(SampledData, u64), String> {
+/// The `valueSampledData` of a segment.
+fn sampled_data(cx: &FhirContext, seg: &WaveformSegment) -> Result<SampledData, String> {
     let period_ms = finite("sample period", seg.sample_period_us)? / 1000.0;
     if period_ms <= 0.0 {
         return Err(format!(
@@ -186,7 +186,7 @@ fn sampled_data(cx: &FhirContext, seg: &WaveformSegment) -> Result<(SampledData,
             ExtensionValue::String(sampled_data::limit_values_text(&encoded.limit_values)),
         )?]);
     }
-    Ok((b.build().map_err(build_err)?, encoded.gaps))
+    b.build().map_err(build_err)
 }
 
 /// The Observation of one segment of `device_id` (see the module docs).
@@ -205,7 +205,7 @@ pub(crate) fn segment_observation(
         let gateway_id = cx.gateway_id.as_str();
         let seg_device = non_empty(&seg.device_id).unwrap_or(device_id);
         let seq = seg.seq.to_string();
-        let (value, _gaps) = sampled_data(cx, seg)?;
+        let value = sampled_data(cx, seg)?;
         let receive = instant_from_us(seg.receive_time_us)
             .ok_or_else(|| format!("receive time {} us is out of range", seg.receive_time_us))?;
 
