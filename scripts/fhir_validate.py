@@ -18,7 +18,11 @@ well); `-` reads standard input. Two kinds of check, reported apart:
    profile: category vital-signs, subject a Patient, an effective time, the LOINC code that
    profile fixes, a UCUM quantity in an allowed unit; for the bp profile: components 8480-6 and
    8462-4 in mm[Hg]; every extension url is one whose StructureDefinition is published in
-   DIR (default cloud-bridge/fhir) with the value type it declares; referenceRange is typed.
+   DIR (default cloud-bridge/fhir) with the value type it declares; referenceRange is typed;
+   for a waveform (PoCD SampleArrayObservation, valueSampledData): a device, a UCUM origin,
+   dimensions 1, data tokens that are numbers or E/L/U (L and U only with lowerLimit /
+   upperLimit), and the extensions of the SampledData published too; in a Bundle, every
+   `urn:uuid:` reference (a DiagnosticReport's results) is the fullUrl of one of its entries.
 
 Prints one line per problem (`FILE:LINE resource-id: [validator|profile] what`) and a summary
 `checked N resources: E errors`; exits 1 when there is any error, 2 on a usage error.
@@ -94,17 +98,13 @@ def profile_problems(res, definitions):
             p.append("no meta.profile")
     else:
         profiles = []
-    for ext in res.get("extension") or []:
-        url = ext.get("url", "")
-        want = definitions.get(url)
-        if want is None:
-            p.append(f"extension {url} has no published StructureDefinition")
-            continue
-        key = "value" + want[0].upper() + want[1:]
-        if key not in ext:
-            p.append(f"extension {url} must carry {key}")
+    p.extend(extension_problems(res.get("extension"), definitions))
     if kind == "Observation":
         p.extend(observation_problems(res, profiles))
+        if "valueSampledData" in res:
+            p.extend(sampled_data_problems(res, profiles, definitions))
+    if kind == "Bundle":
+        p.extend(reference_problems(res))
     if kind == "Encounter" and not str((res.get("subject") or {}).get("reference", "")).startswith("Patient/"):
         p.append("Encounter.subject must be a Patient")
     if kind == "Patient" and not res.get("identifier"):
@@ -120,6 +120,66 @@ def profile_problems(res, definitions):
 
 
 POCD = "http://hl7.org/fhir/uv/pocd/StructureDefinition/"
+TOKEN = re.compile(r"^(E|L|U|-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?)$")
+
+
+def extension_problems(extensions, definitions):
+    p = []
+    for ext in extensions or []:
+        url = ext.get("url", "")
+        want = definitions.get(url)
+        if want is None:
+            p.append(f"extension {url} has no published StructureDefinition")
+            continue
+        key = "value" + want[0].upper() + want[1:]
+        if key not in ext:
+            p.append(f"extension {url} must carry {key}")
+    return p
+
+
+def sampled_data_problems(o, profiles, definitions):
+    """A waveform Observation: the SampledData rules and PoCD SampleArrayObservation."""
+    p = []
+    sd = o["valueSampledData"]
+    p.extend(extension_problems(sd.get("extension"), definitions))
+    if POCD + "SampleArrayObservation" in profiles:
+        if not str((o.get("device") or {}).get("reference", "")).startswith("Device/"):
+            p.append("SampleArrayObservation: no device")
+        origin = sd.get("origin") or {}
+        if origin.get("system") != UCUM or not origin.get("code"):
+            p.append("SampleArrayObservation: origin is not a UCUM quantity")
+    if sd.get("dimensions") != 1:
+        p.append(f"SampledData.dimensions {sd.get('dimensions')!r}, expected 1 (one channel)")
+    tokens = sd.get("data", "").split(" ") if sd.get("data") else []
+    bad = [t for t in tokens if not TOKEN.match(t)]
+    if bad:
+        p.append(f"SampledData.data has {len(bad)} tokens that are no number, E, L or U: {bad[:3]}")
+    if "L" in tokens and "lowerLimit" not in sd:
+        p.append("SampledData.data has L without lowerLimit")
+    if "U" in tokens and "upperLimit" not in sd:
+        p.append("SampledData.data has U without upperLimit")
+    return p
+
+
+def reference_problems(bundle):
+    """Every urn:uuid reference inside a Bundle names one of its entries."""
+    urls = {e.get("fullUrl") for e in bundle.get("entry") or []}
+    p = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            ref = node.get("reference")
+            if isinstance(ref, str) and ref.startswith("urn:uuid:") and ref not in urls:
+                p.append(f"reference {ref} is no entry of the Bundle")
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    for e in bundle.get("entry") or []:
+        walk(e.get("resource"))
+    return p
 
 
 def device_problems(d, profiles):

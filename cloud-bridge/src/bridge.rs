@@ -83,7 +83,7 @@ use icu_outbox::{FetchRequest, InFlightRuns, Outbox, SentRange, Stream};
 #[cfg(test)]
 use mapper::{content_type, map_and_sign_on, record_key, RecordKey, SignedRecord, MAX_MAP_THREADS};
 use mapper::{map_and_sign, DeliveryError, Mapper, Value};
-use plan::{markable, plan_bundles, PlannedBundle, TokenBucket};
+use plan::{markable, plan_bundles_with, PlannedBundle, TokenBucket};
 use tokio::task::JoinHandle;
 
 /// First backoff after a failed cycle.
@@ -169,6 +169,10 @@ impl BridgeActor {
         let mapper = Mapper {
             fhir: FhirContext::new(&config.gateway_id, &config.fhir_base),
             max_per_bundle: config.max_per_bundle,
+            waveform_span_us: i64::try_from(config.waveform_bundle_ms)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1000),
+            max_waveform_segments: config.max_waveform_segments,
             key,
             terminology,
             envelope: config.signature == "envelope",
@@ -803,7 +807,7 @@ fn prepare(
             .or_insert(r.seq);
         *to = (*to).max(r.seq);
     }
-    let plan = plan_bundles(fetched.records, mapper.max_per_bundle);
+    let plan = plan_bundles_with(fetched.records, mapper.limits());
     let values = map_and_sign(mapper, &plan.bundles);
     Ok(Prepared {
         request,

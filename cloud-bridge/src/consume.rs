@@ -33,6 +33,11 @@
 //!   ([`crate::fhir::audit_entry_of`]): the entry's seq must be the record's, the entry's own
 //!   ed25519 signature over its hash must verify with the key, and each entry's `prev_hash` must
 //!   be the hash of the entry before it (seq 1: zeros); a failure makes the report unclean;
+//! - waveform records (`icu.waveforms`) are read back to their samples
+//!   ([`crate::fhir::decode_value`]): segments, sample positions and gaps (`E`) are counted per
+//!   stream; alarm snippets on `icu.alarms` are checked ([`crate::fhir::snippet_of`]: every
+//!   result in the record, an alarm reference, readable samples) and counted; a record that
+//!   fails either makes the report unclean;
 //! - [`write_deduplicated_json_lines`] writes each verified `(gateway, device, seq)` once: the
 //!   first verified record that brings a seq is written; a record whose seqs were all written
 //!   before is skipped; a record that partly overlaps is written whole (its signed bytes cannot
@@ -54,7 +59,8 @@ use tracing::{debug, warn};
 use crate::bridge::security::{client_properties, KafkaSecurity};
 use crate::error::BridgeError;
 use crate::fhir::{
-    audit_entry_of, is_audit_event, observations_of, ParsedAuditEntry, ParsedObservation,
+    audit_entry_of, decode_value, is_audit_event, observations_of, snippet_of, ParsedAuditEntry,
+    ParsedObservation,
 };
 use crate::headers;
 use crate::signing::envelope::envelope;
@@ -298,6 +304,23 @@ pub struct DeviceReport {
     pub unsigned: u64,
     /// Audit-trail entries read (`icu.audit`; re-deliveries counted again).
     pub audit_entries: u64,
+    /// Waveform records read (`icu.waveforms`; re-deliveries counted again), the segments
+    /// (Observations with `valueSampledData`) in them, their sample positions and, of those,
+    /// the gaps (`E`).
+    pub waveform_records: u64,
+    pub waveform_segments: u64,
+    pub waveform_samples: u64,
+    pub waveform_gaps: u64,
+    /// Waveform records whose samples cannot be read back exactly ([`crate::fhir::decode_value`]
+    /// fails): by partition and offset.
+    pub waveforms_bad: Vec<(i32, i64)>,
+    /// Alarm snippets read (`icu.alarms`: a DiagnosticReport with the curves around an alarm's
+    /// start) and the waveform segments in them.
+    pub snippets: u64,
+    pub snippet_segments: u64,
+    /// Snippets that do not hold together ([`crate::fhir::snippet_of`] fails: a result that is
+    /// not in the record, no alarm reference, unreadable samples): by partition and offset.
+    pub snippets_bad: Vec<(i32, i64)>,
     /// Audit entries whose own signature (over their hash) does not verify with the key, or
     /// whose seq is not their record's: by seq.
     pub audit_entries_bad: Vec<u64>,
@@ -366,6 +389,8 @@ impl ConsumeReport {
                 d.gaps.is_empty()
                     && d.audit_entries_bad.is_empty()
                     && d.audit_chain_breaks.is_empty()
+                    && d.waveforms_bad.is_empty()
+                    && d.snippets_bad.is_empty()
             })
     }
 
@@ -592,6 +617,9 @@ pub fn report_with_keys(records: &[ConsumedRecord], key: Option<&KeyRing>) -> Co
                 None
             }
         };
+        if parsed.is_some() {
+            count_curves(record, dev);
+        }
         if !trusted {
             continue;
         }
@@ -650,6 +678,37 @@ pub fn report_with_keys(records: &[ConsumedRecord], key: Option<&KeyRing>) -> Co
             .insert(key.device, dev);
     }
     report
+}
+
+/// Counts the curves of a FHIR record: an `icu.waveforms` record's segments, samples and gaps;
+/// an alarm snippet on the alarm stream. A record whose curves cannot be read back is listed
+/// as bad (the report is then unclean).
+fn count_curves(record: &ConsumedRecord, dev: &mut DeviceReport) {
+    let at = (record.partition, record.offset);
+    match record.headers.get(headers::STREAM).map(|s| s.trim()) {
+        Some("waveforms") => {
+            dev.waveform_records += 1;
+            match decode_value(&record.value) {
+                Ok(segments) => {
+                    dev.waveform_segments += segments.len() as u64;
+                    for seg in &segments {
+                        dev.waveform_samples += seg.samples.len() as u64;
+                        dev.waveform_gaps += seg.gaps() as u64;
+                    }
+                }
+                Err(_) => dev.waveforms_bad.push(at),
+            }
+        }
+        Some("alarms") => match snippet_of(&record.value) {
+            Ok(Some(snippet)) => {
+                dev.snippets += 1;
+                dev.snippet_segments += snippet.segments.len() as u64;
+            }
+            Ok(None) => {}
+            Err(_) => dev.snippets_bad.push(at),
+        },
+        _ => {}
+    }
 }
 
 /// One trusted audit record: its header seq range and the entry read from its value.

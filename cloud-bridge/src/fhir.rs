@@ -8,7 +8,10 @@
 //! `collection` Bundle of PoCD-style Observations), [`alarm_observation`] (one alarm state change
 //! → one Observation, in `alarm`), [`adt_bundle`] (one ADT event → one `collection` Bundle of a
 //! Patient and an Encounter, in `adt`), [`audit_event`] (one gateway audit-trail entry → one
-//! AuditEvent, in `audit`), and [`parse_bundle`] and [`observations_of`] for readers.
+//! AuditEvent, in `audit`), [`waveform_bundle`] (one device's consecutive waveform segments →
+//! one Bundle of Observations with `valueSampledData`, in [`waveform`]), [`snippet_bundle`] (an
+//! alarm's waveform snippet → a DiagnosticReport with its waveform Observations, in `snippet`),
+//! and [`parse_bundle`], [`observations_of`], [`decode_value`] and [`snippet_of`] for readers.
 //!
 //! Guarantees:
 //! - **Deterministic bytes.** The output depends only on the inputs: no wall clock, no random
@@ -46,7 +49,7 @@
 //!   receive time, clock sync, equipment id, raw flags and the source message id/row.
 
 use fhir_sdk::r4b::resources::{
-    Bundle, Observation as FhirObservation, ObservationEffective, ObservationValue, Resource,
+    Observation as FhirObservation, ObservationEffective, ObservationValue, Resource,
 };
 use fhir_sdk::r4b::types::ExtensionValue;
 use icu_protos::v1::Observation;
@@ -55,7 +58,7 @@ use crate::error::BridgeError;
 use crate::Terminology;
 use common::{fhir_id, instant_from_us};
 pub use common::{
-    identifier_system, patient_fhir_id, profile, FhirContext, ASSOCIATION_SYSTEM,
+    identifier_system, parse_bundle, patient_fhir_id, profile, FhirContext, ASSOCIATION_SYSTEM,
     DEFAULT_FHIR_BASE, LOINC_SYSTEM, MDC_SYSTEM, UCUM_SYSTEM, UNASSOCIATED,
 };
 
@@ -121,13 +124,6 @@ pub fn observation_bundle(
         }
     }
     Ok(w.finish())
-}
-
-/// Deserializes a record value as a FHIR R4(B) Bundle with fhir-sdk types.
-pub fn parse_bundle(value: &[u8]) -> Result<Bundle, BridgeError> {
-    serde_json::from_slice(value).map_err(|e| BridgeError::FhirParse {
-        reason: e.to_string(),
-    })
 }
 
 /// The parts of one Observation that tests and the consumer look at.
@@ -232,7 +228,10 @@ mod audit;
 mod common;
 mod device;
 mod json;
+mod sampled_data;
+mod snippet;
 mod vitals;
+pub mod waveform;
 pub use adt::{adt_bundle, encounter_status};
 pub use alarm::{alarm_bundle, alarm_identifier_system, alarm_observation};
 pub use audit::{
@@ -240,6 +239,8 @@ pub use audit::{
     AUDIT_EVENT_TYPE_SYSTEM, DCM_SYSTEM, RESTFUL_INTERACTION_SYSTEM, ROLE_SYSTEM,
 };
 pub use device::{device_metric_id, devices_bundle, DeviceDescription, MetricInfo, EUI64_SYSTEM};
+pub use snippet::{snippet_bundle, snippet_of, DecodedSnippet};
+pub use waveform::{decode_value, waveform_bundle, DecodedSegment};
 
 #[cfg(test)]
 mod golden;
@@ -247,3 +248,5 @@ mod golden;
 mod roundtrip;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod waveform_tests;

@@ -26,5 +26,5 @@ pub(crate) use icu_drivers::terminology::Terminology;
 
 pub use bridge::{BridgeActor, BridgeConfig, BridgeState, BridgeStats, Wake};
 pub use error::BridgeError;
-pub use icu_outbox::{MemoryOutbox, Outbox, OutboxError, OutboxRecord};
+pub use icu_outbox::{MemoryOutbox, Outbox, OutboxError, OutboxRecord, Stream};
 pub use signing::GatewayKey;

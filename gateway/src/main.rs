@@ -385,11 +385,14 @@ fn main() -> anyhow::Result<()> {
                 replication: replication_factor,
                 retention: std::time::Duration::from_secs(retention_hours.saturating_mul(3600)),
             };
-            let settings: Vec<String> = spec
-                .settings()
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+            let settings = |topic: &str| -> String {
+                let all: Vec<String> = spec
+                    .settings_for(kafka, topic)
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                all.join(", ")
+            };
             let answers = icu_cloud_bridge::bridge::topics::create_topics(kafka, &spec)
                 .with_context(|| format!("creating topics on {}", kafka.brokers))?;
             let mut failed = 0;
@@ -398,7 +401,7 @@ fn main() -> anyhow::Result<()> {
                 match outcome {
                     TopicOutcome::Created => println!(
                         "{topic}: created ({partitions} partitions, replication {replication_factor}, {})",
-                        settings.join(", ")
+                        settings(&topic)
                     ),
                     TopicOutcome::Exists => println!("{topic}: exists (left as it is)"),
                     TopicOutcome::Failed(reason) => {

@@ -472,11 +472,19 @@ fn topics_create_makes_every_topic_of_the_config_once() -> anyhow::Result<()> {
         "icu.adt",
         "icu.audit",
         "icu.observations",
+        "icu.waveforms",
         "icu.deadletter",
         "icu.devices",
     ];
     let first = icu_tests::http::gateway_cli(&args, "")?;
     eprintln!("{first}");
+    assert!(
+        first
+            .lines()
+            .any(|l| l.starts_with("icu.waveforms: created")
+                && l.contains("segment.bytes=268435456")),
+        "the waveforms topic gets smaller log segments:\n{first}"
+    );
     for topic in ours {
         assert!(
             first

@@ -14,6 +14,9 @@ use icu_cloud_bridge::fhir::{
 use icu_protos::v1::{AdtEvent, Alarm, AuditEntry};
 
 const GOLDEN: &str = include_str!("../../cloud-bridge/src/fhir/golden_observation_bundles.jsonl");
+/// A waveform bundle (`icu.waveforms`) and an alarm snippet bundle (`icu.alarms`).
+const GOLDEN_WAVEFORMS: &str =
+    include_str!("../../cloud-bridge/src/fhir/golden_waveform_bundles.jsonl");
 
 fn validator_python() -> Option<PathBuf> {
     icu_tests::tool_from_env("ICU_FHIR_PYTHON")
@@ -146,6 +149,7 @@ fn every_resource_type_the_gateway_sends_validates_against_r4_and_its_profiles()
         return;
     };
     let mut lines: Vec<String> = GOLDEN.lines().map(str::to_owned).collect();
+    lines.extend(GOLDEN_WAVEFORMS.lines().map(str::to_owned));
     lines.extend(other_resources());
     let (code, out) = validate(&py, &lines);
     assert_eq!(code, 0, "{out}");
@@ -228,4 +232,32 @@ fn a_broken_resource_fails_validation_with_the_reason() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("[validator]"), "{out}");
     assert!(out.contains("value is not a valid decimal"), "{out}");
+}
+
+#[test]
+fn a_waveform_with_l_but_no_lower_limit_or_a_snippet_result_outside_its_bundle_fails() {
+    let Some(py) = validator_python() else {
+        return;
+    };
+    let mut lines = GOLDEN_WAVEFORMS.lines();
+    let mut waves: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let mut snippet: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let (code, out) = validate(&py, &[waves.to_string(), snippet.to_string()]);
+    assert_eq!(
+        code, 0,
+        "the golden waveform and snippet bundles are valid: {out}"
+    );
+    waves["entry"][0]["resource"]["valueSampledData"]
+        .as_object_mut()
+        .unwrap()
+        .remove("lowerLimit");
+    snippet["entry"][0]["resource"]["result"][0]["reference"] =
+        "urn:uuid:00000000-0000-8000-8000-000000000000".into();
+    let (code, out) = validate(&py, &[waves.to_string(), snippet.to_string()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("SampledData.data has L without lowerLimit"),
+        "{out}"
+    );
+    assert!(out.contains("is no entry of the Bundle"), "{out}");
 }

@@ -61,6 +61,11 @@ pub struct BridgeConfig {
     pub backlog_rate: u64,
     /// Most observations per Kafka record (default 100).
     pub max_per_bundle: usize,
+    /// Most timeline one `icu.waveforms` record covers, ms (default 5000): a device's
+    /// consecutive segments from the start of the first to the end of the last.
+    pub waveform_bundle_ms: u64,
+    /// Most waveform segments per `icu.waveforms` record (default 64).
+    pub max_waveform_segments: usize,
     /// How long librdkafka keeps trying to deliver one record (default 30000 ms).
     pub message_timeout_ms: u64,
     /// Idle wait between cycles when there is nothing to send (default 200 ms).
@@ -97,6 +102,8 @@ impl Default for BridgeConfig {
             live_window: Duration::from_secs(10),
             backlog_rate: 100_000,
             max_per_bundle: 100,
+            waveform_bundle_ms: 5000,
+            max_waveform_segments: 64,
             message_timeout_ms: 30_000,
             poll_interval: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
@@ -166,6 +173,12 @@ impl BridgeConfig {
         }
         if !(1..=10_000).contains(&self.max_per_bundle) {
             bad("max_per_bundle", "must be within 1..=10000");
+        }
+        if !(100..=60_000).contains(&self.waveform_bundle_ms) {
+            bad("waveform_bundle_ms", "must be within 100..=60000");
+        }
+        if !(1..=1000).contains(&self.max_waveform_segments) {
+            bad("max_waveform_segments", "must be within 1..=1000");
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.live_window) {
             bad(
@@ -279,6 +292,15 @@ pub struct KafkaSettings {
     /// Most observations per Kafka record (one FHIR Bundle).
     #[serde(default = "defaults::max_per_bundle")]
     pub max_per_bundle: usize,
+    /// Most timeline of curves one `icu.waveforms` record (one FHIR Bundle) covers, in ms
+    /// (default 5000, 100..=60000): a device's consecutive waveform segments from the start of
+    /// the first to the end of the last. A single longer segment goes alone.
+    #[serde(default = "defaults::waveform_bundle_ms")]
+    pub waveform_bundle_ms: u64,
+    /// Most waveform segments (one Observation each) per `icu.waveforms` record (default 64,
+    /// 1..=1000).
+    #[serde(default = "defaults::max_waveform_segments")]
+    pub max_waveform_segments: usize,
     /// Producer compression: none, gzip, snappy, lz4 or zstd.
     #[serde(default = "defaults::compression")]
     pub compression: String,
@@ -331,6 +353,8 @@ impl KafkaSettings {
             live_window: Duration::from_millis(self.live_window_ms),
             backlog_rate: self.backlog_rate,
             max_per_bundle: self.max_per_bundle,
+            waveform_bundle_ms: self.waveform_bundle_ms,
+            max_waveform_segments: self.max_waveform_segments,
             message_timeout_ms: self.message_timeout_ms,
             security: self.security.clone(),
             properties: self.properties.clone(),
@@ -391,6 +415,12 @@ mod defaults {
     }
     pub fn max_per_bundle() -> usize {
         BridgeConfig::default().max_per_bundle
+    }
+    pub fn waveform_bundle_ms() -> u64 {
+        BridgeConfig::default().waveform_bundle_ms
+    }
+    pub fn max_waveform_segments() -> usize {
+        BridgeConfig::default().max_waveform_segments
     }
     pub fn compression() -> String {
         BridgeConfig::default().compression

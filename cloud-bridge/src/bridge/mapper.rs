@@ -11,10 +11,13 @@ use base64::Engine as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tracing::error;
 
-use super::plan::PlannedBundle;
+use super::plan::{PlanLimits, PlannedBundle};
 use crate::deadletter::dead_letter_json;
 use crate::error::BridgeError;
-use crate::fhir::{adt_bundle, alarm_bundle, audit_event, observation_bundle, FhirContext};
+use crate::fhir::{
+    adt_bundle, alarm_bundle, audit_event, observation_bundle, snippet_bundle, waveform_bundle,
+    FhirContext,
+};
 use crate::headers;
 use crate::signing::envelope::envelope;
 use crate::signing::SigningKeys;
@@ -58,6 +61,10 @@ pub(super) struct Mapper {
     /// The gateway id and the canonical base of the FHIR it writes.
     pub(super) fhir: FhirContext,
     pub(super) max_per_bundle: usize,
+    /// Most timeline per waveforms bundle, µs (`[kafka] waveform_bundle_ms`).
+    pub(super) waveform_span_us: i64,
+    /// Most segments per waveforms bundle (`[kafka] max_waveform_segments`).
+    pub(super) max_waveform_segments: usize,
     /// Which key signs is decided per record ([`SigningKeys::at`]): a rotation scheduled for a
     /// time takes effect at that time.
     pub(super) key: Arc<SigningKeys>,
@@ -69,10 +76,19 @@ pub(super) struct Mapper {
 }
 
 impl Mapper {
+    /// How big [`super::plan::plan_bundles_with`] lets a bundle grow.
+    pub(super) fn limits(&self) -> PlanLimits {
+        PlanLimits {
+            max_per_bundle: self.max_per_bundle,
+            waveform_span_us: self.waveform_span_us,
+            max_waveform_segments: self.max_waveform_segments,
+        }
+    }
+
     pub(super) fn value(&self, bundle: &PlannedBundle) -> Value {
         let cx = &self.fhir;
         let gateway_id = &cx.gateway_id;
-        let value = match (bundle.stream, &bundle.alarms, &bundle.adt, &bundle.dead_letter) {
+        let value = match (bundle.stream, &bundle.adt, &bundle.dead_letter, &bundle.snippet) {
             (Stream::Audit, ..) => match &bundle.audit {
                 Some(entry) => audit_event(cx, entry),
                 None => Err(BridgeError::FhirMapping {
@@ -81,13 +97,23 @@ impl Mapper {
                     reason: "audit bundle without its entry".into(),
                 }),
             },
-            (Stream::Alarms, alarms, _, _) if !alarms.is_empty() => {
-                alarm_bundle(cx, &bundle.device_id, alarms)
+            // An alarm snippet: a record of its own on the alarm topic.
+            (Stream::Alarms, _, _, Some(snippet)) => {
+                snippet_bundle(cx, &bundle.device_id, snippet, &self.terminology)
             }
-            (Stream::DeadLetters, _, _, Some(dl)) => {
+            (Stream::Alarms, ..) if !bundle.alarms.is_empty() => {
+                alarm_bundle(cx, &bundle.device_id, &bundle.alarms)
+            }
+            (Stream::Waveforms, ..) => waveform_bundle(
+                cx,
+                &bundle.device_id,
+                &bundle.waveforms,
+                &self.terminology,
+            ),
+            (Stream::DeadLetters, _, Some(dl), _) => {
                 dead_letter_json(gateway_id, &bundle.device_id, bundle.first_seq, dl)
             }
-            (Stream::Adt, _, Some(adt), _) => {
+            (Stream::Adt, Some(adt), ..) => {
                 adt_bundle(cx, &bundle.device_id, bundle.first_seq, adt)
             }
             _ => observation_bundle(
@@ -255,12 +281,14 @@ impl Mapper {
 fn first_record_time(bundle: &PlannedBundle) -> Option<String> {
     let us = match bundle.stream {
         Stream::Observations => bundle.observations.first().map(|o| o.receive_time_us),
-        Stream::Alarms => bundle.alarms.first().map(|a| a.event_time_us),
+        Stream::Alarms => match &bundle.snippet {
+            Some(snippet) => Some(snippet.alarm_start_us),
+            None => bundle.alarms.first().map(|a| a.event_time_us),
+        },
         Stream::Adt => bundle.adt.as_ref().map(|a| a.event_time_us),
         Stream::DeadLetters => bundle.dead_letter.as_ref().map(|d| d.received_us),
         Stream::Audit => bundle.audit.as_ref().map(|a| a.time_us),
-        // Mapped by the waveform step of issue 19 (not yet forwarded).
-        Stream::Waveforms => None,
+        Stream::Waveforms => bundle.waveforms.first().map(|w| w.receive_time_us),
     }
     .filter(|us| *us > 0)?;
     chrono::DateTime::from_timestamp_micros(us)

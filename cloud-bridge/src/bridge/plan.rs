@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use icu_protos::v1::{stored_record::Body, AdtEvent, Alarm, AuditEntry, DeadLetter, Observation};
+use icu_protos::v1::{
+    stored_record::Body, AdtEvent, Alarm, AlarmSnippet, AuditEntry, DeadLetter, Observation,
+    WaveformSegment,
+};
 
 use icu_outbox::{OutboxRecord, Stream};
 
@@ -17,7 +20,11 @@ use icu_outbox::{OutboxRecord, Stream};
 /// device per cycle, not one Kafka record each ahead of every observation); an ADT bundle holds
 /// exactly one ADT event (one FHIR Bundle with a Patient and an Encounter); an audit bundle holds
 /// exactly one audit-trail entry (one FHIR AuditEvent); a dead-letter bundle holds exactly one
-/// dead letter (one plain JSON object).
+/// dead letter (one plain JSON object); a waveforms bundle holds a device's consecutive
+/// segments over at most [`PlanLimits::waveform_span_us`] of timeline and at most
+/// [`PlanLimits::max_waveform_segments`] segments (one FHIR Bundle of SampledData
+/// Observations); an alarm snippet (alarms stream) is a bundle of its own, never with alarm
+/// state changes (one FHIR Bundle with a DiagnosticReport).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedBundle {
     pub stream: Stream,
@@ -38,6 +45,10 @@ pub struct PlannedBundle {
     pub dead_letter: Option<DeadLetter>,
     /// The audit-trail entry (audit stream).
     pub audit: Option<AuditEntry>,
+    /// The waveform segments, in seq order (waveforms stream).
+    pub waveforms: Vec<WaveformSegment>,
+    /// The alarm snippet (alarms stream, a bundle of its own).
+    pub snippet: Option<AlarmSnippet>,
     /// The W3C trace context stored with the first of its records that has one (the span that
     /// committed that message; `crate::trace`); empty when tracing was off.
     pub traceparent: String,
@@ -80,6 +91,47 @@ enum Content {
     Adt(AdtEvent),
     DeadLetter(DeadLetter),
     Audit(AuditEntry),
+    Waveform(WaveformSegment),
+    Snippet(AlarmSnippet),
+}
+
+/// How big a bundle may grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanLimits {
+    /// Most observations or alarm state changes per bundle (`[kafka] max_per_bundle`).
+    pub max_per_bundle: usize,
+    /// Most timeline one waveforms bundle covers, µs (`[kafka] waveform_bundle_ms`): from the
+    /// start of its first segment to the end of its last.
+    pub waveform_span_us: i64,
+    /// Most segments per waveforms bundle (`[kafka] max_waveform_segments`).
+    pub max_waveform_segments: usize,
+}
+
+impl PlanLimits {
+    /// `max_per_bundle` with the default waveform limits (5 s, 64 segments).
+    pub fn new(max_per_bundle: usize) -> Self {
+        Self {
+            max_per_bundle,
+            waveform_span_us: 5_000_000,
+            max_waveform_segments: 64,
+        }
+    }
+}
+
+/// The timeline a segment covers, µs: from its first sample's device time (the receive time
+/// when it has none or it is untrusted) for `sample_count` sample periods.
+fn segment_span(seg: &WaveformSegment) -> (i64, i64) {
+    let start = seg
+        .first_sample_time_us
+        .filter(|_| !seg.device_time_untrusted)
+        .unwrap_or(seg.receive_time_us);
+    let length = f64::from(seg.sample_count) * seg.sample_period_us;
+    let length = if length.is_finite() && length > 0.0 {
+        length.min(i64::MAX as f64 / 2.0) as i64
+    } else {
+        0
+    };
+    (start, start.saturating_add(length))
 }
 
 /// Groups records into bundles of at most `max_per_bundle` consecutive seqs of one device's
@@ -91,8 +143,16 @@ enum Content {
 /// matter; duplicates of a `(stream, device, seq)` are dropped. Each observation and alarm gets
 /// the record's device id and seq (and bed when it has none) and its patient id trimmed, so the
 /// bundle content, its key and its headers always agree.
-pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Plan {
-    let max_per_bundle = max_per_bundle.max(1);
+pub fn plan_bundles(records: Vec<OutboxRecord>, max_per_bundle: usize) -> Plan {
+    plan_bundles_with(records, PlanLimits::new(max_per_bundle))
+}
+
+/// [`plan_bundles`] with the waveform limits too: a waveforms bundle also ends when the next
+/// segment would make it cover more than `waveform_span_us` of timeline or hold more than
+/// `max_waveform_segments` segments (a single longer segment goes alone); an alarm snippet is
+/// always a bundle of its own.
+pub fn plan_bundles_with(mut records: Vec<OutboxRecord>, limits: PlanLimits) -> Plan {
+    let max_per_bundle = limits.max_per_bundle.max(1);
     records.sort_by(|a, b| (a.stream, &a.device_id, a.seq).cmp(&(b.stream, &b.device_id, b.seq)));
     records.dedup_by(|b, a| a.stream == b.stream && a.device_id == b.device_id && a.seq == b.seq);
 
@@ -100,29 +160,23 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
     for mut rec in records {
         let traceparent = std::mem::take(&mut rec.record.traceparent);
         let content = match (rec.stream, rec.record.body) {
-            (Stream::Observations, Some(Body::Observation(mut obs))) => {
-                obs.device_id.clone_from(&rec.device_id);
-                obs.seq = rec.seq;
-                if obs.bed.is_empty() {
-                    obs.bed.clone_from(&rec.bed);
-                }
-                trim_in_place(&mut obs.patient_id);
-                Content::Observation(obs)
+            (Stream::Observations, Some(Body::Observation(o))) => {
+                Content::Observation(stamped(o, (&rec.device_id, rec.seq, &rec.bed)))
             }
-            (Stream::Alarms, Some(Body::Alarm(mut alarm))) => {
-                alarm.device_id.clone_from(&rec.device_id);
-                alarm.seq = rec.seq;
-                if alarm.bed.is_empty() {
-                    alarm.bed.clone_from(&rec.bed);
-                }
-                trim_in_place(&mut alarm.patient_id);
-                Content::Alarm(alarm)
+            (Stream::Alarms, Some(Body::Alarm(a))) => {
+                Content::Alarm(stamped(a, (&rec.device_id, rec.seq, &rec.bed)))
             }
             (Stream::Adt, Some(Body::AdtEvent(mut adt))) => {
                 trim_in_place(&mut adt.patient_id);
                 Content::Adt(adt)
             }
             (Stream::DeadLetters, Some(Body::DeadLetter(dl))) => Content::DeadLetter(dl),
+            (Stream::Waveforms, Some(Body::Waveform(w))) => {
+                Content::Waveform(stamped(w, (&rec.device_id, rec.seq, &rec.bed)))
+            }
+            (Stream::Alarms, Some(Body::AlarmSnippet(s))) => {
+                Content::Snippet(stamped(s, (&rec.device_id, rec.seq, &rec.bed)))
+            }
             // The entry's own seq is the record's: a row that says otherwise is not forwarded.
             (Stream::Audit, Some(Body::AuditEntry(entry))) if entry.seq == rec.seq => {
                 Content::Audit(entry)
@@ -156,6 +210,20 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
             Content::DeadLetter(_) => (1, String::new()),
             // The key is the gateway id: the whole chain in one partition, in order.
             Content::Audit(_) => (1, String::new()),
+            Content::Waveform(seg) => (limits.max_waveform_segments.max(1), seg.patient_id.clone()),
+            Content::Snippet(snippet) => (1, snippet.patient_id.clone()),
+        };
+        let fits_timeline = match &content {
+            Content::Waveform(seg) => plan.bundles.last().is_none_or(|b| {
+                let (start, end) = segment_span(seg);
+                let (first, last) = b
+                    .waveforms
+                    .iter()
+                    .map(segment_span)
+                    .fold((start, end), |(s, e), (a, b)| (s.min(a), e.max(b)));
+                last.saturating_sub(first) <= limits.waveform_span_us
+            }),
+            _ => true,
         };
         let extends = plan.bundles.last().is_some_and(|b| {
             b.stream == rec.stream
@@ -164,6 +232,8 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
                 && b.patient_id == patient_id
                 && b.last_seq.checked_add(1) == Some(rec.seq)
                 && b.len() < limit
+                && b.snippet.is_none()
+                && fits_timeline
         });
         match (plan.bundles.last_mut(), content) {
             (Some(bundle), Content::Observation(obs)) if extends => {
@@ -180,15 +250,25 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
                     bundle.traceparent = traceparent;
                 }
             }
+            (Some(bundle), Content::Waveform(seg)) if extends => {
+                bundle.last_seq = rec.seq;
+                bundle.waveforms.push(seg);
+                if bundle.traceparent.is_empty() {
+                    bundle.traceparent = traceparent;
+                }
+            }
             (_, content) => {
                 let (mut observations, mut alarms, mut adt, mut dead_letter, mut audit) =
                     (Vec::new(), Vec::new(), None, None, None);
+                let (mut waveforms, mut snippet) = (Vec::new(), None);
                 match content {
                     Content::Observation(obs) => observations.push(obs),
                     Content::Alarm(a) => alarms.push(a),
                     Content::Adt(a) => adt = Some(a),
                     Content::DeadLetter(dl) => dead_letter = Some(dl),
                     Content::Audit(entry) => audit = Some(entry),
+                    Content::Waveform(seg) => waveforms.push(seg),
+                    Content::Snippet(s) => snippet = Some(s),
                 }
                 plan.bundles.push(PlannedBundle {
                     stream: rec.stream,
@@ -202,12 +282,44 @@ pub fn plan_bundles(mut records: Vec<OutboxRecord>, max_per_bundle: usize) -> Pl
                     adt,
                     dead_letter,
                     audit,
+                    waveforms,
+                    snippet,
                     traceparent,
                 });
             }
         }
     }
     plan
+}
+
+/// A record's content that names its device, seq, bed and patient.
+trait Stamp {
+    fn parts(&mut self) -> (&mut String, &mut u64, &mut String, &mut String);
+}
+
+macro_rules! stamp_impl {
+    ($($t:ty),*) => {$(
+        impl Stamp for $t {
+            fn parts(&mut self) -> (&mut String, &mut u64, &mut String, &mut String) {
+                (&mut self.device_id, &mut self.seq, &mut self.bed, &mut self.patient_id)
+            }
+        }
+    )*};
+}
+stamp_impl!(Observation, Alarm, WaveformSegment, AlarmSnippet);
+
+/// `content` with the outbox record's device id and seq (`at`: device, seq, bed), its bed
+/// when it has none, and its patient id trimmed: the bundle content, its key and its headers
+/// then agree.
+fn stamped<T: Stamp>(mut content: T, (device_id, seq, bed): (&String, u64, &String)) -> T {
+    let (device, content_seq, content_bed, patient) = content.parts();
+    device.clone_from(device_id);
+    *content_seq = seq;
+    if content_bed.is_empty() {
+        content_bed.clone_from(bed);
+    }
+    trim_in_place(patient);
+    content
 }
 
 fn trim_in_place(s: &mut String) {
@@ -693,5 +805,144 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// Record `seq` of mon-1 (bed-1) on `stream` with `body`.
+    fn mon1(stream: Stream, seq: u64, body: Body) -> OutboxRecord {
+        let mut rec = obs_rec("mon-1", seq);
+        rec.stream = stream;
+        rec.record.body = Some(body);
+        rec
+    }
+
+    fn wave_rec(seq: u64, start_ms: i64, patient: &str) -> OutboxRecord {
+        let segment = WaveformSegment {
+            // One second at 500 Hz.
+            sample_period_us: 2000.0,
+            sample_count: 500,
+            first_sample_time_us: Some(1_700_000_000_000_000 + start_ms * 1000),
+            receive_time_us: 1_700_000_000_000_000,
+            patient_id: patient.into(),
+            ..Default::default()
+        };
+        mon1(Stream::Waveforms, seq, Body::Waveform(segment))
+    }
+
+    #[test]
+    fn waveform_bundles_hold_a_few_seconds_of_one_devices_curves_and_one_patient() {
+        // Two channels, one-second segments, interleaved by seq: 0-1 s, 0-1 s, 1-2 s, ...
+        let records: Vec<OutboxRecord> = (1..=16)
+            .map(|seq| wave_rec(seq, ((seq as i64 - 1) / 2) * 1000, "P1"))
+            .chain([
+                wave_rec(17, 8000, "P2"),
+                wave_rec(18, 8000, ""),
+                obs_for("mon-1", 1, "P1"),
+            ])
+            .collect();
+        let limits = PlanLimits::new(100);
+        let plan = plan_bundles_with(records.clone(), limits);
+        let summary: Vec<(Stream, u64, u64, &str)> = plan
+            .bundles
+            .iter()
+            .map(|b| (b.stream, b.first_seq, b.last_seq, b.patient_id.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Stream::Observations, 1, 1, "P1"),
+                (Stream::Waveforms, 1, 10, "P1"),
+                (Stream::Waveforms, 11, 16, "P1"),
+                (Stream::Waveforms, 17, 17, "P2"),
+                (Stream::Waveforms, 18, 18, ""),
+            ],
+            "observations first; 5 s of timeline per bundle; never two patients"
+        );
+        let b = &plan.bundles[1];
+        assert_eq!(b.waveforms.len(), 10);
+        assert!(b
+            .waveforms
+            .iter()
+            .zip(1..)
+            .all(|(w, seq)| w.seq == seq && w.device_id == "mon-1" && w.bed == "bed-1"));
+        assert!(b.observations.is_empty() && b.alarms.is_empty() && b.snippet.is_none());
+
+        // The segment cap.
+        let capped = plan_bundles_with(
+            records,
+            PlanLimits {
+                max_waveform_segments: 4,
+                ..limits
+            },
+        );
+        let lens: Vec<usize> = capped
+            .bundles
+            .iter()
+            .filter(|b| b.stream == Stream::Waveforms)
+            .map(PlannedBundle::len)
+            .collect();
+        assert_eq!(lens, [4, 4, 4, 4, 1, 1]);
+        // A segment longer than the span goes alone; an untrusted device time is not the
+        // timeline (the receive time is).
+        let mut long = wave_rec(1, 0, "P1");
+        let mut untrusted = wave_rec(2, 3_600_000, "P1");
+        if let Some(Body::Waveform(w)) = &mut long.record.body {
+            w.sample_count = 5000; // 10 s
+        }
+        if let Some(Body::Waveform(w)) = &mut untrusted.record.body {
+            w.device_time_untrusted = true;
+        }
+        let plan = plan_bundles_with(vec![long, untrusted, wave_rec(3, 1000, "P1")], limits);
+        assert_eq!(ranges(&plan), [("mon-1", 1, 1), ("mon-1", 2, 3)]);
+    }
+
+    #[test]
+    fn an_alarm_snippet_is_a_bundle_of_its_own_between_alarm_state_changes() {
+        let rec = |seq: u64, body: Body| mon1(Stream::Alarms, seq, body);
+        let snippet = || {
+            Body::AlarmSnippet(AlarmSnippet {
+                patient_id: " P1 ".into(),
+                ..Default::default()
+            })
+        };
+        let alarm = || {
+            Body::Alarm(Alarm {
+                patient_id: "P1".into(),
+                ..Default::default()
+            })
+        };
+        let plan = plan_bundles(
+            vec![
+                rec(1, alarm()),
+                rec(2, snippet()),
+                rec(3, alarm()),
+                rec(4, alarm()),
+                rec(5, snippet()),
+                rec(6, snippet()),
+            ],
+            100,
+        );
+        assert_eq!(
+            ranges(&plan),
+            [
+                ("mon-1", 1, 1),
+                ("mon-1", 2, 2),
+                ("mon-1", 3, 4),
+                ("mon-1", 5, 5),
+                ("mon-1", 6, 6)
+            ]
+        );
+        let s = plan.bundles[1].snippet.as_ref().expect("the snippet");
+        assert_eq!(
+            (s.seq, s.device_id.as_str(), s.bed.as_str()),
+            (2, "mon-1", "bed-1")
+        );
+        assert_eq!(plan.bundles[1].patient_id, "P1", "trimmed, the record key");
+        assert!(plan.bundles[1].alarms.is_empty());
+        assert!(plan.bundles[2].snippet.is_none() && plan.bundles[2].alarms.len() == 2);
+        // A waveform in the alarm stream (or a snippet elsewhere) is not forwarded.
+        let mut wrong = rec(7, snippet());
+        wrong.stream = Stream::Waveforms;
+        let plan = plan_bundles(vec![wrong], 100);
+        assert_eq!(plan.skipped[0].kind, "alarm_snippet");
     }
 }

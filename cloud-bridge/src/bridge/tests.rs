@@ -121,6 +121,20 @@ fn config_is_validated_with_field_names() {
         ),
         (
             BridgeConfig {
+                waveform_bundle_ms: 99,
+                ..quick_config("k:9092")
+            },
+            "waveform_bundle_ms",
+        ),
+        (
+            BridgeConfig {
+                max_waveform_segments: 0,
+                ..quick_config("k:9092")
+            },
+            "max_waveform_segments",
+        ),
+        (
+            BridgeConfig {
                 topic_adt: "  ".into(),
                 ..quick_config("k:9092")
             },
@@ -206,6 +220,8 @@ fn default_config_matches_the_documented_defaults() {
     assert_eq!(c.backlog_rate, 100_000);
     assert_eq!(c.max_backoff, Duration::from_secs(10));
     assert_eq!(c.compression, "lz4");
+    assert_eq!(c.topic(Stream::Waveforms), "icu.waveforms");
+    assert_eq!((c.waveform_bundle_ms, c.max_waveform_segments), (5000, 64));
 }
 
 #[test]
@@ -362,6 +378,8 @@ fn key_is_the_patient_when_associated_else_the_device() {
     let mapper = Mapper {
         fhir: crate::fhir::FhirContext::with_default_base("gw-test"),
         max_per_bundle: 100,
+        waveform_span_us: 5_000_000,
+        max_waveform_segments: 64,
         key: key.clone().into(),
         terminology: Terminology::builtin(),
         envelope: true,
@@ -484,7 +502,7 @@ fn alarm_record(device: &str, seq: u64, event_time_us: i64) -> OutboxRecord {
     }
 }
 
-/// librdkafka's in-process mock cluster (one broker) with the bridge's five topics.
+/// librdkafka's in-process mock cluster (one broker) with the bridge's topics.
 fn mock_cluster(
 ) -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
     let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
@@ -494,6 +512,7 @@ fn mock_cluster(
         "icu.adt",
         "icu.deadletter",
         "icu.audit",
+        "icu.waveforms",
         "icu.devices",
     ] {
         cluster.create_topic(topic, 1, 1).unwrap();
@@ -648,28 +667,17 @@ fn a_delivery_report_without_an_offset_is_not_marked_sent() {
         }
     }
     let stats = BridgeStats::new();
-    let actor = BridgeActor::new(
-        quick_config(&cluster.bootstrap_servers()),
-        outbox.clone(),
-        GatewayKey::generate().into(),
-        Terminology::builtin(),
+    run_until(
+        &cluster.bootstrap_servers(),
+        &outbox,
+        GatewayKey::generate(),
         stats.clone(),
-    )
-    .unwrap();
-    actix::System::new().block_on({
-        let outbox = outbox.clone();
-        async move {
-            let _addr = actor.start();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while devices
+        move |o| {
+            devices
                 .iter()
-                .any(|d| outbox.inner.sent_seqs_of(Stream::Observations, d) != [1, 2, 3])
-            {
-                assert!(Instant::now() < deadline, "not forwarded");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    });
+                .all(|d| o.sent_seqs_of(Stream::Observations, d) == [1, 2, 3])
+        },
+    );
     let (_, records) = crate::consume::consume(&crate::consume::ConsumeOptions {
         brokers: cluster.bootstrap_servers(),
         topic: "icu.observations".into(),
@@ -705,6 +713,8 @@ fn values_mapped_on_several_threads_are_in_bundle_order_and_the_same_as_on_one()
     let mapper = Mapper {
         fhir: crate::fhir::FhirContext::with_default_base("gw1"),
         max_per_bundle: 3,
+        waveform_span_us: 5_000_000,
+        max_waveform_segments: 64,
         key: GatewayKey::generate().into(),
         terminology: Terminology::builtin(),
         envelope: true,
@@ -729,6 +739,8 @@ fn values_mapped_on_several_threads_are_in_bundle_order_and_the_same_as_on_one()
             alarms: Vec::new(),
             adt: None,
             dead_letter: None,
+            waveforms: Vec::new(),
+            snippet: None,
             audit: None,
             traceparent: String::new(),
         })
@@ -781,6 +793,8 @@ fn the_signature_covers_the_key_and_the_headers_a_consumer_accounts_by() {
     let mut mapper = Mapper {
         fhir: crate::fhir::FhirContext::with_default_base("gw-test"),
         max_per_bundle: 100,
+        waveform_span_us: 5_000_000,
+        max_waveform_segments: 64,
         key: key.clone().into(),
         terminology: Terminology::builtin(),
         envelope: true,
@@ -904,4 +918,183 @@ fn the_signature_covers_the_key_and_the_headers_a_consumer_accounts_by() {
         &legacy.value,
         &signature
     ));
+}
+
+/// Runs a bridge (quick config, signing with `key`) over `outbox` against `brokers` until
+/// `done` holds for the outbox; fails after 30 s.
+fn run_until(
+    brokers: &str,
+    outbox: &Arc<RecordingOutbox>,
+    key: GatewayKey,
+    stats: Arc<BridgeStats>,
+    done: impl Fn(&MemoryOutbox) -> bool + 'static,
+) {
+    let actor = BridgeActor::new(
+        quick_config(brokers),
+        outbox.clone(),
+        key.into(),
+        Terminology::builtin(),
+        stats,
+    )
+    .unwrap();
+    actix::System::new().block_on({
+        let outbox = outbox.clone();
+        async move {
+            let _addr = actor.start();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !done(&outbox.inner) {
+                assert!(Instant::now() < deadline, "not forwarded in 30 s");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+}
+
+/// One-second ECG segment `seq` of `device` (500 Hz, 3 decimals), with a gap of 5 samples in
+/// every third segment; received now.
+fn waveform_record(device: &str, seq: u64, patient: &str) -> OutboxRecord {
+    let gap = seq.is_multiple_of(3);
+    let samples: Vec<i32> = (0..if gap { 495 } else { 500 })
+        .map(|i| ((i * 37 + seq as i32 * 11) % 2001) - 1000)
+        .collect();
+    let mut rec = obs_record(device, seq);
+    rec.stream = Stream::Waveforms;
+    rec.record.body = Some(Body::Waveform(icu_protos::v1::WaveformSegment {
+        mdc_code: 131330,
+        mdc_refid: "MDC_ECG_ELEC_POTL_II".into(),
+        unit_ucum: "mV".into(),
+        sample_rate_hz: 500.0,
+        sample_period_us: 2000.0,
+        decimal_exponent: -3,
+        scale: 1.0,
+        first_sample_time_us: Some(1_700_000_000_000_000 + seq as i64 * 1_000_000),
+        receive_time_us: now_us(),
+        sample_count: 500,
+        samples,
+        gaps: if gap {
+            vec![icu_protos::v1::SampleRun {
+                start: 100,
+                count: 5,
+            }]
+        } else {
+            Vec::new()
+        },
+        patient_id: patient.into(),
+        ..Default::default()
+    }));
+    rec
+}
+
+/// Through the real producer against librdkafka's mock cluster: a device's waveform segments go
+/// to `icu.waveforms` after its alarms (an alarm snippet, its own record on `icu.alarms`) and
+/// its numerics, a record per few seconds of curves, signed and keyed by the patient; a
+/// consumer verifies every record and reads every sample back, E exactly at the gaps.
+#[test]
+fn waveforms_are_forwarded_after_alarms_and_numerics_and_read_back_sample_for_sample() {
+    let cluster = mock_cluster();
+    let outbox = Arc::new(RecordingOutbox::default());
+    let segments: Vec<OutboxRecord> = (1..=12)
+        .map(|seq| waveform_record("mon-1", seq, "P-7"))
+        .collect();
+    for rec in &segments {
+        outbox.inner.push(rec.clone());
+    }
+    for seq in 1..=3 {
+        outbox.inner.push(obs_received("mon-1", seq, now_us()));
+    }
+    let mut snippet = alarm_record("mon-1", 1, now_us());
+    snippet.record.body = Some(Body::AlarmSnippet(icu_protos::v1::AlarmSnippet {
+        alarm_id: "mon-1:spo2-low".into(),
+        alarm_text: "SpO2 low".into(),
+        window_start_us: 1_700_000_000_000_000,
+        window_end_us: 1_700_000_030_000_000,
+        built_time_us: now_us(),
+        patient_id: "P-7".into(),
+        segments: vec![match &segments[2].record.body {
+            Some(Body::Waveform(w)) => w.clone(),
+            _ => unreachable!("a waveform record"),
+        }],
+        ..Default::default()
+    }));
+    outbox.inner.push(snippet);
+    let key = GatewayKey::generate();
+    let public = key.verifying_key();
+    run_until(
+        &cluster.bootstrap_servers(),
+        &outbox,
+        key,
+        BridgeStats::new(),
+        |o| o.sent_seqs_of(Stream::Waveforms, "mon-1").len() == 12,
+    );
+    let marks = outbox.marks.lock().unwrap().clone();
+    let order: Vec<(Stream, u64, u64)> = marks.iter().map(|m| (m.0, m.2, m.3)).collect();
+    assert_eq!(
+        order,
+        [
+            (Stream::Alarms, 1, 1),
+            (Stream::Observations, 1, 3),
+            (Stream::Waveforms, 1, 5),
+            (Stream::Waveforms, 6, 10),
+            (Stream::Waveforms, 11, 12),
+        ],
+        "alarms, then numerics, then curves; 5 s of curves per record"
+    );
+
+    let read = |topic: &str| {
+        crate::consume::consume(&crate::consume::ConsumeOptions {
+            brokers: cluster.bootstrap_servers(),
+            topic: topic.into(),
+            public_key: Some(public),
+            idle_timeout: Duration::from_secs(1),
+            max_wait: Duration::from_secs(20),
+        })
+        .unwrap()
+    };
+    let (report, records) = read("icu.waveforms");
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.signatures_ok, 3);
+    let dev = report.stream("gw-test", "mon-1").unwrap();
+    assert_eq!(
+        (
+            dev.waveform_segments,
+            dev.waveform_samples,
+            dev.waveform_gaps
+        ),
+        (12, 12 * 500, 4 * 5)
+    );
+    let mut decoded = Vec::new();
+    for r in &records {
+        assert_eq!(r.key.as_deref(), Some("P-7"));
+        assert_eq!(r.headers[headers::STREAM], "waveforms");
+        decoded.extend(crate::fhir::decode_value(&r.value).unwrap());
+    }
+    assert_eq!(decoded.len(), 12);
+    for (d, rec) in decoded.iter().zip(&segments) {
+        let Some(Body::Waveform(w)) = &rec.record.body else {
+            unreachable!("a waveform record")
+        };
+        let present: Vec<i32> = d.samples.iter().flatten().copied().collect();
+        assert_eq!(
+            present, w.samples,
+            "seq {}: every sample as written",
+            rec.seq
+        );
+        let gaps: Vec<usize> = (0..d.samples.len())
+            .filter(|i| d.samples[*i].is_none())
+            .collect();
+        let want: Vec<usize> = if rec.seq.is_multiple_of(3) {
+            (100..105).collect()
+        } else {
+            Vec::new()
+        };
+        assert_eq!(gaps, want, "seq {}: E exactly at the gap", rec.seq);
+    }
+
+    let (report, records) = read("icu.alarms");
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(records.len(), 1);
+    let dev = report.stream("gw-test", "mon-1").unwrap();
+    assert_eq!((dev.snippets, dev.snippet_segments), (1, 1));
+    let snippet = crate::fhir::snippet_of(&records[0].value).unwrap().unwrap();
+    assert_eq!(snippet.segments[0].gaps(), 5);
 }

@@ -64,7 +64,25 @@ impl TopicSpec {
         }
         out
     }
+
+    /// The settings of topic `name` of `config`: [`Self::settings`], and for the waveforms
+    /// topic (`icu.waveforms`) log segments of [`WAVEFORM_SEGMENT_BYTES`]. That topic carries
+    /// most of the bytes (30 beds of ECG, pleth and pressure are about 50,000 samples/s, some
+    /// 20 GB of FHIR JSON a day before compression, against well under 1 GB of numerics): the
+    /// broker deletes whole log segments, so with its default 1 GiB segments old curves would
+    /// outlive `retention.ms` by up to a segment per partition; smaller segments keep the disk
+    /// near retention × rate.
+    pub fn settings_for(&self, config: &BridgeConfig, name: &str) -> Vec<(&'static str, String)> {
+        let mut out = self.settings();
+        if name == config.topic_waveforms {
+            out.push(("segment.bytes", WAVEFORM_SEGMENT_BYTES.to_string()));
+        }
+        out
+    }
 }
+
+/// `segment.bytes` of the waveforms topic: 256 MiB.
+pub const WAVEFORM_SEGMENT_BYTES: u64 = 256 * 1024 * 1024;
 
 /// What happened to one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +93,8 @@ pub enum TopicOutcome {
     Failed(String),
 }
 
-/// Creates every topic of `config` (observations, alarms, ADT, audit, dead letters) with `spec`;
+/// Creates every topic of `config` (alarms, ADT, audit, observations, waveforms, dead letters,
+/// devices, the optional protobuf topic) with `spec` ([`TopicSpec::settings_for`]);
 /// one answer per topic, in drain order. Blocking (waits for the brokers' answer, at most 30 s).
 pub fn create_topics(
     config: &BridgeConfig,
@@ -90,10 +109,11 @@ pub fn create_topics(
         .create()
         .map_err(|e| kafka_error("create admin client", e))?;
     let names = topic_names(config);
-    let settings = spec.settings();
+    let settings: Vec<_> = names.iter().map(|n| spec.settings_for(config, n)).collect();
     let topics: Vec<NewTopic> = names
         .iter()
-        .map(|name| {
+        .zip(&settings)
+        .map(|(name, settings)| {
             settings.iter().fold(
                 NewTopic::new(
                     name,
@@ -335,6 +355,17 @@ mod tests {
             .iter()
             .all(|(k, _)| *k != "min.insync.replicas"));
     }
+    #[test]
+    fn the_waveforms_topic_gets_smaller_log_segments() {
+        let spec = TopicSpec::default();
+        let config = BridgeConfig::default();
+        assert!(topic_names(&config).contains(&"icu.waveforms".to_owned()));
+        let waves = spec.settings_for(&config, "icu.waveforms");
+        assert_eq!(waves[..3], spec.settings()[..]);
+        assert_eq!(waves[3], ("segment.bytes", "268435456".to_owned()));
+        assert_eq!(spec.settings_for(&config, "icu.alarms"), spec.settings());
+    }
+
     #[test]
     fn problems_of_names_compaction_a_short_retention_and_one_in_sync_replica() {
         let spec = TopicSpec::default();

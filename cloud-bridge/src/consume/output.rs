@@ -96,6 +96,34 @@ pub fn render_summary(topic: &str, report: &ConsumeReport) -> String {
                 line.push_str(" (entry signatures and chain ok)");
             }
         }
+        if d.waveform_records > 0 {
+            let _ = write!(
+                line,
+                ", {} waveform records ({} segments, {} samples, {} gaps)",
+                d.waveform_records, d.waveform_segments, d.waveform_samples, d.waveform_gaps
+            );
+        }
+        if !d.waveforms_bad.is_empty() {
+            let _ = write!(
+                line,
+                ", waveform records whose samples cannot be read back (partition, offset): {:?}",
+                d.waveforms_bad
+            );
+        }
+        if d.snippets > 0 {
+            let _ = write!(
+                line,
+                ", {} alarm snippets ({} segments)",
+                d.snippets, d.snippet_segments
+            );
+        }
+        if !d.snippets_bad.is_empty() {
+            let _ = write!(
+                line,
+                ", alarm snippets that do not hold together (partition, offset): {:?}",
+                d.snippets_bad
+            );
+        }
         if !d.audit_entries_bad.is_empty() {
             let _ = write!(
                 line,
@@ -144,6 +172,11 @@ pub fn render_summary(topic: &str, report: &ConsumeReport) -> String {
             reasons.push(format!(
                 "audit entries that do not verify or chain in {audit_bad} stream(s)"
             ));
+        }
+        let unreadable =
+            |d: &DeviceReport| !d.waveforms_bad.is_empty() || !d.snippets_bad.is_empty();
+        if report.streams().any(|(_, _, d)| unreadable(d)) {
+            reasons.push("waveforms or alarm snippets that cannot be read back".into());
         }
         if report.conflicts > 0 {
             reasons.push(format!(

@@ -429,3 +429,74 @@ fn audit_entries_verify_chain_and_show_a_gap() {
     assert!(!report.is_clean());
     assert!(render_summary("icu.audit", &report).contains("audit chain broken before seq [3]"));
 }
+
+/// A signed `icu.waveforms` record of `device` whose only segment's data text is `data`.
+fn waveform_record(key: &GatewayKey, seq: u64, data: &str) -> ConsumedRecord {
+    let segment = icu_protos::v1::WaveformSegment {
+        seq,
+        mdc_code: 131330,
+        unit_ucum: "mV".into(),
+        sample_period_us: 2000.0,
+        scale: 1.0,
+        receive_time_us: 1_700_000_000_000_000,
+        sample_count: 4,
+        samples: vec![1, 2, 3],
+        gaps: vec![icu_protos::v1::SampleRun { start: 1, count: 1 }],
+        ..Default::default()
+    };
+    let value = crate::fhir::waveform_bundle(
+        &crate::fhir::FhirContext::with_default_base("gw1"),
+        "mon-1",
+        &[segment],
+        &Terminology::builtin(),
+    )
+    .unwrap();
+    let value = String::from_utf8(value)
+        .unwrap()
+        .replace("\"1 E 2 3\"", &format!("{data:?}"))
+        .into_bytes();
+    // The headers of a signed record of the same seq, signed again over this value.
+    let mut headers = signed(key, "mon-1", seq, seq, 0).headers;
+    let signature = base64::engine::general_purpose::STANDARD.encode(key.sign(&value));
+    headers.insert(headers::SIGNATURE.into(), signature);
+    headers.insert(headers::STREAM.into(), "waveforms".into());
+    ConsumedRecord::new(0, seq as i64, None, headers, value, None)
+}
+
+#[test]
+fn waveform_records_are_counted_to_their_gaps_and_an_unreadable_one_fails_the_report() {
+    let key = GatewayKey::generate();
+    let good = vec![
+        waveform_record(&key, 1, "1 E 2 3"),
+        waveform_record(&key, 2, "1 E 2 3"),
+    ];
+    let report = report_from_records(&good, Some(&key.verifying_key()));
+    assert!(report.is_clean(), "{report:?}");
+    let d = report.stream("gw1", "mon-1").unwrap();
+    assert_eq!(
+        (
+            d.waveform_records,
+            d.waveform_segments,
+            d.waveform_samples,
+            d.waveform_gaps
+        ),
+        (2, 2, 8, 2)
+    );
+    let summary = render_summary("icu.waveforms", &report);
+    assert!(
+        summary.contains("2 waveform records (2 segments, 8 samples, 2 gaps)"),
+        "{summary}"
+    );
+
+    // A sample that is no number: signed and gapless, but its curve cannot be read back.
+    let mut bad = good.clone();
+    bad.push(waveform_record(&key, 3, "1 E x 3"));
+    let report = report_from_records(&bad, Some(&key.verifying_key()));
+    assert!(!report.is_clean());
+    assert_eq!(
+        report.stream("gw1", "mon-1").unwrap().waveforms_bad,
+        [(0, 3)]
+    );
+    assert!(render_summary("icu.waveforms", &report)
+        .contains("waveforms or alarm snippets that cannot be read back"));
+}

@@ -8,18 +8,18 @@
 //! The patient is never guessed: `subject` (`Patient/<id>` + the patient id) is set only when the
 //! alarm carries a census patient; otherwise `meta.tag` says `unassociated`.
 
-use fhir_sdk::r4b::codes::{BundleType, ObservationStatus as FhirStatus};
+use fhir_sdk::r4b::codes::ObservationStatus as FhirStatus;
 use fhir_sdk::r4b::resources::{
-    Bundle, BundleEntry, Observation as FhirObservation, ObservationComponent,
-    ObservationComponentValue, ObservationEffective, ObservationValue, Resource,
+    Observation as FhirObservation, ObservationComponent, ObservationComponentValue,
+    ObservationEffective, ObservationValue, Resource,
 };
-use fhir_sdk::r4b::types::{CodeableConcept, ExtensionValue, Identifier, Meta, Reference};
+use fhir_sdk::r4b::types::{CodeableConcept, ExtensionValue, Identifier, Meta};
 use fhir_sdk::DateTime;
 use icu_protos::v1::Alarm;
 
 use super::common::{
-    coding, fhir_id, instant_from_us, non_empty, patient_reference, profile, uuid_from,
-    FhirContext, ASSOCIATION_SYSTEM, CATEGORY_SYSTEM, MDC_SYSTEM, UNASSOCIATED,
+    coding, device_bundle, fhir_id, instant_from_us, non_empty, patient_reference,
+    procedure_category, profile, FhirContext, ASSOCIATION_SYSTEM, MDC_SYSTEM, UNASSOCIATED,
 };
 use crate::error::BridgeError;
 
@@ -68,8 +68,7 @@ pub fn alarm_bundle(
     device_id: &str,
     alarms: &[Alarm],
 ) -> Result<Vec<u8>, BridgeError> {
-    let gateway_id = cx.gateway_id.as_str();
-    let (Some(first), Some(last)) = (alarms.first(), alarms.last()) else {
+    let Some(last) = alarms.last() else {
         return Err(BridgeError::FhirMapping {
             device_id: device_id.to_owned(),
             seq: 0,
@@ -87,39 +86,18 @@ pub fn alarm_bundle(
     let timestamp = instant_from_us(newest)
         .ok_or_else(|| format!("event time {newest} us is out of range"))
         .map_err(fail(last.seq))?;
-    let range = format!("{}-{}", first.seq, last.seq);
-    let mut entries = Vec::with_capacity(alarms.len());
-    for alarm in alarms {
-        let obs = alarm_resource(cx, device_id, alarm)?;
-        let seq = alarm.seq.to_string();
-        let entry = BundleEntry::builder()
-            .full_url(format!(
-                "urn:uuid:{}",
-                uuid_from(&["alarm", gateway_id, device_id, &seq])
+    let resources = alarms
+        .iter()
+        .map(|a| {
+            Ok((
+                a.seq,
+                Resource::Observation(alarm_resource(cx, device_id, a)?),
             ))
-            .resource(Resource::Observation(obs))
-            .build()
-            .map_err(|e| e.to_string())
-            .map_err(fail(alarm.seq))?;
-        entries.push(Some(entry));
-    }
-    let bundle = Bundle::builder()
-        .id(fhir_id(&[gateway_id, device_id, "alarms", &range]))
-        .identifier(
-            Identifier::builder()
-                .system(alarm_identifier_system(gateway_id, device_id))
-                .value(range)
-                .build()
-                .map_err(|e| e.to_string())
-                .map_err(fail(first.seq))?,
-        )
-        .r#type(BundleType::Collection)
-        .timestamp(timestamp)
-        .entry(entries)
-        .build()
-        .map_err(|e| e.to_string())
-        .map_err(fail(first.seq))?;
-    serde_json::to_vec(&bundle).map_err(|e| fail(first.seq)(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, BridgeError>>()?;
+    let system = alarm_identifier_system(&cx.gateway_id, device_id);
+    device_bundle(cx, device_id, "alarm", system, timestamp, resources)
+        .map_err(|(seq, reason)| fail(seq)(reason))
 }
 
 /// The FHIR Observation for one alarm state change of `device_id`.
@@ -158,24 +136,19 @@ fn alarm_resource(
         .map(Some)
         .collect();
         let mut extensions = vec![cx.ext("seq", ExtensionValue::String(seq.clone()))?];
-        for (name, value) in [
-            ("bed", &alarm.bed),
-            ("alarm-id", &alarm.alarm_id),
-            ("alarm-source", &alarm.source),
-            // The logged-in account that acted on it (the gateway's audit trail has the rest).
-            ("acknowledged-by", &alarm.acknowledged_by),
-            ("silenced-by", &alarm.silenced_by),
-        ] {
-            if let Some(v) = non_empty(value) {
-                extensions.push(cx.ext(name, ExtensionValue::String(v.to_owned()))?);
-            }
-        }
+        cx.string_exts(
+            &mut extensions,
+            &[
+                ("bed", &alarm.bed),
+                ("alarm-id", &alarm.alarm_id),
+                ("alarm-source", &alarm.source),
+                // The logged-in account that acted on it (the gateway's audit trail has the rest).
+                ("acknowledged-by", &alarm.acknowledged_by),
+                ("silenced-by", &alarm.silenced_by),
+            ],
+        )?;
         let patient = non_empty(&alarm.patient_id);
-        let device = Reference::builder()
-            .reference(cx.device_reference(device_id))
-            .display(device_id.to_owned())
-            .build()
-            .map_err(|e| e.to_string())?;
+        let device = cx.device_ref(device_id)?;
         let mut builder = FhirObservation::builder()
             .id(fhir_id(&[gateway_id, device_id, "alarm", &seq]))
             .extension(extensions)
@@ -187,16 +160,7 @@ fn alarm_resource(
                     .map_err(|e| e.to_string())?,
             )])
             .status(FhirStatus::Final)
-            .category(vec![Some(
-                CodeableConcept::builder()
-                    .coding(vec![Some(coding(
-                        CATEGORY_SYSTEM,
-                        "procedure",
-                        Some("Procedure"),
-                    )?)])
-                    .build()
-                    .map_err(|e| e.to_string())?,
-            )])
+            .category(vec![Some(procedure_category()?)])
             .code(code)
             .effective(ObservationEffective::DateTime(DateTime::DateTime(
                 time.clone(),

@@ -2,9 +2,15 @@
 //! extensions and times. Imports nothing else of `fhir`, so the mappings (observation bundles,
 //! the direct JSON writer, alarms, ADT events) all depend on it and never on each other.
 
-use fhir_sdk::r4b::types::{Coding, Extension, ExtensionValue, Identifier, Reference};
+use fhir_sdk::r4b::codes::BundleType;
+use fhir_sdk::r4b::resources::{Bundle, BundleEntry, Resource};
+use fhir_sdk::r4b::types::{
+    CodeableConcept, Coding, Extension, ExtensionValue, Identifier, Reference,
+};
 use fhir_sdk::Instant;
 use sha2::{Digest, Sha256};
+
+use crate::error::BridgeError;
 
 /// Code system of IEEE 11073-10101 (MDC) codes.
 pub const MDC_SYSTEM: &str = "urn:iso:std:iso:11073:10101";
@@ -60,6 +66,30 @@ impl FhirContext {
         format!("Device/{}", fhir_id(&[&self.gateway_id, device_id]))
     }
 
+    /// `{"reference": "Device/<gateway>-<device>", "display": "<device>"}`: an Observation's
+    /// `device`, and its `subject` when no patient is associated.
+    pub(crate) fn device_ref(&self, device_id: &str) -> Result<Reference, String> {
+        Reference::builder()
+            .reference(self.device_reference(device_id))
+            .display(device_id.to_owned())
+            .build()
+            .map_err(|e| e.to_string())
+    }
+
+    /// Appends a `value String` extension for each `(name, text)` whose text is not blank.
+    pub(crate) fn string_exts(
+        &self,
+        out: &mut Vec<Extension>,
+        pairs: &[(&str, &str)],
+    ) -> Result<(), String> {
+        for (name, text) in pairs {
+            if let Some(text) = non_empty(text) {
+                out.push(self.ext(name, ExtensionValue::String(text.to_owned()))?);
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn ext(&self, name: &str, value: ExtensionValue) -> Result<Extension, String> {
         Extension::builder()
             .url(self.extension_url(name))
@@ -111,6 +141,18 @@ pub(crate) fn patient_reference(patient_id: &str) -> Result<Reference, String> {
                 .build()
                 .map_err(|e| e.to_string())?,
         )
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// `category` procedure (observation-category): a device measurement that is no vital sign.
+pub(crate) fn procedure_category() -> Result<CodeableConcept, String> {
+    CodeableConcept::builder()
+        .coding(vec![Some(coding(
+            CATEGORY_SYSTEM,
+            "procedure",
+            Some("Procedure"),
+        )?)])
         .build()
         .map_err(|e| e.to_string())
 }
@@ -209,4 +251,77 @@ pub(crate) fn uuid_text(digest: &[u8]) -> [u8; 36] {
         at += 2;
     }
     out
+}
+
+/// Deserializes a record value as a FHIR R4(B) Bundle with fhir-sdk types.
+pub fn parse_bundle(value: &[u8]) -> Result<Bundle, BridgeError> {
+    serde_json::from_slice(value).map_err(|e| BridgeError::FhirParse {
+        reason: e.to_string(),
+    })
+}
+
+/// `{"fullUrl": "urn:uuid:<uuid>", "resource": ..}`.
+pub(crate) fn bundle_entry(uuid: &str, resource: Resource) -> Result<BundleEntry, String> {
+    BundleEntry::builder()
+        .full_url(format!("urn:uuid:{uuid}"))
+        .resource(resource)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// The JSON bytes of the `collection` Bundle of one device's consecutive records of one kind
+/// (`alarm`, `waveform`), `(seq, resource)` in seq order: id `<gateway>-<device>-<kind>s-<first>-
+/// <last>`, identifier `system|<first>-<last>`, each entry's fullUrl the name-based UUID of
+/// `(kind, gateway, device, seq)`. An error names the seq it is about.
+pub(crate) fn device_bundle(
+    cx: &FhirContext,
+    device_id: &str,
+    kind: &str,
+    system: String,
+    timestamp: Instant,
+    resources: Vec<(u64, Resource)>,
+) -> Result<Vec<u8>, (u64, String)> {
+    let gateway_id = cx.gateway_id.as_str();
+    let (first, last) = match (resources.first(), resources.last()) {
+        (Some(f), Some(l)) => (f.0, l.0),
+        _ => return Err((0, format!("no {kind} records to put in a bundle"))),
+    };
+    let range = format!("{first}-{last}");
+    let mut entries = Vec::with_capacity(resources.len());
+    for (seq, resource) in resources {
+        let uuid = uuid_from(&[kind, gateway_id, device_id, &seq.to_string()]);
+        entries.push(Some(bundle_entry(&uuid, resource).map_err(|e| (seq, e))?));
+    }
+    collection_bundle(
+        fhir_id(&[gateway_id, device_id, &format!("{kind}s"), &range]),
+        (system, range),
+        timestamp,
+        entries,
+    )
+    .map_err(|e| (first, e))
+}
+
+/// The JSON bytes of a `collection` Bundle with id `id`, identifier `system|value` and
+/// `timestamp`, holding `entries`.
+pub(crate) fn collection_bundle(
+    id: String,
+    (system, value): (String, String),
+    timestamp: Instant,
+    entries: Vec<Option<BundleEntry>>,
+) -> Result<Vec<u8>, String> {
+    let bundle = Bundle::builder()
+        .id(id)
+        .identifier(
+            Identifier::builder()
+                .system(system)
+                .value(value)
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+        .r#type(BundleType::Collection)
+        .timestamp(timestamp)
+        .entry(entries)
+        .build()
+        .map_err(|e| e.to_string())?;
+    serde_json::to_vec(&bundle).map_err(|e| e.to_string())
 }

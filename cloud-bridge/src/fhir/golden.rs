@@ -206,17 +206,22 @@ fn render() -> String {
 
 #[test]
 fn observation_bundles_are_byte_identical_to_the_golden_file() {
-    let now = render();
+    check_golden(&render(), GOLDEN, GOLDEN_PATH);
+}
+
+/// Asserts that `now` (one bundle per line) is `golden` byte for byte, or with
+/// `ICU_BLESS_GOLDEN` set writes it to `path` (relative to the crate) instead.
+pub(super) fn check_golden(now: &str, golden: &str, path: &str) {
     if std::env::var_os("ICU_BLESS_GOLDEN").is_some() {
         std::fs::write(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(GOLDEN_PATH),
-            &now,
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path),
+            now,
         )
         .expect("write the golden file");
         return;
     }
-    for (i, (want, got)) in GOLDEN.lines().zip(now.lines()).enumerate() {
+    for (i, (want, got)) in golden.lines().zip(now.lines()).enumerate() {
         assert_eq!(got, want, "bundle {i} differs from the golden bytes");
     }
-    assert_eq!(now, GOLDEN, "golden bundle count or line ends differ");
+    assert_eq!(now, golden, "golden bundle count or line ends differ");
 }
