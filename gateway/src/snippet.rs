@@ -29,6 +29,12 @@ use crate::waves::{cut, WaveformSettings};
 /// Most alarm starts waiting for their window to pass.
 pub const MAX_PENDING: usize = 1_000;
 
+/// Most sample positions in one snippet: its FHIR record (about 6 bytes a position) must stay
+/// under Kafka's default 1 MB record limit, or it would hold up its device's alarm stream. Five
+/// channels (3 ECG at 500 Hz, 2 at 125 Hz) for 30 s are 52,500; a 12-lead monitor is cut to the
+/// channels that fit, whole channels in MDC code order (ECG leads first), and logged.
+pub const MAX_SNIPPET_POSITIONS: u64 = 120_000;
+
 /// What the builder did, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct SnippetStats {
@@ -113,6 +119,28 @@ impl SnippetBuilder {
                     crate::waves::start_us(y),
                 ))
         });
+        // Whole channels while they fit the record limit.
+        let mut per_channel: BTreeMap<(String, u32, String), u64> = BTreeMap::new();
+        for seg in &segments {
+            *per_channel
+                .entry((seg.device_id.clone(), seg.mdc_code, seg.mdc_refid.clone()))
+                .or_default() += u64::from(seg.sample_count);
+        }
+        let mut total = 0u64;
+        let mut kept = std::collections::BTreeSet::new();
+        for (channel, n) in &per_channel {
+            if total + n <= MAX_SNIPPET_POSITIONS {
+                total += n;
+                kept.insert(channel.clone());
+            }
+        }
+        if kept.len() < per_channel.len() {
+            tracing::warn!(bed = %a.bed, alarm_id = %a.alarm_id, channels = per_channel.len(), kept = kept.len(),
+                "alarm snippet cut to the channels that fit one Kafka record ({MAX_SNIPPET_POSITIONS} samples)");
+            segments.retain(|seg| {
+                kept.contains(&(seg.device_id.clone(), seg.mdc_code, seg.mdc_refid.clone()))
+            });
+        }
         Some(AlarmSnippet {
             device_id: a.device_id.clone(),
             seq: 0,
