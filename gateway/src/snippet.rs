@@ -14,13 +14,14 @@
 //! logged, never queued without limit.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use icu_protos::v1::{Alarm, AlarmSnippet};
 
+use crate::alarm::actor::AlarmPathStats;
 use crate::clock::now_us;
 use crate::live::LiveState;
 use crate::store::{Append, SnippetWrite, Store, WriteOutcome, WriteRequest};
@@ -34,19 +35,6 @@ pub const MAX_PENDING: usize = 1_000;
 /// channels (3 ECG at 500 Hz, 2 at 125 Hz) for 30 s are 52,500; a 12-lead monitor is cut to the
 /// channels that fit, whole channels in MDC code order (ECG leads first), and logged.
 pub const MAX_SNIPPET_POSITIONS: u64 = 120_000;
-
-/// What the builder did, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct SnippetStats {
-    /// Snippets built and stored.
-    pub stored: AtomicU64,
-    /// Starts on a bed with no curves in the window (no snippet).
-    pub no_curves: AtomicU64,
-    /// Snippets the store refused (logged).
-    pub store_failures: AtomicU64,
-    /// Starts not taken: the builder's mailbox or its pending list was full (logged).
-    pub dropped: AtomicU64,
-}
 
 /// An alarm start the store has kept under `seq` on its device's alarm stream.
 #[derive(Message)]
@@ -66,7 +54,7 @@ pub struct SnippetBuilder {
     live: Arc<LiveState>,
     store: Addr<Store>,
     settings: WaveformSettings,
-    stats: Arc<SnippetStats>,
+    stats: Arc<AlarmPathStats>,
     /// By (due time, device, seq): the next due first.
     pending: BTreeMap<(i64, String, u64), Pending>,
 }
@@ -76,7 +64,7 @@ impl SnippetBuilder {
         live: Arc<LiveState>,
         store: Addr<Store>,
         settings: WaveformSettings,
-        stats: Arc<SnippetStats>,
+        stats: Arc<AlarmPathStats>,
     ) -> Addr<Self> {
         SnippetBuilder::create(|ctx| {
             ctx.set_mailbox_capacity(256);
@@ -167,7 +155,10 @@ impl SnippetBuilder {
             }
             let p = entry.remove();
             let Some(snippet) = self.build(&p, now) else {
-                self.stats.no_curves.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .snippets
+                    .no_curves
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(bed = %p.alarm.bed, alarm_id = %p.alarm.alarm_id, "alarm start without curves: no snippet");
                 continue;
             };
@@ -186,11 +177,11 @@ impl SnippetBuilder {
                     .into_actor(self)
                     .map(move |res, _, _| match res {
                         Ok(Ok(WriteOutcome::Stored { first_seq, .. })) => {
-                            stats.stored.fetch_add(1, Ordering::Relaxed);
+                            stats.snippets.stored.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(%bed, %alarm_id, seq = first_seq, "alarm snippet stored");
                         }
                         other => {
-                            stats.store_failures.fetch_add(1, Ordering::Relaxed);
+                            stats.snippets.store_failures.fetch_add(1, Ordering::Relaxed);
                             let why = match other {
                                 Ok(Err(e)) => e.to_string(),
                                 Ok(Ok(o)) => format!("{o:?}"),
@@ -220,7 +211,7 @@ impl Handler<AlarmStarted> for SnippetBuilder {
             return;
         }
         if self.pending.len() >= MAX_PENDING {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            self.stats.snippets.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(bed = %msg.alarm.bed, alarm_id = %msg.alarm.alarm_id, "alarm snippet not built: {MAX_PENDING} starts already wait for theirs");
             return;
         }
@@ -242,7 +233,7 @@ impl Handler<AlarmStarted> for SnippetBuilder {
 /// `try_send` (never blocks the alarm actor; a full mailbox is counted and logged).
 pub fn listener(
     builder: Addr<SnippetBuilder>,
-    stats: Arc<SnippetStats>,
+    stats: Arc<AlarmPathStats>,
 ) -> crate::alarm::actor::StoredStartListener {
     Box::new(move |alarm: &Alarm, seq: u64| {
         if builder
@@ -252,7 +243,7 @@ pub fn listener(
             })
             .is_err()
         {
-            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            stats.snippets.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(bed = %alarm.bed, alarm_id = %alarm.alarm_id, "alarm snippet not built: the builder's mailbox is full");
         }
     })

@@ -35,6 +35,21 @@ pub struct AlarmPathStats {
     /// alarm state change it caused, handed to every output (page, MQTT, PCD-04); one
     /// observation per state change.
     pub latency: prometheus::Histogram,
+    /// What the alarm snippet builder (`crate::snippet`) did with the starts it was told of.
+    pub snippets: SnippetStats,
+}
+
+/// The alarm snippet builder's counters (`GET /api/alarms` `snippets`).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct SnippetStats {
+    /// Snippets built and stored.
+    pub stored: AtomicU64,
+    /// Starts on a bed with no curves in the window (no snippet).
+    pub no_curves: AtomicU64,
+    /// Snippets the store refused (logged).
+    pub store_failures: AtomicU64,
+    /// Starts not taken: the builder's mailbox or its pending list was full (logged).
+    pub dropped: AtomicU64,
 }
 
 impl Default for AlarmPathStats {
@@ -43,6 +58,7 @@ impl Default for AlarmPathStats {
             dropped_batches: AtomicU64::new(0),
             state_changes: AtomicU64::new(0),
             store_failures: AtomicU64::new(0),
+            snippets: SnippetStats::default(),
             latency: crate::metrics::alarm_path_latency_histogram(),
         }
     }

@@ -236,7 +236,7 @@ pub async fn start(config: Config, key: Option<GatewayKey>) -> anyhow::Result<Ru
     .await?;
 
     // Alarm snippets: each stored alarm start gets its bed's curves around it.
-    let snippet_stats = Arc::new(crate::snippet::SnippetStats::default());
+    let snippet_stats = alarms.stats.clone();
     let snippets = crate::snippet::SnippetBuilder::start(
         ingest.live.clone(),
         stored.store.clone(),

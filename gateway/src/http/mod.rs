@@ -435,6 +435,7 @@ async fn alarms(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
             "stats": stats,
             "dropped_batches": state.alarm_stats.dropped_batches.load(std::sync::atomic::Ordering::Relaxed),
             "store_failures": state.alarm_stats.store_failures.load(std::sync::atomic::Ordering::Relaxed),
+            "snippets": &state.alarm_stats.snippets,
         })),
         Err(_) => HttpResponse::ServiceUnavailable().body("alarm engine not running\n"),
     }

@@ -13,6 +13,13 @@
 //! against 16-bit raw samples (2 bytes), the rows' payload bytes per sample (what SQLite's
 //! pages add is the difference), and the writer's time per sample. The curves are
 //! deterministic (fixed seed), so the sizes are the same on every machine.
+//!
+//! With `ICU_BENCH_ECG_NPY` set to the file `scripts/fetch-ecg` prints (a public recording
+//! shipped in a package: MIT-BIH Arrhythmia Database record 208, lead MLII, 5 min at 360 Hz,
+//! 11-bit, from scipy 1.10.1's `misc/ecg.dat`), it also stores that recording as one monitor's
+//! ECG lead II in 0.8 s segments (288 samples, one message each) and prints the same columns:
+//!
+//!     ICU_BENCH_ECG_NPY=$(scripts/fetch-ecg) cargo bench -p icu-store --bench waveform_store
 
 use std::time::{Duration, Instant};
 
@@ -120,6 +127,65 @@ fn messages(beds: usize, seconds: u64, load: Load) -> (Vec<Vec<WriteRequest>>, u
     (out, samples)
 }
 
+/// The samples of a NumPy `.npy` file of little-endian uint16 (`<u2`, one dimension).
+fn read_npy_u16(path: &str) -> Vec<u16> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert!(bytes.starts_with(b"\x93NUMPY"), "{path}: not a .npy file");
+    let header_len = usize::from(u16::from_le_bytes([bytes[8], bytes[9]]));
+    let header = String::from_utf8_lossy(&bytes[10..10 + header_len]);
+    assert!(
+        header.contains("'<u2'"),
+        "{path}: not uint16 little-endian: {header}"
+    );
+    bytes[10 + header_len..]
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
+/// A recorded ECG (360 Hz) as one monitor's lead II, one 288-sample segment per message.
+fn recorded_ecg(samples: &[u16]) -> (Vec<Vec<WriteRequest>>, u64) {
+    const PER: usize = 288;
+    let ticks = samples
+        .chunks(PER)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let t = 1_790_000_000_000_000 + i as i64 * 800_000;
+            let segment = WaveformSegment {
+                device_id: "mon-01".into(),
+                bed: "bed-01".into(),
+                mdc_code: 131_330,
+                mdc_refid: "MDC_ECG_ELEC_POTL_II".into(),
+                unit_ucum: "mV".into(),
+                sample_rate_hz: 360.0,
+                sample_period_us: 1e6 / 360.0,
+                scale: 0.005,
+                offset: -5.12,
+                range_low: Some(0.0),
+                range_high: Some(2047.0),
+                first_sample_time_us: Some(t),
+                receive_time_us: t + 800_000,
+                clock_synced: true,
+                sample_count: chunk.len() as u32,
+                samples: chunk.iter().map(|&v| i32::from(v)).collect(),
+                patient_id: "MRN00001".into(),
+                source_message_id: format!("ECG-{i}"),
+                ..Default::default()
+            };
+            vec![WriteRequest::Observations(ObservationBatch {
+                device_id: "mon-01".into(),
+                bed: "bed-01".into(),
+                dedup: Some((format!("ECG-{i}"), i as i64)),
+                observations: Vec::new().into(),
+                order: Default::default(),
+                traceparent: None,
+                waveforms: vec![segment].into(),
+            })]
+        })
+        .collect();
+    (ticks, samples.len() as u64)
+}
+
 /// Each segment as a message of its own (one row per segment): what storing segments one row
 /// each would give.
 fn one_per_segment(ticks: &[Vec<WriteRequest>]) -> Vec<Vec<WriteRequest>> {
@@ -179,6 +245,21 @@ fn store(ticks: &[Vec<WriteRequest>], packing: WaveformPacking) -> (u64, u64, Du
     (data(&db) - empty, payload as u64, spent)
 }
 
+/// One line of the table.
+fn row(load: &str, label: &str, samples: u64, bytes: u64, payload: u64, spent: Duration) {
+    let per = bytes as f64 / samples as f64;
+    println!(
+        "{:<12} {:<38} {:>10} {:>9.3} {:>8.2}:1 {:>9.3} {:>11.1}",
+        load,
+        label,
+        samples,
+        per,
+        2.0 / per,
+        payload as f64 / samples as f64,
+        spent.as_nanos() as f64 / samples as f64
+    );
+}
+
 fn main() {
     let beds = arg("beds", 30) as usize;
     let seconds = arg("seconds", 60);
@@ -227,6 +308,13 @@ fn main() {
         "{:<12} {:<38} {:>10} {:>9} {:>9} {:>9} {:>11}",
         "load", "packing", "samples", "B/sample", "vs 16bit", "row B/s", "writer ns/s"
     );
+    if let Ok(path) = std::env::var("ICU_BENCH_ECG_NPY") {
+        let (ticks, samples) = recorded_ecg(&read_npy_u16(&path));
+        for (label, packing, _) in variants.iter().filter(|v| !v.2) {
+            let (bytes, payload, spent) = store(&ticks, *packing);
+            row("MIT-BIH 208", label, samples, bytes, payload, spent);
+        }
+    }
     for (name, load) in [
         ("ECG", Load::Ecg),
         ("pleth+ABP", Load::PlethAbp),
@@ -236,17 +324,7 @@ fn main() {
         let split = one_per_segment(&ticks);
         for (label, packing, per_segment) in variants {
             let (bytes, payload, spent) = store(if per_segment { &split } else { &ticks }, packing);
-            let per = bytes as f64 / samples as f64;
-            println!(
-                "{:<12} {:<38} {:>10} {:>9.3} {:>8.2}:1 {:>9.3} {:>11.1}",
-                name,
-                label,
-                samples,
-                per,
-                2.0 / per,
-                payload as f64 / samples as f64,
-                spent.as_nanos() as f64 / samples as f64
-            );
+            row(name, label, samples, bytes, payload, spent);
         }
     }
 }
