@@ -7,7 +7,7 @@
 //! `on` case, its curves on a second connection: three ECG leads at 500 Hz, the pleth and the
 //! arterial pressure at 125 Hz as PCD-01 waveform messages from `icu_sim::waveform`
 //! (`WaveformMonitor`, one message per channel group every 800 ms, 1,750 samples/s per bed:
-//! 52,500 samples/s for 30 beds). The alarm probe of `icu_tests::bench` (a monitor whose alarm
+//! 52,500 samples/s for 30 beds), the beds' clocks spread over each period. The alarm probe of `icu_tests::bench` (a monitor whose alarm
 //! starts and ends every 250 ms, timed from the socket write to the page's event stream) runs
 //! meanwhile. With `--kafka` the gateway also forwards everything to a live tansu broker.
 //!
@@ -75,9 +75,22 @@ async fn exchange(framed: &mut Framed<tokio::net::TcpStream, MllpCodec>, msg: &[
     }
 }
 
-async fn numerics(addr: std::net::SocketAddr, bed: usize, counts: Arc<Counts>, t_end: Instant) {
+/// Bed `bed`'s phase in a period: the beds' clocks are spread over it, as real monitors'
+/// are (all at once would make every period a burst).
+fn phase(bed: usize, beds: usize, period: Duration) -> Duration {
+    period.mul_f64((bed - 1) as f64 / beds.max(1) as f64)
+}
+
+async fn numerics(
+    addr: std::net::SocketAddr,
+    (bed, beds): (usize, usize),
+    counts: Arc<Counts>,
+    t_end: Instant,
+) {
     let mut framed = connect(addr).await;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let period = Duration::from_secs(1);
+    let first = tokio::time::Instant::now() + phase(bed, beds, period);
+    let mut tick = tokio::time::interval_at(first, period);
     let mut n = 0;
     while Instant::now() < t_end {
         tick.tick().await;
@@ -90,7 +103,12 @@ async fn numerics(addr: std::net::SocketAddr, bed: usize, counts: Arc<Counts>, t
     }
 }
 
-async fn curves(addr: std::net::SocketAddr, bed: usize, counts: Arc<Counts>, t_end: Instant) {
+async fn curves(
+    addr: std::net::SocketAddr,
+    (bed, beds): (usize, usize),
+    counts: Arc<Counts>,
+    t_end: Instant,
+) {
     let sim_bed = icu_sim::SimBed {
         index: bed,
         bed_id: bed_id(bed),
@@ -100,7 +118,9 @@ async fn curves(addr: std::net::SocketAddr, bed: usize, counts: Arc<Counts>, t_e
     let mut monitor = icu_sim::waveform::WaveformMonitor::new(sim_bed, 7, chrono::Utc::now());
     let vitals = icu_sim::physiology::Patient::new(bed as u64).step();
     let mut framed = connect(addr).await;
-    let mut tick = tokio::time::interval(Duration::from_millis(u64::from(monitor.segment_ms)));
+    let period = Duration::from_millis(u64::from(monitor.segment_ms));
+    let first = tokio::time::Instant::now() + phase(bed, beds, period);
+    let mut tick = tokio::time::interval_at(first, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     while Instant::now() < t_end {
         tick.tick().await;
@@ -158,9 +178,19 @@ fn run_case(
         let prober = tokio::spawn(alarm_probe(mllp, http, cookie, probe, t_warm, t_end));
         let mut tasks = Vec::new();
         for bed in 1..=beds {
-            tasks.push(tokio::spawn(numerics(mllp, bed, counts.clone(), t_end)));
+            tasks.push(tokio::spawn(numerics(
+                mllp,
+                (bed, beds),
+                counts.clone(),
+                t_end,
+            )));
             if waveforms {
-                tasks.push(tokio::spawn(curves(mllp, bed, counts.clone(), t_end)));
+                tasks.push(tokio::spawn(curves(
+                    mllp,
+                    (bed, beds),
+                    counts.clone(),
+                    t_end,
+                )));
             }
         }
         tokio::time::sleep_until(t_warm.into()).await;
