@@ -191,6 +191,7 @@ impl BridgeActor {
                 pb_producer,
                 devices: catalog::DeviceCatalog::new(),
                 topic_known: false,
+                waveforms_held: None,
                 skipped_logged: BTreeSet::new(),
                 failure,
             }),
@@ -278,12 +279,18 @@ struct Worker {
     devices: catalog::DeviceCatalog,
     /// Positive metadata answer for the topic (cached; reset on an unknown-topic error).
     topic_known: bool,
+    /// The waveform topic is missing (since then): curves stay in the outbox, left out of each
+    /// fetch, while alarms and readings forward; checked again every [`HELD_RECHECK`].
+    waveforms_held: Option<Instant>,
     /// Tokens for backlog observations (`backlog_rate` per second).
     backlog: TokenBucket,
     skipped_logged: BTreeSet<(String, u64)>,
     /// The last authentication / TLS failure librdkafka reported (any of our producers).
     failure: FailureSlot,
 }
+
+/// How often a missing waveform topic is looked for again while the curves are held.
+const HELD_RECHECK: Duration = Duration::from_secs(30);
 
 impl Worker {
     async fn run(mut self, wake: Arc<Notify>) {
@@ -398,6 +405,7 @@ impl Worker {
             limit,
             live_since_us: now_us.saturating_sub(self.config.live_window.as_micros() as i64),
             backlog_budget: self.backlog.available(Instant::now()).min(limit),
+            held: self.waveforms_held.map(|_| Stream::Waveforms),
         }
     }
 
@@ -408,6 +416,12 @@ impl Worker {
     /// one is produced and its delivery reports are awaited; it is used only if this cycle was
     /// delivered and marked in full, else discarded (fetched again after the backoff).
     async fn cycle(&mut self) -> Result<Next, CycleError> {
+        if self
+            .waveforms_held
+            .is_some_and(|since| since.elapsed() >= HELD_RECHECK)
+        {
+            self.topic_known = false;
+        }
         self.ensure_topic().await?;
 
         let waiting = Instant::now();
@@ -628,9 +642,30 @@ impl Worker {
                 ))),
                 Err(e) => Err(CycleError::Offline(format!("metadata task failed: {e}"))),
             };
-            if let Err(e) = result {
-                self.stats.add_broker_error();
-                return Err(e);
+            let waveforms = topic == self.config.topic(Stream::Waveforms);
+            match result {
+                // Curves never hold up alarms and readings: a missing waveform topic holds the
+                // curves alone, in the outbox, and is checked again later.
+                Err(CycleError::TopicMissing(_)) if waveforms => {
+                    if self.waveforms_held.is_none() {
+                        error!(%topic, brokers = %self.config.brokers,
+                            "kafka topic for the curves does not exist; create it (icu-gateway topics create): curves stay in the outbox, alarms and readings are forwarded");
+                    }
+                    self.waveforms_held = Some(Instant::now());
+                    self.prefetched = None;
+                    self.stats.set_held_topic(Some(topic.clone()));
+                }
+                Err(e) => {
+                    self.stats.add_broker_error();
+                    return Err(e);
+                }
+                Ok(()) if waveforms && self.waveforms_held.is_some() => {
+                    info!(%topic, "kafka topic for the curves exists now: the held curves are forwarded");
+                    self.waveforms_held = None;
+                    self.prefetched = None;
+                    self.stats.set_held_topic(None);
+                }
+                Ok(()) => {}
             }
         }
         self.topic_known = true;

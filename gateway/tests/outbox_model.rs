@@ -191,6 +191,7 @@ impl Harness {
                     limit: *limit,
                     live_since_us: now_us - (*window as i64) * 1000,
                     backlog_budget: *budget,
+                    held: None,
                 };
                 let prepare = *after && !self.in_flight.is_empty();
                 let mut behind = InFlightRuns::new();

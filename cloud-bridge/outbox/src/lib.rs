@@ -233,6 +233,9 @@ pub struct FetchRequest {
     pub live_since_us: i64,
     /// Most observations of backlog devices in this fetch (the bridge's token bucket).
     pub backlog_budget: usize,
+    /// A stream left out of this fetch, its records kept for later: the waveform stream while
+    /// its topic is missing, so curves never hold up alarms and readings.
+    pub held: Option<Stream>,
 }
 
 impl FetchRequest {
@@ -243,6 +246,7 @@ impl FetchRequest {
             limit,
             live_since_us: i64::MIN,
             backlog_budget: limit,
+            held: None,
         }
     }
 }
@@ -330,6 +334,9 @@ pub fn fetch_in_drain_order_after<S: FetchSource>(
     let mut out = Fetched::default();
     let mut remaining = request.limit;
     for stream in Stream::ALL {
+        if request.held == Some(stream) {
+            continue;
+        }
         let class: Vec<&Head> = heads.iter().filter(|h| h.stream == stream).collect();
         if stream == Stream::Observations {
             let (live, backlog): (Vec<&Head>, Vec<&Head>) = class

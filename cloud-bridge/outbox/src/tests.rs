@@ -162,6 +162,7 @@ fn drain_order_alarms_then_live_then_rate_limited_backlog_then_dead_letters() {
         limit: 20,
         live_since_us: 1000,
         backlog_budget: 5,
+        held: None,
     };
     let f = outbox.fetch_unsent(&request).unwrap();
     assert_eq!(
@@ -182,6 +183,22 @@ fn drain_order_alarms_then_live_then_rate_limited_backlog_then_dead_letters() {
         "every alarm, all of the live device, the backlog only up to its budget"
     );
     assert_eq!(f.backlog, 5);
+
+    // A held stream (the waveform topic is missing) is left out; the others are as before.
+    outbox.push(OutboxRecord {
+        stream: Stream::Waveforms,
+        ..rec("new", 1)
+    });
+    let with_curves = outbox.fetch_unsent(&request).unwrap();
+    assert!(keys(&with_curves).contains(&(Stream::Waveforms, "new", 1)));
+    let held = outbox
+        .fetch_unsent(&FetchRequest {
+            held: Some(Stream::Waveforms),
+            ..request
+        })
+        .unwrap();
+    assert_eq!(keys(&held), keys(&f), "everything but the curves");
+    outbox.mark_sent(Stream::Waveforms, "new", 1, 1).unwrap();
 
     // A tight limit: alarms first, then live data; backlog and dead letters wait.
     let f = outbox
@@ -205,6 +222,7 @@ fn drain_order_alarms_then_live_then_rate_limited_backlog_then_dead_letters() {
     let f = outbox
         .fetch_unsent(&FetchRequest {
             backlog_budget: 0,
+            held: None,
             ..request
         })
         .unwrap();
@@ -222,6 +240,7 @@ fn drain_order_alarms_then_live_then_rate_limited_backlog_then_dead_letters() {
         .fetch_unsent(&FetchRequest {
             live_since_us: 10,
             backlog_budget: 0,
+            held: None,
             ..request
         })
         .unwrap();

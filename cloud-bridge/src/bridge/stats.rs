@@ -107,6 +107,9 @@ pub struct BridgeStats {
     security: Mutex<String>,
     /// The protobuf topic, when configured.
     protobuf: Mutex<ProtobufStats>,
+    /// The waveform topic while it is missing: the curves are held in the outbox (alarms and
+    /// readings forward as usual).
+    held_topic: Mutex<Option<String>>,
 }
 
 /// What happened on the protobuf topic (`/api/status` `backbone.protobuf`).
@@ -151,6 +154,7 @@ impl BridgeStats {
             state: Mutex::new(BridgeState::Disabled),
             security: Mutex::new("plaintext".into()),
             protobuf: Mutex::new(ProtobufStats::default()),
+            held_topic: Mutex::new(None),
         })
     }
 
@@ -256,6 +260,7 @@ impl BridgeStats {
                 .map(|&p| (p.name().to_owned(), serde_json::json!(self.phase_time(p).as_micros() as u64)))
                 .collect::<serde_json::Map<_, _>>(),
             "protobuf": self.protobuf(),
+            "curves_held_for_topic": self.held_topic(),
             "security": self.security(),
             "encrypted": !self.security().starts_with("plaintext")
                 && !self.security().starts_with("sasl_plaintext"),
@@ -269,6 +274,18 @@ impl BridgeStats {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The waveform topic while it is missing and the curves are held, else `None`.
+    pub fn held_topic(&self) -> Option<String> {
+        self.held_topic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_held_topic(&self, topic: Option<String>) {
+        *self.held_topic.lock().unwrap_or_else(|e| e.into_inner()) = topic;
     }
 
     pub(crate) fn set_security(&self, description: String) {

@@ -505,6 +505,13 @@ fn alarm_record(device: &str, seq: u64, event_time_us: i64) -> OutboxRecord {
 /// librdkafka's in-process mock cluster (one broker) with the bridge's topics.
 fn mock_cluster(
 ) -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    mock_cluster_without(None)
+}
+
+/// [`mock_cluster`] without one of the topics.
+fn mock_cluster_without(
+    missing: Option<&str>,
+) -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
     let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
     for topic in [
         "icu.observations",
@@ -515,7 +522,9 @@ fn mock_cluster(
         "icu.waveforms",
         "icu.devices",
     ] {
-        cluster.create_topic(topic, 1, 1).unwrap();
+        if Some(topic) != missing {
+            cluster.create_topic(topic, 1, 1).unwrap();
+        }
     }
     cluster
 }
@@ -983,6 +992,45 @@ fn waveform_record(device: &str, seq: u64, patient: &str) -> OutboxRecord {
         ..Default::default()
     }));
     rec
+}
+
+/// Curves never hold up alarms and readings: without the waveform topic the alarm and the
+/// readings are forwarded, the curves stay unsent in the outbox, and the status names the
+/// missing topic.
+#[test]
+fn a_missing_waveform_topic_holds_the_curves_alone() {
+    let stats = BridgeStats::new();
+    let cluster = mock_cluster_without(Some("icu.waveforms"));
+    let outbox = Arc::new(RecordingOutbox::default());
+    for seq in 1..=4 {
+        outbox.inner.push(waveform_record("mon-1", seq, "P-7"));
+    }
+    for seq in 1..=3 {
+        outbox.inner.push(obs_received("mon-1", seq, now_us()));
+    }
+    outbox.inner.push(alarm_record("mon-1", 1, now_us()));
+    let brokers = cluster.bootstrap_servers();
+    run_until(
+        &brokers,
+        &outbox,
+        GatewayKey::generate(),
+        stats.clone(),
+        |o| {
+            o.sent_seqs_of(Stream::Observations, "mon-1").len() == 3
+                && o.sent_seqs_of(Stream::Alarms, "mon-1").len() == 1
+        },
+    );
+    assert!(outbox
+        .inner
+        .sent_seqs_of(Stream::Waveforms, "mon-1")
+        .is_empty());
+    assert_eq!(
+        outbox.inner.unsent_len(),
+        4,
+        "the four curves wait in the outbox"
+    );
+    assert_eq!(stats.held_topic().as_deref(), Some("icu.waveforms"));
+    assert_eq!(stats.snapshot()["curves_held_for_topic"], "icu.waveforms");
 }
 
 /// Through the real producer against librdkafka's mock cluster: a device's waveform segments go

@@ -915,6 +915,7 @@ mod tests {
                 limit: 10,
                 live_since_us: 0,
                 backlog_budget: 10,
+                held: None,
             })
             .unwrap();
         let seqs: Vec<u64> = unsent.records.iter().map(|r| r.seq).collect();
