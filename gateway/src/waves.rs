@@ -141,14 +141,6 @@ impl WaveformRing {
         (out, next)
     }
 
-    /// The beds that have curves in the ring.
-    pub fn beds(&self) -> Vec<String> {
-        let inner = self.lock();
-        let mut beds: Vec<String> = inner.channels.keys().map(|k| k.bed.clone()).collect();
-        beds.dedup();
-        beds
-    }
-
     /// Keeps an alarm's snippet for the page (the last [`MAX_SNIPPETS`]).
     pub fn keep_snippet(&self, snippet: Arc<icu_protos::v1::AlarmSnippet>) {
         let mut inner = self.lock();
@@ -171,11 +163,6 @@ impl WaveformRing {
             .rev()
             .find(|s| s.alarm_id == alarm_id && start_us.is_none_or(|t| s.alarm_start_us == t))
             .cloned()
-    }
-
-    /// Forgets a device's channels (it was removed by a configuration reload).
-    pub fn forget_device(&self, device_id: &str) {
-        self.lock().channels.retain(|k, _| k.device_id != device_id);
     }
 }
 
